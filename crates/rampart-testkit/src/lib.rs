@@ -1,0 +1,330 @@
+//! Test harness shared by rampart's integration tests.
+//!
+//! Everything here starts *real* processes on loopback and cleans them up when
+//! the guard is dropped, including when a test panics: each child runs in its
+//! own process group and the whole group gets SIGKILL on drop.
+//!
+//! Binaries are found, never built, here: `rampart_bin()` reads `RAMPART_BIN`
+//! or falls back to `<target>/debug/rampart`; the README's test command builds
+//! it before running the tests.
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
+pub use tempfile::TempDir;
+
+/// A free TCP port on 127.0.0.1, never handed out twice in this process.
+pub fn free_port() -> u16 {
+    free_port_on("127.0.0.1")
+}
+
+/// A free TCP port on the given loopback address (e.g. `127.0.0.2`).
+pub fn free_port_on(ip: &str) -> u16 {
+    static GIVEN: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
+    let given = GIVEN.get_or_init(|| Mutex::new(HashSet::new()));
+    for _ in 0..1000 {
+        let l = TcpListener::bind((ip, 0)).expect("bind an ephemeral port");
+        let port = l.local_addr().expect("local addr").port();
+        drop(l);
+        let mut g = given.lock().expect("port set");
+        if g.insert(port) {
+            return port;
+        }
+    }
+    panic!("no free port found on {ip}");
+}
+
+/// A real child process in its own process group; the group is killed on drop.
+pub struct Proc {
+    pub name: String,
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Spawn `cmd` with stdout and stderr appended to `log`.
+    pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> Proc {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap_or_else(|e| panic!("open log {}: {e}", log.display()));
+        let err = out.try_clone().expect("clone log handle");
+        use std::os::unix::process::CommandExt;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .process_group(0);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name} ({cmd:?}): {e}"));
+        Proc {
+            name: name.to_string(),
+            child: Some(child),
+            log: log.to_path_buf(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Send a signal to the process itself (not its group).
+    pub fn signal(&self, sig: Signal) {
+        if let Some(c) = &self.child {
+            let _ = nix::sys::signal::kill(Pid::from_raw(c.id() as i32), sig);
+        }
+    }
+
+    /// Send a signal to the whole process group.
+    pub fn signal_group(&self, sig: Signal) {
+        if let Some(c) = &self.child {
+            let _ = killpg(Pid::from_raw(c.id() as i32), sig);
+        }
+    }
+
+    /// SIGKILL the group and reap the child.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = killpg(Pid::from_raw(c.id() as i32), Signal::SIGKILL);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Wait for the child to exit by itself, up to `timeout`. Returns its exit code
+    /// (`None` when killed by a signal) or `Err(())` on timeout.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<i32>, ()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let Some(c) = self.child.as_mut() else {
+                return Ok(None);
+            };
+            if let Ok(Some(st)) = c.try_wait() {
+                self.child = None;
+                return Ok(st.code());
+            }
+            if Instant::now() > deadline {
+                return Err(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// True while the child has not exited.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// The log so far (for assertions and for failure messages).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let text = self.log_text();
+            let tail: String = text
+                .lines()
+                .rev()
+                .take(40)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n");
+            eprintln!("---- last lines of {} ({}) ----\n{tail}", self.name, self.log.display());
+        }
+        self.kill();
+    }
+}
+
+/// Wait until a TCP connect to `addr` succeeds.
+pub fn wait_port(addr: SocketAddr, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    false
+}
+
+/// Poll `f` until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A minimal blocking HTTP/1.1 GET with `Connection: close`; returns (status, headers, body).
+/// Good enough for health and assertion checks; load tests use a real client.
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<HttpResponse> {
+    http_request(addr, "GET", path, &[], b"")
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A blocking HTTP/1.1 request with `Connection: close`.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<HttpResponse> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" || method == "PUT" {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    s.write_all(body)?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> std::io::Result<HttpResponse> {
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no header end"))?;
+    let head = std::str::from_utf8(&raw[..end]).map_err(|_| bad("non-utf8 head"))?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().ok_or_else(|| bad("empty"))?;
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("bad status line"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[end + 4..].to_vec();
+    let chunked = headers.iter().any(|(k, v)| {
+        k.eq_ignore_ascii_case("transfer-encoding") && v.to_ascii_lowercase().contains("chunked")
+    });
+    if chunked {
+        body = dechunk(&body).ok_or_else(|| bad("bad chunked body"))?;
+    }
+    Ok(HttpResponse {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let pos = b.windows(2).position(|w| w == b"\r\n")?;
+        let size_str = std::str::from_utf8(&b[..pos]).ok()?;
+        let size = usize::from_str_radix(size_str.split(';').next()?.trim(), 16).ok()?;
+        b = &b[pos + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        if b.len() < size + 2 {
+            return None;
+        }
+        out.extend_from_slice(&b[..size]);
+        b = &b[size + 2..];
+    }
+}
+
+/// The workspace's target directory (honours `CARGO_TARGET_DIR`).
+pub fn target_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("CARGO_TARGET_DIR") {
+        return PathBuf::from(d);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target")
+}
+
+/// The `rampart` binary under test: `$RAMPART_BIN`, else `<target>/debug/rampart`.
+pub fn rampart_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("RAMPART_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = target_dir().join("debug/rampart");
+    assert!(
+        p.exists(),
+        "{} is missing: build it first with `cargo build -p rampart` (the README's test command does)",
+        p.display()
+    );
+    p
+}
+
+/// Look a program up on PATH and in the given extra directories.
+pub fn find_program(name: &str, extra_dirs: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    path.split(':')
+        .map(PathBuf::from)
+        .chain(extra_dirs.iter().map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Directory holding PostgreSQL's server binaries (initdb, postgres, pg_ctl, pg_basebackup...).
+pub fn pg_bin_dir() -> PathBuf {
+    for v in ["17", "16", "15"] {
+        let d = PathBuf::from(format!("/usr/lib/postgresql/{v}/bin"));
+        if d.join("postgres").is_file() {
+            return d;
+        }
+    }
+    find_program("postgres", &[])
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .expect("PostgreSQL server binaries not found: apt-get install postgresql-15")
+}
+
+/// Path to the etcd server binary.
+pub fn etcd_bin() -> PathBuf {
+    find_program("etcd", &["/usr/bin", "/usr/local/bin"])
+        .expect("etcd not found: apt-get install etcd-server")
+}

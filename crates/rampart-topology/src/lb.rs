@@ -1,0 +1,1 @@
+//! The load balancer section: listeners and pools. Owned by the lb work.

@@ -1,0 +1,14 @@
+//! rampart's one configuration model.
+//!
+//! Every config file is parsed here and nowhere else: TOML into serde structs
+//! with `deny_unknown_fields` and `toml::Spanned` positions, then validated into
+//! runtime types that cannot be invalid. Every error names `file:line:col` and
+//! says what was expected.
+//!
+//! Module ownership: `diag` (positions and errors) is shared; each role owns its
+//! section module (`lb`, ...).
+
+pub mod diag;
+pub mod lb;
+
+pub use diag::{ConfigError, Diagnostic};

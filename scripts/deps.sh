@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Install the Debian packages rampart's stack, tests and benchmarks need, only when missing.
+# Idempotent; safe to run on every start. Needs root (or sudo) the first time.
+set -euo pipefail
+
+want=(
+  postgresql-15        # the database engine under rampart db
+  postgresql-contrib
+  etcd-server          # the coordination store (leader lease, discovery)
+  etcd-client
+  haproxy              # benchmark anchor
+  nginx-light          # benchmark anchor and test backend
+  wrk                  # load generator
+  protobuf-compiler    # etcd-client's build needs protoc
+  nftables             # firewall rulesets and partition tests
+  iproute2             # network namespaces
+  curl
+  ca-certificates
+)
+if [ "${RAMPART_WITH_BROWSER:-0}" = 1 ]; then
+  want+=(chromium)
+fi
+
+missing=()
+for p in "${want[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+
+echo "rampart: installing missing packages: ${missing[*]}" >&2
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# Debian starts packaged daemons on install where an init system runs; rampart runs its own.
+for svc in nginx haproxy etcd postgresql; do
+  $SUDO service "$svc" stop >/dev/null 2>&1 || true
+done
