@@ -8,7 +8,11 @@
 //! Module ownership: `diag` (positions and errors) is shared; each role owns its
 //! section module (`lb`, ...).
 
+pub mod db;
 pub mod diag;
 pub mod lb;
+pub mod topology;
+pub mod web;
 
-pub use diag::{ConfigError, Diagnostic};
+pub use diag::{ConfigError, Diagnostic, Source};
+pub use topology::TopologyFile;
