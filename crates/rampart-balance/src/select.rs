@@ -1,0 +1,565 @@
+//! [`Balancer`]: the five selection algorithms over a [`ServerSet`].
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, RwLock};
+
+use crate::maglev::{self, Table};
+use crate::rng::Rng;
+use crate::{Algorithm, ServerSet};
+
+/// How many random draws the two-choice algorithms try before counting eligible servers.
+const RANDOM_TRIES: usize = 4;
+
+/// Chooses servers of one pool with one [`Algorithm`]. `Send + Sync`; share it by reference
+/// or `Arc` among all workers.
+///
+/// No method allocates on the `pick()` path; see the crate documentation for the cost of
+/// each algorithm.
+#[derive(Debug)]
+pub struct Balancer {
+    algorithm: Algorithm,
+    rng: Rng,
+    /// Rotation among least-connections ties.
+    cursor: AtomicUsize,
+    /// Smooth weighted round robin: the current weight of every server.
+    swrr: Mutex<Vec<i64>>,
+    /// Source-IP hash: the Maglev table (replaced whole by `rebuild`).
+    maglev: RwLock<Table>,
+    /// Requested minimum Maglev table size (rounded up to a prime).
+    maglev_size: u64,
+}
+
+impl Balancer {
+    /// A balancer using `algorithm`, with its random choices seeded by `seed`.
+    pub fn new(algorithm: Algorithm, seed: u64) -> Self {
+        Balancer {
+            algorithm,
+            rng: Rng::new(seed),
+            cursor: AtomicUsize::new(0),
+            swrr: Mutex::new(Vec::new()),
+            maglev: RwLock::new(Table::empty()),
+            maglev_size: maglev::DEFAULT_TABLE_SIZE,
+        }
+    }
+
+    /// Use a Maglev table of at least `size` slots (rounded up to a prime, and to at least
+    /// 100 × the eligible servers) from the next [`rebuild`](Self::rebuild) on. The default,
+    /// 65537, suits pools of up to 655 servers; smaller tables build faster (tests).
+    pub fn with_maglev_table_size(mut self, size: u64) -> Self {
+        self.maglev_size = size;
+        self
+    }
+
+    /// The algorithm this balancer uses.
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    /// Choose a server with weight > 0. `hash_key` is the hashed client IP (used by
+    /// SourceIpHash only, see [`crate::hash_key`]). None when no server is eligible.
+    ///
+    /// Never allocates (except round robin growing its state when the set grew without a
+    /// `rebuild`), never returns an index `>= servers.len()` or one whose weight read 0.
+    pub fn pick<S: ServerSet + ?Sized>(&self, servers: &S, hash_key: u64) -> Option<usize> {
+        match self.algorithm {
+            Algorithm::RoundRobin => self.pick_swrr(servers),
+            Algorithm::LeastConnections => self.pick_least_connections(servers),
+            Algorithm::LeastResponseTime => self.pick_two(servers, response_cost),
+            Algorithm::SourceIpHash => self.pick_hash(servers, hash_key),
+            Algorithm::RandomTwoChoices => self.pick_two(servers, load_cost),
+        }
+    }
+
+    /// Membership or eligibility changed (server added/removed, went up/down): rebuild
+    /// internal tables (the Maglev lookup table, round-robin state sized to len()).
+    /// pick() stays correct even if rebuild was not called after a change; rebuild just
+    /// restores the ideal distribution.
+    pub fn rebuild<S: ServerSet + ?Sized>(&self, servers: &S) {
+        match self.algorithm {
+            Algorithm::RoundRobin => {
+                let mut cur = self.swrr.lock().unwrap_or_else(|e| e.into_inner());
+                cur.clear();
+                cur.resize(servers.len(), 0);
+            }
+            Algorithm::SourceIpHash => {
+                // Build outside the lock; readers keep using the old table meanwhile.
+                let table = Table::build(servers, self.maglev_size);
+                let old = {
+                    let mut t = self.maglev.write().unwrap_or_else(|e| e.into_inner());
+                    std::mem::replace(&mut *t, table)
+                };
+                drop(old);
+            }
+            Algorithm::LeastConnections
+            | Algorithm::LeastResponseTime
+            | Algorithm::RandomTwoChoices => {}
+        }
+    }
+
+    /// nginx's smooth weighted round robin: every eligible server's current weight grows by
+    /// its weight, the largest current weight wins and is lowered by the total. Over any
+    /// `sum(weights)` picks from a rebuild each server is chosen exactly `weight` times, and
+    /// the heavy server's picks are interleaved with the others' rather than bunched.
+    fn pick_swrr<S: ServerSet + ?Sized>(&self, servers: &S) -> Option<usize> {
+        let n = servers.len();
+        let mut cur = self.swrr.lock().unwrap_or_else(|e| e.into_inner());
+        if cur.len() != n {
+            // The set changed without a rebuild: keep what we know, start new servers at 0.
+            cur.resize(n, 0);
+        }
+        let mut total: i64 = 0;
+        let mut best: Option<usize> = None;
+        let mut best_cur = i64::MIN;
+        for (i, c) in cur.iter_mut().enumerate() {
+            let w = servers.weight(i);
+            if w == 0 {
+                continue;
+            }
+            let w = i64::from(w);
+            *c += w;
+            total += w;
+            if *c > best_cur {
+                best_cur = *c;
+                best = Some(i);
+            }
+        }
+        let b = best?;
+        cur[b] -= total;
+        Some(b)
+    }
+
+    /// Minimise `(in_flight + 1) / weight`; rotate among the servers that tie for the minimum.
+    fn pick_least_connections<S: ServerSet + ?Sized>(&self, servers: &S) -> Option<usize> {
+        let n = servers.len();
+        // Pass 1: the minimum cost (as a fraction num/den) and how many servers reach it.
+        let mut best: Option<(usize, u64, u64)> = None;
+        let mut ties = 0usize;
+        for i in 0..n {
+            let w = servers.weight(i);
+            if w == 0 {
+                continue;
+            }
+            let num = u64::from(servers.in_flight(i)) + 1;
+            let den = u64::from(w);
+            match best {
+                Some((_, bn, bd)) => match (num * bd).cmp(&(bn * den)) {
+                    std::cmp::Ordering::Less => {
+                        best = Some((i, num, den));
+                        ties = 1;
+                    }
+                    std::cmp::Ordering::Equal => ties += 1,
+                    std::cmp::Ordering::Greater => {}
+                },
+                None => {
+                    best = Some((i, num, den));
+                    ties = 1;
+                }
+            }
+        }
+        let (first, bn, bd) = best?;
+        if ties == 1 {
+            return Some(first);
+        }
+        // Pass 2: the k-th tied server, k rotating. Counters may have moved meanwhile; if
+        // the k-th is gone, the pass-1 winner is still a fine answer.
+        let mut k = self.cursor.fetch_add(1, Ordering::Relaxed) % ties;
+        for i in first..n {
+            let w = servers.weight(i);
+            if w == 0 {
+                continue;
+            }
+            let num = u64::from(servers.in_flight(i)) + 1;
+            if num * bd == bn * u64::from(w) {
+                if k == 0 {
+                    return Some(i);
+                }
+                k -= 1;
+            }
+        }
+        Some(first)
+    }
+
+    /// Source-IP hash through the Maglev table (rendezvous hashing before the first rebuild).
+    fn pick_hash<S: ServerSet + ?Sized>(&self, servers: &S, key: u64) -> Option<usize> {
+        let t = self.maglev.read().unwrap_or_else(|e| e.into_inner());
+        t.lookup(servers, key)
+    }
+
+    /// Power of two choices: two distinct eligible servers drawn uniformly at random, the
+    /// one with the lower `cost` wins (the first drawn on a tie, itself random).
+    fn pick_two<S, C>(&self, servers: &S, cost: C) -> Option<usize>
+    where
+        S: ServerSet + ?Sized,
+        C: Fn(&S, usize, u32) -> f64,
+    {
+        let (a, wa, b) = self.two_eligible(servers)?;
+        let Some((b, wb)) = b else {
+            return Some(a);
+        };
+        if cost(servers, b, wb) < cost(servers, a, wa) {
+            Some(b)
+        } else {
+            Some(a)
+        }
+    }
+
+    /// Two distinct eligible servers (with the weights read), uniformly at random; the second
+    /// is None when only one server is eligible.
+    #[allow(clippy::type_complexity)]
+    fn two_eligible<S: ServerSet + ?Sized>(
+        &self,
+        servers: &S,
+    ) -> Option<(usize, u32, Option<(usize, u32)>)> {
+        let n = servers.len();
+        if n == 0 {
+            return None;
+        }
+        // Fast path: rejection sampling, O(1) while most servers are eligible.
+        let mut first = None;
+        for _ in 0..RANDOM_TRIES {
+            let i = self.rng.below(n);
+            let w = servers.weight(i);
+            if w > 0 {
+                first = Some((i, w));
+                break;
+            }
+        }
+        if let Some((a, wa)) = first {
+            if n == 1 {
+                return Some((a, wa, None));
+            }
+            for _ in 0..RANDOM_TRIES {
+                // Uniform over the other n - 1 servers.
+                let mut i = self.rng.below(n - 1);
+                if i >= a {
+                    i += 1;
+                }
+                let w = servers.weight(i);
+                if w > 0 {
+                    return Some((a, wa, Some((i, w))));
+                }
+            }
+        }
+        // Slow path: count the eligible servers, draw ranks, find them.
+        let eligible = (0..n).filter(|&i| servers.weight(i) > 0).count();
+        if eligible == 0 {
+            return None;
+        }
+        let ra = self.rng.below(eligible);
+        let rb = if eligible > 1 {
+            let r = self.rng.below(eligible - 1);
+            Some(if r >= ra { r + 1 } else { r })
+        } else {
+            None
+        };
+        let mut rank = 0;
+        let mut a = None;
+        let mut b = None;
+        let mut last = None;
+        for i in 0..n {
+            let w = servers.weight(i);
+            if w == 0 {
+                continue;
+            }
+            if rank == ra {
+                a = Some((i, w));
+            }
+            if Some(rank) == rb {
+                b = Some((i, w));
+            }
+            last = Some((i, w));
+            rank += 1;
+        }
+        // Weights may have changed since counting; fall back to what was found.
+        let (a, wa) = a.or(b).or(last)?;
+        let b = b.filter(|&(i, _)| i != a);
+        Some((a, wa, b))
+    }
+}
+
+/// `(in_flight + 1) / weight`.
+fn load_cost<S: ServerSet + ?Sized>(servers: &S, i: usize, w: u32) -> f64 {
+    (f64::from(servers.in_flight(i)) + 1.0) / f64::from(w)
+}
+
+/// `latency * (in_flight + 1) / weight`, latency floored at 1 ns so that load still counts
+/// for servers without an estimate.
+fn response_cost<S: ServerSet + ?Sized>(servers: &S, i: usize, w: u32) -> f64 {
+    let lat = servers.latency_ns(i);
+    let lat = if lat.is_finite() && lat > 1.0 { lat } else { 1.0 };
+    lat * load_cost(servers, i, w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hash_key;
+    use crate::testset::TestSet;
+    use proptest::prelude::*;
+
+    fn seq(b: &Balancer, s: &TestSet, n: usize) -> Vec<usize> {
+        (0..n).map(|_| b.pick(s, 0).unwrap()).collect()
+    }
+
+    #[test]
+    fn all_algorithms_handle_empty_and_all_down() {
+        for a in Algorithm::ALL {
+            let b = Balancer::new(a, 1).with_maglev_table_size(101);
+            assert_eq!(b.pick(&TestSet::default(), 5), None, "{a}");
+            let s = TestSet::with_weights(&[0, 0, 0]);
+            b.rebuild(&s);
+            assert_eq!(b.pick(&s, 5), None, "{a}");
+            let s = TestSet::with_weights(&[0, 3, 0]);
+            assert_eq!(b.pick(&s, 5), Some(1), "{a} stale");
+            b.rebuild(&s);
+            assert_eq!(b.pick(&s, 5), Some(1), "{a}");
+        }
+    }
+
+    #[test]
+    fn swrr_is_smooth_like_nginx() {
+        let b = Balancer::new(Algorithm::RoundRobin, 0);
+        let s = TestSet::with_weights(&[5, 1, 1]);
+        // nginx's documented sequence for weights 5, 1, 1: a a b a c a a.
+        assert_eq!(seq(&b, &s, 7), vec![0, 0, 1, 0, 2, 0, 0]);
+        assert_eq!(seq(&b, &s, 7), vec![0, 0, 1, 0, 2, 0, 0]);
+    }
+
+    #[test]
+    fn swrr_equal_weights_alternate() {
+        let b = Balancer::new(Algorithm::RoundRobin, 0);
+        let s = TestSet::with_weights(&[1, 1, 1]);
+        assert_eq!(seq(&b, &s, 6), vec![0, 1, 2, 0, 1, 2]);
+    }
+
+    #[test]
+    fn swrr_skips_down_and_survives_growth_without_rebuild() {
+        let b = Balancer::new(Algorithm::RoundRobin, 0);
+        let mut s = TestSet::with_weights(&[1, 1]);
+        seq(&b, &s, 3);
+        s.weights.push(2);
+        s.in_flight.push(0);
+        s.weights[0] = 0;
+        let picks = seq(&b, &s, 30);
+        assert!(picks.iter().all(|&i| i == 1 || i == 2));
+        let twos = picks.iter().filter(|&&i| i == 2).count();
+        assert!((19..=21).contains(&twos), "{picks:?}");
+    }
+
+    #[test]
+    fn least_connections_rotates_ties() {
+        let b = Balancer::new(Algorithm::LeastConnections, 0);
+        let mut s = TestSet::with_weights(&[1, 1, 1, 1]);
+        s.in_flight = vec![3, 0, 3, 0];
+        let picks = seq(&b, &s, 10);
+        assert_eq!(picks, vec![1, 3, 1, 3, 1, 3, 1, 3, 1, 3]);
+        s.in_flight = vec![0, 0, 0, 0];
+        let mut c = [0; 4];
+        for i in seq(&b, &s, 400) {
+            c[i] += 1;
+        }
+        assert_eq!(c, [100; 4]);
+    }
+
+    #[test]
+    fn least_connections_is_weighted() {
+        let b = Balancer::new(Algorithm::LeastConnections, 0);
+        let mut s = TestSet::with_weights(&[1, 3]);
+        // Simulate requests that never finish: in-flight ends up ~1:3.
+        for _ in 0..400 {
+            let i = b.pick(&s, 0).unwrap();
+            s.in_flight[i] += 1;
+        }
+        assert_eq!(s.in_flight, vec![100, 300]);
+    }
+
+    #[test]
+    fn least_response_time_starves_slow_server() {
+        // One server at 50 ms, four at 1 ms; requests finish at a rate that keeps a few in
+        // flight. The slow server must get < 10% of picks (it gets the rare pick where both
+        // choices are... never: it loses every comparison unless its rival is 50x loaded).
+        let b = Balancer::new(Algorithm::LeastResponseTime, 42);
+        let mut s = TestSet::with_weights(&[1, 1, 1, 1, 1]);
+        s.latency = vec![50e6, 1e6, 1e6, 1e6, 1e6];
+        let mut c = [0u32; 5];
+        for round in 0..20_000u32 {
+            let i = b.pick(&s, 0).unwrap();
+            c[i] += 1;
+            s.in_flight[i] += 1;
+            // Each server completes its work every few rounds.
+            if round % 4 == 3 {
+                for f in &mut s.in_flight {
+                    *f = f.saturating_sub(1);
+                }
+            }
+        }
+        let slow = f64::from(c[0]) / 20_000.0;
+        assert!(slow < 0.10, "slow share {slow} {c:?}");
+        // The fast ones share the rest about evenly.
+        for &x in &c[1..] {
+            assert!(x > 4_000, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn least_response_time_two_servers_follows_cost() {
+        let b = Balancer::new(Algorithm::LeastResponseTime, 3);
+        let mut s = TestSet::with_weights(&[1, 1]);
+        s.latency = vec![50e6, 1e6];
+        for _ in 0..100 {
+            assert_eq!(b.pick(&s, 0), Some(1));
+        }
+        // 49 in flight on the fast one still beats 50 ms idle; 60 does not.
+        s.in_flight[1] = 49;
+        assert_eq!(b.pick(&s, 0), Some(1));
+        s.in_flight[1] = 60;
+        assert_eq!(b.pick(&s, 0), Some(0));
+    }
+
+    #[test]
+    fn random_two_choices_spreads_and_prefers_idle() {
+        let b = Balancer::new(Algorithm::RandomTwoChoices, 9);
+        let s = TestSet::with_weights(&[1, 1, 1, 1]);
+        let mut c = [0u32; 4];
+        for _ in 0..40_000 {
+            c[b.pick(&s, 0).unwrap()] += 1;
+        }
+        for x in c {
+            assert!((9_300..=10_700).contains(&x), "{c:?}");
+        }
+        let mut s = TestSet::with_weights(&[1, 1, 1]);
+        s.in_flight = vec![10, 10, 0];
+        let mut c = [0u32; 3];
+        for _ in 0..3_000 {
+            c[b.pick(&s, 0).unwrap()] += 1;
+        }
+        // Server 2 wins whenever drawn: 2/3 of the pairs contain it.
+        assert!((1_850..=2_150).contains(&c[2]), "{c:?}");
+    }
+
+    #[test]
+    fn source_ip_hash_is_sticky_and_weighted() {
+        let b = Balancer::new(Algorithm::SourceIpHash, 0).with_maglev_table_size(10_007);
+        let s = TestSet::with_weights(&[1, 2, 1]);
+        b.rebuild(&s);
+        let mut c = [0u32; 3];
+        for ip in 0..20_000u32 {
+            let k = hash_key(&ip.to_be_bytes());
+            let i = b.pick(&s, k).unwrap();
+            assert_eq!(b.pick(&s, k), Some(i));
+            c[i] += 1;
+        }
+        let share = f64::from(c[1]) / 20_000.0;
+        assert!((share - 0.5).abs() < 0.03, "{c:?}");
+    }
+
+    #[test]
+    fn balancer_is_send_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Balancer>();
+    }
+
+    fn weights_strategy() -> impl Strategy<Value = Vec<u32>> {
+        prop::collection::vec(prop_oneof![1 => Just(0u32), 4 => 1u32..=10], 1..10)
+    }
+
+    proptest! {
+        /// Over sum(weights) picks each server gets exactly its weight, and no server is picked
+        /// more than ceil(w / (W - w)) + 1 times in a row (nginx 5,1,1 -> a a b a c a a gives
+        /// runs of 2 inside a cycle and 4 across cycles: ceil(5/2) + 1).
+        #[test]
+        fn swrr_exact_shares_and_bounded_bursts(weights in weights_strategy(), cycles in 1usize..4) {
+            let s = TestSet::with_weights(&weights);
+            let b = Balancer::new(Algorithm::RoundRobin, 0);
+            let total: u32 = weights.iter().sum();
+            let n = (total as usize) * cycles;
+            let picks: Vec<usize> = (0..n).map(|_| b.pick(&s, 0).unwrap_or(usize::MAX)).collect();
+            if total == 0 {
+                prop_assert!(picks.is_empty());
+                return Ok(());
+            }
+            let eligible = weights.iter().filter(|&&w| w > 0).count();
+            for (i, &w) in weights.iter().enumerate() {
+                let got = picks.iter().filter(|&&p| p == i).count();
+                prop_assert_eq!(got, w as usize * cycles, "server {} weights {:?}", i, weights);
+            }
+            if eligible > 1 {
+                let mut run = 0;
+                let mut prev = usize::MAX;
+                for &p in &picks {
+                    run = if p == prev { run + 1 } else { 1 };
+                    prev = p;
+                    let w = weights[p];
+                    let rest = total - w;
+                    let bound = w.div_ceil(rest) as usize + 1;
+                    prop_assert!(run <= bound, "run {} of {} > {} for {:?}", run, p, bound, weights);
+                }
+            }
+        }
+
+        /// No algorithm ever returns an out-of-range or weight-0 server, and each returns Some
+        /// exactly when one is eligible, also when the set changed after the last rebuild.
+        #[test]
+        fn never_ineligible(
+            algo in 0usize..5,
+            before in weights_strategy(),
+            after in weights_strategy(),
+            in_flight in prop::collection::vec(0u32..50, 10),
+            keys in prop::collection::vec(any::<u64>(), 1..20),
+        ) {
+            let a = Algorithm::ALL[algo];
+            let b = Balancer::new(a, 7).with_maglev_table_size(211);
+            let s0 = TestSet::with_weights(&before);
+            b.rebuild(&s0);
+            let mut s = TestSet::with_weights(&after);
+            s.in_flight = in_flight[..after.len()].to_vec();
+            let any = after.iter().any(|&w| w > 0);
+            for k in keys {
+                match b.pick(&s, k) {
+                    Some(i) => {
+                        prop_assert!(i < after.len());
+                        prop_assert!(after[i] > 0, "{} picked weight-0 {} of {:?}", a, i, after);
+                    }
+                    None => prop_assert!(!any, "{} found none in {:?}", a, after),
+                }
+            }
+        }
+
+        /// Least connections always returns a server of minimal (in_flight + 1) / weight.
+        #[test]
+        fn least_connections_picks_a_minimum(
+            weights in weights_strategy(),
+            in_flight in prop::collection::vec(0u32..20, 10),
+            rounds in 1usize..20,
+        ) {
+            let b = Balancer::new(Algorithm::LeastConnections, 0);
+            let mut s = TestSet::with_weights(&weights);
+            s.in_flight = in_flight[..weights.len()].to_vec();
+            for _ in 0..rounds {
+                let Some(i) = b.pick(&s, 0) else {
+                    prop_assert!(weights.iter().all(|&w| w == 0));
+                    return Ok(());
+                };
+                let cost = |j: usize| (f64::from(s.in_flight[j]) + 1.0) / f64::from(weights[j]);
+                for j in 0..weights.len() {
+                    if weights[j] > 0 {
+                        prop_assert!(cost(i) <= cost(j), "picked {} cost {} > {} of {}", i, cost(i), cost(j), j);
+                    }
+                }
+                s.in_flight[i] += 1;
+            }
+        }
+
+        /// Two choices never picks the worse of any pair when only one server is better.
+        #[test]
+        fn two_choices_avoid_the_unique_worst(n in 2usize..8, worst_seed in 0usize..100, seed: u64) {
+            let worst = worst_seed % n;
+            let b = Balancer::new(Algorithm::RandomTwoChoices, seed);
+            let mut s = TestSet::with_weights(&vec![1; n]);
+            s.in_flight[worst] = 5;
+            for _ in 0..50 {
+                prop_assert_ne!(b.pick(&s, 0), Some(worst));
+            }
+        }
+    }
+}
