@@ -1,0 +1,451 @@
+#!/usr/bin/env python3
+"""Helpers for bench/lb/run.sh: process accounting, wrk parsing, the idle client, the report.
+
+Standard library only (matplotlib is used for the optional plot when it is importable).
+
+Subcommands
+  freeport N                  print N free loopback TCP ports
+  ticks PID...                utime+stime (clock ticks) summed over PID and all its descendants
+  rss PID...                  VmRSS in bytes summed over PID and all its descendants
+  pids PID...                 PID and all its descendants, one per line
+  wrk FILE                    parse a wrk --latency output (and the status lines of status.lua) to JSON
+  idle --port P --n N ...     hold N idle keep-alive connections (one GET each) until signalled
+  report --dir D --out F ...  turn the TSV records of a run into the markdown report
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import sys
+import time
+
+# --------------------------------------------------------------------------- processes
+
+
+def _children_map():
+    """ppid -> [pid] for every process visible in /proc."""
+    kids = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                data = f.read().decode("latin-1")
+        except OSError:
+            continue
+        # comm may contain spaces and parentheses: fields after the last ')'.
+        rest = data[data.rfind(")") + 2 :].split()
+        ppid = int(rest[1])
+        kids.setdefault(ppid, []).append(int(name))
+    return kids
+
+
+def tree(roots):
+    kids = _children_map()
+    seen, todo = [], list(roots)
+    while todo:
+        p = todo.pop()
+        if p in seen or not os.path.exists(f"/proc/{p}"):
+            continue
+        seen.append(p)
+        todo.extend(kids.get(p, []))
+    return sorted(seen)
+
+
+def ticks_of(pid):
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read().decode("latin-1")
+    except OSError:
+        return 0
+    rest = data[data.rfind(")") + 2 :].split()
+    # rest[0] is field 3 (state); utime is field 14, stime field 15.
+    return int(rest[11]) + int(rest[12])
+
+
+def rss_of(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+# --------------------------------------------------------------------------- wrk
+
+_UNIT = {"us": 1.0, "ms": 1000.0, "s": 1_000_000.0, "m": 60_000_000.0}
+
+
+def _dur_us(text):
+    m = re.fullmatch(r"([0-9.]+)(us|ms|s|m)", text.strip())
+    if not m:
+        raise ValueError(f"unparsable wrk duration {text!r}")
+    return float(m.group(1)) * _UNIT[m.group(2)]
+
+
+def parse_wrk(text):
+    out = {
+        "requests": None,
+        "rps": None,
+        "p50_us": None,
+        "p99_us": None,
+        "non2xx": 0,
+        "sock_connect": 0,
+        "sock_read": 0,
+        "sock_write": 0,
+        "sock_timeout": 0,
+        "statuses": {},
+    }
+    m = re.search(r"^\s*(\d+) requests in ", text, re.M)
+    if m:
+        out["requests"] = int(m.group(1))
+    m = re.search(r"^Requests/sec:\s+([0-9.]+)", text, re.M)
+    if m:
+        out["rps"] = float(m.group(1))
+    for pct, key in (("50", "p50_us"), ("99", "p99_us")):
+        m = re.search(rf"^\s*{pct}(?:\.000)?%\s+(\S+)", text, re.M)
+        if m:
+            out[key] = _dur_us(m.group(1))
+    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    if m:
+        out["non2xx"] = int(m.group(1))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    if m:
+        out["sock_connect"], out["sock_read"], out["sock_write"], out["sock_timeout"] = map(int, m.groups())
+    # status.lua prints "status <code> <count>" lines in done().
+    for code, n in re.findall(r"^status (\d+) (\d+)$", text, re.M):
+        out["statuses"][code] = int(n)
+    out["sock_errors"] = out["sock_connect"] + out["sock_read"] + out["sock_write"] + out["sock_timeout"]
+    return out
+
+
+# --------------------------------------------------------------------------- idle client
+
+
+async def _idle(port, n, conc, hold, ready_file, host):
+    req = f"GET / HTTP/1.1\r\nHost: {host}\r\nUser-Agent: rampart-bench-idle\r\n\r\n".encode()
+    sem = asyncio.Semaphore(conc)
+    conns = []
+    failures = {"connect": 0, "response": 0}
+
+    async def one():
+        async with sem:
+            try:
+                r, w = await asyncio.wait_for(asyncio.open_connection(host, port), 10)
+            except (OSError, asyncio.TimeoutError):
+                failures["connect"] += 1
+                return
+            try:
+                w.write(req)
+                await w.drain()
+                head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 10)
+                status = head.split(b" ", 2)[1]
+                m = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
+                if m:
+                    await asyncio.wait_for(r.readexactly(int(m.group(1))), 10)
+                if not status.startswith(b"2"):
+                    raise ValueError(status)
+                conns.append((r, w))
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError, IndexError):
+                failures["response"] += 1
+                w.close()
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(one() for _ in range(n)))
+    took = time.monotonic() - t0
+    print(
+        f"opened {len(conns)} of {n} in {took:.1f}s (connect failures {failures['connect']}, "
+        f"response failures {failures['response']})",
+        flush=True,
+    )
+    with open(ready_file + ".tmp", "w") as f:
+        f.write(f"{len(conns)}\n")
+    os.replace(ready_file + ".tmp", ready_file)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGUSR1, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    try:
+        await asyncio.wait_for(stop.wait(), hold)
+    except asyncio.TimeoutError:
+        pass
+    # How many connections did the balancer keep open while we idled? A FIN or RST that arrived
+    # meanwhile has already been fed to the reader by the event loop.
+    await asyncio.sleep(0.2)
+    alive = sum(
+        1 for r, w in conns if not r.at_eof() and r.exception() is None and not w.is_closing()
+    )
+    print(f"alive {alive} of {len(conns)}", flush=True)
+    with open(ready_file + ".alive", "w") as f:
+        f.write(f"{alive}\n")
+    for _, w in conns:
+        w.close()
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _read_tsv(path):
+    rows = []
+    if not os.path.exists(path):
+        return rows
+    with open(path) as f:
+        header = f.readline().rstrip("\n").split("\t")
+        for line in f:
+            vals = line.rstrip("\n").split("\t")
+            rows.append(dict(zip(header, vals)))
+    return rows
+
+
+def _fmt(x, digits=1):
+    if x is None:
+        return "pending"
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    return f"{x:.{digits}f}"
+
+
+def _ratio(x, base):
+    if x is None or base in (None, 0):
+        return "pending" if x is None else "-"
+    return f"{x / base:.2f}"
+
+
+def report(args):
+    balancers = args.balancers.split(",")
+    pending = set(filter(None, args.pending.split(","))) if args.pending else set()
+    cols = balancers + [b for b in sorted(pending) if b not in balancers]
+    lines = []
+    meta = json.load(open(os.path.join(args.dir, "meta.json")))
+    lines.append(f"# Load balancer benchmark, {meta['when']}")
+    lines.append("")
+    lines.append(f"Command: `{meta['command']}`  ")
+    lines.append(f"rampart commit: `{meta['rampart_commit']}`  ")
+    lines.append(
+        f"Machine: {meta['cpus']} CPUs ({meta['cpu_model']}), kernel {meta['kernel']}; "
+        f"{meta['haproxy']}, {meta['nginx']}, {meta['wrk']}.  "
+    )
+    lines.append(
+        "Each balancer runs ONE worker thread pinned to CPU 0; wrk and the two nginx backends "
+        "run on CPU 1. Ratios are to HAProxy (lower is better except requests/s)."
+    )
+    if pending:
+        lines.append("")
+        lines.append(f"Not measured in this run (column pending): {', '.join(sorted(pending))}.")
+    plot_data = {}
+
+    cpu = _read_tsv(os.path.join(args.dir, "cpu.tsv"))
+    if cpu or "cpu" in meta["scenarios"]:
+        lines.append("")
+        lines.append(
+            f"## Scenario cpu: `wrk -t1 -c50 -d{meta['duration']}s --latency`, "
+            f"{meta['rounds']} alternating rounds, medians"
+        )
+        lines.append("")
+        med = {}
+        for b in cols:
+            rs = [r for r in cpu if r["balancer"] == b]
+            if not rs:
+                med[b] = None
+                continue
+            m = {}
+            for k in ("rps", "p50_us", "p99_us", "cpu_us_per_req"):
+                m[k] = statistics.median(float(r[k]) for r in rs)
+            m["errors"] = sum(int(r["errors"]) for r in rs)
+            m["n"] = len(rs)
+            m["cpu_min"] = min(float(r["cpu_us_per_req"]) for r in rs)
+            m["cpu_max"] = max(float(r["cpu_us_per_req"]) for r in rs)
+            med[b] = m
+            plot_data.setdefault("cpu", {})[b] = [float(r["cpu_us_per_req"]) for r in rs]
+        base = med.get("haproxy")
+        lines.append("| metric | " + " | ".join(cols) + " |")
+        lines.append("|---|" + "---|" * len(cols))
+        for key, label, digits in (
+            ("rps", "requests/s", 0),
+            ("p50_us", "p50 latency (us)", 0),
+            ("p99_us", "p99 latency (us)", 0),
+            ("cpu_us_per_req", "CPU per request (us)", 2),
+        ):
+            vals = [_fmt(med[b][key] if med[b] else None, digits) for b in cols]
+            lines.append(f"| {label} | " + " | ".join(vals) + " |")
+            if base:
+                rat = [_ratio(med[b][key] if med[b] else None, base[key]) for b in cols]
+                lines.append(f"| {label}, ratio to HAProxy | " + " | ".join(rat) + " |")
+        vals = [
+            f"{med[b]['cpu_min']:.2f}-{med[b]['cpu_max']:.2f}" if med[b] else "pending" for b in cols
+        ]
+        lines.append("| CPU per request, min-max over rounds (us) | " + " | ".join(vals) + " |")
+        vals = [str(med[b]["errors"]) if med[b] else "pending" for b in cols]
+        lines.append("| errors, all rounds (socket + non-2xx) | " + " | ".join(vals) + " |")
+
+    kill = _read_tsv(os.path.join(args.dir, "kill.tsv"))
+    if kill or "kill" in meta["scenarios"]:
+        lines.append("")
+        lines.append(
+            "## Scenario kill: `wrk -t1 -c50 -d8s`, SIGKILL one of two backends 3 s in, "
+            "health checks and retries on"
+        )
+        lines.append("")
+        by = {r["balancer"]: r for r in kill}
+        lines.append("| metric | " + " | ".join(cols) + " |")
+        lines.append("|---|" + "---|" * len(cols))
+        for key, label in (
+            ("requests", "requests"),
+            ("non2xx", "non-2xx responses"),
+            ("sock_errors", "socket errors (connect/read/write/timeout)"),
+            ("errors", "client errors, total"),
+        ):
+            vals = [by[b][key] if b in by else "pending" for b in cols]
+            lines.append(f"| {label} | " + " | ".join(vals) + " |")
+        vals = [by[b]["statuses"] if b in by else "pending" for b in cols]
+        lines.append("| statuses seen | " + " | ".join(vals) + " |")
+
+    idle = _read_tsv(os.path.join(args.dir, "idle.tsv"))
+    if idle or "idle" in meta["scenarios"]:
+        lines.append("")
+        lines.append(
+            f"## Scenario idle: {meta['idle_n']:,} idle keep-alive client connections "
+            "(one GET each, then idle), RSS summed over the balancer's processes"
+        )
+        lines.append("")
+        by = {r["balancer"]: r for r in idle}
+        lines.append("| metric | " + " | ".join(cols) + " |")
+        lines.append("|---|" + "---|" * len(cols))
+        lines.append(
+            "| connections held (alive at the end) | "
+            + " | ".join(f"{by[b]['held']} ({by[b]['alive']})" if b in by else "pending" for b in cols)
+            + " |"
+        )
+        for key, label in (("rss_before", "RSS before (KiB)"), ("rss_after", "RSS after (KiB)")):
+            vals = [f"{int(by[b][key]) // 1024:,}" if b in by else "pending" for b in cols]
+            lines.append(f"| {label} | " + " | ".join(vals) + " |")
+        per = {b: float(by[b]["bytes_per_conn"]) if b in by else None for b in cols}
+        lines.append("| bytes per connection | " + " | ".join(_fmt(per[b], 0) for b in cols) + " |")
+        if per.get("haproxy"):
+            lines.append(
+                "| bytes per connection, ratio to HAProxy | "
+                + " | ".join(_ratio(per[b], per["haproxy"]) for b in cols)
+                + " |"
+            )
+        plot_data["idle"] = {b: per[b] for b in cols if per[b] is not None}
+
+    text = "\n".join(lines) + "\n"
+    with open(args.out, "w") as f:
+        f.write(text)
+    print(text)
+    if args.plot:
+        _plot(plot_data, args.plot)
+
+
+def _plot(data, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(matplotlib not installed: no plot)", file=sys.stderr)
+        return
+    panels = [k for k in ("cpu", "idle") if data.get(k)]
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for ax, key in zip(axes[0], panels):
+        if key == "cpu":
+            names = list(data["cpu"])
+            ax.boxplot([data["cpu"][n] for n in names], labels=names)
+            ax.set_title("CPU per request (us), all rounds")
+        else:
+            names = list(data["idle"])
+            ax.bar(names, [data["idle"][n] for n in names])
+            ax.set_title("bytes per idle connection")
+        ax.set_ylim(bottom=0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"plot: {path}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("freeport")
+    p.add_argument("n", type=int)
+    for name in ("ticks", "rss", "pids"):
+        p = sub.add_parser(name)
+        p.add_argument("pids", type=int, nargs="+")
+    p = sub.add_parser("wrk")
+    p.add_argument("file")
+    p = sub.add_parser("cpurow")
+    for name in ("file", "balancer", "round", "t0", "t1", "hz"):
+        p.add_argument(name)
+    p = sub.add_parser("killrow")
+    p.add_argument("file")
+    p.add_argument("balancer")
+    p = sub.add_parser("idle")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--n", type=int, default=8000)
+    p.add_argument("--concurrency", type=int, default=200)
+    p.add_argument("--hold", type=float, default=60.0)
+    p.add_argument("--ready-file", required=True)
+    p = sub.add_parser("report")
+    p.add_argument("--dir", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--balancers", required=True)
+    p.add_argument("--pending", default="")
+    p.add_argument("--plot", default="")
+    a = ap.parse_args()
+
+    if a.cmd == "freeport":
+        socks, ports = [], []
+        for _ in range(a.n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+            ports.append(s.getsockname()[1])
+        for s in socks:
+            s.close()
+        print(" ".join(map(str, ports)))
+    elif a.cmd == "ticks":
+        print(sum(ticks_of(p) for p in tree(a.pids)))
+    elif a.cmd == "rss":
+        print(sum(rss_of(p) for p in tree(a.pids)))
+    elif a.cmd == "pids":
+        print("\n".join(map(str, tree(a.pids))))
+    elif a.cmd == "wrk":
+        print(json.dumps(parse_wrk(open(a.file).read())))
+    elif a.cmd == "cpurow":
+        j = parse_wrk(open(a.file).read())
+        if not j["requests"]:
+            sys.exit(f"wrk against {a.balancer} reported no requests (see {a.file})")
+        cpu_us = (int(a.t1) - int(a.t0)) * 1e6 / int(a.hz) / j["requests"]
+        err = j["non2xx"] + j["sock_errors"]
+        print(
+            f"{a.balancer}\t{a.round}\t{j['requests']}\t{j['rps']}\t{j['p50_us']}\t{j['p99_us']}"
+            f"\t{cpu_us:.3f}\t{err}"
+        )
+    elif a.cmd == "killrow":
+        j = parse_wrk(open(a.file).read())
+        st = " ".join(f"{k}:{v}" for k, v in sorted(j["statuses"].items())) or "none"
+        err = j["non2xx"] + j["sock_errors"]
+        print(f"{a.balancer}\t{j['requests']}\t{j['non2xx']}\t{j['sock_errors']}\t{err}\t{st}")
+    elif a.cmd == "idle":
+        asyncio.run(_idle(a.port, a.n, a.concurrency, a.hold, a.ready_file, a.host))
+    elif a.cmd == "report":
+        report(a)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,426 @@
+#!/usr/bin/env bash
+# rampart lb against HAProxy and nginx, side by side, one worker thread each.
+#
+#   bash bench/lb/run.sh [--rounds N] [--duration S] [--only cpu|kill|idle]
+#                        [--balancers haproxy,nginx,rampart] [--idle-conns N] [--no-build]
+#
+# Method (shared/ENGINEERING.md, "How the anchor figures were measured here"):
+# every balancer runs ONE worker thread pinned to CPU 0; wrk and the two nginx backends run on
+# CPU 1. Three scenarios:
+#   cpu   alternating wrk runs (order rotated each round): requests/s, p50, p99 and the balancer's
+#         CPU microseconds per request (utime+stime of all its processes, /proc/PID/stat);
+#   kill  SIGKILL one of two backends 3 s into an 8 s wrk run; count the errors clients see;
+#   idle  hold N idle keep-alive client connections; resident memory per connection.
+# Medians and ratios to HAProxy go to bench/results/lb-<timestamp>.md (and are printed).
+# Everything listens on loopback only; every process started here is killed on exit.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+py() { python3 "$here/lbbench.py" "$@"; }
+
+rounds=8
+duration=3
+only=""
+balancers="haproxy,nginx,rampart"
+idle_n=8000
+build=1
+cmdline="bash bench/lb/run.sh $*"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --rounds) rounds=$2; shift 2 ;;
+    --duration) duration=$2; shift 2 ;;
+    --only) only=$2; shift 2 ;;
+    --balancers) balancers=$2; shift 2 ;;
+    --idle-conns) idle_n=$2; shift 2 ;;
+    --no-build) build=0; shift ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+case "$only" in ""|cpu|kill|idle) ;; *) echo "--only takes cpu, kill or idle" >&2; exit 2 ;; esac
+[[ "$rounds" =~ ^[0-9]+$ && "$rounds" -ge 1 && "$rounds" -le 100 ]] || { echo "--rounds: 1..100" >&2; exit 2; }
+[[ "$duration" =~ ^[0-9]+$ && "$duration" -ge 1 && "$duration" -le 60 ]] || { echo "--duration: 1..60 s" >&2; exit 2; }
+[[ "$idle_n" =~ ^[0-9]+$ && "$idle_n" -ge 1 && "$idle_n" -le 8500 ]] || { echo "--idle-conns: 1..8500" >&2; exit 2; }
+if [ -n "$only" ]; then scenarios=$only; else scenarios="cpu kill idle"; fi
+
+log() { echo "[bench $(date -u +%H:%M:%S)] $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ------------------------------------------------------------------------------------ setup
+bash "$repo/scripts/deps.sh"
+for c in haproxy nginx wrk taskset setsid curl python3; do
+  command -v "$c" >/dev/null || die "$c is missing"
+done
+[ "$(nproc)" -ge 2 ] || die "needs 2 CPUs (balancer on CPU 0, load and backends on CPU 1)"
+# The idle scenario needs ~2 fds per connection in the balancer: take the hard limit.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+nofile=$(ulimit -n)
+if [ "$nofile" != unlimited ] && [ "$nofile" -lt $((2 * idle_n + 500)) ]; then
+  die "open-file limit $nofile is too low for $idle_n idle connections (use --idle-conns)"
+fi
+clk_tck=$(getconf CLK_TCK)
+
+pending=()
+want=()
+IFS=, read -r -a want <<<"$balancers"
+active=()
+for b in "${want[@]}"; do
+  case "$b" in haproxy|nginx|rampart) ;; *) die "unknown balancer $b" ;; esac
+done
+rampart_bin=${RAMPART_BIN:-${CARGO_TARGET_DIR:-$repo/target}/release/rampart}
+rampart_commit=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [ -n "$(git -C "$repo" status --porcelain -- crates Cargo.lock Cargo.toml 2>/dev/null)" ]; then
+  rampart_commit="$rampart_commit + uncommitted changes in crates/"
+fi
+for b in "${want[@]}"; do
+  if [ "$b" = rampart ]; then
+    if [ "$build" = 1 ] && [ -z "${RAMPART_BIN:-}" ]; then
+      log "building rampart (release)"
+      (cd "$repo" && cargo build --release -p rampart --bin rampart) >&2 || log "rampart did not build"
+    fi
+    if [ -x "$rampart_bin" ] && "$rampart_bin" lb --help 2>&1 | grep -q -- '--listen'; then
+      active+=(rampart)
+    else
+      log "rampart lb quick mode is not available ($rampart_bin lb --listen): its column is pending"
+      pending+=(rampart)
+    fi
+  else
+    active+=("$b")
+  fi
+done
+[ ${#active[@]} -ge 1 ] || die "no balancer to measure"
+
+work=$(mktemp -d /tmp/rampart-bench-lb.XXXXXX)
+stamp=$(date -u +%Y%m%dT%H%M%SZ)
+results="$repo/bench/results"
+mkdir -p "$results"
+log "work dir $work"
+
+# ------------------------------------------------------------------------------------ processes
+# Each process is started in its own session (setsid execs in place, so $! is the group id);
+# stop() ends that group only. The trap ends every group still alive, on success, failure or ^C.
+GROUPS_ALIVE=()
+stop() {
+  local pg=$1 i
+  kill -TERM -- "-$pg" 2>/dev/null || true
+  for i in $(seq 1 30); do
+    kill -0 -- "-$pg" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL -- "-$pg" 2>/dev/null || true
+  wait "$pg" 2>/dev/null || true
+  local keep=() g
+  for g in "${GROUPS_ALIVE[@]}"; do [ "$g" = "$pg" ] || keep+=("$g"); done
+  GROUPS_ALIVE=("${keep[@]}")
+}
+cleanup() {
+  local rc=$? pg
+  trap - EXIT INT TERM
+  for pg in "${GROUPS_ALIVE[@]}"; do stop "$pg"; done
+  if [ $rc -eq 0 ]; then rm -rf "$work"; else log "failed (exit $rc); logs kept in $work"; fi
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# start CPU LOGNAME cmd... ; sets STARTED to the pid (= process group id)
+start() {
+  local cpu=$1 name=$2
+  shift 2
+  taskset -c "$cpu" setsid "$@" >"$work/$name.log" 2>&1 </dev/null &
+  STARTED=$!
+  GROUPS_ALIVE+=("$STARTED")
+}
+
+# wait_http PORT : until GET / answers 200 through it (at most 10 s)
+wait_http() {
+  local port=$1 i
+  for i in $(seq 1 100); do
+    if [ "$(curl -s -m 1 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/" 2>/dev/null)" = 200 ]; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  return 1
+}
+
+# ------------------------------------------------------------------------------------ backends
+# nginx, one process (master_process off, so SIGKILL takes the whole backend down), a short 200.
+backend_conf() {
+  local name=$1 port=$2 dir="$work/$1"
+  mkdir -p "$dir/logs"
+  cat >"$dir/nginx.conf" <<EOF
+daemon off;
+master_process off;
+worker_processes 1;
+worker_rlimit_nofile 8192;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 10000000;
+  keepalive_timeout 300s;
+  client_body_temp_path $dir/tmp;
+  server {
+    listen 127.0.0.1:$port backlog=4096;
+    location / { default_type text/plain; return 200 "hello from $name\n"; }
+  }
+}
+EOF
+}
+BACKEND_PIDS=()
+start_backends() {
+  read -r B1 B2 <<<"$(py freeport 2)"
+  BACKEND_PIDS=()
+  local i=1 port
+  for port in "$B1" "$B2"; do
+    backend_conf "backend$i" "$port"
+    start 1 "backend$i" nginx -e stderr -p "$work/backend$i" -c "$work/backend$i/nginx.conf"
+    BACKEND_PIDS+=("$STARTED")
+    wait_http "$port" || die "backend$i did not start (see $work/backend$i.log)"
+    i=$((i + 1))
+  done
+}
+stop_backends() {
+  local pg
+  for pg in "${BACKEND_PIDS[@]}"; do stop "$pg"; done
+  BACKEND_PIDS=()
+}
+
+# ------------------------------------------------------------------------------------ balancers
+# conf_haproxy MODE PORT ; MODE is plain (cpu, idle) or careful (kill: checks, retries, redispatch)
+conf_haproxy() {
+  local mode=$1 port=$2 dir="$work/haproxy-$1" chk=""
+  mkdir -p "$dir"
+  [ "$mode" = careful ] && chk=" check inter 1s fall 2 rise 2"
+  {
+    cat <<EOF
+global
+  nbthread 1
+  maxconn 8900
+  pidfile $dir/haproxy.pid
+defaults
+  mode http
+  option http-keep-alive
+  option forwardfor
+  http-reuse always
+  timeout connect 2s
+  timeout client 120s
+  timeout server 30s
+  timeout http-request 10s
+  timeout http-keep-alive 120s
+EOF
+    if [ "$mode" = careful ]; then
+      cat <<EOF
+  option redispatch
+  retries 3
+  retry-on all-retryable-errors
+EOF
+    fi
+    cat <<EOF
+frontend fe
+  bind 127.0.0.1:$port
+  maxconn 8900
+  default_backend be
+backend be
+  balance roundrobin
+EOF
+    [ "$mode" = careful ] && echo "  option httpchk GET /"
+    echo "  server s1 127.0.0.1:$B1$chk"
+    echo "  server s2 127.0.0.1:$B2$chk"
+  } >"$dir/haproxy.cfg"
+  haproxy -c -q -f "$dir/haproxy.cfg" >/dev/null || die "haproxy rejects $dir/haproxy.cfg"
+}
+conf_nginx() {
+  local mode=$1 port=$2 dir="$work/nginx-$1"
+  mkdir -p "$dir/logs"
+  chmod 755 "$work" "$dir"
+  cat >"$dir/nginx.conf" <<EOF
+daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile 19500;
+pid $dir/nginx.pid;
+error_log $dir/error.log error;
+events { worker_connections 9500; }
+http {
+  access_log off;
+  keepalive_requests 10000000;
+  keepalive_timeout 120s;
+  client_body_temp_path $dir/client_tmp;
+  proxy_temp_path $dir/proxy_tmp;
+  upstream be {
+    server 127.0.0.1:$B1;
+    server 127.0.0.1:$B2;
+    keepalive 64;
+    keepalive_requests 10000000;
+  }
+  server {
+    listen 127.0.0.1:$port backlog=4096;
+    location / {
+      proxy_pass http://be;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_connect_timeout 2s;
+      proxy_next_upstream error timeout;
+    }
+  }
+}
+EOF
+  nginx -t -q -e stderr -p "$dir" -c "$dir/nginx.conf" 2>/dev/null || die "nginx rejects $dir/nginx.conf"
+}
+
+# start_balancer NAME MODE PORT ; sets BAL_PID
+start_balancer() {
+  local name=$1 mode=$2 port=$3
+  case "$name" in
+    haproxy)
+      conf_haproxy "$mode" "$port"
+      start 0 "haproxy-$mode" haproxy -W -f "$work/haproxy-$mode/haproxy.cfg"
+      ;;
+    nginx)
+      conf_nginx "$mode" "$port"
+      start 0 "nginx-$mode" nginx -e stderr -p "$work/nginx-$mode" -c "$work/nginx-$mode/nginx.conf"
+      ;;
+    rampart)
+      local hc=none
+      [ "$mode" = careful ] && hc=http:/
+      start 0 "rampart-$mode" env RUST_LOG=warn "$rampart_bin" lb --listen "127.0.0.1:$port" \
+        --backend "127.0.0.1:$B1" --backend "127.0.0.1:$B2" --algorithm round-robin \
+        --mode http --health-check "$hc" --threads 1
+      ;;
+  esac
+  BAL_PID=$STARTED
+  wait_http "$port" || die "$name did not start (see $work/$name-$mode.log)"
+}
+
+# run_wrk PORT SECONDS OUT [LUA]
+run_wrk() {
+  local port=$1 secs=$2 out=$3 script=()
+  [ -n "${4:-}" ] && script=(-s "$4")
+  taskset -c 1 wrk -t1 -c50 -d"${secs}s" --latency "${script[@]}" "http://127.0.0.1:$port/" >"$out" 2>&1
+}
+field() { python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
+
+# ------------------------------------------------------------------------------------ meta
+cat >"$work/meta.json" <<EOF
+{"when": "$(date -u '+%Y-%m-%d %H:%M UTC')",
+ "command": "$cmdline",
+ "rampart_commit": "$rampart_commit",
+ "cpus": $(nproc),
+ "cpu_model": "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')",
+ "kernel": "$(uname -r)",
+ "haproxy": "$(haproxy -v | head -1 | awk '{print "HAProxy " $3}')",
+ "nginx": "$(nginx -v 2>&1 | sed 's/.*nginx\//nginx /')",
+ "wrk": "$(wrk -v 2>&1 | head -1 | awk '{print $1 " " $2}')",
+ "scenarios": "$scenarios", "rounds": $rounds, "duration": $duration, "idle_n": $idle_n}
+EOF
+
+# ------------------------------------------------------------------------------------ cpu
+scenario_cpu() {
+  log "scenario cpu: ${#active[@]} balancers x $rounds rounds x ${duration}s"
+  start_backends
+  declare -A port pid
+  local b r i n
+  for b in "${active[@]}"; do
+    port[$b]=$(py freeport 1)
+    start_balancer "$b" plain "${port[$b]}"
+    pid[$b]=$BAL_PID
+    run_wrk "${port[$b]}" 1 "$work/cpu-warmup-$b.txt" # warm-up, not recorded
+  done
+  printf 'balancer\tround\trequests\trps\tp50_us\tp99_us\tcpu_us_per_req\terrors\n' >"$work/cpu.tsv"
+  n=${#active[@]}
+  for r in $(seq 1 "$rounds"); do
+    for i in $(seq 0 $((n - 1))); do
+      b=${active[$(((i + r - 1) % n))]}
+      local t0 t1 out="$work/cpu-$r-$b.txt"
+      t0=$(py ticks "${pid[$b]}")
+      run_wrk "${port[$b]}" "$duration" "$out"
+      t1=$(py ticks "${pid[$b]}")
+      py cpurow "$out" "$b" "$r" "$t0" "$t1" "$clk_tck" >>"$work/cpu.tsv"
+      log "cpu round $r $b: $(tail -1 "$work/cpu.tsv" | cut -f3-)"
+    done
+  done
+  for b in "${active[@]}"; do stop "${pid[$b]}"; done
+  stop_backends
+}
+
+# ------------------------------------------------------------------------------------ kill
+scenario_kill() {
+  log "scenario kill: per balancer, SIGKILL one of two backends 3 s into an 8 s run"
+  printf 'balancer\trequests\tnon2xx\tsock_errors\terrors\tstatuses\n' >"$work/kill.tsv"
+  local b p out wp
+  for b in "${active[@]}"; do
+    start_backends
+    p=$(py freeport 1)
+    # BENCH_KILL_MODE=plain runs this scenario without checks or retries: a check of the harness
+    # itself (it must then count errors).
+    start_balancer "$b" "${BENCH_KILL_MODE:-careful}" "$p"
+    sleep 2 # let the first health checks pass
+    out="$work/kill-$b.txt"
+    run_wrk "$p" 8 "$out" "$here/status.lua" &
+    wp=$!
+    sleep 3
+    kill -KILL -- "-${BACKEND_PIDS[0]}"
+    wait "${BACKEND_PIDS[0]}" 2>/dev/null || true
+    ! kill -0 "${BACKEND_PIDS[0]}" 2>/dev/null || die "backend1 survived SIGKILL"
+    curl -s -m 1 -o /dev/null "http://127.0.0.1:$B1/" && die "backend1 still answers after SIGKILL"
+    wait "$wp" || die "wrk failed against $b (see $out)"
+    py killrow "$out" "$b" >>"$work/kill.tsv"
+    log "kill $b: $(tail -1 "$work/kill.tsv" | cut -f2-)"
+    stop "$BAL_PID"
+    stop_backends
+  done
+}
+
+# ------------------------------------------------------------------------------------ idle
+scenario_idle() {
+  log "scenario idle: $idle_n idle keep-alive connections per balancer"
+  printf 'balancer\theld\talive\trss_before\trss_after\tbytes_per_conn\n' >"$work/idle.tsv"
+  local b p before after held alive i ready cpid
+  for b in "${active[@]}"; do
+    start_backends
+    p=$(py freeport 1)
+    start_balancer "$b" plain "$p"
+    for i in $(seq 1 20); do curl -s -o /dev/null "http://127.0.0.1:$p/"; done
+    sleep 1
+    before=$(py rss "$BAL_PID")
+    ready="$work/idle-$b.ready"
+    start 1 "idle-client-$b" python3 "$here/lbbench.py" idle --port "$p" --n "$idle_n" \
+      --hold 90 --ready-file "$ready"
+    cpid=$STARTED
+    for i in $(seq 1 600); do [ -s "$ready" ] && break; sleep 0.1; done
+    [ -s "$ready" ] || die "idle client did not finish opening connections to $b in 60 s"
+    sleep 2
+    after=$(py rss "$BAL_PID")
+    held=$(cat "$ready")
+    kill -USR1 "$cpid"
+    for i in $(seq 1 100); do [ -s "$ready.alive" ] && break; sleep 0.1; done
+    alive=$(cat "$ready.alive" 2>/dev/null || echo "?")
+    stop "$cpid"
+    [ "$held" -gt 0 ] || die "no idle connection could be opened to $b (see $work/idle-client-$b.log)"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$b" "$held" "$alive" "$before" "$after" \
+      "$(((after - before) / held))" >>"$work/idle.tsv"
+    log "idle $b: $(cat "$work/idle-client-$b.log" | tr '\n' ' ') rss $before -> $after"
+    stop "$BAL_PID"
+    stop_backends
+  done
+}
+
+for s in $scenarios; do "scenario_$s"; done
+
+# ------------------------------------------------------------------------------------ report
+out="$results/lb-$stamp.md"
+plot=""
+python3 -c 'import matplotlib' 2>/dev/null && plot="$results/lb-$stamp.png"
+pend=$(IFS=,; echo "${pending[*]:-}")
+act=$(IFS=,; echo "${active[*]}")
+py report --dir "$work" --out "$out" --balancers "$act" --pending "$pend" --plot "$plot"
+mkdir -p "$results/lb-$stamp-raw"
+cp "$work"/*.tsv "$work"/*.txt "$work/meta.json" "$results/lb-$stamp-raw/" 2>/dev/null || true
+log "report: $out (raw wrk outputs in $results/lb-$stamp-raw/)"
