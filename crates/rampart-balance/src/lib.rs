@@ -25,6 +25,8 @@
 //!   built (allocating) only in [`Balancer::rebuild`].
 
 #![forbid(unsafe_code)]
+// Tests may unwrap: a panic there is a failed test, not a crash on user input.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod ewma;
 pub mod health;

@@ -33,7 +33,10 @@ mod tests {
         assert_eq!(slow_start_weight(5, 0, 1000), 1);
         assert_eq!(slow_start_weight(0, 0, 1000), 0);
         assert_eq!(slow_start_weight(7, 0, 0), 7);
-        assert_eq!(slow_start_weight(u32::MAX, u64::MAX - 1, u64::MAX), u32::MAX - 1);
+        assert_eq!(
+            slow_start_weight(u32::MAX, u64::MAX - 1, u64::MAX),
+            u32::MAX - 1
+        );
     }
 
     proptest! {
