@@ -420,6 +420,128 @@ mod tests {
         assert_eq!(b.pick(&s, 0), Some(0));
     }
 
+    /// A pool as the lb runs it: Peak-EWMA per server fed by completed requests, in-flight
+    /// counts, time advancing. Server latencies are set per phase by the test.
+    struct Sim {
+        now: u64,
+        ewma: Vec<crate::PeakEwma>,
+        in_flight: Vec<u32>,
+        ids: Vec<String>,
+    }
+
+    impl ServerSet for Sim {
+        fn len(&self) -> usize {
+            self.ewma.len()
+        }
+        fn weight(&self, _: usize) -> u32 {
+            1
+        }
+        fn in_flight(&self, i: usize) -> u32 {
+            self.in_flight[i]
+        }
+        fn latency_ns(&self, i: usize) -> f64 {
+            self.ewma[i].get(self.now)
+        }
+        fn id(&self, i: usize) -> &str {
+            &self.ids[i]
+        }
+    }
+
+    /// One request per millisecond for `ms` milliseconds, server i answering after
+    /// `latency(i)`; returns the picks per server.
+    fn drive(
+        b: &Balancer,
+        sim: &mut Sim,
+        pending: &mut std::collections::BinaryHeap<std::cmp::Reverse<(u64, usize)>>,
+        ms: u64,
+        latency: &[u64],
+    ) -> Vec<u32> {
+        const MS: u64 = 1_000_000;
+        let mut picks = vec![0; sim.len()];
+        let end = sim.now + ms * MS;
+        while sim.now < end {
+            sim.now += MS;
+            // Complete what is due, observing its response time.
+            while let Some(&std::cmp::Reverse((at, i))) = pending.peek() {
+                if at > sim.now {
+                    break;
+                }
+                pending.pop();
+                sim.in_flight[i] -= 1;
+                sim.ewma[i].observe(latency[i], at);
+            }
+            let i = b.pick(&*sim, 0).unwrap();
+            picks[i] += 1;
+            sim.in_flight[i] += 1;
+            pending.push(std::cmp::Reverse((sim.now + latency[i], i)));
+        }
+        picks
+    }
+
+    #[test]
+    fn least_response_time_slow_server_loses_traffic_within_a_second_and_regains_it() {
+        const MS: u64 = 1_000_000;
+        let b = Balancer::new(Algorithm::LeastResponseTime, 11);
+        let mut sim = Sim {
+            now: 0,
+            ewma: (0..3)
+                .map(|_| crate::PeakEwma::new(1_000 * MS, 0.0))
+                .collect(),
+            in_flight: vec![0; 3],
+            ids: (0..3).map(|i| i.to_string()).collect(),
+        };
+        let mut pending = std::collections::BinaryHeap::new();
+        let fast = [MS, MS, MS];
+        let slow = [51 * MS, MS, MS];
+        let even = drive(&b, &mut sim, &mut pending, 2_000, &fast);
+        assert!(even.iter().all(|&p| p > 500), "all fast: {even:?}");
+        // Server 0 turns 50 ms slower: after its first slow answers it is avoided.
+        let first = drive(&b, &mut sim, &mut pending, 1_000, &slow);
+        assert!(first[0] < 100, "first second of slowness: {first:?}");
+        let later = drive(&b, &mut sim, &mut pending, 3_000, &slow);
+        assert!(later[0] < 300, "slow, later: {later:?}");
+        // It recovers: its estimate decays, it gets probed, and keeps traffic again.
+        drive(&b, &mut sim, &mut pending, 6_000, &fast);
+        let back = drive(&b, &mut sim, &mut pending, 2_000, &fast);
+        assert!(back[0] > 400, "recovered: {back:?}");
+    }
+
+    #[test]
+    fn swrr_shares_exact_under_concurrent_picks() {
+        let b = Balancer::new(Algorithm::RoundRobin, 0);
+        let s = TestSet::with_weights(&[5, 3, 1, 1]);
+        let counts: Vec<[u32; 4]> = std::thread::scope(|scope| {
+            let hs: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut c = [0u32; 4];
+                        for _ in 0..2_500 {
+                            c[b.pick(&s, 0).unwrap()] += 1;
+                        }
+                        c
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut total = [0u32; 4];
+        for c in counts {
+            for i in 0..4 {
+                total[i] += c[i];
+            }
+        }
+        // 10,000 picks = 1,000 whole cycles of sum(weights) = 10.
+        assert_eq!(total, [5_000, 3_000, 1_000, 1_000]);
+    }
+
+    #[test]
+    fn default_maglev_table_is_65537() {
+        let b = Balancer::new(Algorithm::SourceIpHash, 0);
+        let s = TestSet::with_weights(&[1, 1]);
+        b.rebuild(&s);
+        assert_eq!(b.maglev.read().unwrap().size(), 65_537);
+    }
+
     #[test]
     fn random_two_choices_spreads_and_prefers_idle() {
         let b = Balancer::new(Algorithm::RandomTwoChoices, 9);
