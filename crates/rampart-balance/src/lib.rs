@@ -137,6 +137,17 @@ pub trait ServerSet {
     /// Effective weight for NEW requests right now. 0 = not eligible (down, draining,
     /// maintenance, already tried in this request, or full). Slow start is already applied.
     fn weight(&self, i: usize) -> u32;
+    /// Weight of server i for building the source-IP-hash (Maglev) table in
+    /// [`Balancer::rebuild`]: its configured weight, without slow start. Only servers with
+    /// `weight(i) > 0` get table slots; this sets their share (0 is taken as 1).
+    ///
+    /// Defaults to `weight(i)`. Override it when `weight` includes slow start: the table is
+    /// only rebuilt on membership changes, so a table built while a server ramps up would
+    /// keep its reduced share until the next change (and hashing clients should not move
+    /// twice anyway).
+    fn table_weight(&self, i: usize) -> u32 {
+        self.weight(i)
+    }
     /// Requests (HTTP) or connections (TCP) in flight on server i.
     fn in_flight(&self, i: usize) -> u32;
     /// Peak-EWMA latency estimate of server i in nanoseconds (see [`PeakEwma::get`]).

@@ -45,8 +45,9 @@ impl Table {
         }
     }
 
-    /// Build from the eligible (weight > 0) servers of `servers`. `min_size` is rounded up to
-    /// a prime and to at least 100 × the number of eligible servers.
+    /// Build from the eligible (weight > 0) servers of `servers`, each weighted by its
+    /// `table_weight`. `min_size` is rounded up to a prime and to at least 100 × the number
+    /// of eligible servers.
     pub(crate) fn build<S: ServerSet + ?Sized>(servers: &S, min_size: u64) -> Self {
         struct Build {
             offset: u64,
@@ -64,7 +65,7 @@ impl Table {
                     index: i,
                     id: servers.id(i).into(),
                 });
-                weights.push(u64::from(w));
+                weights.push(u64::from(servers.table_weight(i).max(1)));
             }
         }
         if backends.is_empty() {
@@ -254,6 +255,24 @@ mod tests {
         for sh in shares(&t, &s) {
             assert!((sh - 0.2).abs() < 0.01, "{sh}");
         }
+    }
+
+    #[test]
+    fn table_shares_follow_table_weight_not_slow_start() {
+        // Server 0 is in slow start (weight 1 of 10): eligible, but its table share follows
+        // its configured weight, so the table need not be rebuilt as it ramps up.
+        let mut s = TestSet::with_weights(&[1, 10, 0]);
+        s.table = Some(vec![10, 10, 10]);
+        let t = Table::build(&s, SIZE);
+        let sh = shares(&t, &s);
+        assert!((sh[0] - 0.5).abs() < 0.01, "{sh:?}");
+        assert_eq!(
+            sh[2], 0.0,
+            "weight 0 means no slot whatever table_weight says"
+        );
+        s.table = Some(vec![0, 3, 0]); // 0 is taken as 1
+        let sh = shares(&Table::build(&s, SIZE), &s);
+        assert!((sh[0] - 0.25).abs() < 0.01, "{sh:?}");
     }
 
     #[test]

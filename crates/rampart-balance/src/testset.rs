@@ -8,6 +8,8 @@ pub(crate) struct TestSet {
     pub in_flight: Vec<u32>,
     pub latency: Vec<f64>,
     pub ids: Vec<String>,
+    /// `table_weight` overrides; None: the default (`weight`).
+    pub table: Option<Vec<u32>>,
 }
 
 impl TestSet {
@@ -18,6 +20,7 @@ impl TestSet {
             in_flight: vec![0; n],
             latency: vec![1_000_000.0; n],
             ids: (0..n).map(|i| format!("10.0.0.{i}:80")).collect(),
+            table: None,
         }
     }
 }
@@ -28,6 +31,12 @@ impl ServerSet for TestSet {
     }
     fn weight(&self, i: usize) -> u32 {
         self.weights[i]
+    }
+    fn table_weight(&self, i: usize) -> u32 {
+        match &self.table {
+            Some(t) => t[i],
+            None => self.weights[i],
+        }
     }
     fn in_flight(&self, i: usize) -> u32 {
         self.in_flight[i]
