@@ -79,6 +79,18 @@ def rss_of(pid):
     return 0
 
 
+def _cpu0():
+    """(busy, total) clock ticks of CPU 0 from /proc/stat."""
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu0 "):
+                v = [int(x) for x in line.split()[1:]]
+                # user nice system idle iowait irq softirq steal ...
+                busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
+                return busy, busy + v[3] + v[4]
+    raise RuntimeError("no cpu0 line in /proc/stat")
+
+
 # --------------------------------------------------------------------------- wrk
 
 _UNIT = {"us": 1.0, "ms": 1000.0, "s": 1_000_000.0, "m": 60_000_000.0}
@@ -261,6 +273,7 @@ def report(args):
             for k in ("rps", "p50_us", "p99_us", "cpu_us_per_req"):
                 m[k] = statistics.median(float(r[k]) for r in rs)
             m["errors"] = sum(int(r["errors"]) for r in rs)
+            m["other"] = max(float(r["other_cpu0_pct"]) for r in rs)
             m["n"] = len(rs)
             m["cpu_min"] = min(float(r["cpu_us_per_req"]) for r in rs)
             m["cpu_max"] = max(float(r["cpu_us_per_req"]) for r in rs)
@@ -286,6 +299,10 @@ def report(args):
         lines.append("| CPU per request, min-max over rounds (us) | " + " | ".join(vals) + " |")
         vals = [str(med[b]["errors"]) if med[b] else "pending" for b in cols]
         lines.append("| errors, all rounds (socket + non-2xx) | " + " | ".join(vals) + " |")
+        vals = [f"{med[b]['other']:.1f}" if med[b] else "pending" for b in cols]
+        lines.append(
+            "| other load on CPU 0 during the runs, worst round (%) | " + " | ".join(vals) + " |"
+        )
 
     kill = _read_tsv(os.path.join(args.dir, "kill.tsv"))
     if kill or "kill" in meta["scenarios"]:
@@ -343,7 +360,10 @@ def report(args):
         f.write(text)
     print(text)
     if args.plot:
-        _plot(plot_data, args.plot)
+        try:
+            _plot(plot_data, args.plot)
+        except Exception as e:  # the plot is a nicety; the table above is the result
+            print(f"(no plot: {e})", file=sys.stderr)
 
 
 def _plot(data, path):
@@ -362,7 +382,8 @@ def _plot(data, path):
     for ax, key in zip(axes[0], panels):
         if key == "cpu":
             names = list(data["cpu"])
-            ax.boxplot([data["cpu"][n] for n in names], labels=names)
+            ax.boxplot([data["cpu"][n] for n in names])
+            ax.set_xticks(range(1, len(names) + 1), names)
             ax.set_title("CPU per request (us), all rounds")
         else:
             names = list(data["idle"])
@@ -387,8 +408,12 @@ def main():
         p.add_argument("pids", type=int, nargs="+")
     p = sub.add_parser("wrk")
     p.add_argument("file")
+    sub.add_parser("cpu0")
+    p = sub.add_parser("quiet")
+    p.add_argument("--threshold", type=float, default=10.0)
+    p.add_argument("--max-wait", type=float, default=20.0)
     p = sub.add_parser("cpurow")
-    for name in ("file", "balancer", "round", "t0", "t1", "hz"):
+    for name in ("file", "balancer", "round", "t0", "t1", "hz", "cpu0_before", "cpu0_after"):
         p.add_argument(name)
     p = sub.add_parser("killrow")
     p.add_argument("file")
@@ -426,15 +451,36 @@ def main():
         print("\n".join(map(str, tree(a.pids))))
     elif a.cmd == "wrk":
         print(json.dumps(parse_wrk(open(a.file).read())))
+    elif a.cmd == "cpu0":
+        busy, total = _cpu0()
+        print(f"{busy},{total}")
+    elif a.cmd == "quiet":
+        # Wait (bounded) until CPU 0, where only the idle balancers live, is free of other load.
+        deadline = time.monotonic() + a.max_wait
+        while True:
+            b0, t0 = _cpu0()
+            time.sleep(0.5)
+            b1, t1 = _cpu0()
+            busy = (b1 - b0) * 100.0 / max(1, t1 - t0)
+            if busy < a.threshold:
+                break
+            if time.monotonic() > deadline:
+                print(f"CPU 0 still {busy:.0f}% busy with other work after {a.max_wait:.0f}s", file=sys.stderr)
+                break
     elif a.cmd == "cpurow":
         j = parse_wrk(open(a.file).read())
         if not j["requests"]:
             sys.exit(f"wrk against {a.balancer} reported no requests (see {a.file})")
         cpu_us = (int(a.t1) - int(a.t0)) * 1e6 / int(a.hz) / j["requests"]
         err = j["non2xx"] + j["sock_errors"]
+        # CPU 0 time not spent in the balancer during the run: other load that skews the result.
+        b0, t0 = map(int, a.cpu0_before.split(","))
+        b1, t1 = map(int, a.cpu0_after.split(","))
+        bal = int(a.t1) - int(a.t0)
+        other = max(0.0, ((b1 - b0) - bal) * 100.0 / max(1, t1 - t0))
         print(
             f"{a.balancer}\t{a.round}\t{j['requests']}\t{j['rps']}\t{j['p50_us']}\t{j['p99_us']}"
-            f"\t{cpu_us:.3f}\t{err}"
+            f"\t{cpu_us:.3f}\t{err}\t{other:.1f}"
         )
     elif a.cmd == "killrow":
         j = parse_wrk(open(a.file).read())

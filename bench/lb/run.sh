@@ -3,6 +3,7 @@
 #
 #   bash bench/lb/run.sh [--rounds N] [--duration S] [--only cpu|kill|idle]
 #                        [--balancers haproxy,nginx,rampart] [--idle-conns N] [--no-build]
+#                        [--quiet-wait S]   (wait up to S s before each cpu run for CPU 0 to be idle)
 #
 # Method (shared/ENGINEERING.md, "How the anchor figures were measured here"):
 # every balancer runs ONE worker thread pinned to CPU 0; wrk and the two nginx backends run on
@@ -25,6 +26,7 @@ only=""
 balancers="haproxy,nginx,rampart"
 idle_n=8000
 build=1
+quiet_wait=20
 cmdline="bash bench/lb/run.sh $*"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -34,13 +36,15 @@ while [ $# -gt 0 ]; do
     --balancers) balancers=$2; shift 2 ;;
     --idle-conns) idle_n=$2; shift 2 ;;
     --no-build) build=0; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    --quiet-wait) quiet_wait=$2; shift 2 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 case "$only" in ""|cpu|kill|idle) ;; *) echo "--only takes cpu, kill or idle" >&2; exit 2 ;; esac
 [[ "$rounds" =~ ^[0-9]+$ && "$rounds" -ge 1 && "$rounds" -le 100 ]] || { echo "--rounds: 1..100" >&2; exit 2; }
 [[ "$duration" =~ ^[0-9]+$ && "$duration" -ge 1 && "$duration" -le 60 ]] || { echo "--duration: 1..60 s" >&2; exit 2; }
+[[ "$quiet_wait" =~ ^[0-9]+$ && "$quiet_wait" -le 600 ]] || { echo "--quiet-wait: 0..600 s" >&2; exit 2; }
 [[ "$idle_n" =~ ^[0-9]+$ && "$idle_n" -ge 1 && "$idle_n" -le 8500 ]] || { echo "--idle-conns: 1..8500" >&2; exit 2; }
 if [ -n "$only" ]; then scenarios=$only; else scenarios="cpu kill idle"; fi
 
@@ -90,6 +94,8 @@ for b in "${want[@]}"; do
   fi
 done
 [ ${#active[@]} -ge 1 ] || die "no balancer to measure"
+# From here on this driver (and every helper it runs) stays on CPU 1, leaving CPU 0 to the balancer.
+taskset -cp 1 $$ >/dev/null
 
 work=$(mktemp -d /tmp/rampart-bench-lb.XXXXXX)
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
@@ -333,16 +339,19 @@ scenario_cpu() {
     pid[$b]=$BAL_PID
     run_wrk "${port[$b]}" 1 "$work/cpu-warmup-$b.txt" # warm-up, not recorded
   done
-  printf 'balancer\tround\trequests\trps\tp50_us\tp99_us\tcpu_us_per_req\terrors\n' >"$work/cpu.tsv"
+  printf 'balancer\tround\trequests\trps\tp50_us\tp99_us\tcpu_us_per_req\terrors\tother_cpu0_pct\n' >"$work/cpu.tsv"
   n=${#active[@]}
   for r in $(seq 1 "$rounds"); do
     for i in $(seq 0 $((n - 1))); do
       b=${active[$(((i + r - 1) % n))]}
-      local t0 t1 out="$work/cpu-$r-$b.txt"
+      local t0 t1 c0 c1 out="$work/cpu-$r-$b.txt"
+      py quiet --max-wait "$quiet_wait" || true # let other work on this machine leave CPU 0
       t0=$(py ticks "${pid[$b]}")
+      c0=$(py cpu0)
       run_wrk "${port[$b]}" "$duration" "$out"
+      c1=$(py cpu0)
       t1=$(py ticks "${pid[$b]}")
-      py cpurow "$out" "$b" "$r" "$t0" "$t1" "$clk_tck" >>"$work/cpu.tsv"
+      py cpurow "$out" "$b" "$r" "$t0" "$t1" "$clk_tck" "$c0" "$c1" >>"$work/cpu.tsv"
       log "cpu round $r $b: $(tail -1 "$work/cpu.tsv" | cut -f3-)"
     done
   done
