@@ -37,7 +37,7 @@ while [ $# -gt 0 ]; do
     --idle-conns) idle_n=$2; shift 2 ;;
     --no-build) build=0; shift ;;
     --quiet-wait) quiet_wait=$2; shift 2 ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done

@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# Where does rampart lb spend its CPU per request? A perf profile of the bench's cpu scenario.
+#
+#   bash bench/lb/profile.sh [--seconds S] [--balancer rampart|haproxy|nginx]
+#
+# Same set-up as bench/lb/run.sh (balancer with one worker thread on CPU 0, wrk -t1 -c50 and two
+# nginx backends on CPU 1). rampart is built with line tables and frame pointers into
+# "${CARGO_TARGET_DIR:-target}-prof" so the release build used by run.sh is left alone.
+# Writes bench/results/lb-profile-<balancer>-<timestamp>.txt (flat and call-graph reports).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+secs=10
+bal=rampart
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --seconds) secs=$2; shift 2 ;;
+    --balancer) bal=$2; shift 2 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $1" >&2; exit 2 ;;
+  esac
+done
+[[ "$secs" =~ ^[0-9]+$ && "$secs" -ge 3 && "$secs" -le 120 ]] || { echo "--seconds: 3..120" >&2; exit 2; }
+case "$bal" in rampart|haproxy|nginx) ;; *) echo "--balancer: rampart, haproxy or nginx" >&2; exit 2 ;; esac
+
+bash "$repo/scripts/deps.sh"
+command -v perf >/dev/null || {
+  echo "perf is missing: apt-get install linux-perf" >&2
+  exit 1
+}
+if [ "$bal" = rampart ]; then
+  prof_target="${CARGO_TARGET_DIR:-$repo/target}-prof"
+  echo "building rampart with debug line tables and frame pointers into $prof_target" >&2
+  (cd "$repo" && CARGO_TARGET_DIR="$prof_target" CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
+    RUSTFLAGS="-C force-frame-pointers=yes" cargo build --release -p rampart --bin rampart) >&2
+  rampart_bin="$prof_target/release/rampart"
+fi
+taskset -cp 1 $$ >/dev/null
+
+work=$(mktemp -d /tmp/rampart-profile-lb.XXXXXX)
+chmod 755 "$work"
+GROUPS_ALIVE=()
+cleanup() {
+  local rc=$? pg
+  trap - EXIT INT TERM
+  for pg in "${GROUPS_ALIVE[@]}"; do
+    kill -TERM -- "-$pg" 2>/dev/null || true
+    sleep 0.3
+    kill -KILL -- "-$pg" 2>/dev/null || true
+    wait "$pg" 2>/dev/null || true
+  done
+  if [ $rc -eq 0 ]; then rm -rf "$work"; else echo "failed (exit $rc); logs in $work" >&2; fi
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+start() {
+  local cpu=$1 name=$2
+  shift 2
+  taskset -c "$cpu" setsid "$@" >"$work/$name.log" 2>&1 </dev/null &
+  STARTED=$!
+  GROUPS_ALIVE+=("$STARTED")
+}
+wait_http() {
+  local i
+  for i in $(seq 1 100); do
+    [ "$(curl -s -m 1 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$1/")" = 200 ] && return 0
+    sleep 0.1
+  done
+  echo "nothing answers 200 on port $1 (logs in $work)" >&2
+  exit 1
+}
+
+read -r B1 B2 P <<<"$(python3 "$here/lbbench.py" freeport 3)"
+for i in 1 2; do
+  port=B$i
+  mkdir -p "$work/b$i/logs"
+  cat >"$work/b$i/nginx.conf" <<EOF
+daemon off; master_process off; worker_processes 1; pid $work/b$i/nginx.pid;
+error_log $work/b$i/error.log warn;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 10000000; keepalive_timeout 300s;
+  server { listen 127.0.0.1:${!port}; location / { default_type text/plain; return 200 "hello from backend$i\n"; } } }
+EOF
+  start 1 "b$i" nginx -e stderr -p "$work/b$i" -c "$work/b$i/nginx.conf"
+  wait_http "${!port}"
+done
+case "$bal" in
+  rampart)
+    start 0 rampart env RUST_LOG=warn "$rampart_bin" lb --listen "127.0.0.1:$P" --backend "127.0.0.1:$B1" \
+      --backend "127.0.0.1:$B2" --algorithm round-robin --mode http --health-check none --threads 1
+    ;;
+  haproxy)
+    cat >"$work/haproxy.cfg" <<EOF
+global
+  nbthread 1
+  maxconn 8900
+defaults
+  mode http
+  option forwardfor
+  http-reuse always
+  timeout connect 2s
+  timeout client 120s
+  timeout server 30s
+frontend fe
+  bind 127.0.0.1:$P
+  default_backend be
+backend be
+  server s1 127.0.0.1:$B1
+  server s2 127.0.0.1:$B2
+EOF
+    start 0 haproxy haproxy -f "$work/haproxy.cfg"
+    ;;
+  nginx)
+    mkdir -p "$work/lb/logs"
+    cat >"$work/lb/nginx.conf" <<EOF
+daemon off; master_process off; worker_processes 1; pid $work/lb/nginx.pid;
+error_log $work/lb/error.log error;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 10000000;
+  upstream be { server 127.0.0.1:$B1; server 127.0.0.1:$B2; keepalive 64; }
+  server { listen 127.0.0.1:$P;
+    location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header Host \$host; proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; } } }
+EOF
+    start 0 nginx nginx -e stderr -p "$work/lb" -c "$work/lb/nginx.conf"
+    ;;
+esac
+pid=$STARTED
+wait_http "$P"
+taskset -c 1 wrk -t1 -c50 -d1s "http://127.0.0.1:$P/" >/dev/null # warm-up
+
+stamp=$(date -u +%Y%m%dT%H%M%SZ)
+mkdir -p "$repo/bench/results"
+out="$repo/bench/results/lb-profile-$bal-$stamp.txt"
+taskset -c 1 wrk -t1 -c50 -d"$((secs + 2))s" --latency "http://127.0.0.1:$P/" >"$work/wrk.txt" &
+wrk_pid=$!
+sleep 1
+perf record -q -e cpu-clock -F 2999 -g -p "$pid" -o "$work/perf.data" -- sleep "$secs" 2>"$work/perf.log" || true
+wait "$wrk_pid"
+{
+  echo "# perf profile of $bal under wrk -t1 -c50 ($secs s), $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo "# rampart commit $(git -C "$repo" rev-parse --short HEAD)"
+  grep -E "requests in|Requests/sec" "$work/wrk.txt"
+  echo
+  echo "## Flat profile (self time by symbol)"
+  perf report -i "$work/perf.data" --stdio --no-children --sort symbol -g none --percent-limit 0.5 2>/dev/null |
+    grep -v '^$'
+  echo
+  echo "## Self time by shared object"
+  perf report -i "$work/perf.data" --stdio --no-children --sort dso -g none 2>/dev/null | grep -v '^$'
+  echo
+  echo "## Inclusive time (children) by symbol"
+  perf report -i "$work/perf.data" --stdio --children --sort symbol -g none --percent-limit 2 2>/dev/null |
+    grep -v '^$'
+} >"$out"
+echo "profile: $out" >&2
+head -60 "$out"
