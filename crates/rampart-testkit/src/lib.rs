@@ -21,6 +21,8 @@ use nix::unistd::Pid;
 
 pub use tempfile::TempDir;
 
+pub mod pg;
+
 /// A free TCP port on 127.0.0.1, never handed out twice in this process.
 pub fn free_port() -> u16 {
     free_port_on("127.0.0.1")

@@ -1,1 +1,1239 @@
-//! The load balancer section: listeners and pools. Owned by the lb work.
+//! The load balancer's configuration: listeners, pools, limits. Owned by the lb work.
+//!
+//! Two ways in, one runtime type out ([`LbConfig`]):
+//! - a TOML file ([`LbConfig::load`] / [`LbConfig::from_source`]): parsed into the raw
+//!   `Raw*` structs with positions, then validated; every error names `file:line:col`;
+//! - the quick mode of the command line ([`LbConfig::quick`]): one listener, one pool.
+//!
+//! The runtime types hold only checked values: socket addresses, durations, indices
+//! into `pools` that exist, weights within bounds, algorithms by enum.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use rampart_balance::Algorithm;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::diag::{ConfigError, Diagnostic, Source};
+
+/// Highest server weight accepted (HAProxy's bound).
+pub const MAX_WEIGHT: u32 = 256;
+
+// ===================================================================================
+// Runtime types
+// ===================================================================================
+
+/// A whole, valid load balancer configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LbConfig {
+    pub listeners: Vec<Listener>,
+    pub pools: Vec<Pool>,
+    /// Global limit on client connections across all listeners.
+    pub max_connections: usize,
+    /// Peers whose incoming `X-Forwarded-For` chain is kept and appended to.
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+/// What a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Http,
+    Tcp,
+}
+
+impl FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "http" => Ok(Mode::Http),
+            "tcp" => Ok(Mode::Tcp),
+            _ => Err(format!(
+                "unknown mode \"{s}\"; expected \"http\" or \"tcp\""
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Http => "http",
+            Mode::Tcp => "tcp",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listener {
+    pub name: String,
+    pub address: SocketAddr,
+    pub mode: Mode,
+    /// Index into [`LbConfig::pools`]; always valid.
+    pub pool: usize,
+    /// Limit on this listener's client connections (the global limit applies too).
+    pub max_connections: Option<usize>,
+    /// Time allowed for a client to send a complete request head (HTTP).
+    pub header_read_timeout: Duration,
+    /// An idle keep-alive client connection (HTTP) or an idle TCP session is closed after this.
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pool {
+    pub name: String,
+    pub algorithm: Algorithm,
+    /// Never empty; names and addresses are unique within the pool.
+    pub servers: Vec<Server>,
+    pub health_check: HealthCheck,
+    /// Consecutive connect failures or 5xx answers that mark a server down at once.
+    pub passive_failures: u32,
+    /// A server that comes up ramps from ~weight/10 to its weight over this window (0 = off).
+    pub slow_start: Duration,
+    /// Requests (HTTP) or connections (TCP) a server takes at once; more wait in the queue.
+    pub max_in_flight: Option<u32>,
+    pub queue: QueueConfig,
+    pub retries: RetryConfig,
+    pub timeouts: PoolTimeouts,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    pub name: String,
+    pub address: SocketAddr,
+    /// 0..=MAX_WEIGHT; 0 takes no new traffic.
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckKind {
+    None,
+    Tcp,
+    Http { path: String, expect_status: u16 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub kind: CheckKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive successes that bring a down server up (>= 1).
+    pub rise: u32,
+    /// Consecutive failures that take an up server down (>= 1).
+    pub fall: u32,
+    /// Each interval is lengthened by a random amount up to this.
+    pub jitter: Duration,
+}
+
+impl HealthCheck {
+    pub fn with_kind(kind: CheckKind) -> Self {
+        HealthCheck {
+            kind,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+            jitter: Duration::from_millis(200),
+        }
+    }
+}
+
+/// The `--health-check` argument: `http:/PATH`, `tcp` or `none`.
+impl FromStr for CheckKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(CheckKind::None),
+            "tcp" => Ok(CheckKind::Tcp),
+            _ => match s.strip_prefix("http:") {
+                Some(path) if path.starts_with('/') => Ok(CheckKind::Http {
+                    path: path.to_string(),
+                    expect_status: 200,
+                }),
+                _ => Err(format!(
+                    "unknown health check \"{s}\"; expected \"http:/PATH\", \"tcp\" or \"none\""
+                )),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// Requests that may wait for a free slot when every eligible server is at `max_in_flight`.
+    pub size: usize,
+    /// A request that waited this long gets a 503.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryConfig {
+    /// Retries after the first try, each on another server.
+    pub attempts: u32,
+    /// Retries allowed as a fraction of requests (plus `min_per_sec`).
+    pub budget_ratio: f64,
+    pub min_per_sec: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolTimeouts {
+    pub connect: Duration,
+    /// Time from sending a request to the upstream's response head.
+    pub response: Duration,
+    /// A pooled idle upstream connection is closed after this.
+    pub idle: Duration,
+}
+
+/// An IPv4 or IPv6 network, e.g. `10.0.0.0/8`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("bad network \"{s}\"; expected e.g. \"10.0.0.0/8\" or \"::1\"");
+        let (ip, prefix) = match s.split_once('/') {
+            Some((ip, p)) => (ip, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = ip.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(bad)?,
+            None => max,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// Parse a duration such as `"2s"`, `"500ms"`, `"1m"`, `"1h"`, `"250us"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || {
+        format!("bad duration \"{s}\"; expected a number with a unit: ms, s, m or h (e.g. \"500ms\", \"2s\")")
+    };
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(bad)?;
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit.trim() {
+        "us" => n / 1e6,
+        "ms" => n / 1e3,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(bad()),
+    };
+    if !secs.is_finite() || secs > 1e9 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+// ===================================================================================
+// Defaults
+// ===================================================================================
+
+const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+const DEFAULT_HEADER_READ: Duration = Duration::from_secs(10);
+const DEFAULT_CLIENT_IDLE: Duration = Duration::from_secs(60);
+const DEFAULT_CONNECT: Duration = Duration::from_secs(2);
+const DEFAULT_RESPONSE: Duration = Duration::from_secs(30);
+const DEFAULT_UPSTREAM_IDLE: Duration = Duration::from_secs(30);
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            size: 1024,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            attempts: 2,
+            budget_ratio: 0.2,
+            min_per_sec: 10,
+        }
+    }
+}
+
+impl Default for PoolTimeouts {
+    fn default() -> Self {
+        PoolTimeouts {
+            connect: DEFAULT_CONNECT,
+            response: DEFAULT_RESPONSE,
+            idle: DEFAULT_UPSTREAM_IDLE,
+        }
+    }
+}
+
+// ===================================================================================
+// Raw file (as written, with positions)
+// ===================================================================================
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawLbFile {
+    #[serde(default)]
+    pub listener: Vec<RawListener>,
+    #[serde(default)]
+    pub pool: Vec<RawPool>,
+    #[serde(default)]
+    pub limits: Option<RawLimits>,
+    #[serde(default)]
+    pub forwarded: Option<RawForwarded>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub name: Spanned<String>,
+    pub address: Spanned<String>,
+    #[serde(default)]
+    pub mode: Option<Spanned<String>>,
+    pub pool: Spanned<String>,
+    #[serde(default)]
+    pub max_connections: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub timeouts: Option<RawListenerTimeouts>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListenerTimeouts {
+    #[serde(default)]
+    pub header_read: Option<Spanned<String>>,
+    #[serde(default)]
+    pub idle: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub algorithm: Option<Spanned<String>>,
+    pub servers: Spanned<Vec<RawServer>>,
+    #[serde(default)]
+    pub health_check: Option<RawHealthCheck>,
+    #[serde(default)]
+    pub passive_failures: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub slow_start: Option<Spanned<String>>,
+    #[serde(default)]
+    pub max_in_flight: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub queue: Option<RawQueue>,
+    #[serde(default)]
+    pub retries: Option<RawRetries>,
+    #[serde(default)]
+    pub timeouts: Option<RawPoolTimeouts>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub name: Option<Spanned<String>>,
+    pub address: Spanned<String>,
+    #[serde(default)]
+    pub weight: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    #[serde(default)]
+    pub kind: Option<Spanned<String>>,
+    #[serde(default)]
+    pub path: Option<Spanned<String>>,
+    #[serde(default)]
+    pub expect_status: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub interval: Option<Spanned<String>>,
+    #[serde(default)]
+    pub timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    pub rise: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub fall: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub jitter: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQueue {
+    #[serde(default)]
+    pub size: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetries {
+    #[serde(default)]
+    pub attempts: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub budget_ratio: Option<Spanned<f64>>,
+    #[serde(default)]
+    pub min_per_sec: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPoolTimeouts {
+    #[serde(default)]
+    pub connect: Option<Spanned<String>>,
+    #[serde(default)]
+    pub response: Option<Spanned<String>>,
+    #[serde(default)]
+    pub idle: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    #[serde(default)]
+    pub max_connections: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawForwarded {
+    #[serde(default)]
+    pub trusted_proxies: Vec<Spanned<String>>,
+}
+
+// ===================================================================================
+// Validation
+// ===================================================================================
+
+/// Collects diagnostics while validating, so one run reports every problem.
+struct Checker<'a> {
+    src: &'a Source,
+    errors: Vec<Diagnostic>,
+}
+
+impl Checker<'_> {
+    fn err<T>(&mut self, at: &Spanned<T>, msg: impl Into<String>) {
+        self.errors.push(self.src.error_at(at.span(), msg));
+    }
+
+    fn duration(&mut self, v: &Option<Spanned<String>>, default: Duration) -> Duration {
+        let Some(s) = v else { return default };
+        match parse_duration(s.get_ref()) {
+            Ok(d) => d,
+            Err(e) => {
+                self.err(s, e);
+                default
+            }
+        }
+    }
+
+    /// A positive duration (a zero timeout or interval makes no sense).
+    fn positive_duration(
+        &mut self,
+        v: &Option<Spanned<String>>,
+        default: Duration,
+        what: &str,
+    ) -> Duration {
+        let d = self.duration(v, default);
+        if d.is_zero() {
+            if let Some(s) = v {
+                self.err(s, format!("{what} must be greater than zero"));
+            }
+            return default;
+        }
+        d
+    }
+
+    fn int(
+        &mut self,
+        v: &Option<Spanned<i64>>,
+        default: i64,
+        min: i64,
+        max: i64,
+        what: &str,
+    ) -> i64 {
+        let Some(n) = v else { return default };
+        let x = *n.get_ref();
+        if x < min || x > max {
+            self.err(
+                n,
+                format!("{what} must be between {min} and {max}, got {x}"),
+            );
+            return default.clamp(min, max);
+        }
+        x
+    }
+
+    fn socket_addr(&mut self, v: &Spanned<String>, what: &str) -> Option<SocketAddr> {
+        match v.get_ref().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.err(
+                    v,
+                    format!(
+                        "bad {what} address \"{}\"; expected IP:PORT, e.g. \"127.0.0.1:8080\" or \"[::1]:8080\"",
+                        v.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+}
+
+impl LbConfig {
+    /// Read and validate a config file.
+    pub fn load(path: &Path) -> Result<LbConfig, ConfigError> {
+        let src = Source::read(path)?;
+        LbConfig::from_source(&src)
+    }
+
+    /// Parse and validate a config file's text.
+    pub fn from_source(src: &Source) -> Result<LbConfig, ConfigError> {
+        let raw: RawLbFile = src.parse()?;
+        LbConfig::validate(src, &raw)
+    }
+
+    /// Validate a parsed file into the runtime type; every problem is reported.
+    pub fn validate(src: &Source, raw: &RawLbFile) -> Result<LbConfig, ConfigError> {
+        let mut c = Checker {
+            src,
+            errors: Vec::new(),
+        };
+
+        // Pools first: listeners refer to them by name.
+        let mut pool_index: HashMap<&str, usize> = HashMap::new();
+        let mut pools = Vec::new();
+        for rp in &raw.pool {
+            let name = rp.name.get_ref().as_str();
+            if name.is_empty() {
+                c.err(&rp.name, "pool name must not be empty");
+            }
+            if pool_index.insert(name, pools.len()).is_some() {
+                c.err(&rp.name, format!("duplicate pool name \"{name}\""));
+            }
+            pools.push(validate_pool(&mut c, rp));
+        }
+
+        let mut listeners = Vec::new();
+        let mut listener_names: HashMap<&str, ()> = HashMap::new();
+        let mut listener_addrs: HashMap<SocketAddr, ()> = HashMap::new();
+        for rl in &raw.listener {
+            let name = rl.name.get_ref().as_str();
+            if name.is_empty() {
+                c.err(&rl.name, "listener name must not be empty");
+            }
+            if listener_names.insert(name, ()).is_some() {
+                c.err(&rl.name, format!("duplicate listener name \"{name}\""));
+            }
+            let address = c.socket_addr(&rl.address, "listener");
+            if let Some(a) = address {
+                if listener_addrs.insert(a, ()).is_some() {
+                    c.err(&rl.address, format!("duplicate listener address {a}"));
+                }
+            }
+            let mode = match &rl.mode {
+                None => Mode::Http,
+                Some(m) => match m.get_ref().parse::<Mode>() {
+                    Ok(m) => m,
+                    Err(e) => {
+                        c.err(m, e);
+                        Mode::Http
+                    }
+                },
+            };
+            let pool = match pool_index.get(rl.pool.get_ref().as_str()) {
+                Some(i) => Some(*i),
+                None => {
+                    let mut known: Vec<&str> =
+                        raw.pool.iter().map(|p| p.name.get_ref().as_str()).collect();
+                    known.sort_unstable();
+                    let known = if known.is_empty() {
+                        "no pool is defined (add a [[pool]])".to_string()
+                    } else {
+                        format!("defined pools: {}", known.join(", "))
+                    };
+                    c.err(
+                        &rl.pool,
+                        format!("unknown pool \"{}\"; {known}", rl.pool.get_ref()),
+                    );
+                    None
+                }
+            };
+            let max_connections = rl
+                .max_connections
+                .as_ref()
+                .map(|_| c.int(&rl.max_connections, 1, 1, 1_000_000, "max_connections") as usize);
+            let t = rl.timeouts.as_ref();
+            let header_read_timeout = c.positive_duration(
+                &t.and_then(|t| t.header_read.clone()),
+                DEFAULT_HEADER_READ,
+                "header_read",
+            );
+            let idle_timeout =
+                c.positive_duration(&t.and_then(|t| t.idle.clone()), DEFAULT_CLIENT_IDLE, "idle");
+            if let (Some(address), Some(pool)) = (address, pool) {
+                listeners.push(Listener {
+                    name: name.to_string(),
+                    address,
+                    mode,
+                    pool,
+                    max_connections,
+                    header_read_timeout,
+                    idle_timeout,
+                });
+            }
+        }
+        if raw.listener.is_empty() {
+            c.errors.push(
+                src.error("no listener is defined; add a [[listener]] with name, address and pool"),
+            );
+        }
+
+        let max_connections = raw
+            .limits
+            .as_ref()
+            .map(|l| {
+                c.int(
+                    &l.max_connections,
+                    DEFAULT_MAX_CONNECTIONS as i64,
+                    1,
+                    10_000_000,
+                    "max_connections",
+                )
+            })
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS as i64) as usize;
+
+        let mut trusted_proxies = Vec::new();
+        for t in raw.forwarded.iter().flat_map(|f| f.trusted_proxies.iter()) {
+            match t.get_ref().parse::<Cidr>() {
+                Ok(n) => trusted_proxies.push(n),
+                Err(e) => c.err(t, e),
+            }
+        }
+
+        let pools: Vec<Pool> = pools.into_iter().flatten().collect();
+        if c.errors.is_empty() {
+            Ok(LbConfig {
+                listeners,
+                pools,
+                max_connections,
+                trusted_proxies,
+            })
+        } else {
+            Err(ConfigError {
+                diagnostics: c.errors,
+            })
+        }
+    }
+
+    /// The quick mode: one listener in front of one pool, everything else default.
+    pub fn quick(
+        listen: SocketAddr,
+        backends: &[SocketAddr],
+        algorithm: Algorithm,
+        mode: Mode,
+        check: CheckKind,
+    ) -> Result<LbConfig, String> {
+        if backends.is_empty() {
+            return Err("at least one --backend is required".into());
+        }
+        let mut servers: Vec<Server> = Vec::new();
+        for (i, b) in backends.iter().enumerate() {
+            if servers.iter().any(|s| s.address == *b) {
+                return Err(format!("--backend {b} is given twice"));
+            }
+            servers.push(Server {
+                name: format!("s{}", i + 1),
+                address: *b,
+                weight: 1,
+            });
+        }
+        Ok(LbConfig {
+            listeners: vec![Listener {
+                name: "main".into(),
+                address: listen,
+                mode,
+                pool: 0,
+                max_connections: None,
+                header_read_timeout: DEFAULT_HEADER_READ,
+                idle_timeout: DEFAULT_CLIENT_IDLE,
+            }],
+            pools: vec![Pool {
+                name: "backends".into(),
+                algorithm,
+                servers,
+                health_check: HealthCheck::with_kind(check),
+                passive_failures: 3,
+                slow_start: Duration::ZERO,
+                max_in_flight: None,
+                queue: QueueConfig::default(),
+                retries: RetryConfig::default(),
+                timeouts: PoolTimeouts::default(),
+            }],
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            trusted_proxies: Vec::new(),
+        })
+    }
+}
+
+fn validate_pool(c: &mut Checker<'_>, rp: &RawPool) -> Option<Pool> {
+    let algorithm = match &rp.algorithm {
+        None => Algorithm::RoundRobin,
+        Some(a) => match a.get_ref().parse::<Algorithm>() {
+            Ok(a) => a,
+            Err(_) => {
+                let valid: Vec<&str> = Algorithm::ALL.iter().map(|a| a.as_str()).collect();
+                c.err(
+                    a,
+                    format!(
+                        "unknown algorithm \"{}\"; valid algorithms: {}",
+                        a.get_ref(),
+                        valid.join(", ")
+                    ),
+                );
+                Algorithm::RoundRobin
+            }
+        },
+    };
+
+    let mut servers = Vec::new();
+    let mut names: HashMap<String, ()> = HashMap::new();
+    let mut addrs: HashMap<SocketAddr, ()> = HashMap::new();
+    if rp.servers.get_ref().is_empty() {
+        c.err(
+            &rp.servers,
+            format!("pool \"{}\" has no servers", rp.name.get_ref()),
+        );
+    }
+    for (i, rs) in rp.servers.get_ref().iter().enumerate() {
+        let name = match &rs.name {
+            Some(n) => {
+                if n.get_ref().is_empty() {
+                    c.err(n, "server name must not be empty");
+                }
+                if names.insert(n.get_ref().clone(), ()).is_some() {
+                    c.err(
+                        n,
+                        format!(
+                            "duplicate server name \"{}\" in pool \"{}\"",
+                            n.get_ref(),
+                            rp.name.get_ref()
+                        ),
+                    );
+                }
+                n.get_ref().clone()
+            }
+            None => {
+                let n = format!("s{}", i + 1);
+                names.insert(n.clone(), ());
+                n
+            }
+        };
+        let address = c.socket_addr(&rs.address, "server");
+        if let Some(a) = address {
+            if addrs.insert(a, ()).is_some() {
+                c.err(
+                    &rs.address,
+                    format!(
+                        "duplicate server address {a} in pool \"{}\"",
+                        rp.name.get_ref()
+                    ),
+                );
+            }
+        }
+        let weight = c.int(&rs.weight, 1, 0, i64::from(MAX_WEIGHT), "weight") as u32;
+        if let Some(address) = address {
+            servers.push(Server {
+                name,
+                address,
+                weight,
+            });
+        }
+    }
+
+    let health_check = match &rp.health_check {
+        None => HealthCheck::with_kind(CheckKind::Tcp),
+        Some(h) => {
+            let d = HealthCheck::with_kind(CheckKind::Tcp);
+            let kind = match h.kind.as_ref().map(|k| k.get_ref().as_str()) {
+                None | Some("tcp") => CheckKind::Tcp,
+                Some("none") => CheckKind::None,
+                Some("http") => {
+                    let path = match &h.path {
+                        None => "/".to_string(),
+                        Some(p) => {
+                            if !p.get_ref().starts_with('/') {
+                                c.err(
+                                    p,
+                                    format!(
+                                        "health check path must start with '/', got \"{}\"",
+                                        p.get_ref()
+                                    ),
+                                );
+                            }
+                            p.get_ref().clone()
+                        }
+                    };
+                    let expect_status =
+                        c.int(&h.expect_status, 200, 100, 599, "expect_status") as u16;
+                    CheckKind::Http {
+                        path,
+                        expect_status,
+                    }
+                }
+                Some(other) => {
+                    if let Some(k) = &h.kind {
+                        c.err(k, format!("unknown health check kind \"{other}\"; expected \"http\", \"tcp\" or \"none\""));
+                    }
+                    CheckKind::Tcp
+                }
+            };
+            if !matches!(kind, CheckKind::Http { .. }) {
+                if let Some(p) = &h.path {
+                    c.err(p, "path is only used by kind = \"http\" health checks");
+                }
+            }
+            HealthCheck {
+                kind,
+                interval: c.positive_duration(&h.interval, d.interval, "interval"),
+                timeout: c.positive_duration(&h.timeout, d.timeout, "timeout"),
+                rise: c.int(&h.rise, i64::from(d.rise), 1, 1000, "rise") as u32,
+                fall: c.int(&h.fall, i64::from(d.fall), 1, 1000, "fall") as u32,
+                jitter: c.duration(&h.jitter, d.jitter),
+            }
+        }
+    };
+
+    let passive_failures = c.int(&rp.passive_failures, 3, 0, 1000, "passive_failures") as u32;
+    let slow_start = c.duration(&rp.slow_start, Duration::ZERO);
+    let max_in_flight = rp
+        .max_in_flight
+        .as_ref()
+        .map(|_| c.int(&rp.max_in_flight, 1, 1, 1_000_000, "max_in_flight") as u32);
+    let dq = QueueConfig::default();
+    let queue = match &rp.queue {
+        None => dq,
+        Some(q) => QueueConfig {
+            size: c.int(&q.size, dq.size as i64, 0, 1_000_000, "queue size") as usize,
+            timeout: c.positive_duration(&q.timeout, dq.timeout, "queue timeout"),
+        },
+    };
+    let dr = RetryConfig::default();
+    let retries = match &rp.retries {
+        None => dr,
+        Some(r) => {
+            let budget_ratio = match &r.budget_ratio {
+                None => dr.budget_ratio,
+                Some(b) => {
+                    let x = *b.get_ref();
+                    if !(0.0..=10.0).contains(&x) {
+                        c.err(
+                            b,
+                            format!("budget_ratio must be between 0.0 and 10.0, got {x}"),
+                        );
+                    }
+                    x.clamp(0.0, 10.0)
+                }
+            };
+            RetryConfig {
+                attempts: c.int(
+                    &r.attempts,
+                    i64::from(dr.attempts),
+                    0,
+                    100,
+                    "retry attempts",
+                ) as u32,
+                budget_ratio,
+                min_per_sec: c.int(
+                    &r.min_per_sec,
+                    i64::from(dr.min_per_sec),
+                    0,
+                    1_000_000,
+                    "min_per_sec",
+                ) as u32,
+            }
+        }
+    };
+    let dt = PoolTimeouts::default();
+    let timeouts = match &rp.timeouts {
+        None => dt,
+        Some(t) => PoolTimeouts {
+            connect: c.positive_duration(&t.connect, dt.connect, "connect timeout"),
+            response: c.positive_duration(&t.response, dt.response, "response timeout"),
+            idle: c.positive_duration(&t.idle, dt.idle, "idle timeout"),
+        },
+    };
+
+    if servers.is_empty() {
+        return None;
+    }
+    Some(Pool {
+        name: rp.name.get_ref().clone(),
+        algorithm,
+        servers,
+        health_check,
+        passive_failures,
+        slow_start,
+        max_in_flight,
+        queue,
+        retries,
+        timeouts,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[limits]
+max_connections = 5000
+
+[forwarded]
+trusted_proxies = ["10.0.0.0/8", "127.0.0.1"]
+
+[[listener]]
+name = "web"
+address = "127.0.0.1:8080"
+pool = "app"
+[listener.timeouts]
+header_read = "5s"
+idle = "30s"
+
+[[listener]]
+name = "pg"
+address = "127.0.0.1:6432"
+mode = "tcp"
+pool = "db"
+max_connections = 100
+
+[[pool]]
+name = "app"
+algorithm = "least-response-time"
+servers = [
+  { name = "a", address = "127.0.0.1:9001", weight = 5 },
+  { name = "b", address = "127.0.0.1:9002" },
+]
+slow_start = "10s"
+max_in_flight = 50
+[pool.health_check]
+kind = "http"
+path = "/health"
+expect_status = 204
+interval = "500ms"
+timeout = "250ms"
+rise = 1
+fall = 2
+jitter = "50ms"
+[pool.queue]
+size = 10
+timeout = "2s"
+[pool.retries]
+attempts = 1
+budget_ratio = 0.1
+[pool.timeouts]
+connect = "1s"
+response = "3s"
+
+[[pool]]
+name = "db"
+servers = [{ name = "p", address = "127.0.0.1:5432" }]
+health_check = { kind = "tcp" }
+"#;
+
+    fn parse(text: &str) -> Result<LbConfig, ConfigError> {
+        LbConfig::from_source(&Source::new("lb.toml", text))
+    }
+
+    /// The single error of `text`, with (line, col).
+    fn one_error(text: &str) -> (usize, usize, String) {
+        let e = parse(text).unwrap_err();
+        assert_eq!(e.diagnostics.len(), 1, "{e}");
+        let d = &e.diagnostics[0];
+        (d.line, d.col, d.message.clone())
+    }
+
+    fn with_pool(listener_extra: &str, pool: &str) -> String {
+        format!("[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\npool = \"p\"\n{listener_extra}\n[[pool]]\nname = \"p\"\n{pool}\n")
+    }
+
+    #[test]
+    fn good_file_validates_into_runtime_types() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.max_connections, 5000);
+        assert_eq!(c.trusted_proxies.len(), 2);
+        assert_eq!(c.listeners.len(), 2);
+        let web = &c.listeners[0];
+        assert_eq!(web.mode, Mode::Http);
+        assert_eq!(web.pool, 0);
+        assert_eq!(web.header_read_timeout, Duration::from_secs(5));
+        assert_eq!(c.listeners[1].mode, Mode::Tcp);
+        assert_eq!(c.listeners[1].pool, 1);
+        assert_eq!(c.listeners[1].max_connections, Some(100));
+        let app = &c.pools[0];
+        assert_eq!(app.algorithm, Algorithm::LeastResponseTime);
+        assert_eq!(app.servers[0].weight, 5);
+        assert_eq!(app.servers[1].weight, 1);
+        assert_eq!(
+            app.health_check.kind,
+            CheckKind::Http {
+                path: "/health".into(),
+                expect_status: 204
+            }
+        );
+        assert_eq!(app.health_check.interval, Duration::from_millis(500));
+        assert_eq!(app.max_in_flight, Some(50));
+        assert_eq!(app.queue.size, 10);
+        assert_eq!(app.retries.attempts, 1);
+        assert_eq!(app.timeouts.response, Duration::from_secs(3));
+        assert_eq!(app.slow_start, Duration::from_secs(10));
+        assert_eq!(c.pools[1].algorithm, Algorithm::RoundRobin);
+        assert_eq!(c.pools[1].health_check.kind, CheckKind::Tcp);
+    }
+
+    #[test]
+    fn unknown_pool_is_reported_at_the_reference() {
+        let text = "[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\npool = \"nope\"\n[[pool]]\nname = \"p\"\nservers = [{ address = \"127.0.0.1:1\" }]\n";
+        let (l, col, m) = one_error(text);
+        assert_eq!((l, col), (4, 8), "{m}");
+        assert!(
+            m.contains("unknown pool \"nope\"") && m.contains("defined pools: p"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn duplicate_pool_name() {
+        let text = with_pool("", "servers = [{ address = \"127.0.0.1:1\" }]\n[[pool]]\nname = \"p\"\nservers = [{ address = \"127.0.0.1:2\" }]");
+        let (l, col, m) = one_error(&text);
+        assert_eq!((l, col), (10, 8), "{m}");
+        assert!(m.contains("duplicate pool name"), "{m}");
+    }
+
+    #[test]
+    fn duplicate_listener_name_and_address() {
+        let text = "[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\npool = \"p\"\n[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\npool = \"p\"\n[[pool]]\nname = \"p\"\nservers = [{ address = \"127.0.0.1:1\" }]\n";
+        let e = parse(text).unwrap_err();
+        let pos: Vec<(usize, usize)> = e.diagnostics.iter().map(|d| (d.line, d.col)).collect();
+        assert_eq!(pos, vec![(6, 8), (7, 11)], "{e}");
+        assert!(e.diagnostics[0].message.contains("duplicate listener name"));
+        assert!(e.diagnostics[1]
+            .message
+            .contains("duplicate listener address"));
+    }
+
+    #[test]
+    fn duplicate_server_name_and_address() {
+        let text = with_pool(
+            "",
+            "servers = [\n  { name = \"a\", address = \"127.0.0.1:1\" },\n  { name = \"a\", address = \"127.0.0.1:1\" },\n]",
+        );
+        let e = parse(&text).unwrap_err();
+        let pos: Vec<(usize, usize)> = e.diagnostics.iter().map(|d| (d.line, d.col)).collect();
+        assert_eq!(pos, vec![(10, 12), (10, 27)], "{e}");
+        assert!(e.diagnostics[0]
+            .message
+            .contains("duplicate server name \"a\""));
+        assert!(e.diagnostics[1]
+            .message
+            .contains("duplicate server address 127.0.0.1:1"));
+    }
+
+    #[test]
+    fn bad_address() {
+        let text = with_pool("", "servers = [{ address = \"localhost\" }]");
+        let (l, col, m) = one_error(&text);
+        assert_eq!((l, col), (8, 24), "{m}");
+        assert!(m.contains("bad server address \"localhost\""), "{m}");
+    }
+
+    #[test]
+    fn weight_out_of_bounds() {
+        let text = with_pool(
+            "",
+            "servers = [{ address = \"127.0.0.1:1\", weight = 257 }]",
+        );
+        let (l, col, m) = one_error(&text);
+        assert_eq!((l, col), (8, 48), "{m}");
+        assert!(
+            m.contains("weight must be between 0 and 256, got 257"),
+            "{m}"
+        );
+        let text = with_pool("", "servers = [{ address = \"127.0.0.1:1\", weight = -1 }]");
+        assert!(one_error(&text).2.contains("got -1"));
+        let text = with_pool("", "servers = [{ address = \"127.0.0.1:1\", weight = 0 }]");
+        assert_eq!(parse(&text).unwrap().pools[0].servers[0].weight, 0);
+    }
+
+    #[test]
+    fn unknown_algorithm_lists_valid_ones() {
+        let text = with_pool(
+            "",
+            "algorithm = \"fastest\"\nservers = [{ address = \"127.0.0.1:1\" }]",
+        );
+        let (l, col, m) = one_error(&text);
+        assert_eq!((l, col), (8, 13), "{m}");
+        for a in Algorithm::ALL {
+            assert!(m.contains(a.as_str()), "{m}");
+        }
+    }
+
+    #[test]
+    fn bad_duration_and_mode_and_kind() {
+        let text = with_pool("mode = \"udp\"", "servers = [{ address = \"127.0.0.1:1\" }]\nslow_start = \"10 parsecs\"\nhealth_check = { kind = \"icmp\" }");
+        let e = parse(&text).unwrap_err();
+        let pos: Vec<(usize, usize)> = e.diagnostics.iter().map(|d| (d.line, d.col)).collect();
+        // Pools are validated first, then listeners.
+        assert_eq!(pos, vec![(10, 25), (9, 14), (5, 8)], "{e}");
+        assert!(e.diagnostics[0]
+            .message
+            .contains("unknown health check kind"));
+        assert!(e.diagnostics[1].message.contains("bad duration"));
+        assert!(e.diagnostics[2].message.contains("unknown mode"));
+    }
+
+    #[test]
+    fn unknown_field_is_a_parse_error_with_position() {
+        let text = with_pool("", "servers = [{ address = \"127.0.0.1:1\", wieght = 2 }]");
+        let (l, col, m) = one_error(&text);
+        assert_eq!(l, 8, "{m}");
+        assert!(col > 1);
+        assert!(m.contains("unknown field"), "{m}");
+    }
+
+    #[test]
+    fn empty_pool_and_missing_listener() {
+        let e = parse("[[pool]]\nname = \"p\"\nservers = []\n").unwrap_err();
+        assert_eq!(e.diagnostics.len(), 2, "{e}");
+        assert_eq!((e.diagnostics[0].line, e.diagnostics[0].col), (3, 11));
+        assert!(e.diagnostics[0].message.contains("has no servers"));
+        assert!(e.diagnostics[1].message.contains("no listener"));
+    }
+
+    #[test]
+    fn bad_trusted_proxy_and_zero_timeout() {
+        let text = format!(
+            "[forwarded]\ntrusted_proxies = [\"10.0.0.0/33\"]\n{}",
+            with_pool(
+                "",
+                "servers = [{ address = \"127.0.0.1:1\" }]\ntimeouts = { connect = \"0s\" }"
+            )
+        );
+        let e = parse(&text).unwrap_err();
+        let pos: Vec<(usize, usize)> = e.diagnostics.iter().map(|d| (d.line, d.col)).collect();
+        assert_eq!(pos, vec![(11, 24), (2, 20)], "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        assert!(parse_duration("2").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("2 days").is_err());
+    }
+
+    #[test]
+    fn cidr_contains() {
+        let n: Cidr = "10.0.0.0/8".parse().unwrap();
+        assert!(n.contains("10.1.2.3".parse().unwrap()));
+        assert!(!n.contains("11.0.0.1".parse().unwrap()));
+        assert!(n.contains("::ffff:10.0.0.1".parse().unwrap()));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("1.2.3.4".parse().unwrap()));
+        let one: Cidr = "::1".parse().unwrap();
+        assert!(one.contains("::1".parse().unwrap()));
+        assert!(!one.contains("::2".parse().unwrap()));
+        assert!("1.2.3.4/40".parse::<Cidr>().is_err());
+    }
+
+    #[test]
+    fn health_check_argument() {
+        assert_eq!("none".parse::<CheckKind>().unwrap(), CheckKind::None);
+        assert_eq!("tcp".parse::<CheckKind>().unwrap(), CheckKind::Tcp);
+        assert_eq!(
+            "http:/healthz".parse::<CheckKind>().unwrap(),
+            CheckKind::Http {
+                path: "/healthz".into(),
+                expect_status: 200
+            }
+        );
+        assert!("http:healthz".parse::<CheckKind>().is_err());
+    }
+
+    #[test]
+    fn quick_mode_builds_one_pool() {
+        let a: SocketAddr = "127.0.0.1:9001".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:9002".parse().unwrap();
+        let c = LbConfig::quick(
+            "127.0.0.1:8080".parse().unwrap(),
+            &[a, b],
+            Algorithm::SourceIpHash,
+            Mode::Tcp,
+            CheckKind::None,
+        )
+        .unwrap();
+        assert_eq!(c.pools[0].servers.len(), 2);
+        assert_eq!(c.listeners[0].mode, Mode::Tcp);
+        assert!(LbConfig::quick(
+            a,
+            &[b, b],
+            Algorithm::RoundRobin,
+            Mode::Http,
+            CheckKind::Tcp
+        )
+        .is_err());
+        assert!(
+            LbConfig::quick(a, &[], Algorithm::RoundRobin, Mode::Http, CheckKind::Tcp).is_err()
+        );
+    }
+}

@@ -2,6 +2,8 @@
 
 use clap::{Parser, Subcommand};
 
+mod lb;
+
 #[derive(Parser)]
 #[command(name = "rampart", version, about = "A complete, highly available web infrastructure from one binary")]
 struct Cli {
@@ -12,12 +14,23 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the L7/L4 load balancer.
-    Lb,
+    Lb(lb::LbArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    init_tracing();
     match cli.command {
-        Command::Lb => Ok(()),
+        Command::Lb(args) => lb::run(args),
     }
+}
+
+/// Logs to stderr, filtered by RUST_LOG (default: info).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

@@ -1,0 +1,292 @@
+//! Topology sources: probing a static list of nodes with SQL, or reading the db agents'
+//! `/cluster` document.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::rt::TokioExecutor;
+use serde::Deserialize;
+
+use crate::plan::{NodeState, Role, Topology};
+use crate::pool::NodePool;
+use crate::token::{parse_pg_lsn, timeline_of_walfile};
+
+/// One probe query: role, position and timeline of a node in one round trip.
+/// On a replica the timeline is the one its WAL receiver is streaming (NULL when the
+/// receiver is not running: such a replica then serves no token-bearing read).
+pub(crate) const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
+     (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_insert_lsn() END)::text, \
+     CASE WHEN pg_is_in_recovery() THEN (SELECT received_tli FROM pg_stat_wal_receiver)::text \
+          ELSE substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8) END";
+
+/// What one probe saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Probe {
+    pub in_recovery: bool,
+    pub lsn: Option<u64>,
+    pub timeline: Option<u32>,
+}
+
+pub(crate) async fn probe(client: &tokio_postgres::Client) -> Result<Probe, tokio_postgres::Error> {
+    let row = client.query_one(PROBE_SQL, &[]).await?;
+    let in_recovery: bool = row.try_get(0)?;
+    let lsn: Option<String> = row.try_get(1)?;
+    let tl: Option<String> = row.try_get(2)?;
+    let timeline = tl.and_then(|t| {
+        if in_recovery {
+            t.parse::<u32>().ok()
+        } else {
+            timeline_of_walfile(&format!("{t:0<24}"))
+        }
+    });
+    Ok(Probe {
+        in_recovery,
+        lsn: lsn.as_deref().and_then(parse_pg_lsn),
+        timeline,
+    })
+}
+
+type ProbedNode = (
+    Arc<NodePool>,
+    String,
+    u16,
+    tokio::sync::Mutex<Option<tokio_postgres::Client>>,
+);
+
+/// Probe every node of a static list once (concurrently), each on its own long-lived
+/// probe connection (reconnected on failure), and build the topology from what answered.
+pub(crate) struct StaticProber {
+    nodes: Vec<ProbedNode>,
+    timeout: Duration,
+}
+
+impl StaticProber {
+    pub(crate) fn new(nodes: Vec<(Arc<NodePool>, String, u16)>, timeout: Duration) -> Self {
+        StaticProber {
+            nodes: nodes
+                .into_iter()
+                .map(|(p, h, port)| (p, h, port, tokio::sync::Mutex::new(None)))
+                .collect(),
+            timeout,
+        }
+    }
+
+    pub(crate) async fn observe(&self) -> Topology {
+        let futs = self
+            .nodes
+            .iter()
+            .map(|(pool, host, port, slot)| async move {
+                let mut slot = slot.lock().await;
+                let result = tokio::time::timeout(self.timeout, async {
+                    if slot.as_ref().is_none_or(|c| c.is_closed()) {
+                        *slot = Some(pool.connect().await?);
+                    }
+                    match slot.as_ref() {
+                        Some(c) => probe(c).await.map_err(crate::RouteError::from),
+                        None => Err(crate::RouteError::NoPrimary),
+                    }
+                })
+                .await;
+                let observed = match result {
+                    Ok(Ok(p)) => Some(p),
+                    Ok(Err(e)) => {
+                        tracing::debug!(node = %pool.name, error = %e, "database probe failed");
+                        *slot = None;
+                        None
+                    }
+                    Err(_) => {
+                        tracing::debug!(node = %pool.name, "database probe timed out");
+                        *slot = None;
+                        None
+                    }
+                };
+                (pool.name.clone(), host.clone(), *port, observed)
+            });
+        let seen = futures_util::future::join_all(futs).await;
+        let primary_lsn = {
+            let prim: Vec<_> = seen
+                .iter()
+                .filter_map(|(_, _, _, p)| p.filter(|p| !p.in_recovery))
+                .collect();
+            if prim.len() == 1 {
+                prim[0].lsn
+            } else {
+                None
+            }
+        };
+        Topology {
+            nodes: seen
+                .into_iter()
+                .map(|(name, host, port, p)| match p {
+                    Some(p) => NodeState {
+                        name,
+                        host,
+                        port,
+                        role: if p.in_recovery {
+                            Role::Replica
+                        } else {
+                            Role::Primary
+                        },
+                        timeline: p.timeline,
+                        lsn: p.lsn,
+                        lag_bytes: if p.in_recovery {
+                            match (primary_lsn, p.lsn) {
+                                (Some(pl), Some(rl)) => Some(pl.saturating_sub(rl)),
+                                _ => None,
+                            }
+                        } else {
+                            Some(0)
+                        },
+                    },
+                    None => NodeState {
+                        name,
+                        host,
+                        port,
+                        role: Role::Unavailable,
+                        timeline: None,
+                        lsn: None,
+                        lag_bytes: None,
+                    },
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The db agents' `/cluster` document (see the db agent's HTTP API).
+#[derive(Debug, Deserialize)]
+pub(crate) struct ClusterDoc {
+    #[serde(default)]
+    pub members: Vec<MemberDoc>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct MemberDoc {
+    pub name: String,
+    pub role: String,
+    #[serde(default)]
+    pub state: Option<String>,
+    pub host: String,
+    pub port: u16,
+    #[serde(default)]
+    pub timeline: Option<u32>,
+    #[serde(default)]
+    pub lsn: Option<u64>,
+    #[serde(default)]
+    pub lag_bytes: Option<u64>,
+}
+
+/// Turn a `/cluster` document into a topology (pure).
+pub(crate) fn topology_from_cluster(doc: &ClusterDoc) -> Topology {
+    Topology {
+        nodes: doc
+            .members
+            .iter()
+            .map(|m| {
+                let running = m
+                    .state
+                    .as_deref()
+                    .is_none_or(|s| matches!(s, "running" | "streaming"));
+                let role = match (m.role.as_str(), running) {
+                    ("primary", true) => Role::Primary,
+                    ("replica", true) => Role::Replica,
+                    _ => Role::Unavailable,
+                };
+                NodeState {
+                    name: m.name.clone(),
+                    host: m.host.clone(),
+                    port: m.port,
+                    role,
+                    timeline: m.timeline,
+                    lsn: m.lsn,
+                    lag_bytes: m.lag_bytes,
+                }
+            })
+            .collect(),
+    }
+}
+
+/// Polls the db agents' `/cluster` endpoints; the first agent that answers wins.
+pub(crate) struct AgentSource {
+    urls: Vec<String>,
+    client: HttpClient<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
+    timeout: Duration,
+}
+
+impl AgentSource {
+    pub(crate) fn new(urls: Vec<String>, timeout: Duration) -> Self {
+        let client = HttpClient::builder(TokioExecutor::new()).build_http();
+        AgentSource {
+            urls,
+            client,
+            timeout,
+        }
+    }
+
+    pub(crate) async fn observe(&self) -> Option<Topology> {
+        for base in &self.urls {
+            let url = format!("{}/cluster", base.trim_end_matches('/'));
+            match tokio::time::timeout(self.timeout, self.fetch(&url)).await {
+                Ok(Ok(doc)) => return Some(topology_from_cluster(&doc)),
+                Ok(Err(e)) => tracing::debug!(url = %url, error = %e, "db agent unreachable"),
+                Err(_) => tracing::debug!(url = %url, "db agent timed out"),
+            }
+        }
+        None
+    }
+
+    async fn fetch(&self, url: &str) -> Result<ClusterDoc, String> {
+        let uri: hyper::Uri = url.parse().map_err(|e| format!("bad url: {e}"))?;
+        let resp = self.client.get(uri).await.map_err(|e| e.to_string())?;
+        if !resp.status().is_success() {
+            return Err(format!("status {}", resp.status()));
+        }
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        serde_json::from_slice(&body).map_err(|e| format!("bad /cluster json: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_doc_maps_roles_and_states() {
+        let doc: ClusterDoc = serde_json::from_str(
+            r#"{ "cluster": "main", "leader": "db1", "paused": false,
+  "members": [
+    { "name": "db1", "role": "primary", "state": "running",
+      "host": "127.0.0.1", "port": 5433, "api_url": "http://127.0.0.1:8008",
+      "timeline": 2, "lsn": 50331744, "lag_bytes": 0, "lag_seconds": 0.0,
+      "sync_standby": false, "nofailover": false, "lease_age_seconds": 0.4 },
+    { "name": "db2", "role": "replica", "state": "streaming", "host": "127.0.0.1", "port": 5434,
+      "api_url": "http://127.0.0.1:8009", "timeline": 2, "lsn": 50331744,
+      "lag_bytes": 0, "lag_seconds": 0.0, "sync_standby": true, "nofailover": false,
+      "lease_age_seconds": null },
+    { "name": "db3", "role": "demoted", "state": "running", "host": "127.0.0.1", "port": 5435 },
+    { "name": "db4", "role": "replica", "state": "starting", "host": "127.0.0.1", "port": 5436 } ] }"#,
+        )
+        .expect("parse");
+        let t = topology_from_cluster(&doc);
+        let roles: Vec<Role> = t.nodes.iter().map(|n| n.role).collect();
+        assert_eq!(
+            roles,
+            vec![
+                Role::Primary,
+                Role::Replica,
+                Role::Unavailable,
+                Role::Unavailable
+            ]
+        );
+        assert_eq!(t.nodes[1].lsn, Some(50331744));
+        assert_eq!(t.nodes[1].timeline, Some(2));
+    }
+}

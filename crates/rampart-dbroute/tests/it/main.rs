@@ -1,0 +1,3 @@
+//! rampart-dbroute against a real PostgreSQL primary and streaming replica.
+
+mod routing;

@@ -1,0 +1,161 @@
+//! Body types of the proxy: streamed both ways, never buffered whole.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+
+use crate::state::InFlight;
+use crate::upstream;
+
+/// A request body sent upstream: the client's stream, or nothing (a rebuilt retry).
+pub enum ReqBody {
+    Incoming(Incoming),
+    Empty,
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match &mut *self {
+            ReqBody::Incoming(b) => Pin::new(b).poll_frame(cx),
+            ReqBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ReqBody::Incoming(b) => b.is_end_stream(),
+            ReqBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ReqBody::Incoming(b) => b.size_hint(),
+            ReqBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// Things that end with the response: the upstream connection goes back to the pool
+/// when the body was read to its end, the server slot and the client's "busy" mark are
+/// released in any case.
+pub struct Finish {
+    pub sender: Option<SendRequest<ReqBody>>,
+    pub worker: usize,
+    pub slot: InFlight,
+}
+
+impl Finish {
+    fn complete(&mut self) {
+        if let Some(s) = self.sender.take() {
+            upstream::checkin(self.slot.server(), self.worker, s);
+        }
+    }
+}
+
+/// A response body sent to the client.
+pub enum RespBody {
+    Upstream {
+        body: Incoming,
+        finish: Option<Finish>,
+        busy: Option<crate::io::Busy>,
+    },
+    Full {
+        data: Option<Bytes>,
+        busy: Option<crate::io::Busy>,
+    },
+}
+
+impl RespBody {
+    pub fn full(data: Bytes, busy: Option<crate::io::Busy>) -> RespBody {
+        RespBody::Full { data: Some(data), busy }
+    }
+
+    fn done(&mut self) {
+        match self {
+            RespBody::Upstream { finish, busy, .. } => {
+                if let Some(mut f) = finish.take() {
+                    f.complete();
+                }
+                busy.take();
+            }
+            RespBody::Full { busy, .. } => {
+                busy.take();
+            }
+        }
+    }
+}
+
+impl Body for RespBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let r = match this {
+            RespBody::Upstream { body, .. } => {
+                let r = Pin::new(&mut *body).poll_frame(cx);
+                match &r {
+                    Poll::Ready(None) => this.done(),
+                    Poll::Ready(Some(Ok(_))) => {
+                        if let RespBody::Upstream { body, .. } = this {
+                            if body.is_end_stream() {
+                                this.done();
+                            }
+                        }
+                    }
+                    Poll::Ready(Some(Err(_))) => {
+                        // The upstream connection is broken: do not reuse it.
+                        if let RespBody::Upstream { finish, .. } = this {
+                            if let Some(f) = finish.as_mut() {
+                                f.sender = None;
+                            }
+                        }
+                        this.done();
+                    }
+                    Poll::Pending => {}
+                }
+                r
+            }
+            RespBody::Full { data, .. } => {
+                let d = data.take();
+                let r = Poll::Ready(d.map(|d| Ok(Frame::data(d))));
+                this.done();
+                r
+            }
+        };
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RespBody::Upstream { body, .. } => body.is_end_stream(),
+            RespBody::Full { data, .. } => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RespBody::Upstream { body, .. } => body.size_hint(),
+            RespBody::Full { data, .. } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+        }
+    }
+}
+
+impl Drop for RespBody {
+    fn drop(&mut self) {
+        // Not read to its end: the connection is not reused (Finish drops the sender).
+        if let RespBody::Upstream { finish, .. } = self {
+            if let Some(f) = finish.as_mut() {
+                f.sender = None;
+            }
+        }
+    }
+}

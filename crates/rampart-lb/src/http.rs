@@ -1,0 +1,482 @@
+//! HTTP forwarding: one client connection served by hyper (HTTP/1.1 keep-alive or h2c),
+//! each request sent to a server of the listener's pool over a reused HTTP/1.1 connection.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpStream;
+
+use crate::body::{Finish, ReqBody, RespBody};
+use crate::clock::now_ns;
+use crate::io::{self, Activity, Busy, CountedIo};
+use crate::state::{mark_tried, InFlight, PickError, PoolState};
+use crate::upstream::{self, ConnectError};
+use crate::ListenerRt;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// What one client connection knows, shared by its requests.
+struct ConnCtx {
+    listener: Arc<ListenerRt>,
+    worker: usize,
+    peer_ip: HeaderValue,
+    trusted: bool,
+    hash_key: u64,
+    activity: Arc<Activity>,
+}
+
+/// Serve one accepted client connection until it closes or times out.
+pub async fn serve(tcp: TcpStream, peer: SocketAddr, listener: Arc<ListenerRt>, worker: usize) {
+    let activity = Arc::new(Activity::default());
+    let ip = canonical_ip(peer.ip());
+    let peer_ip = match HeaderValue::from_str(&ip.to_string()) {
+        Ok(v) => v,
+        Err(_) => return,
+    };
+    let ctx = Arc::new(ConnCtx {
+        trusted: listener.trusted.iter().any(|c| c.contains(ip)),
+        hash_key: match ip {
+            IpAddr::V4(v4) => rampart_balance::hash_key(&v4.octets()),
+            IpAddr::V6(v6) => rampart_balance::hash_key(&v6.octets()),
+        },
+        peer_ip,
+        worker,
+        activity: activity.clone(),
+        listener: listener.clone(),
+    });
+    let io = TokioIo::new(CountedIo::new(tcp, activity.clone()));
+    let svc = hyper::service::service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(handle(req, ctx).await) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().keep_alive(true).half_close(false);
+    let conn = builder.serve_connection_with_upgrades(io, svc);
+    tokio::pin!(conn);
+    let cfg = &listener.cfg;
+    let watch = io::watch(activity, cfg.idle_timeout, Some(cfg.header_read_timeout));
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(%peer, error = %e, "client connection ended with an error");
+            }
+        }
+        why = watch => {
+            tracing::debug!(%peer, ?why, "closing client connection");
+        }
+    }
+}
+
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+fn error_response(status: StatusCode, msg: &Bytes, busy: Busy) -> Response<RespBody> {
+    let mut r = Response::new(RespBody::full(msg.clone(), Some(busy)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// A copy of a body-less request's head, to send it again on another server.
+struct Replay {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl Replay {
+    fn build(&self) -> Request<ReqBody> {
+        let mut r = Request::new(ReqBody::Empty);
+        *r.method_mut() = self.method.clone();
+        *r.uri_mut() = self.uri.clone();
+        *r.headers_mut() = self.headers.clone();
+        r
+    }
+}
+
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS
+    )
+}
+
+/// How one attempt on one server ended, when it did not produce a response.
+enum Failure {
+    /// Nothing was sent; the request is handed back.
+    Unsent(Box<Request<ReqBody>>, Option<ConnectError>),
+    /// The request (or part of it) was sent and the connection failed before any
+    /// response byte.
+    Sent(hyper::Error),
+    /// No response head within the response timeout.
+    Timeout,
+}
+
+async fn handle(mut req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<RespBody> {
+    let busy = Busy::new(&ctx.activity);
+    let pool = &ctx.listener.pool;
+    pool.budget.on_request(now_ns());
+
+    let upgrade = is_upgrade(&req);
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    prepare_headers(&mut parts, &ctx, upgrade);
+
+    let body = if body.is_end_stream() {
+        ReqBody::Empty
+    } else {
+        ReqBody::Incoming(body)
+    };
+    // A request with no body and an idempotent method can be sent again after a failure
+    // past the point of sending.
+    let replay = (matches!(body, ReqBody::Empty) && idempotent(&parts.method)).then(|| Replay {
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        headers: parts.headers.clone(),
+    });
+    let mut req = Some(Request::from_parts(parts, body));
+
+    let retries = pool.cfg.retries.attempts;
+    let mut tried = 0u64;
+    let mut attempt = 0u32;
+    let mut last_status = StatusCode::BAD_GATEWAY;
+    loop {
+        let slot = match pool.pick(ctx.hash_key, tried).await {
+            Ok(s) => s,
+            Err(PickError::NoneUp) if attempt == 0 => {
+                return error_response(StatusCode::SERVICE_UNAVAILABLE, &pool.msg_503_down, busy)
+            }
+            Err(PickError::NoneUp) => return failed(pool, last_status, busy),
+            Err(PickError::QueueFull | PickError::QueueTimeout) => {
+                return error_response(StatusCode::SERVICE_UNAVAILABLE, &pool.msg_503_queue, busy)
+            }
+        };
+        let i = slot.server;
+        tried = mark_tried(tried, i);
+        let Some(r) = req.take().or_else(|| replay.as_ref().map(Replay::build)) else {
+            return failed(pool, last_status, busy);
+        };
+        let started = now_ns();
+        match attempt_on(r, &slot, &ctx, upgrade).await {
+            Ok((resp, sender)) => {
+                let s = slot.server();
+                s.ewma.observe(now_ns().saturating_sub(started), now_ns());
+                if resp.status().is_server_error() {
+                    pool.on_passive_failure(i, "5xx answer");
+                } else {
+                    pool.on_passive_success(i);
+                }
+                return respond(resp, sender, slot, &ctx, busy, client_upgrade);
+            }
+            Err(f) => {
+                let s = slot.server();
+                let can_retry_budget = |pool: &PoolState| attempt < retries && pool.budget.try_retry(now_ns());
+                match f {
+                    Failure::Unsent(r, err) => {
+                        if let Some(e) = &err {
+                            tracing::warn!(pool = %pool.cfg.name, server = %s.name, error = %e, "connect failed");
+                            pool.on_passive_failure(i, "connect failed");
+                            last_status = match e {
+                                ConnectError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+                                _ => StatusCode::BAD_GATEWAY,
+                            };
+                        }
+                        req = Some(*r);
+                        drop(slot);
+                        if !can_retry_budget(pool) {
+                            return failed(pool, last_status, busy);
+                        }
+                    }
+                    Failure::Sent(e) => {
+                        tracing::warn!(pool = %pool.cfg.name, server = %s.name, error = %e, "upstream failed before answering");
+                        pool.on_passive_failure(i, "connection failed before the answer");
+                        last_status = StatusCode::BAD_GATEWAY;
+                        drop(slot);
+                        if replay.is_none() || !can_retry_budget(pool) {
+                            return failed(pool, last_status, busy);
+                        }
+                    }
+                    Failure::Timeout => {
+                        tracing::warn!(pool = %pool.cfg.name, server = %s.name, timeout = ?pool.cfg.timeouts.response, "upstream response timed out");
+                        pool.on_passive_failure(i, "response timeout");
+                        return error_response(StatusCode::GATEWAY_TIMEOUT, &pool.msg_504, busy);
+                    }
+                }
+                attempt += 1;
+            }
+        }
+    }
+}
+
+fn failed(pool: &PoolState, status: StatusCode, busy: Busy) -> Response<RespBody> {
+    let msg = if status == StatusCode::GATEWAY_TIMEOUT {
+        &pool.msg_504
+    } else {
+        &pool.msg_502
+    };
+    error_response(status, msg, busy)
+}
+
+/// Send `req` to the slot's server: over an idle pooled connection when there is one
+/// (falling back to a new connection when it turns out closed), else a new one.
+async fn attempt_on(
+    mut req: Request<ReqBody>,
+    slot: &InFlight,
+    ctx: &ConnCtx,
+    upgrade: bool,
+) -> Result<(Response<Incoming>, SendRequest<ReqBody>), Failure> {
+    let pool = &slot.pool;
+    let s = slot.server();
+    let t = pool.cfg.timeouts;
+    let mut pooled = if upgrade {
+        None
+    } else {
+        upstream::checkout(s, ctx.worker, t.idle).await
+    };
+    loop {
+        let from_pool = pooled.is_some();
+        let mut sender = match pooled.take() {
+            Some(s) => s,
+            None => match upstream::connect_http(s.addr, t.connect).await {
+                Ok(s) => s,
+                Err(e) => return Err(Failure::Unsent(Box::new(req), Some(e))),
+            },
+        };
+        match tokio::time::timeout(t.response, sender.try_send_request(req)).await {
+            Err(_) => return Err(Failure::Timeout),
+            Ok(Ok(resp)) => return Ok((resp, sender)),
+            Ok(Err(mut e)) => match e.take_message() {
+                Some(r) => {
+                    // Not sent. A pooled connection that closed meanwhile is no fault of
+                    // the server: try the next idle one or a new connection.
+                    req = r;
+                    if !from_pool {
+                        return Err(Failure::Unsent(Box::new(req), None));
+                    }
+                    pooled = upstream::checkout(s, ctx.worker, t.idle).await;
+                }
+                None => return Err(Failure::Sent(e.into_error())),
+            },
+        }
+    }
+}
+
+fn respond(
+    mut resp: Response<Incoming>,
+    sender: SendRequest<ReqBody>,
+    slot: InFlight,
+    ctx: &ConnCtx,
+    busy: Busy,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Response<RespBody> {
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client) = client_upgrade {
+            let upstream = hyper::upgrade::on(&mut resp);
+            let (parts, _) = resp.into_parts();
+            let pool_name = slot.pool.cfg.name.clone();
+            tokio::spawn(async move {
+                let _slot = slot;
+                let _sender = sender;
+                match tokio::try_join!(client, upstream) {
+                    Ok((c, u)) => {
+                        let mut c = TokioIo::new(c);
+                        let mut u = TokioIo::new(u);
+                        if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                            tracing::debug!(pool = %pool_name, error = %e, "upgraded connection ended");
+                        }
+                    }
+                    Err(e) => tracing::warn!(pool = %pool_name, error = %e, "upgrade failed"),
+                }
+            });
+            return Response::from_parts(parts, RespBody::full(Bytes::new(), Some(busy)));
+        }
+    }
+    strip_hop_by_hop(resp.headers_mut(), false);
+    let (parts, body) = resp.into_parts();
+    let mut finish = Finish {
+        sender: Some(sender),
+        worker: ctx.worker,
+        slot,
+    };
+    if body.is_end_stream() {
+        // hyper will not poll an empty body: the exchange is over now.
+        if let Some(s) = finish.sender.take() {
+            upstream::checkin(finish.slot.server(), ctx.worker, s);
+        }
+    }
+    Response::from_parts(
+        parts,
+        RespBody::Upstream {
+            body,
+            finish: Some(finish),
+            busy: Some(busy),
+        },
+    )
+}
+
+fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| has_token(v.as_bytes(), b"upgrade"))
+}
+
+fn has_token(list: &[u8], token: &[u8]) -> bool {
+    list.split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// Remove hop-by-hop headers: those named in `Connection`, and the fixed list.
+/// With `upgrade`, keep `Upgrade` and send `Connection: upgrade`.
+pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
+    if h.contains_key(header::CONNECTION) {
+        let mut named: Vec<HeaderName> = Vec::new();
+        for v in h.get_all(header::CONNECTION) {
+            for t in v.as_bytes().split(|b| *b == b',') {
+                let t = t.trim_ascii();
+                if t.is_empty()
+                    || t.eq_ignore_ascii_case(b"close")
+                    || t.eq_ignore_ascii_case(b"keep-alive")
+                    || t.eq_ignore_ascii_case(b"upgrade")
+                {
+                    continue;
+                }
+                if let Ok(n) = HeaderName::from_bytes(t) {
+                    named.push(n);
+                }
+            }
+        }
+        for n in named {
+            h.remove(n);
+        }
+        h.remove(header::CONNECTION);
+    }
+    h.remove(&KEEP_ALIVE);
+    h.remove(&PROXY_CONNECTION);
+    h.remove(header::PROXY_AUTHENTICATE);
+    h.remove(header::PROXY_AUTHORIZATION);
+    h.remove(header::TE);
+    h.remove(header::TRAILER);
+    h.remove(header::TRANSFER_ENCODING);
+    if upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        h.remove(header::UPGRADE);
+    }
+}
+
+/// Make the client's request head fit for the upstream: origin-form URI, HTTP/1.1, a
+/// `Host`, no hop-by-hop headers, `X-Forwarded-*`.
+fn prepare_headers(parts: &mut http::request::Parts, ctx: &ConnCtx, upgrade: bool) {
+    let h = &mut parts.headers;
+    strip_hop_by_hop(h, upgrade);
+    // HTTP/2 requests carry the host in the URI's authority.
+    if !h.contains_key(header::HOST) {
+        if let Some(a) = parts.uri.authority() {
+            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                h.insert(header::HOST, v);
+            }
+        }
+    }
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        let pq = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        parts.uri = Uri::from(pq);
+    }
+    parts.version = Version::HTTP_11;
+
+    let keep = ctx.trusted;
+    if keep {
+        let chained = h.get(&X_FORWARDED_FOR).map(|prev| {
+            let mut v = Vec::with_capacity(prev.len() + 2 + ctx.peer_ip.len());
+            v.extend_from_slice(prev.as_bytes());
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(ctx.peer_ip.as_bytes());
+            HeaderValue::from_bytes(&v)
+        });
+        match chained {
+            Some(Ok(v)) => {
+                h.insert(&X_FORWARDED_FOR, v);
+            }
+            _ => {
+                h.insert(&X_FORWARDED_FOR, ctx.peer_ip.clone());
+            }
+        }
+    } else {
+        h.insert(&X_FORWARDED_FOR, ctx.peer_ip.clone());
+    }
+    if !(keep && h.contains_key(&X_FORWARDED_PROTO)) {
+        h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
+    if !(keep && h.contains_key(&X_FORWARDED_HOST)) {
+        if let Some(host) = h.get(header::HOST).cloned() {
+            h.insert(&X_FORWARDED_HOST, host);
+        } else {
+            h.remove(&X_FORWARDED_HOST);
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("proxy-authorization", HeaderValue::from_static("x"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn upgrade_keeps_upgrade_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get(header::UPGRADE).unwrap(), "websocket");
+        assert_eq!(h.get(header::CONNECTION).unwrap(), "upgrade");
+    }
+
+    #[test]
+    fn tokens() {
+        assert!(has_token(b"keep-alive, Upgrade", b"upgrade"));
+        assert!(!has_token(b"keep-alive", b"upgrade"));
+    }
+}

@@ -1,0 +1,103 @@
+//! Upstream connections: connect with a timeout, HTTP/1.1 handshakes, and per-server,
+//! per-worker pools of idle keep-alive connections.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::body::ReqBody;
+use crate::state::ServerState;
+
+/// Most idle connections kept per server and worker.
+const MAX_IDLE: usize = 512;
+
+/// An idle upstream connection ready for its next request.
+pub struct IdleConn {
+    pub sender: SendRequest<ReqBody>,
+    pub since: Instant,
+}
+
+/// Why an upstream connection could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect to {addr} timed out after {timeout:?}")]
+    Timeout { addr: SocketAddr, timeout: Duration },
+    #[error("connect to {addr}: {source}")]
+    Io { addr: SocketAddr, source: io::Error },
+    #[error("HTTP handshake with {addr}: {source}")]
+    Handshake {
+        addr: SocketAddr,
+        source: hyper::Error,
+    },
+}
+
+/// A TCP connection with a timeout, Nagle off.
+pub async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
+    let s = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Err(_) => return Err(ConnectError::Timeout { addr, timeout }),
+        Ok(Err(source)) => return Err(ConnectError::Io { addr, source }),
+        Ok(Ok(s)) => s,
+    };
+    let _ = s.set_nodelay(true);
+    Ok(s)
+}
+
+/// A new HTTP/1.1 connection; its driver task is spawned on the current runtime.
+pub async fn connect_http(addr: SocketAddr, timeout: Duration) -> Result<SendRequest<ReqBody>, ConnectError> {
+    let tcp = connect_tcp(addr, timeout).await?;
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|source| ConnectError::Handshake { addr, source })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(%addr, error = %e, "upstream connection ended");
+        }
+    });
+    Ok(sender)
+}
+
+/// An idle connection of `server` for worker `worker`, ready for a request; `None` when
+/// there is none (stale ones are dropped on the way).
+pub async fn checkout(server: &ServerState, worker: usize, idle_timeout: Duration) -> Option<SendRequest<ReqBody>> {
+    loop {
+        let c = {
+            let mut list = server.idle.get(worker)?.lock().ok()?;
+            list.pop()?
+        };
+        let mut sender = c.sender;
+        if sender.is_closed() || c.since.elapsed() > idle_timeout {
+            continue;
+        }
+        if sender.is_ready() {
+            return Some(sender);
+        }
+        // Just returned: the connection task has not yet seen the end of the last response.
+        match tokio::time::timeout(Duration::from_millis(200), sender.ready()).await {
+            Ok(Ok(())) => return Some(sender),
+            _ => continue,
+        }
+    }
+}
+
+/// Give a connection back after a response was read to its end.
+pub fn checkin(server: &ServerState, worker: usize, sender: SendRequest<ReqBody>) {
+    if sender.is_closed() || !server.is_up() {
+        return;
+    }
+    if let Some(slot) = server.idle.get(worker) {
+        if let Ok(mut list) = slot.lock() {
+            if list.len() < MAX_IDLE {
+                list.push(IdleConn {
+                    sender,
+                    since: Instant::now(),
+                });
+            }
+        }
+    }
+}
