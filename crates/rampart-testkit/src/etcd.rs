@@ -202,6 +202,21 @@ impl Etcd {
         }
     }
 
+    /// SIGSTOP member `i`: its connections stay open but nothing answers (a partition
+    /// as seen by clients). [`Etcd::thaw`] resumes it.
+    pub fn freeze(&self, i: usize) {
+        if let Some(p) = &self.members[i].proc {
+            p.signal_group(nix::sys::signal::Signal::SIGSTOP);
+        }
+    }
+
+    /// SIGCONT member `i` after [`Etcd::freeze`].
+    pub fn thaw(&self, i: usize) {
+        if let Some(p) = &self.members[i].proc {
+            p.signal_group(nix::sys::signal::Signal::SIGCONT);
+        }
+    }
+
     /// Kill every member.
     pub fn kill_all(&mut self) {
         for i in 0..self.members.len() {
