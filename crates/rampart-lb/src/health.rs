@@ -7,8 +7,8 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
-use rand::Rng;
 use rampart_topology::lb::CheckKind;
+use rand::Rng;
 
 use crate::state::PoolState;
 use crate::upstream::connect_tcp;
@@ -27,7 +27,8 @@ pub fn spawn_checks(pool: &Arc<PoolState>) {
 async fn check_loop(pool: Arc<PoolState>, i: usize) {
     let hc = pool.cfg.health_check.clone();
     // Spread the first checks over one interval so servers are not probed in lockstep.
-    let first = rand::thread_rng().gen_range(Duration::ZERO..=hc.interval.min(Duration::from_millis(100)));
+    let first =
+        rand::thread_rng().gen_range(Duration::ZERO..=hc.interval.min(Duration::from_millis(100)));
     tokio::time::sleep(first).await;
     loop {
         let ok = check_once(&pool, i).await;
@@ -47,10 +48,15 @@ pub async fn check_once(pool: &PoolState, i: usize) -> bool {
     let s = &pool.servers[i];
     let addr = s.addr;
     let probe = async {
-        let tcp = connect_tcp(addr, hc.timeout).await.map_err(|e| e.to_string())?;
+        let tcp = connect_tcp(addr, hc.timeout)
+            .await
+            .map_err(|e| e.to_string())?;
         match &hc.kind {
             CheckKind::None | CheckKind::Tcp => Ok(()),
-            CheckKind::Http { path, expect_status } => {
+            CheckKind::Http {
+                path,
+                expect_status,
+            } => {
                 let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
                     .await
                     .map_err(|e| e.to_string())?;

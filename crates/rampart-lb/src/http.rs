@@ -190,7 +190,8 @@ async fn handle(mut req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<RespB
             }
             Err(f) => {
                 let s = slot.server();
-                let can_retry_budget = |pool: &PoolState| attempt < retries && pool.budget.try_retry(now_ns());
+                let can_retry_budget =
+                    |pool: &PoolState| attempt < retries && pool.budget.try_retry(now_ns());
                 match f {
                     Failure::Unsent(r, err) => {
                         if let Some(e) = &err {
@@ -451,11 +452,17 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_are_removed() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         h.insert("proxy-authorization", HeaderValue::from_static("x"));
         h.insert("x-kept", HeaderValue::from_static("1"));

@@ -52,7 +52,11 @@ impl<T> CountedIo<T> {
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for CountedIo<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() != before {
@@ -63,7 +67,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for CountedIo<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for CountedIo<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.writes.fetch_add(1, Ordering::Relaxed);
@@ -107,7 +115,11 @@ pub enum Expired {
 /// `idle`, or has been receiving a request head (bytes in while nothing is served) for
 /// longer than `header_read` (if given). A new connection starts waiting for a head.
 /// Checked every half of the shorter timeout, so a deadline may be passed by that much.
-pub async fn watch(activity: Arc<Activity>, idle: Duration, header_read: Option<Duration>) -> Expired {
+pub async fn watch(
+    activity: Arc<Activity>,
+    idle: Duration,
+    header_read: Option<Duration>,
+) -> Expired {
     let shortest = header_read.map_or(idle, |h| h.min(idle));
     let tick = (shortest / 2).max(Duration::from_millis(20));
     let mut last = (0u64, 0u64);

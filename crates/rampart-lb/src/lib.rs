@@ -58,7 +58,12 @@ fn bind(l: &Listener) -> Result<std::net::TcpListener, LbError> {
         addr: l.address,
         source,
     };
-    let s = Socket::new(Domain::for_address(l.address), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
+    let s = Socket::new(
+        Domain::for_address(l.address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )
+    .map_err(err)?;
     s.set_reuse_address(true).map_err(err)?;
     s.set_reuse_port(true).map_err(err)?;
     s.set_nodelay(true).map_err(err)?;
@@ -119,10 +124,12 @@ pub fn run(config: LbConfig, threads: usize) -> Result<(), LbError> {
                 rt.block_on(async move {
                     let mut tasks = Vec::new();
                     for (sock, l) in socks.into_iter().zip(listeners) {
-                        let tl = tokio::net::TcpListener::from_std(sock).map_err(|source| LbError::Bind {
-                            name: l.cfg.name.clone(),
-                            addr: l.cfg.address,
-                            source,
+                        let tl = tokio::net::TcpListener::from_std(sock).map_err(|source| {
+                            LbError::Bind {
+                                name: l.cfg.name.clone(),
+                                addr: l.cfg.address,
+                                source,
+                            }
                         })?;
                         tasks.push(tokio::spawn(accept_loop(tl, l, global.clone(), worker)));
                     }
@@ -164,7 +171,12 @@ pub fn run(config: LbConfig, threads: usize) -> Result<(), LbError> {
     })
 }
 
-async fn accept_loop(listener: tokio::net::TcpListener, l: Arc<ListenerRt>, global: Arc<Semaphore>, worker: usize) {
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    l: Arc<ListenerRt>,
+    global: Arc<Semaphore>,
+    worker: usize,
+) {
     loop {
         let Ok(g) = global.clone().acquire_owned().await else {
             return;

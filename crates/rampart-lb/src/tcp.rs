@@ -17,7 +17,10 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, listener: Arc<ListenerRt
     let pool = &listener.pool;
     pool.budget.on_request(now_ns());
     let ip = match peer.ip() {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
         v4 => v4,
     };
     let key = match ip {

@@ -48,7 +48,10 @@ pub async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStrea
 }
 
 /// A new HTTP/1.1 connection; its driver task is spawned on the current runtime.
-pub async fn connect_http(addr: SocketAddr, timeout: Duration) -> Result<SendRequest<ReqBody>, ConnectError> {
+pub async fn connect_http(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<SendRequest<ReqBody>, ConnectError> {
     let tcp = connect_tcp(addr, timeout).await?;
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
         .handshake(TokioIo::new(tcp))
@@ -64,7 +67,11 @@ pub async fn connect_http(addr: SocketAddr, timeout: Duration) -> Result<SendReq
 
 /// An idle connection of `server` for worker `worker`, ready for a request; `None` when
 /// there is none (stale ones are dropped on the way).
-pub async fn checkout(server: &ServerState, worker: usize, idle_timeout: Duration) -> Option<SendRequest<ReqBody>> {
+pub async fn checkout(
+    server: &ServerState,
+    worker: usize,
+    idle_timeout: Duration,
+) -> Option<SendRequest<ReqBody>> {
     loop {
         let c = {
             let mut list = server.idle.get(worker)?.lock().ok()?;

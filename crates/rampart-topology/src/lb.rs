@@ -658,6 +658,8 @@ impl LbConfig {
         }
 
         let pools: Vec<Pool> = pools.into_iter().flatten().collect();
+        // Report in file order; problems without a position last.
+        c.errors.sort_by_key(|d| (d.line == 0, d.line, d.col));
         if c.errors.is_empty() {
             Ok(LbConfig {
                 listeners,
@@ -1130,13 +1132,12 @@ health_check = { kind = "tcp" }
         let text = with_pool("mode = \"udp\"", "servers = [{ address = \"127.0.0.1:1\" }]\nslow_start = \"10 parsecs\"\nhealth_check = { kind = \"icmp\" }");
         let e = parse(&text).unwrap_err();
         let pos: Vec<(usize, usize)> = e.diagnostics.iter().map(|d| (d.line, d.col)).collect();
-        // Pools are validated first, then listeners.
-        assert_eq!(pos, vec![(10, 25), (9, 14), (5, 8)], "{e}");
-        assert!(e.diagnostics[0]
+        assert_eq!(pos, vec![(5, 8), (9, 14), (10, 25)], "{e}");
+        assert!(e.diagnostics[0].message.contains("unknown mode"));
+        assert!(e.diagnostics[1].message.contains("bad duration"));
+        assert!(e.diagnostics[2]
             .message
             .contains("unknown health check kind"));
-        assert!(e.diagnostics[1].message.contains("bad duration"));
-        assert!(e.diagnostics[2].message.contains("unknown mode"));
     }
 
     #[test]
@@ -1168,7 +1169,7 @@ health_check = { kind = "tcp" }
         );
         let e = parse(&text).unwrap_err();
         let pos: Vec<(usize, usize)> = e.diagnostics.iter().map(|d| (d.line, d.col)).collect();
-        assert_eq!(pos, vec![(11, 24), (2, 20)], "{e}");
+        assert_eq!(pos, vec![(2, 20), (11, 24)], "{e}");
     }
 
     #[test]
