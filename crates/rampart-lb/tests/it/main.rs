@@ -1,0 +1,10 @@
+//! Integration tests of `rampart lb`: the real binary in front of real backends on loopback.
+//! Build the binary first: `cargo build -p rampart`.
+
+#![allow(clippy::unwrap_used)]
+
+mod algorithms;
+mod config;
+mod failures;
+mod protocols;
+mod support;

@@ -1,0 +1,217 @@
+//! HTTP/2 (h2c), WebSocket upgrades, TCP mode, forwarded headers, streamed uploads.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+use crate::support::{get_once, http_config, servers, Backend, Client, EchoBackend, Lb};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_prior_knowledge_request_is_proxied() {
+    let a = Backend::start("a").await;
+    let lb = Lb::start(&http_config("round-robin", &servers(&[(&a, 1)]), "")).await;
+    let tcp = TcpStream::connect(lb.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    for _ in 0..3 {
+        let req = Request::get(format!("http://{}/", lb.addr))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.version(), hyper::Version::HTTP_2);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"a");
+    }
+    // The upstream saw an HTTP/1.1 request with a Host and forwarded headers.
+    let req = Request::get(format!("http://{}/headers", lb.addr))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let body = String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(body.contains(&format!("host: {}", lb.addr)), "{body}");
+    assert!(body.contains("x-forwarded-proto: http"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_headers_replace_an_untrusted_chain_and_drop_hop_by_hop() {
+    let a = Backend::start("a").await;
+    let lb = Lb::start(&http_config("round-robin", &servers(&[(&a, 1)]), "")).await;
+    let mut cl = Client::connect(lb.addr).await.unwrap();
+    let req = Request::get("/headers")
+        .header("host", "shop.example")
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("connection", "keep-alive, x-private")
+        .header("x-private", "secret")
+        .header("x-kept", "yes")
+        .body(Default::default())
+        .unwrap();
+    let (st, body) = cl.request(req).await.unwrap();
+    assert_eq!(st, 200);
+    assert!(body.contains("x-forwarded-for: 127.0.0.1\n"), "{body}");
+    assert!(!body.contains("6.6.6.6"), "{body}");
+    assert!(body.contains("x-forwarded-host: shop.example"), "{body}");
+    assert!(body.contains("x-kept: yes"), "{body}");
+    assert!(!body.contains("x-private"), "{body}");
+
+    // A trusted peer's chain is kept and appended to.
+    let b = Backend::start("b").await;
+    let cfg = format!(
+        "[forwarded]\ntrusted_proxies = [\"127.0.0.0/8\"]\n{}",
+        http_config("round-robin", &servers(&[(&b, 1)]), "")
+    );
+    let lb2 = Lb::start(&cfg).await;
+    let mut cl = Client::connect(lb2.addr).await.unwrap();
+    let req = Request::get("/headers")
+        .header("host", "shop.example")
+        .header("x-forwarded-for", "203.0.113.9")
+        .body(Default::default())
+        .unwrap();
+    let (_, body) = cl.request(req).await.unwrap();
+    assert!(
+        body.contains("x-forwarded-for: 203.0.113.9, 127.0.0.1\n"),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_is_passed_through() {
+    let a = Backend::start("a").await;
+    let lb = Lb::start(&http_config("round-robin", &servers(&[(&a, 1)]), "")).await;
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(
+        b"GET /chat HTTP/1.1\r\nHost: lb.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut r = BufReader::new(s);
+    let mut status = String::new();
+    r.read_line(&mut status).await.unwrap();
+    assert!(status.starts_with("HTTP/1.1 101"), "{status}");
+    let mut upgrade_header = false;
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).await.unwrap();
+        if line.to_ascii_lowercase().starts_with("upgrade: websocket") {
+            upgrade_header = true;
+        }
+        if line == "\r\n" {
+            break;
+        }
+    }
+    assert!(upgrade_header);
+    // A masked text frame "hello" (client frames are masked); the backend echoes bytes.
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x81, 0x80 | 5];
+    frame.extend_from_slice(&mask);
+    frame.extend(b"hello".iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    for _ in 0..3 {
+        r.get_mut().write_all(&frame).await.unwrap();
+        let mut back = vec![0u8; frame.len()];
+        tokio::time::timeout(Duration::from_secs(5), r.read_exact(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, frame);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_mode_balances_connections_and_copies_bytes() {
+    let e1 = EchoBackend::start("one").await;
+    let e2 = EchoBackend::start("two").await;
+    let cfg = format!(
+        r#"
+[[listener]]
+name = "echo"
+address = "{{LISTEN}}"
+mode = "tcp"
+pool = "echo"
+
+[[pool]]
+name = "echo"
+algorithm = "round-robin"
+servers = [{{ name = "one", address = "{}" }}, {{ name = "two", address = "{}" }}]
+"#,
+        e1.addr, e2.addr
+    );
+    let lb = Lb::start(&cfg).await;
+    let mut greeted = Vec::new();
+    for i in 0..4 {
+        let s = TcpStream::connect(lb.addr).await.unwrap();
+        let mut r = BufReader::new(s);
+        let mut hello = String::new();
+        r.read_line(&mut hello).await.unwrap();
+        greeted.push(hello.trim().to_string());
+        let msg = format!("ping {i}\n").repeat(1000);
+        r.get_mut().write_all(msg.as_bytes()).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        r.read_exact(&mut back).await.unwrap();
+        assert_eq!(back, msg.as_bytes());
+    }
+    // Round robin: connections alternate between the two servers.
+    assert_ne!(greeted[0], greeted[1], "{greeted:?}");
+    assert_eq!(greeted[0], greeted[2], "{greeted:?}");
+    assert_eq!(greeted[1], greeted[3], "{greeted:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_streamed_upload_keeps_memory_bounded() {
+    let a = Backend::start("a").await;
+    let lb = Lb::start(&http_config("round-robin", &servers(&[(&a, 1)]), "")).await;
+    // Warm up: one request, so lazily allocated state exists before measuring.
+    assert_eq!(get_once(lb.addr, "/").await.0, 200);
+    let rss_before = lb.rss_kib();
+
+    const SIZE: u64 = 512 * 1024 * 1024;
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    let head = format!("POST /upload HTTP/1.1\r\nHost: lb.test\r\nContent-Length: {SIZE}\r\nConnection: close\r\n\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
+    let chunk = vec![0x5au8; 256 * 1024];
+    let mut sent = 0u64;
+    let mut chunks = 0u32;
+    let mut peak_kib = rss_before;
+    let t = Instant::now();
+    while sent < SIZE {
+        s.write_all(&chunk).await.unwrap();
+        sent += chunk.len() as u64;
+        chunks += 1;
+        if chunks & 127 == 0 {
+            peak_kib = peak_kib.max(lb.rss_kib());
+        }
+    }
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.unwrap();
+    peak_kib = peak_kib.max(lb.rss_kib());
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(
+        resp.ends_with(&SIZE.to_string()),
+        "backend did not get every byte: {resp}"
+    );
+    let growth = peak_kib.saturating_sub(rss_before);
+    eprintln!(
+        "512 MiB upload in {:?}; rampart RSS {rss_before} KiB -> peak {peak_kib} KiB",
+        t.elapsed()
+    );
+    assert!(
+        growth < 16 * 1024,
+        "RSS grew by {growth} KiB during a 512 MiB upload"
+    );
+}
