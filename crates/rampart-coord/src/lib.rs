@@ -208,14 +208,24 @@ impl Coord {
             op,
             timeout: op_timeout,
         };
-        for i in 0..n {
-            let idx = (start + i) % n;
+        // Rounds over the members until the deadline: an etcd that comes back (restart,
+        // leader election) within the deadline still serves the call, and a connection
+        // broken by a restart is re-established instead of failing the call.
+        let mut pause = Duration::from_millis(25);
+        for attempt in 0usize.. {
+            let i = attempt % n;
+            if attempt > 0 && i == 0 {
+                let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+                tokio::time::sleep(pause.min(remaining)).await;
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+            let idx = (start + attempt) % n;
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
             if remaining.is_zero() {
                 break;
             }
-            // Idempotent calls split what is left between the members not tried yet, so a
-            // member that hangs (partitioned) cannot eat the whole deadline.
+            // Idempotent calls split what is left between the members not tried in this
+            // round, so a member that hangs (partitioned) cannot eat the whole deadline.
             let budget = match retry {
                 Retry::Idempotent => remaining / (n - i) as u32,
                 Retry::OnlyIfNotSent => remaining,
