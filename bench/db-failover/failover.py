@@ -196,6 +196,34 @@ class Node:
         return f"http://127.0.0.1:{self.api_port}{path}"
 
 
+def pg_connect(node, timeout=3):
+    c = psycopg2.connect(host="127.0.0.1", port=node.pg_port, user="postgres", password=PASSWORD,
+                         dbname="postgres", connect_timeout=timeout)
+    c.autocommit = True
+    return c
+
+
+def streaming_replicas(primary, at_lsn=None, max_lag=1024 * 1024):
+    """Standbys streaming from `primary` that replayed `at_lsn` (or lag < max_lag bytes)."""
+    try:
+        c = pg_connect(primary, 2)
+    except psycopg2.Error:
+        return 0
+    try:
+        with c.cursor() as cur:
+            if at_lsn is None:
+                cur.execute("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming' "
+                            "AND pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn) < %s", (max_lag,))
+            else:
+                cur.execute("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming' "
+                            "AND replay_lsn >= %s::pg_lsn", (at_lsn,))
+            return cur.fetchone()[0]
+    except psycopg2.Error:
+        return 0
+    finally:
+        c.close()
+
+
 class System:
     """Common interface: start(node), data_dir(node), kill(node), cluster checks."""
     kind = "?"
@@ -221,6 +249,11 @@ class System:
         prim = [n for n in self.nodes if http_status(n.api("/primary"), 0.5)[0] == 200]
         repl = [n for n in self.nodes if http_status(n.api("/replica"), 0.5)[0] == 200]
         if len(prim) != 1 or len(repl) != 2:
+            return False
+        # "/replica 200" only says postgres runs in recovery: also require both standbys
+        # to stream from the primary and be caught up, or a failover could promote a
+        # replica that never received the trial's table.
+        if streaming_replicas(prim[0]) < 2:
             return False
         return not self.sync or self.has_sync_standby(prim[0])
 
@@ -460,12 +493,17 @@ def wait_healthy(system, limit):
 def run_trial(system, trial, first_id):
     table = f"bench_t{trial}"
     prim = system.find_primary()
-    with psycopg2.connect(host="127.0.0.1", port=prim.pg_port, user="postgres", password=PASSWORD,
-                          dbname="postgres", connect_timeout=3) as c:
-        c.autocommit = True
-        with c.cursor() as cur:
-            cur.execute(f"CREATE TABLE IF NOT EXISTS {table}(id bigint PRIMARY KEY, at timestamptz DEFAULT now())")
+    c = pg_connect(prim)
+    with c.cursor() as cur:
+        cur.execute(f"CREATE TABLE IF NOT EXISTS {table}(id bigint PRIMARY KEY, at timestamptz DEFAULT now())")
+        cur.execute("SELECT pg_current_wal_lsn()::text")
+        lsn = cur.fetchone()[0]
     c.close()
+    t0 = time.time()
+    while streaming_replicas(prim, at_lsn=lsn) < 2:
+        if time.time() - t0 > 30:
+            raise RuntimeError(f"the trial table did not reach both standbys in 30s ({system.base})")
+        time.sleep(0.1)
     w = Writer(system, table, first_id)
     w.start()
     time.sleep(WARMUP_S)
@@ -502,11 +540,10 @@ def run_trial(system, trial, first_id):
     w.join(15)
     node = next(n for n in system.nodes if n.name == new_primary)
     ids_acked = [a[0] for a in w.acked]
-    with psycopg2.connect(host="127.0.0.1", port=node.pg_port, user="postgres", password=PASSWORD,
-                          dbname="postgres", connect_timeout=3) as c:
-        with c.cursor() as cur:
-            cur.execute(f"SELECT id FROM {table}")
-            present = {r[0] for r in cur.fetchall()}
+    c = pg_connect(node)
+    with c.cursor() as cur:
+        cur.execute(f"SELECT id FROM {table}")
+        present = {r[0] for r in cur.fetchall()}
     c.close()
     lost = sorted(set(ids_acked) - present)
     amb_present = sorted(set(w.ambiguous) & present)
@@ -590,6 +627,8 @@ def main():
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "results"))
     ap.add_argument("--keep", action="store_true", help="keep the temp dirs (logs)")
     a = ap.parse_args()
+    # Ctrl-C / SIGTERM still run the cleanup below (no stray postgres, patroni or etcd).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if os.geteuid() != 0:
         sys.exit("run as root (postgres and patroni are started as the postgres user)")
 

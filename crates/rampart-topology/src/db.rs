@@ -1,8 +1,506 @@
 //! The `[db]` section of the topology (rampart db). Owned by the db work.
+//!
+//! ```toml
+//! [cluster]
+//! name = "main"
+//! etcd = ["http://127.0.0.1:2379"]
+//!
+//! [db]
+//! data_dir = "/var/lib/rampart/db"   # each node uses <data_dir>/<node> unless it sets its own
+//! synchronous = true                 # default: no acknowledged commit lost on failover
+//! synchronous_strict = false         # true: refuse writes while no synchronous standby
+//! ttl = "3s"                         # leader lease
+//! loop_wait = "500ms"                # HA loop interval
+//! retry_timeout = "1s"               # deadline of one etcd/PostgreSQL call in the loop
+//! max_lag = "16MB"                   # a replica further behind never promotes
+//!
+//! [[db.nodes]]
+//! name = "db1"
+//! host = "127.0.0.1"
+//! port = 5433
+//! api = "127.0.0.1:8008"
+//! ```
+//!
+//! The raw section is validated into [`DbConfig`], which holds only checked values.
+//! The timing rule: `ttl >= loop_wait + retry_timeout + DEMOTE_MARGIN`, so that a
+//! primary always gets one full renewal attempt before it must demote itself, and
+//! demotes before etcd can expire its lease.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
+use toml::Spanned;
+
+use crate::diag::{ConfigError, Diagnostic, Source};
+use crate::lb::parse_duration;
+use crate::topology::TopologyFile;
+
+/// Time a primary keeps between its own demotion deadline and the lease expiry in etcd.
+pub const DEMOTE_MARGIN: Duration = Duration::from_secs(1);
 
 /// `[db]`: the PostgreSQL cluster managed by `rampart db` agents.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct DbSection {}
+pub struct DbSection {
+    #[serde(default)]
+    pub data_dir: Option<Spanned<String>>,
+    #[serde(default)]
+    pub synchronous: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub synchronous_strict: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub ttl: Option<Spanned<String>>,
+    #[serde(default)]
+    pub loop_wait: Option<Spanned<String>>,
+    #[serde(default)]
+    pub retry_timeout: Option<Spanned<String>>,
+    /// Bytes ("16MB", "512kB", or an integer of bytes).
+    #[serde(default)]
+    pub max_lag: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    pub pg_bin_dir: Option<Spanned<String>>,
+    #[serde(default)]
+    pub superuser_password: Option<Spanned<String>>,
+    #[serde(default)]
+    pub replication_password: Option<Spanned<String>>,
+    /// Extra `name = value` lines for postgresql.conf (applied on every node).
+    #[serde(default)]
+    pub parameters: Option<Spanned<toml::Table>>,
+    #[serde(default)]
+    pub nodes: Vec<Spanned<RawDbNode>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDbNode {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub host: Option<Spanned<String>>,
+    pub port: Spanned<i64>,
+    pub api: Spanned<String>,
+    #[serde(default)]
+    pub data_dir: Option<Spanned<String>>,
+    #[serde(default)]
+    pub nofailover: Option<Spanned<bool>>,
+}
+
+// ===================================================================================
+// Runtime types
+// ===================================================================================
+
+/// A whole, valid db configuration (cluster name and etcd endpoints included).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DbConfig {
+    pub cluster: String,
+    pub etcd: Vec<String>,
+    pub synchronous: bool,
+    pub synchronous_strict: bool,
+    pub ttl: Duration,
+    pub loop_wait: Duration,
+    pub retry_timeout: Duration,
+    pub max_lag_bytes: u64,
+    pub pg_bin_dir: Option<PathBuf>,
+    pub superuser_password: String,
+    pub replication_password: String,
+    /// Extra postgresql.conf lines, already rendered as `name = value`.
+    pub parameters: Vec<(String, String)>,
+    /// Never empty; names, pg addresses and api addresses unique.
+    pub nodes: Vec<DbNode>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbNode {
+    /// `[a-z0-9_]`, 1..=63 chars (used as slot and application name).
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub api: SocketAddr,
+    pub data_dir: PathBuf,
+    pub nofailover: bool,
+}
+
+impl DbConfig {
+    pub fn node(&self, name: &str) -> Option<&DbNode> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// Read and validate a topology file's `[cluster]` and `[db]` sections.
+    pub fn load(path: &Path) -> Result<DbConfig, ConfigError> {
+        let src = Source::read(path)?;
+        Self::from_source(&src)
+    }
+
+    pub fn from_source(src: &Source) -> Result<DbConfig, ConfigError> {
+        let file = TopologyFile::parse(src)?;
+        Self::validate(src, &file)
+    }
+
+    pub fn validate(src: &Source, file: &TopologyFile) -> Result<DbConfig, ConfigError> {
+        let mut errs: Vec<Diagnostic> = Vec::new();
+        let cluster = file.cluster.name.get_ref().clone();
+        if cluster.is_empty()
+            || !cluster
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            errs.push(src.error_at(
+                file.cluster.name.span(),
+                "cluster name must be non-empty and use only letters, digits, '-' and '_'",
+            ));
+        }
+        let etcd: Vec<String> = file
+            .cluster
+            .etcd
+            .iter()
+            .map(|e| e.get_ref().clone())
+            .collect();
+        if etcd.is_empty() {
+            errs.push(
+                src.error("[cluster] etcd: at least one etcd endpoint is required by rampart db"),
+            );
+        }
+        for e in &file.cluster.etcd {
+            let v = e.get_ref();
+            if !(v.starts_with("http://") || v.starts_with("https://")) {
+                errs.push(src.error_at(
+                    e.span(),
+                    format!("etcd endpoint \"{v}\" must start with http:// or https://"),
+                ));
+            }
+        }
+        let Some(db) = &file.db else {
+            errs.push(src.error("missing [db] section"));
+            return Err(ConfigError { diagnostics: errs });
+        };
+
+        let dur = |v: &Option<Spanned<String>>,
+                   default: Duration,
+                   errs: &mut Vec<Diagnostic>|
+         -> Duration {
+            match v {
+                None => default,
+                Some(s) => match parse_duration(s.get_ref()) {
+                    Ok(d) if !d.is_zero() => d,
+                    Ok(_) => {
+                        errs.push(src.error_at(s.span(), "duration must be greater than zero"));
+                        default
+                    }
+                    Err(m) => {
+                        errs.push(src.error_at(s.span(), m));
+                        default
+                    }
+                },
+            }
+        };
+        let ttl = dur(&db.ttl, Duration::from_secs(3), &mut errs);
+        let loop_wait = dur(&db.loop_wait, Duration::from_millis(500), &mut errs);
+        let retry_timeout = dur(&db.retry_timeout, Duration::from_secs(1), &mut errs);
+        if ttl < loop_wait + retry_timeout + DEMOTE_MARGIN {
+            let span = db.ttl.as_ref().map(|s| s.span()).unwrap_or(0..0);
+            let msg = format!(
+                "ttl ({:?}) must be at least loop_wait ({:?}) + retry_timeout ({:?}) + {:?}, \
+                 so a primary can renew its lease once and still demote before etcd expires it",
+                ttl, loop_wait, retry_timeout, DEMOTE_MARGIN
+            );
+            errs.push(if db.ttl.is_some() {
+                src.error_at(span, msg)
+            } else {
+                src.error(msg)
+            });
+        }
+        if ttl.as_millis() % 1000 != 0 || ttl < Duration::from_secs(1) {
+            let span = db.ttl.as_ref().map(|s| s.span()).unwrap_or(0..0);
+            errs.push(src.error_at(
+                span,
+                "ttl must be a whole number of seconds (etcd leases are in seconds)",
+            ));
+        }
+
+        let max_lag_bytes = match &db.max_lag {
+            None => 16 * 1024 * 1024,
+            Some(v) => match parse_bytes(v.get_ref()) {
+                Ok(b) => b,
+                Err(m) => {
+                    errs.push(src.error_at(v.span(), m));
+                    0
+                }
+            },
+        };
+
+        let base_dir = db.data_dir.as_ref().map(|d| PathBuf::from(d.get_ref()));
+        let mut parameters = Vec::new();
+        if let Some(p) = &db.parameters {
+            for (k, v) in p.get_ref() {
+                if !k
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+                {
+                    errs.push(src.error_at(p.span(), format!("bad parameter name \"{k}\"")));
+                    continue;
+                }
+                let rendered = match v {
+                    toml::Value::String(s) => format!("'{}'", s.replace('\'', "''")),
+                    toml::Value::Integer(i) => i.to_string(),
+                    toml::Value::Float(f) => f.to_string(),
+                    toml::Value::Boolean(b) => {
+                        if *b {
+                            "on".into()
+                        } else {
+                            "off".into()
+                        }
+                    }
+                    _ => {
+                        errs.push(src.error_at(
+                            p.span(),
+                            format!("parameter \"{k}\" must be a string, number or boolean"),
+                        ));
+                        continue;
+                    }
+                };
+                parameters.push((k.clone(), rendered));
+            }
+        }
+
+        let mut nodes = Vec::new();
+        let mut names = HashSet::new();
+        let mut pg_addrs = HashSet::new();
+        let mut apis = HashSet::new();
+        if db.nodes.is_empty() {
+            errs.push(src.error("[db] needs at least one [[db.nodes]] entry"));
+        }
+        for n in &db.nodes {
+            let raw = n.get_ref();
+            let name = raw.name.get_ref().clone();
+            if name.is_empty()
+                || name.len() > 63
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            {
+                errs.push(src.error_at(
+                    raw.name.span(),
+                    format!("node name \"{name}\" must be 1-63 characters of a-z, 0-9 and '_' (it names a replication slot)"),
+                ));
+            }
+            if !names.insert(name.clone()) {
+                errs.push(src.error_at(raw.name.span(), format!("duplicate node name \"{name}\"")));
+            }
+            let host = raw
+                .host
+                .as_ref()
+                .map(|h| h.get_ref().clone())
+                .unwrap_or_else(|| "127.0.0.1".into());
+            if host.is_empty() || host.contains(char::is_whitespace) || host.contains('\'') {
+                let span = raw
+                    .host
+                    .as_ref()
+                    .map(|h| h.span())
+                    .unwrap_or(raw.name.span());
+                errs.push(src.error_at(span, format!("bad host \"{host}\"")));
+            }
+            let port = match u16::try_from(*raw.port.get_ref()) {
+                Ok(p) if p > 0 => p,
+                _ => {
+                    errs.push(src.error_at(raw.port.span(), "port must be 1..=65535"));
+                    0
+                }
+            };
+            if !pg_addrs.insert((host.clone(), port)) {
+                errs.push(src.error_at(
+                    raw.port.span(),
+                    format!("{host}:{port} is used by two nodes"),
+                ));
+            }
+            let api = match raw.api.get_ref().parse::<SocketAddr>() {
+                Ok(a) => a,
+                Err(_) => {
+                    errs.push(src.error_at(
+                        raw.api.span(),
+                        format!("api \"{}\" must be an ip:port address", raw.api.get_ref()),
+                    ));
+                    SocketAddr::from(([127, 0, 0, 1], 0))
+                }
+            };
+            if !apis.insert(api) {
+                errs.push(src.error_at(
+                    raw.api.span(),
+                    format!("api address {api} is used by two nodes"),
+                ));
+            }
+            let data_dir = match (&raw.data_dir, &base_dir) {
+                (Some(d), _) => PathBuf::from(d.get_ref()),
+                (None, Some(b)) => b.join(&name),
+                (None, None) => PathBuf::from("/var/lib/rampart/db").join(&name),
+            };
+            if data_dir.is_relative() {
+                let span = raw
+                    .data_dir
+                    .as_ref()
+                    .map(|d| d.span())
+                    .or(db.data_dir.as_ref().map(|d| d.span()))
+                    .unwrap_or(raw.name.span());
+                errs.push(src.error_at(span, "data_dir must be an absolute path"));
+            }
+            nodes.push(DbNode {
+                name,
+                host,
+                port,
+                api,
+                data_dir,
+                nofailover: raw
+                    .nofailover
+                    .as_ref()
+                    .map(|b| *b.get_ref())
+                    .unwrap_or(false),
+            });
+        }
+        let pw = |v: &Option<Spanned<String>>, errs: &mut Vec<Diagnostic>| -> String {
+            match v {
+                None => "rampart".to_string(),
+                Some(s) => {
+                    if s.get_ref().is_empty() || s.get_ref().contains(['\'', '\\', ' ']) {
+                        errs.push(src.error_at(
+                            s.span(),
+                            "password must be non-empty, without quotes, backslashes or spaces",
+                        ));
+                    }
+                    s.get_ref().clone()
+                }
+            }
+        };
+        let superuser_password = pw(&db.superuser_password, &mut errs);
+        let replication_password = pw(&db.replication_password, &mut errs);
+        if !errs.is_empty() {
+            return Err(ConfigError { diagnostics: errs });
+        }
+        Ok(DbConfig {
+            cluster,
+            etcd,
+            synchronous: db
+                .synchronous
+                .as_ref()
+                .map(|b| *b.get_ref())
+                .unwrap_or(true),
+            synchronous_strict: db
+                .synchronous_strict
+                .as_ref()
+                .map(|b| *b.get_ref())
+                .unwrap_or(false),
+            ttl,
+            loop_wait,
+            retry_timeout,
+            max_lag_bytes,
+            pg_bin_dir: db.pg_bin_dir.as_ref().map(|d| PathBuf::from(d.get_ref())),
+            superuser_password,
+            replication_password,
+            parameters,
+            nodes,
+        })
+    }
+}
+
+/// `"16MB"`, `"512kB"`, `"1GB"` or an integer number of bytes.
+pub fn parse_bytes(v: &toml::Value) -> Result<u64, String> {
+    match v {
+        toml::Value::Integer(i) if *i >= 0 => Ok(*i as u64),
+        toml::Value::String(s) => parse_size(s),
+        _ => Err(SIZE_HELP.to_string()),
+    }
+}
+
+const SIZE_HELP: &str = "expected a size such as \"16MB\", \"512kB\", \"1GB\" or a number of bytes";
+
+/// `16MB`, `512kB`, `1GB`, `1024` (bytes).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let bad = || SIZE_HELP.to_string();
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "kB" | "KB" => 1024,
+        "MB" => 1024 * 1024,
+        "GB" => 1024 * 1024 * 1024,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(mult).ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(text: &str) -> Result<DbConfig, ConfigError> {
+        DbConfig::from_source(&Source::new("t.toml", text))
+    }
+
+    const OK: &str = r#"
+[cluster]
+name = "main"
+etcd = ["http://127.0.0.1:2379"]
+
+[db]
+data_dir = "/tmp/x"
+
+[[db.nodes]]
+name = "db1"
+port = 5433
+api = "127.0.0.1:8008"
+
+[[db.nodes]]
+name = "db2"
+port = 5434
+api = "127.0.0.1:8009"
+nofailover = true
+"#;
+
+    #[test]
+    fn defaults_are_synchronous_and_fast() {
+        let c = cfg(OK).unwrap();
+        assert!(c.synchronous);
+        assert!(!c.synchronous_strict);
+        assert_eq!(c.ttl, Duration::from_secs(3));
+        assert_eq!(c.loop_wait, Duration::from_millis(500));
+        assert_eq!(c.nodes.len(), 2);
+        assert_eq!(c.nodes[0].data_dir, PathBuf::from("/tmp/x/db1"));
+        assert!(c.nodes[1].nofailover);
+        assert_eq!(c.max_lag_bytes, 16 * 1024 * 1024);
+    }
+
+    #[test]
+    fn timing_rule_is_enforced_with_position() {
+        let text = OK.replace(
+            "data_dir = \"/tmp/x\"",
+            "data_dir = \"/tmp/x\"\nttl = \"2s\"",
+        );
+        let e = cfg(&text).unwrap_err();
+        let d = &e.diagnostics[0];
+        assert_eq!((d.line, d.col), (8, 7), "{e}");
+        assert!(d.message.contains("loop_wait"), "{e}");
+    }
+
+    #[test]
+    fn bad_node_name_and_duplicate_port_are_reported() {
+        let text = OK
+            .replace("name = \"db2\"", "name = \"DB-2\"")
+            .replace("5434", "5433");
+        let e = cfg(&text).unwrap_err();
+        let s = e.to_string();
+        assert!(s.contains("t.toml:17:8"), "{s}");
+        assert!(s.contains("used by two nodes"), "{s}");
+    }
+
+    #[test]
+    fn bytes_parse() {
+        assert_eq!(
+            parse_bytes(&toml::Value::String("16MB".into())).unwrap(),
+            16 << 20
+        );
+        assert_eq!(parse_bytes(&toml::Value::Integer(42)).unwrap(), 42);
+        assert!(parse_bytes(&toml::Value::String("16 parsecs".into())).is_err());
+    }
+}

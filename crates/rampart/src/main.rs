@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod db;
 mod lb;
 
 #[derive(Parser)]
@@ -15,6 +16,8 @@ struct Cli {
 enum Command {
     /// Run the L7/L4 load balancer.
     Lb(lb::LbArgs),
+    /// Run the PostgreSQL agent (leader lease, failover), or operate the db cluster.
+    Db(db::DbArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -22,6 +25,7 @@ fn main() -> anyhow::Result<()> {
     init_tracing();
     match cli.command {
         Command::Lb(args) => lb::run(args),
+        Command::Db(args) => db::run(args),
     }
 }
 

@@ -1,0 +1,1059 @@
+//! The HA loop: observe, [`decide`], act, publish — once per `loop_wait`.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rampart_coord::{Coord, CoordOptions, KeyValue, LeaseId};
+use rampart_topology::db::{DbConfig, DbNode, DEMOTE_MARGIN};
+use tokio::process::Child;
+
+use crate::dcs::{self, ClusterView, FailoverValue, Member, SyncValue};
+use crate::decide::{
+    self, decide, Action, FailoverReq, Observed, Peer, Pg, PgRunning, StopMode, SyncKey, SyncStep,
+};
+use crate::error::DbError;
+use crate::metrics::Metrics;
+use crate::pg::{self, ConfSpec, PgConn, PgCtl, PgStatus};
+use crate::watchdog::Watchdog;
+
+/// What the HTTP API serves; refreshed every loop.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub view: Option<ClusterView>,
+    pub me: Option<Member>,
+    /// Running primary, holder of the key, lease valid.
+    pub writable_leader: bool,
+    pub pg_running: bool,
+    pub replica_streaming: bool,
+    pub lag_bytes: u64,
+    pub lag_seconds: f64,
+}
+
+pub type Shared = Arc<Mutex<Snapshot>>;
+
+/// The cluster keys as read in one loop.
+#[derive(Debug, Default)]
+struct Keys {
+    initialized: bool,
+    leader: Option<KeyValue>,
+    members: Vec<Member>,
+    sync: Option<SyncValue>,
+    failover: Option<(FailoverValue, i64)>,
+    paused: bool,
+}
+
+fn parse_keys(cluster: &str, kvs: &[KeyValue]) -> Keys {
+    let p = dcs::prefix(cluster);
+    let mut k = Keys::default();
+    for kv in kvs {
+        let Some(rest) = kv.key.strip_prefix(&p) else {
+            continue;
+        };
+        match rest {
+            "initialize" => k.initialized = true,
+            "leader" => k.leader = Some(kv.clone()),
+            "sync" => k.sync = serde_json::from_slice(&kv.value).ok(),
+            "failover" => {
+                k.failover = serde_json::from_slice(&kv.value)
+                    .ok()
+                    .map(|f| (f, kv.mod_revision))
+            }
+            "pause" => k.paused = true,
+            r if r.starts_with("members/") => {
+                if let Ok(m) = serde_json::from_slice::<Member>(&kv.value) {
+                    k.members.push(m);
+                }
+            }
+            _ => {}
+        }
+    }
+    k
+}
+
+pub struct Agent {
+    cfg: DbConfig,
+    node: DbNode,
+    ctl: PgCtl,
+    conn: PgConn,
+    coord: Coord,
+    shared: Shared,
+    metrics: Arc<Metrics>,
+    watchdog: Watchdog,
+    child: Option<Child>,
+    lease: Option<LeaseId>,
+    renewed_at: Option<Instant>,
+    epoch: Instant,
+    /// Standby named in synchronous_standby_names (None: empty / '*' in strict mode).
+    sync_configured: Option<String>,
+    sync_mark: u64,
+    following: Option<Option<String>>,
+    last_leader: Option<String>,
+    last_leader_lsn: Option<u64>,
+    leader_missing_since: Option<Instant>,
+    not_streaming_since: Option<Instant>,
+    pg_down_since: Option<Instant>,
+    demoted: bool,
+    last_action: String,
+    disk_full: bool,
+    loops: u64,
+}
+
+impl Agent {
+    pub async fn new(
+        cfg: DbConfig,
+        node_name: &str,
+        shared: Shared,
+        metrics: Arc<Metrics>,
+    ) -> Result<Agent, DbError> {
+        let node = cfg.node(node_name).cloned().ok_or_else(|| {
+            DbError::Config(format!("node \"{node_name}\" is not in [[db.nodes]]"))
+        })?;
+        let bin_dir = match &cfg.pg_bin_dir {
+            Some(d) => d.clone(),
+            None => find_pg_bin().ok_or_else(|| {
+                DbError::Config("PostgreSQL binaries not found (set [db] pg_bin_dir)".into())
+            })?,
+        };
+        let run_as = if nix::unistd::geteuid().is_root() {
+            let u = nix::unistd::User::from_name("postgres")
+                .map_err(|e| DbError::Config(format!("look up the postgres user: {e}")))?
+                .ok_or_else(|| {
+                    DbError::Config(
+                        "running as root but there is no `postgres` OS user to run PostgreSQL as"
+                            .into(),
+                    )
+                })?;
+            Some((u.uid, u.gid))
+        } else {
+            None
+        };
+        let ctl = PgCtl {
+            bin_dir,
+            data_dir: node.data_dir.clone(),
+            host: node.host.clone(),
+            port: node.port,
+            name: node.name.clone(),
+            superuser_password: cfg.superuser_password.clone(),
+            replication_password: cfg.replication_password.clone(),
+            run_as,
+        };
+        check_parent_access(&ctl)?;
+        let coord = Coord::connect(CoordOptions {
+            endpoints: cfg.etcd.clone(),
+            op_timeout: cfg.retry_timeout,
+            connect_timeout: cfg.retry_timeout,
+        })
+        .await?;
+        let conn = PgConn::new(
+            ctl.conninfo(),
+            cfg.retry_timeout.max(Duration::from_secs(1)),
+        );
+        Ok(Agent {
+            watchdog: Watchdog::spawn()?,
+            cfg,
+            node,
+            ctl,
+            conn,
+            coord,
+            shared,
+            metrics,
+            child: None,
+            lease: None,
+            renewed_at: None,
+            epoch: Instant::now(),
+            sync_configured: None,
+            sync_mark: 0,
+            following: None,
+            last_leader: None,
+            last_leader_lsn: None,
+            leader_missing_since: None,
+            not_streaming_since: None,
+            pg_down_since: Some(Instant::now()),
+            demoted: false,
+            last_action: String::new(),
+            disk_full: false,
+            loops: 0,
+        })
+    }
+
+    fn key(&self, k: &str) -> String {
+        dcs::key(&self.cfg.cluster, k)
+    }
+
+    fn valid_until(&self) -> Option<Instant> {
+        self.renewed_at.map(|t| t + self.cfg.ttl - DEMOTE_MARGIN)
+    }
+
+    fn lease_ok(&self) -> bool {
+        self.valid_until().is_some_and(|t| Instant::now() < t)
+    }
+
+    /// Run until `stop` resolves; then stop PostgreSQL and give the lease back.
+    pub async fn run(mut self, stop: impl std::future::Future<Output = ()>) -> Result<(), DbError> {
+        tracing::info!(node = %self.node.name, cluster = %self.cfg.cluster, data_dir = %self.ctl.data_dir.display(),
+            ttl = ?self.cfg.ttl, loop_wait = ?self.cfg.loop_wait, synchronous = self.cfg.synchronous, "rampart db agent starting");
+        tokio::pin!(stop);
+        loop {
+            let started = Instant::now();
+            self.turn().await;
+            let mut wait = self.cfg.loop_wait.saturating_sub(started.elapsed());
+            if self.is_primary_running() {
+                if let Some(t) = self.valid_until() {
+                    wait = wait.min(t.saturating_duration_since(Instant::now()));
+                }
+            }
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = tokio::time::sleep(wait.max(Duration::from_millis(20))) => {}
+            }
+        }
+        tracing::info!("stopping: shutting postgres down and releasing the lease");
+        if let Some(mut c) = self.child.take() {
+            pg::stop_child(&mut c, false, Duration::from_secs(20)).await;
+        }
+        self.watchdog.unwatch();
+        if let Some(l) = self.lease {
+            let _ = self.coord.revoke(l).await;
+        }
+        Ok(())
+    }
+
+    fn is_primary_running(&self) -> bool {
+        self.child.is_some() && !self.ctl.is_standby()
+    }
+
+    async fn turn(&mut self) {
+        self.loops += 1;
+        // 1. Our child postgres.
+        if let Some(c) = self.child.as_mut() {
+            if let Ok(Some(st)) = c.try_wait() {
+                tracing::warn!(status = %st, "postgres exited; it will be restarted");
+                self.child = None;
+                self.conn.reset();
+                self.watchdog.unwatch();
+                self.pg_down_since = Some(Instant::now());
+            }
+        }
+        let status = if self.child.is_some() {
+            self.conn.status().await.ok()
+        } else {
+            None
+        };
+        if self.child.is_some() && status.is_none() && self.is_primary_running() && !self.lease_ok()
+        {
+            // A primary that does not answer and whose lease ran out: fence it now.
+            tracing::warn!("primary not answering and lease not renewable: stopping it");
+            self.kill_postgres().await;
+        }
+
+        // 2. The lease (keeps our member key and, on the primary, the leader key).
+        let dcs_up = self.renew_lease().await;
+
+        // 3. The cluster keys.
+        let keys = if dcs_up {
+            match self.coord.get_prefix(&dcs::prefix(&self.cfg.cluster)).await {
+                Ok((kvs, _)) => Some(parse_keys(&self.cfg.cluster, &kvs)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the cluster state from etcd");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let dcs_ok = keys.is_some();
+        let keys = keys.unwrap_or_default();
+        let leader_name = keys.leader.as_ref().map(|kv| kv.value_str());
+        if dcs_ok {
+            match &leader_name {
+                Some(l) => {
+                    self.leader_missing_since = None;
+                    self.last_leader = Some(l.clone());
+                    if let Some(m) = keys.members.iter().find(|m| &m.name == l) {
+                        self.last_leader_lsn = Some(m.lsn);
+                    }
+                }
+                None => {
+                    self.leader_missing_since.get_or_insert_with(Instant::now);
+                }
+            }
+        }
+        self.disk_full = disk_nearly_full(&self.ctl.data_dir);
+
+        // 4. Decide.
+        let obs = self.observe(&keys, dcs_ok, status.as_ref());
+        let action = if self.child.is_some() && status.is_none() {
+            Action::Wait("postgres starting or not answering")
+        } else {
+            decide(&obs)
+        };
+        let text = format!("{action:?}");
+        if text != self.last_action {
+            match &action {
+                Action::Wait(why) => tracing::info!(reason = why, "waiting"),
+                Action::LeadRenew => tracing::info!("leading: holding the leader lease"),
+                Action::Follow { leader } => tracing::info!(leader = ?leader, "following"),
+                a => tracing::info!(action = ?a, "acting"),
+            }
+            self.last_action = text;
+        }
+
+        // 5. Act.
+        if let Err(e) = self.act(&action, &keys, &obs).await {
+            tracing::warn!(action = ?action, error = %e, "action failed; retrying next loop");
+        }
+
+        // 6. Publish.
+        let status = if self.child.is_some() {
+            self.conn.status().await.ok()
+        } else {
+            None
+        };
+        self.publish(&keys, dcs_ok, status.as_ref(), &action).await;
+    }
+
+    async fn renew_lease(&mut self) -> bool {
+        let call_start = Instant::now();
+        let mut budget = self.cfg.retry_timeout;
+        if self.is_primary_running() {
+            if let Some(t) = self.valid_until() {
+                budget = budget
+                    .min(t.saturating_duration_since(call_start))
+                    .max(Duration::from_millis(50));
+            }
+        }
+        let r = match self.lease {
+            Some(l) => tokio::time::timeout(budget, self.coord.keep_alive_once(l)).await,
+            None => {
+                match tokio::time::timeout(budget, self.coord.grant_lease(self.cfg.ttl)).await {
+                    Ok(Ok(id)) => {
+                        tracing::info!(lease = id, "granted a new lease");
+                        self.lease = Some(id);
+                        Ok(Ok(Some(self.cfg.ttl)))
+                    }
+                    Ok(Err(e)) => Ok(Err(e)),
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        match r {
+            Ok(Ok(Some(_))) => {
+                self.renewed_at = Some(call_start);
+                if self.is_primary_running() {
+                    self.arm_watchdog();
+                }
+                true
+            }
+            Ok(Ok(None)) => {
+                tracing::warn!("our lease expired in etcd (keys attached to it are gone)");
+                self.lease = None;
+                self.renewed_at = None;
+                let start = Instant::now();
+                match self.coord.grant_lease(self.cfg.ttl).await {
+                    Ok(id) => {
+                        tracing::info!(lease = id, "granted a new lease");
+                        self.lease = Some(id);
+                        self.renewed_at = Some(start);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot grant a new lease"),
+                }
+                // The etcd answer itself shows it is reachable.
+                true
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "etcd unreachable: cannot renew the lease");
+                false
+            }
+            Err(_) => {
+                tracing::warn!(budget = ?budget, "etcd unreachable: lease renewal timed out");
+                false
+            }
+        }
+    }
+
+    fn arm_watchdog(&mut self) {
+        if let (Some(t), Some(c)) = (self.renewed_at, self.child.as_ref()) {
+            if let Some(pid) = c.id() {
+                // Hard fence shortly before etcd can expire the lease.
+                let hard = t + self.cfg.ttl - Duration::from_millis(300);
+                self.watchdog
+                    .arm(pid, hard.saturating_duration_since(Instant::now()));
+            }
+        }
+    }
+
+    fn observe(&self, keys: &Keys, dcs_ok: bool, st: Option<&PgStatus>) -> Observed {
+        let now = Instant::now();
+        let pg = if !self.ctl.has_data() {
+            Pg::NoData
+        } else if let Some(s) = st {
+            Pg::Running(PgRunning {
+                in_recovery: s.in_recovery,
+                timeline: s.timeline,
+                wal_lsn: if s.in_recovery {
+                    s.receive_lsn.max(s.lsn)
+                } else {
+                    s.lsn
+                },
+                streaming: s.streaming,
+                not_streaming_for: self
+                    .not_streaming_since
+                    .map(|t| now - t)
+                    .unwrap_or_default(),
+            })
+        } else {
+            Pg::Stopped {
+                was_primary: !self.ctl.is_standby(),
+                down_for: self.pg_down_since.map(|t| now - t).unwrap_or_default(),
+            }
+        };
+        let peers = keys
+            .members
+            .iter()
+            .filter(|m| m.name != self.node.name)
+            .map(|m| Peer {
+                name: m.name.clone(),
+                running: m.role == "primary" || m.role == "replica",
+                in_recovery: m.role == "replica",
+                streaming: m.streaming,
+                timeline: m.timeline,
+                wal_lsn: m.receive_lsn.max(m.lsn),
+                nofailover: m.nofailover,
+            })
+            .collect();
+        let now_ms = dcs::unix_ms();
+        Observed {
+            me: self.node.name.clone(),
+            nofailover: self.node.nofailover,
+            synchronous: self.cfg.synchronous,
+            max_lag_bytes: self.cfg.max_lag_bytes,
+            dcs_ok,
+            initialized: keys.initialized,
+            leader: keys.leader.as_ref().map(|kv| kv.value_str()),
+            lease_valid_until: self
+                .valid_until()
+                .map(|t| t.saturating_duration_since(self.epoch)),
+            now: now - self.epoch,
+            pg,
+            peers,
+            sync: keys.sync.as_ref().map(|s| SyncKey {
+                leader: s.leader.clone(),
+                sync_standby: s.sync_standby.clone(),
+            }),
+            failover: keys.failover.as_ref().map(|(f, _)| FailoverReq {
+                from: f.from.clone(),
+                to: f.to.clone(),
+                forced: f.forced,
+                min_lsn: f.min_lsn,
+                age: Duration::from_millis(now_ms.saturating_sub(f.requested_at_ms)),
+            }),
+            paused: keys.paused,
+            last_leader_lsn: self.last_leader_lsn,
+            leaderless_for: self
+                .leader_missing_since
+                .map(|t| now - t)
+                .unwrap_or_default(),
+        }
+    }
+
+    fn node_addr(&self, name: &str) -> Result<(String, u16), DbError> {
+        self.cfg
+            .node(name)
+            .map(|n| (n.host.clone(), n.port))
+            .ok_or_else(|| DbError::Other(format!("leader \"{name}\" is not a configured node")))
+    }
+
+    fn sync_names(&self) -> String {
+        if !self.cfg.synchronous {
+            return String::new();
+        }
+        match &self.sync_configured {
+            Some(n) => format!("FIRST 1 (\"{n}\")"),
+            None if self.cfg.synchronous_strict => "*".to_string(),
+            None => String::new(),
+        }
+    }
+
+    fn conf(&self, follow: Option<&str>) -> Result<ConfSpec, DbError> {
+        Ok(ConfSpec {
+            follow: follow.map(|l| self.node_addr(l)).transpose()?,
+            sync_names: self.sync_names(),
+            extra: self.cfg.parameters.clone(),
+        })
+    }
+
+    async fn start_pg(&mut self, primary: bool, follow: Option<&str>) -> Result<(), DbError> {
+        let spec = self.conf(follow)?;
+        self.ctl.write_conf(&spec)?;
+        self.ctl.set_standby(!primary)?;
+        let child = self.ctl.spawn()?;
+        if let Some(pid) = child.id() {
+            self.watchdog.watch(pid);
+        }
+        tracing::info!(primary, follow = ?follow, pid = ?child.id(), "postgres started");
+        self.child = Some(child);
+        self.following = Some(follow.map(String::from));
+        self.not_streaming_since = None;
+        self.pg_down_since = None;
+        self.demoted = false;
+        self.conn.reset();
+        if primary {
+            self.arm_watchdog();
+        }
+        // Wait until it answers (crash recovery may take a moment).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    self.child = None;
+                    self.pg_down_since = Some(Instant::now());
+                    self.watchdog.unwatch();
+                    return Err(DbError::Other(format!(
+                        "postgres exited during start-up ({st}); see {}",
+                        self.ctl.log_path().display()
+                    )));
+                }
+            }
+            if self.conn.status().await.is_ok() {
+                return Ok(());
+            }
+            if primary && !self.lease_ok() {
+                return Err(DbError::Other(
+                    "lease ran out while postgres was starting".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(DbError::Other(
+            "postgres did not answer within 60 s of starting".into(),
+        ))
+    }
+
+    async fn kill_postgres(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            self.watchdog.unwatch();
+            if let Some(pid) = c.id() {
+                pg::kill_tree(pid as i32);
+            }
+            let _ = c.wait().await;
+        }
+        self.conn.reset();
+        self.pg_down_since = Some(Instant::now());
+    }
+
+    async fn stop_postgres(&mut self, mode: StopMode) {
+        if let Some(mut c) = self.child.take() {
+            self.watchdog.unwatch();
+            match mode {
+                StopMode::Immediate => {
+                    if let Some(pid) = c.id() {
+                        pg::kill_tree(pid as i32);
+                    }
+                    let _ = c.wait().await;
+                }
+                StopMode::Fast => pg::stop_child(&mut c, false, Duration::from_secs(30)).await,
+            }
+        }
+        self.conn.reset();
+        self.pg_down_since = Some(Instant::now());
+    }
+
+    async fn take_leader(&mut self) -> Result<bool, DbError> {
+        let Some(lease) = self.lease else {
+            return Ok(false);
+        };
+        let won = self
+            .coord
+            .create(&self.key("leader"), self.node.name.as_bytes(), Some(lease))
+            .await?;
+        if won {
+            tracing::info!("took the leader key");
+        }
+        Ok(won)
+    }
+
+    async fn promote(&mut self, keys: &Keys) -> Result<(), DbError> {
+        // Primary settings first: no upstream; synchronous names start empty ('*' strict).
+        self.sync_configured = None;
+        self.ctl.write_conf(&self.conf(None)?)?;
+        self.conn.reload().await?;
+        let t = Instant::now();
+        if !self.conn.promote().await? {
+            return Err(DbError::Other("pg_promote did not finish in time".into()));
+        }
+        self.metrics.promotions.inc();
+        tracing::info!(
+            took_ms = t.elapsed().as_millis() as u64,
+            "promoted to primary"
+        );
+        self.following = Some(None);
+        self.arm_watchdog();
+        if self.cfg.synchronous {
+            let v = SyncValue {
+                leader: self.node.name.clone(),
+                sync_standby: None,
+            };
+            self.put_json("sync", &v).await?;
+        }
+        if let Some((f, rev)) = &keys.failover {
+            if f.to.as_deref() == Some(self.node.name.as_str()) || f.to.is_none() {
+                let _ = self.coord.delete_if(&self.key("failover"), *rev).await;
+            }
+        }
+        self.ensure_slots().await;
+        Ok(())
+    }
+
+    async fn put_json<T: serde::Serialize>(&self, k: &str, v: &T) -> Result<(), DbError> {
+        let body = serde_json::to_vec(v).map_err(|e| DbError::Other(e.to_string()))?;
+        self.coord.put(&self.key(k), &body, None).await?;
+        Ok(())
+    }
+
+    async fn ensure_slots(&mut self) {
+        let names: Vec<String> = self
+            .cfg
+            .nodes
+            .iter()
+            .filter(|n| n.name != self.node.name)
+            .map(|n| n.name.clone())
+            .collect();
+        if let Err(e) = self.conn.ensure_slots(&names).await {
+            tracing::warn!(error = %e, "cannot create replication slots");
+        }
+    }
+
+    async fn act(&mut self, action: &Action, keys: &Keys, obs: &Observed) -> Result<(), DbError> {
+        match action {
+            Action::Wait(_) => Ok(()),
+            Action::Bootstrap => self.bootstrap().await,
+            Action::Clone { from } => {
+                let (h, p) = self.node_addr(from)?;
+                tracing::info!(from = %from, "cloning the leader with pg_basebackup");
+                self.ctl.basebackup(&h, p).await?;
+                self.start_pg(false, Some(from)).await
+            }
+            Action::Start {
+                primary,
+                follow,
+                rewind,
+            } => {
+                if *rewind {
+                    if let Some(l) = follow {
+                        self.rewind_or_reclone(l).await?;
+                    }
+                }
+                if *primary {
+                    // Restart of a primary that still holds the key: keep the sync standby it published.
+                    self.sync_configured = keys
+                        .sync
+                        .as_ref()
+                        .filter(|s| s.leader == self.node.name)
+                        .and_then(|s| s.sync_standby.clone());
+                }
+                self.start_pg(*primary, follow.as_deref()).await
+            }
+            Action::LeadRenew => self.lead(keys).await,
+            Action::TakeLeader { reason } => {
+                if self.take_leader().await? {
+                    tracing::info!(reason, "promoting");
+                    if matches!(
+                        obs.pg,
+                        Pg::Running(PgRunning {
+                            in_recovery: true,
+                            ..
+                        })
+                    ) {
+                        self.promote(keys).await?;
+                    }
+                }
+                Ok(())
+            }
+            Action::Promote => self.promote(keys).await,
+            Action::Demote {
+                mode,
+                release,
+                reason,
+            } => {
+                tracing::warn!(reason, mode = ?mode, "demoting: stopping writes");
+                self.stop_postgres(*mode).await;
+                self.demoted = true;
+                self.ctl.set_standby(true)?;
+                if *release {
+                    let cd = self.ctl.controldata().await?;
+                    if let Some((f, rev)) = &keys.failover {
+                        let mut f = f.clone();
+                        f.min_lsn = Some(cd.checkpoint_lsn);
+                        let body =
+                            serde_json::to_vec(&f).map_err(|e| DbError::Other(e.to_string()))?;
+                        let _ = self
+                            .coord
+                            .compare_and_swap(&self.key("failover"), *rev, &body, None)
+                            .await?;
+                    }
+                    if let Some(kv) = &keys.leader {
+                        self.coord
+                            .delete_if(&self.key("leader"), kv.mod_revision)
+                            .await?;
+                    }
+                    tracing::info!(
+                        last_lsn = cd.checkpoint_lsn,
+                        "released the leader key after a clean shutdown"
+                    );
+                }
+                Ok(())
+            }
+            Action::Follow { leader } => {
+                if self.following.as_ref() != Some(leader) {
+                    tracing::info!(leader = ?leader, "pointing replication at the leader");
+                    self.ctl.write_conf(&self.conf(leader.as_deref())?)?;
+                    self.conn.reload().await?;
+                    self.following = Some(leader.clone());
+                    self.not_streaming_since = None;
+                }
+                if obs.pg != Pg::NoData {
+                    if let Pg::Running(r) = &obs.pg {
+                        if r.streaming {
+                            self.not_streaming_since = None;
+                        } else {
+                            self.not_streaming_since.get_or_insert_with(Instant::now);
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Action::Rewind { from } => {
+                tracing::warn!(leader = %from, "replica not streaming for too long: rewinding (re-cloning if that fails)");
+                self.stop_postgres(StopMode::Fast).await;
+                self.rewind_or_reclone(from).await?;
+                self.start_pg(false, Some(from)).await
+            }
+            Action::ReleaseLeader { reason } => {
+                tracing::warn!(reason, "releasing the leader key");
+                if let Some(kv) = &keys.leader {
+                    self.coord
+                        .delete_if(&self.key("leader"), kv.mod_revision)
+                        .await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn rewind_or_reclone(&mut self, from: &str) -> Result<(), DbError> {
+        let (h, p) = self.node_addr(from)?;
+        match self.ctl.rewind(&h, p).await {
+            Ok(out) => {
+                tracing::info!(leader = %from, output = %out.lines().last().unwrap_or(""), "pg_rewind done");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(leader = %from, error = %e, "pg_rewind failed: re-cloning from the leader");
+                self.ctl.basebackup(&h, p).await
+            }
+        }
+    }
+
+    async fn bootstrap(&mut self) -> Result<(), DbError> {
+        let won = self
+            .coord
+            .create(&self.key("initialize"), self.node.name.as_bytes(), None)
+            .await?;
+        if !won {
+            return Ok(());
+        }
+        tracing::info!("won the initialize race: running initdb");
+        let r = async {
+            self.ctl.initdb().await?;
+            // initdb takes longer than a lease: renew (or regrant) before taking the key.
+            if !self.renew_lease().await || !self.lease_ok() {
+                return Err(DbError::Other("cannot renew the lease after initdb".into()));
+            }
+            self.start_pg(true, None).await?;
+            self.conn
+                .ensure_replication_user(&self.cfg.replication_password)
+                .await?;
+            if !self.renew_lease().await || !self.take_leader().await? {
+                return Err(DbError::Other(
+                    "cannot take the leader key after bootstrap".into(),
+                ));
+            }
+            if self.cfg.synchronous {
+                let v = SyncValue {
+                    leader: self.node.name.clone(),
+                    sync_standby: None,
+                };
+                self.put_json("sync", &v).await?;
+            }
+            self.ensure_slots().await;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = &r {
+            tracing::error!(error = %e, "bootstrap failed: giving the initialize key back");
+            self.kill_postgres().await;
+            let _ = std::fs::remove_dir_all(&self.ctl.data_dir);
+            let _ = self.coord.delete(&self.key("initialize")).await;
+            let _ = self.coord.delete(&self.key("leader")).await;
+        } else {
+            tracing::info!("bootstrapped: this node is the primary");
+        }
+        r
+    }
+
+    async fn lead(&mut self, keys: &Keys) -> Result<(), DbError> {
+        if keys.leader.is_none() {
+            // Paused with the key gone, or a racing read: take it back.
+            self.take_leader().await?;
+        }
+        if self.loops % 4 == 1 {
+            self.ensure_slots().await;
+        }
+        if let Some((f, rev)) = &keys.failover {
+            if dcs::unix_ms().saturating_sub(f.requested_at_ms)
+                > decide::FAILOVER_REQUEST_TIMEOUT.as_millis() as u64
+            {
+                tracing::warn!(to = ?f.to, "dropping a stale switchover request");
+                let _ = self.coord.delete_if(&self.key("failover"), *rev).await;
+            }
+        }
+        if !self.cfg.synchronous {
+            return Ok(());
+        }
+        let rows = self.conn.replication().await?;
+        // Only configured members count (pg_basebackup has a walsender too).
+        let rows: Vec<decide::ReplRow> = rows
+            .into_iter()
+            .filter(|r| r.name != self.node.name && self.cfg.node(&r.name).is_some())
+            .map(|r| decide::ReplRow {
+                streaming: r.state == "streaming",
+                name: r.name,
+                sync_state: r.sync_state,
+                flush_lsn: r.flush_lsn,
+            })
+            .collect();
+        let ineligible: Vec<String> = self
+            .cfg
+            .nodes
+            .iter()
+            .filter(|n| n.nofailover)
+            .map(|n| n.name.clone())
+            .collect();
+        let published = keys.sync.as_ref().map(|s| SyncKey {
+            leader: s.leader.clone(),
+            sync_standby: s.sync_standby.clone(),
+        });
+        let step = decide::sync_step(
+            &self.node.name,
+            self.cfg.synchronous_strict,
+            published.as_ref(),
+            self.sync_configured.as_deref(),
+            self.sync_mark,
+            &rows,
+            &ineligible,
+        );
+        match step {
+            SyncStep::Nothing => {}
+            SyncStep::Publish(s) => {
+                tracing::info!(sync_standby = ?s, "publishing the synchronous standby");
+                self.put_json(
+                    "sync",
+                    &SyncValue {
+                        leader: self.node.name.clone(),
+                        sync_standby: s,
+                    },
+                )
+                .await?;
+            }
+            SyncStep::SetStandby(s) => {
+                tracing::info!(sync_standby = ?s, "setting synchronous_standby_names");
+                self.sync_configured = s;
+                self.ctl.write_conf(&self.conf(None)?)?;
+                self.conn.reload().await?;
+                // Give the reload a moment to reach the backends, then mark the WAL position.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                self.sync_mark = self.conn.status().await?.lsn;
+            }
+        }
+        Ok(())
+    }
+
+    async fn publish(&mut self, keys: &Keys, dcs_ok: bool, st: Option<&PgStatus>, action: &Action) {
+        let holder_is_me = keys
+            .leader
+            .as_ref()
+            .is_some_and(|kv| kv.value_str() == self.node.name);
+        let leader_lsn = keys
+            .leader
+            .as_ref()
+            .and_then(|kv| keys.members.iter().find(|m| m.name == kv.value_str()))
+            .map(|m| m.lsn);
+        let (role, state) = match st {
+            Some(s) if !s.in_recovery => (
+                "primary",
+                if self.disk_full {
+                    "disk full"
+                } else {
+                    "running"
+                },
+            ),
+            Some(s) if s.streaming => (
+                "replica",
+                if self.disk_full {
+                    "disk full"
+                } else {
+                    "streaming"
+                },
+            ),
+            Some(_) => ("replica", "not streaming"),
+            None if self.child.is_some() => ("starting", "starting"),
+            None if self.demoted => ("demoted", "stopped"),
+            None if !self.ctl.has_data() => ("stopped", "no data"),
+            None => ("stopped", "stopped"),
+        };
+        let state = if !dcs_ok {
+            format!("{state}, etcd unreachable")
+        } else {
+            state.to_string()
+        };
+        let lag_bytes = match (st, leader_lsn) {
+            (Some(s), Some(l)) if s.in_recovery => l.saturating_sub(s.lsn),
+            _ => 0,
+        };
+        let lag_too_big = st.is_some_and(|s| s.in_recovery) && lag_bytes > self.cfg.max_lag_bytes;
+        let state = if lag_too_big {
+            format!("{state}, lagging beyond max_lag")
+        } else {
+            state
+        };
+        let sync_standby = keys.sync.as_ref().and_then(|s| s.sync_standby.as_deref())
+            == Some(self.node.name.as_str());
+        let lease_age = if holder_is_me {
+            self.renewed_at.map(|t| t.elapsed().as_secs_f64())
+        } else {
+            None
+        };
+        let me = Member {
+            name: self.node.name.clone(),
+            role: role.to_string(),
+            state,
+            host: self.node.host.clone(),
+            port: self.node.port,
+            api_url: format!("http://{}", self.node.api),
+            timeline: st.map(|s| s.timeline).unwrap_or(0),
+            lsn: st.map(|s| s.lsn).unwrap_or(0),
+            lag_bytes,
+            lag_seconds: st.map(|s| s.replay_delay_seconds).unwrap_or(0.0),
+            sync_standby,
+            nofailover: self.node.nofailover,
+            lease_age_seconds: lease_age,
+            receive_lsn: st.map(|s| s.receive_lsn.max(s.lsn)).unwrap_or(0),
+            streaming: st.is_some_and(|s| s.streaming),
+            action: match action {
+                Action::Wait(w) => format!("wait: {w}"),
+                a => format!("{a:?}"),
+            },
+        };
+        if dcs_ok {
+            if let (Some(lease), Ok(body)) = (self.lease, serde_json::to_vec(&me)) {
+                if let Err(e) = self
+                    .coord
+                    .put(
+                        &dcs::member_key(&self.cfg.cluster, &self.node.name),
+                        &body,
+                        Some(lease),
+                    )
+                    .await
+                {
+                    tracing::warn!(error = %e, "cannot post our member state");
+                }
+            }
+        }
+        let writable_leader = holder_is_me && self.lease_ok() && st.is_some_and(|s| !s.in_recovery);
+        let mut members: Vec<Member> = keys
+            .members
+            .iter()
+            .filter(|m| m.name != me.name)
+            .cloned()
+            .collect();
+        members.push(me.clone());
+        members.sort_by(|a, b| a.name.cmp(&b.name));
+        let view = ClusterView {
+            cluster: self.cfg.cluster.clone(),
+            leader: keys.leader.as_ref().map(|kv| kv.value_str()),
+            paused: keys.paused,
+            members,
+        };
+        self.metrics.update(&me, st, writable_leader);
+        if let Ok(mut s) = self.shared.lock() {
+            *s = Snapshot {
+                view: if dcs_ok {
+                    Some(view)
+                } else {
+                    s.view.clone().map(|mut v| {
+                        v.members.retain(|m| m.name != me.name);
+                        v.members.push(me.clone());
+                        v.members.sort_by(|a, b| a.name.cmp(&b.name));
+                        v
+                    })
+                },
+                me: Some(me),
+                writable_leader,
+                pg_running: st.is_some(),
+                replica_streaming: st.is_some_and(|s| s.in_recovery && s.streaming),
+                lag_bytes,
+                lag_seconds: st.map(|s| s.replay_delay_seconds).unwrap_or(0.0),
+            };
+        }
+    }
+}
+
+fn find_pg_bin() -> Option<std::path::PathBuf> {
+    for v in ["17", "16", "15"] {
+        let d = std::path::PathBuf::from(format!("/usr/lib/postgresql/{v}/bin"));
+        if d.join("postgres").is_file() {
+            return Some(d);
+        }
+    }
+    None
+}
+
+/// The postgres user must be able to reach the data directory.
+fn check_parent_access(ctl: &PgCtl) -> Result<(), DbError> {
+    use std::os::unix::fs::PermissionsExt;
+    if ctl.run_as.is_none() {
+        return Ok(());
+    }
+    let mut p = ctl.data_dir.parent();
+    while let Some(d) = p {
+        if let Ok(md) = std::fs::metadata(d) {
+            if md.permissions().mode() & 0o001 == 0 {
+                return Err(DbError::Config(format!(
+                    "{} is not searchable by others (mode {:o}): the postgres user cannot reach {}",
+                    d.display(),
+                    md.permissions().mode() & 0o777,
+                    ctl.data_dir.display()
+                )));
+            }
+        }
+        p = d.parent();
+    }
+    Ok(())
+}
+
+/// Less than 1% or 64 MB left on the data directory's file system.
+fn disk_nearly_full(dir: &std::path::Path) -> bool {
+    let probe = if dir.exists() {
+        dir.to_path_buf()
+    } else {
+        dir.parent().map(|p| p.to_path_buf()).unwrap_or_default()
+    };
+    match nix::sys::statvfs::statvfs(&probe) {
+        Ok(s) => {
+            let avail = s.blocks_available() as u128 * s.fragment_size() as u128;
+            let total = s.blocks() as u128 * s.fragment_size() as u128;
+            total > 0 && (avail < 64 * 1024 * 1024 || avail * 100 < total)
+        }
+        Err(_) => false,
+    }
+}

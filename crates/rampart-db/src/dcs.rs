@@ -1,0 +1,82 @@
+//! The db agent's keys in etcd and their JSON values.
+//!
+//! Layout under `/rampart/<cluster>/db/`: `initialize` (the bootstrap race), `leader`
+//! (node name, attached to the leader's lease), `members/<node>` (a [`Member`], attached to
+//! the node's lease), `sync` ([`SyncValue`]), `failover` ([`FailoverValue`]), `pause`.
+
+use serde::{Deserialize, Serialize};
+
+pub fn prefix(cluster: &str) -> String {
+    format!("/rampart/{cluster}/db/")
+}
+pub fn key(cluster: &str, name: &str) -> String {
+    format!("/rampart/{cluster}/db/{name}")
+}
+pub fn member_key(cluster: &str, node: &str) -> String {
+    format!("/rampart/{cluster}/db/members/{node}")
+}
+
+/// One member as posted in etcd and served in `/cluster` (see notes/db-cluster-json.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Member {
+    pub name: String,
+    /// "primary", "replica", "demoted", "starting", "stopped", "unknown".
+    pub role: String,
+    /// Free text: "running", "streaming", "not streaming", "disk full", ...
+    pub state: String,
+    pub host: String,
+    pub port: u16,
+    pub api_url: String,
+    pub timeline: u32,
+    pub lsn: u64,
+    pub lag_bytes: u64,
+    pub lag_seconds: f64,
+    pub sync_standby: bool,
+    pub nofailover: bool,
+    pub lease_age_seconds: Option<f64>,
+    /// Last received WAL byte (replicas), used to pick the healthiest candidate.
+    #[serde(default)]
+    pub receive_lsn: u64,
+    #[serde(default)]
+    pub streaming: bool,
+    /// What the agent did or waits for in its last loop.
+    #[serde(default)]
+    pub action: String,
+}
+
+/// `/sync`: the standby that has every acknowledged commit of `leader`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncValue {
+    pub leader: String,
+    pub sync_standby: Option<String>,
+}
+
+/// `/failover`: an operator's request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailoverValue {
+    pub from: Option<String>,
+    pub to: Option<String>,
+    #[serde(default)]
+    pub forced: bool,
+    /// Set by the old primary once stopped: the end of its WAL.
+    #[serde(default)]
+    pub min_lsn: Option<u64>,
+    /// Unix time (ms) of the request.
+    pub requested_at_ms: u64,
+}
+
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// `/cluster` body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterView {
+    pub cluster: String,
+    pub leader: Option<String>,
+    pub paused: bool,
+    pub members: Vec<Member>,
+}

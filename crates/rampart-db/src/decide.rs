@@ -1,0 +1,793 @@
+//! The HA decision: a pure function of what one agent observed in one loop.
+//!
+//! No I/O, no clock: time comes in as `now` (a monotonic offset chosen by the caller).
+//! The agent gathers an [`Observed`] (its own PostgreSQL, the etcd keys, its lease
+//! timing), calls [`decide`], and carries out the one [`Action`] it returns.
+//!
+//! Safety rules this module guarantees (property-tested below):
+//! - a node promotes only while etcd names it the leader (`Promote` needs the key) and
+//!   takes the key only when nobody holds it (`TakeLeader`, an atomic create);
+//! - a running primary whose lease cannot be renewed before its local deadline demotes;
+//! - a replica cut off from etcd, or without the key, never promotes;
+//! - in synchronous mode only the recorded synchronous standby may take the key
+//!   (or the target of a switchover once it has all the old primary's WAL);
+//! - a replica beyond `max_lag_bytes`, or marked `nofailover`, never takes the key.
+
+use std::time::Duration;
+
+/// How long a primary whose PostgreSQL cannot be started keeps the leader key.
+pub const PRIMARY_START_TIMEOUT: Duration = Duration::from_secs(15);
+/// A replica that has not streamed for this long while a leader exists is rewound
+/// (or re-cloned when rewinding fails).
+pub const STUCK_REPLICA_TIMEOUT: Duration = Duration::from_secs(8);
+/// A switchover/failover request older than this is ignored (and removed by the leader).
+pub const FAILOVER_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The local PostgreSQL as the agent sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pg {
+    /// No data directory (or an empty one).
+    NoData,
+    /// Data present, server not running. `was_primary`: no standby.signal.
+    Stopped {
+        was_primary: bool,
+        down_for: Duration,
+    },
+    /// Server up and answering queries.
+    Running(PgRunning),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgRunning {
+    pub in_recovery: bool,
+    pub timeline: u32,
+    /// Primary: current WAL LSN; replica: last received (flushed) LSN, else replay.
+    pub wal_lsn: u64,
+    /// Replica only: is the WAL receiver streaming from the leader we follow?
+    pub streaming: bool,
+    /// Replica only: how long it has not been streaming (zero when streaming).
+    pub not_streaming_for: Duration,
+}
+
+/// Another member as posted in etcd (`/members/<name>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub name: String,
+    pub running: bool,
+    pub in_recovery: bool,
+    pub streaming: bool,
+    pub timeline: u32,
+    pub wal_lsn: u64,
+    pub nofailover: bool,
+}
+
+/// `/sync`: which standby is synchronous for which leader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncKey {
+    pub leader: String,
+    pub sync_standby: Option<String>,
+}
+
+/// `/failover`: an operator's switchover or failover request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailoverReq {
+    /// The leader at the time of the request (switchover); `None` for "whoever".
+    pub from: Option<String>,
+    pub to: Option<String>,
+    /// Forced failover: the target promotes without the synchronous-standby rule.
+    pub forced: bool,
+    /// Set by the old primary after its clean shutdown: the last WAL byte the target must have.
+    pub min_lsn: Option<u64>,
+    /// How long ago the request was made.
+    pub age: Duration,
+}
+
+/// Everything one loop observed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    pub me: String,
+    pub nofailover: bool,
+    pub synchronous: bool,
+    pub max_lag_bytes: u64,
+    /// This loop read the cluster keys from etcd successfully.
+    pub dcs_ok: bool,
+    /// `/initialize` exists.
+    pub initialized: bool,
+    /// Holder of `/leader`, if any.
+    pub leader: Option<String>,
+    /// Our own lease (member and leader keys are attached to it) is still ours until
+    /// this local deadline (already reduced by the demotion margin); `None`: no lease.
+    pub lease_valid_until: Option<Duration>,
+    pub now: Duration,
+    pub pg: Pg,
+    pub peers: Vec<Peer>,
+    pub sync: Option<SyncKey>,
+    pub failover: Option<FailoverReq>,
+    pub paused: bool,
+    /// The last leader LSN this agent saw while the leader was up (for the lag rule).
+    pub last_leader_lsn: Option<u64>,
+    /// How long the leader key has been missing, as seen by this agent.
+    pub leaderless_for: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    /// Checkpoint and ship all WAL to the standbys first (switchover).
+    Fast,
+    /// Stop accepting writes at once (lost lease).
+    Immediate,
+}
+
+/// The one thing the agent does this loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing to do now (reason for the log and `list`).
+    Wait(&'static str),
+    /// Race for `/initialize`; the winner runs initdb and becomes primary.
+    Bootstrap,
+    /// Copy the leader's data with pg_basebackup.
+    Clone { from: String },
+    /// Start the local PostgreSQL as primary (we still hold the key) or as a replica.
+    Start {
+        primary: bool,
+        follow: Option<String>,
+        rewind: bool,
+    },
+    /// We are the primary and hold the key: renew the lease, manage sync standbys and slots.
+    LeadRenew,
+    /// Create `/leader` atomically; on success promote.
+    TakeLeader { reason: &'static str },
+    /// We hold `/leader` but PostgreSQL is in recovery: promote it.
+    Promote,
+    /// Stop being writable now, then restart as a replica of `follow` (if known).
+    Demote {
+        mode: StopMode,
+        release: bool,
+        reason: &'static str,
+    },
+    /// Replica: make sure we stream from the leader (conninfo, reload).
+    Follow { leader: Option<String> },
+    /// Replica stuck (diverged or WAL gone): rewind from the leader, re-clone on failure.
+    Rewind { from: String },
+    /// Give up the key: we cannot run PostgreSQL as primary.
+    ReleaseLeader { reason: &'static str },
+}
+
+impl Action {
+    pub fn is_promotion(&self) -> bool {
+        matches!(self, Action::TakeLeader { .. } | Action::Promote)
+    }
+}
+
+fn lease_ok(o: &Observed) -> bool {
+    matches!(o.lease_valid_until, Some(t) if o.now < t)
+}
+
+/// Is `me` allowed, and the best placed, to take the vacant leader key?
+pub fn may_take_leader(o: &Observed) -> Result<&'static str, &'static str> {
+    if !o.dcs_ok {
+        return Err("etcd unreachable: never promote without the key");
+    }
+    if o.leader.is_some() {
+        return Err("leader key held");
+    }
+    if !lease_ok(o) {
+        return Err("own lease not valid");
+    }
+    if o.paused {
+        return Err("paused: automatic failover disabled");
+    }
+    let Pg::Running(pg) = &o.pg else {
+        return Err("postgres not running");
+    };
+    // An operator's request decides who goes first.
+    if let Some(f) = o
+        .failover
+        .as_ref()
+        .filter(|f| f.age < FAILOVER_REQUEST_TIMEOUT)
+    {
+        if let Some(to) = &f.to {
+            if to != &o.me {
+                return Err("a switchover names another node");
+            }
+            if let Some(min) = f.min_lsn {
+                if pg.wal_lsn < min {
+                    return Err("switchover target still receiving the old primary's WAL");
+                }
+                return Ok("switchover target with all the old primary's WAL");
+            }
+            if f.forced {
+                return Ok("forced failover target");
+            }
+            if f.from.is_some() {
+                return Err("switchover: waiting for the old primary's last WAL position");
+            }
+        }
+    }
+    if o.nofailover {
+        return Err("nofailover is set on this node");
+    }
+    if !pg.in_recovery {
+        // A primary whose key vanished while its lease still runs (deleted by hand).
+        return Ok("running primary re-taking its key");
+    }
+    if o.synchronous {
+        return match &o.sync {
+            Some(s) if s.sync_standby.as_deref() == Some(o.me.as_str()) => {
+                Ok("synchronous standby: has every acknowledged commit")
+            }
+            _ => Err("synchronous mode: only the synchronous standby may promote"),
+        };
+    }
+    if let Some(l) = o.last_leader_lsn {
+        if l.saturating_sub(pg.wal_lsn) > o.max_lag_bytes {
+            return Err("too far behind the last leader position (max_lag)");
+        }
+    }
+    // Asynchronous: the member with the most WAL wins; ties go to the smallest name.
+    // A better peer gets `ttl`-ish time before the others try too.
+    let better = o.peers.iter().any(|p| {
+        p.name != o.me
+            && p.running
+            && p.in_recovery
+            && !p.nofailover
+            && p.timeline >= pg.timeline
+            && (p.wal_lsn > pg.wal_lsn || (p.wal_lsn == pg.wal_lsn && p.name < o.me))
+    });
+    if better && o.leaderless_for < Duration::from_secs(5) {
+        return Err("a healthier replica goes first");
+    }
+    Ok("healthiest replica")
+}
+
+/// The HA decision for one loop.
+pub fn decide(o: &Observed) -> Action {
+    let holder_is_me = o.leader.as_deref() == Some(o.me.as_str());
+    let other_leader = o.leader.as_ref().filter(|l| **l != o.me).cloned();
+    match &o.pg {
+        Pg::NoData => {
+            if !o.dcs_ok {
+                return Action::Wait("no data and etcd unreachable");
+            }
+            if !o.initialized {
+                return Action::Bootstrap;
+            }
+            match other_leader {
+                Some(l) => Action::Clone { from: l },
+                None => Action::Wait("no data: waiting for a leader to clone from"),
+            }
+        }
+        Pg::Stopped {
+            was_primary,
+            down_for,
+        } => {
+            if holder_is_me && o.dcs_ok && lease_ok(o) {
+                if *down_for > PRIMARY_START_TIMEOUT && !o.paused {
+                    return Action::ReleaseLeader {
+                        reason: "postgres does not come back up on the primary",
+                    };
+                }
+                return Action::Start {
+                    primary: true,
+                    follow: None,
+                    rewind: false,
+                };
+            }
+            if o.paused && holder_is_me {
+                return Action::Wait("paused: not restarting postgres");
+            }
+            if !o.dcs_ok && *was_primary {
+                // Cannot know who leads: start read-only, following nobody.
+                return Action::Start {
+                    primary: false,
+                    follow: None,
+                    rewind: false,
+                };
+            }
+            Action::Start {
+                primary: false,
+                rewind: *was_primary && other_leader.is_some(),
+                follow: other_leader,
+            }
+        }
+        Pg::Running(pg) if !pg.in_recovery => {
+            // A writable primary.
+            if !lease_ok(o) {
+                if o.paused && o.dcs_ok && holder_is_me {
+                    return Action::LeadRenew;
+                }
+                return Action::Demote {
+                    mode: StopMode::Immediate,
+                    release: false,
+                    reason: "leader lease cannot be renewed in time",
+                };
+            }
+            if !o.dcs_ok {
+                // Lease still valid locally: keep trying to renew until the deadline.
+                return Action::LeadRenew;
+            }
+            if other_leader.is_some() {
+                return Action::Demote {
+                    mode: StopMode::Immediate,
+                    release: false,
+                    reason: "another node holds the leader key",
+                };
+            }
+            if holder_is_me {
+                if let Some(f) = o
+                    .failover
+                    .as_ref()
+                    .filter(|f| f.age < FAILOVER_REQUEST_TIMEOUT)
+                {
+                    let for_me = f.from.as_deref().is_none_or(|from| from == o.me);
+                    let target_ok = match &f.to {
+                        None => true,
+                        Some(t) if t == &o.me => false,
+                        Some(t) => {
+                            f.forced
+                                || o.peers
+                                    .iter()
+                                    .any(|p| &p.name == t && p.running && p.streaming)
+                        }
+                    };
+                    if for_me && target_ok && !o.paused {
+                        return Action::Demote {
+                            mode: StopMode::Fast,
+                            release: true,
+                            reason: "switchover requested",
+                        };
+                    }
+                }
+                return Action::LeadRenew;
+            }
+            // Key vanished while our lease is valid (deleted): take it back if allowed.
+            match may_take_leader(o) {
+                Ok(reason) => Action::TakeLeader { reason },
+                Err(_) => Action::Demote {
+                    mode: StopMode::Immediate,
+                    release: false,
+                    reason: "leader key gone and not ours to take",
+                },
+            }
+        }
+        Pg::Running(pg) => {
+            // A replica.
+            if holder_is_me && o.dcs_ok && lease_ok(o) {
+                return Action::Promote;
+            }
+            if !o.dcs_ok {
+                return Action::Wait("etcd unreachable: replica keeps following, never promotes");
+            }
+            if let Some(l) = other_leader {
+                if pg.not_streaming_for > STUCK_REPLICA_TIMEOUT && !o.paused {
+                    return Action::Rewind { from: l };
+                }
+                return Action::Follow { leader: Some(l) };
+            }
+            if o.leader.is_none() {
+                return match may_take_leader(o) {
+                    Ok(reason) => Action::TakeLeader { reason },
+                    Err(why) => Action::Wait(why),
+                };
+            }
+            Action::Follow { leader: None }
+        }
+    }
+}
+
+/// One row of `pg_stat_replication` on the primary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplRow {
+    pub name: String,
+    pub streaming: bool,
+    /// "sync", "async", "potential", "quorum".
+    pub sync_state: String,
+    pub flush_lsn: u64,
+}
+
+/// What the primary does about synchronous replication this loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncStep {
+    Nothing,
+    /// Write `/sync` (first remove a standby that stopped being synchronous, or record
+    /// one that has just caught up under the current `synchronous_standby_names`).
+    Publish(Option<String>),
+    /// Rewrite `synchronous_standby_names` to name this standby (`None`: empty, or `*`
+    /// in strict mode) and reload; remember the WAL position at that moment.
+    SetStandby(Option<String>),
+}
+
+/// The synchronous-standby state machine of the primary.
+///
+/// Invariant kept: `/sync` names a standby only while `synchronous_standby_names` names
+/// it, it is synchronous, and it confirmed every WAL byte written before it became so
+/// (`mark_lsn`). Changes therefore go: un-publish, switch names, wait, publish.
+pub fn sync_step(
+    me: &str,
+    strict: bool,
+    published: Option<&SyncKey>,
+    configured: Option<&str>,
+    mark_lsn: u64,
+    rows: &[ReplRow],
+    ineligible: &[String],
+) -> SyncStep {
+    let published_name = published
+        .filter(|s| s.leader == me)
+        .and_then(|s| s.sync_standby.clone());
+    let healthy = |n: &str| rows.iter().any(|r| r.name == n && r.streaming);
+    if published.is_none_or(|s| s.leader != me) {
+        return SyncStep::Publish(None);
+    }
+    if let Some(p) = &published_name {
+        let ok = configured == Some(p.as_str())
+            && rows
+                .iter()
+                .any(|r| &r.name == p && r.streaming && r.sync_state == "sync");
+        if ok {
+            return SyncStep::Nothing;
+        }
+        return SyncStep::Publish(None);
+    }
+    // Nobody published: pick the best streaming candidate.
+    let mut cands: Vec<&ReplRow> = rows
+        .iter()
+        .filter(|r| r.streaming && !ineligible.contains(&r.name) && r.name != me)
+        .collect();
+    cands.sort_by(|a, b| b.flush_lsn.cmp(&a.flush_lsn).then(a.name.cmp(&b.name)));
+    if let Some(c) = configured {
+        if healthy(c) && !ineligible.iter().any(|n| n == c) {
+            let caught_up = rows.iter().any(|r| {
+                r.name == c && r.streaming && r.sync_state == "sync" && r.flush_lsn >= mark_lsn
+            });
+            return if caught_up {
+                SyncStep::Publish(Some(c.to_string()))
+            } else {
+                SyncStep::Nothing
+            };
+        }
+    }
+    match cands.first() {
+        Some(best) => {
+            if configured == Some(best.name.as_str()) {
+                SyncStep::Nothing
+            } else {
+                SyncStep::SetStandby(Some(best.name.clone()))
+            }
+        }
+        None => {
+            if strict || configured.is_none() {
+                SyncStep::Nothing
+            } else {
+                SyncStep::SetStandby(None)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn base() -> Observed {
+        Observed {
+            me: "db2".into(),
+            nofailover: false,
+            synchronous: false,
+            max_lag_bytes: 1 << 20,
+            dcs_ok: true,
+            initialized: true,
+            leader: None,
+            lease_valid_until: Some(Duration::from_secs(10)),
+            now: Duration::from_secs(5),
+            pg: Pg::Running(PgRunning {
+                in_recovery: true,
+                timeline: 1,
+                wal_lsn: 1000,
+                streaming: false,
+                not_streaming_for: Duration::ZERO,
+            }),
+            peers: vec![],
+            sync: None,
+            failover: None,
+            paused: false,
+            last_leader_lsn: Some(1000),
+            leaderless_for: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn lone_healthy_replica_takes_the_key() {
+        assert!(matches!(decide(&base()), Action::TakeLeader { .. }));
+    }
+
+    #[test]
+    fn replica_with_less_wal_waits_for_the_better_one() {
+        let mut o = base();
+        o.peers.push(Peer {
+            name: "db3".into(),
+            running: true,
+            in_recovery: true,
+            streaming: false,
+            timeline: 1,
+            wal_lsn: 2000,
+            nofailover: false,
+        });
+        assert!(matches!(decide(&o), Action::Wait(_)));
+        o.leaderless_for = Duration::from_secs(6);
+        assert!(matches!(decide(&o), Action::TakeLeader { .. }));
+    }
+
+    #[test]
+    fn sync_mode_only_the_sync_standby() {
+        let mut o = base();
+        o.synchronous = true;
+        assert!(matches!(decide(&o), Action::Wait(_)));
+        o.sync = Some(SyncKey {
+            leader: "db1".into(),
+            sync_standby: Some("db2".into()),
+        });
+        assert!(matches!(decide(&o), Action::TakeLeader { .. }));
+    }
+
+    #[test]
+    fn primary_past_deadline_demotes_immediately() {
+        let mut o = base();
+        o.leader = Some("db2".into());
+        o.pg = Pg::Running(PgRunning {
+            in_recovery: false,
+            timeline: 1,
+            wal_lsn: 10,
+            streaming: false,
+            not_streaming_for: Duration::ZERO,
+        });
+        assert_eq!(decide(&o), Action::LeadRenew);
+        o.now = Duration::from_secs(10);
+        assert!(matches!(
+            decide(&o),
+            Action::Demote {
+                mode: StopMode::Immediate,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn switchover_target_waits_for_the_last_wal() {
+        let mut o = base();
+        o.synchronous = true;
+        o.failover = Some(FailoverReq {
+            from: Some("db1".into()),
+            to: Some("db2".into()),
+            forced: false,
+            min_lsn: None,
+            age: Duration::from_secs(1),
+        });
+        assert!(matches!(decide(&o), Action::Wait(_)));
+        o.failover.as_mut().unwrap().min_lsn = Some(1001);
+        assert!(matches!(decide(&o), Action::Wait(_)));
+        o.failover.as_mut().unwrap().min_lsn = Some(1000);
+        assert!(matches!(decide(&o), Action::TakeLeader { .. }));
+    }
+
+    #[test]
+    fn sync_step_goes_unpublish_switch_wait_publish() {
+        let me = "db1";
+        let pubd = |s: Option<&str>| SyncKey {
+            leader: me.into(),
+            sync_standby: s.map(String::from),
+        };
+        let row = |n: &str, st: &str, l: u64| ReplRow {
+            name: n.into(),
+            streaming: true,
+            sync_state: st.into(),
+            flush_lsn: l,
+        };
+        // Start: nothing configured, db2 streaming.
+        let rows = vec![row("db2", "async", 100)];
+        assert_eq!(
+            sync_step(me, false, Some(&pubd(None)), None, 0, &rows, &[]),
+            SyncStep::SetStandby(Some("db2".into()))
+        );
+        // Configured but not caught up to the mark.
+        let rows = vec![row("db2", "sync", 90)];
+        assert_eq!(
+            sync_step(me, false, Some(&pubd(None)), Some("db2"), 100, &rows, &[]),
+            SyncStep::Nothing
+        );
+        let rows = vec![row("db2", "sync", 100)];
+        assert_eq!(
+            sync_step(me, false, Some(&pubd(None)), Some("db2"), 100, &rows, &[]),
+            SyncStep::Publish(Some("db2".into()))
+        );
+        assert_eq!(
+            sync_step(
+                me,
+                false,
+                Some(&pubd(Some("db2"))),
+                Some("db2"),
+                100,
+                &rows,
+                &[]
+            ),
+            SyncStep::Nothing
+        );
+        // db2 disappears: first un-publish, then (non-strict) clear the names.
+        assert_eq!(
+            sync_step(
+                me,
+                false,
+                Some(&pubd(Some("db2"))),
+                Some("db2"),
+                100,
+                &[],
+                &[]
+            ),
+            SyncStep::Publish(None)
+        );
+        assert_eq!(
+            sync_step(me, false, Some(&pubd(None)), Some("db2"), 100, &[], &[]),
+            SyncStep::SetStandby(None)
+        );
+        assert_eq!(
+            sync_step(me, true, Some(&pubd(None)), Some("db2"), 100, &[], &[]),
+            SyncStep::Nothing
+        );
+    }
+
+    // === property tests ===
+
+    fn arb_pg() -> impl Strategy<Value = Pg> {
+        prop_oneof![
+            Just(Pg::NoData),
+            (any::<bool>(), 0u64..40).prop_map(|(w, d)| Pg::Stopped {
+                was_primary: w,
+                down_for: Duration::from_secs(d)
+            }),
+            (any::<bool>(), 1u32..4, 0u64..5000, any::<bool>(), 0u64..20).prop_map(
+                |(r, t, l, s, n)| Pg::Running(PgRunning {
+                    in_recovery: r,
+                    timeline: t,
+                    wal_lsn: l,
+                    streaming: s,
+                    not_streaming_for: Duration::from_secs(n),
+                })
+            ),
+        ]
+    }
+
+    fn arb_name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("db1".to_string()),
+            Just("db2".to_string()),
+            Just("db3".to_string())
+        ]
+    }
+
+    prop_compose! {
+        fn arb_peer()(name in arb_name(), running in any::<bool>(), rec in any::<bool>(), st in any::<bool>(),
+                      tl in 1u32..4, lsn in 0u64..5000, nf in any::<bool>()) -> Peer {
+            Peer { name, running, in_recovery: rec, streaming: st, timeline: tl, wal_lsn: lsn, nofailover: nf }
+        }
+    }
+
+    prop_compose! {
+        fn arb_failover()(from in proptest::option::of(arb_name()), to in proptest::option::of(arb_name()),
+                          forced in any::<bool>(), min in proptest::option::of(0u64..5000), age in 0u64..60) -> FailoverReq {
+            FailoverReq { from, to, forced, min_lsn: min, age: Duration::from_secs(age) }
+        }
+    }
+
+    prop_compose! {
+        fn arb_observed()(
+            me in arb_name(), nofailover in any::<bool>(), synchronous in any::<bool>(),
+            dcs_ok in any::<bool>(), initialized in any::<bool>(),
+            leader in proptest::option::of(arb_name()),
+            lease in proptest::option::of(0u64..20), now in 0u64..20,
+            pg in arb_pg(), peers in proptest::collection::vec(arb_peer(), 0..3),
+            sync in proptest::option::of((arb_name(), proptest::option::of(arb_name()))),
+            failover in proptest::option::of(arb_failover()), paused in any::<bool>(),
+            last in proptest::option::of(0u64..10000), leaderless in 0u64..10,
+        ) -> Observed {
+            Observed {
+                me, nofailover, synchronous, max_lag_bytes: 1000, dcs_ok, initialized, leader,
+                lease_valid_until: lease.map(Duration::from_secs), now: Duration::from_secs(now),
+                pg, peers,
+                sync: sync.map(|(l, s)| SyncKey { leader: l, sync_standby: s }),
+                failover, paused, last_leader_lsn: last, leaderless_for: Duration::from_secs(leaderless),
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1500))]
+
+        /// Only a vacant key is taken; only our own key leads to a promotion.
+        #[test]
+        fn never_promote_under_someone_elses_key(o in arb_observed()) {
+            match decide(&o) {
+                Action::TakeLeader { .. } => prop_assert!(o.leader.is_none()),
+                Action::Promote => prop_assert_eq!(o.leader.as_deref(), Some(o.me.as_str())),
+                _ => {}
+            }
+        }
+
+        /// Without etcd or without a valid lease, no promotion of any kind.
+        #[test]
+        fn no_promotion_without_etcd_or_lease(o in arb_observed()) {
+            let lease_ok = matches!(o.lease_valid_until, Some(t) if o.now < t);
+            if !o.dcs_ok || !lease_ok {
+                prop_assert!(!decide(&o).is_promotion(), "{:?}", decide(&o));
+            }
+        }
+
+        /// A writable primary that cannot renew before its deadline demotes (unless paused
+        /// while etcd still names it leader).
+        #[test]
+        fn primary_past_deadline_demotes(o in arb_observed()) {
+            let lease_ok = matches!(o.lease_valid_until, Some(t) if o.now < t);
+            if let Pg::Running(pg) = &o.pg {
+                if !pg.in_recovery && !lease_ok && !(o.paused && o.dcs_ok && o.leader.as_deref() == Some(o.me.as_str())) {
+                    let demoted = matches!(decide(&o), Action::Demote { mode: StopMode::Immediate, .. });
+                    prop_assert!(demoted);
+                }
+            }
+        }
+
+        /// A writable primary never stays writable while another node holds the key.
+        #[test]
+        fn primary_yields_to_another_leader(o in arb_observed()) {
+            if let (Pg::Running(pg), Some(l)) = (&o.pg, &o.leader) {
+                if !pg.in_recovery && l != &o.me && o.dcs_ok {
+                    let demoted = matches!(decide(&o), Action::Demote { .. });
+                    prop_assert!(demoted);
+                }
+            }
+        }
+
+        /// In synchronous mode a replica takes the key only as the recorded sync standby,
+        /// or as a switchover target with all the old primary's WAL, or when forced.
+        #[test]
+        fn sync_mode_promotes_only_the_sync_standby(o in arb_observed()) {
+            if let (Pg::Running(pg), Action::TakeLeader { .. }) = (&o.pg, decide(&o)) {
+                if o.synchronous && pg.in_recovery {
+                    let is_sync = o.sync.as_ref().and_then(|s| s.sync_standby.as_deref()) == Some(o.me.as_str());
+                    let req = o.failover.as_ref().filter(|f| f.age < FAILOVER_REQUEST_TIMEOUT && f.to.as_deref() == Some(o.me.as_str()));
+                    let target_ok = req.is_some_and(|f| f.forced || f.min_lsn.is_some_and(|m| pg.wal_lsn >= m));
+                    prop_assert!(is_sync || target_ok);
+                }
+            }
+        }
+
+        /// nofailover and excessive lag exclude a replica from automatic promotion.
+        #[test]
+        fn excluded_replicas_never_take_the_key(o in arb_observed()) {
+            if let (Pg::Running(pg), Action::TakeLeader { .. }) = (&o.pg, decide(&o)) {
+                let operator = o.failover.as_ref().is_some_and(|f| f.age < FAILOVER_REQUEST_TIMEOUT && f.to.as_deref() == Some(o.me.as_str()));
+                if pg.in_recovery && !operator {
+                    prop_assert!(!o.nofailover);
+                    prop_assert!(!o.paused);
+                    if !o.synchronous {
+                        if let Some(l) = o.last_leader_lsn {
+                            prop_assert!(l.saturating_sub(pg.wal_lsn) <= o.max_lag_bytes);
+                        }
+                    }
+                }
+            }
+        }
+
+        /// /sync never names a standby that is not configured, streaming and synchronous.
+        #[test]
+        fn sync_publish_is_safe(
+            strict in any::<bool>(), cfg in proptest::option::of(arb_name()), mark in 0u64..100,
+            rows in proptest::collection::vec((arb_name(), any::<bool>(), prop_oneof![Just("sync"), Just("async"), Just("potential")], 0u64..100), 0..3),
+        ) {
+            let rows: Vec<ReplRow> = rows.into_iter().map(|(n, s, st, l)| ReplRow { name: n, streaming: s, sync_state: st.into(), flush_lsn: l }).collect();
+            let key = SyncKey { leader: "db1".into(), sync_standby: None };
+            if let SyncStep::Publish(Some(n)) = sync_step("db1", strict, Some(&key), cfg.as_deref(), mark, &rows, &[]) {
+                prop_assert_eq!(Some(n.as_str()), cfg.as_deref());
+                prop_assert!(rows.iter().any(|r| r.name == n && r.streaming && r.sync_state == "sync" && r.flush_lsn >= mark));
+            }
+        }
+    }
+}

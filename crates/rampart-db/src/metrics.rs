@@ -1,0 +1,143 @@
+//! Prometheus metrics of one agent (`/metrics`).
+
+use std::sync::atomic::{AtomicI64, AtomicU64};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::dcs::Member;
+use crate::pg::PgStatus;
+
+pub struct Metrics {
+    registry: Registry,
+    role: Family<Vec<(String, String)>, Gauge>,
+    leader: Gauge,
+    timeline: Gauge,
+    wal_lsn: Gauge,
+    receive_lsn: Gauge,
+    lag_bytes: Gauge,
+    lag_seconds: Gauge<f64, AtomicU64>,
+    connections: Gauge,
+    xact_commit: Counter,
+    xact_rollback: Counter,
+    last_commit: AtomicI64,
+    last_rollback: AtomicI64,
+    pub promotions: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("rampart_db");
+        let m = Metrics {
+            role: Family::default(),
+            leader: Gauge::default(),
+            timeline: Gauge::default(),
+            wal_lsn: Gauge::default(),
+            receive_lsn: Gauge::default(),
+            lag_bytes: Gauge::default(),
+            lag_seconds: Gauge::default(),
+            connections: Gauge::default(),
+            xact_commit: Counter::default(),
+            xact_rollback: Counter::default(),
+            last_commit: AtomicI64::new(-1),
+            last_rollback: AtomicI64::new(-1),
+            promotions: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "role",
+            "1 for the node's current role (primary, replica, demoted, starting, stopped)",
+            m.role.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this node is the writable lease holder",
+            m.leader.clone(),
+        );
+        registry.register("timeline", "PostgreSQL timeline", m.timeline.clone());
+        registry.register(
+            "wal_position_bytes",
+            "Primary: current WAL LSN; replica: replayed LSN",
+            m.wal_lsn.clone(),
+        );
+        registry.register(
+            "receive_position_bytes",
+            "Replica: last received WAL LSN",
+            m.receive_lsn.clone(),
+        );
+        registry.register(
+            "replication_lag_bytes",
+            "Bytes behind the leader",
+            m.lag_bytes.clone(),
+        );
+        registry.register(
+            "replication_lag_seconds",
+            "Seconds since the last replayed transaction while behind",
+            m.lag_seconds.clone(),
+        );
+        registry.register(
+            "connections",
+            "Client backends connected",
+            m.connections.clone(),
+        );
+        registry.register(
+            "xact_commit",
+            "Transactions committed (all databases)",
+            m.xact_commit.clone(),
+        );
+        registry.register(
+            "xact_rollback",
+            "Transactions rolled back (all databases)",
+            m.xact_rollback.clone(),
+        );
+        registry.register(
+            "promotions",
+            "Promotions performed by this agent",
+            m.promotions.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn update(&self, me: &Member, st: Option<&PgStatus>, writable_leader: bool) {
+        for r in ["primary", "replica", "demoted", "starting", "stopped"] {
+            self.role
+                .get_or_create(&vec![("role".to_string(), r.to_string())])
+                .set(i64::from(me.role == r));
+        }
+        self.leader.set(i64::from(writable_leader));
+        self.timeline.set(i64::from(me.timeline));
+        self.wal_lsn.set(me.lsn as i64);
+        self.receive_lsn.set(me.receive_lsn as i64);
+        self.lag_bytes.set(me.lag_bytes as i64);
+        self.lag_seconds.set(me.lag_seconds);
+        if let Some(s) = st {
+            self.connections.set(s.connections);
+            bump(&self.xact_commit, &self.last_commit, s.xact_commit);
+            bump(&self.xact_rollback, &self.last_rollback, s.xact_rollback);
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Advance a counter by the growth of PostgreSQL's own counter (which resets on restart).
+fn bump(c: &Counter, last: &AtomicI64, now: i64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let prev = last.swap(now, Relaxed);
+    if prev >= 0 && now > prev {
+        c.inc_by((now - prev) as u64);
+    }
+}

@@ -1,0 +1,709 @@
+//! The local PostgreSQL: files, processes and queries. The only code in rampart that
+//! runs `initdb`, `postgres`, `pg_basebackup`, `pg_rewind` and `pg_controldata`.
+//!
+//! PostgreSQL runs as a child of the agent (as the `postgres` OS user when the agent is
+//! root), listening on TCP only (no Unix socket), with the settings the agent owns in
+//! `rampart.conf` (included from `postgresql.conf`) and a `pg_hba.conf` it writes.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::{Gid, Pid, Uid};
+use tokio::process::{Child, Command};
+
+use crate::error::DbError;
+
+/// Superuser and replication user names created by the bootstrap.
+pub const SUPERUSER: &str = "postgres";
+pub const REPLICATION_USER: &str = "replicator";
+
+/// How the agent runs PostgreSQL's programs.
+#[derive(Debug, Clone)]
+pub struct PgCtl {
+    pub bin_dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub host: String,
+    pub port: u16,
+    pub name: String,
+    pub superuser_password: String,
+    pub replication_password: String,
+    /// (uid, gid) to run as; `None` when the agent is not root.
+    pub run_as: Option<(Uid, Gid)>,
+}
+
+/// The settings written to `rampart.conf`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ConfSpec {
+    /// Leader to stream from: (host, port). `None`: primary, or a replica following nobody.
+    pub follow: Option<(String, u16)>,
+    /// `synchronous_standby_names` value (already rendered, e.g. `FIRST 1 ("db2")`).
+    pub sync_names: String,
+    pub extra: Vec<(String, String)>,
+}
+
+/// What one status query returns.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PgStatus {
+    pub in_recovery: bool,
+    pub timeline: u32,
+    /// Primary: current WAL LSN. Replica: last replayed LSN.
+    pub lsn: u64,
+    /// Replica: last received and flushed LSN (0 when none).
+    pub receive_lsn: u64,
+    pub streaming: bool,
+    /// Replica: seconds since the last replayed transaction, 0 when caught up.
+    pub replay_delay_seconds: f64,
+    pub connections: i64,
+    pub xact_commit: i64,
+    pub xact_rollback: i64,
+    pub sync_names: String,
+}
+
+/// One `pg_stat_replication` row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplStat {
+    pub name: String,
+    pub state: String,
+    pub sync_state: String,
+    pub flush_lsn: u64,
+    pub replay_lsn: u64,
+}
+
+/// The interesting lines of `pg_controldata`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ControlData {
+    pub state: String,
+    pub checkpoint_lsn: u64,
+    pub timeline: u32,
+}
+
+/// Parse `16/B374D848` into a byte position.
+pub fn parse_lsn(s: &str) -> Option<u64> {
+    let (hi, lo) = s.trim().split_once('/')?;
+    let hi = u64::from_str_radix(hi, 16).ok()?;
+    let lo = u64::from_str_radix(lo, 16).ok()?;
+    Some((hi << 32) | lo)
+}
+
+pub fn parse_controldata(text: &str) -> ControlData {
+    let mut c = ControlData::default();
+    for line in text.lines() {
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        let v = v.trim();
+        match k.trim() {
+            "Database cluster state" => c.state = v.to_string(),
+            "Latest checkpoint location" => c.checkpoint_lsn = parse_lsn(v).unwrap_or(0),
+            "Latest checkpoint's TimeLineID" => c.timeline = v.parse().unwrap_or(0),
+            _ => {}
+        }
+    }
+    c
+}
+
+fn quote_conf(v: &str) -> String {
+    format!("'{}'", v.replace('\'', "''"))
+}
+
+impl PgCtl {
+    fn cmd(&self, prog: &str) -> Command {
+        let mut c = Command::new(self.bin_dir.join(prog));
+        if let Some((uid, gid)) = self.run_as {
+            c.uid(uid.as_raw()).gid(gid.as_raw());
+        }
+        if let Some(parent) = self.data_dir.parent() {
+            c.current_dir(parent);
+        }
+        c.env_remove("PGDATA").env("PGCONNECT_TIMEOUT", "3");
+        c.kill_on_drop(true);
+        c
+    }
+
+    async fn run(
+        &self,
+        mut c: Command,
+        what: &'static str,
+        timeout: Duration,
+    ) -> Result<String, DbError> {
+        c.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let out = tokio::time::timeout(timeout, c.output())
+            .await
+            .map_err(|_| DbError::Command {
+                what,
+                detail: format!("timed out after {timeout:?}"),
+            })?
+            .map_err(|e| DbError::Command {
+                what,
+                detail: e.to_string(),
+            })?;
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        if out.status.success() {
+            Ok(text)
+        } else {
+            Err(DbError::Command {
+                what,
+                detail: format!("{}: {}", out.status, text.trim()),
+            })
+        }
+    }
+
+    pub fn has_data(&self) -> bool {
+        self.data_dir.join("PG_VERSION").is_file()
+    }
+
+    pub fn is_standby(&self) -> bool {
+        self.data_dir.join("standby.signal").is_file()
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        let mut s = self.data_dir.clone().into_os_string();
+        s.push(".log");
+        PathBuf::from(s)
+    }
+
+    fn chown(&self, p: &Path) -> Result<(), DbError> {
+        if let Some((uid, gid)) = self.run_as {
+            nix::unistd::chown(p, Some(uid), Some(gid)).map_err(|e| DbError::Io {
+                what: "chown to the postgres user",
+                path: p.to_path_buf(),
+                source: std::io::Error::from(e),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Create an empty data directory (mode 0700, owned by the postgres user).
+    pub fn make_empty_data_dir(&self) -> Result<(), DbError> {
+        use std::os::unix::fs::PermissionsExt;
+        let io = |what, source| DbError::Io {
+            what,
+            path: self.data_dir.clone(),
+            source,
+        };
+        if self.data_dir.exists() {
+            std::fs::remove_dir_all(&self.data_dir)
+                .map_err(|e| io("remove the old data directory", e))?;
+        }
+        if let Some(parent) = self.data_dir.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| io("create the data directory's parent", e))?;
+        }
+        std::fs::create_dir(&self.data_dir).map_err(|e| io("create the data directory", e))?;
+        std::fs::set_permissions(&self.data_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| io("set the data directory's mode", e))?;
+        self.chown(&self.data_dir)
+    }
+
+    /// initdb with data checksums (pg_rewind needs them or wal_log_hints) and a
+    /// superuser password.
+    pub async fn initdb(&self) -> Result<(), DbError> {
+        self.make_empty_data_dir()?;
+        let pwfile = self.data_dir.with_extension("pw");
+        std::fs::write(&pwfile, format!("{}\n", self.superuser_password)).map_err(|e| {
+            DbError::Io {
+                what: "write the initdb password file",
+                path: pwfile.clone(),
+                source: e,
+            }
+        })?;
+        self.chown(&pwfile)?;
+        let mut c = self.cmd("initdb");
+        c.arg("-D")
+            .arg(&self.data_dir)
+            .args([
+                "--data-checksums",
+                "-U",
+                SUPERUSER,
+                "--auth=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+            ])
+            .arg(format!("--pwfile={}", pwfile.display()));
+        let r = self.run(c, "initdb", Duration::from_secs(120)).await;
+        let _ = std::fs::remove_file(&pwfile);
+        r.map(|_| ())
+    }
+
+    /// Copy the leader's data directory (streaming the WAL alongside).
+    pub async fn basebackup(&self, host: &str, port: u16) -> Result<(), DbError> {
+        self.make_empty_data_dir()?;
+        let mut c = self.cmd("pg_basebackup");
+        c.arg("-D")
+            .arg(&self.data_dir)
+            .args(["-h", host, "-p", &port.to_string(), "-U", REPLICATION_USER])
+            .args(["-X", "stream", "-c", "fast", "--no-password"])
+            .env("PGPASSWORD", &self.replication_password);
+        let r = self
+            .run(c, "pg_basebackup", Duration::from_secs(600))
+            .await
+            .map(|_| ());
+        if r.is_err() {
+            // Never leave a half copy that looks like a data directory.
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+        }
+        r
+    }
+
+    /// Rewind this (stopped) data directory onto the leader's timeline.
+    pub async fn rewind(&self, host: &str, port: u16) -> Result<String, DbError> {
+        let mut c = self.cmd("pg_rewind");
+        c.arg("-D")
+            .arg(&self.data_dir)
+            .arg(format!(
+                "--source-server=host={host} port={port} user={SUPERUSER} dbname=postgres"
+            ))
+            .env("PGPASSWORD", &self.superuser_password);
+        self.run(c, "pg_rewind", Duration::from_secs(300)).await
+    }
+
+    pub async fn controldata(&self) -> Result<ControlData, DbError> {
+        let mut c = self.cmd("pg_controldata");
+        c.arg("-D").arg(&self.data_dir).env("LC_ALL", "C");
+        let text = self
+            .run(c, "pg_controldata", Duration::from_secs(10))
+            .await?;
+        Ok(parse_controldata(&text))
+    }
+
+    /// Write `rampart.conf`, include it from `postgresql.conf`, write `pg_hba.conf`.
+    pub fn write_conf(&self, spec: &ConfSpec) -> Result<(), DbError> {
+        let io = |what, path: &Path, source| DbError::Io {
+            what,
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut s =
+            String::from("# Written by rampart db; rewritten on every change. Do not edit.\n");
+        let mut kv = |k: &str, v: String| {
+            let _ = writeln!(s, "{k} = {v}");
+        };
+        kv("listen_addresses", quote_conf(&self.host));
+        kv("port", self.port.to_string());
+        kv("unix_socket_directories", "''".into());
+        kv("wal_level", "replica".into());
+        kv("hot_standby", "on".into());
+        kv("wal_log_hints", "on".into());
+        kv("max_wal_senders", "10".into());
+        kv("max_replication_slots", "10".into());
+        kv("wal_keep_size", "'256MB'".into());
+        kv("max_slot_wal_keep_size", "'1GB'".into());
+        kv("hot_standby_feedback", "on".into());
+        kv("wal_receiver_status_interval", "'1s'".into());
+        kv("wal_retrieve_retry_interval", "'500ms'".into());
+        kv("wal_receiver_timeout", "'5s'".into());
+        kv("wal_sender_timeout", "'5s'".into());
+        kv("password_encryption", "'scram-sha-256'".into());
+        kv("synchronous_commit", "on".into());
+        kv("synchronous_standby_names", quote_conf(&spec.sync_names));
+        kv("recovery_target_timeline", "'latest'".into());
+        match &spec.follow {
+            Some((h, p)) => {
+                let ci = format!(
+                    "host={h} port={p} user={REPLICATION_USER} password={} application_name={} connect_timeout=2",
+                    self.replication_password, self.name
+                );
+                kv("primary_conninfo", quote_conf(&ci));
+                kv("primary_slot_name", quote_conf(&self.name));
+            }
+            None => {
+                kv("primary_conninfo", "''".into());
+                kv("primary_slot_name", "''".into());
+            }
+        }
+        for (k, v) in &spec.extra {
+            kv(k, v.clone());
+        }
+        let conf = self.data_dir.join("rampart.conf");
+        std::fs::write(&conf, s).map_err(|e| io("write rampart.conf", &conf, e))?;
+        self.chown(&conf)?;
+
+        let main = self.data_dir.join("postgresql.conf");
+        let text = std::fs::read_to_string(&main).unwrap_or_default();
+        if !text.contains("include_if_exists = 'rampart.conf'") {
+            let mut t = text;
+            t.push_str("\ninclude_if_exists = 'rampart.conf'\n");
+            std::fs::write(&main, t).map_err(|e| io("write postgresql.conf", &main, e))?;
+            self.chown(&main)?;
+        }
+        let hba = self.data_dir.join("pg_hba.conf");
+        let hba_text = format!(
+            "# Written by rampart db.\n\
+             host replication {REPLICATION_USER} all scram-sha-256\n\
+             host all all all scram-sha-256\n"
+        );
+        std::fs::write(&hba, hba_text).map_err(|e| io("write pg_hba.conf", &hba, e))?;
+        self.chown(&hba)?;
+        Ok(())
+    }
+
+    pub fn set_standby(&self, standby: bool) -> Result<(), DbError> {
+        let p = self.data_dir.join("standby.signal");
+        if standby {
+            std::fs::write(&p, b"").map_err(|e| DbError::Io {
+                what: "write standby.signal",
+                path: p.clone(),
+                source: e,
+            })?;
+            self.chown(&p)
+        } else {
+            match std::fs::remove_file(&p) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(DbError::Io {
+                    what: "remove standby.signal",
+                    path: p,
+                    source: e,
+                }),
+            }
+        }
+    }
+
+    /// Start the postmaster as a child; its output goes to `<data_dir>.log`.
+    pub fn spawn(&self) -> Result<Child, DbError> {
+        let log_path = self.log_path();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| DbError::Io {
+                what: "open the postgres log",
+                path: log_path.clone(),
+                source: e,
+            })?;
+        let err = log.try_clone().map_err(|e| DbError::Io {
+            what: "open the postgres log",
+            path: log_path.clone(),
+            source: e,
+        })?;
+        // A stale pid file from a killed postmaster would stop the start.
+        let pidfile = self.data_dir.join("postmaster.pid");
+        if let Ok(text) = std::fs::read_to_string(&pidfile) {
+            let alive = text
+                .lines()
+                .next()
+                .and_then(|l| l.trim().parse::<i32>().ok())
+                .is_some_and(|pid| kill(Pid::from_raw(pid), None).is_ok() && is_postgres(pid));
+            if !alive {
+                let _ = std::fs::remove_file(&pidfile);
+            }
+        }
+        let mut c = self.cmd("postgres");
+        c.arg("-D")
+            .arg(&self.data_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(err));
+        c.kill_on_drop(false);
+        c.spawn().map_err(|e| DbError::Command {
+            what: "start postgres",
+            detail: e.to_string(),
+        })
+    }
+
+    /// The superuser connection string (TCP, short timeouts).
+    pub fn conninfo(&self) -> String {
+        format!(
+            "host={} port={} user={SUPERUSER} password={} dbname=postgres connect_timeout=2 application_name=rampart-agent",
+            self.host, self.port, self.superuser_password
+        )
+    }
+}
+
+fn is_postgres(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim().starts_with("postgres"))
+        .unwrap_or(false)
+}
+
+/// Stop a postmaster child: fast (SIGINT: checkpoint, ship WAL) or immediate (SIGQUIT).
+/// Escalates to SIGKILL of the postmaster and its children after `timeout`.
+pub async fn stop_child(child: &mut Child, immediate: bool, timeout: Duration) {
+    let Some(pid) = child.id() else { return };
+    let pid = Pid::from_raw(pid as i32);
+    let _ = kill(
+        pid,
+        if immediate {
+            Signal::SIGQUIT
+        } else {
+            Signal::SIGINT
+        },
+    );
+    if tokio::time::timeout(timeout, child.wait()).await.is_err() {
+        tracing::warn!(
+            pid = pid.as_raw(),
+            "postgres did not stop in time: killing it"
+        );
+        kill_tree(pid.as_raw());
+        let _ = child.wait().await;
+    }
+}
+
+/// SIGSTOP the postmaster (no new backends), SIGKILL every child, then the postmaster.
+/// Used when a primary must stop accepting writes *now* (the fencing path).
+pub fn kill_tree(pid: i32) {
+    let p = Pid::from_raw(pid);
+    let _ = kill(p, Signal::SIGSTOP);
+    for child in children_of(pid) {
+        let _ = kill(Pid::from_raw(child), Signal::SIGKILL);
+    }
+    let _ = kill(p, Signal::SIGKILL);
+    let _ = kill(p, Signal::SIGCONT);
+}
+
+fn children_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Some(n) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{n}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let mut it = rest.split_whitespace();
+        let _state = it.next();
+        if it.next().and_then(|s| s.parse::<i32>().ok()) == Some(pid) {
+            out.push(n);
+        }
+    }
+    out
+}
+
+// === queries ===
+
+/// A connection to the local PostgreSQL, remade when it breaks.
+pub struct PgConn {
+    client: Option<tokio_postgres::Client>,
+    conninfo: String,
+    timeout: Duration,
+}
+
+impl PgConn {
+    pub fn new(conninfo: String, timeout: Duration) -> PgConn {
+        PgConn {
+            client: None,
+            conninfo,
+            timeout,
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.client = None;
+    }
+
+    async fn client(&mut self) -> Result<&tokio_postgres::Client, DbError> {
+        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+            let fut = tokio_postgres::connect(&self.conninfo, tokio_postgres::NoTls);
+            let (client, conn) = tokio::time::timeout(self.timeout, fut)
+                .await
+                .map_err(|_| DbError::Query("connect timed out".into()))?
+                .map_err(|e| DbError::Query(format!("connect: {e}")))?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            self.client = Some(client);
+        }
+        self.client
+            .as_ref()
+            .ok_or_else(|| DbError::Query("no connection".into()))
+    }
+
+    pub async fn query(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, DbError> {
+        let t = self.timeout;
+        let r = {
+            let c = self.client().await?;
+            tokio::time::timeout(t, c.query(sql, params)).await
+        };
+        match r {
+            Ok(Ok(rows)) => Ok(rows),
+            Ok(Err(e)) => {
+                if e.is_closed() {
+                    self.reset();
+                }
+                Err(DbError::Query(db_error_text(&e)))
+            }
+            Err(_) => {
+                self.reset();
+                Err(DbError::Query(format!("query timed out after {t:?}")))
+            }
+        }
+    }
+
+    pub async fn status(&mut self) -> Result<PgStatus, DbError> {
+        const SQL: &str = "SELECT pg_is_in_recovery(),
+            CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::int8 END,
+            COALESCE(pg_wal_lsn_diff(pg_last_wal_receive_lsn(), '0/0')::int8, 0),
+            COALESCE(pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')::int8, 0),
+            COALESCE((SELECT status = 'streaming' FROM pg_stat_wal_receiver), false),
+            CASE WHEN pg_is_in_recovery()
+                 THEN COALESCE((SELECT received_tli FROM pg_stat_wal_receiver WHERE status = 'streaming'), (SELECT timeline_id FROM pg_control_checkpoint()))::int8
+                 ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int8 END,
+            CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0.0
+                 ELSE COALESCE(extract(epoch from now() - pg_last_xact_replay_timestamp())::float8, 0.0) END,
+            (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')::int8,
+            (SELECT COALESCE(sum(xact_commit), 0) FROM pg_stat_database)::int8,
+            (SELECT COALESCE(sum(xact_rollback), 0) FROM pg_stat_database)::int8,
+            current_setting('synchronous_standby_names')";
+        let rows = self.query(SQL, &[]).await?;
+        let r = rows
+            .first()
+            .ok_or_else(|| DbError::Query("status: no row".into()))?;
+        let get = |e: tokio_postgres::Error| DbError::Query(format!("status: {e}"));
+        let in_recovery: bool = r.try_get(0).map_err(get)?;
+        let current: Option<i64> = r.try_get(1).map_err(get)?;
+        let receive: i64 = r.try_get(2).map_err(get)?;
+        let replay: i64 = r.try_get(3).map_err(get)?;
+        let tl: i64 = r.try_get(5).map_err(get)?;
+        Ok(PgStatus {
+            in_recovery,
+            timeline: u32::try_from(tl).unwrap_or(0),
+            lsn: if in_recovery {
+                replay.max(0) as u64
+            } else {
+                current.unwrap_or(0).max(0) as u64
+            },
+            receive_lsn: receive.max(replay).max(0) as u64,
+            streaming: r.try_get(4).map_err(get)?,
+            replay_delay_seconds: r.try_get::<_, f64>(6).map_err(get)?.max(0.0),
+            connections: r.try_get(7).map_err(get)?,
+            xact_commit: r.try_get(8).map_err(get)?,
+            xact_rollback: r.try_get(9).map_err(get)?,
+            sync_names: r.try_get(10).map_err(get)?,
+        })
+    }
+
+    pub async fn replication(&mut self) -> Result<Vec<ReplStat>, DbError> {
+        let rows = self
+            .query(
+                "SELECT application_name, COALESCE(state, ''), COALESCE(sync_state, ''),
+                        COALESCE(pg_wal_lsn_diff(flush_lsn, '0/0')::int8, 0),
+                        COALESCE(pg_wal_lsn_diff(replay_lsn, '0/0')::int8, 0)
+                 FROM pg_stat_replication",
+                &[],
+            )
+            .await?;
+        let mut out = Vec::new();
+        for r in rows {
+            let get =
+                |e: tokio_postgres::Error| DbError::Query(format!("pg_stat_replication: {e}"));
+            out.push(ReplStat {
+                name: r.try_get(0).map_err(get)?,
+                state: r.try_get(1).map_err(get)?,
+                sync_state: r.try_get(2).map_err(get)?,
+                flush_lsn: r.try_get::<_, i64>(3).map_err(get)?.max(0) as u64,
+                replay_lsn: r.try_get::<_, i64>(4).map_err(get)?.max(0) as u64,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Make sure a physical slot exists for each of `names` (recreated when its WAL was lost).
+    pub async fn ensure_slots(&mut self, names: &[String]) -> Result<(), DbError> {
+        let rows = self
+            .query("SELECT slot_name::text, COALESCE(wal_status, '') FROM pg_replication_slots WHERE slot_type = 'physical'", &[])
+            .await?;
+        let existing: Vec<(String, String)> = rows
+            .iter()
+            .filter_map(|r| {
+                Some((
+                    r.try_get::<_, String>(0).ok()?,
+                    r.try_get::<_, String>(1).ok()?,
+                ))
+            })
+            .collect();
+        for n in names {
+            match existing.iter().find(|(s, _)| s == n) {
+                Some((_, st)) if st == "lost" => {
+                    tracing::warn!(slot = %n, "replication slot lost its WAL (node down too long): recreating it; that node must re-clone");
+                    let _ = self
+                        .query("SELECT pg_drop_replication_slot($1)", &[n])
+                        .await;
+                    self.query("SELECT pg_create_physical_replication_slot($1, true)", &[n])
+                        .await?;
+                }
+                Some(_) => {}
+                None => {
+                    self.query("SELECT pg_create_physical_replication_slot($1, true)", &[n])
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn promote(&mut self) -> Result<bool, DbError> {
+        let rows = self.query("SELECT pg_promote(true, 20)", &[]).await?;
+        Ok(rows
+            .first()
+            .and_then(|r| r.try_get::<_, bool>(0).ok())
+            .unwrap_or(false))
+    }
+
+    pub async fn reload(&mut self) -> Result<(), DbError> {
+        self.query("SELECT pg_reload_conf()", &[]).await.map(|_| ())
+    }
+
+    pub async fn ensure_replication_user(&mut self, password: &str) -> Result<(), DbError> {
+        let rows = self
+            .query(
+                "SELECT 1 FROM pg_roles WHERE rolname = $1",
+                &[&REPLICATION_USER],
+            )
+            .await?;
+        let pw = password.replace('\'', "''");
+        let sql = if rows.is_empty() {
+            format!("CREATE ROLE {REPLICATION_USER} WITH REPLICATION LOGIN PASSWORD '{pw}'")
+        } else {
+            format!("ALTER ROLE {REPLICATION_USER} WITH REPLICATION LOGIN PASSWORD '{pw}'")
+        };
+        self.query(&sql, &[]).await.map(|_| ())
+    }
+}
+
+fn db_error_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!("{}: {}", d.code().code(), d.message()),
+        None => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsn_parses() {
+        assert_eq!(parse_lsn("0/3000060"), Some(0x3000060));
+        assert_eq!(parse_lsn("16/B374D848"), Some((0x16 << 32) | 0xB374D848));
+        assert_eq!(parse_lsn("nope"), None);
+    }
+
+    #[test]
+    fn controldata_parses() {
+        let t = "Database cluster state:               shut down\n\
+                 Latest checkpoint location:           0/3000028\n\
+                 Latest checkpoint's TimeLineID:       2\n";
+        let c = parse_controldata(t);
+        assert_eq!(c.state, "shut down");
+        assert_eq!(c.checkpoint_lsn, 0x3000028);
+        assert_eq!(c.timeline, 2);
+    }
+}

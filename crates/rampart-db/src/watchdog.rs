@@ -1,0 +1,161 @@
+//! A userspace watchdog: the fence that works even when the agent is frozen.
+//!
+//! The agent runs a small child process (`rampart db watchdog`) and tells it, over a pipe,
+//! which postmaster it runs and, while that postmaster is a primary, the moment before
+//! which the lease is safely ours. If that moment passes without a newer word from the
+//! agent (agent stopped with SIGSTOP, stuck, starved), the watchdog kills the postmaster
+//! and its backends itself, before etcd can expire the lease and another node promotes.
+//! If the agent dies (the pipe closes), the watchdog kills the postmaster it was told
+//! about, so no PostgreSQL is ever left running unmanaged.
+//!
+//! Protocol (one line each): `watch <pid>`, `arm <pid> <ms>`, `unwatch`.
+
+use std::io::{BufRead, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::error::DbError;
+
+/// The agent's handle on its watchdog process.
+pub struct Watchdog {
+    child: Child,
+    stdin: ChildStdin,
+}
+
+impl Watchdog {
+    /// Start `<this executable> db watchdog`.
+    pub fn spawn() -> Result<Watchdog, DbError> {
+        let exe = std::env::current_exe().map_err(|e| DbError::Command {
+            what: "find the rampart executable",
+            detail: e.to_string(),
+        })?;
+        let mut child = Command::new(exe)
+            .args(["db", "watchdog"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .map_err(|e| DbError::Command {
+                what: "start the watchdog",
+                detail: e.to_string(),
+            })?;
+        let stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| DbError::Other("watchdog has no stdin".into()))?;
+        Ok(Watchdog { child, stdin })
+    }
+
+    fn send(&mut self, line: &str) {
+        if let Err(e) = writeln!(self.stdin, "{line}") {
+            tracing::error!(error = %e, "watchdog pipe broken");
+        }
+    }
+
+    pub fn watch(&mut self, pid: u32) {
+        self.send(&format!("watch {pid}"));
+    }
+
+    pub fn arm(&mut self, pid: u32, within: Duration) {
+        self.send(&format!("arm {pid} {}", within.as_millis()));
+    }
+
+    pub fn unwatch(&mut self) {
+        self.send("unwatch");
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Msg {
+    Watch(i32),
+    Arm(i32, Duration),
+    Unwatch,
+}
+
+fn parse(line: &str) -> Option<Msg> {
+    let mut it = line.split_whitespace();
+    match it.next()? {
+        "watch" => Some(Msg::Watch(it.next()?.parse().ok()?)),
+        "arm" => Some(Msg::Arm(
+            it.next()?.parse().ok()?,
+            Duration::from_millis(it.next()?.parse().ok()?),
+        )),
+        "unwatch" => Some(Msg::Unwatch),
+        _ => None,
+    }
+}
+
+/// The watchdog process's main loop (`rampart db watchdog`). Returns when the agent is gone.
+pub fn run_watchdog() {
+    let (tx, rx) = mpsc::channel::<Option<Msg>>();
+    std::thread::spawn(move || {
+        let stdin = std::io::stdin();
+        for line in stdin.lock().lines() {
+            let Ok(line) = line else { break };
+            if let Some(m) = parse(&line) {
+                if tx.send(Some(m)).is_err() {
+                    return;
+                }
+            }
+        }
+        let _ = tx.send(None);
+    });
+    let mut watched: Option<i32> = None;
+    let mut deadline: Option<Instant> = None;
+    loop {
+        let wait = deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+            .unwrap_or(Duration::from_secs(3600));
+        match rx.recv_timeout(wait) {
+            Ok(Some(Msg::Watch(pid))) => {
+                watched = Some(pid);
+                deadline = None;
+            }
+            Ok(Some(Msg::Arm(pid, within))) => {
+                watched = Some(pid);
+                deadline = Some(Instant::now() + within);
+            }
+            Ok(Some(Msg::Unwatch)) => {
+                watched = None;
+                deadline = None;
+            }
+            Ok(None) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                if let Some(pid) = watched {
+                    eprintln!("rampart db watchdog: agent gone, stopping postgres (pid {pid})");
+                    crate::pg::kill_tree(pid);
+                }
+                return;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Some(pid) = watched {
+                    eprintln!("rampart db watchdog: primary's lease deadline passed without the agent renewing: killing postgres (pid {pid}) to fence it");
+                    crate::pg::kill_tree(pid);
+                }
+                watched = None;
+                deadline = None;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_messages() {
+        assert_eq!(parse("watch 12"), Some(Msg::Watch(12)));
+        assert_eq!(
+            parse("arm 12 2500"),
+            Some(Msg::Arm(12, Duration::from_millis(2500)))
+        );
+        assert_eq!(parse("unwatch"), Some(Msg::Unwatch));
+        assert_eq!(parse("arm x"), None);
+    }
+}

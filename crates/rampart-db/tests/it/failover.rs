@@ -1,0 +1,327 @@
+//! Failover: killed primaries, frozen agents, switchover, synchronous mode.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use tokio_postgres::Client;
+
+use crate::harness::{connect, missing_ids, wait_rows, Cluster, Opts, Writer};
+
+async fn create_acked_table(c: &Cluster, p: usize) {
+    let pc = connect(c.nodes[p].pg_port)
+        .await
+        .expect("connect to primary");
+    pc.batch_execute("CREATE TABLE IF NOT EXISTS acked (id bigint primary key)")
+        .await
+        .expect("create table");
+}
+
+fn ports_apis(c: &Cluster) -> (Vec<u16>, Vec<std::net::SocketAddr>) {
+    (
+        c.nodes.iter().map(|n| n.pg_port).collect(),
+        c.nodes.iter().map(|n| n.api).collect(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_primary_fails_over_and_rejoins_as_replica() {
+    let mut c = Cluster::start(Opts::default());
+    let p = c.wait_primary(Duration::from_secs(60));
+    for i in (0..3).filter(|&i| i != p) {
+        c.wait_replica(i, Duration::from_secs(60));
+    }
+    assert!(
+        rampart_testkit::wait_until(Duration::from_secs(20), || c.sync_standby(p).is_some()),
+        "{}",
+        c.list()
+    );
+    create_acked_table(&c, p).await;
+    let (ports, apis) = ports_apis(&c);
+    let w = Writer::start(ports, apis);
+    assert!(rampart_testkit::wait_until(Duration::from_secs(10), || w
+        .acked_count()
+        > 50));
+
+    let killed_at = Instant::now();
+    c.kill_node(p);
+    let before = w.acked_count();
+    let np = c.wait_primary(Duration::from_secs(30));
+    assert_ne!(np, p);
+    // First acknowledged write on the new primary.
+    assert!(
+        rampart_testkit::wait_until(Duration::from_secs(30), || w.acked_count() > before + 10),
+        "writes did not resume:\n{}",
+        c.list()
+    );
+    let took = killed_at.elapsed();
+    eprintln!(
+        "failover: new primary {} and writes resumed {:.2} s after the kill",
+        c.nodes[np].name,
+        took.as_secs_f64()
+    );
+
+    // The old primary comes back as a replica of the new one.
+    c.start_agent(p);
+    c.wait_replica(p, Duration::from_secs(90));
+    let acked = w.stop().await;
+    let missing = missing_ids(c.nodes[np].pg_port, &acked).await;
+    assert!(
+        missing.is_empty(),
+        "synchronous mode lost acknowledged writes: {missing:?}"
+    );
+    // The rejoined node replays everything acknowledged.
+    let start = Instant::now();
+    loop {
+        let m = missing_ids(c.nodes[p].pg_port, &acked).await;
+        if m.is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "rejoined node lacks acknowledged rows: {m:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let v = c.cluster_json(np).expect("cluster");
+    let old = v["members"]
+        .as_array()
+        .and_then(|m| {
+            m.iter()
+                .find(|m| m["name"] == c.nodes[p].name.as_str())
+                .cloned()
+        })
+        .expect("old member");
+    assert_eq!(old["role"], "replica", "{v}");
+    assert!(old["timeline"].as_u64().unwrap_or(0) >= 2, "{v}");
+}
+
+/// Is the node writable right now? (not in recovery and a write commits within 1 s)
+async fn writable(client: &Client, probe: i64) -> bool {
+    let q = async {
+        let rows = client.query("SELECT pg_is_in_recovery()", &[]).await.ok()?;
+        if rows.first()?.get::<_, bool>(0) {
+            return Some(false);
+        }
+        client
+            .execute("INSERT INTO probe(id) VALUES ($1)", &[&probe])
+            .await
+            .ok()?;
+        Some(true)
+    };
+    tokio::time::timeout(Duration::from_secs(1), q)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
+/// SIGSTOP the primary's agent (PostgreSQL keeps running): its watchdog must fence it
+/// before the lease expires, so that at no moment two nodes accept writes. Asynchronous
+/// mode, where nothing but the fence stops the old primary from committing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_primary_agent_never_yields_two_writable_primaries() {
+    let mut c = Cluster::start(Opts {
+        synchronous: false,
+        ..Opts::default()
+    });
+    let p = c.wait_primary(Duration::from_secs(60));
+    for i in (0..3).filter(|&i| i != p) {
+        c.wait_replica(i, Duration::from_secs(60));
+    }
+    let pc = connect(c.nodes[p].pg_port).await.expect("connect");
+    pc.batch_execute("CREATE TABLE probe (id bigint)")
+        .await
+        .expect("create probe");
+    for i in (0..3).filter(|&i| i != p) {
+        assert!(
+            wait_rows(
+                c.nodes[i].pg_port,
+                "SELECT count(*) FROM pg_class WHERE relname = 'probe'",
+                1,
+                Duration::from_secs(15)
+            )
+            .await
+        );
+    }
+
+    c.signal_agent(p, Signal::SIGSTOP);
+    let stopped_at = Instant::now();
+    let mut clients: HashMap<usize, Client> = HashMap::new();
+    let mut probe = 0i64;
+    let mut new_primary = None;
+    let mut old_fenced_at = None;
+    while stopped_at.elapsed() < Duration::from_secs(25) {
+        let mut now_writable = Vec::new();
+        for i in 0..3 {
+            if !clients.get(&i).is_some_and(|cl| !cl.is_closed()) {
+                match tokio::time::timeout(Duration::from_millis(500), connect(c.nodes[i].pg_port))
+                    .await
+                {
+                    Ok(Some(cl)) => {
+                        clients.insert(i, cl);
+                    }
+                    _ => {
+                        clients.remove(&i);
+                        continue;
+                    }
+                }
+            }
+            probe += 1;
+            if let Some(cl) = clients.get(&i) {
+                if writable(cl, probe).await {
+                    now_writable.push(i);
+                }
+            }
+        }
+        assert!(
+            now_writable.len() <= 1,
+            "two writable primaries at {:?}: {:?}",
+            stopped_at.elapsed(),
+            now_writable
+        );
+        if !now_writable.contains(&p) && old_fenced_at.is_none() {
+            old_fenced_at = Some(stopped_at.elapsed());
+        }
+        if let Some(&n) = now_writable.iter().find(|&&n| n != p) {
+            new_primary = Some((n, stopped_at.elapsed()));
+            // Keep watching a little longer to be sure the old one stays fenced.
+            if stopped_at.elapsed() > Duration::from_secs(8) {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (np, at) = new_primary
+        .unwrap_or_else(|| panic!("no new primary after freezing the old agent:\n{}", c.list()));
+    eprintln!(
+        "old primary fenced after {old_fenced_at:?}, {} writable after {:?}",
+        c.nodes[np].name, at
+    );
+    assert!(
+        old_fenced_at.is_some_and(|f| f < at),
+        "the old primary must stop taking writes before the new one starts"
+    );
+
+    // Thaw: the old agent finds its lease gone and rejoins as a replica.
+    c.signal_agent(p, Signal::SIGCONT);
+    c.wait_replica(p, Duration::from_secs(60));
+    drop(clients);
+    c.kill_node(p);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchover_loses_no_write() {
+    let c = Cluster::start(Opts::default());
+    let p = c.wait_primary(Duration::from_secs(60));
+    for i in (0..3).filter(|&i| i != p) {
+        c.wait_replica(i, Duration::from_secs(60));
+    }
+    create_acked_table(&c, p).await;
+    let (ports, apis) = ports_apis(&c);
+    let w = Writer::start(ports, apis);
+    assert!(rampart_testkit::wait_until(Duration::from_secs(10), || w
+        .acked_count()
+        > 50));
+    let target = (0..3).find(|&i| i != p).expect("target");
+    let (ok, out) = tokio::task::spawn_blocking({
+        let cfg = c.config.clone();
+        let to = c.nodes[target].name.clone();
+        move || {
+            let o = std::process::Command::new(rampart_testkit::rampart_bin())
+                .args(["db", "switchover", "--to", &to, "--config"])
+                .arg(cfg)
+                .output()
+                .expect("run switchover");
+            (
+                o.status.success(),
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                ),
+            )
+        }
+    })
+    .await
+    .expect("join");
+    assert!(ok, "switchover failed: {out}\n{}", c.list());
+    assert_eq!(c.wait_primary(Duration::from_secs(20)), target);
+    let before = w.acked_count();
+    assert!(
+        rampart_testkit::wait_until(Duration::from_secs(20), || w.acked_count() > before + 20),
+        "writes did not resume"
+    );
+    // The old primary follows the new one.
+    c.wait_replica(p, Duration::from_secs(60));
+    let acked = w.stop().await;
+    let missing = missing_ids(c.nodes[target].pg_port, &acked).await;
+    assert!(
+        missing.is_empty(),
+        "switchover lost acknowledged writes: {missing:?}"
+    );
+}
+
+/// Synchronous mode: kill the primary (agent and PostgreSQL) several times in a row
+/// under a steady writer; no acknowledged write may be lost. 3 rounds by default,
+/// `RAMPART_DB_KILLS=10` for the full run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synchronous_mode_loses_no_acknowledged_write_across_killed_primaries() {
+    let rounds: usize = std::env::var("RAMPART_DB_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let mut c = Cluster::start(Opts::default());
+    let p = c.wait_primary(Duration::from_secs(60));
+    for i in (0..3).filter(|&i| i != p) {
+        c.wait_replica(i, Duration::from_secs(60));
+    }
+    create_acked_table(&c, p).await;
+    let (ports, apis) = ports_apis(&c);
+    let w = Writer::start(ports, apis);
+    let mut times = Vec::new();
+    for round in 0..rounds {
+        let p = c.wait_primary(Duration::from_secs(30));
+        for i in (0..3).filter(|&i| i != p) {
+            c.wait_replica(i, Duration::from_secs(90));
+        }
+        assert!(
+            rampart_testkit::wait_until(Duration::from_secs(30), || c.sync_standby(p).is_some()),
+            "round {round}: no sync standby\n{}",
+            c.list()
+        );
+        let before = w.acked_count();
+        assert!(
+            rampart_testkit::wait_until(Duration::from_secs(10), || w.acked_count() > before + 20),
+            "round {round}: writer stalled"
+        );
+        let t = Instant::now();
+        c.kill_node(p);
+        let after_kill = w.acked_count();
+        let np = c.wait_primary(Duration::from_secs(30));
+        assert!(
+            rampart_testkit::wait_until(Duration::from_secs(30), || w.acked_count() > after_kill),
+            "round {round}: writes did not resume\n{}",
+            c.list()
+        );
+        times.push(t.elapsed().as_secs_f64());
+        eprintln!(
+            "round {round}: {} -> {} in {:.2} s",
+            c.nodes[p].name,
+            c.nodes[np].name,
+            t.elapsed().as_secs_f64()
+        );
+        let acked = w.acked.lock().expect("acked").clone();
+        let missing = missing_ids(c.nodes[np].pg_port, &acked).await;
+        assert!(
+            missing.is_empty(),
+            "round {round}: lost acknowledged writes {missing:?}"
+        );
+        c.start_agent(p);
+    }
+    let acked = w.stop().await;
+    let p = c.wait_primary(Duration::from_secs(30));
+    let missing = missing_ids(c.nodes[p].pg_port, &acked).await;
+    assert!(missing.is_empty(), "lost acknowledged writes: {missing:?}");
+    eprintln!("{rounds} killed primaries, {} acknowledged writes, none lost; write unavailability per round: {times:?}", acked.len());
+}

@@ -1,0 +1,362 @@
+//! A real db cluster for tests: one etcd, N `rampart db` agents (the real binary), each
+//! owning a real PostgreSQL, all on free loopback ports, all killed on drop.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use rampart_testkit::etcd::Etcd;
+use rampart_testkit::{free_port, http_get, rampart_bin, wait_until, Proc, TempDir};
+use tokio_postgres::{Client, NoTls};
+
+pub struct NodeSpec {
+    pub name: String,
+    pub pg_port: u16,
+    pub api: SocketAddr,
+}
+
+pub struct Opts {
+    pub nodes: usize,
+    pub synchronous: bool,
+    pub extra_db: String,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            nodes: 3,
+            synchronous: true,
+            extra_db: String::new(),
+        }
+    }
+}
+
+pub struct Cluster {
+    pub agents: Vec<Option<Proc>>,
+    pub nodes: Vec<NodeSpec>,
+    pub config: PathBuf,
+    pub etcd: Etcd,
+    // Removed last, after every process is dead.
+    pub dir: TempDir,
+}
+
+pub const PASSWORD: &str = "secret";
+
+impl Cluster {
+    pub fn start(opts: Opts) -> Cluster {
+        let etcd = Etcd::start();
+        let dir = tempfile::Builder::new()
+            .prefix("rampart-db-it-")
+            .tempdir()
+            .expect("temp dir");
+        // PostgreSQL runs as the postgres user: it must reach its data directory.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+                .expect("chmod temp dir");
+        }
+        let nodes: Vec<NodeSpec> = (1..=opts.nodes)
+            .map(|i| NodeSpec {
+                name: format!("db{i}"),
+                pg_port: free_port(),
+                api: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            })
+            .collect();
+        let mut toml = format!(
+            "[cluster]\nname = \"it\"\netcd = [\"{}\"]\n\n[db]\ndata_dir = \"{}\"\nsynchronous = {}\nsuperuser_password = \"{PASSWORD}\"\nreplication_password = \"{PASSWORD}\"\n{}\n",
+            etcd.client_url(0),
+            dir.path().join("data").display(),
+            opts.synchronous,
+            opts.extra_db,
+        );
+        for n in &nodes {
+            toml.push_str(&format!(
+                "\n[[db.nodes]]\nname = \"{}\"\nport = {}\napi = \"{}\"\n",
+                n.name, n.pg_port, n.api
+            ));
+        }
+        let config = dir.path().join("topology.toml");
+        std::fs::write(&config, toml).expect("write topology");
+        let mut c = Cluster {
+            agents: Vec::new(),
+            nodes,
+            config,
+            etcd,
+            dir,
+        };
+        for i in 0..opts.nodes {
+            c.agents.push(None);
+            c.start_agent(i);
+        }
+        c
+    }
+
+    pub fn start_agent(&mut self, i: usize) {
+        let mut cmd = Command::new(rampart_bin());
+        cmd.args(["db", "--config"])
+            .arg(&self.config)
+            .args(["--node", &self.nodes[i].name]);
+        cmd.env("RUST_LOG", "info");
+        let log = self
+            .dir
+            .path()
+            .join(format!("{}.agent.log", self.nodes[i].name));
+        self.agents[i] = Some(Proc::spawn(&self.nodes[i].name, cmd, &log));
+    }
+
+    /// SIGKILL the agent's whole process group: agent, watchdog and PostgreSQL.
+    pub fn kill_node(&mut self, i: usize) {
+        if let Some(mut p) = self.agents[i].take() {
+            p.kill();
+        }
+        // Backends may outlive the postmaster for a moment; wait until the port is free.
+        let port = self.nodes[i].pg_port;
+        wait_until(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+        });
+    }
+
+    pub fn signal_agent(&self, i: usize, sig: Signal) {
+        if let Some(p) = &self.agents[i] {
+            p.signal(sig);
+        }
+    }
+
+    pub fn api(&self, i: usize, path: &str) -> Option<(u16, String)> {
+        http_get(self.nodes[i].api, path)
+            .ok()
+            .map(|r| (r.status, r.text()))
+    }
+
+    /// Index of the node whose `/primary` answers 200 (exactly one), if any.
+    pub fn primary(&self) -> Option<usize> {
+        let ps: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| {
+                self.agents[i].is_some() && self.api(i, "/primary").is_some_and(|(s, _)| s == 200)
+            })
+            .collect();
+        if ps.len() == 1 {
+            Some(ps[0])
+        } else {
+            None
+        }
+    }
+
+    pub fn wait_primary(&self, timeout: Duration) -> usize {
+        let start = Instant::now();
+        loop {
+            if let Some(p) = self.primary() {
+                return p;
+            }
+            if start.elapsed() > timeout {
+                panic!("no single primary within {timeout:?}:\n{}", self.list());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn wait_replica(&self, i: usize, timeout: Duration) {
+        assert!(
+            wait_until(timeout, || self
+                .api(i, "/replica")
+                .is_some_and(|(s, _)| s == 200)),
+            "{} did not become a streaming replica within {timeout:?}:\n{}",
+            self.nodes[i].name,
+            self.list()
+        );
+    }
+
+    pub fn cluster_json(&self, i: usize) -> Option<serde_json::Value> {
+        let (s, body) = self.api(i, "/cluster")?;
+        if s != 200 {
+            return None;
+        }
+        serde_json::from_str(&body).ok()
+    }
+
+    /// The node named in `/sync` as synchronous standby, as the cluster view shows it.
+    pub fn sync_standby(&self, via: usize) -> Option<String> {
+        let v = self.cluster_json(via)?;
+        v["members"]
+            .as_array()?
+            .iter()
+            .find(|m| m["sync_standby"].as_bool() == Some(true))
+            .and_then(|m| m["name"].as_str().map(String::from))
+    }
+
+    /// `rampart db list` output (for failure messages and assertions).
+    pub fn list(&self) -> String {
+        let out = Command::new(rampart_bin())
+            .args(["db", "list", "--config"])
+            .arg(&self.config)
+            .output();
+        match out {
+            Ok(o) => format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => format!("rampart db list: {e}"),
+        }
+    }
+
+    pub fn run_cli(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new(rampart_bin())
+            .arg("db")
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .expect("run rampart db");
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
+    pub fn agent_log(&self, i: usize) -> String {
+        std::fs::read_to_string(
+            self.dir
+                .path()
+                .join(format!("{}.agent.log", self.nodes[i].name)),
+        )
+        .unwrap_or_default()
+    }
+}
+
+pub fn conninfo(port: u16) -> String {
+    format!("host=127.0.0.1 port={port} user=postgres password={PASSWORD} dbname=postgres connect_timeout=2")
+}
+
+pub async fn connect(port: u16) -> Option<Client> {
+    let ci = conninfo(port);
+    let fut = tokio_postgres::connect(&ci, NoTls);
+    let (client, conn) = tokio::time::timeout(Duration::from_secs(3), fut)
+        .await
+        .ok()?
+        .ok()?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Some(client)
+}
+
+/// Wait until `sql` returns at least one row on the node.
+pub async fn wait_rows(port: u16, sql: &str, want: i64, timeout: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if let Some(c) = connect(port).await {
+            if let Ok(rows) = c.query(sql, &[]).await {
+                if rows.first().and_then(|r| r.try_get::<_, i64>(0).ok()) == Some(want) {
+                    return true;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// A writer inserting increasing ids through whichever node is primary, recording every
+/// acknowledged id. Runs until `stop` is set.
+pub struct Writer {
+    pub acked: std::sync::Arc<std::sync::Mutex<Vec<i64>>>,
+    pub errors: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    pub fn start(ports: Vec<u16>, apis: Vec<SocketAddr>) -> Writer {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::{Arc, Mutex};
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let errors = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, e, s) = (acked.clone(), errors.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            let mut next: i64 = 1;
+            let mut client: Option<Client> = None;
+            while !s.load(Ordering::Relaxed) {
+                if client.as_ref().is_none_or(|c| c.is_closed()) {
+                    client = None;
+                    // Find the primary through the agents' health endpoints.
+                    let apis2 = apis.clone();
+                    let p = tokio::task::spawn_blocking(move || {
+                        apis2
+                            .iter()
+                            .position(|a| http_get(*a, "/primary").is_ok_and(|r| r.status == 200))
+                    })
+                    .await
+                    .ok()
+                    .flatten();
+                    if let Some(i) = p {
+                        client = connect(ports[i]).await;
+                        if let Some(c) = &client {
+                            let _ = c.batch_execute("SET statement_timeout = '3s'").await;
+                        }
+                    }
+                    if client.is_none() {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                }
+                let Some(c) = client.as_ref() else { continue };
+                let id = next;
+                next += 1;
+                match tokio::time::timeout(
+                    Duration::from_secs(5),
+                    c.execute("INSERT INTO acked(id) VALUES ($1)", &[&id]),
+                )
+                .await
+                {
+                    Ok(Ok(_)) => a.lock().expect("acked").push(id),
+                    _ => {
+                        e.fetch_add(1, Ordering::Relaxed);
+                        client = None;
+                    }
+                }
+            }
+        });
+        Writer {
+            acked,
+            errors,
+            stop,
+            task,
+        }
+    }
+
+    pub fn acked_count(&self) -> usize {
+        self.acked.lock().expect("acked").len()
+    }
+
+    pub async fn stop(self) -> Vec<i64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.task.await;
+        let v = self.acked.lock().expect("acked").clone();
+        v
+    }
+}
+
+/// Ids from `acked` missing on the node at `port`.
+pub async fn missing_ids(port: u16, acked: &[i64]) -> Vec<i64> {
+    let c = connect(port)
+        .await
+        .expect("connect to check acknowledged rows");
+    let rows = c
+        .query("SELECT id FROM acked", &[])
+        .await
+        .expect("read acked ids");
+    let present: std::collections::HashSet<i64> = rows.iter().map(|r| r.get::<_, i64>(0)).collect();
+    acked
+        .iter()
+        .copied()
+        .filter(|id| !present.contains(id))
+        .collect()
+}

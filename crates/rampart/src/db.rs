@@ -1,0 +1,106 @@
+//! `rampart db`: the PostgreSQL agent and its operator commands.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use rampart_topology::db::DbConfig;
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct DbArgs {
+    /// Topology file ([cluster] and [db] sections).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// This agent's node name (one of [[db.nodes]]).
+    #[arg(long)]
+    node: Option<String>,
+    #[command(subcommand)]
+    command: Option<DbCommand>,
+}
+
+#[derive(Subcommand)]
+enum DbCommand {
+    /// Show the members: role, state, timeline, LSN, lag, leader lease age.
+    List,
+    /// Planned change of primary with no lost writes.
+    Switchover {
+        /// The replica to promote.
+        #[arg(long)]
+        to: String,
+        /// Seconds to wait for the new leader.
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+    },
+    /// Forced change of primary (may lose unreplicated writes in asynchronous mode).
+    Failover {
+        /// The node to promote; without it the healthiest replica wins.
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+    },
+    /// Suspend automatic failover (maintenance).
+    Pause,
+    /// Resume automatic failover.
+    Resume,
+    /// Internal: the fencing watchdog started by the agent.
+    #[command(hide = true)]
+    Watchdog,
+}
+
+fn load(config: &Option<PathBuf>) -> anyhow::Result<DbConfig> {
+    let path = config.as_ref().context("--config FILE is required")?;
+    DbConfig::load(path).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+pub fn run(args: DbArgs) -> anyhow::Result<()> {
+    if let Some(DbCommand::Watchdog) = args.command {
+        rampart_db::watchdog::run_watchdog();
+        return Ok(());
+    }
+    let cfg = load(&args.config)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("start the tokio runtime")?;
+    rt.block_on(async move {
+        match args.command {
+            None => {
+                let node = args.node.context("--node NAME is required to run the agent")?;
+                rampart_db::run_agent(cfg, &node).await.context("run the db agent")
+            }
+            Some(DbCommand::List) => {
+                print!("{}", rampart_db::ops::list(&cfg).await.context("read the cluster state")?);
+                Ok(())
+            }
+            Some(DbCommand::Switchover { to, wait }) => {
+                let msg = rampart_db::ops::switchover(&cfg, Some(&to), false, Duration::from_secs(wait))
+                    .await
+                    .context("switch over")?;
+                println!("{msg}");
+                Ok(())
+            }
+            Some(DbCommand::Failover { to, wait }) => {
+                let msg = rampart_db::ops::switchover(&cfg, to.as_deref(), true, Duration::from_secs(wait))
+                    .await
+                    .context("fail over")?;
+                println!("{msg}");
+                Ok(())
+            }
+            Some(DbCommand::Pause) => {
+                rampart_db::ops::set_pause(&cfg, true).await.context("pause")?;
+                println!("automatic failover paused");
+                Ok(())
+            }
+            Some(DbCommand::Resume) => {
+                rampart_db::ops::set_pause(&cfg, false).await.context("resume")?;
+                println!("automatic failover resumed");
+                Ok(())
+            }
+            Some(DbCommand::Watchdog) => Ok(()),
+        }
+    })
+}
