@@ -1173,6 +1173,17 @@ health_check = { kind = "tcp" }
     }
 
     #[test]
+    fn readme_example_is_valid() {
+        let readme = include_str!("../../../README.md");
+        let section = &readme[readme.find("## Load balancer").unwrap()..];
+        let start = section.find("```toml\n").unwrap() + "```toml\n".len();
+        let text = &section[start..start + section[start..].find("```").unwrap()];
+        let c = parse(text).unwrap();
+        assert_eq!(c.pools[0].servers.len(), 2);
+        assert_eq!(c.pools[0].max_in_flight, Some(200));
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
