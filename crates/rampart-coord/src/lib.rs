@@ -224,11 +224,12 @@ impl Coord {
             if remaining.is_zero() {
                 break;
             }
-            // Idempotent calls split what is left between the members not tried in this
-            // round, so a member that hangs (partitioned) cannot eat the whole deadline.
+            // An idempotent call gives a member at most half of what is left (the last of a
+            // round gets all of it), so a member that hangs (partitioned) cannot eat the
+            // whole deadline while a slow but healthy one still gets most of it.
             let budget = match retry {
-                Retry::Idempotent => remaining / (n - i) as u32,
-                Retry::OnlyIfNotSent => remaining,
+                Retry::Idempotent if i + 1 < n => remaining / 2,
+                Retry::Idempotent | Retry::OnlyIfNotSent => remaining,
             };
             match tokio::time::timeout(budget, f(self.inner.clients[idx].clone())).await {
                 Ok(Ok(v)) => {

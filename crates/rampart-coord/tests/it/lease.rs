@@ -89,3 +89,34 @@ async fn lease_survives_in_a_three_member_cluster_when_one_member_dies() {
     let kv = c.get("/t/leader").await.expect("get").expect("still held");
     assert_eq!(kv.value, b"me");
 }
+
+/// A member that hangs (SIGSTOP: connections open, no answer) is bypassed: every call still
+/// returns within the deadline and, after the raft election, calls succeed through the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_member_is_bypassed_within_the_deadline() {
+    let etcd = crate::etcd_cluster(3).await;
+    let c = coord(&etcd).await; // op_timeout 800 ms, member 0 preferred
+    let lease = c.grant_lease(Duration::from_secs(5)).await.expect("grant");
+    etcd.freeze(0);
+    let limit = Duration::from_millis(800 + 400);
+    let mut ok = 0;
+    for _ in 0..10 {
+        let t0 = Instant::now();
+        let r = c.keep_alive_once(lease).await;
+        assert!(t0.elapsed() <= limit, "keepalive took {:?}", t0.elapsed());
+        if let Ok(Some(_)) = r {
+            ok += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        ok >= 7,
+        "only {ok}/10 keepalives succeeded with one member frozen"
+    );
+    // The client now prefers a live member: atomic writes go there directly.
+    assert!(c
+        .create("/t/frozen/k", b"x", Some(lease))
+        .await
+        .expect("create"));
+    etcd.thaw(0);
+}
