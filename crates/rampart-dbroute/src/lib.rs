@@ -427,6 +427,21 @@ impl Router {
         }
     }
 
+    /// A read on the verified primary (for reads that must not see any replica lag,
+    /// e.g. right after a schema change).
+    pub async fn read_primary(&self) -> Result<ReadConn, RouteError> {
+        let w = self.write_checkout_for_read().await?;
+        self.inner
+            .stats
+            .reads_primary
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(ReadConn {
+            node: w.node,
+            conn: w.conn,
+            role: Role::Primary,
+        })
+    }
+
     async fn write_checkout_for_read(&self) -> Result<WriteConn, RouteError> {
         let deadline = Instant::now() + self.inner.cfg.primary_wait;
         loop {

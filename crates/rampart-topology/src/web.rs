@@ -1,8 +1,479 @@
-//! The `[web]` section of the topology (rampart web). Owned by the web work.
+//! The `[web]` section of the topology (rampart web), and its validation into the
+//! runtime [`WebConfig`] of one node.
+//!
+//! ```toml
+//! [cluster]
+//! name = "main"
+//! etcd = ["http://127.0.0.1:2379"]      # optional: register with the lb through etcd
+//!
+//! [web]
+//! root = "site"                         # static files (relative to the topology file)
+//! pool = "web"                          # lb pool to register in
+//! served_by_header = "X-Served-By"
+//! drain_seconds = 1.0                   # not-ready time before closing the listener
+//! # upstream = "127.0.0.1:9000"         # proxy to your own app instead of the guestbook
+//!
+//! [web.database]                        # the guestbook's database (optional)
+//! agents = ["http://127.0.0.1:8008"]    # rampart db agents' API, or: nodes = ["127.0.0.1:5432"]
+//! user = "postgres"
+//! dbname = "postgres"
+//! password_env = "PGPASSWORD"           # name of an env var holding the password
+//! max_lag_bytes = 16777216
+//! read_wait_ms = 200
+//! pool_size = 16
+//!
+//! [[web.node]]
+//! name = "web1"
+//! listen = "127.0.0.1:8081"
+//! weight = 100
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
+use toml::Spanned;
+
+use crate::diag::{ConfigError, Diagnostic, Source};
+use crate::topology::TopologyFile;
 
 /// `[web]`: the web/app servers run by `rampart web`.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct WebSection {}
+pub struct WebSection {
+    #[serde(default)]
+    pub root: Option<Spanned<String>>,
+    #[serde(default)]
+    pub pool: Option<Spanned<String>>,
+    #[serde(default)]
+    pub served_by_header: Option<Spanned<String>>,
+    #[serde(default)]
+    pub drain_seconds: Option<Spanned<f64>>,
+    #[serde(default)]
+    pub upstream: Option<Spanned<String>>,
+    #[serde(default)]
+    pub database: Option<DatabaseSection>,
+    #[serde(default)]
+    pub node: Vec<WebNodeSection>,
+}
+
+/// `[web.database]`
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSection {
+    #[serde(default)]
+    pub agents: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub nodes: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub dbname: Option<String>,
+    #[serde(default)]
+    pub password_env: Option<Spanned<String>>,
+    #[serde(default)]
+    pub max_lag_bytes: Option<u64>,
+    #[serde(default)]
+    pub read_wait_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub pool_size: Option<Spanned<u32>>,
+}
+
+/// `[[web.node]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebNodeSection {
+    pub name: Spanned<String>,
+    pub listen: Spanned<String>,
+    #[serde(default)]
+    pub weight: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub root: Option<Spanned<String>>,
+}
+
+/// Where the guestbook learns the database topology.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DbTopology {
+    /// rampart db agents' API base URLs.
+    Agents(Vec<String>),
+    /// PostgreSQL `host:port` list, probed with SQL.
+    Nodes(Vec<String>),
+}
+
+/// The guestbook's database settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatabaseConfig {
+    pub topology: DbTopology,
+    pub user: String,
+    pub dbname: String,
+    /// The password itself (read from the named environment variable); never logged.
+    pub password: Option<String>,
+    pub max_lag_bytes: u64,
+    pub read_wait: Duration,
+    pub pool_size: usize,
+}
+
+impl DatabaseConfig {
+    pub fn new(topology: DbTopology) -> Self {
+        DatabaseConfig {
+            topology,
+            user: "postgres".into(),
+            dbname: "postgres".into(),
+            password: None,
+            max_lag_bytes: 16 * 1024 * 1024,
+            read_wait: Duration::from_millis(200),
+            pool_size: 16,
+        }
+    }
+}
+
+/// Registration with the lb through etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    pub cluster: String,
+    pub etcd: Vec<String>,
+    pub pool: String,
+    pub weight: u32,
+}
+
+/// One `rampart web` node's validated settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebConfig {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub root: PathBuf,
+    pub upstream: Option<String>,
+    pub served_by_header: http_header::Name,
+    pub drain: Duration,
+    pub database: Option<DatabaseConfig>,
+    pub registration: Option<Registration>,
+}
+
+/// A validated HTTP header name (lower-case ASCII token).
+pub mod http_header {
+    /// Header name checked against RFC 9110's token grammar.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Name(String);
+
+    impl Name {
+        pub fn parse(s: &str) -> Option<Name> {
+            let ok = !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            ok.then(|| Name(s.to_ascii_lowercase()))
+        }
+        pub fn as_str(&self) -> &str {
+            &self.0
+        }
+    }
+
+    impl Default for Name {
+        fn default() -> Self {
+            Name("x-served-by".into())
+        }
+    }
+}
+
+impl WebConfig {
+    /// Quick-mode defaults for a node listening on `listen` and serving `root`.
+    pub fn quick(name: &str, listen: SocketAddr, root: PathBuf) -> WebConfig {
+        WebConfig {
+            name: name.to_string(),
+            listen,
+            root,
+            upstream: None,
+            served_by_header: http_header::Name::default(),
+            drain: Duration::from_secs(1),
+            database: None,
+            registration: None,
+        }
+    }
+
+    /// Read a topology file and validate node `node`'s settings.
+    pub fn load(path: &Path, node: &str) -> Result<WebConfig, ConfigError> {
+        let src = Source::read(path)?;
+        Self::from_source(&src, node)
+    }
+
+    /// Validate node `node` of an already-read topology file. Relative roots are relative
+    /// to the file's folder.
+    pub fn from_source(src: &Source, node: &str) -> Result<WebConfig, ConfigError> {
+        let file = TopologyFile::parse(src)?;
+        let mut errs: Vec<Diagnostic> = Vec::new();
+        let Some(web) = &file.web else {
+            return Err(ConfigError::single(src.error("no [web] section")));
+        };
+        let Some(n) = web.node.iter().find(|n| n.name.get_ref() == node) else {
+            let names: Vec<&str> = web.node.iter().map(|n| n.name.get_ref().as_str()).collect();
+            return Err(ConfigError::single(src.error(format!(
+                "no [[web.node]] named {node:?} (nodes: {})",
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            ))));
+        };
+        let mut seen = std::collections::HashSet::new();
+        for other in &web.node {
+            if !seen.insert(other.name.get_ref().clone()) {
+                errs.push(src.error_at(
+                    other.name.span(),
+                    format!("duplicate web node name {:?}", other.name.get_ref()),
+                ));
+            }
+        }
+        let listen = match n.listen.get_ref().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                errs.push(src.error_at(
+                    n.listen.span(),
+                    "listen must be IP:PORT, e.g. 127.0.0.1:8081",
+                ));
+                None
+            }
+        };
+        let base = src.file.parent().map(Path::to_path_buf).unwrap_or_default();
+        let root_sp = n.root.as_ref().or(web.root.as_ref());
+        let root = match root_sp {
+            Some(r) => {
+                let p = base.join(r.get_ref());
+                if !p.is_dir() {
+                    errs.push(
+                        src.error_at(r.span(), format!("root {} is not a folder", p.display())),
+                    );
+                }
+                p
+            }
+            None => {
+                errs.push(src.error("[web] needs root = \"FOLDER\" (static files)"));
+                PathBuf::new()
+            }
+        };
+        let served_by_header = match &web.served_by_header {
+            Some(h) => match http_header::Name::parse(h.get_ref()) {
+                Some(n) => n,
+                None => {
+                    errs.push(src.error_at(
+                        h.span(),
+                        "served_by_header must be a valid HTTP header name",
+                    ));
+                    http_header::Name::default()
+                }
+            },
+            None => http_header::Name::default(),
+        };
+        let drain = match &web.drain_seconds {
+            Some(d) if !(0.0..=300.0).contains(d.get_ref()) => {
+                errs.push(src.error_at(d.span(), "drain_seconds must be between 0 and 300"));
+                Duration::ZERO
+            }
+            Some(d) => Duration::from_secs_f64(*d.get_ref()),
+            None => Duration::from_secs(1),
+        };
+        let upstream = match &web.upstream {
+            Some(u) => {
+                if valid_host_port(u.get_ref()) {
+                    Some(u.get_ref().clone())
+                } else {
+                    errs.push(src.error_at(u.span(), "upstream must be HOST:PORT"));
+                    None
+                }
+            }
+            None => None,
+        };
+        let database = web
+            .database
+            .as_ref()
+            .and_then(|d| validate_db(src, d, &mut errs));
+        let weight = match &n.weight {
+            Some(w) if *w.get_ref() == 0 || *w.get_ref() > 10_000 => {
+                errs.push(src.error_at(w.span(), "weight must be 1..=10000"));
+                100
+            }
+            Some(w) => *w.get_ref(),
+            None => 100,
+        };
+        let registration = if file.cluster.etcd.is_empty() {
+            None
+        } else {
+            for e in &file.cluster.etcd {
+                if !e.get_ref().starts_with("http://") && !e.get_ref().starts_with("https://") {
+                    errs.push(src.error_at(
+                        e.span(),
+                        "etcd endpoints are URLs, e.g. http://127.0.0.1:2379",
+                    ));
+                }
+            }
+            Some(Registration {
+                cluster: file.cluster.name.get_ref().clone(),
+                etcd: file
+                    .cluster
+                    .etcd
+                    .iter()
+                    .map(|e| e.get_ref().clone())
+                    .collect(),
+                pool: web
+                    .pool
+                    .as_ref()
+                    .map(|p| p.get_ref().clone())
+                    .unwrap_or_else(|| "web".into()),
+                weight,
+            })
+        };
+        if let Some(p) = &web.pool {
+            if p.get_ref().is_empty() || p.get_ref().contains('/') {
+                errs.push(src.error_at(p.span(), "pool must be a non-empty name without '/'"));
+            }
+        }
+        if !errs.is_empty() {
+            return Err(ConfigError { diagnostics: errs });
+        }
+        Ok(WebConfig {
+            name: n.name.get_ref().clone(),
+            listen: listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+            root,
+            upstream,
+            served_by_header,
+            drain,
+            database,
+            registration,
+        })
+    }
+}
+
+fn valid_host_port(s: &str) -> bool {
+    match s.rsplit_once(':') {
+        Some((h, p)) => !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0),
+        None => false,
+    }
+}
+
+fn validate_db(
+    src: &Source,
+    d: &DatabaseSection,
+    errs: &mut Vec<Diagnostic>,
+) -> Option<DatabaseConfig> {
+    let topology = match (d.agents.is_empty(), d.nodes.is_empty()) {
+        (false, true) => {
+            for a in &d.agents {
+                if !a.get_ref().starts_with("http://") {
+                    errs.push(
+                        src.error_at(a.span(), "db agent URLs look like http://127.0.0.1:8008"),
+                    );
+                }
+            }
+            DbTopology::Agents(d.agents.iter().map(|a| a.get_ref().clone()).collect())
+        }
+        (true, false) => {
+            for n in &d.nodes {
+                if !valid_host_port(n.get_ref()) {
+                    errs.push(src.error_at(n.span(), "database nodes are HOST:PORT"));
+                }
+            }
+            DbTopology::Nodes(d.nodes.iter().map(|a| a.get_ref().clone()).collect())
+        }
+        _ => {
+            errs.push(
+                src.error("[web.database] needs exactly one of agents = [...] or nodes = [...]"),
+            );
+            return None;
+        }
+    };
+    let mut c = DatabaseConfig::new(topology);
+    if let Some(u) = &d.user {
+        c.user = u.clone();
+    }
+    if let Some(n) = &d.dbname {
+        c.dbname = n.clone();
+    }
+    if let Some(env) = &d.password_env {
+        match std::env::var(env.get_ref()) {
+            Ok(p) => c.password = Some(p),
+            Err(_) => errs.push(src.error_at(
+                env.span(),
+                format!("environment variable {} is not set", env.get_ref()),
+            )),
+        }
+    }
+    if let Some(l) = d.max_lag_bytes {
+        c.max_lag_bytes = l;
+    }
+    if let Some(w) = &d.read_wait_ms {
+        if *w.get_ref() > 60_000 {
+            errs.push(src.error_at(w.span(), "read_wait_ms must be at most 60000"));
+        }
+        c.read_wait = Duration::from_millis(*w.get_ref());
+    }
+    if let Some(p) = &d.pool_size {
+        if *p.get_ref() == 0 || *p.get_ref() > 1000 {
+            errs.push(src.error_at(p.span(), "pool_size must be 1..=1000"));
+        }
+        c.pool_size = *p.get_ref() as usize;
+    }
+    Some(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn src(text: &str) -> Source {
+        Source::new(std::env::temp_dir().join("topology.toml"), text)
+    }
+
+    #[test]
+    fn a_full_node_validates() {
+        let root = std::env::temp_dir();
+        let s = src(&format!(
+            "[cluster]\nname = \"main\"\netcd = [\"http://127.0.0.1:2379\"]\n[web]\nroot = {:?}\npool = \"front\"\n\
+             [web.database]\nnodes = [\"127.0.0.1:5432\", \"127.0.0.1:5433\"]\nread_wait_ms = 50\n\
+             [[web.node]]\nname = \"web1\"\nlisten = \"127.0.0.1:8081\"\nweight = 7\n",
+            root.display().to_string()
+        ));
+        let c = WebConfig::from_source(&s, "web1").expect("valid");
+        assert_eq!(c.listen.port(), 8081);
+        let r = c.registration.expect("registration");
+        assert_eq!(
+            (r.cluster.as_str(), r.pool.as_str(), r.weight),
+            ("main", "front", 7)
+        );
+        let d = c.database.expect("db");
+        assert_eq!(d.read_wait, Duration::from_millis(50));
+        assert!(matches!(d.topology, DbTopology::Nodes(ref n) if n.len() == 2));
+    }
+
+    #[test]
+    fn errors_name_line_and_column() {
+        let s = src("[cluster]\nname = \"main\"\n[web]\nroot = \"/\"\n[[web.node]]\nname = \"web1\"\nlisten = \"nope\"\n");
+        let e = WebConfig::from_source(&s, "web1").unwrap_err();
+        let d = &e.diagnostics[0];
+        assert_eq!((d.line, d.col), (7, 10), "{e}");
+        assert!(d.message.contains("IP:PORT"));
+    }
+
+    #[test]
+    fn unknown_node_and_both_db_sources_are_errors() {
+        let s = src("[cluster]\nname = \"m\"\n[web]\nroot = \"/\"\n[[web.node]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n");
+        let e = WebConfig::from_source(&s, "b").unwrap_err();
+        assert!(e.to_string().contains("no [[web.node]] named \"b\""), "{e}");
+        let s = src("[cluster]\nname = \"m\"\n[web]\nroot = \"/\"\n[web.database]\nagents = [\"http://x:1\"]\nnodes = [\"x:1\"]\n[[web.node]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n");
+        let e = WebConfig::from_source(&s, "a").unwrap_err();
+        assert!(e.to_string().contains("exactly one of"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_are_positioned() {
+        let s = src("[cluster]\nname = \"m\"\n[web]\nroot = \"/\"\nrooot = 1\n");
+        let e = WebConfig::from_source(&s, "a").unwrap_err();
+        assert_eq!(e.diagnostics[0].line, 5, "{e}");
+    }
+
+    #[test]
+    fn header_names() {
+        assert!(http_header::Name::parse("X-Node").is_some());
+        assert!(http_header::Name::parse("bad header").is_none());
+        assert!(http_header::Name::parse("").is_none());
+    }
+}

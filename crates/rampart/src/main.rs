@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 mod db;
 mod lb;
+mod web;
 
 #[derive(Parser)]
 #[command(name = "rampart", version, about = "A complete, highly available web infrastructure from one binary")]
@@ -18,6 +19,8 @@ enum Command {
     Lb(lb::LbArgs),
     /// Run the PostgreSQL agent (leader lease, failover), or operate the db cluster.
     Db(db::DbArgs),
+    /// Run a web/app server: static files, a proxy to your app, or the built-in guestbook.
+    Web(web::WebArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -26,6 +29,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Lb(args) => lb::run(args),
         Command::Db(args) => db::run(args),
+        Command::Web(args) => web::run(args),
     }
 }
 

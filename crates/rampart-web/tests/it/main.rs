@@ -1,0 +1,7 @@
+//! rampart web integration tests: the real binary on loopback, real PostgreSQL, nginx as
+//! an external application server, and the real `rampart lb` in front.
+
+mod common;
+mod guestbook;
+mod proxy;
+mod static_files;
