@@ -15,6 +15,7 @@ pub mod guestbook;
 pub mod metrics;
 pub mod mime;
 pub mod proxy;
+pub mod register;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -339,7 +340,13 @@ pub fn run(cfg: WebConfig, threads: usize) -> Result<(), WebError> {
             .build()
     }
     .map_err(WebError::Runtime)?;
-    rt.block_on(run_async(cfg, NoRegistration))
+    match cfg.registration.clone() {
+        Some(reg) => {
+            let l = register::EtcdRegistration::new(reg, &cfg.name);
+            rt.block_on(run_async(cfg, l))
+        }
+        None => rt.block_on(run_async(cfg, NoRegistration)),
+    }
 }
 
 /// The body of [`run`], with a registration hook.

@@ -3,5 +3,7 @@
 
 mod common;
 mod guestbook;
+mod lb;
 mod proxy;
+mod register;
 mod static_files;
