@@ -4,6 +4,7 @@
 #   bash bench/lb/run.sh [--rounds N] [--duration S] [--only cpu|kill|idle]
 #                        [--balancers haproxy,nginx,rampart] [--idle-conns N] [--no-build]
 #                        [--quiet-wait S]   (wait up to S s before each cpu run for CPU 0 to be idle)
+#                        [--rampart-rev REV] (build rampart from that commit, not the working tree)
 #
 # Method (shared/ENGINEERING.md, "How the anchor figures were measured here"):
 # every balancer runs ONE worker thread pinned to CPU 0; wrk and the two nginx backends run on
@@ -27,6 +28,7 @@ balancers="haproxy,nginx,rampart"
 idle_n=8000
 build=1
 quiet_wait=20
+rampart_rev=""
 cmdline="bash bench/lb/run.sh $*"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -37,7 +39,8 @@ while [ $# -gt 0 ]; do
     --idle-conns) idle_n=$2; shift 2 ;;
     --no-build) build=0; shift ;;
     --quiet-wait) quiet_wait=$2; shift 2 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    --rampart-rev) rampart_rev=$2; shift 2 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -72,16 +75,32 @@ active=()
 for b in "${want[@]}"; do
   case "$b" in haproxy|nginx|rampart) ;; *) die "unknown balancer $b" ;; esac
 done
-rampart_bin=${RAMPART_BIN:-${CARGO_TARGET_DIR:-$repo/target}/release/rampart}
-rampart_commit=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [ -n "$(git -C "$repo" status --porcelain -- crates Cargo.lock Cargo.toml 2>/dev/null)" ]; then
-  rampart_commit="$rampart_commit + uncommitted changes in crates/"
+target_dir=${CARGO_TARGET_DIR:-$repo/target}
+rampart_bin=${RAMPART_BIN:-$target_dir/release/rampart}
+src=$repo
+if [ -n "$rampart_rev" ]; then
+  # Build exactly that commit: a clean export of it, so other edits in the working tree do not count.
+  rev=$(git -C "$repo" rev-parse --verify "$rampart_rev^{commit}") || die "unknown revision $rampart_rev"
+  src="$target_dir/bench-src"
+  if [ "$(cat "$src/.bench-rev" 2>/dev/null)" != "$rev" ]; then
+    rm -rf "$src"
+    mkdir -p "$src"
+    git -C "$repo" archive "$rev" | tar -x -C "$src"
+    echo "$rev" >"$src/.bench-rev"
+  fi
+  rampart_commit=$(git -C "$repo" rev-parse --short "$rev")
+else
+  rampart_commit=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)
+  if [ -n "$(git -C "$repo" status --porcelain -- crates Cargo.lock Cargo.toml 2>/dev/null)" ]; then
+    rampart_commit="$rampart_commit + uncommitted changes in crates/"
+  fi
 fi
 for b in "${want[@]}"; do
   if [ "$b" = rampart ]; then
     if [ "$build" = 1 ] && [ -z "${RAMPART_BIN:-}" ]; then
       log "building rampart (release)"
-      (cd "$repo" && cargo build --release -p rampart --bin rampart) >&2 || log "rampart did not build"
+      (cd "$src" && CARGO_TARGET_DIR="$target_dir" cargo build --release -p rampart --bin rampart) >&2 ||
+        log "rampart did not build"
     fi
     if [ -x "$rampart_bin" ] && "$rampart_bin" lb --help 2>&1 | grep -q -- '--listen'; then
       active+=(rampart)
