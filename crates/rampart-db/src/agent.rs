@@ -96,6 +96,7 @@ pub struct Agent {
     last_action: String,
     disk_full: bool,
     loops: u64,
+    start_failures: u32,
 }
 
 impl Agent {
@@ -173,6 +174,7 @@ impl Agent {
             last_action: String::new(),
             disk_full: false,
             loops: 0,
+            start_failures: 0,
         })
     }
 
@@ -638,7 +640,22 @@ impl Agent {
                 follow,
                 rewind,
             } => {
-                if *rewind {
+                let mut rewind = *rewind;
+                if !*primary && follow.is_some() && !rewind {
+                    // Data that last ran as a primary (whatever standby.signal says), or a
+                    // replica that keeps failing to start (timeline not a child of ours):
+                    // rewind onto the leader first.
+                    if self.start_failures >= 2 {
+                        tracing::warn!(
+                            failures = self.start_failures,
+                            "postgres keeps failing to start as a replica: rewinding"
+                        );
+                        rewind = true;
+                    } else if let Ok(cd) = self.ctl.controldata().await {
+                        rewind = cd.state == "in production" || cd.state == "shut down";
+                    }
+                }
+                if rewind {
                     if let Some(l) = follow {
                         self.rewind_or_reclone(l).await?;
                     }
@@ -651,7 +668,13 @@ impl Agent {
                         .filter(|s| s.leader == self.node.name)
                         .and_then(|s| s.sync_standby.clone());
                 }
-                self.start_pg(*primary, follow.as_deref()).await
+                let r = self.start_pg(*primary, follow.as_deref()).await;
+                if r.is_err() {
+                    self.start_failures += 1;
+                } else {
+                    self.start_failures = 0;
+                }
+                r
             }
             Action::LeadRenew => self.lead(keys).await,
             Action::TakeLeader { reason } => {
@@ -742,6 +765,10 @@ impl Agent {
 
     async fn rewind_or_reclone(&mut self, from: &str) -> Result<(), DbError> {
         let (h, p) = self.node_addr(from)?;
+        if self.start_failures >= 4 {
+            tracing::warn!(leader = %from, failures = self.start_failures, "rewinding did not help: re-cloning from the leader");
+            return self.ctl.basebackup(&h, p).await;
+        }
         match self.ctl.rewind(&h, p).await {
             Ok(out) => {
                 tracing::info!(leader = %from, output = %out.lines().last().unwrap_or(""), "pg_rewind done");

@@ -184,7 +184,9 @@ async fn frozen_primary_agent_never_yields_two_writable_primaries() {
             old_fenced_at = Some(stopped_at.elapsed());
         }
         if let Some(&n) = now_writable.iter().find(|&&n| n != p) {
-            new_primary = Some((n, stopped_at.elapsed()));
+            if new_primary.is_none() {
+                new_primary = Some((n, stopped_at.elapsed()));
+            }
             // Keep watching a little longer to be sure the old one stays fenced.
             if stopped_at.elapsed() > Duration::from_secs(8) {
                 break;
