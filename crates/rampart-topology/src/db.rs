@@ -335,15 +335,14 @@ impl DbConfig {
                 (None, Some(b)) => b.join(&name),
                 (None, None) => PathBuf::from("/var/lib/rampart/db").join(&name),
             };
-            if data_dir.is_relative() {
-                let span = raw
-                    .data_dir
-                    .as_ref()
-                    .map(|d| d.span())
-                    .or(db.data_dir.as_ref().map(|d| d.span()))
-                    .unwrap_or(raw.name.span());
-                errs.push(src.error_at(span, "data_dir must be an absolute path"));
-            }
+            // A relative data_dir is relative to the topology file's folder.
+            let data_dir = if data_dir.is_relative() {
+                let folder = src.file.parent().unwrap_or(Path::new("."));
+                let folder = std::path::absolute(folder).unwrap_or_else(|_| folder.to_path_buf());
+                folder.join(data_dir)
+            } else {
+                data_dir
+            };
             nodes.push(DbNode {
                 name,
                 host,
@@ -490,8 +489,18 @@ nofailover = true
             .replace("5434", "5433");
         let e = cfg(&text).unwrap_err();
         let s = e.to_string();
-        assert!(s.contains("t.toml:17:8"), "{s}");
+        assert!(s.contains("t.toml:15:8"), "{s}");
         assert!(s.contains("used by two nodes"), "{s}");
+    }
+
+    #[test]
+    fn relative_data_dir_is_relative_to_the_file() {
+        let text = OK.replace("data_dir = \"/tmp/x\"", "data_dir = \".rampart/db\"");
+        let c = DbConfig::from_source(&Source::new("/etc/site/topology.toml", text)).unwrap();
+        assert_eq!(
+            c.nodes[0].data_dir,
+            PathBuf::from("/etc/site/.rampart/db/db1")
+        );
     }
 
     #[test]
