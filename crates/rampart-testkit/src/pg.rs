@@ -20,7 +20,9 @@ fn run_as() -> Option<(u32, u32)> {
     let u = nix::unistd::User::from_name("postgres")
         .ok()
         .flatten()
-        .expect("running as root: the `postgres` OS user is needed (apt-get install postgresql-15)");
+        .expect(
+            "running as root: the `postgres` OS user is needed (apt-get install postgresql-15)",
+        );
     Some((u.uid.as_raw(), u.gid.as_raw()))
 }
 
@@ -77,7 +79,20 @@ impl PgNode {
     pub fn psql(&self, sql: &str) -> Result<String, String> {
         let psql = pg_bin_dir().join("psql");
         let out = Command::new(&psql)
-            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres"])
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ])
             .arg("-p")
             .arg(self.port.to_string())
             .arg("-c")
@@ -100,10 +115,18 @@ impl PgNode {
 
     fn start(&mut self) {
         let mut c = pg_command("postgres");
-        c.arg("-D").arg(&self.data).arg("-p").arg(self.port.to_string());
+        c.arg("-D")
+            .arg(&self.data)
+            .arg("-p")
+            .arg(self.port.to_string());
         self.proc = Some(Proc::spawn(&self.name, c, &self.log));
         let ok = wait_until(Duration::from_secs(30), || self.psql("SELECT 1").is_ok());
-        assert!(ok, "{} did not accept connections:\n{}", self.name, self.log_text());
+        assert!(
+            ok,
+            "{} did not accept connections:\n{}",
+            self.name,
+            self.log_text()
+        );
     }
 
     /// SIGKILL the server (its whole process group).
@@ -120,6 +143,35 @@ impl PgNode {
             self.psql("SELECT pg_is_in_recovery()").as_deref() == Ok("f")
         });
         assert!(ok, "{} did not leave recovery", self.name);
+    }
+
+    /// Turn this (killed or stopped) former primary into a streaming replica of
+    /// `primary`: pg_rewind onto its timeline, then restart in standby mode.
+    pub fn rewind_and_follow(&mut self, primary: &PgNode) {
+        self.kill();
+        let source = format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            primary.port
+        );
+        let mut c = pg_command("pg_rewind");
+        c.arg("--target-pgdata")
+            .arg(&self.data)
+            .arg("--source-server")
+            .arg(&source)
+            .arg("--no-sync");
+        run_ok(c, "pg_rewind");
+        let conninfo = format!(
+            "primary_conninfo = 'host=127.0.0.1 port={} user=postgres'\n",
+            primary.port
+        );
+        append(&self.data.join("postgresql.auto.conf"), &conninfo);
+        std::fs::write(self.data.join("standby.signal"), "").expect("write standby.signal");
+        chown_for_pg(&self.data.join("standby.signal"));
+        self.start();
+        let ok = wait_until(Duration::from_secs(30), || {
+            self.psql("SELECT pg_is_in_recovery()").as_deref() == Ok("t")
+        });
+        assert!(ok, "{} did not come back as a standby", self.name);
     }
 
     pub fn log_text(&self) -> String {
@@ -151,9 +203,9 @@ impl PgCluster {
         run_ok(c, "initdb");
         let conf = "\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n\
             wal_level = replica\nmax_wal_senders = 10\nhot_standby = on\nfsync = off\n\
-            full_page_writes = off\nwal_keep_size = 256MB\nshared_buffers = 32MB\n\
+            wal_keep_size = 256MB\nshared_buffers = 32MB\n\
             max_connections = 200\nlogging_collector = off\nwal_receiver_status_interval = 1s\n\
-            hot_standby_feedback = on\n";
+            hot_standby_feedback = on\nwal_log_hints = on\n";
         append(&pdata.join("postgresql.conf"), conf);
         append(
             &pdata.join("pg_hba.conf"),
@@ -171,11 +223,22 @@ impl PgCluster {
         for i in 0..replicas {
             let rdata = dir.path().join(format!("replica{i}"));
             let mut c = pg_command("pg_basebackup");
-            c.args(["-h", "127.0.0.1", "-U", "postgres", "-X", "stream", "-R", "-c", "fast", "--no-sync"])
-                .arg("-p")
-                .arg(primary.port.to_string())
-                .arg("-D")
-                .arg(&rdata);
+            c.args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-X",
+                "stream",
+                "-R",
+                "-c",
+                "fast",
+                "--no-sync",
+            ])
+            .arg("-p")
+            .arg(primary.port.to_string())
+            .arg("-D")
+            .arg(&rdata);
             run_ok(c, "pg_basebackup");
             let mut r = PgNode {
                 name: format!("pg-replica{i}"),
@@ -207,8 +270,10 @@ impl PgCluster {
         let lsn = self.primary.sql("SELECT pg_current_wal_insert_lsn()");
         for r in &self.replicas {
             let ok = wait_until(Duration::from_secs(30), || {
-                r.psql(&format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn"))
-                    .as_deref()
+                r.psql(&format!(
+                    "SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn"
+                ))
+                .as_deref()
                     == Ok("t")
             });
             assert!(ok, "{} did not catch up to {lsn}", r.name);

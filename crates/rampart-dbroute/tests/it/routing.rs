@@ -177,3 +177,46 @@ async fn writes_reach_a_promoted_replica_within_a_second() {
         "the promoted node writes on a new timeline"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demoted_node_gets_no_write_even_from_a_stale_topology() {
+    let mut pg = PgCluster::start(1);
+    let mut nodes = vec![pg.primary.host_port()];
+    nodes.extend(pg.replicas.iter().map(|r| r.host_port()));
+    let mut cfg = RouterConfig::new(TopologySource::Static(nodes));
+    // The topology is only looked at again when a checkout asks for it.
+    cfg.poll_interval = Duration::from_secs(3600);
+    let r = Router::start(cfg);
+    ready(&r, 1).await;
+    r.write()
+        .await
+        .expect("w")
+        .batch_execute("CREATE TABLE t (v text)")
+        .await
+        .expect("create");
+    pg.wait_caught_up();
+    let old = pg.primary.host_port();
+    let new = pg.replicas[0].host_port();
+    // Failover behind the router's back: the old primary comes back as a standby.
+    pg.primary.kill();
+    pg.replicas[0].promote();
+    let (primary, replicas) = (&mut pg.primary, &pg.replicas);
+    primary.rewind_and_follow(&replicas[0]);
+    assert_eq!(
+        r.topology().nodes[r.topology().primary().expect("stale view")].name,
+        old,
+        "the router still believes the old primary"
+    );
+    let w = r.write().await.expect("write after demotion");
+    assert_eq!(w.node(), new, "a write went to the demoted node");
+    w.batch_execute("INSERT INTO t VALUES ('after')")
+        .await
+        .expect("insert");
+    assert!(
+        r.stats()
+            .write_checkout_retries
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+    assert_eq!(pg.replicas[0].sql("SELECT count(*) FROM t"), "1");
+}
