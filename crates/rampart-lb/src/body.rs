@@ -58,7 +58,8 @@ pub struct Finish {
 impl Finish {
     fn complete(&mut self) {
         if let Some(s) = self.sender.take() {
-            upstream::checkin(self.slot.server(), self.worker, s);
+            let idle = self.slot.pool.cfg.timeouts.idle;
+            upstream::checkin(self.slot.server(), self.worker, s, idle);
         }
     }
 }

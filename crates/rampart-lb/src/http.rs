@@ -322,7 +322,12 @@ fn respond(
     if body.is_end_stream() {
         // hyper will not poll an empty body: the exchange is over now.
         if let Some(s) = finish.sender.take() {
-            upstream::checkin(finish.slot.server(), ctx.worker, s);
+            upstream::checkin(
+                finish.slot.server(),
+                ctx.worker,
+                s,
+                finish.slot.pool.cfg.timeouts.idle,
+            );
         }
     }
     Response::from_parts(

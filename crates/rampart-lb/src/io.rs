@@ -158,3 +158,63 @@ pub async fn watch(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IDLE: Duration = Duration::from_secs(10);
+    const HEAD: Duration = Duration::from_secs(2);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_new_connection_times_out_on_the_header_timeout() {
+        let a = Arc::new(Activity::default());
+        let t = Instant::now();
+        assert_eq!(watch(a, IDLE, Some(HEAD)).await, Expired::HeaderRead);
+        let took = t.elapsed();
+        assert!(
+            took > HEAD && took <= HEAD + HEAD / 2 + HEAD / 2,
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_keep_alive_connection_times_out_on_the_idle_timeout() {
+        let a = Arc::new(Activity::default());
+        // One request served: head read, response written.
+        let busy = Busy::new(&a);
+        a.reads.fetch_add(1, Ordering::Relaxed);
+        let w = tokio::spawn(watch(a.clone(), IDLE, Some(HEAD)));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        a.writes.fetch_add(1, Ordering::Relaxed);
+        drop(busy);
+        let t = Instant::now();
+        assert_eq!(w.await.expect("watcher"), Expired::Idle);
+        let took = t.elapsed();
+        assert!(took >= IDLE - HEAD && took <= IDLE + HEAD, "{took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_head_after_a_response_times_out_on_the_header_timeout() {
+        let a = Arc::new(Activity::default());
+        a.writes.fetch_add(1, Ordering::Relaxed);
+        let w = tokio::spawn(watch(a.clone(), IDLE, Some(HEAD)));
+        // A client trickling bytes of a head, never completing it.
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            a.reads.fetch_add(1, Ordering::Relaxed);
+            if w.is_finished() {
+                break;
+            }
+        }
+        assert_eq!(w.await.expect("watcher"), Expired::HeaderRead);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_connection_never_times_out() {
+        let a = Arc::new(Activity::default());
+        let _busy = Busy::new(&a);
+        let r = tokio::time::timeout(IDLE * 5, watch(a, IDLE, Some(HEAD))).await;
+        assert!(r.is_err(), "expired while a request was being served");
+    }
+}

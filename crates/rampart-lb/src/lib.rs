@@ -199,13 +199,14 @@ async fn accept_loop(
         };
         let _ = tcp.set_nodelay(true);
         let l = l.clone();
-        tokio::spawn(async move {
+        let fut = async move {
             let _g = g;
             let _lp = lp;
             match l.cfg.mode {
                 Mode::Http => http::serve(tcp, peer, l, worker).await,
                 Mode::Tcp => tcp::serve(tcp, peer, l).await,
             }
-        });
+        };
+        tokio::spawn(fut);
     }
 }

@@ -378,3 +378,95 @@ impl ServerSet for View<'_> {
         &self.pool.servers[i].name
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use rampart_balance::Algorithm;
+    use rampart_topology::lb::{HealthCheck, PoolTimeouts, QueueConfig, RetryConfig, Server};
+
+    fn pool(n: usize, max_in_flight: Option<u32>, queue_timeout: Duration) -> Arc<PoolState> {
+        let cfg = Pool {
+            name: "p".into(),
+            algorithm: Algorithm::RoundRobin,
+            servers: (0..n)
+                .map(|i| Server {
+                    name: format!("s{i}"),
+                    address: format!("127.0.0.1:{}", 1000 + i).parse().unwrap(),
+                    weight: 1,
+                })
+                .collect(),
+            health_check: HealthCheck::with_kind(CheckKind::Tcp),
+            passive_failures: 2,
+            slow_start: Duration::ZERO,
+            max_in_flight,
+            queue: QueueConfig {
+                size: 1,
+                timeout: queue_timeout,
+            },
+            retries: RetryConfig::default(),
+            timeouts: PoolTimeouts::default(),
+        };
+        Arc::new(PoolState::new(cfg, 1, 7))
+    }
+
+    #[tokio::test]
+    async fn tried_and_down_servers_are_not_picked() {
+        let p = pool(3, None, Duration::from_secs(1));
+        let a = p.pick(0, 0).await.unwrap();
+        let tried = mark_tried(0, a.server);
+        for _ in 0..10 {
+            assert_ne!(p.pick(0, tried).await.unwrap().server, a.server);
+        }
+        // Two passive failures take a server down at once.
+        p.on_passive_failure(1, "test");
+        assert!(p.servers[1].is_up());
+        p.on_passive_failure(1, "test");
+        assert!(!p.servers[1].is_up());
+        for _ in 0..10 {
+            assert_ne!(p.pick(0, 0).await.unwrap().server, 1);
+        }
+        assert_eq!(
+            p.pick(0, mark_tried(mark_tried(0, 0), 2)).await.err(),
+            Some(PickError::NoneUp)
+        );
+        // Only active checks bring it back (rise = 2).
+        p.on_check(1, true);
+        p.on_check(1, true);
+        assert!(p.servers[1].is_up());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_server_queues_and_the_queue_times_out_or_is_served() {
+        let p = pool(1, Some(1), Duration::from_millis(200));
+        let first = p.pick(0, 0).await.unwrap();
+        assert_eq!(p.servers[0].in_flight.load(Ordering::Relaxed), 1);
+        // Full: the next request waits, then gets QueueTimeout.
+        let t = tokio::time::Instant::now();
+        assert_eq!(p.pick(0, 0).await.err(), Some(PickError::QueueTimeout));
+        assert!(t.elapsed() >= Duration::from_millis(200));
+        // While one waits, the queue (size 1) is full for a third.
+        let p2 = p.clone();
+        let waiter = tokio::spawn(async move { p2.pick(0, 0).await.map(|f| f.server) });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(p.pick(0, 0).await.err(), Some(PickError::QueueFull));
+        // A slot frees up: the waiter is served.
+        drop(first);
+        assert_eq!(waiter.await.unwrap(), Ok(0));
+        assert_eq!(p.servers[0].in_flight.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn without_health_checks_passive_failures_never_take_a_server_down() {
+        let p = {
+            let mut cfg = pool(1, None, Duration::from_secs(1)).cfg.clone();
+            cfg.health_check = HealthCheck::with_kind(CheckKind::None);
+            Arc::new(PoolState::new(cfg, 1, 7))
+        };
+        for _ in 0..10 {
+            p.on_passive_failure(0, "test");
+        }
+        assert!(p.servers[0].is_up());
+    }
+}

@@ -92,13 +92,26 @@ pub async fn checkout(
     }
 }
 
-/// Give a connection back after a response was read to its end.
-pub fn checkin(server: &ServerState, worker: usize, sender: SendRequest<ReqBody>) {
+/// Give a connection back after a response was read to its end. Connections idle for
+/// longer than `idle_timeout` (the oldest are at the front) are closed on the way.
+pub fn checkin(
+    server: &ServerState,
+    worker: usize,
+    sender: SendRequest<ReqBody>,
+    idle_timeout: Duration,
+) {
     if sender.is_closed() || !server.is_up() {
         return;
     }
     if let Some(slot) = server.idle.get(worker) {
         if let Ok(mut list) = slot.lock() {
+            let stale = list
+                .iter()
+                .take_while(|c| c.since.elapsed() > idle_timeout)
+                .count();
+            if stale > 0 {
+                list.drain(..stale);
+            }
             if list.len() < MAX_IDLE {
                 list.push(IdleConn {
                     sender,
