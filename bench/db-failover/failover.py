@@ -624,7 +624,7 @@ def main():
     ap.add_argument("--settings", default="",
                     help="comma list of " + ",".join(SETTINGS) +
                     " (default: patroni-default,ttl10,fastest; plus rampart-default for rampart)")
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "results"))
+    ap.add_argument("--out", default=os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "results")))
     ap.add_argument("--keep", action="store_true", help="keep the temp dirs (logs)")
     a = ap.parse_args()
     # Ctrl-C / SIGTERM still run the cleanup below (no stray postgres, patroni or etcd).
