@@ -280,7 +280,15 @@ impl Agent {
                 }
             }
         }
-        self.disk_full = disk_nearly_full(&self.ctl.data_dir);
+        let full = disk_nearly_full(&self.ctl.data_dir);
+        if full != self.disk_full {
+            if full {
+                tracing::error!(data_dir = %self.ctl.data_dir.display(), "disk nearly full (under 1% or 64 MB free): PostgreSQL may stop; a primary that cannot restart gives up the leader key");
+            } else {
+                tracing::info!("disk space available again");
+            }
+        }
+        self.disk_full = full;
 
         // 4. Decide.
         let obs = self.observe(&keys, dcs_ok, status.as_ref());
@@ -579,6 +587,15 @@ impl Agent {
         self.sync_configured = None;
         self.ctl.write_conf(&self.conf(None)?)?;
         self.conn.reload().await?;
+        if self.cfg.synchronous {
+            // Before the first write is possible: from now on only this node may take over
+            // (it is the only one with every commit it will acknowledge).
+            let v = SyncValue {
+                leader: self.node.name.clone(),
+                sync_standby: None,
+            };
+            self.put_json("sync", &v).await?;
+        }
         let t = Instant::now();
         if !self.conn.promote().await? {
             return Err(DbError::Other("pg_promote did not finish in time".into()));
@@ -590,13 +607,6 @@ impl Agent {
         );
         self.following = Some(None);
         self.arm_watchdog();
-        if self.cfg.synchronous {
-            let v = SyncValue {
-                leader: self.node.name.clone(),
-                sync_standby: None,
-            };
-            self.put_json("sync", &v).await?;
-        }
         if let Some((f, rev)) = &keys.failover {
             if f.to.as_deref() == Some(self.node.name.as_str()) || f.to.is_none() {
                 let _ = self.coord.delete_if(&self.key("failover"), *rev).await;
@@ -676,7 +686,7 @@ impl Agent {
                 }
                 r
             }
-            Action::LeadRenew => self.lead(keys).await,
+            Action::LeadRenew => self.lead(keys, obs.dcs_ok).await,
             Action::TakeLeader { reason } => {
                 if self.take_leader().await? {
                     tracing::info!(reason, "promoting");
@@ -828,7 +838,11 @@ impl Agent {
         r
     }
 
-    async fn lead(&mut self, keys: &Keys) -> Result<(), DbError> {
+    async fn lead(&mut self, keys: &Keys, dcs_ok: bool) -> Result<(), DbError> {
+        if !dcs_ok {
+            // Nothing to do but renew (done) before the deadline; no etcd call may delay it.
+            return Ok(());
+        }
         if keys.leader.is_none() {
             // Paused with the key gone, or a racing read: take it back.
             self.take_leader().await?;

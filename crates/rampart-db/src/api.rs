@@ -126,6 +126,7 @@ async fn metrics_handler(State(s): State<AppState>) -> Response {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -216,6 +216,10 @@ pub fn may_take_leader(o: &Observed) -> Result<&'static str, &'static str> {
             Some(s) if s.sync_standby.as_deref() == Some(o.me.as_str()) => {
                 Ok("synchronous standby: has every acknowledged commit")
             }
+            // The last primary recorded in /sync wrote every acknowledged commit itself.
+            Some(s) if s.leader == o.me => {
+                Ok("former primary recorded in /sync: has every acknowledged commit")
+            }
             _ => Err("synchronous mode: only the synchronous standby may promote"),
         };
     }
@@ -465,6 +469,7 @@ pub fn sync_step(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
@@ -523,10 +528,23 @@ mod tests {
         let mut o = base();
         o.synchronous = true;
         assert!(matches!(decide(&o), Action::Wait(_)));
-        o.sync = Some(SyncKey {
-            leader: "db1".into(),
-            sync_standby: Some("db2".into()),
-        });
+        let key = |l: &str, s: Option<&str>| {
+            Some(SyncKey {
+                leader: l.into(),
+                sync_standby: s.map(String::from),
+            })
+        };
+        o.sync = key("db1", Some("db3"));
+        assert!(
+            matches!(decide(&o), Action::Wait(_)),
+            "only db3 (or db1) may"
+        );
+        o.sync = key("db2", None);
+        assert!(
+            matches!(decide(&o), Action::TakeLeader { .. }),
+            "the former primary may"
+        );
+        o.sync = key("db1", Some("db2"));
         assert!(matches!(decide(&o), Action::TakeLeader { .. }));
     }
 
@@ -727,7 +745,8 @@ mod tests {
         fn primary_past_deadline_demotes(o in arb_observed()) {
             let lease_ok = matches!(o.lease_valid_until, Some(t) if o.now < t);
             if let Pg::Running(pg) = &o.pg {
-                if !pg.in_recovery && !lease_ok && !(o.paused && o.dcs_ok && o.leader.as_deref() == Some(o.me.as_str())) {
+                let paused_leader = o.paused && o.dcs_ok && o.leader.as_deref() == Some(o.me.as_str());
+                if !pg.in_recovery && !lease_ok && !paused_leader {
                     let demoted = matches!(decide(&o), Action::Demote { mode: StopMode::Immediate, .. });
                     prop_assert!(demoted);
                 }
@@ -751,7 +770,8 @@ mod tests {
         fn sync_mode_promotes_only_the_sync_standby(o in arb_observed()) {
             if let (Pg::Running(pg), Action::TakeLeader { .. }) = (&o.pg, decide(&o)) {
                 if o.synchronous && pg.in_recovery {
-                    let is_sync = o.sync.as_ref().and_then(|s| s.sync_standby.as_deref()) == Some(o.me.as_str());
+                    let is_sync = o.sync.as_ref().and_then(|s| s.sync_standby.as_deref()) == Some(o.me.as_str())
+                        || o.sync.as_ref().is_some_and(|s| s.leader == o.me);
                     let req = o.failover.as_ref().filter(|f| f.age < FAILOVER_REQUEST_TIMEOUT && f.to.as_deref() == Some(o.me.as_str()));
                     let target_ok = req.is_some_and(|f| f.forced || f.min_lsn.is_some_and(|m| pg.wal_lsn >= m));
                     prop_assert!(is_sync || target_ok);

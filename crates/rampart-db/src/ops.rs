@@ -157,7 +157,8 @@ pub async fn switchover(
         if view.leader.as_deref() == Some(t) {
             return Err(DbError::Other(format!("{t} is already the leader")));
         }
-        if !forced && !(m.role == "replica" && m.streaming) {
+        let streaming_replica = m.role == "replica" && m.streaming;
+        if !forced && !streaming_replica {
             return Err(DbError::Other(format!(
                 "{t} is not a streaming replica ({}, {}): use failover to force it",
                 m.role, m.state
@@ -219,6 +220,7 @@ pub async fn set_pause(cfg: &DbConfig, paused: bool) -> Result<(), DbError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

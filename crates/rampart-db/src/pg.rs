@@ -686,6 +686,7 @@ fn db_error_text(e: &tokio_postgres::Error) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -145,6 +145,7 @@ pub fn run_watchdog() {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

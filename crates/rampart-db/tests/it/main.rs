@@ -1,6 +1,9 @@
 //! Integration tests of `rampart db`: real etcd, real PostgreSQL 15, the real binary.
 //! Build the binary first: `cargo build -p rampart`.
 
+#![allow(clippy::unwrap_used)]
+
 mod basic;
+mod conditions;
 mod failover;
 mod harness;

@@ -1,0 +1,117 @@
+//! Bad conditions: etcd unreachable, maintenance pause.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::{connect, Cluster, Opts};
+
+/// Is any node a writable primary (not in recovery)? Returns its index.
+async fn any_not_in_recovery(c: &Cluster) -> Option<usize> {
+    for (i, n) in c.nodes.iter().enumerate() {
+        if let Ok(Some(cl)) =
+            tokio::time::timeout(Duration::from_millis(800), connect(n.pg_port)).await
+        {
+            if let Ok(Ok(rows)) = tokio::time::timeout(
+                Duration::from_millis(800),
+                cl.query("SELECT pg_is_in_recovery()", &[]),
+            )
+            .await
+            {
+                if rows.first().is_some_and(|r| !r.get::<_, bool>(0)) {
+                    return Some(i);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// etcd stops answering (SIGSTOP): the primary cannot renew its lease and demotes itself
+/// within the TTL; no replica promotes while etcd is unreachable; every agent shows the
+/// condition. When etcd is back, a primary is elected again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_unreachable_primary_demotes_and_nobody_promotes() {
+    let c = Cluster::start(Opts::default());
+    let p = c.wait_primary(Duration::from_secs(60));
+    for i in (0..3).filter(|&i| i != p) {
+        c.wait_replica(i, Duration::from_secs(60));
+    }
+    c.etcd.freeze(0);
+    let frozen_at = Instant::now();
+    // Default ttl 3 s: the primary must be read-only well before etcd could expire the lease.
+    let demoted = loop {
+        if any_not_in_recovery(&c).await.is_none() {
+            break frozen_at.elapsed();
+        }
+        assert!(
+            frozen_at.elapsed() < Duration::from_secs(4),
+            "primary still writable {:?} after etcd froze",
+            frozen_at.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!("primary read-only {demoted:?} after etcd froze");
+    assert_eq!(c.api(p, "/primary").map(|r| r.0), Some(503));
+    // Nobody promotes while etcd is unreachable.
+    while frozen_at.elapsed() < Duration::from_secs(10) {
+        assert_eq!(
+            any_not_in_recovery(&c).await,
+            None,
+            "a node promoted without etcd"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for i in 0..3 {
+        let v = c.cluster_json(i).expect("/cluster while etcd is down");
+        let me = v["members"]
+            .as_array()
+            .and_then(|m| {
+                m.iter()
+                    .find(|m| m["name"] == c.nodes[i].name.as_str())
+                    .cloned()
+            })
+            .expect("own member");
+        assert!(
+            me["state"]
+                .as_str()
+                .is_some_and(|s| s.contains("etcd unreachable")),
+            "{me}"
+        );
+    }
+    assert!(c.agent_log(p).contains("demoting"), "no demotion log line");
+    c.etcd.thaw(0);
+    let np = c.wait_primary(Duration::from_secs(30));
+    eprintln!("after etcd came back: {} is primary", c.nodes[np].name);
+    for i in (0..3).filter(|&i| i != np) {
+        c.wait_replica(i, Duration::from_secs(60));
+    }
+}
+
+/// `rampart db pause` stops automatic failover: a killed primary is not replaced until
+/// `rampart db resume`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_holds_failover_until_resume() {
+    let mut c = Cluster::start(Opts::default());
+    let p = c.wait_primary(Duration::from_secs(60));
+    for i in (0..3).filter(|&i| i != p) {
+        c.wait_replica(i, Duration::from_secs(60));
+    }
+    assert!(rampart_testkit::wait_until(Duration::from_secs(20), || c
+        .sync_standby(p)
+        .is_some()));
+    let (ok, out) = c.run_cli(&["pause"]);
+    assert!(ok, "{out}");
+    assert!(rampart_testkit::wait_until(Duration::from_secs(5), || c
+        .cluster_json(p)
+        .is_some_and(|v| v["paused"] == true)));
+    assert!(c.list().contains("PAUSED"));
+    c.kill_node(p);
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(7) {
+        assert_eq!(any_not_in_recovery(&c).await, None, "promoted while paused");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (ok, out) = c.run_cli(&["resume"]);
+    assert!(ok, "{out}");
+    let np = c.wait_primary(Duration::from_secs(20));
+    assert_ne!(np, p);
+}
