@@ -3,7 +3,10 @@
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -11,8 +14,8 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::body::{Finish, ReqBody, RespBody};
@@ -36,9 +39,30 @@ struct ConnCtx {
     trusted: bool,
     hash_key: u64,
     activity: Arc<Activity>,
+    /// An upgrade the server accepted (101), waiting for the client side of the
+    /// connection once hyper hands it back.
+    tunnel: Mutex<Option<Tunnel>>,
 }
 
+/// The upstream half of an upgraded (e.g. WebSocket) connection.
+struct Tunnel {
+    upstream: hyper::upgrade::OnUpgrade,
+    _slot: InFlight,
+    _sender: SendRequest<ReqBody>,
+}
+
+/// The client connection preface of HTTP/2.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+type Svc = Arc<ConnCtx>;
+
 /// Serve one accepted client connection until it closes or times out.
+///
+/// HTTP/1 connections are served in episodes: hyper serves requests while they come, and
+/// after about a second without any, it hands the socket back and its buffers are freed;
+/// the connection then waits ("parked") for its next bytes holding nothing but the socket.
+/// That keeps an idle keep-alive connection at about a kilobyte. h2c connections (prior
+/// knowledge, recognised by their preface) are served by hyper's HTTP/2 server throughout.
 pub async fn serve(tcp: TcpStream, peer: SocketAddr, listener: Arc<ListenerRt>, worker: usize) {
     let activity = Arc::new(Activity::default());
     let ip = canonical_ip(peer.ip());
@@ -46,7 +70,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, listener: Arc<ListenerRt>, 
         Ok(v) => v,
         Err(_) => return,
     };
-    let ctx = Arc::new(ConnCtx {
+    let ctx: Svc = Arc::new(ConnCtx {
         trusted: listener.trusted.iter().any(|c| c.contains(ip)),
         hash_key: match ip {
             IpAddr::V4(v4) => rampart_balance::hash_key(&v4.octets()),
@@ -56,27 +80,215 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, listener: Arc<ListenerRt>, 
         worker,
         activity: activity.clone(),
         listener: listener.clone(),
+        tunnel: Mutex::new(None),
     });
-    let io = TokioIo::new(CountedIo::new(tcp, activity.clone()));
-    let svc = hyper::service::service_fn(move |req| {
-        let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(handle(req, ctx).await) }
-    });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().keep_alive(true).half_close(false);
-    let conn = builder.serve_connection_with_upgrades(io, svc);
-    tokio::pin!(conn);
     let cfg = &listener.cfg;
-    let watch = io::watch(activity, cfg.idle_timeout, Some(cfg.header_read_timeout));
+    let mut tcp = tcp;
+    let mut leftover = Bytes::new();
+    let mut first = true;
+    loop {
+        if leftover.is_empty() {
+            // Parked: wait for the next request's first bytes.
+            let wait = if first {
+                cfg.header_read_timeout
+            } else {
+                cfg.idle_timeout
+            };
+            match tokio::time::timeout(wait, tcp.readable()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    tracing::debug!(%peer, "closing idle client connection");
+                    return;
+                }
+            }
+            let mut head = [0u8; H2_PREFACE.len()];
+            let n = match tcp.peek(&mut head).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if first && n >= 3 && H2_PREFACE.starts_with(&head[..n]) {
+                serve_h2(tcp, peer, ctx).await;
+                return;
+            }
+        }
+        first = false;
+        match serve_h1_episode(tcp, leftover, &ctx, peer).await {
+            Some((t, rest)) => {
+                tcp = t;
+                leftover = rest;
+            }
+            None => return,
+        }
+    }
+}
+
+fn service(
+    ctx: &Svc,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<RespBody>,
+    Error = Infallible,
+    Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response<RespBody>, Infallible>> + Send>,
+    >,
+> + Clone {
+    let ctx = ctx.clone();
+    hyper::service::service_fn(move |req| {
+        let ctx = ctx.clone();
+        Box::pin(async move { Ok::<_, Infallible>(handle(req, ctx).await) })
+            as std::pin::Pin<
+                Box<
+                    dyn std::future::Future<Output = Result<Response<RespBody>, Infallible>> + Send,
+                >,
+            >
+    })
+}
+
+/// Serve HTTP/1.1 requests until the connection goes quiet (then hand back the socket and
+/// any bytes hyper read ahead), closes, fails, or upgrades (then run the tunnel).
+async fn serve_h1_episode(
+    tcp: TcpStream,
+    leftover: Bytes,
+    ctx: &Svc,
+    peer: SocketAddr,
+) -> Option<(TcpStream, Bytes)> {
+    let cfg = &ctx.listener.cfg;
+    let activity = &ctx.activity;
+    let io = TokioIo::new(Prefixed {
+        prefix: leftover,
+        inner: CountedIo::new(tcp, activity.clone()),
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.header_read_timeout)
+        .keep_alive(true)
+        .half_close(false);
+    // Boxed: a parked connection must not carry hyper's state inline.
+    let mut conn = Box::new(builder.serve_connection(io, service(ctx)));
+    let quiet = PARK_AFTER.min(cfg.header_read_timeout / 4);
+    let mut tick = tokio::time::interval(quiet);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let mut last = activity.snapshot();
+    let mut parking = false;
+    let done = loop {
+        tokio::select! {
+            r = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break r,
+            _ = tick.tick(), if !parking => {
+                let now = activity.snapshot();
+                if now == last && !activity.is_busy() {
+                    Pin::new(&mut *conn).graceful_shutdown();
+                    parking = true;
+                }
+                last = now;
+            }
+        }
+    };
+    if let Err(e) = done {
+        tracing::debug!(%peer, error = %e, "client connection ended with an error");
+        return None;
+    }
+    let parts = (*conn).into_parts();
+    let Prefixed { prefix, inner } = parts.io.into_inner();
+    let tcp = inner.into_inner();
+    let mut rest = bytes::BytesMut::from(&parts.read_buf[..]);
+    rest.extend_from_slice(&prefix);
+    let rest = rest.freeze();
+    let tunnel = ctx.tunnel.lock().ok().and_then(|mut t| t.take());
+    if let Some(t) = tunnel {
+        run_tunnel(tcp, rest, t, peer).await;
+        return None;
+    }
+    // hyper ended the connection itself (client close, `Connection: close`): done.
+    parking.then_some((tcp, rest))
+}
+
+/// After this long without requests, an HTTP/1 connection gives back hyper's buffers.
+const PARK_AFTER: Duration = Duration::from_secs(1);
+
+async fn run_tunnel(tcp: TcpStream, rest: Bytes, t: Tunnel, peer: SocketAddr) {
+    let upstream = match t.upstream.await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "upstream upgrade failed");
+            return;
+        }
+    };
+    let mut client = Prefixed {
+        prefix: rest,
+        inner: tcp,
+    };
+    let mut up = TokioIo::new(upstream);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut up).await {
+        tracing::debug!(%peer, error = %e, "upgraded connection ended");
+    }
+}
+
+async fn serve_h2(tcp: TcpStream, peer: SocketAddr, ctx: Svc) {
+    let cfg = &ctx.listener.cfg;
+    let io = TokioIo::new(CountedIo::new(tcp, ctx.activity.clone()));
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .serve_connection(io, service(&ctx));
+    tokio::pin!(conn);
+    let watch = io::watch(ctx.activity.clone(), cfg.idle_timeout, None);
     tokio::select! {
         r = conn.as_mut() => {
             if let Err(e) = r {
-                tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                tracing::debug!(%peer, error = %e, "h2 client connection ended with an error");
             }
         }
-        why = watch => {
-            tracing::debug!(%peer, ?why, "closing client connection");
+        _ = watch => tracing::debug!(%peer, "closing idle h2 client connection"),
+    }
+}
+
+/// A stream that first yields `prefix` (bytes already read from it), then reads `inner`.
+struct Prefixed<T> {
+    prefix: Bytes,
+    inner: T,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let chunk = self.prefix.split_to(n);
+            buf.put_slice(&chunk);
+            return Poll::Ready(Ok(()));
         }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -132,13 +344,12 @@ enum Failure {
     Timeout,
 }
 
-async fn handle(mut req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<RespBody> {
+async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<RespBody> {
     let busy = Busy::new(&ctx.activity);
     let pool = &ctx.listener.pool;
     pool.budget.on_request(now_ns());
 
     let upgrade = is_upgrade(&req);
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     prepare_headers(&mut parts, &ctx, upgrade);
 
@@ -186,7 +397,7 @@ async fn handle(mut req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<RespB
                 } else {
                     pool.on_passive_success(i);
                 }
-                return respond(resp, sender, slot, &ctx, busy, client_upgrade);
+                return respond(resp, sender, slot, &ctx, busy, upgrade);
             }
             Err(f) => {
                 let s = slot.server();
@@ -288,29 +499,21 @@ fn respond(
     slot: InFlight,
     ctx: &ConnCtx,
     busy: Busy,
-    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    upgrade: bool,
 ) -> Response<RespBody> {
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client) = client_upgrade {
-            let upstream = hyper::upgrade::on(&mut resp);
-            let (parts, _) = resp.into_parts();
-            let pool_name = slot.pool.cfg.name.clone();
-            tokio::spawn(async move {
-                let _slot = slot;
-                let _sender = sender;
-                match tokio::try_join!(client, upstream) {
-                    Ok((c, u)) => {
-                        let mut c = TokioIo::new(c);
-                        let mut u = TokioIo::new(u);
-                        if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
-                            tracing::debug!(pool = %pool_name, error = %e, "upgraded connection ended");
-                        }
-                    }
-                    Err(e) => tracing::warn!(pool = %pool_name, error = %e, "upgrade failed"),
-                }
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade {
+        // The client side is handed back by hyper when this response is written; the
+        // connection task then joins both halves (see `serve_h1_episode`).
+        let upstream = hyper::upgrade::on(&mut resp);
+        if let Ok(mut t) = ctx.tunnel.lock() {
+            *t = Some(Tunnel {
+                upstream,
+                _slot: slot,
+                _sender: sender,
             });
-            return Response::from_parts(parts, RespBody::full(Bytes::new(), Some(busy)));
         }
+        let (parts, _) = resp.into_parts();
+        return Response::from_parts(parts, RespBody::full(Bytes::new(), Some(busy)));
     }
     strip_hop_by_hop(resp.headers_mut(), false);
     let (parts, body) = resp.into_parts();

@@ -215,3 +215,44 @@ async fn large_streamed_upload_keeps_memory_bounded() {
         "RSS grew by {growth} KiB during a 512 MiB upload"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_connection_is_parked_when_quiet_and_closed_when_idle() {
+    let a = Backend::start("a").await;
+    let cfg = http_config("round-robin", &servers(&[(&a, 1)]), "").replace(
+        "pool = \"app\"\n",
+        "pool = \"app\"\ntimeouts = { header_read = \"2s\", idle = \"3s\" }\n",
+    );
+    let lb = Lb::start(&cfg).await;
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    let req = b"GET / HTTP/1.1\r\nHost: lb.test\r\n\r\n";
+    // Two pipelined requests, then a pause long enough for the connection to be parked
+    // (hyper's state dropped), then one more on the same connection.
+    let mut two = req.to_vec();
+    two.extend_from_slice(req);
+    s.write_all(&two).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut got = String::new();
+    while got.matches("HTTP/1.1 200").count() < 2 {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed early: {got}");
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    s.write_all(req).await.unwrap();
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    assert_eq!(a.hits(), 3);
+    // Idle past the idle timeout: the lb closes the connection.
+    let t = Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(8), s.read(&mut buf))
+        .await
+        .expect("the idle connection was not closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(
+        t.elapsed() >= Duration::from_millis(2500),
+        "closed after {:?}",
+        t.elapsed()
+    );
+}
