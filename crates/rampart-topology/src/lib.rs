@@ -8,11 +8,18 @@
 //! Module ownership: `diag` (positions and errors) is shared; each role owns its
 //! section module (`lb`, ...).
 
+pub mod audit;
 pub mod db;
+pub mod default;
 pub mod diag;
+pub mod etcd;
 pub mod lb;
+pub mod lb_section;
+pub mod monitor;
+pub mod security;
 pub mod topology;
+mod validate;
 pub mod web;
 
 pub use diag::{ConfigError, Diagnostic, Source};
-pub use topology::TopologyFile;
+pub use topology::{Node, NodeKind, Topology, TopologyFile};

@@ -1,7 +1,11 @@
 //! The topology file: the one file every role reads (`--config FILE --node NAME`).
 //!
-//! Sections: `[cluster]` (shared), `[db]` (rampart db), `[web]` (rampart web). The lb,
-//! monitor, TLS and firewall sections join as those roles read the topology.
+//! Sections: `[cluster]` (shared), `[etcd]` (the members `rampart up` runs), `[lb]`
+//! (load balancer nodes and the listeners/pools they share), `[web]`, `[db]`,
+//! `[monitor]`, `[tls]`, `[firewall]`. Each role validates its own section; the whole
+//! file is validated by [`Topology::from_source`] (every section plus the rules that
+//! span sections: unique names and ports across roles, pools naming known servers,
+//! etcd endpoints served by the declared members, synchronous replication satisfiable).
 
 use serde::Deserialize;
 
@@ -24,9 +28,19 @@ pub struct ClusterSection {
 pub struct TopologyFile {
     pub cluster: ClusterSection,
     #[serde(default)]
+    pub etcd: Option<crate::etcd::EtcdSection>,
+    #[serde(default)]
+    pub lb: Option<crate::lb_section::LbSection>,
+    #[serde(default)]
     pub db: Option<crate::db::DbSection>,
     #[serde(default)]
     pub web: Option<crate::web::WebSection>,
+    #[serde(default)]
+    pub monitor: Option<crate::monitor::MonitorSection>,
+    #[serde(default)]
+    pub tls: Option<crate::security::TlsSection>,
+    #[serde(default)]
+    pub firewall: Option<crate::security::FirewallSection>,
 }
 
 impl TopologyFile {
@@ -35,3 +49,5 @@ impl TopologyFile {
         src.parse::<TopologyFile>()
     }
 }
+
+pub use crate::validate::{Node, NodeKind, Topology};

@@ -2,8 +2,13 @@
 
 use clap::{Parser, Subcommand};
 
+mod audit;
+mod chaos;
 mod db;
+mod init;
 mod lb;
+mod status;
+mod up;
 mod web;
 
 #[derive(Parser)]
@@ -17,6 +22,16 @@ struct Cli {
 enum Command {
     /// Run the L7/L4 load balancer.
     Lb(lb::LbArgs),
+    /// Write a commented starter topology file (the default stack).
+    Init(init::InitArgs),
+    /// Review a topology: single points of failure, security gaps, missing monitoring.
+    Audit(audit::AuditArgs),
+    /// Run every role of a topology on this machine until Ctrl-C.
+    Up(up::UpArgs),
+    /// Show every node of the topology: role, health, address, pid.
+    Status(status::StatusArgs),
+    /// Fire drills against the running local stack.
+    Chaos(chaos::ChaosArgs),
     /// Run the PostgreSQL agent (leader lease, failover), or operate the db cluster.
     Db(db::DbArgs),
     /// Run a web/app server: static files, a proxy to your app, or the built-in guestbook.
@@ -28,6 +43,11 @@ fn main() -> anyhow::Result<()> {
     init_tracing();
     match cli.command {
         Command::Lb(args) => lb::run(args),
+        Command::Init(args) => init::run(args),
+        Command::Audit(args) => audit::run(args),
+        Command::Up(args) => up::run(args),
+        Command::Status(args) => status::run(args),
+        Command::Chaos(args) => chaos::run(args),
         Command::Db(args) => db::run(args),
         Command::Web(args) => web::run(args),
     }

@@ -1,0 +1,227 @@
+//! The built-in default topology: the seed's design with its weak points fixed, on
+//! one machine. Two load balancers, three web servers, a PostgreSQL primary with two
+//! synchronous-capable replicas and automatic failover, three etcd members, a monitor,
+//! HTTPS and a firewall; loopback addresses and distinct ports.
+//!
+//! Ports are `port_base + offset` (default base 8000): site 8080, monitor 8090, lb nodes
+//! 8091-8092, web 8101-8103, db agents' api 8201-8203, PostgreSQL 8301-8303, etcd
+//! 8401-8406 (client, peer pairs). A second stack on the same machine takes another base.
+
+use std::path::Path;
+
+/// Choices the default topology leaves open.
+#[derive(Debug, Clone)]
+pub struct DefaultOptions<'a> {
+    pub cluster: &'a str,
+    /// Absolute folder holding every node's data (`<data_dir>/db/<node>`, `<data_dir>/etcd/<member>`).
+    pub data_dir: &'a Path,
+    pub port_base: u16,
+}
+
+/// The name of the environment variable holding the database password for the web nodes.
+pub const DB_PASSWORD_ENV: &str = "RAMPART_DB_PASSWORD";
+
+/// Lowest and highest accepted `port_base` (every port stays within 1024..=65535).
+pub const PORT_BASE_RANGE: (u16, u16) = (1024, 65000);
+
+/// The default topology as a commented TOML file (what `rampart init` writes).
+pub fn render(o: &DefaultOptions<'_>) -> String {
+    let b = u32::from(o.port_base);
+    let p = |off: u32| b + off;
+    let data = o
+        .data_dir
+        .display()
+        .to_string()
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"");
+    let etcd_clients: Vec<String> = (0..3)
+        .map(|i| format!("\"http://127.0.0.1:{}\"", p(401 + 2 * i)))
+        .collect();
+    let agents: Vec<String> = (0..3)
+        .map(|i| format!("\"http://127.0.0.1:{}\"", p(201 + i)))
+        .collect();
+    let mut s = String::new();
+    s.push_str(&format!(
+        r#"# rampart topology: the single source of truth for every role.
+# Each role runs as `rampart <role> --config THIS_FILE --node NAME`;
+# `rampart up --config THIS_FILE` runs them all on this machine.
+# `rampart audit --config THIS_FILE` reviews the design (SPOFs, security, monitoring).
+# Addresses are loopback for a local stack; use real host addresses for a deployment.
+
+[cluster]
+name = "{cluster}"
+# Every role finds etcd here: the client addresses of the [[etcd.members]] below.
+etcd = [{etcd}]
+
+# ---------------------------------------------------------------------------------
+# etcd: the consensus store behind failover and discovery. Three members survive the
+# loss of one (an odd count: an even one adds no tolerance).
+[etcd]
+heartbeat_ms = 50      # raft heartbeat (fast: loopback)
+election_ms = 500      # raft election timeout (at least 5 heartbeats)
+data_dir = "{data}/etcd"
+"#,
+        cluster = o.cluster,
+        etcd = etcd_clients.join(", "),
+    ));
+    for i in 0..3u32 {
+        s.push_str(&format!(
+            "\n[[etcd.members]]\nname = \"etcd{n}\"\nclient = \"127.0.0.1:{c}\"\npeer = \"127.0.0.1:{pe}\"\n",
+            n = i + 1,
+            c = p(401 + 2 * i),
+            pe = p(402 + 2 * i),
+        ));
+    }
+    s.push_str(&format!(
+        r#"
+# ---------------------------------------------------------------------------------
+# PostgreSQL: one primary and two replicas, each run by a `rampart db` agent that holds
+# a leader lease in etcd and fails over automatically. Synchronous replication: a
+# commit is acknowledged only once a replica has it, so a failover loses no
+# acknowledged write.
+[db]
+data_dir = "{data}/db"
+synchronous = true
+ttl = "3s"            # leader lease
+loop_wait = "500ms"   # agent loop
+retry_timeout = "1s"  # deadline of one etcd/PostgreSQL call
+max_lag = "16MB"      # a replica further behind never promotes
+"#
+    ));
+    for i in 0..3u32 {
+        s.push_str(&format!(
+            "\n[[db.nodes]]\nname = \"db{n}\"\nhost = \"127.0.0.1\"\nport = {pg}\napi = \"127.0.0.1:{api}\"   # agent API: /primary, /replica, /cluster (loopback only)\n",
+            n = i + 1,
+            pg = p(301 + i),
+            api = p(201 + i),
+        ));
+    }
+    s.push_str(&format!(
+        r#"
+# ---------------------------------------------------------------------------------
+# Web servers: static files from `root` and the guestbook on the database above.
+[web]
+root = "site"          # relative to this file
+pool = "web"
+drain_seconds = 1.0
+
+[web.database]
+agents = [{agents}]
+user = "postgres"
+password_env = "{DB_PASSWORD_ENV}"   # rampart up sets it to [db] superuser_password
+"#,
+        agents = agents.join(", "),
+    ));
+    for i in 0..3u32 {
+        s.push_str(&format!(
+            "\n[[web.node]]\nname = \"web{n}\"\nlisten = \"127.0.0.1:{port}\"\n",
+            n = i + 1,
+            port = p(101 + i),
+        ));
+    }
+    s.push_str(&format!(
+        r#"
+# ---------------------------------------------------------------------------------
+# Load balancers: two nodes, both serving the site's address (on one machine they
+# share it with SO_REUSEPORT: active-active; across machines it is a virtual IP).
+[[lb.nodes]]
+name = "lb1"
+address = "127.0.0.1:{lb1}"   # this node's own entry, for health checks and drills
+
+[[lb.nodes]]
+name = "lb2"
+address = "127.0.0.1:{lb2}"
+
+[[lb.listener]]
+name = "site"
+address = "127.0.0.1:{site}"
+pool = "web"
+
+[[lb.pool]]
+name = "web"
+algorithm = "least-response-time"
+servers = [
+  {{ name = "web1", address = "127.0.0.1:{w1}" }},
+  {{ name = "web2", address = "127.0.0.1:{w2}" }},
+  {{ name = "web3", address = "127.0.0.1:{w3}" }},
+]
+health_check = {{ kind = "http", path = "/readyz", interval = "500ms", timeout = "400ms", rise = 2, fall = 2 }}
+retries = {{ attempts = 2 }}
+
+# ---------------------------------------------------------------------------------
+# Monitoring: dashboard and metrics of every node, alerts to the routes below.
+[monitor]
+name = "monitor"
+listen = "127.0.0.1:{mon}"
+scrape_interval = "2s"
+allow = ["127.0.0.1/32"]
+
+[[monitor.alerts]]
+name = "console"
+kind = "log"
+
+# ---------------------------------------------------------------------------------
+# HTTPS for the site, TLS for replication.
+[tls]
+self_signed = true      # or cert = "PATH" and key = "PATH"
+redirect_http = true
+replication = true
+
+# ---------------------------------------------------------------------------------
+# Firewall: drop what is not allowed. Only the site is open; every other port is
+# reachable from this machine only.
+[firewall]
+policy = "drop"
+allow = [
+  {{ port = {site}, from = "0.0.0.0/0" }},
+]
+"#,
+        lb1 = p(91),
+        lb2 = p(92),
+        site = p(80),
+        w1 = p(101),
+        w2 = p(102),
+        w3 = p(103),
+        mon = p(90),
+    ));
+    s
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::{Source, Topology};
+
+    #[test]
+    fn default_topology_validates_with_the_expected_shape() {
+        std::env::set_var(DB_PASSWORD_ENV, "test");
+        let dir = std::env::temp_dir().join(format!("rampart-default-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("site")).unwrap();
+        for base in [8000u16, 1024, 65000] {
+            let text = render(&DefaultOptions {
+                cluster: "main",
+                data_dir: &dir.join("data"),
+                port_base: base,
+            });
+            let t = Topology::from_source(&Source::new(dir.join("rampart.toml"), text.clone()))
+                .unwrap_or_else(|e| panic!("{e}\n{text}"));
+            let nodes = t.nodes();
+            let count = |k| nodes.iter().filter(|n| n.kind == k).count();
+            use crate::NodeKind::*;
+            assert_eq!(
+                (
+                    count(Lb),
+                    count(Web),
+                    count(Db),
+                    count(Etcd),
+                    count(Monitor)
+                ),
+                (2, 3, 3, 3, 1)
+            );
+            assert!(t.db.as_ref().unwrap().synchronous);
+            assert_eq!(t.site_addresses()[0].port(), base + 80);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

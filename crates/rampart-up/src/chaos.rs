@@ -1,0 +1,366 @@
+//! `rampart chaos`: fire drills against a running local stack, seen from a client.
+//!
+//! A client writes guestbook messages and reads the page through the site's address
+//! during the whole drill. The drill kills (SIGKILL of the node's process group) or
+//! freezes (SIGSTOP, then SIGCONT) one node; `rampart up` restarts what dies. The report
+//! counts failed requests, the time from the fault until requests succeed again for
+//! good, and the acknowledged writes that can no longer be read (writes lost).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::config::Resolved;
+use crate::state::UpState;
+use crate::UpError;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Drill {
+    KillPrimary,
+    KillLb(Option<String>),
+    KillWeb(Option<String>),
+    /// Freeze a node (SIGSTOP) for a while: to the rest of the stack it looks cut off.
+    Partition(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct DrillOptions {
+    /// Load before the fault (must be clean).
+    pub warmup: Duration,
+    /// Observation after the fault.
+    pub observe: Duration,
+    /// How long a partition (freeze) lasts.
+    pub partition_for: Duration,
+    /// Writes per second.
+    pub rate: u32,
+}
+
+impl Default for DrillOptions {
+    fn default() -> Self {
+        DrillOptions {
+            warmup: Duration::from_secs(2),
+            observe: Duration::from_secs(20),
+            partition_for: Duration::from_secs(8),
+            rate: 20,
+        }
+    }
+}
+
+/// What a client saw during the drill.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub drill: String,
+    pub target: String,
+    pub requests: u64,
+    pub failed: u64,
+    pub writes_acked: u64,
+    pub writes_lost: u64,
+    pub lost_ids: Vec<i64>,
+    /// From the fault to the first success after the last failure (0 when nothing failed).
+    pub time_to_recovery_ms: u64,
+    /// Whether requests were succeeding again at the end of the observation.
+    pub recovered: bool,
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "drill           {} ({})", self.drill, self.target)?;
+        writeln!(
+            f,
+            "requests        {} sent, {} failed",
+            self.requests, self.failed
+        )?;
+        writeln!(
+            f,
+            "recovery        {}",
+            if !self.recovered {
+                "NOT recovered by the end of the drill".to_string()
+            } else if self.failed == 0 {
+                "no request failed".to_string()
+            } else {
+                format!(
+                    "{:.2}s after the fault",
+                    self.time_to_recovery_ms as f64 / 1000.0
+                )
+            }
+        )?;
+        write!(
+            f,
+            "writes          {} acknowledged, {} lost{}",
+            self.writes_acked,
+            self.writes_lost,
+            if self.lost_ids.is_empty() {
+                String::new()
+            } else {
+                format!(" (ids {:?})", self.lost_ids)
+            }
+        )
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Sample {
+    at: Instant,
+    ok: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Acked {
+    id: i64,
+    token: Option<String>,
+}
+
+fn kill_group(pid: u32, sig: Signal) -> Result<(), UpError> {
+    let p = i32::try_from(pid).map_err(|_| UpError::Drill(format!("bad pid {pid}")))?;
+    killpg(Pid::from_raw(p), sig)
+        .map_err(|e| UpError::Drill(format!("signal {sig} to group {pid}: {e}")))
+}
+
+fn post_message(site: SocketAddr, n: u64) -> Option<Acked> {
+    let body = format!("{{\"author\":\"chaos\",\"text\":\"drill message {n}\"}}");
+    let r = crate::http::request(
+        site,
+        "POST",
+        "/api/messages",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+        Duration::from_secs(5),
+    )
+    .ok()?;
+    if r.status != 201 {
+        return None;
+    }
+    let v: Value = serde_json::from_str(&r.body).ok()?;
+    Some(Acked {
+        id: v.get("id")?.as_i64()?,
+        token: r.header("x-rampart-token").map(str::to_string),
+    })
+}
+
+fn read_back(site: SocketAddr, a: &Acked) -> bool {
+    let path = format!("/api/messages/{}", a.id);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let headers: Vec<(&str, &str)> = a
+            .token
+            .as_deref()
+            .map(|t| vec![("X-Rampart-Token", t)])
+            .unwrap_or_default();
+        if let Ok(r) =
+            crate::http::request(site, "GET", &path, &headers, b"", Duration::from_secs(3))
+        {
+            if r.status == 200 {
+                return true;
+            }
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The primary's name, from any db agent that answers.
+fn find_primary(r: &Resolved) -> Option<String> {
+    let db = r.topology.db.as_ref()?;
+    for n in &db.nodes {
+        if let Ok(resp) = crate::http::get(n.api, "/cluster", Duration::from_secs(1)) {
+            if let Ok(v) = serde_json::from_str::<Value>(&resp.body) {
+                if let Some(l) = v.get("leader").and_then(Value::as_str) {
+                    return Some(l.to_string());
+                }
+            }
+        }
+    }
+    None
+}
+
+fn pick(state: &UpState, kind: &str, name: &Option<String>) -> Result<(String, u32), UpError> {
+    let n = match name {
+        Some(n) => state.node(n).filter(|x| x.kind == kind).ok_or_else(|| {
+            UpError::Drill(format!("no {kind} node named {n} in the running stack"))
+        })?,
+        None => state
+            .nodes
+            .iter()
+            .find(|x| x.kind == kind && x.pid.is_some())
+            .ok_or_else(|| UpError::Drill(format!("no running {kind} node")))?,
+    };
+    let pid = n
+        .pid
+        .ok_or_else(|| UpError::Drill(format!("{} is not running right now", n.name)))?;
+    Ok((n.name.clone(), pid))
+}
+
+/// Run one drill against the stack `rampart up` runs from `r`'s data dir.
+pub fn run(r: &Resolved, drill: &Drill, o: &DrillOptions) -> Result<Report, UpError> {
+    let state = UpState::read_live(&r.data_dir).ok_or_else(|| {
+        UpError::NotRunning(format!(
+            "no stack is running from {} (start one with rampart up)",
+            r.data_dir.display()
+        ))
+    })?;
+    let site = *r.topology.site_addresses().first().ok_or_else(|| {
+        UpError::Drill("the topology has no http listener to drill through".into())
+    })?;
+
+    // The client.
+    let stop = Arc::new(AtomicBool::new(false));
+    let samples: Arc<Mutex<Vec<Sample>>> = Arc::new(Mutex::new(Vec::new()));
+    let acked: Arc<Mutex<Vec<Acked>>> = Arc::new(Mutex::new(Vec::new()));
+    let client = {
+        let (stop, samples, acked) = (stop.clone(), samples.clone(), acked.clone());
+        let period = Duration::from_secs_f64(1.0 / f64::from(o.rate.max(1)));
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let tick = Instant::now();
+                n += 1;
+                let w = post_message(site, n);
+                let ok_w = w.is_some();
+                if let Some(a) = w {
+                    if let Ok(mut v) = acked.lock() {
+                        v.push(a);
+                    }
+                }
+                let ok_r = crate::http::get(site, "/", Duration::from_secs(5))
+                    .is_ok_and(|r| r.status == 200);
+                if let Ok(mut s) = samples.lock() {
+                    s.push(Sample { at: tick, ok: ok_w });
+                    s.push(Sample {
+                        at: Instant::now(),
+                        ok: ok_r,
+                    });
+                }
+                if let Some(rest) = period.checked_sub(tick.elapsed()) {
+                    std::thread::sleep(rest);
+                }
+            }
+        })
+    };
+    std::thread::sleep(o.warmup);
+    let warm_failed = samples
+        .lock()
+        .map(|s| s.iter().filter(|x| !x.ok).count())
+        .unwrap_or(0);
+    if warm_failed > 0 {
+        stop.store(true, Ordering::SeqCst);
+        let _ = client.join();
+        return Err(UpError::Drill(format!(
+            "{warm_failed} request(s) failed before the fault: the stack is not healthy (see rampart status); no fault injected"
+        )));
+    }
+
+    let (label, target) = match drill {
+        Drill::KillPrimary => {
+            let name = find_primary(r)
+                .ok_or_else(|| UpError::Drill("no db agent names a primary".into()))?;
+            ("kill-primary", name)
+        }
+        Drill::KillLb(n) => ("kill-lb", pick(&state, "lb", n)?.0),
+        Drill::KillWeb(n) => ("kill-web", pick(&state, "web", n)?.0),
+        Drill::Partition(n) => ("partition", n.clone()),
+    };
+    let fault_at = Instant::now();
+    let inject = (|| -> Result<(), UpError> {
+        match drill {
+            Drill::KillPrimary => {
+                let (_, pid) = pick(&state, "db", &Some(target.clone()))?;
+                kill_group(pid, Signal::SIGKILL)?;
+                // PostgreSQL itself, wherever its group is.
+                if let Some(node) = r.topology.db.as_ref().and_then(|d| d.node(&target)) {
+                    if let Ok(text) = std::fs::read_to_string(node.data_dir.join("postmaster.pid"))
+                    {
+                        if let Some(pm) = text
+                            .lines()
+                            .next()
+                            .and_then(|l| l.trim().parse::<i32>().ok())
+                        {
+                            let _ = nix::sys::signal::kill(Pid::from_raw(pm), Signal::SIGKILL);
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Drill::KillLb(_) => kill_group(
+                pick(&state, "lb", &Some(target.clone()))?.1,
+                Signal::SIGKILL,
+            ),
+            Drill::KillWeb(_) => kill_group(
+                pick(&state, "web", &Some(target.clone()))?.1,
+                Signal::SIGKILL,
+            ),
+            Drill::Partition(n) => {
+                let node = state.node(n).ok_or_else(|| {
+                    UpError::Drill(format!("no node named {n} in the running stack"))
+                })?;
+                let pid = node
+                    .pid
+                    .ok_or_else(|| UpError::Drill(format!("{n} is not running right now")))?;
+                kill_group(pid, Signal::SIGSTOP)?;
+                std::thread::sleep(o.partition_for);
+                kill_group(pid, Signal::SIGCONT)
+            }
+        }
+    })();
+    if let Err(e) = inject {
+        stop.store(true, Ordering::SeqCst);
+        let _ = client.join();
+        return Err(e);
+    }
+    let observed = fault_at.elapsed();
+    if let Some(rest) = o.observe.checked_sub(observed) {
+        std::thread::sleep(rest);
+    }
+    stop.store(true, Ordering::SeqCst);
+    let _ = client.join();
+
+    let samples = samples.lock().map(|s| s.clone()).unwrap_or_default();
+    let acked = acked.lock().map(|s| s.clone()).unwrap_or_default();
+    let failed = samples.iter().filter(|s| !s.ok).count() as u64;
+    let last_failure = samples.iter().filter(|s| !s.ok).map(|s| s.at).max();
+    let (time_to_recovery_ms, recovered) = match last_failure {
+        None => (0, true),
+        Some(lf) => match samples
+            .iter()
+            .filter(|s| s.ok && s.at > lf)
+            .map(|s| s.at)
+            .min()
+        {
+            Some(first_ok) => (
+                first_ok.saturating_duration_since(fault_at).as_millis() as u64,
+                true,
+            ),
+            None => (0, false),
+        },
+    };
+    let mut lost_ids = Vec::new();
+    for a in &acked {
+        if !read_back(site, a) {
+            lost_ids.push(a.id);
+        }
+    }
+    Ok(Report {
+        drill: label.to_string(),
+        target,
+        requests: samples.len() as u64,
+        failed,
+        writes_acked: acked.len() as u64,
+        writes_lost: lost_ids.len() as u64,
+        lost_ids,
+        time_to_recovery_ms,
+        recovered,
+    })
+}
+
+/// The report as JSON.
+pub fn report_json(r: &Report) -> String {
+    serde_json::to_string_pretty(r).unwrap_or_else(|_| "{}".into())
+}

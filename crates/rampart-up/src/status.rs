@@ -1,0 +1,269 @@
+//! `rampart status`: every node of the topology, probed now.
+//!
+//! The JSON form (`rampart status --json`) is a stable interface, documented in the
+//! README: a list of objects with `name`, `kind` (`lb`, `web`, `db`, `etcd`, `monitor`),
+//! `role`, `healthy`, `address`, `pid` (null unless the node runs on this machine under
+//! `rampart up`) and `details` (key figures by kind; keys may be added).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rampart_topology::NodeKind;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::config::Resolved;
+use crate::plan::Probe;
+use crate::state::{pid_alive, UpState};
+use crate::supervise::probe;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct NodeStatus {
+    pub name: String,
+    /// `lb`, `web`, `db`, `etcd` or `monitor`.
+    pub kind: String,
+    /// etcd: leader/follower; db: primary/replica/...; lb: active; web: ready/not-ready;
+    /// "down" when it does not answer, "unavailable" when this binary cannot run it.
+    pub role: String,
+    pub healthy: bool,
+    pub address: String,
+    pub pid: Option<u32>,
+    pub details: BTreeMap<String, Value>,
+}
+
+const T: Duration = Duration::from_millis(800);
+
+fn get_json(addr: SocketAddr, path: &str) -> Option<Value> {
+    let r = crate::http::get(addr, path, T).ok()?;
+    (r.status == 200)
+        .then(|| serde_json::from_str(&r.body).ok())
+        .flatten()
+}
+
+fn etcd_status(addr: SocketAddr) -> Option<Value> {
+    let r = crate::http::request(
+        addr,
+        "POST",
+        "/v3/maintenance/status",
+        &[("Content-Type", "application/json")],
+        b"{}",
+        T,
+    )
+    .ok()?;
+    (r.status == 200)
+        .then(|| serde_json::from_str(&r.body).ok())
+        .flatten()
+}
+
+/// Probe every node of the topology.
+pub fn collect(r: &Resolved) -> Vec<NodeStatus> {
+    let t = &r.topology;
+    let live = UpState::read_live(&r.data_dir);
+    let pid_of = |name: &str| {
+        live.as_ref()
+            .and_then(|s| s.node(name))
+            .and_then(|n| n.pid)
+            .filter(|p| pid_alive(*p))
+    };
+    let unavailable = |name: &str| {
+        live.as_ref()
+            .and_then(|s| s.node(name))
+            .is_some_and(|n| n.state == "unavailable")
+    };
+    let mut out = Vec::new();
+
+    for m in t.etcd.iter().flat_map(|e| &e.members) {
+        let healthy = probe(&Probe::Etcd(m.client));
+        let mut details = BTreeMap::new();
+        let role = match etcd_status(m.client) {
+            Some(s) => {
+                let me = s
+                    .pointer("/header/member_id")
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                let leader = s.get("leader").cloned().unwrap_or(Value::Null);
+                for k in ["dbSize", "raftIndex", "raftTerm"] {
+                    if let Some(v) = s.get(k) {
+                        details.insert(k.to_string(), v.clone());
+                    }
+                }
+                if me != Value::Null && me == leader {
+                    "leader"
+                } else {
+                    "follower"
+                }
+                .to_string()
+            }
+            None => "down".to_string(),
+        };
+        out.push(NodeStatus {
+            name: m.name.clone(),
+            kind: "etcd".into(),
+            role,
+            healthy,
+            address: m.client.to_string(),
+            pid: pid_of(&m.name),
+            details,
+        });
+    }
+
+    if let Some(db) = &t.db {
+        let cluster = db.nodes.iter().find_map(|n| get_json(n.api, "/cluster"));
+        for n in &db.nodes {
+            let healthy = probe(&Probe::Http {
+                addr: n.api,
+                path: "/health".into(),
+            });
+            let member = cluster.as_ref().and_then(|c| {
+                c.get("members")?
+                    .as_array()?
+                    .iter()
+                    .find(|m| m.get("name").and_then(Value::as_str) == Some(n.name.as_str()))
+                    .cloned()
+            });
+            let mut details = BTreeMap::new();
+            let mut role = if healthy { "unknown" } else { "down" }.to_string();
+            if let Some(m) = member {
+                if healthy {
+                    if let Some(r) = m.get("role").and_then(Value::as_str) {
+                        role = r.to_string();
+                    }
+                }
+                for k in [
+                    "state",
+                    "timeline",
+                    "lag_bytes",
+                    "lag_seconds",
+                    "sync_standby",
+                ] {
+                    if let Some(v) = m.get(k) {
+                        details.insert(k.to_string(), v.clone());
+                    }
+                }
+            }
+            details.insert("api".into(), Value::String(format!("http://{}", n.api)));
+            out.push(NodeStatus {
+                name: n.name.clone(),
+                kind: "db".into(),
+                role,
+                healthy,
+                address: format!("{}:{}", n.host, n.port),
+                pid: pid_of(&n.name),
+                details,
+            });
+        }
+    }
+
+    for w in &t.web {
+        let live_ok = probe(&Probe::Http {
+            addr: w.listen,
+            path: "/healthz".into(),
+        });
+        let ready = probe(&Probe::Http {
+            addr: w.listen,
+            path: "/readyz".into(),
+        });
+        out.push(NodeStatus {
+            name: w.name.clone(),
+            kind: "web".into(),
+            role: match (live_ok, ready) {
+                (_, true) => "ready",
+                (true, false) => "not-ready",
+                _ => "down",
+            }
+            .into(),
+            healthy: ready,
+            address: w.listen.to_string(),
+            pid: pid_of(&w.name),
+            details: BTreeMap::new(),
+        });
+    }
+
+    if let Some(lb) = &t.lb {
+        for n in &lb.nodes {
+            let healthy = probe(&Probe::Http {
+                addr: n.address,
+                path: "/healthz".into(),
+            });
+            let mut details = BTreeMap::new();
+            let vips: Vec<Value> = lb
+                .config
+                .listeners
+                .iter()
+                .map(|l| Value::String(l.address.to_string()))
+                .collect();
+            details.insert("listeners".into(), Value::Array(vips));
+            out.push(NodeStatus {
+                name: n.name.clone(),
+                kind: "lb".into(),
+                role: if healthy { "active" } else { "down" }.into(),
+                healthy,
+                address: n.address.to_string(),
+                pid: pid_of(&n.name),
+                details,
+            });
+        }
+    }
+
+    if let Some(m) = &t.monitor {
+        let role = if unavailable(&m.name) {
+            "unavailable".to_string()
+        } else if probe(&Probe::Http {
+            addr: m.listen,
+            path: "/healthz".into(),
+        }) {
+            "active".to_string()
+        } else {
+            "down".to_string()
+        };
+        out.push(NodeStatus {
+            name: m.name.clone(),
+            kind: NodeKind::Monitor.as_str().into(),
+            healthy: role == "active",
+            role,
+            address: m.listen.to_string(),
+            pid: pid_of(&m.name),
+            details: BTreeMap::new(),
+        });
+    }
+    out
+}
+
+/// The human table.
+pub fn render_table(nodes: &[NodeStatus]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<10} {:<8} {:<12} {:<8} {:<22} {:<8} DETAILS",
+        "NAME", "KIND", "ROLE", "HEALTHY", "ADDRESS", "PID"
+    );
+    for n in nodes {
+        let details: Vec<String> = n
+            .details
+            .iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => format!("{k}={s}"),
+                other => format!("{k}={other}"),
+            })
+            .collect();
+        let _ = writeln!(
+            s,
+            "{:<10} {:<8} {:<12} {:<8} {:<22} {:<8} {}",
+            n.name,
+            n.kind,
+            n.role,
+            if n.healthy { "yes" } else { "NO" },
+            n.address,
+            n.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            details.join(" ")
+        );
+    }
+    s
+}
+
+/// The stable JSON form: a list of node objects.
+pub fn render_json(nodes: &[NodeStatus]) -> String {
+    serde_json::to_string_pretty(nodes).unwrap_or_else(|_| "[]".into())
+}

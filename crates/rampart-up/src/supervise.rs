@@ -1,0 +1,748 @@
+//! `rampart up`: start every role, wait for health, keep them running, stop them cleanly.
+
+use std::collections::HashMap;
+use std::fs::OpenOptions;
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use rampart_topology::{NodeKind, Topology};
+
+use crate::backoff::Backoff;
+use crate::config::{resolve, ResolveOptions, Resolved};
+use crate::plan::{plan, Plan, Probe, ProcSpec, Tools};
+use crate::state::{NodeState, UpState};
+use crate::{io, UpError};
+
+/// Options of `rampart up`.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    pub resolve: ResolveOptions,
+    /// Wipe the data of every node first.
+    pub fresh: bool,
+    /// The `rampart` binary that runs the roles (normally this executable).
+    pub rampart: PathBuf,
+    /// Give up when a group of roles is not healthy after this long.
+    pub start_timeout: Duration,
+}
+
+/// Where Debian puts etcd; PATH is searched first.
+const ETCD_DIRS: [&str; 2] = ["/usr/bin", "/usr/local/bin"];
+
+fn find_program(name: &str, extra: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    path.split(':')
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .chain(extra.iter().map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// PostgreSQL's server binaries, where Debian puts them or on PATH.
+pub fn find_postgres() -> Option<PathBuf> {
+    for v in ["17", "16", "15"] {
+        let d = PathBuf::from(format!("/usr/lib/postgresql/{v}/bin"));
+        if d.join("postgres").is_file() {
+            return Some(d);
+        }
+    }
+    find_program("postgres", &[]).and_then(|p| p.parent().map(Path::to_path_buf))
+}
+
+/// Whether `rampart <role>` exists in this binary (asks the binary itself).
+pub fn binary_has_role(rampart: &Path, kind: NodeKind) -> bool {
+    Command::new(rampart)
+        .args([kind.as_str(), "--help"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Every address a node of the topology binds (for the free-port check before start).
+fn bound_addresses(t: &Topology) -> Vec<(String, SocketAddr)> {
+    let mut out = Vec::new();
+    for m in t.etcd.iter().flat_map(|e| &e.members) {
+        out.push((m.name.clone(), m.client));
+        out.push((m.name.clone(), m.peer));
+    }
+    for n in t.db.iter().flat_map(|d| &d.nodes) {
+        out.push((n.name.clone(), n.api));
+        if let Ok(ip) = n.host.parse() {
+            out.push((n.name.clone(), SocketAddr::new(ip, n.port)));
+        }
+    }
+    for w in &t.web {
+        out.push((w.name.clone(), w.listen));
+    }
+    if let Some(lb) = &t.lb {
+        for n in &lb.nodes {
+            out.push((n.name.clone(), n.address));
+        }
+        for l in &lb.config.listeners {
+            out.push((format!("lb listener {}", l.name), l.address));
+        }
+    }
+    out
+}
+
+fn check_ports_free(t: &Topology) -> Result<(), UpError> {
+    let mut busy = Vec::new();
+    for (who, addr) in bound_addresses(t) {
+        if let Err(e) = TcpListener::bind(addr) {
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                busy.push(format!("{addr} ({who})"));
+            }
+        }
+    }
+    if busy.is_empty() {
+        Ok(())
+    } else {
+        Err(UpError::Port(format!(
+            "these addresses are already in use: {}. Another stack (or another program) holds them: \
+             stop it, or give this one other ports (rampart init --port-base N)",
+            busy.join(", ")
+        )))
+    }
+}
+
+/// The folders `--fresh` wipes: the data dir and the data of every node.
+fn wipe(r: &Resolved) -> Result<(), UpError> {
+    let mut dirs: Vec<PathBuf> = vec![
+        r.data_dir.join("etcd"),
+        r.data_dir.join("lb"),
+        r.data_dir.join("logs"),
+    ];
+    if let Some(e) = &r.topology.etcd {
+        if let Some(d) = &e.data_dir {
+            dirs.extend(e.members.iter().map(|m| d.join(&m.name)));
+        }
+    }
+    dirs.extend(
+        r.topology
+            .db
+            .iter()
+            .flat_map(|d| d.nodes.iter().map(|n| n.data_dir.clone())),
+    );
+    for d in dirs {
+        if d.exists() {
+            println!("  --fresh: removing {}", d.display());
+            std::fs::remove_dir_all(&d).map_err(io("remove", &d))?;
+        }
+    }
+    Ok(())
+}
+
+struct Proc {
+    spec: ProcSpec,
+    child: Option<Child>,
+    started: Instant,
+    crashes: u32,
+    restarts: u32,
+    restart_at: Option<Instant>,
+    healthy: bool,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+}
+
+/// Probe results, refreshed by a background thread.
+type Health = Arc<Mutex<HashMap<String, bool>>>;
+
+pub fn probe(p: &Probe) -> bool {
+    let t = Duration::from_millis(400);
+    match p {
+        Probe::Etcd(addr) => crate::http::get(*addr, "/health", t)
+            .map(|r| r.status == 200 && r.body.replace(' ', "").contains("\"health\":\"true\""))
+            .unwrap_or(false),
+        Probe::Http { addr, path } => crate::http::get(*addr, path, t)
+            .map(|r| r.status == 200)
+            .unwrap_or(false),
+    }
+}
+
+struct Supervisor {
+    procs: Vec<Proc>,
+    logs: PathBuf,
+    t0: Instant,
+    backoff: Backoff,
+    state: UpState,
+}
+
+impl Supervisor {
+    fn say(&self, msg: impl AsRef<str>) {
+        println!(
+            "[{:>6.1}s] {}",
+            self.t0.elapsed().as_secs_f64(),
+            msg.as_ref()
+        );
+    }
+
+    fn spawn(&mut self, i: usize) -> Result<(), UpError> {
+        let p = &mut self.procs[i];
+        if let Some((path, text)) = &p.spec.file {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(io("create", parent))?;
+            }
+            std::fs::write(path, text).map_err(io("write", path))?;
+        }
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p.log)
+            .map_err(io("open log", &p.log))?;
+        let log2 = log.try_clone().map_err(io("open log", &p.log))?;
+        let child = Command::new(&p.spec.program)
+            .args(&p.spec.args)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| {
+                UpError::Start(format!(
+                    "start {} ({}): {e}",
+                    p.spec.name,
+                    p.spec.program.display()
+                ))
+            })?;
+        p.child = Some(child);
+        p.started = Instant::now();
+        p.restart_at = None;
+        self.sync_state();
+        Ok(())
+    }
+
+    fn sync_state(&mut self) {
+        self.state.nodes.retain(|n| n.state == "unavailable");
+        for p in &self.procs {
+            self.state.nodes.push(NodeState {
+                name: p.spec.name.clone(),
+                kind: p.spec.kind.as_str().to_string(),
+                pid: p.pid(),
+                log: p.log.clone(),
+                restarts: p.restarts,
+                state: if p.child.is_none() {
+                    if p.restart_at.is_some() {
+                        "restarting"
+                    } else {
+                        "stopped"
+                    }
+                } else if p.healthy {
+                    "running"
+                } else {
+                    "starting"
+                }
+                .to_string(),
+            });
+        }
+        if let Err(e) = self.state.write() {
+            tracing::warn!(error = %e, "cannot write up.json");
+        }
+    }
+
+    /// Reap exited children and restart those due, with backoff.
+    fn tend(&mut self, stopping: bool) -> Result<(), UpError> {
+        let now = Instant::now();
+        let mut changed = false;
+        for i in 0..self.procs.len() {
+            let exited = match self.procs[i].child.as_mut() {
+                Some(c) => match c.try_wait() {
+                    Ok(Some(st)) => Some(st),
+                    _ => None,
+                },
+                None => None,
+            };
+            if let Some(st) = exited {
+                let p = &mut self.procs[i];
+                let pid = p.pid();
+                p.child = None;
+                p.healthy = false;
+                if stopping {
+                    // stop_all waits out the grace period for the rest of the group.
+                    continue;
+                }
+                // Whatever the leader of the group left behind goes with it.
+                if let Some(pid) = pid {
+                    kill_group(pid, Signal::SIGKILL);
+                }
+                let uptime = now.saturating_duration_since(p.started);
+                p.crashes = self.backoff.next_count(p.crashes, uptime);
+                let delay = self.backoff.delay(p.crashes);
+                p.restart_at = Some(now + delay);
+                let (name, kind, log) = (p.spec.name.clone(), p.spec.kind, p.log.clone());
+                self.say(format!(
+                    "✘ {name} ({kind}) exited ({st}) after {:.1}s; restarting in {:.1}s (log: {})",
+                    uptime.as_secs_f64(),
+                    delay.as_secs_f64(),
+                    log.display()
+                ));
+                changed = true;
+            }
+        }
+        if !stopping {
+            for i in 0..self.procs.len() {
+                if self.procs[i].restart_at.is_some_and(|t| t <= now) {
+                    self.procs[i].restarts += 1;
+                    let name = self.procs[i].spec.name.clone();
+                    self.spawn(i)?;
+                    self.say(format!(
+                        "↻ {name} restarted (restart #{})",
+                        self.procs[i].restarts
+                    ));
+                }
+            }
+        }
+        if changed {
+            self.sync_state();
+        }
+        Ok(())
+    }
+
+    /// Apply the latest probe results; report changes once `announce` (after start-up).
+    fn apply_health(&mut self, health: &Health, announce: bool) -> Vec<usize> {
+        let map = health.lock().map(|m| m.clone()).unwrap_or_default();
+        let mut became = Vec::new();
+        let mut changed = false;
+        for i in 0..self.procs.len() {
+            let now = self.procs[i].child.is_some()
+                && map.get(&self.procs[i].spec.name).copied().unwrap_or(false);
+            if now != self.procs[i].healthy {
+                self.procs[i].healthy = now;
+                changed = true;
+                if now {
+                    became.push(i);
+                    if announce {
+                        let p = &self.procs[i];
+                        self.say(format!("✔ {} ({}) healthy again", p.spec.name, p.spec.kind));
+                    }
+                } else if announce && self.procs[i].child.is_some() {
+                    let p = &self.procs[i];
+                    self.say(format!(
+                        "! {} ({}) is not healthy",
+                        p.spec.name, p.spec.kind
+                    ));
+                }
+            }
+            if now
+                && self.procs[i].crashes > 0
+                && self.procs[i].started.elapsed() >= self.backoff.reset_after
+            {
+                self.procs[i].crashes = 0;
+            }
+        }
+        if changed {
+            self.sync_state();
+        }
+        became
+    }
+
+    /// Stop every process: reverse start order, kind by kind, SIGTERM then SIGKILL.
+    fn stop_all(&mut self) {
+        let kinds = [
+            NodeKind::Monitor,
+            NodeKind::Lb,
+            NodeKind::Web,
+            NodeKind::Db,
+            NodeKind::Etcd,
+        ];
+        let mut batches: Vec<Vec<usize>> = Vec::new();
+        for kind in kinds {
+            let idx: Vec<usize> = (0..self.procs.len())
+                .filter(|&i| self.procs[i].spec.kind == kind)
+                .collect();
+            if kind == NodeKind::Etcd {
+                // One member at a time: a stopping leader hands leadership to a live
+                // member at once, instead of waiting on members stopping beside it.
+                batches.extend(idx.into_iter().map(|i| vec![i]));
+            } else {
+                batches.push(idx);
+            }
+        }
+        for idx in batches {
+            if idx.is_empty() {
+                continue;
+            }
+            let grace = idx
+                .iter()
+                .map(|&i| self.procs[i].spec.grace)
+                .max()
+                .unwrap_or_default();
+            let mut pids = Vec::new();
+            for &i in &idx {
+                self.procs[i].restart_at = None;
+                if let Some(pid) = self.procs[i].pid() {
+                    pids.push(pid);
+                    // The leader first: it stops its own children (PostgreSQL) cleanly.
+                    if let Ok(p) = i32::try_from(pid) {
+                        let _ = nix::sys::signal::kill(Pid::from_raw(p), Signal::SIGTERM);
+                    }
+                }
+            }
+            if pids.is_empty() {
+                continue;
+            }
+            let names: Vec<String> = idx
+                .iter()
+                .map(|&i| self.procs[i].spec.name.clone())
+                .collect();
+            self.say(format!("stopping {} ...", names.join(", ")));
+            let deadline = Instant::now() + grace;
+            while Instant::now() < deadline && pids.iter().any(|&p| group_alive(p)) {
+                let _ = self.tend(true);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            for &p in &pids {
+                if group_alive(p) {
+                    self.say(format!(
+                        "  group {p} still running after {:.0}s: SIGKILL",
+                        grace.as_secs_f64()
+                    ));
+                    kill_group(p, Signal::SIGKILL);
+                }
+            }
+            let until = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < until
+                && (pids.iter().any(|&p| group_alive(p))
+                    || idx.iter().any(|&i| self.procs[i].child.is_some()))
+            {
+                let _ = self.tend(true);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        self.sync_state();
+    }
+}
+
+fn kill_group(pid: u32, sig: Signal) {
+    if let Ok(p) = i32::try_from(pid) {
+        let _ = killpg(Pid::from_raw(p), sig);
+    }
+}
+
+/// Whether any process of the group still exists (zombies of our own children included
+/// until reaped).
+fn group_alive(pid: u32) -> bool {
+    match i32::try_from(pid) {
+        Ok(p) => killpg(Pid::from_raw(p), None).is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Run `rampart up` until SIGINT or SIGTERM.
+pub fn run(o: UpOptions) -> Result<(), UpError> {
+    let t0 = Instant::now();
+    let r = resolve(&o.resolve)?;
+    if let Some(s) = UpState::read_live(&r.data_dir) {
+        return Err(UpError::Start(format!(
+            "a stack is already running from {} (rampart up, pid {}); stop it first (Ctrl-C, or kill -TERM {})",
+            r.data_dir.display(),
+            s.pid,
+            s.pid
+        )));
+    }
+    println!(
+        "rampart up: {} (cluster {}), data in {}",
+        r.origin,
+        r.topology.cluster,
+        r.data_dir.display()
+    );
+    std::fs::create_dir_all(&r.data_dir).map_err(io("create", &r.data_dir))?;
+    if o.fresh {
+        wipe(&r)?;
+    }
+
+    // What the machine must have.
+    let etcd = match &r.topology.etcd {
+        Some(e) if !e.members.is_empty() => Some(find_program("etcd", &ETCD_DIRS).ok_or_else(|| UpError::Missing {
+            program: "etcd".into(),
+            hint: "install Debian's etcd-server package (apt-get install etcd-server), or run bash scripts/deps.sh".into(),
+        })?),
+        _ => None,
+    };
+    if let Some(db) = &r.topology.db {
+        let explicit = db
+            .pg_bin_dir
+            .as_ref()
+            .is_some_and(|d| d.join("postgres").is_file());
+        if !explicit && find_postgres().is_none() {
+            return Err(UpError::Missing {
+                program: "PostgreSQL (postgres, initdb, pg_ctl)".into(),
+                hint: "install Debian's postgresql-15 package (apt-get install postgresql-15), or run bash scripts/deps.sh".into(),
+            });
+        }
+    }
+    let rampart = o.rampart.clone();
+    let has_role = |k: NodeKind| binary_has_role(&rampart, k);
+    let etcd_path = etcd.unwrap_or_default();
+    let Plan { procs, unavailable } = plan(
+        &r.topology,
+        &r.file,
+        &r.data_dir,
+        &Tools {
+            rampart: &rampart,
+            etcd: &etcd_path,
+            has_role: &has_role,
+        },
+    );
+    check_ports_free(&r.topology)?;
+
+    let logs = r.data_dir.join("logs");
+    std::fs::create_dir_all(&logs).map_err(io("create", &logs))?;
+    let mut state = UpState {
+        pid: std::process::id(),
+        topology: r.file.clone(),
+        data_dir: r.data_dir.clone(),
+        nodes: Vec::new(),
+    };
+    for u in &unavailable {
+        state.nodes.push(NodeState {
+            name: u.name.clone(),
+            kind: u.kind.as_str().into(),
+            pid: None,
+            log: PathBuf::new(),
+            restarts: 0,
+            state: "unavailable".into(),
+        });
+    }
+    let mut sup = Supervisor {
+        procs: procs
+            .into_iter()
+            .map(|spec| Proc {
+                log: logs.join(format!("{}.log", spec.name)),
+                spec,
+                child: None,
+                started: Instant::now(),
+                crashes: 0,
+                restarts: 0,
+                restart_at: None,
+                healthy: false,
+            })
+            .collect(),
+        logs,
+        t0,
+        backoff: Backoff::default(),
+        state,
+    };
+
+    // Signals.
+    let stop = Arc::new(AtomicBool::new(false));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(io("start the signal runtime", "."))?;
+    {
+        let stop = stop.clone();
+        let (tx, rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
+        std::thread::spawn(move || {
+            rt.block_on(async move {
+                use tokio::signal::unix::{signal, SignalKind};
+                let (mut int, mut term) = match (
+                    signal(SignalKind::interrupt()),
+                    signal(SignalKind::terminate()),
+                ) {
+                    (Ok(i), Ok(t)) => (i, t),
+                    (Err(e), _) | (_, Err(e)) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = tx.send(Ok(()));
+                tokio::select! {
+                    _ = int.recv() => {},
+                    _ = term.recv() => {},
+                }
+                stop.store(true, Ordering::SeqCst);
+            })
+        });
+        match rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(UpError::Start(format!("install signal handlers: {e}"))),
+            Err(_) => {
+                return Err(UpError::Start(
+                    "install signal handlers: the signal thread died".into(),
+                ))
+            }
+        }
+    }
+
+    // Health probes in the background, so a hung node never stalls the supervisor.
+    let health: Health = Arc::new(Mutex::new(HashMap::new()));
+    let probes: Vec<(String, Probe)> = sup
+        .procs
+        .iter()
+        .map(|p| (p.spec.name.clone(), p.spec.probe.clone()))
+        .collect();
+    {
+        let health = health.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                for (name, p) in &probes {
+                    let ok = probe(p);
+                    if let Ok(mut m) = health.lock() {
+                        m.insert(name.clone(), ok);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(150));
+            }
+        });
+    }
+
+    for u in &unavailable {
+        sup.say(format!(
+            "- {} ({}): not available: {}",
+            u.name, u.kind, u.why
+        ));
+    }
+    let result = start_and_watch(&mut sup, &health, &stop, &r, &o, &unavailable);
+    if let Err(e) = &result {
+        sup.say(format!("✘ {e}"));
+    }
+    sup.say("stopping the stack (reverse order) ...");
+    sup.stop_all();
+    let _ = std::fs::remove_file(crate::state::path(&r.data_dir));
+    sup.say(format!(
+        "stopped; data kept in {} (rampart up --fresh starts over)",
+        r.data_dir.display()
+    ));
+    result
+}
+
+fn start_and_watch(
+    sup: &mut Supervisor,
+    health: &Health,
+    stop: &AtomicBool,
+    r: &Resolved,
+    o: &UpOptions,
+    unavailable: &[crate::plan::Unavailable],
+) -> Result<(), UpError> {
+    let groups = [
+        NodeKind::Etcd,
+        NodeKind::Db,
+        NodeKind::Web,
+        NodeKind::Lb,
+        NodeKind::Monitor,
+    ];
+    for kind in groups {
+        let idx: Vec<usize> = (0..sup.procs.len())
+            .filter(|&i| sup.procs[i].spec.kind == kind)
+            .collect();
+        if idx.is_empty() {
+            continue;
+        }
+        for &i in &idx {
+            sup.spawn(i)?;
+        }
+        let names: Vec<String> = idx
+            .iter()
+            .map(|&i| sup.procs[i].spec.name.clone())
+            .collect();
+        sup.say(format!("starting {kind}: {}", names.join(", ")));
+        let started = Instant::now();
+        let mut last_wait = Instant::now();
+        loop {
+            if stop.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            sup.tend(false)?;
+            for i in sup.apply_health(health, false) {
+                let p = &sup.procs[i];
+                sup.say(format!(
+                    "✔ {} ({}) healthy after {:.1}s",
+                    p.spec.name,
+                    p.spec.kind,
+                    started.elapsed().as_secs_f64()
+                ));
+            }
+            if idx.iter().all(|&i| sup.procs[i].healthy) {
+                break;
+            }
+            if started.elapsed() > o.start_timeout {
+                let waiting: Vec<String> = idx
+                    .iter()
+                    .filter(|&&i| !sup.procs[i].healthy)
+                    .map(|&i| {
+                        format!(
+                            "{} (log: {})",
+                            sup.procs[i].spec.name,
+                            sup.procs[i].log.display()
+                        )
+                    })
+                    .collect();
+                return Err(UpError::Start(format!(
+                    "not healthy after {:.0}s: {}",
+                    o.start_timeout.as_secs_f64(),
+                    waiting.join(", ")
+                )));
+            }
+            if last_wait.elapsed() > Duration::from_secs(3) {
+                last_wait = Instant::now();
+                let waiting: Vec<String> = idx
+                    .iter()
+                    .filter(|&&i| !sup.procs[i].healthy)
+                    .map(|&i| sup.procs[i].spec.name.clone())
+                    .collect();
+                sup.say(format!("… waiting for {}", waiting.join(", ")));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let t = &r.topology;
+    sup.say(format!(
+        "stack healthy in {:.1}s",
+        sup.t0.elapsed().as_secs_f64()
+    ));
+    println!();
+    for a in t.site_addresses() {
+        println!("  site        http://{a}/");
+    }
+    for n in t.lb.iter().flat_map(|l| &l.nodes) {
+        println!(
+            "  {:<11} http://{}/   (this balancer's own entry)",
+            n.name, n.address
+        );
+    }
+    println!("  lb stats    not available: rampart lb has no stats page yet");
+    if let Some(db) = &t.db {
+        if let Some(n) = db.nodes.first() {
+            println!("  db cluster  http://{}/cluster", n.api);
+        }
+    }
+    if let Some(m) = &t.monitor {
+        if unavailable.iter().any(|u| u.kind == NodeKind::Monitor) {
+            println!("  dashboard   not available: this binary has no `rampart monitor` role yet");
+        } else {
+            println!("  dashboard   http://{}/", m.listen);
+        }
+    }
+    if t.tls.is_some() {
+        println!("  https       not served: [tls] is in the topology, but rampart lb does not terminate TLS yet");
+    }
+    if t.firewall.is_some() {
+        println!("  firewall    not applied: rampart up never changes this machine's firewall");
+    }
+    println!("  logs        {}", sup.logs.display());
+    println!("\n  rampart status{}    rampart chaos kill-primary    Ctrl-C stops everything (data kept)\n",
+        if r.builtin { String::new() } else { format!(" --config {}", r.origin) });
+
+    while !stop.load(Ordering::SeqCst) {
+        sup.tend(false)?;
+        sup.apply_health(health, true);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}

@@ -1,0 +1,287 @@
+//! Issue 6's end-to-end test: `rampart up` with the default topology, guestbook
+//! messages through the load balancers, the primary database and a web server killed,
+//! the site keeps serving and no acknowledged message is lost, then SIGINT leaves no
+//! process behind.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use rampart_testkit::{http_request, rampart_bin, wait_until, Proc};
+use serde_json::Value;
+
+/// Offsets of the default topology's ports from its base (see rampart init --help).
+const OFFSETS: [u16; 19] = [
+    80, 90, 91, 92, 101, 102, 103, 201, 202, 203, 301, 302, 303, 401, 402, 403, 404, 405, 406,
+];
+
+/// A port base whose whole block is free, below the ephemeral range other tests draw from.
+fn free_port_base() -> u16 {
+    let seed = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
+    for i in 0..200u64 {
+        let base = 10_000 + ((seed.wrapping_mul(7919) + i * 613) % 200) as u16 * 100;
+        if OFFSETS
+            .iter()
+            .all(|o| TcpListener::bind(("127.0.0.1", base + o)).is_ok())
+        {
+            return base;
+        }
+    }
+    panic!("no free block of ports for the stack");
+}
+
+/// Kills whatever the stack left if the test fails half-way (pids from up.json), and
+/// checks at the end that nothing is left.
+struct Leftovers {
+    data_dir: PathBuf,
+    root: PathBuf,
+}
+
+impl Leftovers {
+    fn recorded_pids(&self) -> Vec<u32> {
+        std::fs::read_to_string(self.data_dir.join("up.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .map(|v| {
+                v["nodes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|n| n["pid"].as_u64().map(|p| p as u32))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Processes whose command line names this test's folder (etcd, postgres, rampart roles).
+    fn processes_left(&self) -> Vec<String> {
+        let needle = self.root.display().to_string();
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            if pid == std::process::id() {
+                continue;
+            }
+            if let Ok(raw) = std::fs::read(e.path().join("cmdline")) {
+                let cmd = String::from_utf8_lossy(&raw).replace('\0', " ");
+                if cmd.contains(&needle) {
+                    out.push(format!("{pid}: {cmd}"));
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        for p in self.recorded_pids() {
+            let _ = killpg(Pid::from_raw(p as i32), Signal::SIGKILL);
+        }
+        for line in self.processes_left() {
+            if let Some(pid) = line.split(':').next().and_then(|p| p.parse::<i32>().ok()) {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+fn rampart(args: &[&str]) -> std::process::Output {
+    Command::new(rampart_bin())
+        .args(args)
+        .output()
+        .expect("run rampart")
+}
+
+fn post(site: SocketAddr, text: &str) -> Option<i64> {
+    let body = format!("{{\"author\":\"e2e\",\"text\":\"{text}\"}}");
+    let r = http_request(
+        site,
+        "POST",
+        "/api/messages",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    )
+    .ok()?;
+    if r.status != 201 {
+        return None;
+    }
+    serde_json::from_str::<Value>(&r.text()).ok()?["id"].as_i64()
+}
+
+fn readable(site: SocketAddr, id: i64) -> bool {
+    wait_until(Duration::from_secs(5), || {
+        http_request(site, "GET", &format!("/api/messages/{id}"), &[], b"")
+            .is_ok_and(|r| r.status == 200)
+    })
+}
+
+fn status(config: &Path) -> Vec<Value> {
+    let out = rampart(&["status", "--config", config.to_str().unwrap(), "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice::<Value>(&out.stdout)
+        .expect("status --json is JSON")
+        .as_array()
+        .expect("a list")
+        .clone()
+}
+
+fn drill(config: &Path, args: &[&str]) -> Value {
+    let mut a = vec!["chaos"];
+    a.extend_from_slice(args);
+    a.extend_from_slice(&["--config", config.to_str().unwrap(), "--json"]);
+    let out = rampart(&a);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let report: Value = serde_json::from_str(&text).unwrap_or_else(|_| {
+        panic!(
+            "chaos {args:?} printed no report: {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    eprintln!("chaos {args:?}: {report}");
+    report
+}
+
+#[test]
+fn default_stack_survives_losing_the_primary_and_a_web_server_and_stops_clean() {
+    let dir = tempfile::Builder::new()
+        .prefix("rampart-up-e2e-")
+        .tempdir()
+        .unwrap();
+    let root = dir.path().to_path_buf();
+    let config = root.join("rampart.toml");
+    let data = root.join(".rampart/main");
+    let base = free_port_base();
+    let site = SocketAddr::from(([127, 0, 0, 1], base + 80));
+
+    let out = rampart(&[
+        "init",
+        config.to_str().unwrap(),
+        "--port-base",
+        &base.to_string(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let audit = rampart(&["audit", "--config", config.to_str().unwrap()]);
+    assert!(
+        audit.status.success(),
+        "the default topology passes the audit: {}",
+        String::from_utf8_lossy(&audit.stdout)
+    );
+
+    let leftovers = Leftovers {
+        data_dir: data.clone(),
+        root: root.clone(),
+    };
+    let mut cmd = Command::new(rampart_bin());
+    cmd.args(["up", "--config", config.to_str().unwrap()]);
+    let mut up = Proc::spawn("rampart up", cmd, &root.join("up.log"));
+    let t0 = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(150), || up
+            .log_text()
+            .contains("stack healthy in")),
+        "the stack did not become healthy:\n{}",
+        up.log_text()
+    );
+    eprintln!(
+        "stack healthy after {:.1}s (cold start)",
+        t0.elapsed().as_secs_f64()
+    );
+
+    // Every node reported, with the stable fields.
+    let nodes = status(&config);
+    assert_eq!(nodes.len(), 12, "{nodes:#?}");
+    for n in &nodes {
+        for k in ["name", "kind", "role", "healthy", "address", "pid"] {
+            assert!(n.get(k).is_some(), "{k} missing in {n}");
+        }
+        let kind = n["kind"].as_str().unwrap();
+        if kind != "monitor" {
+            assert_eq!(n["healthy"], Value::Bool(true), "{n}");
+            assert!(n["pid"].as_u64().is_some(), "{n}");
+        } else {
+            assert_eq!(n["role"], "unavailable", "{n}");
+        }
+    }
+    let primaries: Vec<&Value> = nodes
+        .iter()
+        .filter(|n| n["kind"] == "db" && n["role"] == "primary")
+        .collect();
+    assert_eq!(primaries.len(), 1, "{nodes:#?}");
+
+    // Messages through the load balancers.
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(post(site, &format!("before the drills {i}")).expect("post through the lb"));
+    }
+
+    // Kill the primary database under load.
+    let r = drill(&config, &["kill-primary", "--observe", "20"]);
+    assert_eq!(r["writes_lost"], 0, "{r}");
+    assert_eq!(r["recovered"], true, "{r}");
+    assert!(r["writes_acked"].as_u64().unwrap() > 50, "{r}");
+    let killed = r["target"].as_str().unwrap().to_string();
+    assert_ne!(killed, "");
+    // A new primary, another node.
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            status(&config).iter().any(|n| {
+                n["kind"] == "db" && n["role"] == "primary" && n["name"] != killed.as_str()
+            })
+        }),
+        "no new primary: {:#?}",
+        status(&config)
+    );
+
+    // Kill a web server: the balancers route around it, nothing is lost.
+    let r = drill(&config, &["kill-web", "web1", "--observe", "8"]);
+    assert_eq!(r["writes_lost"], 0, "{r}");
+    assert_eq!(r["recovered"], true, "{r}");
+    assert!(
+        r["failed"].as_u64().unwrap() <= 2,
+        "the lb retries on the live servers: {r}"
+    );
+    assert!(
+        up.log_text().contains("web1 restarted"),
+        "up restarts what dies:\n{}",
+        up.log_text()
+    );
+
+    // Every message acknowledged before the drills is still there, the site still serves.
+    for id in &ids {
+        assert!(readable(site, *id), "message {id} lost");
+    }
+    assert!(post(site, "after the drills").is_some());
+
+    // Ctrl-C: everything stops, nothing is left behind.
+    let pids = leftovers.recorded_pids();
+    assert_eq!(pids.len(), 11, "{pids:?}");
+    up.signal(Signal::SIGINT);
+    let code = up
+        .wait_exit(Duration::from_secs(60))
+        .expect("rampart up stops within 60 s");
+    assert_eq!(code, Some(0), "{}", up.log_text());
+    for p in pids {
+        assert!(
+            killpg(Pid::from_raw(p as i32), None).is_err(),
+            "process group {p} still alive"
+        );
+    }
+    let left = leftovers.processes_left();
+    assert!(left.is_empty(), "processes left behind: {left:#?}");
+    assert!(!data.join("up.json").exists());
+    assert!(data.join("db").is_dir(), "data kept for the next start");
+}

@@ -1,0 +1,82 @@
+//! `rampart chaos`: fire drills against the stack `rampart up` runs.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use rampart_up::chaos::{Drill, DrillOptions};
+use rampart_up::config::{resolve, ResolveOptions};
+
+/// Break the running local stack on purpose and report what a client saw: failed
+/// requests, time to recovery, acknowledged writes lost.
+#[derive(Args, Debug)]
+pub struct ChaosArgs {
+    #[command(subcommand)]
+    pub drill: DrillCmd,
+    /// The topology file (default: the built-in default topology).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+    /// Data directory of the running `rampart up` [default: .rampart/<cluster> beside the topology file].
+    #[arg(long, value_name = "DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Seconds to watch after the fault.
+    #[arg(long, value_name = "SECS", default_value_t = 20, global = true)]
+    pub observe: u64,
+    /// Guestbook writes per second during the drill.
+    #[arg(long, value_name = "N", default_value_t = 20, global = true)]
+    pub rate: u32,
+    /// Print the report as JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DrillCmd {
+    /// SIGKILL the primary database node (agent and PostgreSQL).
+    KillPrimary,
+    /// SIGKILL a load balancer (default: the first running one).
+    KillLb { node: Option<String> },
+    /// SIGKILL a web server (default: the first running one).
+    KillWeb { node: Option<String> },
+    /// Cut a node off: freeze it (SIGSTOP) for --for seconds, then let it go on. Nodes of
+    /// a local stack share one network, so the cut is a freeze: what a partitioned node
+    /// looks like to the others.
+    Partition {
+        node: String,
+        #[arg(long = "for", value_name = "SECS", default_value_t = 8)]
+        duration: u64,
+    },
+}
+
+pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
+    let r = resolve(&ResolveOptions {
+        config: args.config,
+        data_dir: args.data_dir,
+        port_base: None,
+    })
+    .map_err(crate::up::config_error)?;
+    let mut o = DrillOptions {
+        observe: Duration::from_secs(args.observe),
+        rate: args.rate,
+        ..Default::default()
+    };
+    let drill = match args.drill {
+        DrillCmd::KillPrimary => Drill::KillPrimary,
+        DrillCmd::KillLb { node } => Drill::KillLb(node),
+        DrillCmd::KillWeb { node } => Drill::KillWeb(node),
+        DrillCmd::Partition { node, duration } => {
+            o.partition_for = Duration::from_secs(duration);
+            Drill::Partition(node)
+        }
+    };
+    let report = rampart_up::chaos::run(&r, &drill, &o)?;
+    if args.json {
+        println!("{}", rampart_up::chaos::report_json(&report));
+    } else {
+        println!("{report}");
+    }
+    if report.writes_lost > 0 || !report.recovered {
+        std::process::exit(1);
+    }
+    Ok(())
+}

@@ -1,0 +1,62 @@
+//! `rampart up`: run the whole topology on this machine; the work is in `rampart_up`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use rampart_up::config::ResolveOptions;
+use rampart_up::supervise::UpOptions;
+use rampart_up::UpError;
+
+/// Start every role of a topology as child processes on this machine, wait until each is
+/// healthy, print the URLs, restart what crashes, stop everything on Ctrl-C (data kept).
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// The topology file (default: the built-in default topology, written to
+    /// <data-dir>/topology.toml).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Wipe every node's data first (start over).
+    #[arg(long)]
+    pub fresh: bool,
+    /// Where logs, state and (for the default topology) data go [default: .rampart/<cluster>
+    /// beside the topology file, or in the current folder for the built-in default].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Port base of the built-in default topology (see rampart init --help).
+    #[arg(long, value_name = "N", conflicts_with = "config")]
+    pub port_base: Option<u16>,
+    /// Give up when a group of roles is not healthy after this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    pub start_timeout: u64,
+}
+
+/// Print a topology's diagnostics as they are (file:line:col each) and fail.
+pub fn config_error(e: UpError) -> anyhow::Error {
+    match e {
+        UpError::Config(c) => {
+            eprintln!("{c}");
+            anyhow::anyhow!(
+                "invalid topology ({} problem(s) above)",
+                c.diagnostics.len()
+            )
+        }
+        other => anyhow::Error::new(other),
+    }
+}
+
+pub fn run(args: UpArgs) -> anyhow::Result<()> {
+    let rampart = std::env::current_exe().context("find this executable")?;
+    rampart_up::supervise::run(UpOptions {
+        resolve: ResolveOptions {
+            config: args.config,
+            data_dir: args.data_dir,
+            port_base: args.port_base,
+        },
+        fresh: args.fresh,
+        rampart,
+        start_timeout: Duration::from_secs(args.start_timeout),
+    })
+    .map_err(config_error)
+}
