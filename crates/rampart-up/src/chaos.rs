@@ -223,7 +223,9 @@ pub fn run(r: &Resolved, drill: &Drill, o: &DrillOptions) -> Result<Report, UpEr
             while !stop.load(Ordering::SeqCst) {
                 let tick = Instant::now();
                 n += 1;
+                // Samples are stamped when the answer (or the error) came back.
                 let w = post_message(site, n);
+                let w_at = Instant::now();
                 let ok_w = w.is_some();
                 if let Some(a) = w {
                     if let Ok(mut v) = acked.lock() {
@@ -233,7 +235,7 @@ pub fn run(r: &Resolved, drill: &Drill, o: &DrillOptions) -> Result<Report, UpEr
                 let ok_r = crate::http::get(site, "/", Duration::from_secs(5))
                     .is_ok_and(|r| r.status == 200);
                 if let Ok(mut s) = samples.lock() {
-                    s.push(Sample { at: tick, ok: ok_w });
+                    s.push(Sample { at: w_at, ok: ok_w });
                     s.push(Sample {
                         at: Instant::now(),
                         ok: ok_r,

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rampart_topology::NodeKind;
 use serde::Serialize;
@@ -57,9 +57,30 @@ fn etcd_status(addr: SocketAddr) -> Option<Value> {
         .flatten()
 }
 
-/// Probe every node of the topology.
+/// Requests a web node answered so far, not counting health checks and metrics
+/// (`rampart_web_requests_total` without `kind="Admin"`).
+fn web_requests(addr: SocketAddr) -> Option<f64> {
+    let r = crate::http::get(addr, "/metrics", T).ok()?;
+    if r.status != 200 {
+        return None;
+    }
+    Some(
+        r.body
+            .lines()
+            .filter(|l| {
+                l.starts_with("rampart_web_requests_total") && !l.contains("kind=\"Admin\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum(),
+    )
+}
+
+/// Probe every node of the topology. Takes about a second: request rates are measured
+/// over that window.
 pub fn collect(r: &Resolved) -> Vec<NodeStatus> {
     let t = &r.topology;
+    let window_start = Instant::now();
+    let before: Vec<Option<f64>> = t.web.iter().map(|w| web_requests(w.listen)).collect();
     let live = UpState::read_live(&r.data_dir);
     let pid_of = |name: &str| {
         live.as_ref()
@@ -156,7 +177,17 @@ pub fn collect(r: &Resolved) -> Vec<NodeStatus> {
         }
     }
 
-    for w in &t.web {
+    let elapsed = window_start.elapsed();
+    if elapsed < Duration::from_secs(1) && before.iter().any(Option::is_some) {
+        std::thread::sleep(Duration::from_secs(1) - elapsed);
+    }
+    let secs = window_start.elapsed().as_secs_f64();
+    for (i, w) in t.web.iter().enumerate() {
+        let mut details = BTreeMap::new();
+        if let (Some(a), Some(b)) = (before[i], web_requests(w.listen)) {
+            let rps = ((b - a).max(0.0) / secs * 10.0).round() / 10.0;
+            details.insert("rps".to_string(), serde_json::json!(rps));
+        }
         let live_ok = probe(&Probe::Http {
             addr: w.listen,
             path: "/healthz".into(),
@@ -177,7 +208,7 @@ pub fn collect(r: &Resolved) -> Vec<NodeStatus> {
             healthy: ready,
             address: w.listen.to_string(),
             pid: pid_of(&w.name),
-            details: BTreeMap::new(),
+            details,
         });
     }
 
