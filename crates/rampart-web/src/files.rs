@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use bytes::Bytes;
@@ -181,6 +181,19 @@ struct Chosen {
     has_variant: bool,
 }
 
+/// A request path resolved to canonical files inside the root.
+struct Resolved {
+    path: PathBuf,
+    /// Canonical `.br` and `.gz` variants, when present.
+    variants: [Option<PathBuf>; 2],
+    at: Instant,
+}
+
+/// How long a path resolution (realpath of the file and its variants) is reused.
+const RESOLVE_VALID: Duration = Duration::from_secs(1);
+/// The resolution cache is emptied when it holds this many paths.
+const RESOLVE_MAX: usize = 10_000;
+
 struct CacheEntry {
     len: u64,
     mtime: SystemTime,
@@ -193,6 +206,7 @@ pub struct StaticFiles {
     root: PathBuf,
     cache: Mutex<HashMap<PathBuf, Arc<CacheEntry>>>,
     cache_bytes: Mutex<u64>,
+    resolved: Mutex<HashMap<String, Arc<Resolved>>>,
 }
 
 /// Files up to this size are read whole and cached.
@@ -216,6 +230,7 @@ impl StaticFiles {
             root,
             cache: Mutex::new(HashMap::new()),
             cache_bytes: Mutex::new(0),
+            resolved: Mutex::new(HashMap::new()),
         })
     }
 
@@ -234,7 +249,9 @@ impl StaticFiles {
         Some((canon, meta))
     }
 
-    fn choose(&self, raw_path: &str, headers: &HeaderMap) -> Result<Result<Chosen, String>, Miss> {
+    /// Resolve a request path to a canonical file inside the root and its precompressed
+    /// variants (the expensive part: realpath of every candidate).
+    fn resolve(&self, raw_path: &str) -> Result<Result<Resolved, String>, Miss> {
         let segs = sanitize(raw_path)?;
         let mut p = self.root.clone();
         for s in &segs {
@@ -261,18 +278,8 @@ impl StaticFiles {
         if !meta.is_file() {
             return Err(Miss::NotFound);
         }
-        let ae = headers
-            .get(header::ACCEPT_ENCODING)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        let (br, gz) = if ae.is_empty() {
-            (false, false)
-        } else {
-            accepts(ae)
-        };
-        let mut has_variant = false;
-        let mut chosen = None;
-        for (ok, ext, enc) in [(br, "br", "br"), (gz, "gz", "gzip")] {
+        let mut variants = [None, None];
+        for (slot, ext) in variants.iter_mut().zip(["br", "gz"]) {
             let mut vp = path.clone().into_os_string();
             vp.push(".");
             vp.push(ext);
@@ -283,27 +290,94 @@ impl StaticFiles {
             }
             if let Some((vpath, vmeta)) = self.inside(&vp) {
                 if vmeta.is_file() {
-                    has_variant = true;
-                    if ok && chosen.is_none() {
-                        chosen = Some((vpath, vmeta, enc));
+                    *slot = Some(vpath);
+                }
+            }
+        }
+        Ok(Ok(Resolved {
+            path,
+            variants,
+            at: Instant::now(),
+        }))
+    }
+
+    fn choose(&self, raw_path: &str, headers: &HeaderMap) -> Result<Result<Chosen, String>, Miss> {
+        // Resolutions are reused for RESOLVE_VALID (like nginx's open_file_cache_valid);
+        // the file itself is still lstat'ed on every request, so edits show at once, and a
+        // canonical path that turned into a symlink is resolved again (never followed out).
+        let cached = self
+            .resolved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(raw_path)
+            .filter(|r| r.at.elapsed() < RESOLVE_VALID)
+            .cloned();
+        let res = match cached {
+            Some(r) => r,
+            None => match self.resolve(raw_path)? {
+                Ok(r) => {
+                    let r = Arc::new(r);
+                    let mut m = self.resolved.lock().unwrap_or_else(|e| e.into_inner());
+                    if m.len() >= RESOLVE_MAX {
+                        m.clear();
+                    }
+                    m.insert(raw_path.to_string(), r.clone());
+                    r
+                }
+                Err(loc) => return Ok(Err(loc)),
+            },
+        };
+        let ae = headers
+            .get(header::ACCEPT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let (br, gz) = if ae.is_empty() {
+            (false, false)
+        } else {
+            accepts(ae)
+        };
+        let has_variant = res.variants.iter().any(Option::is_some);
+        for (ok, v, enc) in [(br, &res.variants[0], "br"), (gz, &res.variants[1], "gzip")] {
+            if let (true, Some(vp)) = (ok, v) {
+                if let Ok(meta) = std::fs::symlink_metadata(vp) {
+                    if meta.is_file() {
+                        return Ok(Ok(Chosen {
+                            path: vp.clone(),
+                            meta,
+                            encoding: Some(enc),
+                            has_variant,
+                        }));
                     }
                 }
             }
         }
-        Ok(Ok(match chosen {
-            Some((vpath, vmeta, enc)) => Chosen {
-                path: vpath,
-                meta: vmeta,
-                encoding: Some(enc),
-                has_variant,
-            },
-            None => Chosen {
-                path,
+        match std::fs::symlink_metadata(&res.path) {
+            Ok(meta) if meta.is_file() => Ok(Ok(Chosen {
+                path: res.path.clone(),
                 meta,
                 encoding: None,
                 has_variant,
-            },
-        }))
+            })),
+            _ => {
+                // Gone or replaced: forget it and resolve again.
+                self.resolved
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(raw_path);
+                match self.resolve(raw_path)? {
+                    Ok(r) => match std::fs::symlink_metadata(&r.path) {
+                        Ok(meta) => Ok(Ok(Chosen {
+                            has_variant: r.variants.iter().any(Option::is_some),
+                            path: r.path,
+                            meta,
+                            encoding: None,
+                        })),
+                        Err(_) => Err(Miss::NotFound),
+                    },
+                    Err(loc) => Ok(Err(loc)),
+                }
+            }
+        }
     }
 
     /// Answer a GET or HEAD for `raw_path` (still percent-encoded), or say why not.

@@ -239,6 +239,14 @@ fn traversal_attempts_never_leave_the_root() {
     }
     // The server survived all of that.
     assert_eq!(get(w.addr, "/", &[]).status, 200);
+    // A served file replaced by a symlink out of the root (within the resolution cache's
+    // validity) is not followed.
+    assert_eq!(get(w.addr, "/app.js", &[]).status, 200);
+    std::fs::remove_file(root.join("app.js")).expect("rm");
+    symlink(dir.path().join("secret.txt"), root.join("app.js")).expect("symlink");
+    let r = get(w.addr, "/app.js", &[]);
+    assert_eq!(r.status, 404);
+    assert!(!r.text().contains("TOP-SECRET"));
 }
 
 #[test]
