@@ -97,6 +97,7 @@ pub struct Agent {
     disk_full: bool,
     loops: u64,
     start_failures: u32,
+    stuck_rewinds: u32,
 }
 
 impl Agent {
@@ -175,6 +176,7 @@ impl Agent {
             disk_full: false,
             loops: 0,
             start_failures: 0,
+            stuck_rewinds: 0,
         })
     }
 
@@ -748,6 +750,7 @@ impl Agent {
                     if let Pg::Running(r) = &obs.pg {
                         if r.streaming {
                             self.not_streaming_since = None;
+                            self.stuck_rewinds = 0;
                         } else {
                             self.not_streaming_since.get_or_insert_with(Instant::now);
                         }
@@ -756,9 +759,19 @@ impl Agent {
                 Ok(())
             }
             Action::Rewind { from } => {
-                tracing::warn!(leader = %from, "replica not streaming for too long: rewinding (re-cloning if that fails)");
                 self.stop_postgres(StopMode::Fast).await;
-                self.rewind_or_reclone(from).await?;
+                if self.stuck_rewinds >= 1 {
+                    // Rewinding did not get us streaming: the WAL we need is gone (node down
+                    // too long, slot invalidated). Only a fresh copy helps.
+                    tracing::warn!(leader = %from, "still not streaming after a rewind (WAL gone?): re-cloning from the leader");
+                    let (h, p) = self.node_addr(from)?;
+                    self.ctl.basebackup(&h, p).await?;
+                    self.stuck_rewinds = 0;
+                } else {
+                    tracing::warn!(leader = %from, "replica not streaming for too long: rewinding (re-cloning if that fails)");
+                    self.rewind_or_reclone(from).await?;
+                    self.stuck_rewinds += 1;
+                }
                 self.start_pg(false, Some(from)).await
             }
             Action::ReleaseLeader { reason } => {

@@ -115,3 +115,69 @@ async fn pause_holds_failover_until_resume() {
     let np = c.wait_primary(Duration::from_secs(20));
     assert_ne!(np, p);
 }
+
+/// A replica down while the primary recycles the WAL it would need (small
+/// max_slot_wal_keep_size): when it comes back it cannot stream, rewinding does not help,
+/// and the agent re-clones it from the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_down_past_retained_wal_is_recloned() {
+    let mut c = Cluster::start(Opts {
+        synchronous: false,
+        extra_db: "parameters = { wal_keep_size = \"0\", max_slot_wal_keep_size = \"32MB\" }"
+            .into(),
+        ..Opts::default()
+    });
+    let p = c.wait_primary(Duration::from_secs(60));
+    for i in (0..3).filter(|&i| i != p) {
+        c.wait_replica(i, Duration::from_secs(60));
+    }
+    let r = (0..3).find(|&i| i != p).expect("a replica");
+    c.kill_node(r);
+    let pc = connect(c.nodes[p].pg_port)
+        .await
+        .expect("connect to primary");
+    pc.batch_execute("CREATE TABLE filler (id int, pad text)")
+        .await
+        .expect("create");
+    for round in 0..8 {
+        pc.batch_execute(&format!(
+            "INSERT INTO filler SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g; SELECT pg_switch_wal(); CHECKPOINT; -- {round}"
+        ))
+        .await
+        .expect("generate WAL");
+    }
+    // The slot lost its WAL (or the agent already recreated it after it was lost).
+    let slot = pc
+        .query(
+            "SELECT COALESCE(wal_status, ''), COALESCE(pg_wal_lsn_diff(restart_lsn, '0/0')::int8, -1), pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::int8 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&c.nodes[r].name],
+        )
+        .await
+        .expect("slots");
+    let (status, restart, now): (String, i64, i64) = slot
+        .first()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .expect("slot row");
+    eprintln!(
+        "slot of {}: {status} restart={restart} now={now}",
+        c.nodes[r].name
+    );
+    assert!(
+        status == "lost" || now - restart < 32 << 20,
+        "the WAL churn did not outrun the slot"
+    );
+    c.start_agent(r);
+    c.wait_replica(r, Duration::from_secs(90));
+    assert!(
+        crate::harness::wait_rows(
+            c.nodes[r].pg_port,
+            "SELECT count(*) FROM filler",
+            160_000,
+            Duration::from_secs(30)
+        )
+        .await,
+        "re-cloned replica lacks the rows"
+    );
+    let log = c.agent_log(r);
+    assert!(log.contains("re-cloning"), "no re-clone in the agent log");
+}
