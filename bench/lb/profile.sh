@@ -6,7 +6,8 @@
 # Same set-up as bench/lb/run.sh (balancer with one worker thread on CPU 0, wrk -t1 -c50 and two
 # nginx backends on CPU 1). rampart is built with line tables and frame pointers into
 # "${CARGO_TARGET_DIR:-target}-prof" so the release build used by run.sh is left alone.
-# Writes bench/results/lb-profile-<balancer>-<timestamp>.txt (flat and call-graph reports).
+# RAMPART_BIN=PATH skips that build. Writes bench/results/lb-profile-<balancer>-<timestamp>.txt
+# (flat and inclusive reports).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -17,7 +18,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --seconds) secs=$2; shift 2 ;;
     --balancer) bal=$2; shift 2 ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -29,7 +30,9 @@ command -v perf >/dev/null || {
   echo "perf is missing: apt-get install linux-perf" >&2
   exit 1
 }
-if [ "$bal" = rampart ]; then
+if [ "$bal" = rampart ] && [ -n "${RAMPART_BIN:-}" ]; then
+  rampart_bin=$RAMPART_BIN # built elsewhere; profiles are only readable with line tables in it
+elif [ "$bal" = rampart ]; then
   prof_target="${CARGO_TARGET_DIR:-$repo/target}-prof"
   echo "building rampart with debug line tables and frame pointers into $prof_target" >&2
   (cd "$repo" && CARGO_TARGET_DIR="$prof_target" CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \

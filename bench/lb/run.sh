@@ -97,12 +97,15 @@ else
 fi
 for b in "${want[@]}"; do
   if [ "$b" = rampart ]; then
+    built=1
     if [ "$build" = 1 ] && [ -z "${RAMPART_BIN:-}" ]; then
-      log "building rampart (release)"
-      (cd "$src" && CARGO_TARGET_DIR="$target_dir" cargo build --release -p rampart --bin rampart) >&2 ||
-        log "rampart did not build"
+      log "building rampart (release) from $src"
+      if ! (cd "$src" && CARGO_TARGET_DIR="$target_dir" cargo build --release -p rampart --bin rampart) >&2; then
+        log "rampart did not build: not measuring an older binary"
+        built=0
+      fi
     fi
-    if [ -x "$rampart_bin" ] && "$rampart_bin" lb --help 2>&1 | grep -q -- '--listen'; then
+    if [ "$built" = 1 ] && [ -x "$rampart_bin" ] && "$rampart_bin" lb --help 2>&1 | grep -q -- '--listen'; then
       active+=(rampart)
     else
       log "rampart lb quick mode is not available ($rampart_bin lb --listen): its column is pending"
