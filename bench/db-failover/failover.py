@@ -565,7 +565,7 @@ def run_setting(kind, setting_name, trials, sync, base_root):
     etcd = Etcd(base)
     cls = Patroni if kind == "patroni" else Rampart
     system = cls(base, etcd, setting, sync)
-    results = []
+    results, error = [], None
     try:
         system.start_all()
         took = wait_healthy(system, HEALTHY_LIMIT_S)
@@ -576,10 +576,16 @@ def run_setting(kind, setting_name, trials, sync, base_root):
             r = run_trial(system, t, first_id)
             first_id += 10_000_000
             results.append(r)
+            if r["unavail"] is None:
+                raise RuntimeError(f"trial {t}: no acknowledged write on another node within "
+                                   f"{OUTAGE_LIMIT_S:.0f}s of the kill")
+    except Exception as e:  # keep the trials done so far; the report says what broke
+        error = str(e)
+        log(f"!! {kind} {setting_name}: {error}")
     finally:
         system.stop_all()
         etcd.stop()
-    return results, base
+    return results, base, error
 
 
 def fmt_s(x):
@@ -613,7 +619,8 @@ def table(rows):
         out.append(f"| {r['system']} | {r['setting']} | {r['lease']} | {r['mode']} | {r['ok']}/{r['trials']} | "
                    f"{fmt_s(r['median'])} ({fmt_s(r['min'])}-{fmt_s(r['max'])}) | "
                    f"{r['lost_total']} ({r['lost_trials']}) | {r['amb_present']}/{r['amb_total']} |")
-    return "\n".join(out)
+    notes = [f"- {r['system']} {r['setting']}: stopped early: {r['error']}" for r in rows if r.get("error")]
+    return "\n".join(out + ([""] + notes if notes else []))
 
 
 def main():
@@ -648,12 +655,14 @@ def main():
                     continue  # Patroni's own defaults are the patroni-default row
                 log(f"== {kind} {name} ({'sync' if a.sync else 'async'}), {a.trials} trials")
                 try:
-                    res, base = run_setting(kind, name, a.trials, a.sync, base_root)
+                    res, _, error = run_setting(kind, name, a.trials, a.sync, base_root)
                 except Exception as e:  # a broken system still lets the other one report
+                    res, error = [], str(e)
                     log(f"!! {kind} {name} failed: {e}")
-                    res = []
-                raw[f"{kind}/{name}"] = res
-                rows.append(summarize(kind, name, a.sync, res))
+                raw[f"{kind}/{name}"] = {"trials": res, "error": error}
+                row = summarize(kind, name, a.sync, res)
+                row["error"] = error
+                rows.append(row)
                 print(table(rows[-1:]), flush=True)
     finally:
         for p in ALL_PROCS:
