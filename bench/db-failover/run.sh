@@ -32,4 +32,4 @@ if [ "$want_rampart" = 1 ] && [ -z "${RAMPART_BIN:-}" ]; then
 fi
 
 # Debian's python (psycopg2 and patroni live there), not whatever python3 is first on PATH.
-exec /usr/bin/python3 "$here/failover.py" "$@"
+exec /usr/bin/python3 -B "$here/failover.py" "$@"
