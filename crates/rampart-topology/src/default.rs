@@ -13,7 +13,8 @@ use std::path::Path;
 #[derive(Debug, Clone)]
 pub struct DefaultOptions<'a> {
     pub cluster: &'a str,
-    /// Absolute folder holding every node's data (`<data_dir>/db/<node>`, `<data_dir>/etcd/<member>`).
+    /// Folder holding every node's data (`<data_dir>/db/<node>`, `<data_dir>/etcd/<member>`);
+    /// a relative one is relative to the topology file's folder.
     pub data_dir: &'a Path,
     pub port_base: u16,
 }

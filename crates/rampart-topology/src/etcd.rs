@@ -26,7 +26,8 @@ pub struct EtcdSection {
     pub heartbeat_ms: Option<Spanned<i64>>,
     #[serde(default)]
     pub election_ms: Option<Spanned<i64>>,
-    /// Base folder for members' data (`<data_dir>/<name>`); `rampart up` uses its own when unset.
+    /// Base folder for members' data (`<data_dir>/<name>`), relative to the topology file's
+    /// folder unless absolute; `rampart up` uses its own when unset.
     #[serde(default)]
     pub data_dir: Option<Spanned<String>>,
     #[serde(default)]
@@ -164,7 +165,18 @@ pub(crate) fn validate(
     Some(EtcdConfig {
         heartbeat_ms: heartbeat_ms as u32,
         election_ms: election_ms as u32,
-        data_dir: s.data_dir.as_ref().map(|d| PathBuf::from(d.get_ref())),
+        // A relative data_dir is relative to the topology file's folder.
+        data_dir: s.data_dir.as_ref().map(|d| {
+            let p = PathBuf::from(d.get_ref());
+            if p.is_relative() {
+                let folder = src.file.parent().unwrap_or(std::path::Path::new("."));
+                std::path::absolute(folder)
+                    .unwrap_or_else(|_| folder.to_path_buf())
+                    .join(p)
+            } else {
+                p
+            }
+        }),
         members,
     })
 }

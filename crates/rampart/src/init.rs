@@ -20,7 +20,7 @@ pub struct InitArgs {
     /// +201.., PostgreSQL +301.., etcd +401..): another base runs a second stack beside.
     #[arg(long, default_value_t = 8000)]
     pub port_base: u16,
-    /// Folder for every node's data (default: .rampart/<cluster> beside PATH, made absolute).
+    /// Folder for every node's data [default: .rampart/<cluster> beside PATH].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Overwrite an existing file.
@@ -54,11 +54,12 @@ pub fn run(args: InitArgs) -> anyhow::Result<()> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    // Where `rampart up --config PATH` keeps its state by default: beside the file.
+    // By default where `rampart up --config PATH` keeps its state: beside the file, written
+    // relative to it so the folder can move.
     let data_dir = match &args.data_dir {
         Some(d) if d.is_absolute() => d.clone(),
         Some(d) => cwd.join(d),
-        None => cwd.join(folder).join(".rampart").join(&args.cluster),
+        None => Path::new(".rampart").join(&args.cluster),
     };
     let text = render(&DefaultOptions {
         cluster: &args.cluster,
@@ -82,7 +83,12 @@ pub fn run(args: InitArgs) -> anyhow::Result<()> {
         args.path.display(),
         args.cluster,
         u32::from(args.port_base) + 80,
-        data_dir.display()
+        if data_dir.is_relative() {
+            folder.join(&data_dir)
+        } else {
+            data_dir.clone()
+        }
+        .display()
     );
     Ok(())
 }
