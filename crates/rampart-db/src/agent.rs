@@ -98,6 +98,7 @@ pub struct Agent {
     loops: u64,
     start_failures: u32,
     stuck_rewinds: u32,
+    bootstrapping: bool,
 }
 
 impl Agent {
@@ -177,6 +178,7 @@ impl Agent {
             loops: 0,
             start_failures: 0,
             stuck_rewinds: 0,
+            bootstrapping: false,
         })
     }
 
@@ -197,6 +199,12 @@ impl Agent {
         tracing::info!(node = %self.node.name, cluster = %self.cfg.cluster, data_dir = %self.ctl.data_dir.display(),
             ttl = ?self.cfg.ttl, loop_wait = ?self.cfg.loop_wait, synchronous = self.cfg.synchronous, "rampart db agent starting");
         tokio::pin!(stop);
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let watcher = tokio::spawn(watch_for_changes(
+            self.coord.clone(),
+            self.cfg.cluster.clone(),
+            wake.clone(),
+        ));
         loop {
             let started = Instant::now();
             self.turn().await;
@@ -209,8 +217,11 @@ impl Agent {
             tokio::select! {
                 _ = &mut stop => break,
                 _ = tokio::time::sleep(wait.max(Duration::from_millis(20))) => {}
+                // The leader key vanished or an operator asked for something: act now.
+                _ = wake.notified() => {}
             }
         }
+        watcher.abort();
         tracing::info!("stopping: shutting postgres down and releasing the lease");
         if let Some(mut c) = self.child.take() {
             pg::stop_child(&mut c, false, Duration::from_secs(20)).await;
@@ -476,7 +487,8 @@ impl Agent {
     }
 
     fn sync_names(&self) -> String {
-        if !self.cfg.synchronous {
+        if !self.cfg.synchronous || self.bootstrapping {
+            // No standby can exist before the bootstrap has created the replication user.
             return String::new();
         }
         match &self.sync_configured {
@@ -768,7 +780,8 @@ impl Agent {
                     self.ctl.basebackup(&h, p).await?;
                     self.stuck_rewinds = 0;
                 } else {
-                    tracing::warn!(leader = %from, "replica not streaming for too long: rewinding (re-cloning if that fails)");
+                    tracing::warn!(leader = %from, postgres_says = %last_problem(&self.ctl.log_path()),
+                        "replica not streaming for too long: rewinding (re-cloning if that fails)");
                     self.rewind_or_reclone(from).await?;
                     self.stuck_rewinds += 1;
                 }
@@ -814,6 +827,7 @@ impl Agent {
         }
         tracing::info!("won the initialize race: running initdb");
         let r = async {
+            self.bootstrapping = true;
             self.ctl.initdb().await?;
             // initdb takes longer than a lease: renew (or regrant) before taking the key.
             if !self.renew_lease().await || !self.lease_ok() {
@@ -836,9 +850,16 @@ impl Agent {
                 self.put_json("sync", &v).await?;
             }
             self.ensure_slots().await;
+            self.bootstrapping = false;
+            if self.cfg.synchronous_strict {
+                // From now on strict: no acknowledged write without a synchronous standby.
+                self.ctl.write_conf(&self.conf(None)?)?;
+                self.conn.reload().await?;
+            }
             Ok(())
         }
         .await;
+        self.bootstrapping = false;
         if let Err(e) = &r {
             tracing::error!(error = %e, "bootstrap failed: giving the initialize key back");
             self.kill_postgres().await;
@@ -1059,6 +1080,56 @@ impl Agent {
                 lag_seconds: st.map(|s| s.replay_delay_seconds).unwrap_or(0.0),
             };
         }
+    }
+}
+
+/// The last FATAL/ERROR/PANIC line of the postgres log (for the agent's own log lines).
+fn last_problem(log: &std::path::Path) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(log) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(16 * 1024)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    text.lines()
+        .rev()
+        .find(|l| l.contains("FATAL") || l.contains("ERROR") || l.contains("PANIC"))
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Wake the loop as soon as `/leader` is deleted or `/failover` or `/pause` changes, so
+/// that a failover does not wait for the next `loop_wait` tick.
+async fn watch_for_changes(coord: Coord, cluster: String, wake: Arc<tokio::sync::Notify>) {
+    let prefix = dcs::prefix(&cluster);
+    let interesting = |key: &str| {
+        key.strip_prefix(&prefix)
+            .is_some_and(|k| k == "leader" || k == "failover" || k == "pause")
+    };
+    loop {
+        match coord.watch_prefix(&prefix, 0).await {
+            Ok(mut rx) => {
+                while let Some(ev) = rx.recv().await {
+                    let hit = match &ev {
+                        rampart_coord::WatchEvent::Delete { key, .. } => interesting(key),
+                        rampart_coord::WatchEvent::Put(kv) => {
+                            interesting(&kv.key) && !kv.key.ends_with("/leader")
+                        }
+                        rampart_coord::WatchEvent::Resync(_) => false,
+                    };
+                    if hit {
+                        wake.notify_one();
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot watch the cluster keys; retrying");
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

@@ -204,6 +204,11 @@ pub fn may_take_leader(o: &Observed) -> Result<&'static str, &'static str> {
             }
         }
     }
+    if o.failover.as_ref().is_some_and(|f| {
+        f.age < FAILOVER_REQUEST_TIMEOUT && f.from.as_deref() == Some(o.me.as_str())
+    }) {
+        return Err("this node was asked to step down");
+    }
     if o.nofailover {
         return Err("nofailover is set on this node");
     }

@@ -181,3 +181,51 @@ async fn replica_down_past_retained_wal_is_recloned() {
     let log = c.agent_log(r);
     assert!(log.contains("re-cloning"), "no re-clone in the agent log");
 }
+
+/// Strict synchronous mode: with its only standby gone the primary refuses to
+/// acknowledge writes (they wait); when the standby is back they complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_synchronous_mode_refuses_writes_without_a_standby() {
+    let mut c = Cluster::start(Opts {
+        nodes: 2,
+        extra_db: "synchronous_strict = true".into(),
+        ..Opts::default()
+    });
+    let p = c.wait_primary(Duration::from_secs(60));
+    let r = 1 - p;
+    c.wait_replica(r, Duration::from_secs(60));
+    assert!(
+        rampart_testkit::wait_until(Duration::from_secs(20), || c.sync_standby(p).is_some()),
+        "{}",
+        c.list()
+    );
+    let pc = connect(c.nodes[p].pg_port).await.expect("connect");
+    pc.batch_execute("CREATE TABLE s (id int)")
+        .await
+        .expect("write with a standby");
+    c.kill_node(r);
+    // Give the primary a few loops to notice; the write must not be acknowledged.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let w = tokio::time::timeout(
+        Duration::from_secs(3),
+        pc.execute("INSERT INTO s VALUES (1)", &[]),
+    )
+    .await;
+    assert!(
+        w.is_err(),
+        "strict mode acknowledged a write without a synchronous standby: {w:?}"
+    );
+    // The standby comes back: the waiting write completes.
+    c.start_agent(r);
+    let pc2 = connect(c.nodes[p].pg_port).await.expect("connect");
+    let done = tokio::time::timeout(
+        Duration::from_secs(60),
+        pc2.execute("INSERT INTO s VALUES (2)", &[]),
+    )
+    .await;
+    assert!(
+        matches!(done, Ok(Ok(1))),
+        "write not acknowledged after the standby returned: {done:?}\n{}",
+        c.list()
+    );
+}

@@ -346,9 +346,15 @@ impl Writer {
 
 /// Ids from `acked` missing on the node at `port`.
 pub async fn missing_ids(port: u16, acked: &[i64]) -> Vec<i64> {
-    let c = connect(port)
-        .await
-        .expect("connect to check acknowledged rows");
+    let mut c = None;
+    for _ in 0..100 {
+        c = connect(port).await;
+        if c.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let c = c.expect("connect to check acknowledged rows (20 s)");
     let rows = c
         .query("SELECT id FROM acked", &[])
         .await
