@@ -108,3 +108,34 @@ fn init_writes_a_commented_file_and_never_overwrites_without_force() {
         .status
         .success());
 }
+
+#[test]
+fn up_refuses_to_start_a_second_stack_from_the_same_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    assert!(rampart(&["init", "--port-base", "13000"], p)
+        .status
+        .success());
+    // A live supervisor recorded in up.json (this test process stands in for it).
+    let state = p.join(".rampart/main");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(
+        state.join("up.json"),
+        format!(
+            "{{\"pid\": {}, \"topology\": \"{}\", \"data_dir\": \"{}\", \"nodes\": []}}",
+            std::process::id(),
+            p.join("rampart.toml").display(),
+            state.display()
+        ),
+    )
+    .unwrap();
+    let out = rampart(&["up", "--config", "rampart.toml"], p);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("a stack is already running"), "{err}");
+    assert!(
+        err.contains(&format!("pid {}", std::process::id())),
+        "{err}"
+    );
+    assert!(!state.join("logs").exists(), "nothing started");
+}
