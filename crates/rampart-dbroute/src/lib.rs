@@ -39,6 +39,11 @@ pub enum TopologySource {
     Static(Vec<String>),
     /// rampart db agents' HTTP API base URLs (`http://127.0.0.1:8008`), read at `/cluster`.
     Agents(Vec<String>),
+    /// The agents' member records and leader key in etcd, for cluster `cluster`.
+    Etcd {
+        endpoints: Vec<String>,
+        cluster: String,
+    },
 }
 
 /// How to log in to every node.
@@ -525,6 +530,7 @@ async fn poll_loop(weak: Weak<Inner>) {
     enum Src {
         Static(StaticProber),
         Agents(Box<AgentSource>),
+        Etcd(Box<source::EtcdSource>),
     }
     let (src, interval, refresh) = {
         let Some(inner) = weak.upgrade() else { return };
@@ -552,6 +558,9 @@ async fn poll_loop(weak: Weak<Inner>) {
                     .collect();
                 Src::Static(StaticProber::new(nodes, probe_timeout))
             }
+            TopologySource::Etcd { endpoints, cluster } => Src::Etcd(Box::new(
+                source::EtcdSource::new(endpoints.clone(), cluster.clone()),
+            )),
             TopologySource::Agents(urls) => {
                 Src::Agents(Box::new(AgentSource::new(urls.clone(), probe_timeout)))
             }
@@ -562,6 +571,7 @@ async fn poll_loop(weak: Weak<Inner>) {
         let observed = match &src {
             Src::Static(p) => Some(p.observe().await),
             Src::Agents(a) => a.observe().await,
+            Src::Etcd(e) => e.observe().await,
         };
         let Some(inner) = weak.upgrade() else { return };
         if let Some(t) = observed {

@@ -181,9 +181,12 @@ pub(crate) struct MemberDoc {
 
 /// Turn a `/cluster` document into a topology (pure).
 pub(crate) fn topology_from_cluster(doc: &ClusterDoc) -> Topology {
+    topology_from_cluster_members(&doc.members)
+}
+
+fn topology_from_cluster_members(members: &[MemberDoc]) -> Topology {
     Topology {
-        nodes: doc
-            .members
+        nodes: members
             .iter()
             .map(|m| {
                 let running = m
@@ -254,6 +257,77 @@ impl AgentSource {
     }
 }
 
+/// Reads the db agents' member records from etcd (`/rampart/<cluster>/db/members/<node>`,
+/// the same JSON as a `/cluster` member) and the leader key. Only the member that holds
+/// the leader key counts as primary: a node that still claims the role without the lease
+/// (a stale or split-brain record) gets no traffic.
+pub(crate) struct EtcdSource {
+    endpoints: Vec<String>,
+    cluster: String,
+    coord: tokio::sync::Mutex<Option<rampart_coord::Coord>>,
+}
+
+impl EtcdSource {
+    pub(crate) fn new(endpoints: Vec<String>, cluster: String) -> Self {
+        EtcdSource {
+            endpoints,
+            cluster,
+            coord: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    pub(crate) async fn observe(&self) -> Option<Topology> {
+        let mut slot = self.coord.lock().await;
+        if slot.is_none() {
+            let opts = rampart_coord::CoordOptions::new(self.endpoints.iter().cloned());
+            match rampart_coord::Coord::connect(opts).await {
+                Ok(c) => *slot = Some(c),
+                Err(e) => {
+                    tracing::debug!(error = %e, "etcd unreachable");
+                    return None;
+                }
+            }
+        }
+        let coord = slot.as_ref()?;
+        let prefix = format!("/rampart/{}/db/", self.cluster);
+        match coord.get_prefix(&prefix).await {
+            Ok((kvs, _rev)) => {
+                let leader = kvs
+                    .iter()
+                    .find(|kv| kv.key == format!("{prefix}leader"))
+                    .map(|kv| kv.value_str().trim().to_string());
+                let members: Vec<MemberDoc> = kvs
+                    .iter()
+                    .filter(|kv| kv.key.starts_with(&format!("{prefix}members/")))
+                    .filter_map(|kv| match serde_json::from_slice::<MemberDoc>(&kv.value) {
+                        Ok(m) => Some(m),
+                        Err(e) => {
+                            tracing::debug!(key = %kv.key, error = %e, "bad member record");
+                            None
+                        }
+                    })
+                    .collect();
+                Some(topology_from_members(&members, leader.as_deref()))
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "reading the db members from etcd failed");
+                None
+            }
+        }
+    }
+}
+
+/// Members plus the leader key's holder (pure).
+pub(crate) fn topology_from_members(members: &[MemberDoc], leader: Option<&str>) -> Topology {
+    let mut t = topology_from_cluster_members(members);
+    for n in &mut t.nodes {
+        if n.role == Role::Primary && Some(n.name.as_str()) != leader {
+            n.role = Role::Unavailable;
+        }
+    }
+    t
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,5 +362,11 @@ mod tests {
         );
         assert_eq!(t.nodes[1].lsn, Some(50331744));
         assert_eq!(t.nodes[1].timeline, Some(2));
+        // From etcd: only the leader key's holder is the primary.
+        let t = topology_from_members(&doc.members, Some("db2"));
+        assert_eq!(t.nodes[0].role, Role::Unavailable);
+        assert_eq!(t.primary(), None);
+        let t = topology_from_members(&doc.members, Some("db1"));
+        assert_eq!(t.primary(), Some(0));
     }
 }

@@ -99,6 +99,11 @@ pub enum DbTopology {
     Agents(Vec<String>),
     /// PostgreSQL `host:port` list, probed with SQL.
     Nodes(Vec<String>),
+    /// The db agents' records in etcd (the `[cluster]` etcd endpoints and name).
+    Etcd {
+        endpoints: Vec<String>,
+        cluster: String,
+    },
 }
 
 /// The guestbook's database settings.
@@ -286,7 +291,7 @@ impl WebConfig {
         let database = web
             .database
             .as_ref()
-            .and_then(|d| validate_db(src, d, &mut errs));
+            .and_then(|d| validate_db(src, d, &file.cluster, &mut errs));
         let weight = match &n.weight {
             Some(w) if *w.get_ref() == 0 || *w.get_ref() > 10_000 => {
                 errs.push(src.error_at(w.span(), "weight must be 1..=10000"));
@@ -353,6 +358,7 @@ fn valid_host_port(s: &str) -> bool {
 fn validate_db(
     src: &Source,
     d: &DatabaseSection,
+    cluster: &crate::topology::ClusterSection,
     errs: &mut Vec<Diagnostic>,
 ) -> Option<DatabaseConfig> {
     let topology = match (d.agents.is_empty(), d.nodes.is_empty()) {
@@ -374,10 +380,15 @@ fn validate_db(
             }
             DbTopology::Nodes(d.nodes.iter().map(|a| a.get_ref().clone()).collect())
         }
+        (true, true) if !cluster.etcd.is_empty() => DbTopology::Etcd {
+            endpoints: cluster.etcd.iter().map(|e| e.get_ref().clone()).collect(),
+            cluster: cluster.name.get_ref().clone(),
+        },
         _ => {
-            errs.push(
-                src.error("[web.database] needs exactly one of agents = [...] or nodes = [...]"),
-            );
+            errs.push(src.error(
+                "[web.database] needs exactly one of agents = [...] or nodes = [...] \
+                 (or neither, to read the db agents' records from the [cluster] etcd)",
+            ));
             return None;
         }
     };
@@ -447,7 +458,7 @@ mod tests {
     #[test]
     fn errors_name_line_and_column() {
         let s = src("[cluster]\nname = \"main\"\n[web]\nroot = \"/\"\n[[web.node]]\nname = \"web1\"\nlisten = \"nope\"\n");
-        let e = WebConfig::from_source(&s, "web1").unwrap_err();
+        let e = WebConfig::from_source(&s, "web1").expect_err("invalid");
         let d = &e.diagnostics[0];
         assert_eq!((d.line, d.col), (7, 10), "{e}");
         assert!(d.message.contains("IP:PORT"));
@@ -456,17 +467,26 @@ mod tests {
     #[test]
     fn unknown_node_and_both_db_sources_are_errors() {
         let s = src("[cluster]\nname = \"m\"\n[web]\nroot = \"/\"\n[[web.node]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n");
-        let e = WebConfig::from_source(&s, "b").unwrap_err();
+        let e = WebConfig::from_source(&s, "b").expect_err("invalid");
         assert!(e.to_string().contains("no [[web.node]] named \"b\""), "{e}");
         let s = src("[cluster]\nname = \"m\"\n[web]\nroot = \"/\"\n[web.database]\nagents = [\"http://x:1\"]\nnodes = [\"x:1\"]\n[[web.node]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n");
-        let e = WebConfig::from_source(&s, "a").unwrap_err();
+        let e = WebConfig::from_source(&s, "a").expect_err("invalid");
         assert!(e.to_string().contains("exactly one of"), "{e}");
+        let s = src("[cluster]\nname = \"m\"\netcd = [\"http://127.0.0.1:2379\"]\n[web]\nroot = \"/\"\n[web.database]\n[[web.node]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n");
+        let c = WebConfig::from_source(&s, "a").expect("etcd source");
+        assert_eq!(
+            c.database.map(|d| d.topology),
+            Some(DbTopology::Etcd {
+                endpoints: vec!["http://127.0.0.1:2379".into()],
+                cluster: "m".into()
+            })
+        );
     }
 
     #[test]
     fn unknown_keys_are_positioned() {
         let s = src("[cluster]\nname = \"m\"\n[web]\nroot = \"/\"\nrooot = 1\n");
-        let e = WebConfig::from_source(&s, "a").unwrap_err();
+        let e = WebConfig::from_source(&s, "a").expect_err("invalid");
         assert_eq!(e.diagnostics[0].line, 5, "{e}");
     }
 

@@ -102,6 +102,10 @@ pub fn build_node(cfg: &WebConfig) -> Result<Arc<Node>, WebError> {
             let source = match &db.topology {
                 DbTopology::Agents(a) => TopologySource::Agents(a.clone()),
                 DbTopology::Nodes(n) => TopologySource::Static(n.clone()),
+                DbTopology::Etcd { endpoints, cluster } => TopologySource::Etcd {
+                    endpoints: endpoints.clone(),
+                    cluster: cluster.clone(),
+                },
             };
             let mut rc = RouterConfig::new(source);
             rc.conn = ConnParams {

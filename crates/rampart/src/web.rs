@@ -14,7 +14,7 @@ use rampart_topology::web::{http_header, DatabaseConfig, DbTopology, WebConfig};
 #[command(group = clap::ArgGroup::new("source").required(true).args(["config", "listen"]))]
 pub struct WebArgs {
     /// Topology file with [cluster] and [web] sections.
-    #[arg(long, value_name = "FILE", requires = "node", conflicts_with_all = ["listen", "root", "upstream", "db_node", "db_agent"])]
+    #[arg(long, value_name = "FILE", requires = "node", conflicts_with_all = ["listen", "root", "upstream", "db_node", "db_agent", "db_etcd"])]
     pub config: Option<PathBuf>,
 
     /// With --config: which [[web.node]] this is.
@@ -44,6 +44,14 @@ pub struct WebArgs {
     /// Quick mode: run the guestbook, learning the database from these rampart db agents (URL, repeat).
     #[arg(long, value_name = "URL")]
     pub db_agent: Vec<String>,
+
+    /// Quick mode: run the guestbook, reading the db agents' records from this etcd (URL, repeat).
+    #[arg(long, value_name = "URL", conflicts_with_all = ["db_node", "db_agent"])]
+    pub db_etcd: Vec<String>,
+
+    /// With --db-etcd: the cluster name (keys under /rampart/NAME/db/).
+    #[arg(long, value_name = "NAME", default_value = "main")]
+    pub cluster: String,
 
     /// Database user.
     #[arg(long, value_name = "USER", default_value = "postgres")]
@@ -112,6 +120,11 @@ fn quick(args: &WebArgs, listen: SocketAddr) -> anyhow::Result<WebConfig> {
         Some(DbTopology::Nodes(args.db_node.clone()))
     } else if !args.db_agent.is_empty() {
         Some(DbTopology::Agents(args.db_agent.clone()))
+    } else if !args.db_etcd.is_empty() {
+        Some(DbTopology::Etcd {
+            endpoints: args.db_etcd.clone(),
+            cluster: args.cluster.clone(),
+        })
     } else {
         None
     };

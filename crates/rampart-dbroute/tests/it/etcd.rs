@@ -1,0 +1,106 @@
+//! The topology from the db agents' records in a real etcd (the layout rampart db writes).
+
+use std::time::{Duration, Instant};
+
+use rampart_coord::{Coord, CoordOptions};
+use rampart_dbroute::{Role, Router, RouterConfig, TopologySource};
+use rampart_testkit::etcd::Etcd;
+use rampart_testkit::pg::{PgCluster, PgNode};
+
+fn member(name: &str, role: &str, n: &PgNode) -> String {
+    serde_json::json!({
+        "name": name, "role": role, "state": if role == "primary" { "running" } else { "streaming" },
+        "host": "127.0.0.1", "port": n.port, "api_url": "http://127.0.0.1:1",
+        "timeline": null, "lsn": null, "lag_bytes": 0, "lag_seconds": 0.0,
+        "sync_standby": false, "nofailover": false, "lease_age_seconds": null
+    })
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follows_the_leader_key_in_etcd() {
+    let etcd = Etcd::start();
+    let mut pg = PgCluster::start(1);
+    let coord = Coord::connect(CoordOptions::new(etcd.client_urls()))
+        .await
+        .expect("coord");
+    let p = "/rampart/main/db";
+    coord
+        .put(
+            &format!("{p}/members/db1"),
+            member("db1", "primary", &pg.primary).as_bytes(),
+            None,
+        )
+        .await
+        .expect("put");
+    coord
+        .put(
+            &format!("{p}/members/db2"),
+            member("db2", "replica", &pg.replicas[0]).as_bytes(),
+            None,
+        )
+        .await
+        .expect("put");
+    coord
+        .put(&format!("{p}/leader"), b"db1", None)
+        .await
+        .expect("put");
+    let r = Router::start(RouterConfig::new(TopologySource::Etcd {
+        endpoints: etcd.client_urls(),
+        cluster: "main".into(),
+    }));
+    assert!(
+        r.wait_for_primary(Duration::from_secs(10)).await,
+        "{:?}",
+        r.topology()
+    );
+    let w = r.write().await.expect("write");
+    assert_eq!(w.node(), "db1");
+    w.batch_execute("CREATE TABLE t (v int)")
+        .await
+        .expect("create");
+    drop(w);
+    let rd = r.read(None).await.expect("read");
+    assert_eq!((rd.node(), rd.role()), ("db2", Role::Replica));
+    drop(rd);
+
+    // Failover: db1 dies, db2 is promoted and takes the leader key, while db1's stale
+    // record still says primary. Only the leader key's holder gets writes, within a second.
+    pg.primary.kill();
+    pg.replicas[0].promote();
+    coord
+        .put(
+            &format!("{p}/members/db2"),
+            member("db2", "primary", &pg.replicas[0]).as_bytes(),
+            None,
+        )
+        .await
+        .expect("put");
+    let switched = Instant::now();
+    coord
+        .put(&format!("{p}/leader"), b"db2", None)
+        .await
+        .expect("put");
+    let w = r.write().await.expect("write after failover");
+    assert_eq!(w.node(), "db2");
+    assert!(
+        switched.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        switched.elapsed()
+    );
+    w.batch_execute("INSERT INTO t VALUES (1)")
+        .await
+        .expect("insert on db2");
+    assert_eq!(pg.replicas[0].sql("SELECT count(*) FROM t"), "1");
+    let t = r.topology();
+    let db1 = t
+        .nodes
+        .iter()
+        .find(|n| n.name == "db1")
+        .expect("db1 listed");
+    assert_eq!(
+        db1.role,
+        Role::Unavailable,
+        "a primary record without the leader key"
+    );
+}
