@@ -423,6 +423,7 @@ impl Agent {
                     .not_streaming_since
                     .map(|t| now - t)
                     .unwrap_or_default(),
+                diverged: s.in_recovery && !s.streaming && diverged_in_log(&self.ctl.log_path()),
             })
         } else {
             Pg::Stopped {
@@ -781,7 +782,7 @@ impl Agent {
                     self.stuck_rewinds = 0;
                 } else {
                     tracing::warn!(leader = %from, postgres_says = %last_problem(&self.ctl.log_path()),
-                        "replica not streaming for too long: rewinding (re-cloning if that fails)");
+                        "replica cannot follow the leader (timeline diverged, or not streaming for too long): rewinding (re-cloning if that fails)");
                     self.rewind_or_reclone(from).await?;
                     self.stuck_rewinds += 1;
                 }
@@ -1083,8 +1084,16 @@ impl Agent {
     }
 }
 
-/// The last FATAL/ERROR/PANIC line of the postgres log (for the agent's own log lines).
-fn last_problem(log: &std::path::Path) -> String {
+/// Since its last start, did PostgreSQL say the leader's timeline forked off before our
+/// recovery point? (pg_rewind can wrongly answer "no rewind required" for a crashed
+/// primary whose crash recovery wrote a checkpoint past the fork.)
+fn diverged_in_log(log: &std::path::Path) -> bool {
+    let tail = log_tail(log);
+    let since_start = tail.rsplit("starting PostgreSQL").next().unwrap_or("");
+    since_start.contains("forked off current database system timeline")
+}
+
+fn log_tail(log: &std::path::Path) -> String {
     use std::io::{Read, Seek, SeekFrom};
     let Ok(mut f) = std::fs::File::open(log) else {
         return String::new();
@@ -1093,7 +1102,12 @@ fn last_problem(log: &std::path::Path) -> String {
     let _ = f.seek(SeekFrom::Start(len.saturating_sub(16 * 1024)));
     let mut buf = Vec::new();
     let _ = f.read_to_end(&mut buf);
-    let text = String::from_utf8_lossy(&buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// The last FATAL/ERROR/PANIC line of the postgres log (for the agent's own log lines).
+fn last_problem(log: &std::path::Path) -> String {
+    let text = log_tail(log);
     text.lines()
         .rev()
         .find(|l| l.contains("FATAL") || l.contains("ERROR") || l.contains("PANIC"))

@@ -47,6 +47,9 @@ pub struct PgRunning {
     pub streaming: bool,
     /// Replica only: how long it has not been streaming (zero when streaming).
     pub not_streaming_for: Duration,
+    /// Replica only: PostgreSQL reported that the leader's timeline forked off before our
+    /// own position (our WAL has records the leader never had): only a rewind helps.
+    pub diverged: bool,
 }
 
 /// Another member as posted in etcd (`/members/<name>`).
@@ -368,7 +371,7 @@ pub fn decide(o: &Observed) -> Action {
                 return Action::Wait("etcd unreachable: replica keeps following, never promotes");
             }
             if let Some(l) = other_leader {
-                if pg.not_streaming_for > STUCK_REPLICA_TIMEOUT && !o.paused {
+                if (pg.diverged || pg.not_streaming_for > STUCK_REPLICA_TIMEOUT) && !o.paused {
                     return Action::Rewind { from: l };
                 }
                 return Action::Follow { leader: Some(l) };
@@ -496,6 +499,7 @@ mod tests {
                 wal_lsn: 1000,
                 streaming: false,
                 not_streaming_for: Duration::ZERO,
+                diverged: false,
             }),
             peers: vec![],
             sync: None,
@@ -563,6 +567,7 @@ mod tests {
             wal_lsn: 10,
             streaming: false,
             not_streaming_for: Duration::ZERO,
+            diverged: false,
         });
         assert_eq!(decide(&o), Action::LeadRenew);
         o.now = Duration::from_secs(10);
@@ -674,6 +679,7 @@ mod tests {
                     wal_lsn: l,
                     streaming: s,
                     not_streaming_for: Duration::from_secs(n),
+                    diverged: n % 7 == 0,
                 })
             ),
         ]
