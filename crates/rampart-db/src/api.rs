@@ -2,7 +2,6 @@
 //! balancers and applications, the cluster view, and metrics.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
@@ -30,8 +29,12 @@ pub fn router(shared: Shared, metrics: Arc<Metrics>) -> Router {
         .with_state(AppState { shared, metrics })
 }
 
-pub async fn serve(addr: SocketAddr, shared: Shared, metrics: Arc<Metrics>) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Shared,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<()> {
+    let addr = listener.local_addr()?;
     tracing::info!(%addr, "db agent API listening");
     axum::serve(listener, router(shared, metrics)).await
 }

@@ -33,9 +33,13 @@ pub async fn run_agent(cfg: DbConfig, node: &str) -> Result<(), DbError> {
         .ok_or_else(|| DbError::Config(format!("node \"{node}\" is not in [[db.nodes]]")))?;
     let listener_shared = shared.clone();
     let listener_metrics = metrics.clone();
+    // Refuse to start when the API address is taken: load balancers depend on it.
+    let listener = tokio::net::TcpListener::bind(api_addr).await.map_err(|e| {
+        DbError::Config(format!("cannot listen on the api address {api_addr}: {e}"))
+    })?;
     let a = agent::Agent::new(cfg, node, shared, metrics).await?;
     let api = tokio::spawn(async move {
-        if let Err(e) = api::serve(api_addr, listener_shared, listener_metrics).await {
+        if let Err(e) = api::serve(listener, listener_shared, listener_metrics).await {
             tracing::error!(addr = %api_addr, error = %e, "db agent API failed");
         }
     });

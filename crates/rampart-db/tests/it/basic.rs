@@ -121,3 +121,24 @@ async fn three_nodes_bootstrap_replicate_and_report() {
         "{out}"
     );
 }
+
+/// A bad topology is refused before anything starts, naming file:line:col.
+#[test]
+fn bad_config_is_refused_with_its_position() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[cluster]\nname = \"x\"\netcd = [\"http://127.0.0.1:1\"]\n\n[db]\nttl = \"2s\"\n\n[[db.nodes]]\nname = \"db1\"\nport = 5999\napi = \"127.0.0.1:1\"\n",
+    )
+    .expect("write");
+    let out = std::process::Command::new(rampart_testkit::rampart_bin())
+        .args(["db", "--node", "db1", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run rampart db");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("bad.toml:6:7"), "{err}");
+    assert!(err.contains("loop_wait"), "{err}");
+}
