@@ -234,3 +234,28 @@ async fn strict_synchronous_mode_refuses_writes_without_a_standby() {
         c.list()
     );
 }
+
+/// `rampart db failover --to NODE` (forced) promotes the named replica even when it is
+/// not the synchronous standby; the old primary steps down and follows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forced_failover_to_a_named_replica() {
+    let c = Cluster::start(Opts::default());
+    let p = c.wait_primary(Duration::from_secs(60));
+    for i in (0..3).filter(|&i| i != p) {
+        c.wait_replica(i, Duration::from_secs(60));
+    }
+    assert!(rampart_testkit::wait_until(Duration::from_secs(20), || c
+        .sync_standby(p)
+        .is_some()));
+    let sync = c.sync_standby(p).expect("sync standby");
+    let target = (0..3)
+        .find(|&i| i != p && c.nodes[i].name != sync)
+        .expect("a non-sync replica");
+    let (ok, out) = c.run_cli(&["failover", "--to", &c.nodes[target].name]);
+    assert!(ok, "{out}\n{}", c.list());
+    assert_eq!(c.wait_primary(Duration::from_secs(20)), target);
+    c.wait_replica(p, Duration::from_secs(60));
+    // Asking for an unknown node is refused.
+    let (ok, out) = c.run_cli(&["switchover", "--to", "nope"]);
+    assert!(!ok && out.contains("no member named"), "{out}");
+}
