@@ -2,6 +2,7 @@
 //! an external application server, and the real `rampart lb` in front.
 
 mod common;
+mod db_agents;
 mod guestbook;
 mod lb;
 mod proxy;
