@@ -472,6 +472,7 @@ impl Agent {
                 age: Duration::from_millis(now_ms.saturating_sub(f.requested_at_ms)),
             }),
             paused: keys.paused,
+            disk_full: self.disk_full,
             last_leader_lsn: self.last_leader_lsn,
             leaderless_for: self
                 .leader_missing_since
@@ -519,7 +520,6 @@ impl Agent {
         self.child = Some(child);
         self.following = Some(follow.map(String::from));
         self.not_streaming_since = None;
-        self.pg_down_since = None;
         self.demoted = false;
         self.conn.reset();
         if primary {
@@ -531,15 +531,17 @@ impl Agent {
             if let Some(c) = self.child.as_mut() {
                 if let Ok(Some(st)) = c.try_wait() {
                     self.child = None;
-                    self.pg_down_since = Some(Instant::now());
+                    // Down since the first failed start, not this one (PRIMARY_START_TIMEOUT).
+                    self.pg_down_since.get_or_insert_with(Instant::now);
                     self.watchdog.unwatch();
                     return Err(DbError::Other(format!(
-                        "postgres exited during start-up ({st}); see {}",
-                        self.ctl.log_path().display()
+                        "postgres exited during start-up ({st}): {}",
+                        last_problem(&self.ctl.log_path())
                     )));
                 }
             }
             if self.conn.status().await.is_ok() {
+                self.pg_down_since = None;
                 return Ok(());
             }
             if primary && !self.lease_ok() {
@@ -726,7 +728,6 @@ impl Agent {
                 tracing::warn!(reason, mode = ?mode, "demoting: stopping writes");
                 self.stop_postgres(*mode).await;
                 self.demoted = true;
-                self.ctl.set_standby(true)?;
                 if *release {
                     let cd = self.ctl.controldata().await?;
                     if let Some((f, rev)) = &keys.failover {
@@ -744,11 +745,10 @@ impl Agent {
                             .delete_if(&self.key("leader"), kv.mod_revision)
                             .await?;
                     }
-                    tracing::info!(
-                        last_lsn = cd.checkpoint_lsn,
-                        "released the leader key after a clean shutdown"
-                    );
+                    tracing::info!(last_lsn = cd.checkpoint_lsn, "released the leader key");
                 }
+                // After the release: on a full disk even this small write may fail.
+                self.ctl.set_standby(true)?;
                 Ok(())
             }
             Action::Follow { leader } => {
@@ -965,33 +965,21 @@ impl Agent {
             .and_then(|kv| keys.members.iter().find(|m| m.name == kv.value_str()))
             .map(|m| m.lsn);
         let (role, state) = match st {
-            Some(s) if !s.in_recovery => (
-                "primary",
-                if self.disk_full {
-                    "disk full"
-                } else {
-                    "running"
-                },
-            ),
-            Some(s) if s.streaming => (
-                "replica",
-                if self.disk_full {
-                    "disk full"
-                } else {
-                    "streaming"
-                },
-            ),
+            Some(s) if !s.in_recovery => ("primary", "running"),
+            Some(s) if s.streaming => ("replica", "streaming"),
             Some(_) => ("replica", "not streaming"),
             None if self.child.is_some() => ("starting", "starting"),
             None if self.demoted => ("demoted", "stopped"),
             None if !self.ctl.has_data() => ("stopped", "no data"),
             None => ("stopped", "stopped"),
         };
-        let state = if !dcs_ok {
-            format!("{state}, etcd unreachable")
-        } else {
-            state.to_string()
-        };
+        let mut state = state.to_string();
+        if self.disk_full {
+            state.push_str(", disk full");
+        }
+        if !dcs_ok {
+            state.push_str(", etcd unreachable");
+        }
         let lag_bytes = match (st, leader_lsn) {
             (Some(s), Some(l)) if s.in_recovery => l.saturating_sub(s.lsn),
             _ => 0,

@@ -107,6 +107,8 @@ pub struct Observed {
     pub sync: Option<SyncKey>,
     pub failover: Option<FailoverReq>,
     pub paused: bool,
+    /// The data directory's file system is (nearly) full.
+    pub disk_full: bool,
     /// The last leader LSN this agent saw while the leader was up (for the lag rule).
     pub last_leader_lsn: Option<u64>,
     /// How long the leader key has been missing, as seen by this agent.
@@ -214,6 +216,9 @@ pub fn may_take_leader(o: &Observed) -> Result<&'static str, &'static str> {
     }
     if o.nofailover {
         return Err("nofailover is set on this node");
+    }
+    if o.disk_full {
+        return Err("disk full: this node cannot take writes");
     }
     if !pg.in_recovery {
         // A primary whose key vanished while its lease still runs (deleted by hand).
@@ -326,6 +331,17 @@ pub fn decide(o: &Observed) -> Action {
                 };
             }
             if holder_is_me {
+                let healthy_standby = o
+                    .peers
+                    .iter()
+                    .any(|p| p.running && p.in_recovery && p.streaming && !p.nofailover);
+                if o.disk_full && healthy_standby && !o.paused {
+                    return Action::Demote {
+                        mode: StopMode::Immediate,
+                        release: true,
+                        reason: "disk full: handing over to a healthy standby",
+                    };
+                }
                 if let Some(f) = o
                     .failover
                     .as_ref()
@@ -505,6 +521,7 @@ mod tests {
             sync: None,
             failover: None,
             paused: false,
+            disk_full: false,
             last_leader_lsn: Some(1000),
             leaderless_for: Duration::ZERO,
         }
@@ -716,14 +733,14 @@ mod tests {
             pg in arb_pg(), peers in proptest::collection::vec(arb_peer(), 0..3),
             sync in proptest::option::of((arb_name(), proptest::option::of(arb_name()))),
             failover in proptest::option::of(arb_failover()), paused in any::<bool>(),
-            last in proptest::option::of(0u64..10000), leaderless in 0u64..10,
+            last in proptest::option::of(0u64..10000), leaderless in 0u64..10, lsn_full in any::<bool>(),
         ) -> Observed {
             Observed {
                 me, nofailover, synchronous, max_lag_bytes: 1000, dcs_ok, initialized, leader,
                 lease_valid_until: lease.map(Duration::from_secs), now: Duration::from_secs(now),
                 pg, peers,
                 sync: sync.map(|(l, s)| SyncKey { leader: l, sync_standby: s }),
-                failover, paused, last_leader_lsn: last, leaderless_for: Duration::from_secs(leaderless),
+                failover, paused, disk_full: lsn_full, last_leader_lsn: last, leaderless_for: Duration::from_secs(leaderless),
             }
         }
     }
@@ -797,6 +814,7 @@ mod tests {
                 let operator = o.failover.as_ref().is_some_and(|f| f.age < FAILOVER_REQUEST_TIMEOUT && f.to.as_deref() == Some(o.me.as_str()));
                 if pg.in_recovery && !operator {
                     prop_assert!(!o.nofailover);
+                    prop_assert!(!o.disk_full);
                     prop_assert!(!o.paused);
                     if !o.synchronous {
                         if let Some(l) = o.last_leader_lsn {

@@ -259,3 +259,62 @@ async fn forced_failover_to_a_named_replica() {
     let (ok, out) = c.run_cli(&["switchover", "--to", "nope"]);
     assert!(!ok && out.contains("no member named"), "{out}");
 }
+
+/// The primary's disk fills up: PostgreSQL stops and cannot come back, the agent says so
+/// (state "disk full") and gives up the leader key, and the synchronous standby takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_with_a_full_disk_hands_over() {
+    let c = Cluster::start(Opts {
+        nodes: 2,
+        tmpfs_mb: Some(256),
+        ..Opts::default()
+    });
+    let p = c.wait_primary(Duration::from_secs(60));
+    let r = 1 - p;
+    c.wait_replica(r, Duration::from_secs(60));
+    assert!(rampart_testkit::wait_until(Duration::from_secs(20), || c
+        .sync_standby(p)
+        .is_some()));
+    let pc = connect(c.nodes[p].pg_port).await.expect("connect");
+    pc.batch_execute("CREATE TABLE big (pad text)")
+        .await
+        .expect("create");
+    crate::harness::fill_disk(&c.mounts[p]);
+    // Writes now fail (PostgreSQL cannot extend its WAL): keep writing until they do.
+    let t = Instant::now();
+    let mut failed = false;
+    while t.elapsed() < Duration::from_secs(30) {
+        let w = tokio::time::timeout(
+            Duration::from_secs(5),
+            pc.execute(
+                "INSERT INTO big SELECT repeat('x', 1000) FROM generate_series(1, 2000)",
+                &[],
+            ),
+        )
+        .await;
+        if !matches!(w, Ok(Ok(_))) {
+            failed = true;
+            break;
+        }
+    }
+    assert!(failed, "writes kept succeeding on a full disk");
+    assert!(
+        rampart_testkit::wait_until(Duration::from_secs(60), || c.primary() == Some(r)),
+        "the standby did not take over:\n{}",
+        c.list()
+    );
+    let listed = c.list();
+    let line = listed
+        .lines()
+        .find(|l| l.starts_with(&c.nodes[p].name))
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        line.contains("disk full"),
+        "old primary not shown as disk full:\n{listed}"
+    );
+    assert!(
+        c.agent_log(p).contains("disk nearly full"),
+        "no disk-full log line"
+    );
+}

@@ -21,6 +21,8 @@ pub struct Opts {
     pub nodes: usize,
     pub synchronous: bool,
     pub extra_db: String,
+    /// Put each node's data directory on its own tmpfs of this many MB (to fill a disk).
+    pub tmpfs_mb: Option<u64>,
 }
 
 impl Default for Opts {
@@ -29,12 +31,15 @@ impl Default for Opts {
             nodes: 3,
             synchronous: true,
             extra_db: String::new(),
+            tmpfs_mb: None,
         }
     }
 }
 
 pub struct Cluster {
     pub agents: Vec<Option<Proc>>,
+    /// tmpfs mount points (unmounted on drop, after the processes are killed).
+    pub mounts: Vec<PathBuf>,
     pub nodes: Vec<NodeSpec>,
     pub config: PathBuf,
     pub etcd: Etcd,
@@ -71,16 +76,40 @@ impl Cluster {
             opts.synchronous,
             opts.extra_db,
         );
+        let mut mounts = Vec::new();
         for n in &nodes {
             toml.push_str(&format!(
                 "\n[[db.nodes]]\nname = \"{}\"\nport = {}\napi = \"{}\"\n",
                 n.name, n.pg_port, n.api
             ));
+            if let Some(mb) = opts.tmpfs_mb {
+                let fs = dir.path().join(format!("{}-fs", n.name));
+                std::fs::create_dir_all(&fs).expect("mount point");
+                let ok = Command::new("mount")
+                    .args([
+                        "-t",
+                        "tmpfs",
+                        "-o",
+                        &format!("size={mb}m,mode=0755"),
+                        "tmpfs",
+                    ])
+                    .arg(&fs)
+                    .status()
+                    .is_ok_and(|s| s.success());
+                assert!(
+                    ok,
+                    "cannot mount a tmpfs at {} (the disk-full test needs root)",
+                    fs.display()
+                );
+                mounts.push(fs.clone());
+                toml.push_str(&format!("data_dir = \"{}\"\n", fs.join("pgdata").display()));
+            }
         }
         let config = dir.path().join("topology.toml");
         std::fs::write(&config, toml).expect("write topology");
         let mut c = Cluster {
             agents: Vec::new(),
+            mounts,
             nodes,
             config,
             etcd,
@@ -228,6 +257,40 @@ impl Cluster {
         )
         .unwrap_or_default()
     }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for a in self.agents.iter_mut() {
+            if let Some(mut p) = a.take() {
+                p.kill();
+            }
+        }
+        for m in &self.mounts {
+            // Backends may take a moment to die after their postmaster.
+            for _ in 0..50 {
+                if Command::new("umount")
+                    .arg(m)
+                    .status()
+                    .is_ok_and(|s| s.success())
+                {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// Fill the file system holding `dir` until it has no space left.
+pub fn fill_disk(dir: &std::path::Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(dir.join("filler")).expect("create filler");
+    let chunk = vec![0u8; 1 << 20];
+    while f.write_all(&chunk).is_ok() {}
+    let small = vec![0u8; 4096];
+    while f.write_all(&small).is_ok() {}
+    let _ = f.sync_all();
 }
 
 pub fn conninfo(port: u16) -> String {
