@@ -45,6 +45,10 @@ pub fn free_port_on(ip: &str) -> u16 {
     panic!("no free port found on {ip}");
 }
 
+/// A wait that ran out of time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeout;
+
 /// A real child process in its own process group; the group is killed on drop.
 pub struct Proc {
     pub name: String,
@@ -104,8 +108,8 @@ impl Proc {
     }
 
     /// Wait for the child to exit by itself, up to `timeout`. Returns its exit code
-    /// (`None` when killed by a signal) or `Err(())` on timeout.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<i32>, ()> {
+    /// (`None` when killed by a signal) or `Err(Timeout)` when it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<i32>, Timeout> {
         let deadline = Instant::now() + timeout;
         loop {
             let Some(c) = self.child.as_mut() else {
@@ -116,7 +120,7 @@ impl Proc {
                 return Ok(st.code());
             }
             if Instant::now() > deadline {
-                return Err(());
+                return Err(Timeout);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
