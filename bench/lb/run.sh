@@ -86,8 +86,20 @@ if [ -n "$rampart_rev" ]; then
     rm -rf "$src"
     mkdir -p "$src"
     git -C "$repo" archive "$rev" | tar -x -C "$src"
+    # git archive stamps files with the commit time: make them newer than any earlier build so
+    # cargo cannot take another revision's artifacts for fresh.
+    find "$src" -type f -exec touch {} +
     echo "$rev" >"$src/.bench-rev"
   fi
+  # Its own target dir (seeded with the dependencies already built), so that these artifacts never
+  # pass for the working tree's in the main target dir, nor the other way round.
+  rev_target="$target_dir/bench-rev"
+  if [ ! -d "$rev_target/release" ] && [ -d "$target_dir/release" ]; then
+    mkdir -p "$rev_target"
+    cp -a "$target_dir/release" "$rev_target/"
+  fi
+  target_dir=$rev_target
+  [ -n "${RAMPART_BIN:-}" ] || rampart_bin=$target_dir/release/rampart
   rampart_commit=$(git -C "$repo" rev-parse --short "$rev")
 else
   rampart_commit=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)
@@ -340,7 +352,7 @@ cat >"$work/meta.json" <<EOF
 {"when": "$(date -u '+%Y-%m-%d %H:%M UTC')",
  "command": "$cmdline",
  "rampart_commit": "$rampart_commit",
- "cpus": $(nproc),
+ "cpus": $(getconf _NPROCESSORS_ONLN),
  "cpu_model": "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')",
  "kernel": "$(uname -r)",
  "haproxy": "$(haproxy -v | head -1 | awk '{print "HAProxy " $3}')",
