@@ -182,6 +182,29 @@ impl Agent {
         })
     }
 
+    /// Run a long operation (initdb, pg_basebackup, pg_rewind: never on a running primary)
+    /// while keeping our lease, and so our member key, alive in the background.
+    /// `renewed_at` is not advanced: deadlines stay computed from the loop's own renewals.
+    fn long<F: std::future::Future>(&self, op: F) -> impl std::future::Future<Output = F::Output> {
+        let coord = self.coord.clone();
+        let lease = self.lease;
+        let period = self.cfg.ttl / 3;
+        async move {
+            let keep = async move {
+                loop {
+                    tokio::time::sleep(period).await;
+                    if let Some(l) = lease {
+                        let _ = coord.keep_alive_once(l).await;
+                    }
+                }
+            };
+            tokio::select! {
+                r = op => r,
+                _ = keep => unreachable!("the keepalive loop never ends"),
+            }
+        }
+    }
+
     fn key(&self, k: &str) -> String {
         dcs::key(&self.cfg.cluster, k)
     }
@@ -659,7 +682,7 @@ impl Agent {
             Action::Clone { from } => {
                 let (h, p) = self.node_addr(from)?;
                 tracing::info!(from = %from, "cloning the leader with pg_basebackup");
-                self.ctl.basebackup(&h, p).await?;
+                self.long(self.ctl.basebackup(&h, p)).await?;
                 self.start_pg(false, Some(from)).await
             }
             Action::Start {
@@ -778,7 +801,7 @@ impl Agent {
                     // too long, slot invalidated). Only a fresh copy helps.
                     tracing::warn!(leader = %from, "still not streaming after a rewind (WAL gone?): re-cloning from the leader");
                     let (h, p) = self.node_addr(from)?;
-                    self.ctl.basebackup(&h, p).await?;
+                    self.long(self.ctl.basebackup(&h, p)).await?;
                     self.stuck_rewinds = 0;
                 } else {
                     tracing::warn!(leader = %from, postgres_says = %last_problem(&self.ctl.log_path()),
@@ -804,16 +827,16 @@ impl Agent {
         let (h, p) = self.node_addr(from)?;
         if self.start_failures >= 4 {
             tracing::warn!(leader = %from, failures = self.start_failures, "rewinding did not help: re-cloning from the leader");
-            return self.ctl.basebackup(&h, p).await;
+            return self.long(self.ctl.basebackup(&h, p)).await;
         }
-        match self.ctl.rewind(&h, p).await {
+        match self.long(self.ctl.rewind(&h, p)).await {
             Ok(out) => {
                 tracing::info!(leader = %from, output = %out.lines().last().unwrap_or(""), "pg_rewind done");
                 Ok(())
             }
             Err(e) => {
                 tracing::warn!(leader = %from, error = %e, "pg_rewind failed: re-cloning from the leader");
-                self.ctl.basebackup(&h, p).await
+                self.long(self.ctl.basebackup(&h, p)).await
             }
         }
     }
@@ -829,7 +852,7 @@ impl Agent {
         tracing::info!("won the initialize race: running initdb");
         let r = async {
             self.bootstrapping = true;
-            self.ctl.initdb().await?;
+            self.long(self.ctl.initdb()).await?;
             // initdb takes longer than a lease: renew (or regrant) before taking the key.
             if !self.renew_lease().await || !self.lease_ok() {
                 return Err(DbError::Other("cannot renew the lease after initdb".into()));

@@ -83,17 +83,24 @@ async fn killed_primary_fails_over_and_rejoins_as_replica() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let v = c.cluster_json(np).expect("cluster");
-    let old = v["members"]
-        .as_array()
-        .and_then(|m| {
-            m.iter()
-                .find(|m| m["name"] == c.nodes[p].name.as_str())
-                .cloned()
+    // The cluster view shows it as a replica on the new timeline.
+    let name = c.nodes[p].name.clone();
+    let shown = rampart_testkit::wait_until(Duration::from_secs(20), || {
+        c.cluster_json(np).is_some_and(|v| {
+            v["members"].as_array().is_some_and(|ms| {
+                ms.iter().any(|m| {
+                    m["name"] == name.as_str()
+                        && m["role"] == "replica"
+                        && m["timeline"].as_u64().unwrap_or(0) >= 2
+                })
+            })
         })
-        .expect("old member");
-    assert_eq!(old["role"], "replica", "{v}");
-    assert!(old["timeline"].as_u64().unwrap_or(0) >= 2, "{v}");
+    });
+    assert!(
+        shown,
+        "old primary not shown as a replica on timeline >= 2:\n{}",
+        c.list()
+    );
 }
 
 /// Is the node writable right now? (not in recovery and a write commits within 1 s)

@@ -268,15 +268,23 @@ impl Drop for Cluster {
         }
         for m in &self.mounts {
             // Backends may take a moment to die after their postmaster.
-            for _ in 0..50 {
-                if Command::new("umount")
-                    .arg(m)
+            let quiet = |c: &mut Command| {
+                c.stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
                     .status()
                     .is_ok_and(|s| s.success())
-                {
+            };
+            let mut done = false;
+            for _ in 0..50 {
+                if quiet(Command::new("umount").arg(m)) {
+                    done = true;
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(100));
+            }
+            if !done {
+                // Detach it anyway; the kernel frees it when the last user is gone.
+                quiet(Command::new("umount").arg("-l").arg(m));
             }
         }
     }
