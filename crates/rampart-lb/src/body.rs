@@ -1,20 +1,32 @@
 //! Body types of the proxy: streamed both ways, never buffered whole.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
+use tokio::sync::Notify;
 
 use crate::state::InFlight;
 use crate::upstream;
 
 /// A request body sent upstream: the client's stream, or nothing (a rebuilt retry).
 pub enum ReqBody {
-    Incoming(Incoming),
+    /// The client's body; `sent` is notified once its last frame went upstream, which
+    /// starts the response timeout.
+    Incoming(Incoming, Arc<Notify>),
     Empty,
+}
+
+impl ReqBody {
+    fn finished(&self) {
+        if let ReqBody::Incoming(_, sent) = self {
+            sent.notify_one();
+        }
+    }
 }
 
 impl Body for ReqBody {
@@ -25,22 +37,28 @@ impl Body for ReqBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match &mut *self {
-            ReqBody::Incoming(b) => Pin::new(b).poll_frame(cx),
-            ReqBody::Empty => Poll::Ready(None),
+        let r = match &mut *self {
+            ReqBody::Incoming(b, _) => Pin::new(b).poll_frame(cx),
+            ReqBody::Empty => return Poll::Ready(None),
+        };
+        match &r {
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.finished(),
+            Poll::Ready(Some(Ok(_))) if self.is_end_stream() => self.finished(),
+            _ => {}
         }
+        r
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ReqBody::Incoming(b) => b.is_end_stream(),
+            ReqBody::Incoming(b, _) => b.is_end_stream(),
             ReqBody::Empty => true,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ReqBody::Incoming(b) => b.size_hint(),
+            ReqBody::Incoming(b, _) => b.size_hint(),
             ReqBody::Empty => SizeHint::with_exact(0),
         }
     }

@@ -17,6 +17,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 use crate::body::{Finish, ReqBody, RespBody};
 use crate::clock::now_ns;
@@ -59,7 +60,7 @@ type Svc = Arc<ConnCtx>;
 /// Serve one accepted client connection until it closes or times out.
 ///
 /// HTTP/1 connections are served in episodes: hyper serves requests while they come, and
-/// after about a second without any, it hands the socket back and its buffers are freed;
+/// after a quarter of a second without any, it hands the socket back and its buffers are freed;
 /// the connection then waits ("parked") for its next bytes holding nothing but the socket.
 /// That keeps an idle keep-alive connection at about a kilobyte. h2c connections (prior
 /// knowledge, recognised by their preface) are served by hyper's HTTP/2 server throughout.
@@ -108,12 +109,13 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, listener: Arc<ListenerRt>, 
                 Ok(n) => n,
             };
             if first && n >= 3 && H2_PREFACE.starts_with(&head[..n]) {
-                serve_h2(tcp, peer, ctx).await;
+                Box::pin(serve_h2(tcp, peer, ctx)).await;
                 return;
             }
         }
         first = false;
-        match serve_h1_episode(tcp, leftover, &ctx, peer).await {
+        // Boxed: while parked, this task holds only the few locals above.
+        match Box::pin(serve_h1_episode(tcp, leftover, &ctx, peer)).await {
             Some((t, rest)) => {
                 tcp = t;
                 leftover = rest;
@@ -123,25 +125,23 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, listener: Arc<ListenerRt>, 
     }
 }
 
+type HandleFuture =
+    Pin<Box<dyn std::future::Future<Output = Result<Response<RespBody>, Infallible>> + Send>>;
+
+/// The per-connection service. Its future is boxed so that it is `Unpin`, which hyper's
+/// `poll_without_shutdown` (used for parking) requires.
 fn service(
     ctx: &Svc,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = Response<RespBody>,
     Error = Infallible,
-    Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Response<RespBody>, Infallible>> + Send>,
-    >,
+    Future = HandleFuture,
 > + Clone {
     let ctx = ctx.clone();
     hyper::service::service_fn(move |req| {
         let ctx = ctx.clone();
-        Box::pin(async move { Ok::<_, Infallible>(handle(req, ctx).await) })
-            as std::pin::Pin<
-                Box<
-                    dyn std::future::Future<Output = Result<Response<RespBody>, Infallible>> + Send,
-                >,
-            >
+        Box::pin(async move { Ok::<_, Infallible>(handle(req, ctx).await) }) as HandleFuture
     })
 }
 
@@ -205,8 +205,9 @@ async fn serve_h1_episode(
     parking.then_some((tcp, rest))
 }
 
-/// After this long without requests, an HTTP/1 connection gives back hyper's buffers.
-const PARK_AFTER: Duration = Duration::from_secs(1);
+/// After this long without requests (checked at this interval, so parking happens 1-2
+/// intervals after the last byte), an HTTP/1 connection gives back hyper's buffers.
+const PARK_AFTER: Duration = Duration::from_millis(250);
 
 async fn run_tunnel(tcp: TcpStream, rest: Bytes, t: Tunnel, peer: SocketAddr) {
     let upstream = match t.upstream.await {
@@ -356,7 +357,7 @@ async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<RespBody>
     let body = if body.is_end_stream() {
         ReqBody::Empty
     } else {
-        ReqBody::Incoming(body)
+        ReqBody::Incoming(body, Arc::new(Notify::new()))
     };
     // A request with no body and an idempotent method can be sent again after a failure
     // past the point of sending.
@@ -474,10 +475,25 @@ async fn attempt_on(
                 Err(e) => return Err(Failure::Unsent(Box::new(req), Some(e))),
             },
         };
-        match tokio::time::timeout(t.response, sender.try_send_request(req)).await {
-            Err(_) => return Err(Failure::Timeout),
-            Ok(Ok(resp)) => return Ok((resp, sender)),
-            Ok(Err(mut e)) => match e.take_message() {
+        // The response timeout runs from the end of the request body (at once for a
+        // request without one), so a long upload is not cut off.
+        let sent = match req.body() {
+            ReqBody::Incoming(_, sent) => Some(sent.clone()),
+            ReqBody::Empty => None,
+        };
+        let response_deadline = async {
+            if let Some(sent) = &sent {
+                sent.notified().await;
+            }
+            tokio::time::sleep(t.response).await;
+        };
+        let res = tokio::select! {
+            r = sender.try_send_request(req) => r,
+            _ = response_deadline => return Err(Failure::Timeout),
+        };
+        match res {
+            Ok(resp) => return Ok((resp, sender)),
+            Err(mut e) => match e.take_message() {
                 Some(r) => {
                     // Not sent. A pooled connection that closed meanwhile is no fault of
                     // the server: try the next idle one or a new connection.

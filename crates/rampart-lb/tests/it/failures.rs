@@ -206,6 +206,32 @@ async fn slow_upstream_gives_504() {
     assert!(body.contains("did not answer in time"), "{body}");
 }
 
+/// The response timeout starts when the request body has been sent: a slow upload
+/// longer than the timeout is not cut off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_timeout_starts_after_the_upload() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = Backend::start("a").await;
+    let lb = Lb::start(&http_config(
+        "round-robin",
+        &servers(&[(&a, 1)]),
+        "health_check = { kind = \"none\" }\ntimeouts = { response = \"300ms\" }",
+    ))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: lb.test\r\nContent-Length: 3000\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        s.write_all(&[b'x'; 1000]).await.unwrap();
+    }
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.ends_with("3000"), "{resp}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_server_queues_then_503_on_queue_timeout() {
     let a = Backend::start("a").await;
