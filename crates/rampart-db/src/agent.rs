@@ -99,6 +99,7 @@ pub struct Agent {
     start_failures: u32,
     stuck_rewinds: u32,
     bootstrapping: bool,
+    started_at: Option<Instant>,
 }
 
 impl Agent {
@@ -179,6 +180,7 @@ impl Agent {
             start_failures: 0,
             stuck_rewinds: 0,
             bootstrapping: false,
+            started_at: None,
         })
     }
 
@@ -265,7 +267,15 @@ impl Agent {
         // 1. Our child postgres.
         if let Some(c) = self.child.as_mut() {
             if let Ok(Some(st)) = c.try_wait() {
-                tracing::warn!(status = %st, "postgres exited; it will be restarted");
+                if self
+                    .started_at
+                    .is_some_and(|t| t.elapsed() < Duration::from_secs(30))
+                {
+                    // Died right after starting (e.g. "requested timeline is not a child of
+                    // this server's history"): counts towards rewinding / re-cloning.
+                    self.start_failures += 1;
+                }
+                tracing::warn!(status = %st, postgres_says = %last_problem(&self.ctl.log_path()), "postgres exited; it will be restarted");
                 self.child = None;
                 self.conn.reset();
                 self.watchdog.unwatch();
@@ -496,6 +506,9 @@ impl Agent {
             }),
             paused: keys.paused,
             disk_full: self.disk_full,
+            // Longer than a lease: a replica of a dead leader must not "repair" anything
+            // before the leader's key has expired.
+            stuck_after: decide::STUCK_REPLICA_TIMEOUT.max(self.cfg.ttl * 2 + self.cfg.loop_wait),
             last_leader_lsn: self.last_leader_lsn,
             leaderless_for: self
                 .leader_missing_since
@@ -540,6 +553,7 @@ impl Agent {
             self.watchdog.watch(pid);
         }
         tracing::info!(primary, follow = ?follow, pid = ?child.id(), "postgres started");
+        self.started_at = Some(Instant::now());
         self.child = Some(child);
         self.following = Some(follow.map(String::from));
         self.not_streaming_since = None;
@@ -721,8 +735,6 @@ impl Agent {
                 let r = self.start_pg(*primary, follow.as_deref()).await;
                 if r.is_err() {
                     self.start_failures += 1;
-                } else {
-                    self.start_failures = 0;
                 }
                 r
             }
@@ -787,6 +799,7 @@ impl Agent {
                         if r.streaming {
                             self.not_streaming_since = None;
                             self.stuck_rewinds = 0;
+                            self.start_failures = 0;
                         } else {
                             self.not_streaming_since.get_or_insert_with(Instant::now);
                         }
@@ -795,6 +808,13 @@ impl Agent {
                 Ok(())
             }
             Action::Rewind { from } => {
+                let (h, p) = self.node_addr(from)?;
+                if !PgCtl::reachable(&h, p).await {
+                    // Not streaming because the leader is dead: nothing to repair here; its
+                    // key expires and a new leader is chosen.
+                    tracing::warn!(leader = %from, "not streaming, but the leader's PostgreSQL is unreachable: waiting (no rewind)");
+                    return Ok(());
+                }
                 self.stop_postgres(StopMode::Fast).await;
                 if self.stuck_rewinds >= 1 {
                     // Rewinding did not get us streaming: the WAL we need is gone (node down
@@ -825,6 +845,11 @@ impl Agent {
 
     async fn rewind_or_reclone(&mut self, from: &str) -> Result<(), DbError> {
         let (h, p) = self.node_addr(from)?;
+        if !PgCtl::reachable(&h, p).await {
+            return Err(DbError::Other(format!(
+                "leader {from} ({h}:{p}) unreachable: cannot rewind from it now"
+            )));
+        }
         if self.start_failures >= 4 {
             tracing::warn!(leader = %from, failures = self.start_failures, "rewinding did not help: re-cloning from the leader");
             return self.long(self.ctl.basebackup(&h, p)).await;
@@ -835,6 +860,10 @@ impl Agent {
                 Ok(())
             }
             Err(e) => {
+                if !PgCtl::reachable(&h, p).await {
+                    // A lost connection is not a failed rewind: never re-clone from a dead leader.
+                    return Err(e);
+                }
                 tracing::warn!(leader = %from, error = %e, "pg_rewind failed: re-cloning from the leader");
                 self.long(self.ctl.basebackup(&h, p)).await
             }

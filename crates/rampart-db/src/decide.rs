@@ -109,6 +109,8 @@ pub struct Observed {
     pub paused: bool,
     /// The data directory's file system is (nearly) full.
     pub disk_full: bool,
+    /// A replica not streaming from a live leader for this long is rewound.
+    pub stuck_after: Duration,
     /// The last leader LSN this agent saw while the leader was up (for the lag rule).
     pub last_leader_lsn: Option<u64>,
     /// How long the leader key has been missing, as seen by this agent.
@@ -387,7 +389,7 @@ pub fn decide(o: &Observed) -> Action {
                 return Action::Wait("etcd unreachable: replica keeps following, never promotes");
             }
             if let Some(l) = other_leader {
-                if (pg.diverged || pg.not_streaming_for > STUCK_REPLICA_TIMEOUT) && !o.paused {
+                if (pg.diverged || pg.not_streaming_for > o.stuck_after) && !o.paused {
                     return Action::Rewind { from: l };
                 }
                 return Action::Follow { leader: Some(l) };
@@ -522,6 +524,7 @@ mod tests {
             failover: None,
             paused: false,
             disk_full: false,
+            stuck_after: STUCK_REPLICA_TIMEOUT,
             last_leader_lsn: Some(1000),
             leaderless_for: Duration::ZERO,
         }
@@ -740,7 +743,7 @@ mod tests {
                 lease_valid_until: lease.map(Duration::from_secs), now: Duration::from_secs(now),
                 pg, peers,
                 sync: sync.map(|(l, s)| SyncKey { leader: l, sync_standby: s }),
-                failover, paused, disk_full: lsn_full, last_leader_lsn: last, leaderless_for: Duration::from_secs(leaderless),
+                failover, paused, disk_full: lsn_full, stuck_after: STUCK_REPLICA_TIMEOUT, last_leader_lsn: last, leaderless_for: Duration::from_secs(leaderless),
             }
         }
     }

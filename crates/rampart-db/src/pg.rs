@@ -181,24 +181,34 @@ impl PgCtl {
 
     /// Create an empty data directory (mode 0700, owned by the postgres user).
     pub fn make_empty_data_dir(&self) -> Result<(), DbError> {
+        self.make_empty_dir(&self.data_dir)
+    }
+
+    /// Create an empty directory (mode 0700, owned by the postgres user), replacing `dir`.
+    fn make_empty_dir(&self, dir: &Path) -> Result<(), DbError> {
         use std::os::unix::fs::PermissionsExt;
         let io = |what, source| DbError::Io {
             what,
-            path: self.data_dir.clone(),
+            path: dir.to_path_buf(),
             source,
         };
-        if self.data_dir.exists() {
-            std::fs::remove_dir_all(&self.data_dir)
-                .map_err(|e| io("remove the old data directory", e))?;
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(|e| io("remove the old directory", e))?;
         }
-        if let Some(parent) = self.data_dir.parent() {
+        if let Some(parent) = dir.parent() {
             std::fs::create_dir_all(parent)
                 .map_err(|e| io("create the data directory's parent", e))?;
         }
-        std::fs::create_dir(&self.data_dir).map_err(|e| io("create the data directory", e))?;
-        std::fs::set_permissions(&self.data_dir, std::fs::Permissions::from_mode(0o700))
+        std::fs::create_dir(dir).map_err(|e| io("create the data directory", e))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| io("set the data directory's mode", e))?;
-        self.chown(&self.data_dir)
+        self.chown(dir)
+    }
+
+    fn sibling(&self, suffix: &str) -> PathBuf {
+        let mut s = self.data_dir.clone().into_os_string();
+        s.push(suffix);
+        PathBuf::from(s)
     }
 
     /// initdb with data checksums (pg_rewind needs them or wal_log_hints) and a
@@ -233,23 +243,52 @@ impl PgCtl {
     }
 
     /// Copy the leader's data directory (streaming the WAL alongside).
+    /// Copy the leader's data directory (streaming the WAL alongside) into a new folder
+    /// and swap it in only once the copy is complete: a failed clone (leader gone, disk
+    /// full) never destroys the data we had.
     pub async fn basebackup(&self, host: &str, port: u16) -> Result<(), DbError> {
-        self.make_empty_data_dir()?;
+        let fresh = self.sibling(".new");
+        self.make_empty_dir(&fresh)?;
         let mut c = self.cmd("pg_basebackup");
         c.arg("-D")
-            .arg(&self.data_dir)
+            .arg(&fresh)
             .args(["-h", host, "-p", &port.to_string(), "-U", REPLICATION_USER])
             .args(["-X", "stream", "-c", "fast", "--no-password"])
             .env("PGPASSWORD", &self.replication_password);
-        let r = self
-            .run(c, "pg_basebackup", Duration::from_secs(600))
-            .await
-            .map(|_| ());
-        if r.is_err() {
-            // Never leave a half copy that looks like a data directory.
-            let _ = std::fs::remove_dir_all(&self.data_dir);
+        if let Err(e) = self.run(c, "pg_basebackup", Duration::from_secs(600)).await {
+            let _ = std::fs::remove_dir_all(&fresh);
+            return Err(e);
         }
-        r
+        let old = self.sibling(".old");
+        let io = |what, source| DbError::Io {
+            what,
+            path: self.data_dir.clone(),
+            source,
+        };
+        if old.exists() {
+            std::fs::remove_dir_all(&old)
+                .map_err(|e| io("remove a leftover old data directory", e))?;
+        }
+        if self.data_dir.exists() {
+            std::fs::rename(&self.data_dir, &old)
+                .map_err(|e| io("set the old data directory aside", e))?;
+        }
+        std::fs::rename(&fresh, &self.data_dir).map_err(|e| io("move the new copy in place", e))?;
+        let _ = std::fs::remove_dir_all(&old);
+        Ok(())
+    }
+
+    /// Can we open a TCP connection to this PostgreSQL? (A dead leader is no reason to
+    /// rewind or re-clone anything.)
+    pub async fn reachable(host: &str, port: u16) -> bool {
+        matches!(
+            tokio::time::timeout(
+                Duration::from_secs(1),
+                tokio::net::TcpStream::connect((host, port))
+            )
+            .await,
+            Ok(Ok(_))
+        )
     }
 
     /// Rewind this (stopped) data directory onto the leader's timeline.

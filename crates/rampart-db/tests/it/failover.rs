@@ -338,3 +338,57 @@ async fn synchronous_mode_loses_no_acknowledged_write_across_killed_primaries() 
         acked.len()
     );
 }
+
+/// With a long lease (Patroni-like ttl 10 s) the replicas of a killed primary stop
+/// streaming long before its key expires: they must wait, never "repair" themselves
+/// from the dead leader (no rewind, no re-clone), and one of them takes over with its data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_lease_replicas_wait_for_the_key_without_repairing() {
+    let mut c = Cluster::start(Opts {
+        synchronous: false,
+        extra_db: "ttl = \"10s\"\nloop_wait = \"2s\"\nretry_timeout = \"4s\"".into(),
+        ..Opts::default()
+    });
+    let p = c.wait_primary(Duration::from_secs(60));
+    for i in (0..3).filter(|&i| i != p) {
+        c.wait_replica(i, Duration::from_secs(60));
+    }
+    let pc = connect(c.nodes[p].pg_port).await.expect("connect");
+    pc.batch_execute(
+        "CREATE TABLE keep (id int); INSERT INTO keep SELECT generate_series(1, 1000)",
+    )
+    .await
+    .expect("write");
+    for i in (0..3).filter(|&i| i != p) {
+        assert!(
+            wait_rows(
+                c.nodes[i].pg_port,
+                "SELECT count(*) FROM keep",
+                1000,
+                Duration::from_secs(15)
+            )
+            .await
+        );
+    }
+    c.kill_node(p);
+    let np = c.wait_primary(Duration::from_secs(40));
+    assert_ne!(np, p);
+    assert!(
+        wait_rows(
+            c.nodes[np].pg_port,
+            "SELECT count(*) FROM keep",
+            1000,
+            Duration::from_secs(10)
+        )
+        .await,
+        "the new primary lost its data"
+    );
+    for i in (0..3).filter(|&i| i != p) {
+        let log = c.agent_log(i);
+        assert!(
+            !log.contains("re-cloning") && !log.contains("pg_rewind"),
+            "{} repaired itself from a dead leader:\n{log}",
+            c.nodes[i].name
+        );
+    }
+}
