@@ -3,15 +3,20 @@
 # kept from the previous run), with the release binary. Runs on free loopback ports in a
 # temp folder and stops every process it started. Prints one line per run:
 #   cold|warm  <seconds until rampart up reported "stack healthy">
-# Usage: bash bench/up/startup.sh [RUNS]   (default 3 warm runs after the cold one)
+# Usage: [RAMPART_BIN=path] bash bench/up/startup.sh [RUNS]   (default 3 warm runs after the cold one)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 runs="${1:-3}"
-target="${CARGO_TARGET_DIR:-target}"
-cargo build --locked --release -p rampart --bin rampart >/dev/null
-bin="$PWD/$target/release/rampart"
-[ -x "$bin" ] || bin="$target/release/rampart"
+if [ -n "${RAMPART_BIN:-}" ]; then
+  bin="$RAMPART_BIN"   # a release binary built elsewhere
+else
+  target="${CARGO_TARGET_DIR:-target}"
+  cargo build --locked --release -p rampart --bin rampart >/dev/null
+  bin="$PWD/$target/release/rampart"
+  [ -x "$bin" ] || bin="$target/release/rampart"
+fi
 dir="$(mktemp -d /tmp/rampart-up-bench-XXXXXX)"
+chmod 755 "$dir"   # PostgreSQL runs as the postgres user when this runs as root
 trap 'rm -rf "$dir"' EXIT
 "$bin" init "$dir/rampart.toml" --port-base 27000 >/dev/null
 

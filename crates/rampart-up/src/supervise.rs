@@ -290,6 +290,9 @@ impl Supervisor {
                     delay.as_secs_f64(),
                     log.display()
                 ));
+                if let Some(reason) = log_reason(&log) {
+                    self.say(format!("    {name}: {reason}"));
+                }
                 changed = true;
             }
         }
@@ -425,6 +428,30 @@ impl Supervisor {
         }
         self.sync_state();
     }
+}
+
+/// Why a process died, from the end of its log: the cause of an `Error:` report
+/// (anyhow's "Caused by:" line), else the last line that is not a backtrace frame.
+fn log_reason(log: &Path) -> Option<String> {
+    let text = std::fs::read(log).ok()?;
+    let tail = String::from_utf8_lossy(&text[text.len().saturating_sub(16 * 1024)..]).into_owned();
+    let lines: Vec<&str> = tail.lines().collect();
+    if let Some(i) = lines.iter().rposition(|l| l.trim() == "Caused by:") {
+        if let Some(l) = lines.get(i + 1) {
+            return Some(l.trim().chars().take(300).collect());
+        }
+    }
+    lines
+        .iter()
+        .rev()
+        .map(|l| l.trim())
+        .find(|l| {
+            !l.is_empty()
+                && !l.starts_with("at ")
+                && !l.chars().next().is_some_and(|c| c.is_ascii_digit())
+                && *l != "Stack backtrace:"
+        })
+        .map(|l| l.chars().take(300).collect())
 }
 
 fn kill_group(pid: u32, sig: Signal) {
@@ -745,4 +772,31 @@ fn start_and_watch(
         std::thread::sleep(Duration::from_millis(100));
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reason_of_a_crash_comes_from_the_end_of_its_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("db1.log");
+        std::fs::write(
+            &log,
+            "INFO starting\nError: run the db agent\n\nCaused by:\n    /tmp/x is not searchable by others\n\nStack backtrace:\n   0: main\n             at src/main.rs:1\n",
+        )
+        .unwrap();
+        assert_eq!(
+            log_reason(&log).unwrap(),
+            "/tmp/x is not searchable by others"
+        );
+        std::fs::write(&log, "listening\nbind 127.0.0.1:8101: address in use\n").unwrap();
+        assert_eq!(
+            log_reason(&log).unwrap(),
+            "bind 127.0.0.1:8101: address in use"
+        );
+        assert_eq!(log_reason(&dir.path().join("none.log")), None);
+    }
 }
