@@ -272,14 +272,14 @@ async fn switchover_loses_no_write() {
 }
 
 /// Synchronous mode: kill the primary (agent and PostgreSQL) several times in a row
-/// under a steady writer; no acknowledged write may be lost. 3 rounds by default,
-/// `RAMPART_DB_KILLS=10` for the full run.
+/// under a steady writer; no acknowledged write may be lost. The 10 rounds by
+/// default (about 10 s a round); `RAMPART_DB_KILLS=N` changes the count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn synchronous_mode_loses_no_acknowledged_write_across_killed_primaries() {
     let rounds: usize = std::env::var("RAMPART_DB_KILLS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+        .unwrap_or(10);
     let mut c = Cluster::start(Opts::default());
     let p = c.wait_primary(Duration::from_secs(60));
     for i in (0..3).filter(|&i| i != p) {
