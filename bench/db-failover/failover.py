@@ -41,7 +41,7 @@ REPL_PASSWORD = "replpw"
 STABLE_S = 3.0
 WARMUP_S = 3.0
 OUTAGE_LIMIT_S = 150.0
-HEALTHY_LIMIT_S = 300.0
+HEALTHY_LIMIT_S = 120.0
 WRITE_PAUSE_S = 0.005  # bounded writer: at most ~200 inserts/s
 
 # name -> (ttl, loop_wait, retry_timeout) in seconds; None = the system's own defaults.
