@@ -11,6 +11,12 @@ mod status;
 mod up;
 mod web;
 
+/// mimalloc (v2: freed pages go back to the OS after 10 ms) instead of glibc malloc, which
+/// keeps freed per-connection buffers resident: less memory per idle keep-alive connection
+/// in `rampart lb`. See bench/lb/run.sh --only idle.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "rampart", version, about = "A complete, highly available web infrastructure from one binary")]
 struct Cli {
