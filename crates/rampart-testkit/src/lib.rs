@@ -153,7 +153,11 @@ impl Drop for Proc {
                 .rev()
                 .collect::<Vec<_>>()
                 .join("\n");
-            eprintln!("---- last lines of {} ({}) ----\n{tail}", self.name, self.log.display());
+            eprintln!(
+                "---- last lines of {} ({}) ----\n{tail}",
+                self.name,
+                self.log.display()
+            );
         }
         self.kill();
     }

@@ -69,34 +69,53 @@ pub fn run(args: DbArgs) -> anyhow::Result<()> {
     rt.block_on(async move {
         match args.command {
             None => {
-                let node = args.node.context("--node NAME is required to run the agent")?;
-                rampart_db::run_agent(cfg, &node).await.context("run the db agent")
+                let node = args
+                    .node
+                    .context("--node NAME is required to run the agent")?;
+                rampart_db::run_agent(cfg, &node)
+                    .await
+                    .context("run the db agent")
             }
             Some(DbCommand::List) => {
-                print!("{}", rampart_db::ops::list(&cfg).await.context("read the cluster state")?);
+                print!(
+                    "{}",
+                    rampart_db::ops::list(&cfg)
+                        .await
+                        .context("read the cluster state")?
+                );
                 Ok(())
             }
             Some(DbCommand::Switchover { to, wait }) => {
-                let msg = rampart_db::ops::switchover(&cfg, Some(&to), false, Duration::from_secs(wait))
-                    .await
-                    .context("switch over")?;
+                let msg =
+                    rampart_db::ops::switchover(&cfg, Some(&to), false, Duration::from_secs(wait))
+                        .await
+                        .context("switch over")?;
                 println!("{msg}");
                 Ok(())
             }
             Some(DbCommand::Failover { to, wait }) => {
-                let msg = rampart_db::ops::switchover(&cfg, to.as_deref(), true, Duration::from_secs(wait))
-                    .await
-                    .context("fail over")?;
+                let msg = rampart_db::ops::switchover(
+                    &cfg,
+                    to.as_deref(),
+                    true,
+                    Duration::from_secs(wait),
+                )
+                .await
+                .context("fail over")?;
                 println!("{msg}");
                 Ok(())
             }
             Some(DbCommand::Pause) => {
-                rampart_db::ops::set_pause(&cfg, true).await.context("pause")?;
+                rampart_db::ops::set_pause(&cfg, true)
+                    .await
+                    .context("pause")?;
                 println!("automatic failover paused");
                 Ok(())
             }
             Some(DbCommand::Resume) => {
-                rampart_db::ops::set_pause(&cfg, false).await.context("resume")?;
+                rampart_db::ops::set_pause(&cfg, false)
+                    .await
+                    .context("resume")?;
                 println!("automatic failover resumed");
                 Ok(())
             }

@@ -51,15 +51,21 @@ pub fn run(args: LbArgs) -> anyhow::Result<()> {
                 anyhow::bail!("invalid config {}", path.display());
             }
         },
-        (None, Some(listen)) => {
-            LbConfig::quick(listen, &args.backend, args.algorithm, args.mode, args.health_check.clone())
-                .map_err(anyhow::Error::msg)
-                .context("build the quick-mode config")?
-        }
+        (None, Some(listen)) => LbConfig::quick(
+            listen,
+            &args.backend,
+            args.algorithm,
+            args.mode,
+            args.health_check.clone(),
+        )
+        .map_err(anyhow::Error::msg)
+        .context("build the quick-mode config")?,
         (None, None) => anyhow::bail!("give --config FILE or --listen ADDR --backend ADDR"),
     };
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let threads = args.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
     rampart_lb::run(config, threads).context("run the load balancer")
 }

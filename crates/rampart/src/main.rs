@@ -18,7 +18,11 @@ mod web;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "rampart", version, about = "A complete, highly available web infrastructure from one binary")]
+#[command(
+    name = "rampart",
+    version,
+    about = "A complete, highly available web infrastructure from one binary"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -41,7 +45,7 @@ enum Command {
     /// Run the PostgreSQL agent (leader lease, failover), or operate the db cluster.
     Db(db::DbArgs),
     /// Run a web/app server: static files, a proxy to your app, or the built-in guestbook.
-    Web(web::WebArgs),
+    Web(Box<web::WebArgs>),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -55,7 +59,7 @@ fn main() -> anyhow::Result<()> {
         Command::Status(args) => status::run(args),
         Command::Chaos(args) => chaos::run(args),
         Command::Db(args) => db::run(args),
-        Command::Web(args) => web::run(args),
+        Command::Web(args) => web::run(*args),
     }
 }
 
