@@ -17,7 +17,8 @@
 //! agents = ["http://127.0.0.1:8008"]    # rampart db agents' API, or: nodes = ["127.0.0.1:5432"]
 //! user = "postgres"
 //! dbname = "postgres"
-//! password_env = "PGPASSWORD"           # name of an env var holding the password
+//! password_env = "PGPASSWORD"           # name of an env var holding the password; without
+//!                                       # it: the file's [db] superuser_password ("rampart")
 //! max_lag_bytes = 16777216
 //! read_wait_ms = 200
 //! pool_size = 16
@@ -112,7 +113,8 @@ pub struct DatabaseConfig {
     pub topology: DbTopology,
     pub user: String,
     pub dbname: String,
-    /// The password itself (read from the named environment variable); never logged.
+    /// The password itself (read from the named environment variable, else the same file's
+    /// `[db] superuser_password`, default "rampart", when it has a `[db]`); never logged.
     pub password: Option<String>,
     pub max_lag_bytes: u64,
     pub read_wait: Duration,
@@ -291,7 +293,7 @@ impl WebConfig {
         let database = web
             .database
             .as_ref()
-            .and_then(|d| validate_db(src, d, &file.cluster, &mut errs));
+            .and_then(|d| validate_db(src, d, &file, &mut errs));
         let weight = match &n.weight {
             Some(w) if *w.get_ref() == 0 || *w.get_ref() > 10_000 => {
                 errs.push(src.error_at(w.span(), "weight must be 1..=10000"));
@@ -358,9 +360,10 @@ fn valid_host_port(s: &str) -> bool {
 fn validate_db(
     src: &Source,
     d: &DatabaseSection,
-    cluster: &crate::topology::ClusterSection,
+    file: &TopologyFile,
     errs: &mut Vec<Diagnostic>,
 ) -> Option<DatabaseConfig> {
+    let cluster = &file.cluster;
     let topology = match (d.agents.is_empty(), d.nodes.is_empty()) {
         (false, true) => {
             for a in &d.agents {
@@ -407,6 +410,15 @@ fn validate_db(
                 format!("environment variable {} is not set", env.get_ref()),
             )),
         }
+    } else if let Some(db) = &file.db {
+        // The db agents of the same file create the superuser with this password (scram),
+        // so `rampart up` needs no environment variable. Validated by the [db] section.
+        c.password = Some(
+            db.superuser_password
+                .as_ref()
+                .map(|p| p.get_ref().clone())
+                .unwrap_or_else(|| "rampart".to_string()),
+        );
     }
     if let Some(l) = d.max_lag_bytes {
         c.max_lag_bytes = l;
@@ -480,6 +492,41 @@ mod tests {
                 endpoints: vec!["http://127.0.0.1:2379".into()],
                 cluster: "m".into()
             })
+        );
+    }
+
+    #[test]
+    fn password_comes_from_the_db_section_without_password_env() {
+        let base = "[cluster]\nname = \"m\"\n[web]\nroot = \"/\"\n[web.database]\nnodes = [\"127.0.0.1:5432\"]\n\
+                    [[web.node]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n";
+        let pw = |text: &str| {
+            WebConfig::from_source(&src(text), "a")
+                .expect("valid")
+                .database
+                .expect("db")
+                .password
+        };
+        assert_eq!(pw(base), None, "no [db] section: no password");
+        assert_eq!(
+            pw(&format!("{base}[db]\n")),
+            Some("rampart".to_string()),
+            "the db agents' default superuser password"
+        );
+        assert_eq!(
+            pw(&format!("{base}[db]\nsuperuser_password = \"s3cret\"\n")),
+            Some("s3cret".to_string())
+        );
+        std::env::set_var("RAMPART_WEB_TEST_PW_ENV", "from-env");
+        let with_env = base.replace(
+            "nodes = [",
+            "password_env = \"RAMPART_WEB_TEST_PW_ENV\"\nnodes = [",
+        );
+        assert_eq!(
+            pw(&format!(
+                "{with_env}[db]\nsuperuser_password = \"s3cret\"\n"
+            )),
+            Some("from-env".to_string()),
+            "password_env wins"
         );
     }
 
