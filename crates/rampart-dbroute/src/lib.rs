@@ -7,7 +7,8 @@
 //!   ([`Router::read`]); with a [`Token`] only to a replica that has replayed the token's
 //!   position on its timeline (checked live when the last observation is older), waiting
 //!   up to `read_wait`, else to the primary.
-//! * The topology comes from the db agents' `/cluster` document or from probing a static
+//! * The topology comes from a watch on the db agents' records in etcd (with polling of
+//!   their `/cluster` as the fallback), from polling `/cluster`, or from probing a static
 //!   list of nodes, every `poll_interval` and at once after a failed write checkout.
 //!
 //! The decisions themselves are pure functions in [`plan`], property-tested.
@@ -39,12 +40,20 @@ pub enum TopologySource {
     Static(Vec<String>),
     /// rampart db agents' HTTP API base URLs (`http://127.0.0.1:8008`), read at `/cluster`.
     Agents(Vec<String>),
-    /// The agents' member records and leader key in etcd, for cluster `cluster`.
+    /// The agents' member records and leader key in etcd, for cluster `cluster`, followed
+    /// by a watch (changes arrive as soon as etcd has them). While the watch is quiet
+    /// (no record changed for [`WATCH_QUIET`]: the agents re-post theirs every loop, so
+    /// etcd is probably unreachable) the router polls the agents' `/cluster` (`agents`,
+    /// when given) or reads the prefix from etcd every `poll_interval`.
     Etcd {
         endpoints: Vec<String>,
         cluster: String,
+        agents: Vec<String>,
     },
 }
+
+/// With an etcd source: how long without any watch event before polling as well.
+pub const WATCH_QUIET: Duration = Duration::from_secs(3);
 
 /// How to log in to every node.
 #[derive(Clone, Debug)]
@@ -228,6 +237,8 @@ struct Inner {
     refresh: Arc<Notify>,
     rotate: AtomicU64,
     stats: RouterStats,
+    /// When the etcd watch last delivered anything.
+    watch_heard: Mutex<Option<Instant>>,
 }
 
 /// The router; cheap to clone. The topology poller stops when the last clone is dropped.
@@ -248,6 +259,7 @@ impl Router {
             refresh: Arc::new(Notify::new()),
             rotate: AtomicU64::new(0),
             stats: RouterStats::default(),
+            watch_heard: Mutex::new(None),
         });
         let weak = Arc::downgrade(&inner);
         tokio::spawn(poll_loop(weak));
@@ -526,11 +538,40 @@ impl Router {
     }
 }
 
+/// Store a new observation (when it differs) and wake the waiters.
+fn apply(inner: &Inner, t: Topology) {
+    let old = inner.topo.load();
+    if **old != t {
+        log_changes(&old, &t);
+        // Nodes whose role changed keep no idle connections from before.
+        for n in &t.nodes {
+            let was = old.nodes.iter().find(|o| o.name == n.name).map(|o| o.role);
+            if was.is_some() && was != Some(n.role) {
+                let pools = inner.pools.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(p) = pools.get(&(n.name.clone(), n.host.clone(), n.port)) {
+                    p.clear_idle();
+                }
+            }
+        }
+        inner.topo.store(Arc::new(t));
+    }
+    inner.changed.notify_waiters();
+}
+
+/// Aborts a task when dropped (the watch ends with the poller).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 async fn poll_loop(weak: Weak<Inner>) {
     enum Src {
         Static(StaticProber),
         Agents(Box<AgentSource>),
-        Etcd(Box<source::EtcdSource>),
+        Etcd(Arc<source::EtcdSource>, Option<Box<AgentSource>>),
     }
     let (src, interval, refresh) = {
         let Some(inner) = weak.upgrade() else { return };
@@ -558,39 +599,66 @@ async fn poll_loop(weak: Weak<Inner>) {
                     .collect();
                 Src::Static(StaticProber::new(nodes, probe_timeout))
             }
-            TopologySource::Etcd { endpoints, cluster } => Src::Etcd(Box::new(
-                source::EtcdSource::new(endpoints.clone(), cluster.clone()),
-            )),
+            TopologySource::Etcd {
+                endpoints,
+                cluster,
+                agents,
+            } => Src::Etcd(
+                Arc::new(source::EtcdSource::new(endpoints.clone(), cluster.clone())),
+                (!agents.is_empty())
+                    .then(|| Box::new(AgentSource::new(agents.clone(), probe_timeout))),
+            ),
             TopologySource::Agents(urls) => {
                 Src::Agents(Box::new(AgentSource::new(urls.clone(), probe_timeout)))
             }
         };
         (src, inner.cfg.poll_interval, inner.refresh.clone())
     };
+    let _watch = match &src {
+        Src::Etcd(etcd, _) => {
+            let (etcd, weak) = (etcd.clone(), weak.clone());
+            Some(AbortOnDrop(tokio::spawn(async move {
+                etcd.watch(|t| {
+                    let Some(inner) = weak.upgrade() else {
+                        return false;
+                    };
+                    *inner.watch_heard.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(Instant::now());
+                    apply(&inner, t);
+                    true
+                })
+                .await
+            })))
+        }
+        _ => None,
+    };
     loop {
         let observed = match &src {
             Src::Static(p) => Some(p.observe().await),
             Src::Agents(a) => a.observe().await,
-            Src::Etcd(e) => e.observe().await,
+            Src::Etcd(etcd, agents) => {
+                let quiet = {
+                    let Some(inner) = weak.upgrade() else { return };
+                    let heard = *inner.watch_heard.lock().unwrap_or_else(|e| e.into_inner());
+                    heard.is_none_or(|h| h.elapsed() > WATCH_QUIET)
+                };
+                if !quiet {
+                    None
+                } else {
+                    let from_agents = match agents {
+                        Some(a) => a.observe().await,
+                        None => None,
+                    };
+                    match from_agents {
+                        Some(t) => Some(t),
+                        None => etcd.observe().await,
+                    }
+                }
+            }
         };
         let Some(inner) = weak.upgrade() else { return };
         if let Some(t) = observed {
-            let old = inner.topo.load();
-            if **old != t {
-                log_changes(&old, &t);
-                // Nodes whose role changed keep no idle connections from before.
-                for n in &t.nodes {
-                    let was = old.nodes.iter().find(|o| o.name == n.name).map(|o| o.role);
-                    if was.is_some() && was != Some(n.role) {
-                        let pools = inner.pools.lock().unwrap_or_else(|e| e.into_inner());
-                        if let Some(p) = pools.get(&(n.name.clone(), n.host.clone(), n.port)) {
-                            p.clear_idle();
-                        }
-                    }
-                }
-                inner.topo.store(Arc::new(t));
-            }
-            inner.changed.notify_waiters();
+            apply(&inner, t);
         }
         drop(inner);
         tokio::select! {

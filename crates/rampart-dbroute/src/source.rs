@@ -276,7 +276,7 @@ impl EtcdSource {
         }
     }
 
-    pub(crate) async fn observe(&self) -> Option<Topology> {
+    async fn coord(&self) -> Option<rampart_coord::Coord> {
         let mut slot = self.coord.lock().await;
         if slot.is_none() {
             let opts = rampart_coord::CoordOptions::new(self.endpoints.iter().cloned());
@@ -288,40 +288,119 @@ impl EtcdSource {
                 }
             }
         }
-        let coord = slot.as_ref()?;
-        let prefix = format!("/rampart/{}/db/", self.cluster);
-        match coord.get_prefix(&prefix).await {
-            Ok((kvs, _rev)) => {
-                let leader = kvs
-                    .iter()
-                    .find(|kv| kv.key == format!("{prefix}leader"))
-                    .map(|kv| kv.value_str().trim().to_string());
-                let members: Vec<MemberDoc> = kvs
-                    .iter()
-                    .filter(|kv| kv.key.starts_with(&format!("{prefix}members/")))
-                    .filter_map(|kv| match serde_json::from_slice::<MemberDoc>(&kv.value) {
-                        Ok(m) => Some(m),
-                        Err(e) => {
-                            tracing::debug!(key = %kv.key, error = %e, "bad member record");
-                            None
-                        }
-                    })
-                    .collect();
-                Some(topology_from_members(&members, leader.as_deref()))
-            }
+        slot.clone()
+    }
+
+    fn prefix(&self) -> String {
+        format!("/rampart/{}/db/", self.cluster)
+    }
+
+    /// One read of the whole prefix (the fallback when the watch is quiet).
+    pub(crate) async fn observe(&self) -> Option<Topology> {
+        let coord = self.coord().await?;
+        match coord.get_prefix(&self.prefix()).await {
+            Ok((kvs, _rev)) => Some(topology_from_kvs(&self.prefix(), kvs.iter())),
             Err(e) => {
                 tracing::debug!(error = %e, "reading the db members from etcd failed");
                 None
             }
         }
     }
+
+    /// Watch the prefix and call `seen` with the topology after every batch of changes,
+    /// until `seen` returns false. Reconnection and resync are the watcher's
+    /// (`rampart-coord`); starting the watch is retried here with backoff.
+    pub(crate) async fn watch(&self, mut seen: impl FnMut(Topology) -> bool) {
+        use rampart_coord::WatchEvent;
+        let prefix = self.prefix();
+        let mut backoff = rampart_coord::Backoff::new(
+            std::time::Duration::from_millis(100),
+            std::time::Duration::from_secs(2),
+        );
+        loop {
+            let rx = match self.coord().await {
+                Some(c) => c.watch_prefix(&prefix, 0).await,
+                None => Err(rampart_coord::CoordError::Config("no etcd client".into())),
+            };
+            let mut rx = match rx {
+                Ok(rx) => rx,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot watch the db records in etcd; retrying");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    continue;
+                }
+            };
+            backoff.reset();
+            let mut view: std::collections::BTreeMap<String, rampart_coord::KeyValue> =
+                std::collections::BTreeMap::new();
+            while let Some(ev) = rx.recv().await {
+                let mut ev = Some(ev);
+                // Apply everything already queued, then publish once.
+                while let Some(e) = ev.take() {
+                    match e {
+                        WatchEvent::Resync(kvs) => {
+                            view = kvs.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
+                        }
+                        WatchEvent::Put(kv) => {
+                            view.insert(kv.key.clone(), kv);
+                        }
+                        WatchEvent::Delete { key, .. } => {
+                            view.remove(&key);
+                        }
+                    }
+                    ev = rx.try_recv().ok();
+                }
+                if !seen(topology_from_kvs(&prefix, view.values())) {
+                    return;
+                }
+            }
+            // The watcher gave up (it only does when we stop listening): start again.
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
+    }
 }
 
-/// Members plus the leader key's holder (pure).
+/// The topology from the records under `/rampart/<cluster>/db/` (pure).
+pub(crate) fn topology_from_kvs<'a>(
+    prefix: &str,
+    kvs: impl Iterator<Item = &'a rampart_coord::KeyValue>,
+) -> Topology {
+    let leader_key = format!("{prefix}leader");
+    let members_prefix = format!("{prefix}members/");
+    let mut leader = None;
+    let mut members = Vec::new();
+    for kv in kvs {
+        if kv.key == leader_key {
+            leader = Some(kv.value_str().trim().to_string());
+        } else if kv.key.starts_with(&members_prefix) {
+            match serde_json::from_slice::<MemberDoc>(&kv.value) {
+                Ok(m) => members.push(m),
+                Err(e) => tracing::debug!(key = %kv.key, error = %e, "bad member record"),
+            }
+        }
+    }
+    topology_from_members(&members, leader.as_deref())
+}
+
+/// Members plus the leader key's holder (pure). Only the holder is the primary: a stale
+/// record that still says primary gets no traffic. The holder counts as the primary as
+/// soon as it holds the key, even while its record still says replica (it is promoting:
+/// its agent posts the new role one loop later): writes verify `pg_is_in_recovery()` on
+/// every checkout and retry every 50 ms, so they land within one retry of the promotion
+/// instead of one agent loop plus one watch/poll later.
 pub(crate) fn topology_from_members(members: &[MemberDoc], leader: Option<&str>) -> Topology {
     let mut t = topology_from_cluster_members(members);
-    for n in &mut t.nodes {
-        if n.role == Role::Primary && Some(n.name.as_str()) != leader {
+    for (n, m) in t.nodes.iter_mut().zip(members) {
+        let holder = Some(n.name.as_str()) == leader;
+        let pg_up = m.state.as_deref().is_none_or(|s| {
+            ["running", "streaming", "not streaming"]
+                .iter()
+                .any(|up| s.starts_with(up))
+        });
+        if holder && pg_up && matches!(m.role.as_str(), "primary" | "replica") {
+            n.role = Role::Primary;
+            n.lag_bytes = Some(0);
+        } else if n.role == Role::Primary && !holder {
             n.role = Role::Unavailable;
         }
     }
@@ -363,10 +442,48 @@ mod tests {
         assert_eq!(t.nodes[1].lsn, Some(50331744));
         assert_eq!(t.nodes[1].timeline, Some(2));
         // From etcd: only the leader key's holder is the primary.
-        let t = topology_from_members(&doc.members, Some("db2"));
-        assert_eq!(t.nodes[0].role, Role::Unavailable);
-        assert_eq!(t.primary(), None);
         let t = topology_from_members(&doc.members, Some("db1"));
         assert_eq!(t.primary(), Some(0));
+        // The new holder, still posting "replica" while it promotes, is the write target
+        // (writes verify pg_is_in_recovery()); a demoted or starting holder is not.
+        let t = topology_from_members(&doc.members, Some("db2"));
+        assert_eq!(t.nodes[0].role, Role::Unavailable);
+        assert_eq!(t.primary(), Some(1));
+        assert_eq!(
+            topology_from_members(&doc.members, Some("db3")).primary(),
+            None
+        );
+        assert_eq!(
+            topology_from_members(&doc.members, Some("db4")).primary(),
+            None
+        );
+        assert_eq!(topology_from_members(&doc.members, None).primary(), None);
+    }
+
+    #[test]
+    fn etcd_records_make_the_topology() {
+        let kv = |key: &str, value: &str| rampart_coord::KeyValue {
+            key: key.into(),
+            value: value.as_bytes().to_vec(),
+            create_revision: 1,
+            mod_revision: 1,
+            lease: 0,
+        };
+        let m = |name: &str, role: &str, port: u16| {
+            format!(
+                r#"{{"name":"{name}","role":"{role}","state":"running","host":"127.0.0.1","port":{port}}}"#
+            )
+        };
+        let p = "/rampart/c/db/";
+        let kvs = [
+            kv("/rampart/c/db/leader", "db2\n"),
+            kv("/rampart/c/db/members/db1", &m("db1", "primary", 1)),
+            kv("/rampart/c/db/members/db2", &m("db2", "primary", 2)),
+            kv("/rampart/c/db/members/bad", "{not json"),
+            kv("/rampart/c/db/sync", "{}"),
+        ];
+        let t = topology_from_kvs(p, kvs.iter());
+        assert_eq!(t.nodes.len(), 2, "{t:?}");
+        assert_eq!(t.primary().map(|i| t.nodes[i].port), Some(2));
     }
 }

@@ -14,7 +14,9 @@
 //! # upstream = "127.0.0.1:9000"         # proxy to your own app instead of the guestbook
 //!
 //! [web.database]                        # the guestbook's database (optional)
-//! agents = ["http://127.0.0.1:8008"]    # rampart db agents' API, or: nodes = ["127.0.0.1:5432"]
+//! agents = ["http://127.0.0.1:8008"]    # rampart db agents' API, or: nodes = ["127.0.0.1:5432"];
+//!                                       # with [cluster] etcd: their records there are
+//!                                       # watched and the agents polled as a fallback
 //! user = "postgres"
 //! dbname = "postgres"
 //! password_env = "PGPASSWORD"           # name of an env var holding the password; without
@@ -100,10 +102,12 @@ pub enum DbTopology {
     Agents(Vec<String>),
     /// PostgreSQL `host:port` list, probed with SQL.
     Nodes(Vec<String>),
-    /// The db agents' records in etcd (the `[cluster]` etcd endpoints and name).
+    /// The db agents' records in etcd (the `[cluster]` etcd endpoints and name), watched;
+    /// `agents` (their API base URLs, may be empty) are polled while the watch is quiet.
     Etcd {
         endpoints: Vec<String>,
         cluster: String,
+        agents: Vec<String>,
     },
 }
 
@@ -373,7 +377,18 @@ fn validate_db(
                     );
                 }
             }
-            DbTopology::Agents(d.agents.iter().map(|a| a.get_ref().clone()).collect())
+            let agents: Vec<String> = d.agents.iter().map(|a| a.get_ref().clone()).collect();
+            if cluster.etcd.is_empty() {
+                DbTopology::Agents(agents)
+            } else {
+                // The agents post their records to the same etcd: watch it, and poll the
+                // agents only while the watch is quiet.
+                DbTopology::Etcd {
+                    endpoints: cluster.etcd.iter().map(|e| e.get_ref().clone()).collect(),
+                    cluster: cluster.name.get_ref().clone(),
+                    agents,
+                }
+            }
         }
         (true, false) => {
             for n in &d.nodes {
@@ -386,6 +401,7 @@ fn validate_db(
         (true, true) if !cluster.etcd.is_empty() => DbTopology::Etcd {
             endpoints: cluster.etcd.iter().map(|e| e.get_ref().clone()).collect(),
             cluster: cluster.name.get_ref().clone(),
+            agents: Vec::new(),
         },
         _ => {
             errs.push(src.error(
@@ -490,7 +506,19 @@ mod tests {
             c.database.map(|d| d.topology),
             Some(DbTopology::Etcd {
                 endpoints: vec!["http://127.0.0.1:2379".into()],
-                cluster: "m".into()
+                cluster: "m".into(),
+                agents: vec![]
+            })
+        );
+        // Agents and etcd: watch etcd, poll the agents as the fallback.
+        let s = src("[cluster]\nname = \"m\"\netcd = [\"http://127.0.0.1:2379\"]\n[web]\nroot = \"/\"\n[web.database]\nagents = [\"http://127.0.0.1:8008\"]\n[[web.node]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n");
+        let c = WebConfig::from_source(&s, "a").expect("etcd and agents");
+        assert_eq!(
+            c.database.map(|d| d.topology),
+            Some(DbTopology::Etcd {
+                endpoints: vec!["http://127.0.0.1:2379".into()],
+                cluster: "m".into(),
+                agents: vec!["http://127.0.0.1:8008".into()]
             })
         );
     }

@@ -102,9 +102,14 @@ pub fn build_node(cfg: &WebConfig) -> Result<Arc<Node>, WebError> {
             let source = match &db.topology {
                 DbTopology::Agents(a) => TopologySource::Agents(a.clone()),
                 DbTopology::Nodes(n) => TopologySource::Static(n.clone()),
-                DbTopology::Etcd { endpoints, cluster } => TopologySource::Etcd {
+                DbTopology::Etcd {
+                    endpoints,
+                    cluster,
+                    agents,
+                } => TopologySource::Etcd {
                     endpoints: endpoints.clone(),
                     cluster: cluster.clone(),
+                    agents: agents.clone(),
                 },
             };
             let mut rc = RouterConfig::new(source);

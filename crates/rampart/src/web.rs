@@ -45,8 +45,9 @@ pub struct WebArgs {
     #[arg(long, value_name = "URL")]
     pub db_agent: Vec<String>,
 
-    /// Quick mode: run the guestbook, reading the db agents' records from this etcd (URL, repeat).
-    #[arg(long, value_name = "URL", conflicts_with_all = ["db_node", "db_agent"])]
+    /// Quick mode: run the guestbook, watching the db agents' records in this etcd (URL,
+    /// repeat); with --db-agent too, those are polled while the watch is quiet.
+    #[arg(long, value_name = "URL", conflicts_with = "db_node")]
     pub db_etcd: Vec<String>,
 
     /// With --db-etcd: the cluster name (keys under /rampart/NAME/db/).
@@ -118,13 +119,14 @@ fn quick(args: &WebArgs, listen: SocketAddr) -> anyhow::Result<WebConfig> {
     })?;
     let topology = if !args.db_node.is_empty() {
         Some(DbTopology::Nodes(args.db_node.clone()))
-    } else if !args.db_agent.is_empty() {
-        Some(DbTopology::Agents(args.db_agent.clone()))
     } else if !args.db_etcd.is_empty() {
         Some(DbTopology::Etcd {
             endpoints: args.db_etcd.clone(),
             cluster: args.cluster.clone(),
+            agents: args.db_agent.clone(),
         })
+    } else if !args.db_agent.is_empty() {
+        Some(DbTopology::Agents(args.db_agent.clone()))
     } else {
         None
     };

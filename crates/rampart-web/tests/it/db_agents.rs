@@ -1,5 +1,7 @@
 //! The guestbook on a real `rampart db` cluster (etcd + two agents, each owning a
-//! PostgreSQL), topology learned from the agents' `/cluster`, across a failover.
+//! PostgreSQL) across a failover: once with the topology watched in etcd (the web node
+//! configured from the same topology file, password from its `[db]` section), once with
+//! etcd unreachable from the web node so that it polls the agents' `/cluster` instead.
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -52,8 +54,27 @@ fn post(addr: SocketAddr, text: &str) -> Option<(i64, String, String)> {
     ))
 }
 
+/// How the web node learns the database topology.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Learn {
+    /// `--config topology.toml --node web1`: etcd watch, agents as fallback, no password
+    /// variable (the `[db] superuser_password` of the same file).
+    TopologyWatch,
+    /// Quick mode with an etcd nobody listens on and the agents: the fallback polling.
+    EtcdDownPollAgents,
+}
+
 #[test]
-fn guestbook_on_rampart_db_survives_a_failover() {
+fn guestbook_follows_a_failover_through_the_etcd_watch() {
+    failover(Learn::TopologyWatch);
+}
+
+#[test]
+fn guestbook_follows_a_failover_polling_the_agents_when_etcd_is_unreachable() {
+    failover(Learn::EtcdDownPollAgents);
+}
+
+fn failover(learn: Learn) {
     let etcd = Etcd::start();
     let dir = tempfile::Builder::new()
         .prefix("rampart-web-db-")
@@ -83,6 +104,18 @@ fn guestbook_on_rampart_db_survives_a_failover() {
             n.name,
             free_port(),
             n.api
+        ));
+    }
+    let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    if learn == Learn::TopologyWatch {
+        let agents: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("\"http://{}\"", n.api))
+            .collect();
+        toml.push_str(&format!(
+            "\n[web]\nroot = \".\"\n[web.database]\nagents = [{}]\n\
+             [[web.node]]\nname = \"web-db\"\nlisten = \"{addr}\"\n",
+            agents.join(", ")
         ));
     }
     let config = dir.path().join("topology.toml");
@@ -116,23 +149,25 @@ fn guestbook_on_rampart_db_survives_a_failover() {
     );
     let (primary, replica) = settled().expect("roles");
 
-    let mut args = vec![
-        "--root".to_string(),
-        dir.path().to_str().expect("utf8").to_string(),
-    ];
-    for a in &apis {
-        args.push("--db-agent".into());
-        args.push(format!("http://{a}"));
-    }
-    let port = free_port();
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let mut c = Command::new(rampart_bin());
-    c.arg("web")
-        .arg("--listen")
-        .arg(addr.to_string())
-        .args(["--name", "web-db", "--threads", "2"])
-        .args(&args);
-    c.env("PGPASSWORD", PASSWORD).env("RUST_LOG", "info");
+    c.arg("web");
+    match learn {
+        Learn::TopologyWatch => {
+            c.arg("--config").arg(&config).args(["--node", "web-db"]);
+            c.env_remove("PGPASSWORD");
+        }
+        Learn::EtcdDownPollAgents => {
+            c.args(["--listen", &addr.to_string(), "--name", "web-db", "--root"])
+                .arg(dir.path())
+                .args(["--cluster", "webit", "--db-etcd"])
+                .arg(format!("http://127.0.0.1:{}", free_port()));
+            for a in &apis {
+                c.arg("--db-agent").arg(format!("http://{a}"));
+            }
+            c.env("PGPASSWORD", PASSWORD);
+        }
+    }
+    c.args(["--threads", "2"]).env("RUST_LOG", "info");
     let web = Proc::spawn("web-db", c, &dir.path().join("web.log"));
     assert!(
         wait_until(Duration::from_secs(30), || http_get(addr, "/readyz")
@@ -173,20 +208,45 @@ fn guestbook_on_rampart_db_survives_a_failover() {
         p.kill();
     }
     let killed = Instant::now();
+    // When the survivor's agent first says it is the writable primary.
+    let promoted: std::sync::Arc<std::sync::Mutex<Option<Instant>>> = Default::default();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (promoted, stop) = (promoted.clone(), stop.clone());
+        let api = nodes[1 - pi].api;
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if http_get(api, "/primary").is_ok_and(|r| r.status == 200) {
+                    *promoted.lock().expect("lock") = Some(Instant::now());
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
     let mut back = None;
-    assert!(
-        wait_until(Duration::from_secs(60), || {
-            back = post(addr, "after failover");
-            back.is_some()
-        }),
-        "writes never resumed:\n{}",
-        web.log_text()
-    );
+    let resumed = wait_until(Duration::from_secs(60), || {
+        back = post(addr, "after failover");
+        back.is_some()
+    });
+    let wrote = Instant::now();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = watcher.join();
+    assert!(resumed, "writes never resumed:\n{}", web.log_text());
     let (id, token, node) = back.expect("post");
+    let promoted = promoted.lock().expect("lock").unwrap_or(wrote);
+    let after_promotion = wrote.saturating_duration_since(promoted);
     eprintln!(
-        "writes resumed on {node} {:?} after the kill",
+        "{learn:?}: writes resumed on {node} {:?} after the kill, {after_promotion:?} after \
+         the survivor's /primary first answered 200",
         killed.elapsed()
     );
+    if learn == Learn::TopologyWatch {
+        assert!(
+            after_promotion < Duration::from_secs(1),
+            "writes resumed {after_promotion:?} after the promotion"
+        );
+    }
     assert_eq!(
         node, replica,
         "the write went elsewhere than the promoted replica"
