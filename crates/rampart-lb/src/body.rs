@@ -132,8 +132,11 @@ impl Body for RespBody {
                 let r = Pin::new(&mut *body).poll_frame(cx);
                 match &r {
                     Poll::Ready(None) => this.done(),
-                    Poll::Ready(Some(Ok(_))) => {
-                        if let RespBody::Upstream { body, .. } = this {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let RespBody::Upstream { body, finish, .. } = this {
+                            if let (Some(d), Some(f)) = (frame.data_ref(), finish.as_ref()) {
+                                f.slot.server().stats.bytes_out(d.len());
+                            }
                             if body.is_end_stream() {
                                 this.done();
                             }

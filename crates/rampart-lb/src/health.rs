@@ -1,38 +1,67 @@
-//! Active health checks: one background task per server (TCP connect or HTTP GET).
+//! Active health checks: one background task per server (TCP connect or HTTP GET), on
+//! the control thread's runtime. A task follows its pool across generations (a reload
+//! can change the check) and ends when its server leaves the pool.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
-use rampart_topology::lb::CheckKind;
+use rampart_topology::lb::{CheckKind, HealthCheck};
 use rand::Rng;
 
-use crate::state::PoolState;
+use crate::state::{AdminState, CheckRecord, PoolHandle, ServerState};
 use crate::upstream::connect_tcp;
 
-/// Spawn the checks of every server of `pool` on the current runtime.
-pub fn spawn_checks(pool: &Arc<PoolState>) {
-    if !pool.checks_enabled {
-        return;
-    }
-    for i in 0..pool.servers.len() {
-        let pool = pool.clone();
-        tokio::spawn(async move { check_loop(pool, i).await });
+/// Spawn the check task of every server of `pool` on the current runtime.
+pub fn spawn_checks(pool: &Arc<PoolHandle>) {
+    for s in pool.get().servers.iter() {
+        spawn_check(pool, s);
     }
 }
 
-async fn check_loop(pool: Arc<PoolState>, i: usize) {
-    let hc = pool.cfg.health_check.clone();
+/// Spawn the check task of one server.
+pub fn spawn_check(pool: &Arc<PoolHandle>, s: &Arc<ServerState>) {
+    let pool = pool.clone();
+    let s = s.clone();
+    tokio::spawn(async move {
+        let stop = s.stop_checks.clone();
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = check_loop(pool, s) => {}
+        }
+    });
+}
+
+async fn check_loop(pool: Arc<PoolHandle>, s: Arc<ServerState>) {
+    let interval = pool.get().cfg.health_check.interval;
     // Spread the first checks over one interval so servers are not probed in lockstep.
     let first =
-        rand::thread_rng().gen_range(Duration::ZERO..=hc.interval.min(Duration::from_millis(100)));
+        rand::thread_rng().gen_range(Duration::ZERO..=interval.min(Duration::from_millis(100)));
     tokio::time::sleep(first).await;
     loop {
-        let ok = check_once(&pool, i).await;
-        pool.on_check(i, ok);
+        let p = pool.get();
+        let hc = p.cfg.health_check.clone();
+        drop(p);
+        if hc.kind != CheckKind::None && s.admin_state() != AdminState::Maintenance {
+            let started = Instant::now();
+            let r = check_once(&hc, &s).await;
+            let rec = CheckRecord {
+                at_ms: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0),
+                ok: r.is_ok(),
+                duration_ms: started.elapsed().as_secs_f64() * 1e3,
+                error: r.as_ref().err().cloned().unwrap_or_default(),
+            };
+            if let Ok(mut l) = s.last_check.lock() {
+                *l = Some(rec);
+            }
+            pool.on_check(&s, r.is_ok());
+        }
         let jitter = if hc.jitter.is_zero() {
             Duration::ZERO
         } else {
@@ -42,10 +71,8 @@ async fn check_loop(pool: Arc<PoolState>, i: usize) {
     }
 }
 
-/// One probe, bounded by the check timeout.
-pub async fn check_once(pool: &PoolState, i: usize) -> bool {
-    let hc = &pool.cfg.health_check;
-    let s = &pool.servers[i];
+/// One probe, bounded by the check timeout; the error says why it failed.
+pub async fn check_once(hc: &HealthCheck, s: &ServerState) -> Result<(), String> {
     let addr = s.addr;
     let probe = async {
         let tcp = connect_tcp(addr, hc.timeout)
@@ -80,14 +107,14 @@ pub async fn check_once(pool: &PoolState, i: usize) -> bool {
         }
     };
     match tokio::time::timeout(hc.timeout, probe).await {
-        Ok(Ok(())) => true,
+        Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => {
-            tracing::debug!(pool = %pool.cfg.name, server = %s.name, error = %e, "health check failed");
-            false
+            tracing::debug!(server = %s.name, error = %e, "health check failed");
+            Err(e)
         }
         Err(_) => {
-            tracing::debug!(pool = %pool.cfg.name, server = %s.name, "health check timed out");
-            false
+            tracing::debug!(server = %s.name, "health check timed out");
+            Err(format!("timed out after {:?}", hc.timeout))
         }
     }
 }

@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 use crate::body::{Finish, ReqBody, RespBody};
 use crate::clock::now_ns;
 use crate::io::{self, Activity, Busy, CountedIo};
-use crate::state::{mark_tried, InFlight, PickError, PoolState};
+use crate::state::{mark_tried, Fail, InFlight, PickError, PoolState};
 use crate::upstream::{self, ConnectError};
 use crate::ListenerRt;
 
@@ -95,7 +95,12 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, listener: Arc<ListenerRt>, 
             } else {
                 cfg.idle_timeout
             };
-            match tokio::time::timeout(wait, tcp.readable()).await {
+            let readable = tokio::select! {
+                r = tokio::time::timeout(wait, tcp.readable()) => r,
+                // Stopping: an idle connection closes now.
+                _ = crate::shutdown_token().cancelled() => return,
+            };
+            match readable {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return,
                 Err(_) => {
@@ -141,7 +146,15 @@ fn service(
     let ctx = ctx.clone();
     hyper::service::service_fn(move |req| {
         let ctx = ctx.clone();
-        Box::pin(async move { Ok::<_, Infallible>(handle(req, ctx).await) }) as HandleFuture
+        Box::pin(async move {
+            let started = now_ns();
+            let stats = ctx.listener.stats.clone();
+            let r = handle(req, ctx).await;
+            stats
+                .counters
+                .response(r.status().as_u16(), now_ns().saturating_sub(started));
+            Ok::<_, Infallible>(r)
+        }) as HandleFuture
     })
 }
 
@@ -173,9 +186,15 @@ async fn serve_h1_episode(
     tick.tick().await;
     let mut last = activity.snapshot();
     let mut parking = false;
+    let stopping = crate::shutdown_token();
     let done = loop {
         tokio::select! {
             r = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break r,
+            // Stopping: finish the request in flight, then close.
+            _ = stopping.cancelled(), if !parking => {
+                Pin::new(&mut *conn).graceful_shutdown();
+                parking = true;
+            }
             _ = tick.tick(), if !parking => {
                 let now = activity.snapshot();
                 if now == last && !activity.is_busy() {
@@ -242,6 +261,11 @@ async fn serve_h2(tcp: TcpStream, peer: SocketAddr, ctx: Svc) {
             }
         }
         _ = watch => tracing::debug!(%peer, "closing idle h2 client connection"),
+        _ = crate::shutdown_token().cancelled() => {
+            // Stopping: GOAWAY, finish the streams in flight.
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.as_mut().await;
+        }
     }
 }
 
@@ -347,7 +371,7 @@ enum Failure {
 
 async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<RespBody> {
     let busy = Busy::new(&ctx.activity);
-    let pool = &ctx.listener.pool;
+    let pool = &ctx.listener.pool.get();
     pool.budget.on_request(now_ns());
 
     let upgrade = is_upgrade(&req);
@@ -392,9 +416,11 @@ async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<RespBody>
         match attempt_on(r, &slot, &ctx, upgrade).await {
             Ok((resp, sender)) => {
                 let s = slot.server();
-                s.ewma.observe(now_ns().saturating_sub(started), now_ns());
+                let took = now_ns().saturating_sub(started);
+                s.ewma.observe(took, now_ns());
+                s.stats.response(resp.status().as_u16(), took);
                 if resp.status().is_server_error() {
-                    pool.on_passive_failure(i, "5xx answer");
+                    pool.on_passive_failure(i, Fail::Status5xx);
                 } else {
                     pool.on_passive_success(i);
                 }
@@ -408,7 +434,7 @@ async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<RespBody>
                     Failure::Unsent(r, err) => {
                         if let Some(e) = &err {
                             tracing::warn!(pool = %pool.cfg.name, server = %s.name, error = %e, "connect failed");
-                            pool.on_passive_failure(i, "connect failed");
+                            pool.on_passive_failure(i, Fail::Connect);
                             last_status = match e {
                                 ConnectError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
                                 _ => StatusCode::BAD_GATEWAY,
@@ -422,7 +448,7 @@ async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<RespBody>
                     }
                     Failure::Sent(e) => {
                         tracing::warn!(pool = %pool.cfg.name, server = %s.name, error = %e, "upstream failed before answering");
-                        pool.on_passive_failure(i, "connection failed before the answer");
+                        pool.on_passive_failure(i, Fail::BeforeAnswer);
                         last_status = StatusCode::BAD_GATEWAY;
                         drop(slot);
                         if replay.is_none() || !can_retry_budget(pool) {
@@ -431,7 +457,7 @@ async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<RespBody>
                     }
                     Failure::Timeout => {
                         tracing::warn!(pool = %pool.cfg.name, server = %s.name, timeout = ?pool.cfg.timeouts.response, "upstream response timed out");
-                        pool.on_passive_failure(i, "response timeout");
+                        pool.on_passive_failure(i, Fail::Timeout);
                         return error_response(StatusCode::GATEWAY_TIMEOUT, &pool.msg_504, busy);
                     }
                 }

@@ -1,5 +1,7 @@
 //! rampart's load balancer: listeners, HTTP and TCP forwarding, upstream connection
-//! pools, active and passive health checks, retries, limits and queues.
+//! pools, active and passive health checks, retries, limits and queues, and its
+//! operation: admin API (state, stats page, Prometheus metrics, runtime control),
+//! hitless reload, graceful stop.
 //!
 //! Selection, health state, slow start, latency estimates and the retry budget come from
 //! `rampart-balance`; this crate does the I/O around them.
@@ -7,27 +9,40 @@
 //! Threads: `run` starts N worker threads, each with its own single-threaded tokio
 //! runtime and its own `SO_REUSEPORT` socket per listener (the kernel spreads new
 //! connections), so a connection and its upstream connections live on one thread. The
-//! calling thread runs the health checks and waits for SIGINT/SIGTERM.
+//! calling thread (the control thread) runs the health checks, the admin API, the
+//! signal handling and reloads; it hands new listening sockets to the workers over a
+//! channel.
 
+mod admin;
 mod body;
 mod clock;
+pub mod ctl;
 mod health;
 mod http;
 mod io;
+mod metrics;
+mod reload;
 mod state;
+mod stats;
 mod tcp;
 mod upstream;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use rampart_topology::lb::{Cidr, LbConfig, Listener, Mode};
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 pub use http::strip_hop_by_hop;
-use state::PoolState;
+pub use state::AdminState;
+use state::{PoolHandle, PoolState};
+use stats::Counters;
 
 /// Why the load balancer could not start.
 #[derive(Debug, thiserror::Error)]
@@ -42,24 +57,112 @@ pub enum LbError {
     Runtime(std::io::Error),
     #[error("a worker thread failed: {0}")]
     Worker(String),
+    #[error("admin listener: {0}")]
+    Admin(String),
+    #[error("pid file {path}: {source}")]
+    PidFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
-/// One listener at run time.
+/// Re-reads the configuration for a reload (the file, or the topology's node); the error
+/// is the diagnostics text (`file:line:col: message` lines).
+pub type Loader = Box<dyn Fn() -> Result<LbConfig, String> + Send + Sync>;
+
+/// How to run besides the config.
+pub struct RunOptions {
+    /// Worker threads (at least 1).
+    pub threads: usize,
+    /// How SIGHUP and `/api/reload` re-read the config; without it, reloads are refused.
+    pub loader: Option<Loader>,
+    /// Written with this process's pid at start, removed at exit.
+    pub pid_file: Option<PathBuf>,
+}
+
+/// Listener counters shared by every version of a listener.
+pub struct ListenerStats {
+    pub counters: Counters,
+    pub conns_active: AtomicU64,
+    pub conns_total: AtomicU64,
+}
+
+impl ListenerStats {
+    pub fn new(workers: usize) -> ListenerStats {
+        ListenerStats {
+            counters: Counters::new(workers),
+            conns_active: AtomicU64::new(0),
+            conns_total: AtomicU64::new(0),
+        }
+    }
+}
+
+/// One listener at run time (a reload that changes its settings makes a new one;
+/// connections keep the one they were accepted with).
 pub struct ListenerRt {
     pub cfg: Listener,
-    pub pool: Arc<PoolState>,
+    pub pool: Arc<PoolHandle>,
     pub trusted: Vec<Cidr>,
+    pub stats: Arc<ListenerStats>,
     limit: Option<Arc<Semaphore>>,
 }
 
-fn bind(l: &Listener) -> Result<std::net::TcpListener, LbError> {
+/// A bound listener across reloads: its sockets (one per worker) and current settings.
+pub(crate) struct ListenerSlot {
+    pub name: String,
+    pub address: SocketAddr,
+    pub mode: Mode,
+    pub current: ArcSwap<ListenerRt>,
+    /// Cancelled when a reload removes the listener: its sockets close.
+    pub stop: CancellationToken,
+    pub stats: Arc<ListenerStats>,
+}
+
+/// A command to a worker thread.
+enum WorkerCmd {
+    /// Accept on this socket for this listener.
+    Listen(std::net::TcpListener, Arc<ListenerSlot>),
+}
+
+/// Everything the control thread and the admin API share.
+pub(crate) struct Shared {
+    pub workers: usize,
+    pub listeners: Mutex<Vec<Arc<ListenerSlot>>>,
+    pub pools: Mutex<Vec<Arc<PoolHandle>>>,
+    pub config: Mutex<LbConfig>,
+    /// Serializes reloads and runtime changes.
+    pub control: Mutex<()>,
+    pub loader: Option<Loader>,
+    worker_tx: Vec<mpsc::UnboundedSender<WorkerCmd>>,
+    pub global: Arc<Semaphore>,
+    pub max_connections: AtomicUsize,
+    pub started_at: Instant,
+    pub reloads: AtomicU64,
+    pub reload_failures: AtomicU64,
+}
+
+/// Client connections open right now (all listeners, also removed ones).
+static ACTIVE_CONNECTIONS: AtomicU64 = AtomicU64::new(0);
+
+/// Cancelled when the process stops: accept loops end, idle connections close.
+static SHUTDOWN: LazyLock<CancellationToken> = LazyLock::new(CancellationToken::new);
+
+pub(crate) fn shutdown_token() -> &'static CancellationToken {
+    &SHUTDOWN
+}
+
+pub(crate) fn active_connections() -> u64 {
+    ACTIVE_CONNECTIONS.load(Ordering::Relaxed)
+}
+
+pub(crate) fn bind(name: &str, address: SocketAddr) -> Result<std::net::TcpListener, LbError> {
     let err = |source| LbError::Bind {
-        name: l.name.clone(),
-        addr: l.address,
+        name: name.to_string(),
+        addr: address,
         source,
     };
     let s = Socket::new(
-        Domain::for_address(l.address),
+        Domain::for_address(address),
         Type::STREAM,
         Some(Protocol::TCP),
     )
@@ -68,74 +171,160 @@ fn bind(l: &Listener) -> Result<std::net::TcpListener, LbError> {
     s.set_reuse_port(true).map_err(err)?;
     s.set_nodelay(true).map_err(err)?;
     s.set_nonblocking(true).map_err(err)?;
-    s.bind(&l.address.into()).map_err(err)?;
+    s.bind(&address.into()).map_err(err)?;
     s.listen(4096).map_err(err)?;
     Ok(s.into())
 }
 
-/// Run the load balancer with `threads` worker threads until SIGINT or SIGTERM.
-pub fn run(config: LbConfig, threads: usize) -> Result<(), LbError> {
-    let threads = threads.max(1);
-    let pools: Vec<Arc<PoolState>> = config
-        .pools
-        .iter()
-        .map(|p| Arc::new(PoolState::new(p.clone(), threads, rand::random())))
-        .collect();
-    let global = Arc::new(Semaphore::new(config.max_connections));
-    let mut listeners = Vec::new();
+impl Shared {
+    pub(crate) fn listener_rt(
+        &self,
+        l: &Listener,
+        pool: Arc<PoolHandle>,
+        cfg: &LbConfig,
+        stats: Arc<ListenerStats>,
+    ) -> ListenerRt {
+        ListenerRt {
+            cfg: l.clone(),
+            pool,
+            trusted: cfg.trusted_proxies.clone(),
+            stats,
+            limit: l.max_connections.map(|n| Arc::new(Semaphore::new(n))),
+        }
+    }
+
+    /// Hand a listener's sockets (one per worker) to the workers.
+    pub(crate) fn start_listener(
+        &self,
+        slot: &Arc<ListenerSlot>,
+        socks: Vec<std::net::TcpListener>,
+    ) {
+        for (tx, sock) in self.worker_tx.iter().zip(socks) {
+            if tx.send(WorkerCmd::Listen(sock, slot.clone())).is_err() {
+                tracing::error!(listener = %slot.name, "a worker thread is gone");
+            }
+        }
+    }
+
+    pub(crate) fn new_pool(&self, cfg: &rampart_topology::lb::Pool) -> Arc<PoolHandle> {
+        Arc::new(PoolHandle::new(
+            PoolState::new(cfg.clone(), self.workers, rand::random()),
+            self.workers,
+        ))
+    }
+
+    pub(crate) fn pool(&self, name: &str) -> Option<Arc<PoolHandle>> {
+        self.pools
+            .lock()
+            .ok()?
+            .iter()
+            .find(|p| p.name == name)
+            .cloned()
+    }
+}
+
+/// Run the load balancer until SIGINT or SIGTERM, then stop gracefully: stop accepting,
+/// let in-flight requests finish within the grace period, return.
+pub fn run(config: LbConfig, opts: RunOptions) -> Result<(), LbError> {
+    let workers = opts.threads.max(1);
+    let mut worker_tx = Vec::new();
+    let mut worker_rx = Vec::new();
+    for _ in 0..workers {
+        let (tx, rx) = mpsc::unbounded_channel();
+        worker_tx.push(tx);
+        worker_rx.push(rx);
+    }
+    let shared = Arc::new(Shared {
+        workers,
+        listeners: Mutex::new(Vec::new()),
+        pools: Mutex::new(Vec::new()),
+        config: Mutex::new(config.clone()),
+        control: Mutex::new(()),
+        loader: opts.loader,
+        worker_tx,
+        global: Arc::new(Semaphore::new(config.max_connections)),
+        max_connections: AtomicUsize::new(config.max_connections),
+        started_at: Instant::now(),
+        reloads: AtomicU64::new(0),
+        reload_failures: AtomicU64::new(0),
+    });
+    let pools: Vec<Arc<PoolHandle>> = config.pools.iter().map(|p| shared.new_pool(p)).collect();
+
+    // Bind every socket before starting anything, so a busy port fails the start.
+    let mut bound = Vec::new();
     for l in &config.listeners {
         let Some(pool) = pools.get(l.pool).cloned() else {
             continue;
         };
-        listeners.push(Arc::new(ListenerRt {
-            cfg: l.clone(),
-            pool,
-            trusted: config.trusted_proxies.clone(),
-            limit: l.max_connections.map(|n| Arc::new(Semaphore::new(n))),
-        }));
-    }
-
-    // Bind every socket before starting anything, so a busy port fails the start.
-    let mut sockets: Vec<Vec<std::net::TcpListener>> = Vec::new();
-    for _ in 0..threads {
-        let mut per = Vec::new();
-        for l in &listeners {
-            per.push(bind(&l.cfg)?);
+        let mut socks = Vec::new();
+        for _ in 0..workers {
+            socks.push(bind(&l.name, l.address)?);
         }
-        sockets.push(per);
-    }
-    for l in &listeners {
-        tracing::info!(listener = %l.cfg.name, address = %l.cfg.address, mode = %l.cfg.mode,
-            pool = %l.pool.cfg.name, algorithm = %l.pool.cfg.algorithm, servers = l.pool.servers.len(), threads,
+        let stats = Arc::new(ListenerStats::new(workers));
+        let rt = shared.listener_rt(l, pool.clone(), &config, stats.clone());
+        let slot = Arc::new(ListenerSlot {
+            name: l.name.clone(),
+            address: l.address,
+            mode: l.mode,
+            current: ArcSwap::from_pointee(rt),
+            stop: CancellationToken::new(),
+            stats,
+        });
+        tracing::info!(listener = %l.name, address = %l.address, mode = %l.mode,
+            pool = %pool.name, algorithm = %pool.get().cfg.algorithm, servers = pool.get().servers.len(), threads = workers,
             "listening");
+        bound.push((slot, socks));
+    }
+    let admin_listener = match &config.admin {
+        Some(a) => Some(admin::bind(a)?),
+        None => None,
+    };
+    if let Some(p) = &opts.pid_file {
+        std::fs::write(p, format!("{}\n", std::process::id())).map_err(|source| {
+            LbError::PidFile {
+                path: p.clone(),
+                source,
+            }
+        })?;
+    }
+    if let Ok(mut ps) = shared.pools.lock() {
+        *ps = pools.clone();
+    }
+    for (slot, socks) in bound {
+        shared.start_listener(&slot, socks);
+        if let Ok(mut ls) = shared.listeners.lock() {
+            ls.push(slot);
+        }
     }
 
     let mut handles = Vec::new();
-    for (worker, socks) in sockets.into_iter().enumerate() {
-        let listeners = listeners.clone();
-        let global = global.clone();
+    for (worker, mut rx) in worker_rx.into_iter().enumerate() {
+        let global = shared.global.clone();
         let h = std::thread::Builder::new()
             .name(format!("lb-worker-{worker}"))
             .spawn(move || -> Result<(), LbError> {
+                stats::set_thread_shard(worker + 1);
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                     .map_err(LbError::Runtime)?;
                 rt.block_on(async move {
-                    let mut tasks = Vec::new();
-                    for (sock, l) in socks.into_iter().zip(listeners) {
-                        let tl = tokio::net::TcpListener::from_std(sock).map_err(|source| {
-                            LbError::Bind {
-                                name: l.cfg.name.clone(),
-                                addr: l.cfg.address,
-                                source,
+                    while let Some(cmd) = rx.recv().await {
+                        match cmd {
+                            WorkerCmd::Listen(sock, slot) => {
+                                match tokio::net::TcpListener::from_std(sock) {
+                                    Ok(tl) => {
+                                        tokio::spawn(accept_loop(tl, slot, global.clone(), worker));
+                                    }
+                                    Err(e) => {
+                                        tracing::error!(listener = %slot.name, error = %e, "cannot register a listening socket")
+                                    }
+                                }
                             }
-                        })?;
-                        tasks.push(tokio::spawn(accept_loop(tl, l, global.clone(), worker)));
+                        }
                     }
-                    for t in tasks {
-                        let _ = t.await;
-                    }
+                    // The control thread is gone: the process is exiting.
+                    std::future::pending::<()>().await;
                     Ok(())
                 })
             })
@@ -147,48 +336,111 @@ pub fn run(config: LbConfig, threads: usize) -> Result<(), LbError> {
         .enable_all()
         .build()
         .map_err(LbError::Runtime)?;
-    rt.block_on(async {
+    let result = rt.block_on(async {
         for p in &pools {
             health::spawn_checks(p);
         }
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(LbError::Runtime)?;
+        if let Some((l, a)) = admin_listener {
+            admin::spawn(l, a, shared.clone()).map_err(LbError::Admin)?;
+        }
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).map_err(LbError::Runtime)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(LbError::Runtime)?;
+        let mut hup = signal(SignalKind::hangup()).map_err(LbError::Runtime)?;
         let mut poll_workers = tokio::time::interval(Duration::from_millis(500));
         loop {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => break,
+                _ = int.recv() => break,
                 _ = term.recv() => break,
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    if let Err(e) = reload::reload(&shared) {
+                        tracing::error!("reload refused, the running configuration stays:\n{e}");
+                        eprintln!("reload refused, the running configuration stays:\n{e}");
+                    }
+                }
                 _ = poll_workers.tick() => {
-                    if let Some(h) = handles.iter().find(|h| h.is_finished()) {
-                        let _ = h;
+                    if handles.iter().any(|h| h.is_finished()) {
                         return Err(LbError::Worker("a worker thread stopped".into()));
                     }
                 }
             }
         }
-        tracing::info!("stopping");
+        let grace = shared
+            .config
+            .lock()
+            .map(|c| c.grace)
+            .unwrap_or(Duration::from_secs(30));
+        drain(grace).await;
         Ok(())
-    })
+    });
+    if let Some(p) = &opts.pid_file {
+        let _ = std::fs::remove_file(p);
+    }
+    result
+}
+
+/// Stop accepting, close idle connections, wait for the open ones to finish within `grace`.
+async fn drain(grace: Duration) {
+    let open = active_connections();
+    tracing::info!(open_connections = open, grace = ?grace, "stopping: no new connections, finishing in-flight requests");
+    shutdown_token().cancel();
+    let deadline = Instant::now() + grace;
+    loop {
+        let open = active_connections();
+        if open == 0 {
+            tracing::info!("stopped: every connection finished");
+            return;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                open_connections = open,
+                "stopped: grace period over, closing the rest"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Counts a client connection as open while alive.
+struct ConnGuard(Arc<ListenerStats>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.conns_active.fetch_sub(1, Ordering::Relaxed);
+        ACTIVE_CONNECTIONS.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 async fn accept_loop(
     listener: tokio::net::TcpListener,
-    l: Arc<ListenerRt>,
+    slot: Arc<ListenerSlot>,
     global: Arc<Semaphore>,
     worker: usize,
 ) {
+    let stop = slot.stop.clone();
+    let shutdown = shutdown_token().clone();
     loop {
-        let Ok(g) = global.clone().acquire_owned().await else {
-            return;
+        let l = slot.current.load_full();
+        let next = async {
+            let g = global.clone().acquire_owned().await.ok()?;
+            let lp = match &l.limit {
+                Some(s) => Some(s.clone().acquire_owned().await.ok()?),
+                None => None,
+            };
+            Some((g, lp, listener.accept().await))
         };
-        let lp = match &l.limit {
-            Some(s) => match s.clone().acquire_owned().await {
-                Ok(p) => Some(p),
-                Err(_) => return,
+        let (g, lp, accepted) = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            _ = shutdown.cancelled() => break,
+            r = next => match r {
+                Some(x) => x,
+                None => break,
             },
-            None => None,
         };
-        let (tcp, peer) = match listener.accept().await {
+        let (tcp, peer) = match accepted {
             Ok(x) => x,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -198,10 +450,14 @@ async fn accept_loop(
             }
         };
         let _ = tcp.set_nodelay(true);
-        let l = l.clone();
+        slot.stats.conns_total.fetch_add(1, Ordering::Relaxed);
+        slot.stats.conns_active.fetch_add(1, Ordering::Relaxed);
+        ACTIVE_CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+        let guard = ConnGuard(slot.stats.clone());
         let fut = async move {
             let _g = g;
             let _lp = lp;
+            let _c = guard;
             match l.cfg.mode {
                 Mode::Http => http::serve(tcp, peer, l, worker).await,
                 Mode::Tcp => tcp::serve(tcp, peer, l).await,
@@ -209,4 +465,5 @@ async fn accept_loop(
         };
         tokio::spawn(fut);
     }
+    tracing::debug!(listener = %slot.name, worker, "listening socket closed");
 }

@@ -3,18 +3,22 @@
 //! The balancer (`rampart_balance`) sees a pool through [`View`], a [`ServerSet`] over
 //! these atomics that also hides the servers a request already tried and the full ones.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::{ArcSwap, Guard};
 use bytes::Bytes;
 use rampart_balance::health::{HealthPolicy, HealthState, Transition};
 use rampart_balance::{slow_start_weight, Balancer, PeakEwma, RetryBudget, ServerSet};
-use rampart_topology::lb::{CheckKind, Pool};
+use rampart_topology::lb::{CheckKind, Pool, Server};
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ns;
+use crate::stats::{Counters, ErrorKind};
 use crate::upstream::IdleConn;
 
 /// Time constant of the Peak-EWMA latency estimate.
@@ -24,14 +28,107 @@ const EWMA_INITIAL_NS: f64 = 1_000_000.0;
 /// "Never went through a down→up transition": full weight, no slow start.
 const NEVER: u64 = u64::MAX;
 
-/// One backend server: identity, health and live counters.
+/// What an operator set a server to (independent of its health).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminState {
+    /// Takes traffic when healthy.
+    Ready = 0,
+    /// No new requests; in-flight ones finish; health checks go on.
+    Drain = 1,
+    /// No new requests, no health checks, idle connections closed.
+    Maintenance = 2,
+}
+
+impl AdminState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminState::Ready => "ready",
+            AdminState::Drain => "drain",
+            AdminState::Maintenance => "maintenance",
+        }
+    }
+
+    fn from_u8(v: u8) -> AdminState {
+        match v {
+            1 => AdminState::Drain,
+            2 => AdminState::Maintenance,
+            _ => AdminState::Ready,
+        }
+    }
+}
+
+impl std::str::FromStr for AdminState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ready" => Ok(AdminState::Ready),
+            "drain" => Ok(AdminState::Drain),
+            "maintenance" | "maint" => Ok(AdminState::Maintenance),
+            _ => Err(format!(
+                "unknown server state \"{s}\"; expected ready, drain or maintenance"
+            )),
+        }
+    }
+}
+
+/// Why a request failed on a server (passive health and error counters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fail {
+    Connect,
+    BeforeAnswer,
+    Timeout,
+    Status5xx,
+}
+
+impl Fail {
+    fn as_str(self) -> &'static str {
+        match self {
+            Fail::Connect => "connect failed",
+            Fail::BeforeAnswer => "connection failed before the answer",
+            Fail::Timeout => "response timeout",
+            Fail::Status5xx => "5xx answer",
+        }
+    }
+
+    fn kind(self) -> ErrorKind {
+        match self {
+            Fail::Connect => ErrorKind::Connect,
+            Fail::BeforeAnswer => ErrorKind::Upstream,
+            Fail::Timeout => ErrorKind::Timeout,
+            Fail::Status5xx => ErrorKind::Status5xx,
+        }
+    }
+}
+
+/// The last active health check of a server.
+#[derive(Debug, Clone, Default)]
+pub struct CheckRecord {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    pub ok: bool,
+    pub duration_ms: f64,
+    /// Why it failed.
+    pub error: String,
+}
+
+/// One backend server: identity, health and live counters. Shared by every generation
+/// of its pool (a reload or a runtime change keeps it when the server stays).
 pub struct ServerState {
     pub name: String,
     pub addr: SocketAddr,
-    pub weight: u32,
+    /// The weight in effect (the config's, or the operator's).
+    weight: AtomicU32,
+    /// The weight the config gave when it was last applied (a reload that does not change
+    /// it keeps an operator's weight).
+    pub cfg_weight: AtomicU32,
+    admin: AtomicU8,
+    /// Added at run time through the admin API (kept by reloads that do not name it).
+    pub runtime_added: AtomicBool,
     up: AtomicBool,
     up_since_ns: AtomicU64,
     pub in_flight: AtomicU32,
+    /// Highest `in_flight` seen.
+    pub peak_in_flight: AtomicU32,
     pub ewma: PeakEwma,
     health: Mutex<HealthState>,
     /// Set when a passive failure was counted; lets successes skip the lock otherwise.
@@ -40,23 +137,98 @@ pub struct ServerState {
     pub idle: Box<[Mutex<Vec<IdleConn>>]>,
     pub requests: AtomicU64,
     pub failures: AtomicU64,
+    pub stats: Counters,
+    pub last_check: Mutex<Option<CheckRecord>>,
+    /// Cancelled when the server leaves its pool: its health check task ends.
+    pub stop_checks: CancellationToken,
 }
 
 impl ServerState {
+    pub fn new(s: &Server, policy: HealthPolicy, workers: usize) -> ServerState {
+        ServerState {
+            name: s.name.clone(),
+            addr: s.address,
+            weight: AtomicU32::new(s.weight),
+            cfg_weight: AtomicU32::new(s.weight),
+            admin: AtomicU8::new(AdminState::Ready as u8),
+            runtime_added: AtomicBool::new(false),
+            up: AtomicBool::new(true),
+            up_since_ns: AtomicU64::new(NEVER),
+            in_flight: AtomicU32::new(0),
+            peak_in_flight: AtomicU32::new(0),
+            ewma: PeakEwma::new(EWMA_DECAY.as_nanos() as u64, EWMA_INITIAL_NS),
+            health: Mutex::new(HealthState::new(policy, true)),
+            passive_dirty: AtomicBool::new(false),
+            idle: (0..workers).map(|_| Mutex::new(Vec::new())).collect(),
+            requests: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            stats: Counters::new(workers),
+            last_check: Mutex::new(None),
+            stop_checks: CancellationToken::new(),
+        }
+    }
+
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
     }
+
+    pub fn admin_state(&self) -> AdminState {
+        AdminState::from_u8(self.admin.load(Ordering::Relaxed))
+    }
+
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    /// Takes new requests: healthy, ready, weight above zero.
+    pub fn eligible(&self) -> bool {
+        self.is_up()
+            && self.admin.load(Ordering::Relaxed) == AdminState::Ready as u8
+            && self.weight() > 0
+    }
+
+    /// Set the weight without rebuilding any balancer (the caller makes a new generation).
+    pub fn set_weight_raw(&self, w: u32) {
+        self.weight.store(w, Ordering::Release);
+    }
+
+    fn close_idle(&self) {
+        for w in self.idle.iter() {
+            if let Ok(mut v) = w.lock() {
+                v.clear();
+            }
+        }
+    }
+
+    /// The health policy changed (reload): keep the up/down state, restart the counts.
+    pub fn set_policy(&self, policy: HealthPolicy) {
+        if let Ok(mut h) = self.health.lock() {
+            let p = h.policy();
+            if (p.rise, p.fall, p.passive_failures)
+                != (policy.rise, policy.fall, policy.passive_failures)
+            {
+                *h = HealthState::new(policy, self.is_up());
+            }
+        }
+    }
 }
 
-/// One pool: its config, servers, balancer, retry budget and queue.
-pub struct PoolState {
-    pub cfg: Pool,
-    pub servers: Box<[ServerState]>,
-    pub balancer: Balancer,
+/// What every generation of a pool shares.
+pub struct PoolShared {
     pub budget: RetryBudget,
     /// Woken when a slot frees up on a server (for queued requests).
     pub slot_freed: Notify,
     pub waiting: AtomicUsize,
+    pub stats: Counters,
+}
+
+/// One generation of a pool: its config, servers, balancer. A membership change or a
+/// reload makes a new generation; requests in flight keep the one they picked from.
+pub struct PoolState {
+    pub cfg: Pool,
+    pub servers: Box<[Arc<ServerState>]>,
+    pub balancer: Balancer,
+    pub shared: Arc<PoolShared>,
     /// Whether health checks run (passive failures only mark down when they do,
     /// since only an active check can bring a server back).
     pub checks_enabled: bool,
@@ -66,34 +238,31 @@ pub struct PoolState {
     pub msg_504: Bytes,
 }
 
+pub fn health_policy(cfg: &Pool) -> HealthPolicy {
+    HealthPolicy {
+        rise: cfg.health_check.rise,
+        fall: cfg.health_check.fall,
+        passive_failures: cfg.passive_failures,
+    }
+}
+
+impl std::ops::Deref for PoolState {
+    type Target = PoolShared;
+    fn deref(&self) -> &PoolShared {
+        &self.shared
+    }
+}
+
 impl PoolState {
+    /// A first generation with fresh servers.
     pub fn new(cfg: Pool, workers: usize, seed: u64) -> PoolState {
-        let policy = HealthPolicy {
-            rise: cfg.health_check.rise,
-            fall: cfg.health_check.fall,
-            passive_failures: cfg.passive_failures,
-        };
-        let servers: Box<[ServerState]> = cfg
+        let policy = health_policy(&cfg);
+        let servers = cfg
             .servers
             .iter()
-            .map(|s| ServerState {
-                name: s.name.clone(),
-                addr: s.address,
-                weight: s.weight,
-                up: AtomicBool::new(true),
-                up_since_ns: AtomicU64::new(NEVER),
-                in_flight: AtomicU32::new(0),
-                ewma: PeakEwma::new(EWMA_DECAY.as_nanos() as u64, EWMA_INITIAL_NS),
-                health: Mutex::new(HealthState::new(policy, true)),
-                passive_dirty: AtomicBool::new(false),
-                idle: (0..workers).map(|_| Mutex::new(Vec::new())).collect(),
-                requests: AtomicU64::new(0),
-                failures: AtomicU64::new(0),
-            })
+            .map(|s| Arc::new(ServerState::new(s, policy, workers)))
             .collect();
-        let name = &cfg.name;
-        let p = PoolState {
-            balancer: Balancer::new(cfg.algorithm, seed),
+        let shared = Arc::new(PoolShared {
             budget: RetryBudget::new(
                 cfg.retries.budget_ratio,
                 cfg.retries.min_per_sec,
@@ -101,6 +270,22 @@ impl PoolState {
             ),
             slot_freed: Notify::new(),
             waiting: AtomicUsize::new(0),
+            stats: Counters::new(workers),
+        });
+        PoolState::generation(cfg, servers, shared, seed)
+    }
+
+    /// A generation over `servers` (which may come from an older one).
+    pub fn generation(
+        cfg: Pool,
+        servers: Vec<Arc<ServerState>>,
+        shared: Arc<PoolShared>,
+        seed: u64,
+    ) -> PoolState {
+        let name = &cfg.name;
+        let p = PoolState {
+            balancer: Balancer::new(cfg.algorithm, seed),
+            shared,
             checks_enabled: cfg.health_check.kind != CheckKind::None,
             msg_503_down: Bytes::from(format!(
                 "503 Service Unavailable: no healthy server in pool \"{name}\"\n"
@@ -114,7 +299,7 @@ impl PoolState {
             msg_504: Bytes::from(format!(
                 "504 Gateway Timeout: the server of pool \"{name}\" did not answer in time\n"
             )),
-            servers,
+            servers: servers.into_boxed_slice(),
             cfg,
         };
         p.rebuild();
@@ -130,6 +315,36 @@ impl PoolState {
             ignore_full: true,
         };
         self.balancer.rebuild(&v);
+        // Queued requests must learn that the pool may have changed.
+        self.slot_freed.notify_waiters();
+    }
+
+    pub fn index_of(&self, s: &Arc<ServerState>) -> Option<usize> {
+        self.servers.iter().position(|x| Arc::ptr_eq(x, s))
+    }
+
+    pub fn find(&self, name: &str) -> Option<&Arc<ServerState>> {
+        self.servers.iter().find(|s| s.name == name)
+    }
+
+    /// Set an operator state; a ready server takes traffic again at once.
+    pub fn set_admin_state(&self, i: usize, st: AdminState) {
+        let s = &self.servers[i];
+        let old = AdminState::from_u8(s.admin.swap(st as u8, Ordering::AcqRel));
+        if old != st {
+            tracing::warn!(pool = %self.cfg.name, server = %s.name, from = old.as_str(), to = st.as_str(), "server state changed");
+        }
+        if st == AdminState::Maintenance {
+            s.close_idle();
+        }
+        self.rebuild();
+    }
+
+    pub fn set_weight(&self, i: usize, w: u32) {
+        let s = &self.servers[i];
+        s.weight.store(w, Ordering::Release);
+        tracing::warn!(pool = %self.cfg.name, server = %s.name, weight = w, "server weight changed");
+        self.rebuild();
     }
 
     /// Apply a health transition to server `i`.
@@ -143,19 +358,12 @@ impl PoolState {
                 s.up.store(true, Ordering::Release);
                 tracing::warn!(pool = %self.cfg.name, server = %s.name, addr = %s.addr, "server is UP");
                 self.rebuild();
-                self.slot_freed.notify_waiters();
             }
             Some(Transition::WentDown) => {
                 s.up.store(false, Ordering::Release);
                 tracing::warn!(pool = %self.cfg.name, server = %s.name, addr = %s.addr, reason = why, "server is DOWN");
                 self.rebuild();
-                for w in s.idle.iter() {
-                    if let Ok(mut v) = w.lock() {
-                        v.clear();
-                    }
-                }
-                // Queued requests must learn that the pool may now be empty.
-                self.slot_freed.notify_waiters();
+                s.close_idle();
             }
             None => {}
         }
@@ -170,10 +378,12 @@ impl PoolState {
         self.apply(i, t, "health check failed");
     }
 
-    /// A connect failure, a failure before any response byte, or a 5xx.
-    pub fn on_passive_failure(&self, i: usize, why: &str) {
+    /// A connect failure, a failure before any response byte, a timeout or a 5xx.
+    pub fn on_passive_failure(&self, i: usize, why: Fail) {
         let s = &self.servers[i];
         s.failures.fetch_add(1, Ordering::Relaxed);
+        s.stats.error(why.kind());
+        self.stats.error(why.kind());
         if !self.checks_enabled {
             return;
         }
@@ -182,7 +392,7 @@ impl PoolState {
             Ok(mut h) => h.on_passive_failure(),
             Err(_) => None,
         };
-        self.apply(i, t, why);
+        self.apply(i, t, why.as_str());
     }
 
     pub fn on_passive_success(&self, i: usize) {
@@ -195,23 +405,25 @@ impl PoolState {
     }
 
     pub fn any_up(&self) -> bool {
-        self.servers.iter().any(|s| s.is_up() && s.weight > 0)
+        self.servers.iter().any(|s| s.eligible())
     }
 
     /// Take a slot on server `i` unless it is at `max_in_flight`.
     pub fn try_acquire(self: &Arc<Self>, i: usize) -> Option<InFlight> {
         let s = &self.servers[i];
-        match self.cfg.max_in_flight {
-            None => {
-                s.in_flight.fetch_add(1, Ordering::Relaxed);
-            }
+        let now = match self.cfg.max_in_flight {
+            None => s.in_flight.fetch_add(1, Ordering::Relaxed) + 1,
             Some(max) => {
                 s.in_flight
                     .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |v| {
                         (v < max).then_some(v + 1)
                     })
-                    .ok()?;
+                    .ok()?
+                    + 1
             }
+        };
+        if now > s.peak_in_flight.load(Ordering::Relaxed) {
+            s.peak_in_flight.fetch_max(now, Ordering::Relaxed);
         }
         s.requests.fetch_add(1, Ordering::Relaxed);
         Some(InFlight {
@@ -223,6 +435,25 @@ impl PoolState {
     /// Pick a server not in `tried` and take a slot on it, waiting in the queue when every
     /// eligible server is full.
     pub async fn pick(self: &Arc<Self>, hash_key: u64, tried: u64) -> Result<InFlight, PickError> {
+        let r = self.pick_inner(hash_key, tried).await;
+        match &r {
+            Ok(f) if tried != 0 => {
+                self.stats.retry();
+                f.server().stats.retry();
+            }
+            Ok(_) => {}
+            Err(PickError::NoneUp) => self.stats.error(ErrorKind::NoServer),
+            Err(PickError::QueueFull) => self.stats.error(ErrorKind::QueueFull),
+            Err(PickError::QueueTimeout) => self.stats.error(ErrorKind::QueueTimeout),
+        }
+        r
+    }
+
+    async fn pick_inner(
+        self: &Arc<Self>,
+        hash_key: u64,
+        tried: u64,
+    ) -> Result<InFlight, PickError> {
         if let Some(f) = self.pick_now(hash_key, tried) {
             return Ok(f);
         }
@@ -273,7 +504,57 @@ impl PoolState {
         self.servers
             .iter()
             .enumerate()
-            .any(|(i, s)| s.is_up() && s.weight > 0 && !is_tried(tried, i))
+            .any(|(i, s)| s.eligible() && !is_tried(tried, i))
+    }
+}
+
+/// A pool by name across generations: listeners hold this, requests load the current
+/// generation.
+pub struct PoolHandle {
+    pub name: String,
+    current: ArcSwap<PoolState>,
+    /// Servers removed at run time, with their config at removal: a reload that gives
+    /// the same config keeps them removed.
+    pub removed: Mutex<HashMap<String, Server>>,
+    pub workers: usize,
+}
+
+impl PoolHandle {
+    pub fn new(p: PoolState, workers: usize) -> PoolHandle {
+        PoolHandle {
+            name: p.cfg.name.clone(),
+            current: ArcSwap::from_pointee(p),
+            removed: Mutex::new(HashMap::new()),
+            workers,
+        }
+    }
+
+    /// The current generation (cheap; do not hold it for long).
+    #[inline]
+    pub fn load(&self) -> Guard<Arc<PoolState>> {
+        self.current.load()
+    }
+
+    pub fn get(&self) -> Arc<PoolState> {
+        self.current.load_full()
+    }
+
+    pub fn store(&self, p: PoolState) {
+        self.current.store(Arc::new(p));
+    }
+
+    /// An active check result for `s`, applied through the current generation.
+    pub fn on_check(&self, s: &Arc<ServerState>, ok: bool) {
+        let p = self.get();
+        match p.index_of(s) {
+            Some(i) => p.on_check(i, ok),
+            None => {
+                // Left the pool meanwhile: keep its state right for the stats.
+                if let Ok(mut h) = s.health.lock() {
+                    let _ = h.on_check(ok);
+                }
+            }
+        }
     }
 }
 
@@ -345,7 +626,7 @@ impl ServerSet for View<'_> {
 
     fn weight(&self, i: usize) -> u32 {
         let s = &self.pool.servers[i];
-        if !s.is_up() || is_tried(self.tried, i) {
+        if !s.eligible() || is_tried(self.tried, i) {
             return 0;
         }
         if !self.ignore_full {
@@ -356,11 +637,12 @@ impl ServerSet for View<'_> {
             }
         }
         let since = s.up_since_ns.load(Ordering::Relaxed);
+        let w = s.weight();
         if since == NEVER {
-            return s.weight;
+            return w;
         }
         slow_start_weight(
-            s.weight,
+            w,
             self.now_ns.saturating_sub(since),
             self.pool.cfg.slow_start.as_nanos() as u64,
         )
@@ -420,9 +702,9 @@ mod tests {
             assert_ne!(p.pick(0, tried).await.unwrap().server, a.server);
         }
         // Two passive failures take a server down at once.
-        p.on_passive_failure(1, "test");
+        p.on_passive_failure(1, Fail::Connect);
         assert!(p.servers[1].is_up());
-        p.on_passive_failure(1, "test");
+        p.on_passive_failure(1, Fail::Connect);
         assert!(!p.servers[1].is_up());
         for _ in 0..10 {
             assert_ne!(p.pick(0, 0).await.unwrap().server, 1);
@@ -465,7 +747,7 @@ mod tests {
             Arc::new(PoolState::new(cfg, 1, 7))
         };
         for _ in 0..10 {
-            p.on_passive_failure(0, "test");
+            p.on_passive_failure(0, Fail::Connect);
         }
         assert!(p.servers[0].is_up());
     }

@@ -8,13 +8,13 @@ use tokio::net::TcpStream;
 
 use crate::clock::now_ns;
 use crate::io::{self, Activity, CountedIo};
-use crate::state::{mark_tried, PickError};
+use crate::state::{mark_tried, Fail, PickError};
 use crate::upstream;
 use crate::ListenerRt;
 
 /// Forward one accepted client connection.
 pub async fn serve(client: TcpStream, peer: SocketAddr, listener: Arc<ListenerRt>) {
-    let pool = &listener.pool;
+    let pool = &listener.pool.get();
     pool.budget.on_request(now_ns());
     let ip = match peer.ip() {
         IpAddr::V6(v6) => v6
@@ -64,7 +64,7 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, listener: Arc<ListenerRt
             }
             Err(e) => {
                 tracing::warn!(pool = %pool.cfg.name, server = %s.name, error = %e, "connect failed");
-                pool.on_passive_failure(i, "connect failed");
+                pool.on_passive_failure(i, Fail::Connect);
                 drop(slot);
                 // Nothing was sent yet: always safe to try another server.
                 if attempt >= pool.cfg.retries.attempts || !pool.budget.try_retry(now_ns()) {

@@ -37,6 +37,43 @@ pub struct LbConfig {
     pub max_connections: usize,
     /// Peers whose incoming `X-Forwarded-For` chain is kept and appended to.
     pub trusted_proxies: Vec<Cidr>,
+    /// The admin listener (state, stats page, metrics, runtime control); off when `None`.
+    pub admin: Option<AdminConfig>,
+    /// On SIGTERM (or after handing the sockets to a new process), how long in-flight
+    /// requests and connections may take to finish.
+    pub grace: Duration,
+    /// One line per request, when set.
+    pub access_log: Option<AccessLog>,
+}
+
+/// `[admin]`: where the admin API listens and who may use it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub address: SocketAddr,
+    pub token: Option<TokenSource>,
+    /// Client networks allowed (others get 403).
+    pub allow: Vec<Cidr>,
+}
+
+/// Where the admin bearer token is read from at start-up (never the config file itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    File(std::path::PathBuf),
+    Env(String),
+}
+
+/// `[access_log]`: one structured line per request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLog {
+    pub format: AccessLogFormat,
+    /// A file to append to; standard output when `None`.
+    pub path: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    Json,
+    Logfmt,
 }
 
 /// What a listener speaks.
@@ -278,6 +315,7 @@ const DEFAULT_CLIENT_IDLE: Duration = Duration::from_secs(60);
 const DEFAULT_CONNECT: Duration = Duration::from_secs(2);
 const DEFAULT_RESPONSE: Duration = Duration::from_secs(30);
 const DEFAULT_UPSTREAM_IDLE: Duration = Duration::from_secs(30);
+const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 
 impl Default for QueueConfig {
     fn default() -> Self {
@@ -323,6 +361,43 @@ pub struct RawLbFile {
     pub limits: Option<RawLimits>,
     #[serde(default)]
     pub forwarded: Option<RawForwarded>,
+    #[serde(default)]
+    pub admin: Option<RawAdmin>,
+    #[serde(default)]
+    pub shutdown: Option<RawShutdown>,
+    #[serde(default)]
+    pub access_log: Option<RawAccessLog>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub address: Spanned<String>,
+    #[serde(default)]
+    pub token_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub token_env: Option<Spanned<String>>,
+    #[serde(default)]
+    pub allow: Option<Vec<Spanned<String>>>,
+    /// Accept a non-loopback address without a token (not recommended).
+    #[serde(default)]
+    pub public_without_token: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShutdown {
+    #[serde(default)]
+    pub grace: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    #[serde(default)]
+    pub format: Option<Spanned<String>>,
+    #[serde(default)]
+    pub path: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -657,6 +732,32 @@ impl LbConfig {
             }
         }
 
+        let admin = raw.admin.as_ref().and_then(|a| validate_admin(&mut c, a));
+        let grace = c.duration(
+            &raw.shutdown.as_ref().and_then(|s| s.grace.clone()),
+            DEFAULT_GRACE,
+        );
+        let access_log = raw.access_log.as_ref().map(|a| AccessLog {
+            format: match &a.format {
+                None => AccessLogFormat::Json,
+                Some(f) => match f.get_ref().as_str() {
+                    "json" => AccessLogFormat::Json,
+                    "logfmt" => AccessLogFormat::Logfmt,
+                    other => {
+                        c.err(
+                            f,
+                            format!("unknown access log format \"{other}\"; expected \"json\" or \"logfmt\""),
+                        );
+                        AccessLogFormat::Json
+                    }
+                },
+            },
+            path: a
+                .path
+                .as_ref()
+                .map(|p| resolve(c.src, p.get_ref())),
+        });
+
         let pools: Vec<Pool> = pools.into_iter().flatten().collect();
         // Report in file order; problems without a position last.
         c.errors.sort_by_key(|d| (d.line == 0, d.line, d.col));
@@ -666,6 +767,9 @@ impl LbConfig {
                 pools,
                 max_connections,
                 trusted_proxies,
+                admin,
+                grace,
+                access_log,
             })
         } else {
             Err(ConfigError {
@@ -720,8 +824,102 @@ impl LbConfig {
             }],
             max_connections: DEFAULT_MAX_CONNECTIONS,
             trusted_proxies: Vec::new(),
+            admin: None,
+            grace: DEFAULT_GRACE,
+            access_log: None,
         })
     }
+}
+
+impl AdminConfig {
+    /// An admin listener on `address` for the command line: loopback clients only, no token.
+    pub fn local(address: SocketAddr) -> AdminConfig {
+        AdminConfig {
+            address,
+            token: None,
+            allow: loopback_networks(),
+        }
+    }
+}
+
+/// A path from the config, relative to the config file's folder.
+fn resolve(src: &Source, p: &str) -> std::path::PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        return p.to_path_buf();
+    }
+    match src.file.parent() {
+        Some(d) => d.join(p),
+        None => p.to_path_buf(),
+    }
+}
+
+fn loopback_networks() -> Vec<Cidr> {
+    vec![
+        Cidr {
+            addr: IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 0)),
+            prefix: 8,
+        },
+        Cidr {
+            addr: IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+            prefix: 128,
+        },
+    ]
+}
+
+fn validate_admin(c: &mut Checker<'_>, a: &RawAdmin) -> Option<AdminConfig> {
+    let address = c.socket_addr(&a.address, "admin")?;
+    let token = match (&a.token_file, &a.token_env) {
+        (Some(f), Some(_)) => {
+            c.err(f, "give token_file or token_env, not both");
+            None
+        }
+        (Some(f), None) => Some(TokenSource::File(resolve(c.src, f.get_ref()))),
+        (None, Some(e)) => {
+            if e.get_ref().is_empty() {
+                c.err(e, "token_env must name an environment variable");
+            }
+            Some(TokenSource::Env(e.get_ref().clone()))
+        }
+        (None, None) => None,
+    };
+    let loopback = address.ip().is_loopback();
+    if !loopback && token.is_none() && a.public_without_token != Some(true) {
+        c.err(
+            &a.address,
+            format!(
+                "admin address {address} is not loopback and no token is set; set token_file or token_env (or public_without_token = true to accept the risk)"
+            ),
+        );
+    }
+    let allow = match &a.allow {
+        Some(list) => {
+            let mut v = Vec::new();
+            for n in list {
+                match n.get_ref().parse::<Cidr>() {
+                    Ok(n) => v.push(n),
+                    Err(e) => c.err(n, e),
+                }
+            }
+            v
+        }
+        None if loopback => loopback_networks(),
+        None => vec![
+            Cidr {
+                addr: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                prefix: 0,
+            },
+            Cidr {
+                addr: IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+                prefix: 0,
+            },
+        ],
+    };
+    Some(AdminConfig {
+        address,
+        token,
+        allow,
+    })
 }
 
 fn validate_pool(c: &mut Checker<'_>, rp: &RawPool) -> Option<Pool> {

@@ -214,6 +214,7 @@ pub(crate) fn validate(
         pool: s.pool.clone(),
         limits: s.limits.clone(),
         forwarded: s.forwarded.clone(),
+        ..Default::default()
     };
     let config = match LbConfig::validate(src, &raw) {
         Ok(c) => Some(c),

@@ -4,14 +4,20 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::Args;
+use clap::{Args, Subcommand};
 use rampart_balance::Algorithm;
-use rampart_topology::lb::{CheckKind, LbConfig, Mode};
+use rampart_lb::ctl::{self, AdminClient};
+use rampart_topology::lb::{AdminConfig, CheckKind, LbConfig, Mode};
 
-/// Run the L7/L4 load balancer, from a config file or in quick mode for one pool.
+/// Run the L7/L4 load balancer, from a config file or in quick mode for one pool; or
+/// operate a running one (`ctl`, `reload`).
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 #[command(group = clap::ArgGroup::new("source").required(true).args(["config", "listen"]))]
 pub struct LbArgs {
+    #[command(subcommand)]
+    pub command: Option<LbCommand>,
+
     /// TOML config file with [[listener]] and [[pool]] sections.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["listen", "backend", "algorithm", "mode", "health_check"])]
     pub config: Option<PathBuf>,
@@ -40,10 +46,131 @@ pub struct LbArgs {
     /// Worker threads (default: one per core).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+
+    /// Admin listener (state, /stats, /metrics, control) for loopback clients, overriding
+    /// the config's [admin] address.
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
+
+    /// Write the pid here (for `rampart lb reload --pid-file`).
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LbCommand {
+    /// Operate a running load balancer through its admin API.
+    Ctl(CtlArgs),
+    /// Make a running load balancer re-read its config (admin API, or SIGHUP by pid file).
+    Reload(ReloadArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AdminArgs {
+    /// The admin API address, e.g. 127.0.0.1:9100.
+    #[arg(long, value_name = "ADDR")]
+    pub admin: SocketAddr,
+    /// Bearer token (or RAMPART_ADMIN_TOKEN).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "RAMPART_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// Read the bearer token from this file.
+    #[arg(long, value_name = "FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl AdminArgs {
+    fn client(&self) -> anyhow::Result<AdminClient> {
+        let token = match (&self.token, &self.token_file) {
+            (Some(t), _) => Some(t.clone()),
+            (None, Some(f)) => Some(
+                std::fs::read_to_string(f)
+                    .with_context(|| format!("read the token file {}", f.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
+        Ok(AdminClient {
+            addr: self.admin,
+            token,
+        })
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct CtlArgs {
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    #[command(subcommand)]
+    pub op: CtlOp,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CtlOp {
+    /// Listeners, pools and servers with state, health, weight, in-flight and counters.
+    List {
+        /// Print the admin API's JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set a server to ready, drain (no new requests) or maintenance.
+    SetState {
+        pool: String,
+        server: String,
+        state: String,
+    },
+    /// Change a server's weight (0..=256).
+    SetWeight {
+        pool: String,
+        server: String,
+        weight: u32,
+    },
+    /// Add a server to a pool without a reload.
+    AddServer {
+        pool: String,
+        name: String,
+        address: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+    },
+    /// Remove a server from a pool; its requests in flight finish.
+    RemoveServer { pool: String, server: String },
+}
+
+#[derive(Args, Debug)]
+#[command(group = clap::ArgGroup::new("target").required(true).args(["admin", "pid_file"]))]
+pub struct ReloadArgs {
+    /// The admin API address (the answer says whether the new config was applied).
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
+    /// Bearer token (or RAMPART_ADMIN_TOKEN).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "RAMPART_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// Send SIGHUP to the pid in this file instead (errors go to the lb's log).
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
 }
 
 pub fn run(args: LbArgs) -> anyhow::Result<()> {
-    let config = match (&args.config, args.listen) {
+    match args.command {
+        Some(LbCommand::Ctl(c)) => return ctl_run(c),
+        Some(LbCommand::Reload(r)) => return reload_run(r),
+        None => {}
+    }
+    let loader: Option<rampart_lb::Loader> = args.config.clone().map(|path| {
+        Box::new(move || LbConfig::load(&path).map_err(|e| e.to_string())) as rampart_lb::Loader
+    });
+    let mut config = match (&args.config, args.listen) {
         (Some(path), _) => match LbConfig::load(path) {
             Ok(c) => c,
             Err(e) => {
@@ -62,10 +189,94 @@ pub fn run(args: LbArgs) -> anyhow::Result<()> {
         .context("build the quick-mode config")?,
         (None, None) => anyhow::bail!("give --config FILE or --listen ADDR --backend ADDR"),
     };
+    if let Some(a) = args.admin {
+        config.admin = Some(AdminConfig::local(a));
+    }
+    let admin_override = args.admin;
+    let loader = loader.map(|l| {
+        Box::new(move || {
+            let mut c = l()?;
+            if let Some(a) = admin_override {
+                c.admin = Some(AdminConfig::local(a));
+            }
+            Ok(c)
+        }) as rampart_lb::Loader
+    });
     let threads = args.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
     });
-    rampart_lb::run(config, threads).context("run the load balancer")
+    rampart_lb::run(
+        config,
+        rampart_lb::RunOptions {
+            threads,
+            loader,
+            pid_file: args.pid_file,
+        },
+    )
+    .context("run the load balancer")
+}
+
+fn ctl_run(c: CtlArgs) -> anyhow::Result<()> {
+    let client = c.admin.client()?;
+    match c.op {
+        CtlOp::List { json } => {
+            let v = client.state()?;
+            if json {
+                println!("{}", serde_json_pretty(&v));
+            } else {
+                print!("{}", ctl::format_state(&v));
+            }
+        }
+        CtlOp::SetState {
+            pool,
+            server,
+            state,
+        } => {
+            client.set_state(&pool, &server, &state)?;
+            println!("{pool}/{server}: {state}");
+        }
+        CtlOp::SetWeight {
+            pool,
+            server,
+            weight,
+        } => {
+            client.set_weight(&pool, &server, weight)?;
+            println!("{pool}/{server}: weight {weight}");
+        }
+        CtlOp::AddServer {
+            pool,
+            name,
+            address,
+            weight,
+        } => {
+            client.add_server(&pool, &name, &address.to_string(), weight)?;
+            println!("{pool}/{name}: added at {address} with weight {weight}");
+        }
+        CtlOp::RemoveServer { pool, server } => {
+            client.remove_server(&pool, &server)?;
+            println!("{pool}/{server}: removed (requests in flight finish)");
+        }
+    }
+    Ok(())
+}
+
+fn serde_json_pretty(v: &rampart_lb::ctl::Json) -> String {
+    rampart_lb::ctl::pretty(v)
+}
+
+fn reload_run(r: ReloadArgs) -> anyhow::Result<()> {
+    if let Some(admin) = r.admin {
+        let client = AdminClient {
+            addr: admin,
+            token: r.token,
+        };
+        client.reload()?;
+        println!("reloaded");
+    } else if let Some(p) = r.pid_file {
+        ctl::signal_reload(&p)?;
+        println!("SIGHUP sent; the lb's log says whether the new config was applied");
+    }
+    Ok(())
 }

@@ -31,7 +31,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the L7/L4 load balancer.
-    Lb(lb::LbArgs),
+    Lb(Box<lb::LbArgs>),
     /// Write a commented starter topology file (the default stack).
     Init(init::InitArgs),
     /// Review a topology: single points of failure, security gaps, missing monitoring.
@@ -52,7 +52,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing();
     match cli.command {
-        Command::Lb(args) => lb::run(args),
+        Command::Lb(args) => lb::run(*args),
         Command::Init(args) => init::run(args),
         Command::Audit(args) => audit::run(args),
         Command::Up(args) => up::run(args),

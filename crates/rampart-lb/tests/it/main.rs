@@ -6,5 +6,6 @@
 mod algorithms;
 mod config;
 mod failures;
+mod ops;
 mod protocols;
 mod support;

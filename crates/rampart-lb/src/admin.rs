@@ -1,0 +1,383 @@
+//! The admin listener: JSON state, the live stats page, Prometheus metrics, runtime
+//! control and reload. Loopback by default; clients outside `allow` get 403, and with a
+//! token configured every API call needs `Authorization: Bearer <token>`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use rampart_topology::lb::{AdminConfig, Cidr, Server, TokenSource};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::reload::{self, ControlError};
+use crate::state::{AdminState, PoolState, ServerState};
+use crate::stats::{Snapshot, ERROR_KINDS};
+use crate::{LbError, Shared};
+
+/// What the admin listener enforces.
+#[derive(Clone)]
+pub struct Access {
+    allow: Vec<Cidr>,
+    token: Option<String>,
+}
+
+#[derive(Clone)]
+struct App {
+    shared: Arc<Shared>,
+    access: Access,
+}
+
+/// Bind the admin address and read the token (both start-up errors).
+pub fn bind(a: &AdminConfig) -> Result<(std::net::TcpListener, Access), LbError> {
+    let token = match &a.token {
+        None => None,
+        Some(TokenSource::File(p)) => {
+            let t = std::fs::read_to_string(p).map_err(|e| {
+                LbError::Admin(format!("cannot read token file {}: {e}", p.display()))
+            })?;
+            Some(t.trim().to_string())
+        }
+        Some(TokenSource::Env(v)) => Some(
+            std::env::var(v)
+                .map_err(|_| {
+                    LbError::Admin(format!("environment variable {v} (token_env) is not set"))
+                })?
+                .trim()
+                .to_string(),
+        ),
+    };
+    if token.as_deref() == Some("") {
+        return Err(LbError::Admin("the admin token is empty".into()));
+    }
+    let l = std::net::TcpListener::bind(a.address).map_err(|source| LbError::Bind {
+        name: "admin".into(),
+        addr: a.address,
+        source,
+    })?;
+    l.set_nonblocking(true).map_err(LbError::Runtime)?;
+    Ok((
+        l,
+        Access {
+            allow: a.allow.clone(),
+            token,
+        },
+    ))
+}
+
+/// Serve the admin API on the current runtime.
+pub fn spawn(l: std::net::TcpListener, access: Access, shared: Arc<Shared>) -> Result<(), String> {
+    let addr = l.local_addr().map_err(|e| e.to_string())?;
+    let l = tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?;
+    let app = App { shared, access };
+    let router = Router::new()
+        .route(
+            "/",
+            get(|| async { axum::response::Redirect::to("/stats") }),
+        )
+        .route("/stats", get(stats_page))
+        .route("/metrics", get(metrics))
+        .route("/api/state", get(state_json))
+        .route("/api/reload", post(reload_now))
+        .route("/api/pools/{pool}/servers", post(add_server))
+        .route(
+            "/api/pools/{pool}/servers/{server}",
+            axum::routing::delete(remove_server),
+        )
+        .route("/api/pools/{pool}/servers/{server}/state", post(set_state))
+        .route(
+            "/api/pools/{pool}/servers/{server}/weight",
+            post(set_weight),
+        )
+        .layer(axum::middleware::from_fn_with_state(app.clone(), guard))
+        .with_state(app);
+    tracing::info!(address = %addr, "admin listening (stats page at /stats, metrics at /metrics)");
+    tokio::spawn(async move {
+        let svc = router.into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(e) = axum::serve(l, svc).await {
+            tracing::error!(error = %e, "admin listener failed");
+        }
+    });
+    Ok(())
+}
+
+fn canonical(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+/// Constant-time comparison (the length is not secret).
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn guard(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let ip = canonical(peer.ip());
+    if !app.access.allow.iter().any(|c| c.contains(ip)) {
+        tracing::warn!(%peer, path = %req.uri().path(), "admin request from a network not allowed");
+        return (
+            StatusCode::FORBIDDEN,
+            "403 Forbidden: this address may not use the admin API\n",
+        )
+            .into_response();
+    }
+    // The stats page itself holds no data; its script sends the token.
+    if let (Some(token), false) = (&app.access.token, req.uri().path() == "/stats") {
+        let ok = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|t| same(t.trim().as_bytes(), token.as_bytes()));
+        if !ok {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                "401 Unauthorized: send Authorization: Bearer <token>\n",
+            )
+                .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+fn control_error(e: ControlError) -> Response {
+    let status = match e {
+        ControlError::NotFound(_) => StatusCode::NOT_FOUND,
+        ControlError::Conflict(_) => StatusCode::CONFLICT,
+        ControlError::Invalid(_) => StatusCode::BAD_REQUEST,
+        ControlError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+    };
+    (status, Json(json!({ "error": e.to_string() }))).into_response()
+}
+
+fn ok() -> Response {
+    Json(json!({ "ok": true })).into_response()
+}
+
+#[derive(Deserialize)]
+struct StateBody {
+    state: String,
+}
+
+async fn set_state(
+    State(app): State<App>,
+    Path((pool, server)): Path<(String, String)>,
+    Json(b): Json<StateBody>,
+) -> Response {
+    let st: AdminState = match b.state.parse() {
+        Ok(s) => s,
+        Err(e) => return control_error(ControlError::Invalid(e)),
+    };
+    match reload::set_state(&app.shared, &pool, &server, st) {
+        Ok(()) => ok(),
+        Err(e) => control_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct WeightBody {
+    weight: u32,
+}
+
+async fn set_weight(
+    State(app): State<App>,
+    Path((pool, server)): Path<(String, String)>,
+    Json(b): Json<WeightBody>,
+) -> Response {
+    match reload::set_weight(&app.shared, &pool, &server, b.weight) {
+        Ok(()) => ok(),
+        Err(e) => control_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct AddBody {
+    name: String,
+    address: String,
+    #[serde(default)]
+    weight: Option<u32>,
+}
+
+async fn add_server(
+    State(app): State<App>,
+    Path(pool): Path<String>,
+    Json(b): Json<AddBody>,
+) -> Response {
+    let Ok(address) = b.address.parse::<SocketAddr>() else {
+        return control_error(ControlError::Invalid(format!(
+            "bad server address \"{}\"; expected IP:PORT",
+            b.address
+        )));
+    };
+    let sc = Server {
+        name: b.name,
+        address,
+        weight: b.weight.unwrap_or(1),
+    };
+    match reload::add_server(&app.shared, &pool, sc) {
+        Ok(()) => ok(),
+        Err(e) => control_error(e),
+    }
+}
+
+async fn remove_server(
+    State(app): State<App>,
+    Path((pool, server)): Path<(String, String)>,
+) -> Response {
+    match reload::remove_server(&app.shared, &pool, &server) {
+        Ok(()) => ok(),
+        Err(e) => control_error(e),
+    }
+}
+
+async fn reload_now(State(app): State<App>) -> Response {
+    match reload::reload(&app.shared) {
+        Ok(()) => ok(),
+        Err(e) => {
+            tracing::error!("reload refused, the running configuration stays:\n{e}");
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(json!({ "error": format!("reload refused, the running configuration stays:\n{e}") })),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn metrics(State(app): State<App>) -> Response {
+    match crate::metrics::render(&app.shared) {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+    }
+}
+
+async fn state_json(State(app): State<App>) -> Json<Value> {
+    Json(state(&app.shared))
+}
+
+async fn stats_page(_h: HeaderMap) -> Html<&'static str> {
+    Html(STATS_PAGE)
+}
+
+fn counters(s: &Snapshot) -> Value {
+    let mut errors = serde_json::Map::new();
+    for k in ERROR_KINDS {
+        errors.insert(k.as_str().into(), json!(s.errors[k as usize]));
+    }
+    json!({
+        "responses": {
+            "1xx": s.class[1], "2xx": s.class[2], "3xx": s.class[3],
+            "4xx": s.class[4], "5xx": s.class[5], "other": s.class[0],
+        },
+        "errors": errors,
+        "retries": s.retries,
+        "bytes_in": s.bytes_in,
+        "bytes_out": s.bytes_out,
+        "latency_seconds": {
+            "p50": s.percentile(0.5),
+            "p90": s.percentile(0.9),
+            "p99": s.percentile(0.99),
+            "mean": (s.responses() > 0).then(|| s.lat_sum_ns as f64 / s.responses() as f64 / 1e9),
+        },
+    })
+}
+
+fn server_json(p: &PoolState, s: &ServerState) -> Value {
+    let last = s.last_check.lock().ok().and_then(|l| l.clone());
+    json!({
+        "name": s.name,
+        "address": s.addr.to_string(),
+        "state": s.admin_state().as_str(),
+        "health": if !p.checks_enabled { "unchecked" } else if s.is_up() { "up" } else { "down" },
+        "eligible": s.eligible(),
+        "weight": s.weight(),
+        "config_weight": s.cfg_weight.load(Ordering::Relaxed),
+        "runtime_added": s.runtime_added.load(Ordering::Relaxed),
+        "in_flight": s.in_flight.load(Ordering::Relaxed),
+        "max_in_flight_seen": s.peak_in_flight.load(Ordering::Relaxed),
+        "limit": p.cfg.max_in_flight,
+        "requests": s.requests.load(Ordering::Relaxed),
+        "last_check": last.map(|c| json!({
+            "at_ms": c.at_ms, "ok": c.ok, "duration_ms": c.duration_ms,
+            "error": (!c.error.is_empty()).then_some(c.error),
+        })),
+        "counters": counters(&s.stats.snapshot()),
+    })
+}
+
+/// The whole state as JSON (the `/api/state` document).
+pub(crate) fn state(shared: &Shared) -> Value {
+    let pools: Vec<_> = shared.pools.lock().map(|p| p.clone()).unwrap_or_default();
+    let listeners: Vec<_> = shared
+        .listeners
+        .lock()
+        .map(|l| l.clone())
+        .unwrap_or_default();
+    let pools_json: Vec<Value> = pools
+        .iter()
+        .map(|h| {
+            let p = h.get();
+            let servers: Vec<Value> = p.servers.iter().map(|s| server_json(&p, s)).collect();
+            json!({
+                "name": p.cfg.name,
+                "algorithm": p.cfg.algorithm.as_str(),
+                "queue": p.waiting.load(Ordering::Relaxed),
+                "queue_size": p.cfg.queue.size,
+                "servers_eligible": p.servers.iter().filter(|s| s.eligible()).count(),
+                "in_flight": p.servers.iter().map(|s| u64::from(s.in_flight.load(Ordering::Relaxed))).sum::<u64>(),
+                "counters": counters(&p.stats.snapshot()),
+                "servers": servers,
+            })
+        })
+        .collect();
+    let listeners_json: Vec<Value> = listeners
+        .iter()
+        .map(|l| {
+            let rt = l.current.load();
+            json!({
+                "name": l.name,
+                "address": l.address.to_string(),
+                "mode": l.mode.to_string(),
+                "pool": rt.pool.name,
+                "connections": l.stats.conns_active.load(Ordering::Relaxed),
+                "connections_total": l.stats.conns_total.load(Ordering::Relaxed),
+                "max_connections": rt.cfg.max_connections,
+                "counters": counters(&l.stats.counters.snapshot()),
+            })
+        })
+        .collect();
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "uptime_seconds": shared.started_at.elapsed().as_secs_f64(),
+        "workers": shared.workers,
+        "connections": crate::active_connections(),
+        "max_connections": shared.max_connections.load(Ordering::Relaxed),
+        "reloads": shared.reloads.load(Ordering::Relaxed),
+        "reload_failures": shared.reload_failures.load(Ordering::Relaxed),
+        "listeners": listeners_json,
+        "pools": pools_json,
+    })
+}
+
+const STATS_PAGE: &str = include_str!("stats.html");

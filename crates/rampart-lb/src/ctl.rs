@@ -1,0 +1,246 @@
+//! `rampart lb ctl` and `rampart lb reload`: a small client of the admin API, and the
+//! pid-file signal path.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// Why a control command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    #[error("cannot reach the admin API at {addr}: {source}")]
+    Io {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the admin API answered {status}: {message}")]
+    Status { status: u16, message: String },
+    #[error("bad answer from the admin API: {0}")]
+    Bad(String),
+    #[error("pid file {0}: {1}")]
+    PidFile(String, String),
+}
+
+/// Where the admin API is and the token to use.
+pub struct AdminClient {
+    pub addr: SocketAddr,
+    pub token: Option<String>,
+}
+
+impl AdminClient {
+    /// One request with `Connection: close`; a non-2xx answer is an error carrying the
+    /// API's message.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, CtlError> {
+        let io = |source| CtlError::Io {
+            addr: self.addr,
+            source,
+        };
+        let mut s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5)).map_err(io)?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .map_err(io)?;
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+            self.addr,
+            body.len()
+        );
+        if let Some(t) = &self.token {
+            req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        req.push_str("\r\n");
+        req.push_str(&body);
+        s.write_all(req.as_bytes()).map_err(io)?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).map_err(io)?;
+        let text = String::from_utf8_lossy(&raw);
+        let (head, rest) = text
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| CtlError::Bad("no header end".into()))?;
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| CtlError::Bad("bad status line".into()))?;
+        let chunked = head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked");
+        let body = if chunked {
+            dechunk(rest)
+        } else {
+            rest.to_string()
+        };
+        let v: Value =
+            serde_json::from_str(&body).unwrap_or(Value::String(body.trim().to_string()));
+        if !(200..300).contains(&status) {
+            let message = v
+                .get("error")
+                .and_then(|e| e.as_str())
+                .map(str::to_string)
+                .unwrap_or_else(|| match &v {
+                    Value::String(s) => s.clone(),
+                    o => o.to_string(),
+                });
+            return Err(CtlError::Status { status, message });
+        }
+        Ok(v)
+    }
+
+    pub fn state(&self) -> Result<Value, CtlError> {
+        self.request("GET", "/api/state", None)
+    }
+
+    pub fn set_state(&self, pool: &str, server: &str, state: &str) -> Result<(), CtlError> {
+        self.request(
+            "POST",
+            &format!("/api/pools/{pool}/servers/{server}/state"),
+            Some(&serde_json::json!({ "state": state })),
+        )
+        .map(|_| ())
+    }
+
+    pub fn set_weight(&self, pool: &str, server: &str, weight: u32) -> Result<(), CtlError> {
+        self.request(
+            "POST",
+            &format!("/api/pools/{pool}/servers/{server}/weight"),
+            Some(&serde_json::json!({ "weight": weight })),
+        )
+        .map(|_| ())
+    }
+
+    pub fn add_server(
+        &self,
+        pool: &str,
+        name: &str,
+        address: &str,
+        weight: u32,
+    ) -> Result<(), CtlError> {
+        self.request(
+            "POST",
+            &format!("/api/pools/{pool}/servers"),
+            Some(&serde_json::json!({ "name": name, "address": address, "weight": weight })),
+        )
+        .map(|_| ())
+    }
+
+    pub fn remove_server(&self, pool: &str, server: &str) -> Result<(), CtlError> {
+        self.request(
+            "DELETE",
+            &format!("/api/pools/{pool}/servers/{server}"),
+            None,
+        )
+        .map(|_| ())
+    }
+
+    pub fn reload(&self) -> Result<(), CtlError> {
+        self.request("POST", "/api/reload", None).map(|_| ())
+    }
+}
+
+fn dechunk(mut b: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = b.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        b = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// The state as a table, one line per pool and server.
+pub fn format_state(v: &Value) -> String {
+    let mut out = String::new();
+    let s = |v: &Value, k: &str| -> String {
+        match v.get(k) {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Null) | None => "-".into(),
+            Some(o) => o.to_string(),
+        }
+    };
+    for l in v
+        .get("listeners")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        out.push_str(&format!(
+            "listener {:<12} {:<22} {:<4} pool={} connections={}\n",
+            s(l, "name"),
+            s(l, "address"),
+            s(l, "mode"),
+            s(l, "pool"),
+            s(l, "connections")
+        ));
+    }
+    out.push_str(&format!(
+        "{:<12} {:<12} {:<22} {:<11} {:<9} {:>6} {:>9} {:>10} {:>8}\n",
+        "POOL", "SERVER", "ADDRESS", "STATE", "HEALTH", "WEIGHT", "IN-FLIGHT", "REQUESTS", "ERRORS"
+    ));
+    for p in v
+        .get("pools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        for sv in p
+            .get("servers")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let errors: u64 = sv
+                .pointer("/counters/errors")
+                .and_then(Value::as_object)
+                .map(|o| o.values().filter_map(Value::as_u64).sum())
+                .unwrap_or(0);
+            out.push_str(&format!(
+                "{:<12} {:<12} {:<22} {:<11} {:<9} {:>6} {:>9} {:>10} {:>8}\n",
+                s(p, "name"),
+                s(sv, "name"),
+                s(sv, "address"),
+                s(sv, "state"),
+                s(sv, "health"),
+                s(sv, "weight"),
+                s(sv, "in_flight"),
+                s(sv, "requests"),
+                errors
+            ));
+        }
+    }
+    out
+}
+
+/// Send SIGHUP (reload) to the process named in `pid_file`.
+pub fn signal_reload(pid_file: &Path) -> Result<(), CtlError> {
+    let bad = |m: String| CtlError::PidFile(pid_file.display().to_string(), m);
+    let text = std::fs::read_to_string(pid_file).map_err(|e| bad(e.to_string()))?;
+    let pid: i32 = text
+        .trim()
+        .parse()
+        .map_err(|_| bad(format!("no pid in \"{}\"", text.trim())))?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .map_err(|e| bad(format!("cannot signal pid {pid}: {e}")))
+}
+
+/// The admin API's JSON value type.
+pub type Json = Value;
+
+/// Pretty-printed JSON.
+pub fn pretty(v: &Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+}

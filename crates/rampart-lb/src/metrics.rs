@@ -1,0 +1,308 @@
+//! `/metrics`: the counters in the Prometheus text format, read at scrape time (nothing
+//! on the data path beyond the atomics of `stats`).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::stats::{prometheus_buckets, Snapshot, ERROR_KINDS};
+use crate::Shared;
+
+const CLASSES: [&str; 6] = ["other", "1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Render every metric.
+pub fn render(shared: &Arc<Shared>) -> Result<String, String> {
+    let mut reg = Registry::default();
+    reg.register_collector(Box::new(LbCollector(shared.clone())));
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &reg).map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+struct LbCollector(Arc<Shared>);
+
+impl std::fmt::Debug for LbCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LbCollector")
+    }
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+/// One metric family: its samples, each a label set and a value.
+fn counter(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: &[(Labels, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (l, v) in samples {
+        ConstCounter::new(*v).encode(m.encode_family(l)?)?;
+    }
+    Ok(())
+}
+
+fn gauge(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: &[(Labels, i64)],
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (l, v) in samples {
+        ConstGauge::new(*v).encode(m.encode_family(l)?)?;
+    }
+    Ok(())
+}
+
+fn histogram(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: &[(Labels, Snapshot)],
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?;
+    for (l, s) in samples {
+        let b = prometheus_buckets(s);
+        let count: u64 = s.lat.iter().sum();
+        m.encode_family(l)?
+            .encode_histogram::<()>(s.lat_sum_ns as f64 / 1e9, count, &b, None)?;
+    }
+    Ok(())
+}
+
+fn by_class(base: &Labels, s: &Snapshot, out: &mut Vec<(Labels, u64)>) {
+    for (i, c) in CLASSES.iter().enumerate() {
+        let mut l = base.clone();
+        l.push(("class", (*c).to_string()));
+        out.push((l, s.class[i]));
+    }
+}
+
+fn by_error(base: &Labels, s: &Snapshot, out: &mut Vec<(Labels, u64)>) {
+    for k in ERROR_KINDS {
+        let mut l = base.clone();
+        l.push(("kind", k.as_str().to_string()));
+        out.push((l, s.errors[k as usize]));
+    }
+}
+
+impl Collector for LbCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let sh = &self.0;
+        let listeners: Vec<_> = sh.listeners.lock().map(|l| l.clone()).unwrap_or_default();
+        let pools: Vec<_> = sh.pools.lock().map(|p| p.clone()).unwrap_or_default();
+
+        // Listeners.
+        let mut l_req = Vec::new();
+        let mut l_conn = Vec::new();
+        let mut l_acc = Vec::new();
+        let mut l_lat = Vec::new();
+        for l in &listeners {
+            let base: Labels = vec![("listener", l.name.clone())];
+            let s = l.stats.counters.snapshot();
+            by_class(&base, &s, &mut l_req);
+            l_conn.push((
+                base.clone(),
+                l.stats.conns_active.load(Ordering::Relaxed) as i64,
+            ));
+            l_acc.push((base.clone(), l.stats.conns_total.load(Ordering::Relaxed)));
+            l_lat.push((base, s));
+        }
+        counter(
+            &mut enc,
+            "rampart_listener_requests",
+            "Responses sent to clients, by status class.",
+            &l_req,
+        )?;
+        gauge(
+            &mut enc,
+            "rampart_listener_connections",
+            "Client connections open.",
+            &l_conn,
+        )?;
+        counter(
+            &mut enc,
+            "rampart_listener_connections_accepted",
+            "Client connections accepted.",
+            &l_acc,
+        )?;
+        histogram(
+            &mut enc,
+            "rampart_listener_response",
+            "Time from request to response head, as seen by clients.",
+            &l_lat,
+        )?;
+
+        // Pools.
+        let mut p_req = Vec::new();
+        let mut p_err = Vec::new();
+        let mut p_retry = Vec::new();
+        let mut p_queue = Vec::new();
+        let mut p_inflight = Vec::new();
+        let mut p_up = Vec::new();
+        // Servers.
+        let mut s_req = Vec::new();
+        let mut s_err = Vec::new();
+        let mut s_retry = Vec::new();
+        let mut s_inflight = Vec::new();
+        let mut s_up = Vec::new();
+        let mut s_state = Vec::new();
+        let mut s_weight = Vec::new();
+        let mut s_bytes = Vec::new();
+        let mut s_lat = Vec::new();
+        for h in &pools {
+            let p = h.get();
+            let base: Labels = vec![("pool", p.cfg.name.clone())];
+            let ps = p.stats.snapshot();
+            let mut sum = Snapshot::default();
+            for s in p.servers.iter() {
+                let ss = s.stats.snapshot();
+                for (a, b) in sum.class.iter_mut().zip(ss.class) {
+                    *a += b;
+                }
+                let sb: Labels = vec![("pool", p.cfg.name.clone()), ("server", s.name.clone())];
+                by_class(&sb, &ss, &mut s_req);
+                by_error(&sb, &ss, &mut s_err);
+                s_retry.push((sb.clone(), ss.retries));
+                s_inflight.push((sb.clone(), i64::from(s.in_flight.load(Ordering::Relaxed))));
+                s_up.push((sb.clone(), i64::from(s.is_up())));
+                for st in ["ready", "drain", "maintenance"] {
+                    let mut l = sb.clone();
+                    l.push(("state", st.to_string()));
+                    s_state.push((l, i64::from(s.admin_state().as_str() == st)));
+                }
+                s_weight.push((sb.clone(), i64::from(s.weight())));
+                s_bytes.push((sb.clone(), ss.bytes_out));
+                s_lat.push((sb, ss));
+            }
+            by_class(&base, &sum, &mut p_req);
+            by_error(&base, &ps, &mut p_err);
+            p_retry.push((base.clone(), ps.retries));
+            p_queue.push((base.clone(), p.waiting.load(Ordering::Relaxed) as i64));
+            p_inflight.push((
+                base.clone(),
+                p.servers
+                    .iter()
+                    .map(|s| i64::from(s.in_flight.load(Ordering::Relaxed)))
+                    .sum(),
+            ));
+            p_up.push((
+                base,
+                p.servers.iter().filter(|s| s.eligible()).count() as i64,
+            ));
+        }
+        counter(
+            &mut enc,
+            "rampart_pool_requests",
+            "Responses from the pool's current servers, by status class.",
+            &p_req,
+        )?;
+        counter(&mut enc, "rampart_pool_errors", "Failed requests of the pool, by kind (connect, upstream, timeout, status_5xx, queue_full, queue_timeout, no_server).", &p_err)?;
+        counter(
+            &mut enc,
+            "rampart_pool_retries",
+            "Requests sent again to another server.",
+            &p_retry,
+        )?;
+        gauge(
+            &mut enc,
+            "rampart_pool_queue_length",
+            "Requests waiting for a free server slot.",
+            &p_queue,
+        )?;
+        gauge(
+            &mut enc,
+            "rampart_pool_in_flight",
+            "Requests in flight to the pool's servers.",
+            &p_inflight,
+        )?;
+        gauge(
+            &mut enc,
+            "rampart_pool_servers_eligible",
+            "Servers taking new requests (healthy, ready, weight > 0).",
+            &p_up,
+        )?;
+        counter(
+            &mut enc,
+            "rampart_server_requests",
+            "Responses from the server, by status class.",
+            &s_req,
+        )?;
+        counter(
+            &mut enc,
+            "rampart_server_errors",
+            "Failed requests on the server, by kind.",
+            &s_err,
+        )?;
+        counter(
+            &mut enc,
+            "rampart_server_retries",
+            "Retries sent to the server after a failure elsewhere.",
+            &s_retry,
+        )?;
+        gauge(
+            &mut enc,
+            "rampart_server_in_flight",
+            "Requests (HTTP) or connections (TCP) in flight on the server.",
+            &s_inflight,
+        )?;
+        gauge(
+            &mut enc,
+            "rampart_server_up",
+            "1 when health checks say the server is up.",
+            &s_up,
+        )?;
+        gauge(
+            &mut enc,
+            "rampart_server_state",
+            "The operator state of the server (1 for the current one).",
+            &s_state,
+        )?;
+        gauge(
+            &mut enc,
+            "rampart_server_weight",
+            "The weight in effect.",
+            &s_weight,
+        )?;
+        counter(
+            &mut enc,
+            "rampart_server_response_body_bytes",
+            "Response body bytes received from the server.",
+            &s_bytes,
+        )?;
+        histogram(
+            &mut enc,
+            "rampart_server_response",
+            "Time from sending the request to the response head.",
+            &s_lat,
+        )?;
+
+        gauge(
+            &mut enc,
+            "rampart_connections",
+            "Client connections open on every listener.",
+            &[(Vec::new(), crate::active_connections() as i64)],
+        )?;
+        counter(
+            &mut enc,
+            "rampart_reloads",
+            "Configuration reloads applied.",
+            &[(Vec::new(), sh.reloads.load(Ordering::Relaxed))],
+        )?;
+        counter(
+            &mut enc,
+            "rampart_reload_failures",
+            "Configuration reloads refused.",
+            &[(Vec::new(), sh.reload_failures.load(Ordering::Relaxed))],
+        )?;
+        Ok(())
+    }
+}

@@ -1,0 +1,636 @@
+//! Operating the lb: admin API (state, metrics, stats page), runtime control through
+//! `rampart lb ctl`, reloads (SIGHUP, `rampart lb reload`), graceful stop.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use rampart_testkit::{free_port, http_request, rampart_bin, wait_port, Proc, TempDir};
+use serde_json::Value;
+
+use crate::support::{servers, Backend, Client};
+
+/// A `rampart lb` with an admin listener, its config file kept for rewrites.
+struct OpsLb {
+    proc: Proc,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    config: PathBuf,
+    dir: TempDir,
+}
+
+impl OpsLb {
+    /// `body` has `{LISTEN}` and `{ADMIN}` replaced; `env` goes to the process.
+    async fn start(body: &str, env: &[(&str, &str)]) -> OpsLb {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let dir = TempDir::new().unwrap();
+        let config = dir.path().join("lb.toml");
+        let mut lb = OpsLb {
+            proc: Proc::spawn(
+                "placeholder",
+                Command::new("true"),
+                &dir.path().join("true.log"),
+            ),
+            addr,
+            admin,
+            config,
+            dir,
+        };
+        lb.write(body);
+        let mut cmd = Command::new(rampart_bin());
+        cmd.arg("lb")
+            .arg("--config")
+            .arg(&lb.config)
+            .args(["--threads", "2", "--pid-file"])
+            .arg(lb.dir.path().join("lb.pid"));
+        cmd.env("RUST_LOG", "info");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        lb.proc = Proc::spawn("rampart lb", cmd, &lb.dir.path().join("lb.log"));
+        let (a, m) = (lb.addr, lb.admin);
+        let up = tokio::task::spawn_blocking(move || {
+            wait_port(a, Duration::from_secs(10)) && wait_port(m, Duration::from_secs(5))
+        })
+        .await
+        .unwrap();
+        assert!(up, "rampart lb did not listen:\n{}", lb.proc.log_text());
+        lb
+    }
+
+    fn write(&self, body: &str) {
+        let text = body
+            .replace("{LISTEN}", &self.addr.to_string())
+            .replace("{ADMIN}", &self.admin.to_string());
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    /// A request to the admin API: (status, body).
+    async fn api(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, String) {
+        let (admin, method, path, body) = (
+            self.admin,
+            method.to_string(),
+            path.to_string(),
+            body.to_string(),
+        );
+        let headers: Vec<(String, String)> = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            let h: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let r = http_request(admin, &method, &path, &h, body.as_bytes()).unwrap();
+            (r.status, r.text())
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn state(&self) -> Value {
+        let (s, body) = self.api("GET", "/api/state", &[], "").await;
+        assert_eq!(s, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// `rampart lb <args>` against this lb: (success, stdout + stderr).
+    async fn cli(&self, args: &[&str]) -> (bool, String) {
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| a.replace("{ADMIN}", &self.admin.to_string()))
+            .collect();
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new(rampart_bin())
+                .arg("lb")
+                .args(&args)
+                .env("RUST_BACKTRACE", "0")
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    fn pid_file(&self) -> String {
+        self.dir.path().join("lb.pid").display().to_string()
+    }
+}
+
+fn server<'a>(state: &'a Value, pool: &str, name: &str) -> Option<&'a Value> {
+    state["pools"]
+        .as_array()?
+        .iter()
+        .find(|p| p["name"] == pool)?["servers"]
+        .as_array()?
+        .iter()
+        .find(|s| s["name"] == name)
+}
+
+fn config(servers_line: &str, extra: &str) -> String {
+    format!(
+        "[admin]\naddress = \"{{ADMIN}}\"\n{extra}\n[[listener]]\nname = \"web\"\naddress = \"{{LISTEN}}\"\npool = \"app\"\n\n[[pool]]\nname = \"app\"\n{servers_line}\nhealth_check = {{ kind = \"http\", path = \"/health\", interval = \"200ms\", timeout = \"200ms\" }}\n"
+    )
+}
+
+async fn wait_for(mut f: impl FnMut() -> bool, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    f()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_shows_state_metrics_and_the_stats_page_behind_a_token() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let lb = OpsLb::start(
+        &config(&servers(&[(&a, 1), (&b, 1)]), "token_env = \"LB_TOKEN\""),
+        &[("LB_TOKEN", "s3cret")],
+    )
+    .await;
+    let mut cl = Client::connect(lb.addr).await.unwrap();
+    for _ in 0..20 {
+        assert_eq!(cl.get("/").await.unwrap().0, 200);
+    }
+    for _ in 0..3 {
+        assert_eq!(cl.get("/fail").await.unwrap().0, 500);
+    }
+
+    // Without the token: 401; with a wrong one too.
+    assert_eq!(lb.api("GET", "/api/state", &[], "").await.0, 401);
+    assert_eq!(
+        lb.api("GET", "/metrics", &[("Authorization", "Bearer nope")], "")
+            .await
+            .0,
+        401
+    );
+    let auth = [("Authorization", "Bearer s3cret")];
+    let (s, body) = lb.api("GET", "/api/state", &auth, "").await;
+    assert_eq!(s, 200, "{body}");
+    let st: Value = serde_json::from_str(&body).unwrap();
+    let sa = server(&st, "app", "a").unwrap();
+    let sb = server(&st, "app", "b").unwrap();
+    assert_eq!(sa["state"], "ready");
+    assert_eq!(sa["health"], "up");
+    let ok = |s: &Value| s["counters"]["responses"]["2xx"].as_u64().unwrap();
+    let bad = |s: &Value| s["counters"]["responses"]["5xx"].as_u64().unwrap();
+    assert_eq!(ok(sa) + ok(sb), 20, "{st}");
+    assert_eq!(bad(sa) + bad(sb), 3, "{st}");
+    assert_eq!(ok(sa), a.hits() - bad(sa));
+    assert!(sa["counters"]["latency_seconds"]["p99"].as_f64().unwrap() > 0.0);
+    assert!(sa["counters"]["bytes_out"].as_u64().unwrap() > 0);
+    assert!(sa["last_check"]["ok"].as_bool().unwrap(), "{st}");
+    let l = &st["listeners"][0];
+    assert_eq!(l["counters"]["responses"]["2xx"], 20);
+    assert_eq!(l["counters"]["responses"]["5xx"], 3);
+    assert_eq!(l["connections"], 1);
+
+    let (s, m) = lb.api("GET", "/metrics", &auth, "").await;
+    assert_eq!(s, 200);
+    let line = format!(
+        "rampart_server_requests_total{{pool=\"app\",server=\"a\",class=\"2xx\"}} {}",
+        ok(sa)
+    );
+    assert!(m.contains(&line), "no `{line}` in\n{m}");
+    assert!(
+        m.contains("rampart_listener_requests_total{listener=\"web\",class=\"5xx\"} 3"),
+        "{m}"
+    );
+    assert!(
+        m.contains("# TYPE rampart_server_response_seconds histogram"),
+        "{m}"
+    );
+    assert!(
+        m.contains("rampart_server_response_seconds_count{pool=\"app\",server=\"b\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains("rampart_server_up{pool=\"app\",server=\"a\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("rampart_pool_queue_length{pool=\"app\"} 0"),
+        "{m}"
+    );
+
+    // The stats page needs no token (its script sends it) but holds no data itself.
+    let (s, page) = lb.api("GET", "/stats", &[], "").await;
+    assert_eq!(s, 200);
+    assert!(
+        page.contains("<table") && page.contains("/api/state"),
+        "{page}"
+    );
+
+    // The CLI with the token lists both servers.
+    let (okc, out) = lb
+        .cli(&["ctl", "--admin", "{ADMIN}", "--token", "s3cret", "list"])
+        .await;
+    assert!(okc, "{out}");
+    assert!(
+        out.contains(&a.addr.to_string()) && out.contains(&b.addr.to_string()),
+        "{out}"
+    );
+    let (okc, out) = lb.cli(&["ctl", "--admin", "{ADMIN}", "list"]).await;
+    assert!(!okc && out.contains("401"), "{out}");
+}
+
+#[test]
+fn a_public_admin_address_without_a_token_is_refused() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("lb.toml");
+    std::fs::write(
+        &path,
+        "[admin]\naddress = \"0.0.0.0:9100\"\n[[listener]]\nname = \"web\"\naddress = \"127.0.0.1:1\"\npool = \"app\"\n[[pool]]\nname = \"app\"\nservers = [{ address = \"127.0.0.1:2\" }]\n",
+    )
+    .unwrap();
+    let out = Command::new(rampart_bin())
+        .args(["lb", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{}:2:11: admin address 0.0.0.0:9100 is not loopback and no token is set",
+            path.display()
+        )),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_control_drains_reweights_adds_and_removes_servers_and_survives_a_reload() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let c = Backend::start("c").await;
+    let body = config(&servers(&[(&a, 1), (&b, 1)]), "");
+    let lb = OpsLb::start(&body, &[]).await;
+
+    // b in maintenance: everything goes to a, including a slow request.
+    let (ok, out) = lb
+        .cli(&[
+            "ctl",
+            "--admin",
+            "{ADMIN}",
+            "set-state",
+            "app",
+            "b",
+            "maintenance",
+        ])
+        .await;
+    assert!(ok, "{out}");
+    a.delay_ms.store(1500, Ordering::Relaxed);
+    let addr = lb.addr;
+    let slow = tokio::spawn(async move {
+        let mut c = Client::connect(addr).await.unwrap();
+        c.get("/slow").await
+    });
+    assert!(wait_for(|| a.hits() == 1, Duration::from_secs(3)).await);
+    // Drain a while its request is in flight, bring b back: new requests all go to b.
+    let (ok, out) = lb
+        .cli(&[
+            "ctl",
+            "--admin",
+            "{ADMIN}",
+            "set-state",
+            "app",
+            "a",
+            "drain",
+        ])
+        .await;
+    assert!(ok, "{out}");
+    let (ok, out) = lb
+        .cli(&[
+            "ctl",
+            "--admin",
+            "{ADMIN}",
+            "set-state",
+            "app",
+            "b",
+            "ready",
+        ])
+        .await;
+    assert!(ok, "{out}");
+    let st = lb.state().await;
+    assert_eq!(server(&st, "app", "a").unwrap()["in_flight"], 1, "{st}");
+    assert_eq!(server(&st, "app", "a").unwrap()["state"], "drain");
+    let mut cl = Client::connect(lb.addr).await.unwrap();
+    for _ in 0..10 {
+        assert_eq!(cl.get("/").await.unwrap(), (200, "b".to_string()));
+    }
+    assert_eq!(a.hits(), 1, "a drained server got a new request");
+    // The drained server's request in flight completes.
+    assert_eq!(slow.await.unwrap().unwrap(), (200, "a".to_string()));
+    a.delay_ms.store(0, Ordering::Relaxed);
+
+    // Add c with weight 3 next to b (a still drained): c gets 3 of every 4.
+    let (ok, out) = lb
+        .cli(&[
+            "ctl",
+            "--admin",
+            "{ADMIN}",
+            "add-server",
+            "app",
+            "c",
+            &c.addr.to_string(),
+            "--weight",
+            "3",
+        ])
+        .await;
+    assert!(ok, "{out}");
+    let (b0, c0) = (b.hits(), c.hits());
+    for _ in 0..40 {
+        assert_eq!(cl.get("/").await.unwrap().0, 200);
+    }
+    assert_eq!((b.hits() - b0, c.hits() - c0), (10, 30));
+    // Reweight b to 3: even split.
+    let (ok, out) = lb
+        .cli(&["ctl", "--admin", "{ADMIN}", "set-weight", "app", "b", "3"])
+        .await;
+    assert!(ok, "{out}");
+    let (b0, c0) = (b.hits(), c.hits());
+    for _ in 0..40 {
+        assert_eq!(cl.get("/").await.unwrap().0, 200);
+    }
+    assert_eq!((b.hits() - b0, c.hits() - c0), (20, 20));
+    // Errors name the problem.
+    let (ok, out) = lb
+        .cli(&[
+            "ctl",
+            "--admin",
+            "{ADMIN}",
+            "set-state",
+            "app",
+            "zz",
+            "drain",
+        ])
+        .await;
+    assert!(
+        !ok && out.contains("no server \"zz\" in pool \"app\""),
+        "{out}"
+    );
+    let (ok, out) = lb
+        .cli(&[
+            "ctl",
+            "--admin",
+            "{ADMIN}",
+            "set-state",
+            "app",
+            "b",
+            "sleepy",
+        ])
+        .await;
+    assert!(!ok && out.contains("unknown server state"), "{out}");
+
+    // Remove a (drained, in the config).
+    let (ok, out) = lb
+        .cli(&["ctl", "--admin", "{ADMIN}", "remove-server", "app", "a"])
+        .await;
+    assert!(ok, "{out}");
+
+    // A reload with the same config keeps every runtime change: a removed, c added,
+    // b's weight 3.
+    let (ok, out) = lb.cli(&["reload", "--admin", "{ADMIN}"]).await;
+    assert!(ok, "{out}");
+    let st = lb.state().await;
+    assert!(server(&st, "app", "a").is_none(), "{st}");
+    assert_eq!(server(&st, "app", "c").unwrap()["weight"], 3, "{st}");
+    assert_eq!(server(&st, "app", "b").unwrap()["weight"], 3, "{st}");
+    // A reload that changes b's weight in the config: the config wins for b only.
+    lb.write(&config(&servers(&[(&a, 1), (&b, 2)]), ""));
+    let (ok, out) = lb.cli(&["reload", "--pid-file", &lb.pid_file()]).await;
+    assert!(ok, "{out}");
+    assert!(
+        wait_for(
+            || lb.proc.log_text().contains("configuration reloaded"),
+            Duration::from_secs(5)
+        )
+        .await,
+        "{}",
+        lb.proc.log_text()
+    );
+    let st = lb.state().await;
+    assert_eq!(server(&st, "app", "b").unwrap()["weight"], 2, "{st}");
+    assert_eq!(server(&st, "app", "c").unwrap()["weight"], 3, "{st}");
+    // a's config changed (b's did, a's did not): a stays removed.
+    assert!(server(&st, "app", "a").is_none(), "{st}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_config_is_refused_with_its_position_and_the_old_one_keeps_serving() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let lb = OpsLb::start(&config(&servers(&[(&a, 1)]), ""), &[]).await;
+    // Valid reload by SIGHUP: b joins.
+    lb.write(&config(&servers(&[(&a, 1), (&b, 1)]), ""));
+    lb.proc.signal(Signal::SIGHUP);
+    assert!(
+        wait_for(
+            || lb.proc.log_text().contains("configuration reloaded"),
+            Duration::from_secs(5)
+        )
+        .await
+    );
+    let mut cl = Client::connect(lb.addr).await.unwrap();
+    for _ in 0..10 {
+        assert_eq!(cl.get("/").await.unwrap().0, 200);
+    }
+    assert_eq!((a.hits(), b.hits()), (5, 5));
+
+    // Broken: an unknown algorithm on line 11.
+    let broken = config(&servers(&[(&a, 1)]), "").replace(
+        "name = \"app\"\nservers",
+        "name = \"app\"\nalgorithm = \"fastest\"\nservers",
+    );
+    lb.write(&broken);
+    let (ok, out) = lb.cli(&["reload", "--admin", "{ADMIN}"]).await;
+    assert!(!ok, "{out}");
+    let pos = format!(
+        "{}:11:13: unknown algorithm \"fastest\"",
+        lb.config.display()
+    );
+    assert!(out.contains(&pos), "{out}");
+    lb.proc.signal(Signal::SIGHUP);
+    assert!(
+        wait_for(
+            || lb.proc.log_text().matches(&pos).count() >= 2,
+            Duration::from_secs(5)
+        )
+        .await,
+        "{}",
+        lb.proc.log_text()
+    );
+    // Still both servers, still serving.
+    for _ in 0..10 {
+        assert_eq!(cl.get("/").await.unwrap().0, 200);
+    }
+    assert_eq!((a.hits(), b.hits()), (10, 10));
+    let st = lb.state().await;
+    assert_eq!(st["reload_failures"], 2);
+    assert_eq!(st["reloads"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_requests_in_flight_then_exits_zero() {
+    let a = Backend::start("a").await;
+    let mut lb = OpsLb::start(
+        &config(&servers(&[(&a, 1)]), "[shutdown]\ngrace = \"10s\"\n"),
+        &[],
+    )
+    .await;
+    // An idle keep-alive connection and a slow request in flight.
+    let mut idle = Client::connect(lb.addr).await.unwrap();
+    assert_eq!(idle.get("/").await.unwrap().0, 200);
+    a.delay_ms.store(1000, Ordering::Relaxed);
+    let addr = lb.addr;
+    let slow = tokio::spawn(async move {
+        let mut c = Client::connect(addr).await.unwrap();
+        c.get("/slow").await
+    });
+    assert!(wait_for(|| a.hits() == 2, Duration::from_secs(3)).await);
+    lb.proc.signal(Signal::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // No new connections...
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "still accepting after SIGTERM"
+    );
+    // ... the one in flight finishes ...
+    assert_eq!(slow.await.unwrap().unwrap(), (200, "a".to_string()));
+    // ... and the process exits 0 without waiting for the idle connection's timeout.
+    let t = Instant::now();
+    let code = tokio::task::spawn_blocking(move || {
+        let c = lb.proc.wait_exit(Duration::from_secs(5));
+        (c, lb)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code.0.unwrap(), Some(0), "{}", code.1.proc.log_text());
+    assert!(t.elapsed() < Duration::from_secs(3));
+    assert!(idle.get("/").await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_reloads_under_load_lose_no_request_and_refuse_no_connection() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let c = Backend::start("c").await;
+    let with_c = config(&servers(&[(&a, 1), (&b, 1), (&c, 2)]), "");
+    let without_c = config(&servers(&[(&a, 1), (&b, 2)]), "");
+    let lb = OpsLb::start(&without_c, &[]).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut clients = Vec::new();
+    for i in 0..6 {
+        let (stop, ok, failed, refused, errors) = (
+            stop.clone(),
+            ok.clone(),
+            failed.clone(),
+            refused.clone(),
+            errors.clone(),
+        );
+        let addr = lb.addr;
+        // Half keep their connection, half open a new one per request.
+        let keep = i % 2 == 0;
+        clients.push(tokio::spawn(async move {
+            let mut cl: Option<Client> = None;
+            while !stop.load(Ordering::Relaxed) {
+                if cl.is_none() {
+                    match Client::connect(addr).await {
+                        Ok(c) => cl = Some(c),
+                        Err(e) => {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                            errors.lock().unwrap().push(format!("connect: {e}"));
+                            continue;
+                        }
+                    }
+                }
+                let Some(c) = cl.as_mut() else { continue };
+                match c.get("/").await {
+                    Ok((200, _)) => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok((s, body)) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        errors.lock().unwrap().push(format!("{s} {body}"));
+                    }
+                    Err(e) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        errors.lock().unwrap().push(format!("request: {e}"));
+                        cl = None;
+                    }
+                }
+                if !keep {
+                    cl = None;
+                }
+            }
+        }));
+    }
+    for i in 0..20 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        lb.write(if i % 2 == 0 { &with_c } else { &without_c });
+        if i % 4 == 3 {
+            let (okc, out) = lb.cli(&["reload", "--admin", "{ADMIN}"]).await;
+            assert!(okc, "{out}");
+        } else {
+            lb.proc.signal(Signal::SIGHUP);
+        }
+    }
+    assert!(
+        wait_for(
+            || lb.proc.log_text().matches("configuration reloaded").count() == 20,
+            Duration::from_secs(10)
+        )
+        .await,
+        "{}",
+        lb.proc.log_text()
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let (ok, failed, refused) = (
+        ok.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+        refused.load(Ordering::Relaxed),
+    );
+    assert_eq!(
+        (failed, refused),
+        (0, 0),
+        "ok {ok}: {:?}",
+        errors.lock().unwrap()
+    );
+    assert!(ok > 200, "too little load: {ok}");
+    assert!(c.hits() > 0, "c never served during the reloads");
+    let st = lb.state().await;
+    assert_eq!(st["reloads"], 20);
+}
