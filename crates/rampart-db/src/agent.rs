@@ -451,6 +451,7 @@ impl Agent {
                 } else {
                     s.lsn
                 },
+                replay_lsn: s.lsn,
                 streaming: s.streaming,
                 not_streaming_for: self
                     .not_streaming_since
@@ -475,6 +476,7 @@ impl Agent {
                 streaming: m.streaming,
                 timeline: m.timeline,
                 wal_lsn: m.receive_lsn.max(m.lsn),
+                replay_lsn: m.lsn,
                 nofailover: m.nofailover,
             })
             .collect();

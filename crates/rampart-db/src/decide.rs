@@ -43,6 +43,8 @@ pub struct PgRunning {
     pub timeline: u32,
     /// Primary: current WAL LSN; replica: last received (flushed) LSN, else replay.
     pub wal_lsn: u64,
+    /// Replica: last replayed LSN (what its queries see; what `list` calls lag).
+    pub replay_lsn: u64,
     /// Replica only: is the WAL receiver streaming from the leader we follow?
     pub streaming: bool,
     /// Replica only: how long it has not been streaming (zero when streaming).
@@ -61,6 +63,8 @@ pub struct Peer {
     pub streaming: bool,
     pub timeline: u32,
     pub wal_lsn: u64,
+    /// Last replayed LSN (replicas).
+    pub replay_lsn: u64,
     pub nofailover: bool,
 }
 
@@ -170,6 +174,12 @@ fn lease_ok(o: &Observed) -> bool {
     matches!(o.lease_valid_until, Some(t) if o.now < t)
 }
 
+/// Has a replica at `replay_lsn` replayed less than the last leader position minus `max_lag`?
+fn lagging(o: &Observed, replay_lsn: u64) -> bool {
+    o.last_leader_lsn
+        .is_some_and(|l| l.saturating_sub(replay_lsn) > o.max_lag_bytes)
+}
+
 /// Is `me` allowed, and the best placed, to take the vacant leader key?
 pub fn may_take_leader(o: &Observed) -> Result<&'static str, &'static str> {
     if !o.dcs_ok {
@@ -238,18 +248,21 @@ pub fn may_take_leader(o: &Observed) -> Result<&'static str, &'static str> {
             _ => Err("synchronous mode: only the synchronous standby may promote"),
         };
     }
-    if let Some(l) = o.last_leader_lsn {
-        if l.saturating_sub(pg.wal_lsn) > o.max_lag_bytes {
-            return Err("too far behind the last leader position (max_lag)");
-        }
+    // Lag is measured on what the replica has *replayed* (what `list` shows): a replica
+    // further behind would first have to replay that much before taking writes, and one
+    // whose replay an operator paused is held on purpose.
+    if lagging(o, pg.replay_lsn) {
+        return Err("too far behind the last leader position (max_lag)");
     }
     // Asynchronous: the member with the most WAL wins; ties go to the smallest name.
-    // A better peer gets `ttl`-ish time before the others try too.
+    // A better peer gets `ttl`-ish time before the others try too. Peers that may not
+    // promote themselves (nofailover, lagging) do not count.
     let better = o.peers.iter().any(|p| {
         p.name != o.me
             && p.running
             && p.in_recovery
             && !p.nofailover
+            && !lagging(o, p.replay_lsn)
             && p.timeline >= pg.timeline
             && (p.wal_lsn > pg.wal_lsn || (p.wal_lsn == pg.wal_lsn && p.name < o.me))
     });
@@ -515,6 +528,7 @@ mod tests {
                 in_recovery: true,
                 timeline: 1,
                 wal_lsn: 1000,
+                replay_lsn: 1000,
                 streaming: false,
                 not_streaming_for: Duration::ZERO,
                 diverged: false,
@@ -545,11 +559,54 @@ mod tests {
             streaming: false,
             timeline: 1,
             wal_lsn: 2000,
+            replay_lsn: 2000,
             nofailover: false,
         });
         assert!(matches!(decide(&o), Action::Wait(_)));
         o.leaderless_for = Duration::from_secs(6);
         assert!(matches!(decide(&o), Action::TakeLeader { .. }));
+    }
+
+    #[test]
+    fn replay_lag_excludes_and_lagging_peers_do_not_hold_back() {
+        // Everything received, but replay (paused) far behind the last leader position.
+        let mut o = base();
+        o.last_leader_lsn = Some(5_000_000);
+        o.pg = Pg::Running(PgRunning {
+            in_recovery: true,
+            timeline: 1,
+            wal_lsn: 5_000_000,
+            replay_lsn: 1000,
+            streaming: false,
+            not_streaming_for: Duration::ZERO,
+            diverged: false,
+        });
+        assert!(matches!(decide(&o), Action::Wait(_)));
+        // A caught-up replica is not held back by a lagging peer with more WAL.
+        let mut o = base();
+        o.last_leader_lsn = Some(5_000_000);
+        o.pg = Pg::Running(PgRunning {
+            in_recovery: true,
+            timeline: 1,
+            wal_lsn: 5_000_000,
+            replay_lsn: 5_000_000,
+            streaming: false,
+            not_streaming_for: Duration::ZERO,
+            diverged: false,
+        });
+        o.peers.push(Peer {
+            name: "db1".into(),
+            running: true,
+            in_recovery: true,
+            streaming: false,
+            timeline: 1,
+            wal_lsn: 5_000_001,
+            replay_lsn: 1000,
+            nofailover: false,
+        });
+        assert!(matches!(decide(&o), Action::TakeLeader { .. }));
+        o.peers[0].replay_lsn = 5_000_001;
+        assert!(matches!(decide(&o), Action::Wait(_)));
     }
 
     #[test]
@@ -585,6 +642,7 @@ mod tests {
             in_recovery: false,
             timeline: 1,
             wal_lsn: 10,
+            replay_lsn: 10,
             streaming: false,
             not_streaming_for: Duration::ZERO,
             diverged: false,
@@ -692,16 +750,23 @@ mod tests {
                 was_primary: w,
                 down_for: Duration::from_secs(d)
             }),
-            (any::<bool>(), 1u32..4, 0u64..5000, any::<bool>(), 0u64..20).prop_map(
-                |(r, t, l, s, n)| Pg::Running(PgRunning {
+            (
+                any::<bool>(),
+                1u32..4,
+                0u64..5000,
+                0u64..3000,
+                any::<bool>(),
+                0u64..20
+            )
+                .prop_map(|(r, t, l, behind, s, n)| Pg::Running(PgRunning {
                     in_recovery: r,
                     timeline: t,
                     wal_lsn: l,
+                    replay_lsn: l.saturating_sub(behind),
                     streaming: s,
                     not_streaming_for: Duration::from_secs(n),
                     diverged: n % 7 == 0,
-                })
-            ),
+                })),
         ]
     }
 
@@ -715,8 +780,8 @@ mod tests {
 
     prop_compose! {
         fn arb_peer()(name in arb_name(), running in any::<bool>(), rec in any::<bool>(), st in any::<bool>(),
-                      tl in 1u32..4, lsn in 0u64..5000, nf in any::<bool>()) -> Peer {
-            Peer { name, running, in_recovery: rec, streaming: st, timeline: tl, wal_lsn: lsn, nofailover: nf }
+                      tl in 1u32..4, lsn in 0u64..5000, behind in 0u64..3000, nf in any::<bool>()) -> Peer {
+            Peer { name, running, in_recovery: rec, streaming: st, timeline: tl, wal_lsn: lsn, replay_lsn: lsn.saturating_sub(behind), nofailover: nf }
         }
     }
 
@@ -821,7 +886,7 @@ mod tests {
                     prop_assert!(!o.paused);
                     if !o.synchronous {
                         if let Some(l) = o.last_leader_lsn {
-                            prop_assert!(l.saturating_sub(pg.wal_lsn) <= o.max_lag_bytes);
+                            prop_assert!(l.saturating_sub(pg.replay_lsn) <= o.max_lag_bytes);
                         }
                     }
                 }

@@ -35,7 +35,7 @@ async fn etcd_unreachable_primary_demotes_and_nobody_promotes() {
     for i in (0..3).filter(|&i| i != p) {
         c.wait_replica(i, Duration::from_secs(60));
     }
-    c.etcd.freeze(0);
+    c.etcd().freeze(0);
     let frozen_at = Instant::now();
     // Default ttl 3 s: the primary must be read-only well before etcd could expire the lease.
     let demoted = loop {
@@ -78,7 +78,7 @@ async fn etcd_unreachable_primary_demotes_and_nobody_promotes() {
         );
     }
     assert!(c.agent_log(p).contains("demoting"), "no demotion log line");
-    c.etcd.thaw(0);
+    c.etcd().thaw(0);
     let np = c.wait_primary(Duration::from_secs(30));
     eprintln!("after etcd came back: {} is primary", c.nodes[np].name);
     for i in (0..3).filter(|&i| i != np) {
@@ -317,4 +317,129 @@ async fn primary_with_a_full_disk_hands_over() {
         c.agent_log(p).contains("disk nearly full"),
         "no disk-full log line"
     );
+}
+
+/// A member as node `via` shows it in `/cluster`.
+fn member(c: &Cluster, via: usize, name: &str) -> Option<serde_json::Value> {
+    c.cluster_json(via)?["members"]
+        .as_array()?
+        .iter()
+        .find(|m| m["name"] == name)
+        .cloned()
+}
+
+/// Asynchronous mode, `max_lag` 1 MB, four nodes: db1 primary; db2 with its replay paused
+/// (`pg_wal_replay_pause()`: it still receives every byte but replays none of the last
+/// 5 MB); db3 healthy; db4 `nofailover`. Kill db1: db3 is promoted, not db2 (which would
+/// win the tie on received WAL by name) nor db4. Kill db3 too: the two left may not
+/// promote, so nobody does however long it takes; db3 restarted takes the lead again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_and_nofailover_replicas_are_never_promoted() {
+    let mut c = Cluster::start(Opts {
+        nodes: 4,
+        synchronous: false,
+        extra_db: "max_lag = \"1MB\"".into(),
+        first_alone: true,
+        node_extra: vec![(3, "nofailover = true".into())],
+        ..Opts::default()
+    });
+    for i in 1..4 {
+        c.wait_replica(i, Duration::from_secs(90));
+    }
+    let port = |i: usize| c.nodes[i].pg_port;
+    let pc = connect(port(0)).await.expect("connect to db1");
+    pc.batch_execute("CREATE TABLE big (id int, pad text)")
+        .await
+        .expect("create");
+    assert!(
+        crate::harness::wait_rows(
+            port(1),
+            "SELECT count(*) FROM pg_class WHERE relname = 'big'",
+            1,
+            Duration::from_secs(15)
+        )
+        .await
+    );
+    let r2 = connect(port(1)).await.expect("connect to db2");
+    r2.batch_execute("SELECT pg_wal_replay_pause()")
+        .await
+        .expect("pause replay on db2");
+    pc.batch_execute("INSERT INTO big SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g")
+        .await
+        .expect("write 5 MB of WAL");
+    for i in [2, 3] {
+        assert!(
+            crate::harness::wait_rows(
+                port(i),
+                "SELECT count(*) FROM big",
+                20000,
+                Duration::from_secs(30)
+            )
+            .await,
+            "{} did not replay the rows",
+            c.nodes[i].name
+        );
+    }
+    // db2 received everything (it streams) but its own view shows it lagging.
+    assert!(
+        rampart_testkit::wait_until(Duration::from_secs(15), || member(&c, 1, "db2")
+            .is_some_and(|m| m["state"]
+                .as_str()
+                .is_some_and(|s| s.contains("lagging beyond max_lag"))
+                && m["streaming"] == true)),
+        "db2 not shown as lagging: {:?}\n{}",
+        member(&c, 1, "db2"),
+        c.list()
+    );
+
+    c.kill_node(0);
+    let np = c.wait_primary(Duration::from_secs(30));
+    assert_eq!(
+        np,
+        2,
+        "db3 (caught up, failover allowed) must be promoted:\n{}",
+        c.list()
+    );
+    for i in [1, 3] {
+        let log = c.agent_log(i);
+        assert!(
+            !log.contains("took the leader key"),
+            "{} took the key:\n{log}",
+            c.nodes[i].name
+        );
+    }
+
+    // db4 follows db3; then db3 dies as well. db2 still lags (replay paused) and db4 may
+    // not promote: the cluster must stay without a primary, not pick one of them.
+    c.wait_replica(3, Duration::from_secs(30));
+    c.kill_node(2);
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(9) {
+        assert_eq!(
+            any_not_in_recovery(&c).await,
+            None,
+            "a lagging or nofailover replica was promoted:\n{}",
+            c.list()
+        );
+        assert_eq!(c.primary(), None, "{}", c.list());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let db4 = member(&c, 3, "db4").expect("db4 member");
+    assert!(
+        db4["action"]
+            .as_str()
+            .is_some_and(|a| a.contains("nofailover")),
+        "{db4}"
+    );
+    assert!(
+        member(&c, 1, "db2").is_some_and(|m| m["action"]
+            .as_str()
+            .is_some_and(|a| a.contains("too far behind"))),
+        "{:?}",
+        member(&c, 1, "db2")
+    );
+
+    // An eligible node comes back: it leads again.
+    c.start_agent(2);
+    assert_eq!(c.wait_primary(Duration::from_secs(60)), 2, "{}", c.list());
 }

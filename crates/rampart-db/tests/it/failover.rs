@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use tokio_postgres::Client;
 
-use crate::harness::{connect, missing_ids, wait_rows, Cluster, Opts, Writer};
+use crate::harness::{connect, missing_ids, wait_rows, writable, Cluster, Opts, Writer};
 
 async fn create_acked_table(c: &Cluster, p: usize) {
     let pc = connect(c.nodes[p].pg_port)
@@ -101,26 +101,6 @@ async fn killed_primary_fails_over_and_rejoins_as_replica() {
         "old primary not shown as a replica on timeline >= 2:\n{}",
         c.list()
     );
-}
-
-/// Is the node writable right now? (not in recovery and a write commits within 1 s)
-async fn writable(client: &Client, probe: i64) -> bool {
-    let q = async {
-        let rows = client.query("SELECT pg_is_in_recovery()", &[]).await.ok()?;
-        if rows.first()?.get::<_, bool>(0) {
-            return Some(false);
-        }
-        client
-            .execute("INSERT INTO probe(id) VALUES ($1)", &[&probe])
-            .await
-            .ok()?;
-        Some(true)
-    };
-    tokio::time::timeout(Duration::from_secs(1), q)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or(false)
 }
 
 /// SIGSTOP the primary's agent (PostgreSQL keeps running): its watchdog must fence it
@@ -391,4 +371,98 @@ async fn long_lease_replicas_wait_for_the_key_without_repairing() {
             c.nodes[i].name
         );
     }
+}
+
+/// A clean stop of every agent (`rampart up` then Ctrl-C: SIGTERM to all), the replicas
+/// first so that the primary's shutdown checkpoint never reaches them. On the next start
+/// a replica takes the key; the former primary's last checkpoint sits exactly at the fork
+/// point of the new timeline ("forked off from that timeline at ..."), so it must rewind
+/// before it can stream, instead of looping on a replica start PostgreSQL refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clean_stop_of_all_agents_then_the_old_primary_rejoins_a_new_leader() {
+    let mut c = Cluster::start(Opts {
+        synchronous: false,
+        ..Opts::default()
+    });
+    let p = c.wait_primary(Duration::from_secs(60));
+    let replicas: Vec<usize> = (0..3).filter(|&i| i != p).collect();
+    for &i in &replicas {
+        c.wait_replica(i, Duration::from_secs(60));
+    }
+    let pc = connect(c.nodes[p].pg_port).await.expect("connect");
+    pc.batch_execute("CREATE TABLE kept (id int); INSERT INTO kept SELECT generate_series(1, 100)")
+        .await
+        .expect("write");
+    for &i in &replicas {
+        assert!(
+            wait_rows(
+                c.nodes[i].pg_port,
+                "SELECT count(*) FROM kept",
+                100,
+                Duration::from_secs(15)
+            )
+            .await
+        );
+    }
+    drop(pc);
+    let stop = |c: &mut Cluster, i: usize| {
+        c.signal_agent(i, Signal::SIGTERM);
+        let mut a = c.agents[i].take().expect("running agent");
+        assert!(
+            a.wait_exit(Duration::from_secs(40)).is_ok(),
+            "{} did not stop on SIGTERM",
+            c.nodes[i].name
+        );
+    };
+    for &i in &replicas {
+        stop(&mut c, i);
+    }
+    stop(&mut c, p);
+    // The old primary starts first and finds no leader: it runs as a standby of nobody
+    // (made `nofailover` so that it cannot take the key back itself) until a replica,
+    // started next, leads on a timeline that forked exactly at its last checkpoint.
+    let topo = std::fs::read_to_string(&c.config).expect("read topology");
+    let me = format!("name = \"{}\"\n", c.nodes[p].name);
+    std::fs::write(
+        &c.config,
+        topo.replacen(&me, &format!("{me}nofailover = true\n"), 1),
+    )
+    .expect("write topology");
+    c.start_agent(p);
+    let name = c.nodes[p].name.clone();
+    assert!(
+        rampart_testkit::wait_until(Duration::from_secs(30), || c.cluster_json(p).is_some_and(
+            |v| v["members"].as_array().is_some_and(|ms| ms
+                .iter()
+                .any(|m| m["name"] == name.as_str() && m["role"] == "replica"))
+        )),
+        "the old primary did not start as a standby of nobody:\n{}",
+        c.agent_log(p)
+    );
+    for &i in &replicas {
+        c.start_agent(i);
+    }
+    let np = c.wait_primary(Duration::from_secs(60));
+    assert_ne!(np, p);
+    c.wait_replica(p, Duration::from_secs(60));
+    assert!(
+        c.agent_log(p).contains("pg_rewind done"),
+        "the old primary streams without a rewind?\n{}",
+        c.agent_log(p)
+    );
+    let newc = connect(c.nodes[np].pg_port).await.expect("connect");
+    newc.execute("INSERT INTO kept VALUES (101)", &[])
+        .await
+        .expect("write on the new primary");
+    assert!(
+        wait_rows(
+            c.nodes[p].pg_port,
+            "SELECT count(*) FROM kept",
+            101,
+            Duration::from_secs(15)
+        )
+        .await,
+        "the old primary does not replay the new leader's writes:\n{}",
+        c.list()
+    );
 }

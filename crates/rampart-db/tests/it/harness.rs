@@ -11,10 +11,16 @@ use rampart_testkit::etcd::Etcd;
 use rampart_testkit::{free_port, http_get, rampart_bin, wait_until, Proc, TempDir};
 use tokio_postgres::{Client, NoTls};
 
+use crate::netns::Netns;
+
 pub struct NodeSpec {
     pub name: String,
+    /// The address PostgreSQL listens on (and the API's IP).
+    pub host: String,
     pub pg_port: u16,
     pub api: SocketAddr,
+    /// Runs inside the cluster's network namespace.
+    pub in_netns: bool,
 }
 
 pub struct Opts {
@@ -23,6 +29,14 @@ pub struct Opts {
     pub extra_db: String,
     /// Put each node's data directory on its own tmpfs of this many MB (to fill a disk).
     pub tmpfs_mb: Option<u64>,
+    /// Start the first node alone and wait until it is primary before starting the rest
+    /// (so that `db1` is the first primary).
+    pub first_alone: bool,
+    /// Extra lines for one node's `[[db.nodes]]` table, e.g. `(3, "nofailover = true")`.
+    pub node_extra: Vec<(usize, String)>,
+    /// Run the first node in its own network namespace ([`Netns`]); etcd and the other
+    /// nodes listen on the host side of its link. Implies `first_alone`.
+    pub netns_first: bool,
 }
 
 impl Default for Opts {
@@ -32,6 +46,9 @@ impl Default for Opts {
             synchronous: true,
             extra_db: String::new(),
             tmpfs_mb: None,
+            first_alone: false,
+            node_extra: Vec::new(),
+            netns_first: false,
         }
     }
 }
@@ -42,16 +59,69 @@ pub struct Cluster {
     pub mounts: Vec<PathBuf>,
     pub nodes: Vec<NodeSpec>,
     pub config: PathBuf,
-    pub etcd: Etcd,
+    /// The test etcd on loopback (`None` with a network namespace: see `net_etcd`).
+    pub etcd: Option<Etcd>,
+    /// etcd on the namespace link's host address (with `netns_first`); killed on drop.
+    #[allow(dead_code)]
+    pub net_etcd: Option<Proc>,
+    pub net: Option<Netns>,
     // Removed last, after every process is dead.
     pub dir: TempDir,
 }
 
 pub const PASSWORD: &str = "secret";
 
+/// One etcd member listening on `ip` (fast raft timings, like the testkit's).
+fn etcd_on(ip: &str, dir: &std::path::Path) -> (Proc, String) {
+    let (cp, pp) = (free_port(), free_port());
+    let client = format!("http://{ip}:{cp}");
+    let peer = format!("http://{ip}:{pp}");
+    let mut cmd = Command::new(rampart_testkit::etcd_bin());
+    cmd.arg("--name")
+        .arg("e0")
+        .arg("--data-dir")
+        .arg(dir.join("etcd.data"))
+        .args([
+            "--listen-client-urls",
+            &client,
+            "--advertise-client-urls",
+            &client,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+        ])
+        .arg("--initial-cluster")
+        .arg(format!("e0={peer}"))
+        .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+        .args([
+            "--logger",
+            "zap",
+            "--log-outputs",
+            "stderr",
+            "--log-level",
+            "warn",
+        ]);
+    let p = Proc::spawn("etcd", cmd, &dir.join("etcd.log"));
+    let addr: SocketAddr = format!("{ip}:{cp}").parse().expect("etcd addr");
+    assert!(
+        wait_until(Duration::from_secs(20), || http_get(addr, "/health")
+            .is_ok_and(|r| r.text().contains("true"))),
+        "etcd on {ip} did not become healthy"
+    );
+    (p, client)
+}
+
 impl Cluster {
+    pub fn etcd(&self) -> &Etcd {
+        self.etcd
+            .as_ref()
+            .expect("this cluster's etcd runs on loopback")
+    }
+
     pub fn start(opts: Opts) -> Cluster {
-        let etcd = Etcd::start();
         let dir = tempfile::Builder::new()
             .prefix("rampart-db-it-")
             .tempdir()
@@ -62,26 +132,51 @@ impl Cluster {
             std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
                 .expect("chmod temp dir");
         }
+        let net = opts.netns_first.then(Netns::create);
+        let (etcd, net_etcd, etcd_url) = match &net {
+            Some(n) => {
+                let (p, url) = etcd_on(&n.host_ip, dir.path());
+                (None, Some(p), url)
+            }
+            None => {
+                let e = Etcd::start();
+                let url = e.client_url(0);
+                (Some(e), None, url)
+            }
+        };
         let nodes: Vec<NodeSpec> = (1..=opts.nodes)
-            .map(|i| NodeSpec {
-                name: format!("db{i}"),
-                pg_port: free_port(),
-                api: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            .map(|i| {
+                let (host, in_netns) = match &net {
+                    Some(n) if i == 1 => (n.ns_ip.clone(), true),
+                    Some(n) => (n.host_ip.clone(), false),
+                    None => ("127.0.0.1".to_string(), false),
+                };
+                NodeSpec {
+                    name: format!("db{i}"),
+                    pg_port: free_port(),
+                    api: format!("{host}:{}", free_port()).parse().expect("api addr"),
+                    host,
+                    in_netns,
+                }
             })
             .collect();
         let mut toml = format!(
             "[cluster]\nname = \"it\"\netcd = [\"{}\"]\n\n[db]\ndata_dir = \"{}\"\nsynchronous = {}\nsuperuser_password = \"{PASSWORD}\"\nreplication_password = \"{PASSWORD}\"\n{}\n",
-            etcd.client_url(0),
+            etcd_url,
             dir.path().join("data").display(),
             opts.synchronous,
             opts.extra_db,
         );
         let mut mounts = Vec::new();
-        for n in &nodes {
+        for (i, n) in nodes.iter().enumerate() {
             toml.push_str(&format!(
-                "\n[[db.nodes]]\nname = \"{}\"\nport = {}\napi = \"{}\"\n",
-                n.name, n.pg_port, n.api
+                "\n[[db.nodes]]\nname = \"{}\"\nhost = \"{}\"\nport = {}\napi = \"{}\"\n",
+                n.name, n.host, n.pg_port, n.api
             ));
+            for (_, line) in opts.node_extra.iter().filter(|(j, _)| *j == i) {
+                toml.push_str(line);
+                toml.push('\n');
+            }
             if let Some(mb) = opts.tmpfs_mb {
                 let fs = dir.path().join(format!("{}-fs", n.name));
                 std::fs::create_dir_all(&fs).expect("mount point");
@@ -108,22 +203,34 @@ impl Cluster {
         let config = dir.path().join("topology.toml");
         std::fs::write(&config, toml).expect("write topology");
         let mut c = Cluster {
-            agents: Vec::new(),
+            agents: (0..opts.nodes).map(|_| None).collect(),
             mounts,
             nodes,
             config,
             etcd,
+            net_etcd,
+            net,
             dir,
         };
-        for i in 0..opts.nodes {
-            c.agents.push(None);
-            c.start_agent(i);
+        if opts.first_alone || opts.netns_first {
+            c.start_agent(0);
+            assert_eq!(c.wait_primary(Duration::from_secs(60)), 0);
+            for i in 1..opts.nodes {
+                c.start_agent(i);
+            }
+        } else {
+            for i in 0..opts.nodes {
+                c.start_agent(i);
+            }
         }
         c
     }
 
     pub fn start_agent(&mut self, i: usize) {
-        let mut cmd = Command::new(rampart_bin());
+        let mut cmd = match (&self.net, self.nodes[i].in_netns) {
+            (Some(n), true) => n.command(&rampart_bin()),
+            _ => Command::new(rampart_bin()),
+        };
         cmd.args(["db", "--config"])
             .arg(&self.config)
             .args(["--node", &self.nodes[i].name]);
@@ -141,9 +248,9 @@ impl Cluster {
             p.kill();
         }
         // Backends may outlive the postmaster for a moment; wait until the port is free.
-        let port = self.nodes[i].pg_port;
+        let (host, port) = (self.nodes[i].host.clone(), self.nodes[i].pg_port);
         wait_until(Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+            std::net::TcpStream::connect((host.as_str(), port)).is_err()
         });
     }
 
@@ -301,12 +408,16 @@ pub fn fill_disk(dir: &std::path::Path) {
     let _ = f.sync_all();
 }
 
-pub fn conninfo(port: u16) -> String {
-    format!("host=127.0.0.1 port={port} user=postgres password={PASSWORD} dbname=postgres connect_timeout=2")
+pub fn conninfo(host: &str, port: u16) -> String {
+    format!("host={host} port={port} user=postgres password={PASSWORD} dbname=postgres connect_timeout=2")
 }
 
 pub async fn connect(port: u16) -> Option<Client> {
-    let ci = conninfo(port);
+    connect_to("127.0.0.1", port).await
+}
+
+pub async fn connect_to(host: &str, port: u16) -> Option<Client> {
+    let ci = conninfo(host, port);
     let fut = tokio_postgres::connect(&ci, NoTls);
     let (client, conn) = tokio::time::timeout(Duration::from_secs(3), fut)
         .await
@@ -436,4 +547,24 @@ pub async fn missing_ids(port: u16, acked: &[i64]) -> Vec<i64> {
         .copied()
         .filter(|id| !present.contains(id))
         .collect()
+}
+
+/// Is the node writable right now? (not in recovery and a write commits within 1 s)
+pub async fn writable(client: &Client, probe: i64) -> bool {
+    let q = async {
+        let rows = client.query("SELECT pg_is_in_recovery()", &[]).await.ok()?;
+        if rows.first()?.get::<_, bool>(0) {
+            return Some(false);
+        }
+        client
+            .execute("INSERT INTO probe(id) VALUES ($1)", &[&probe])
+            .await
+            .ok()?;
+        Some(true)
+    };
+    tokio::time::timeout(Duration::from_secs(1), q)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
 }

@@ -7,3 +7,5 @@ mod basic;
 mod conditions;
 mod failover;
 mod harness;
+mod netns;
+mod partition;
