@@ -34,7 +34,10 @@ struct App {
 }
 
 /// Bind the admin address and read the token (both start-up errors).
-pub fn bind(a: &AdminConfig) -> Result<(std::net::TcpListener, Access), LbError> {
+pub fn bind(
+    a: &AdminConfig,
+    inherited: Option<std::net::TcpListener>,
+) -> Result<(std::net::TcpListener, Access), LbError> {
     let token = match &a.token {
         None => None,
         Some(TokenSource::File(p)) => {
@@ -55,11 +58,14 @@ pub fn bind(a: &AdminConfig) -> Result<(std::net::TcpListener, Access), LbError>
     if token.as_deref() == Some("") {
         return Err(LbError::Admin("the admin token is empty".into()));
     }
-    let l = std::net::TcpListener::bind(a.address).map_err(|source| LbError::Bind {
-        name: "admin".into(),
-        addr: a.address,
-        source,
-    })?;
+    let l = match inherited {
+        Some(l) => l,
+        None => std::net::TcpListener::bind(a.address).map_err(|source| LbError::Bind {
+            name: "admin".into(),
+            addr: a.address,
+            source,
+        })?,
+    };
     l.set_nonblocking(true).map_err(LbError::Runtime)?;
     Ok((
         l,
@@ -84,6 +90,7 @@ pub fn spawn(l: std::net::TcpListener, access: Access, shared: Arc<Shared>) -> R
         .route("/metrics", get(metrics))
         .route("/api/state", get(state_json))
         .route("/api/reload", post(reload_now))
+        .route("/api/upgrade", post(upgrade_now))
         .route("/api/pools/{pool}/servers", post(add_server))
         .route(
             "/api/pools/{pool}/servers/{server}",
@@ -99,7 +106,12 @@ pub fn spawn(l: std::net::TcpListener, access: Access, shared: Arc<Shared>) -> R
     tracing::info!(address = %addr, "admin listening (stats page at /stats, metrics at /metrics)");
     tokio::spawn(async move {
         let svc = router.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(e) = axum::serve(l, svc).await {
+        // A stopping process leaves the admin socket to its successor.
+        let stopping = crate::shutdown_token().clone();
+        if let Err(e) = axum::serve(l, svc)
+            .with_graceful_shutdown(async move { stopping.cancelled().await })
+            .await
+        {
             tracing::error!(error = %e, "admin listener failed");
         }
     });
@@ -251,6 +263,20 @@ async fn reload_now(State(app): State<App>) -> Response {
             (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 Json(json!({ "error": format!("reload refused, the running configuration stays:\n{e}") })),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn upgrade_now(State(app): State<App>) -> Response {
+    match crate::upgrade(&app.shared).await {
+        Ok(pid) => Json(json!({ "ok": true, "pid": pid })).into_response(),
+        Err(e) => {
+            tracing::error!("upgrade failed, this process keeps serving: {e}");
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(json!({ "error": format!("upgrade failed, the running process keeps serving: {e}") })),
             )
                 .into_response()
         }

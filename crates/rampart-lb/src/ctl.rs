@@ -142,6 +142,14 @@ impl AdminClient {
     pub fn reload(&self) -> Result<(), CtlError> {
         self.request("POST", "/api/reload", None).map(|_| ())
     }
+
+    /// Start a binary upgrade; the new process's pid once it accepts.
+    pub fn upgrade(&self) -> Result<u64, CtlError> {
+        let v = self.request("POST", "/api/upgrade", None)?;
+        v.get("pid")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| CtlError::Bad(format!("no pid in {v}")))
+    }
 }
 
 fn dechunk(mut b: &str) -> String {
@@ -222,19 +230,18 @@ pub fn format_state(v: &Value) -> String {
     out
 }
 
-/// Send SIGHUP (reload) to the process named in `pid_file`.
-pub fn signal_reload(pid_file: &Path) -> Result<(), CtlError> {
+pub use nix::sys::signal::Signal;
+
+/// Send `sig` (SIGHUP: reload, SIGUSR2: upgrade) to the process named in `pid_file`.
+pub fn signal(pid_file: &Path, sig: Signal) -> Result<(), CtlError> {
     let bad = |m: String| CtlError::PidFile(pid_file.display().to_string(), m);
     let text = std::fs::read_to_string(pid_file).map_err(|e| bad(e.to_string()))?;
     let pid: i32 = text
         .trim()
         .parse()
         .map_err(|_| bad(format!("no pid in \"{}\"", text.trim())))?;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGHUP,
-    )
-    .map_err(|e| bad(format!("cannot signal pid {pid}: {e}")))
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig)
+        .map_err(|e| bad(format!("cannot signal pid {pid}: {e}")))
 }
 
 /// The admin API's JSON value type.

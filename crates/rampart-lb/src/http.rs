@@ -97,8 +97,12 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, listener: Arc<ListenerRt>, 
             };
             let readable = tokio::select! {
                 r = tokio::time::timeout(wait, tcp.readable()) => r,
-                // Stopping: an idle connection closes now.
-                _ = crate::shutdown_token().cancelled() => return,
+                // Stopping: a client in the middle of a series of requests gets a little
+                // while to send its next one (answered with `Connection: close`), so no
+                // request races the close; an idle connection closes after that.
+                _ = crate::shutdown_token().cancelled() => {
+                    tokio::time::timeout(STOP_LINGER, tcp.readable()).await
+                }
             };
             match readable {
                 Ok(Ok(())) => {}
@@ -176,7 +180,7 @@ async fn serve_h1_episode(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(cfg.header_read_timeout)
-        .keep_alive(true)
+        .keep_alive(!crate::shutdown_token().is_cancelled())
         .half_close(false);
     // Boxed: a parked connection must not carry hyper's state inline.
     let mut conn = Box::new(builder.serve_connection(io, service(ctx)));
@@ -223,6 +227,10 @@ async fn serve_h1_episode(
     // hyper ended the connection itself (client close, `Connection: close`): done.
     parking.then_some((tcp, rest))
 }
+
+/// When the process stops, how long an idle keep-alive connection may still bring its
+/// next request.
+const STOP_LINGER: Duration = Duration::from_millis(1000);
 
 /// After this long without requests (checked at this interval, so parking happens 1-2
 /// intervals after the last byte), an HTTP/1 connection gives back hyper's buffers.

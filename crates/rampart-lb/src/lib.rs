@@ -17,6 +17,7 @@ mod admin;
 mod body;
 mod clock;
 pub mod ctl;
+mod handoff;
 mod health;
 mod http;
 mod io;
@@ -59,6 +60,8 @@ pub enum LbError {
     Worker(String),
     #[error("admin listener: {0}")]
     Admin(String),
+    #[error("binary upgrade: {0}")]
+    Handoff(String),
     #[error("pid file {path}: {source}")]
     PidFile {
         path: PathBuf,
@@ -116,6 +119,8 @@ pub(crate) struct ListenerSlot {
     /// Cancelled when a reload removes the listener: its sockets close.
     pub stop: CancellationToken,
     pub stats: Arc<ListenerStats>,
+    /// Copies of the listening sockets, for handing them to a new binary.
+    pub fds: Mutex<Vec<std::net::TcpListener>>,
 }
 
 /// A command to a worker thread.
@@ -139,6 +144,11 @@ pub(crate) struct Shared {
     pub started_at: Instant,
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
+    /// The admin socket (a copy, for handing it to a new binary).
+    pub admin_fd: Mutex<Option<(SocketAddr, std::net::TcpListener)>>,
+    /// Cancelled when this process must stop (an upgrade handed its sockets over).
+    pub stop: CancellationToken,
+    pub upgrading: std::sync::atomic::AtomicBool,
 }
 
 /// Client connections open right now (all listeners, also removed ones).
@@ -193,17 +203,66 @@ impl Shared {
         }
     }
 
-    /// Hand a listener's sockets (one per worker) to the workers.
+    /// Hand a listener's sockets to the workers (one per worker when bound here; those
+    /// inherited from an upgrade are spread over the workers, whatever their number).
     pub(crate) fn start_listener(
         &self,
         slot: &Arc<ListenerSlot>,
         socks: Vec<std::net::TcpListener>,
     ) {
-        for (tx, sock) in self.worker_tx.iter().zip(socks) {
+        for (j, sock) in socks.into_iter().enumerate() {
+            match sock.try_clone() {
+                Ok(c) => {
+                    if let Ok(mut f) = slot.fds.lock() {
+                        f.push(c);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(listener = %slot.name, error = %e, "cannot keep a copy of a listening socket (upgrades will not get it)")
+                }
+            }
+            let tx = &self.worker_tx[j % self.worker_tx.len()];
             if tx.send(WorkerCmd::Listen(sock, slot.clone())).is_err() {
                 tracing::error!(listener = %slot.name, "a worker thread is gone");
             }
         }
+    }
+
+    /// Every listening socket with what it is, for a new binary.
+    pub(crate) fn sockets_for_upgrade(&self) -> Vec<(handoff::FdInfo, std::net::TcpListener)> {
+        let mut out = Vec::new();
+        for slot in self.listeners.lock().map(|l| l.clone()).unwrap_or_default() {
+            let copies: Vec<std::net::TcpListener> = slot
+                .fds
+                .lock()
+                .map(|f| f.iter().filter_map(|s| s.try_clone().ok()).collect())
+                .unwrap_or_default();
+            for f in copies {
+                out.push((
+                    handoff::FdInfo {
+                        name: slot.name.clone(),
+                        address: slot.address,
+                        admin: false,
+                    },
+                    f,
+                ));
+            }
+        }
+        if let Ok(guard) = self.admin_fd.lock() {
+            if let Some((addr, l)) = guard.as_ref() {
+                if let Ok(c) = l.try_clone() {
+                    out.push((
+                        handoff::FdInfo {
+                            name: String::new(),
+                            address: *addr,
+                            admin: true,
+                        },
+                        c,
+                    ));
+                }
+            }
+        }
+        out
     }
 
     pub(crate) fn new_pool(&self, cfg: &rampart_topology::lb::Pool) -> Arc<PoolHandle> {
@@ -227,6 +286,22 @@ impl Shared {
 /// let in-flight requests finish within the grace period, return.
 pub fn run(config: LbConfig, opts: RunOptions) -> Result<(), LbError> {
     let workers = opts.threads.max(1);
+    // The control runtime and the signal handlers first: a signal that comes as soon as
+    // the ports answer must find its handler (SIGHUP's default is to terminate).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(LbError::Runtime)?;
+    let signals = {
+        let _enter = rt.enter();
+        use tokio::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::terminate()).map_err(LbError::Runtime)?,
+            signal(SignalKind::interrupt()).map_err(LbError::Runtime)?,
+            signal(SignalKind::hangup()).map_err(LbError::Runtime)?,
+            signal(SignalKind::user_defined2()).map_err(LbError::Runtime)?,
+        )
+    };
     let mut worker_tx = Vec::new();
     let mut worker_rx = Vec::new();
     for _ in 0..workers {
@@ -247,7 +322,12 @@ pub fn run(config: LbConfig, opts: RunOptions) -> Result<(), LbError> {
         started_at: Instant::now(),
         reloads: AtomicU64::new(0),
         reload_failures: AtomicU64::new(0),
+        admin_fd: Mutex::new(None),
+        stop: CancellationToken::new(),
+        upgrading: std::sync::atomic::AtomicBool::new(false),
     });
+    // Started by an upgrade: the previous process's sockets.
+    let mut inherited = handoff::receive_from_env().map_err(LbError::Handoff)?;
     let pools: Vec<Arc<PoolHandle>> = config.pools.iter().map(|p| shared.new_pool(p)).collect();
 
     // Bind every socket before starting anything, so a busy port fails the start.
@@ -256,9 +336,11 @@ pub fn run(config: LbConfig, opts: RunOptions) -> Result<(), LbError> {
         let Some(pool) = pools.get(l.pool).cloned() else {
             continue;
         };
-        let mut socks = Vec::new();
-        for _ in 0..workers {
-            socks.push(bind(&l.name, l.address)?);
+        let mut socks = inherited.take_listener(&l.name, l.address);
+        if socks.is_empty() {
+            for _ in 0..workers {
+                socks.push(bind(&l.name, l.address)?);
+            }
         }
         let stats = Arc::new(ListenerStats::new(workers));
         let rt = shared.listener_rt(l, pool.clone(), &config, stats.clone());
@@ -269,6 +351,7 @@ pub fn run(config: LbConfig, opts: RunOptions) -> Result<(), LbError> {
             current: ArcSwap::from_pointee(rt),
             stop: CancellationToken::new(),
             stats,
+            fds: Mutex::new(Vec::new()),
         });
         tracing::info!(listener = %l.name, address = %l.address, mode = %l.mode,
             pool = %pool.name, algorithm = %pool.get().cfg.algorithm, servers = pool.get().servers.len(), threads = workers,
@@ -276,9 +359,16 @@ pub fn run(config: LbConfig, opts: RunOptions) -> Result<(), LbError> {
         bound.push((slot, socks));
     }
     let admin_listener = match &config.admin {
-        Some(a) => Some(admin::bind(a)?),
+        Some(a) => Some(admin::bind(a, inherited.take_admin(a.address))?),
         None => None,
     };
+    if let Some((l, _)) = &admin_listener {
+        if let (Ok(c), Ok(addr), Ok(mut slot)) =
+            (l.try_clone(), l.local_addr(), shared.admin_fd.lock())
+        {
+            *slot = Some((addr, c));
+        }
+    }
     if let Some(p) = &opts.pid_file {
         std::fs::write(p, format!("{}\n", std::process::id())).map_err(|source| {
             LbError::PidFile {
@@ -332,10 +422,6 @@ pub fn run(config: LbConfig, opts: RunOptions) -> Result<(), LbError> {
         handles.push(h);
     }
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(LbError::Runtime)?;
     let result = rt.block_on(async {
         for p in &pools {
             health::spawn_checks(p);
@@ -343,15 +429,24 @@ pub fn run(config: LbConfig, opts: RunOptions) -> Result<(), LbError> {
         if let Some((l, a)) = admin_listener {
             admin::spawn(l, a, shared.clone()).map_err(LbError::Admin)?;
         }
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).map_err(LbError::Runtime)?;
-        let mut int = signal(SignalKind::interrupt()).map_err(LbError::Runtime)?;
-        let mut hup = signal(SignalKind::hangup()).map_err(LbError::Runtime)?;
+        let (mut term, mut int, mut hup, mut usr2) = signals;
+        // Accepting on every socket now: a previous process may stop.
+        inherited.ready();
         let mut poll_workers = tokio::time::interval(Duration::from_millis(500));
         loop {
             tokio::select! {
                 _ = int.recv() => break,
                 _ = term.recv() => break,
+                _ = shared.stop.cancelled() => break,
+                _ = usr2.recv() => {
+                    tracing::info!("SIGUSR2: upgrading to the binary on disk");
+                    let sh = shared.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = upgrade(&sh).await {
+                            tracing::error!("upgrade failed, this process keeps serving: {e}");
+                        }
+                    });
+                }
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP: reloading the configuration");
                     if let Err(e) = reload::reload(&shared) {
@@ -371,17 +466,59 @@ pub fn run(config: LbConfig, opts: RunOptions) -> Result<(), LbError> {
             .lock()
             .map(|c| c.grace)
             .unwrap_or(Duration::from_secs(30));
-        drain(grace).await;
+        drain(&shared, grace).await;
         Ok(())
     });
     if let Some(p) = &opts.pid_file {
-        let _ = std::fs::remove_file(p);
+        // Only our own: after an upgrade the new process has written its pid there.
+        let ours = std::fs::read_to_string(p)
+            .map(|t| t.trim() == std::process::id().to_string())
+            .unwrap_or(false);
+        if ours {
+            let _ = std::fs::remove_file(p);
+        }
     }
     result
 }
 
+/// Start the binary on disk with the same arguments, hand it the listening sockets,
+/// and once it accepts, stop this process (gracefully). Returns the new pid.
+pub(crate) async fn upgrade(shared: &Arc<Shared>) -> Result<u32, String> {
+    if shared.upgrading.swap(true, Ordering::AcqRel) {
+        return Err("an upgrade is already in progress".into());
+    }
+    let sockets = shared.sockets_for_upgrade();
+    let r = tokio::task::spawn_blocking(move || handoff::upgrade(sockets))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+    match &r {
+        Ok(pid) => {
+            tracing::info!(new_pid = pid, "upgrade done: stopping this process");
+            shared.stop.cancel();
+        }
+        Err(_) => shared.upgrading.store(false, Ordering::Release),
+    }
+    r
+}
+
 /// Stop accepting, close idle connections, wait for the open ones to finish within `grace`.
-async fn drain(grace: Duration) {
+async fn drain(shared: &Shared, grace: Duration) {
+    // Our copies of the listening sockets go: once the accept loops end, the sockets
+    // close (or live on only in a process they were handed to).
+    for slot in shared
+        .listeners
+        .lock()
+        .map(|l| l.clone())
+        .unwrap_or_default()
+    {
+        if let Ok(mut f) = slot.fds.lock() {
+            f.clear();
+        }
+    }
+    if let Ok(mut a) = shared.admin_fd.lock() {
+        *a = None;
+    }
     let open = active_connections();
     tracing::info!(open_connections = open, grace = ?grace, "stopping: no new connections, finishing in-flight requests");
     shutdown_token().cancel();

@@ -138,6 +138,7 @@ pub fn apply(shared: &Arc<Shared>, new: LbConfig) -> Result<(), ControlError> {
                     current: ArcSwap::from_pointee(rt),
                     stop: CancellationToken::new(),
                     stats,
+                    fds: std::sync::Mutex::new(Vec::new()),
                 });
                 if let Some(i) = new_socks.iter().position(|(n, _)| *n == l.name) {
                     let (_, socks) = new_socks.swap_remove(i);
@@ -152,6 +153,9 @@ pub fn apply(shared: &Arc<Shared>, new: LbConfig) -> Result<(), ControlError> {
         if !listeners.iter().any(|n| Arc::ptr_eq(n, s)) {
             tracing::info!(listener = %s.name, address = %s.address, "listener removed");
             s.stop.cancel();
+            if let Ok(mut f) = s.fds.lock() {
+                f.clear();
+            }
         }
     }
 

@@ -63,6 +63,10 @@ pub enum LbCommand {
     Ctl(CtlArgs),
     /// Make a running load balancer re-read its config (admin API, or SIGHUP by pid file).
     Reload(ReloadArgs),
+    /// Replace a running load balancer by the binary now on disk without refusing a
+    /// connection: it starts it, hands over its sockets, then drains (admin API, or
+    /// SIGUSR2 by pid file).
+    Upgrade(ReloadArgs),
 }
 
 #[derive(Args, Debug)]
@@ -164,7 +168,8 @@ pub struct ReloadArgs {
 pub fn run(args: LbArgs) -> anyhow::Result<()> {
     match args.command {
         Some(LbCommand::Ctl(c)) => return ctl_run(c),
-        Some(LbCommand::Reload(r)) => return reload_run(r),
+        Some(LbCommand::Reload(r)) => return reload_run(r, false),
+        Some(LbCommand::Upgrade(r)) => return reload_run(r, true),
         None => {}
     }
     let loader: Option<rampart_lb::Loader> = args.config.clone().map(|path| {
@@ -266,17 +271,27 @@ fn serde_json_pretty(v: &rampart_lb::ctl::Json) -> String {
     rampart_lb::ctl::pretty(v)
 }
 
-fn reload_run(r: ReloadArgs) -> anyhow::Result<()> {
+fn reload_run(r: ReloadArgs, upgrade: bool) -> anyhow::Result<()> {
     if let Some(admin) = r.admin {
         let client = AdminClient {
             addr: admin,
             token: r.token,
         };
-        client.reload()?;
-        println!("reloaded");
+        if upgrade {
+            let pid = client.upgrade()?;
+            println!("upgraded: the new process is pid {pid}; the old one drains and exits");
+        } else {
+            client.reload()?;
+            println!("reloaded");
+        }
     } else if let Some(p) = r.pid_file {
-        ctl::signal_reload(&p)?;
-        println!("SIGHUP sent; the lb's log says whether the new config was applied");
+        if upgrade {
+            ctl::signal(&p, ctl::Signal::SIGUSR2)?;
+            println!("SIGUSR2 sent; the lb's log says whether the upgrade happened");
+        } else {
+            ctl::signal(&p, ctl::Signal::SIGHUP)?;
+            println!("SIGHUP sent; the lb's log says whether the new config was applied");
+        }
     }
     Ok(())
 }

@@ -188,6 +188,8 @@ async fn admin_api_shows_state_metrics_and_the_stats_page_behind_a_token() {
         401
     );
     let auth = [("Authorization", "Bearer s3cret")];
+    // Health checks every 200 ms: the first one has been recorded by now.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let (s, body) = lb.api("GET", "/api/state", &auth, "").await;
     assert_eq!(s, 200, "{body}");
     let st: Value = serde_json::from_str(&body).unwrap();
@@ -542,58 +544,7 @@ async fn twenty_reloads_under_load_lose_no_request_and_refuse_no_connection() {
     let with_c = config(&servers(&[(&a, 1), (&b, 1), (&c, 2)]), "");
     let without_c = config(&servers(&[(&a, 1), (&b, 2)]), "");
     let lb = OpsLb::start(&without_c, &[]).await;
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let refused = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let mut clients = Vec::new();
-    for i in 0..6 {
-        let (stop, ok, failed, refused, errors) = (
-            stop.clone(),
-            ok.clone(),
-            failed.clone(),
-            refused.clone(),
-            errors.clone(),
-        );
-        let addr = lb.addr;
-        // Half keep their connection, half open a new one per request.
-        let keep = i % 2 == 0;
-        clients.push(tokio::spawn(async move {
-            let mut cl: Option<Client> = None;
-            while !stop.load(Ordering::Relaxed) {
-                if cl.is_none() {
-                    match Client::connect(addr).await {
-                        Ok(c) => cl = Some(c),
-                        Err(e) => {
-                            refused.fetch_add(1, Ordering::Relaxed);
-                            errors.lock().unwrap().push(format!("connect: {e}"));
-                            continue;
-                        }
-                    }
-                }
-                let Some(c) = cl.as_mut() else { continue };
-                match c.get("/").await {
-                    Ok((200, _)) => {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok((s, body)) => {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                        errors.lock().unwrap().push(format!("{s} {body}"));
-                    }
-                    Err(e) => {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                        errors.lock().unwrap().push(format!("request: {e}"));
-                        cl = None;
-                    }
-                }
-                if !keep {
-                    cl = None;
-                }
-            }
-        }));
-    }
+    let load = Load::start(lb.addr, 6);
     for i in 0..20 {
         tokio::time::sleep(Duration::from_millis(150)).await;
         lb.write(if i % 2 == 0 { &with_c } else { &without_c });
@@ -614,23 +565,175 @@ async fn twenty_reloads_under_load_lose_no_request_and_refuse_no_connection() {
         lb.proc.log_text()
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.await.unwrap();
-    }
-    let (ok, failed, refused) = (
-        ok.load(Ordering::Relaxed),
-        failed.load(Ordering::Relaxed),
-        refused.load(Ordering::Relaxed),
-    );
-    assert_eq!(
-        (failed, refused),
-        (0, 0),
-        "ok {ok}: {:?}",
-        errors.lock().unwrap()
-    );
-    assert!(ok > 200, "too little load: {ok}");
+    load.finish(200).await;
     assert!(c.hits() > 0, "c never served during the reloads");
     let st = lb.state().await;
     assert_eq!(st["reloads"], 20);
+}
+
+/// A bounded load: `n` clients in a loop, half on keep-alive connections, half with a
+/// new connection per request; every failure is counted.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    refused: Arc<AtomicU64>,
+    errors: Arc<std::sync::Mutex<Vec<String>>>,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(addr: SocketAddr, n: usize) -> Load {
+        let mut l = Load {
+            stop: Arc::new(AtomicBool::new(false)),
+            ok: Arc::new(AtomicU64::new(0)),
+            failed: Arc::new(AtomicU64::new(0)),
+            refused: Arc::new(AtomicU64::new(0)),
+            errors: Arc::new(std::sync::Mutex::new(Vec::new())),
+            clients: Vec::new(),
+        };
+        for i in 0..n {
+            let (stop, ok, failed, refused, errors) = (
+                l.stop.clone(),
+                l.ok.clone(),
+                l.failed.clone(),
+                l.refused.clone(),
+                l.errors.clone(),
+            );
+            let keep = i % 2 == 0;
+            l.clients.push(tokio::spawn(async move {
+                let mut cl: Option<Client> = None;
+                while !stop.load(Ordering::Relaxed) {
+                    if cl.is_none() {
+                        match Client::connect(addr).await {
+                            Ok(c) => cl = Some(c),
+                            Err(e) => {
+                                refused.fetch_add(1, Ordering::Relaxed);
+                                errors.lock().unwrap().push(format!("connect: {e}"));
+                                continue;
+                            }
+                        }
+                    }
+                    let Some(c) = cl.as_mut() else { continue };
+                    // Closed by the server between requests (`Connection: close` when a
+                    // process stops): a client reconnects; nothing was sent, nothing lost.
+                    if !c.usable().await {
+                        cl = None;
+                        continue;
+                    }
+                    match c.get("/").await {
+                        Ok((200, _)) => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok((s, body)) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            errors.lock().unwrap().push(format!("{s} {body}"));
+                        }
+                        Err(e) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            errors.lock().unwrap().push(format!("request: {e}"));
+                            cl = None;
+                        }
+                    }
+                    if !keep {
+                        cl = None;
+                    }
+                }
+            }));
+        }
+        l
+    }
+
+    /// Stop; assert nothing failed and at least `min_ok` requests succeeded.
+    async fn finish(self, min_ok: u64) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        for c in self.clients {
+            c.await.unwrap();
+        }
+        let ok = self.ok.load(Ordering::Relaxed);
+        let failed = self.failed.load(Ordering::Relaxed);
+        let refused = self.refused.load(Ordering::Relaxed);
+        assert_eq!(
+            (failed, refused),
+            (0, 0),
+            "ok {ok}: {:?}",
+            self.errors.lock().unwrap()
+        );
+        assert!(ok >= min_ok, "too little load: {ok}");
+        ok
+    }
+}
+
+fn pid_in(path: &str) -> Option<u32> {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+}
+
+fn gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(s) => s.contains(") Z"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_upgrades_under_load_lose_no_request_and_refuse_no_connection() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let lb = OpsLb::start(
+        &config(
+            &servers(&[(&a, 1), (&b, 1)]),
+            "[shutdown]\ngrace = \"5s\"\n",
+        ),
+        &[],
+    )
+    .await;
+    let old = lb.proc.pid();
+    let pid_file = lb.pid_file();
+    let load = Load::start(lb.addr, 6);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // By signal: a new process takes the sockets, the old one drains and exits 0.
+    let (ok, out) = lb.cli(&["upgrade", "--pid-file", &pid_file]).await;
+    assert!(ok, "{out}");
+    assert!(
+        wait_for(
+            || pid_in(&pid_file).is_some_and(|p| p != old),
+            Duration::from_secs(15)
+        )
+        .await,
+        "{}",
+        lb.proc.log_text()
+    );
+    let new = pid_in(&pid_file).unwrap();
+    let (code, lb) = tokio::task::spawn_blocking(move || {
+        let mut lb = lb;
+        let c = lb.proc.wait_exit(Duration::from_secs(10));
+        (c, lb)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code.unwrap(), Some(0), "{}", lb.proc.log_text());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(lb.state().await["pid"], new);
+
+    // Through the admin API (served by the new process now).
+    let (ok, out) = lb.cli(&["upgrade", "--admin", "{ADMIN}"]).await;
+    assert!(ok, "{out}");
+    let newer = pid_in(&pid_file).unwrap();
+    assert_ne!(newer, new);
+    assert!(
+        wait_for(|| gone(new), Duration::from_secs(10)).await,
+        "the second process did not exit:\n{}",
+        lb.proc.log_text()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(lb.state().await["pid"], newer);
+    load.finish(200).await;
+    assert!(a.hits() > 0 && b.hits() > 0);
+    assert!(lb
+        .proc
+        .log_text()
+        .contains("took over the listening sockets"));
 }

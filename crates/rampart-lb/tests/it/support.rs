@@ -282,6 +282,12 @@ impl Client {
         Ok(Client { sender })
     }
 
+    /// Whether the connection can take a request (false once the server closed it, e.g.
+    /// after answering with `Connection: close`).
+    pub async fn usable(&mut self) -> bool {
+        self.sender.ready().await.is_ok()
+    }
+
     /// GET `path`: (status, body).
     pub async fn get(&mut self, path: &str) -> Result<(u16, String), hyper::Error> {
         self.request(

@@ -1,0 +1,291 @@
+//! Binary upgrade without a refused connection: the running process starts the new
+//! binary (`current_exe`, same arguments) and hands it every listening socket (each
+//! listener's per-worker sockets and the admin socket) over a unix socket with
+//! `SCM_RIGHTS`; once the new process accepts on them it says "ready" and the old one
+//! stops accepting and drains (the sockets stay open in the new process, so no queued
+//! connection is lost). If the new process fails, the old one keeps serving.
+//!
+//! File descriptors travel through rustix's safe `sendmsg`/`recvmsg`, which hand out
+//! `OwnedFd`s: no `unsafe` here.
+
+use std::io::{IoSlice, IoSliceMut, Read, Write};
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
+use serde::{Deserialize, Serialize};
+
+/// The environment variable that tells a new process where to get its sockets.
+pub const HANDOFF_ENV: &str = "RAMPART_LB_HANDOFF";
+
+/// The kernel's limit of descriptors in one message.
+const MAX_FDS: usize = 253;
+
+/// What one passed descriptor is.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FdInfo {
+    /// The listener's name; empty for the admin socket.
+    pub name: String,
+    pub address: SocketAddr,
+    pub admin: bool,
+}
+
+/// Sockets received from the previous process.
+#[derive(Default)]
+pub struct Inherited {
+    pub sockets: Vec<(FdInfo, std::net::TcpListener)>,
+    /// Where to say "ready".
+    pub channel: Option<UnixStream>,
+}
+
+impl Inherited {
+    /// Take the sockets of listener `name` at `address`.
+    pub fn take_listener(&mut self, name: &str, address: SocketAddr) -> Vec<std::net::TcpListener> {
+        let (take, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.sockets)
+            .into_iter()
+            .partition(|(i, _)| !i.admin && i.name == name && i.address == address);
+        self.sockets = keep;
+        take.into_iter().map(|(_, s)| s).collect()
+    }
+
+    pub fn take_admin(&mut self, address: SocketAddr) -> Option<std::net::TcpListener> {
+        let i = self
+            .sockets
+            .iter()
+            .position(|(i, _)| i.admin && i.address == address)?;
+        Some(self.sockets.remove(i).1)
+    }
+
+    /// Tell the previous process we accept on its sockets now.
+    pub fn ready(&mut self) {
+        if let Some(mut c) = self.channel.take() {
+            if let Err(e) = c.write_all(b"R") {
+                tracing::warn!(error = %e, "could not tell the previous process we are ready");
+            }
+        }
+    }
+}
+
+/// In a process started by an upgrade, fetch the sockets (blocking, at start-up).
+pub fn receive_from_env() -> Result<Inherited, String> {
+    let Some(path) = std::env::var_os(HANDOFF_ENV) else {
+        return Ok(Inherited::default());
+    };
+    let path = PathBuf::from(path);
+    receive(&path)
+        .map_err(|e| format!("receive the listening sockets from {}: {e}", path.display()))
+}
+
+fn receive(path: &Path) -> std::io::Result<Inherited> {
+    let stream = UnixStream::connect(path)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut data = vec![0u8; 64 * 1024];
+    let mut space = vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut iov = [IoSliceMut::new(&mut data)];
+    let msg = rustix::net::recvmsg(&stream, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC)?;
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(it) = m {
+            fds.extend(it);
+        }
+    }
+    let infos: Vec<FdInfo> = serde_json::from_slice(&data[..msg.bytes])
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    if infos.len() != fds.len() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} sockets described, {} received", infos.len(), fds.len()),
+        ));
+    }
+    let sockets = infos
+        .into_iter()
+        .zip(fds)
+        .map(|(i, fd)| {
+            let l = std::net::TcpListener::from(fd);
+            l.set_nonblocking(true).map(|()| (i, l))
+        })
+        .collect::<std::io::Result<Vec<_>>>()?;
+    tracing::info!(
+        sockets = sockets.len(),
+        "took over the listening sockets of the previous process"
+    );
+    stream.set_read_timeout(None)?;
+    Ok(Inherited {
+        sockets,
+        channel: Some(stream),
+    })
+}
+
+/// Send `sockets` to the process connected on `stream`.
+pub fn send(
+    stream: &UnixStream,
+    sockets: &[(FdInfo, std::net::TcpListener)],
+) -> std::io::Result<()> {
+    if sockets.len() > MAX_FDS {
+        return Err(std::io::Error::other(format!(
+            "{} listening sockets, at most {MAX_FDS} can be handed over",
+            sockets.len()
+        )));
+    }
+    let infos: Vec<&FdInfo> = sockets.iter().map(|(i, _)| i).collect();
+    let data = serde_json::to_vec(&infos).map_err(std::io::Error::other)?;
+    let fds: Vec<_> = sockets.iter().map(|(_, s)| s.as_fd()).collect();
+    let mut space = vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+        return Err(std::io::Error::other("control buffer too small"));
+    }
+    let n = rustix::net::sendmsg(
+        stream,
+        &[IoSlice::new(&data)],
+        &mut control,
+        SendFlags::empty(),
+    )?;
+    if n != data.len() {
+        return Err(std::io::Error::other("short write of the socket list"));
+    }
+    Ok(())
+}
+
+/// Start the new binary and hand it `sockets`; returns its pid once it says it accepts.
+/// Blocking (run it on a blocking thread).
+pub fn upgrade(sockets: Vec<(FdInfo, std::net::TcpListener)>) -> Result<u32, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("find the current executable: {e}"))?;
+    let path = std::env::temp_dir().join(format!("rampart-lb-upgrade-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let listener = std::os::unix::net::UnixListener::bind(&path)
+        .map_err(|e| format!("bind {}: {e}", path.display()))?;
+    let _cleanup = RemoveOnDrop(path.clone());
+    let mut child = std::process::Command::new(&exe)
+        .args(std::env::args_os().skip(1))
+        .env(HANDOFF_ENV, &path)
+        .spawn()
+        .map_err(|e| format!("start {}: {e}", exe.display()))?;
+    let pid = child.id();
+    tracing::info!(pid, exe = %exe.display(), "upgrade: started the new process");
+    // Wait for it to connect (or die).
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("unix socket: {e}"))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let stream = loop {
+        match listener.accept() {
+            Ok((s, _)) => break s,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(format!(
+                        "the new process exited ({status}) before taking the sockets"
+                    ));
+                }
+                if std::time::Instant::now() > deadline {
+                    let _ = child.kill();
+                    return Err("the new process did not connect within 20 s".into());
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(format!("accept on the upgrade socket: {e}")),
+        }
+    };
+    stream
+        .set_nonblocking(false)
+        .map_err(|e| format!("unix socket: {e}"))?;
+    send(&stream, &sockets).map_err(|e| format!("hand over the sockets: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| format!("unix socket: {e}"))?;
+    let mut b = [0u8; 1];
+    let mut s = stream;
+    match s.read(&mut b) {
+        Ok(1) if b[0] == b'R' => {
+            tracing::info!(
+                pid,
+                "upgrade: the new process accepts; this one stops accepting and drains"
+            );
+            // Reap it later, never leave a zombie behind if we outlive it.
+            std::thread::spawn(move || {
+                let _ = child.wait();
+            });
+            Ok(pid)
+        }
+        _ => {
+            let status = child.try_wait().ok().flatten();
+            Err(format!(
+                "the new process (pid {pid}) did not report ready{}",
+                status
+                    .map(|s| format!("; it exited ({s})"))
+                    .unwrap_or_default()
+            ))
+        }
+    }
+}
+
+struct RemoveOnDrop(PathBuf);
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockets_travel_with_their_names_and_still_listen() {
+        let l1 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let l2 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (a1, a2) = (l1.local_addr().unwrap(), l2.local_addr().unwrap());
+        let (tx, rx) = UnixStream::pair().unwrap();
+        let sockets = vec![
+            (
+                FdInfo {
+                    name: "web".into(),
+                    address: a1,
+                    admin: false,
+                },
+                l1,
+            ),
+            (
+                FdInfo {
+                    name: String::new(),
+                    address: a2,
+                    admin: true,
+                },
+                l2,
+            ),
+        ];
+        send(&tx, &sockets).unwrap();
+        drop(sockets); // the receiver's copies keep them open
+        let dir = std::env::temp_dir().join(format!("rampart-handoff-test-{}", std::process::id()));
+        let _ = dir; // (receive() connects by path; exercise the message path directly)
+        let mut data = vec![0u8; 4096];
+        let mut space = vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let mut iov = [IoSliceMut::new(&mut data)];
+        let msg =
+            rustix::net::recvmsg(&rx, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC).unwrap();
+        let mut fds = Vec::new();
+        for m in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(it) = m {
+                fds.extend(it);
+            }
+        }
+        let infos: Vec<FdInfo> = serde_json::from_slice(&data[..msg.bytes]).unwrap();
+        assert_eq!(infos.len(), 2);
+        assert_eq!(fds.len(), 2);
+        let web = std::net::TcpListener::from(fds.remove(0));
+        assert_eq!(web.local_addr().unwrap(), a1);
+        let _c = std::net::TcpStream::connect(a1).unwrap();
+        assert!(web.accept().is_ok());
+        assert!(infos[1].admin);
+    }
+}
