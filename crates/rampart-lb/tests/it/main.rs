@@ -7,5 +7,6 @@ mod algorithms;
 mod config;
 mod failures;
 mod ops;
+mod postgres;
 mod protocols;
 mod support;

@@ -215,6 +215,13 @@ pub struct Lb {
 impl Lb {
     /// Start `rampart lb --config` with `config`, where `{LISTEN}` is replaced by a free address.
     pub async fn start(config: &str) -> Lb {
+        Lb::start_threads(config, 2).await
+    }
+
+    /// [`Lb::start`] with `threads` workers. With one, connections are accepted (and
+    /// balanced) in the order they were made; with more, the probe connection that waits
+    /// for the port may be accepted by another worker after the test's first connections.
+    pub async fn start_threads(config: &str, threads: usize) -> Lb {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let dir = TempDir::new().unwrap();
         let path = dir.path().join("lb.toml");
@@ -224,7 +231,7 @@ impl Lb {
             .arg("--config")
             .arg(&path)
             .arg("--threads")
-            .arg("2");
+            .arg(threads.to_string());
         cmd.env("RUST_LOG", "info,rampart_lb=debug");
         let proc = Proc::spawn("rampart lb", cmd, &dir.path().join("lb.log"));
         let lb = Lb {
