@@ -8,10 +8,26 @@
 //! allow = ["127.0.0.1/32"]           # who may reach the dashboard (CIDRs)
 //! token_env = "RAMPART_MONITOR_TOKEN" # optional: bearer token for the dashboard
 //!
+//! retention = "30m"                 # samples kept per series (in memory)
+//!
 //! [[monitor.alerts]]                 # where alerts go
 //! name = "ops"
 //! kind = "log"                       # "log" or "webhook"
-//! # url = "https://hooks.example/ops" # webhook only
+//! # url = "http://127.0.0.1:9099/hook" # webhook only: POST of a JSON body (plain HTTP)
+//!
+//! [[monitor.rules]]                  # alert rules added to the built-in ones
+//! name = "WebSlow"                   # a rule named like a built-in one replaces it
+//! series = 'rampart_web_request_duration_seconds_sum{kind="App"}'
+//! over = 'rampart_web_request_duration_seconds_count{kind="App"}'   # optional: a ratio
+//! reduce = "rate"                    # last | rate | avg | max | min (over `window`)
+//! window = "1m"
+//! by = ["instance"]                  # one alert per value of these labels ([] = one alert)
+//! aggregate = "sum"                  # sum | max | min | count (within a group)
+//! op = ">"                           # > >= < <= == !=
+//! threshold = 0.5
+//! for = "30s"                        # how long it must hold before it fires
+//! severity = "warning"               # info | warning | critical
+//! summary = "{{instance}}: app requests take {{value}} s on average"
 //! ```
 
 use std::net::SocketAddr;
@@ -19,6 +35,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
+
+use rampart_alert::{Aggregate, Cmp, Reduce, Rule, Selector, Severity};
 
 use crate::diag::{Diagnostic, Source};
 use crate::lb::{parse_duration, Cidr};
@@ -37,6 +55,35 @@ pub struct MonitorSection {
     pub token_env: Option<Spanned<String>>,
     #[serde(default)]
     pub alerts: Vec<RawAlertRoute>,
+    #[serde(default)]
+    pub retention: Option<Spanned<String>>,
+    #[serde(default)]
+    pub rules: Vec<RawRule>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub name: Spanned<String>,
+    pub series: Spanned<String>,
+    #[serde(default)]
+    pub over: Option<Spanned<String>>,
+    #[serde(default)]
+    pub reduce: Option<Spanned<String>>,
+    #[serde(default)]
+    pub window: Option<Spanned<String>>,
+    #[serde(default)]
+    pub by: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub aggregate: Option<Spanned<String>>,
+    pub op: Spanned<String>,
+    pub threshold: Spanned<f64>,
+    #[serde(default, rename = "for")]
+    pub for_: Option<Spanned<String>>,
+    #[serde(default)]
+    pub severity: Option<Spanned<String>>,
+    #[serde(default)]
+    pub summary: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -60,7 +107,7 @@ pub struct AlertRoute {
     pub kind: AlertKind,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MonitorConfig {
     pub name: String,
     pub listen: SocketAddr,
@@ -68,6 +115,103 @@ pub struct MonitorConfig {
     pub allow: Vec<Cidr>,
     pub token_env: Option<String>,
     pub alerts: Vec<AlertRoute>,
+    /// How long samples are kept in memory (default 30 min).
+    pub retention: Duration,
+    /// Rules added to (or, by name, replacing) the monitor's built-in rules.
+    pub rules: Vec<Rule>,
+}
+
+fn parse_rule(src: &Source, r: &RawRule, errs: &mut Vec<Diagnostic>) -> Option<Rule> {
+    let before = errs.len();
+    let enum_of = |v: &Option<Spanned<String>>, default: &str| -> String {
+        v.as_ref()
+            .map(|x| x.get_ref().clone())
+            .unwrap_or_else(|| default.to_string())
+    };
+    let reduce_s = enum_of(&r.reduce, "last");
+    let aggregate_s = enum_of(&r.aggregate, "max");
+    let severity_s = enum_of(&r.severity, "warning");
+    let mut at = |span: Option<std::ops::Range<usize>>, m: String| match span {
+        Some(s) => errs.push(src.error_at(s, m)),
+        None => errs.push(src.error_at(r.name.span(), m)),
+    };
+    let series = r
+        .series
+        .get_ref()
+        .parse::<Selector>()
+        .map_err(|m| at(Some(r.series.span()), m))
+        .ok();
+    let over = match &r.over {
+        None => None,
+        Some(o) => o
+            .get_ref()
+            .parse::<Selector>()
+            .map_err(|m| at(Some(o.span()), m))
+            .ok(),
+    };
+    let reduce = reduce_s
+        .parse::<Reduce>()
+        .map_err(|m| at(r.reduce.as_ref().map(|x| x.span()), m))
+        .ok();
+    let aggregate = aggregate_s
+        .parse::<Aggregate>()
+        .map_err(|m| at(r.aggregate.as_ref().map(|x| x.span()), m))
+        .ok();
+    let severity = severity_s
+        .parse::<Severity>()
+        .map_err(|m| at(r.severity.as_ref().map(|x| x.span()), m))
+        .ok();
+    let cmp =
+        r.op.get_ref()
+            .parse::<Cmp>()
+            .map_err(|m| at(Some(r.op.span()), m))
+            .ok();
+    let mut dur = |v: &Option<Spanned<String>>, default: Duration| match v {
+        None => Some(default),
+        Some(x) => parse_duration(x.get_ref())
+            .map_err(|m| at(Some(x.span()), m))
+            .ok(),
+    };
+    let window = dur(&r.window, Duration::from_secs(30));
+    let for_ = dur(&r.for_, Duration::ZERO);
+    let threshold = *r.threshold.get_ref();
+    if !threshold.is_finite() {
+        at(
+            Some(r.threshold.span()),
+            "threshold must be a finite number".into(),
+        );
+    }
+    if reduce == Some(Reduce::Rate) && window.is_some_and(|w| w < Duration::from_secs(1)) {
+        at(
+            r.window.as_ref().map(|x| x.span()),
+            "a rate needs a window of at least 1s (two scrapes or more)".into(),
+        );
+    }
+    let by = match &r.by {
+        None => vec!["instance".to_string()],
+        Some(v) => v.iter().map(|x| x.get_ref().clone()).collect(),
+    };
+    if errs.len() > before {
+        return None;
+    }
+    Some(Rule {
+        name: r.name.get_ref().clone(),
+        series: series?,
+        over,
+        reduce: reduce?,
+        window_ms: u64::try_from(window?.as_millis()).unwrap_or(u64::MAX),
+        by,
+        aggregate: aggregate?,
+        cmp: cmp?,
+        threshold,
+        for_ms: u64::try_from(for_?.as_millis()).unwrap_or(u64::MAX),
+        severity: severity?,
+        summary: r
+            .summary
+            .as_ref()
+            .map(|x| x.get_ref().clone())
+            .unwrap_or_default(),
+    })
 }
 
 pub(crate) fn validate(
@@ -121,10 +265,12 @@ pub(crate) fn validate(
                 AlertKind::Log
             }
             ("webhook", Some(u)) => {
-                if !(u.get_ref().starts_with("http://") || u.get_ref().starts_with("https://")) {
-                    errs.push(
-                        src.error_at(u.span(), "webhook url must start with http:// or https://"),
-                    );
+                if !u.get_ref().starts_with("http://") {
+                    errs.push(src.error_at(
+                        u.span(),
+                        "webhook url must start with http:// (the monitor posts plain HTTP; \
+                         for an https endpoint, post to a relay on the monitor's host)",
+                    ));
                 }
                 AlertKind::Webhook {
                     url: u.get_ref().clone(),
@@ -133,7 +279,7 @@ pub(crate) fn validate(
             ("webhook", None) => {
                 errs.push(src.error_at(
                     r.kind.span(),
-                    "a webhook alert route needs url = \"https://...\"",
+                    "a webhook alert route needs url = \"http://HOST:PORT/PATH\"",
                 ));
                 AlertKind::Log
             }
@@ -152,7 +298,40 @@ pub(crate) fn validate(
             kind,
         });
     }
+    let retention = match &s.retention {
+        None => Duration::from_secs(30 * 60),
+        Some(v) => match parse_duration(v.get_ref()) {
+            Ok(d) if d >= scrape_interval * 2 && d <= Duration::from_secs(24 * 3600) => d,
+            Ok(_) => {
+                errs.push(src.error_at(
+                    v.span(),
+                    "retention must be at least two scrape intervals and at most 24h",
+                ));
+                Duration::from_secs(30 * 60)
+            }
+            Err(m) => {
+                errs.push(src.error_at(v.span(), m));
+                Duration::from_secs(30 * 60)
+            }
+        },
+    };
+    let mut rules = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    for r in &s.rules {
+        if !names.insert(r.name.get_ref().clone()) {
+            errs.push(src.error_at(
+                r.name.span(),
+                format!("duplicate rule name \"{}\"", r.name.get_ref()),
+            ));
+            continue;
+        }
+        if let Some(rule) = parse_rule(src, r, errs) {
+            rules.push(rule);
+        }
+    }
     Some(MonitorConfig {
+        retention,
+        rules,
         name: s
             .name
             .as_ref()
@@ -164,4 +343,67 @@ pub(crate) fn validate(
         token_env: s.token_env.as_ref().map(|t| t.get_ref().clone()),
         alerts,
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn section(text: &str) -> (Source, MonitorSection) {
+        #[derive(Deserialize)]
+        struct F {
+            monitor: MonitorSection,
+        }
+        let src = Source::new("t.toml", text.to_string());
+        let f: F = src.parse().unwrap();
+        (src, f.monitor)
+    }
+
+    #[test]
+    fn rules_are_parsed_with_defaults_and_errors_carry_positions() {
+        let (src, s) = section(
+            r#"
+[monitor]
+listen = "127.0.0.1:9090"
+[[monitor.rules]]
+name = "Lag"
+series = "rampart_db_replication_lag_bytes"
+op = ">"
+threshold = 1e6
+for = "10s"
+[[monitor.rules]]
+name = "Bad"
+series = "x{a=b}"
+reduce = "median"
+op = "=>"
+threshold = 1
+"#,
+        );
+        let mut errs = Vec::new();
+        let c = validate(&src, &s, &mut errs).unwrap();
+        assert_eq!(c.rules.len(), 1);
+        let r = &c.rules[0];
+        assert_eq!(
+            (r.reduce, r.aggregate, r.for_ms, r.by.clone(), r.threshold),
+            (
+                Reduce::Last,
+                Aggregate::Max,
+                10_000,
+                vec!["instance".to_string()],
+                1e6
+            )
+        );
+        let msgs: Vec<String> = errs
+            .iter()
+            .map(|d| format!("{}:{} {}", d.line, d.col, d.message))
+            .collect();
+        assert_eq!(msgs.len(), 3, "{msgs:?}");
+        assert!(msgs[0].starts_with("12:10 bad label matcher"), "{msgs:?}");
+        assert!(
+            msgs[1].starts_with("13:10 unknown reduce \"median\""),
+            "{msgs:?}"
+        );
+        assert!(msgs[2].starts_with("14:6 unknown comparison"), "{msgs:?}");
+    }
 }

@@ -249,6 +249,10 @@ pub fn collect(r: &Resolved) -> Vec<NodeStatus> {
         } else {
             "down".to_string()
         };
+        let mut details = BTreeMap::new();
+        if role == "active" {
+            monitor_details(m, &mut details);
+        }
         out.push(NodeStatus {
             name: m.name.clone(),
             kind: NodeKind::Monitor.as_str().into(),
@@ -256,10 +260,62 @@ pub fn collect(r: &Resolved) -> Vec<NodeStatus> {
             role,
             address: m.listen.to_string(),
             pid: pid_of(&m.name),
-            details: BTreeMap::new(),
+            details,
         });
     }
     out
+}
+
+/// The monitor's own view: targets up, alerts firing, the dashboard's URL.
+fn monitor_details(
+    m: &rampart_topology::monitor::MonitorConfig,
+    details: &mut BTreeMap<String, Value>,
+) {
+    let token = m
+        .token_env
+        .as_ref()
+        .and_then(|v| std::env::var(v).ok())
+        .map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = token
+        .as_deref()
+        .map(|t| vec![("Authorization", t)])
+        .unwrap_or_default();
+    let get = |path: &str| {
+        crate::http::request(m.listen, "GET", path, &headers, b"", T)
+            .ok()
+            .filter(|r| r.status == 200)
+            .and_then(|r| serde_json::from_str::<Value>(&r.body).ok())
+    };
+    details.insert(
+        "dashboard".into(),
+        Value::String(format!("http://{}/", m.listen)),
+    );
+    if let Some(ts) = get("/api/targets").and_then(|v| v.get("targets").cloned()) {
+        let all = ts.as_array().map(Vec::len).unwrap_or(0);
+        let up = ts
+            .as_array()
+            .map(|a| a.iter().filter(|t| t["up"] == Value::Bool(true)).count())
+            .unwrap_or(0);
+        details.insert("targets_up".into(), Value::String(format!("{up}/{all}")));
+    }
+    if let Some(a) = get("/api/alerts") {
+        let firing: Vec<Value> = a["alerts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|x| x["state"] == "firing")
+            .map(|x| {
+                let inst = x["labels"]["instance"].as_str().unwrap_or("");
+                let name = x["name"].as_str().unwrap_or("");
+                Value::String(if inst.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{name}:{inst}")
+                })
+            })
+            .collect();
+        details.insert("firing".into(), Value::Array(firing));
+    }
 }
 
 /// The human table.

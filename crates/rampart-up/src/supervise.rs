@@ -753,14 +753,18 @@ fn start_and_watch(
         if unavailable.iter().any(|u| u.kind == NodeKind::Monitor) {
             println!("  dashboard   not available: this binary has no `rampart monitor` role yet");
         } else {
-            println!("  dashboard   http://{}/", m.listen);
+            println!(
+                "  dashboard   http://{}/   (alerts: /api/alerts, targets: /api/targets)",
+                m.listen
+            );
         }
     }
     if t.tls.is_some() {
         println!("  https       not served: [tls] is in the topology, but rampart lb does not terminate TLS yet");
     }
     if t.firewall.is_some() {
-        println!("  firewall    not applied: rampart up never changes this machine's firewall");
+        println!("  firewall    not applied on one machine (every node shares loopback); see the per-node rulesets: rampart firewall --print --node NAME{}",
+            if r.builtin { String::new() } else { format!(" --config {}", r.origin) });
     }
     println!("  logs        {}", sup.logs.display());
     println!("\n  rampart status{}    rampart chaos kill-primary    Ctrl-C stops everything (data kept)\n",

@@ -7,6 +7,7 @@ mod chaos;
 mod db;
 mod init;
 mod lb;
+mod monitor;
 mod status;
 mod up;
 mod web;
@@ -44,6 +45,8 @@ enum Command {
     Chaos(chaos::ChaosArgs),
     /// Run the PostgreSQL agent (leader lease, failover), or operate the db cluster.
     Db(db::DbArgs),
+    /// Run the monitor: scrape every node, alert, serve the dashboard.
+    Monitor(monitor::MonitorArgs),
     /// Run a web/app server: static files, a proxy to your app, or the built-in guestbook.
     Web(Box<web::WebArgs>),
 }
@@ -60,6 +63,7 @@ fn main() -> anyhow::Result<()> {
         Command::Chaos(args) => chaos::run(args),
         Command::Db(args) => db::run(args),
         Command::Web(args) => web::run(*args),
+        Command::Monitor(args) => monitor::run(args),
     }
 }
 

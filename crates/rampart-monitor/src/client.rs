@@ -1,0 +1,104 @@
+//! A small async HTTP/1.1 client (hyper, one connection per request): scrapes and
+//! webhook POSTs. Every call is bounded by a timeout.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+
+/// Bodies bigger than this are refused (an exporter gone wrong must not eat the monitor).
+const MAX_BODY: usize = 8 << 20;
+
+/// What went wrong, in words for the targets page and logs.
+pub type ClientError = String;
+
+pub struct Reply {
+    pub status: u16,
+    pub body: Bytes,
+}
+
+/// `http://host:port/path` → (host:port, path). Only plain HTTP.
+pub fn split_url(url: &str) -> Result<(String, String), ClientError> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url}: only http:// URLs are supported"))?;
+    let (hostport, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let hostport = if hostport.contains(':') && !hostport.ends_with(']') {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:80")
+    };
+    Ok((hostport, path.to_string()))
+}
+
+async fn resolve(hostport: &str) -> Result<SocketAddr, ClientError> {
+    if let Ok(a) = hostport.parse() {
+        return Ok(a);
+    }
+    tokio::net::lookup_host(hostport)
+        .await
+        .map_err(|e| format!("resolve {hostport}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("resolve {hostport}: no address"))
+}
+
+pub async fn request(
+    hostport: &str,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: Bytes,
+    timeout: Duration,
+) -> Result<Reply, ClientError> {
+    let fut = async {
+        let addr = resolve(hostport).await?;
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("handshake {addr}: {e}"))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, hostport)
+            .header(hyper::header::USER_AGENT, "rampart-monitor");
+        if let Some(ct) = content_type {
+            req = req.header(hyper::header::CONTENT_TYPE, ct);
+        }
+        let req = req
+            .body(Full::new(body))
+            .map_err(|e| format!("build request: {e}"))?;
+        let resp = send
+            .send_request(req)
+            .await
+            .map_err(|e| format!("{method} {path} on {addr}: {e}"))?;
+        let status = resp.status().as_u16();
+        let body = Limited::new(resp.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| format!("read body from {addr}: {e}"))?
+            .to_bytes();
+        Ok(Reply { status, body })
+    };
+    tokio::time::timeout(timeout, fut).await.map_err(|_| {
+        format!(
+            "no answer from {hostport} within {} ms",
+            timeout.as_millis()
+        )
+    })?
+}
+
+pub async fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Reply, ClientError> {
+    request(&addr.to_string(), "GET", path, None, Bytes::new(), timeout).await
+}

@@ -1,0 +1,5 @@
+//! rampart-monitor's integration tests: real `rampart web`, `rampart db`, etcd and
+//! `rampart monitor` processes on loopback.
+
+mod access;
+mod scrape;
