@@ -104,7 +104,7 @@ pub fn rules(t: &Topology, interval: Duration) -> Vec<Rule> {
     out.push(r);
 
     for (name, metric, job) in [
-        ("Lb5xxRatioHigh", "rampart_lb_requests_total", "lb"),
+        ("Lb5xxRatioHigh", "rampart_listener_requests_total", "lb"),
         ("Web5xxRatioHigh", "rampart_web_requests_total", "web"),
     ] {
         let mut r = Rule::last(

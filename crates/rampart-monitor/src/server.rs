@@ -262,6 +262,21 @@ fn not_admin(name: &str) -> Selector {
     s
 }
 
+/// The request counter and the latency histogram of a job (lb: `rampart lb`'s listener
+/// metrics from its admin `/metrics`; web: `rampart web`'s).
+pub fn request_metrics(job: &str) -> (&'static str, &'static str) {
+    match job {
+        "lb" => (
+            "rampart_listener_requests_total",
+            "rampart_listener_response",
+        ),
+        _ => (
+            "rampart_web_requests_total",
+            "rampart_web_request_duration_seconds",
+        ),
+    }
+}
+
 /// Everything the dashboard draws, in one JSON document.
 pub fn overview_json(m: &Monitor, inner: &Inner, window_ms: u64) -> Value {
     let now = now_ms();
@@ -275,7 +290,8 @@ pub fn overview_json(m: &Monitor, inner: &Inner, window_ms: u64) -> Value {
         let inst = t.instance.as_str();
         match t.job.as_str() {
             "lb" | "web" => {
-                let total = not_admin(&format!("rampart_{}_requests_total", t.job));
+                let (requests, duration) = request_metrics(&t.job);
+                let total = not_admin(requests);
                 let mut bad = total.clone();
                 bad.matchers.push(rampart_alert::Matcher {
                     label: "class".into(),
@@ -284,18 +300,9 @@ pub fn overview_json(m: &Monitor, inner: &Inner, window_ms: u64) -> Value {
                 });
                 rps.push(json!({"name": inst, "job": t.job, "points": points(rate_by_time(store, &total, inst, since))}));
                 errors.push(json!({"name": inst, "job": t.job, "points": points(rate_by_time(store, &bad, inst, since))}));
-                let sum = rate_by_time(
-                    store,
-                    &not_admin(&format!("rampart_{}_request_duration_seconds_sum", t.job)),
-                    inst,
-                    since,
-                );
-                let count = rate_by_time(
-                    store,
-                    &not_admin(&format!("rampart_{}_request_duration_seconds_count", t.job)),
-                    inst,
-                    since,
-                );
+                let sum = rate_by_time(store, &not_admin(&format!("{duration}_sum")), inst, since);
+                let count =
+                    rate_by_time(store, &not_admin(&format!("{duration}_count")), inst, since);
                 let avg: BTreeMap<u64, f64> = sum
                     .into_iter()
                     .filter_map(|(t, s)| {

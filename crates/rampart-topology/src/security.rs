@@ -9,7 +9,9 @@
 //!
 //! [firewall]
 //! policy = "drop"               # what happens to incoming traffic no rule allows
-//! allow = [
+//! admin = ["10.0.0.0/24"]       # where operators come from: ssh, lb entries, agent APIs
+//! ssh = 22                      # the ssh port opened to `admin` (0: none)
+//! allow = [                     # extra openings, on every node
 //!   { port = 443, from = "0.0.0.0/0" },   # the site, from anywhere
 //!   { port = 5441, from = "10.0.0.0/8" }, # a database port, from the cluster's network
 //! ]
@@ -43,6 +45,10 @@ pub struct TlsSection {
 pub struct FirewallSection {
     #[serde(default)]
     pub policy: Option<Spanned<String>>,
+    #[serde(default)]
+    pub admin: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub ssh: Option<Spanned<i64>>,
     #[serde(default)]
     pub allow: Vec<Spanned<RawAllow>>,
 }
@@ -83,6 +89,10 @@ pub struct AllowRule {
 pub struct FirewallConfig {
     pub policy: Policy,
     pub allow: Vec<AllowRule>,
+    /// Networks operators come from (admin ports: ssh, lb entries, agent APIs, monitor).
+    pub admin: Vec<Cidr>,
+    /// The ssh port opened to `admin` (None: no ssh rule).
+    pub ssh: Option<u16>,
 }
 
 impl FirewallConfig {
@@ -189,5 +199,28 @@ pub(crate) fn validate_firewall(
             Err(m) => errs.push(src.error_at(r.from.span(), m)),
         }
     }
-    Some(FirewallConfig { policy, allow })
+    let mut admin = Vec::new();
+    for a in &s.admin {
+        match a.get_ref().parse::<Cidr>() {
+            Ok(c) => admin.push(c),
+            Err(m) => errs.push(src.error_at(a.span(), m)),
+        }
+    }
+    let ssh = match &s.ssh {
+        None => Some(22),
+        Some(p) => match u16::try_from(*p.get_ref()) {
+            Ok(0) => None,
+            Ok(p) => Some(p),
+            Err(_) => {
+                errs.push(src.error_at(p.span(), "ssh must be a port 1..=65535, or 0 for none"));
+                None
+            }
+        },
+    };
+    Some(FirewallConfig {
+        policy,
+        allow,
+        admin,
+        ssh,
+    })
 }

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 mod audit;
 mod chaos;
 mod db;
+mod firewall;
 mod init;
 mod lb;
 mod monitor;
@@ -45,6 +46,8 @@ enum Command {
     Chaos(chaos::ChaosArgs),
     /// Run the PostgreSQL agent (leader lease, failover), or operate the db cluster.
     Db(db::DbArgs),
+    /// Print, apply or remove a node's nftables firewall, from the topology.
+    Firewall(firewall::FirewallArgs),
     /// Run the monitor: scrape every node, alert, serve the dashboard.
     Monitor(monitor::MonitorArgs),
     /// Run a web/app server: static files, a proxy to your app, or the built-in guestbook.
@@ -64,6 +67,7 @@ fn main() -> anyhow::Result<()> {
         Command::Db(args) => db::run(args),
         Command::Web(args) => web::run(*args),
         Command::Monitor(args) => monitor::run(args),
+        Command::Firewall(args) => firewall::run(args),
     }
 }
 

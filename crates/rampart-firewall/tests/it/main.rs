@@ -1,0 +1,4 @@
+//! rampart-firewall's integration tests: rulesets applied with nft in network
+//! namespaces the test creates.
+
+mod netns;
