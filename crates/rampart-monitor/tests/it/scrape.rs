@@ -285,7 +285,11 @@ fn scrapes_real_nodes_alerts_on_a_dead_one_and_resolves_when_it_returns() {
     );
     let alerts = get_json(s.mon, "/api/alerts").expect("alerts");
     assert!(
-        alerts["alerts"].as_array().expect("list").iter().all(|a| a["state"] != "firing"),
+        alerts["alerts"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .all(|a| a["state"] != "firing"),
         "nothing fires on a healthy stack: {}",
         alerts["alerts"]
     );
