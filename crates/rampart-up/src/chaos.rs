@@ -137,7 +137,7 @@ fn post_message(site: SocketAddr, n: u64) -> Option<Acked> {
     if r.status != 201 {
         return None;
     }
-    let v: Value = serde_json::from_str(&r.body).ok()?;
+    let v: Value = serde_json::from_slice(&r.body).ok()?;
     Some(Acked {
         id: v.get("id")?.as_i64()?,
         token: r.header("x-rampart-token").map(str::to_string),
@@ -172,7 +172,7 @@ fn find_primary(r: &Resolved) -> Option<String> {
     let db = r.topology.db.as_ref()?;
     for n in &db.nodes {
         if let Ok(resp) = crate::http::get(n.api, "/cluster", Duration::from_secs(1)) {
-            if let Ok(v) = serde_json::from_str::<Value>(&resp.body) {
+            if let Ok(v) = serde_json::from_slice::<Value>(&resp.body) {
                 if let Some(l) = v.get("leader").and_then(Value::as_str) {
                     return Some(l.to_string());
                 }

@@ -15,7 +15,7 @@
 pub mod backoff;
 pub mod chaos;
 pub mod config;
-pub mod http;
+pub use rampart_http1 as http;
 pub mod plan;
 pub mod state;
 pub mod status;

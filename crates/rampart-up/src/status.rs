@@ -38,7 +38,7 @@ const T: Duration = Duration::from_millis(800);
 fn get_json(addr: SocketAddr, path: &str) -> Option<Value> {
     let r = crate::http::get(addr, path, T).ok()?;
     (r.status == 200)
-        .then(|| serde_json::from_str(&r.body).ok())
+        .then(|| serde_json::from_slice(&r.body).ok())
         .flatten()
 }
 
@@ -53,7 +53,7 @@ fn etcd_status(addr: SocketAddr) -> Option<Value> {
     )
     .ok()?;
     (r.status == 200)
-        .then(|| serde_json::from_str(&r.body).ok())
+        .then(|| serde_json::from_slice(&r.body).ok())
         .flatten()
 }
 
@@ -65,7 +65,7 @@ fn web_requests(addr: SocketAddr) -> Option<f64> {
         return None;
     }
     Some(
-        r.body
+        r.text()
             .lines()
             .filter(|l| {
                 l.starts_with("rampart_web_requests_total") && !l.contains("kind=\"Admin\"")
@@ -284,7 +284,7 @@ fn monitor_details(
         crate::http::request(m.listen, "GET", path, &headers, b"", T)
             .ok()
             .filter(|r| r.status == 200)
-            .and_then(|r| serde_json::from_str::<Value>(&r.body).ok())
+            .and_then(|r| serde_json::from_slice::<Value>(&r.body).ok())
     };
     details.insert(
         "dashboard".into(),

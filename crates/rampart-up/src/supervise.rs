@@ -166,7 +166,7 @@ pub fn probe(p: &Probe) -> bool {
     let t = Duration::from_millis(400);
     match p {
         Probe::Etcd(addr) => crate::http::get(*addr, "/health", t)
-            .map(|r| r.status == 200 && r.body.replace(' ', "").contains("\"health\":\"true\""))
+            .map(|r| r.status == 200 && r.text().replace(' ', "").contains("\"health\":\"true\""))
             .unwrap_or(false),
         Probe::Http { addr, path } => crate::http::get(*addr, path, t)
             .map(|r| r.status == 200)
