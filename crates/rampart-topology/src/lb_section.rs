@@ -55,6 +55,9 @@ pub struct RawLbNode {
     /// Worker threads of this node (default 1: local stacks share the machine).
     #[serde(default)]
     pub threads: Option<Spanned<i64>>,
+    /// This node's admin API (state, /stats, /metrics, control), loopback clients only.
+    #[serde(default)]
+    pub admin: Option<Spanned<String>>,
 }
 
 /// A validated `[lb]` section.
@@ -70,11 +73,44 @@ pub struct LbNode {
     pub name: String,
     pub address: SocketAddr,
     pub threads: usize,
+    pub admin: Option<SocketAddr>,
 }
 
 impl LbTopology {
+    /// The `[lb]` section of a topology file alone, validated (what `rampart lb --node`
+    /// needs; `rampart up` and `rampart audit` validate the whole file). `None` without one.
+    pub fn load(path: &std::path::Path) -> Result<Option<LbTopology>, crate::diag::ConfigError> {
+        let src = Source::read(path)?;
+        let file = crate::topology::TopologyFile::parse(&src)?;
+        let Some(section) = &file.lb else {
+            return Ok(None);
+        };
+        let mut errs = Vec::new();
+        let t = validate(&src, section, &mut errs);
+        if !errs.is_empty() {
+            return Err(crate::diag::ConfigError { diagnostics: errs });
+        }
+        Ok(t)
+    }
+
     pub fn node(&self, name: &str) -> Option<&LbNode> {
         self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The configuration node `node` runs (`rampart lb --config TOPOLOGY --node NAME`):
+    /// every listener of the section, plus `direct`, the node's own address, in front of
+    /// the first listener's pool; the node's admin address when it has one.
+    pub fn node_config(&self, node: &LbNode) -> LbConfig {
+        let mut c = self.config.clone();
+        if let Some(first) = c.listeners.first().cloned() {
+            c.listeners.push(crate::lb::Listener {
+                name: "direct".into(),
+                address: node.address,
+                ..first
+            });
+        }
+        c.admin = node.admin.map(crate::lb::AdminConfig::local);
+        c
     }
 
     /// The lb file (`rampart lb --config FILE`) that node `node` runs: every listener of
@@ -270,11 +306,28 @@ pub(crate) fn validate(
                 1
             }
         };
+        let admin = match &raw.admin {
+            None => None,
+            Some(a) => match a.get_ref().parse::<SocketAddr>() {
+                Ok(x) if x.ip().is_loopback() => Some(x),
+                _ => {
+                    errs.push(src.error_at(
+                        a.span(),
+                        format!(
+                            "lb node admin address \"{}\" must be a loopback IP:PORT, e.g. \"127.0.0.1:9191\"",
+                            a.get_ref()
+                        ),
+                    ));
+                    None
+                }
+            },
+        };
         if let Some(address) = address {
             nodes.push(LbNode {
                 name: name.clone(),
                 address,
                 threads,
+                admin,
             });
         }
     }
@@ -315,5 +368,10 @@ health_check = { kind = "http", path = "/health", interval = "250ms" }
         assert_eq!(back.listeners.len(), 2);
         assert_eq!(back.listeners[1].name, "direct");
         assert_eq!(back.listeners[1].address, "127.0.0.1:8091".parse().unwrap());
+        // The node's config as `rampart lb --node` builds it is the same.
+        let direct = t.node_config(&t.nodes[0]);
+        assert_eq!(direct.pools, back.pools);
+        assert_eq!(direct.listeners, back.listeners);
+        assert_eq!(direct.admin, None);
     }
 }

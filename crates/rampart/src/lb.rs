@@ -43,7 +43,11 @@ pub struct LbArgs {
     #[arg(long, value_name = "CHECK", default_value = "tcp")]
     pub health_check: CheckKind,
 
-    /// Worker threads (default: one per core).
+    /// With --config TOPOLOGY: run this [[lb.nodes]] entry of the topology's [lb] section.
+    #[arg(long, value_name = "NAME", requires = "config")]
+    pub node: Option<String>,
+
+    /// Worker threads (default: one per core; with --node, the node's `threads`).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
 
@@ -172,12 +176,17 @@ pub fn run(args: LbArgs) -> anyhow::Result<()> {
         Some(LbCommand::Upgrade(r)) => return reload_run(r, true),
         None => {}
     }
+    let node = args.node.clone();
     let loader: Option<rampart_lb::Loader> = args.config.clone().map(|path| {
-        Box::new(move || LbConfig::load(&path).map_err(|e| e.to_string())) as rampart_lb::Loader
+        Box::new(move || load(&path, node.as_deref()).map(|(c, _)| c)) as rampart_lb::Loader
     });
+    let mut node_threads = None;
     let mut config = match (&args.config, args.listen) {
-        (Some(path), _) => match LbConfig::load(path) {
-            Ok(c) => c,
+        (Some(path), _) => match load(path, args.node.as_deref()) {
+            Ok((c, t)) => {
+                node_threads = t;
+                c
+            }
             Err(e) => {
                 eprintln!("{e}");
                 anyhow::bail!("invalid config {}", path.display());
@@ -207,7 +216,7 @@ pub fn run(args: LbArgs) -> anyhow::Result<()> {
             Ok(c)
         }) as rampart_lb::Loader
     });
-    let threads = args.threads.unwrap_or_else(|| {
+    let threads = args.threads.or(node_threads).unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
@@ -221,6 +230,27 @@ pub fn run(args: LbArgs) -> anyhow::Result<()> {
         },
     )
     .context("run the load balancer")
+}
+
+/// An lb file, or with `node` a topology file's [lb] section for that node (and its threads).
+fn load(path: &std::path::Path, node: Option<&str>) -> Result<(LbConfig, Option<usize>), String> {
+    let Some(name) = node else {
+        return LbConfig::load(path)
+            .map(|c| (c, None))
+            .map_err(|e| e.to_string());
+    };
+    let lb = rampart_topology::lb_section::LbTopology::load(path)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("{}: the topology has no [lb] section", path.display()))?;
+    let n = lb.node(name).ok_or_else(|| {
+        let known: Vec<&str> = lb.nodes.iter().map(|n| n.name.as_str()).collect();
+        format!(
+            "{}: no lb node \"{name}\" in [[lb.nodes]]; known: {}",
+            path.display(),
+            known.join(", ")
+        )
+    })?;
+    Ok((lb.node_config(n), Some(n.threads)))
 }
 
 fn ctl_run(c: CtlArgs) -> anyhow::Result<()> {

@@ -737,3 +737,110 @@ async fn binary_upgrades_under_load_lose_no_request_and_refuse_no_connection() {
         .log_text()
         .contains("took over the listening sockets"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lb_nodes_run_from_the_topology_file_and_share_the_site_address() {
+    let dir = TempDir::new().unwrap();
+    let topo = dir.path().join("rampart.toml");
+    // A port range of its own (the default stack's layout: site +80, lb +91.., web +101..).
+    let base = 20_000 + 100 * (std::process::id() % 300) as u16;
+    let out = Command::new(rampart_bin())
+        .args(["init", "--port-base", &base.to_string()])
+        .arg(&topo)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let admin: SocketAddr = format!("127.0.0.1:{}", base + 95).parse().unwrap();
+    let text = std::fs::read_to_string(&topo).unwrap().replacen(
+        &format!("address = \"127.0.0.1:{}\"", base + 91),
+        &format!("address = \"127.0.0.1:{}\"\nadmin = \"{admin}\"", base + 91),
+        1,
+    );
+    std::fs::write(&topo, text).unwrap();
+    let web1 =
+        Backend::start_at("web1", format!("127.0.0.1:{}", base + 101).parse().unwrap()).await;
+    let site: SocketAddr = format!("127.0.0.1:{}", base + 80).parse().unwrap();
+    let direct1: SocketAddr = format!("127.0.0.1:{}", base + 91).parse().unwrap();
+    let direct2: SocketAddr = format!("127.0.0.1:{}", base + 92).parse().unwrap();
+    let mut procs = Vec::new();
+    for n in ["lb1", "lb2"] {
+        let mut cmd = Command::new(rampart_bin());
+        cmd.args(["lb", "--config"]).arg(&topo).args(["--node", n]);
+        procs.push(Proc::spawn(n, cmd, &dir.path().join(format!("{n}.log"))));
+    }
+    let up = tokio::task::spawn_blocking(move || {
+        [site, direct1, direct2, admin]
+            .iter()
+            .all(|a| wait_port(*a, Duration::from_secs(10)))
+    })
+    .await
+    .unwrap();
+    assert!(up, "{}\n{}", procs[0].log_text(), procs[1].log_text());
+    // web1 becomes healthy (rise 2, every 500 ms); the others are down.
+    let mut ok = false;
+    for _ in 0..50 {
+        if crate::support::get_once(direct1, "/").await == (200, "web1".to_string()) {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "{}", procs[0].log_text());
+    for a in [site, direct2] {
+        assert_eq!(
+            crate::support::get_once(a, "/").await,
+            (200, "web1".to_string())
+        );
+    }
+    // Servers start up; the dead ones go down after `fall` failed checks.
+    let mut st = Value::Null;
+    for _ in 0..60 {
+        st = tokio::task::spawn_blocking(move || {
+            serde_json::from_str::<Value>(
+                &http_request(admin, "GET", "/api/state", &[], b"")
+                    .unwrap()
+                    .text(),
+            )
+            .unwrap()
+        })
+        .await
+        .unwrap();
+        if server(&st, "web", "web3").unwrap()["health"] == "down" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let names: Vec<&str> = st["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["site", "direct"]);
+    assert_eq!(st["workers"], 1, "the node's threads");
+    assert_eq!(server(&st, "web", "web1").unwrap()["health"], "up");
+    assert_eq!(
+        server(&st, "web", "web3").unwrap()["health"],
+        "down",
+        "{st}"
+    );
+    // An unknown node is refused with the known ones.
+    let out = Command::new(rampart_bin())
+        .args(["lb", "--config"])
+        .arg(&topo)
+        .args(["--node", "lb9"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("no lb node \"lb9\" in [[lb.nodes]]; known: lb1, lb2"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(web1);
+}

@@ -31,6 +31,11 @@ pub struct Backend {
 impl Backend {
     pub async fn start(name: &str) -> Backend {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        Backend::start_at(name, addr).await
+    }
+
+    /// A backend on a given address.
+    pub async fn start_at(name: &str, addr: SocketAddr) -> Backend {
         let listener = TcpListener::bind(addr).await.unwrap();
         let b = Backend {
             name: name.to_string(),
