@@ -1,8 +1,16 @@
 //! Static files: safe path resolution, conditional and range requests, precompressed
-//! variants, and a small in-memory cache of file contents validated by `stat` on every
-//! request (so an edited file is served new at once).
+//! variants, and a cache of representations keyed by request path.
+//!
+//! A cached representation holds everything a response needs, computed once: the
+//! validators (ETag, Last-Modified) and content headers already rendered as header lines,
+//! and the body: the bytes themselves for files up to [`MEM_MAX_FILE`] (a hit is a clone
+//! of `Bytes`), else an open file descriptor (sent with `sendfile(2)` by the HTTP/1 fast
+//! path in [`crate::h1`]). An entry is re-resolved (realpath inside the root, `stat`)
+//! when it is older than [`CHECK_EVERY`], so an edited file is served new within that.
+//! The cache is bounded in bytes and open files, and emptied when full.
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -172,49 +180,218 @@ pub fn etag_matches(list: &str, etag: &str) -> bool {
     })
 }
 
-/// A file chosen to answer a request.
-struct Chosen {
-    path: PathBuf,
-    meta: std::fs::Metadata,
-    encoding: Option<&'static str>,
-    /// A precompressed variant exists for this file (so the answer varies by encoding).
-    has_variant: bool,
-}
-
 /// A request path resolved to canonical files inside the root.
 struct Resolved {
     path: PathBuf,
     /// Canonical `.br` and `.gz` variants, when present.
     variants: [Option<PathBuf>; 2],
-    at: Instant,
 }
 
-/// How long a path resolution (realpath of the file and its variants) is reused.
-const RESOLVE_VALID: Duration = Duration::from_secs(1);
-/// The resolution cache is emptied when it holds this many paths.
-const RESOLVE_MAX: usize = 10_000;
+/// How long a cached entry is used before its path is resolved and its files `stat`ed
+/// again (like nginx's `open_file_cache_valid`).
+pub const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// Files up to this size are held in memory; bigger ones as an open file.
+pub const MEM_MAX_FILE: u64 = 256 * 1024;
+/// The cache is emptied when its file contents would pass this...
+const CACHE_MAX_BYTES: u64 = 128 * 1024 * 1024;
+/// ...or when it would hold more open files than this...
+const CACHE_MAX_FILES: usize = 256;
+/// ...or more paths than this.
+const CACHE_MAX_PATHS: usize = 10_000;
 
-struct CacheEntry {
-    len: u64,
-    mtime: SystemTime,
+/// The body of a representation.
+pub enum RepBody {
+    /// The whole file.
+    Mem(Bytes),
+    /// An open descriptor of the file (read with explicit offsets only: shared safely).
+    File(Arc<File>),
+}
+
+/// One representation of a path (the file itself, or its `.br` / `.gz` variant), with
+/// its response headers rendered once.
+pub struct Rep {
+    pub len: u64,
+    /// Last-Modified, whole seconds.
+    pub mtime_secs: SystemTime,
+    pub etag: String,
+    pub encoding: Option<&'static str>,
+    pub ctype: &'static str,
+    /// `etag`, `last-modified`, `accept-ranges` and (when the path has variants) `vary`
+    /// header lines, each ending in CRLF (sent with every status).
+    pub validators: Bytes,
+    /// `content-type` and `content-encoding` header lines.
+    pub content: Bytes,
+    /// `content-length` of the whole representation.
+    pub length_line: Bytes,
+    pub body: RepBody,
+    pub has_variant: bool,
+    /// The canonical file (for streaming it on the hyper path).
+    pub path: PathBuf,
     ino: u64,
-    bytes: Bytes,
+    mtime: SystemTime,
+}
+
+impl Rep {
+    fn same_file(&self, meta: &std::fs::Metadata, has_variant: bool) -> bool {
+        self.ino == std::os::unix::fs::MetadataExt::ino(meta)
+            && self.len == meta.len()
+            && Some(self.mtime) == meta.modified().ok()
+            && self.has_variant == has_variant
+    }
+}
+
+/// A cached path: its representations, identity first.
+struct Entry {
+    checked: Instant,
+    /// identity, br, gzip.
+    reps: [Option<Arc<Rep>>; 3],
+}
+
+impl Entry {
+    fn pick(&self, accept_encoding: &str) -> Option<Arc<Rep>> {
+        if !accept_encoding.is_empty() && (self.reps[1].is_some() || self.reps[2].is_some()) {
+            let (br, gz) = accepts(accept_encoding);
+            if br && self.reps[1].is_some() {
+                return self.reps[1].clone();
+            }
+            if gz && self.reps[2].is_some() {
+                return self.reps[2].clone();
+            }
+        }
+        self.reps[0].clone()
+    }
+}
+
+#[derive(Default)]
+struct Cache {
+    map: HashMap<String, Arc<Entry>>,
+    bytes: u64,
+    files: usize,
+}
+
+/// What a path names.
+pub enum Found {
+    /// A file: the representation chosen for the request's Accept-Encoding.
+    Rep(Arc<Rep>),
+    /// A folder without the trailing slash: redirect here.
+    Redirect(String),
+}
+
+/// The request headers that decide a static answer.
+#[derive(Default, Clone, Copy, Debug)]
+pub struct Conds<'a> {
+    pub if_match: Option<&'a str>,
+    pub if_none_match: Option<&'a str>,
+    pub if_modified_since: Option<&'a str>,
+    pub if_unmodified_since: Option<&'a str>,
+    pub range: Option<&'a str>,
+    pub if_range: Option<&'a str>,
+}
+
+impl<'a> Conds<'a> {
+    pub fn from_headers(h: &'a HeaderMap) -> Conds<'a> {
+        let hv = |n: header::HeaderName| h.get(n).and_then(|v| v.to_str().ok());
+        Conds {
+            if_match: hv(header::IF_MATCH),
+            if_none_match: hv(header::IF_NONE_MATCH),
+            if_modified_since: hv(header::IF_MODIFIED_SINCE),
+            if_unmodified_since: hv(header::IF_UNMODIFIED_SINCE),
+            range: hv(header::RANGE),
+            if_range: hv(header::IF_RANGE),
+        }
+    }
+
+    /// Record a header by its (lowercase or not) name; false when it is not one of ours.
+    pub fn set(&mut self, name: &str, value: &'a str) -> bool {
+        let slot = if name.eq_ignore_ascii_case("if-match") {
+            &mut self.if_match
+        } else if name.eq_ignore_ascii_case("if-none-match") {
+            &mut self.if_none_match
+        } else if name.eq_ignore_ascii_case("if-modified-since") {
+            &mut self.if_modified_since
+        } else if name.eq_ignore_ascii_case("if-unmodified-since") {
+            &mut self.if_unmodified_since
+        } else if name.eq_ignore_ascii_case("range") {
+            &mut self.range
+        } else if name.eq_ignore_ascii_case("if-range") {
+            &mut self.if_range
+        } else {
+            return false;
+        };
+        *slot = Some(value);
+        true
+    }
+}
+
+/// The answer to a GET or HEAD of a representation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    NotModified,
+    PreconditionFailed,
+    /// 416, with `Content-Range: bytes */len`.
+    Unsatisfiable,
+    Full,
+    /// 206 of bytes start..=end.
+    Partial { start: u64, end: u64 },
+}
+
+/// Preconditions (RFC 9110 section 13.2.2), then the range (pure).
+pub fn evaluate(rep: &Rep, c: &Conds) -> Outcome {
+    let etag = rep.etag.as_str();
+    if let Some(im) = c.if_match {
+        if !etag_matches(im, etag) || im.trim().starts_with("W/") {
+            return Outcome::PreconditionFailed;
+        }
+    } else if let Some(ius) = c
+        .if_unmodified_since
+        .and_then(|d| httpdate::parse_http_date(d).ok())
+    {
+        if rep.mtime_secs > ius {
+            return Outcome::PreconditionFailed;
+        }
+    }
+    if let Some(inm) = c.if_none_match {
+        if etag_matches(inm, etag) {
+            return Outcome::NotModified;
+        }
+    } else if let Some(ims) = c
+        .if_modified_since
+        .and_then(|d| httpdate::parse_http_date(d).ok())
+    {
+        if rep.mtime_secs <= ims {
+            return Outcome::NotModified;
+        }
+    }
+    let Some(r) = c.range else {
+        return Outcome::Full;
+    };
+    let range = parse_range(r, rep.len);
+    if range == RangeReq::Full {
+        return Outcome::Full;
+    }
+    if let Some(ir) = c.if_range {
+        let t = ir.trim_start();
+        let fresh = if t.starts_with('"') || t.starts_with("W/") {
+            !t.starts_with("W/") && ir.trim() == etag
+        } else {
+            httpdate::parse_http_date(ir).is_ok_and(|d| d == rep.mtime_secs)
+        };
+        if !fresh {
+            return Outcome::Full;
+        }
+    }
+    match range {
+        RangeReq::Partial { start, end } => Outcome::Partial { start, end },
+        RangeReq::Unsatisfiable => Outcome::Unsatisfiable,
+        RangeReq::Full => Outcome::Full,
+    }
 }
 
 /// The static file server for one root folder.
 pub struct StaticFiles {
     root: PathBuf,
-    cache: Mutex<HashMap<PathBuf, Arc<CacheEntry>>>,
-    cache_bytes: Mutex<u64>,
-    resolved: Mutex<HashMap<String, Arc<Resolved>>>,
+    cache: Mutex<Cache>,
 }
-
-/// Files up to this size are read whole and cached.
-const CACHE_MAX_FILE: u64 = 2 * 1024 * 1024;
-/// The cache is emptied when it would grow past this.
-const CACHE_MAX_TOTAL: u64 = 128 * 1024 * 1024;
-/// Files up to this size are read on the request's own task (page-cache speed).
-const INLINE_READ_MAX: u64 = 256 * 1024;
 
 impl StaticFiles {
     /// A server for `root` (must be an existing folder; it is canonicalized).
@@ -228,9 +405,7 @@ impl StaticFiles {
         }
         Ok(StaticFiles {
             root,
-            cache: Mutex::new(HashMap::new()),
-            cache_bytes: Mutex::new(0),
-            resolved: Mutex::new(HashMap::new()),
+            cache: Mutex::new(Cache::default()),
         })
     }
 
@@ -294,186 +469,132 @@ impl StaticFiles {
                 }
             }
         }
-        Ok(Ok(Resolved {
-            path,
-            variants,
-            at: Instant::now(),
-        }))
+        Ok(Ok(Resolved { path, variants }))
     }
 
-    fn choose(&self, raw_path: &str, headers: &HeaderMap) -> Result<Result<Chosen, String>, Miss> {
-        // Resolutions are reused for RESOLVE_VALID (like nginx's open_file_cache_valid);
-        // the file itself is still lstat'ed on every request, so edits show at once, and a
-        // canonical path that turned into a symlink is resolved again (never followed out).
-        let cached = self
-            .resolved
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(raw_path)
-            .filter(|r| r.at.elapsed() < RESOLVE_VALID)
-            .cloned();
-        let res = match cached {
-            Some(r) => r,
-            None => match self.resolve(raw_path)? {
-                Ok(r) => {
-                    let r = Arc::new(r);
-                    let mut m = self.resolved.lock().unwrap_or_else(|e| e.into_inner());
-                    if m.len() >= RESOLVE_MAX {
-                        m.clear();
-                    }
-                    m.insert(raw_path.to_string(), r.clone());
-                    r
+    /// What `raw_path` (still percent-encoded) names, with the representation chosen for
+    /// `accept_encoding`. A cache hit costs a map lookup and an `Arc` clone.
+    pub fn lookup(&self, raw_path: &str, accept_encoding: &str) -> Result<Found, Miss> {
+        let old = {
+            let c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            match c.map.get(raw_path) {
+                Some(e) if e.checked.elapsed() < CHECK_EVERY => {
+                    return e.pick(accept_encoding).map(Found::Rep).ok_or(Miss::NotFound);
                 }
-                Err(loc) => return Ok(Err(loc)),
-            },
+                Some(e) => Some(e.clone()),
+                None => None,
+            }
         };
-        let ae = headers
-            .get(header::ACCEPT_ENCODING)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        let (br, gz) = if ae.is_empty() {
-            (false, false)
-        } else {
-            accepts(ae)
+        let res = match self.resolve(raw_path) {
+            Ok(Ok(r)) => r,
+            Ok(Err(location)) => {
+                self.forget(raw_path);
+                return Ok(Found::Redirect(location));
+            }
+            Err(m) => {
+                self.forget(raw_path);
+                return Err(m);
+            }
         };
         let has_variant = res.variants.iter().any(Option::is_some);
-        for (ok, v, enc) in [(br, &res.variants[0], "br"), (gz, &res.variants[1], "gzip")] {
-            if let (true, Some(vp)) = (ok, v) {
-                if let Ok(meta) = std::fs::symlink_metadata(vp) {
-                    if meta.is_file() {
-                        return Ok(Ok(Chosen {
-                            path: vp.clone(),
-                            meta,
-                            encoding: Some(enc),
-                            has_variant,
-                        }));
-                    }
+        let named = res.path.clone();
+        let mut reps: [Option<Arc<Rep>>; 3] = [None, None, None];
+        let files = [Some(&res.path), res.variants[0].as_ref(), res.variants[1].as_ref()];
+        for (i, (slot, file)) in reps.iter_mut().zip(files).enumerate() {
+            let Some(file) = file else { continue };
+            let encoding = [None, Some("br"), Some("gzip")][i];
+            let prev = old.as_ref().and_then(|o| o.reps[i].clone());
+            match load_rep(file, &named, encoding, has_variant, prev) {
+                Ok(r) => *slot = Some(r),
+                Err(e) if i == 0 => {
+                    tracing::debug!(path = %file.display(), error = %e, "cannot open");
+                    self.forget(raw_path);
+                    return Err(Miss::NotFound);
                 }
+                Err(_) => {}
             }
         }
-        match std::fs::symlink_metadata(&res.path) {
-            Ok(meta) if meta.is_file() => Ok(Ok(Chosen {
-                path: res.path.clone(),
-                meta,
-                encoding: None,
-                has_variant,
-            })),
-            _ => {
-                // Gone or replaced: forget it and resolve again.
-                self.resolved
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(raw_path);
-                match self.resolve(raw_path)? {
-                    Ok(r) => match std::fs::symlink_metadata(&r.path) {
-                        Ok(meta) => Ok(Ok(Chosen {
-                            has_variant: r.variants.iter().any(Option::is_some),
-                            path: r.path,
-                            meta,
-                            encoding: None,
-                        })),
-                        Err(_) => Err(Miss::NotFound),
-                    },
-                    Err(loc) => Ok(Err(loc)),
-                }
-            }
+        let entry = Arc::new(Entry {
+            checked: Instant::now(),
+            reps,
+        });
+        let picked = entry.pick(accept_encoding).ok_or(Miss::NotFound)?;
+        self.store(raw_path, entry);
+        Ok(Found::Rep(picked))
+    }
+
+    fn forget(&self, raw_path: &str) {
+        let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = c.map.remove(raw_path) {
+            let (b, f) = weight(&old);
+            c.bytes = c.bytes.saturating_sub(b);
+            c.files = c.files.saturating_sub(f);
         }
     }
 
-    /// Answer a GET or HEAD for `raw_path` (still percent-encoded), or say why not.
+    fn store(&self, raw_path: &str, entry: Arc<Entry>) {
+        let (b, f) = weight(&entry);
+        let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = c.map.remove(raw_path) {
+            let (ob, of) = weight(&old);
+            c.bytes = c.bytes.saturating_sub(ob);
+            c.files = c.files.saturating_sub(of);
+        }
+        if c.bytes + b > CACHE_MAX_BYTES
+            || c.files + f > CACHE_MAX_FILES
+            || c.map.len() >= CACHE_MAX_PATHS
+        {
+            *c = Cache::default();
+        }
+        if b <= CACHE_MAX_BYTES && f <= CACHE_MAX_FILES {
+            c.bytes += b;
+            c.files += f;
+            c.map.insert(raw_path.to_string(), entry);
+        }
+    }
+
+    /// Answer a GET or HEAD for `raw_path` (still percent-encoded) on the hyper path,
+    /// or say why not.
     pub async fn serve(
         &self,
         method: &Method,
         raw_path: &str,
         headers: &HeaderMap,
     ) -> Result<Response<Body>, Miss> {
-        let chosen = match self.choose(raw_path, headers)? {
-            Ok(c) => c,
-            Err(location) => return Ok(redirect(&location)),
+        let ae = headers
+            .get(header::ACCEPT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let rep = match self.lookup(raw_path, ae)? {
+            Found::Rep(r) => r,
+            Found::Redirect(location) => return Ok(redirect(&location)),
         };
-        let named = match chosen.encoding {
-            Some(_) => strip_variant_ext(&chosen.path),
-            None => chosen.path.clone(),
-        };
-        let ctype = content_type(named.to_str().unwrap_or(""));
-        let len = chosen.meta.len();
-        let mtime = chosen.meta.modified().unwrap_or(UNIX_EPOCH);
-        let since_epoch = mtime.duration_since(UNIX_EPOCH).unwrap_or_default();
-        let etag = format!(
-            "\"{:x}-{:x}-{:x}{}\"",
-            since_epoch.as_secs(),
-            since_epoch.subsec_nanos(),
-            len,
-            match chosen.encoding {
-                Some("br") => "-br",
-                Some(_) => "-gz",
-                None => "",
-            }
-        );
-        let mtime_secs = UNIX_EPOCH + std::time::Duration::from_secs(since_epoch.as_secs());
-        let last_modified = httpdate::fmt_http_date(mtime_secs);
-
         let mut base = Response::builder()
-            .header(header::ETAG, &etag)
-            .header(header::LAST_MODIFIED, &last_modified)
+            .header(header::ETAG, &rep.etag)
+            .header(header::LAST_MODIFIED, httpdate::fmt_http_date(rep.mtime_secs))
             .header(header::ACCEPT_RANGES, "bytes");
-        if chosen.has_variant {
+        if rep.has_variant {
             base = base.header(header::VARY, "Accept-Encoding");
         }
-
-        // Preconditions (RFC 9110 section 13.2.2).
-        let hv = |n: header::HeaderName| headers.get(n).and_then(|v| v.to_str().ok());
-        if let Some(im) = hv(header::IF_MATCH) {
-            if !etag_matches(im, &etag) || im.trim().starts_with("W/") {
-                return Ok(empty(base, StatusCode::PRECONDITION_FAILED));
+        let outcome = evaluate(&rep, &Conds::from_headers(headers));
+        match outcome {
+            Outcome::NotModified => return Ok(empty(base, StatusCode::NOT_MODIFIED)),
+            Outcome::PreconditionFailed => {
+                return Ok(empty(base, StatusCode::PRECONDITION_FAILED))
             }
-        } else if let Some(ius) =
-            hv(header::IF_UNMODIFIED_SINCE).and_then(|d| httpdate::parse_http_date(d).ok())
-        {
-            if mtime_secs > ius {
-                return Ok(empty(base, StatusCode::PRECONDITION_FAILED));
-            }
+            _ => {}
         }
-        if let Some(inm) = hv(header::IF_NONE_MATCH) {
-            if etag_matches(inm, &etag) {
-                return Ok(empty(base, StatusCode::NOT_MODIFIED));
-            }
-        } else if let Some(ims) =
-            hv(header::IF_MODIFIED_SINCE).and_then(|d| httpdate::parse_http_date(d).ok())
-        {
-            if mtime_secs <= ims {
-                return Ok(empty(base, StatusCode::NOT_MODIFIED));
-            }
-        }
-
-        let mut range = match hv(header::RANGE) {
-            Some(r) => parse_range(r, len),
-            None => RangeReq::Full,
-        };
-        if range != RangeReq::Full {
-            if let Some(ir) = hv(header::IF_RANGE) {
-                let fresh = if ir.trim_start().starts_with('"') || ir.trim_start().starts_with("W/")
-                {
-                    !ir.trim_start().starts_with("W/") && ir.trim() == etag
-                } else {
-                    httpdate::parse_http_date(ir).is_ok_and(|d| d == mtime_secs)
-                };
-                if !fresh {
-                    range = RangeReq::Full;
-                }
-            }
-        }
-        base = base.header(header::CONTENT_TYPE, ctype);
-        if let Some(enc) = chosen.encoding {
+        base = base.header(header::CONTENT_TYPE, rep.ctype);
+        if let Some(enc) = rep.encoding {
             base = base.header(header::CONTENT_ENCODING, enc);
         }
-        let (status, start, count) = match range {
-            RangeReq::Full => (StatusCode::OK, 0, len),
-            RangeReq::Partial { start, end } => {
+        let len = rep.len;
+        let (status, start, count) = match outcome {
+            Outcome::Partial { start, end } => {
                 base = base.header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}"));
                 (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
             }
-            RangeReq::Unsatisfiable => {
+            Outcome::Unsatisfiable => {
                 let r = base
                     .status(StatusCode::RANGE_NOT_SATISFIABLE)
                     .header(header::CONTENT_RANGE, format!("bytes */{len}"))
@@ -481,90 +602,110 @@ impl StaticFiles {
                     .body(Body::empty());
                 return Ok(r.unwrap_or_else(|_| internal()));
             }
+            _ => (StatusCode::OK, 0, len),
         };
         base = base.status(status).header(header::CONTENT_LENGTH, count);
         if method == Method::HEAD {
             return Ok(base.body(Body::empty()).unwrap_or_else(|_| internal()));
         }
-        let body = match self.contents(&chosen, len, mtime).await {
-            Ok(Some(bytes)) => {
-                let s = start as usize;
-                let e = (start + count) as usize;
-                if e > bytes.len() {
-                    // The file shrank between stat and read: tell the client to retry.
-                    return Ok(empty(Response::builder(), StatusCode::SERVICE_UNAVAILABLE));
-                }
-                Body::from(bytes.slice(s..e))
-            }
-            Ok(None) => match stream_file(&chosen.path, start, count).await {
+        let body = match &rep.body {
+            RepBody::Mem(bytes) => Body::from(bytes.slice(start as usize..(start + count) as usize)),
+            RepBody::File(_) => match stream_file(&rep.path, start, count).await {
                 Ok(b) => b,
                 Err(_) => return Err(Miss::NotFound),
             },
-            Err(_) => return Err(Miss::NotFound),
         };
         Ok(base.body(body).unwrap_or_else(|_| internal()))
     }
-
-    /// The whole file from the cache (reading it if needed), or None when it is too big
-    /// to cache and must be streamed.
-    async fn contents(
-        &self,
-        c: &Chosen,
-        len: u64,
-        mtime: SystemTime,
-    ) -> std::io::Result<Option<Bytes>> {
-        if len > CACHE_MAX_FILE {
-            return Ok(None);
-        }
-        let ino = std::os::unix::fs::MetadataExt::ino(&c.meta);
-        if let Some(e) = self
-            .cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&c.path)
-        {
-            if e.len == len && e.mtime == mtime && e.ino == ino {
-                return Ok(Some(e.bytes.clone()));
-            }
-        }
-        let data = if len <= INLINE_READ_MAX {
-            std::fs::read(&c.path)?
-        } else {
-            let p = c.path.clone();
-            tokio::task::spawn_blocking(move || std::fs::read(p))
-                .await
-                .map_err(std::io::Error::other)??
-        };
-        let bytes = Bytes::from(data);
-        if bytes.len() as u64 == len {
-            let mut total = self.cache_bytes.lock().unwrap_or_else(|e| e.into_inner());
-            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            if *total + len > CACHE_MAX_TOTAL {
-                cache.clear();
-                *total = 0;
-            }
-            if let Some(old) = cache.insert(
-                c.path.clone(),
-                Arc::new(CacheEntry {
-                    len,
-                    mtime,
-                    ino,
-                    bytes: bytes.clone(),
-                }),
-            ) {
-                *total = total.saturating_sub(old.len);
-            }
-            *total += len;
-        }
-        Ok(Some(bytes))
-    }
 }
 
-fn strip_variant_ext(p: &Path) -> PathBuf {
-    match p.extension().and_then(|e| e.to_str()) {
-        Some("br") | Some("gz") => p.with_extension(""),
-        _ => p.to_path_buf(),
+/// (bytes held in memory, open files) of an entry.
+fn weight(e: &Entry) -> (u64, usize) {
+    let mut b = 0;
+    let mut f = 0;
+    for r in e.reps.iter().flatten() {
+        match &r.body {
+            RepBody::Mem(m) => b += m.len() as u64,
+            RepBody::File(_) => f += 1,
+        }
     }
+    (b, f)
+}
+
+/// Open (never following a symlink that replaced the resolved file) and describe one
+/// representation; reuse `prev` when the file is unchanged.
+fn load_rep(
+    path: &Path,
+    named: &Path,
+    encoding: Option<&'static str>,
+    has_variant: bool,
+    prev: Option<Arc<Rep>>,
+) -> std::io::Result<Arc<Rep>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    if let Some(p) = prev.filter(|p| p.same_file(&meta, has_variant) && p.path == path) {
+        return Ok(p);
+    }
+    let mtime = meta.modified().unwrap_or(UNIX_EPOCH);
+    let body = if meta.len() <= MEM_MAX_FILE {
+        let mut data = Vec::with_capacity(meta.len() as usize);
+        (&f).take(MEM_MAX_FILE).read_to_end(&mut data)?;
+        RepBody::Mem(Bytes::from(data))
+    } else {
+        RepBody::File(Arc::new(f))
+    };
+    let len = match &body {
+        RepBody::Mem(m) => m.len() as u64,
+        RepBody::File(_) => meta.len(),
+    };
+    let since_epoch = mtime.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let etag = format!(
+        "\"{:x}-{:x}-{:x}{}\"",
+        since_epoch.as_secs(),
+        since_epoch.subsec_nanos(),
+        len,
+        match encoding {
+            Some("br") => "-br",
+            Some(_) => "-gz",
+            None => "",
+        }
+    );
+    let mtime_secs = UNIX_EPOCH + Duration::from_secs(since_epoch.as_secs());
+    let ctype = content_type(named.to_str().unwrap_or(""));
+    let mut validators = format!(
+        "etag: {etag}\r\nlast-modified: {}\r\naccept-ranges: bytes\r\n",
+        httpdate::fmt_http_date(mtime_secs)
+    );
+    if has_variant {
+        validators.push_str("vary: Accept-Encoding\r\n");
+    }
+    let mut content = format!("content-type: {ctype}\r\n");
+    if let Some(e) = encoding {
+        content.push_str(&format!("content-encoding: {e}\r\n"));
+    }
+    Ok(Arc::new(Rep {
+        len,
+        mtime_secs,
+        etag,
+        encoding,
+        ctype,
+        validators: Bytes::from(validators),
+        content: Bytes::from(content),
+        length_line: Bytes::from(format!("content-length: {len}\r\n")),
+        body,
+        has_variant,
+        path: path.to_path_buf(),
+        ino: std::os::unix::fs::MetadataExt::ino(&meta),
+        mtime,
+    }))
 }
 
 async fn stream_file(path: &Path, start: u64, count: u64) -> std::io::Result<Body> {

@@ -12,6 +12,7 @@
 
 pub mod files;
 pub mod guestbook;
+mod h1;
 pub mod metrics;
 pub mod mime;
 pub mod proxy;
@@ -281,34 +282,39 @@ async fn around(State(node): State<Arc<Node>>, req: Request, next: Next) -> Resp
 }
 
 /// Serve `node` on `listener` until `shutdown` resolves, then finish in-flight requests
-/// (bounded by `grace`).
+/// (bounded by `grace`). Static files take the HTTP/1.1 fast path of [`h1`]; everything
+/// else is served by hyper and the axum [`app`].
 pub async fn serve(
     node: Arc<Node>,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> Result<(), WebError> {
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(
-        listener,
-        app(node).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        shutdown.await;
-        let _ = stopped_tx.send(());
-    });
-    let server = std::future::IntoFuture::into_future(server);
-    tokio::pin!(server);
+    let shared = Arc::new(h1::Shared::new(node.clone(), app(node)));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            r = listener.accept() => match r {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    tokio::spawn(h1::connection(shared.clone(), stream, peer, stop_rx.clone()));
+                }
+                Err(e) => {
+                    // Out of file descriptors or similar: do not spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+    drop(listener);
+    drop(stop_rx);
+    let _ = stop_tx.send(());
     tokio::select! {
-        r = &mut server => r.map_err(WebError::Serve),
-        _ = async {
-            let _ = stopped_rx.await;
-            tokio::time::sleep(grace).await;
-        } => {
+        _ = stop_tx.closed() => Ok(()),
+        _ = tokio::time::sleep(grace) => {
             tracing::warn!(grace_s = grace.as_secs(), "in-flight requests did not finish in time; closing");
             Ok(())
         }
