@@ -332,7 +332,10 @@ pub enum Outcome {
     Unsatisfiable,
     Full,
     /// 206 of bytes start..=end.
-    Partial { start: u64, end: u64 },
+    Partial {
+        start: u64,
+        end: u64,
+    },
 }
 
 /// Preconditions (RFC 9110 section 13.2.2), then the range (pure).
@@ -479,7 +482,10 @@ impl StaticFiles {
             let c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             match c.map.get(raw_path) {
                 Some(e) if e.checked.elapsed() < CHECK_EVERY => {
-                    return e.pick(accept_encoding).map(Found::Rep).ok_or(Miss::NotFound);
+                    return e
+                        .pick(accept_encoding)
+                        .map(Found::Rep)
+                        .ok_or(Miss::NotFound);
                 }
                 Some(e) => Some(e.clone()),
                 None => None,
@@ -499,7 +505,11 @@ impl StaticFiles {
         let has_variant = res.variants.iter().any(Option::is_some);
         let named = res.path.clone();
         let mut reps: [Option<Arc<Rep>>; 3] = [None, None, None];
-        let files = [Some(&res.path), res.variants[0].as_ref(), res.variants[1].as_ref()];
+        let files = [
+            Some(&res.path),
+            res.variants[0].as_ref(),
+            res.variants[1].as_ref(),
+        ];
         for (i, (slot, file)) in reps.iter_mut().zip(files).enumerate() {
             let Some(file) = file else { continue };
             let encoding = [None, Some("br"), Some("gzip")][i];
@@ -571,7 +581,10 @@ impl StaticFiles {
         };
         let mut base = Response::builder()
             .header(header::ETAG, &rep.etag)
-            .header(header::LAST_MODIFIED, httpdate::fmt_http_date(rep.mtime_secs))
+            .header(
+                header::LAST_MODIFIED,
+                httpdate::fmt_http_date(rep.mtime_secs),
+            )
             .header(header::ACCEPT_RANGES, "bytes");
         if rep.has_variant {
             base = base.header(header::VARY, "Accept-Encoding");
@@ -579,9 +592,7 @@ impl StaticFiles {
         let outcome = evaluate(&rep, &Conds::from_headers(headers));
         match outcome {
             Outcome::NotModified => return Ok(empty(base, StatusCode::NOT_MODIFIED)),
-            Outcome::PreconditionFailed => {
-                return Ok(empty(base, StatusCode::PRECONDITION_FAILED))
-            }
+            Outcome::PreconditionFailed => return Ok(empty(base, StatusCode::PRECONDITION_FAILED)),
             _ => {}
         }
         base = base.header(header::CONTENT_TYPE, rep.ctype);
@@ -609,7 +620,9 @@ impl StaticFiles {
             return Ok(base.body(Body::empty()).unwrap_or_else(|_| internal()));
         }
         let body = match &rep.body {
-            RepBody::Mem(bytes) => Body::from(bytes.slice(start as usize..(start + count) as usize)),
+            RepBody::Mem(bytes) => {
+                Body::from(bytes.slice(start as usize..(start + count) as usize))
+            }
             RepBody::File(_) => match stream_file(&rep.path, start, count).await {
                 Ok(b) => b,
                 Err(_) => return Err(Miss::NotFound),

@@ -239,7 +239,10 @@ fn decide(sh: &Shared, buf: &[u8], out: &mut Vec<u8>) -> Decision {
             out.extend_from_slice(&rep.content);
             push_fmt(
                 out,
-                format_args!("content-range: bytes */{}\r\ncontent-length: 0\r\n", rep.len),
+                format_args!(
+                    "content-range: bytes */{}\r\ncontent-length: 0\r\n",
+                    rep.len
+                ),
             );
         }
         Outcome::Full => {
@@ -426,10 +429,9 @@ struct WithPeer {
 }
 
 impl hyper::service::Service<http::Request<hyper::body::Incoming>> for WithPeer {
-    type Response =
-        <TowerToHyperService<axum::Router> as hyper::service::Service<
-            http::Request<hyper::body::Incoming>,
-        >>::Response;
+    type Response = <TowerToHyperService<axum::Router> as hyper::service::Service<
+        http::Request<hyper::body::Incoming>,
+    >>::Response;
     type Error = <TowerToHyperService<axum::Router> as hyper::service::Service<
         http::Request<hyper::body::Incoming>,
     >>::Error;

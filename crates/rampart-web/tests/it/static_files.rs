@@ -312,3 +312,132 @@ fn precompressed_variants() {
         .map(str::to_string);
     assert_ne!(e1, e2);
 }
+
+/// One response read off a kept-alive connection.
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn read_resp(r: &mut impl std::io::BufRead, head: bool) -> Resp {
+    let mut line = String::new();
+    r.read_line(&mut line).expect("status line");
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {line:?}"));
+    let mut headers = Vec::new();
+    loop {
+        let mut l = String::new();
+        r.read_line(&mut l).expect("header");
+        let l = l.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let (n, v) = l.split_once(':').expect("header line");
+        headers.push((n.trim().to_string(), v.trim().to_string()));
+    }
+    let mut resp = Resp {
+        status,
+        headers,
+        body: Vec::new(),
+    };
+    if !head && status != 304 {
+        let len: usize = resp
+            .header("content-length")
+            .expect("content-length")
+            .parse()
+            .expect("length");
+        resp.body = vec![0; len];
+        r.read_exact(&mut resp.body).expect("body");
+    }
+    resp
+}
+
+#[test]
+fn one_connection_pipelines_static_requests_then_moves_to_hyper() {
+    use std::io::{BufReader, Write};
+    let (dir, root) = site();
+    let w = start_web(
+        "static6",
+        &["--root", root.to_str().expect("utf8")],
+        dir.path(),
+    );
+    let k: Vec<u8> = (0..1024u32).map(|i| (i % 251) as u8).collect();
+    let big: Vec<u8> = (0..3 * 1024 * 1024 + 17u32)
+        .map(|i| (i % 253) as u8)
+        .collect();
+    let s = std::net::TcpStream::connect(w.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut wr = s.try_clone().expect("clone");
+    let mut rd = BufReader::new(s);
+    // Three pipelined requests in one write, the static fast path answers them in order.
+    wr.write_all(
+        b"GET /1k.bin HTTP/1.1\r\nHost: x\r\n\r\n\
+          HEAD /style.css?v=2 HTTP/1.1\r\nHost: x\r\n\r\n\
+          GET /big.bin HTTP/1.1\r\nHost: x\r\nRange: bytes=2000000-2000099\r\n\r\n",
+    )
+    .expect("send");
+    let r = read_resp(&mut rd, false);
+    assert_eq!((r.status, r.body.as_slice()), (200, k.as_slice()));
+    assert_eq!(r.header("x-served-by"), Some("static6"));
+    assert!(r.header("date").is_some() && r.header("etag").is_some());
+    let r = read_resp(&mut rd, true);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length"), Some("20"));
+    assert_eq!(r.header("content-type"), Some("text/css; charset=utf-8"));
+    let r = read_resp(&mut rd, false);
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body, &big[2_000_000..2_000_100]);
+    // A head that arrives in pieces.
+    wr.write_all(b"GET /big.bin HTTP/1.1\r\nHo").expect("send");
+    std::thread::sleep(Duration::from_millis(100));
+    wr.write_all(b"st: x\r\n\r\n").expect("send");
+    let r = read_resp(&mut rd, false);
+    assert_eq!(r.status, 200);
+    assert!(r.body == big, "big file over sendfile differs");
+    // Not a static file: the same connection continues on hyper, bytes already read included.
+    wr.write_all(
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /1k.bin HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .expect("send");
+    let r = read_resp(&mut rd, false);
+    assert_eq!((r.status, r.body.as_slice()), (200, b"ok\n".as_slice()));
+    let r = read_resp(&mut rd, false);
+    assert_eq!((r.status, r.body.as_slice()), (200, k.as_slice()));
+    assert_eq!(r.header("x-served-by"), Some("static6"));
+    // HTTP/1.0 and bodies go to hyper from the start; answers are the same.
+    let s = std::net::TcpStream::connect(w.addr).expect("connect");
+    let mut wr = s.try_clone().expect("clone");
+    let mut rd = BufReader::new(s);
+    wr.write_all(b"GET /1k.bin HTTP/1.0\r\n\r\n").expect("send");
+    let r = read_resp(&mut rd, false);
+    assert_eq!((r.status, r.body.as_slice()), (200, k.as_slice()));
+    let s = std::net::TcpStream::connect(w.addr).expect("connect");
+    let mut wr = s.try_clone().expect("clone");
+    let mut rd = BufReader::new(s);
+    wr.write_all(b"GET /1k.bin HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab")
+        .expect("send");
+    let r = read_resp(&mut rd, false);
+    assert_eq!((r.status, r.body.len()), (200, 1024));
+    // Connection: close is honoured.
+    wr.write_all(b"GET /1k.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    let r = read_resp(&mut rd, false);
+    assert_eq!(r.status, 200);
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut rd, &mut rest).expect("closed");
+    assert!(rest.is_empty());
+}
