@@ -339,6 +339,7 @@ fn server_json(p: &PoolState, s: &ServerState) -> Value {
         "weight": s.weight(),
         "config_weight": s.cfg_weight.load(Ordering::Relaxed),
         "runtime_added": s.runtime_added.load(Ordering::Relaxed),
+        "discovered": s.discovered.load(Ordering::Relaxed),
         "in_flight": s.in_flight.load(Ordering::Relaxed),
         "max_in_flight_seen": s.peak_in_flight.load(Ordering::Relaxed),
         "limit": p.cfg.max_in_flight,

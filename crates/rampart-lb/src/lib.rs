@@ -17,6 +17,7 @@ mod admin;
 mod body;
 mod clock;
 pub mod ctl;
+mod discovery;
 mod handoff;
 mod health;
 mod http;
@@ -149,6 +150,8 @@ pub(crate) struct Shared {
     /// Cancelled when this process must stop (an upgrade handed its sockets over).
     pub stop: CancellationToken,
     pub upgrading: std::sync::atomic::AtomicBool,
+    /// Service discovery watchers by pool.
+    pub discovery: Mutex<discovery::Watchers>,
 }
 
 /// Client connections open right now (all listeners, also removed ones).
@@ -325,6 +328,7 @@ pub fn run(config: LbConfig, opts: RunOptions) -> Result<(), LbError> {
         admin_fd: Mutex::new(None),
         stop: CancellationToken::new(),
         upgrading: std::sync::atomic::AtomicBool::new(false),
+        discovery: Mutex::new(Default::default()),
     });
     // Started by an upgrade: the previous process's sockets.
     let mut inherited = handoff::receive_from_env().map_err(LbError::Handoff)?;
@@ -426,6 +430,7 @@ pub fn run(config: LbConfig, opts: RunOptions) -> Result<(), LbError> {
         for p in &pools {
             health::spawn_checks(p);
         }
+        discovery::reconcile(&shared);
         if let Some((l, a)) = admin_listener {
             admin::spawn(l, a, shared.clone()).map_err(LbError::Admin)?;
         }

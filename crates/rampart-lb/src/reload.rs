@@ -49,6 +49,7 @@ pub fn reload(shared: &Arc<Shared>) -> Result<(), String> {
     match &r {
         Ok(()) => {
             shared.reloads.fetch_add(1, Ordering::Relaxed);
+            crate::discovery::reconcile(shared);
         }
         Err(_) => {
             shared.reload_failures.fetch_add(1, Ordering::Relaxed);
@@ -388,5 +389,69 @@ pub fn remove_server(shared: &Shared, pool: &str, server: &str) -> Result<(), Co
         in_flight = s.in_flight.load(Ordering::Relaxed),
         "server removed at run time; its requests in flight finish"
     );
+    Ok(())
+}
+
+/// Make the pool's discovered servers exactly `want` (static and operator-added servers
+/// stay); a server that left finishes its requests in flight.
+pub fn set_discovered(shared: &Shared, pool: &str, want: Vec<Server>) -> Result<(), ControlError> {
+    let _g = shared
+        .control
+        .lock()
+        .map_err(|_| ControlError::Refused("control lock poisoned".into()))?;
+    let h = pool_of(shared, pool)?;
+    let cur = h.get();
+    let mut servers: Vec<Arc<ServerState>> = Vec::new();
+    let mut changed = false;
+    for s in cur.servers.iter() {
+        if !s.discovered.load(Ordering::Relaxed) {
+            servers.push(s.clone());
+            continue;
+        }
+        match want.iter().find(|w| w.name == s.name) {
+            Some(w) if w.address == s.addr => {
+                if s.cfg_weight.load(Ordering::Relaxed) != w.weight {
+                    s.set_weight_raw(w.weight);
+                    s.cfg_weight.store(w.weight, Ordering::Relaxed);
+                    changed = true;
+                }
+                servers.push(s.clone());
+            }
+            _ => {
+                tracing::warn!(pool, server = %s.name, addr = %s.addr, in_flight = s.in_flight.load(Ordering::Relaxed), "discovery: server left (deregistered or lease ended); its requests in flight finish");
+                s.stop_checks.cancel();
+                changed = true;
+            }
+        }
+    }
+    let mut added = Vec::new();
+    for w in &want {
+        if servers.iter().any(|s| s.name == w.name) {
+            continue;
+        }
+        if servers.iter().any(|s| s.addr == w.address) {
+            tracing::warn!(pool, server = %w.name, addr = %w.address, "discovery: address already in the pool, record skipped");
+            continue;
+        }
+        let s = Arc::new(ServerState::new(w, health_policy(&cur.cfg), h.workers));
+        s.discovered.store(true, Ordering::Relaxed);
+        s.runtime_added.store(true, Ordering::Relaxed);
+        tracing::warn!(pool, server = %w.name, addr = %w.address, weight = w.weight, "discovery: server joined");
+        servers.push(s.clone());
+        added.push(s);
+        changed = true;
+    }
+    if !changed {
+        return Ok(());
+    }
+    h.store(PoolState::generation(
+        cur.cfg.clone(),
+        servers,
+        cur.shared.clone(),
+        rand::random(),
+    ));
+    for s in &added {
+        health::spawn_check(&h, s);
+    }
     Ok(())
 }

@@ -124,6 +124,8 @@ pub struct ServerState {
     admin: AtomicU8,
     /// Added at run time through the admin API (kept by reloads that do not name it).
     pub runtime_added: AtomicBool,
+    /// Came from service discovery (leaves when its record does).
+    pub discovered: AtomicBool,
     up: AtomicBool,
     up_since_ns: AtomicU64,
     pub in_flight: AtomicU32,
@@ -152,6 +154,7 @@ impl ServerState {
             cfg_weight: AtomicU32::new(s.weight),
             admin: AtomicU8::new(AdminState::Ready as u8),
             runtime_added: AtomicBool::new(false),
+            discovered: AtomicBool::new(false),
             up: AtomicBool::new(true),
             up_since_ns: AtomicU64::new(NEVER),
             in_flight: AtomicU32::new(0),
@@ -689,6 +692,7 @@ mod tests {
             },
             retries: RetryConfig::default(),
             timeouts: PoolTimeouts::default(),
+            discovery: None,
         };
         Arc::new(PoolState::new(cfg, 1, 7))
     }

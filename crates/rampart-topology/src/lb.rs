@@ -136,6 +136,20 @@ pub struct Pool {
     pub queue: QueueConfig,
     pub retries: RetryConfig,
     pub timeouts: PoolTimeouts,
+    /// Servers registered in etcd join the pool (besides `servers`).
+    pub discovery: Option<Discovery>,
+}
+
+/// `discovery = { etcd = [...], cluster = "...", service = "..." }`: the pool also takes
+/// the servers registered under `/rampart/<cluster>/services/<service>/` (what
+/// `rampart web` registers), adding them as they appear and draining them when their
+/// lease ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discovery {
+    pub etcd: Vec<String>,
+    pub cluster: String,
+    /// The service (pool) name in the key; default: the pool's name.
+    pub service: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -444,6 +458,17 @@ pub struct RawPool {
     pub retries: Option<RawRetries>,
     #[serde(default)]
     pub timeouts: Option<RawPoolTimeouts>,
+    #[serde(default)]
+    pub discovery: Option<RawDiscovery>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDiscovery {
+    pub etcd: Spanned<Vec<Spanned<String>>>,
+    pub cluster: Spanned<String>,
+    #[serde(default)]
+    pub service: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -821,6 +846,7 @@ impl LbConfig {
                 queue: QueueConfig::default(),
                 retries: RetryConfig::default(),
                 timeouts: PoolTimeouts::default(),
+                discovery: None,
             }],
             max_connections: DEFAULT_MAX_CONNECTIONS,
             trusted_proxies: Vec::new(),
@@ -945,7 +971,35 @@ fn validate_pool(c: &mut Checker<'_>, rp: &RawPool) -> Option<Pool> {
     let mut servers = Vec::new();
     let mut names: HashMap<String, ()> = HashMap::new();
     let mut addrs: HashMap<SocketAddr, ()> = HashMap::new();
-    if rp.servers.get_ref().is_empty() {
+    let discovery = rp.discovery.as_ref().map(|d| {
+        if d.etcd.get_ref().is_empty() {
+            c.err(&d.etcd, "discovery needs at least one etcd endpoint");
+        }
+        for e in d.etcd.get_ref() {
+            if !(e.get_ref().starts_with("http://") || e.get_ref().starts_with("https://")) {
+                c.err(
+                    e,
+                    format!(
+                        "bad etcd endpoint \"{}\"; expected a URL such as \"http://127.0.0.1:2379\"",
+                        e.get_ref()
+                    ),
+                );
+            }
+        }
+        if d.cluster.get_ref().is_empty() {
+            c.err(&d.cluster, "discovery cluster must not be empty");
+        }
+        Discovery {
+            etcd: d.etcd.get_ref().iter().map(|e| e.get_ref().clone()).collect(),
+            cluster: d.cluster.get_ref().clone(),
+            service: d
+                .service
+                .as_ref()
+                .map(|s| s.get_ref().clone())
+                .unwrap_or_else(|| rp.name.get_ref().clone()),
+        }
+    });
+    if rp.servers.get_ref().is_empty() && discovery.is_none() {
         c.err(
             &rp.servers,
             format!("pool \"{}\" has no servers", rp.name.get_ref()),
@@ -1110,7 +1164,7 @@ fn validate_pool(c: &mut Checker<'_>, rp: &RawPool) -> Option<Pool> {
         },
     };
 
-    if servers.is_empty() {
+    if servers.is_empty() && discovery.is_none() {
         return None;
     }
     Some(Pool {
@@ -1124,6 +1178,7 @@ fn validate_pool(c: &mut Checker<'_>, rp: &RawPool) -> Option<Pool> {
         queue,
         retries,
         timeouts,
+        discovery,
     })
 }
 

@@ -219,6 +219,16 @@ impl LbTopology {
                 "retries = {{ attempts = {}, budget_ratio = {:?}, min_per_sec = {} }}",
                 p.retries.attempts, p.retries.budget_ratio, p.retries.min_per_sec
             );
+            if let Some(d) = &p.discovery {
+                let etcd: Vec<String> = d.etcd.iter().map(|e| format!("\"{}\"", esc(e))).collect();
+                let _ = writeln!(
+                    out,
+                    "discovery = {{ etcd = [{}], cluster = \"{}\", service = \"{}\" }}",
+                    etcd.join(", "),
+                    esc(&d.cluster),
+                    esc(&d.service)
+                );
+            }
             let _ = writeln!(
                 out,
                 "timeouts = {{ connect = \"{}\", response = \"{}\", idle = \"{}\" }}\n",

@@ -844,3 +844,92 @@ async fn lb_nodes_run_from_the_topology_file_and_share_the_site_address() {
     );
     drop(web1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_registered_in_etcd_join_within_2_s_and_leave_with_their_lease() {
+    use rampart_coord::{register_service, Coord, CoordOptions, ServiceRecord};
+    let etcd = tokio::task::spawn_blocking(rampart_testkit::etcd::Etcd::start)
+        .await
+        .unwrap();
+    let url = etcd.client_url(0);
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let body = format!(
+        "[admin]\naddress = \"{{ADMIN}}\"\n[[listener]]\nname = \"web\"\naddress = \"{{LISTEN}}\"\npool = \"app\"\n\n[[pool]]\nname = \"app\"\nservers = []\ndiscovery = {{ etcd = [\"{url}\"], cluster = \"t\", service = \"web\" }}\nhealth_check = {{ kind = \"http\", path = \"/health\", interval = \"200ms\" }}\n"
+    );
+    let lb = OpsLb::start(&body, &[]).await;
+    // Nobody registered: 503.
+    assert_eq!(crate::support::get_once(lb.addr, "/").await.0, 503);
+
+    let coord = Coord::connect(CoordOptions::new([url.clone()]))
+        .await
+        .unwrap();
+    let rec = |name: &str, b: &Backend| ServiceRecord {
+        name: name.into(),
+        address: b.addr.to_string(),
+        weight: 1,
+    };
+    let ttl = Duration::from_secs(2);
+    let t = Instant::now();
+    let reg_a = register_service(&coord, "t", "web", &rec("a", &a), ttl)
+        .await
+        .unwrap();
+    let mut joined = false;
+    while t.elapsed() < Duration::from_secs(2) {
+        if crate::support::get_once(lb.addr, "/").await == (200, "a".to_string()) {
+            joined = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(joined, "a did not join within 2 s:\n{}", lb.proc.log_text());
+    let joined_in = t.elapsed();
+
+    let reg_b = register_service(&coord, "t", "web", &rec("b", &b), ttl)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut cl = Client::connect(lb.addr).await.unwrap();
+    let (a0, b0) = (a.hits(), b.hits());
+    for _ in 0..10 {
+        assert_eq!(cl.get("/").await.unwrap().0, 200);
+    }
+    assert_eq!((a.hits() - a0, b.hits() - b0), (5, 5));
+    let st = lb.state().await;
+    assert_eq!(server(&st, "app", "b").unwrap()["discovered"], true, "{st}");
+
+    // b dies without deregistering: its keepalives stop, the lease ends within the TTL,
+    // and b leaves the pool.
+    drop(reg_b);
+    let t = Instant::now();
+    let mut left = false;
+    while t.elapsed() < ttl + Duration::from_secs(2) {
+        if server(&lb.state().await, "app", "b").is_none() {
+            left = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(left, "b still in the pool:\n{}", lb.proc.log_text());
+    let left_in = t.elapsed();
+    let b0 = b.hits();
+    for _ in 0..10 {
+        assert_eq!(cl.get("/").await.unwrap(), (200, "a".to_string()));
+    }
+    assert_eq!(b.hits(), b0);
+    // A clean deregistration leaves at once: no server, 503.
+    reg_a.deregister().await.unwrap();
+    let mut gone = false;
+    for _ in 0..40 {
+        if crate::support::get_once(lb.addr, "/").await.0 == 503 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(gone, "{}", lb.proc.log_text());
+    eprintln!(
+        "joined in {joined_in:?}, left {left_in:?} after its keepalives stopped (ttl {ttl:?})"
+    );
+    drop(etcd);
+}
