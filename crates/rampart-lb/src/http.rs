@@ -15,6 +15,7 @@ use http_body::Body;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rampart_topology::lb::RedirectHttps;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -23,6 +24,7 @@ use crate::body::{Finish, ReqBody, RespBody};
 use crate::clock::now_ns;
 use crate::io::{self, Activity, Busy, CountedIo};
 use crate::state::{mark_tried, Fail, InFlight, PickError, PoolState};
+use crate::tls::{self, TlsTerm};
 use crate::upstream::{self, ConnectError};
 use crate::ListenerRt;
 
@@ -43,6 +45,36 @@ struct ConnCtx {
     /// An upgrade the server accepted (101), waiting for the client side of the
     /// connection once hyper hands it back.
     tunnel: Mutex<Option<Tunnel>>,
+    /// The client came over TLS (`X-Forwarded-Proto: https`).
+    https: bool,
+    /// `Strict-Transport-Security` for every response (TLS listeners with `hsts`).
+    hsts: Option<HeaderValue>,
+}
+
+impl ConnCtx {
+    fn new(
+        peer: SocketAddr,
+        listener: &Arc<ListenerRt>,
+        worker: usize,
+        tls: Option<&TlsTerm>,
+    ) -> Option<Svc> {
+        let ip = canonical_ip(peer.ip());
+        let peer_ip = HeaderValue::from_str(&ip.to_string()).ok()?;
+        Some(Arc::new(ConnCtx {
+            trusted: listener.trusted.iter().any(|c| c.contains(ip)),
+            hash_key: match ip {
+                IpAddr::V4(v4) => rampart_balance::hash_key(&v4.octets()),
+                IpAddr::V6(v6) => rampart_balance::hash_key(&v6.octets()),
+            },
+            peer_ip,
+            worker,
+            activity: Arc::new(Activity::default()),
+            listener: listener.clone(),
+            tunnel: Mutex::new(None),
+            https: tls.is_some(),
+            hsts: tls.and_then(|t| t.hsts.clone()),
+        }))
+    }
 }
 
 /// The upstream half of an upgraded (e.g. WebSocket) connection.
@@ -64,25 +96,20 @@ type Svc = Arc<ConnCtx>;
 /// the connection then waits ("parked") for its next bytes holding nothing but the socket.
 /// That keeps an idle keep-alive connection at about a kilobyte. h2c connections (prior
 /// knowledge, recognised by their preface) are served by hyper's HTTP/2 server throughout.
+///
+/// A TLS listener's connections are served after the handshake, without parking; a
+/// redirecting listener answers every request with a redirect to HTTPS.
 pub async fn serve(tcp: TcpStream, peer: SocketAddr, listener: Arc<ListenerRt>, worker: usize) {
-    let activity = Arc::new(Activity::default());
-    let ip = canonical_ip(peer.ip());
-    let peer_ip = match HeaderValue::from_str(&ip.to_string()) {
-        Ok(v) => v,
-        Err(_) => return,
+    // Boxed, so that the plain path's task stays small.
+    if let Some(r) = listener.cfg.redirect_https {
+        return Box::pin(serve_redirect(tcp, peer, listener, r)).await;
+    }
+    if let Some(term) = listener.tls.clone() {
+        return Box::pin(serve_tls(tcp, peer, listener, worker, term)).await;
+    }
+    let Some(ctx) = ConnCtx::new(peer, &listener, worker, None) else {
+        return;
     };
-    let ctx: Svc = Arc::new(ConnCtx {
-        trusted: listener.trusted.iter().any(|c| c.contains(ip)),
-        hash_key: match ip {
-            IpAddr::V4(v4) => rampart_balance::hash_key(&v4.octets()),
-            IpAddr::V6(v6) => rampart_balance::hash_key(&v6.octets()),
-        },
-        peer_ip,
-        worker,
-        activity: activity.clone(),
-        listener: listener.clone(),
-        tunnel: Mutex::new(None),
-    });
     let cfg = &listener.cfg;
     let mut tcp = tcp;
     let mut leftover = Bytes::new();
@@ -124,7 +151,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, listener: Arc<ListenerRt>, 
         }
         first = false;
         // Boxed: while parked, this task holds only the few locals above.
-        match Box::pin(serve_h1_episode(tcp, leftover, &ctx, peer)).await {
+        match Box::pin(serve_h1_episode(tcp, leftover, &ctx, peer, true)).await {
             Some((t, rest)) => {
                 tcp = t;
                 leftover = rest;
@@ -153,7 +180,11 @@ fn service(
         Box::pin(async move {
             let started = now_ns();
             let stats = ctx.listener.stats.clone();
-            let r = handle(req, ctx).await;
+            let hsts = ctx.hsts.clone();
+            let mut r = handle(req, ctx).await;
+            if let Some(v) = hsts {
+                r.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, v);
+            }
             stats
                 .counters
                 .response(r.status().as_u16(), now_ns().saturating_sub(started));
@@ -164,12 +195,17 @@ fn service(
 
 /// Serve HTTP/1.1 requests until the connection goes quiet (then hand back the socket and
 /// any bytes hyper read ahead), closes, fails, or upgrades (then run the tunnel).
-async fn serve_h1_episode(
-    tcp: TcpStream,
+/// Without `park`, "quiet" means the client idle timeout: the connection then closes.
+async fn serve_h1_episode<T>(
+    tcp: T,
     leftover: Bytes,
     ctx: &Svc,
     peer: SocketAddr,
-) -> Option<(TcpStream, Bytes)> {
+    park: bool,
+) -> Option<(T, Bytes)>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let cfg = &ctx.listener.cfg;
     let activity = &ctx.activity;
     let io = TokioIo::new(Prefixed {
@@ -184,7 +220,14 @@ async fn serve_h1_episode(
         .half_close(false);
     // Boxed: a parked connection must not carry hyper's state inline.
     let mut conn = Box::new(builder.serve_connection(io, service(ctx)));
-    let quiet = PARK_AFTER.min(cfg.header_read_timeout / 4);
+    let quiet = if park {
+        PARK_AFTER.min(cfg.header_read_timeout / 4)
+    } else {
+        (cfg.idle_timeout / 4).max(PARK_AFTER)
+    };
+    // Quiet ticks in a row before closing (no parking): about the idle timeout.
+    let close_after = if park { 1 } else { 4 };
+    let mut quiet_ticks = 0u32;
     let mut tick = tokio::time::interval(quiet);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
@@ -202,8 +245,13 @@ async fn serve_h1_episode(
             _ = tick.tick(), if !parking => {
                 let now = activity.snapshot();
                 if now == last && !activity.is_busy() {
-                    Pin::new(&mut *conn).graceful_shutdown();
-                    parking = true;
+                    quiet_ticks += 1;
+                    if quiet_ticks >= close_after {
+                        Pin::new(&mut *conn).graceful_shutdown();
+                        parking = true;
+                    }
+                } else {
+                    quiet_ticks = 0;
                 }
                 last = now;
             }
@@ -239,7 +287,12 @@ const STOP_LINGER: Duration = Duration::from_millis(1000);
 /// connection); a connection under steady load never goes quiet for this long.
 const PARK_AFTER: Duration = Duration::from_millis(50);
 
-async fn run_tunnel(tcp: TcpStream, rest: Bytes, t: Tunnel, peer: SocketAddr) {
+async fn run_tunnel<T: AsyncRead + AsyncWrite + Unpin>(
+    tcp: T,
+    rest: Bytes,
+    t: Tunnel,
+    peer: SocketAddr,
+) {
     let upstream = match t.upstream.await {
         Ok(u) => u,
         Err(e) => {
@@ -257,7 +310,10 @@ async fn run_tunnel(tcp: TcpStream, rest: Bytes, t: Tunnel, peer: SocketAddr) {
     }
 }
 
-async fn serve_h2(tcp: TcpStream, peer: SocketAddr, ctx: Svc) {
+async fn serve_h2<T>(tcp: T, peer: SocketAddr, ctx: Svc)
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let cfg = &ctx.listener.cfg;
     let io = TokioIo::new(CountedIo::new(tcp, ctx.activity.clone()));
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -278,6 +334,87 @@ async fn serve_h2(tcp: TcpStream, peer: SocketAddr, ctx: Svc) {
             let _ = conn.as_mut().await;
         }
     }
+}
+
+/// HTTPS: the TLS handshake, then HTTP/2 when the client chose it by ALPN, else HTTP/1.1.
+async fn serve_tls(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    listener: Arc<ListenerRt>,
+    worker: usize,
+    term: Arc<TlsTerm>,
+) {
+    let Some(ctx) = ConnCtx::new(peer, &listener, worker, Some(&term)) else {
+        return;
+    };
+    let timeout = listener.cfg.header_read_timeout;
+    let Some((stream, h2)) = tls::handshake(&term, tcp, peer, timeout).await else {
+        return;
+    };
+    if h2 {
+        serve_h2(stream, peer, ctx).await;
+    } else {
+        let _ = serve_h1_episode(stream, Bytes::new(), &ctx, peer, false).await;
+    }
+}
+
+/// A plain-HTTP listener of a TLS one: every request gets a redirect to the same host
+/// and path over HTTPS, and the connection closes.
+async fn serve_redirect(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    listener: Arc<ListenerRt>,
+    to: RedirectHttps,
+) {
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        std::future::ready(Ok::<_, Infallible>(redirect_response(&req, to)))
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(listener.cfg.header_read_timeout)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(tcp), svc);
+    if let Err(e) = conn.await {
+        tracing::debug!(%peer, error = %e, "redirect connection ended with an error");
+    }
+}
+
+/// `301`/`308` to `https://HOST[:PORT]/PATH?QUERY`; 400 without a usable host.
+fn redirect_response<B>(req: &Request<B>, to: RedirectHttps) -> Response<RespBody> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .and_then(|h| h.parse::<http::uri::Authority>().ok());
+    let Some(host) = host else {
+        let mut r = Response::new(RespBody::full(
+            Bytes::from_static(b"400 Bad Request: no Host to redirect to\n"),
+            None,
+        ));
+        *r.status_mut() = StatusCode::BAD_REQUEST;
+        return r;
+    };
+    let port = if to.port == 443 {
+        String::new()
+    } else {
+        format!(":{}", to.port)
+    };
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = format!("https://{}{port}{pq}", host.host());
+    let mut r = Response::new(RespBody::full(
+        Bytes::from(format!("Moved to {location}\n")),
+        None,
+    ));
+    *r.status_mut() = StatusCode::from_u16(to.status).unwrap_or(StatusCode::PERMANENT_REDIRECT);
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
 }
 
 /// A stream that first yields `prefix` (bytes already read from it), then reads `inner`.
@@ -702,7 +839,8 @@ fn prepare_headers(parts: &mut http::request::Parts, ctx: &ConnCtx, upgrade: boo
         h.insert(&X_FORWARDED_FOR, ctx.peer_ip.clone());
     }
     if !(keep && h.contains_key(&X_FORWARDED_PROTO)) {
-        h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        let proto = if ctx.https { "https" } else { "http" };
+        h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
     if !(keep && h.contains_key(&X_FORWARDED_HOST)) {
         if let Some(host) = h.get(header::HOST).cloned() {

@@ -27,6 +27,7 @@ mod reload;
 mod state;
 mod stats;
 mod tcp;
+pub mod tls;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -45,6 +46,7 @@ pub use http::strip_hop_by_hop;
 pub use state::AdminState;
 use state::{PoolHandle, PoolState};
 use stats::Counters;
+pub use tls::reload_certs;
 
 /// Why the load balancer could not start.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +61,8 @@ pub enum LbError {
     Runtime(std::io::Error),
     #[error("a worker thread failed: {0}")]
     Worker(String),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     #[error("admin listener: {0}")]
     Admin(String),
     #[error("binary upgrade: {0}")]
@@ -109,6 +113,8 @@ pub struct ListenerRt {
     pub trusted: Vec<Cidr>,
     pub stats: Arc<ListenerStats>,
     limit: Option<Arc<Semaphore>>,
+    /// TLS termination (listeners with `tls`), from [`tls::prepare`].
+    pub tls: Option<Arc<tls::TlsTerm>>,
 }
 
 /// A bound listener across reloads: its sockets (one per worker) and current settings.
@@ -203,6 +209,7 @@ impl Shared {
             trusted: cfg.trusted_proxies.clone(),
             stats,
             limit: l.max_connections.map(|n| Arc::new(Semaphore::new(n))),
+            tls: l.tls.as_ref().and_then(|_| tls::term(&l.name)),
         }
     }
 
@@ -333,6 +340,8 @@ pub fn run(config: LbConfig, opts: RunOptions) -> Result<(), LbError> {
     // Started by an upgrade: the previous process's sockets.
     let mut inherited = handoff::receive_from_env().map_err(LbError::Handoff)?;
     let pools: Vec<Arc<PoolHandle>> = config.pools.iter().map(|p| shared.new_pool(p)).collect();
+    // Certificates first: a missing or broken file refuses the start, naming the file.
+    tls::prepare(&config)?;
 
     // Bind every socket before starting anything, so a busy port fails the start.
     let mut bound = Vec::new();
@@ -431,6 +440,7 @@ pub fn run(config: LbConfig, opts: RunOptions) -> Result<(), LbError> {
             health::spawn_checks(p);
         }
         discovery::reconcile(&shared);
+        tls::spawn_watch();
         if let Some((l, a)) = admin_listener {
             admin::spawn(l, a, shared.clone()).map_err(LbError::Admin)?;
         }

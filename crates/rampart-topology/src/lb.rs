@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -118,6 +118,31 @@ pub struct Listener {
     pub header_read_timeout: Duration,
     /// An idle keep-alive client connection (HTTP) or an idle TCP session is closed after this.
     pub idle_timeout: Duration,
+    /// HTTPS: TLS is terminated here (HTTP mode only).
+    pub tls: Option<ListenerTls>,
+    /// A plain-HTTP listener that answers every request with a redirect to HTTPS (made
+    /// from a TLS listener's `redirect_from`, named `<name>-redirect`).
+    pub redirect_https: Option<RedirectHttps>,
+}
+
+/// TLS termination of one listener: certificate chain and key (PEM files, read at start,
+/// on reload and whenever their modification time changes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTls {
+    /// Relative paths in the file are taken from the config file's folder.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// `Strict-Transport-Security: max-age=<seconds>` on every response, when set.
+    pub hsts_max_age: Option<u64>,
+}
+
+/// Where a redirecting plain-HTTP listener sends clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedirectHttps {
+    /// The HTTPS listener's port (left out of the `Location` when 443).
+    pub port: u16,
+    /// 301 or 308.
+    pub status: u16,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -297,7 +322,7 @@ impl fmt::Display for Cidr {
 /// Parse a duration such as `"2s"`, `"500ms"`, `"1m"`, `"1h"`, `"250us"`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let bad = || {
-        format!("bad duration \"{s}\"; expected a number with a unit: ms, s, m or h (e.g. \"500ms\", \"2s\")")
+        format!("bad duration \"{s}\"; expected a number with a unit: ms, s, m, h or d (e.g. \"500ms\", \"2s\")")
     };
     let t = s.trim();
     let split = t
@@ -311,6 +336,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
+        "d" => n * 86400.0,
         _ => return Err(bad()),
     };
     if !secs.is_finite() || secs > 1e9 {
@@ -426,6 +452,22 @@ pub struct RawListener {
     pub max_connections: Option<Spanned<i64>>,
     #[serde(default)]
     pub timeouts: Option<RawListenerTimeouts>,
+    #[serde(default)]
+    pub tls: Option<Spanned<RawListenerTls>>,
+}
+
+/// `tls = { cert = "PATH", key = "PATH", hsts = "365d", redirect_from = "ADDR", redirect_status = 308 }`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListenerTls {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+    #[serde(default)]
+    pub hsts: Option<Spanned<String>>,
+    #[serde(default)]
+    pub redirect_from: Option<Spanned<String>>,
+    #[serde(default)]
+    pub redirect_status: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -717,6 +759,59 @@ impl LbConfig {
             );
             let idle_timeout =
                 c.positive_duration(&t.and_then(|t| t.idle.clone()), DEFAULT_CLIENT_IDLE, "idle");
+            let mut tls = None;
+            let mut redirect = None;
+            if let Some(rt) = &rl.tls {
+                if mode != Mode::Http {
+                    c.err(
+                        rt,
+                        "tls needs mode = \"http\" (TLS is terminated for HTTP listeners)",
+                    );
+                }
+                let t = rt.get_ref();
+                let dir = src.file.parent().unwrap_or(Path::new(""));
+                let path = |c: &mut Checker<'_>, v: &Spanned<String>, what: &str| {
+                    if v.get_ref().is_empty() {
+                        c.err(v, format!("tls {what} must name a PEM file"));
+                    }
+                    dir.join(v.get_ref())
+                };
+                let cert = path(&mut c, &t.cert, "cert");
+                let key = path(&mut c, &t.key, "key");
+                let hsts_max_age = t.hsts.as_ref().map(|h| {
+                    let d = c.positive_duration(&Some(h.clone()), Duration::from_secs(1), "hsts");
+                    d.as_secs().max(1)
+                });
+                if let Some(from) = &t.redirect_from {
+                    if let Some(a) = c.socket_addr(from, "redirect_from") {
+                        if listener_addrs.insert(a, ()).is_some() {
+                            c.err(from, format!("duplicate listener address {a}"));
+                        }
+                        let status = match &t.redirect_status {
+                            None => 308,
+                            Some(st) if matches!(*st.get_ref(), 301 | 308) => *st.get_ref() as u16,
+                            Some(st) => {
+                                c.err(
+                                    st,
+                                    format!(
+                                        "redirect_status must be 301 or 308, got {}",
+                                        st.get_ref()
+                                    ),
+                                );
+                                308
+                            }
+                        };
+                        redirect = Some((a, status));
+                    }
+                } else if let Some(st) = &t.redirect_status {
+                    c.err(st, "redirect_status needs redirect_from = \"ADDR\"");
+                }
+                tls = Some(ListenerTls {
+                    cert,
+                    key,
+                    hsts_max_age,
+                });
+            }
             if let (Some(address), Some(pool)) = (address, pool) {
                 listeners.push(Listener {
                     name: name.to_string(),
@@ -726,7 +821,25 @@ impl LbConfig {
                     max_connections,
                     header_read_timeout,
                     idle_timeout,
+                    tls,
+                    redirect_https: None,
                 });
+                if let Some((from, status)) = redirect {
+                    listeners.push(Listener {
+                        name: format!("{name}-redirect"),
+                        address: from,
+                        mode: Mode::Http,
+                        pool,
+                        max_connections,
+                        header_read_timeout,
+                        idle_timeout,
+                        tls: None,
+                        redirect_https: Some(RedirectHttps {
+                            port: address.port(),
+                            status,
+                        }),
+                    });
+                }
             }
         }
         if raw.listener.is_empty() {
@@ -834,6 +947,8 @@ impl LbConfig {
                 max_connections: None,
                 header_read_timeout: DEFAULT_HEADER_READ,
                 idle_timeout: DEFAULT_CLIENT_IDLE,
+                tls: None,
+                redirect_https: None,
             }],
             pools: vec![Pool {
                 name: "backends".into(),
@@ -1391,6 +1506,71 @@ health_check = { kind = "tcp" }
         assert!(e.diagnostics[2]
             .message
             .contains("unknown health check kind"));
+    }
+
+    #[test]
+    fn tls_listener_with_redirect_and_hsts() {
+        let text = with_pool(
+            "tls = { cert = \"certs/site.pem\", key = \"/k.pem\", hsts = \"365d\", redirect_from = \"127.0.0.1:81\", redirect_status = 301 }",
+            "servers = [{ address = \"127.0.0.1:1\" }]",
+        );
+        let c = LbConfig::from_source(&Source::new("/etc/rampart/lb.toml", text)).unwrap();
+        assert_eq!(c.listeners.len(), 2);
+        let tls = c.listeners[0].tls.as_ref().unwrap();
+        assert_eq!(tls.cert, PathBuf::from("/etc/rampart/certs/site.pem"));
+        assert_eq!(tls.key, PathBuf::from("/k.pem"));
+        assert_eq!(tls.hsts_max_age, Some(365 * 86400));
+        let r = &c.listeners[1];
+        assert_eq!(r.name, "l-redirect");
+        assert_eq!(r.address, "127.0.0.1:81".parse().unwrap());
+        assert!(r.tls.is_none());
+        assert_eq!(
+            r.redirect_https,
+            Some(RedirectHttps {
+                port: 80,
+                status: 301
+            })
+        );
+    }
+
+    #[test]
+    fn tls_errors_have_positions() {
+        let text = with_pool(
+            "mode = \"tcp\"\ntls = { cert = \"c.pem\", key = \"k.pem\", redirect_from = \"127.0.0.1:80\", redirect_status = 302, hsts = \"forever\" }",
+            "servers = [{ address = \"127.0.0.1:1\" }]",
+        );
+        let e = parse(&text).unwrap_err();
+        let msgs: Vec<String> = e
+            .diagnostics
+            .iter()
+            .map(|d| format!("{}:{}: {}", d.line, d.col, d.message))
+            .collect();
+        assert_eq!(msgs.len(), 4, "{msgs:#?}");
+        assert!(
+            msgs[0].starts_with("6:7: tls needs mode = \"http\""),
+            "{msgs:#?}"
+        );
+        assert!(
+            msgs.iter().any(|m| m.contains("bad duration \"forever\"")),
+            "{msgs:#?}"
+        );
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("duplicate listener address 127.0.0.1:80")),
+            "{msgs:#?}"
+        );
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("redirect_status must be 301 or 308, got 302")),
+            "{msgs:#?}"
+        );
+        let text = with_pool(
+            "tls = { cert = \"c.pem\" }",
+            "servers = [{ address = \"127.0.0.1:1\" }]",
+        );
+        let (l, _, m) = one_error(&text);
+        assert_eq!(l, 5, "{m}");
+        assert!(m.contains("key"), "{m}");
     }
 
     #[test]

@@ -10,3 +10,4 @@ mod ops;
 mod postgres;
 mod protocols;
 mod support;
+mod tls;
