@@ -142,8 +142,20 @@ struct Answer {
     consumed: usize,
     close: bool,
     class: Class,
-    body: Option<(Arc<Rep>, u64, u64)>,
+    body: Option<BodyOut>,
 }
+
+/// A body sent after the head (small ones are copied into the head's buffer instead).
+enum BodyOut {
+    /// Cached bytes, too big to copy.
+    Mem(Bytes),
+    /// `count` bytes of the representation's file from `start`, by sendfile(2).
+    File(Arc<Rep>, u64, u64),
+}
+
+/// Bodies up to this size are copied behind the head into one write; bigger ones are
+/// written from the cache directly (so that a connection's buffer never grows past it).
+const COPY_MAX: usize = 16 * 1024;
 
 enum Decision {
     /// More bytes needed for a whole head.
@@ -272,15 +284,17 @@ fn decide(sh: &Shared, buf: &[u8], out: &mut Vec<u8>) -> Decision {
         Some((start, count)) if !head && count > 0 => match &rep.body {
             RepBody::Mem(m) => {
                 let (s, e) = (start as usize, (start + count) as usize);
-                match m.get(s..e) {
-                    Some(slice) => {
-                        out.extend_from_slice(slice);
-                        None
-                    }
-                    None => return Decision::Hyper,
+                if e > m.len() {
+                    return Decision::Hyper;
+                }
+                if e - s <= COPY_MAX {
+                    out.extend_from_slice(&m[s..e]);
+                    None
+                } else {
+                    Some(BodyOut::Mem(m.slice(s..e)))
                 }
             }
-            RepBody::File(_) => Some((rep.clone(), start, count)),
+            RepBody::File(_) => Some(BodyOut::File(rep.clone(), start, count)),
         },
         _ => None,
     };
@@ -302,7 +316,11 @@ fn is_app_route(node: &Node, path: &str) -> bool {
 async fn respond(stream: &TcpStream, out: &[u8], a: &Answer) -> io::Result<()> {
     match &a.body {
         None => write_all(stream, out, false).await,
-        Some((rep, start, count)) => {
+        Some(BodyOut::Mem(bytes)) => {
+            write_all(stream, out, true).await?;
+            write_all(stream, bytes, false).await
+        }
+        Some(BodyOut::File(rep, start, count)) => {
             write_all(stream, out, true).await?;
             let RepBody::File(file) = &rep.body else {
                 return Err(io::Error::other("not a file body"));

@@ -378,6 +378,9 @@ fn one_connection_pipelines_static_requests_then_moves_to_hyper() {
     let big: Vec<u8> = (0..3 * 1024 * 1024 + 17u32)
         .map(|i| (i % 253) as u8)
         .collect();
+    // A cached file too big to be copied behind the head (written from the cache).
+    let mid: Vec<u8> = (0..100 * 1024u32).map(|i| (i % 241) as u8).collect();
+    std::fs::write(root.join("mid.bin"), &mid).expect("w");
     let s = std::net::TcpStream::connect(w.addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
@@ -401,6 +404,17 @@ fn one_connection_pipelines_static_requests_then_moves_to_hyper() {
     let r = read_resp(&mut rd, false);
     assert_eq!(r.status, 206);
     assert_eq!(r.body, &big[2_000_000..2_000_100]);
+    wr.write_all(
+        b"GET /mid.bin HTTP/1.1\r\nHost: x\r\n\r\nGET /mid.bin HTTP/1.1\r\nHost: x\r\nRange: bytes=-20000\r\n\r\n",
+    )
+    .expect("send");
+    let r = read_resp(&mut rd, false);
+    assert!(r.status == 200 && r.body == mid, "mid.bin differs");
+    let r = read_resp(&mut rd, false);
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (206, &mid[mid.len() - 20000..])
+    );
     // A head that arrives in pieces.
     wr.write_all(b"GET /big.bin HTTP/1.1\r\nHo").expect("send");
     std::thread::sleep(Duration::from_millis(100));
