@@ -37,6 +37,7 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// What one client connection knows, shared by its requests.
 struct ConnCtx {
     listener: Arc<ListenerRt>,
+    peer: SocketAddr,
     worker: usize,
     peer_ip: HeaderValue,
     trusted: bool,
@@ -67,6 +68,7 @@ impl ConnCtx {
                 IpAddr::V6(v6) => rampart_balance::hash_key(&v6.octets()),
             },
             peer_ip,
+            peer,
             worker,
             activity: Arc::new(Activity::default()),
             listener: listener.clone(),
@@ -181,13 +183,17 @@ fn service(
             let started = now_ns();
             let stats = ctx.listener.stats.clone();
             let hsts = ctx.hsts.clone();
+            let log = crate::accesslog::enabled()
+                .then(|| (req.method().clone(), req.uri().clone(), ctx.clone()));
             let mut r = handle(req, ctx).await;
             if let Some(v) = hsts {
                 r.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, v);
             }
-            stats
-                .counters
-                .response(r.status().as_u16(), now_ns().saturating_sub(started));
+            let took = now_ns().saturating_sub(started);
+            stats.counters.response(r.status().as_u16(), took);
+            if let Some((method, uri, ctx)) = log {
+                crate::accesslog::log_response(&ctx.listener, ctx.peer, &method, &uri, &r, took);
+            }
             Ok::<_, Infallible>(r)
         }) as HandleFuture
     })
@@ -579,7 +585,16 @@ async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<RespBody>
                 } else {
                     pool.on_passive_success(i);
                 }
-                return respond(resp, sender, slot, &ctx, busy, upgrade);
+                let served = crate::accesslog::enabled().then(|| crate::accesslog::Served {
+                    server: s.name.clone(),
+                    attempts: attempt + 1,
+                    upstream_ns: took,
+                });
+                let mut r = respond(resp, sender, slot, &ctx, busy, upgrade);
+                if let Some(served) = served {
+                    r.extensions_mut().insert(served);
+                }
+                return r;
             }
             Err(f) => {
                 let s = slot.server();

@@ -13,6 +13,7 @@
 //! signal handling and reloads; it hands new listening sockets to the workers over a
 //! channel.
 
+mod accesslog;
 mod admin;
 mod body;
 mod clock;
@@ -337,6 +338,8 @@ pub fn run(config: LbConfig, opts: RunOptions) -> Result<(), LbError> {
         upgrading: std::sync::atomic::AtomicBool::new(false),
         discovery: Mutex::new(Default::default()),
     });
+    accesslog::configure(config.access_log.as_ref())
+        .map_err(|e| LbError::Admin(format!("cannot open the access log: {e}")))?;
     // Started by an upgrade: the previous process's sockets.
     let mut inherited = handoff::receive_from_env().map_err(LbError::Handoff)?;
     let pools: Vec<Arc<PoolHandle>> = config.pools.iter().map(|p| shared.new_pool(p)).collect();
@@ -448,6 +451,7 @@ pub fn run(config: LbConfig, opts: RunOptions) -> Result<(), LbError> {
         // Accepting on every socket now: a previous process may stop.
         inherited.ready();
         let mut poll_workers = tokio::time::interval(Duration::from_millis(500));
+        let mut flush_log = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
                 _ = int.recv() => break,
@@ -469,6 +473,7 @@ pub fn run(config: LbConfig, opts: RunOptions) -> Result<(), LbError> {
                         eprintln!("reload refused, the running configuration stays:\n{e}");
                     }
                 }
+                _ = flush_log.tick() => accesslog::flush(),
                 _ = poll_workers.tick() => {
                     if handles.iter().any(|h| h.is_finished()) {
                         return Err(LbError::Worker("a worker thread stopped".into()));
@@ -482,6 +487,7 @@ pub fn run(config: LbConfig, opts: RunOptions) -> Result<(), LbError> {
             .map(|c| c.grace)
             .unwrap_or(Duration::from_secs(30));
         drain(&shared, grace).await;
+        accesslog::flush();
         Ok(())
     });
     if let Some(p) = &opts.pid_file {

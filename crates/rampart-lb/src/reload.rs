@@ -178,6 +178,17 @@ pub fn apply(shared: &Arc<Shared>, new: LbConfig) -> Result<(), ControlError> {
     if let Ok(mut l) = shared.listeners.lock() {
         *l = listeners;
     }
+    let log_changed = shared
+        .config
+        .lock()
+        .map(|c| c.access_log != new.access_log)
+        .unwrap_or(true);
+    if log_changed {
+        if let Err(e) = crate::accesslog::configure(new.access_log.as_ref()) {
+            tracing::error!(error = %e, "cannot open the new access log; access logging is off");
+            let _ = crate::accesslog::configure(None);
+        }
+    }
     if let Ok(mut c) = shared.config.lock() {
         *c = new;
     }

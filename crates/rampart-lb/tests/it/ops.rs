@@ -565,7 +565,7 @@ async fn twenty_reloads_under_load_lose_no_request_and_refuse_no_connection() {
         lb.proc.log_text()
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
-    load.finish(200).await;
+    load.finish(50).await;
     assert!(c.hits() > 0, "c never served during the reloads");
     let st = lb.state().await;
     assert_eq!(st["reloads"], 20);
@@ -730,7 +730,7 @@ async fn binary_upgrades_under_load_lose_no_request_and_refuse_no_connection() {
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(lb.state().await["pid"], newer);
-    load.finish(200).await;
+    load.finish(50).await;
     assert!(a.hits() > 0 && b.hits() > 0);
     assert!(lb
         .proc
@@ -932,4 +932,57 @@ async fn servers_registered_in_etcd_join_within_2_s_and_leave_with_their_lease()
         "joined in {joined_in:?}, left {left_in:?} after its keepalives stopped (ttl {ttl:?})"
     );
     drop(etcd);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_writes_one_line_per_request_in_json_or_logfmt() {
+    let a = Backend::start("a").await;
+    let body = |fmt: &str| {
+        config(
+            &servers(&[(&a, 1)]),
+            &format!("[access_log]\nformat = \"{fmt}\"\npath = \"access.log\"\n"),
+        )
+    };
+    let lb = OpsLb::start(&body("json"), &[]).await;
+    let log = lb.dir.path().join("access.log");
+    let mut cl = Client::connect(lb.addr).await.unwrap();
+    assert_eq!(cl.get("/x?y=1").await.unwrap().0, 200);
+    assert_eq!(cl.get("/fail").await.unwrap().0, 500);
+    let lines = |n: usize| {
+        let log = log.clone();
+        move || std::fs::read_to_string(&log).is_ok_and(|t| t.lines().count() >= n)
+    };
+    assert!(
+        wait_for(lines(2), Duration::from_secs(3)).await,
+        "{}",
+        lb.proc.log_text()
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    let v: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(v.len(), 2, "{text}");
+    assert_eq!(v[0]["path"], "/x?y=1");
+    assert_eq!(v[0]["status"], 200);
+    assert_eq!(v[0]["server"], "a");
+    assert_eq!(v[0]["pool"], "app");
+    assert_eq!(v[0]["listener"], "web");
+    assert_eq!(v[0]["bytes"], 1);
+    assert_eq!(v[0]["retries"], 0);
+    assert!(v[0]["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(v[0]["total_ms"].as_f64().unwrap() >= v[0]["upstream_ms"].as_f64().unwrap());
+    assert_eq!(v[1]["status"], 500);
+    // Switch to logfmt by a reload.
+    lb.write(&body("logfmt"));
+    let (ok, out) = lb.cli(&["reload", "--admin", "{ADMIN}"]).await;
+    assert!(ok, "{out}");
+    assert_eq!(cl.get("/z").await.unwrap().0, 200);
+    assert!(wait_for(lines(3), Duration::from_secs(3)).await);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let last = text.lines().nth(2).unwrap();
+    assert!(
+        last.contains(" listener=web pool=app server=a method=GET path=/z status=200 bytes=1 "),
+        "{last}"
+    );
 }
