@@ -435,6 +435,28 @@ admin = ["10.9.0.7/16"]
         s.parse().unwrap()
     }
 
+    proptest::proptest! {
+        /// Whatever address knocks: a web node's port opens only to the balancers and the
+        /// monitor, PostgreSQL only to web, db and monitor hosts, etcd's peer port only to
+        /// members; the site only on the balancers, to everyone.
+        #[test]
+        fn no_address_outside_a_role_s_clients_gets_in(a in 0u8..16, b in 0u8..4, c in 0u8..12, d in 0u8..4) {
+            let t = topology();
+            let ip = IpAddr::from([10, a, b, c.saturating_sub(1) + d]);
+            let web = ruleset(&t, &["web1"]).unwrap();
+            let lb_or_monitor = ["10.0.0.1", "10.0.0.2", "10.0.9.1"].map(|s| s.parse::<IpAddr>().unwrap());
+            proptest::prop_assert_eq!(web.allows(8080, ip), lb_or_monitor.contains(&ip));
+            let db = ruleset(&t, &["db1"]).unwrap();
+            let pg_clients = ["10.0.1.1", "10.0.1.2", "10.0.2.1", "10.0.2.2", "10.0.9.1"].map(|s| s.parse::<IpAddr>().unwrap());
+            proptest::prop_assert_eq!(db.allows(5432, ip), pg_clients.contains(&ip));
+            let etcd = ruleset(&t, &["etcd2"]).unwrap();
+            let members = ["10.0.3.1", "10.0.3.2", "10.0.3.3"].map(|s| s.parse::<IpAddr>().unwrap());
+            proptest::prop_assert_eq!(etcd.allows(2380, ip), members.contains(&ip));
+            proptest::prop_assert!(ruleset(&t, &["lb2"]).unwrap().allows(80, ip));
+            proptest::prop_assert!(!web.allows(80, ip) && !db.allows(80, ip));
+        }
+    }
+
     #[test]
     fn each_role_accepts_only_its_clients() {
         let t = topology();

@@ -140,3 +140,55 @@ pub fn rules(t: &Topology, interval: Duration) -> Vec<Rule> {
     }
     out
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use rampart_topology::default::{render, DefaultOptions};
+    use rampart_topology::Source;
+
+    fn default_with(extra: &str) -> Topology {
+        let dir = std::env::temp_dir().join(format!("rampart-rules-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("site")).unwrap();
+        let text = render(&DefaultOptions {
+            cluster: "main",
+            data_dir: &dir.join("data"),
+            port_base: 8000,
+        }) + extra;
+        Topology::from_source(&Source::new(dir.join("t.toml"), text)).unwrap()
+    }
+
+    #[test]
+    fn built_in_rules_follow_the_topology_and_custom_ones_replace_them_by_name() {
+        let t = default_with("");
+        let rs = rules(&t, Duration::from_secs(2));
+        let names: Vec<&str> = rs.iter().map(|r| r.name.as_str()).collect();
+        for n in [
+            "NodeDown",
+            "EtcdMemberDown",
+            "NoDbPrimary",
+            "ReplicationLagHigh",
+            "NoSyncStandby",
+            "WebNotReady",
+            "Lb5xxRatioHigh",
+        ] {
+            assert!(names.contains(&n), "{n} missing from {names:?}");
+        }
+        let lag = rs.iter().find(|r| r.name == "ReplicationLagHigh").unwrap();
+        assert_eq!(lag.threshold, 16.0 * 1024.0 * 1024.0, "[db] max_lag = 16MB");
+        let down = rs.iter().find(|r| r.name == "NodeDown").unwrap();
+        assert_eq!(down.for_ms, 4000, "two scrapes");
+
+        let t = default_with(
+            "\n[[monitor.rules]]\nname = \"NodeDown\"\nseries = \"up\"\nop = \"==\"\nthreshold = 0\nfor = \"1m\"\n\n[[monitor.rules]]\nname = \"Mine\"\nseries = \"x\"\nop = \">\"\nthreshold = 1\n",
+        );
+        let rs = rules(&t, Duration::from_secs(2));
+        assert_eq!(rs.iter().filter(|r| r.name == "NodeDown").count(), 1);
+        assert_eq!(
+            rs.iter().find(|r| r.name == "NodeDown").unwrap().for_ms,
+            60_000
+        );
+        assert!(rs.iter().any(|r| r.name == "Mine"));
+    }
+}
