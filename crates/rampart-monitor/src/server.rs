@@ -252,29 +252,38 @@ fn last(store: &Store, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         .and_then(|s| s.back().map(|x| x.1))
 }
 
-fn not_admin(name: &str) -> Selector {
-    let mut s = Selector::name(name);
-    s.matchers.push(rampart_alert::Matcher {
-        label: "kind".into(),
-        equal: false,
-        value: "Admin".into(),
-    });
-    s
-}
-
 /// The request counter and the latency histogram of a job (lb: `rampart lb`'s listener
-/// metrics from its admin `/metrics`; web: `rampart web`'s).
-pub fn request_metrics(job: &str) -> (&'static str, &'static str) {
-    match job {
+/// metrics from its admin `/metrics`, without the node's own entry `direct`, which carries
+/// health probes and drills; web: `rampart web`'s, without its admin endpoints).
+pub fn request_metrics(job: &str) -> (Selector, Selector, Selector) {
+    let (requests, duration, label, skip) = match job {
         "lb" => (
             "rampart_listener_requests_total",
             "rampart_listener_response",
+            "listener",
+            "direct",
         ),
         _ => (
             "rampart_web_requests_total",
             "rampart_web_request_duration_seconds",
+            "kind",
+            "Admin",
         ),
-    }
+    };
+    let sel = |name: String| {
+        let mut s = Selector::name(name);
+        s.matchers.push(rampart_alert::Matcher {
+            label: label.into(),
+            equal: false,
+            value: skip.into(),
+        });
+        s
+    };
+    (
+        sel(requests.to_string()),
+        sel(format!("{duration}_sum")),
+        sel(format!("{duration}_count")),
+    )
 }
 
 /// Everything the dashboard draws, in one JSON document.
@@ -290,8 +299,7 @@ pub fn overview_json(m: &Monitor, inner: &Inner, window_ms: u64) -> Value {
         let inst = t.instance.as_str();
         match t.job.as_str() {
             "lb" | "web" => {
-                let (requests, duration) = request_metrics(&t.job);
-                let total = not_admin(requests);
+                let (total, dur_sum, dur_count) = request_metrics(&t.job);
                 let mut bad = total.clone();
                 bad.matchers.push(rampart_alert::Matcher {
                     label: "class".into(),
@@ -300,9 +308,8 @@ pub fn overview_json(m: &Monitor, inner: &Inner, window_ms: u64) -> Value {
                 });
                 rps.push(json!({"name": inst, "job": t.job, "points": points(rate_by_time(store, &total, inst, since))}));
                 errors.push(json!({"name": inst, "job": t.job, "points": points(rate_by_time(store, &bad, inst, since))}));
-                let sum = rate_by_time(store, &not_admin(&format!("{duration}_sum")), inst, since);
-                let count =
-                    rate_by_time(store, &not_admin(&format!("{duration}_count")), inst, since);
+                let sum = rate_by_time(store, &dur_sum, inst, since);
+                let count = rate_by_time(store, &dur_count, inst, since);
                 let avg: BTreeMap<u64, f64> = sum
                     .into_iter()
                     .filter_map(|(t, s)| {

@@ -81,10 +81,13 @@ pub fn targets(t: &Topology) -> Vec<Target> {
     out
 }
 
-/// An lb node: its own entry answers `/healthz` through the pool; metrics come from
-/// the admin listener once the topology names one.
+/// An lb node: `/metrics` of its admin listener when the topology gives it one (`[[lb.nodes]]
+/// admin`), else a probe of its own entry (`/healthz` through the pool).
 fn lb_target(n: &rampart_topology::lb_section::LbNode) -> Target {
-    Target::new("lb", &n.name, n.address, "/healthz", Mode::Probe)
+    match n.admin {
+        Some(admin) => Target::new("lb", &n.name, admin, "/metrics", Mode::Metrics),
+        None => Target::new("lb", &n.name, n.address, "/healthz", Mode::Probe),
+    }
 }
 
 /// Where the db cluster's view (`/cluster`) can be read: every agent, in order.

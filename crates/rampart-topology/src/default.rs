@@ -4,7 +4,7 @@
 //! HTTPS and a firewall; loopback addresses and distinct ports.
 //!
 //! Ports are `port_base + offset` (default base 8000): site 8080, monitor 8090, lb nodes
-//! 8091-8092, web 8101-8103, db agents' api 8201-8203, PostgreSQL 8301-8303, etcd
+//! 8091-8092 (their admin APIs 8191-8192), web 8101-8103, db agents' api 8201-8203, PostgreSQL 8301-8303, etcd
 //! 8401-8406 (client, peer pairs). A second stack on the same machine takes another base.
 
 use std::path::Path;
@@ -128,10 +128,12 @@ password_env = "{DB_PASSWORD_ENV}"   # rampart up sets it to [db] superuser_pass
 [[lb.nodes]]
 name = "lb1"
 address = "127.0.0.1:{lb1}"   # this node's own entry, for health checks and drills
+admin = "127.0.0.1:{lb1a}"     # admin API: /stats page, /metrics (the monitor scrapes it), control
 
 [[lb.nodes]]
 name = "lb2"
 address = "127.0.0.1:{lb2}"
+admin = "127.0.0.1:{lb2a}"
 
 [[lb.listener]]
 name = "site"
@@ -179,6 +181,8 @@ allow = [
 "#,
         lb1 = p(91),
         lb2 = p(92),
+        lb1a = p(191),
+        lb2a = p(192),
         site = p(80),
         w1 = p(101),
         w2 = p(102),

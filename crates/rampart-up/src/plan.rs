@@ -154,17 +154,17 @@ pub fn plan(t: &Topology, topology_file: &Path, data_dir: &Path, tools: &Tools<'
     }
     if let Some(lb) = &t.lb {
         for n in &lb.nodes {
-            let file = data_dir.join("lb").join(format!("{}.toml", n.name));
             let spec = ProcSpec {
                 name: n.name.clone(),
                 kind: NodeKind::Lb,
                 program: rampart.clone(),
+                // The node's threads and admin address come from its [[lb.nodes]] entry.
                 args: vec![
                     "lb".into(),
                     "--config".into(),
-                    file.display().to_string(),
-                    "--threads".into(),
-                    n.threads.to_string(),
+                    cfg.clone(),
+                    "--node".into(),
+                    n.name.clone(),
                 ],
                 // Through the node's own entry to the site's pool: healthy when it forwards.
                 probe: Probe::Http {
@@ -172,7 +172,7 @@ pub fn plan(t: &Topology, topology_file: &Path, data_dir: &Path, tools: &Tools<'
                     path: "/healthz".into(),
                 },
                 grace: Duration::from_secs(5),
-                file: Some((file, lb.render_node_file(n))),
+                file: None,
             };
             add_role(&mut p, NodeKind::Lb, &n.name, spec);
         }
@@ -242,13 +242,15 @@ mod tests {
         let etcd1 = &p.procs[0];
         assert!(etcd1.args.join(" ").contains("--initial-cluster etcd1=http://127.0.0.1:8402,etcd2=http://127.0.0.1:8404,etcd3=http://127.0.0.1:8406"));
         let lb1 = &p.procs[9];
-        assert_eq!(lb1.args[0], "lb");
-        let (path, text) = lb1.file.clone().unwrap();
-        assert!(path.ends_with("lb/lb1.toml"));
-        assert!(
-            text.contains("address = \"127.0.0.1:8080\"")
-                && text.contains("address = \"127.0.0.1:8091\""),
-            "{text}"
+        assert_eq!(
+            lb1.args,
+            vec![
+                "lb",
+                "--config",
+                &file.display().to_string(),
+                "--node",
+                "lb1"
+            ]
         );
     }
 }

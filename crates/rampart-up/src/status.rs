@@ -226,6 +226,9 @@ pub fn collect(r: &Resolved) -> Vec<NodeStatus> {
                 .map(|l| Value::String(l.address.to_string()))
                 .collect();
             details.insert("listeners".into(), Value::Array(vips));
+            if let Some(a) = n.admin {
+                details.insert("stats".into(), Value::String(format!("http://{a}/stats")));
+            }
             out.push(NodeStatus {
                 name: n.name.clone(),
                 kind: "lb".into(),

@@ -87,6 +87,9 @@ fn bound_addresses(t: &Topology) -> Vec<(String, SocketAddr)> {
     if let Some(lb) = &t.lb {
         for n in &lb.nodes {
             out.push((n.name.clone(), n.address));
+            if let Some(a) = n.admin {
+                out.push((format!("{} admin", n.name), a));
+            }
         }
         for l in &lb.config.listeners {
             out.push((format!("lb listener {}", l.name), l.address));
@@ -743,7 +746,14 @@ fn start_and_watch(
             n.name, n.address
         );
     }
-    println!("  lb stats    not available: rampart lb has no stats page yet");
+    for n in t.lb.iter().flat_map(|l| &l.nodes) {
+        if let Some(a) = n.admin {
+            println!(
+                "  {:<11} http://{a}/stats   (admin API, metrics: /metrics)",
+                format!("{} stats", n.name)
+            );
+        }
+    }
     if let Some(db) = &t.db {
         if let Some(n) = db.nodes.first() {
             println!("  db cluster  http://{}/cluster", n.api);

@@ -16,7 +16,7 @@ pub struct InitArgs {
     /// Cluster name (prefixes every etcd key).
     #[arg(long, default_value = "main")]
     pub cluster: String,
-    /// Ports are PORT_BASE + offset (site +80, monitor +90, lb +91.., web +101.., db api
+    /// Ports are PORT_BASE + offset (site +80, monitor +90, lb +91.., lb admin +191.., web +101.., db api
     /// +201.., PostgreSQL +301.., etcd +401..): another base runs a second stack beside.
     #[arg(long, default_value_t = 8000)]
     pub port_base: u16,

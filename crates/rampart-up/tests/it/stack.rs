@@ -14,8 +14,9 @@ use rampart_testkit::{http_request, rampart_bin, wait_until, Proc};
 use serde_json::Value;
 
 /// Offsets of the default topology's ports from its base (see rampart init --help).
-const OFFSETS: [u16; 19] = [
-    80, 90, 91, 92, 101, 102, 103, 201, 202, 203, 301, 302, 303, 401, 402, 403, 404, 405, 406,
+const OFFSETS: [u16; 21] = [
+    80, 90, 91, 92, 101, 102, 103, 191, 192, 201, 202, 203, 301, 302, 303, 401, 402, 403, 404, 405,
+    406,
 ];
 
 /// A port base whose whole block is free, below the ephemeral range other tests draw from.
@@ -223,6 +224,26 @@ fn default_stack_survives_losing_the_primary_a_web_server_and_a_balancer_and_sto
         "the monitor does not see every node up: {:#?}",
         status(&config)
     );
+    // ... the balancers through their admin /metrics, the web nodes through theirs.
+    let monitor = SocketAddr::from(([127, 0, 0, 1], base + 90));
+    for metric in [
+        "rampart_listener_requests_total",
+        "rampart_web_requests_total",
+    ] {
+        let r = http_request(
+            monitor,
+            "GET",
+            &format!("/api/query?series={metric}"),
+            &[],
+            b"",
+        )
+        .expect("query the monitor");
+        let v: Value = serde_json::from_slice(&r.body).expect("query JSON");
+        assert!(
+            v["series"].as_array().is_some_and(|s| !s.is_empty()),
+            "{metric}: {v}"
+        );
+    }
     let primaries: Vec<&Value> = nodes
         .iter()
         .filter(|n| n["kind"] == "db" && n["role"] == "primary")
