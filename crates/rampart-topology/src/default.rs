@@ -19,7 +19,9 @@ pub struct DefaultOptions<'a> {
     pub port_base: u16,
 }
 
-/// The name of the environment variable holding the database password for the web nodes.
+/// An environment variable a topology's `[web.database] password_env` may name for the
+/// guestbook's password (the default topology names none: the web nodes use `[db]
+/// superuser_password`, and `rampart up` exports it under the name a file gives).
 pub const DB_PASSWORD_ENV: &str = "RAMPART_DB_PASSWORD";
 
 /// Lowest and highest accepted `port_base` (every port stays within 1024..=65535).
@@ -109,7 +111,7 @@ drain_seconds = 1.0
 [web.database]
 agents = [{agents}]
 user = "postgres"
-password_env = "{DB_PASSWORD_ENV}"   # rampart up sets it to [db] superuser_password
+# password: [db] superuser_password (or the variable `password_env = "NAME"` names)
 "#,
         agents = agents.join(", "),
     ));

@@ -57,22 +57,47 @@ fn etcd_status(addr: SocketAddr) -> Option<Value> {
         .flatten()
 }
 
-/// Requests a web node answered so far, not counting health checks and metrics
-/// (`rampart_web_requests_total` without `kind="Admin"`).
-fn web_requests(addr: SocketAddr) -> Option<f64> {
+/// Requests a node answered so far according to its Prometheus `/metrics` at `addr`: the
+/// sum of counter `name` over every series except those with label `skip` (web:
+/// `rampart_web_requests_total` without `kind="Admin"`, the health checks and scrapes; lb:
+/// `rampart_listener_requests_total` from the admin listener without `listener="direct"`,
+/// the node's own entry that probes and drills use).
+fn requests_counter(addr: SocketAddr, name: &str, skip: &str) -> Option<f64> {
     let r = crate::http::get(addr, "/metrics", T).ok()?;
     if r.status != 200 {
         return None;
     }
-    Some(
-        r.text()
-            .lines()
-            .filter(|l| {
-                l.starts_with("rampart_web_requests_total") && !l.contains("kind=\"Admin\"")
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum(),
+    Some(sum_counter(&r.text(), name, skip))
+}
+
+fn sum_counter(text: &str, name: &str, skip: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+                && !l.contains(skip)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn web_requests(addr: SocketAddr) -> Option<f64> {
+    requests_counter(addr, "rampart_web_requests_total", "kind=\"Admin\"")
+}
+
+fn lb_requests(admin: Option<SocketAddr>) -> Option<f64> {
+    requests_counter(
+        admin?,
+        "rampart_listener_requests_total",
+        "listener=\"direct\"",
     )
+}
+
+fn rate(before: Option<f64>, after: Option<f64>, secs: f64) -> Option<Value> {
+    let (a, b) = (before?, after?);
+    Some(serde_json::json!(
+        ((b - a).max(0.0) / secs * 10.0).round() / 10.0
+    ))
 }
 
 /// Probe every node of the topology. Takes about a second: request rates are measured
@@ -81,6 +106,11 @@ pub fn collect(r: &Resolved) -> Vec<NodeStatus> {
     let t = &r.topology;
     let window_start = Instant::now();
     let before: Vec<Option<f64>> = t.web.iter().map(|w| web_requests(w.listen)).collect();
+    let lb_before: Vec<Option<f64>> =
+        t.lb.iter()
+            .flat_map(|l| &l.nodes)
+            .map(|n| lb_requests(n.admin))
+            .collect();
     let live = UpState::read_live(&r.data_dir);
     let pid_of = |name: &str| {
         live.as_ref()
@@ -178,15 +208,14 @@ pub fn collect(r: &Resolved) -> Vec<NodeStatus> {
     }
 
     let elapsed = window_start.elapsed();
-    if elapsed < Duration::from_secs(1) && before.iter().any(Option::is_some) {
+    if elapsed < Duration::from_secs(1) && before.iter().chain(&lb_before).any(Option::is_some) {
         std::thread::sleep(Duration::from_secs(1) - elapsed);
     }
     let secs = window_start.elapsed().as_secs_f64();
     for (i, w) in t.web.iter().enumerate() {
         let mut details = BTreeMap::new();
-        if let (Some(a), Some(b)) = (before[i], web_requests(w.listen)) {
-            let rps = ((b - a).max(0.0) / secs * 10.0).round() / 10.0;
-            details.insert("rps".to_string(), serde_json::json!(rps));
+        if let Some(rps) = rate(before[i], web_requests(w.listen), secs) {
+            details.insert("rps".to_string(), rps);
         }
         let live_ok = probe(&Probe::Http {
             addr: w.listen,
@@ -213,7 +242,7 @@ pub fn collect(r: &Resolved) -> Vec<NodeStatus> {
     }
 
     if let Some(lb) = &t.lb {
-        for n in &lb.nodes {
+        for (i, n) in lb.nodes.iter().enumerate() {
             let healthy = probe(&Probe::Http {
                 addr: n.address,
                 path: "/healthz".into(),
@@ -228,6 +257,10 @@ pub fn collect(r: &Resolved) -> Vec<NodeStatus> {
             details.insert("listeners".into(), Value::Array(vips));
             if let Some(a) = n.admin {
                 details.insert("stats".into(), Value::String(format!("http://{a}/stats")));
+            }
+            // Client requests on the site's listeners over the window, from the admin /metrics.
+            if let Some(rps) = rate(lb_before[i], lb_requests(n.admin), secs) {
+                details.insert("rps".to_string(), rps);
             }
             out.push(NodeStatus {
                 name: n.name.clone(),
@@ -356,4 +389,27 @@ pub fn render_table(nodes: &[NodeStatus]) -> String {
 /// The stable JSON form: a list of node objects.
 pub fn render_json(nodes: &[NodeStatus]) -> String {
     serde_json::to_string_pretty(nodes).unwrap_or_else(|_| "[]".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sum_counter;
+
+    #[test]
+    fn sums_a_counter_over_series_but_the_skipped_one() {
+        let text = "# HELP rampart_listener_requests Responses.\n\
+# TYPE rampart_listener_requests counter\n\
+rampart_listener_requests_total{listener=\"site\",class=\"2xx\"} 40\n\
+rampart_listener_requests_total{listener=\"site\",class=\"5xx\"} 2\n\
+rampart_listener_requests_total{listener=\"direct\",class=\"2xx\"} 1000\n\
+rampart_listener_requests_total_other{listener=\"site\"} 7\n\
+rampart_listener_response_count{listener=\"site\"} 42\n";
+        let n = sum_counter(
+            text,
+            "rampart_listener_requests_total",
+            "listener=\"direct\"",
+        );
+        assert_eq!(n, 42.0);
+        assert_eq!(sum_counter(text, "absent_total", "x"), 0.0);
+    }
 }

@@ -204,6 +204,22 @@ fn default_stack_survives_losing_the_primary_a_web_server_and_a_balancer_and_sto
         t0.elapsed().as_secs_f64()
     );
 
+    // The URLs a newcomer opens: each balancer's stats page and the monitor's dashboard.
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let log = up.log_text();
+            log.contains(&format!(
+                "lb1 stats   http://127.0.0.1:{}/stats",
+                base + 191
+            )) && log.contains(&format!(
+                "lb2 stats   http://127.0.0.1:{}/stats",
+                base + 192
+            )) && log.contains(&format!("dashboard   http://127.0.0.1:{}/", base + 90))
+        }),
+        "URLs missing:\n{}",
+        up.log_text()
+    );
+
     // Every node reported, with the stable fields.
     let nodes = status(&config);
     assert_eq!(nodes.len(), 12, "{nodes:#?}");
@@ -255,6 +271,30 @@ fn default_stack_survives_losing_the_primary_a_web_server_and_a_balancer_and_sto
     for i in 0..20 {
         ids.push(post(site, &format!("before the drills {i}")).expect("post through the lb"));
     }
+    // Each balancer's stats page answers, status gives its request rate, and the site's
+    // listener counted the posts (both balancers together, SO_REUSEPORT spreads them).
+    let mut site_requests = 0.0;
+    for n in status(&config).iter().filter(|n| n["kind"] == "lb") {
+        assert!(n["details"]["rps"].as_f64().is_some(), "{n}");
+        let stats = n["details"]["stats"].as_str().expect("stats URL");
+        let admin: SocketAddr = stats
+            .trim_start_matches("http://")
+            .trim_end_matches("/stats")
+            .parse()
+            .unwrap();
+        let page = http_request(admin, "GET", "/stats", &[], b"").expect("stats page");
+        assert_eq!(page.status, 200, "{stats}");
+        let metrics = http_request(admin, "GET", "/metrics", &[], b"").expect("lb metrics");
+        site_requests += String::from_utf8_lossy(&metrics.body)
+            .lines()
+            .filter(|l| l.starts_with("rampart_listener_requests_total{listener=\"site\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    assert!(
+        site_requests >= 20.0,
+        "site requests counted: {site_requests}"
+    );
 
     // Kill the primary database under load.
     let r = drill(&config, &["kill-primary", "--observe", "20"]);
