@@ -201,11 +201,15 @@ impl PgCluster {
             .arg(&pdata)
             .args(["-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"]);
         run_ok(c, "initdb");
+        // dynamic_shared_memory_type = mmap: parallel-query segments are files under the
+        // data dir's pg_dynshmem and go with the temp dir; the default (posix) leaves
+        // /dev/shm/PostgreSQL.* behind whenever a test SIGKILLs a server.
         let conf = "\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n\
             wal_level = replica\nmax_wal_senders = 10\nhot_standby = on\nfsync = off\n\
             wal_keep_size = 256MB\nshared_buffers = 32MB\n\
             max_connections = 200\nlogging_collector = off\nwal_receiver_status_interval = 1s\n\
-            hot_standby_feedback = on\nwal_log_hints = on\n";
+            hot_standby_feedback = on\nwal_log_hints = on\n\
+            dynamic_shared_memory_type = mmap\n";
         append(&pdata.join("postgresql.conf"), conf);
         append(
             &pdata.join("pg_hba.conf"),
@@ -289,4 +293,27 @@ fn append(p: &Path, text: &str) {
         .unwrap_or_else(|e| panic!("open {}: {e}", p.display()));
     f.write_all(text.as_bytes())
         .unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::PgCluster;
+
+    #[test]
+    fn test_clusters_keep_dynamic_shared_memory_in_their_data_dir() {
+        let pg = PgCluster::start(0);
+        assert_eq!(
+            pg.primary.psql("SHOW dynamic_shared_memory_type").unwrap(),
+            "mmap"
+        );
+        // The control segment is a file in the data dir (gone with the temp dir), not
+        // /dev/shm/PostgreSQL.* (left behind by a SIGKILL).
+        let segments: Vec<_> = std::fs::read_dir(pg.primary.data.join("pg_dynshmem"))
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("mmap."))
+            .collect();
+        assert!(!segments.is_empty(), "no mmap segment in pg_dynshmem");
+    }
 }
