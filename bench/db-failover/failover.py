@@ -22,6 +22,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -143,6 +144,77 @@ def kill_pids(pids):
             pass
 
 
+# ---------------------------------------------------------------- other load
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class LoadMonitor(threading.Thread):
+    """CPU used by processes that are NOT this benchmark (not descendants of this python),
+    sampled every second: the machine is shared, so each row says how busy the rest was.
+    Short-lived processes are counted from their start if they started after the previous
+    sample (a process living less than a sample interval is missed)."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.stop_ev = threading.Event()
+        self.lock = threading.Lock()
+        self.other_cpu_s = 0.0
+        self.t0 = time.monotonic()
+        self.load1 = []
+        self.boot = time.time() - float(open("/proc/uptime").read().split()[0])
+
+    @staticmethod
+    def sample():
+        """pid -> (ppid, start ticks, cpu ticks)"""
+        out = {}
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    rest = f.read().rsplit(")", 1)[1].split()
+                out[int(d)] = (int(rest[1]), int(rest[19]), int(rest[11]) + int(rest[12]))
+            except (OSError, IndexError, ValueError):
+                continue
+        return out
+
+    def run(self):
+        me = os.getpid()
+        prev = self.sample()
+        prev_t = time.time()
+        while not self.stop_ev.wait(1.0):
+            cur = self.sample()
+            now = time.time()
+            ours = {me}
+            changed = True
+            while changed:  # descendants of this python (the systems under test)
+                changed = False
+                for pid, (ppid, _, _) in cur.items():
+                    if ppid in ours and pid not in ours:
+                        ours.add(pid)
+                        changed = True
+            ticks = 0
+            for pid, (_, start, cpu) in cur.items():
+                if pid in ours:
+                    continue
+                if pid in prev and prev[pid][1] == start:
+                    ticks += max(0, cpu - prev[pid][2])
+                elif self.boot + start / CLK_TCK >= prev_t - 0.01:
+                    ticks += cpu  # started since the last sample
+            with self.lock:
+                self.other_cpu_s += ticks / CLK_TCK
+                self.load1.append(float(open("/proc/loadavg").read().split()[0]))
+            prev, prev_t = cur, now
+
+    def snapshot(self):
+        with self.lock:
+            return self.other_cpu_s, time.monotonic(), list(self.load1)
+
+
+LOAD = None
+
+
 # ---------------------------------------------------------------- etcd
 
 class Etcd:
@@ -222,6 +294,32 @@ def streaming_replicas(primary, at_lsn=None, max_lag=1024 * 1024):
         return 0
     finally:
         c.close()
+
+
+TS_RE = re.compile(r"(\d{4}-\d\d-\d\d)[ T](\d\d:\d\d:\d\d)[.,](\d+)")
+
+
+def log_events(path, after_wall, patterns):
+    """Seconds after `after_wall` of the first line matching each pattern (UTC timestamps)."""
+    out = {}
+    try:
+        with open(path, errors="replace") as f:
+            lines = f.readlines()
+    except OSError:
+        return out
+    for line in lines:
+        m = TS_RE.search(line)
+        if not m:
+            continue
+        frac = float("0." + m.group(3))
+        t = dt.datetime.strptime(f"{m.group(1)} {m.group(2)}", "%Y-%m-%d %H:%M:%S").replace(
+            tzinfo=dt.timezone.utc).timestamp() + frac
+        if t < after_wall:
+            continue
+        for key, pat in patterns.items():
+            if key not in out and pat in line:
+                out[key] = t - after_wall
+    return out
 
 
 class System:
@@ -330,10 +428,15 @@ class Patroni(System):
         return os.path.join(n.dir, "data")
 
     def start(self, n):
-        env = {"PATH": f"{PG_BIN}:/usr/bin:/bin", "HOME": "/var/lib/postgresql",
+        env = {"PATH": f"{PG_BIN}:/usr/bin:/bin", "HOME": "/var/lib/postgresql", "TZ": "UTC",
                "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
         n.proc = spawn(["/usr/bin/patroni", os.path.join(n.dir, "patroni.yml")],
                        os.path.join(n.dir, "patroni.log"), user="postgres", env=env)
+
+    def leader_events(self, n, after_wall):
+        # Patroni logs local time; the bench runs with TZ=UTC (see main()).
+        return log_events(os.path.join(n.dir, "patroni.log"), after_wall,
+                          {"key": "promoted self to leader by acquiring session lock"})
 
     def has_sync_standby(self, prim):
         st, body = http_status(prim.api("/cluster"), 1)
@@ -394,6 +497,10 @@ class Rampart(System):
         n.proc = spawn([self.bin, "db", "--config", self.topology, "--node", n.name],
                        os.path.join(n.dir, "agent.log"), env=env)
 
+    def leader_events(self, n, after_wall):
+        return log_events(os.path.join(n.dir, "agent.log"), after_wall,
+                          {"key": "took the leader key", "promoted": "promoted to primary"})
+
     def has_sync_standby(self, prim):
         st, body = http_status(prim.api("/cluster"), 1)
         if st != 200:
@@ -415,6 +522,7 @@ class Writer(threading.Thread):
         self.acked = []      # (id, t_monotonic, node name)
         self.ambiguous = []  # commit raised a connection error: outcome unknown
         self.failed = []     # definite errors (e.g. read-only): not committed
+        self.found = []      # (t_monotonic, node name): /primary answered 200 on a (re)connect
         self.stop_ev = threading.Event()
         self.lock = threading.Lock()
 
@@ -435,6 +543,8 @@ class Writer(threading.Thread):
                 if node is None:
                     time.sleep(0.05)
                     continue
+                with self.lock:
+                    self.found.append((time.monotonic(), node.name))
                 try:
                     conn = self.connect(node)
                 except psycopg2.Error:
@@ -513,6 +623,7 @@ def run_trial(system, trial, first_id):
         w.join(10)
         raise RuntimeError("writer is not writing before the kill")
     t_kill = time.monotonic()
+    t_kill_wall = time.time()
     pids = system.kill(victim)
     log(f"  trial {trial}: killed {victim.name} ({len(pids)} pids)")
     unavail = None
@@ -548,10 +659,17 @@ def run_trial(system, trial, first_id):
     lost = sorted(set(ids_acked) - present)
     amb_present = sorted(set(w.ambiguous) & present)
     failed_present = sorted(set(w.failed) & present)
+    # Where the time went: leader key taken and promotion done (the new leader's log),
+    # /primary first seen 200 by the writer.
+    events = system.leader_events(node, t_kill_wall)
+    seen = next((t - t_kill for t, n in w.found if t > t_kill and n != victim.name), None)
     res = {"trial": trial, "victim": victim.name, "new_primary": new_primary,
+           "key_s": events.get("key"), "promoted_s": events.get("promoted"), "seen_s": seen,
            "unavail": unavail, "lost": len(lost), "lost_ids": lost[:20],
            "amb_present": len(amb_present), "amb_total": len(w.ambiguous),
            "failed_present": len(failed_present), "acked": len(ids_acked)}
+    log(f"  trial {trial}: key taken {fmt_s(events.get('key'))}s, promoted {fmt_s(events.get('promoted'))}s, "
+        f"/primary seen {fmt_s(seen)}s after the kill")
     log(f"  trial {trial}: {victim.name} -> {new_primary}: unavailable {unavail:.2f}s, "
         f"lost {len(lost)}, ambiguous present {len(amb_present)}/{len(w.ambiguous)}, acked {len(ids_acked)}")
     # The killed node comes back and must rejoin before the next trial.
@@ -566,6 +684,7 @@ def run_setting(kind, setting_name, trials, sync, base_root):
     cls = Patroni if kind == "patroni" else Rampart
     system = cls(base, etcd, setting, sync)
     results, error = [], None
+    load0 = LOAD.snapshot() if LOAD else None
     try:
         system.start_all()
         took = wait_healthy(system, HEALTHY_LIMIT_S)
@@ -585,6 +704,13 @@ def run_setting(kind, setting_name, trials, sync, base_root):
     finally:
         system.stop_all()
         etcd.stop()
+        if load0 and LOAD:
+            cpu1, t1, loads = LOAD.snapshot()
+            other = (cpu1 - load0[0]) / max(1e-6, t1 - load0[1])
+            la = loads[len(load0[2]):]
+            for r in results:
+                r["other_cores"] = round(other, 2)
+                r["load1"] = round(statistics.mean(la), 2) if la else None
     return results, base, error
 
 
@@ -600,7 +726,13 @@ def summarize(kind, setting_name, sync, results):
     ambt = sum(r["amb_total"] for r in ok)
     s = SETTINGS[setting_name]
     lease = "own defaults" if s is None else f"{s[0]}/{s[1]}/{s[2]}"
+    def med(k):
+        v = [r[k] for r in ok if r.get(k) is not None]
+        return statistics.median(v) if v else None
     return {
+        "key": med("key_s"), "promoted": med("promoted_s"), "seen": med("seen_s"),
+        "other": next((r.get("other_cores") for r in results if r.get("other_cores") is not None), None),
+        "load1": next((r.get("load1") for r in results if r.get("load1") is not None), None),
         "system": kind, "setting": setting_name, "lease": lease,
         "mode": "sync" if sync else "async", "trials": len(results), "ok": len(ok),
         "median": statistics.median(un) if un else None,
@@ -612,13 +744,16 @@ def summarize(kind, setting_name, sync, results):
 
 def table(rows):
     head = ("| system | setting | lease ttl/loop/retry (s) | mode | trials ok | "
-            "unavailability median (min-max) s | lost acked (trials with loss) | ambiguous present/total |")
-    sep = "|---|---|---|---|---|---|---|---|"
+            "unavailability median (min-max) s | key taken / promoted / /primary seen, median s | "
+            "lost acked (trials with loss) | ambiguous present/total | other load (cores) / load avg |")
+    sep = "|---|---|---|---|---|---|---|---|---|---|"
     out = [head, sep]
     for r in rows:
         out.append(f"| {r['system']} | {r['setting']} | {r['lease']} | {r['mode']} | {r['ok']}/{r['trials']} | "
                    f"{fmt_s(r['median'])} ({fmt_s(r['min'])}-{fmt_s(r['max'])}) | "
-                   f"{r['lost_total']} ({r['lost_trials']}) | {r['amb_present']}/{r['amb_total']} |")
+                   f"{fmt_s(r.get('key'))} / {fmt_s(r.get('promoted'))} / {fmt_s(r.get('seen'))} | "
+                   f"{r['lost_total']} ({r['lost_trials']}) | {r['amb_present']}/{r['amb_total']} | "
+                   f"{fmt_s(r.get('other'))} / {fmt_s(r.get('load1'))} |")
     notes = [f"- {r['system']} {r['setting']}: stopped early: {r['error']}" for r in rows if r.get("error")]
     return "\n".join(out + ([""] + notes if notes else []))
 
@@ -639,6 +774,11 @@ def main():
     if os.geteuid() != 0:
         sys.exit("run as root (postgres and patroni are started as the postgres user)")
 
+    os.environ["TZ"] = "UTC"  # Patroni's log timestamps are local time
+    time.tzset()
+    global LOAD
+    LOAD = LoadMonitor()
+    LOAD.start()
     systems = ["patroni", "rampart"] if a.system == "both" else [a.system]
     base_root = tempfile.mkdtemp(prefix="rampart-dbbench-")
     os.chmod(base_root, 0o755)
@@ -689,7 +829,11 @@ def main():
                 "Kill = SIGKILL of the primary's agent and all its postgres processes together. "
                 "Unavailability = kill -> first acknowledged insert on another node. Lost = acknowledged ids "
                 "missing on the new primary once stable. Ambiguous = the insert raised a connection error "
-                "(outcome unknown); 'present' ones were in fact committed.\n\n")
+                "(outcome unknown); 'present' ones were in fact committed. Key taken / promoted: from the new "
+                "leader's log (Patroni logs one line when it took the key and started promoting); /primary seen: "
+                "the writer found the new primary. Other load: CPU used by processes outside this benchmark "
+                "during the row, in cores (the machine has " + str(os.cpu_count()) + "), and the 1-min load "
+                "average (everything).\n\n")
         f.write(out + "\n\n## Per trial\n\n```json\n" + json.dumps(raw, indent=1) + "\n```\n")
     log(f"wrote {path}")
 

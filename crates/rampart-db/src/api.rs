@@ -52,7 +52,12 @@ fn status_text(ok: bool, what: &str) -> Response {
 }
 
 async fn primary(State(s): State<AppState>) -> Response {
-    status_text(snap(&s).writable_leader, "primary")
+    let sn = snap(&s);
+    let ok = sn.writable_leader
+        && sn
+            .writable_until
+            .is_some_and(|t| std::time::Instant::now() < t);
+    status_text(ok, "primary")
 }
 
 /// Parse `16MB`, `512kB`, `1024` (bytes) or `10s`, `500ms` (seconds).

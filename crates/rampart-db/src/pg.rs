@@ -688,12 +688,27 @@ impl PgConn {
         Ok(())
     }
 
-    pub async fn promote(&mut self) -> Result<bool, DbError> {
-        let rows = self.query("SELECT pg_promote(true, 20)", &[]).await?;
-        Ok(rows
+    /// Promote and wait until PostgreSQL takes writes (up to `timeout`). Polls every
+    /// 10 ms: `pg_promote(wait => true)` only looks every 100 ms, which is most of the
+    /// time a promotion takes.
+    pub async fn promote(&mut self, timeout: Duration) -> Result<bool, DbError> {
+        let rows = self.query("SELECT pg_promote(false)", &[]).await?;
+        if !rows
             .first()
             .and_then(|r| r.try_get::<_, bool>(0).ok())
-            .unwrap_or(false))
+            .unwrap_or(false)
+        {
+            return Ok(false);
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            let rows = self.query("SELECT pg_is_in_recovery()", &[]).await?;
+            if rows.first().and_then(|r| r.try_get::<_, bool>(0).ok()) == Some(false) {
+                return Ok(true);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(false)
     }
 
     pub async fn reload(&mut self) -> Result<(), DbError> {
