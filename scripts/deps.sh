@@ -16,10 +16,8 @@ want=(
   iproute2             # network namespaces
   curl
   ca-certificates
+  chromium             # headless: the lb stats page test renders the page
 )
-if [ "${RAMPART_WITH_BROWSER:-0}" = 1 ]; then
-  want+=(chromium)
-fi
 
 missing=()
 for p in "${want[@]}"; do

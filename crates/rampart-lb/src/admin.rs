@@ -352,6 +352,24 @@ fn server_json(p: &PoolState, s: &ServerState) -> Value {
     })
 }
 
+/// The pool's own counters (errors, retries) plus its current servers' responses.
+fn pool_snapshot(p: &PoolState) -> Snapshot {
+    let mut o = p.stats.snapshot();
+    for s in p.servers.iter() {
+        let ss = s.stats.snapshot();
+        for (a, b) in o.class.iter_mut().zip(ss.class) {
+            *a += b;
+        }
+        for (a, b) in o.lat.iter_mut().zip(ss.lat) {
+            *a += b;
+        }
+        o.lat_sum_ns += ss.lat_sum_ns;
+        o.bytes_in += ss.bytes_in;
+        o.bytes_out += ss.bytes_out;
+    }
+    o
+}
+
 /// The whole state as JSON (the `/api/state` document).
 pub(crate) fn state(shared: &Shared) -> Value {
     let pools: Vec<_> = shared.pools.lock().map(|p| p.clone()).unwrap_or_default();
@@ -372,7 +390,7 @@ pub(crate) fn state(shared: &Shared) -> Value {
                 "queue_size": p.cfg.queue.size,
                 "servers_eligible": p.servers.iter().filter(|s| s.eligible()).count(),
                 "in_flight": p.servers.iter().map(|s| u64::from(s.in_flight.load(Ordering::Relaxed))).sum::<u64>(),
-                "counters": counters(&p.stats.snapshot()),
+                "counters": counters(&pool_snapshot(&p)),
                 "servers": servers,
             })
         })

@@ -986,3 +986,88 @@ async fn access_log_writes_one_line_per_request_in_json_or_logfmt() {
         "{last}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_page_renders_the_servers_in_headless_chromium() {
+    let Some(chromium) = rampart_testkit::find_program("chromium", &[]) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "chromium is missing: scripts/deps.sh installs it"
+        );
+        eprintln!("SKIPPED: chromium is not installed (scripts/deps.sh installs it)");
+        return;
+    };
+    let a = Backend::start("alpha").await;
+    let b = Backend::start("bravo").await;
+    let lb = OpsLb::start(&config(&servers(&[(&a, 1), (&b, 1)]), ""), &[]).await;
+    let mut cl = Client::connect(lb.addr).await.unwrap();
+    for _ in 0..10 {
+        assert_eq!(cl.get("/").await.unwrap().0, 200);
+    }
+    let url = format!("http://{}/stats", lb.admin);
+    let shot = rampart_testkit::target_dir().join("lb-stats.png");
+    let _ = std::fs::remove_file(&shot);
+    let profile = lb.dir.path().join("chromium-profile");
+    let run = move |extra: Vec<String>| {
+        let mut cmd = Command::new(&chromium);
+        cmd.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--hide-scrollbars",
+            "--window-size=1500,500",
+            "--virtual-time-budget=3000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(extra);
+        cmd.output().unwrap()
+    };
+    let (dom, png) = tokio::task::spawn_blocking({
+        let url = url.clone();
+        let shot = shot.clone();
+        move || {
+            let dom = run(vec!["--dump-dom".into(), url.clone()]);
+            let png = run(vec![format!("--screenshot={}", shot.display()), url]);
+            (dom, png)
+        }
+    })
+    .await
+    .unwrap();
+    let html = String::from_utf8_lossy(&dom.stdout);
+    assert!(
+        dom.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dom.stderr)
+    );
+    // The script fetched /api/state and rendered one row per listener, pool and server.
+    for row in [
+        "data-name=\"web\"",
+        "data-name=\"app\"",
+        "data-name=\"alpha\"",
+        "data-name=\"bravo\"",
+    ] {
+        assert!(
+            html.contains(row),
+            "no {row} row in the rendered page:\n{html}"
+        );
+    }
+    assert!(html.contains(&a.addr.to_string()), "{html}");
+    assert!(
+        html.contains("<div id=\"err\"></div>"),
+        "the refresh failed:\n{html}"
+    );
+    assert!(
+        png.status.success(),
+        "{}",
+        String::from_utf8_lossy(&png.stderr)
+    );
+    let bytes = std::fs::read(&shot).unwrap();
+    assert!(bytes.starts_with(b"\x89PNG"), "not a PNG");
+    assert!(
+        bytes.len() > 10_000,
+        "a suspiciously small screenshot: {} bytes",
+        bytes.len()
+    );
+    eprintln!("stats page screenshot: {}", shot.display());
+}
