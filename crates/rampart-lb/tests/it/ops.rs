@@ -754,13 +754,21 @@ async fn lb_nodes_run_from_the_topology_file_and_share_the_site_address() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let admin: SocketAddr = format!("127.0.0.1:{}", base + 95).parse().unwrap();
-    let text = std::fs::read_to_string(&topo).unwrap().replacen(
-        &format!("address = \"127.0.0.1:{}\"", base + 91),
-        &format!("address = \"127.0.0.1:{}\"\nadmin = \"{admin}\"", base + 91),
-        1,
-    );
-    std::fs::write(&topo, text).unwrap();
+    // `rampart init` gives lb1 an admin address (base + 191); older layouts did not.
+    let text = std::fs::read_to_string(&topo).unwrap();
+    let generated: SocketAddr = format!("127.0.0.1:{}", base + 191).parse().unwrap();
+    let admin = if text.contains(&format!("admin = \"{generated}\"")) {
+        generated
+    } else {
+        let admin: SocketAddr = format!("127.0.0.1:{}", base + 95).parse().unwrap();
+        let text = text.replacen(
+            &format!("address = \"127.0.0.1:{}\"", base + 91),
+            &format!("address = \"127.0.0.1:{}\"\nadmin = \"{admin}\"", base + 91),
+            1,
+        );
+        std::fs::write(&topo, text).unwrap();
+        admin
+    };
     let web1 =
         Backend::start_at("web1", format!("127.0.0.1:{}", base + 101).parse().unwrap()).await;
     let site: SocketAddr = format!("127.0.0.1:{}", base + 80).parse().unwrap();
