@@ -3,7 +3,7 @@
 //! synchronous-capable replicas and automatic failover, three etcd members, a monitor,
 //! HTTPS and a firewall; loopback addresses and distinct ports.
 //!
-//! Ports are `port_base + offset` (default base 8000): site 8080, monitor 8090, lb nodes
+//! Ports are `port_base + offset` (default base 8000): site 8080 (HTTPS 8081), monitor 8090, lb nodes
 //! 8091-8092 (their admin APIs 8191-8192), web 8101-8103, db agents' api 8201-8203, PostgreSQL 8301-8303, etcd
 //! 8401-8406 (client, peer pairs). A second stack on the same machine takes another base.
 
@@ -142,6 +142,14 @@ name = "site"
 address = "127.0.0.1:{site}"
 pool = "web"
 
+# The site over HTTPS. With [tls] self_signed, rampart up writes a self-signed certificate
+# for localhost/127.0.0.1 to these paths when they are missing (openssl CLI).
+[[lb.listener]]
+name = "site-https"
+address = "127.0.0.1:{https}"
+tls = {{ cert = "{data}/tls/site.crt", key = "{data}/tls/site.key", hsts = "1d" }}
+pool = "web"
+
 [[lb.pool]]
 name = "web"
 algorithm = "least-response-time"
@@ -179,6 +187,7 @@ replication = true
 policy = "drop"
 allow = [
   {{ port = {site}, from = "0.0.0.0/0" }},
+  {{ port = {https}, from = "0.0.0.0/0" }},
 ]
 "#,
         lb1 = p(91),
@@ -186,6 +195,7 @@ allow = [
         lb1a = p(191),
         lb2a = p(192),
         site = p(80),
+        https = p(81),
         w1 = p(101),
         w2 = p(102),
         w3 = p(103),

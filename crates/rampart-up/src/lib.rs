@@ -20,6 +20,7 @@ pub mod plan;
 pub mod state;
 pub mod status;
 pub mod supervise;
+pub mod tls;
 
 use std::path::PathBuf;
 

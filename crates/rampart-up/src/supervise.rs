@@ -529,6 +529,9 @@ pub fn run(o: UpOptions) -> Result<(), UpError> {
         },
     );
     check_ports_free(&r.topology)?;
+    for cert in crate::tls::ensure_self_signed(&r.topology)? {
+        println!("self-signed certificate written: {}", cert.display());
+    }
 
     let logs = r.data_dir.join("logs");
     std::fs::create_dir_all(&logs).map_err(io("create", &logs))?;
@@ -737,8 +740,21 @@ fn start_and_watch(
         sup.t0.elapsed().as_secs_f64()
     ));
     println!();
-    for a in t.site_addresses() {
-        println!("  site        http://{a}/");
+    for l in t.lb.iter().flat_map(|l| &l.config.listeners) {
+        if l.mode != rampart_topology::lb::Mode::Http {
+            continue;
+        }
+        match (&l.tls, &l.redirect_https) {
+            (Some(tls), _) => println!(
+                "  site        https://{}/   (certificate {})",
+                l.address,
+                tls.cert.display()
+            ),
+            (None, Some(_)) => {
+                println!("  site        http://{}/   (redirects to HTTPS)", l.address)
+            }
+            (None, None) => println!("  site        http://{}/", l.address),
+        }
     }
     for n in t.lb.iter().flat_map(|l| &l.nodes) {
         println!(
@@ -769,8 +785,12 @@ fn start_and_watch(
             );
         }
     }
-    if t.tls.is_some() {
-        println!("  https       not served: [tls] is in the topology, but rampart lb does not terminate TLS yet");
+    let https =
+        t.lb.iter()
+            .flat_map(|l| &l.config.listeners)
+            .any(|l| l.tls.is_some());
+    if t.tls.is_some() && !https {
+        println!("  https       not served: [tls] is in the topology, but no [[lb.listener]] has tls = {{ cert, key }}");
     }
     if t.firewall.is_some() {
         println!("  firewall    not applied on one machine (every node shares loopback); see the per-node rulesets: rampart firewall --print --node NAME{}",

@@ -203,7 +203,11 @@ fn monitor_tls_and_firewall_errors() {
     let d = Dir::new();
     let text = replace_once(&d.default_text(), "kind = \"log\"", "kind = \"pager\"");
     let text = replace_once(&text, "self_signed = true ", "cert = \"/etc/site.pem\" ");
-    let text = replace_once(&text, "from = \"0.0.0.0/0\"", "from = \"0.0.0.0/40\"");
+    let text = replace_once(
+        &text,
+        "from = \"0.0.0.0/0\" },\n  {",
+        "from = \"0.0.0.0/40\" },\n  {",
+    );
     let e = errors(&d, &text);
     assert_eq!(e.len(), 3, "{e:#?}");
     assert_eq!((e[0].0, e[0].1), pos(&text, "\"pager\"", 0));

@@ -14,9 +14,9 @@ use rampart_testkit::{http_request, rampart_bin, wait_until, Proc};
 use serde_json::Value;
 
 /// Offsets of the default topology's ports from its base (see rampart init --help).
-const OFFSETS: [u16; 21] = [
-    80, 90, 91, 92, 101, 102, 103, 191, 192, 201, 202, 203, 301, 302, 303, 401, 402, 403, 404, 405,
-    406,
+const OFFSETS: [u16; 22] = [
+    80, 81, 90, 91, 92, 101, 102, 103, 191, 192, 201, 202, 203, 301, 302, 303, 401, 402, 403, 404,
+    405, 406,
 ];
 
 /// A port base whose whole block is free, below the ephemeral range other tests draw from.
@@ -218,6 +218,31 @@ fn default_stack_survives_losing_the_primary_a_web_server_and_a_balancer_and_sto
         }),
         "URLs missing:\n{}",
         up.log_text()
+    );
+
+    // The site over HTTPS, with the self-signed certificate up wrote into its data dir
+    // (verified against it: its names are localhost and 127.0.0.1).
+    let cert = data.join("tls/site.crt");
+    let https = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{http_version}",
+            "--cacert",
+        ])
+        .arg(&cert)
+        .arg(format!("https://127.0.0.1:{}/healthz", base + 81))
+        .output()
+        .expect("run curl");
+    assert_eq!(
+        String::from_utf8_lossy(&https.stdout),
+        "200 2",
+        "HTTPS through the lb: {}",
+        String::from_utf8_lossy(&https.stderr)
     );
 
     // Every node reported, with the stable fields.
