@@ -743,7 +743,8 @@ async fn lb_nodes_run_from_the_topology_file_and_share_the_site_address() {
     let dir = TempDir::new().unwrap();
     let topo = dir.path().join("rampart.toml");
     // A port range of its own (the default stack's layout: site +80, lb +91.., web +101..).
-    let base = 20_000 + 100 * (std::process::id() % 300) as u16;
+    // Below the ephemeral range (32768..), so no outgoing connection holds one of its ports.
+    let base = 10_000 + 100 * (std::process::id() % 200) as u16;
     let out = Command::new(rampart_bin())
         .args(["init", "--port-base", &base.to_string()])
         .arg(&topo)
