@@ -232,34 +232,12 @@ def _ratio(x, base):
     return f"{x / base:.2f}"
 
 
-def report(args):
-    balancers = args.balancers.split(",")
-    pending = set(filter(None, args.pending.split(","))) if args.pending else set()
-    cols = balancers + [b for b in sorted(pending) if b not in balancers]
-    lines = []
-    meta = json.load(open(os.path.join(args.dir, "meta.json")))
-    lines.append(f"# Load balancer benchmark, {meta['when']}")
-    lines.append("")
-    lines.append(f"Command: `{meta['command']}`  ")
-    lines.append(f"rampart commit: `{meta['rampart_commit']}`  ")
-    lines.append(
-        f"Machine: {meta['cpus']} CPUs ({meta['cpu_model']}), kernel {meta['kernel']}; "
-        f"{meta['haproxy']}, {meta['nginx']}, {meta['wrk']}.  "
-    )
-    lines.append(
-        "Each balancer runs ONE worker thread pinned to CPU 0; wrk and the two nginx backends "
-        "run on CPU 1. Ratios are to HAProxy (lower is better except requests/s)."
-    )
-    if pending:
-        lines.append("")
-        lines.append(f"Not measured in this run (column pending): {', '.join(sorted(pending))}.")
-    plot_data = {}
-
-    cpu = _read_tsv(os.path.join(args.dir, "cpu.tsv"))
-    if cpu or "cpu" in meta["scenarios"]:
+def _cpu_section(args, meta, cols, rec, title, lines, plot_data):
+    cpu = _read_tsv(os.path.join(args.dir, f"{rec}.tsv"))
+    if cpu or rec in meta["scenarios"]:
         lines.append("")
         lines.append(
-            f"## Scenario cpu: `wrk -t1 -c50 -d{meta['duration']}s --latency`, "
+            f"## Scenario {title}: `wrk -t1 -c50 -d{meta['duration']}s --latency`, "
             f"{meta['rounds']} alternating rounds, medians"
         )
         lines.append("")
@@ -278,7 +256,7 @@ def report(args):
             m["cpu_min"] = min(float(r["cpu_us_per_req"]) for r in rs)
             m["cpu_max"] = max(float(r["cpu_us_per_req"]) for r in rs)
             med[b] = m
-            plot_data.setdefault("cpu", {})[b] = [float(r["cpu_us_per_req"]) for r in rs]
+            plot_data.setdefault(rec, {})[b] = [float(r["cpu_us_per_req"]) for r in rs]
         base = med.get("haproxy")
         lines.append("| metric | " + " | ".join(cols) + " |")
         lines.append("|---|" + "---|" * len(cols))
@@ -303,6 +281,36 @@ def report(args):
         lines.append(
             "| other load on CPU 0 during the runs, worst round (%) | " + " | ".join(vals) + " |"
         )
+
+
+def report(args):
+    balancers = args.balancers.split(",")
+    pending = set(filter(None, args.pending.split(","))) if args.pending else set()
+    cols = balancers + [b for b in sorted(pending) if b not in balancers]
+    lines = []
+    meta = json.load(open(os.path.join(args.dir, "meta.json")))
+    lines.append(f"# Load balancer benchmark, {meta['when']}")
+    lines.append("")
+    lines.append(f"Command: `{meta['command']}`  ")
+    lines.append(f"rampart commit: `{meta['rampart_commit']}`  ")
+    lines.append(
+        f"Machine: {meta['cpus']} CPUs ({meta['cpu_model']}), kernel {meta['kernel']}; "
+        f"{meta['haproxy']}, {meta['nginx']}, {meta['wrk']}.  "
+    )
+    lines.append(
+        "Each balancer runs ONE worker thread pinned to CPU 0; wrk and the two nginx backends "
+        "run on CPU 1. Ratios are to HAProxy (lower is better except requests/s)."
+    )
+    if pending:
+        lines.append("")
+        lines.append(f"Not measured in this run (column pending): {', '.join(sorted(pending))}.")
+    plot_data = {}
+
+    for rec, title in (
+        ("cpu", "cpu"),
+        ("tls", "tls (HTTPS terminated by the balancer, HTTP/1.1 keep-alive)"),
+    ):
+        _cpu_section(args, meta, cols, rec, title, lines, plot_data)
 
     kill = _read_tsv(os.path.join(args.dir, "kill.tsv"))
     if kill or "kill" in meta["scenarios"]:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # rampart lb against HAProxy and nginx, side by side, one worker thread each.
 #
-#   bash bench/lb/run.sh [--rounds N] [--duration S] [--only cpu|kill|idle]
+#   bash bench/lb/run.sh [--rounds N] [--duration S] [--only cpu|kill|idle|tls]
 #                        [--balancers haproxy,nginx,rampart] [--idle-conns N] [--no-build]
 #                        [--quiet-wait S]   (wait up to S s before each cpu run for CPU 0 to be idle)
 #                        [--rampart-rev REV] (build rampart from that commit, not the working tree)
@@ -12,7 +12,9 @@
 #   cpu   alternating wrk runs (order rotated each round): requests/s, p50, p99 and the balancer's
 #         CPU microseconds per request (utime+stime of all its processes, /proc/PID/stat);
 #   kill  SIGKILL one of two backends 3 s into an 8 s wrk run; count the errors clients see;
-#   idle  hold N idle keep-alive client connections; resident memory per connection.
+#   idle  hold N idle keep-alive client connections; resident memory per connection;
+#   tls   the cpu scenario over HTTPS (TLS terminated by the balancer, same self-signed ECDSA
+#         P-256 certificate for all, HTTP/1.1 keep-alive; not run by default: --only tls).
 # Medians and ratios to HAProxy go to bench/results/lb-<timestamp>.md (and are printed).
 # Everything listens on loopback only; every process started here is killed on exit.
 set -euo pipefail
@@ -40,11 +42,11 @@ while [ $# -gt 0 ]; do
     --no-build) build=0; shift ;;
     --quiet-wait) quiet_wait=$2; shift 2 ;;
     --rampart-rev) rampart_rev=$2; shift 2 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
-case "$only" in ""|cpu|kill|idle) ;; *) echo "--only takes cpu, kill or idle" >&2; exit 2 ;; esac
+case "$only" in ""|cpu|kill|idle|tls) ;; *) echo "--only takes cpu, kill, idle or tls" >&2; exit 2 ;; esac
 [[ "$rounds" =~ ^[0-9]+$ && "$rounds" -ge 1 && "$rounds" -le 100 ]] || { echo "--rounds: 1..100" >&2; exit 2; }
 [[ "$duration" =~ ^[0-9]+$ && "$duration" -ge 1 && "$duration" -le 60 ]] || { echo "--duration: 1..60 s" >&2; exit 2; }
 [[ "$quiet_wait" =~ ^[0-9]+$ && "$quiet_wait" -le 600 ]] || { echo "--quiet-wait: 0..600 s" >&2; exit 2; }
@@ -174,11 +176,12 @@ start() {
   GROUPS_ALIVE+=("$STARTED")
 }
 
-# wait_http PORT : until GET / answers 200 through it (at most 10 s)
+# wait_http PORT [tls] : until GET / answers 200 through it (at most 10 s)
 wait_http() {
-  local port=$1 i
+  local port=$1 i scheme=http
+  [ "${2:-}" = tls ] && scheme=https
   for i in $(seq 1 100); do
-    if [ "$(curl -s -m 1 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/" 2>/dev/null)" = 200 ]; then
+    if [ "$(curl -s -k -m 1 -o /dev/null -w '%{http_code}' "$scheme://127.0.0.1:$port/" 2>/dev/null)" = 200 ]; then
       return 0
     fi
     sleep 0.1
@@ -233,7 +236,8 @@ stop_backends() {
 # ------------------------------------------------------------------------------------ balancers
 # conf_haproxy MODE PORT ; MODE is plain (cpu, idle) or careful (kill: checks, retries, redispatch)
 conf_haproxy() {
-  local mode=$1 port=$2 dir="$work/haproxy-$1" chk=""
+  local mode=$1 port=$2 dir="$work/haproxy-$1" chk="" ssl=""
+  [ "$mode" = tls ] && ssl=" ssl crt $work/tls/combined.pem alpn http/1.1"
   mkdir -p "$dir"
   [ "$mode" = careful ] && chk=" check inter 1s fall 2 rise 2"
   {
@@ -262,7 +266,7 @@ EOF
     fi
     cat <<EOF
 frontend fe
-  bind 127.0.0.1:$port
+  bind 127.0.0.1:$port$ssl
   maxconn 8900
   default_backend be
 backend be
@@ -275,7 +279,11 @@ EOF
   haproxy -c -q -f "$dir/haproxy.cfg" >/dev/null || die "haproxy rejects $dir/haproxy.cfg"
 }
 conf_nginx() {
-  local mode=$1 port=$2 dir="$work/nginx-$1"
+  local mode=$1 port=$2 dir="$work/nginx-$1" ssl="" sslconf=""
+  if [ "$mode" = tls ]; then
+    ssl=" ssl"
+    sslconf="ssl_certificate $work/tls/cert.pem; ssl_certificate_key $work/tls/key.pem;"
+  fi
   mkdir -p "$dir/logs"
   chmod 755 "$work" "$dir"
   cat >"$dir/nginx.conf" <<EOF
@@ -299,7 +307,8 @@ http {
     keepalive_requests 10000000;
   }
   server {
-    listen 127.0.0.1:$port backlog=4096;
+    listen 127.0.0.1:$port$ssl backlog=4096;
+    $sslconf
     location / {
       proxy_pass http://be;
       proxy_http_version 1.1;
@@ -330,20 +339,37 @@ start_balancer() {
     rampart)
       local hc=none
       [ "$mode" = careful ] && hc=http:/
-      start 0 "rampart-$mode" env RUST_LOG=warn "$rampart_bin" lb --listen "127.0.0.1:$port" \
-        --backend "127.0.0.1:$B1" --backend "127.0.0.1:$B2" --algorithm round-robin \
-        --mode http --health-check "$hc" --threads 1
+      if [ "$mode" = tls ]; then
+        cat >"$work/rampart-tls.toml" <<CONF
+[[listener]]
+name = "fe"
+address = "127.0.0.1:$port"
+pool = "be"
+tls = { cert = "$work/tls/cert.pem", key = "$work/tls/key.pem" }
+
+[[pool]]
+name = "be"
+algorithm = "round-robin"
+servers = [{ address = "127.0.0.1:$B1" }, { address = "127.0.0.1:$B2" }]
+health_check = { kind = "none" }
+CONF
+        start 0 "rampart-$mode" env RUST_LOG=warn "$rampart_bin" lb --config "$work/rampart-tls.toml" --threads 1
+      else
+        start 0 "rampart-$mode" env RUST_LOG=warn "$rampart_bin" lb --listen "127.0.0.1:$port" \
+          --backend "127.0.0.1:$B1" --backend "127.0.0.1:$B2" --algorithm round-robin \
+          --mode http --health-check "$hc" --threads 1
+      fi
       ;;
   esac
   BAL_PID=$STARTED
-  wait_http "$port" || die "$name did not start (see $work/$name-$mode.log)"
+  wait_http "$port" "$mode" || die "$name did not start (see $work/$name-$mode.log)"
 }
 
-# run_wrk PORT SECONDS OUT [LUA]
+# run_wrk PORT SECONDS OUT [LUA] ; SCHEME=https for the tls scenario
 run_wrk() {
   local port=$1 secs=$2 out=$3 script=()
   [ -n "${4:-}" ] && script=(-s "$4")
-  taskset -c 1 wrk -t1 -c50 -d"${secs}s" --latency "${script[@]}" "http://127.0.0.1:$port/" >"$out" 2>&1
+  taskset -c 1 wrk -t1 -c50 -d"${secs}s" --latency "${script[@]}" "${SCHEME:-http}://127.0.0.1:$port/" >"$out" 2>&1
 }
 field() { python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
 
@@ -362,36 +388,49 @@ cat >"$work/meta.json" <<EOF
 EOF
 
 # ------------------------------------------------------------------------------------ cpu
+# scenario_cpu [tls] : plain HTTP, or HTTPS terminated by the balancer (records to tls.tsv)
 scenario_cpu() {
-  log "scenario cpu: ${#active[@]} balancers x $rounds rounds x ${duration}s"
+  local mode=${1:-plain} rec=cpu
+  if [ "$mode" = tls ]; then
+    rec=tls
+    export SCHEME=https
+    mkdir -p "$work/tls"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+      -subj /CN=localhost -keyout "$work/tls/key.pem" -out "$work/tls/cert.pem" 2>/dev/null \
+      || die "openssl could not make a certificate"
+    cat "$work/tls/cert.pem" "$work/tls/key.pem" >"$work/tls/combined.pem"
+  fi
+  log "scenario $rec: ${#active[@]} balancers x $rounds rounds x ${duration}s"
   start_backends
   declare -A port pid
   local b r i n
   for b in "${active[@]}"; do
     port[$b]=$(py freeport 1)
-    start_balancer "$b" plain "${port[$b]}"
+    start_balancer "$b" "$mode" "${port[$b]}"
     pid[$b]=$BAL_PID
-    run_wrk "${port[$b]}" 1 "$work/cpu-warmup-$b.txt" # warm-up, not recorded
+    run_wrk "${port[$b]}" 1 "$work/$rec-warmup-$b.txt" # warm-up, not recorded
   done
-  printf 'balancer\tround\trequests\trps\tp50_us\tp99_us\tcpu_us_per_req\terrors\tother_cpu0_pct\n' >"$work/cpu.tsv"
+  printf 'balancer\tround\trequests\trps\tp50_us\tp99_us\tcpu_us_per_req\terrors\tother_cpu0_pct\n' >"$work/$rec.tsv"
   n=${#active[@]}
   for r in $(seq 1 "$rounds"); do
     for i in $(seq 0 $((n - 1))); do
       b=${active[$(((i + r - 1) % n))]}
-      local t0 t1 c0 c1 out="$work/cpu-$r-$b.txt"
+      local t0 t1 c0 c1 out="$work/$rec-$r-$b.txt"
       py quiet --max-wait "$quiet_wait" || true # let other work on this machine leave CPU 0
       t0=$(py ticks "${pid[$b]}")
       c0=$(py cpu0)
       run_wrk "${port[$b]}" "$duration" "$out"
       c1=$(py cpu0)
       t1=$(py ticks "${pid[$b]}")
-      py cpurow "$out" "$b" "$r" "$t0" "$t1" "$clk_tck" "$c0" "$c1" >>"$work/cpu.tsv"
-      log "cpu round $r $b: $(tail -1 "$work/cpu.tsv" | cut -f3-)"
+      py cpurow "$out" "$b" "$r" "$t0" "$t1" "$clk_tck" "$c0" "$c1" >>"$work/$rec.tsv"
+      log "$rec round $r $b: $(tail -1 "$work/$rec.tsv" | cut -f3-)"
     done
   done
   for b in "${active[@]}"; do stop "${pid[$b]}"; done
   stop_backends
+  unset SCHEME
 }
+scenario_tls() { scenario_cpu tls; }
 
 # ------------------------------------------------------------------------------------ kill
 scenario_kill() {
