@@ -742,39 +742,44 @@ async fn binary_upgrades_under_load_lose_no_request_and_refuse_no_connection() {
 async fn lb_nodes_run_from_the_topology_file_and_share_the_site_address() {
     let dir = TempDir::new().unwrap();
     let topo = dir.path().join("rampart.toml");
-    // A port range of its own (the default stack's layout: site +80, lb +91.., web +101..).
-    // Below the ephemeral range (32768..), so no outgoing connection holds one of its ports.
-    let base = 10_000 + 100 * (std::process::id() % 200) as u16;
-    let out = Command::new(rampart_bin())
-        .args(["init", "--port-base", &base.to_string()])
-        .arg(&topo)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // `rampart init` gives lb1 an admin address (base + 191); older layouts did not.
-    let text = std::fs::read_to_string(&topo).unwrap();
-    let generated: SocketAddr = format!("127.0.0.1:{}", base + 191).parse().unwrap();
-    let admin = if text.contains(&format!("admin = \"{generated}\"")) {
-        generated
-    } else {
-        let admin: SocketAddr = format!("127.0.0.1:{}", base + 95).parse().unwrap();
-        let text = text.replacen(
-            &format!("address = \"127.0.0.1:{}\"", base + 91),
-            &format!("address = \"127.0.0.1:{}\"\nadmin = \"{admin}\"", base + 91),
-            1,
-        );
-        std::fs::write(&topo, text).unwrap();
-        admin
-    };
-    let web1 =
-        Backend::start_at("web1", format!("127.0.0.1:{}", base + 101).parse().unwrap()).await;
-    let site: SocketAddr = format!("127.0.0.1:{}", base + 80).parse().unwrap();
-    let direct1: SocketAddr = format!("127.0.0.1:{}", base + 91).parse().unwrap();
-    let direct2: SocketAddr = format!("127.0.0.1:{}", base + 92).parse().unwrap();
+    let port = || -> SocketAddr { format!("127.0.0.1:{}", free_port()).parse().unwrap() };
+    let (site, direct1, direct2, admin) = (port(), port(), port(), port());
+    let web1 = Backend::start("web1").await;
+    let (web2, web3) = (port(), port()); // nobody listens there
+    std::fs::write(
+        &topo,
+        format!(
+            r#"[cluster]
+name = "t"
+
+[[lb.nodes]]
+name = "lb1"
+address = "{direct1}"
+admin = "{admin}"
+
+[[lb.nodes]]
+name = "lb2"
+address = "{direct2}"
+
+[[lb.listener]]
+name = "site"
+address = "{site}"
+pool = "web"
+
+[[lb.pool]]
+name = "web"
+algorithm = "least-response-time"
+servers = [
+  {{ name = "web1", address = "{}" }},
+  {{ name = "web2", address = "{web2}" }},
+  {{ name = "web3", address = "{web3}" }},
+]
+health_check = {{ kind = "http", path = "/health", interval = "500ms", timeout = "400ms", rise = 2, fall = 2 }}
+"#,
+            web1.addr
+        ),
+    )
+    .unwrap();
     let mut procs = Vec::new();
     for n in ["lb1", "lb2"] {
         let mut cmd = Command::new(rampart_bin());
