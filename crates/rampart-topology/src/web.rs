@@ -11,6 +11,9 @@
 //! pool = "web"                          # lb pool to register in
 //! served_by_header = "X-Served-By"
 //! drain_seconds = 1.0                   # not-ready time before closing the listener
+//! header_read_timeout_seconds = 10.0    # a request head must arrive within this (else 408)
+//! idle_timeout_seconds = 60.0           # a keep-alive connection idle this long is closed;
+//!                                       # also: a client reading nothing this long
 //! # upstream = "127.0.0.1:9000"         # proxy to your own app instead of the guestbook
 //!
 //! [web.database]                        # the guestbook's database (optional)
@@ -53,6 +56,10 @@ pub struct WebSection {
     pub served_by_header: Option<Spanned<String>>,
     #[serde(default)]
     pub drain_seconds: Option<Spanned<f64>>,
+    #[serde(default)]
+    pub header_read_timeout_seconds: Option<Spanned<f64>>,
+    #[serde(default)]
+    pub idle_timeout_seconds: Option<Spanned<f64>>,
     #[serde(default)]
     pub upstream: Option<Spanned<String>>,
     #[serde(default)]
@@ -157,9 +164,20 @@ pub struct WebConfig {
     pub upstream: Option<String>,
     pub served_by_header: http_header::Name,
     pub drain: Duration,
+    /// A request head (the first bytes, or all of it) must arrive within this; else the
+    /// connection gets a 408 and is closed (slowloris).
+    pub header_read_timeout: Duration,
+    /// A keep-alive connection with no request for this long is closed; a response whose
+    /// client reads nothing for this long is abandoned.
+    pub idle_timeout: Duration,
     pub database: Option<DatabaseConfig>,
     pub registration: Option<Registration>,
 }
+
+/// Default [`WebConfig::header_read_timeout`].
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default [`WebConfig::idle_timeout`].
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A validated HTTP header name (lower-case ASCII token).
 pub mod http_header {
@@ -196,6 +214,8 @@ impl WebConfig {
             upstream: None,
             served_by_header: http_header::Name::default(),
             drain: Duration::from_secs(1),
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
             database: None,
             registration: None,
         }
@@ -283,6 +303,27 @@ impl WebConfig {
             Some(d) => Duration::from_secs_f64(*d.get_ref()),
             None => Duration::from_secs(1),
         };
+        let mut timeout = |v: &Option<Spanned<f64>>, key: &str, default: Duration| match v {
+            Some(t) if !(*t.get_ref() > 0.0 && *t.get_ref() <= 3600.0) => {
+                errs.push(src.error_at(
+                    t.span(),
+                    format!("{key} must be more than 0 and at most 3600"),
+                ));
+                default
+            }
+            Some(t) => Duration::from_secs_f64(*t.get_ref()),
+            None => default,
+        };
+        let header_read_timeout = timeout(
+            &web.header_read_timeout_seconds,
+            "header_read_timeout_seconds",
+            DEFAULT_HEADER_READ_TIMEOUT,
+        );
+        let idle_timeout = timeout(
+            &web.idle_timeout_seconds,
+            "idle_timeout_seconds",
+            DEFAULT_IDLE_TIMEOUT,
+        );
         let upstream = match &web.upstream {
             Some(u) => {
                 if valid_host_port(u.get_ref()) {
@@ -348,6 +389,8 @@ impl WebConfig {
             upstream,
             served_by_header,
             drain,
+            header_read_timeout,
+            idle_timeout,
             database,
             registration,
         })
@@ -563,6 +606,34 @@ mod tests {
         let s = src("[cluster]\nname = \"m\"\n[web]\nroot = \"/\"\nrooot = 1\n");
         let e = WebConfig::from_source(&s, "a").expect_err("invalid");
         assert_eq!(e.diagnostics[0].line, 5, "{e}");
+    }
+
+    #[test]
+    fn timeouts_default_and_validate() {
+        let base = "[cluster]\nname = \"m\"\n[web]\nroot = \"/\"\n";
+        let node = "[[web.node]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n";
+        let c = WebConfig::from_source(&src(&format!("{base}{node}")), "a").expect("valid");
+        assert_eq!(c.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.idle_timeout, Duration::from_secs(60));
+        let c = WebConfig::from_source(
+            &src(&format!(
+                "{base}header_read_timeout_seconds = 0.5\nidle_timeout_seconds = 2\n{node}"
+            )),
+            "a",
+        )
+        .expect("valid");
+        assert_eq!(c.header_read_timeout, Duration::from_millis(500));
+        assert_eq!(c.idle_timeout, Duration::from_secs(2));
+        for bad in ["0.0", "-1.0", "3601.0", "nan"] {
+            let e = WebConfig::from_source(
+                &src(&format!("{base}idle_timeout_seconds = {bad}\n{node}")),
+                "a",
+            )
+            .expect_err(bad);
+            let d = &e.diagnostics[0];
+            assert_eq!((d.line, d.col), (5, 24), "{e}");
+            assert!(d.message.contains("idle_timeout_seconds"), "{e}");
+        }
     }
 
     #[test]

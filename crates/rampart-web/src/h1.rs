@@ -13,6 +13,16 @@
 //!
 //! Shutdown: a fast-path connection closes when idle or after the response in progress;
 //! a hyper connection shuts down gracefully.
+//!
+//! Timeouts (slowloris): on the fast path a request head must be complete within
+//! `header_read_timeout` of its first byte (of the accept, for a connection's first
+//! request), else the client gets a 408 and the connection closes (silently when nothing
+//! at all came); a keep-alive connection with no byte of a next request for
+//! `idle_timeout` closes; a response write that makes no progress for `idle_timeout`
+//! (a client that stopped reading) is abandoned and the connection closed. On the hyper
+//! path hyper's `header_read_timeout` applies (its timer also runs while a keep-alive
+//! connection waits for its next request, so there an idle connection closes after
+//! `header_read_timeout`).
 
 use std::io;
 use std::net::SocketAddr;
@@ -20,11 +30,11 @@ use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ConnectInfo;
 use bytes::{Buf, Bytes, BytesMut};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use prometheus_client::metrics::counter::Counter;
@@ -32,6 +42,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::files::{Conds, Found, Outcome, Rep, RepBody};
 use crate::metrics::{Class, Kind, KindLabel, ReqLabels};
@@ -78,10 +89,15 @@ impl Shared {
         served_by.extend_from_slice(b": ");
         served_by.extend_from_slice(node.served_by_value.as_bytes());
         served_by.extend_from_slice(b"\r\n");
+        let mut builder = Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(node.header_read_timeout);
         Shared {
             node,
             app,
-            builder: Builder::new(TokioExecutor::new()),
+            builder,
             served_by: Bytes::from(served_by),
             counters,
             duration,
@@ -98,8 +114,12 @@ pub(crate) async fn connection(
 ) {
     let mut buf = BytesMut::with_capacity(4096);
     let mut out: Vec<u8> = Vec::with_capacity(1024);
+    let (head_timeout, idle_timeout) = (sh.node.header_read_timeout, sh.node.idle_timeout);
+    // The first request's head is timed from the accept.
+    let mut head_deadline = Some(Instant::now() + head_timeout);
     loop {
         // Read until a whole request head is buffered.
+        let idle_deadline = Instant::now() + idle_timeout;
         let answer = loop {
             if !buf.is_empty() {
                 match decide(&sh, &buf, &mut out) {
@@ -114,25 +134,57 @@ pub(crate) async fn connection(
                 buf.reserve(4096);
             }
             let idle = buf.is_empty();
+            if !idle && head_deadline.is_none() {
+                head_deadline = Some(Instant::now() + head_timeout);
+            }
+            let deadline = head_deadline.unwrap_or(idle_deadline);
             tokio::select! {
                 r = stream.read_buf(&mut buf) => match r {
                     Ok(0) | Err(_) => return,
                     Ok(_) => {}
                 },
                 _ = stop.changed(), if idle => return,
+                _ = tokio::time::sleep_until(deadline) => {
+                    if !idle {
+                        // A head begun and not finished in time: 408, then close.
+                        tracing::debug!(%peer, "request head timed out");
+                        let _ = write_all(&stream, TIMEOUT_408, false, idle_timeout).await;
+                    }
+                    let _ = timed(idle_timeout, stream.shutdown()).await;
+                    return;
+                }
             }
         };
-        let started = Instant::now();
+        head_deadline = None;
+        let started = std::time::Instant::now();
         sh.node.metrics.in_flight.inc();
-        let r = respond(&stream, &out, &answer).await;
+        let r = respond(&stream, &out, &answer, idle_timeout).await;
         sh.node.metrics.in_flight.dec();
         sh.duration.observe(started.elapsed().as_secs_f64());
         sh.counters[answer.class as usize].inc();
         buf.advance(answer.consumed);
         if r.is_err() || answer.close || !matches!(stop.has_changed(), Ok(false)) {
-            let _ = stream.shutdown().await;
+            if let Err(e) = &r {
+                tracing::debug!(%peer, error = %e, "response not sent; closing");
+            }
+            let _ = timed(idle_timeout, stream.shutdown()).await;
             return;
         }
+    }
+}
+
+/// The answer to a request head that did not arrive in time.
+const TIMEOUT_408: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+
+/// `f`, or a `TimedOut` error after `limit`.
+async fn timed<T>(
+    limit: Duration,
+    f: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::from(io::ErrorKind::TimedOut)),
     }
 }
 
@@ -313,25 +365,33 @@ fn is_app_route(node: &Node, path: &str) -> bool {
 }
 
 /// Write the head (and a small body) in `out`, then a file's bytes with sendfile(2).
-async fn respond(stream: &TcpStream, out: &[u8], a: &Answer) -> io::Result<()> {
+/// Every wait for the socket to take more bytes is bounded by `stall` (no progress that
+/// long: `TimedOut`).
+async fn respond(stream: &TcpStream, out: &[u8], a: &Answer, stall: Duration) -> io::Result<()> {
     match &a.body {
-        None => write_all(stream, out, false).await,
+        None => write_all(stream, out, false, stall).await,
         Some(BodyOut::Mem(bytes)) => {
-            write_all(stream, out, true).await?;
-            write_all(stream, bytes, false).await
+            write_all(stream, out, true, stall).await?;
+            write_all(stream, bytes, false, stall).await
         }
         Some(BodyOut::File(rep, start, count)) => {
-            write_all(stream, out, true).await?;
+            write_all(stream, out, true, stall).await?;
             let RepBody::File(file) = &rep.body else {
                 return Err(io::Error::other("not a file body"));
             };
-            send_file(stream, file, *start, *count).await
+            send_file(stream, file, *start, *count, stall).await
         }
     }
 }
 
 /// Write all of `data`; `more`: more follows at once (MSG_MORE: one segment with it).
-async fn write_all(stream: &TcpStream, mut data: &[u8], more: bool) -> io::Result<()> {
+/// Fails with `TimedOut` when the socket takes nothing for `stall`.
+async fn write_all(
+    stream: &TcpStream,
+    mut data: &[u8],
+    more: bool,
+    stall: Duration,
+) -> io::Result<()> {
     use nix::sys::socket::{send, MsgFlags};
     // MSG_MORE (0x8000 in linux/socket.h; nix 0.29 does not name it): hold the head
     // back so that it leaves in the same segment as the start of the file.
@@ -342,7 +402,7 @@ async fn write_all(stream: &TcpStream, mut data: &[u8], more: bool) -> io::Resul
         MsgFlags::MSG_NOSIGNAL
     };
     while !data.is_empty() {
-        stream.writable().await?;
+        timed(stall, stream.writable()).await?;
         match stream.try_io(Interest::WRITABLE, || {
             send(stream.as_raw_fd(), data, flags).map_err(io::Error::from)
         }) {
@@ -361,11 +421,12 @@ async fn send_file(
     file: &std::fs::File,
     start: u64,
     count: u64,
+    stall: Duration,
 ) -> io::Result<()> {
     let end = start + count;
     let mut off = i64::try_from(start).map_err(io::Error::other)?;
     while (off as u64) < end {
-        stream.writable().await?;
+        timed(stall, stream.writable()).await?;
         let want = usize::try_from((end - off as u64).min(1 << 30)).unwrap_or(1 << 30);
         match stream.try_io(Interest::WRITABLE, || {
             nix::sys::sendfile::sendfile(stream, file, Some(&mut off), want)

@@ -71,6 +71,10 @@ pub struct Node {
     pub guestbook: Option<Arc<Guestbook>>,
     draining: AtomicBool,
     pub metrics: Metrics,
+    /// A request head must arrive within this (fast path: else 408; hyper's header timer).
+    header_read_timeout: Duration,
+    /// A keep-alive connection idle this long, or a client reading nothing this long, is closed.
+    idle_timeout: Duration,
 }
 
 impl Node {
@@ -141,6 +145,8 @@ pub fn build_node(cfg: &WebConfig) -> Result<Arc<Node>, WebError> {
         guestbook,
         draining: AtomicBool::new(false),
         metrics: Metrics::new(),
+        header_read_timeout: cfg.header_read_timeout,
+        idle_timeout: cfg.idle_timeout,
     }))
 }
 

@@ -14,7 +14,7 @@ use rampart_topology::web::{http_header, DatabaseConfig, DbTopology, WebConfig};
 #[command(group = clap::ArgGroup::new("source").required(true).args(["config", "listen"]))]
 pub struct WebArgs {
     /// Topology file with [cluster] and [web] sections.
-    #[arg(long, value_name = "FILE", requires = "node", conflicts_with_all = ["listen", "root", "upstream", "db_node", "db_agent", "db_etcd"])]
+    #[arg(long, value_name = "FILE", requires = "node", conflicts_with_all = ["listen", "root", "upstream", "db_node", "db_agent", "db_etcd", "header_read_timeout_ms", "idle_timeout_ms"])]
     pub config: Option<PathBuf>,
 
     /// With --config: which [[web.node]] this is.
@@ -74,6 +74,17 @@ pub struct WebArgs {
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     pub drain_ms: u64,
 
+    /// Quick mode: a request head must arrive within this, else 408 and the connection closes.
+    #[arg(long, value_name = "MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub header_read_timeout_ms: u64,
+
+    /// Quick mode: a keep-alive connection idle this long (or a client reading nothing of a
+    /// response this long) is closed.
+    #[arg(long, value_name = "MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub idle_timeout_ms: u64,
+
     /// Name of the header naming this node.
     #[arg(long, value_name = "HEADER", default_value = "X-Served-By")]
     pub served_by_header: String,
@@ -111,6 +122,8 @@ fn quick(args: &WebArgs, listen: SocketAddr) -> anyhow::Result<WebConfig> {
     let mut cfg = WebConfig::quick(&args.name, listen, root);
     cfg.upstream = args.upstream.clone();
     cfg.drain = Duration::from_millis(args.drain_ms);
+    cfg.header_read_timeout = Duration::from_millis(args.header_read_timeout_ms);
+    cfg.idle_timeout = Duration::from_millis(args.idle_timeout_ms);
     cfg.served_by_header = http_header::Name::parse(&args.served_by_header).with_context(|| {
         format!(
             "--served-by-header {:?} is not a header name",

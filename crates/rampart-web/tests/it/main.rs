@@ -8,3 +8,4 @@ mod lb;
 mod proxy;
 mod register;
 mod static_files;
+mod timeouts;
