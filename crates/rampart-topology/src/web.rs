@@ -165,7 +165,8 @@ pub struct WebConfig {
     pub served_by_header: http_header::Name,
     pub drain: Duration,
     /// A request head (the first bytes, or all of it) must arrive within this; else the
-    /// connection gets a 408 and is closed (slowloris).
+    /// connection gets a 408 and is closed (slowloris). Once a connection moved to hyper
+    /// (not a static file), its later heads are timed with `idle_timeout`.
     pub header_read_timeout: Duration,
     /// A keep-alive connection with no request for this long is closed; a response whose
     /// client reads nothing for this long is abandoned.

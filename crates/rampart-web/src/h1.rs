@@ -20,9 +20,9 @@
 //! at all came); a keep-alive connection with no byte of a next request for
 //! `idle_timeout` closes; a response write that makes no progress for `idle_timeout`
 //! (a client that stopped reading) is abandoned and the connection closed. On the hyper
-//! path hyper's `header_read_timeout` applies (its timer also runs while a keep-alive
-//! connection waits for its next request, so there an idle connection closes after
-//! `header_read_timeout`).
+//! path (after a hand-over) hyper's header timer applies, set to `idle_timeout`: it also
+//! runs while a keep-alive connection waits for its next request, and an idle connection
+//! must outlive the balancer's pooled ones.
 
 use std::io;
 use std::net::SocketAddr;
@@ -89,11 +89,15 @@ impl Shared {
         served_by.extend_from_slice(b": ");
         served_by.extend_from_slice(node.served_by_value.as_bytes());
         served_by.extend_from_slice(b"\r\n");
+        // hyper's one header timer also runs while a keep-alive connection waits for its
+        // next request, so it gets `idle_timeout`: a balancer's pooled connection must not
+        // be closed under it sooner (the lb keeps them 30 s). A connection's first head is
+        // always read (and timed with `header_read_timeout`) by the fast path.
         let mut builder = Builder::new(TokioExecutor::new());
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(node.header_read_timeout);
+            .header_read_timeout(node.idle_timeout.max(node.header_read_timeout));
         Shared {
             node,
             app,
