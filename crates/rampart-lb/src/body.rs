@@ -10,20 +10,21 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use tokio::sync::Notify;
 
-use crate::state::InFlight;
+use crate::state::{InFlight, PoolState};
 use crate::upstream;
 
 /// A request body sent upstream: the client's stream, or nothing (a rebuilt retry).
 pub enum ReqBody {
     /// The client's body; `sent` is notified once its last frame went upstream, which
-    /// starts the response timeout.
-    Incoming(Incoming, Arc<Notify>),
+    /// starts the response timeout. The server it goes to (set per attempt) counts its
+    /// bytes as "bytes in".
+    Incoming(Incoming, Arc<Notify>, Option<(Arc<PoolState>, usize)>),
     Empty,
 }
 
 impl ReqBody {
     fn finished(&self) {
-        if let ReqBody::Incoming(_, sent) = self {
+        if let ReqBody::Incoming(_, sent, _) = self {
             sent.notify_one();
         }
     }
@@ -38,7 +39,15 @@ impl Body for ReqBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let r = match &mut *self {
-            ReqBody::Incoming(b, _) => Pin::new(b).poll_frame(cx),
+            ReqBody::Incoming(b, _, to) => {
+                let r = Pin::new(b).poll_frame(cx);
+                if let (Poll::Ready(Some(Ok(frame))), Some((pool, i))) = (&r, to.as_ref()) {
+                    if let Some(d) = frame.data_ref() {
+                        pool.servers[*i].stats.bytes_in(d.len());
+                    }
+                }
+                r
+            }
             ReqBody::Empty => return Poll::Ready(None),
         };
         match &r {
@@ -51,14 +60,14 @@ impl Body for ReqBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ReqBody::Incoming(b, _) => b.is_end_stream(),
+            ReqBody::Incoming(b, _, _) => b.is_end_stream(),
             ReqBody::Empty => true,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ReqBody::Incoming(b, _) => b.size_hint(),
+            ReqBody::Incoming(b, _, _) => b.size_hint(),
             ReqBody::Empty => SizeHint::with_exact(0),
         }
     }

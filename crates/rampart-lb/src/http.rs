@@ -536,7 +536,7 @@ async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<RespBody>
     let body = if body.is_end_stream() {
         ReqBody::Empty
     } else {
-        ReqBody::Incoming(body, Arc::new(Notify::new()))
+        ReqBody::Incoming(body, Arc::new(Notify::new()), None)
     };
     // A request with no body and an idempotent method can be sent again after a failure
     // past the point of sending.
@@ -674,8 +674,11 @@ async fn attempt_on(
         };
         // The response timeout runs from the end of the request body (at once for a
         // request without one), so a long upload is not cut off.
-        let sent = match req.body() {
-            ReqBody::Incoming(_, sent) => Some(sent.clone()),
+        let sent = match req.body_mut() {
+            ReqBody::Incoming(_, sent, to) => {
+                *to = Some((slot.pool.clone(), slot.server));
+                Some(sent.clone())
+            }
             ReqBody::Empty => None,
         };
         let response_deadline = async {

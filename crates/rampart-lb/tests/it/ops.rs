@@ -178,6 +178,17 @@ async fn admin_api_shows_state_metrics_and_the_stats_page_behind_a_token() {
     for _ in 0..3 {
         assert_eq!(cl.get("/fail").await.unwrap().0, 500);
     }
+    // One upload: its body counts as "bytes in" of the server that received it.
+    let up = hyper::Request::builder()
+        .method("POST")
+        .uri("/upload")
+        .header("host", "lb")
+        .body(http_body_util::Full::new(bytes::Bytes::from(vec![
+            b'x';
+            1000
+        ])))
+        .unwrap();
+    assert_eq!(cl.request(up).await.unwrap().0, 200);
 
     // Without the token: 401; with a wrong one too.
     assert_eq!(lb.api("GET", "/api/state", &[], "").await.0, 401);
@@ -199,14 +210,16 @@ async fn admin_api_shows_state_metrics_and_the_stats_page_behind_a_token() {
     assert_eq!(sa["health"], "up");
     let ok = |s: &Value| s["counters"]["responses"]["2xx"].as_u64().unwrap();
     let bad = |s: &Value| s["counters"]["responses"]["5xx"].as_u64().unwrap();
-    assert_eq!(ok(sa) + ok(sb), 20, "{st}");
+    assert_eq!(ok(sa) + ok(sb), 21, "{st}");
+    let bytes_in = |s: &Value| s["counters"]["bytes_in"].as_u64().unwrap();
+    assert_eq!(bytes_in(sa) + bytes_in(sb), 1000, "{st}");
     assert_eq!(bad(sa) + bad(sb), 3, "{st}");
     assert_eq!(ok(sa), a.hits() - bad(sa));
     assert!(sa["counters"]["latency_seconds"]["p99"].as_f64().unwrap() > 0.0);
     assert!(sa["counters"]["bytes_out"].as_u64().unwrap() > 0);
     assert!(sa["last_check"]["ok"].as_bool().unwrap(), "{st}");
     let l = &st["listeners"][0];
-    assert_eq!(l["counters"]["responses"]["2xx"], 20);
+    assert_eq!(l["counters"]["responses"]["2xx"], 21);
     assert_eq!(l["counters"]["responses"]["5xx"], 3);
     assert_eq!(l["connections"], 1);
 
