@@ -23,6 +23,19 @@ struct OpsLb {
     dir: TempDir,
 }
 
+/// After a binary upgrade the serving process is a child the Proc does not track: kill
+/// whatever pid the pid file names, so no lb outlives its test (even a failed one).
+impl Drop for OpsLb {
+    fn drop(&mut self) {
+        if let Some(pid) = pid_in(&self.pid_file()) {
+            if pid != self.proc.pid() {
+                let pid = nix::unistd::Pid::from_raw(pid as i32);
+                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            }
+        }
+    }
+}
+
 impl OpsLb {
     /// `body` has `{LISTEN}` and `{ADMIN}` replaced; `env` goes to the process.
     async fn start(body: &str, env: &[(&str, &str)]) -> OpsLb {
