@@ -18,6 +18,7 @@ const PASSWORD: &str = "secret";
 struct DbNode {
     name: String,
     api: SocketAddr,
+    pg_port: u16,
     agent: Option<Proc>,
 }
 
@@ -89,6 +90,7 @@ fn failover(learn: Learn) {
         .map(|i| DbNode {
             name: format!("db{i}"),
             api: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            pg_port: free_port(),
             agent: None,
         })
         .collect();
@@ -101,9 +103,7 @@ fn failover(learn: Learn) {
     for n in &nodes {
         toml.push_str(&format!(
             "\n[[db.nodes]]\nname = \"{}\"\nport = {}\napi = \"{}\"\n",
-            n.name,
-            free_port(),
-            n.api
+            n.name, n.pg_port, n.api
         ));
     }
     let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
@@ -224,6 +224,17 @@ fn failover(learn: Learn) {
             }
         })
     };
+    // PostgreSQL runs in its own process group and goes down with its agent's watchdog a
+    // moment later; until then (and until its backends notice) a pooled connection may
+    // still commit on it. The drill starts once the old primary is really gone.
+    let old_pg = SocketAddr::from(([127, 0, 0, 1], nodes[pi].pg_port));
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            std::net::TcpStream::connect_timeout(&old_pg, Duration::from_millis(200)).is_err()
+        }),
+        "the killed primary's PostgreSQL still accepts connections"
+    );
+    std::thread::sleep(Duration::from_millis(300));
     let mut back = None;
     let resumed = wait_until(Duration::from_secs(60), || {
         back = post(addr, "after failover");
