@@ -1,10 +1,12 @@
 //! `rampart chaos`: fire drills against a running local stack, seen from a client.
 //!
 //! A client writes guestbook messages and reads the page through the site's address
-//! during the whole drill. The drill kills (SIGKILL of the node's process group) or
-//! freezes (SIGSTOP, then SIGCONT) one node; `rampart up` restarts what dies. The report
-//! counts failed requests, the time from the fault until requests succeed again for
-//! good, and the acknowledged writes that can no longer be read (writes lost).
+//! during the whole drill. The drill kills (SIGKILL of the node's process group) one
+//! node, and `rampart up` restarts what dies; or it cuts one node off the network for a
+//! while (nftables rules on the node's cgroup, see [`crate::netcut`]), then heals the
+//! cut (also on Ctrl-C). The report counts failed requests, the time from the fault
+//! until requests succeed again for good, and the acknowledged writes that can no longer
+//! be read (writes lost).
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -17,7 +19,10 @@ use nix::unistd::Pid;
 use serde::Serialize;
 use serde_json::Value;
 
+use std::path::PathBuf;
+
 use crate::config::Resolved;
+use crate::netcut::{CgroupRef, Cut};
 use crate::state::UpState;
 use crate::UpError;
 
@@ -26,7 +31,7 @@ pub enum Drill {
     KillPrimary,
     KillLb(Option<String>),
     KillWeb(Option<String>),
-    /// Freeze a node (SIGSTOP) for a while: to the rest of the stack it looks cut off.
+    /// Cut a node off the network for a while (nftables on its cgroup), then heal.
     Partition(String),
 }
 
@@ -36,7 +41,7 @@ pub struct DrillOptions {
     pub warmup: Duration,
     /// Observation after the fault.
     pub observe: Duration,
-    /// How long a partition (freeze) lasts.
+    /// How long a partition lasts.
     pub partition_for: Duration,
     /// Writes per second.
     pub rate: u32,
@@ -67,11 +72,21 @@ pub struct Report {
     pub time_to_recovery_ms: u64,
     /// Whether requests were succeeding again at the end of the observation.
     pub recovered: bool,
+    /// How long the node was cut off (partition drills).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cut_ms: Option<u64>,
 }
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "drill           {} ({})", self.drill, self.target)?;
+        if let Some(ms) = self.cut_ms {
+            writeln!(
+                f,
+                "cut off         {:.1}s (nftables), then healed",
+                ms as f64 / 1000.0
+            )?;
+        }
         writeln!(
             f,
             "requests        {} sent, {} failed",
@@ -210,6 +225,11 @@ pub fn run(r: &Resolved, drill: &Drill, o: &DrillOptions) -> Result<Report, UpEr
     let site = *r.topology.site_addresses().first().ok_or_else(|| {
         UpError::Drill("the topology has no http listener to drill through".into())
     })?;
+    // A partition checks what it needs before any load: the fault must be possible.
+    let partition = match drill {
+        Drill::Partition(n) => Some(prepare_partition(r, &state, n)?),
+        _ => None,
+    };
 
     // The client.
     let stop = Arc::new(AtomicBool::new(false));
@@ -271,6 +291,7 @@ pub fn run(r: &Resolved, drill: &Drill, o: &DrillOptions) -> Result<Report, UpEr
         Drill::Partition(n) => ("partition", n.clone()),
     };
     let fault_at = Instant::now();
+    let mut cut_ms = None;
     let inject = (|| -> Result<(), UpError> {
         match drill {
             Drill::KillPrimary => {
@@ -300,15 +321,22 @@ pub fn run(r: &Resolved, drill: &Drill, o: &DrillOptions) -> Result<Report, UpEr
                 Signal::SIGKILL,
             ),
             Drill::Partition(n) => {
-                let node = state.node(n).ok_or_else(|| {
-                    UpError::Drill(format!("no node named {n} in the running stack"))
-                })?;
-                let pid = node
-                    .pid
-                    .ok_or_else(|| UpError::Drill(format!("{n} is not running right now")))?;
-                kill_group(pid, Signal::SIGSTOP)?;
+                let p = partition
+                    .as_ref()
+                    .ok_or_else(|| UpError::Drill("partition not prepared".into()))?;
+                let cut = Cut::apply(&p.nft, &p.table, n, &p.cgroup)?;
+                let at = Instant::now();
+                if let Ok(mut g) = p.active.lock() {
+                    *g = Some(cut);
+                }
                 std::thread::sleep(o.partition_for);
-                kill_group(pid, Signal::SIGCONT)
+                // Taken out under the lock: a Ctrl-C now finds nothing left to heal.
+                let cut = p.active.lock().ok().and_then(|mut g| g.take());
+                if let Some(mut cut) = cut {
+                    cut.heal()?;
+                }
+                cut_ms = Some(at.elapsed().as_millis() as u64);
+                Ok(())
             }
         }
     })();
@@ -359,7 +387,118 @@ pub fn run(r: &Resolved, drill: &Drill, o: &DrillOptions) -> Result<Report, UpEr
         lost_ids,
         time_to_recovery_ms,
         recovered,
+        cut_ms,
     })
+}
+
+/// What a partition drill needs, checked before the drill starts.
+struct Partition {
+    nft: PathBuf,
+    table: String,
+    cgroup: CgroupRef,
+    /// The cut while it is on (a Ctrl-C heals it).
+    active: Arc<Mutex<Option<Cut>>>,
+}
+
+fn prepare_partition(r: &Resolved, state: &UpState, name: &str) -> Result<Partition, UpError> {
+    let node = state
+        .node(name)
+        .ok_or_else(|| UpError::Drill(format!("no node named {name} in the running stack")))?;
+    let pid = node
+        .pid
+        .ok_or_else(|| UpError::Drill(format!("{name} is not running right now")))?;
+    let mount = crate::cgroup::cgroup2_mount().ok_or_else(|| UpError::Missing {
+        program: "cgroup v2".into(),
+        hint: "a partition drill cuts a node by its cgroup, and no cgroup2 hierarchy is mounted (mount -t cgroup2 none /sys/fs/cgroup/unified), then restart rampart up".into(),
+    })?;
+    let stack = state.cgroup.as_ref().ok_or_else(|| UpError::Missing {
+        program: "the nodes' cgroups".into(),
+        hint: format!(
+            "rampart up (pid {}) runs the nodes without cgroups of their own: it could not create them under {} (its output says why; it needs root); a partition drill needs them",
+            state.pid,
+            mount.display()
+        ),
+    })?;
+    let dir = stack.join(name);
+    let inside =
+        crate::cgroup::of_pid(pid).is_some_and(|cg| mount.join(cg.trim_start_matches('/')) == dir);
+    if !inside {
+        return Err(UpError::Drill(format!(
+            "{name} (pid {pid}) does not run in its cgroup {}: cannot cut it off",
+            dir.display()
+        )));
+    }
+    let cgroup = crate::netcut::cgroup_ref(&mount, &dir).map_err(UpError::Drill)?;
+    let nft = crate::netcut::find_nft().ok_or_else(crate::netcut::nft_missing)?;
+    let table = crate::netcut::table_name(&r.topology.cluster, state.pid);
+    let active: Arc<Mutex<Option<Cut>>> = Arc::new(Mutex::new(None));
+    heal_on_signal(active.clone())?;
+    Ok(Partition {
+        nft,
+        table,
+        cgroup,
+        active,
+    })
+}
+
+/// On SIGINT or SIGTERM: heal the cut if one is on, then exit (130).
+fn heal_on_signal(active: Arc<Mutex<Option<Cut>>>) -> Result<(), UpError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| UpError::Drill(format!("start the signal runtime: {e}")))?;
+    let (tx, rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    std::thread::spawn(move || {
+        rt.block_on(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (mut int, mut term) = match (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) {
+                (Ok(i), Ok(t)) => (i, t),
+                (Err(e), _) | (_, Err(e)) => {
+                    let _ = tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            let _ = tx.send(Ok(()));
+            tokio::select! {
+                _ = int.recv() => {},
+                _ = term.recv() => {},
+            }
+            let cut = active.lock().ok().and_then(|mut g| g.take());
+            if let Some(mut cut) = cut {
+                match cut.heal() {
+                    Ok(()) => eprintln!(
+                        "\ninterrupted: partition healed (table {} removed)",
+                        cut.table()
+                    ),
+                    Err(e) => eprintln!("\ninterrupted: {e}"),
+                }
+            } else {
+                eprintln!("\ninterrupted");
+            }
+            std::process::exit(130);
+        })
+    });
+    match rx.recv() {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(UpError::Drill(format!("install signal handlers: {e}"))),
+        Err(_) => Err(UpError::Drill(
+            "install signal handlers: the signal thread died".into(),
+        )),
+    }
+}
+
+/// `rampart chaos heal`: remove every partition the drills of this cluster left on
+/// this machine. Returns the tables removed.
+pub fn heal(r: &Resolved) -> Result<Vec<String>, UpError> {
+    let nft = crate::netcut::find_nft().ok_or_else(crate::netcut::nft_missing)?;
+    let tables = crate::netcut::tables_of(&nft, &r.topology.cluster).map_err(UpError::Drill)?;
+    for t in &tables {
+        crate::netcut::delete_table(&nft, t).map_err(UpError::Drill)?;
+    }
+    Ok(tables)
 }
 
 /// The report as JSON.

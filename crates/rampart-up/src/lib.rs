@@ -10,12 +10,16 @@
 //! - [`status`] probes every node; [`chaos`] runs fire drills with a client-side report.
 //!
 //! Every child runs in its own process group, so a kill reaches what it started
-//! (PostgreSQL under a db agent). The running stack is described in `<data>/up.json`.
+//! (PostgreSQL under a db agent), and, when cgroup v2 is writable, in its node's own
+//! cgroup ([`cgroup`]), which [`netcut`] uses to cut a node's network for a partition
+//! drill. The running stack is described in `<data>/up.json`.
 
 pub mod backoff;
+pub mod cgroup;
 pub mod chaos;
 pub mod config;
 pub use rampart_http1 as http;
+pub mod netcut;
 pub mod plan;
 pub mod state;
 pub mod status;

@@ -13,6 +13,10 @@ pub struct UpState {
     pub topology: PathBuf,
     pub data_dir: PathBuf,
     pub nodes: Vec<NodeState>,
+    /// The stack's cgroup (`<cgroup2 mount>/rampart-<cluster>-<pid>`, a folder per node),
+    /// when `rampart up` could create it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -42,9 +46,14 @@ impl UpState {
 
     /// The state of a running stack, if its supervisor is alive.
     pub fn read_live(data_dir: &Path) -> Option<UpState> {
-        let text = std::fs::read_to_string(path(data_dir)).ok()?;
-        let s: UpState = serde_json::from_str(&text).ok()?;
+        let s = Self::read(data_dir)?;
         pid_alive(s.pid).then_some(s)
+    }
+
+    /// The state recorded last, whether its supervisor still runs or not.
+    pub fn read(data_dir: &Path) -> Option<UpState> {
+        let text = std::fs::read_to_string(path(data_dir)).ok()?;
+        serde_json::from_str(&text).ok()
     }
 
     pub fn node(&self, name: &str) -> Option<&NodeState> {

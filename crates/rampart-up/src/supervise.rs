@@ -183,6 +183,8 @@ struct Supervisor {
     t0: Instant,
     backoff: Backoff,
     state: UpState,
+    /// Each node's own cgroup, when cgroup v2 is writable (for partition drills).
+    cgroups: Option<crate::cgroup::StackCgroups>,
 }
 
 impl Supervisor {
@@ -208,8 +210,8 @@ impl Supervisor {
             .open(&p.log)
             .map_err(io("open log", &p.log))?;
         let log2 = log.try_clone().map_err(io("open log", &p.log))?;
-        let child = Command::new(&p.spec.program)
-            .args(&p.spec.args)
+        let cgroup = self.cgroups.as_ref().map(|c| c.node(&p.spec.name));
+        let child = crate::cgroup::command(cgroup.as_deref(), &p.spec.program, &p.spec.args)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -540,6 +542,7 @@ pub fn run(o: UpOptions) -> Result<(), UpError> {
         topology: r.file.clone(),
         data_dir: r.data_dir.clone(),
         nodes: Vec::new(),
+        cgroup: None,
     };
     for u in &unavailable {
         state.nodes.push(NodeState {
@@ -551,6 +554,24 @@ pub fn run(o: UpOptions) -> Result<(), UpError> {
             state: "unavailable".into(),
         });
     }
+    // Each node in its own cgroup (best effort), so a partition drill can cut its network.
+    let cgroups = crate::cgroup::StackCgroups::create(&r.topology.cluster, std::process::id())
+        .and_then(|c| {
+            for spec in &procs {
+                c.ensure_node(&spec.name)?;
+            }
+            Ok(c)
+        });
+    let cgroups = match cgroups {
+        Ok(c) => {
+            state.cgroup = Some(c.dir.clone());
+            Some(c)
+        }
+        Err(why) => {
+            println!("  note: nodes share this process's cgroup: {why}; rampart chaos partition cannot cut them off");
+            None
+        }
+    };
     let mut sup = Supervisor {
         procs: procs
             .into_iter()
@@ -569,6 +590,7 @@ pub fn run(o: UpOptions) -> Result<(), UpError> {
         t0,
         backoff: Backoff::default(),
         state,
+        cgroups,
     };
 
     // Signals.
@@ -647,6 +669,18 @@ pub fn run(o: UpOptions) -> Result<(), UpError> {
     }
     sup.say("stopping the stack (reverse order) ...");
     sup.stop_all();
+    // A partition drill that could not heal (its process was killed) heals now.
+    if let Some(nft) = crate::netcut::find_nft() {
+        let table = crate::netcut::table_name(&r.topology.cluster, std::process::id());
+        if let Ok(true) = crate::netcut::delete_table(&nft, &table) {
+            sup.say(format!(
+                "removed the partition left by a drill (nftables table {table})"
+            ));
+        }
+    }
+    if let Some(c) = &sup.cgroups {
+        c.remove(Duration::from_secs(3));
+    }
     let _ = std::fs::remove_file(crate::state::path(&r.data_dir));
     sup.say(format!(
         "stopped; data kept in {} (rampart up --fresh starts over)",

@@ -38,14 +38,18 @@ pub enum DrillCmd {
     KillLb { node: Option<String> },
     /// SIGKILL a web server (default: the first running one).
     KillWeb { node: Option<String> },
-    /// Cut a node off: freeze it (SIGSTOP) for --for seconds, then let it go on. Nodes of
-    /// a local stack share one network, so the cut is a freeze: what a partitioned node
-    /// looks like to the others.
+    /// Cut a node off the network for --for seconds, then heal (Ctrl-C heals too): every
+    /// packet between the node (its processes, e.g. a db agent and its PostgreSQL) and
+    /// the rest is dropped, established connections included, while the node still
+    /// talks to itself. nftables rules on the node's cgroup (rampart up puts each node
+    /// in its own); needs root, cgroup v2 and nft.
     Partition {
         node: String,
         #[arg(long = "for", value_name = "SECS", default_value_t = 8)]
         duration: u64,
     },
+    /// Remove what a partition drill killed half-way left behind (its nftables table).
+    Heal,
 }
 
 pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
@@ -67,6 +71,15 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
         DrillCmd::Partition { node, duration } => {
             o.partition_for = Duration::from_secs(duration);
             Drill::Partition(node)
+        }
+        DrillCmd::Heal => {
+            let healed = rampart_up::chaos::heal(&r)?;
+            if healed.is_empty() {
+                println!("no partition of cluster {} to heal", r.topology.cluster);
+            } else {
+                println!("healed: removed nftables table(s) {}", healed.join(", "));
+            }
+            return Ok(());
         }
     };
     let report = rampart_up::chaos::run(&r, &drill, &o)?;
