@@ -35,21 +35,21 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// What one client connection knows, shared by its requests.
-struct ConnCtx {
-    listener: Arc<ListenerRt>,
-    peer: SocketAddr,
-    worker: usize,
-    peer_ip: HeaderValue,
-    trusted: bool,
-    hash_key: u64,
+pub(crate) struct ConnCtx {
+    pub(crate) listener: Arc<ListenerRt>,
+    pub(crate) peer: SocketAddr,
+    pub(crate) worker: usize,
+    pub(crate) peer_ip: HeaderValue,
+    pub(crate) trusted: bool,
+    pub(crate) hash_key: u64,
     activity: Arc<Activity>,
     /// An upgrade the server accepted (101), waiting for the client side of the
     /// connection once hyper hands it back.
     tunnel: Mutex<Option<Tunnel>>,
     /// The client came over TLS (`X-Forwarded-Proto: https`).
-    https: bool,
+    pub(crate) https: bool,
     /// `Strict-Transport-Security` for every response (TLS listeners with `hsts`).
-    hsts: Option<HeaderValue>,
+    pub(crate) hsts: Option<HeaderValue>,
 }
 
 impl ConnCtx {
@@ -87,80 +87,31 @@ struct Tunnel {
 }
 
 /// The client connection preface of HTTP/2.
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub(crate) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 type Svc = Arc<ConnCtx>;
 
 /// Serve one accepted client connection until it closes or times out.
 ///
-/// HTTP/1 connections are served in episodes: hyper serves requests while they come, and
-/// after 50-100 ms without any, it hands the socket back and its buffers are freed;
-/// the connection then waits ("parked") for its next bytes holding nothing but the socket.
-/// That keeps an idle keep-alive connection at about a kilobyte. h2c connections (prior
-/// knowledge, recognised by their preface) are served by hyper's HTTP/2 server throughout.
+/// HTTP/1.1 is served by the fast path ([`crate::h1`]), which hands hyper what it does
+/// not handle (HTTP/1.0, upgrades) and the h2c preface (served by hyper's HTTP/2 server).
 ///
-/// A TLS listener's connections are served after the handshake, without parking; a
-/// redirecting listener answers every request with a redirect to HTTPS.
+/// A TLS listener's connections are served after the handshake (HTTP/2 by ALPN through
+/// hyper); a redirecting listener answers every request with a redirect to HTTPS.
 pub async fn serve(tcp: TcpStream, peer: SocketAddr, listener: Arc<ListenerRt>, worker: usize) {
+    let accepted = tokio::time::Instant::now();
     // Boxed, so that the plain path's task stays small.
     if let Some(r) = listener.cfg.redirect_https {
         return Box::pin(serve_redirect(tcp, peer, listener, r)).await;
     }
     if let Some(term) = listener.tls.clone() {
-        return Box::pin(serve_tls(tcp, peer, listener, worker, term)).await;
+        return Box::pin(serve_tls(tcp, peer, listener, worker, term, accepted)).await;
     }
     let Some(ctx) = ConnCtx::new(peer, &listener, worker, None) else {
         return;
     };
-    let cfg = &listener.cfg;
-    let mut tcp = tcp;
-    let mut leftover = Bytes::new();
-    let mut first = true;
-    loop {
-        if leftover.is_empty() {
-            // Parked: wait for the next request's first bytes.
-            let wait = if first {
-                cfg.header_read_timeout
-            } else {
-                cfg.idle_timeout
-            };
-            let readable = tokio::select! {
-                r = tokio::time::timeout(wait, tcp.readable()) => r,
-                // Stopping: a client in the middle of a series of requests gets a little
-                // while to send its next one (answered with `Connection: close`), so no
-                // request races the close; an idle connection closes after that.
-                _ = crate::shutdown_token().cancelled() => {
-                    tokio::time::timeout(STOP_LINGER, tcp.readable()).await
-                }
-            };
-            match readable {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return,
-                Err(_) => {
-                    tracing::debug!(%peer, "closing idle client connection");
-                    return;
-                }
-            }
-            let mut head = [0u8; H2_PREFACE.len()];
-            let n = match tcp.peek(&mut head).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            if first && n >= 3 && H2_PREFACE.starts_with(&head[..n]) {
-                Box::pin(serve_h2(tcp, peer, ctx)).await;
-                return;
-            }
-        }
-        first = false;
-        // Boxed: while parked, this task holds only the few locals above.
-        match Box::pin(serve_h1_episode(tcp, leftover, &ctx, peer, true)).await {
-            Some((t, rest)) => {
-                tcp = t;
-                leftover = rest;
-            }
-            None => return,
-        }
-    }
+    drop(listener);
+    crate::h1::serve(tcp, ctx, accepted, true).await;
 }
 
 type HandleFuture =
@@ -202,7 +153,7 @@ fn service(
 /// Serve HTTP/1.1 requests until the connection goes quiet (then hand back the socket and
 /// any bytes hyper read ahead), closes, fails, or upgrades (then run the tunnel).
 /// Without `park`, "quiet" means the client idle timeout: the connection then closes.
-async fn serve_h1_episode<T>(
+pub(crate) async fn serve_h1_episode<T>(
     tcp: T,
     leftover: Bytes,
     ctx: &Svc,
@@ -284,7 +235,7 @@ where
 
 /// When the process stops, how long an idle keep-alive connection may still bring its
 /// next request.
-const STOP_LINGER: Duration = Duration::from_millis(1000);
+pub(crate) const STOP_LINGER: Duration = Duration::from_millis(1000);
 
 /// After this long without requests (checked at this interval, so parking happens 1-2
 /// intervals after the last byte), an HTTP/1 connection gives back hyper's buffers.
@@ -316,7 +267,7 @@ async fn run_tunnel<T: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-async fn serve_h2<T>(tcp: T, peer: SocketAddr, ctx: Svc)
+pub(crate) async fn serve_h2<T>(tcp: T, peer: SocketAddr, ctx: Svc)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -349,6 +300,7 @@ async fn serve_tls(
     listener: Arc<ListenerRt>,
     worker: usize,
     term: Arc<TlsTerm>,
+    accepted: tokio::time::Instant,
 ) {
     let Some(ctx) = ConnCtx::new(peer, &listener, worker, Some(&term)) else {
         return;
@@ -360,7 +312,7 @@ async fn serve_tls(
     if h2 {
         serve_h2(stream, peer, ctx).await;
     } else {
-        let _ = serve_h1_episode(stream, Bytes::new(), &ctx, peer, false).await;
+        crate::h1::serve(stream, ctx, accepted, false).await;
     }
 }
 
@@ -424,9 +376,9 @@ fn redirect_response<B>(req: &Request<B>, to: RedirectHttps) -> Response<RespBod
 }
 
 /// A stream that first yields `prefix` (bytes already read from it), then reads `inner`.
-struct Prefixed<T> {
-    prefix: Bytes,
-    inner: T,
+pub(crate) struct Prefixed<T> {
+    pub(crate) prefix: Bytes,
+    pub(crate) inner: T,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {

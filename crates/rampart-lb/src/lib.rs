@@ -19,6 +19,7 @@ mod body;
 mod clock;
 pub mod ctl;
 mod discovery;
+mod h1;
 mod handoff;
 mod health;
 mod http;

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ns;
 use crate::stats::{Counters, ErrorKind};
-use crate::upstream::IdleConn;
+use crate::upstream::{IdleConn, IdleRaw};
 
 /// Time constant of the Peak-EWMA latency estimate.
 const EWMA_DECAY: Duration = Duration::from_secs(5);
@@ -137,6 +137,8 @@ pub struct ServerState {
     passive_dirty: AtomicBool,
     /// Idle upstream connections, one list per worker thread (no cross-thread traffic).
     pub idle: Box<[Mutex<Vec<IdleConn>>]>,
+    /// Idle upstream sockets of the HTTP/1.1 fast path (`h1`), one list per worker thread.
+    pub idle_raw: Box<[Mutex<Vec<IdleRaw>>]>,
     pub requests: AtomicU64,
     pub failures: AtomicU64,
     pub stats: Counters,
@@ -163,6 +165,7 @@ impl ServerState {
             health: Mutex::new(HealthState::new(policy, true)),
             passive_dirty: AtomicBool::new(false),
             idle: (0..workers).map(|_| Mutex::new(Vec::new())).collect(),
+            idle_raw: (0..workers).map(|_| Mutex::new(Vec::new())).collect(),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             stats: Counters::new(workers),
@@ -197,6 +200,11 @@ impl ServerState {
 
     fn close_idle(&self) {
         for w in self.idle.iter() {
+            if let Ok(mut v) = w.lock() {
+                v.clear();
+            }
+        }
+        for w in self.idle_raw.iter() {
             if let Ok(mut v) = w.lock() {
                 v.clear();
             }

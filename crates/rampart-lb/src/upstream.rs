@@ -18,6 +18,13 @@ use crate::state::ServerState;
 /// dispatch channel), so a burst of concurrency must not leave hundreds behind.
 const MAX_IDLE: usize = 64;
 
+/// An idle upstream socket of the HTTP/1.1 fast path: nothing but the socket (no
+/// buffers, no task), with when it was handed back (the [`crate::clock`] scale).
+pub struct IdleRaw {
+    pub tcp: TcpStream,
+    pub since_ns: u64,
+}
+
 /// An idle upstream connection ready for its next request.
 pub struct IdleConn {
     pub sender: SendRequest<ReqBody>,
@@ -121,5 +128,77 @@ pub fn checkin(
                 });
             }
         }
+    }
+}
+
+/// An idle fast-path socket of `server` for worker `worker`, still open, not idle for
+/// longer than `idle_timeout`; `None` when there is none (the others are closed on the way).
+pub fn checkout_raw(
+    server: &ServerState,
+    worker: usize,
+    idle_timeout: Duration,
+    now_ns: u64,
+) -> Option<TcpStream> {
+    let list = server.idle_raw.get(worker)?;
+    loop {
+        let c = list.lock().ok()?.pop()?;
+        if now_ns.saturating_sub(c.since_ns) > idle_timeout.as_nanos() as u64 {
+            // The newest is too old: so are the others.
+            if let Ok(mut l) = list.lock() {
+                l.clear();
+            }
+            return None;
+        }
+        if alive(&c.tcp) {
+            return Some(c.tcp);
+        }
+    }
+}
+
+/// Whether an idle socket is still usable: the server has not closed it, reset it or sent
+/// anything unasked. Costs a syscall only when the socket was reported readable.
+fn alive(tcp: &TcpStream) -> bool {
+    use futures_util::FutureExt;
+    match tcp.readable().now_or_never() {
+        None => true,
+        Some(Err(_)) => false,
+        Some(Ok(())) => {
+            let mut b = [0u8; 1];
+            matches!(tcp.try_read(&mut b), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        }
+    }
+}
+
+/// Hand back a fast-path socket whose last response ended cleanly. Sockets idle for longer
+/// than `idle_timeout` (the oldest are at the front) are closed on the way.
+pub fn checkin_raw(
+    server: &ServerState,
+    worker: usize,
+    tcp: TcpStream,
+    idle_timeout: Duration,
+    now_ns: u64,
+) {
+    if !server.is_up() {
+        return;
+    }
+    let Some(slot) = server.idle_raw.get(worker) else {
+        return;
+    };
+    let Ok(mut list) = slot.lock() else {
+        return;
+    };
+    let limit = idle_timeout.as_nanos() as u64;
+    let stale = list
+        .iter()
+        .take_while(|c| now_ns.saturating_sub(c.since_ns) > limit)
+        .count();
+    if stale > 0 {
+        list.drain(..stale);
+    }
+    if list.len() < MAX_IDLE {
+        list.push(IdleRaw {
+            tcp,
+            since_ns: now_ns,
+        });
     }
 }

@@ -6,6 +6,7 @@
 mod algorithms;
 mod config;
 mod failures;
+mod h1;
 mod ops;
 mod postgres;
 mod protocols;

@@ -1,0 +1,1560 @@
+//! The HTTP/1.1 fast path: our own codec on both sides of the proxy.
+//!
+//! Every HTTP/1.1 client connection (plain or over TLS) is served here. Request heads are
+//! parsed with `httparse` from a per-connection buffer and rewritten straight into the
+//! upstream head (hop-by-hop headers dropped, `X-Forwarded-*` set); the request's own task
+//! writes it to a pooled upstream socket, reads and parses the response head, rewrites it
+//! and streams both bodies through bounded buffers (`Content-Length`, chunked, and
+//! until-close for responses). No task, channel or hyper state per upstream connection:
+//! an idle upstream connection is its socket in the server's pool
+//! ([`crate::upstream::checkin_raw`]), and it goes back there only when its response ended
+//! cleanly and it may be reused.
+//!
+//! A connection waiting for its next request holds no buffer: on a plain socket it waits
+//! for readability, then takes a 16 KiB buffer from a per-thread free list, and gives it
+//! back when the exchange is over and nothing of a next request is left in it. The per
+//! request work is boxed, so the waiting task is small.
+//!
+//! What this path does not handle goes to hyper with the bytes already read
+//! ([`crate::http::serve_h1_episode`], which hands the connection back when it goes quiet):
+//! HTTP/1.0, `CONNECT`, upgrades (WebSocket), requests naming many hop-by-hop headers; the
+//! h2c preface goes to hyper's HTTP/2 server.
+//!
+//! Errors: a malformed head gets 400, an oversized one 431, a head not complete in time
+//! 408 (the connection then closes); upstream failures get the pool's 502/503/504 bodies.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::ns_at;
+use crate::http::{self as hyper_path, ConnCtx, Prefixed, H2_PREFACE, STOP_LINGER};
+use crate::state::{mark_tried, Fail, InFlight, PickError, PoolState};
+use crate::upstream::{self, ConnectError};
+
+/// Size of every read buffer, both sides (HAProxy's `bufsize`).
+const BUF: usize = 16 * 1024;
+/// A request head may grow the client's buffer to this; a bigger one gets 431.
+const MAX_HEAD: usize = 64 * 1024;
+/// Most header fields in a head; more get 431 (request) or 502 (response).
+const MAX_HEADERS: usize = 128;
+/// Buffers kept per thread for reuse.
+const FREE_MAX: usize = 64;
+/// Hop-by-hop header names a request's `Connection` may list; more go to hyper.
+const MAX_CONN_TOKENS: usize = 8;
+
+thread_local! {
+    static FREE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    static FREE_OUT: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    static STOP: &'static CancellationToken =
+        Box::leak(Box::new(crate::shutdown_token().child_token()));
+}
+
+/// This thread's view of the process-wide stop token (its own waiter list).
+fn stop_token() -> &'static CancellationToken {
+    STOP.with(|s| *s)
+}
+
+/// A fixed-size byte buffer with a read and a write position, from the thread's free list.
+pub(crate) struct Buf {
+    v: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl Buf {
+    fn take() -> Buf {
+        let v = FREE
+            .try_with(|f| f.borrow_mut().pop())
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| vec![0; BUF]);
+        Buf {
+            v,
+            start: 0,
+            end: 0,
+        }
+    }
+
+    fn from_bytes(b: &[u8]) -> Buf {
+        let mut buf = Buf::take();
+        if b.len() > buf.v.len() {
+            buf.v.resize(b.len(), 0);
+        }
+        buf.v[..b.len()].copy_from_slice(b);
+        buf.end = b.len();
+        buf
+    }
+
+    fn data(&self) -> &[u8] {
+        &self.v[self.start..self.end]
+    }
+
+    fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n.min(self.len());
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Make room at the end (compacting, then growing up to `max`); false when full.
+    fn make_room(&mut self, max: usize) -> bool {
+        if self.end < self.v.len() {
+            return true;
+        }
+        if self.start > 0 {
+            self.v.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            return true;
+        }
+        if self.v.len() < max {
+            let n = (self.v.len() * 2).min(max);
+            self.v.resize(n, 0);
+            return true;
+        }
+        false
+    }
+
+    /// One read from `r` into the free space; 0 at end of stream.
+    async fn read_from<R: AsyncRead + Unpin>(
+        &mut self,
+        r: &mut R,
+        max: usize,
+    ) -> io::Result<usize> {
+        if !self.make_room(max) {
+            return Err(io::Error::other("buffer full"));
+        }
+        let end = self.end;
+        let n = r.read(&mut self.v[end..]).await?;
+        self.end += n;
+        Ok(n)
+    }
+}
+
+impl Drop for Buf {
+    fn drop(&mut self) {
+        if self.v.len() == BUF {
+            let v = std::mem::take(&mut self.v);
+            let _ = FREE.try_with(|f| {
+                let mut f = f.borrow_mut();
+                if f.len() < FREE_MAX {
+                    f.push(v);
+                }
+            });
+        }
+    }
+}
+
+/// A scratch vector for rendered heads, from the thread's free list.
+struct Out(Vec<u8>);
+
+/// Capacity of a new [`Out`]; one that grew past [`MAX_HEAD`] is not kept.
+const OUT: usize = 4096;
+
+impl Out {
+    fn take() -> Out {
+        let v = FREE_OUT
+            .try_with(|f| f.borrow_mut().pop())
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| Vec::with_capacity(OUT));
+        Out(v)
+    }
+}
+
+impl Drop for Out {
+    fn drop(&mut self) {
+        if self.0.capacity() <= MAX_HEAD + BUF {
+            let mut v = std::mem::take(&mut self.0);
+            v.clear();
+            let _ = FREE_OUT.try_with(|f| {
+                let mut f = f.borrow_mut();
+                if f.len() < FREE_MAX {
+                    f.push(v);
+                }
+            });
+        }
+    }
+}
+
+/// A client stream the fast path serves.
+pub(crate) trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Wait until the peer sent something without holding a buffer (a plain socket);
+    /// streams that cannot tell (TLS) return at once.
+    fn ready(&self) -> impl Future<Output = io::Result<()>> + Send + '_;
+}
+
+impl ClientStream for TcpStream {
+    fn ready(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
+        self.readable()
+    }
+}
+
+impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
+    fn ready(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
+        std::future::ready(Ok(()))
+    }
+}
+
+/// What the connection does after one exchange.
+enum Next {
+    KeepAlive,
+    Close,
+    /// The h2c preface: hyper's HTTP/2 server takes the connection.
+    H2,
+    /// Something for hyper's HTTP/1 server (with the bytes read so far).
+    Hyper,
+}
+
+/// Serve one client connection (accepted at `accepted`) until it closes, times out, or
+/// the process stops. `h2c`: an HTTP/2 prior-knowledge preface may come (plain sockets).
+pub(crate) async fn serve<T: ClientStream>(
+    mut io: T,
+    ctx: Arc<ConnCtx>,
+    accepted: Instant,
+    h2c: bool,
+) {
+    let cfg = &ctx.listener.cfg;
+    let stop = stop_token();
+    let mut buf: Option<Buf> = None;
+    let mut first = true;
+    loop {
+        if buf.as_ref().is_none_or(|b| b.is_empty()) {
+            // Waiting for the next request: give the buffer back.
+            buf = None;
+            let deadline = if first {
+                accepted + cfg.header_read_timeout
+            } else {
+                Instant::now() + cfg.idle_timeout
+            };
+            let ready = tokio::select! {
+                r = tokio::time::timeout_at(deadline, io.ready()) => r,
+                // Stopping: a client in the middle of a series of requests gets a little
+                // while to send its next one (answered with `Connection: close`), so no
+                // request races the close; an idle connection closes after that.
+                _ = stop.cancelled() => tokio::time::timeout(STOP_LINGER, io.ready()).await,
+            };
+            match ready {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    tracing::debug!(peer = %ctx.peer, "closing idle client connection");
+                    return;
+                }
+            }
+        }
+        let next = Box::pin(exchange(
+            &mut io,
+            &mut buf,
+            &ctx,
+            first && h2c,
+            first,
+            accepted,
+        ))
+        .await;
+        first = false;
+        match next {
+            Next::KeepAlive => {}
+            Next::Close => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
+                return;
+            }
+            Next::H2 => {
+                let prefix = buf
+                    .take()
+                    .map_or_else(Bytes::new, |b| Bytes::copy_from_slice(b.data()));
+                let stream = Prefixed { prefix, inner: io };
+                Box::pin(hyper_path::serve_h2(stream, ctx.peer, ctx.clone())).await;
+                return;
+            }
+            Next::Hyper => {
+                let rest = buf
+                    .take()
+                    .map_or_else(Bytes::new, |b| Bytes::copy_from_slice(b.data()));
+                let peer = ctx.peer;
+                match Box::pin(hyper_path::serve_h1_episode(io, rest, &ctx, peer, true)).await {
+                    Some((back, rest)) => {
+                        io = back;
+                        if !rest.is_empty() {
+                            buf = Some(Buf::from_bytes(&rest));
+                        }
+                    }
+                    None => return,
+                }
+            }
+        }
+    }
+}
+
+/// Read one request head and serve it.
+async fn exchange<T: ClientStream>(
+    io: &mut T,
+    slot: &mut Option<Buf>,
+    ctx: &ConnCtx,
+    h2c: bool,
+    first: bool,
+    accepted: Instant,
+) -> Next {
+    let cfg = &ctx.listener.cfg;
+    let buf = slot.get_or_insert_with(Buf::take);
+    let mut out = Out::take();
+    let mut head_deadline = first.then(|| accepted + cfg.header_read_timeout);
+    let req = loop {
+        if !buf.is_empty() {
+            let d = buf.data();
+            if h2c && H2_PREFACE.starts_with(&d[..d.len().min(H2_PREFACE.len())]) && d.len() >= 3 {
+                if d.len() >= H2_PREFACE.len() {
+                    return Next::H2;
+                }
+            } else {
+                match parse_request(d, ctx, &mut out.0) {
+                    Parsed::Partial if buf.len() >= MAX_HEAD => {
+                        let _ = send_error(io, ctx, 431, MSG_431, true, false).await;
+                        return Next::Close;
+                    }
+                    Parsed::Partial => {}
+                    Parsed::Hyper => return Next::Hyper,
+                    Parsed::Bad(status) => {
+                        let msg = if status == 431 { MSG_431 } else { MSG_400 };
+                        let _ = send_error(io, ctx, status, msg, true, false).await;
+                        return Next::Close;
+                    }
+                    Parsed::Complete(r) => break r,
+                }
+            }
+        }
+        let deadline = match head_deadline {
+            Some(d) => d,
+            None if buf.is_empty() => Instant::now() + cfg.idle_timeout,
+            None => *head_deadline.insert(Instant::now() + cfg.header_read_timeout),
+        };
+        match tokio::time::timeout_at(deadline, buf.read_from(io, MAX_HEAD)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Next::Close,
+            Ok(Ok(_)) => {
+                if head_deadline.is_none() && !buf.is_empty() {
+                    head_deadline = Some(Instant::now() + cfg.header_read_timeout);
+                }
+            }
+            Err(_) => {
+                if !buf.is_empty() {
+                    tracing::debug!(peer = %ctx.peer, "request head timed out");
+                    let _ = send_error(io, ctx, 408, MSG_408, true, false).await;
+                }
+                return Next::Close;
+            }
+        }
+    };
+    buf.consume(req.head_len);
+    proxy(io, buf, ctx, &req, &mut out.0).await
+}
+
+const MSG_400: &[u8] = b"400 Bad Request: malformed request\n";
+const MSG_408: &[u8] = b"408 Request Timeout: the request head did not arrive in time\n";
+const MSG_431: &[u8] = b"431 Request Header Fields Too Large\n";
+
+/// How a message body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    /// Until the upstream closes (responses only).
+    Close,
+}
+
+/// A parsed request head (its upstream rendering is in the `out` buffer).
+#[derive(Debug)]
+struct ReqInfo {
+    head_len: usize,
+    body: Framing,
+    /// The client asked to close after this exchange.
+    close: bool,
+    /// `Expect: 100-continue` (answered here, not forwarded).
+    expect: bool,
+    /// Idempotent without a body: may be sent again after a failure past sending.
+    replayable: bool,
+    head: bool,
+    /// Method and target, only when access logging is on.
+    log: Option<(String, String)>,
+}
+
+#[derive(Debug)]
+enum Parsed {
+    Partial,
+    Complete(ReqInfo),
+    Hyper,
+    Bad(u16),
+}
+
+/// A header name's meaning to the proxy.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum H {
+    Other,
+    /// Always dropped (hop-by-hop).
+    Hop,
+    Connection,
+    ContentLength,
+    TransferEncoding,
+    Host,
+    Upgrade,
+    Expect,
+    Xff,
+    Xfp,
+    Xfh,
+    Hsts,
+}
+
+fn classify(name: &str) -> H {
+    let n = name.as_bytes();
+    let is = |s: &str| n.eq_ignore_ascii_case(s.as_bytes());
+    match n.len() {
+        2 if is("te") => H::Hop,
+        4 if is("host") => H::Host,
+        6 if is("expect") => H::Expect,
+        7 if is("upgrade") => H::Upgrade,
+        7 if is("trailer") => H::Hop,
+        10 if is("connection") => H::Connection,
+        10 if is("keep-alive") => H::Hop,
+        14 if is("content-length") => H::ContentLength,
+        15 if is("x-forwarded-for") => H::Xff,
+        16 if is("proxy-connection") => H::Hop,
+        16 if is("x-forwarded-host") => H::Xfh,
+        17 if is("transfer-encoding") => H::TransferEncoding,
+        17 if is("x-forwarded-proto") => H::Xfp,
+        18 if is("proxy-authenticate") => H::Hop,
+        19 if is("proxy-authorization") => H::Hop,
+        25 if is("strict-transport-security") => H::Hsts,
+        _ => H::Other,
+    }
+}
+
+/// The comma-separated tokens of a header value, trimmed, empty ones skipped.
+fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+    v.split(|b| *b == b',')
+        .map(|t| t.trim_ascii())
+        .filter(|t| !t.is_empty())
+}
+
+/// A `Content-Length` value (possibly a list of equal values); `None` when invalid.
+fn content_length(v: &[u8], prev: Option<u64>) -> Option<u64> {
+    let mut n = prev;
+    for t in tokens(v) {
+        if t.len() > 18 || !t.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let x = t.iter().fold(0u64, |a, d| a * 10 + u64::from(d - b'0'));
+        if n.is_some_and(|p| p != x) {
+            return None;
+        }
+        n = Some(x);
+    }
+    n
+}
+
+/// Whether the last transfer coding is `chunked`.
+fn ends_chunked(v: &[u8]) -> bool {
+    tokens(v)
+        .last()
+        .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"))
+}
+
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Parse the request head at the start of `data` and render its upstream head into `out`.
+fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(data) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(httparse::Error::TooManyHeaders) => return Parsed::Bad(431),
+        Err(_) => return Parsed::Bad(400),
+    };
+    let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
+        return Parsed::Bad(400);
+    };
+    if version != 1 || method == "CONNECT" {
+        return Parsed::Hyper;
+    }
+    // First pass: what the head says about framing, hop-by-hop names, forwarding.
+    let mut close = false;
+    let mut upgrade = false;
+    let mut named: [&[u8]; MAX_CONN_TOKENS] = [b""; MAX_CONN_TOKENS];
+    let mut n_named = 0;
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut te = false;
+    let mut host: Option<&[u8]> = None;
+    let mut expect = false;
+    let (mut has_xff, mut has_xfp, mut has_xfh) = (false, false, false);
+    for h in req.headers.iter() {
+        match classify(h.name) {
+            H::Connection => {
+                for t in tokens(h.value) {
+                    if t.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if t.eq_ignore_ascii_case(b"upgrade") {
+                        upgrade = true;
+                    } else if !t.eq_ignore_ascii_case(b"keep-alive") {
+                        if n_named == MAX_CONN_TOKENS {
+                            return Parsed::Hyper;
+                        }
+                        named[n_named] = t;
+                        n_named += 1;
+                    }
+                }
+            }
+            H::ContentLength => match content_length(h.value, length) {
+                Some(n) => length = Some(n),
+                None => return Parsed::Bad(400),
+            },
+            H::TransferEncoding => {
+                te = true;
+                chunked = ends_chunked(h.value);
+            }
+            H::Host => host = Some(h.value),
+            H::Upgrade => upgrade = upgrade || !h.value.is_empty(),
+            H::Expect => expect = h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue"),
+            H::Xff => has_xff = true,
+            H::Xfp => has_xfp = true,
+            H::Xfh => has_xfh = true,
+            H::Hop | H::Hsts | H::Other => {}
+        }
+    }
+    if upgrade {
+        // WebSocket and friends: hyper's path joins the two halves.
+        return Parsed::Hyper;
+    }
+    if te && !chunked {
+        return Parsed::Bad(400);
+    }
+    let body = if chunked {
+        Framing::Chunked
+    } else {
+        match length {
+            Some(0) | None => Framing::None,
+            Some(n) => Framing::Length(n),
+        }
+    };
+    // The request line, origin-form.
+    out.clear();
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    let mut uri_host: Option<Vec<u8>> = None;
+    if target.starts_with('/') || target == "*" {
+        out.extend_from_slice(target.as_bytes());
+    } else {
+        let Ok(uri) = target.parse::<http::Uri>() else {
+            return Parsed::Bad(400);
+        };
+        let (Some(a), Some(_)) = (uri.authority(), uri.scheme()) else {
+            return Parsed::Bad(400);
+        };
+        uri_host = Some(a.as_str().as_bytes().to_vec());
+        out.extend_from_slice(uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let keep = ctx.trusted;
+    for h in req.headers.iter() {
+        match classify(h.name) {
+            H::Hop | H::Connection | H::TransferEncoding | H::Upgrade | H::Xff => continue,
+            H::ContentLength if chunked => continue,
+            H::Expect if expect => continue,
+            H::Xfp | H::Xfh if !keep => continue,
+            _ => {}
+        }
+        let name = h.name.as_bytes();
+        if n_named > 0
+            && named[..n_named]
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(name))
+        {
+            continue;
+        }
+        push_header(out, name, h.value);
+    }
+    if uri_host.is_some() && host.is_none() {
+        push_header(out, b"host", uri_host.as_deref().unwrap_or_default());
+    }
+    let host = host.or(uri_host.as_deref());
+    if chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    // X-Forwarded-For: a trusted peer's chain is kept and appended to.
+    out.extend_from_slice(b"x-forwarded-for: ");
+    if keep && has_xff {
+        for h in req.headers.iter() {
+            if classify(h.name) == H::Xff {
+                let v = h.value.trim_ascii();
+                if !v.is_empty() {
+                    out.extend_from_slice(v);
+                    out.extend_from_slice(b", ");
+                }
+            }
+        }
+    }
+    out.extend_from_slice(ctx.peer_ip.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if !(keep && has_xfp) {
+        out.extend_from_slice(if ctx.https {
+            b"x-forwarded-proto: https\r\n"
+        } else {
+            b"x-forwarded-proto: http\r\n"
+        });
+    }
+    if !(keep && has_xfh) {
+        if let Some(h) = host {
+            push_header(out, b"x-forwarded-host", h);
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    let head = method == "HEAD";
+    let idempotent = matches!(method, "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS");
+    Parsed::Complete(ReqInfo {
+        head_len,
+        body,
+        close,
+        expect: expect && body != Framing::None,
+        replayable: idempotent && body == Framing::None,
+        head,
+        log: crate::accesslog::enabled().then(|| (method.to_string(), target.to_string())),
+    })
+}
+
+/// A parsed response head (its client rendering is in `out`).
+#[derive(Debug)]
+struct RespInfo {
+    head_len: usize,
+    status: u16,
+    body: Framing,
+    /// The upstream connection may carry another request after this response.
+    reusable: bool,
+    /// The client connection closes after this response.
+    close: bool,
+}
+
+#[derive(Debug)]
+enum RespParsed {
+    Partial,
+    /// A 1xx response to skip (its length).
+    Interim(usize),
+    Bad,
+    Complete(RespInfo),
+}
+
+/// Parse the response head at the start of `data`; render its client head into `out`.
+/// `close`: the client connection closes after it anyway.
+fn parse_response(
+    data: &[u8],
+    head_req: bool,
+    close: bool,
+    hsts: Option<&[u8]>,
+    out: &mut Vec<u8>,
+) -> RespParsed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let head_len = match resp.parse(data) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return RespParsed::Partial,
+        Err(_) => return RespParsed::Bad,
+    };
+    let (Some(status), Some(version)) = (resp.code, resp.version) else {
+        return RespParsed::Bad;
+    };
+    if (100..200).contains(&status) {
+        // 100 Continue, 103 Early Hints...: skipped; a 101 was not asked for.
+        return if status == 101 {
+            RespParsed::Bad
+        } else {
+            RespParsed::Interim(head_len)
+        };
+    }
+    let mut upstream_close = version == 0;
+    let mut named: [&[u8]; MAX_CONN_TOKENS] = [b""; MAX_CONN_TOKENS];
+    let mut n_named = 0;
+    let mut length: Option<u64> = None;
+    let mut te = false;
+    let mut chunked = false;
+    for h in resp.headers.iter() {
+        match classify(h.name) {
+            H::Connection => {
+                for t in tokens(h.value) {
+                    if t.eq_ignore_ascii_case(b"close") {
+                        upstream_close = true;
+                    } else if !t.eq_ignore_ascii_case(b"keep-alive") && n_named < MAX_CONN_TOKENS {
+                        named[n_named] = t;
+                        n_named += 1;
+                    }
+                }
+            }
+            H::ContentLength => match content_length(h.value, length) {
+                Some(n) => length = Some(n),
+                None => return RespParsed::Bad,
+            },
+            H::TransferEncoding => {
+                te = true;
+                chunked = ends_chunked(h.value);
+            }
+            _ => {}
+        }
+    }
+    let body = if head_req || status == 204 || status == 304 {
+        Framing::None
+    } else if te {
+        if chunked {
+            Framing::Chunked
+        } else {
+            Framing::Close
+        }
+    } else {
+        match length {
+            Some(0) => Framing::None,
+            Some(n) => Framing::Length(n),
+            None => Framing::Close,
+        }
+    };
+    let close = close || body == Framing::Close;
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    let mut code = [0u8; 3];
+    code[0] = b'0' + (status / 100 % 10) as u8;
+    code[1] = b'0' + (status / 10 % 10) as u8;
+    code[2] = b'0' + (status % 10) as u8;
+    out.extend_from_slice(&code);
+    out.push(b' ');
+    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for h in resp.headers.iter() {
+        let kind = classify(h.name);
+        match kind {
+            H::Hop | H::Connection | H::Upgrade => continue,
+            // Kept as it came when the body is forwarded chunked, or for a HEAD.
+            H::TransferEncoding if !(chunked && (body == Framing::Chunked || head_req)) => continue,
+            H::ContentLength if te => continue,
+            H::Hsts if hsts.is_some() => continue,
+            _ => {}
+        }
+        let name = h.name.as_bytes();
+        if n_named > 0
+            && named[..n_named]
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(name))
+        {
+            continue;
+        }
+        push_header(out, name, h.value);
+    }
+    if let Some(v) = hsts {
+        push_header(out, b"strict-transport-security", v);
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    RespParsed::Complete(RespInfo {
+        head_len,
+        status,
+        body,
+        reusable: !upstream_close && body != Framing::Close,
+        close,
+    })
+}
+
+/// Where a chunked body ends, found by scanning it as it is forwarded (unchanged:
+/// chunk extensions and trailers pass through).
+#[derive(Debug, Default)]
+pub(crate) struct Chunked {
+    st: CSt,
+    size: u64,
+    digits: u8,
+    line: usize,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum CSt {
+    #[default]
+    Size,
+    Ext,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    TrailerStart,
+    Trailer,
+    FinalLf,
+    Done,
+}
+
+/// A chunked body that does not follow the grammar.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct BadChunk;
+
+/// Longest chunk-size line (with extensions), and all trailers together.
+const MAX_CHUNK_LINE: usize = 4096;
+const MAX_TRAILERS: usize = 64 * 1024;
+
+impl Chunked {
+    pub(crate) fn done(&self) -> bool {
+        self.st == CSt::Done
+    }
+
+    /// How many bytes at the start of `data` belong to the body: all of them, unless it
+    /// ends inside.
+    pub(crate) fn scan(&mut self, data: &[u8]) -> Result<usize, BadChunk> {
+        let mut i = 0;
+        while i < data.len() {
+            match self.st {
+                CSt::Done => return Ok(i),
+                CSt::Data => {
+                    let take = self.size.min((data.len() - i) as u64);
+                    i += take as usize;
+                    self.size -= take;
+                    if self.size == 0 {
+                        self.st = CSt::DataCr;
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            let b = data[i];
+            i += 1;
+            match self.st {
+                CSt::Size => match b {
+                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                        if self.digits >= 15 {
+                            return Err(BadChunk);
+                        }
+                        let d = (b as char).to_digit(16).unwrap_or(0);
+                        self.size = (self.size << 4) | u64::from(d);
+                        self.digits += 1;
+                    }
+                    b';' | b' ' | b'\t' if self.digits > 0 => self.st = CSt::Ext,
+                    b'\r' if self.digits > 0 => self.st = CSt::SizeLf,
+                    b'\n' if self.digits > 0 => self.line_end(),
+                    _ => return Err(BadChunk),
+                },
+                CSt::Ext => {
+                    self.line += 1;
+                    if self.line > MAX_CHUNK_LINE {
+                        return Err(BadChunk);
+                    }
+                    match b {
+                        b'\r' => self.st = CSt::SizeLf,
+                        b'\n' => self.line_end(),
+                        _ => {}
+                    }
+                }
+                CSt::SizeLf if b == b'\n' => self.line_end(),
+                CSt::DataCr if b == b'\r' => self.st = CSt::DataLf,
+                CSt::DataCr | CSt::DataLf if b == b'\n' => self.st = CSt::Size,
+                CSt::TrailerStart => match b {
+                    b'\r' => self.st = CSt::FinalLf,
+                    b'\n' => self.st = CSt::Done,
+                    _ => {
+                        self.st = CSt::Trailer;
+                        self.line += 1;
+                    }
+                },
+                CSt::Trailer => {
+                    self.line += 1;
+                    if self.line > MAX_TRAILERS {
+                        return Err(BadChunk);
+                    }
+                    if b == b'\n' {
+                        self.st = CSt::TrailerStart;
+                    }
+                }
+                CSt::FinalLf if b == b'\n' => self.st = CSt::Done,
+                _ => return Err(BadChunk),
+            }
+        }
+        Ok(i)
+    }
+
+    fn line_end(&mut self) {
+        self.digits = 0;
+        if self.size == 0 {
+            self.line = 0;
+            self.st = CSt::TrailerStart;
+        } else {
+            self.line = 0;
+            self.st = CSt::Data;
+        }
+    }
+}
+
+/// A body being forwarded: what is left of it.
+enum Left {
+    Length(u64),
+    Chunked(Chunked),
+    Close,
+}
+
+impl Left {
+    fn of(f: Framing) -> Option<Left> {
+        match f {
+            Framing::None => None,
+            Framing::Length(n) => Some(Left::Length(n)),
+            Framing::Chunked => Some(Left::Chunked(Chunked::default())),
+            Framing::Close => Some(Left::Close),
+        }
+    }
+
+    /// How much of `data` belongs to the body; updates what is left.
+    fn take(&mut self, data: &[u8]) -> Result<usize, BadChunk> {
+        match self {
+            Left::Length(n) => {
+                let k = (*n).min(data.len() as u64);
+                *n -= k;
+                Ok(k as usize)
+            }
+            Left::Chunked(c) => c.scan(data),
+            Left::Close => Ok(data.len()),
+        }
+    }
+
+    fn done(&self) -> bool {
+        match self {
+            Left::Length(n) => *n == 0,
+            Left::Chunked(c) => c.done(),
+            Left::Close => false,
+        }
+    }
+}
+
+/// `f`, or `TimedOut` at `deadline`.
+async fn by<F: Future<Output = io::Result<R>>, R>(deadline: Instant, f: F) -> io::Result<R> {
+    match tokio::time::timeout_at(deadline, f).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::from(io::ErrorKind::TimedOut)),
+    }
+}
+
+async fn write_flush<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    data: &[u8],
+    deadline: Instant,
+) -> io::Result<()> {
+    by(deadline, async {
+        w.write_all(data).await?;
+        w.flush().await
+    })
+    .await
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        408 => "Request Timeout",
+        431 => "Request Header Fields Too Large",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Error",
+    }
+}
+
+/// A short error answer of the balancer itself.
+async fn send_error<T: ClientStream>(
+    io: &mut T,
+    ctx: &ConnCtx,
+    status: u16,
+    msg: &[u8],
+    close: bool,
+    head: bool,
+) -> io::Result<()> {
+    let mut out = Out::take();
+    let o = &mut out.0;
+    o.extend_from_slice(b"HTTP/1.1 ");
+    o.extend_from_slice(status.to_string().as_bytes());
+    o.push(b' ');
+    o.extend_from_slice(reason(status).as_bytes());
+    o.extend_from_slice(b"\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ");
+    o.extend_from_slice(msg.len().to_string().as_bytes());
+    o.extend_from_slice(b"\r\n");
+    if let Some(v) = &ctx.hsts {
+        push_header(o, b"strict-transport-security", v.as_bytes());
+    }
+    if close {
+        o.extend_from_slice(b"connection: close\r\n");
+    }
+    o.extend_from_slice(b"\r\n");
+    if !head {
+        o.extend_from_slice(msg);
+    }
+    write_flush(io, o, Instant::now() + ctx.listener.cfg.idle_timeout).await
+}
+
+/// How one attempt on one server ended when it did not produce a response.
+enum Failure {
+    /// Nothing was sent (connect failed).
+    Unsent(ConnectError),
+    /// The request (or part of it) was sent and the connection failed before any response
+    /// byte, or the response head was malformed.
+    Sent(io::Error),
+    /// No response head within the response timeout.
+    Timeout,
+    /// The client went away or sent a malformed body: close without an answer.
+    Client,
+    /// The client's chunked body was malformed (nothing was answered yet).
+    BadBody,
+}
+
+/// Proxy one request (head parsed, its upstream rendering in `out`) and answer it.
+async fn proxy<T: ClientStream>(
+    io: &mut T,
+    buf: &mut Buf,
+    ctx: &ConnCtx,
+    req: &ReqInfo,
+    out: &mut Vec<u8>,
+) -> Next {
+    let t0 = Instant::now();
+    let now = ns_at(t0.into_std());
+    let pool = ctx.listener.pool.get();
+    pool.budget.on_request(now);
+    let stopping = stop_token().is_cancelled();
+    // After an error answer, a request body that was not read leaves the connection
+    // unusable.
+    let close_on_error = req.close || stopping || req.body != Framing::None;
+    let retries = pool.cfg.retries.attempts;
+    let mut tried = 0u64;
+    let mut attempt = 0u32;
+    let mut last_status = 502u16;
+    let mut continued = false;
+    let (status, msg): (u16, Bytes) = loop {
+        let slot = match pool.pick(ctx.hash_key, tried).await {
+            Ok(s) => s,
+            Err(PickError::NoneUp) if attempt == 0 => break (503, pool.msg_503_down.clone()),
+            Err(PickError::NoneUp) => break failed(&pool, last_status),
+            Err(PickError::QueueFull | PickError::QueueTimeout) => {
+                break (503, pool.msg_503_queue.clone())
+            }
+        };
+        let i = slot.server;
+        tried = mark_tried(tried, i);
+        let started = if attempt == 0 { t0 } else { Instant::now() };
+        let r = attempt_on(
+            io,
+            buf,
+            ctx,
+            req,
+            out,
+            &slot,
+            started,
+            t0,
+            attempt,
+            &mut continued,
+        )
+        .await;
+        let f = match r {
+            Ok(next) => return next,
+            Err(f) => f,
+        };
+        let s = slot.server();
+        let now = crate::clock::now_ns();
+        let can_retry = |pool: &PoolState| attempt < retries && pool.budget.try_retry(now);
+        match f {
+            Failure::Unsent(e) => {
+                tracing::warn!(pool = %pool.cfg.name, server = %s.name, error = %e, "connect failed");
+                pool.on_passive_failure(i, Fail::Connect);
+                last_status = match e {
+                    ConnectError::Timeout { .. } => 504,
+                    _ => 502,
+                };
+                drop(slot);
+                if !can_retry(&pool) {
+                    break failed(&pool, last_status);
+                }
+            }
+            Failure::Sent(e) => {
+                tracing::warn!(pool = %pool.cfg.name, server = %s.name, error = %e, "upstream failed before answering");
+                pool.on_passive_failure(i, Fail::BeforeAnswer);
+                last_status = 502;
+                drop(slot);
+                if !req.replayable || !can_retry(&pool) {
+                    break failed(&pool, last_status);
+                }
+            }
+            Failure::Timeout => {
+                tracing::warn!(pool = %pool.cfg.name, server = %s.name, timeout = ?pool.cfg.timeouts.response, "upstream response timed out");
+                pool.on_passive_failure(i, Fail::Timeout);
+                break (504, pool.msg_504.clone());
+            }
+            Failure::Client => return Next::Close,
+            Failure::BadBody => {
+                drop(slot);
+                let _ = send_error(io, ctx, 400, MSG_400, true, false).await;
+                return Next::Close;
+            }
+        }
+        attempt += 1;
+    };
+    let _ = send_error(io, ctx, status, &msg, close_on_error, req.head).await;
+    let took = crate::clock::now_ns().saturating_sub(now);
+    ctx.listener.stats.counters.response(status, took);
+    if let Some((method, path)) = &req.log {
+        log(
+            ctx,
+            method,
+            path,
+            status,
+            Some(msg.len() as u64),
+            took,
+            None,
+        );
+    }
+    if close_on_error {
+        Next::Close
+    } else {
+        Next::KeepAlive
+    }
+}
+
+fn failed(pool: &PoolState, status: u16) -> (u16, Bytes) {
+    if status == 504 {
+        (504, pool.msg_504.clone())
+    } else {
+        (502, pool.msg_502.clone())
+    }
+}
+
+fn log(
+    ctx: &ConnCtx,
+    method: &str,
+    path: &str,
+    status: u16,
+    bytes: Option<u64>,
+    total_ns: u64,
+    served: Option<&crate::accesslog::Served>,
+) {
+    crate::accesslog::write(&crate::accesslog::Entry {
+        client: ctx.peer,
+        listener: &ctx.listener.cfg.name,
+        pool: &ctx.listener.pool.name,
+        method,
+        path,
+        status,
+        bytes,
+        total_ns,
+        served,
+    });
+}
+
+/// Send the request to the slot's server over a pooled socket (a new one when there is
+/// none, or when the pooled one turns out closed) and stream its answer to the client.
+#[allow(clippy::too_many_arguments)]
+async fn attempt_on<T: ClientStream>(
+    io: &mut T,
+    buf: &mut Buf,
+    ctx: &ConnCtx,
+    req: &ReqInfo,
+    out: &mut Vec<u8>,
+    slot: &InFlight,
+    started: Instant,
+    t0: Instant,
+    attempt: u32,
+    continued: &mut bool,
+) -> Result<Next, Failure> {
+    let pool = &slot.pool;
+    let s = slot.server();
+    let t = pool.cfg.timeouts;
+    let client_stall = ctx.listener.cfg.idle_timeout;
+    let mut pooled = upstream::checkout_raw(s, ctx.worker, t.idle, ns_at(started.into_std()));
+    let mut may_renew = true;
+    let mut ub = Buf::take();
+    let (mut up, info) = 'conn: loop {
+        let from_pool = pooled.is_some();
+        let mut up = match pooled.take() {
+            Some(c) => c,
+            None => upstream::connect_tcp(s.addr, t.connect)
+                .await
+                .map_err(Failure::Unsent)?,
+        };
+        // The head, with the body when all of it is here already (a small POST): one write.
+        let head_len = out.len();
+        let mut left = Left::of(req.body);
+        let mut inline = 0;
+        if let Some(l) = left.as_mut() {
+            if !req.expect {
+                inline = l.take(buf.data()).map_err(|_| Failure::BadBody)?;
+                if l.done() {
+                    out.extend_from_slice(&buf.data()[..inline]);
+                } else {
+                    // Not all here: start over below, streaming.
+                    left = Left::of(req.body);
+                    inline = 0;
+                }
+            }
+        }
+        let w = write_flush(&mut up, out, started + t.response).await;
+        out.truncate(head_len);
+        if let Err(e) = w {
+            if from_pool {
+                // Closed while idle: no fault of the server.
+                pooled = upstream::checkout_raw(s, ctx.worker, t.idle, ns_at(started.into_std()));
+                continue;
+            }
+            return Err(Failure::Sent(e));
+        }
+        let mut sent_body = false;
+        if let Some(mut l) = left {
+            if inline > 0 {
+                buf.consume(inline);
+                s.stats.bytes_in(inline);
+            } else {
+                if req.expect && !*continued {
+                    *continued = true;
+                    write_flush(
+                        io,
+                        b"HTTP/1.1 100 Continue\r\n\r\n",
+                        Instant::now() + client_stall,
+                    )
+                    .await
+                    .map_err(|_| Failure::Client)?;
+                }
+                send_body(io, buf, &mut up, &mut l, s, client_stall, t.response).await?;
+            }
+            sent_body = true;
+        }
+        // The response head; the response timeout runs from the end of the request.
+        let deadline = if sent_body {
+            Instant::now() + t.response
+        } else {
+            started + t.response
+        };
+        loop {
+            let n = match tokio::time::timeout_at(deadline, ub.read_from(&mut up, MAX_HEAD)).await {
+                Err(_) => return Err(Failure::Timeout),
+                Ok(r) => r,
+            };
+            match n {
+                Ok(0) | Err(_) if ub.is_empty() && from_pool && req.replayable && may_renew => {
+                    // A pooled connection the server closed as we used it: once more on
+                    // a new one.
+                    may_renew = false;
+                    continue 'conn;
+                }
+                Ok(0) => return Err(Failure::Sent(io::Error::from(io::ErrorKind::UnexpectedEof))),
+                Err(e) => return Err(Failure::Sent(e)),
+                Ok(_) => {}
+            }
+            loop {
+                let close = req.close || stop_token().is_cancelled();
+                let hsts = ctx.hsts.as_ref().map(|v| v.as_bytes());
+                match parse_response(ub.data(), req.head, close, hsts, out) {
+                    RespParsed::Partial => break,
+                    RespParsed::Interim(n) => ub.consume(n),
+                    RespParsed::Bad => {
+                        return Err(Failure::Sent(io::Error::other("malformed response head")))
+                    }
+                    RespParsed::Complete(info) => break 'conn (up, info),
+                }
+                if ub.is_empty() {
+                    break;
+                }
+            }
+        }
+    };
+    // A response: account for it, then stream it.
+    let t1 = Instant::now();
+    let end = ns_at(t1.into_std());
+    let took = end.saturating_sub(ns_at(started.into_std()));
+    s.ewma.observe(took, end);
+    s.stats.response(info.status, took);
+    if info.status >= 500 {
+        pool.on_passive_failure(slot.server, Fail::Status5xx);
+    } else {
+        pool.on_passive_success(slot.server);
+    }
+    let total = end.saturating_sub(ns_at(t0.into_std()));
+    ctx.listener.stats.counters.response(info.status, total);
+    if let Some((method, path)) = &req.log {
+        let served = crate::accesslog::Served {
+            server: s.name.clone(),
+            attempts: attempt + 1,
+            upstream_ns: took,
+        };
+        let bytes = match info.body {
+            Framing::None => Some(0),
+            Framing::Length(n) => Some(n),
+            _ => None,
+        };
+        log(ctx, method, path, info.status, bytes, total, Some(&served));
+    }
+    ub.consume(info.head_len);
+    let mut left = Left::of(info.body);
+    // The head with the body bytes already here: one write.
+    if let Some(l) = left.as_mut() {
+        let k = l.take(ub.data()).map_err(|_| Failure::Client)?;
+        out.extend_from_slice(&ub.data()[..k]);
+        ub.consume(k);
+        s.stats.bytes_out(k);
+    }
+    if write_flush(io, out, t1 + client_stall).await.is_err() {
+        return Ok(Next::Close);
+    }
+    let mut complete = left.as_ref().is_none_or(Left::done);
+    if !complete {
+        if let Some(l) = left.as_mut() {
+            complete = stream_response(io, &mut up, &mut ub, l, s, client_stall, t.response).await;
+        }
+    }
+    if !complete {
+        // The client saw a response cut short (or the server closed to end it): its
+        // connection cannot go on.
+        return Ok(Next::Close);
+    }
+    if info.reusable && ub.is_empty() {
+        upstream::checkin_raw(s, ctx.worker, up, t.idle, end);
+    }
+    Ok(if info.close {
+        Next::Close
+    } else {
+        Next::KeepAlive
+    })
+}
+
+/// Forward the rest of a request body from the client (what is in `buf`, then reads) to
+/// the upstream. A read stalled for `client_stall`, or a write for `up_stall`, fails.
+async fn send_body<T: ClientStream>(
+    io: &mut T,
+    buf: &mut Buf,
+    up: &mut TcpStream,
+    left: &mut Left,
+    s: &crate::state::ServerState,
+    client_stall: Duration,
+    up_stall: Duration,
+) -> Result<(), Failure> {
+    loop {
+        if buf.is_empty() {
+            match by(Instant::now() + client_stall, buf.read_from(io, BUF)).await {
+                Ok(0) | Err(_) => return Err(Failure::Client),
+                Ok(_) => {}
+            }
+        }
+        let k = left.take(buf.data()).map_err(|_| Failure::BadBody)?;
+        if k > 0 {
+            write_flush(up, &buf.data()[..k], Instant::now() + up_stall)
+                .await
+                .map_err(Failure::Sent)?;
+            buf.consume(k);
+            s.stats.bytes_in(k);
+        }
+        if left.done() {
+            return Ok(());
+        }
+    }
+}
+
+/// Forward the rest of a response body; whether it ended cleanly.
+async fn stream_response<T: ClientStream>(
+    io: &mut T,
+    up: &mut TcpStream,
+    ub: &mut Buf,
+    left: &mut Left,
+    s: &crate::state::ServerState,
+    client_stall: Duration,
+    up_stall: Duration,
+) -> bool {
+    loop {
+        if ub.is_empty() {
+            match by(Instant::now() + up_stall, ub.read_from(up, BUF)).await {
+                Ok(0) => return matches!(left, Left::Close),
+                Err(_) => return false,
+                Ok(_) => {}
+            }
+        }
+        let Ok(k) = left.take(ub.data()) else {
+            return false;
+        };
+        if k > 0 {
+            if write_flush(io, &ub.data()[..k], Instant::now() + client_stall)
+                .await
+                .is_err()
+            {
+                return false;
+            }
+            ub.consume(k);
+            s.stats.bytes_out(k);
+        }
+        if left.done() {
+            return true;
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn chunked_body(chunks: &[Vec<u8>], trailer: bool) -> Vec<u8> {
+        let mut b = Vec::new();
+        for c in chunks.iter().filter(|c| !c.is_empty()) {
+            b.extend_from_slice(format!("{:x};ext=1\r\n", c.len()).as_bytes());
+            b.extend_from_slice(c);
+            b.extend_from_slice(b"\r\n");
+        }
+        b.extend_from_slice(b"0\r\n");
+        if trailer {
+            b.extend_from_slice(b"x-sum: 7\r\n");
+        }
+        b.extend_from_slice(b"\r\n");
+        b
+    }
+
+    #[test]
+    fn chunked_scan_finds_the_end_and_leaves_what_follows() {
+        let mut body = chunked_body(&[b"hello".to_vec(), vec![b'x'; 300]], true);
+        let n = body.len();
+        body.extend_from_slice(b"GET / HTTP/1.1\r\n");
+        let mut c = Chunked::default();
+        assert_eq!(c.scan(&body), Ok(n));
+        assert!(c.done());
+    }
+
+    #[test]
+    fn malformed_chunks_are_refused() {
+        for bad in [
+            &b"zz\r\n"[..],
+            b"\r\n",
+            b"5\r\nhelloXX",
+            b"fffffffffffffffff\r\n",
+        ] {
+            let mut c = Chunked::default();
+            assert_eq!(
+                c.scan(bad),
+                Err(BadChunk),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn chunked_scan_is_independent_of_how_bytes_arrive(
+            chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..200), 0..8),
+            trailer in any::<bool>(),
+            cuts in proptest::collection::vec(1usize..64, 1..40),
+        ) {
+            let body = chunked_body(&chunks, trailer);
+            let mut data = body.clone();
+            data.extend_from_slice(b"NEXT");
+            let mut c = Chunked::default();
+            let mut pos = 0;
+            let mut cuts = cuts.into_iter().cycle();
+            while !c.done() && pos < data.len() {
+                let end = (pos + cuts.next().unwrap()).min(data.len());
+                let k = c.scan(&data[pos..end]).unwrap();
+                pos += k;
+                if k < end - (pos - k) {
+                    break;
+                }
+            }
+            prop_assert!(c.done());
+            prop_assert_eq!(pos, body.len());
+        }
+    }
+
+    #[test]
+    fn content_length_lists_must_agree() {
+        assert_eq!(content_length(b"12", None), Some(12));
+        assert_eq!(content_length(b"12, 12", None), Some(12));
+        assert_eq!(content_length(b"12, 13", None), None);
+        assert_eq!(content_length(b"12", Some(13)), None);
+        assert_eq!(content_length(b"-1", None), None);
+        assert_eq!(content_length(b"1e3", None), None);
+    }
+
+    #[test]
+    fn response_heads_are_rewritten_without_hop_by_hop_fields() {
+        let mut out = Vec::new();
+        let head = b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nContent-Length: 5\r\nX-Kept: y\r\n\r\nhello";
+        let RespParsed::Complete(r) =
+            parse_response(head, false, false, Some(b"max-age=1"), &mut out)
+        else {
+            panic!()
+        };
+        assert_eq!(r.body, Framing::Length(5));
+        assert!(r.reusable && !r.close);
+        assert_eq!(r.head_len, head.len() - 5);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Kept: y\r\nstrict-transport-security: max-age=1\r\n\r\n"
+        );
+        // No length, not chunked: until the server closes, and so does the client.
+        let mut out = Vec::new();
+        let RespParsed::Complete(r) =
+            parse_response(b"HTTP/1.1 200 OK\r\n\r\n", false, false, None, &mut out)
+        else {
+            panic!()
+        };
+        assert_eq!(r.body, Framing::Close);
+        assert!(!r.reusable && r.close);
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .contains("connection: close"));
+        // HEAD, 204 and 304 have no body whatever they announce.
+        for (h, head_req) in [
+            (&b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"[..], true),
+            (b"HTTP/1.1 204 No Content\r\n\r\n", false),
+            (
+                b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n",
+                false,
+            ),
+        ] {
+            let RespParsed::Complete(r) = parse_response(h, head_req, false, None, &mut Vec::new())
+            else {
+                panic!()
+            };
+            assert_eq!(r.body, Framing::None);
+            assert!(r.reusable);
+        }
+        assert!(matches!(
+            parse_response(
+                b"HTTP/1.1 100 Continue\r\n\r\n",
+                false,
+                false,
+                None,
+                &mut Vec::new()
+            ),
+            RespParsed::Interim(25)
+        ));
+        assert!(matches!(
+            parse_response(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                false,
+                false,
+                None,
+                &mut Vec::new()
+            ),
+            RespParsed::Bad
+        ));
+    }
+}
