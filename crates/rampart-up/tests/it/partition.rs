@@ -578,3 +578,57 @@ fn partition_cuts_a_web_node_and_the_primary_off_the_network_and_heals() {
         cg.display()
     );
 }
+
+#[test]
+fn partition_refuses_nodes_without_a_cgroup_naming_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let init = Command::new(rampart_bin())
+        .args(["init", "--port-base", "13600"])
+        .current_dir(p)
+        .output()
+        .unwrap();
+    assert!(init.status.success());
+    // A live supervisor (this test process stands in for it) that ran web1 without a
+    // cgroup, as `rampart up` does when cgroup2 is missing or not writable.
+    let state = p.join(".rampart/main");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(
+        state.join("up.json"),
+        format!(
+            "{{\"pid\": {me}, \"topology\": \"{}\", \"data_dir\": \"{}\", \"nodes\": [\
+             {{\"name\": \"web1\", \"kind\": \"web\", \"pid\": {me}, \"log\": \"x\", \"restarts\": 0, \"state\": \"running\"}}]}}",
+            p.join("rampart.toml").display(),
+            state.display(),
+            me = std::process::id(),
+        ),
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    let out = Command::new(rampart_bin())
+        .args(["chaos", "partition", "web1", "--config", "rampart.toml"])
+        .current_dir(p)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let expected = if rampart_up::cgroup::cgroup2_mount().is_none() {
+        "cgroup v2 not found"
+    } else {
+        "the nodes' cgroups not found"
+    };
+    assert!(err.contains(expected), "{err}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "refused before any load"
+    );
+    // No fault, no table.
+    if let Some(nft) = rampart_up::netcut::find_nft() {
+        let tables = Command::new(nft)
+            .args(["list", "tables", "inet"])
+            .output()
+            .unwrap();
+        assert!(!String::from_utf8_lossy(&tables.stdout)
+            .contains(&format!("rampart_chaos_main_{}", std::process::id())));
+    }
+}
