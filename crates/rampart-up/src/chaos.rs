@@ -324,16 +324,22 @@ pub fn run(r: &Resolved, drill: &Drill, o: &DrillOptions) -> Result<Report, UpEr
                 let p = partition
                     .as_ref()
                     .ok_or_else(|| UpError::Drill("partition not prepared".into()))?;
-                let cut = Cut::apply(&p.nft, &p.table, n, &p.cgroup)?;
-                let at = Instant::now();
-                if let Ok(mut g) = p.active.lock() {
-                    *g = Some(cut);
-                }
+                // Cut under the lock, so a Ctrl-C always finds the cut it must heal.
+                let at = {
+                    let mut g = p
+                        .active
+                        .lock()
+                        .map_err(|_| UpError::Drill("the cut's lock is poisoned".into()))?;
+                    *g = Some(Cut::apply(&p.nft, &p.table, n, &p.cgroup)?);
+                    Instant::now()
+                };
                 std::thread::sleep(o.partition_for);
-                // Taken out under the lock: a Ctrl-C now finds nothing left to heal.
-                let cut = p.active.lock().ok().and_then(|mut g| g.take());
-                if let Some(mut cut) = cut {
-                    cut.heal()?;
+                // Healed under the lock: a Ctrl-C now waits for the heal, then finds
+                // nothing left to do.
+                if let Ok(mut g) = p.active.lock() {
+                    if let Some(mut cut) = g.take() {
+                        cut.heal()?;
+                    }
                 }
                 cut_ms = Some(at.elapsed().as_millis() as u64);
                 Ok(())
