@@ -38,13 +38,16 @@ pub enum DrillCmd {
     KillLb { node: Option<String> },
     /// SIGKILL a web server (default: the first running one).
     KillWeb { node: Option<String> },
-    /// Cut a node off the network for --for seconds, then heal (Ctrl-C heals too): every
-    /// packet between the node (its processes, e.g. a db agent and its PostgreSQL) and
-    /// the rest is dropped, established connections included, while the node still
-    /// talks to itself. nftables rules on the node's cgroup (rampart up puts each node
-    /// in its own); needs root, cgroup v2 and nft.
+    /// Cut a node off the network for --for seconds, then heal (Ctrl-C heals too).
+    ///
+    /// Every packet between the node (its processes, e.g. a db agent and its PostgreSQL)
+    /// and the rest of the stack is dropped, established connections included, while the
+    /// node still talks to itself: nftables rules on the node's cgroup (rampart up puts
+    /// each node in its own). Needs root, cgroup v2 and nft.
     Partition {
+        /// The node to cut off (a name from the topology).
         node: String,
+        /// Seconds the cut lasts.
         #[arg(long = "for", value_name = "SECS", default_value_t = 8)]
         duration: u64,
     },
