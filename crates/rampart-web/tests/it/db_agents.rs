@@ -94,9 +94,12 @@ fn failover(learn: Learn) {
             agent: None,
         })
         .collect();
+    // Dynamic shared memory in the data dir (mmap), not /dev/shm: the failover kills a
+    // postmaster, whose posix segments would stay in RAM for good.
     let mut toml = format!(
         "[cluster]\nname = \"webit\"\netcd = [\"{}\"]\n\n[db]\ndata_dir = \"{}\"\nsynchronous = false\n\
-         superuser_password = \"{PASSWORD}\"\nreplication_password = \"{PASSWORD}\"\n",
+         superuser_password = \"{PASSWORD}\"\nreplication_password = \"{PASSWORD}\"\n\
+         parameters = {{ dynamic_shared_memory_type = \"mmap\" }}\n",
         etcd.client_url(0),
         dir.path().join("data").display()
     );
