@@ -145,6 +145,7 @@ impl Agent {
             superuser_password: cfg.superuser_password.clone(),
             replication_password: cfg.replication_password.clone(),
             run_as,
+            tls: cfg.replication_tls.clone(),
         };
         check_parent_access(&ctl)?;
         let coord = Coord::connect(CoordOptions {

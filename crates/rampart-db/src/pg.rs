@@ -32,7 +32,15 @@ pub struct PgCtl {
     pub replication_password: String,
     /// (uid, gid) to run as; `None` when the agent is not root.
     pub run_as: Option<(Uid, Gid)>,
+    /// `[tls] replication`: serve TLS, take replication over TLS only, stream verifying
+    /// the leader's certificate against the CA.
+    pub tls: Option<rampart_topology::db::ReplicationTls>,
 }
+
+/// Where the TLS material is copied in the data directory (PostgreSQL wants the key
+/// owned by its user, mode 0600; relative names are read from the data directory).
+const SSL_CERT: &str = "rampart-server.crt";
+const SSL_KEY: &str = "rampart-server.key";
 
 /// The settings written to `rampart.conf`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -119,8 +127,20 @@ impl PgCtl {
             c.current_dir(parent);
         }
         c.env_remove("PGDATA").env("PGCONNECT_TIMEOUT", "3");
+        if self.tls.is_some() {
+            // Against a TLS server libpq looks for a client certificate in
+            // ~/.postgresql; run as postgres with root's HOME that is an access error.
+            c.env("PGSSLCERT", self.no_client_cert())
+                .env("PGSSLKEY", self.no_client_cert());
+        }
         c.kill_on_drop(true);
         c
+    }
+
+    /// A path that never exists: "no client certificate" for libpq (which otherwise
+    /// reads `~/.postgresql/postgresql.crt`).
+    fn no_client_cert(&self) -> PathBuf {
+        self.sibling(".no-client-cert")
     }
 
     async fn run(
@@ -255,6 +275,10 @@ impl PgCtl {
             .args(["-h", host, "-p", &port.to_string(), "-U", REPLICATION_USER])
             .args(["-X", "stream", "-c", "fast", "--no-password"])
             .env("PGPASSWORD", &self.replication_password);
+        if self.tls.is_some() {
+            c.env("PGSSLMODE", "verify-ca")
+                .env("PGSSLROOTCERT", self.copy_ca()?);
+        }
         if let Err(e) = self.run(c, "pg_basebackup", Duration::from_secs(600)).await {
             let _ = std::fs::remove_dir_all(&fresh);
             return Err(e);
@@ -312,6 +336,64 @@ impl PgCtl {
         Ok(parse_controldata(&text))
     }
 
+    /// The CA replicas verify the leader with, copied beside the data directory
+    /// (`<data_dir>.ca.crt`, readable by the postgres user, kept across re-clones).
+    fn copy_ca(&self) -> Result<PathBuf, DbError> {
+        let dst = self.sibling(".ca.crt");
+        if let Some(t) = &self.tls {
+            self.copy_private(&t.ca, &dst, 0o644, "copy the replication CA")?;
+        }
+        Ok(dst)
+    }
+
+    fn copy_private(
+        &self,
+        src: &Path,
+        dst: &Path,
+        mode: u32,
+        what: &'static str,
+    ) -> Result<(), DbError> {
+        use std::os::unix::fs::PermissionsExt;
+        let bytes = std::fs::read(src).map_err(|e| DbError::Io {
+            what,
+            path: src.to_path_buf(),
+            source: e,
+        })?;
+        let io = |e| DbError::Io {
+            what,
+            path: dst.to_path_buf(),
+            source: e,
+        };
+        let _ = std::fs::remove_file(dst);
+        std::fs::write(dst, bytes).map_err(io)?;
+        std::fs::set_permissions(dst, std::fs::Permissions::from_mode(mode)).map_err(io)?;
+        self.chown(dst)
+    }
+
+    /// The TLS lines of `rampart.conf` and the copies of the material they name.
+    fn write_tls(&self, s: &mut String) -> Result<(), DbError> {
+        let Some(t) = &self.tls else {
+            return Ok(());
+        };
+        self.copy_private(
+            &t.cert,
+            &self.data_dir.join(SSL_CERT),
+            0o644,
+            "copy the TLS certificate",
+        )?;
+        self.copy_private(
+            &t.key,
+            &self.data_dir.join(SSL_KEY),
+            0o600,
+            "copy the TLS key",
+        )?;
+        let _ = writeln!(s, "ssl = on");
+        let _ = writeln!(s, "ssl_cert_file = {}", quote_conf(SSL_CERT));
+        let _ = writeln!(s, "ssl_key_file = {}", quote_conf(SSL_KEY));
+        let _ = writeln!(s, "ssl_min_protocol_version = 'TLSv1.2'");
+        Ok(())
+    }
+
     /// Write `rampart.conf`, include it from `postgresql.conf`, write `pg_hba.conf`.
     pub fn write_conf(&self, spec: &ConfSpec) -> Result<(), DbError> {
         let io = |what, path: &Path, source| DbError::Io {
@@ -343,10 +425,18 @@ impl PgCtl {
         kv("synchronous_commit", "on".into());
         kv("synchronous_standby_names", quote_conf(&spec.sync_names));
         kv("recovery_target_timeline", "'latest'".into());
+        let ssl = match &self.tls {
+            Some(_) => format!(
+                " sslmode=verify-ca sslrootcert={} sslcert={}",
+                self.copy_ca()?.display(),
+                self.no_client_cert().display()
+            ),
+            None => String::new(),
+        };
         match &spec.follow {
             Some((h, p)) => {
                 let ci = format!(
-                    "host={h} port={p} user={REPLICATION_USER} password={} application_name={} connect_timeout=2",
+                    "host={h} port={p} user={REPLICATION_USER} password={} application_name={} connect_timeout=2{ssl}",
                     self.replication_password, self.name
                 );
                 kv("primary_conninfo", quote_conf(&ci));
@@ -360,6 +450,7 @@ impl PgCtl {
         for (k, v) in &spec.extra {
             kv(k, v.clone());
         }
+        self.write_tls(&mut s)?;
         let conf = self.data_dir.join("rampart.conf");
         std::fs::write(&conf, s).map_err(|e| io("write rampart.conf", &conf, e))?;
         self.chown(&conf)?;
@@ -373,9 +464,15 @@ impl PgCtl {
             self.chown(&main)?;
         }
         let hba = self.data_dir.join("pg_hba.conf");
+        // With replication TLS, a replication connection without TLS matches no line.
+        let repl = if self.tls.is_some() {
+            "hostssl"
+        } else {
+            "host"
+        };
         let hba_text = format!(
             "# Written by rampart db.\n\
-             host replication {REPLICATION_USER} all scram-sha-256\n\
+             {repl} replication {REPLICATION_USER} all scram-sha-256\n\
              host all all all scram-sha-256\n"
         );
         std::fs::write(&hba, hba_text).map_err(|e| io("write pg_hba.conf", &hba, e))?;

@@ -109,6 +109,17 @@ pub struct DbConfig {
     pub parameters: Vec<(String, String)>,
     /// Never empty; names, pg addresses and api addresses unique.
     pub nodes: Vec<DbNode>,
+    /// `[tls] replication = true`: streaming replication over TLS only.
+    pub replication_tls: Option<ReplicationTls>,
+}
+
+/// TLS material of replication: every node serves `cert`/`key` (`ssl = on`), accepts the
+/// replication user over `hostssl` only, and streams with `sslmode=verify-ca` against `ca`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicationTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -372,6 +383,19 @@ impl DbConfig {
         };
         let superuser_password = pw(&db.superuser_password, &mut errs);
         let replication_password = pw(&db.replication_password, &mut errs);
+        let replication_tls = file
+            .tls
+            .as_ref()
+            .and_then(|t| crate::security::validate_tls(src, &cluster, t, &mut errs))
+            .filter(|t| t.replication)
+            .map(|t| {
+                let (cert, key) = t.db_pair();
+                ReplicationTls {
+                    cert,
+                    key,
+                    ca: t.trust_file(),
+                }
+            });
         if !errs.is_empty() {
             return Err(ConfigError { diagnostics: errs });
         }
@@ -397,6 +421,7 @@ impl DbConfig {
             replication_password,
             parameters,
             nodes,
+            replication_tls,
         })
     }
 }

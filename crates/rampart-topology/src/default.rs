@@ -137,13 +137,17 @@ name = "lb2"
 address = "127.0.0.1:{lb2}"
 admin = "127.0.0.1:{lb2a}"
 
+# Plain HTTP: with [tls] redirect_http = true (below) every request here gets a 308
+# redirect to the HTTPS listener; nothing is served in plain text. Health checks and
+# drills use each node's own entry (address above, loopback) or HTTPS.
 [[lb.listener]]
 name = "site"
 address = "127.0.0.1:{site}"
 pool = "web"
 
-# The site over HTTPS. With [tls] self_signed, rampart up writes a self-signed certificate
-# for localhost/127.0.0.1 to these paths when they are missing (openssl CLI).
+# The site over HTTPS, with HSTS. With [tls] self_signed, rampart up writes a certificate
+# for localhost/127.0.0.1 signed by the stack's own CA (<dir>/ca.crt: what clients trust)
+# to these paths when they are missing (openssl CLI).
 [[lb.listener]]
 name = "site-https"
 address = "127.0.0.1:{https}"
@@ -176,9 +180,10 @@ kind = "log"
 # ---------------------------------------------------------------------------------
 # HTTPS for the site, TLS for replication.
 [tls]
-self_signed = true      # or cert = "PATH" and key = "PATH"
-redirect_http = true
-replication = true
+self_signed = true      # or cert = "PATH", key = "PATH" (and ca = "PATH", its CA)
+dir = "{data}/tls"      # self_signed: the stack's CA (ca.crt) and certificates
+redirect_http = true    # plain-HTTP listeners answer 308 to the HTTPS one
+replication = true      # PostgreSQL: ssl = on, replication over hostssl only, replicas verify-ca
 
 # ---------------------------------------------------------------------------------
 # Firewall: drop what is not allowed. Only the site is open; every other port is
@@ -238,6 +243,14 @@ mod tests {
             );
             assert!(t.db.as_ref().unwrap().synchronous);
             assert_eq!(t.site_addresses()[0].port(), base + 80);
+            // [tls] redirect_http: the plain site listener redirects to the HTTPS one.
+            let listeners = &t.lb.as_ref().unwrap().config.listeners;
+            let site = listeners.iter().find(|l| l.name == "site").unwrap();
+            assert_eq!(site.redirect_https.map(|r| r.port), Some(base + 81));
+            // [tls] replication: the db nodes get the stack's pair and CA.
+            let tls = t.db.as_ref().unwrap().replication_tls.clone().unwrap();
+            assert_eq!(tls.ca, dir.join("data/tls/ca.crt"));
+            assert_eq!(tls.key, dir.join("data/tls/db.key"));
         }
         let _ = std::fs::remove_dir_all(&dir);
     }

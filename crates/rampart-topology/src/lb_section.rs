@@ -30,7 +30,10 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::diag::{Diagnostic, Source};
-use crate::lb::{CheckKind, LbConfig, RawForwarded, RawLbFile, RawLimits, RawListener, RawPool};
+use crate::lb::{
+    CheckKind, LbConfig, Mode, RawForwarded, RawLbFile, RawLimits, RawListener, RawPool,
+    RedirectHttps,
+};
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -86,7 +89,7 @@ impl LbTopology {
             return Ok(None);
         };
         let mut errs = Vec::new();
-        let t = validate(&src, section, &mut errs);
+        let t = validate(&src, section, redirect_http(&file), &mut errs);
         if !errs.is_empty() {
             return Err(crate::diag::ConfigError { diagnostics: errs });
         }
@@ -99,13 +102,17 @@ impl LbTopology {
 
     /// The configuration node `node` runs (`rampart lb --config TOPOLOGY --node NAME`):
     /// every listener of the section, plus `direct`, the node's own address, in front of
-    /// the first listener's pool; the node's admin address when it has one.
+    /// the first listener's pool; the node's admin address when it has one. `direct` is
+    /// always plain HTTP that forwards (never TLS, never a redirect): it is the node's
+    /// internal entry on a loopback or cluster address, for health checks, not the site.
     pub fn node_config(&self, node: &LbNode) -> LbConfig {
         let mut c = self.config.clone();
         if let Some(first) = c.listeners.first().cloned() {
             c.listeners.push(crate::lb::Listener {
                 name: "direct".into(),
                 address: node.address,
+                tls: None,
+                redirect_https: None,
                 ..first
             });
         }
@@ -250,9 +257,50 @@ fn dur(d: Duration) -> String {
     format!("{}us", d.as_micros())
 }
 
+/// Whether the file's `[tls] redirect_http` applies: a `[tls]` section that does not set
+/// it to false.
+pub(crate) fn redirect_http(file: &crate::topology::TopologyFile) -> bool {
+    file.tls.as_ref().is_some_and(|t| {
+        t.redirect_http
+            .as_ref()
+            .map(|b| *b.get_ref())
+            .unwrap_or(true)
+    })
+}
+
+/// `[tls] redirect_http = true`: every plain-HTTP listener (no tls, not already a
+/// redirect) answers with a 308 redirect to the HTTPS listener, the first one on the same
+/// IP, else the first one. Without any HTTPS listener nothing changes (`rampart up` and
+/// `rampart audit` say that HTTPS is not served).
+pub fn apply_redirect_http(c: &mut LbConfig) {
+    let https: Vec<SocketAddr> = c
+        .listeners
+        .iter()
+        .filter(|l| l.mode == Mode::Http && l.tls.is_some())
+        .map(|l| l.address)
+        .collect();
+    let Some(first) = https.first().copied() else {
+        return;
+    };
+    for l in &mut c.listeners {
+        if l.mode == Mode::Http && l.tls.is_none() && l.redirect_https.is_none() {
+            let to = https
+                .iter()
+                .find(|a| a.ip() == l.address.ip())
+                .copied()
+                .unwrap_or(first);
+            l.redirect_https = Some(RedirectHttps {
+                port: to.port(),
+                status: 308,
+            });
+        }
+    }
+}
+
 pub(crate) fn validate(
     src: &Source,
     s: &LbSection,
+    redirect_http: bool,
     errs: &mut Vec<Diagnostic>,
 ) -> Option<LbTopology> {
     let raw = RawLbFile {
@@ -263,7 +311,12 @@ pub(crate) fn validate(
         ..Default::default()
     };
     let config = match LbConfig::validate(src, &raw) {
-        Ok(c) => Some(c),
+        Ok(mut c) => {
+            if redirect_http {
+                apply_redirect_http(&mut c);
+            }
+            Some(c)
+        }
         Err(e) => {
             errs.extend(e.diagnostics.into_iter().map(|mut d| {
                 // The lb file's own wording names top-level tables; here they live under [lb].
@@ -369,7 +422,7 @@ health_check = { kind = "http", path = "/health", interval = "250ms" }
         let src = Source::new("t.toml", text);
         let s: LbSection = src.parse().unwrap();
         let mut errs = Vec::new();
-        let t = validate(&src, &s, &mut errs).unwrap();
+        let t = validate(&src, &s, false, &mut errs).unwrap();
         assert!(errs.is_empty(), "{errs:?}");
         let file = t.render_node_file(&t.nodes[0]);
         let back = LbConfig::from_source(&Source::new("gen.toml", file.clone()))
@@ -383,5 +436,62 @@ health_check = { kind = "http", path = "/health", interval = "250ms" }
         assert_eq!(direct.pools, back.pools);
         assert_eq!(direct.listeners, back.listeners);
         assert_eq!(direct.admin, None);
+    }
+
+    #[test]
+    fn redirect_http_turns_plain_listeners_into_redirects_but_not_the_direct_entry() {
+        let text = r#"
+[[nodes]]
+name = "lb1"
+address = "127.0.0.1:8091"
+[[listener]]
+name = "site"
+address = "127.0.0.1:8080"
+pool = "web"
+[[listener]]
+name = "site-https"
+address = "127.0.0.1:8081"
+tls = { cert = "c.pem", key = "k.pem", hsts = "1d" }
+pool = "web"
+[[listener]]
+name = "raw"
+address = "127.0.0.1:8082"
+mode = "tcp"
+pool = "web"
+[[pool]]
+name = "web"
+servers = [{ name = "w1", address = "127.0.0.1:9001" }]
+"#;
+        let src = Source::new("t.toml", text);
+        let s: LbSection = src.parse().unwrap();
+        let mut errs = Vec::new();
+        let plain = validate(&src, &s, false, &mut errs).unwrap();
+        assert!(plain
+            .config
+            .listeners
+            .iter()
+            .all(|l| l.redirect_https.is_none()));
+        let t = validate(&src, &s, true, &mut errs).unwrap();
+        assert!(errs.is_empty(), "{errs:?}");
+        let by = |n: &str| t.config.listeners.iter().find(|l| l.name == n).unwrap();
+        assert_eq!(
+            by("site").redirect_https,
+            Some(RedirectHttps {
+                port: 8081,
+                status: 308
+            })
+        );
+        assert_eq!(by("site-https").redirect_https, None);
+        assert_eq!(
+            by("raw").redirect_https,
+            None,
+            "tcp listeners are left alone"
+        );
+        // The node's own entry forwards in plain HTTP, whatever the first listener does.
+        let c = t.node_config(&t.nodes[0]);
+        let direct = c.listeners.iter().find(|l| l.name == "direct").unwrap();
+        assert_eq!(direct.redirect_https, None);
+        assert_eq!(direct.tls, None);
+        assert_eq!(direct.address, "127.0.0.1:8091".parse().unwrap());
     }
 }

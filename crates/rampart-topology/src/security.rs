@@ -3,9 +3,10 @@
 //!
 //! ```toml
 //! [tls]
-//! self_signed = true            # or cert = "PATH" and key = "PATH" (PEM)
-//! redirect_http = true          # plain HTTP answers with a redirect to HTTPS
-//! replication = true            # PostgreSQL replication and client links over TLS
+//! self_signed = true            # or cert = "PATH" and key = "PATH" (PEM), ca = "PATH"
+//! dir = ".rampart/main/tls"     # self_signed: where rampart up writes its CA and certificates
+//! redirect_http = true          # plain-HTTP lb listeners answer 308 to the HTTPS listener
+//! replication = true            # PostgreSQL streaming replication over TLS (verify-ca)
 //!
 //! [firewall]
 //! policy = "drop"               # what happens to incoming traffic no rule allows
@@ -38,6 +39,12 @@ pub struct TlsSection {
     pub redirect_http: Option<Spanned<bool>>,
     #[serde(default)]
     pub replication: Option<Spanned<bool>>,
+    /// The CA certificate that signed `cert` (clients and replicas verify with it).
+    #[serde(default)]
+    pub ca: Option<Spanned<String>>,
+    /// With `self_signed`: the folder of the generated CA and certificates.
+    #[serde(default)]
+    pub dir: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -71,6 +78,51 @@ pub struct TlsConfig {
     pub certificate: Certificate,
     pub redirect_http: bool,
     pub replication: bool,
+    /// `ca`: the CA of `cert` (absolute). With `self_signed`, `<dir>/ca.crt`.
+    pub ca: Option<PathBuf>,
+    /// Where `rampart up` writes the self-signed material (absolute; default
+    /// `.rampart/<cluster>/tls` beside the topology file).
+    pub dir: PathBuf,
+}
+
+/// File names of the self-signed material in [`TlsConfig::dir`].
+pub const SELF_SIGNED_CA: (&str, &str) = ("ca.crt", "ca.key");
+pub const SELF_SIGNED_DB: (&str, &str) = ("db.crt", "db.key");
+
+impl TlsConfig {
+    /// The certificate and key PostgreSQL serves replication with (self-signed: the db
+    /// pair `rampart up` makes in `dir`, signed by its CA).
+    pub fn db_pair(&self) -> (PathBuf, PathBuf) {
+        match &self.certificate {
+            Certificate::SelfSigned => (
+                self.dir.join(SELF_SIGNED_DB.0),
+                self.dir.join(SELF_SIGNED_DB.1),
+            ),
+            Certificate::Files { cert, key } => (cert.clone(), key.clone()),
+        }
+    }
+
+    /// What a client (a replica, a drill) trusts: the CA, else the certificate itself
+    /// (a self-signed one, or a chain file).
+    pub fn trust_file(&self) -> PathBuf {
+        match (&self.ca, &self.certificate) {
+            (Some(ca), _) => ca.clone(),
+            (None, Certificate::Files { cert, .. }) => cert.clone(),
+            (None, Certificate::SelfSigned) => self.dir.join(SELF_SIGNED_CA.0),
+        }
+    }
+}
+
+/// A path of the file, relative to its folder.
+fn resolve(src: &Source, p: &str) -> PathBuf {
+    let p = std::path::Path::new(p);
+    if p.is_absolute() {
+        return p.to_path_buf();
+    }
+    src.file
+        .parent()
+        .map(|d| d.join(p))
+        .unwrap_or_else(|| p.to_path_buf())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +160,7 @@ impl FirewallConfig {
 
 pub(crate) fn validate_tls(
     src: &Source,
+    cluster: &str,
     s: &TlsSection,
     errs: &mut Vec<Diagnostic>,
 ) -> Option<TlsConfig> {
@@ -133,8 +186,8 @@ pub(crate) fn validate_tls(
             Certificate::SelfSigned
         }
         (false, Some(c), Some(k)) => Certificate::Files {
-            cert: PathBuf::from(c.get_ref()),
-            key: PathBuf::from(k.get_ref()),
+            cert: resolve(src, c.get_ref()),
+            key: resolve(src, k.get_ref()),
         },
         (false, Some(c), None) => {
             errs.push(src.error_at(c.span(), "cert needs key = \"PATH\" too"));
@@ -151,7 +204,29 @@ pub(crate) fn validate_tls(
             return None;
         }
     };
+    let dir = match &s.dir {
+        Some(d) if d.get_ref().is_empty() => {
+            errs.push(src.error_at(d.span(), "dir must name a folder"));
+            return None;
+        }
+        Some(d) => resolve(src, d.get_ref()),
+        None => resolve(src, &format!(".rampart/{cluster}/tls")),
+    };
+    let ca = match (&s.ca, &certificate) {
+        (Some(c), Certificate::SelfSigned) => {
+            errs.push(src.error_at(
+                c.span(),
+                "with self_signed = true rampart up makes its own CA (in dir); ca goes with cert and key",
+            ));
+            None
+        }
+        (Some(c), _) => Some(resolve(src, c.get_ref())),
+        (None, Certificate::SelfSigned) => Some(dir.join(SELF_SIGNED_CA.0)),
+        (None, _) => None,
+    };
     Some(TlsConfig {
+        ca,
+        dir,
         certificate,
         redirect_http: s
             .redirect_http

@@ -108,10 +108,10 @@ impl Topology {
             .etcd
             .as_ref()
             .and_then(|s| crate::etcd::validate(src, s, &mut errs));
-        let lb = file
-            .lb
-            .as_ref()
-            .and_then(|s| crate::lb_section::validate(src, s, &mut errs));
+        let lb = file.lb.as_ref().and_then(|s| {
+            let redirect = crate::lb_section::redirect_http(file);
+            crate::lb_section::validate(src, s, redirect, &mut errs)
+        });
         let db = match &file.db {
             None => None,
             Some(_) => match DbConfig::validate(src, file) {
@@ -141,7 +141,7 @@ impl Topology {
         let tls = file
             .tls
             .as_ref()
-            .and_then(|s| crate::security::validate_tls(src, s, &mut errs));
+            .and_then(|s| crate::security::validate_tls(src, &cluster, s, &mut errs));
         let firewall = file
             .firewall
             .as_ref()
@@ -155,6 +155,9 @@ impl Topology {
         // Two rules on one spot (a section's own and a cross-section one): keep the first.
         let mut at = HashSet::new();
         errs.retain(|d| d.line == 0 || at.insert((d.line, d.col)));
+        // In file order (sections validated for several roles, e.g. [tls] for lb and db,
+        // report in the order of the file); errors without a position last.
+        errs.sort_by_key(|d| (d.line == 0, d.line, d.col));
         if !errs.is_empty() {
             return Err(ConfigError { diagnostics: errs });
         }

@@ -9,7 +9,6 @@
 //! be read (writes lost).
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,6 +22,7 @@ use std::path::PathBuf;
 
 use crate::config::Resolved;
 use crate::netcut::{CgroupRef, Cut};
+use crate::site::Site;
 use crate::state::UpState;
 use crate::UpError;
 
@@ -138,17 +138,17 @@ fn kill_group(pid: u32, sig: Signal) -> Result<(), UpError> {
         .map_err(|e| UpError::Drill(format!("signal {sig} to group {pid}: {e}")))
 }
 
-fn post_message(site: SocketAddr, n: u64) -> Option<Acked> {
+fn post_message(site: &Site, n: u64) -> Option<Acked> {
     let body = format!("{{\"author\":\"chaos\",\"text\":\"drill message {n}\"}}");
-    let r = crate::http::request(
-        site,
-        "POST",
-        "/api/messages",
-        &[("Content-Type", "application/json")],
-        body.as_bytes(),
-        Duration::from_secs(5),
-    )
-    .ok()?;
+    let r = site
+        .request(
+            "POST",
+            "/api/messages",
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+            Duration::from_secs(5),
+        )
+        .ok()?;
     if r.status != 201 {
         return None;
     }
@@ -159,7 +159,7 @@ fn post_message(site: SocketAddr, n: u64) -> Option<Acked> {
     })
 }
 
-fn read_back(site: SocketAddr, a: &Acked) -> bool {
+fn read_back(site: &Site, a: &Acked) -> bool {
     let path = format!("/api/messages/{}", a.id);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -168,9 +168,7 @@ fn read_back(site: SocketAddr, a: &Acked) -> bool {
             .as_deref()
             .map(|t| vec![("X-Rampart-Token", t)])
             .unwrap_or_default();
-        if let Ok(r) =
-            crate::http::request(site, "GET", &path, &headers, b"", Duration::from_secs(3))
-        {
+        if let Ok(r) = site.request("GET", &path, &headers, b"", Duration::from_secs(3)) {
             if r.status == 200 {
                 return true;
             }
@@ -222,9 +220,8 @@ pub fn run(r: &Resolved, drill: &Drill, o: &DrillOptions) -> Result<Report, UpEr
             r.data_dir.display()
         ))
     })?;
-    let site = *r.topology.site_addresses().first().ok_or_else(|| {
-        UpError::Drill("the topology has no http listener to drill through".into())
-    })?;
+    // HTTPS when the site has it (verified against the stack's CA), like a browser.
+    let site = Site::of(&r.topology)?;
     // A partition checks what it needs before any load: the fault must be possible.
     let partition = match drill {
         Drill::Partition(n) => Some(prepare_partition(r, &state, n)?),
@@ -237,6 +234,7 @@ pub fn run(r: &Resolved, drill: &Drill, o: &DrillOptions) -> Result<Report, UpEr
     let acked: Arc<Mutex<Vec<Acked>>> = Arc::new(Mutex::new(Vec::new()));
     let client = {
         let (stop, samples, acked) = (stop.clone(), samples.clone(), acked.clone());
+        let site = site.clone();
         let period = Duration::from_secs_f64(1.0 / f64::from(o.rate.max(1)));
         std::thread::spawn(move || {
             let mut n = 0u64;
@@ -244,7 +242,7 @@ pub fn run(r: &Resolved, drill: &Drill, o: &DrillOptions) -> Result<Report, UpEr
                 let tick = Instant::now();
                 n += 1;
                 // Samples are stamped when the answer (or the error) came back.
-                let w = post_message(site, n);
+                let w = post_message(&site, n);
                 let w_at = Instant::now();
                 let ok_w = w.is_some();
                 if let Some(a) = w {
@@ -252,7 +250,8 @@ pub fn run(r: &Resolved, drill: &Drill, o: &DrillOptions) -> Result<Report, UpEr
                         v.push(a);
                     }
                 }
-                let ok_r = crate::http::get(site, "/", Duration::from_secs(5))
+                let ok_r = site
+                    .get("/", Duration::from_secs(5))
                     .is_ok_and(|r| r.status == 200);
                 if let Ok(mut s) = samples.lock() {
                     s.push(Sample { at: w_at, ok: ok_w });
@@ -379,7 +378,7 @@ pub fn run(r: &Resolved, drill: &Drill, o: &DrillOptions) -> Result<Report, UpEr
     };
     let mut lost_ids = Vec::new();
     for a in &acked {
-        if !read_back(site, a) {
+        if !read_back(&site, a) {
             lost_ids.push(a.id);
         }
     }

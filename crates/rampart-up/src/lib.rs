@@ -7,7 +7,8 @@
 //! - [`supervise`] starts them in dependency order (etcd, db, web, lb), waits for each
 //!   to be healthy, restarts crashed ones with exponential backoff, and stops everything
 //!   in reverse order on SIGINT/SIGTERM (grace period, then SIGKILL of the process group).
-//! - [`status`] probes every node; [`chaos`] runs fire drills with a client-side report.
+//! - [`status`] probes every node; [`chaos`] runs fire drills with a client-side report,
+//!   through [`site`]: the site's HTTPS listener, verified against the stack's CA.
 //!
 //! Every child runs in its own process group, so a kill reaches what it started
 //! (PostgreSQL under a db agent), and, when cgroup v2 is writable, in its node's own
@@ -18,9 +19,11 @@ pub mod backoff;
 pub mod cgroup;
 pub mod chaos;
 pub mod config;
+pub mod lbadmin;
 pub use rampart_http1 as http;
 pub mod netcut;
 pub mod plan;
+pub mod site;
 pub mod state;
 pub mod status;
 pub mod supervise;

@@ -17,6 +17,9 @@ pub struct UpState {
     /// when `rampart up` could create it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<PathBuf>,
+    /// Admin endpoints `rampart up` gave lb nodes the topology gives none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lb_admin: Vec<crate::lbadmin::LocalAdmin>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -62,8 +62,13 @@ fn etcd_status(addr: SocketAddr) -> Option<Value> {
 /// `rampart_web_requests_total` without `kind="Admin"`, the health checks and scrapes; lb:
 /// `rampart_listener_requests_total` from the admin listener without `listener="direct"`,
 /// the node's own entry that probes and drills use).
-fn requests_counter(addr: SocketAddr, name: &str, skip: &str) -> Option<f64> {
-    let r = crate::http::get(addr, "/metrics", T).ok()?;
+fn requests_counter(addr: SocketAddr, name: &str, skip: &str, token: Option<&str>) -> Option<f64> {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth
+        .as_deref()
+        .map(|a| vec![("Authorization", a)])
+        .unwrap_or_default();
+    let r = crate::http::request(addr, "GET", "/metrics", &headers, b"", T).ok()?;
     if r.status != 200 {
         return None;
     }
@@ -82,14 +87,20 @@ fn sum_counter(text: &str, name: &str, skip: &str) -> f64 {
 }
 
 fn web_requests(addr: SocketAddr) -> Option<f64> {
-    requests_counter(addr, "rampart_web_requests_total", "kind=\"Admin\"")
+    requests_counter(addr, "rampart_web_requests_total", "kind=\"Admin\"", None)
 }
 
-fn lb_requests(admin: Option<SocketAddr>) -> Option<f64> {
+/// An lb node's admin API: the topology's, else the one `rampart up` gave it (with its
+/// token).
+type Admin = Option<(SocketAddr, Option<String>)>;
+
+fn lb_requests(admin: &Admin) -> Option<f64> {
+    let (addr, token) = admin.as_ref()?;
     requests_counter(
-        admin?,
+        *addr,
         "rampart_listener_requests_total",
         "listener=\"direct\"",
+        token.as_deref(),
     )
 }
 
@@ -105,13 +116,20 @@ fn rate(before: Option<f64>, after: Option<f64>, secs: f64) -> Option<Value> {
 pub fn collect(r: &Resolved) -> Vec<NodeStatus> {
     let t = &r.topology;
     let window_start = Instant::now();
+    let live = UpState::read_live(&r.data_dir);
     let before: Vec<Option<f64>> = t.web.iter().map(|w| web_requests(w.listen)).collect();
-    let lb_before: Vec<Option<f64>> =
+    let lb_admins: Vec<Admin> =
         t.lb.iter()
             .flat_map(|l| &l.nodes)
-            .map(|n| lb_requests(n.admin))
+            .map(|n| match n.admin {
+                Some(a) => Some((a, None)),
+                None => live
+                    .as_ref()
+                    .and_then(|s| s.lb_admin.iter().find(|a| a.node == n.name))
+                    .map(|a| (a.address, a.token())),
+            })
             .collect();
-    let live = UpState::read_live(&r.data_dir);
+    let lb_before: Vec<Option<f64>> = lb_admins.iter().map(lb_requests).collect();
     let pid_of = |name: &str| {
         live.as_ref()
             .and_then(|s| s.node(name))
@@ -255,11 +273,11 @@ pub fn collect(r: &Resolved) -> Vec<NodeStatus> {
                 .map(|l| Value::String(l.address.to_string()))
                 .collect();
             details.insert("listeners".into(), Value::Array(vips));
-            if let Some(a) = n.admin {
+            if let Some((a, _)) = &lb_admins[i] {
                 details.insert("stats".into(), Value::String(format!("http://{a}/stats")));
             }
             // Client requests on the site's listeners over the window, from the admin /metrics.
-            if let Some(rps) = rate(lb_before[i], lb_requests(n.admin), secs) {
+            if let Some(rps) = rate(lb_before[i], lb_requests(&lb_admins[i]), secs) {
                 details.insert("rps".to_string(), rps);
             }
             out.push(NodeStatus {

@@ -520,7 +520,10 @@ pub fn run(o: UpOptions) -> Result<(), UpError> {
     let rampart = o.rampart.clone();
     let has_role = |k: NodeKind| binary_has_role(&rampart, k);
     let etcd_path = etcd.unwrap_or_default();
-    let Plan { procs, unavailable } = plan(
+    let Plan {
+        mut procs,
+        unavailable,
+    } = plan(
         &r.topology,
         &r.file,
         &r.data_dir,
@@ -532,8 +535,9 @@ pub fn run(o: UpOptions) -> Result<(), UpError> {
     );
     check_ports_free(&r.topology)?;
     for cert in crate::tls::ensure_self_signed(&r.topology)? {
-        println!("self-signed certificate written: {}", cert.display());
+        println!("certificate written: {}", cert.display());
     }
+    let lb_admin = crate::lbadmin::assign(&r.topology, &r.data_dir, &mut procs)?;
 
     let logs = r.data_dir.join("logs");
     std::fs::create_dir_all(&logs).map_err(io("create", &logs))?;
@@ -543,6 +547,7 @@ pub fn run(o: UpOptions) -> Result<(), UpError> {
         data_dir: r.data_dir.clone(),
         nodes: Vec::new(),
         cgroup: None,
+        lb_admin,
     };
     for u in &unavailable {
         state.nodes.push(NodeState {
@@ -780,9 +785,14 @@ fn start_and_watch(
         }
         match (&l.tls, &l.redirect_https) {
             (Some(tls), _) => println!(
-                "  site        https://{}/   (certificate {})",
+                "  site        https://{}/   (certificate {}{})",
                 l.address,
-                tls.cert.display()
+                tls.cert.display(),
+                t.tls
+                    .as_ref()
+                    .and_then(|c| c.ca.as_ref())
+                    .map(|ca| format!(", CA {}", ca.display()))
+                    .unwrap_or_default()
             ),
             (None, Some(_)) => {
                 println!("  site        http://{}/   (redirects to HTTPS)", l.address)
@@ -801,6 +811,13 @@ fn start_and_watch(
             println!(
                 "  {:<11} http://{a}/stats   (admin API, metrics: /metrics)",
                 format!("{} stats", n.name)
+            );
+        } else if let Some(a) = sup.state.lb_admin.iter().find(|a| a.node == n.name) {
+            println!(
+                "  {:<11} http://{}/stats   (admin API given by rampart up, token in {})",
+                format!("{} stats", n.name),
+                a.address,
+                a.token_file.display()
             );
         }
     }

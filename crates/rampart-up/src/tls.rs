@@ -1,93 +1,250 @@
-//! `[tls] self_signed = true`: before the balancers start, write a self-signed
-//! certificate (localhost, 127.0.0.1) to every HTTPS listener's cert/key paths that are
-//! missing, with the openssl CLI. Existing files are kept (a warm start reuses them, an
-//! operator's own pair is never overwritten).
+//! `[tls] self_signed = true`: before the roles start, `rampart up` makes the stack's own
+//! small PKI with the openssl CLI, in `[tls] dir`: a CA (`ca.crt`, `ca.key`), every HTTPS
+//! listener's cert/key pair that is missing, signed by it (localhost, 127.0.0.1 and the
+//! listener's IP), and with `[tls] replication` the database nodes' pair (`db.crt`,
+//! `db.key`: localhost, 127.0.0.1 and every db host). Clients (drills, tests, replicas)
+//! trust `ca.crt`. Existing files are kept (a warm start reuses them); a listener pair in
+//! `dir` that this CA did not sign (made by an older rampart up) is made again, and an
+//! operator's own pair outside `dir` is never touched.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use rampart_topology::security::Certificate;
+use rampart_topology::security::{Certificate, TlsConfig, SELF_SIGNED_CA};
 use rampart_topology::Topology;
 
 use crate::{io, UpError};
 
-/// The (cert, key) pairs up must create: HTTPS listeners' files that do not exist yet,
-/// when the topology asks for a self-signed certificate.
-pub fn missing_pairs(t: &Topology) -> Vec<(PathBuf, PathBuf)> {
-    let self_signed = t
-        .tls
-        .as_ref()
-        .is_some_and(|c| c.certificate == Certificate::SelfSigned);
-    if !self_signed {
-        return Vec::new();
+/// One certificate to make: where, and the names it is valid for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Want {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// subjectAltName entries, e.g. `DNS:localhost`, `IP:127.0.0.1`.
+    pub names: Vec<String>,
+}
+
+fn san(host: &str) -> String {
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        format!("IP:{host}")
+    } else {
+        format!("DNS:{host}")
     }
-    let mut out: Vec<(PathBuf, PathBuf)> = Vec::new();
-    for l in t.lb.iter().flat_map(|l| &l.config.listeners) {
-        if let Some(tls) = &l.tls {
-            let pair = (tls.cert.clone(), tls.key.clone());
-            if (!pair.0.is_file() || !pair.1.is_file()) && !out.contains(&pair) {
-                out.push(pair);
-            }
+}
+
+fn names(extra: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut out = vec!["DNS:localhost".to_string(), "IP:127.0.0.1".to_string()];
+    for h in extra {
+        let n = san(&h);
+        if !out.contains(&n) {
+            out.push(n);
         }
     }
     out
 }
 
-/// Create each missing pair: an EC P-256 key and a certificate valid 825 days for
-/// `localhost` and `127.0.0.1`.
+fn self_signed(t: &Topology) -> Option<&TlsConfig> {
+    t.tls
+        .as_ref()
+        .filter(|c| c.certificate == Certificate::SelfSigned)
+}
+
+/// The leaf certificates the topology needs (made when missing): HTTPS listeners'
+/// pairs, and the db pair with `[tls] replication`.
+pub fn wanted(t: &Topology) -> Vec<Want> {
+    let Some(tls) = self_signed(t) else {
+        return Vec::new();
+    };
+    let mut out: Vec<Want> = Vec::new();
+    for l in t.lb.iter().flat_map(|l| &l.config.listeners) {
+        if let Some(lt) = &l.tls {
+            if let Some(w) = out.iter_mut().find(|w| w.cert == lt.cert) {
+                let n = san(&l.address.ip().to_string());
+                if !w.names.contains(&n) {
+                    w.names.push(n);
+                }
+                continue;
+            }
+            out.push(Want {
+                cert: lt.cert.clone(),
+                key: lt.key.clone(),
+                names: names([l.address.ip().to_string()]),
+            });
+        }
+    }
+    if tls.replication {
+        if let Some(db) = &t.db {
+            let (cert, key) = tls.db_pair();
+            out.push(Want {
+                cert,
+                key,
+                names: names(db.nodes.iter().map(|n| n.host.clone())),
+            });
+        }
+    }
+    out
+}
+
+/// The pairs that must be made now: missing ones, and ones in `dir` not signed by `ca`.
+pub fn missing_pairs(t: &Topology) -> Vec<Want> {
+    let Some(tls) = self_signed(t) else {
+        return Vec::new();
+    };
+    let ca = tls.dir.join(SELF_SIGNED_CA.0);
+    wanted(t)
+        .into_iter()
+        .filter(|w| {
+            !w.cert.is_file()
+                || !w.key.is_file()
+                || (w.cert.starts_with(&tls.dir) && !signed_by(&w.cert, &ca))
+        })
+        .collect()
+}
+
+/// Make what is missing; returns the certificates written (CA first, when made).
 pub fn ensure_self_signed(t: &Topology) -> Result<Vec<PathBuf>, UpError> {
+    let Some(tls) = self_signed(t) else {
+        return Ok(Vec::new());
+    };
     let mut made = Vec::new();
-    for (cert, key) in missing_pairs(t) {
-        for f in [&cert, &key] {
+    let ca = tls.dir.join(SELF_SIGNED_CA.0);
+    let ca_key = tls.dir.join(SELF_SIGNED_CA.1);
+    if !ca.is_file() || !ca_key.is_file() {
+        std::fs::create_dir_all(&tls.dir).map_err(io("create", &tls.dir))?;
+        make_ca(&ca, &ca_key, &t.cluster)?;
+        made.push(ca.clone());
+    }
+    for w in missing_pairs(t) {
+        for f in [&w.cert, &w.key] {
             if let Some(dir) = f.parent() {
                 std::fs::create_dir_all(dir).map_err(io("create", dir))?;
             }
         }
-        make_pair(&cert, &key)?;
-        made.push(cert);
+        make_leaf(&w, &ca, &ca_key)?;
+        made.push(w.cert);
     }
     Ok(made)
 }
 
-fn make_pair(cert: &Path, key: &Path) -> Result<(), UpError> {
-    let out = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "825",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-            "-keyout",
-        ])
-        .arg(key)
-        .arg("-out")
-        .arg(cert)
+/// Whether `cert` verifies against `ca` (`openssl verify`).
+fn signed_by(cert: &Path, ca: &Path) -> bool {
+    ca.is_file()
+        && Command::new("openssl")
+            .arg("verify")
+            .arg("-CAfile")
+            .arg(ca)
+            .arg(cert)
+            .output()
+            .is_ok_and(|o| o.status.success())
+}
+
+fn openssl(args: &[&std::ffi::OsStr], what: &str, out: &Path) -> Result<(), UpError> {
+    let o = Command::new("openssl")
+        .args(args)
         .output()
         .map_err(|e| UpError::Missing {
             program: "openssl".into(),
             hint: format!(
-                "[tls] self_signed needs the openssl CLI to make a certificate ({e}); install Debian's openssl package, or give cert and key files"
+                "[tls] self_signed needs the openssl CLI to make certificates ({e}); install Debian's openssl package, or give cert and key files"
             ),
         })?;
-    if !out.status.success() {
+    if !o.status.success() {
         return Err(UpError::Start(format!(
-            "openssl could not make a self-signed certificate {}: {}",
-            cert.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
+            "openssl could not make {what} {}: {}",
+            out.display(),
+            String::from_utf8_lossy(&o.stderr).trim()
         )));
     }
+    Ok(())
+}
+
+/// A request config: the subject and the extensions of the certificate.
+fn write_req_config(path: &Path, cn: &str, ext: &str) -> Result<(), UpError> {
+    let text = format!(
+        "[req]\nprompt = no\ndistinguished_name = dn\nx509_extensions = ext\n\n[dn]\nCN = {cn}\n\n[ext]\n{ext}\n"
+    );
+    std::fs::write(path, text).map_err(io("write", path))
+}
+
+fn protect(key: &Path) -> Result<(), UpError> {
     // The key is readable by this user only.
     std::fs::set_permissions(key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .map_err(io("protect", key))?;
-    Ok(())
+        .map_err(io("protect", key))
+}
+
+/// The stack's CA: EC P-256, ten years.
+fn make_ca(cert: &Path, key: &Path, cluster: &str) -> Result<(), UpError> {
+    let cfg = cert.with_extension("cnf");
+    write_req_config(
+        &cfg,
+        &format!("rampart {cluster} stack CA"),
+        "basicConstraints = critical,CA:TRUE,pathlen:0\nkeyUsage = critical,keyCertSign,cRLSign\nsubjectKeyIdentifier = hash",
+    )?;
+    let r = openssl(
+        &[
+            "req".as_ref(),
+            "-x509".as_ref(),
+            "-config".as_ref(),
+            cfg.as_os_str(),
+            "-newkey".as_ref(),
+            "ec".as_ref(),
+            "-pkeyopt".as_ref(),
+            "ec_paramgen_curve:prime256v1".as_ref(),
+            "-nodes".as_ref(),
+            "-days".as_ref(),
+            "3650".as_ref(),
+            "-keyout".as_ref(),
+            key.as_os_str(),
+            "-out".as_ref(),
+            cert.as_os_str(),
+        ],
+        "the stack's CA",
+        cert,
+    );
+    let _ = std::fs::remove_file(&cfg);
+    r?;
+    protect(key)
+}
+
+/// A server certificate signed by the CA: EC P-256, 825 days.
+fn make_leaf(w: &Want, ca: &Path, ca_key: &Path) -> Result<(), UpError> {
+    let cfg = w.cert.with_extension("cnf");
+    write_req_config(
+        &cfg,
+        "localhost",
+        &format!(
+            "basicConstraints = critical,CA:FALSE\nkeyUsage = critical,digitalSignature,keyEncipherment\nextendedKeyUsage = serverAuth\nsubjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\nsubjectAltName = {}",
+            w.names.join(",")
+        ),
+    )?;
+    let r = openssl(
+        &[
+            "req".as_ref(),
+            "-x509".as_ref(),
+            "-config".as_ref(),
+            cfg.as_os_str(),
+            "-CA".as_ref(),
+            ca.as_os_str(),
+            "-CAkey".as_ref(),
+            ca_key.as_os_str(),
+            "-newkey".as_ref(),
+            "ec".as_ref(),
+            "-pkeyopt".as_ref(),
+            "ec_paramgen_curve:prime256v1".as_ref(),
+            "-nodes".as_ref(),
+            "-days".as_ref(),
+            "825".as_ref(),
+            "-keyout".as_ref(),
+            w.key.as_os_str(),
+            "-out".as_ref(),
+            w.cert.as_os_str(),
+        ],
+        "a certificate",
+        &w.cert,
+    );
+    let _ = std::fs::remove_file(&cfg);
+    r?;
+    protect(&w.key)
 }
 
 #[cfg(test)]
@@ -95,10 +252,20 @@ fn make_pair(cert: &Path, key: &Path) -> Result<(), UpError> {
 mod tests {
     use super::*;
     use rampart_topology::default::{render, DefaultOptions};
+    use rampart_topology::security::SELF_SIGNED_DB;
     use rampart_topology::Source;
 
+    fn openssl_text(cert: &Path) -> String {
+        let o = Command::new("openssl")
+            .args(["x509", "-noout", "-text", "-in"])
+            .arg(cert)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
     #[test]
-    fn the_default_topology_gets_a_self_signed_pair_once() {
+    fn the_default_topology_gets_a_ca_and_pairs_it_signed_once() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("site")).unwrap();
         let text = render(&DefaultOptions {
@@ -107,23 +274,49 @@ mod tests {
             port_base: 8000,
         });
         let t = Topology::from_source(&Source::new(dir.path().join("rampart.toml"), text)).unwrap();
+        let tls_dir = dir.path().join(".rampart/main/tls");
         let want = missing_pairs(&t);
+        let certs: Vec<PathBuf> = want.iter().map(|w| w.cert.clone()).collect();
         assert_eq!(
-            want,
-            vec![(
-                dir.path().join(".rampart/main/tls/site.crt"),
-                dir.path().join(".rampart/main/tls/site.key")
-            )]
+            certs,
+            vec![tls_dir.join("site.crt"), tls_dir.join(SELF_SIGNED_DB.0)]
         );
         let made = ensure_self_signed(&t).unwrap();
-        assert_eq!(made, vec![want[0].0.clone()]);
-        let pem = std::fs::read_to_string(&want[0].0).unwrap();
-        assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
-        assert!(std::fs::read_to_string(&want[0].1)
-            .unwrap()
-            .contains("PRIVATE KEY"));
-        // A second start keeps the pair.
+        assert_eq!(
+            made,
+            vec![
+                tls_dir.join(SELF_SIGNED_CA.0),
+                tls_dir.join("site.crt"),
+                tls_dir.join(SELF_SIGNED_DB.0)
+            ]
+        );
+        let ca = tls_dir.join(SELF_SIGNED_CA.0);
+        for c in &certs {
+            assert!(signed_by(c, &ca), "{}", c.display());
+            let text = openssl_text(c);
+            assert!(text.contains("CA:FALSE"), "{text}");
+            assert!(text.contains("IP Address:127.0.0.1"), "{text}");
+        }
+        assert!(openssl_text(&ca).contains("CA:TRUE"));
+        let key = std::fs::metadata(tls_dir.join("site.key")).unwrap();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&key.permissions()) & 0o777,
+            0o600
+        );
+        // A second start keeps everything.
         assert!(missing_pairs(&t).is_empty());
         assert!(ensure_self_signed(&t).unwrap().is_empty());
+        // A pair in dir the CA did not sign (an older rampart up's self-signed one) is
+        // made again; nothing else is.
+        let other = dir.path().join("other");
+        std::fs::create_dir_all(&other).unwrap();
+        make_ca(&other.join("x.crt"), &other.join("x.key"), "other").unwrap();
+        std::fs::copy(other.join("x.crt"), tls_dir.join("site.crt")).unwrap();
+        assert!(!signed_by(&tls_dir.join("site.crt"), &ca));
+        assert_eq!(
+            ensure_self_signed(&t).unwrap(),
+            vec![tls_dir.join("site.crt")]
+        );
+        assert!(signed_by(&tls_dir.join("site.crt"), &ca));
     }
 }

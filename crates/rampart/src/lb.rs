@@ -56,6 +56,11 @@ pub struct LbArgs {
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<SocketAddr>,
 
+    /// With --admin: every admin API call needs `Authorization: Bearer <token>`, the
+    /// token read from this file (what `rampart up` gives lb nodes without an admin).
+    #[arg(long, value_name = "FILE", requires = "admin")]
+    pub admin_token_file: Option<PathBuf>,
+
     /// Write the pid here (for `rampart lb reload --pid-file`).
     #[arg(long, value_name = "FILE")]
     pub pid_file: Option<PathBuf>,
@@ -203,15 +208,23 @@ pub fn run(args: LbArgs) -> anyhow::Result<()> {
         .context("build the quick-mode config")?,
         (None, None) => anyhow::bail!("give --config FILE or --listen ADDR --backend ADDR"),
     };
+    let token = args
+        .admin_token_file
+        .clone()
+        .map(rampart_topology::lb::TokenSource::File);
+    let local = move |a| AdminConfig {
+        token: token.clone(),
+        ..AdminConfig::local(a)
+    };
     if let Some(a) = args.admin {
-        config.admin = Some(AdminConfig::local(a));
+        config.admin = Some(local(a));
     }
     let admin_override = args.admin;
     let loader = loader.map(|l| {
         Box::new(move || {
             let mut c = l()?;
             if let Some(a) = admin_override {
-                c.admin = Some(AdminConfig::local(a));
+                c.admin = Some(local(a));
             }
             Ok(c)
         }) as rampart_lb::Loader

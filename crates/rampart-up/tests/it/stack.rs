@@ -1,7 +1,7 @@
 //! Issue 6's end-to-end test: `rampart up` with the default topology, guestbook
-//! messages through the load balancers, the primary database and a web server killed,
-//! the site keeps serving and no acknowledged message is lost, then SIGINT leaves no
-//! process behind.
+//! messages through the load balancers over HTTPS (the plain-HTTP site only redirects),
+//! replication over TLS, the primary database and a web server killed, the site keeps
+//! serving and no acknowledged message is lost, then SIGINT leaves no process behind.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use rampart_testkit::{http_request, rampart_bin, wait_until, Proc};
+use rampart_testkit::{http_request, pg_bin_dir, rampart_bin, wait_until, Proc};
+use rampart_up::site::Site;
 use serde_json::Value;
 
 /// Offsets of the default topology's ports from its base (see rampart init --help).
@@ -99,27 +100,74 @@ fn rampart(args: &[&str]) -> std::process::Output {
         .expect("run rampart")
 }
 
-fn post(site: SocketAddr, text: &str) -> Option<i64> {
+const T: Duration = Duration::from_secs(5);
+
+fn post(site: &Site, text: &str) -> Option<i64> {
     let body = format!("{{\"author\":\"e2e\",\"text\":\"{text}\"}}");
-    let r = http_request(
-        site,
-        "POST",
-        "/api/messages",
-        &[("Content-Type", "application/json")],
-        body.as_bytes(),
-    )
-    .ok()?;
+    let r = site
+        .request(
+            "POST",
+            "/api/messages",
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+            T,
+        )
+        .ok()?;
     if r.status != 201 {
         return None;
     }
     serde_json::from_str::<Value>(&r.text()).ok()?["id"].as_i64()
 }
 
-fn readable(site: SocketAddr, id: i64) -> bool {
+fn readable(site: &Site, id: i64) -> bool {
     wait_until(Duration::from_secs(5), || {
-        http_request(site, "GET", &format!("/api/messages/{id}"), &[], b"")
+        site.get(&format!("/api/messages/{id}"), T)
             .is_ok_and(|r| r.status == 200)
     })
+}
+
+/// psql on a db node as the superuser (the default topology's password), plain TCP.
+fn psql(port: u16, conninfo: &str, sql: &str) -> Result<String, String> {
+    let out = Command::new(pg_bin_dir().join("psql"))
+        .arg(format!(
+            "host=127.0.0.1 port={port} dbname=postgres password=rampart connect_timeout=3 {conninfo}"
+        ))
+        .args(["-XAtc", sql])
+        .output()
+        .expect("run psql");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// The primary's PostgreSQL port, from status.
+fn primary_port(config: &Path) -> Option<u16> {
+    status(config)
+        .iter()
+        .find(|n| n["kind"] == "db" && n["role"] == "primary" && n["healthy"] == true)?["address"]
+        .as_str()?
+        .rsplit(':')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// On the primary: every replica streams over TLS (`pg_stat_ssl` of its walsender).
+fn replicas_over_tls(config: &Path) -> Result<String, String> {
+    let port = primary_port(config).ok_or("no primary")?;
+    let rows = psql(
+        port,
+        "user=postgres sslmode=disable",
+        "SELECT application_name || '=' || ssl FROM pg_stat_ssl JOIN pg_stat_replication USING (pid) ORDER BY 1",
+    )?;
+    let lines: Vec<&str> = rows.lines().collect();
+    if lines.len() == 2 && lines.iter().all(|l| l.ends_with("=true")) {
+        Ok(rows)
+    } else {
+        Err(format!("replication links: {rows:?}"))
+    }
 }
 
 fn status(config: &Path) -> Vec<Value> {
@@ -164,7 +212,7 @@ fn default_stack_survives_losing_the_primary_a_web_server_and_a_balancer_and_sto
     let config = root.join("rampart.toml");
     let data = root.join(".rampart/main");
     let base = free_port_base();
-    let site = SocketAddr::from(([127, 0, 0, 1], base + 80));
+    let site_http = SocketAddr::from(([127, 0, 0, 1], base + 80));
 
     let out = rampart(&[
         "init",
@@ -177,6 +225,25 @@ fn default_stack_survives_losing_the_primary_a_web_server_and_a_balancer_and_sto
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Dynamic shared memory in the data dirs (mmap), not /dev/shm: the drills SIGKILL a
+    // postmaster, whose posix segments would stay in RAM for good. And lb2 without an
+    // admin address: rampart up gives it a loopback one with a token.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let lb2_admin = format!("admin = \"127.0.0.1:{}\"\n", base + 192);
+    assert!(
+        text.contains("\n[db]\n") && text.contains(&lb2_admin),
+        "{text}"
+    );
+    std::fs::write(
+        &config,
+        text.replacen(
+            "\n[db]\n",
+            "\n[db]\nparameters = { dynamic_shared_memory_type = \"mmap\" }\n",
+            1,
+        )
+        .replacen(&lb2_admin, "", 1),
+    )
+    .unwrap();
     let audit = rampart(&["audit", "--config", config.to_str().unwrap()]);
     assert!(
         audit.status.success(),
@@ -211,18 +278,20 @@ fn default_stack_survives_losing_the_primary_a_web_server_and_a_balancer_and_sto
             log.contains(&format!(
                 "lb1 stats   http://127.0.0.1:{}/stats",
                 base + 191
-            )) && log.contains(&format!(
-                "lb2 stats   http://127.0.0.1:{}/stats",
-                base + 192
-            )) && log.contains(&format!("dashboard   http://127.0.0.1:{}/", base + 90))
+            )) && log.contains("lb2 stats   http://127.0.0.1:")
+                && log.contains(&format!(
+                    "token in {}",
+                    data.join("lb/lb2.admin-token").display()
+                ))
+                && log.contains(&format!("dashboard   http://127.0.0.1:{}/", base + 90))
         }),
         "URLs missing:\n{}",
         up.log_text()
     );
 
-    // The site over HTTPS, with the self-signed certificate up wrote into its data dir
-    // (verified against it: its names are localhost and 127.0.0.1).
-    let cert = data.join("tls/site.crt");
+    // The site over HTTPS, with the certificate up wrote into its data dir, signed by the
+    // stack's CA (verified against it: its names are localhost and 127.0.0.1).
+    let cert = data.join("tls/ca.crt");
     let https = Command::new("curl")
         .args([
             "-sS",
@@ -244,6 +313,49 @@ fn default_stack_survives_losing_the_primary_a_web_server_and_a_balancer_and_sto
         "HTTPS through the lb: {}",
         String::from_utf8_lossy(&https.stderr)
     );
+    // [tls] redirect_http: the plain-HTTP site only redirects, the HTTPS side sets HSTS.
+    let plain = http_request(site_http, "GET", "/api/messages?limit=1", &[], b"").unwrap();
+    assert_eq!(plain.status, 308, "{}", plain.text());
+    assert_eq!(
+        plain.header("location"),
+        Some(format!("https://127.0.0.1:{}/api/messages?limit=1", base + 81).as_str())
+    );
+    let resolved = rampart_up::config::resolve(&rampart_up::config::ResolveOptions {
+        config: Some(config.clone()),
+        ..Default::default()
+    })
+    .unwrap();
+    let site = Site::of(&resolved.topology).unwrap();
+    assert!(site.is_https(), "{site:?}");
+    let r = site.get("/", T).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("strict-transport-security"), Some("max-age=86400"));
+
+    // [tls] replication: every replica streams over TLS, verified against the CA, and a
+    // replication connection without TLS is refused.
+    assert!(
+        wait_until(Duration::from_secs(20), || replicas_over_tls(&config)
+            .is_ok()),
+        "{:?}",
+        replicas_over_tls(&config)
+    );
+    let port = primary_port(&config).unwrap();
+    let err = psql(
+        port,
+        "user=replicator replication=true sslmode=disable",
+        "IDENTIFY_SYSTEM",
+    )
+    .unwrap_err();
+    assert!(err.contains("no encryption"), "{err}");
+    assert!(psql(
+        port,
+        &format!(
+            "user=replicator replication=true sslmode=verify-ca sslrootcert={}",
+            data.join("tls/ca.crt").display()
+        ),
+        "IDENTIFY_SYSTEM",
+    )
+    .is_ok());
 
     // Every node reported, with the stable fields.
     let nodes = status(&config);
@@ -294,10 +406,11 @@ fn default_stack_survives_losing_the_primary_a_web_server_and_a_balancer_and_sto
     // Messages through the load balancers.
     let mut ids = Vec::new();
     for i in 0..20 {
-        ids.push(post(site, &format!("before the drills {i}")).expect("post through the lb"));
+        ids.push(post(&site, &format!("before the drills {i}")).expect("post through the lb"));
     }
-    // Each balancer's stats page answers, status gives its request rate, and the site's
-    // listener counted the posts (both balancers together, SO_REUSEPORT spreads them).
+    // Each balancer's stats page answers, status gives its request rate (lb2's through
+    // the admin up gave it), and the HTTPS listener counted the posts (both balancers
+    // together, SO_REUSEPORT spreads them).
     let mut site_requests = 0.0;
     for n in status(&config).iter().filter(|n| n["kind"] == "lb") {
         assert!(n["details"]["rps"].as_f64().is_some(), "{n}");
@@ -309,10 +422,20 @@ fn default_stack_survives_losing_the_primary_a_web_server_and_a_balancer_and_sto
             .unwrap();
         let page = http_request(admin, "GET", "/stats", &[], b"").expect("stats page");
         assert_eq!(page.status, 200, "{stats}");
-        let metrics = http_request(admin, "GET", "/metrics", &[], b"").expect("lb metrics");
+        let mut auth = Vec::new();
+        let bearer;
+        if n["name"] == "lb2" {
+            let no_token = http_request(admin, "GET", "/metrics", &[], b"").unwrap();
+            assert_eq!(no_token.status, 401, "lb2's admin needs its token");
+            let token = std::fs::read_to_string(data.join("lb/lb2.admin-token")).unwrap();
+            bearer = format!("Bearer {}", token.trim());
+            auth.push(("Authorization", bearer.as_str()));
+        }
+        let metrics = http_request(admin, "GET", "/metrics", &auth, b"").expect("lb metrics");
+        assert_eq!(metrics.status, 200, "{}", metrics.text());
         site_requests += String::from_utf8_lossy(&metrics.body)
             .lines()
-            .filter(|l| l.starts_with("rampart_listener_requests_total{listener=\"site\""))
+            .filter(|l| l.starts_with("rampart_listener_requests_total{listener=\"site-https\""))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>();
     }
@@ -346,6 +469,13 @@ fn default_stack_survives_losing_the_primary_a_web_server_and_a_balancer_and_sto
         "no primary after the drill: {:#?}",
         status(&config)
     );
+    // The new primary's replicas (the old one rejoined) stream over TLS too.
+    assert!(
+        wait_until(Duration::from_secs(30), || replicas_over_tls(&config)
+            .is_ok()),
+        "{:?}",
+        replicas_over_tls(&config)
+    );
 
     // Kill a web server: the balancers route around it, nothing is lost.
     let r = drill(&config, &["kill-web", "web1", "--observe", "8"]);
@@ -373,9 +503,9 @@ fn default_stack_survives_losing_the_primary_a_web_server_and_a_balancer_and_sto
 
     // Every message acknowledged before the drills is still there, the site still serves.
     for id in &ids {
-        assert!(readable(site, *id), "message {id} lost");
+        assert!(readable(&site, *id), "message {id} lost");
     }
-    assert!(post(site, "after the drills").is_some());
+    assert!(post(&site, "after the drills").is_some());
 
     // Ctrl-C: everything stops, nothing is left behind.
     let pids = leftovers.recorded_pids();
