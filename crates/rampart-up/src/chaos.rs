@@ -220,13 +220,13 @@ pub fn run(r: &Resolved, drill: &Drill, o: &DrillOptions) -> Result<Report, UpEr
             r.data_dir.display()
         ))
     })?;
-    // HTTPS when the site has it (verified against the stack's CA), like a browser.
-    let site = Site::of(&r.topology)?;
     // A partition checks what it needs before any load: the fault must be possible.
     let partition = match drill {
         Drill::Partition(n) => Some(prepare_partition(r, &state, n)?),
         _ => None,
     };
+    // HTTPS when the site has it (verified against the stack's CA), like a browser.
+    let site = Site::of(&r.topology)?;
 
     // The client.
     let stop = Arc::new(AtomicBool::new(false));
