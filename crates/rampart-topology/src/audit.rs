@@ -205,7 +205,15 @@ pub fn audit(t: &Topology) -> Vec<Finding> {
         None => add(Error, Security, "no-https", "no HTTPS: every request, password and cookie crosses the network in plain text".into(),
             "add a [tls] section (cert and key, or self_signed = true for a test stack) and serve the site on 443"),
         Some(tls) => {
-            if !tls.redirect_http {
+            let https = t
+                .lb
+                .iter()
+                .flat_map(|l| &l.config.listeners)
+                .any(|l| l.tls.is_some());
+            if t.lb.is_some() && !https {
+                add(Warning, Security, "https-not-served", "[tls] is set, but no load balancer listener terminates TLS: the site is plain HTTP".into(),
+                    "add tls = { cert = \"PATH\", key = \"PATH\" } to a [[lb.listener]] (on port 443)");
+            } else if !tls.redirect_http {
                 add(Warning, Security, "http-not-redirected", "plain HTTP is still served without a redirect to HTTPS".into(),
                     "set redirect_http = true in [tls]");
             }
@@ -271,7 +279,7 @@ pub fn audit(t: &Topology) -> Vec<Finding> {
         let tls_repl = t.tls.as_ref().is_some_and(|t| t.replication);
         if spans_hosts && !tls_repl {
             add(Error, Security, "plain-replication", "database replication crosses machines in plain text: the WAL stream carries every row written".into(),
-                "set replication = true in [tls] so PostgreSQL replication and client links use TLS");
+                "set replication = true in [tls]: every PostgreSQL serves TLS, replication is accepted over hostssl only and replicas verify the CA");
         }
     }
     if let Some(e) = &t.etcd {

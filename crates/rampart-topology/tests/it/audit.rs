@@ -92,6 +92,38 @@ fn fixing_the_seed_one_point_at_a_time_clears_its_finding() {
 }
 
 #[test]
+fn tls_without_an_https_listener_or_without_the_redirect_is_a_warning() {
+    // [tls] on the seed, whose one listener is plain: HTTPS is still not served.
+    let text = format!("{}\n[tls]\nself_signed = true\n", seed_text());
+    let f = audit(&seed(&text));
+    assert!(!codes(&f, Severity::Error).contains(&"no-https"), "{f:#?}");
+    assert!(
+        codes(&f, Severity::Warning).contains(&"https-not-served"),
+        "{f:#?}"
+    );
+    // The default topology with redirect_http = false: the plain site serves.
+    let d = Dir::new();
+    let text = replace_once(
+        &d.default_text(),
+        "redirect_http = true    #",
+        "redirect_http = false   #",
+    );
+    let t = d.validate(&text).unwrap();
+    let site =
+        t.lb.as_ref()
+            .unwrap()
+            .config
+            .listeners
+            .iter()
+            .find(|l| l.name == "site");
+    assert_eq!(site.unwrap().redirect_https, None);
+    assert_eq!(
+        codes(&audit(&t), Severity::Warning),
+        vec!["http-not-redirected"]
+    );
+}
+
+#[test]
 fn the_seed_on_real_hosts_exposes_admin_endpoints_and_plain_replication() {
     let text = seed_text()
         .replace(
