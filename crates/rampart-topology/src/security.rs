@@ -299,3 +299,52 @@ pub(crate) fn validate_firewall(
         ssh,
     })
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn tls(text: &str) -> (Option<TlsConfig>, Vec<Diagnostic>) {
+        let src = Source::new("/etc/rampart/t.toml", text);
+        let s: TlsSection = src.parse().unwrap();
+        let mut errs = Vec::new();
+        (validate_tls(&src, "main", &s, &mut errs), errs)
+    }
+
+    #[test]
+    fn material_paths_follow_the_file_and_the_mode() {
+        // Own files: relative to the topology's folder; replicas trust the CA given.
+        let (t, errs) = tls(
+            "cert = \"site.crt\"\nkey = \"/k/site.key\"\nca = \"ca.crt\"\nreplication = true\n",
+        );
+        assert!(errs.is_empty(), "{errs:?}");
+        let t = t.unwrap();
+        assert_eq!(
+            t.db_pair(),
+            (
+                PathBuf::from("/etc/rampart/site.crt"),
+                PathBuf::from("/k/site.key")
+            )
+        );
+        assert_eq!(t.trust_file(), PathBuf::from("/etc/rampart/ca.crt"));
+        assert!(t.redirect_http && t.replication);
+        // Without ca, the certificate file itself (a chain, or a self-signed one).
+        let (t, _) = tls("cert = \"site.crt\"\nkey = \"site.key\"\nredirect_http = false\n");
+        let t = t.unwrap();
+        assert_eq!(t.trust_file(), PathBuf::from("/etc/rampart/site.crt"));
+        assert!(!t.redirect_http && !t.replication);
+        // Self-signed: everything in dir (default .rampart/<cluster>/tls beside the file).
+        let (t, _) = tls("self_signed = true\n");
+        let t = t.unwrap();
+        assert_eq!(t.dir, PathBuf::from("/etc/rampart/.rampart/main/tls"));
+        assert_eq!(t.trust_file(), t.dir.join("ca.crt"));
+        assert_eq!(t.db_pair(), (t.dir.join("db.crt"), t.dir.join("db.key")));
+        // ca makes no sense with self_signed.
+        let (_, errs) = tls("self_signed = true\nca = \"x.crt\"\n");
+        assert!(
+            errs[0].message.contains("rampart up makes its own CA"),
+            "{errs:?}"
+        );
+    }
+}

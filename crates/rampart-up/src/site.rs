@@ -143,3 +143,43 @@ impl Site {
         self.request("GET", path, &[], b"", timeout)
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use rampart_topology::default::{render, DefaultOptions};
+    use rampart_topology::Source;
+
+    fn topology(dir: &Path, text: &str) -> Topology {
+        std::fs::create_dir_all(dir.join("site")).unwrap();
+        Topology::from_source(&Source::new(dir.join("rampart.toml"), text)).unwrap()
+    }
+
+    #[test]
+    fn the_site_is_https_verified_by_the_ca_else_a_plain_listener_that_serves() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = render(&DefaultOptions {
+            cluster: "main",
+            data_dir: Path::new(".rampart/main"),
+            port_base: 8000,
+        });
+        let t = topology(dir.path(), &text);
+        // Nothing to verify with before rampart up made the CA.
+        let e = Site::of(&t).unwrap_err().to_string();
+        assert!(e.contains("no certificate to verify the site"), "{e}");
+        crate::tls::ensure_self_signed(&t).unwrap();
+        let s = Site::of(&t).unwrap();
+        assert!(s.is_https());
+        assert_eq!(s.url(), "https://127.0.0.1:8081/");
+        // Without [tls] the plain listener serves, and is the site.
+        let plain = "[cluster]\nname = \"t\"\n[web]\nroot = \"site\"\n\
+            [[web.node]]\nname = \"web1\"\nlisten = \"127.0.0.1:8101\"\n\
+            [[lb.nodes]]\nname = \"lb1\"\naddress = \"127.0.0.1:8091\"\n\
+            [[lb.listener]]\nname = \"site\"\naddress = \"127.0.0.1:8080\"\npool = \"web\"\n\
+            [[lb.pool]]\nname = \"web\"\nservers = [{ name = \"web1\", address = \"127.0.0.1:8101\" }]\n";
+        let s = Site::of(&topology(dir.path(), plain)).unwrap();
+        assert!(!s.is_https());
+        assert_eq!(s.url(), "http://127.0.0.1:8080/");
+    }
+}

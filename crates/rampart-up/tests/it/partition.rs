@@ -57,9 +57,12 @@ fn topology(b: u16) -> String {
             b + 402 + 2 * i
         ));
     }
+    // Dynamic shared memory in the data dirs (mmap), not /dev/shm: a postmaster killed at
+    // the end of a failed run would leave its posix segments in RAM for good.
     s.push_str(
         "\n[db]\ndata_dir = \"data/db\"\nsynchronous = true\nttl = \"3s\"\nloop_wait = \"500ms\"\n\
-         retry_timeout = \"1s\"\nmax_lag = \"16MB\"\nsuperuser_password = \"chaos\"\n",
+         retry_timeout = \"1s\"\nmax_lag = \"16MB\"\nsuperuser_password = \"chaos\"\n\
+         parameters = { dynamic_shared_memory_type = \"mmap\" }\n",
     );
     for i in 0..3u16 {
         s.push_str(&format!(
