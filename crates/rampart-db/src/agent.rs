@@ -7,7 +7,7 @@ use rampart_coord::{Coord, CoordOptions, KeyValue, LeaseId};
 use rampart_topology::db::{DbConfig, DbNode, DEMOTE_MARGIN};
 use tokio::process::Child;
 
-use crate::dcs::{self, ClusterView, FailoverValue, Member, SyncValue};
+use crate::dcs::{self, ClusterView, FailoverValue, Member, SyncValue, TimelineValue};
 use crate::decide::{
     self, decide, Action, FailoverReq, Observed, Peer, Pg, PgRunning, StopMode, SyncKey, SyncStep,
 };
@@ -43,6 +43,8 @@ struct Keys {
     sync: Option<SyncValue>,
     failover: Option<(FailoverValue, i64)>,
     paused: bool,
+    /// `/timeline` and its mod_revision.
+    timeline: Option<(TimelineValue, i64)>,
 }
 
 fn parse_keys(cluster: &str, kvs: &[KeyValue]) -> Keys {
@@ -62,6 +64,11 @@ fn parse_keys(cluster: &str, kvs: &[KeyValue]) -> Keys {
                     .map(|f| (f, kv.mod_revision))
             }
             "pause" => k.paused = true,
+            "timeline" => {
+                k.timeline = serde_json::from_slice(&kv.value)
+                    .ok()
+                    .map(|t| (t, kv.mod_revision))
+            }
             r if r.starts_with("members/") => {
                 if let Ok(m) = serde_json::from_slice::<Member>(&kv.value) {
                     k.members.push(m);
@@ -92,6 +99,18 @@ pub struct Agent {
     following: Option<Option<String>>,
     last_leader: Option<String>,
     last_leader_lsn: Option<u64>,
+    /// The timeline this agent last saw the leader run on (besides `/timeline`).
+    leader_timeline_seen: Option<u32>,
+    /// The local timeline this loop: (timeline, known exactly).
+    local_timeline: Option<(u32, bool)>,
+    /// `IDENTIFY_SYSTEM`'s replay timeline, for (replay LSN, postgres start): it cannot
+    /// change without replay progress.
+    replay_tl_cache: Option<(u64, Option<Instant>, u32)>,
+    /// The timeline verdict and the IDENTIFY_SYSTEM error last logged (changes only).
+    timeline_logged: Option<String>,
+    timeline_error: Option<String>,
+    /// The cluster's timeline as this loop saw it.
+    cluster_tl: Option<u32>,
     leader_missing_since: Option<Instant>,
     not_streaming_since: Option<Instant>,
     pg_down_since: Option<Instant>,
@@ -176,6 +195,12 @@ impl Agent {
             following: None,
             last_leader: None,
             last_leader_lsn: None,
+            leader_timeline_seen: None,
+            local_timeline: None,
+            replay_tl_cache: None,
+            timeline_logged: None,
+            timeline_error: None,
+            cluster_tl: None,
             leader_missing_since: None,
             not_streaming_since: None,
             pg_down_since: Some(Instant::now()),
@@ -329,6 +354,9 @@ impl Agent {
                     self.last_leader = Some(l.clone());
                     if let Some(m) = keys.members.iter().find(|m| &m.name == l) {
                         self.last_leader_lsn = Some(m.lsn);
+                        if m.role == "primary" && m.timeline > 0 {
+                            self.leader_timeline_seen = Some(m.timeline);
+                        }
                     }
                 }
                 None => {
@@ -347,7 +375,13 @@ impl Agent {
         self.disk_full = full;
 
         // 4. Decide.
+        self.local_timeline = match status.as_ref() {
+            Some(s) => Some(self.find_timeline(s).await),
+            None => None,
+        };
+        self.cluster_tl = self.cluster_timeline(&keys);
         let obs = self.observe(&keys, dcs_ok, status.as_ref());
+        self.log_timeline_verdict(&obs);
         let action = if self.child.is_some() && status.is_none() {
             Action::Wait("postgres starting or not answering")
         } else {
@@ -487,9 +521,11 @@ impl Agent {
         let pg = if !self.ctl.has_data() {
             Pg::NoData
         } else if let Some(s) = st {
+            let (timeline, timeline_known) = self.local_timeline.unwrap_or((s.timeline, false));
             Pg::Running(PgRunning {
                 in_recovery: s.in_recovery,
-                timeline: s.timeline,
+                timeline,
+                timeline_known,
                 wal_lsn: if s.in_recovery {
                     s.receive_lsn.max(s.lsn)
                 } else {
@@ -556,10 +592,113 @@ impl Agent {
             // before the leader's key has expired.
             stuck_after: decide::STUCK_REPLICA_TIMEOUT.max(self.cfg.ttl * 2 + self.cfg.loop_wait),
             last_leader_lsn: self.last_leader_lsn,
+            cluster_timeline: self.cluster_tl,
             leaderless_for: self
                 .leader_missing_since
                 .map(|t| now - t)
                 .unwrap_or_default(),
+        }
+    }
+
+    /// The cluster's current timeline: `/timeline`, or the last leader's as this agent saw
+    /// it when that is newer (the leader records its timeline a loop after promoting).
+    fn cluster_timeline(&self, keys: &Keys) -> Option<u32> {
+        keys.timeline
+            .as_ref()
+            .map(|(t, _)| t.timeline)
+            .max(self.leader_timeline_seen)
+    }
+
+    /// Which timeline the local PostgreSQL is on, and whether exactly (see
+    /// [`crate::timeline`]): never `pg_control_checkpoint()`'s unless nothing else answers,
+    /// since it lags a timeline switch until the next restartpoint.
+    async fn find_timeline(&mut self, s: &PgStatus) -> (u32, bool) {
+        if !s.in_recovery {
+            // pg_walfile_name(pg_current_wal_lsn()): the primary's own.
+            return (s.timeline, true);
+        }
+        if let Some(t) = s.received_tli {
+            return (t, true);
+        }
+        let cached = self
+            .replay_tl_cache
+            .filter(|(lsn, started, _)| *lsn == s.lsn && *started == self.started_at)
+            .map(|(_, _, t)| t);
+        let replay_tli = match cached {
+            Some(t) => Ok(t),
+            None => self.ctl.replay_timeline().await,
+        };
+        match replay_tli {
+            Ok(t) => {
+                if self.timeline_error.take().is_some() {
+                    tracing::info!(timeline = t, "replay timeline readable again");
+                }
+                self.replay_tl_cache = Some((s.lsn, self.started_at, t));
+                let target = crate::timeline::Target::parse(&s.recovery_target_timeline);
+                let follows = crate::timeline::follows(t, s.lsn, target, &self.ctl.histories());
+                (follows, true)
+            }
+            Err(e) => {
+                let e = e.to_string();
+                if self.timeline_error.as_ref() != Some(&e) {
+                    tracing::warn!(error = %e, checkpoint_timeline = s.timeline,
+                        "cannot read the replay timeline (IDENTIFY_SYSTEM): only the last checkpoint's is known, which lags a timeline switch");
+                    self.timeline_error = Some(e);
+                }
+                (s.timeline, false)
+            }
+        }
+    }
+
+    fn log_timeline_verdict(&mut self, obs: &Observed) {
+        let behind = match (&obs.pg, obs.cluster_timeline) {
+            (Pg::Running(pg), Some(c)) if pg.timeline < c => {
+                Some((pg.timeline, pg.timeline_known, c))
+            }
+            _ => None,
+        };
+        let text = behind.map(|b| format!("{b:?} leader: {}", obs.leader.is_some()));
+        if text == self.timeline_logged {
+            return;
+        }
+        match behind {
+            // With a leader to follow this is the normal moment before catching up.
+            Some((t, known, c)) if obs.leader.is_some() => tracing::info!(timeline = t, exact = known, cluster_timeline = c,
+                "on an older timeline than the cluster's: following the leader onto it"),
+            Some((t, known, c)) => tracing::warn!(timeline = t, exact = known, cluster_timeline = c,
+                "on an older timeline than the cluster's: this node will not be promoted (its WAL lacks the newer timeline's writes or diverged from them; `rampart db failover --to` forces it)"),
+            None if self.timeline_logged.is_some() => tracing::info!("on the cluster's timeline"),
+            None => {}
+        }
+        self.timeline_logged = text;
+    }
+
+    /// The leader records its timeline in `/timeline` (no lease: it outlives the leader).
+    async fn record_timeline(&self, keys: &Keys, timeline: u32) {
+        if timeline == 0
+            || keys
+                .timeline
+                .as_ref()
+                .is_some_and(|(t, _)| t.timeline == timeline)
+        {
+            return;
+        }
+        let v = TimelineValue {
+            timeline,
+            leader: self.node.name.clone(),
+        };
+        let Ok(body) = serde_json::to_vec(&v) else {
+            return;
+        };
+        let rev = keys.timeline.as_ref().map(|(_, r)| *r).unwrap_or(0);
+        match self
+            .coord
+            .compare_and_swap(&self.key("timeline"), rev, &body, None)
+            .await
+        {
+            Ok(true) => tracing::info!(timeline, "recorded the cluster's timeline"),
+            Ok(false) => tracing::debug!("/timeline changed meanwhile; next loop"),
+            Err(e) => tracing::warn!(error = %e, "cannot record the cluster's timeline"),
         }
     }
 
@@ -714,6 +853,9 @@ impl Agent {
             took_ms = t.elapsed().as_millis() as u64,
             "promoted to primary"
         );
+        if let Ok(st) = self.conn.status().await {
+            self.record_timeline(keys, st.timeline).await;
+        }
         if let Some((f, rev)) = &keys.failover {
             if f.to.as_deref() == Some(self.node.name.as_str()) || f.to.is_none() {
                 let _ = self.coord.delete_if(&self.key("failover"), *rev).await;
@@ -791,7 +933,13 @@ impl Agent {
                 }
                 r
             }
-            Action::LeadRenew => self.lead(keys, obs.dcs_ok).await,
+            Action::LeadRenew => {
+                let tl = match &obs.pg {
+                    Pg::Running(pg) if !pg.in_recovery => pg.timeline,
+                    _ => 0,
+                };
+                self.lead(keys, obs.dcs_ok, tl).await
+            }
             Action::TakeLeader { reason } => {
                 if self.take_leader().await? {
                     tracing::info!(reason, "promoting");
@@ -978,7 +1126,7 @@ impl Agent {
         r
     }
 
-    async fn lead(&mut self, keys: &Keys, dcs_ok: bool) -> Result<(), DbError> {
+    async fn lead(&mut self, keys: &Keys, dcs_ok: bool, timeline: u32) -> Result<(), DbError> {
         if !dcs_ok {
             // Nothing to do but renew (done) before the deadline; no etcd call may delay it.
             return Ok(());
@@ -987,6 +1135,9 @@ impl Agent {
             // Paused with the key gone, or a racing read: take it back.
             self.take_leader().await?;
         }
+        // Whatever the key holder runs on is the cluster's timeline (also after an
+        // operator forced a failover onto an older branch).
+        self.record_timeline(keys, timeline).await;
         if self.loops % 4 == 1 {
             self.ensure_slots().await;
         }
@@ -1090,11 +1241,30 @@ impl Agent {
             _ => 0,
         };
         let lag_too_big = st.is_some_and(|s| s.in_recovery) && lag_bytes > self.cfg.max_lag_bytes;
-        let state = if lag_too_big {
+        let mut state = if lag_too_big {
             format!("{state}, lagging beyond max_lag")
         } else {
             state
         };
+        // The timeline it is on (a replica's from find_timeline, not the lagging checkpoint's).
+        let (timeline, timeline_known) = match st {
+            Some(s) if !s.in_recovery => (s.timeline, true),
+            Some(s) => match (s.received_tli, self.local_timeline) {
+                (Some(t), _) => (t, true),
+                (None, Some((t, k))) => (t.max(s.timeline), k),
+                (None, None) => (s.timeline, false),
+            },
+            None => (0, false),
+        };
+        if let (Some(c), Some(_)) = (self.cluster_tl, st) {
+            if timeline < c {
+                state.push_str(if timeline_known {
+                    ", behind the cluster timeline"
+                } else {
+                    ", timeline unknown"
+                });
+            }
+        }
         let sync_standby = keys.sync.as_ref().and_then(|s| s.sync_standby.as_deref())
             == Some(self.node.name.as_str());
         let lease_age = if holder_is_me {
@@ -1109,7 +1279,7 @@ impl Agent {
             host: self.node.host.clone(),
             port: self.node.port,
             api_url: format!("http://{}", self.node.api),
-            timeline: st.map(|s| s.timeline).unwrap_or(0),
+            timeline,
             lsn: st.map(|s| s.lsn).unwrap_or(0),
             lag_bytes,
             lag_seconds: st.map(|s| s.replay_delay_seconds).unwrap_or(0.0),
@@ -1150,6 +1320,7 @@ impl Agent {
         let view = ClusterView {
             cluster: self.cfg.cluster.clone(),
             leader: keys.leader.as_ref().map(|kv| kv.value_str()),
+            timeline: keys.timeline.as_ref().map(|(t, _)| t.timeline),
             paused: keys.paused,
             members,
         };

@@ -2,7 +2,8 @@
 //!
 //! Layout under `/rampart/<cluster>/db/`: `initialize` (the bootstrap race), `leader`
 //! (node name, attached to the leader's lease), `members/<node>` (a [`Member`], attached to
-//! the node's lease), `sync` ([`SyncValue`]), `failover` ([`FailoverValue`]), `pause`.
+//! the node's lease), `sync` ([`SyncValue`]), `failover` ([`FailoverValue`]), `pause`,
+//! `timeline` ([`TimelineValue`], no lease: it outlives the leader that wrote it).
 
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +52,14 @@ pub struct SyncValue {
     pub sync_standby: Option<String>,
 }
 
+/// `/timeline`: the newest timeline a leader of this cluster ran on. Written by the
+/// leader (compare-and-set, only upwards); a replica on an older timeline never promotes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelineValue {
+    pub timeline: u32,
+    pub leader: String,
+}
+
 /// `/failover`: an operator's request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FailoverValue {
@@ -77,6 +86,9 @@ pub fn unix_ms() -> u64 {
 pub struct ClusterView {
     pub cluster: String,
     pub leader: Option<String>,
+    /// The cluster's timeline as recorded in `/timeline`.
+    #[serde(default)]
+    pub timeline: Option<u32>,
     pub paused: bool,
     pub members: Vec<Member>,
 }

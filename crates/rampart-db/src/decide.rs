@@ -11,7 +11,10 @@
 //! - a replica cut off from etcd, or without the key, never promotes;
 //! - in synchronous mode only the recorded synchronous standby may take the key
 //!   (or the target of a switchover once it has all the old primary's WAL);
-//! - a replica beyond `max_lag_bytes`, or marked `nofailover`, never takes the key.
+//! - a replica beyond `max_lag_bytes`, or marked `nofailover`, never takes the key;
+//! - a node on an older timeline than the cluster's (the newest one a leader recorded),
+//!   or whose timeline it cannot tell, never takes the key (unless an operator forces
+//!   a failover to it): its WAL lacks the newer timeline's writes or has diverged from it.
 
 use std::time::Duration;
 
@@ -40,7 +43,12 @@ pub enum Pg {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PgRunning {
     pub in_recovery: bool,
+    /// The timeline it is on: a primary's own; a streaming replica's received one; else
+    /// its replay timeline extended by the history files it can follow (see
+    /// [`crate::timeline`]), or, when that cannot be read, the last checkpoint's — a lower
+    /// bound (a checkpoint lags behind a timeline switch) and `timeline_known` is false.
     pub timeline: u32,
+    pub timeline_known: bool,
     /// Primary: current WAL LSN; replica: last received (flushed) LSN, else replay.
     pub wal_lsn: u64,
     /// Replica: last replayed LSN (what its queries see; what `list` calls lag).
@@ -117,6 +125,9 @@ pub struct Observed {
     pub stuck_after: Duration,
     /// The last leader LSN this agent saw while the leader was up (for the lag rule).
     pub last_leader_lsn: Option<u64>,
+    /// The cluster's current timeline: the newest a leader recorded in `/timeline` or
+    /// this agent saw a leader run on. `None`: none recorded (the rule cannot apply).
+    pub cluster_timeline: Option<u32>,
     /// How long the leader key has been missing, as seen by this agent.
     pub leaderless_for: Duration,
 }
@@ -180,6 +191,21 @@ fn lagging(o: &Observed, replay_lsn: u64) -> bool {
         .is_some_and(|l| l.saturating_sub(replay_lsn) > o.max_lag_bytes)
 }
 
+/// Is a node on `timeline` (`known`: exact, else a lower bound) on the cluster's
+/// current timeline? A node on an older one lacks the newer timeline's writes, or has
+/// WAL the cluster never had (diverged), whatever its LSN says: LSNs of different
+/// timelines do not compare.
+pub fn timeline_ok(o: &Observed, timeline: u32, known: bool) -> Result<(), &'static str> {
+    match o.cluster_timeline {
+        Some(c) if timeline < c => Err(if known {
+            "on an older timeline than the cluster's: never promoted (rampart db failover --to forces it)"
+        } else {
+            "cannot tell its own timeline (only the last checkpoint's, older than the cluster's): not promoting"
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Is `me` allowed, and the best placed, to take the vacant leader key?
 pub fn may_take_leader(o: &Observed) -> Result<&'static str, &'static str> {
     if !o.dcs_ok {
@@ -197,6 +223,7 @@ pub fn may_take_leader(o: &Observed) -> Result<&'static str, &'static str> {
     let Pg::Running(pg) = &o.pg else {
         return Err("postgres not running");
     };
+    let on_timeline = timeline_ok(o, pg.timeline, pg.timeline_known);
     // An operator's request decides who goes first.
     if let Some(f) = o
         .failover
@@ -211,6 +238,8 @@ pub fn may_take_leader(o: &Observed) -> Result<&'static str, &'static str> {
                 if pg.wal_lsn < min {
                     return Err("switchover target still receiving the old primary's WAL");
                 }
+                // LSNs compare only on the same timeline.
+                on_timeline?;
                 return Ok("switchover target with all the old primary's WAL");
             }
             if f.forced {
@@ -232,6 +261,9 @@ pub fn may_take_leader(o: &Observed) -> Result<&'static str, &'static str> {
     if o.disk_full {
         return Err("disk full: this node cannot take writes");
     }
+    // Also a primary re-taking its key: one whose key expired while it was frozen must
+    // not undo a promotion that happened meanwhile.
+    on_timeline?;
     if !pg.in_recovery {
         // A primary whose key vanished while its lease still runs (deleted by hand).
         return Ok("running primary re-taking its key");
@@ -254,17 +286,19 @@ pub fn may_take_leader(o: &Observed) -> Result<&'static str, &'static str> {
     if lagging(o, pg.replay_lsn) {
         return Err("too far behind the last leader position (max_lag)");
     }
-    // Asynchronous: the member with the most WAL wins; ties go to the smallest name.
-    // A better peer gets `ttl`-ish time before the others try too. Peers that may not
-    // promote themselves (nofailover, lagging) do not count.
+    // Asynchronous: the member on the newest timeline with the most WAL wins; ties go to
+    // the smallest name. A better peer gets `ttl`-ish time before the others try too.
+    // Peers that may not promote themselves (nofailover, lagging, behind the cluster's
+    // timeline) do not count.
     let better = o.peers.iter().any(|p| {
         p.name != o.me
             && p.running
             && p.in_recovery
             && !p.nofailover
             && !lagging(o, p.replay_lsn)
-            && p.timeline >= pg.timeline
-            && (p.wal_lsn > pg.wal_lsn || (p.wal_lsn == pg.wal_lsn && p.name < o.me))
+            && timeline_ok(o, p.timeline, true).is_ok()
+            && (p.timeline, p.wal_lsn, std::cmp::Reverse(&p.name))
+                > (pg.timeline, pg.wal_lsn, std::cmp::Reverse(&o.me))
     });
     if better && o.leaderless_for < Duration::from_secs(5) {
         return Err("a healthier replica goes first");
@@ -527,6 +561,7 @@ mod tests {
             pg: Pg::Running(PgRunning {
                 in_recovery: true,
                 timeline: 1,
+                timeline_known: true,
                 wal_lsn: 1000,
                 replay_lsn: 1000,
                 streaming: false,
@@ -540,6 +575,7 @@ mod tests {
             disk_full: false,
             stuck_after: STUCK_REPLICA_TIMEOUT,
             last_leader_lsn: Some(1000),
+            cluster_timeline: Some(1),
             leaderless_for: Duration::ZERO,
         }
     }
@@ -575,6 +611,7 @@ mod tests {
         o.pg = Pg::Running(PgRunning {
             in_recovery: true,
             timeline: 1,
+            timeline_known: true,
             wal_lsn: 5_000_000,
             replay_lsn: 1000,
             streaming: false,
@@ -588,6 +625,7 @@ mod tests {
         o.pg = Pg::Running(PgRunning {
             in_recovery: true,
             timeline: 1,
+            timeline_known: true,
             wal_lsn: 5_000_000,
             replay_lsn: 5_000_000,
             streaming: false,
@@ -607,6 +645,142 @@ mod tests {
         assert!(matches!(decide(&o), Action::TakeLeader { .. }));
         o.peers[0].replay_lsn = 5_000_001;
         assert!(matches!(decide(&o), Action::Wait(_)));
+    }
+
+    fn on_tl(timeline: u32, known: bool, lsn: u64) -> Pg {
+        Pg::Running(PgRunning {
+            in_recovery: true,
+            timeline,
+            timeline_known: known,
+            wal_lsn: lsn,
+            replay_lsn: lsn,
+            streaming: false,
+            not_streaming_for: Duration::ZERO,
+            diverged: false,
+        })
+    }
+
+    fn peer(name: &str, timeline: u32, lsn: u64) -> Peer {
+        Peer {
+            name: name.into(),
+            running: true,
+            in_recovery: true,
+            streaming: false,
+            timeline,
+            wal_lsn: lsn,
+            replay_lsn: lsn,
+            nofailover: false,
+        }
+    }
+
+    #[test]
+    fn older_timeline_never_takes_the_key() {
+        let mut o = base();
+        o.cluster_timeline = Some(2);
+        o.pg = on_tl(1, true, 1000);
+        o.leaderless_for = Duration::from_secs(60);
+        let Action::Wait(why) = decide(&o) else {
+            panic!("{:?}", decide(&o))
+        };
+        assert!(why.contains("older timeline"), "{why}");
+        // Not even as the recorded synchronous standby...
+        o.synchronous = true;
+        o.sync = Some(SyncKey {
+            leader: "db1".into(),
+            sync_standby: Some("db2".into()),
+        });
+        assert!(matches!(decide(&o), Action::Wait(_)));
+        // ...nor as a switchover target whose LSN (on another timeline) looks complete.
+        o.failover = Some(FailoverReq {
+            from: Some("db1".into()),
+            to: Some("db2".into()),
+            forced: false,
+            min_lsn: Some(500),
+            age: Duration::from_secs(1),
+        });
+        assert!(matches!(decide(&o), Action::Wait(_)));
+        // An operator's forced failover is the way out when nothing newer is left.
+        o.failover.as_mut().unwrap().forced = true;
+        o.failover.as_mut().unwrap().min_lsn = None;
+        assert!(matches!(decide(&o), Action::TakeLeader { .. }));
+        // On the cluster's timeline (or a newer one): promoted.
+        let mut o = base();
+        o.cluster_timeline = Some(2);
+        for t in [2, 3] {
+            o.pg = on_tl(t, true, 1000);
+            assert!(matches!(decide(&o), Action::TakeLeader { .. }), "tl {t}");
+        }
+    }
+
+    #[test]
+    fn current_timeline_with_least_lag_wins_over_more_wal_on_an_older_one() {
+        // db2 on timeline 2; db1 has more WAL, but on timeline 1 (diverged or stale):
+        // it neither holds db2 back nor may take the key itself.
+        let mut o = base();
+        o.cluster_timeline = Some(2);
+        o.pg = on_tl(2, true, 1000);
+        o.peers.push(peer("db1", 1, 9000));
+        assert!(matches!(decide(&o), Action::TakeLeader { .. }));
+        let mut o1 = base();
+        o1.me = "db1".into();
+        o1.cluster_timeline = Some(2);
+        o1.pg = on_tl(1, true, 9000);
+        o1.peers.push(peer("db2", 2, 1000));
+        o1.leaderless_for = Duration::from_secs(60);
+        assert!(matches!(decide(&o1), Action::Wait(_)));
+        // Equal timelines: the most WAL goes first.
+        o.peers.push(peer("db3", 2, 1500));
+        assert!(matches!(decide(&o), Action::Wait(_)));
+        o.peers[1].wal_lsn = 900;
+        o.peers[1].replay_lsn = 900;
+        assert!(matches!(decide(&o), Action::TakeLeader { .. }));
+        // Without a recorded cluster timeline a newer timeline still goes first.
+        let mut o = base();
+        o.cluster_timeline = None;
+        o.pg = on_tl(1, true, 9000);
+        o.peers.push(peer("db3", 2, 1000));
+        assert!(matches!(decide(&o), Action::Wait(_)));
+    }
+
+    #[test]
+    fn unknown_timelines_are_explicit() {
+        // No cluster timeline recorded (cluster from before /timeline, or an agent that
+        // never saw a leader and finds no key): the rule has nothing to compare with.
+        let mut o = base();
+        o.cluster_timeline = None;
+        o.pg = on_tl(1, true, 1000);
+        assert!(matches!(decide(&o), Action::TakeLeader { .. }));
+        // Own timeline known only as a lower bound (the last checkpoint's): fine when that
+        // already is the cluster's, refused when older (it may be, or may not).
+        o.cluster_timeline = Some(2);
+        o.pg = on_tl(2, false, 1000);
+        assert!(matches!(decide(&o), Action::TakeLeader { .. }));
+        o.pg = on_tl(1, false, 1000);
+        let Action::Wait(why) = decide(&o) else {
+            panic!("{:?}", decide(&o))
+        };
+        assert!(why.contains("cannot tell"), "{why}");
+    }
+
+    #[test]
+    fn stale_primary_does_not_retake_its_key() {
+        // A primary frozen past its lease on timeline 1 while db3 was promoted to 2 and
+        // then died: its key is gone and its lease renewed — it must demote, not lead.
+        let mut o = base();
+        o.cluster_timeline = Some(2);
+        o.pg = Pg::Running(PgRunning {
+            in_recovery: false,
+            timeline: 1,
+            timeline_known: true,
+            wal_lsn: 1000,
+            replay_lsn: 1000,
+            streaming: false,
+            not_streaming_for: Duration::ZERO,
+            diverged: false,
+        });
+        assert!(matches!(decide(&o), Action::Demote { .. }));
+        o.cluster_timeline = Some(1);
+        assert!(matches!(decide(&o), Action::TakeLeader { .. }));
     }
 
     #[test]
@@ -641,6 +815,7 @@ mod tests {
         o.pg = Pg::Running(PgRunning {
             in_recovery: false,
             timeline: 1,
+            timeline_known: true,
             wal_lsn: 10,
             replay_lsn: 10,
             streaming: false,
@@ -756,11 +931,13 @@ mod tests {
                 0u64..5000,
                 0u64..3000,
                 any::<bool>(),
-                0u64..20
+                0u64..20,
+                any::<bool>(),
             )
-                .prop_map(|(r, t, l, behind, s, n)| Pg::Running(PgRunning {
+                .prop_map(|(r, t, l, behind, s, n, k)| Pg::Running(PgRunning {
                     in_recovery: r,
                     timeline: t,
+                    timeline_known: k,
                     wal_lsn: l,
                     replay_lsn: l.saturating_sub(behind),
                     streaming: s,
@@ -802,13 +979,14 @@ mod tests {
             sync in proptest::option::of((arb_name(), proptest::option::of(arb_name()))),
             failover in proptest::option::of(arb_failover()), paused in any::<bool>(),
             last in proptest::option::of(0u64..10000), leaderless in 0u64..10, lsn_full in any::<bool>(),
+            cluster_tl in proptest::option::of(1u32..4),
         ) -> Observed {
             Observed {
                 me, nofailover, synchronous, max_lag_bytes: 1000, dcs_ok, initialized, leader,
                 lease_valid_until: lease.map(Duration::from_secs), now: Duration::from_secs(now),
                 pg, peers,
                 sync: sync.map(|(l, s)| SyncKey { leader: l, sync_standby: s }),
-                failover, paused, disk_full: lsn_full, stuck_after: STUCK_REPLICA_TIMEOUT, last_leader_lsn: last, leaderless_for: Duration::from_secs(leaderless),
+                failover, paused, disk_full: lsn_full, stuck_after: STUCK_REPLICA_TIMEOUT, last_leader_lsn: last, cluster_timeline: cluster_tl, leaderless_for: Duration::from_secs(leaderless),
             }
         }
     }
@@ -888,6 +1066,33 @@ mod tests {
                         if let Some(l) = o.last_leader_lsn {
                             prop_assert!(l.saturating_sub(pg.replay_lsn) <= o.max_lag_bytes);
                         }
+                    }
+                }
+            }
+        }
+
+        /// A node behind the cluster's timeline (or unsure it is not) never takes the key
+        /// unless an operator forces a failover to it.
+        #[test]
+        fn older_timeline_never_promoted(o in arb_observed()) {
+            if let (Pg::Running(pg), Action::TakeLeader { .. }) = (&o.pg, decide(&o)) {
+                let forced = o.failover.as_ref().is_some_and(|f| f.age < FAILOVER_REQUEST_TIMEOUT && f.forced && f.to.as_deref() == Some(o.me.as_str()));
+                if !forced {
+                    prop_assert!(o.cluster_timeline.is_none_or(|c| pg.timeline >= c), "{:?}", o);
+                }
+            }
+        }
+
+        /// The rule never blocks a node on the cluster's timeline: whatever such a node
+        /// would do with no timeline recorded, it takes the key at least as readily.
+        #[test]
+        fn current_timeline_never_blocked_by_the_rule(o in arb_observed()) {
+            if let Pg::Running(pg) = &o.pg {
+                if o.cluster_timeline.is_some_and(|c| pg.timeline >= c) {
+                    let mut unrecorded = o.clone();
+                    unrecorded.cluster_timeline = None;
+                    if matches!(decide(&unrecorded), Action::TakeLeader { .. }) {
+                        prop_assert!(matches!(decide(&o), Action::TakeLeader { .. }), "{:?}", o);
                     }
                 }
             }

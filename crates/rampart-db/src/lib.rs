@@ -3,6 +3,7 @@
 //!
 //! - [`decide`]: the HA decision, a pure function of observed state (property-tested);
 //! - [`pg`]: the local PostgreSQL (the only code that runs initdb, postgres, pg_rewind...);
+//! - [`timeline`]: which timeline a replica is on (history files; pure);
 //! - [`agent`]: the loop that observes, decides, acts and publishes;
 //! - [`watchdog`]: the fence that kills a primary whose agent froze before its lease ends;
 //! - [`api`]: `/primary`, `/replica`, `/health`, `/cluster`, `/metrics`;
@@ -16,6 +17,7 @@ pub mod error;
 pub mod metrics;
 pub mod ops;
 pub mod pg;
+pub mod timeline;
 pub mod watchdog;
 
 use std::sync::{Arc, Mutex};

@@ -27,6 +27,7 @@ pub async fn read_view(cfg: &DbConfig) -> Result<ClusterView, DbError> {
     let mut view = ClusterView {
         cluster: cfg.cluster.clone(),
         leader: None,
+        timeline: None,
         paused: false,
         members: vec![],
     };
@@ -34,6 +35,11 @@ pub async fn read_view(cfg: &DbConfig) -> Result<ClusterView, DbError> {
         match kv.key.strip_prefix(&p) {
             Some("leader") => view.leader = Some(kv.value_str()),
             Some("pause") => view.paused = true,
+            Some("timeline") => {
+                view.timeline = serde_json::from_slice::<crate::dcs::TimelineValue>(&kv.value)
+                    .ok()
+                    .map(|t| t.timeline)
+            }
             Some(r) if r.starts_with("members/") => {
                 if let Ok(m) = serde_json::from_slice::<Member>(&kv.value) {
                     view.members.push(m);
@@ -122,9 +128,11 @@ pub fn render_table(v: &ClusterView) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "cluster {} (leader: {}){}",
+        "cluster {} (leader: {}, timeline: {}){}",
         v.cluster,
         v.leader.as_deref().unwrap_or("none"),
+        v.timeline
+            .map_or_else(|| "-".to_string(), |t| t.to_string()),
         if v.paused { " PAUSED" } else { "" }
     );
     for r in rows {
@@ -247,10 +255,12 @@ mod tests {
         let v = ClusterView {
             cluster: "main".into(),
             leader: Some("db1".into()),
+            timeline: Some(3),
             paused: false,
             members: vec![m],
         };
         let t = render_table(&v);
+        assert!(t.contains("timeline: 3"), "{t}");
         assert!(t.contains("NODE"), "{t}");
         assert!(t.contains("0/3000060"), "{t}");
         assert!(t.contains("leader"), "{t}");

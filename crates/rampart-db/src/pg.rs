@@ -68,6 +68,10 @@ pub struct PgStatus {
     pub xact_commit: i64,
     pub xact_rollback: i64,
     pub sync_names: String,
+    /// `recovery_target_timeline` (how far a replica follows newer timelines).
+    pub recovery_target_timeline: String,
+    /// Replica: the timeline its WAL receiver streams, while it streams.
+    pub received_tli: Option<u32>,
 }
 
 /// One `pg_stat_replication` row.
@@ -94,6 +98,18 @@ pub fn parse_lsn(s: &str) -> Option<u64> {
     let hi = u64::from_str_radix(hi, 16).ok()?;
     let lo = u64::from_str_radix(lo, 16).ok()?;
     Some((hi << 32) | lo)
+}
+
+/// `systemid|timeline|xlogpos|dbname` (psql's unaligned output) -> timeline.
+pub fn parse_identify_system(out: &str) -> Option<u32> {
+    out.lines()
+        .find_map(|l| {
+            let mut f = l.trim().split('|');
+            let sysid = f.next()?;
+            let tli = f.next()?;
+            (sysid.parse::<u64>().is_ok()).then(|| tli.parse::<u32>().ok())?
+        })
+        .filter(|&t| t > 0)
 }
 
 pub fn parse_controldata(text: &str) -> ControlData {
@@ -313,6 +329,42 @@ impl PgCtl {
             .await,
             Ok(Ok(_))
         )
+    }
+
+    /// The timeline a running standby has replayed up to: `IDENTIFY_SYSTEM` on a
+    /// replication connection to itself (a cascading walsender answers with its replay
+    /// timeline). Unlike `pg_control_checkpoint()` it does not wait for a restartpoint.
+    pub async fn replay_timeline(&self) -> Result<u32, DbError> {
+        let mut c = self.cmd("psql");
+        c.args(["-X", "-A", "-t", "-q", "-d"])
+            .arg(format!(
+                "host={} port={} user={REPLICATION_USER} replication=true connect_timeout=2 application_name=rampart-agent",
+                self.host, self.port
+            ))
+            .args(["-c", "IDENTIFY_SYSTEM"])
+            .env("PGPASSWORD", &self.replication_password);
+        let out = self
+            .run(c, "IDENTIFY_SYSTEM", Duration::from_secs(5))
+            .await?;
+        parse_identify_system(&out).ok_or_else(|| DbError::Command {
+            what: "IDENTIFY_SYSTEM",
+            detail: format!("unexpected answer: {}", out.trim()),
+        })
+    }
+
+    /// The timeline history files in `pg_wal` (unreadable ones are skipped).
+    pub fn histories(&self) -> Vec<crate::timeline::History> {
+        let dir = self.data_dir.join("pg_wal");
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            return Vec::new();
+        };
+        rd.filter_map(|e| {
+            let e = e.ok()?;
+            let tli = crate::timeline::history_file_tli(e.file_name().to_str()?)?;
+            let text = std::fs::read_to_string(e.path()).ok()?;
+            Some(crate::timeline::parse_history(tli, &text))
+        })
+        .collect()
     }
 
     /// Rewind this (stopped) data directory onto the leader's timeline.
@@ -697,7 +749,9 @@ impl PgConn {
             (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')::int8,
             (SELECT COALESCE(sum(xact_commit), 0) FROM pg_stat_database)::int8,
             (SELECT COALESCE(sum(xact_rollback), 0) FROM pg_stat_database)::int8,
-            current_setting('synchronous_standby_names')";
+            current_setting('synchronous_standby_names'),
+            current_setting('recovery_target_timeline'),
+            (SELECT received_tli FROM pg_stat_wal_receiver WHERE status = 'streaming')::int8";
         let rows = self.query(SQL, &[]).await?;
         let r = rows
             .first()
@@ -723,6 +777,12 @@ impl PgConn {
             xact_commit: r.try_get(8).map_err(get)?,
             xact_rollback: r.try_get(9).map_err(get)?,
             sync_names: r.try_get(10).map_err(get)?,
+            recovery_target_timeline: r.try_get(11).map_err(get)?,
+            received_tli: r
+                .try_get::<_, Option<i64>>(12)
+                .map_err(get)?
+                .and_then(|t| u32::try_from(t).ok())
+                .filter(|&t| t > 0),
         })
     }
 
@@ -857,5 +917,18 @@ mod tests {
         assert_eq!(c.state, "shut down");
         assert_eq!(c.checkpoint_lsn, 0x3000028);
         assert_eq!(c.timeline, 2);
+    }
+
+    #[test]
+    fn identify_system_answer() {
+        assert_eq!(
+            parse_identify_system("7712518533157291462|3|0/1500790|\n"),
+            Some(3)
+        );
+        assert_eq!(
+            parse_identify_system("psql: error: connection refused\n"),
+            None
+        );
+        assert_eq!(parse_identify_system("1|0|0/0|"), None);
     }
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use crate::harness::{connect, Cluster, Opts};
 
 /// Is any node a writable primary (not in recovery)? Returns its index.
-async fn any_not_in_recovery(c: &Cluster) -> Option<usize> {
+pub(crate) async fn any_not_in_recovery(c: &Cluster) -> Option<usize> {
     for (i, n) in c.nodes.iter().enumerate() {
         if let Ok(Some(cl)) =
             tokio::time::timeout(Duration::from_millis(800), connect(n.pg_port)).await
@@ -320,7 +320,7 @@ async fn primary_with_a_full_disk_hands_over() {
 }
 
 /// A member as node `via` shows it in `/cluster`.
-fn member(c: &Cluster, via: usize, name: &str) -> Option<serde_json::Value> {
+pub(crate) fn member(c: &Cluster, via: usize, name: &str) -> Option<serde_json::Value> {
     c.cluster_json(via)?["members"]
         .as_array()?
         .iter()

@@ -9,3 +9,4 @@ mod failover;
 mod harness;
 mod netns;
 mod partition;
+mod timeline;
