@@ -338,8 +338,12 @@ impl PgCtl {
         let mut c = self.cmd("psql");
         c.args(["-X", "-A", "-t", "-q", "-d"])
             .arg(format!(
-                "host={} port={} user={REPLICATION_USER} replication=true connect_timeout=2 application_name=rampart-agent",
-                self.host, self.port
+                "host={} port={} user={REPLICATION_USER} replication=true connect_timeout=2 application_name=rampart-agent{}",
+                self.host,
+                self.port,
+                // Replication TLS: pg_hba takes the replication user over TLS only (our
+                // own server: encrypted, its certificate needs no check).
+                if self.tls.is_some() { " sslmode=require" } else { "" }
             ))
             .args(["-c", "IDENTIFY_SYSTEM"])
             .env("PGPASSWORD", &self.replication_password);
