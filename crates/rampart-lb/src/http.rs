@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -39,17 +39,41 @@ pub(crate) struct ConnCtx {
     pub(crate) listener: Arc<ListenerRt>,
     pub(crate) peer: SocketAddr,
     pub(crate) worker: usize,
-    pub(crate) peer_ip: HeaderValue,
+    /// The client's address as text (for `X-Forwarded-For`), inline: no allocation.
+    peer_ip: IpText,
     pub(crate) trusted: bool,
     pub(crate) hash_key: u64,
-    activity: Arc<Activity>,
+    /// Progress counters of the hyper paths (made when one first serves the connection).
+    activity: OnceLock<Arc<Activity>>,
     /// An upgrade the server accepted (101), waiting for the client side of the
     /// connection once hyper hands it back.
-    tunnel: Mutex<Option<Tunnel>>,
+    tunnel: Mutex<Option<Box<Tunnel>>>,
     /// The client came over TLS (`X-Forwarded-Proto: https`).
     pub(crate) https: bool,
-    /// `Strict-Transport-Security` for every response (TLS listeners with `hsts`).
-    pub(crate) hsts: Option<HeaderValue>,
+}
+
+/// An IP address as text, inline (an IPv6 address is at most 39 characters).
+struct IpText {
+    buf: [u8; 39],
+    len: u8,
+}
+
+impl IpText {
+    fn new(ip: IpAddr) -> IpText {
+        use std::io::Write;
+        let mut buf = [0u8; 39];
+        let mut w = &mut buf[..];
+        let _ = write!(w, "{ip}");
+        let len = 39 - w.len();
+        IpText {
+            buf,
+            len: len as u8,
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len as usize]
+    }
 }
 
 impl ConnCtx {
@@ -60,7 +84,7 @@ impl ConnCtx {
         tls: Option<&TlsTerm>,
     ) -> Option<Svc> {
         let ip = canonical_ip(peer.ip());
-        let peer_ip = HeaderValue::from_str(&ip.to_string()).ok()?;
+        let peer_ip = IpText::new(ip);
         Some(Arc::new(ConnCtx {
             trusted: listener.trusted.iter().any(|c| c.contains(ip)),
             hash_key: match ip {
@@ -70,12 +94,31 @@ impl ConnCtx {
             peer_ip,
             peer,
             worker,
-            activity: Arc::new(Activity::default()),
+            activity: OnceLock::new(),
             listener: listener.clone(),
             tunnel: Mutex::new(None),
             https: tls.is_some(),
-            hsts: tls.and_then(|t| t.hsts.clone()),
         }))
+    }
+
+    pub(crate) fn peer_ip(&self) -> &[u8] {
+        self.peer_ip.as_bytes()
+    }
+
+    fn peer_ip_value(&self) -> HeaderValue {
+        HeaderValue::from_bytes(self.peer_ip()).unwrap_or(HeaderValue::from_static("unknown"))
+    }
+
+    /// `Strict-Transport-Security` for every response (TLS listeners with `hsts`).
+    pub(crate) fn hsts(&self) -> Option<&HeaderValue> {
+        if !self.https {
+            return None;
+        }
+        self.listener.tls.as_ref()?.hsts.as_ref()
+    }
+
+    fn activity(&self) -> &Arc<Activity> {
+        self.activity.get_or_init(Default::default)
     }
 }
 
@@ -91,27 +134,46 @@ pub(crate) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 type Svc = Arc<ConnCtx>;
 
-/// Serve one accepted client connection until it closes or times out.
+/// Serve one accepted client connection (on a task of its own, which also holds `guard`)
+/// until it closes or times out.
 ///
 /// HTTP/1.1 is served by the fast path ([`crate::h1`]), which hands hyper what it does
 /// not handle (HTTP/1.0, upgrades) and the h2c preface (served by hyper's HTTP/2 server).
 ///
 /// A TLS listener's connections are served after the handshake (HTTP/2 by ALPN through
 /// hyper); a redirecting listener answers every request with a redirect to HTTPS.
-pub async fn serve(tcp: TcpStream, peer: SocketAddr, listener: Arc<ListenerRt>, worker: usize) {
+/// Each kind gets a task of its own type, so that the plain one (most connections, many
+/// of them idle) is no bigger than it needs.
+pub fn spawn<G: Send + 'static>(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    listener: Arc<ListenerRt>,
+    worker: usize,
+    guard: G,
+) {
     let accepted = tokio::time::Instant::now();
-    // Boxed, so that the plain path's task stays small.
     if let Some(r) = listener.cfg.redirect_https {
-        return Box::pin(serve_redirect(tcp, peer, listener, r)).await;
+        tokio::spawn(async move {
+            let _guard = guard;
+            serve_redirect(tcp, peer, listener, r).await
+        });
+        return;
     }
     if let Some(term) = listener.tls.clone() {
-        return Box::pin(serve_tls(tcp, peer, listener, worker, term, accepted)).await;
+        tokio::spawn(async move {
+            let _guard = guard;
+            serve_tls(tcp, peer, listener, worker, term, accepted).await
+        });
+        return;
     }
     let Some(ctx) = ConnCtx::new(peer, &listener, worker, None) else {
         return;
     };
     drop(listener);
-    crate::h1::serve(tcp, ctx, accepted, true).await;
+    tokio::spawn(async move {
+        let _guard = guard;
+        crate::h1::serve(tcp, ctx, accepted, true).await
+    });
 }
 
 type HandleFuture =
@@ -133,7 +195,7 @@ fn service(
         Box::pin(async move {
             let started = now_ns();
             let stats = ctx.listener.stats.clone();
-            let hsts = ctx.hsts.clone();
+            let hsts = ctx.hsts().cloned();
             let log = crate::accesslog::enabled()
                 .then(|| (req.method().clone(), req.uri().clone(), ctx.clone()));
             let mut r = handle(req, ctx).await;
@@ -164,7 +226,7 @@ where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let cfg = &ctx.listener.cfg;
-    let activity = &ctx.activity;
+    let activity = ctx.activity();
     let io = TokioIo::new(Prefixed {
         prefix: leftover,
         inner: CountedIo::new(tcp, activity.clone()),
@@ -226,7 +288,7 @@ where
     let rest = rest.freeze();
     let tunnel = ctx.tunnel.lock().ok().and_then(|mut t| t.take());
     if let Some(t) = tunnel {
-        run_tunnel(tcp, rest, t, peer).await;
+        run_tunnel(tcp, rest, *t, peer).await;
         return None;
     }
     // hyper ended the connection itself (client close, `Connection: close`): done.
@@ -272,12 +334,12 @@ where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let cfg = &ctx.listener.cfg;
-    let io = TokioIo::new(CountedIo::new(tcp, ctx.activity.clone()));
+    let io = TokioIo::new(CountedIo::new(tcp, ctx.activity().clone()));
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .serve_connection(io, service(&ctx));
     tokio::pin!(conn);
-    let watch = io::watch(ctx.activity.clone(), cfg.idle_timeout, None);
+    let watch = io::watch(ctx.activity().clone(), cfg.idle_timeout, None);
     tokio::select! {
         r = conn.as_mut() => {
             if let Err(e) = r {
@@ -476,7 +538,7 @@ enum Failure {
 }
 
 async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<RespBody> {
-    let busy = Busy::new(&ctx.activity);
+    let busy = Busy::new(ctx.activity());
     let pool = &ctx.listener.pool.get();
     let mut now = now_ns();
     pool.budget.on_request(now);
@@ -674,11 +736,11 @@ fn respond(
         // connection task then joins both halves (see `serve_h1_episode`).
         let upstream = hyper::upgrade::on(&mut resp);
         if let Ok(mut t) = ctx.tunnel.lock() {
-            *t = Some(Tunnel {
+            *t = Some(Box::new(Tunnel {
                 upstream,
                 _slot: slot,
                 _sender: sender,
-            });
+            }));
         }
         let (parts, _) = resp.into_parts();
         return Response::from_parts(parts, RespBody::full(Bytes::new(), Some(busy)));
@@ -791,10 +853,10 @@ fn prepare_headers(parts: &mut http::request::Parts, ctx: &ConnCtx, upgrade: boo
     let keep = ctx.trusted;
     if keep {
         let chained = h.get(&X_FORWARDED_FOR).map(|prev| {
-            let mut v = Vec::with_capacity(prev.len() + 2 + ctx.peer_ip.len());
+            let mut v = Vec::with_capacity(prev.len() + 2 + ctx.peer_ip().len());
             v.extend_from_slice(prev.as_bytes());
             v.extend_from_slice(b", ");
-            v.extend_from_slice(ctx.peer_ip.as_bytes());
+            v.extend_from_slice(ctx.peer_ip());
             HeaderValue::from_bytes(&v)
         });
         match chained {
@@ -802,11 +864,11 @@ fn prepare_headers(parts: &mut http::request::Parts, ctx: &ConnCtx, upgrade: boo
                 h.insert(&X_FORWARDED_FOR, v);
             }
             _ => {
-                h.insert(&X_FORWARDED_FOR, ctx.peer_ip.clone());
+                h.insert(&X_FORWARDED_FOR, ctx.peer_ip_value());
             }
         }
     } else {
-        h.insert(&X_FORWARDED_FOR, ctx.peer_ip.clone());
+        h.insert(&X_FORWARDED_FOR, ctx.peer_ip_value());
     }
     if !(keep && h.contains_key(&X_FORWARDED_PROTO)) {
         let proto = if ctx.https { "https" } else { "http" };

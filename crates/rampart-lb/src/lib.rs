@@ -613,16 +613,16 @@ async fn accept_loop(
         slot.stats.conns_active.fetch_add(1, Ordering::Relaxed);
         ACTIVE_CONNECTIONS.fetch_add(1, Ordering::Relaxed);
         let guard = ConnGuard(slot.stats.clone());
-        let fut = async move {
-            let _g = g;
-            let _lp = lp;
-            let _c = guard;
-            match l.cfg.mode {
-                Mode::Http => http::serve(tcp, peer, l, worker).await,
-                Mode::Tcp => tcp::serve(tcp, peer, l).await,
+        let guards = (g, lp, guard);
+        match l.cfg.mode {
+            Mode::Http => http::spawn(tcp, peer, l, worker, guards),
+            Mode::Tcp => {
+                tokio::spawn(async move {
+                    let _guards = guards;
+                    tcp::serve(tcp, peer, l).await
+                });
             }
-        };
-        tokio::spawn(fut);
+        }
     }
     tracing::debug!(listener = %slot.name, worker, "listening socket closed");
 }

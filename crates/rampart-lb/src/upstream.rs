@@ -158,11 +158,11 @@ pub fn checkout_raw(
 /// Whether an idle socket is still usable: the server has not closed it, reset it or sent
 /// anything unasked. Costs a syscall only when the socket was reported readable.
 fn alive(tcp: &TcpStream) -> bool {
-    use futures_util::FutureExt;
-    match tcp.readable().now_or_never() {
-        None => true,
-        Some(Err(_)) => false,
-        Some(Ok(())) => {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match tcp.poll_read_ready(&mut cx) {
+        std::task::Poll::Pending => true,
+        std::task::Poll::Ready(Err(_)) => false,
+        std::task::Poll::Ready(Ok(())) => {
             let mut b = [0u8; 1];
             matches!(tcp.try_read(&mut b), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
         }
