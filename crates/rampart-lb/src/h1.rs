@@ -1056,7 +1056,7 @@ async fn proxy<T: ClientStream>(
     let now = ns_at(t0.into_std());
     let pool = ctx.listener.pool.get();
     pool.budget.on_request(now);
-    let stopping = stop_token().is_cancelled();
+    let stopping = crate::stopping();
     // After an error answer, a request body that was not read leaves the connection
     // unusable.
     let close_on_error = req.close || stopping || req.body != Framing::None;
@@ -1066,7 +1066,12 @@ async fn proxy<T: ClientStream>(
     let mut last_status = 502u16;
     let mut continued = false;
     let (status, msg): (u16, Bytes) = loop {
-        let slot = match pool.pick(ctx.hash_key, tried).await {
+        let picked = if attempt == 0 {
+            pool.pick_at(ctx.hash_key, tried, now).await
+        } else {
+            pool.pick(ctx.hash_key, tried).await
+        };
+        let slot = match picked {
             Ok(s) => s,
             Err(PickError::NoneUp) if attempt == 0 => break (503, pool.msg_503_down.clone()),
             Err(PickError::NoneUp) => break failed(&pool, last_status),
@@ -1283,7 +1288,7 @@ async fn attempt_on<T: ClientStream>(
                 Ok(_) => {}
             }
             loop {
-                let close = req.close || stop_token().is_cancelled();
+                let close = req.close || crate::stopping();
                 let hsts = ctx.hsts().map(|v| v.as_bytes());
                 match parse_response(ub.data(), req.head, close, hsts, out) {
                     RespParsed::Partial => break,

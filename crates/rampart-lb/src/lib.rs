@@ -172,6 +172,14 @@ pub(crate) fn shutdown_token() -> &'static CancellationToken {
     &SHUTDOWN
 }
 
+/// Set with [`SHUTDOWN`]'s cancellation: a plain load for the data path (asking the token
+/// takes its lock).
+static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub(crate) fn stopping() -> bool {
+    STOPPING.load(Ordering::Relaxed)
+}
+
 pub(crate) fn active_connections() -> u64 {
     ACTIVE_CONNECTIONS.load(Ordering::Relaxed)
 }
@@ -543,6 +551,7 @@ async fn drain(shared: &Shared, grace: Duration) {
     }
     let open = active_connections();
     tracing::info!(open_connections = open, grace = ?grace, "stopping: no new connections, finishing in-flight requests");
+    STOPPING.store(true, Ordering::Relaxed);
     shutdown_token().cancel();
     let deadline = Instant::now() + grace;
     loop {

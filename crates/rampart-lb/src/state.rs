@@ -446,7 +446,17 @@ impl PoolState {
     /// Pick a server not in `tried` and take a slot on it, waiting in the queue when every
     /// eligible server is full.
     pub async fn pick(self: &Arc<Self>, hash_key: u64, tried: u64) -> Result<InFlight, PickError> {
-        let r = self.pick_inner(hash_key, tried).await;
+        self.pick_at(hash_key, tried, now_ns()).await
+    }
+
+    /// [`PoolState::pick`] with the time now (the caller's clock reading).
+    pub async fn pick_at(
+        self: &Arc<Self>,
+        hash_key: u64,
+        tried: u64,
+        now: u64,
+    ) -> Result<InFlight, PickError> {
+        let r = self.pick_inner(hash_key, tried, now).await;
         match &r {
             Ok(f) if tried != 0 => {
                 self.stats.retry();
@@ -464,8 +474,9 @@ impl PoolState {
         self: &Arc<Self>,
         hash_key: u64,
         tried: u64,
+        now: u64,
     ) -> Result<InFlight, PickError> {
-        if let Some(f) = self.pick_now(hash_key, tried) {
+        if let Some(f) = self.pick_now(hash_key, tried, now) {
             return Ok(f);
         }
         if !self.any_eligible(tried) {
@@ -483,7 +494,7 @@ impl PoolState {
             let notified = self.slot_freed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(f) = self.pick_now(hash_key, tried) {
+            if let Some(f) = self.pick_now(hash_key, tried, now_ns()) {
                 return Ok(f);
             }
             if !self.any_eligible(tried) {
@@ -495,11 +506,11 @@ impl PoolState {
         }
     }
 
-    fn pick_now(self: &Arc<Self>, hash_key: u64, tried: u64) -> Option<InFlight> {
+    fn pick_now(self: &Arc<Self>, hash_key: u64, tried: u64, now: u64) -> Option<InFlight> {
         for _ in 0..4 {
             let v = View {
                 pool: self,
-                now_ns: now_ns(),
+                now_ns: now,
                 tried,
                 ignore_full: false,
             };
