@@ -21,7 +21,16 @@
 //! h2c preface goes to hyper's HTTP/2 server.
 //!
 //! Errors: a malformed head gets 400, an oversized one 431, a head not complete in time
-//! 408 (the connection then closes); upstream failures get the pool's 502/503/504 bodies.
+//! 408, an HTTP version other than 1.x 505 (the connection then closes); upstream failures
+//! get the pool's 502/503/504 bodies.
+//!
+//! Smuggling guards (RFC 9112 section 6; tests in tests/it/h1_hardening.rs): since chunked
+//! bodies go upstream byte for byte, their framing is checked strictly (CRLF only, visible
+//! extensions, `name: value` trailers); a request with both `Content-Length` and
+//! `Transfer-Encoding`, codings other than one `chunked`, lengths that disagree, no `Host`
+//! or two get 400. Upstream heads carry one `Host`, one rendered `Content-Length` or
+//! `Transfer-Encoding: chunked`, and `Connection` never removes those. A response with both
+//! framings is read as chunked and its connection not reused.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -338,7 +347,11 @@ async fn exchange<T: ClientStream>(
                     Parsed::Partial => {}
                     Parsed::Hyper => return Next::Hyper,
                     Parsed::Bad(status) => {
-                        let msg = if status == 431 { MSG_431 } else { MSG_400 };
+                        let msg = match status {
+                            431 => MSG_431,
+                            505 => MSG_505,
+                            _ => MSG_400,
+                        };
                         let _ = send_error(io, ctx, status, msg, true, false).await;
                         return Next::Close;
                     }
@@ -375,6 +388,7 @@ async fn exchange<T: ClientStream>(
 const MSG_400: &[u8] = b"400 Bad Request: malformed request\n";
 const MSG_408: &[u8] = b"408 Request Timeout: the request head did not arrive in time\n";
 const MSG_431: &[u8] = b"431 Request Header Fields Too Large\n";
+const MSG_505: &[u8] = b"505 HTTP Version Not Supported\n";
 
 /// How a message body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -482,6 +496,64 @@ fn ends_chunked(v: &[u8]) -> bool {
         .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"))
 }
 
+/// Whether a request's `Transfer-Encoding` value is exactly `chunked`.
+fn only_chunked(v: &[u8]) -> bool {
+    let mut t = tokens(v);
+    t.next().is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")) && t.next().is_none()
+}
+
+/// Whether a `Host` value (or a target's authority) is `host[:port]` of the characters
+/// RFC 3986 allows there (no user info, no path, no list); empty is allowed.
+fn valid_host(v: &[u8]) -> bool {
+    v.iter().all(|b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'['
+                    | b']'
+                    | b'%'
+            )
+    })
+}
+
+/// Whether a head refused for its version names a well-formed `HTTP/x.y` (505) rather
+/// than garbage (400).
+fn other_version(data: &[u8]) -> bool {
+    let line = data.split(|b| *b == b'\n').next().unwrap_or_default();
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let mut parts = line.split(|b| *b == b' ');
+    let v = parts.nth(2).unwrap_or_default();
+    parts.next().is_none()
+        && matches!(v, [b'H', b'T', b'T', b'P', b'/', a, b'.', c] if a.is_ascii_digit() && c.is_ascii_digit())
+}
+
+/// `n` in decimal, in `buf`.
+fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
 fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
@@ -498,6 +570,7 @@ fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Parsed {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(httparse::Error::TooManyHeaders) => return Parsed::Bad(431),
+        Err(httparse::Error::Version) if other_version(data) => return Parsed::Bad(505),
         Err(_) => return Parsed::Bad(400),
     };
     let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
@@ -514,7 +587,9 @@ fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Parsed {
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut te = false;
+    let mut te_fields = 0;
     let mut host: Option<&[u8]> = None;
+    let mut hosts = 0;
     let mut expect = false;
     let (mut has_xff, mut has_xfp, mut has_xfh) = (false, false, false);
     for h in req.headers.iter() {
@@ -540,9 +615,13 @@ fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Parsed {
             },
             H::TransferEncoding => {
                 te = true;
-                chunked = ends_chunked(h.value);
+                te_fields += 1;
+                chunked = only_chunked(h.value);
             }
-            H::Host => host = Some(h.value),
+            H::Host => {
+                host = Some(h.value);
+                hosts += 1;
+            }
             H::Upgrade => upgrade = upgrade || !h.value.is_empty(),
             H::Expect => expect = h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue"),
             H::Xff => has_xff = true,
@@ -555,7 +634,15 @@ fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Parsed {
         // WebSocket and friends: hyper's path joins the two halves.
         return Parsed::Hyper;
     }
-    if te && !chunked {
+    // Smuggling guards (RFC 9112 section 6): the body's framing must be unambiguous, for
+    // the upstream gets its chunked framing bytes as they came. Both a length and a
+    // transfer coding, or codings other than one `chunked`, are refused (HAProxy drops the
+    // length and closes after the answer; a 400 is simpler and as safe).
+    if te && (te_fields > 1 || !chunked || length.is_some()) {
+        return Parsed::Bad(400);
+    }
+    // One Host, a plausible one (RFC 9112 section 3.2).
+    if hosts > 1 || host.is_some_and(|h| !valid_host(h)) {
         return Parsed::Bad(400);
     }
     let body = if chunked {
@@ -571,30 +658,44 @@ fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Parsed {
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
     let mut uri_host: Option<Vec<u8>> = None;
-    if target.starts_with('/') || target == "*" {
+    if target.starts_with('/') || (target == "*" && method == "OPTIONS") {
         out.extend_from_slice(target.as_bytes());
     } else {
         let Ok(uri) = target.parse::<http::Uri>() else {
             return Parsed::Bad(400);
         };
-        let (Some(a), Some(_)) = (uri.authority(), uri.scheme()) else {
+        let (Some(a), Some(scheme)) = (uri.authority(), uri.scheme_str()) else {
             return Parsed::Bad(400);
         };
+        if !(scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https"))
+            || !valid_host(a.as_str().as_bytes())
+        {
+            return Parsed::Bad(400);
+        }
         uri_host = Some(a.as_str().as_bytes().to_vec());
         out.extend_from_slice(uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
+    }
+    if uri_host.is_none() && hosts == 0 {
+        return Parsed::Bad(400);
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let keep = ctx.trusted;
     for h in req.headers.iter() {
-        match classify(h.name) {
+        let kind = classify(h.name);
+        match kind {
             H::Hop | H::Connection | H::TransferEncoding | H::Upgrade | H::Xff => continue,
-            H::ContentLength if chunked => continue,
+            // Rendered once below, from what was parsed.
+            H::ContentLength => continue,
+            // An absolute-form target's authority is the host (RFC 9112 section 3.2.2).
+            H::Host if uri_host.is_some() => continue,
             H::Expect if expect => continue,
             H::Xfp | H::Xfh if !keep => continue,
             _ => {}
         }
         let name = h.name.as_bytes();
-        if n_named > 0
+        // `Connection` may name end-to-end fields only: never the framing or the Host.
+        if kind == H::Other
+            && n_named > 0
             && named[..n_named]
                 .iter()
                 .any(|n| n.eq_ignore_ascii_case(name))
@@ -603,12 +704,16 @@ fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Parsed {
         }
         push_header(out, name, h.value);
     }
-    if uri_host.is_some() && host.is_none() {
-        push_header(out, b"host", uri_host.as_deref().unwrap_or_default());
+    if let Some(h) = uri_host.as_deref() {
+        push_header(out, b"host", h);
     }
-    let host = host.or(uri_host.as_deref());
+    let host = uri_host.as_deref().or(host);
     if chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    } else if let Some(n) = length {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa(n, &mut [0u8; 20]));
+        out.extend_from_slice(b"\r\n");
     }
     // X-Forwarded-For: a trusted peer's chain is kept and appended to.
     out.extend_from_slice(b"x-forwarded-for: ");
@@ -709,6 +814,7 @@ fn parse_response(
     let mut length: Option<u64> = None;
     let mut te = false;
     let mut chunked = false;
+    let mut chunked_seen = 0;
     for h in resp.headers.iter() {
         match classify(h.name) {
             H::Connection => {
@@ -728,9 +834,21 @@ fn parse_response(
             H::TransferEncoding => {
                 te = true;
                 chunked = ends_chunked(h.value);
+                chunked_seen += tokens(h.value)
+                    .filter(|t| t.eq_ignore_ascii_case(b"chunked"))
+                    .count();
             }
             _ => {}
         }
+    }
+    if chunked_seen > 1 {
+        // Chunked twice: no telling where the body ends.
+        return RespParsed::Bad;
+    }
+    // Both framings: the transfer coding wins, and the connection is not reused (RFC 9112
+    // section 6.3, a sign of response splitting).
+    if te && length.is_some() {
+        upstream_close = true;
     }
     let body = if head_req || status == 204 || status == 304 {
         Framing::None
@@ -764,12 +882,15 @@ fn parse_response(
             H::Hop | H::Connection | H::Upgrade => continue,
             // Kept as it came when the body is forwarded chunked, or for a HEAD.
             H::TransferEncoding if !(chunked && (body == Framing::Chunked || head_req)) => continue,
-            H::ContentLength if te => continue,
+            // Rendered once below, from what was parsed.
+            H::ContentLength => continue,
             H::Hsts if hsts.is_some() => continue,
             _ => {}
         }
         let name = h.name.as_bytes();
-        if n_named > 0
+        // `Connection` may name end-to-end fields only: never the framing.
+        if kind == H::Other
+            && n_named > 0
             && named[..n_named]
                 .iter()
                 .any(|n| n.eq_ignore_ascii_case(name))
@@ -777,6 +898,11 @@ fn parse_response(
             continue;
         }
         push_header(out, name, h.value);
+    }
+    if let (false, Some(n)) = (te, length) {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa(n, &mut [0u8; 20]));
+        out.extend_from_slice(b"\r\n");
     }
     if let Some(v) = hsts {
         push_header(out, b"strict-transport-security", v);
@@ -808,13 +934,17 @@ pub(crate) struct Chunked {
 enum CSt {
     #[default]
     Size,
+    /// Whitespace after the size: only more of it, `;` or the CR may follow.
+    ExtWs,
     Ext,
     SizeLf,
     Data,
     DataCr,
     DataLf,
     TrailerStart,
+    TrailerName,
     Trailer,
+    TrailerLf,
     FinalLf,
     Done,
 }
@@ -862,47 +992,62 @@ impl Chunked {
                         self.size = (self.size << 4) | u64::from(d);
                         self.digits += 1;
                     }
-                    b';' | b' ' | b'\t' if self.digits > 0 => self.st = CSt::Ext,
+                    b';' if self.digits > 0 => self.st = CSt::Ext,
+                    b' ' | b'\t' if self.digits > 0 => self.st = CSt::ExtWs,
                     b'\r' if self.digits > 0 => self.st = CSt::SizeLf,
-                    b'\n' if self.digits > 0 => self.line_end(),
                     _ => return Err(BadChunk),
                 },
-                CSt::Ext => {
+                // Strict framing, since the bytes go upstream as they came: CRLF only (a
+                // bare LF or CR is where two parsers disagree), visible characters in
+                // extensions, `name: value` trailers without folding.
+                CSt::ExtWs | CSt::Ext => {
                     self.line += 1;
                     if self.line > MAX_CHUNK_LINE {
                         return Err(BadChunk);
                     }
                     match b {
                         b'\r' => self.st = CSt::SizeLf,
-                        b'\n' => self.line_end(),
-                        _ => {}
+                        b' ' | b'\t' => {}
+                        b';' => self.st = CSt::Ext,
+                        _ if self.st == CSt::ExtWs => return Err(BadChunk),
+                        0x21..=0x7e | 0x80..=0xff => {}
+                        _ => return Err(BadChunk),
                     }
                 }
                 CSt::SizeLf if b == b'\n' => self.line_end(),
                 CSt::DataCr if b == b'\r' => self.st = CSt::DataLf,
-                CSt::DataCr | CSt::DataLf if b == b'\n' => self.st = CSt::Size,
-                CSt::TrailerStart => match b {
-                    b'\r' => self.st = CSt::FinalLf,
-                    b'\n' => self.st = CSt::Done,
-                    _ => {
-                        self.st = CSt::Trailer;
-                        self.line += 1;
-                    }
-                },
+                CSt::DataLf if b == b'\n' => self.st = CSt::Size,
+                CSt::TrailerStart if b == b'\r' => self.st = CSt::FinalLf,
+                CSt::TrailerStart | CSt::TrailerName if is_tchar(b) => {
+                    self.st = CSt::TrailerName;
+                    self.trailer_byte()?;
+                }
+                CSt::TrailerName if b == b':' => {
+                    self.st = CSt::Trailer;
+                    self.trailer_byte()?;
+                }
                 CSt::Trailer => {
-                    self.line += 1;
-                    if self.line > MAX_TRAILERS {
-                        return Err(BadChunk);
-                    }
-                    if b == b'\n' {
-                        self.st = CSt::TrailerStart;
+                    self.trailer_byte()?;
+                    match b {
+                        b'\r' => self.st = CSt::TrailerLf,
+                        b'\t' | 0x20..=0x7e | 0x80..=0xff => {}
+                        _ => return Err(BadChunk),
                     }
                 }
+                CSt::TrailerLf if b == b'\n' => self.st = CSt::TrailerStart,
                 CSt::FinalLf if b == b'\n' => self.st = CSt::Done,
                 _ => return Err(BadChunk),
             }
         }
         Ok(i)
+    }
+
+    fn trailer_byte(&mut self) -> Result<(), BadChunk> {
+        self.line += 1;
+        if self.line > MAX_TRAILERS {
+            return Err(BadChunk);
+        }
+        Ok(())
     }
 
     fn line_end(&mut self) {
@@ -915,6 +1060,28 @@ impl Chunked {
             self.st = CSt::Data;
         }
     }
+}
+
+/// A `token` character of a field name (RFC 9110 section 5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'!' | b'#'
+                | b'$'
+                | b'%'
+                | b'&'
+                | b'\''
+                | b'*'
+                | b'+'
+                | b'-'
+                | b'.'
+                | b'^'
+                | b'_'
+                | b'`'
+                | b'|'
+                | b'~'
+        )
 }
 
 /// A body being forwarded: what is left of it.
@@ -991,6 +1158,7 @@ fn reason(status: u16) -> &'static str {
         400 => "Bad Request",
         408 => "Request Timeout",
         431 => "Request Header Fields Too Large",
+        505 => "HTTP Version Not Supported",
         502 => "Bad Gateway",
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
@@ -1334,7 +1502,10 @@ async fn attempt_on<T: ClientStream>(
     let mut left = Left::of(info.body);
     // The head with the body bytes already here: one write.
     if let Some(l) = left.as_mut() {
-        let k = l.take(ub.data()).map_err(|_| Failure::Client)?;
+        // A malformed chunked body: 502 (nothing was sent to the client yet).
+        let k = l
+            .take(ub.data())
+            .map_err(|_| Failure::Sent(io::Error::other("malformed response body")))?;
         out.extend_from_slice(&ub.data()[..k]);
         ub.consume(k);
         s.stats.bytes_out(k);
@@ -1532,7 +1703,7 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert_eq!(
             text,
-            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Kept: y\r\nstrict-transport-security: max-age=1\r\n\r\n"
+            "HTTP/1.1 200 OK\r\nX-Kept: y\r\ncontent-length: 5\r\nstrict-transport-security: max-age=1\r\n\r\n"
         );
         // No length, not chunked: until the server closes, and so does the client.
         let mut out = Vec::new();
@@ -1582,5 +1753,256 @@ mod tests {
             ),
             RespParsed::Bad
         ));
+    }
+
+    // Hardening: the request parser against smuggling and malformed heads.
+
+    fn test_ctx(trusted: bool) -> Arc<ConnCtx> {
+        use rampart_topology::lb::{CheckKind, LbConfig, Mode};
+        let cfg = LbConfig::quick(
+            "127.0.0.1:1".parse().unwrap(),
+            &["127.0.0.1:2".parse().unwrap()],
+            rampart_balance::Algorithm::RoundRobin,
+            Mode::Http,
+            CheckKind::None,
+        )
+        .unwrap();
+        let pool = crate::state::PoolState::new(cfg.pools[0].clone(), 1, 1);
+        let rt = Arc::new(crate::ListenerRt {
+            cfg: cfg.listeners[0].clone(),
+            pool: Arc::new(crate::state::PoolHandle::new(pool, 1)),
+            trusted: if trusted {
+                vec!["192.0.2.0/24".parse().unwrap()]
+            } else {
+                Vec::new()
+            },
+            stats: Arc::new(crate::ListenerStats::new(1)),
+            limit: None,
+            tls: None,
+        });
+        ConnCtx::new("192.0.2.7:40000".parse().unwrap(), &rt, 0, None).unwrap()
+    }
+
+    fn parse(head: &[u8]) -> (Parsed, String) {
+        let mut out = Vec::new();
+        let p = parse_request(head, &test_ctx(false), &mut out);
+        (p, String::from_utf8_lossy(&out).into_owned())
+    }
+
+    #[test]
+    fn ambiguous_framing_missing_or_odd_hosts_and_other_versions_are_refused() {
+        for (head, want) in [
+            (&b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"[..], 400),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: a,b\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: u@a\r\n\r\n", 400),
+            (b"GET * HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+            (b"GET ftp://a/ HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+            (b"GET http://u@a/ HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+            (b"GET / HTTP/1.2\r\nHost: a\r\n\r\n", 505),
+            (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
+            (b"GET / HTTP/1.10\r\nHost: a\r\n\r\n", 400),
+            (b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+            (b"GET / HTTQ/1.1\r\nHost: a\r\n\r\n", 400),
+        ] {
+            let (p, _) = parse(head);
+            assert!(
+                matches!(p, Parsed::Bad(s) if s == want),
+                "{:?}: {p:?}",
+                String::from_utf8_lossy(head)
+            );
+        }
+    }
+
+    #[test]
+    fn accepted_heads_are_rendered_with_one_host_one_length_and_their_framing_fields() {
+        let (p, out) = parse(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\nContent-Length: 5\r\nConnection: content-length, host, x-foo\r\nX-Foo: 1\r\n\r\n");
+        assert!(
+            matches!(&p, Parsed::Complete(r) if r.body == Framing::Length(5)),
+            "{p:?}"
+        );
+        assert!(out.starts_with("POST /x HTTP/1.1\r\nHost: a\r\n"), "{out}");
+        assert_eq!(out.matches("content-length: 5\r\n").count(), 1, "{out}");
+        assert_eq!(
+            out.to_ascii_lowercase().matches("content-length").count(),
+            1,
+            "{out}"
+        );
+        assert!(!out.contains("X-Foo"), "{out}");
+        // Absolute form: the target's authority replaces the Host.
+        let (p, out) = parse(b"GET http://b.example:81/p?q HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert!(matches!(p, Parsed::Complete(_)), "{p:?}");
+        assert!(out.starts_with("GET /p?q HTTP/1.1\r\n"), "{out}");
+        assert!(
+            out.contains("host: b.example:81\r\n") && !out.contains("Host: a"),
+            "{out}"
+        );
+        assert!(out.contains("x-forwarded-host: b.example:81\r\n"), "{out}");
+        // A chunked request: TE once, no length.
+        let (p, out) = parse(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:  Chunked \r\n\r\n");
+        assert!(
+            matches!(&p, Parsed::Complete(r) if r.body == Framing::Chunked),
+            "{p:?}"
+        );
+        assert!(out.ends_with("transfer-encoding: chunked\r\nx-forwarded-for: 192.0.2.7\r\nx-forwarded-proto: http\r\nx-forwarded-host: a\r\n\r\n"), "{out}");
+        // A POST with an empty body keeps its zero length.
+        let (_, out) = parse(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n");
+        assert!(out.contains("content-length: 0\r\n"), "{out}");
+    }
+
+    #[test]
+    fn chunk_framing_is_strict_crlf_visible_extensions_and_field_trailers() {
+        for bad in [
+            &b"5\nhello\r\n0\r\n\r\n"[..],
+            b"5\rhello\r\n0\r\n\r\n",
+            b"5\r\nhello\n0\r\n\r\n",
+            b"5\r\nhello\r0\r\n\r\n",
+            b"5 5\r\nhello\r\n0\r\n\r\n",
+            b"5;a\nhello\r\n0\r\n\r\n",
+            b"5;a\x00\r\nhello\r\n0\r\n\r\n",
+            b"5;a\rb\r\nhello\r\n0\r\n\r\n",
+            b"0\n\r\n",
+            b"0\r\n\n",
+            b"0\r\nx: 1\n\r\n",
+            b"0\r\n x: 1\r\n\r\n",
+            b"0\r\nx : 1\r\n\r\n",
+            b"0\r\n: 1\r\n\r\n",
+            b"0\r\nnocolon\r\n\r\n",
+            b"0\r\nx: \x01\r\n\r\n",
+            b"0\r\nx: 1\r\r\n",
+        ] {
+            let mut c = Chunked::default();
+            assert_eq!(
+                c.scan(bad),
+                Err(BadChunk),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        for good in [
+            &b"5 ;a=b\r\nhello\r\n0\r\n\r\n"[..],
+            b"5;a=\"q\";b\r\nhello\r\n0;x\r\nx-a: 1\r\nx-b:\r\n\r\n",
+            b"A\r\n0123456789\r\n0\r\n\r\n",
+        ] {
+            let mut c = Chunked::default();
+            assert_eq!(
+                c.scan(good),
+                Ok(good.len()),
+                "{:?}",
+                String::from_utf8_lossy(good)
+            );
+            assert!(c.done());
+        }
+    }
+
+    const SEEDS: [&[u8]; 5] = [
+        b"GET /a?b=c HTTP/1.1\r\nHost: a.example\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n",
+        b"POST /u HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nConnection: keep-alive, x-h\r\nX-H: 1\r\n\r\nhello",
+        b"POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"GET http://h.example/p HTTP/1.1\r\nHost: x\r\nTE: trailers\r\n\r\n",
+        b"OPTIONS * HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+    ];
+
+    /// Check what a parse produced: an error status of the codec's, or an upstream head
+    /// that parses, with one Host and one unambiguous framing.
+    fn check_parse(data: &[u8], trusted: bool) -> Result<(), TestCaseError> {
+        let mut out = Vec::new();
+        match parse_request(data, &test_ctx(trusted), &mut out) {
+            Parsed::Partial | Parsed::Hyper => {}
+            Parsed::Bad(s) => prop_assert!(matches!(s, 400 | 431 | 505), "{s}"),
+            Parsed::Complete(r) => {
+                prop_assert!(r.head_len <= data.len());
+                let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS + 8];
+                let mut req = httparse::Request::new(&mut hs);
+                let n = req.parse(&out);
+                prop_assert!(
+                    matches!(n, Ok(httparse::Status::Complete(n)) if n == out.len()),
+                    "{:?} rendered {:?}",
+                    String::from_utf8_lossy(data),
+                    String::from_utf8_lossy(&out)
+                );
+                let count = |name: &str| {
+                    req.headers
+                        .iter()
+                        .filter(|h| h.name.eq_ignore_ascii_case(name))
+                        .count()
+                };
+                prop_assert_eq!(count("host"), 1);
+                prop_assert!(count("content-length") <= 1);
+                prop_assert_eq!(
+                    count("transfer-encoding"),
+                    usize::from(r.body == Framing::Chunked)
+                );
+                prop_assert!(count("content-length") == 0 || r.body != Framing::Chunked);
+                prop_assert_eq!(count("x-forwarded-for"), 1);
+                for h in [
+                    "connection",
+                    "keep-alive",
+                    "te",
+                    "upgrade",
+                    "proxy-connection",
+                ] {
+                    prop_assert_eq!(count(h), 0, "{}", h);
+                }
+                if let Framing::Length(n) = r.body {
+                    let v = req
+                        .headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case("content-length"));
+                    let want = n.to_string();
+                    prop_assert_eq!(v.map(|h| h.value), Some(want.as_bytes()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn random_bytes_never_panic_the_request_parser(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+            check_parse(&data, false)?;
+        }
+
+        #[test]
+        fn mutated_requests_parse_to_an_error_or_an_unambiguous_upstream_head(
+            seed in 0..SEEDS.len(),
+            edits in proptest::collection::vec(
+                (any::<prop::sample::Index>(), 0u8..3, prop::sample::select(&b"\r\n \t:,;\x00\x7f\x800aAzZ-/*?@\"chunked"[..])),
+                1..6,
+            ),
+            trusted in any::<bool>(),
+        ) {
+            let mut data = SEEDS[seed].to_vec();
+            for (at, op, b) in edits {
+                let i = at.index(data.len() + 1);
+                match op {
+                    0 => data.insert(i, b),
+                    1 if i < data.len() => { data.remove(i); }
+                    _ if i < data.len() => data[i] = b,
+                    _ => data.push(b),
+                }
+            }
+            check_parse(&data, trusted)?;
+            let mut c = Chunked::default();
+            let _ = c.scan(&data);
+            let _ = parse_response(&data, false, false, None, &mut Vec::new());
+        }
+
+        #[test]
+        fn random_bytes_never_panic_the_response_parser_or_the_chunk_scanner(
+            data in proptest::collection::vec(any::<u8>(), 0..300),
+            head in any::<bool>(),
+        ) {
+            let _ = parse_response(&data, head, false, None, &mut Vec::new());
+            let mut c = Chunked::default();
+            let _ = c.scan(&data);
+        }
     }
 }

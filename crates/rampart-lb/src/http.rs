@@ -77,7 +77,7 @@ impl IpText {
 }
 
 impl ConnCtx {
-    fn new(
+    pub(crate) fn new(
         peer: SocketAddr,
         listener: &Arc<ListenerRt>,
         worker: usize,

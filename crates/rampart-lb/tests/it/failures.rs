@@ -122,6 +122,7 @@ async fn a_post_whose_body_was_sent_is_not_retried() {
     let post = tokio::spawn(async move {
         let mut cl = Client::connect(addr).await.unwrap();
         let req = Request::post("/")
+            .header("host", "lb.test")
             .body(Full::new(Bytes::from_static(b"payload")))
             .unwrap();
         cl.request(req).await.unwrap()

@@ -7,6 +7,7 @@ mod algorithms;
 mod config;
 mod failures;
 mod h1;
+mod h1_hardening;
 mod ops;
 mod postgres;
 mod protocols;

@@ -238,6 +238,7 @@ impl Lb {
             .arg("--threads")
             .arg(threads.to_string());
         cmd.env("RUST_LOG", "info,rampart_lb=debug");
+        cmd.env("RUST_BACKTRACE", "1");
         let proc = Proc::spawn("rampart lb", cmd, &dir.path().join("lb.log"));
         let lb = Lb {
             proc,
