@@ -331,6 +331,9 @@ async fn exchange<T: ClientStream>(
     let buf = slot.get_or_insert_with(Buf::take);
     let mut out = Out::take();
     let mut head_deadline = first.then(|| accepted + cfg.header_read_timeout);
+    // How much of a partial head was parsed: a head trickled a byte at a time is parsed
+    // again only when a line ends (it cannot end, or turn bad, before), not per read.
+    let mut parsed = 0;
     let req = loop {
         if !buf.is_empty() {
             let d = buf.data();
@@ -338,13 +341,15 @@ async fn exchange<T: ClientStream>(
                 if d.len() >= H2_PREFACE.len() {
                     return Next::H2;
                 }
+            } else if parsed > 0 && d.len() < MAX_HEAD && !d[parsed.min(d.len())..].contains(&b'\n')
+            {
             } else {
                 match parse_request(d, ctx, &mut out.0) {
                     Parsed::Partial if buf.len() >= MAX_HEAD => {
                         let _ = send_error(io, ctx, 431, MSG_431, true, false).await;
                         return Next::Close;
                     }
-                    Parsed::Partial => {}
+                    Parsed::Partial => parsed = buf.len(),
                     Parsed::Hyper => return Next::Hyper,
                     Parsed::Bad(status) => {
                         let msg = match status {

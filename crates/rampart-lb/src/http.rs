@@ -803,8 +803,11 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
                 {
                     continue;
                 }
+                // Never the Host or the length: `Connection` names end-to-end fields only.
                 if let Ok(n) = HeaderName::from_bytes(t) {
-                    named.push(n);
+                    if n != header::HOST && n != header::CONTENT_LENGTH {
+                        named.push(n);
+                    }
                 }
             }
         }

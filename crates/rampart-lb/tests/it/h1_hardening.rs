@@ -121,6 +121,26 @@ fn script(path: &str) -> (Vec<Vec<u8>>, bool) {
         "/hop" => one(
             b"HTTP/1.1 200 OK\r\nConnection: x-secret, content-length\r\nX-Secret: 1\r\nContent-Length: 3\r\n\r\nhop",
         ),
+        // Malformed or oversized heads from the backend.
+        "/huge-head" => {
+            let mut h = b"HTTP/1.1 200 OK\r\nX-Big: ".to_vec();
+            h.extend(std::iter::repeat_n(b'v', 70 * 1024));
+            h.extend_from_slice(b"\r\nContent-Length: 2\r\n\r\nok");
+            (vec![h], false)
+        }
+        "/many-headers" => {
+            let mut h = b"HTTP/1.1 200 OK\r\n".to_vec();
+            for i in 0..300 {
+                h.extend_from_slice(format!("x-{i}: 1\r\n").as_bytes());
+            }
+            h.extend_from_slice(b"Content-Length: 2\r\n\r\nok");
+            (vec![h], false)
+        }
+        "/101" => one(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n"),
+        "/bad-cl" => one(b"HTTP/1.1 200 OK\r\nContent-Length: 2x\r\n\r\nok"),
+        "/nul" => one(b"HTTP/1.1 200 OK\r\nX-A: a\x00b\r\nContent-Length: 2\r\n\r\nok"),
+        "/garbage" => one(b"HTTP/1.1 2000 OK\r\nContent-Length: 2\r\n\r\nok"),
+        "/cl-list" => one(b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\nContent-Length: 2\r\n\r\nok"),
         "/big" => {
             // 256 MiB in 1 MiB writes.
             let mut v = vec![b"HTTP/1.1 200 OK\r\nContent-Length: 268435456\r\n\r\n".to_vec()];
@@ -948,6 +968,13 @@ async fn a_client_that_stops_reading_does_not_grow_the_balancer() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let grown = lb.rss_kib().saturating_sub(before);
     assert!(grown < 16 * 1024, "the balancer grew by {grown} KiB");
+    // A client that pipelines requests without ever reading the answers.
+    let mut flood = TcpStream::connect(lb.addr).await.unwrap();
+    let reqs = b"GET /flood HTTP/1.1\r\nHost: a\r\n\r\n".repeat(20_000);
+    let _ = tokio::time::timeout(Duration::from_secs(3), flood.write_all(&reqs)).await;
+    let grown = lb.rss_kib().saturating_sub(before);
+    assert!(grown < 16 * 1024, "the balancer grew by {grown} KiB");
+    drop(flood);
     drop(clients);
     let (out, _) = exchange(
         lb.addr,
@@ -1092,4 +1119,123 @@ async fn forwarded_headers_are_replaced_for_untrusted_clients_and_extended_for_t
     assert_eq!(s.header("x-forwarded-host"), ["evil.example"], "{s:?}");
     assert!(r.errors().is_empty(), "{:#?}", r.errors());
     no_panic(&trusted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_backend_responses_get_502_and_the_client_connection_goes_on() {
+    let r = Recorder::start().await;
+    let lb = lb_for(&r, "").await;
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    for bad in [
+        "/huge-head",
+        "/many-headers",
+        "/101",
+        "/bad-cl",
+        "/nul",
+        "/garbage",
+    ] {
+        s.write_all(format!("GET {bad} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let out = read_until(&mut s, |t| t.ends_with("answer\n")).await;
+        assert!(
+            out.starts_with("HTTP/1.1 502 ") && !out.contains("ok"),
+            "{bad}: {out}"
+        );
+    }
+    // A length repeated with the same value: one length for the client.
+    s.write_all(b"GET /cl-list HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let out = read_until(&mut s, |t| t.ends_with("ok")).await;
+    assert!(out.starts_with("HTTP/1.1 200 "), "{out}");
+    assert_eq!(
+        out.to_ascii_lowercase().matches("content-length").count(),
+        1,
+        "{out}"
+    );
+    s.write_all(b"GET /last HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let out = read_until(&mut s, |t| t.ends_with("last")).await;
+    assert!(out.ends_with("\r\n\r\nlast"), "{out}");
+    assert!(r.errors().is_empty(), "{:#?}", r.errors());
+    no_panic(&lb);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_served_by_hyper_keep_the_same_guarantees() {
+    // HTTP/1.0, upgrades and heads naming many hop-by-hop fields go to hyper's server: the
+    // backend still sees one clean message per request, with our forwarded headers.
+    let r = Recorder::start().await;
+    let lb = lb_for(&r, "").await;
+    let (out, _) = exchange(
+        lb.addr,
+        b"GET /h10 HTTP/1.0\r\nHost: a\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n",
+    )
+    .await;
+    assert!(
+        out.starts_with("HTTP/1.0 200 ") && out.ends_with("h10"),
+        "{out}"
+    );
+    let (out, _) = exchange(
+        lb.addr,
+        b"POST /many HTTP/1.1\r\nHost: a\r\nConnection: close, a, b, c, d, e, f, g, h, i, content-length, host\r\nContent-Length: 5\r\n\r\nhello",
+    )
+    .await;
+    assert!(
+        out.starts_with("HTTP/1.1 200 ") && out.ends_with("many"),
+        "{out}"
+    );
+    r.wait("two requests", |s| s.len() == 2).await;
+    let seen = r.seen();
+    assert_eq!(
+        seen[0].header("x-forwarded-for"),
+        ["127.0.0.1"],
+        "{:?}",
+        seen[0]
+    );
+    assert_eq!(seen[1].body, b"hello", "{:?}", seen[1]);
+    // HTTP/1.0 with chunked, or lengths that disagree: refused.
+    let cases: &[(&[u8], u16)] = &[
+        (
+            b"POST /te10 HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            400,
+        ),
+        (
+            b"POST /h10cl HTTP/1.0\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+            400,
+        ),
+    ];
+    refused(&lb, &r, cases).await;
+    // An upgrade with both framings: whatever hyper answers, no second request reaches the
+    // backend on that request's upstream connection.
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: a\r\nUpgrade: foo\r\nConnection: upgrade\r\nContent-Length: 30\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let _ = read_to_close(&mut s, Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let seen = r.seen();
+    if let Some(up) = seen.iter().find(|s| s.path() == "/up") {
+        assert!(
+            seen.iter()
+                .all(|s| s.path() != "/smuggled" || s.conn != up.conn),
+            "{seen:#?}"
+        );
+    }
+    // Pipelined across the two servers: answers in order.
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(b"GET /p1 HTTP/1.1\r\nHost: a\r\n\r\nGET /p2 HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\nGET /p3 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (out, closed) = read_to_close(&mut s, Duration::from_secs(5)).await;
+    assert!(closed, "{out}");
+    let at = |p: &str| out.find(p).unwrap_or(usize::MAX);
+    assert!(
+        at("p1") < at("p2") && at("p2") < at("p3") && at("p3") != usize::MAX,
+        "{out}"
+    );
+    assert!(r.errors().is_empty(), "{:#?}", r.errors());
+    no_panic(&lb);
 }
