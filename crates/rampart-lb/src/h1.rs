@@ -886,7 +886,15 @@ fn parse_response(
         match kind {
             H::Hop | H::Connection | H::Upgrade => continue,
             // Kept as it came when the body is forwarded chunked, or for a HEAD.
-            H::TransferEncoding if !(chunked && (body == Framing::Chunked || head_req)) => continue,
+            // (A coding list not ending in chunked is kept too: the body is read until the
+            // server closes, and the client must know its coding.)
+            H::TransferEncoding
+                if !(body == Framing::Chunked
+                    || body == Framing::Close
+                    || (chunked && head_req)) =>
+            {
+                continue
+            }
             // Rendered once below, from what was parsed.
             H::ContentLength => continue,
             H::Hsts if hsts.is_some() => continue,
@@ -996,6 +1004,11 @@ impl Chunked {
                         let d = (b as char).to_digit(16).unwrap_or(0);
                         self.size = (self.size << 4) | u64::from(d);
                         self.digits += 1;
+                        // At most 2^52 - 1, as HAProxy: a server in a language whose
+                        // integers are doubles must read the same size.
+                        if self.size >> 52 != 0 {
+                            return Err(BadChunk);
+                        }
                     }
                     b';' if self.digits > 0 => self.st = CSt::Ext,
                     b' ' | b'\t' if self.digits > 0 => self.st = CSt::ExtWs,
@@ -1880,6 +1893,8 @@ mod tests {
             b"0\r\nnocolon\r\n\r\n",
             b"0\r\nx: \x01\r\n\r\n",
             b"0\r\nx: 1\r\r\n",
+            b"10000000000000\r\n",
+            b"0000000000000000A\r\n",
         ] {
             let mut c = Chunked::default();
             assert_eq!(
@@ -1893,6 +1908,7 @@ mod tests {
             &b"5 ;a=b\r\nhello\r\n0\r\n\r\n"[..],
             b"5;a=\"q\";b\r\nhello\r\n0;x\r\nx-a: 1\r\nx-b:\r\n\r\n",
             b"A\r\n0123456789\r\n0\r\n\r\n",
+            b"00000000000000A\r\n0123456789\r\n0\r\n\r\n",
         ] {
             let mut c = Chunked::default();
             assert_eq!(
@@ -1902,6 +1918,56 @@ mod tests {
                 String::from_utf8_lossy(good)
             );
             assert!(c.done());
+        }
+    }
+
+    #[test]
+    fn doubly_framed_or_other_coded_responses_are_framed_safely() {
+        // Both framings: chunked wins, the length goes, the connection is not reused.
+        let mut out = Vec::new();
+        let RespParsed::Complete(r) = parse_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false,
+            false,
+            None,
+            &mut out,
+        ) else {
+            panic!()
+        };
+        assert_eq!(r.body, Framing::Chunked);
+        assert!(!r.reusable);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            !text.to_ascii_lowercase().contains("content-length"),
+            "{text}"
+        );
+        // A coding other than chunked last: until the close, the coding kept for the client.
+        let mut out = Vec::new();
+        let RespParsed::Complete(r) = parse_response(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            false,
+            false,
+            None,
+            &mut out,
+        ) else {
+            panic!()
+        };
+        assert_eq!(r.body, Framing::Close);
+        assert!(!r.reusable && r.close);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("Transfer-Encoding: chunked, gzip\r\n"),
+            "{text}"
+        );
+        // Chunked twice, over one or two fields: no telling where the body ends.
+        for h in [
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert!(matches!(
+                parse_response(h, false, false, None, &mut Vec::new()),
+                RespParsed::Bad
+            ));
         }
     }
 
