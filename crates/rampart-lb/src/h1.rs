@@ -17,8 +17,8 @@
 //!
 //! What this path does not handle goes to hyper with the bytes already read
 //! ([`crate::http::serve_h1_episode`], which hands the connection back when it goes quiet):
-//! HTTP/1.0, `CONNECT`, upgrades (WebSocket), requests naming many hop-by-hop headers; the
-//! h2c preface goes to hyper's HTTP/2 server.
+//! HTTP/1.0, upgrades (WebSocket), requests naming many hop-by-hop headers; the h2c
+//! preface goes to hyper's HTTP/2 server. `CONNECT` gets 501 (no tunnels).
 //!
 //! Errors: a malformed head gets 400, an oversized one 431, a head not complete in time
 //! 408, an HTTP version other than 1.x 505 (the connection then closes); upstream failures
@@ -355,6 +355,7 @@ async fn exchange<T: ClientStream>(
                         let msg = match status {
                             431 => MSG_431,
                             505 => MSG_505,
+                            501 => MSG_501,
                             _ => MSG_400,
                         };
                         let _ = send_error(io, ctx, status, msg, true, false).await;
@@ -393,6 +394,7 @@ async fn exchange<T: ClientStream>(
 const MSG_400: &[u8] = b"400 Bad Request: malformed request\n";
 const MSG_408: &[u8] = b"408 Request Timeout: the request head did not arrive in time\n";
 const MSG_431: &[u8] = b"431 Request Header Fields Too Large\n";
+const MSG_501: &[u8] = b"501 Not Implemented: CONNECT is not supported\n";
 const MSG_505: &[u8] = b"505 HTTP Version Not Supported\n";
 
 /// How a message body is delimited.
@@ -581,7 +583,11 @@ fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Parsed {
     let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
         return Parsed::Bad(400);
     };
-    if version != 1 || method == "CONNECT" {
+    if method == "CONNECT" {
+        // A reverse proxy opens no tunnels: hyper's path forwarded it as `CONNECT /`.
+        return Parsed::Bad(501);
+    }
+    if version != 1 {
         return Parsed::Hyper;
     }
     // First pass: what the head says about framing, hop-by-hop names, forwarding.
@@ -1176,6 +1182,7 @@ fn reason(status: u16) -> &'static str {
         400 => "Bad Request",
         408 => "Request Timeout",
         431 => "Request Header Fields Too Large",
+        501 => "Not Implemented",
         505 => "HTTP Version Not Supported",
         502 => "Bad Gateway",
         503 => "Service Unavailable",
@@ -1826,6 +1833,8 @@ mod tests {
             (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
             (b"GET / HTTP/1.10\r\nHost: a\r\n\r\n", 400),
             (b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+            (b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", 501),
+            (b"CONNECT a:443 HTTP/1.0\r\n\r\n", 501),
             (b"GET / HTTQ/1.1\r\nHost: a\r\n\r\n", 400),
         ] {
             let (p, _) = parse(head);
@@ -1985,7 +1994,7 @@ mod tests {
         let mut out = Vec::new();
         match parse_request(data, &test_ctx(trusted), &mut out) {
             Parsed::Partial | Parsed::Hyper => {}
-            Parsed::Bad(s) => prop_assert!(matches!(s, 400 | 431 | 505), "{s}"),
+            Parsed::Bad(s) => prop_assert!(matches!(s, 400 | 431 | 501 | 505), "{s}"),
             Parsed::Complete(r) => {
                 prop_assert!(r.head_len <= data.len());
                 let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS + 8];

@@ -621,6 +621,12 @@ async fn malformed_heads_and_request_lines_get_4xx_or_505() {
         (p("GET * HTTP/1.1\r\nHost: a\r\n\r\n"), 400),
         (p("GET a.example:80 HTTP/1.1\r\nHost: a\r\n\r\n"), 400),
         (p("GET relative/path HTTP/1.1\r\nHost: a\r\n\r\n"), 400),
+        // No tunnels through a reverse proxy.
+        (
+            p("CONNECT internal.example:22 HTTP/1.1\r\nHost: internal.example:22\r\n\r\n"),
+            501,
+        ),
+        (p("CONNECT internal.example:22 HTTP/1.0\r\n\r\n"), 501),
         // Host: missing, twice, or not a host.
         (p("GET / HTTP/1.1\r\nX-A: 1\r\n\r\n"), 400),
         (p("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"), 400),
