@@ -595,6 +595,7 @@ fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Parsed {
     let mut upgrade = false;
     let mut named: [&[u8]; MAX_CONN_TOKENS] = [b""; MAX_CONN_TOKENS];
     let mut n_named = 0;
+    let mut too_many = false;
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut te = false;
@@ -613,10 +614,11 @@ fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Parsed {
                         upgrade = true;
                     } else if !t.eq_ignore_ascii_case(b"keep-alive") {
                         if n_named == MAX_CONN_TOKENS {
-                            return Parsed::Hyper;
+                            too_many = true;
+                        } else {
+                            named[n_named] = t;
+                            n_named += 1;
                         }
-                        named[n_named] = t;
-                        n_named += 1;
                     }
                 }
             }
@@ -641,10 +643,6 @@ fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Parsed {
             H::Hop | H::Hsts | H::Other => {}
         }
     }
-    if upgrade {
-        // WebSocket and friends: hyper's path joins the two halves.
-        return Parsed::Hyper;
-    }
     // Smuggling guards (RFC 9112 section 6): the body's framing must be unambiguous, for
     // the upstream gets its chunked framing bytes as they came. Both a length and a
     // transfer coding, or codings other than one `chunked`, are refused (HAProxy drops the
@@ -653,8 +651,16 @@ fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Parsed {
         return Parsed::Bad(400);
     }
     // One Host, a plausible one (RFC 9112 section 3.2).
-    if hosts > 1 || host.is_some_and(|h| !valid_host(h)) {
+    if hosts > 1
+        || host.is_some_and(|h| !valid_host(h))
+        || (hosts == 0 && (target.starts_with('/') || target == "*"))
+    {
         return Parsed::Bad(400);
+    }
+    if upgrade || too_many {
+        // WebSocket and friends (hyper's path joins the two halves), or more hop-by-hop
+        // names than kept here: hyper's path, after the same checks.
+        return Parsed::Hyper;
     }
     let body = if chunked {
         Framing::Chunked

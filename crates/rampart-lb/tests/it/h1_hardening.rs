@@ -1215,6 +1215,14 @@ async fn requests_served_by_hyper_keep_the_same_guarantees() {
         ),
     ];
     refused(&lb, &r, cases).await;
+    // Heads hyper would serve get the fast path's checks first.
+    let cases: &[(&[u8], u16)] = &[
+        (b"GET /up HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n", 400),
+        (b"GET /up HTTP/1.1\r\nHost: a\r\nHost: b\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n", 400),
+        (b"POST /up HTTP/1.1\r\nHost: a\r\nUpgrade: x\r\nConnection: upgrade\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+        (b"POST /many HTTP/1.1\r\nHost: a\r\nConnection: a, b, c, d, e, f, g, h, i\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    ];
+    refused(&lb, &r, cases).await;
     // An upgrade with both framings: whatever hyper answers, no second request reaches the
     // backend on that request's upstream connection.
     let mut s = TcpStream::connect(lb.addr).await.unwrap();
