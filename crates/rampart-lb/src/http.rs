@@ -843,6 +843,11 @@ fn prepare_headers(parts: &mut http::request::Parts, ctx: &ConnCtx, upgrade: boo
             }
         }
     }
+    if !h.contains_key(header::HOST) {
+        // An HTTP/1.0 client may send none, an HTTP/1.1 server needs one: empty, as RFC 9112
+        // section 3.2 has it for a target without an authority.
+        h.insert(header::HOST, HeaderValue::from_static(""));
+    }
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
         let pq = parts
             .uri

@@ -1194,8 +1194,15 @@ async fn requests_served_by_hyper_keep_the_same_guarantees() {
         out.starts_with("HTTP/1.1 200 ") && out.ends_with("many"),
         "{out}"
     );
-    r.wait("two requests", |s| s.len() == 2).await;
+    // HTTP/1.0 needs no Host; the upstream request (HTTP/1.1) gets one.
+    let (out, _) = exchange(lb.addr, b"GET /nohost HTTP/1.0\r\n\r\n").await;
+    assert!(
+        out.starts_with("HTTP/1.0 200 ") && out.ends_with("nohost"),
+        "{out}"
+    );
+    r.wait("three requests", |s| s.len() == 3).await;
     let seen = r.seen();
+    assert_eq!(seen[2].header("host").len(), 1, "{:?}", seen[2]);
     assert_eq!(
         seen[0].header("x-forwarded-for"),
         ["127.0.0.1"],
@@ -1213,6 +1220,10 @@ async fn requests_served_by_hyper_keep_the_same_guarantees() {
             b"POST /h10cl HTTP/1.0\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
             400,
         ),
+        (b"POST /h10clte HTTP/1.0\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+        (b"GET /fold HTTP/1.0\r\nHost: a\r\nX-A: 1\r\n folded\r\n\r\n", 400),
+        (b"GET /ws HTTP/1.0\r\nHost : a\r\n\r\n", 400),
+        (b"GET /nul HTTP/1.0\r\nHost: a\r\nX-A: a\x00b\r\n\r\n", 400),
     ];
     refused(&lb, &r, cases).await;
     // Heads hyper would serve get the fast path's checks first.
