@@ -657,6 +657,14 @@ fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Parsed {
     {
         return Parsed::Bad(400);
     }
+    // A target of visible ASCII without a fragment (HAProxy refuses `#` too since
+    // CVE-2023-45539: `/index.html#.png` read as a `.png` path by one side only).
+    if !target
+        .bytes()
+        .all(|b| (0x21..=0x7e).contains(&b) && b != b'#')
+    {
+        return Parsed::Bad(400);
+    }
     if upgrade || too_many {
         // WebSocket and friends (hyper's path joins the two halves), or more hop-by-hop
         // names than kept here: hyper's path, after the same checks.
@@ -1840,6 +1848,9 @@ mod tests {
             (b"GET / HTTP/1.10\r\nHost: a\r\n\r\n", 400),
             (b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n", 400),
             (b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", 501),
+            (b"GET /index.html#.png HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+            (b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+            (b"GET http://a/#x HTTP/1.1\r\nHost: a\r\n\r\n", 400),
             (b"CONNECT a:443 HTTP/1.0\r\n\r\n", 501),
             (b"GET / HTTQ/1.1\r\nHost: a\r\n\r\n", 400),
         ] {

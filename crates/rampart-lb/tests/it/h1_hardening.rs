@@ -621,6 +621,9 @@ async fn malformed_heads_and_request_lines_get_4xx_or_505() {
         (p("GET * HTTP/1.1\r\nHost: a\r\n\r\n"), 400),
         (p("GET a.example:80 HTTP/1.1\r\nHost: a\r\n\r\n"), 400),
         (p("GET relative/path HTTP/1.1\r\nHost: a\r\n\r\n"), 400),
+        // Fragments and raw non-ASCII bytes in the target.
+        (p("GET /index.html#.png HTTP/1.1\r\nHost: a\r\n\r\n"), 400),
+        (b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n", 400),
         // No tunnels through a reverse proxy.
         (
             p("CONNECT internal.example:22 HTTP/1.1\r\nHost: internal.example:22\r\n\r\n"),
