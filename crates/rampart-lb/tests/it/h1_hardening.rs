@@ -1268,3 +1268,116 @@ async fn requests_served_by_hyper_keep_the_same_guarantees() {
     assert!(r.errors().is_empty(), "{:#?}", r.errors());
     no_panic(&lb);
 }
+
+/// A header field as raw bytes.
+type Field<'a> = (&'a [u8], &'a [u8]);
+
+/// One HTTP/2 frame.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(9 + payload.len());
+    f.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
+    f.push(kind);
+    f.push(flags);
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// An HPACK header block of literal fields (no indexing, no Huffman), any bytes allowed.
+fn hpack(fields: &[Field]) -> Vec<u8> {
+    let mut b = Vec::new();
+    for (n, v) in fields {
+        assert!(n.len() < 127 && v.len() < 127);
+        b.push(0x00);
+        b.push(n.len() as u8);
+        b.extend_from_slice(n);
+        b.push(v.len() as u8);
+        b.extend_from_slice(v);
+    }
+    b
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_requests_cannot_smuggle_into_the_http1_upstream() {
+    // Raw HTTP/2 (h2c prior knowledge) with what HTTP/2 forbids and HTTP/1 would read as
+    // framing: a body longer than its content-length, a transfer-encoding, CRLF inside a
+    // value, an upper-case name. Each is refused by the HTTP/2 layer; nothing of it may
+    // reach the backend as a second request or a longer body.
+    let r = Recorder::start().await;
+    let lb = lb_for(&r, "").await;
+    let base: [Field; 4] = [
+        (b":method", b"POST"),
+        (b":scheme", b"http"),
+        (b":authority", b"a"),
+        (b":path", b"/h2"),
+    ];
+    let cases: Vec<(Vec<Field>, &[u8])> = vec![
+        (
+            vec![(b"content-length", b"5")],
+            b"helloGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
+        ),
+        (
+            vec![(b"transfer-encoding", b"chunked")],
+            b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
+        ),
+        (
+            vec![(
+                b"x-a",
+                b"1\r\nContent-Length: 0\r\n\r\nGET /smuggled HTTP/1.1",
+            )],
+            b"",
+        ),
+        (vec![(b"X-Upper", b"1")], b""),
+        (vec![(b"connection", b"keep-alive")], b""),
+        (
+            vec![(b"content-length", b"5"), (b"content-length", b"6")],
+            b"hello!",
+        ),
+    ];
+    for (extra, body) in &cases {
+        let mut fields = base.to_vec();
+        fields.extend_from_slice(extra);
+        let mut w = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        w.extend(h2_frame(0x4, 0, 0, &[]));
+        let end_stream = if body.is_empty() { 0x1 } else { 0 };
+        w.extend(h2_frame(0x1, 0x4 | end_stream, 1, &hpack(&fields)));
+        if !body.is_empty() {
+            w.extend(h2_frame(0x0, 0x1, 1, body));
+        }
+        let mut s = TcpStream::connect(lb.addr).await.unwrap();
+        s.write_all(&w).await.unwrap();
+        // Read whatever comes (SETTINGS, RST_STREAM or GOAWAY) for a moment.
+        let _ = read_to_close(&mut s, Duration::from_millis(500)).await;
+    }
+    let seen = r.seen();
+    for s in &seen {
+        assert!(
+            s.path() != "/smuggled",
+            "smuggled through HTTP/2: {seen:#?}"
+        );
+        assert!(
+            !String::from_utf8_lossy(&s.body).contains("smuggled"),
+            "{seen:#?}"
+        );
+        assert!(
+            s.header("x-a").is_empty() && s.header("x-upper").is_empty(),
+            "{seen:#?}"
+        );
+    }
+    // A valid HTTP/2 request still gets through after all that.
+    let mut fields = base.to_vec();
+    fields[0] = (b":method", b"GET");
+    fields[3] = (b":path", b"/h2ok");
+    let mut w = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    w.extend(h2_frame(0x4, 0, 0, &[]));
+    w.extend(h2_frame(0x1, 0x4 | 0x1, 1, &hpack(&fields)));
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(&w).await.unwrap();
+    let _ = read_to_close(&mut s, Duration::from_millis(500)).await;
+    r.wait("the valid HTTP/2 request", |s| {
+        s.iter().any(|x| x.path() == "/h2ok")
+    })
+    .await;
+    assert!(r.errors().is_empty(), "{:#?}", r.errors());
+    no_panic(&lb);
+}
