@@ -587,9 +587,9 @@ fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Parsed {
         // A reverse proxy opens no tunnels: hyper's path forwarded it as `CONNECT /`.
         return Parsed::Bad(501);
     }
-    if version != 1 {
-        return Parsed::Hyper;
-    }
+    // HTTP/1.0 goes to hyper, after the checks below (it needs no Host, and may not
+    // use a transfer coding: RFC 9112 section 6.1).
+    let http10 = version != 1;
     // First pass: what the head says about framing, hop-by-hop names, forwarding.
     let mut close = false;
     let mut upgrade = false;
@@ -647,13 +647,13 @@ fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Parsed {
     // the upstream gets its chunked framing bytes as they came. Both a length and a
     // transfer coding, or codings other than one `chunked`, are refused (HAProxy drops the
     // length and closes after the answer; a 400 is simpler and as safe).
-    if te && (te_fields > 1 || !chunked || length.is_some()) {
+    if te && (te_fields > 1 || !chunked || length.is_some() || http10) {
         return Parsed::Bad(400);
     }
     // One Host, a plausible one (RFC 9112 section 3.2).
     if hosts > 1
         || host.is_some_and(|h| !valid_host(h))
-        || (hosts == 0 && (target.starts_with('/') || target == "*"))
+        || (hosts == 0 && !http10 && (target.starts_with('/') || target == "*"))
     {
         return Parsed::Bad(400);
     }
@@ -665,7 +665,7 @@ fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Parsed {
     {
         return Parsed::Bad(400);
     }
-    if upgrade || too_many {
+    if upgrade || too_many || http10 {
         // WebSocket and friends (hyper's path joins the two halves), or more hop-by-hop
         // names than kept here: hyper's path, after the same checks.
         return Parsed::Hyper;
@@ -1852,6 +1852,8 @@ mod tests {
             (b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n", 400),
             (b"GET http://a/#x HTTP/1.1\r\nHost: a\r\n\r\n", 400),
             (b"CONNECT a:443 HTTP/1.0\r\n\r\n", 501),
+            (b"GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+            (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
             (b"GET / HTTQ/1.1\r\nHost: a\r\n\r\n", 400),
         ] {
             let (p, _) = parse(head);
