@@ -49,19 +49,22 @@ use crate::http::{self as hyper_path, ConnCtx, Prefixed, H2_PREFACE, STOP_LINGER
 use crate::state::{mark_tried, Fail, InFlight, PickError, PoolState};
 use crate::upstream::{self, ConnectError};
 
-/// Size of every read buffer, both sides (HAProxy's `bufsize`).
+/// Size of a read buffer when it is taken: enough for almost every head and small body.
+const SMALL: usize = 4 * 1024;
+/// What a buffer grows to while streaming a body that fills it (HAProxy's `bufsize`).
 const BUF: usize = 16 * 1024;
 /// A request head may grow the client's buffer to this; a bigger one gets 431.
 const MAX_HEAD: usize = 64 * 1024;
 /// Most header fields in a head; more get 431 (request) or 502 (response).
 const MAX_HEADERS: usize = 128;
-/// Buffers kept per thread for reuse.
-const FREE_MAX: usize = 64;
+/// Buffers of each size kept per thread for reuse.
+const FREE_MAX: usize = 32;
 /// Hop-by-hop header names a request's `Connection` may list; more go to hyper.
 const MAX_CONN_TOKENS: usize = 8;
 
 thread_local! {
     static FREE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    static FREE_SMALL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
     static FREE_OUT: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
     static STOP: &'static CancellationToken =
         Box::leak(Box::new(crate::shutdown_token().child_token()));
@@ -72,25 +75,46 @@ fn stop_token() -> &'static CancellationToken {
     STOP.with(|s| *s)
 }
 
-/// A fixed-size byte buffer with a read and a write position, from the thread's free list.
+/// A byte buffer with a read and a write position, from the thread's free lists: it starts
+/// at [`SMALL`] and grows when a head needs it or a read fills it.
 pub(crate) struct Buf {
     v: Vec<u8>,
     start: usize,
     end: usize,
+    /// The last read filled the buffer: grow before the next one.
+    full: bool,
 }
 
 impl Buf {
     fn take() -> Buf {
-        let v = FREE
+        let v = FREE_SMALL
             .try_with(|f| f.borrow_mut().pop())
             .ok()
             .flatten()
-            .unwrap_or_else(|| vec![0; BUF]);
+            .unwrap_or_else(|| vec![0; SMALL]);
         Buf {
             v,
             start: 0,
             end: 0,
+            full: false,
         }
+    }
+
+    fn grow(&mut self, max: usize) {
+        let n = if self.v.len() < BUF {
+            BUF.min(max)
+        } else {
+            (self.v.len() * 2).min(max)
+        };
+        if n == BUF {
+            if let Some(mut big) = FREE.try_with(|f| f.borrow_mut().pop()).ok().flatten() {
+                big[..self.end].copy_from_slice(&self.v[..self.end]);
+                let small = std::mem::replace(&mut self.v, big);
+                give_back(small);
+                return;
+            }
+        }
+        self.v.resize(n, 0);
     }
 
     fn from_bytes(b: &[u8]) -> Buf {
@@ -125,6 +149,10 @@ impl Buf {
 
     /// Make room at the end (compacting, then growing up to `max`); false when full.
     fn make_room(&mut self, max: usize) -> bool {
+        if self.full && self.v.len() < max {
+            self.full = false;
+            self.grow(max);
+        }
         if self.end < self.v.len() {
             return true;
         }
@@ -135,8 +163,7 @@ impl Buf {
             return true;
         }
         if self.v.len() < max {
-            let n = (self.v.len() * 2).min(max);
-            self.v.resize(n, 0);
+            self.grow(max);
             return true;
         }
         false
@@ -154,21 +181,29 @@ impl Buf {
         let end = self.end;
         let n = r.read(&mut self.v[end..]).await?;
         self.end += n;
+        self.full = self.end == self.v.len();
         Ok(n)
     }
 }
 
+/// Keep a buffer of one of the two pooled sizes for reuse.
+fn give_back(v: Vec<u8>) {
+    let list = match v.len() {
+        SMALL => &FREE_SMALL,
+        BUF => &FREE,
+        _ => return,
+    };
+    let _ = list.try_with(|f| {
+        let mut f = f.borrow_mut();
+        if f.len() < FREE_MAX {
+            f.push(v);
+        }
+    });
+}
+
 impl Drop for Buf {
     fn drop(&mut self) {
-        if self.v.len() == BUF {
-            let v = std::mem::take(&mut self.v);
-            let _ = FREE.try_with(|f| {
-                let mut f = f.borrow_mut();
-                if f.len() < FREE_MAX {
-                    f.push(v);
-                }
-            });
-        }
+        give_back(std::mem::take(&mut self.v));
     }
 }
 
@@ -213,7 +248,8 @@ pub(crate) trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 
 impl ClientStream for TcpStream {
     fn ready(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
-        self.readable()
+        // The socket's own reader slot, not a waiter list entry in the task: smaller.
+        std::future::poll_fn(move |cx| self.poll_read_ready(cx))
     }
 }
 
@@ -753,7 +789,7 @@ fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Parsed {
             }
         }
     }
-    out.extend_from_slice(ctx.peer_ip());
+    ctx.push_peer_ip(out);
     out.extend_from_slice(b"\r\n");
     if !(keep && has_xfp) {
         out.extend_from_slice(if ctx.https {
@@ -1715,6 +1751,33 @@ mod tests {
             prop_assert!(c.done());
             prop_assert_eq!(pos, body.len());
         }
+    }
+
+    #[tokio::test]
+    async fn buffers_start_small_grow_when_filled_and_are_reused() {
+        let data = vec![7u8; 40 * 1024];
+        let mut r = &data[..];
+        let mut b = Buf::take();
+        assert_eq!(b.v.len(), SMALL);
+        // A body streamed through: each read filled the buffer, so it grows to BUF, no more.
+        let mut got = 0;
+        while got < data.len() {
+            let n = b.read_from(&mut r, BUF).await.unwrap();
+            got += n;
+            b.consume(n);
+        }
+        assert_eq!(b.v.len(), BUF);
+        drop(b);
+        assert_eq!(Buf::take().v.len(), SMALL);
+        // A head that does not fit grows it up to the given limit, then it is full.
+        let big = vec![7u8; 2 * MAX_HEAD];
+        let mut b = Buf::take();
+        let mut r = &big[..];
+        while let Ok(n) = b.read_from(&mut r, MAX_HEAD).await {
+            assert!(n > 0);
+        }
+        assert_eq!((b.v.len(), b.len()), (MAX_HEAD, MAX_HEAD));
+        assert!(b.data().iter().all(|x| *x == 7));
     }
 
     #[test]

@@ -39,8 +39,6 @@ pub(crate) struct ConnCtx {
     pub(crate) listener: Arc<ListenerRt>,
     pub(crate) peer: SocketAddr,
     pub(crate) worker: usize,
-    /// The client's address as text (for `X-Forwarded-For`), inline: no allocation.
-    peer_ip: IpText,
     pub(crate) trusted: bool,
     pub(crate) hash_key: u64,
     /// Progress counters of the hyper paths (made when one first serves the connection).
@@ -52,27 +50,27 @@ pub(crate) struct ConnCtx {
     pub(crate) https: bool,
 }
 
-/// An IP address as text, inline (an IPv6 address is at most 39 characters).
-struct IpText {
-    buf: [u8; 39],
-    len: u8,
-}
-
-impl IpText {
-    fn new(ip: IpAddr) -> IpText {
-        use std::io::Write;
-        let mut buf = [0u8; 39];
-        let mut w = &mut buf[..];
-        let _ = write!(w, "{ip}");
-        let len = 39 - w.len();
-        IpText {
-            buf,
-            len: len as u8,
+/// Append an IP address as text (IPv4 by hand: this runs for every request).
+pub(crate) fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                if o >= 100 {
+                    out.push(b'0' + o / 100);
+                }
+                if o >= 10 {
+                    out.push(b'0' + o / 10 % 10);
+                }
+                out.push(b'0' + o % 10);
+            }
         }
-    }
-
-    fn as_bytes(&self) -> &[u8] {
-        &self.buf[..self.len as usize]
+        IpAddr::V6(v6) => {
+            use std::io::Write;
+            let _ = write!(out, "{v6}");
+        }
     }
 }
 
@@ -84,14 +82,12 @@ impl ConnCtx {
         tls: Option<&TlsTerm>,
     ) -> Option<Svc> {
         let ip = canonical_ip(peer.ip());
-        let peer_ip = IpText::new(ip);
         Some(Arc::new(ConnCtx {
             trusted: listener.trusted.iter().any(|c| c.contains(ip)),
             hash_key: match ip {
                 IpAddr::V4(v4) => rampart_balance::hash_key(&v4.octets()),
                 IpAddr::V6(v6) => rampart_balance::hash_key(&v6.octets()),
             },
-            peer_ip,
             peer,
             worker,
             activity: OnceLock::new(),
@@ -101,12 +97,15 @@ impl ConnCtx {
         }))
     }
 
-    pub(crate) fn peer_ip(&self) -> &[u8] {
-        self.peer_ip.as_bytes()
+    /// The client's address (IPv4-mapped IPv6 ones as IPv4), appended as text.
+    pub(crate) fn push_peer_ip(&self, out: &mut Vec<u8>) {
+        push_ip(out, canonical_ip(self.peer.ip()));
     }
 
     fn peer_ip_value(&self) -> HeaderValue {
-        HeaderValue::from_bytes(self.peer_ip()).unwrap_or(HeaderValue::from_static("unknown"))
+        let mut v = Vec::with_capacity(39);
+        self.push_peer_ip(&mut v);
+        HeaderValue::from_bytes(&v).unwrap_or(HeaderValue::from_static("unknown"))
     }
 
     /// `Strict-Transport-Security` for every response (TLS listeners with `hsts`).
@@ -170,10 +169,11 @@ pub fn spawn<G: Send + 'static>(
         return;
     };
     drop(listener);
-    tokio::spawn(async move {
+    let fut = async move {
         let _guard = guard;
         crate::h1::serve(tcp, ctx, accepted, true).await
-    });
+    };
+    tokio::spawn(fut);
 }
 
 type HandleFuture =
@@ -861,10 +861,10 @@ fn prepare_headers(parts: &mut http::request::Parts, ctx: &ConnCtx, upgrade: boo
     let keep = ctx.trusted;
     if keep {
         let chained = h.get(&X_FORWARDED_FOR).map(|prev| {
-            let mut v = Vec::with_capacity(prev.len() + 2 + ctx.peer_ip().len());
+            let mut v = Vec::with_capacity(prev.len() + 2 + 39);
             v.extend_from_slice(prev.as_bytes());
             v.extend_from_slice(b", ");
-            v.extend_from_slice(ctx.peer_ip());
+            ctx.push_peer_ip(&mut v);
             HeaderValue::from_bytes(&v)
         });
         match chained {
@@ -932,5 +932,28 @@ mod tests {
     fn tokens() {
         assert!(has_token(b"keep-alive, Upgrade", b"upgrade"));
         assert!(!has_token(b"keep-alive", b"upgrade"));
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod ip_tests {
+    use super::*;
+
+    #[test]
+    fn ip_text_matches_display() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.100.255",
+            "203.0.113.9",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut v = Vec::new();
+            push_ip(&mut v, ip);
+            assert_eq!(String::from_utf8(v).unwrap(), ip.to_string());
+        }
     }
 }
