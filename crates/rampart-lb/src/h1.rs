@@ -58,7 +58,7 @@ const MAX_HEAD: usize = 64 * 1024;
 /// Most header fields in a head; more get 431 (request) or 502 (response).
 const MAX_HEADERS: usize = 128;
 /// Buffers of each size kept per thread for reuse.
-const FREE_MAX: usize = 32;
+const FREE_MAX: usize = 64;
 /// Hop-by-hop header names a request's `Connection` may list; more go to hyper.
 const MAX_CONN_TOKENS: usize = 8;
 
@@ -75,12 +75,12 @@ fn stop_token() -> &'static CancellationToken {
     STOP.with(|s| *s)
 }
 
-/// A byte buffer with a read and a write position, from the thread's free lists: it starts
-/// at [`SMALL`] and grows when a head needs it or a read fills it.
+/// A byte buffer from the thread's free lists: bytes `start..len` of `v` are unread, its
+/// capacity is the room (never zeroed: reads go into the spare capacity). It starts at
+/// [`SMALL`] and grows when a head needs it or a read fills it.
 pub(crate) struct Buf {
     v: Vec<u8>,
     start: usize,
-    end: usize,
     /// The last read filled the buffer: grow before the next one.
     full: bool,
 }
@@ -91,78 +91,74 @@ impl Buf {
             .try_with(|f| f.borrow_mut().pop())
             .ok()
             .flatten()
-            .unwrap_or_else(|| vec![0; SMALL]);
+            .unwrap_or_else(|| Vec::with_capacity(SMALL));
         Buf {
             v,
             start: 0,
-            end: 0,
             full: false,
         }
     }
 
     fn grow(&mut self, max: usize) {
-        let n = if self.v.len() < BUF {
+        let cap = self.v.capacity();
+        let n = if cap < BUF {
             BUF.min(max)
         } else {
-            (self.v.len() * 2).min(max)
+            (cap * 2).min(max)
         };
         if n == BUF {
             if let Some(mut big) = FREE.try_with(|f| f.borrow_mut().pop()).ok().flatten() {
-                big[..self.end].copy_from_slice(&self.v[..self.end]);
+                big.extend_from_slice(&self.v[self.start..]);
+                self.start = 0;
                 let small = std::mem::replace(&mut self.v, big);
                 give_back(small);
                 return;
             }
         }
-        self.v.resize(n, 0);
+        self.v.reserve_exact(n.saturating_sub(self.v.len()));
     }
 
     fn from_bytes(b: &[u8]) -> Buf {
         let mut buf = Buf::take();
-        if b.len() > buf.v.len() {
-            buf.v.resize(b.len(), 0);
-        }
-        buf.v[..b.len()].copy_from_slice(b);
-        buf.end = b.len();
+        buf.v.extend_from_slice(b);
         buf
     }
 
     fn data(&self) -> &[u8] {
-        &self.v[self.start..self.end]
+        &self.v[self.start..]
     }
 
     fn len(&self) -> usize {
-        self.end - self.start
+        self.v.len() - self.start
     }
 
     fn is_empty(&self) -> bool {
-        self.start == self.end
+        self.start == self.v.len()
     }
 
     fn consume(&mut self, n: usize) {
         self.start += n.min(self.len());
-        if self.start == self.end {
+        if self.start == self.v.len() {
             self.start = 0;
-            self.end = 0;
+            self.v.clear();
         }
     }
 
     /// Make room at the end (compacting, then growing up to `max`); false when full.
     fn make_room(&mut self, max: usize) -> bool {
-        if self.full && self.v.len() < max {
+        if self.full && self.v.capacity() < max {
             self.full = false;
             self.grow(max);
         }
-        if self.end < self.v.len() {
+        if self.v.len() < self.v.capacity() {
             return true;
         }
         if self.start > 0 {
-            self.v.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
+            self.v.drain(..self.start);
             self.start = 0;
             return true;
         }
-        if self.v.len() < max {
+        if self.v.capacity() < max {
             self.grow(max);
             return true;
         }
@@ -175,20 +171,21 @@ impl Buf {
         r: &mut R,
         max: usize,
     ) -> io::Result<usize> {
+        use bytes::BufMut;
         if !self.make_room(max) {
             return Err(io::Error::other("buffer full"));
         }
-        let end = self.end;
-        let n = r.read(&mut self.v[end..]).await?;
-        self.end += n;
-        self.full = self.end == self.v.len();
+        let room = self.v.capacity() - self.v.len();
+        let n = r.read_buf(&mut (&mut self.v).limit(room)).await?;
+        self.full = self.v.len() == self.v.capacity();
         Ok(n)
     }
 }
 
 /// Keep a buffer of one of the two pooled sizes for reuse.
-fn give_back(v: Vec<u8>) {
-    let list = match v.len() {
+fn give_back(mut v: Vec<u8>) {
+    v.clear();
+    let list = match v.capacity() {
         SMALL => &FREE_SMALL,
         BUF => &FREE,
         _ => return,
@@ -1758,7 +1755,7 @@ mod tests {
         let data = vec![7u8; 40 * 1024];
         let mut r = &data[..];
         let mut b = Buf::take();
-        assert_eq!(b.v.len(), SMALL);
+        assert_eq!(b.v.capacity(), SMALL);
         // A body streamed through: each read filled the buffer, so it grows to BUF, no more.
         let mut got = 0;
         while got < data.len() {
@@ -1766,9 +1763,9 @@ mod tests {
             got += n;
             b.consume(n);
         }
-        assert_eq!(b.v.len(), BUF);
+        assert_eq!(b.v.capacity(), BUF);
         drop(b);
-        assert_eq!(Buf::take().v.len(), SMALL);
+        assert_eq!(Buf::take().v.capacity(), SMALL);
         // A head that does not fit grows it up to the given limit, then it is full.
         let big = vec![7u8; 2 * MAX_HEAD];
         let mut b = Buf::take();
@@ -1776,7 +1773,7 @@ mod tests {
         while let Ok(n) = b.read_from(&mut r, MAX_HEAD).await {
             assert!(n > 0);
         }
-        assert_eq!((b.v.len(), b.len()), (MAX_HEAD, MAX_HEAD));
+        assert_eq!((b.v.capacity(), b.len()), (MAX_HEAD, MAX_HEAD));
         assert!(b.data().iter().all(|x| *x == 7));
     }
 
