@@ -111,7 +111,8 @@ pub struct Agent {
     timeline_error: Option<String>,
     /// The cluster's timeline as this loop saw it.
     cluster_tl: Option<u32>,
-    leader_missing_since: Option<Instant>,
+    /// While the leader key is vacant: when this agent first saw each other member.
+    peer_seen: std::collections::HashMap<String, Instant>,
     not_streaming_since: Option<Instant>,
     pg_down_since: Option<Instant>,
     demoted: bool,
@@ -201,7 +202,7 @@ impl Agent {
             timeline_logged: None,
             timeline_error: None,
             cluster_tl: None,
-            leader_missing_since: None,
+            peer_seen: std::collections::HashMap::new(),
             not_streaming_since: None,
             pg_down_since: Some(Instant::now()),
             demoted: false,
@@ -350,7 +351,7 @@ impl Agent {
         if dcs_ok {
             match &leader_name {
                 Some(l) => {
-                    self.leader_missing_since = None;
+                    self.peer_seen.clear();
                     self.last_leader = Some(l.clone());
                     if let Some(m) = keys.members.iter().find(|m| &m.name == l) {
                         self.last_leader_lsn = Some(m.lsn);
@@ -360,7 +361,13 @@ impl Agent {
                     }
                 }
                 None => {
-                    self.leader_missing_since.get_or_insert_with(Instant::now);
+                    let now = Instant::now();
+                    // Each member counts from when this agent first saw it during the
+                    // vacancy (and keeps that if it leaves and returns): the grace of
+                    // decide::PEER_GRACE is given once.
+                    for m in keys.members.iter().filter(|m| m.name != self.node.name) {
+                        self.peer_seen.entry(m.name.clone()).or_insert(now);
+                    }
                 }
             }
         }
@@ -409,6 +416,12 @@ impl Agent {
         } else {
             None
         };
+        if let (None, Some(s)) = (self.local_timeline, status.as_ref()) {
+            // PostgreSQL (re)started this loop: publish its exact timeline now, not the
+            // last checkpoint's, which lags a promotion and would make this node look
+            // worse placed to the others than it is.
+            self.local_timeline = Some(self.find_timeline(s).await);
+        }
         // Keys read before we took the leader key say nobody holds it: read them again,
         // or `/primary` would stay 503 until the next loop.
         let keys = if self.took_key {
@@ -555,9 +568,16 @@ impl Agent {
                 in_recovery: m.role == "replica",
                 streaming: m.streaming,
                 timeline: m.timeline,
+                timeline_known: m.timeline_known,
                 wal_lsn: m.receive_lsn.max(m.lsn),
                 replay_lsn: m.lsn,
                 nofailover: m.nofailover,
+                starting: m.role == "starting",
+                seen_for: self
+                    .peer_seen
+                    .get(&m.name)
+                    .map(|t| now - *t)
+                    .unwrap_or_default(),
             })
             .collect();
         let now_ms = dcs::unix_ms();
@@ -593,10 +613,6 @@ impl Agent {
             stuck_after: decide::STUCK_REPLICA_TIMEOUT.max(self.cfg.ttl * 2 + self.cfg.loop_wait),
             last_leader_lsn: self.last_leader_lsn,
             cluster_timeline: self.cluster_tl,
-            leaderless_for: self
-                .leader_missing_since
-                .map(|t| now - t)
-                .unwrap_or_default(),
         }
     }
 
@@ -1280,6 +1296,7 @@ impl Agent {
             port: self.node.port,
             api_url: format!("http://{}", self.node.api),
             timeline,
+            timeline_known,
             lsn: st.map(|s| s.lsn).unwrap_or(0),
             lag_bytes,
             lag_seconds: st.map(|s| s.replay_delay_seconds).unwrap_or(0.0),

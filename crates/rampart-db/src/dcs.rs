@@ -29,6 +29,10 @@ pub struct Member {
     pub port: u16,
     pub api_url: String,
     pub timeline: u32,
+    /// `timeline` is exact; false: only a lower bound (the last checkpoint's), e.g. right
+    /// after PostgreSQL started, before the agent read its replay timeline.
+    #[serde(default = "yes")]
+    pub timeline_known: bool,
     pub lsn: u64,
     pub lag_bytes: u64,
     pub lag_seconds: f64,
@@ -43,6 +47,10 @@ pub struct Member {
     /// What the agent did or waits for in its last loop.
     #[serde(default)]
     pub action: String,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `/sync`: the standby that has every acknowledged commit of `leader`.

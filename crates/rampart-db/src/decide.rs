@@ -23,6 +23,11 @@ pub const PRIMARY_START_TIMEOUT: Duration = Duration::from_secs(15);
 /// A replica that has not streamed for this long while a leader exists is rewound
 /// (or re-cloned when rewinding fails).
 pub const STUCK_REPLICA_TIMEOUT: Duration = Duration::from_secs(8);
+/// In asynchronous mode a member that may be better placed (more WAL, or still starting
+/// and so unknown) gets this long, from the moment this agent sees it during a vacancy,
+/// to take the key before the others do. Once per member and vacancy: a member that
+/// keeps restarting cannot hold a failover up for longer.
+pub const PEER_GRACE: Duration = Duration::from_secs(5);
 /// A switchover/failover request older than this is ignored (and removed by the leader).
 pub const FAILOVER_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -70,10 +75,19 @@ pub struct Peer {
     pub in_recovery: bool,
     pub streaming: bool,
     pub timeline: u32,
+    /// `timeline` is exact, not only a lower bound.
+    pub timeline_known: bool,
     pub wal_lsn: u64,
     /// Last replayed LSN (replicas).
     pub replay_lsn: u64,
     pub nofailover: bool,
+    /// Its agent is up and its PostgreSQL is starting (not answering yet): it may hold
+    /// more WAL than anyone (a former primary restarted), but has not shown it yet.
+    pub starting: bool,
+    /// How long this agent has seen the member while the leader key is vacant: the whole
+    /// vacancy for a member that was there when the key vanished, less for one that
+    /// arrived later. Zero while a leader exists.
+    pub seen_for: Duration,
 }
 
 /// `/sync`: which standby is synchronous for which leader.
@@ -128,8 +142,6 @@ pub struct Observed {
     /// The cluster's current timeline: the newest a leader recorded in `/timeline` or
     /// this agent saw a leader run on. `None`: none recorded (the rule cannot apply).
     pub cluster_timeline: Option<u32>,
-    /// How long the leader key has been missing, as seen by this agent.
-    pub leaderless_for: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -287,21 +299,29 @@ pub fn may_take_leader(o: &Observed) -> Result<&'static str, &'static str> {
         return Err("too far behind the last leader position (max_lag)");
     }
     // Asynchronous: the member on the newest timeline with the most WAL wins; ties go to
-    // the smallest name. A better peer gets `ttl`-ish time before the others try too.
-    // Peers that may not promote themselves (nofailover, lagging, behind the cluster's
-    // timeline) do not count.
+    // the smallest name. A better peer gets `PEER_GRACE` (from when this agent first saw
+    // it during the vacancy) before the others try too. Peers that may not promote
+    // themselves (nofailover, lagging, behind the cluster's timeline) do not count.
+    let in_grace = |p: &Peer| p.name != o.me && !p.nofailover && p.seen_for < PEER_GRACE;
+    // A peer whose timeline is only a lower bound (just restarted: its last checkpoint
+    // may predate a promotion) may be on a newer one than it shows: it counts as better.
     let better = o.peers.iter().any(|p| {
-        p.name != o.me
+        in_grace(p)
             && p.running
             && p.in_recovery
-            && !p.nofailover
             && !lagging(o, p.replay_lsn)
-            && timeline_ok(o, p.timeline, true).is_ok()
-            && (p.timeline, p.wal_lsn, std::cmp::Reverse(&p.name))
-                > (pg.timeline, pg.wal_lsn, std::cmp::Reverse(&o.me))
+            && (!p.timeline_known
+                || (timeline_ok(o, p.timeline, true).is_ok()
+                    && (p.timeline, p.wal_lsn, std::cmp::Reverse(&p.name))
+                        > (pg.timeline, pg.wal_lsn, std::cmp::Reverse(&o.me))))
     });
-    if better && o.leaderless_for < Duration::from_secs(5) {
+    if better {
         return Err("a healthier replica goes first");
+    }
+    // A member whose PostgreSQL is still starting (a former primary restarted, say) may
+    // hold writes we lack: let it show its position first.
+    if o.peers.iter().any(|p| in_grace(p) && p.starting) {
+        return Err("a member is starting its PostgreSQL: waiting to compare WAL positions");
     }
     Ok("healthiest replica")
 }
@@ -576,7 +596,6 @@ mod tests {
             stuck_after: STUCK_REPLICA_TIMEOUT,
             last_leader_lsn: Some(1000),
             cluster_timeline: Some(1),
-            leaderless_for: Duration::ZERO,
         }
     }
 
@@ -594,12 +613,15 @@ mod tests {
             in_recovery: true,
             streaming: false,
             timeline: 1,
+            timeline_known: true,
             wal_lsn: 2000,
             replay_lsn: 2000,
             nofailover: false,
+            starting: false,
+            seen_for: Duration::ZERO,
         });
         assert!(matches!(decide(&o), Action::Wait(_)));
-        o.leaderless_for = Duration::from_secs(6);
+        o.peers[0].seen_for = PEER_GRACE;
         assert!(matches!(decide(&o), Action::TakeLeader { .. }));
     }
 
@@ -638,9 +660,12 @@ mod tests {
             in_recovery: true,
             streaming: false,
             timeline: 1,
+            timeline_known: true,
             wal_lsn: 5_000_001,
             replay_lsn: 1000,
             nofailover: false,
+            starting: false,
+            seen_for: Duration::ZERO,
         });
         assert!(matches!(decide(&o), Action::TakeLeader { .. }));
         o.peers[0].replay_lsn = 5_000_001;
@@ -667,10 +692,56 @@ mod tests {
             in_recovery: true,
             streaming: false,
             timeline,
+            timeline_known: true,
             wal_lsn: lsn,
             replay_lsn: lsn,
             nofailover: false,
+            starting: false,
+            seen_for: Duration::ZERO,
         }
+    }
+
+    #[test]
+    fn a_member_arriving_during_the_vacancy_gets_its_grace() {
+        // The former primary comes back while the key is vacant: first its PostgreSQL
+        // starts (position unknown), then it shows more WAL. A replica that has waited
+        // long for a leader still gives it PEER_GRACE from its arrival, once.
+        let mut o = base();
+        let mut p = peer("db1", 1, 5000);
+        p.running = false;
+        p.in_recovery = false;
+        p.starting = true;
+        o.peers.push(p);
+        let Action::Wait(why) = decide(&o) else {
+            panic!("{:?}", decide(&o))
+        };
+        assert!(why.contains("starting"), "{why}");
+        o.peers[0].running = true;
+        o.peers[0].in_recovery = true;
+        o.peers[0].starting = false;
+        o.peers[0].seen_for = Duration::from_secs(2);
+        assert_eq!(decide(&o), Action::Wait("a healthier replica goes first"));
+        // Restarted, it shows only its last checkpoint's timeline (a lower bound that
+        // may predate its promotion): it may still be better.
+        o.peers[0].timeline_known = false;
+        o.peers[0].wal_lsn = 10;
+        o.peers[0].replay_lsn = 10;
+        assert_eq!(decide(&o), Action::Wait("a healthier replica goes first"));
+        o.peers[0].timeline_known = true;
+        assert!(matches!(decide(&o), Action::TakeLeader { .. }));
+        o.peers[0].wal_lsn = 5000;
+        o.peers[0].replay_lsn = 5000;
+        // Its grace is over (it could not take the key): the others go on.
+        o.peers[0].seen_for = PEER_GRACE;
+        assert!(matches!(decide(&o), Action::TakeLeader { .. }));
+        // A member stuck starting holds nobody up past its grace either; nor does a
+        // nofailover one at all.
+        o.peers[0].running = false;
+        o.peers[0].starting = true;
+        assert!(matches!(decide(&o), Action::TakeLeader { .. }));
+        o.peers[0].seen_for = Duration::ZERO;
+        o.peers[0].nofailover = true;
+        assert!(matches!(decide(&o), Action::TakeLeader { .. }));
     }
 
     #[test]
@@ -678,7 +749,6 @@ mod tests {
         let mut o = base();
         o.cluster_timeline = Some(2);
         o.pg = on_tl(1, true, 1000);
-        o.leaderless_for = Duration::from_secs(60);
         let Action::Wait(why) = decide(&o) else {
             panic!("{:?}", decide(&o))
         };
@@ -726,7 +796,7 @@ mod tests {
         o1.cluster_timeline = Some(2);
         o1.pg = on_tl(1, true, 9000);
         o1.peers.push(peer("db2", 2, 1000));
-        o1.leaderless_for = Duration::from_secs(60);
+        o1.peers[0].seen_for = Duration::from_secs(60);
         assert!(matches!(decide(&o1), Action::Wait(_)));
         // Equal timelines: the most WAL goes first.
         o.peers.push(peer("db3", 2, 1500));
@@ -957,8 +1027,10 @@ mod tests {
 
     prop_compose! {
         fn arb_peer()(name in arb_name(), running in any::<bool>(), rec in any::<bool>(), st in any::<bool>(),
-                      tl in 1u32..4, lsn in 0u64..5000, behind in 0u64..3000, nf in any::<bool>()) -> Peer {
-            Peer { name, running, in_recovery: rec, streaming: st, timeline: tl, wal_lsn: lsn, replay_lsn: lsn.saturating_sub(behind), nofailover: nf }
+                      tl in 1u32..4, lsn in 0u64..5000, behind in 0u64..3000, nf in any::<bool>(),
+                      starting in any::<bool>(), seen in 0u64..10, known in any::<bool>()) -> Peer {
+            Peer { name, running, in_recovery: rec, streaming: st, timeline: tl, timeline_known: known, wal_lsn: lsn, replay_lsn: lsn.saturating_sub(behind), nofailover: nf,
+                   starting: starting && !running, seen_for: Duration::from_secs(seen) }
         }
     }
 
@@ -978,7 +1050,7 @@ mod tests {
             pg in arb_pg(), peers in proptest::collection::vec(arb_peer(), 0..3),
             sync in proptest::option::of((arb_name(), proptest::option::of(arb_name()))),
             failover in proptest::option::of(arb_failover()), paused in any::<bool>(),
-            last in proptest::option::of(0u64..10000), leaderless in 0u64..10, lsn_full in any::<bool>(),
+            last in proptest::option::of(0u64..10000), lsn_full in any::<bool>(),
             cluster_tl in proptest::option::of(1u32..4),
         ) -> Observed {
             Observed {
@@ -986,7 +1058,7 @@ mod tests {
                 lease_valid_until: lease.map(Duration::from_secs), now: Duration::from_secs(now),
                 pg, peers,
                 sync: sync.map(|(l, s)| SyncKey { leader: l, sync_standby: s }),
-                failover, paused, disk_full: lsn_full, stuck_after: STUCK_REPLICA_TIMEOUT, last_leader_lsn: last, cluster_timeline: cluster_tl, leaderless_for: Duration::from_secs(leaderless),
+                failover, paused, disk_full: lsn_full, stuck_after: STUCK_REPLICA_TIMEOUT, last_leader_lsn: last, cluster_timeline: cluster_tl,
             }
         }
     }

@@ -385,6 +385,20 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // A failed test shows what each agent did last (the directory goes away).
+            for i in 0..self.nodes.len() {
+                let log = self.agent_log(i);
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(80)..];
+                eprintln!(
+                    "---- {} agent log (last {} lines) ----\n{}",
+                    self.nodes[i].name,
+                    tail.len(),
+                    tail.join("\n")
+                );
+            }
+        }
         for a in self.agents.iter_mut() {
             if let Some(mut p) = a.take() {
                 p.kill();
