@@ -17,7 +17,8 @@ else
 fi
 dir="$(mktemp -d /tmp/rampart-up-bench-XXXXXX)"
 chmod 755 "$dir"   # PostgreSQL runs as the postgres user when this runs as root
-trap 'rm -rf "$dir"' EXIT
+# On failure the folder stays, with up.log and every role's log, and its path is printed.
+trap 'rc=$?; if [ $rc -eq 0 ]; then rm -rf "$dir"; else echo "startup.sh failed (exit $rc): logs kept in $dir" >&2; fi' EXIT
 "$bin" init "$dir/rampart.toml" --port-base 27000 >/dev/null
 
 one() { # $1 = label
@@ -26,7 +27,7 @@ one() { # $1 = label
   local t
   for _ in $(seq 1 1200); do
     if t=$(grep -o 'stack healthy in [0-9.]*s' "$dir/up.log" 2>/dev/null); then break; fi
-    if ! kill -0 "$pid" 2>/dev/null; then cat "$dir/up.log" >&2; exit 1; fi
+    if ! kill -0 "$pid" 2>/dev/null; then echo "$1: rampart up exited:" >&2; cat "$dir/up.log" >&2; exit 1; fi
     sleep 0.1
   done
   echo "$1 ${t#stack healthy in }"
