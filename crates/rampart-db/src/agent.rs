@@ -323,6 +323,13 @@ impl Agent {
         } else {
             None
         };
+        // Our own position and timeline are read before the cluster keys: whatever WAL we
+        // received from a member was sent after that member published itself (it says
+        // "starting" before its PostgreSQL starts), so the keys read next show it.
+        self.local_timeline = match status.as_ref() {
+            Some(s) => Some(self.find_timeline(s).await),
+            None => None,
+        };
         if self.child.is_some() && status.is_none() && self.is_primary_running() && !self.lease_ok()
         {
             // A primary that does not answer and whose lease ran out: fence it now.
@@ -382,10 +389,6 @@ impl Agent {
         self.disk_full = full;
 
         // 4. Decide.
-        self.local_timeline = match status.as_ref() {
-            Some(s) => Some(self.find_timeline(s).await),
-            None => None,
-        };
         self.cluster_tl = self.cluster_timeline(&keys);
         let obs = self.observe(&keys, dcs_ok, status.as_ref());
         self.log_timeline_verdict(&obs);
@@ -405,7 +408,12 @@ impl Agent {
             self.last_action = text;
         }
 
-        // 5. Act.
+        // 5. Act. Starting PostgreSQL waits until it answers, and it may serve WAL (to a
+        // replica still pointed at it) before that: say "starting" first, so that nobody
+        // sees its WAL before its member record (decide::PEER_GRACE).
+        if matches!(action, Action::Start { .. }) && dcs_ok {
+            self.publish(&keys, dcs_ok, None, &action).await;
+        }
         if let Err(e) = self.act(&action, &keys, &obs).await {
             tracing::warn!(action = ?action, error = %e, "action failed; retrying next loop");
         }
@@ -958,7 +966,36 @@ impl Agent {
             }
             Action::TakeLeader { reason } => {
                 if self.take_leader().await? {
-                    tracing::info!(reason, "promoting");
+                    // What the election compared, for whoever reads the log after a failover.
+                    let me = match &obs.pg {
+                        Pg::Running(p) => format!("tl {} lsn {}", p.timeline, crate::ops::fmt_lsn(p.wal_lsn)),
+                        _ => "not running".into(),
+                    };
+                    let peers = obs
+                        .peers
+                        .iter()
+                        .map(|p| {
+                            let role = if p.starting {
+                                "starting"
+                            } else if !p.running {
+                                "stopped"
+                            } else if p.in_recovery {
+                                "replica"
+                            } else {
+                                "primary"
+                            };
+                            format!(
+                                "{} {role} tl {}{} lsn {} seen {:.1}s",
+                                p.name,
+                                p.timeline,
+                                if p.timeline_known { "" } else { "?" },
+                                crate::ops::fmt_lsn(p.wal_lsn),
+                                p.seen_for.as_secs_f64()
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    tracing::info!(reason, me = %me, peers = %peers, "promoting");
                     if matches!(
                         obs.pg,
                         Pg::Running(PgRunning {
@@ -1240,7 +1277,9 @@ impl Agent {
             Some(s) if !s.in_recovery => ("primary", "running"),
             Some(s) if s.streaming => ("replica", "streaming"),
             Some(_) => ("replica", "not streaming"),
-            None if self.child.is_some() => ("starting", "starting"),
+            None if self.child.is_some() || matches!(action, Action::Start { .. }) => {
+                ("starting", "starting")
+            }
             None if self.demoted => ("demoted", "stopped"),
             None if !self.ctl.has_data() => ("stopped", "no data"),
             None => ("stopped", "stopped"),

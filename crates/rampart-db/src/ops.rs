@@ -76,7 +76,7 @@ pub async fn read_view(cfg: &DbConfig) -> Result<ClusterView, DbError> {
     Ok(view)
 }
 
-fn fmt_lsn(l: u64) -> String {
+pub(crate) fn fmt_lsn(l: u64) -> String {
     format!("{:X}/{:X}", l >> 32, l & 0xffff_ffff)
 }
 

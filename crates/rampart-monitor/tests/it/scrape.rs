@@ -329,11 +329,19 @@ fn scrapes_real_nodes_alerts_on_a_dead_one_and_resolves_when_it_returns() {
     );
     assert!(wait_until(Duration::from_secs(10), || hook
         .has("resolved", "NodeDown", "web1")));
-    let n = get_json(s.mon, "/api/alerts").expect("alerts")["notifications"]
-        .as_array()
-        .expect("n")
-        .len();
-    assert!(n >= 4, "firing and resolved, each to two routes: {n}");
+    // The monitor records a delivery once the webhook has answered, a moment after the
+    // hook saw the request.
+    let notifications = || {
+        get_json(s.mon, "/api/alerts").expect("alerts")["notifications"]
+            .as_array()
+            .expect("n")
+            .len()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || notifications() >= 4),
+        "firing and resolved, each to two routes: {}",
+        notifications()
+    );
     let log = s
         .procs
         .iter()
