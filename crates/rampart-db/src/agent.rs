@@ -968,7 +968,9 @@ impl Agent {
                 if self.take_leader().await? {
                     // What the election compared, for whoever reads the log after a failover.
                     let me = match &obs.pg {
-                        Pg::Running(p) => format!("tl {} lsn {}", p.timeline, crate::ops::fmt_lsn(p.wal_lsn)),
+                        Pg::Running(p) => {
+                            format!("tl {} lsn {}", p.timeline, crate::ops::fmt_lsn(p.wal_lsn))
+                        }
                         _ => "not running".into(),
                     };
                     let peers = obs

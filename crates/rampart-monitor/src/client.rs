@@ -53,6 +53,7 @@ pub async fn request(
     method: &str,
     path: &str,
     content_type: Option<&str>,
+    bearer: Option<&str>,
     body: Bytes,
     timeout: Duration,
 ) -> Result<Reply, ClientError> {
@@ -75,6 +76,9 @@ pub async fn request(
             .header(hyper::header::USER_AGENT, "rampart-monitor");
         if let Some(ct) = content_type {
             req = req.header(hyper::header::CONTENT_TYPE, ct);
+        }
+        if let Some(t) = bearer {
+            req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
         }
         let req = req
             .body(Full::new(body))
@@ -100,5 +104,24 @@ pub async fn request(
 }
 
 pub async fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Reply, ClientError> {
-    request(&addr.to_string(), "GET", path, None, Bytes::new(), timeout).await
+    get_auth(addr, path, None, timeout).await
+}
+
+/// `get` with `Authorization: Bearer <bearer>` when given.
+pub async fn get_auth(
+    addr: SocketAddr,
+    path: &str,
+    bearer: Option<&str>,
+    timeout: Duration,
+) -> Result<Reply, ClientError> {
+    request(
+        &addr.to_string(),
+        "GET",
+        path,
+        None,
+        bearer,
+        Bytes::new(),
+        timeout,
+    )
+    .await
 }

@@ -39,6 +39,8 @@ use crate::targets::{Mode, Target};
 pub enum MonitorError {
     #[error("node \"{0}\" is not the topology's [monitor] (its name is \"{1}\")")]
     UnknownNode(String, String),
+    #[error("--lb-admin names \"{0}\", which is not an [[lb.nodes]] entry of the topology")]
+    UnknownLbNode(String),
     #[error("the topology has no [monitor] section")]
     NoMonitor,
     #[error("[monitor] token_env names {0}, which is not set: set it, or remove token_env")]
@@ -114,6 +116,16 @@ pub struct Monitor {
 
 impl Monitor {
     pub fn new(t: &Topology, node: &str) -> Result<Monitor, MonitorError> {
+        Monitor::with_lb_admins(t, node, &[])
+    }
+
+    /// `new`, scraping these lb nodes' admin `/metrics` (with their tokens) instead of
+    /// what the topology says of them (what `rampart up` gives nodes without an admin).
+    pub fn with_lb_admins(
+        t: &Topology,
+        node: &str,
+        lb_admins: &[LbAdmin],
+    ) -> Result<Monitor, MonitorError> {
         let cfg = t.monitor.clone().ok_or(MonitorError::NoMonitor)?;
         if cfg.name != node {
             return Err(MonitorError::UnknownNode(node.into(), cfg.name.clone()));
@@ -129,7 +141,16 @@ impl Monitor {
         let per_series =
             usize::try_from((cfg.retention.as_millis() / interval.as_millis().max(1)).max(2))
                 .unwrap_or(2);
-        let targets = targets::targets(t);
+        let mut targets = targets::targets(t);
+        for a in lb_admins {
+            let Some(tg) = targets
+                .iter_mut()
+                .find(|x| x.job == "lb" && x.instance == a.node)
+            else {
+                return Err(MonitorError::UnknownLbNode(a.node.clone()));
+            };
+            *tg = targets::Target::lb_admin(&a.node, a.address, a.token.clone());
+        }
         let stale = ms(interval * 3 + Duration::from_secs(1));
         let engine = Engine::new(rules::rules(t, interval), stale, 10 * 60 * 1000);
         Ok(Monitor {
@@ -167,7 +188,7 @@ impl Monitor {
             let t = t.clone();
             set.spawn(async move {
                 let start = std::time::Instant::now();
-                let r = client::get(t.addr, &t.path, timeout).await;
+                let r = client::get_auth(t.addr, &t.path, t.bearer.as_deref(), timeout).await;
                 (i, r, start.elapsed())
             });
         }
@@ -403,6 +424,7 @@ async fn post_with_retries(url: &str, body: Value) -> Result<(), String> {
             "POST",
             &path,
             Some("application/json"),
+            None,
             bytes.clone(),
             Duration::from_secs(5),
         )
@@ -416,17 +438,27 @@ async fn post_with_retries(url: &str, body: Value) -> Result<(), String> {
     Err(last)
 }
 
+/// An lb node's admin API given outside the topology (by `rampart up`), with its token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LbAdmin {
+    pub node: String,
+    pub address: SocketAddr,
+    pub token: Option<String>,
+}
+
 /// Options of [`run`].
 pub struct RunOptions {
     pub topology: Topology,
     pub node: String,
     /// Override `[monitor] listen`.
     pub listen: Option<SocketAddr>,
+    /// Scrape these lb admins instead of what the topology says of their nodes.
+    pub lb_admins: Vec<LbAdmin>,
 }
 
 /// Run the monitor until SIGINT or SIGTERM.
 pub async fn run(o: RunOptions) -> Result<(), MonitorError> {
-    let m = Arc::new(Monitor::new(&o.topology, &o.node)?);
+    let m = Arc::new(Monitor::with_lb_admins(&o.topology, &o.node, &o.lb_admins)?);
     let listen = o.listen.unwrap_or(m.cfg.listen);
     let listener = tokio::net::TcpListener::bind(listen)
         .await

@@ -24,6 +24,9 @@ pub struct Target {
     pub addr: SocketAddr,
     pub path: String,
     pub mode: Mode,
+    /// Sent as `Authorization: Bearer` (an lb admin's token); never shown.
+    #[serde(skip)]
+    pub bearer: Option<String>,
 }
 
 impl Target {
@@ -34,6 +37,15 @@ impl Target {
             addr,
             path: path.into(),
             mode,
+            bearer: None,
+        }
+    }
+
+    /// An lb node's admin `/metrics`, read with its token when it has one.
+    pub fn lb_admin(node: &str, admin: SocketAddr, token: Option<String>) -> Target {
+        Target {
+            bearer: token,
+            ..Target::new("lb", node, admin, "/metrics", Mode::Metrics)
         }
     }
 
@@ -85,7 +97,7 @@ pub fn targets(t: &Topology) -> Vec<Target> {
 /// admin`), else a probe of its own entry (`/healthz` through the pool).
 fn lb_target(n: &rampart_topology::lb_section::LbNode) -> Target {
     match n.admin {
-        Some(admin) => Target::new("lb", &n.name, admin, "/metrics", Mode::Metrics),
+        Some(admin) => Target::lb_admin(&n.name, admin, None),
         None => Target::new("lb", &n.name, n.address, "/healthz", Mode::Probe),
     }
 }

@@ -99,5 +99,16 @@ pub fn assign(
             token_file,
         });
     }
+    // The monitor scrapes them (with their tokens) like admins of the topology.
+    for p in procs.iter_mut().filter(|p| p.kind == NodeKind::Monitor) {
+        for a in &out {
+            p.args.extend([
+                "--lb-admin".to_string(),
+                format!("{}={}", a.node, a.address),
+                "--lb-admin-token-file".to_string(),
+                format!("{}={}", a.node, a.token_file.display()),
+            ]);
+        }
+    }
     Ok(out)
 }

@@ -2,4 +2,5 @@
 //! `rampart monitor` processes on loopback.
 
 mod access;
+mod lb_admin;
 mod scrape;

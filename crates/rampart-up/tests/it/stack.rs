@@ -396,6 +396,17 @@ fn default_stack_survives_losing_the_primary_a_web_server_and_a_balancer_and_sto
             v["series"].as_array().is_some_and(|s| !s.is_empty()),
             "{metric}: {v}"
         );
+        if metric == "rampart_listener_requests_total" {
+            // lb2 too, whose admin (and token) `rampart up` gave it, not the topology.
+            for lb in ["lb1", "lb2"] {
+                assert!(
+                    v["series"]
+                        .as_array()
+                        .is_some_and(|s| s.iter().any(|x| x["labels"]["instance"] == lb)),
+                    "{metric} of {lb}: {v}"
+                );
+            }
+        }
     }
     let primaries: Vec<&Value> = nodes
         .iter()
