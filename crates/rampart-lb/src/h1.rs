@@ -484,6 +484,10 @@ enum H {
     Xff,
     Xfp,
     Xfh,
+    /// `Forwarded` (RFC 7239): kept from trusted peers only.
+    Fwd,
+    /// `X-Real-IP`: kept from trusted peers, else set to the peer's address.
+    Xri,
     Hsts,
 }
 
@@ -496,6 +500,8 @@ fn classify(name: &str) -> H {
         6 if is("expect") => H::Expect,
         7 if is("upgrade") => H::Upgrade,
         7 if is("trailer") => H::Hop,
+        9 if is("forwarded") => H::Fwd,
+        9 if is("x-real-ip") => H::Xri,
         10 if is("connection") => H::Connection,
         10 if is("keep-alive") => H::Hop,
         14 if is("content-length") => H::ContentLength,
@@ -641,7 +647,7 @@ fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Parsed {
     let mut host: Option<&[u8]> = None;
     let mut hosts = 0;
     let mut expect = false;
-    let (mut has_xff, mut has_xfp, mut has_xfh) = (false, false, false);
+    let (mut has_xff, mut has_xfp, mut has_xfh, mut has_xri) = (false, false, false, false);
     for h in req.headers.iter() {
         match classify(h.name) {
             H::Connection => {
@@ -678,7 +684,8 @@ fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Parsed {
             H::Xff => has_xff = true,
             H::Xfp => has_xfp = true,
             H::Xfh => has_xfh = true,
-            H::Hop | H::Hsts | H::Other => {}
+            H::Xri => has_xri = true,
+            H::Hop | H::Hsts | H::Fwd | H::Other => {}
         }
     }
     // Smuggling guards (RFC 9112 section 6): the body's framing must be unambiguous, for
@@ -752,7 +759,8 @@ fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Parsed {
             // An absolute-form target's authority is the host (RFC 9112 section 3.2.2).
             H::Host if uri_host.is_some() => continue,
             H::Expect if expect => continue,
-            H::Xfp | H::Xfh if !keep => continue,
+            // What an untrusted client says of its own address or scheme is dropped.
+            H::Xfp | H::Xfh | H::Fwd | H::Xri if !keep => continue,
             _ => {}
         }
         let name = h.name.as_bytes();
@@ -793,6 +801,11 @@ fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Parsed {
     }
     ctx.push_peer_ip(out);
     out.extend_from_slice(b"\r\n");
+    if !(keep && has_xri) {
+        out.extend_from_slice(b"x-real-ip: ");
+        ctx.push_peer_ip(out);
+        out.extend_from_slice(b"\r\n");
+    }
     if !(keep && has_xfp) {
         out.extend_from_slice(if ctx.https {
             b"x-forwarded-proto: https\r\n"
@@ -1960,7 +1973,7 @@ mod tests {
             matches!(&p, Parsed::Complete(r) if r.body == Framing::Chunked),
             "{p:?}"
         );
-        assert!(out.ends_with("transfer-encoding: chunked\r\nx-forwarded-for: 192.0.2.7\r\nx-forwarded-proto: http\r\nx-forwarded-host: a\r\n\r\n"), "{out}");
+        assert!(out.ends_with("transfer-encoding: chunked\r\nx-forwarded-for: 192.0.2.7\r\nx-real-ip: 192.0.2.7\r\nx-forwarded-proto: http\r\nx-forwarded-host: a\r\n\r\n"), "{out}");
         // A POST with an empty body keeps its zero length.
         let (_, out) = parse(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n");
         assert!(out.contains("content-length: 0\r\n"), "{out}");
@@ -2104,6 +2117,10 @@ mod tests {
                 );
                 prop_assert!(count("content-length") == 0 || r.body != Framing::Chunked);
                 prop_assert_eq!(count("x-forwarded-for"), 1);
+                prop_assert_eq!(count("x-real-ip"), 1);
+                if !trusted {
+                    prop_assert_eq!(count("forwarded"), 0);
+                }
                 for h in [
                     "connection",
                     "keep-alive",

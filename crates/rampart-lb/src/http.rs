@@ -31,6 +31,7 @@ use crate::ListenerRt;
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -877,6 +878,11 @@ fn prepare_headers(parts: &mut http::request::Parts, ctx: &ConnCtx, upgrade: boo
         }
     } else {
         h.insert(&X_FORWARDED_FOR, ctx.peer_ip_value());
+        // What an untrusted client says of its own address is dropped.
+        h.remove(header::FORWARDED);
+    }
+    if !(keep && h.contains_key(&X_REAL_IP)) {
+        h.insert(&X_REAL_IP, ctx.peer_ip_value());
     }
     if !(keep && h.contains_key(&X_FORWARDED_PROTO)) {
         let proto = if ctx.https { "https" } else { "http" };

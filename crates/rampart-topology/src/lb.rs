@@ -35,7 +35,9 @@ pub struct LbConfig {
     pub pools: Vec<Pool>,
     /// Global limit on client connections across all listeners.
     pub max_connections: usize,
-    /// Peers whose incoming `X-Forwarded-For` chain is kept and appended to.
+    /// Peers whose incoming `X-Forwarded-For` chain is kept and appended to, and whose
+    /// `X-Forwarded-Proto`/`-Host`, `Forwarded` and `X-Real-IP` are kept (others' are
+    /// replaced by what the balancer saw, `Forwarded` dropped).
     pub trusted_proxies: Vec<Cidr>,
     /// The admin listener (state, stats page, metrics, runtime control); off when `None`.
     pub admin: Option<AdminConfig>,

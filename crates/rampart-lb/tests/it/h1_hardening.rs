@@ -1099,7 +1099,7 @@ async fn hop_by_hop_fields_go_and_framing_fields_stay() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_headers_are_replaced_for_untrusted_clients_and_extended_for_trusted_ones() {
     let r = Recorder::start().await;
-    let spoof = b"GET /xff HTTP/1.1\r\nHost: shop.example\r\nX-Forwarded-For: 6.6.6.6\r\nx-forwarded-for: 7.7.7.7, 8.8.8.8\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.example\r\nConnection: close\r\n\r\n";
+    let spoof = b"GET /xff HTTP/1.1\r\nHost: shop.example\r\nX-Forwarded-For: 6.6.6.6\r\nx-forwarded-for: 7.7.7.7, 8.8.8.8\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.example\r\nForwarded: for=6.6.6.6;proto=https\r\nX-Real-IP: 6.6.6.6\r\nConnection: close\r\n\r\n";
     let lb = lb_for(&r, "").await;
     let (out, _) = exchange(lb.addr, spoof).await;
     assert!(out.ends_with("xff"), "{out}");
@@ -1108,6 +1108,9 @@ async fn forwarded_headers_are_replaced_for_untrusted_clients_and_extended_for_t
     assert_eq!(s.header("x-forwarded-for"), ["127.0.0.1"], "{s:?}");
     assert_eq!(s.header("x-forwarded-proto"), ["http"], "{s:?}");
     assert_eq!(s.header("x-forwarded-host"), ["shop.example"], "{s:?}");
+    // Forwarded and X-Real-IP from an untrusted client are dropped; X-Real-IP is its own.
+    assert!(s.header("forwarded").is_empty(), "{s:?}");
+    assert_eq!(s.header("x-real-ip"), ["127.0.0.1"], "{s:?}");
     no_panic(&lb);
     drop(lb);
     // A trusted peer's chain is kept, in order, and extended.
@@ -1131,6 +1134,8 @@ async fn forwarded_headers_are_replaced_for_untrusted_clients_and_extended_for_t
     );
     assert_eq!(s.header("x-forwarded-proto"), ["https"], "{s:?}");
     assert_eq!(s.header("x-forwarded-host"), ["evil.example"], "{s:?}");
+    assert_eq!(s.header("forwarded"), ["for=6.6.6.6;proto=https"], "{s:?}");
+    assert_eq!(s.header("x-real-ip"), ["6.6.6.6"], "{s:?}");
     assert!(r.errors().is_empty(), "{:#?}", r.errors());
     no_panic(&trusted);
 }
@@ -1185,7 +1190,7 @@ async fn requests_served_by_hyper_keep_the_same_guarantees() {
     let lb = lb_for(&r, "").await;
     let (out, _) = exchange(
         lb.addr,
-        b"GET /h10 HTTP/1.0\r\nHost: a\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n",
+        b"GET /h10 HTTP/1.0\r\nHost: a\r\nX-Forwarded-For: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\n\r\n",
     )
     .await;
     assert!(
@@ -1216,6 +1221,8 @@ async fn requests_served_by_hyper_keep_the_same_guarantees() {
         "{:?}",
         seen[0]
     );
+    assert!(seen[0].header("forwarded").is_empty(), "{:?}", seen[0]);
+    assert_eq!(seen[0].header("x-real-ip"), ["127.0.0.1"], "{:?}", seen[0]);
     assert_eq!(seen[1].body, b"hello", "{:?}", seen[1]);
     // HTTP/1.0 with chunked, or lengths that disagree: refused.
     let cases: &[(&[u8], u16)] = &[
