@@ -66,6 +66,13 @@ const FREE_MAX: usize = 256;
 const FREE_MAX_BIG: usize = 32;
 /// Hop-by-hop header names a request's `Connection` may list; more go to hyper.
 const MAX_CONN_TOKENS: usize = 8;
+/// After the server stopped reading a request body (closed, or reset): how long to wait
+/// for the response it may have sent first.
+const EARLY_RESPONSE_WAIT: Duration = Duration::from_secs(1);
+/// A lingering close reads and drops a client's unread body for at most this long...
+const LINGER: Duration = Duration::from_secs(2);
+/// ... or this many bytes.
+const LINGER_MAX: usize = 4 << 20;
 
 thread_local! {
     static FREE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
@@ -265,6 +272,10 @@ impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
 enum Next {
     KeepAlive,
     Close,
+    /// Close, but the client may still be sending a body nobody reads: read and drop it
+    /// for a while first (a lingering close, as nginx does), so that our response is not
+    /// lost to the reset that closing on unread data would send.
+    Linger,
     /// The h2c preface: hyper's HTTP/2 server takes the connection.
     H2,
     /// Something for hyper's HTTP/1 server (with the bytes read so far).
@@ -327,6 +338,19 @@ pub(crate) async fn serve<T: ClientStream>(
             Next::KeepAlive => {}
             Next::Close => {
                 let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
+                return;
+            }
+            Next::Linger => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
+                let until = Instant::now() + LINGER;
+                let mut sink = [0u8; 4096];
+                let mut dropped = 0usize;
+                while dropped < LINGER_MAX {
+                    match tokio::time::timeout_at(until, io.read(&mut sink)).await {
+                        Ok(Ok(n)) if n > 0 => dropped += n,
+                        _ => break,
+                    }
+                }
                 return;
             }
             Next::H2 => {
@@ -1469,7 +1493,7 @@ async fn attempt_on<T: ClientStream>(
     let mut pooled = upstream::checkout_raw(s, ctx.worker, t.idle, ns_at(started.into_std()));
     let mut may_renew = true;
     let mut ub = Buf::take();
-    let (mut up, info) = 'conn: loop {
+    let (mut up, info, cut) = 'conn: loop {
         let from_pool = pooled.is_some();
         let mut up = match pooled.take() {
             Some(c) => c,
@@ -1504,6 +1528,9 @@ async fn attempt_on<T: ClientStream>(
             return Err(Failure::Sent(e));
         }
         let mut sent_body = false;
+        // The server stopped taking the body (closed, or reset): it may have answered
+        // already (a 413, a 401), which the client should get rather than a 502.
+        let mut cut: Option<io::Error> = None;
         if let Some(mut l) = left {
             if inline > 0 {
                 buf.consume(inline);
@@ -1519,21 +1546,31 @@ async fn attempt_on<T: ClientStream>(
                     .await
                     .map_err(|_| Failure::Client)?;
                 }
-                send_body(io, buf, &mut up, &mut l, s, client_stall, t.response).await?;
+                match send_body(io, buf, &mut up, &mut l, s, client_stall, t.response).await {
+                    Ok(()) => {}
+                    Err(Failure::Sent(e)) => cut = Some(e),
+                    Err(f) => return Err(f),
+                }
             }
             sent_body = true;
         }
-        // The response head; the response timeout runs from the end of the request.
-        let deadline = if sent_body {
+        // The response head; the response timeout runs from the end of the request. After
+        // a cut body, only what the server already sent counts: a moment to read it.
+        let deadline = if cut.is_some() {
+            Instant::now() + EARLY_RESPONSE_WAIT.min(t.response)
+        } else if sent_body {
             Instant::now() + t.response
         } else {
             started + t.response
         };
         loop {
             let n = match tokio::time::timeout_at(deadline, ub.read_from(&mut up, MAX_HEAD)).await {
-                Err(_) => return Err(Failure::Timeout),
+                Err(_) => return Err(cut.take().map_or(Failure::Timeout, Failure::Sent)),
                 Ok(r) => r,
             };
+            if let (Some(e), Ok(0) | Err(_)) = (cut.as_ref(), &n) {
+                return Err(Failure::Sent(io::Error::new(e.kind(), e.to_string())));
+            }
             match n {
                 Ok(0) | Err(_) if ub.is_empty() && from_pool && req.replayable && may_renew => {
                     // A pooled connection the server closed as we used it: once more on
@@ -1546,7 +1583,9 @@ async fn attempt_on<T: ClientStream>(
                 Ok(_) => {}
             }
             loop {
-                let close = req.close || crate::stopping();
+                // After a cut body the client connection ends with this response: the rest
+                // of its body was never read.
+                let close = req.close || crate::stopping() || cut.is_some();
                 let hsts = ctx.hsts().map(|v| v.as_bytes());
                 match parse_response(ub.data(), req.head, close, hsts, out) {
                     RespParsed::Partial => break,
@@ -1554,7 +1593,7 @@ async fn attempt_on<T: ClientStream>(
                     RespParsed::Bad => {
                         return Err(Failure::Sent(io::Error::other("malformed response head")))
                     }
-                    RespParsed::Complete(info) => break 'conn (up, info),
+                    RespParsed::Complete(info) => break 'conn (up, info, cut.is_some()),
                 }
                 if ub.is_empty() {
                     break;
@@ -1613,6 +1652,9 @@ async fn attempt_on<T: ClientStream>(
         // The client saw a response cut short (or the server closed to end it): its
         // connection cannot go on.
         return Ok(Next::Close);
+    }
+    if cut {
+        return Ok(Next::Linger);
     }
     if info.reusable && ub.is_empty() {
         upstream::checkin_raw(s, ctx.worker, up, t.idle, end);

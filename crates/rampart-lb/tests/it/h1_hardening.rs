@@ -1768,3 +1768,84 @@ timeouts = {{ response = "1s" }}
     );
     no_panic(&lb);
 }
+
+/// A backend that answers a request before its body (a 413, say) and closes: with
+/// `graceful`, it shuts its side down and drops the rest of the body; otherwise it closes
+/// with the body unread, which resets the connection.
+async fn early_answer_backend(graceful: bool) -> (SocketAddr, AbortHandle) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut b = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut b).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&b[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large")
+                    .await;
+                if graceful {
+                    let _ = s.shutdown().await;
+                    while matches!(s.read(&mut b).await, Ok(n) if n > 0) {}
+                }
+            });
+        }
+    });
+    (addr, task.abort_handle())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_answers_before_the_body_has_its_answer_reach_the_client() {
+    for graceful in [false, true] {
+        let (addr, backend) = early_answer_backend(graceful).await;
+        let lb = Lb::start_threads(&config(addr, "", ""), 1).await;
+        for _ in 0..3 {
+            let s = TcpStream::connect(lb.addr).await.unwrap();
+            let (mut rd, mut wr) = s.into_split();
+            let total: usize = 64 << 20;
+            let writer = tokio::spawn(async move {
+                let head =
+                    format!("POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: {total}\r\n\r\n");
+                if wr.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = vec![b'x'; 64 * 1024];
+                let mut sent = 0;
+                while sent < total {
+                    if wr.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                    sent += chunk.len();
+                }
+            });
+            let mut got = Vec::new();
+            let mut buf = [0u8; 16384];
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while let Ok(Ok(n)) = tokio::time::timeout_at(deadline.into(), rd.read(&mut buf)).await
+            {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+            writer.abort();
+            let out = String::from_utf8_lossy(&got);
+            assert!(
+                out.starts_with("HTTP/1.1 413 ") && out.ends_with("too large"),
+                "graceful {graceful}: {out:?}"
+            );
+            // The body was cut: the client connection ends with the answer.
+            assert!(
+                graceful || out.to_ascii_lowercase().contains("connection: close"),
+                "graceful {graceful}: {out}"
+            );
+        }
+        no_panic(&lb);
+        backend.abort();
+    }
+}
