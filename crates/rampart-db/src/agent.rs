@@ -16,6 +16,12 @@ use crate::metrics::Metrics;
 use crate::pg::{self, ConfSpec, PgConn, PgCtl, PgStatus};
 use crate::watchdog::Watchdog;
 
+/// A replica whose PostgreSQL, pointed at the leader, does not answer (reach a consistent
+/// state) for this long is repaired: rewound, or re-cloned.
+const UNREADY_REPLICA_TIMEOUT: Duration = Duration::from_secs(60);
+/// ... or for this long when its log shows that it diverged from the leader's timeline.
+const UNREADY_DIVERGED_AFTER: Duration = Duration::from_secs(5);
+
 /// What the HTTP API serves; refreshed every loop.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -97,6 +103,8 @@ pub struct Agent {
     sync_configured: Option<String>,
     sync_mark: u64,
     following: Option<Option<String>>,
+    /// When PostgreSQL was (re)started or re-pointed to follow the leader it follows.
+    pointed_at_leader_since: Option<Instant>,
     last_leader: Option<String>,
     last_leader_lsn: Option<u64>,
     /// The timeline this agent last saw the leader run on (besides `/timeline`).
@@ -194,6 +202,7 @@ impl Agent {
             sync_configured: None,
             sync_mark: 0,
             following: None,
+            pointed_at_leader_since: None,
             last_leader: None,
             last_leader_lsn: None,
             leader_timeline_seen: None,
@@ -393,7 +402,11 @@ impl Agent {
         let obs = self.observe(&keys, dcs_ok, status.as_ref());
         self.log_timeline_verdict(&obs);
         let action = if self.child.is_some() && status.is_none() {
-            Action::Wait("postgres starting or not answering")
+            self.repoint_unready_replica(&keys, dcs_ok);
+            match self.unready_replica_gives_up(&keys) {
+                Some(leader) => Action::Rewind { from: leader },
+                None => Action::Wait("postgres starting or not answering"),
+            }
         } else {
             decide(&obs)
         };
@@ -753,6 +766,63 @@ impl Agent {
         })
     }
 
+    /// A replica whose PostgreSQL runs but does not answer yet (it has not reached a
+    /// consistent state: say after a pg_rewind cut short, it needs WAL up to its minimum
+    /// recovery point) may have been started following nobody, during a vacancy: point it
+    /// at the leader once there is one, by SIGHUP (`primary_conninfo` is reloadable), or
+    /// it would wait for WAL forever.
+    fn repoint_unready_replica(&mut self, keys: &Keys, dcs_ok: bool) {
+        let Some(leader) = keys.leader.as_ref().map(|kv| kv.value_str()) else {
+            return;
+        };
+        if !dcs_ok || leader == self.node.name || !self.ctl.is_standby() {
+            return;
+        }
+        if self.following.as_ref() == Some(&Some(leader.clone())) {
+            return;
+        }
+        let Some(pid) = self.child.as_ref().and_then(|c| c.id()) else {
+            return;
+        };
+        let conf = match self.conf(Some(&leader)) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot build the replica configuration");
+                return;
+            }
+        };
+        if let Err(e) = self.ctl.write_conf(&conf) {
+            tracing::warn!(error = %e, "cannot write the replica configuration");
+            return;
+        }
+        if pg::reload_by_signal(pid as i32) {
+            tracing::info!(leader = %leader, "postgres not answering yet: pointing its replication at the leader (SIGHUP)");
+            self.following = Some(Some(leader));
+            self.pointed_at_leader_since = Some(Instant::now());
+            self.not_streaming_since = None;
+        }
+    }
+
+    /// A replica pointed at the leader that still does not answer after
+    /// `UNREADY_REPLICA_TIMEOUT` will not get consistent (its data is broken): the leader
+    /// to rewind from, or re-clone (what `Rewind` falls back to).
+    fn unready_replica_gives_up(&self, keys: &Keys) -> Option<String> {
+        let leader = keys.leader.as_ref().map(|kv| kv.value_str())?;
+        let since = self.pointed_at_leader_since?;
+        (leader != self.node.name
+            && self.ctl.is_standby()
+            && self.following.as_ref() == Some(&Some(leader.clone()))
+            && (since.elapsed() > UNREADY_REPLICA_TIMEOUT
+                || (since.elapsed() > UNREADY_DIVERGED_AFTER
+                    && (diverged_in_log(&self.ctl.log_path())
+                        || stuck_at_timeline_end(&self.ctl.log_path())))))
+            .then(|| {
+                tracing::warn!(leader = %leader, postgres_says = %last_problem(&self.ctl.log_path()),
+                    "replica postgres still not answering though pointed at the leader: repairing it");
+                leader
+            })
+    }
+
     async fn start_pg(&mut self, primary: bool, follow: Option<&str>) -> Result<(), DbError> {
         let spec = self.conf(follow)?;
         self.ctl.write_conf(&spec)?;
@@ -765,14 +835,22 @@ impl Agent {
         self.started_at = Some(Instant::now());
         self.child = Some(child);
         self.following = Some(follow.map(String::from));
+        self.pointed_at_leader_since = follow.map(|_| Instant::now());
         self.not_streaming_since = None;
         self.demoted = false;
         self.conn.reset();
         if primary {
             self.arm_watchdog();
         }
-        // Wait until it answers (crash recovery may take a moment).
-        let deadline = Instant::now() + Duration::from_secs(60);
+        // Wait until it answers (crash recovery may take a moment). A replica that takes
+        // longer (a long recovery, or WAL it must receive first) is left starting: the
+        // loop goes on — lease, member record, pointing it at the leader — and watches it.
+        let wait = if primary {
+            Duration::from_secs(60)
+        } else {
+            (self.cfg.loop_wait * 4).max(Duration::from_secs(2))
+        };
+        let deadline = Instant::now() + wait;
         while Instant::now() < deadline {
             if let Some(c) = self.child.as_mut() {
                 if let Ok(Some(st)) = c.try_wait() {
@@ -796,6 +874,13 @@ impl Agent {
                 ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if !primary {
+            tracing::info!(
+                waited_ms = wait.as_millis() as u64,
+                "replica postgres not answering yet (recovering): leaving it starting"
+            );
+            return Ok(());
         }
         Err(DbError::Other(
             "postgres did not answer within 60 s of starting".into(),
@@ -1416,6 +1501,21 @@ fn diverged_in_log(log: &std::path::Path) -> bool {
     since_start.contains("forked off current database system timeline")
 }
 
+/// A replica that streamed to the end of its timeline on the leader and found no newer
+/// one to switch to (it had replayed past the fork point), and waits for WAL that will
+/// never come: only a rewind or a new copy helps.
+fn stuck_at_timeline_end(log: &std::path::Path) -> bool {
+    let tail = log_tail(log);
+    let since_start = tail.rsplit("starting PostgreSQL").next().unwrap_or("");
+    let Some(end) = since_start.rfind("End of WAL reached on timeline") else {
+        return false;
+    };
+    let switched = since_start
+        .rfind("new target timeline is")
+        .is_some_and(|i| i > end);
+    !switched && since_start[end..].contains("waiting for WAL to become available")
+}
+
 fn log_tail(log: &std::path::Path) -> String {
     use std::io::{Read, Seek, SeekFrom};
     let Ok(mut f) = std::fs::File::open(log) else {
@@ -1519,5 +1619,43 @@ fn disk_nearly_full(dir: &std::path::Path) -> bool {
             total > 0 && avail < (total / 100).clamp(64 * MB, 1024 * MB)
         }
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn log_with(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("postgres.log");
+        std::fs::write(&p, text).unwrap();
+        (d, p)
+    }
+
+    #[test]
+    fn a_replica_waiting_past_the_end_of_its_timeline_is_seen_stuck() {
+        // What a replica left half-rewound printed, pointed at the new leader (PG 15).
+        let stuck = "LOG:  starting PostgreSQL 15.14\n\
+            LOG:  entering standby mode\n\
+            LOG:  waiting for WAL to become available at 0/4002000\n\
+            LOG:  restarted WAL streaming at 0/4000000 on timeline 19\n\
+            LOG:  replication terminated by primary server\n\
+            DETAIL:  End of WAL reached on timeline 19 at 0/403B198.\n\
+            LOG:  waiting for WAL to become available at 0/403B1B0\n";
+        let (_d, p) = log_with(stuck);
+        assert!(stuck_at_timeline_end(&p));
+        // A replica that switched to the new timeline is not.
+        let switched = format!("{stuck}LOG:  new target timeline is 20\nLOG:  restarted WAL streaming at 0/4000000 on timeline 20\n");
+        let (_d, p) = log_with(&switched);
+        assert!(!stuck_at_timeline_end(&p));
+        // Nor one still replaying before any end of timeline, nor a restarted one.
+        let (_d, p) = log_with("LOG:  starting PostgreSQL 15.14\nLOG:  waiting for WAL to become available at 0/4002000\n");
+        assert!(!stuck_at_timeline_end(&p));
+        let (_d, p) = log_with(&format!(
+            "{stuck}LOG:  starting PostgreSQL 15.14\nLOG:  entering standby mode\n"
+        ));
+        assert!(!stuck_at_timeline_end(&p));
     }
 }

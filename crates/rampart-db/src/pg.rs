@@ -638,6 +638,12 @@ pub async fn stop_child(child: &mut Child, immediate: bool, timeout: Duration) {
     }
 }
 
+/// Make the postmaster re-read its configuration (SIGHUP): works while it does not accept
+/// connections yet, when `pg_reload_conf()` cannot be called.
+pub fn reload_by_signal(pid: i32) -> bool {
+    kill(Pid::from_raw(pid), Signal::SIGHUP).is_ok()
+}
+
 /// SIGSTOP the postmaster (no new backends), SIGKILL every child, then the postmaster.
 /// Used when a primary must stop accepting writes *now* (the fencing path).
 pub fn kill_tree(pid: i32) {
