@@ -1507,7 +1507,13 @@ fn diverged_in_log(log: &std::path::Path) -> bool {
 fn stuck_at_timeline_end(log: &std::path::Path) -> bool {
     let tail = log_tail(log);
     let since_start = tail.rsplit("starting PostgreSQL").next().unwrap_or("");
-    let Some(end) = since_start.rfind("End of WAL reached on timeline") else {
+    let Some(end) = [
+        "End of WAL reached on timeline",
+        "contains no more WAL on requested timeline",
+    ]
+    .iter()
+    .filter_map(|m| since_start.rfind(m))
+    .max() else {
         return false;
     };
     let switched = since_start
@@ -1650,6 +1656,13 @@ mod tests {
         let switched = format!("{stuck}LOG:  new target timeline is 20\nLOG:  restarted WAL streaming at 0/4000000 on timeline 20\n");
         let (_d, p) = log_with(&switched);
         assert!(!stuck_at_timeline_end(&p));
+        // The other way PostgreSQL says it (the leader has nothing newer on that timeline).
+        let (_d, p) = log_with(
+            "LOG:  starting PostgreSQL 15.14\n\
+            LOG:  primary server contains no more WAL on requested timeline 35\n\
+            LOG:  waiting for WAL to become available at 0/D000040\n",
+        );
+        assert!(stuck_at_timeline_end(&p));
         // Nor one still replaying before any end of timeline, nor a restarted one.
         let (_d, p) = log_with("LOG:  starting PostgreSQL 15.14\nLOG:  waiting for WAL to become available at 0/4002000\n");
         assert!(!stuck_at_timeline_end(&p));
