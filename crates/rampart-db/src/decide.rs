@@ -281,16 +281,40 @@ pub fn may_take_leader(o: &Observed) -> Result<&'static str, &'static str> {
         return Ok("running primary re-taking its key");
     }
     if o.synchronous {
-        return match &o.sync {
+        let why = match &o.sync {
             Some(s) if s.sync_standby.as_deref() == Some(o.me.as_str()) => {
-                Ok("synchronous standby: has every acknowledged commit")
+                "synchronous standby: has every acknowledged commit"
             }
             // The last primary recorded in /sync wrote every acknowledged commit itself.
             Some(s) if s.leader == o.me => {
-                Ok("former primary recorded in /sync: has every acknowledged commit")
+                "former primary recorded in /sync: has every acknowledged commit"
             }
-            _ => Err("synchronous mode: only the synchronous standby may promote"),
+            _ => return Err("synchronous mode: only the synchronous standby may promote"),
         };
+        // Both may promote; the one with more WAL goes first (during its grace): the
+        // former primary restarted after a clean stop holds its shutdown checkpoint, which
+        // the standby may lack, and the other would have to be rewound.
+        let eligible = |p: &Peer| {
+            o.sync
+                .as_ref()
+                .is_some_and(|s| s.leader == p.name || s.sync_standby.as_deref() == Some(&p.name))
+        };
+        let better = o.peers.iter().any(|p| {
+            eligible(p)
+                && p.name != o.me
+                && !p.nofailover
+                && p.seen_for < PEER_GRACE
+                && p.running
+                && p.in_recovery
+                && p.timeline_known
+                && timeline_ok(o, p.timeline, true).is_ok()
+                && (p.timeline, p.wal_lsn, std::cmp::Reverse(&p.name))
+                    > (pg.timeline, pg.wal_lsn, std::cmp::Reverse(&o.me))
+        });
+        if better {
+            return Err("the other node that may promote has more WAL: it goes first");
+        }
+        return Ok(why);
     }
     // Lag is measured on what the replica has *replayed* (what `list` shows): a replica
     // further behind would first have to replay that much before taking writes, and one
@@ -699,6 +723,39 @@ mod tests {
             starting: false,
             seen_for: Duration::ZERO,
         }
+    }
+
+    #[test]
+    fn synchronous_mode_the_eligible_node_with_more_wal_goes_first() {
+        // A clean restart of the whole cluster: the former primary (db1, recorded in
+        // /sync) holds its shutdown checkpoint, which the sync standby (db2) lacks.
+        let mut o = base();
+        o.synchronous = true;
+        o.sync = Some(SyncKey {
+            leader: "db1".into(),
+            sync_standby: Some("db2".into()),
+        });
+        o.peers.push(peer("db1", 1, 1100));
+        o.peers.push(peer("db3", 1, 5000)); // not eligible: never counts
+        assert_eq!(
+            decide(&o),
+            Action::Wait("the other node that may promote has more WAL: it goes first")
+        );
+        // Its grace is over (it could not take the key): the standby goes on.
+        o.peers[0].seen_for = PEER_GRACE;
+        assert!(matches!(decide(&o), Action::TakeLeader { .. }));
+        // With less WAL it never held the standby up.
+        o.peers[0].seen_for = Duration::ZERO;
+        o.peers[0].wal_lsn = 900;
+        assert!(matches!(decide(&o), Action::TakeLeader { .. }));
+        // The former primary itself, with more WAL than the standby: it goes.
+        let mut f = o.clone();
+        f.me = "db1".into();
+        f.peers = vec![peer("db2", 1, 900), peer("db3", 1, 5000)];
+        assert!(matches!(decide(&f), Action::TakeLeader { .. }));
+        // ... and with less, it waits for the standby.
+        f.peers[0].wal_lsn = 1100;
+        assert!(matches!(decide(&f), Action::Wait(_)));
     }
 
     #[test]
