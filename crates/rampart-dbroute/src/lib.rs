@@ -16,6 +16,7 @@
 pub mod plan;
 mod pool;
 mod source;
+pub mod tls;
 pub mod token;
 
 use std::collections::HashMap;
@@ -63,6 +64,9 @@ pub struct ConnParams {
     pub password: Option<String>,
     pub application_name: String,
     pub connect_timeout: Duration,
+    /// Connect over TLS (sslmode=require, the server verified against this CA: chain and
+    /// host name); plain TCP when `None`.
+    pub tls: Option<tls::MakeRustls>,
 }
 
 impl Default for ConnParams {
@@ -73,6 +77,7 @@ impl Default for ConnParams {
             password: None,
             application_name: "rampart".into(),
             connect_timeout: Duration::from_secs(2),
+            tls: None,
         }
     }
 }

@@ -18,6 +18,7 @@ use crate::RouteError;
 pub(crate) struct NodePool {
     pub(crate) name: String,
     config: tokio_postgres::Config,
+    tls: Option<crate::tls::MakeRustls>,
     idle: Mutex<Vec<Client>>,
     slots: Arc<Semaphore>,
     in_flight: AtomicU32,
@@ -43,9 +44,13 @@ impl NodePool {
         if let Some(p) = &params.password {
             config.password(p.as_bytes());
         }
+        if params.tls.is_some() {
+            config.ssl_mode(tokio_postgres::config::SslMode::Require);
+        }
         NodePool {
             name: name.to_string(),
             config,
+            tls: params.tls.clone(),
             idle: Mutex::new(Vec::new()),
             slots: Arc::new(Semaphore::new(size.max(1))),
             in_flight: AtomicU32::new(0),
@@ -94,24 +99,40 @@ impl NodePool {
 
     /// A fresh connection outside the pool's slots (for probes).
     pub(crate) async fn connect(&self) -> Result<Client, RouteError> {
-        let (client, conn) =
-            tokio::time::timeout(self.checkout_timeout, self.config.connect(NoTls))
-                .await
-                .map_err(|_| RouteError::Connect {
-                    node: self.name.clone(),
-                    reason: "connect timed out".into(),
-                })?
-                .map_err(|e| RouteError::Connect {
-                    node: self.name.clone(),
-                    reason: e.to_string(),
-                })?;
+        let timed_out = || RouteError::Connect {
+            node: self.name.clone(),
+            reason: "connect timed out".into(),
+        };
+        let failed = |e: tokio_postgres::Error| RouteError::Connect {
+            node: self.name.clone(),
+            reason: e.to_string(),
+        };
         let name = self.name.clone();
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
+        let ended = move |r: Result<(), tokio_postgres::Error>| {
+            if let Err(e) = r {
                 tracing::debug!(node = %name, error = %e, "database connection ended");
             }
-        });
-        Ok(client)
+        };
+        match &self.tls {
+            Some(tls) => {
+                let (client, conn) =
+                    tokio::time::timeout(self.checkout_timeout, self.config.connect(tls.clone()))
+                        .await
+                        .map_err(|_| timed_out())?
+                        .map_err(failed)?;
+                tokio::spawn(async move { ended(conn.await) });
+                Ok(client)
+            }
+            None => {
+                let (client, conn) =
+                    tokio::time::timeout(self.checkout_timeout, self.config.connect(NoTls))
+                        .await
+                        .map_err(|_| timed_out())?
+                        .map_err(failed)?;
+                tokio::spawn(async move { ended(conn.await) });
+                Ok(client)
+            }
+        }
     }
 
     /// Drop every idle connection (the node changed role or went away).

@@ -251,6 +251,11 @@ mod tests {
             let tls = t.db.as_ref().unwrap().replication_tls.clone().unwrap();
             assert_eq!(tls.ca, dir.join("data/tls/ca.crt"));
             assert_eq!(tls.key, dir.join("data/tls/db.key"));
+            // ... and the guestbook connects to them over TLS, verified against that CA.
+            for w in &t.web {
+                let db = w.database.as_ref().unwrap();
+                assert_eq!(db.tls_ca.as_deref(), Some(tls.ca.as_path()), "{}", w.name);
+            }
         }
         let _ = std::fs::remove_dir_all(&dir);
     }

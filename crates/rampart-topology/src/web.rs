@@ -130,6 +130,10 @@ pub struct DatabaseConfig {
     pub max_lag_bytes: u64,
     pub read_wait: Duration,
     pub pool_size: usize,
+    /// With `[tls] replication` and a `[db]` in the same file (the db nodes run with
+    /// `ssl = on` and a certificate of the stack's CA): connect over TLS, verifying the
+    /// nodes against this CA.
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 impl DatabaseConfig {
@@ -142,6 +146,7 @@ impl DatabaseConfig {
             max_lag_bytes: 16 * 1024 * 1024,
             read_wait: Duration::from_millis(200),
             pool_size: 16,
+            tls_ca: None,
         }
     }
 }
@@ -494,6 +499,13 @@ fn validate_db(
             errs.push(src.error_at(p.span(), "pool_size must be 1..=1000"));
         }
         c.pool_size = *p.get_ref() as usize;
+    }
+    if let (Some(t), Some(_)) = (&file.tls, &file.db) {
+        // [tls] errors are reported by its own validation.
+        let mut elsewhere = Vec::new();
+        c.tls_ca = crate::security::validate_tls(src, cluster.name.get_ref(), t, &mut elsewhere)
+            .filter(|t| t.replication)
+            .map(|t| t.trust_file());
     }
     Some(c)
 }

@@ -55,6 +55,8 @@ pub enum WebError {
     },
     #[error("start the runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("database TLS: {0}")]
+    DbTls(String),
     #[error("serve: {0}")]
     Serve(std::io::Error),
     #[error("install signal handlers: {0}")]
@@ -124,6 +126,13 @@ pub fn build_node(cfg: &WebConfig) -> Result<Arc<Node>, WebError> {
                 password: db.password.clone(),
                 application_name: format!("rampart-web-{}", cfg.name),
                 connect_timeout: Duration::from_secs(2),
+                tls: match &db.tls_ca {
+                    None => None,
+                    Some(ca) => Some(
+                        rampart_dbroute::tls::MakeRustls::from_ca_file(ca)
+                            .map_err(WebError::DbTls)?,
+                    ),
+                },
             };
             rc.max_lag_bytes = db.max_lag_bytes;
             rc.read_wait = db.read_wait;

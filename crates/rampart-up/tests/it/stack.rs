@@ -170,6 +170,23 @@ fn replicas_over_tls(config: &Path) -> Result<String, String> {
     }
 }
 
+/// On the primary: the guestbook's connections (application `rampart-web-*`) use TLS.
+fn app_connections_over_tls(config: &Path) -> Result<String, String> {
+    let port = primary_port(config).ok_or("no primary")?;
+    let rows = psql(
+        port,
+        "user=postgres sslmode=disable",
+        "SELECT application_name || '=' || ssl FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+         WHERE application_name LIKE 'rampart-web-%' ORDER BY 1",
+    )?;
+    let lines: Vec<&str> = rows.lines().collect();
+    if !lines.is_empty() && lines.iter().all(|l| l.ends_with("=true")) {
+        Ok(rows)
+    } else {
+        Err(format!("guestbook connections: {rows:?}"))
+    }
+}
+
 fn status(config: &Path) -> Vec<Value> {
     let out = rampart(&["status", "--config", config.to_str().unwrap(), "--json"]);
     assert!(
@@ -419,6 +436,15 @@ fn default_stack_survives_losing_the_primary_a_web_server_and_a_balancer_and_sto
     for i in 0..20 {
         ids.push(post(&site, &format!("before the drills {i}")).expect("post through the lb"));
     }
+    // ... and the guestbook wrote them over TLS too (verified against the stack's CA).
+    assert!(
+        wait_until(Duration::from_secs(10), || app_connections_over_tls(
+            &config
+        )
+        .is_ok()),
+        "{:?}",
+        app_connections_over_tls(&config)
+    );
     // Each balancer's stats page answers, status gives its request rate (lb2's through
     // the admin up gave it), and the HTTPS listener counted the posts (both balancers
     // together, SO_REUSEPORT spreads them).
