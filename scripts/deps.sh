@@ -11,11 +11,17 @@ want=(
   haproxy              # benchmark anchor
   nginx-light          # benchmark anchor and test backend
   wrk                  # load generator
-  protobuf-compiler    # etcd-client's build needs protoc
+  protobuf-compiler    # etcd-client's build needs protoc ...
+  libprotobuf-dev      # ... and its include files (only a Recommends of protobuf-compiler)
+  gcc                  # a C compiler and linker: ring and build scripts (absent from minimal Debian)
+  libc6-dev            # crt files and libc headers the linker needs
+  pkg-config
   nftables             # firewall rulesets and partition tests
   iproute2             # network namespaces
   curl
   ca-certificates
+  openssl              # the CLI: rampart up makes the stack's CA and certificates with it
+  procps               # ps, pkill: test clean-up checks and scripts
   chromium             # headless: the lb stats page test renders the page
 )
 

@@ -201,15 +201,38 @@ mod tests {
         .is_err());
     }
 
+    /// Reads one request from `s`: the head up to its blank line, then the body its
+    /// `Content-Length` announces (the test's 5 s read timeout bounds the wait).
+    fn read_whole_request(s: &mut std::net::TcpStream) -> String {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        loop {
+            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                if got.len() >= end + 4 + len {
+                    return String::from_utf8_lossy(&got).into_owned();
+                }
+            }
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "the client closed before its request was complete: {got:?}");
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+
     #[test]
     fn a_real_round_trip() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let t = std::thread::spawn(move || {
             let (mut s, _) = l.accept().unwrap();
-            let mut buf = [0u8; 1024];
-            let n = s.read(&mut buf).unwrap();
-            let req = String::from_utf8_lossy(&buf[..n]).into_owned();
+            // The client may write the head and the body separately: read until the head
+            // is complete and then the body its Content-Length announces, never one read().
+            let req = read_whole_request(&mut s);
             s.write_all(b"HTTP/1.1 201 Created\r\nX-A: b\r\nContent-Length: 3\r\n\r\nyes")
                 .unwrap();
             req
