@@ -188,6 +188,32 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// How many TCP connections on this host are established with `port` as their *local*
+/// port: the server side of connections to a listener on `port` (read from
+/// `/proc/net/tcp` and `/proc/net/tcp6`). It drops to zero once no process serves such a
+/// connection any more, e.g. every backend of a killed server has exited.
+pub fn established_on_port(port: u16) -> usize {
+    const ESTABLISHED: &str = "01";
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter(|l| {
+                    // sl local_address rem_address st ...
+                    let mut f = l.split_whitespace();
+                    let local = f.nth(1).and_then(|a| a.rsplit(':').next());
+                    let state = f.nth(1);
+                    local.and_then(|p| u16::from_str_radix(p, 16).ok()) == Some(port)
+                        && state == Some(ESTABLISHED)
+                })
+                .count()
+        })
+        .sum()
+}
+
 /// The tests' HTTP client is the workspace's one (`rampart-http1`), with a 5 s connect
 /// and a 30 s read timeout and no size limit.
 pub use rampart_http1::Response as HttpResponse;
@@ -264,4 +290,27 @@ pub fn pg_bin_dir() -> PathBuf {
 pub fn etcd_bin() -> PathBuf {
     find_program("etcd", &["/usr/bin", "/usr/local/bin"])
         .expect("etcd not found: apt-get install etcd-server")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn established_on_port_counts_the_server_side_until_it_closes() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert_eq!(
+            established_on_port(port),
+            0,
+            "a listener is not a connection"
+        );
+        let _client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (served, _) = l.accept().unwrap();
+        assert_eq!(established_on_port(port), 1);
+        drop(served);
+        assert!(wait_until(Duration::from_secs(5), || established_on_port(
+            port
+        ) == 0));
+    }
 }

@@ -79,13 +79,20 @@ async fn follows_the_leader_key_in_etcd() {
         .put(&format!("{p}/leader"), b"db2", None)
         .await
         .expect("put");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let t = r.topology();
-    assert_eq!(
-        t.primary().map(|i| t.nodes[i].name.as_str()),
-        Some("db2"),
-        "the watch delivered the new leader key"
-    );
+    // Polled, not a fixed pause: with polling once a minute, only the watch can bring it
+    // within these 5 s.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let t = r.topology();
+        if t.primary().map(|i| t.nodes[i].name.as_str()) == Some("db2") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the watch did not deliver the new leader key: {t:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let writer = tokio::spawn({
         let r = r.clone();
         async move {

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::support::{http_config, servers, Backend, Client, Lb};
+use crate::support::{http_config, servers, wait_for, Backend, Client, Lb};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weighted_round_robin_gives_exact_shares() {
@@ -154,7 +154,16 @@ async fn source_ip_hash_is_sticky_and_remaps_little() {
     }
     // Remove one server: only its clients move (about 1/3); the others stay.
     bs[2].kill();
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Measured once the health check has taken c out, not after a fixed pause.
+    assert!(
+        wait_for(
+            || lb.proc.log_text().contains("server is DOWN"),
+            Duration::from_secs(5)
+        )
+        .await,
+        "c never went down:\n{}",
+        lb.proc.log_text()
+    );
     let mut moved_others = 0;
     for ip in &clients {
         let mut cl = Client::connect_from(lb.addr, ip).await.unwrap();

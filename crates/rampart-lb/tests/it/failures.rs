@@ -1,6 +1,6 @@
 //! Health transitions, retries, timeouts, limits: what clients see when servers fail.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::Request;
 
-use crate::support::{get_once, http_config, servers, Backend, Client, Lb};
+use crate::support::{get_once, http_config, servers, wait_for, Backend, Client, Lb};
 
 const FAST_CHECKS: &str =
     "[pool.health_check]\nkind = \"http\"\npath = \"/health\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\nrise = 2\nfall = 2\njitter = \"20ms\"";
@@ -67,16 +67,16 @@ async fn killing_a_backend_under_load_gives_no_client_errors() {
     ))
     .await;
     let ok = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for _ in 0..4 {
         let addr = lb.addr;
-        let ok = ok.clone();
+        let (ok, stop) = (ok.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             // Keep-alive clients: the lb's pooled connections to the killed backend go stale.
             let mut cl = Client::connect(addr).await.unwrap();
-            let deadline = Instant::now() + Duration::from_millis(2500);
             let mut errors = Vec::new();
-            while Instant::now() < deadline {
+            while !stop.load(Ordering::Relaxed) {
                 match cl.get("/").await {
                     Ok((200, _)) => {
                         ok.fetch_add(1, Ordering::Relaxed);
@@ -88,10 +88,17 @@ async fn killing_a_backend_under_load_gives_no_client_errors() {
             errors
         }));
     }
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let b_before = b.hits();
-    assert!(b_before > 0, "b got no traffic before the kill");
+    // The load reaches both servers (not a fixed pause: a slow start must not fail it),
+    // then b dies under it and the load goes on for a while.
+    assert!(
+        wait_for(|| a.hits() > 0 && b.hits() > 0, Duration::from_secs(10)).await,
+        "the load never reached both servers before the kill: a {}, b {}",
+        a.hits(),
+        b.hits()
+    );
     b.kill();
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    stop.store(true, Ordering::Relaxed);
     let mut errors = Vec::new();
     for t in tasks {
         errors.extend(t.await.unwrap());
@@ -127,7 +134,11 @@ async fn a_post_whose_body_was_sent_is_not_retried() {
             .unwrap();
         cl.request(req).await.unwrap()
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The POST has reached a server (which answers only 300 ms later): kill that one.
+    assert!(
+        wait_for(|| a.hits() + b.hits() > 0, Duration::from_secs(5)).await,
+        "the POST reached no server"
+    );
     let (victim, other) = if a.hits() == 1 { (&a, &b) } else { (&b, &a) };
     assert_eq!(victim.hits(), 1);
     victim.kill();
@@ -149,8 +160,12 @@ async fn a_post_whose_body_was_sent_is_not_retried() {
     .await;
     let addr = lb2.addr;
     let get = tokio::spawn(async move { get_once(addr, "/").await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        wait_for(|| c.hits() + d.hits() > 0, Duration::from_secs(5)).await,
+        "the GET reached no server"
+    );
     let (victim, other) = if c.hits() == 1 { (&c, &d) } else { (&d, &c) };
+    assert_eq!(victim.hits(), 1);
     victim.kill();
     let (st, body) = get.await.unwrap();
     assert_eq!((st, body.as_str()), (200, other.name.as_str()));
@@ -245,7 +260,11 @@ async fn full_server_queues_then_503_on_queue_timeout() {
     .await;
     let addr = lb.addr;
     let first = tokio::spawn(async move { get_once(addr, "/").await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The first request holds the only slot (the server has it) before the second comes.
+    assert!(
+        wait_for(|| a.hits() == 1, Duration::from_secs(5)).await,
+        "the first request never reached the server"
+    );
     let t = Instant::now();
     let (st, body) = get_once(lb.addr, "/").await;
     let waited = t.elapsed();
@@ -260,18 +279,10 @@ async fn full_server_queues_then_503_on_queue_timeout() {
     // A queued request that gets a slot in time is served.
     a.delay_ms.store(100, Ordering::Relaxed);
     let first = tokio::spawn(async move { get_once(addr, "/").await });
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(
+        wait_for(|| a.hits() == 2, Duration::from_secs(5)).await,
+        "the first request never reached the server"
+    );
     assert_eq!(get_once(lb.addr, "/").await, (200, "a".to_string()));
     assert_eq!(first.await.unwrap().0, 200);
-}
-
-async fn wait_for(mut f: impl FnMut() -> bool, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    f()
 }

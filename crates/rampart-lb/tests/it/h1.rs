@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 
-use crate::support::{http_config, servers, Backend, Lb};
+use crate::support::{http_config, read_until, servers, Backend, Lb};
 
 /// A backend speaking raw HTTP/1.1 with canned answers by path, so that every framing
 /// (chunked with trailers, until close, 1xx, 204, HEAD) is exercised exactly.
@@ -108,21 +108,6 @@ servers = [{{ name = "raw", address = "{addr}" }}]
 health_check = {{ kind = "none" }}
 "#
     )
-}
-
-/// Read from `s` until `done` says the text so far is complete (or 5 s pass).
-async fn read_until(s: &mut TcpStream, done: impl Fn(&str) -> bool) -> String {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 8192];
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !done(&String::from_utf8_lossy(&got)) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, s.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-        }
-    }
-    String::from_utf8_lossy(&got).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,7 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 
-use crate::support::Lb;
+use crate::support::{read_until, Lb};
 
 /// One request as the backend received it.
 #[derive(Debug, Clone)]
@@ -63,6 +63,10 @@ struct Record {
     errors: Vec<String>,
     /// Connections the balancer closed (the backend saw their end).
     closed: Vec<u64>,
+    /// Paths whose head has arrived (recorded before the body is read).
+    heads: Vec<String>,
+    /// Paths whose scripted answer was written out in full.
+    answered: Vec<String>,
 }
 
 /// A raw HTTP/1.1 backend that records every request (strictly parsed) and answers by path.
@@ -265,8 +269,13 @@ impl Recorder {
 
     /// Wait (up to 5 s) until `f` holds for what was seen.
     async fn wait(&self, what: &str, f: impl Fn(&[Seen]) -> bool) {
+        self.wait_record(what, |r| f(&r.seen)).await;
+    }
+
+    /// Wait (up to 5 s) until `f` holds for the whole record (heads, answers, closes).
+    async fn wait_record(&self, what: &str, f: impl Fn(&Record) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !f(&self.seen()) {
+        while !f(&self.rec.lock().unwrap()) {
             assert!(
                 Instant::now() < deadline,
                 "backend never saw {what}: {:#?}",
@@ -274,6 +283,12 @@ impl Recorder {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// How many heads for `path` have arrived so far.
+    fn heads(&self, path: &str) -> usize {
+        let r = self.rec.lock().unwrap();
+        r.heads.iter().filter(|p| *p == path).count()
     }
 }
 
@@ -328,6 +343,8 @@ async fn serve_one(rd: &mut Reader, conn: u64, rec: &Mutex<Record>) -> bool {
     if count("transfer-encoding") > 1 || te.as_deref().is_some_and(|t| t != "chunked") {
         errors.push(format!("Transfer-Encoding other than chunked in {head:?}"));
     }
+    let path = head.split(' ').nth(1).unwrap_or("").to_string();
+    rec.lock().unwrap().heads.push(path);
     let mut seen = Seen {
         conn,
         head,
@@ -414,6 +431,7 @@ async fn serve_one(rd: &mut Reader, conn: u64, rec: &Mutex<Record>) -> bool {
             return false;
         }
     }
+    rec.lock().unwrap().answered.push(path);
     !close
 }
 
@@ -466,21 +484,6 @@ async fn read_to_close(s: &mut TcpStream, limit: Duration) -> (String, bool) {
         }
     };
     (String::from_utf8_lossy(&got).into_owned(), closed)
-}
-
-/// Read until `done` holds (or 5 s pass).
-async fn read_until(s: &mut TcpStream, done: impl Fn(&str) -> bool) -> String {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 16384];
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !done(&String::from_utf8_lossy(&got)) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, s.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-        }
-    }
-    String::from_utf8_lossy(&got).into_owned()
 }
 
 /// Each request must be refused with `status` and the connection closed, and nothing of
@@ -577,10 +580,14 @@ async fn conflicting_or_invalid_body_framing_is_refused_and_the_connection_close
     zeros.extend_from_slice(b"5\r\nhello\r\n0\r\n\r\n");
     refused(&lb, &r, &[(&long_ext, 400), (&zeros, 400)]).await;
     assert!(r.errors().is_empty(), "{:#?}", r.errors());
-    // Partly forwarded bodies ended on upstream connections that were then closed.
-    for s in r.seen() {
-        assert!(s.complete || r.closed(s.conn), "{s:?}");
-    }
+    // Partly forwarded bodies ended on upstream connections that were then closed (the
+    // backend records a cut body, then its connection's end, a moment apart).
+    r.wait_record("every cut body's connection closed", |rec| {
+        rec.seen
+            .iter()
+            .all(|s| s.complete || rec.closed.contains(&s.conn))
+    })
+    .await;
     no_panic(&lb);
 }
 
@@ -741,11 +748,15 @@ async fn a_short_body_then_a_client_close_leaves_no_poisoned_upstream_connection
         &b"POST /short HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n0123456789"[..],
         b"POST /short HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n64\r\n0123456789",
     ] {
+        let heads = r.heads("/short");
         let mut s = TcpStream::connect(lb.addr).await.unwrap();
         s.write_all(req).await.unwrap();
-        // Let the partial body reach the backend, then go away: the backend sees the end
-        // of that upstream connection in the middle of the body.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Once the request has reached the backend (its body still incomplete), go away:
+        // the backend sees the end of that upstream connection in the middle of the body.
+        r.wait_record("the short request's head", |rec| {
+            rec.heads.iter().filter(|p| *p == "/short").count() == heads + 1
+        })
+        .await;
         let short = r.seen().iter().filter(|x| x.path() == "/short").count();
         drop(s);
         r.wait("the short request", |s| {
@@ -808,7 +819,15 @@ async fn surplus_or_doubly_framed_responses_never_reach_the_next_request() {
                 "{out}"
             );
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The backend has written all of its answer, surplus included (for /surplus-late
+        // 100 ms after the response), before the next request is sent; then a moment for
+        // the balancer's event loop to register those bytes on its idle upstream
+        // connection (not observable from here).
+        r.wait_record("the whole answer written", |rec| {
+            rec.answered.iter().any(|p| p == first)
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
         let before = r.conns();
         s.write_all(b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
             .await
@@ -970,12 +989,9 @@ async fn a_client_that_stops_reading_does_not_grow_the_balancer() {
         s.write_all(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
             .await
             .unwrap();
-        let mut head = [0u8; 256];
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut head))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(head[..n].starts_with(b"HTTP/1.1 200 "));
+        // The status line at least (one read may bring less), then stop reading.
+        let head = read_until(&mut s, |t| t.contains("\r\n")).await;
+        assert!(head.starts_with("HTTP/1.1 200 "), "{head:?}");
         clients.push(s);
     }
     // 4 x 256 MiB are waiting at the backends; none of it may pile up in the balancer.

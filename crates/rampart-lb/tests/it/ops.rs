@@ -12,7 +12,7 @@ use nix::sys::signal::Signal;
 use rampart_testkit::{free_port, http_request, rampart_bin, wait_port, Proc, TempDir};
 use serde_json::Value;
 
-use crate::support::{servers, Backend, Client};
+use crate::support::{servers, wait_for, Backend, Client};
 
 /// A `rampart lb` with an admin listener, its config file kept for rewrites.
 struct OpsLb {
@@ -119,6 +119,46 @@ impl OpsLb {
         serde_json::from_str(&body).unwrap()
     }
 
+    /// Poll `/api/state` (sent with `headers`) every 50 ms until `f` holds for it or
+    /// `timeout` passes; an admin API that does not answer yet is polled again. Returns
+    /// the last state read (`Null` if none) and whether `f` held.
+    async fn state_until(
+        &self,
+        headers: &[(&str, &str)],
+        timeout: Duration,
+        f: impl Fn(&Value) -> bool,
+    ) -> (Value, bool) {
+        let deadline = Instant::now() + timeout;
+        let mut last = Value::Null;
+        loop {
+            let admin = self.admin;
+            let h: Vec<(String, String)> = headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let r = tokio::task::spawn_blocking(move || {
+                let h: Vec<(&str, &str)> =
+                    h.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                http_request(admin, "GET", "/api/state", &h, b"").ok()
+            })
+            .await
+            .unwrap();
+            if let Some(v) = r
+                .filter(|r| r.status == 200)
+                .and_then(|r| serde_json::from_slice::<Value>(&r.body).ok())
+            {
+                last = v;
+                if f(&last) {
+                    return (last, true);
+                }
+            }
+            if Instant::now() > deadline {
+                return (last, false);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// `rampart lb <args>` against this lb: (success, stdout + stderr).
     async fn cli(&self, args: &[&str]) -> (bool, String) {
         let args: Vec<String> = args
@@ -164,17 +204,6 @@ fn config(servers_line: &str, extra: &str) -> String {
     )
 }
 
-async fn wait_for(mut f: impl FnMut() -> bool, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    f()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_api_shows_state_metrics_and_the_stats_page_behind_a_token() {
     let a = Backend::start("a").await;
@@ -212,11 +241,18 @@ async fn admin_api_shows_state_metrics_and_the_stats_page_behind_a_token() {
         401
     );
     let auth = [("Authorization", "Bearer s3cret")];
-    // Health checks every 200 ms: the first one has been recorded by now.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Health checks every 200 ms: wait until a's first one is recorded and the 24
+    // requests are counted (not a fixed pause); the checks below then say what is off.
     let (s, body) = lb.api("GET", "/api/state", &auth, "").await;
     assert_eq!(s, 200, "{body}");
-    let st: Value = serde_json::from_str(&body).unwrap();
+    let (st, _) = lb
+        .state_until(&auth, Duration::from_secs(5), |st| {
+            let l = &st["listeners"][0]["counters"]["responses"];
+            server(st, "app", "a").is_some_and(|a| !a["last_check"].is_null())
+                && l["2xx"] == 21
+                && l["5xx"] == 3
+        })
+        .await;
     let sa = server(&st, "app", "a").unwrap();
     let sb = server(&st, "app", "b").unwrap();
     assert_eq!(sa["state"], "ready");
@@ -541,11 +577,14 @@ async fn sigterm_finishes_requests_in_flight_then_exits_zero() {
     });
     assert!(wait_for(|| a.hits() == 2, Duration::from_secs(3)).await);
     lb.proc.signal(Signal::SIGTERM);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    // No new connections...
+    // No new connections (once the signal is handled: polled, not a fixed pause)...
     assert!(
-        std::net::TcpStream::connect(addr).is_err(),
-        "still accepting after SIGTERM"
+        wait_for(
+            || std::net::TcpStream::connect(addr).is_err(),
+            Duration::from_secs(5)
+        )
+        .await,
+        "still accepting 5 s after SIGTERM"
     );
     // ... the one in flight finishes ...
     assert_eq!(slow.await.unwrap().unwrap(), (200, "a".to_string()));
@@ -741,8 +780,10 @@ async fn binary_upgrades_under_load_lose_no_request_and_refuse_no_connection() {
     .await
     .unwrap();
     assert_eq!(code.unwrap(), Some(0), "{}", lb.proc.log_text());
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(lb.state().await["pid"], new);
+    let (st, _) = lb
+        .state_until(&[], Duration::from_secs(5), |st| st["pid"] == new)
+        .await;
+    assert_eq!(st["pid"], new, "{}", lb.proc.log_text());
 
     // Through the admin API (served by the new process now).
     let (ok, out) = lb.cli(&["upgrade", "--admin", "{ADMIN}"]).await;
@@ -754,8 +795,10 @@ async fn binary_upgrades_under_load_lose_no_request_and_refuse_no_connection() {
         "the second process did not exit:\n{}",
         lb.proc.log_text()
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(lb.state().await["pid"], newer);
+    let (st, _) = lb
+        .state_until(&[], Duration::from_secs(5), |st| st["pid"] == newer)
+        .await;
+    assert_eq!(st["pid"], newer, "{}", lb.proc.log_text());
     load.finish(50).await;
     assert!(a.hits() > 0 && b.hits() > 0);
     assert!(lb
@@ -928,7 +971,13 @@ async fn servers_registered_in_etcd_join_within_2_s_and_leave_with_their_lease()
     let reg_b = register_service(&coord, "t", "web", &rec("b", &b), ttl)
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // b is in the pool and takes traffic (polled, not a fixed pause) before the split.
+    let (st, joined) = lb
+        .state_until(&[], Duration::from_secs(5), |st| {
+            server(st, "app", "b").is_some_and(|b| b["eligible"] == true)
+        })
+        .await;
+    assert!(joined, "b did not join: {st}\n{}", lb.proc.log_text());
     let mut cl = Client::connect(lb.addr).await.unwrap();
     let (a0, b0) = (a.hits(), b.hits());
     for _ in 0..10 {

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use rampart_testkit::pg::PgCluster;
 
-use crate::support::Lb;
+use crate::support::{wait_for, Lb};
 
 /// A session through the balancer; its connection task runs until the client is dropped.
 async fn connect(lb: SocketAddr) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
@@ -120,7 +120,15 @@ health_check = {{ kind = "tcp", interval = "200ms", timeout = "200ms", rise = 1,
 
     // Kill the replica: the health check takes it out, every new session lands on the primary.
     pg.replicas[0].kill();
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        wait_for(
+            || lb.proc.log_text().contains("server is DOWN"),
+            Duration::from_secs(5)
+        )
+        .await,
+        "the killed replica never went down:\n{}",
+        lb.proc.log_text()
+    );
     for i in 0..6 {
         let c = connect(lb.addr).await.unwrap_or_else(|e| {
             panic!(

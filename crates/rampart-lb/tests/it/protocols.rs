@@ -9,7 +9,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use crate::support::{get_once, http_config, servers, Backend, Client, EchoBackend, Lb};
+use crate::support::{
+    get_once, http_config, read_until, servers, Backend, Client, EchoBackend, Lb,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_prior_knowledge_request_is_proxied() {
@@ -232,19 +234,26 @@ async fn keep_alive_connection_is_parked_when_quiet_and_closed_when_idle() {
     let mut two = req.to_vec();
     two.extend_from_slice(req);
     s.write_all(&two).await.unwrap();
-    let mut buf = vec![0u8; 4096];
-    let mut got = String::new();
-    while got.matches("HTTP/1.1 200").count() < 2 {
-        let n = s.read(&mut buf).await.unwrap();
-        assert!(n > 0, "closed early: {got}");
-        got.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
+    // Both answers whole (the body is the backend's name, "a"), not just their status
+    // lines: a tail left unread would be taken for the next answer or for the close.
+    let got = read_until(&mut s, |t| {
+        t.matches("HTTP/1.1 200").count() == 2 && t.ends_with("\r\n\r\na")
+    })
+    .await;
+    assert!(
+        got.matches("HTTP/1.1 200").count() == 2 && got.ends_with("\r\n\r\na"),
+        "{got}"
+    );
     tokio::time::sleep(Duration::from_millis(2500)).await;
     s.write_all(req).await.unwrap();
-    let n = s.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let got = read_until(&mut s, |t| t.ends_with("\r\n\r\na")).await;
+    assert!(
+        got.starts_with("HTTP/1.1 200") && got.ends_with("\r\n\r\na"),
+        "{got}"
+    );
     assert_eq!(a.hits(), 3);
     // Idle past the idle timeout: the lb closes the connection.
+    let mut buf = vec![0u8; 4096];
     let t = Instant::now();
     let n = tokio::time::timeout(Duration::from_secs(8), s.read(&mut buf))
         .await

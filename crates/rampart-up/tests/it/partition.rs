@@ -234,7 +234,18 @@ impl Drop for Stack {
             for e in std::fs::read_dir(cg).into_iter().flatten().flatten() {
                 let _ = std::fs::write(e.path().join("cgroup.kill"), "1");
             }
-            std::thread::sleep(Duration::from_millis(300));
+            // A cgroup can be removed once its processes are gone: wait for that (up to
+            // 5 s), not a fixed pause that a loaded machine outlasts.
+            wait_until(Duration::from_secs(5), || {
+                std::fs::read_dir(cg)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .all(|e| {
+                        std::fs::read_to_string(e.path().join("cgroup.procs"))
+                            .map_or(true, |t| t.trim().is_empty())
+                    })
+            });
             for e in std::fs::read_dir(cg).into_iter().flatten().flatten() {
                 let _ = std::fs::remove_dir(e.path());
             }

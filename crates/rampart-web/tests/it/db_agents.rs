@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rampart_testkit::etcd::Etcd;
-use rampart_testkit::{free_port, http_get, rampart_bin, wait_until, Proc};
+use rampart_testkit::{established_on_port, free_port, http_get, rampart_bin, wait_until, Proc};
 use serde_json::Value;
 
 use crate::common::{get, request};
@@ -228,8 +228,9 @@ fn failover(learn: Learn) {
         })
     };
     // PostgreSQL runs in its own process group and goes down with its agent's watchdog a
-    // moment later; until then (and until its backends notice) a pooled connection may
-    // still commit on it. The drill starts once the old primary is really gone.
+    // moment later; until then (and until its backends are gone) a pooled connection may
+    // still commit on it. The drill starts once the old primary is really gone: no
+    // listener, and no backend left holding a connection (waited for, not a fixed pause).
     let old_pg = SocketAddr::from(([127, 0, 0, 1], nodes[pi].pg_port));
     assert!(
         wait_until(Duration::from_secs(15), || {
@@ -237,7 +238,13 @@ fn failover(learn: Learn) {
         }),
         "the killed primary's PostgreSQL still accepts connections"
     );
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        wait_until(Duration::from_secs(10), || established_on_port(
+            nodes[pi].pg_port
+        ) == 0),
+        "{} connections to the killed primary's PostgreSQL are still served",
+        established_on_port(nodes[pi].pg_port)
+    );
     let mut back = None;
     let resumed = wait_until(Duration::from_secs(60), || {
         back = post(addr, "after failover");

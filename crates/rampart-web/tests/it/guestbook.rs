@@ -356,11 +356,15 @@ fn readyz_needs_a_writable_primary_and_sigterm_drains() {
     assert!(m.contains("rampart_web_ready 1"), "{m}");
     // A slow download in flight when SIGTERM arrives still completes.
     let addr = w.addr;
+    let (started_tx, started) = std::sync::mpsc::channel();
     let slow = std::thread::spawn(move || {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
         s.write_all(b"GET /big.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             .expect("send");
+        let mut started = Some(started_tx);
         let mut got = Vec::new();
         let mut buf = [0u8; 64 * 1024];
         loop {
@@ -369,15 +373,27 @@ fn readyz_needs_a_writable_primary_and_sigterm_drains() {
                 Ok(n) => got.extend_from_slice(&buf[..n]),
                 Err(e) => panic!("read: {e}"),
             }
+            if let Some(tx) = started.take() {
+                let _ = tx.send(());
+            }
             std::thread::sleep(Duration::from_millis(10));
         }
         got
     });
-    std::thread::sleep(Duration::from_millis(100));
+    // The download is in flight (its first bytes arrived) when SIGTERM comes: waited
+    // for, not a fixed pause.
+    started
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the slow download never started");
     w.proc.signal(Signal::SIGTERM);
-    std::thread::sleep(Duration::from_millis(300));
-    // Draining: alive, not ready, still serving.
-    assert_eq!(get(w.addr, "/readyz", &[]).status, 503);
+    // Draining (polled until the signal is handled): alive, not ready, still serving.
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            http_get(w.addr, "/readyz").is_ok_and(|r| r.status == 503)
+        }),
+        "/readyz still ready 5 s after SIGTERM:\n{}",
+        w.proc.log_text()
+    );
     assert_eq!(get(w.addr, "/api/messages", &[]).status, 200);
     let code = w
         .proc
