@@ -144,7 +144,13 @@ if [ "$up_ok" -eq 1 ]; then
   say "up: $(grep -o 'stack healthy in [0-9.]*s' "$log_dir/up.log") after ${t_up}s in all (build included)"
   in_root "./target/release/rampart status" >"$log_dir/status.log" 2>&1 || true
   sed 's/^/    /' "$log_dir/status.log"
-  kill -INT "$up_pid" 2>/dev/null || true
+  # Ctrl-C: SIGINT to `rampart up` itself ($up_pid is the background subshell, which
+  # ignores SIGINT as every background job of a script does).
+  rampart_up=""
+  for p in $(inside_pids); do
+    tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -q "release/rampart up" && rampart_up=$p
+  done
+  [ -n "$rampart_up" ] && kill -INT "$rampart_up" 2>/dev/null || true
   for _ in $(seq 60); do kill -0 "$up_pid" 2>/dev/null || break; sleep 1; done
   left=$(inside_pids | wc -l)
   if kill -0 "$up_pid" 2>/dev/null; then

@@ -1,16 +1,15 @@
-//! One server's health state machine: active checks with rise/fall, passive failures.
+//! One server's health state machine: active checks with rise/fall (HAProxy's semantics).
 //!
-//! Rules (HAProxy's semantics, plus the passive mark-down of issue 2):
-//!
-//! * An up server goes down after `fall` consecutive failed active checks, or at once after
-//!   `passive_failures` consecutive passive failures (connect failures, 5xx).
+//! * An up server goes down after `fall` consecutive failed active checks.
 //! * A down server comes up only after `rise` consecutive successful active checks,
-//!   counted from the moment it went down: successes seen before a passive mark-down do
-//!   not count, and passive successes never bring a server up. That is what prevents
-//!   flapping: one lucky request cannot put a failing server back into rotation.
+//!   counted from the moment it went down. That is what prevents flapping.
 //! * A failed check resets the success streak and vice versa.
 //!
-//! `rise`, `fall` of 0 act as 1; `passive_failures == 0` disables passive mark-down.
+//! `rise`, `fall` of 0 act as 1. Passive evidence (what real requests get) never marks a
+//! server down here: a client chooses its requests and could take every server down with
+//! one URL that fails everywhere. It goes to [`crate::outlier`] instead, which ejects a
+//! server only when it fails more than its peers (or cannot be connected to), for a
+//! bounded time and a bounded share of the pool.
 
 /// Thresholds of the state machine.
 #[derive(Clone, Copy, Debug)]
@@ -19,8 +18,6 @@ pub struct HealthPolicy {
     pub rise: u32,
     /// Consecutive failed active checks that take an up server down.
     pub fall: u32,
-    /// Consecutive passive failures that take an up server down at once (0: never).
-    pub passive_failures: u32,
 }
 
 /// A change of state reported by [`HealthState`].
@@ -41,8 +38,6 @@ pub struct HealthState {
     successes: u32,
     /// Consecutive failed active checks.
     failures: u32,
-    /// Consecutive passive failures.
-    passive: u32,
 }
 
 impl HealthState {
@@ -54,7 +49,6 @@ impl HealthState {
             up: initially_up,
             successes: 0,
             failures: 0,
-            passive: 0,
         }
     }
 
@@ -76,44 +70,19 @@ impl HealthState {
             self.successes = self.successes.saturating_add(1);
             if !self.up && self.successes >= self.policy.rise.max(1) {
                 self.up = true;
-                self.passive = 0;
                 return Some(Transition::WentUp);
             }
         } else {
             self.successes = 0;
             self.failures = self.failures.saturating_add(1);
             if self.up && self.failures >= self.policy.fall.max(1) {
-                self.go_down();
+                self.up = false;
+                self.successes = 0;
+                self.failures = 0;
                 return Some(Transition::WentDown);
             }
         }
         None
-    }
-
-    /// A passive failure (connect failure or 5xx): `passive_failures` consecutive ones
-    /// mark the server down at once. Only an active check (rise) brings it back.
-    pub fn on_passive_failure(&mut self) -> Option<Transition> {
-        if !self.up || self.policy.passive_failures == 0 {
-            return None;
-        }
-        self.passive = self.passive.saturating_add(1);
-        if self.passive >= self.policy.passive_failures {
-            self.go_down();
-            return Some(Transition::WentDown);
-        }
-        None
-    }
-
-    /// A passive success: resets the consecutive passive failure count.
-    pub fn on_passive_success(&mut self) {
-        self.passive = 0;
-    }
-
-    fn go_down(&mut self) {
-        self.up = false;
-        self.successes = 0;
-        self.failures = 0;
-        self.passive = 0;
     }
 }
 
@@ -123,11 +92,7 @@ mod tests {
     use proptest::prelude::*;
     use Transition::*;
 
-    const P: HealthPolicy = HealthPolicy {
-        rise: 2,
-        fall: 3,
-        passive_failures: 2,
-    };
+    const P: HealthPolicy = HealthPolicy { rise: 2, fall: 3 };
 
     fn checks(h: &mut HealthState, seq: &str) -> Vec<Option<Transition>> {
         seq.chars().map(|c| h.on_check(c == '+')).collect()
@@ -153,98 +118,58 @@ mod tests {
     }
 
     #[test]
-    fn passive_marks_down_and_only_active_rise_brings_back() {
+    fn successes_before_going_down_do_not_count() {
         let mut h = HealthState::new(P, true);
-        h.on_check(true); // one success before the trouble
-        assert_eq!(h.on_passive_failure(), None);
-        h.on_passive_success();
-        assert_eq!(h.on_passive_failure(), None, "success reset the count");
-        assert_eq!(h.on_passive_failure(), Some(WentDown));
-        assert_eq!(h.on_passive_failure(), None, "already down");
-        h.on_passive_success();
-        assert!(!h.is_up(), "passive success never brings a server up");
-        // The success before the mark-down does not count: rise = 2 fresh ones.
+        assert_eq!(
+            checks(&mut h, "+---"),
+            vec![None, None, None, Some(WentDown)]
+        );
         assert_eq!(h.on_check(true), None);
         assert_eq!(h.on_check(true), Some(WentUp));
-        // The passive count restarted when it came up.
-        assert_eq!(h.on_passive_failure(), None);
     }
 
     #[test]
     fn zero_thresholds() {
-        let p = HealthPolicy {
-            rise: 0,
-            fall: 0,
-            passive_failures: 0,
-        };
+        let p = HealthPolicy { rise: 0, fall: 0 };
         let mut h = HealthState::new(p, true);
-        for _ in 0..10 {
-            assert_eq!(h.on_passive_failure(), None);
-        }
         assert_eq!(h.on_check(false), Some(WentDown));
         assert_eq!(h.on_check(true), Some(WentUp));
-    }
-
-    #[derive(Clone, Copy, Debug)]
-    enum Ev {
-        Check(bool),
-        PassiveFail,
-        PassiveOk,
-    }
-
-    fn ev() -> impl Strategy<Value = Ev> {
-        prop_oneof![
-            any::<bool>().prop_map(Ev::Check),
-            Just(Ev::PassiveFail),
-            Just(Ev::PassiveOk)
-        ]
     }
 
     proptest! {
         /// Against a reference model: every WentUp is preceded, since the last WentDown, by
         /// at least `rise` consecutive successful checks at its end; every WentDown by `fall`
-        /// failed checks or `passive_failures` passive failures in a row; transitions
-        /// alternate and match is_up().
+        /// failed checks in a row; transitions alternate and match is_up().
         #[test]
-        fn no_flapping(rise in 1u32..5, fall in 1u32..5, pf in 0u32..4, up: bool,
-                       evs in prop::collection::vec(ev(), 0..200)) {
-            let p = HealthPolicy { rise, fall, passive_failures: pf };
+        fn no_flapping(rise in 1u32..5, fall in 1u32..5, up: bool,
+                       evs in prop::collection::vec(any::<bool>(), 0..200)) {
+            let p = HealthPolicy { rise, fall };
             let mut h = HealthState::new(p, up);
             let mut was_up = up;
             let mut ok_run = 0u32; // consecutive successful checks since last down
             let mut fail_run = 0u32;
-            let mut pf_run = 0u32;
-            for e in evs {
-                let t = match e {
-                    Ev::Check(true) => { ok_run += 1; fail_run = 0; h.on_check(true) }
-                    Ev::Check(false) => { ok_run = 0; fail_run += 1; h.on_check(false) }
-                    Ev::PassiveFail => { pf_run += 1; h.on_passive_failure() }
-                    Ev::PassiveOk => { pf_run = 0; h.on_passive_success(); None }
-                };
-                match t {
+            for ok in evs {
+                if ok { ok_run += 1; fail_run = 0; } else { ok_run = 0; fail_run += 1; }
+                match h.on_check(ok) {
                     Some(Transition::WentUp) => {
                         prop_assert!(!was_up);
                         prop_assert!(ok_run >= rise, "up after {} successes", ok_run);
                         was_up = true;
-                        pf_run = 0;
                     }
                     Some(Transition::WentDown) => {
                         prop_assert!(was_up);
-                        prop_assert!(fail_run >= fall || (pf > 0 && pf_run >= pf));
+                        prop_assert!(fail_run >= fall);
                         was_up = false;
-                        ok_run = 0; fail_run = 0; pf_run = 0;
+                        ok_run = 0; fail_run = 0;
                     }
                     None => {
-                        // No transition although the model says one is due?
                         if was_up {
-                            prop_assert!(fail_run < fall || !matches!(e, Ev::Check(false)));
+                            prop_assert!(fail_run < fall || ok);
                         } else {
-                            prop_assert!(ok_run < rise || !matches!(e, Ev::Check(true)));
-                            if !matches!(e, Ev::Check(_)) { prop_assert!(!h.is_up()); }
+                            prop_assert!(ok_run < rise || !ok);
                         }
                     }
                 }
-                if !was_up { pf_run = 0; }
                 prop_assert_eq!(h.is_up(), was_up);
             }
         }

@@ -6,7 +6,10 @@
 //! * [`Balancer`] picks a server from a [`ServerSet`] (the lb's live view over its atomics)
 //!   with one of the five [`Algorithm`]s.
 //! * [`PeakEwma`] estimates a server's response time for least-response-time.
-//! * [`health::HealthState`] is one server's up/down state machine (rise, fall, passive).
+//! * [`health::HealthState`] is one server's up/down state machine (active checks: rise, fall).
+//! * [`outlier`] decides which servers passive evidence ejects (failure ratio against the
+//!   peers, consecutive connect failures), how long, how many at once, and when a pool
+//!   panics (balances over every server).
 //! * [`slow_start_weight`] ramps a recovered server's weight up.
 //! * [`RetryBudget`] bounds retries to a fraction of the traffic.
 //! * [`hash_key`] turns a client address into the key source-IP hash expects.
@@ -36,6 +39,7 @@
 mod ewma;
 pub mod health;
 mod maglev;
+pub mod outlier;
 mod retry;
 mod rng;
 mod select;

@@ -219,7 +219,10 @@ mod tests {
                 }
             }
             let n = s.read(&mut buf).unwrap();
-            assert!(n > 0, "the client closed before its request was complete: {got:?}");
+            assert!(
+                n > 0,
+                "the client closed before its request was complete: {got:?}"
+            );
             got.extend_from_slice(&buf[..n]);
         }
     }

@@ -422,6 +422,7 @@ pub(crate) fn state(shared: &Shared) -> Value {
         "reload_failures": shared.reload_failures.load(Ordering::Relaxed),
         "listeners": listeners_json,
         "pools": pools_json,
+        "vrrp": shared.vrrp.lock().map(|v| v.iter().map(|r| r.json()).collect::<Vec<_>>()).unwrap_or_default(),
     })
 }
 

@@ -46,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::ns_at;
 use crate::http::{self as hyper_path, ConnCtx, Prefixed, H2_PREFACE, STOP_LINGER};
-use crate::state::{mark_tried, Fail, InFlight, PickError, PoolState};
+use crate::state::{mark_tried, Fail, InFlight, Outcome, PickError, PoolState};
 use crate::upstream::{self, ConnectError};
 
 /// Size of a read buffer when it is taken: enough for almost every head and small body.
@@ -1394,7 +1394,7 @@ async fn proxy<T: ClientStream>(
         match f {
             Failure::Unsent(e) => {
                 tracing::warn!(pool = %pool.cfg.name, server = %s.name, error = %e, "connect failed");
-                pool.on_passive_failure(i, Fail::Connect);
+                pool.on_passive(i, Outcome::Failed(Fail::Connect), now);
                 last_status = match e {
                     ConnectError::Timeout { .. } => 504,
                     _ => 502,
@@ -1406,7 +1406,7 @@ async fn proxy<T: ClientStream>(
             }
             Failure::Sent(e) => {
                 tracing::warn!(pool = %pool.cfg.name, server = %s.name, error = %e, "upstream failed before answering");
-                pool.on_passive_failure(i, Fail::BeforeAnswer);
+                pool.on_passive(i, Outcome::Failed(Fail::BeforeAnswer), now);
                 last_status = 502;
                 drop(slot);
                 if !req.replayable || !can_retry(&pool) {
@@ -1415,7 +1415,7 @@ async fn proxy<T: ClientStream>(
             }
             Failure::Timeout => {
                 tracing::warn!(pool = %pool.cfg.name, server = %s.name, timeout = ?pool.cfg.timeouts.response, "upstream response timed out");
-                pool.on_passive_failure(i, Fail::Timeout);
+                pool.on_passive(i, Outcome::Failed(Fail::Timeout), now);
                 break (504, pool.msg_504.clone());
             }
             Failure::Client => return Next::Close,
@@ -1614,11 +1614,7 @@ async fn attempt_on<T: ClientStream>(
     let took = end.saturating_sub(ns_at(started.into_std()));
     s.ewma.observe(took, end);
     s.stats.response(info.status, took);
-    if info.status >= 500 {
-        pool.on_passive_failure(slot.server, Fail::Status5xx);
-    } else {
-        pool.on_passive_success(slot.server);
-    }
+    pool.on_passive(slot.server, Outcome::Answered(info.status), end);
     let total = end.saturating_sub(ns_at(t0.into_std()));
     ctx.listener.stats.counters.response(info.status, total);
     if let Some((method, path)) = &req.log {

@@ -23,7 +23,7 @@ use tokio::sync::Notify;
 use crate::body::{Finish, ReqBody, RespBody};
 use crate::clock::now_ns;
 use crate::io::{self, Activity, Busy, CountedIo};
-use crate::state::{mark_tried, Fail, InFlight, PickError, PoolState};
+use crate::state::{mark_tried, Fail, InFlight, Outcome, PickError, PoolState};
 use crate::tls::{self, TlsTerm};
 use crate::upstream::{self, ConnectError};
 use crate::ListenerRt;
@@ -595,11 +595,7 @@ async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<RespBody>
                 let took = end.saturating_sub(started);
                 s.ewma.observe(took, end);
                 s.stats.response(resp.status().as_u16(), took);
-                if resp.status().is_server_error() {
-                    pool.on_passive_failure(i, Fail::Status5xx);
-                } else {
-                    pool.on_passive_success(i);
-                }
+                pool.on_passive(i, Outcome::Answered(resp.status().as_u16()), end);
                 let served = crate::accesslog::enabled().then(|| crate::accesslog::Served {
                     server: s.name.clone(),
                     attempts: attempt + 1,
@@ -620,7 +616,7 @@ async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<RespBody>
                     Failure::Unsent(r, err) => {
                         if let Some(e) = &err {
                             tracing::warn!(pool = %pool.cfg.name, server = %s.name, error = %e, "connect failed");
-                            pool.on_passive_failure(i, Fail::Connect);
+                            pool.on_passive(i, Outcome::Failed(Fail::Connect), now);
                             last_status = match e {
                                 ConnectError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
                                 _ => StatusCode::BAD_GATEWAY,
@@ -634,7 +630,7 @@ async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<RespBody>
                     }
                     Failure::Sent(e) => {
                         tracing::warn!(pool = %pool.cfg.name, server = %s.name, error = %e, "upstream failed before answering");
-                        pool.on_passive_failure(i, Fail::BeforeAnswer);
+                        pool.on_passive(i, Outcome::Failed(Fail::BeforeAnswer), now);
                         last_status = StatusCode::BAD_GATEWAY;
                         drop(slot);
                         if replay.is_none() || !can_retry_budget(pool) {
@@ -643,7 +639,7 @@ async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<RespBody>
                     }
                     Failure::Timeout => {
                         tracing::warn!(pool = %pool.cfg.name, server = %s.name, timeout = ?pool.cfg.timeouts.response, "upstream response timed out");
-                        pool.on_passive_failure(i, Fail::Timeout);
+                        pool.on_passive(i, Outcome::Failed(Fail::Timeout), now);
                         return error_response(StatusCode::GATEWAY_TIMEOUT, &pool.msg_504, busy);
                     }
                 }

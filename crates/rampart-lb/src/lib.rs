@@ -31,6 +31,7 @@ mod stats;
 mod tcp;
 pub mod tls;
 mod upstream;
+pub mod vrrp;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -69,6 +70,8 @@ pub enum LbError {
     Admin(String),
     #[error("binary upgrade: {0}")]
     Handoff(String),
+    #[error("VRRP: {0}")]
+    Vrrp(String),
     #[error("pid file {path}: {source}")]
     PidFile {
         path: PathBuf,
@@ -160,6 +163,8 @@ pub(crate) struct Shared {
     pub upgrading: std::sync::atomic::AtomicBool,
     /// Service discovery watchers by pool.
     pub discovery: Mutex<discovery::Watchers>,
+    /// The virtual routers' state, for the admin API and the metrics.
+    pub vrrp: Mutex<Vec<Arc<vrrp::RouterView>>>,
 }
 
 /// Client connections open right now (all listeners, also removed ones).
@@ -198,6 +203,12 @@ pub(crate) fn bind(name: &str, address: SocketAddr) -> Result<std::net::TcpListe
     .map_err(err)?;
     s.set_reuse_address(true).map_err(err)?;
     s.set_reuse_port(true).map_err(err)?;
+    // A virtual IP is on this host only while it is the VRRP master: bind it anyway.
+    if address.is_ipv4() {
+        s.set_freebind(true).map_err(err)?;
+    } else {
+        s.set_freebind_ipv6(true).map_err(err)?;
+    }
     s.set_nodelay(true).map_err(err)?;
     s.set_nonblocking(true).map_err(err)?;
     s.bind(&address.into()).map_err(err)?;
@@ -346,6 +357,7 @@ pub fn run(config: LbConfig, opts: RunOptions) -> Result<(), LbError> {
         stop: CancellationToken::new(),
         upgrading: std::sync::atomic::AtomicBool::new(false),
         discovery: Mutex::new(Default::default()),
+        vrrp: Mutex::new(Vec::new()),
     });
     accesslog::configure(config.access_log.as_ref())
         .map_err(|e| LbError::Admin(format!("cannot open the access log: {e}")))?;
@@ -456,6 +468,16 @@ pub fn run(config: LbConfig, opts: RunOptions) -> Result<(), LbError> {
         if let Some((l, a)) = admin_listener {
             admin::spawn(l, a, shared.clone()).map_err(LbError::Admin)?;
         }
+        // The virtual routers last: a balancer takes a virtual IP only once it serves.
+        let vrrp_rt = if config.vrrp.is_empty() {
+            None
+        } else {
+            let v = vrrp::start(&shared, &config.vrrp).map_err(LbError::Vrrp)?;
+            if let Ok(mut views) = shared.vrrp.lock() {
+                *views = v.views.clone();
+            }
+            Some(v)
+        };
         let (mut term, mut int, mut hup, mut usr2) = signals;
         // Accepting on every socket now: a previous process may stop.
         inherited.ready();
@@ -489,6 +511,11 @@ pub fn run(config: LbConfig, opts: RunOptions) -> Result<(), LbError> {
                     }
                 }
             }
+        }
+        // Make before break: a master hands its virtual IPs over (and keeps serving
+        // meanwhile) before the listeners stop accepting.
+        if let Some(v) = vrrp_rt {
+            v.stop().await;
         }
         let grace = shared
             .config

@@ -303,6 +303,72 @@ impl Collector for LbCollector {
             "Configuration reloads refused.",
             &[(Vec::new(), sh.reload_failures.load(Ordering::Relaxed))],
         )?;
-        Ok(())
+        vrrp_metrics(&mut enc, sh)
     }
+}
+
+/// The virtual routers: state (one sample per state, 1 for the current one), effective
+/// priority, transitions and adverts.
+fn vrrp_metrics(enc: &mut DescriptorEncoder, sh: &Shared) -> Result<(), std::fmt::Error> {
+    let views: Vec<_> = sh.vrrp.lock().map(|v| v.clone()).unwrap_or_default();
+    if views.is_empty() {
+        return Ok(());
+    }
+    let mut state = Vec::new();
+    let mut prio = Vec::new();
+    let (mut trans, mut sent, mut recv, mut dropped) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for v in &views {
+        let base: Labels = vec![
+            ("router", v.name.clone()),
+            ("vrid", v.vrid.to_string()),
+            ("interface", v.interface.clone()),
+        ];
+        for (i, name) in crate::vrrp::STATE_NAMES.iter().enumerate() {
+            let mut l = base.clone();
+            l.push(("state", (*name).to_string()));
+            state.push((l, i64::from(usize::from(v.state_code()) == i)));
+        }
+        prio.push((base.clone(), i64::from(v.effective_priority())));
+        trans.push((base.clone(), v.transitions.load(Ordering::Relaxed)));
+        sent.push((base.clone(), v.adverts_sent.load(Ordering::Relaxed)));
+        recv.push((base.clone(), v.adverts_received.load(Ordering::Relaxed)));
+        dropped.push((base, v.adverts_dropped.load(Ordering::Relaxed)));
+    }
+    gauge(
+        enc,
+        "rampart_vrrp_state",
+        "Virtual router state: 1 for the current one (init, backup, master, fault, stopping).",
+        &state,
+    )?;
+    gauge(
+        enc,
+        "rampart_vrrp_priority",
+        "Virtual router's effective priority (configured minus tracked failures).",
+        &prio,
+    )?;
+    counter(
+        enc,
+        "rampart_vrrp_transitions",
+        "Virtual router state changes.",
+        &trans,
+    )?;
+    counter(
+        enc,
+        "rampart_vrrp_adverts_sent",
+        "VRRP adverts sent.",
+        &sent,
+    )?;
+    counter(
+        enc,
+        "rampart_vrrp_adverts_received",
+        "VRRP adverts accepted from peers.",
+        &recv,
+    )?;
+    counter(
+        enc,
+        "rampart_vrrp_adverts_dropped",
+        "VRRP packets dropped (TTL, checksum, unknown sender).",
+        &dropped,
+    )
 }

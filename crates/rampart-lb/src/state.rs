@@ -2,16 +2,26 @@
 //!
 //! The balancer (`rampart_balance`) sees a pool through [`View`], a [`ServerSet`] over
 //! these atomics that also hides the servers a request already tried and the full ones.
+//!
+//! Passive evidence (what each attempt on a server came to) enters through one function,
+//! [`PoolState::on_passive`], for the fast path, hyper's path and TCP alike; it feeds the
+//! pool's outlier detector (`rampart_balance::outlier`), which ejects servers within
+//! `max_ejection_percent`. Health (active checks) and ejection are separate states; a
+//! server takes new requests when it is up, not ejected, ready and weighted, or, while
+//! the pool is in panic, when it is ready and weighted.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, Guard};
 use bytes::Bytes;
 use rampart_balance::health::{HealthPolicy, HealthState, Transition};
+use rampart_balance::outlier::{
+    in_panic, Detector, Ejection, Event, OutlierPolicy, Reason, Sample, ServerOutlier,
+};
 use rampart_balance::{slow_start_weight, Balancer, PeakEwma, RetryBudget, ServerSet};
 use rampart_topology::lb::{CheckKind, Pool, Server};
 use tokio::sync::Notify;
@@ -71,7 +81,19 @@ impl std::str::FromStr for AdminState {
     }
 }
 
-/// Why a request failed on a server (passive health and error counters).
+/// What one attempt on a server came to: the passive evidence [`PoolState::on_passive`]
+/// takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The server answered with this status (5xx counts as a failure).
+    Answered(u16),
+    /// A TCP session's upstream connection was made.
+    Connected,
+    /// The attempt failed.
+    Failed(Fail),
+}
+
+/// Why a request failed on a server (outlier detection and error counters).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fail {
     Connect,
@@ -81,15 +103,6 @@ pub enum Fail {
 }
 
 impl Fail {
-    fn as_str(self) -> &'static str {
-        match self {
-            Fail::Connect => "connect failed",
-            Fail::BeforeAnswer => "connection failed before the answer",
-            Fail::Timeout => "response timeout",
-            Fail::Status5xx => "5xx answer",
-        }
-    }
-
     fn kind(self) -> ErrorKind {
         match self {
             Fail::Connect => ErrorKind::Connect,
@@ -133,8 +146,13 @@ pub struct ServerState {
     pub peak_in_flight: AtomicU32,
     pub ewma: PeakEwma,
     health: Mutex<HealthState>,
-    /// Set when a passive failure was counted; lets successes skip the lock otherwise.
-    passive_dirty: AtomicBool,
+    /// Ejected by outlier detection (mirrors `outlier`, written under the pool's detector
+    /// lock).
+    ejected: AtomicBool,
+    /// Outlier state; locked only after the pool's detector lock, or alone.
+    outlier: Mutex<ServerOutlier>,
+    /// Set while connect failures are counted; lets answers skip the lock otherwise.
+    connect_dirty: AtomicBool,
     /// Idle upstream connections, one list per worker thread (no cross-thread traffic).
     pub idle: Box<[Mutex<Vec<IdleConn>>]>,
     /// Idle upstream sockets of the HTTP/1.1 fast path (`h1`), one list per worker thread.
@@ -163,7 +181,9 @@ impl ServerState {
             peak_in_flight: AtomicU32::new(0),
             ewma: PeakEwma::new(EWMA_DECAY.as_nanos() as u64, EWMA_INITIAL_NS),
             health: Mutex::new(HealthState::new(policy, true)),
-            passive_dirty: AtomicBool::new(false),
+            ejected: AtomicBool::new(false),
+            outlier: Mutex::new(ServerOutlier::default()),
+            connect_dirty: AtomicBool::new(false),
             idle: (0..workers).map(|_| Mutex::new(Vec::new())).collect(),
             idle_raw: (0..workers).map(|_| Mutex::new(Vec::new())).collect(),
             requests: AtomicU64::new(0),
@@ -174,8 +194,19 @@ impl ServerState {
         }
     }
 
+    /// Health: up unless active checks took it down.
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
+    }
+
+    /// Ejected by outlier detection.
+    pub fn is_ejected(&self) -> bool {
+        self.ejected.load(Ordering::Relaxed)
+    }
+
+    /// The current ejection, if any (times on the lb's clock, `clock::now_ns`).
+    pub fn ejection(&self) -> Option<Ejection> {
+        self.outlier.lock().ok().and_then(|o| o.ejection())
     }
 
     pub fn admin_state(&self) -> AdminState {
@@ -186,11 +217,15 @@ impl ServerState {
         self.weight.load(Ordering::Relaxed)
     }
 
-    /// Takes new requests: healthy, ready, weight above zero.
+    /// In service: ready and weighted (what an operator decides).
+    pub fn in_service(&self) -> bool {
+        self.admin.load(Ordering::Relaxed) == AdminState::Ready as u8 && self.weight() > 0
+    }
+
+    /// Available: in service, healthy and not ejected (takes new requests unless the
+    /// pool is in panic, see [`PoolState::takes`]).
     pub fn eligible(&self) -> bool {
-        self.is_up()
-            && self.admin.load(Ordering::Relaxed) == AdminState::Ready as u8
-            && self.weight() > 0
+        self.is_up() && !self.is_ejected() && self.in_service()
     }
 
     /// Set the weight without rebuilding any balancer (the caller makes a new generation).
@@ -215,9 +250,7 @@ impl ServerState {
     pub fn set_policy(&self, policy: HealthPolicy) {
         if let Ok(mut h) = self.health.lock() {
             let p = h.policy();
-            if (p.rise, p.fall, p.passive_failures)
-                != (policy.rise, policy.fall, policy.passive_failures)
-            {
+            if (p.rise, p.fall) != (policy.rise, policy.fall) {
                 *h = HealthState::new(policy, self.is_up());
             }
         }
@@ -231,6 +264,14 @@ pub struct PoolShared {
     pub slot_freed: Notify,
     pub waiting: AtomicUsize,
     pub stats: Counters,
+    /// The outlier detector's window; its lock comes before any server's `outlier`.
+    detector: Mutex<Detector>,
+    /// When the detector next has something to do (`clock::now_ns`).
+    outlier_due: AtomicU64,
+    /// Ejections so far, by [`Reason`] (`as usize`).
+    pub ejections: [AtomicU64; 2],
+    /// Ejections `max_ejection_percent` refused.
+    pub ejections_refused: AtomicU64,
 }
 
 /// One generation of a pool: its config, servers, balancer. A membership change or a
@@ -240,9 +281,13 @@ pub struct PoolState {
     pub servers: Box<[Arc<ServerState>]>,
     pub balancer: Balancer,
     pub shared: Arc<PoolShared>,
-    /// Whether health checks run (passive failures only mark down when they do,
-    /// since only an active check can bring a server back).
+    /// Whether health checks run.
     pub checks_enabled: bool,
+    /// The outlier detection settings of `cfg`.
+    pub outlier: OutlierPolicy,
+    /// Too few servers available (`cfg.panic_threshold`): balance over every server in
+    /// service. Recomputed by [`PoolState::rebuild`].
+    panic: AtomicBool,
     pub msg_503_down: Bytes,
     pub msg_503_queue: Bytes,
     pub msg_502: Bytes,
@@ -253,7 +298,22 @@ pub fn health_policy(cfg: &Pool) -> HealthPolicy {
     HealthPolicy {
         rise: cfg.health_check.rise,
         fall: cfg.health_check.fall,
-        passive_failures: cfg.passive_failures,
+    }
+}
+
+/// The detector's settings from a pool's config.
+pub fn outlier_policy(cfg: &Pool) -> OutlierPolicy {
+    let o = &cfg.outlier;
+    let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    OutlierPolicy {
+        connect_failures: cfg.passive_failures,
+        interval_ns: ns(o.interval),
+        min_requests: u64::from(o.min_requests),
+        failure_percent: o.failure_percent,
+        margin_percent: o.margin_percent,
+        max_ejection_percent: o.max_ejection_percent,
+        base_ejection_ns: ns(o.base_ejection_time),
+        max_ejection_ns: ns(o.max_ejection_time),
     }
 }
 
@@ -273,6 +333,7 @@ impl PoolState {
             .iter()
             .map(|s| Arc::new(ServerState::new(s, policy, workers)))
             .collect();
+        let now = now_ns();
         let shared = Arc::new(PoolShared {
             budget: RetryBudget::new(
                 cfg.retries.budget_ratio,
@@ -282,6 +343,10 @@ impl PoolState {
             slot_freed: Notify::new(),
             waiting: AtomicUsize::new(0),
             stats: Counters::new(workers),
+            detector: Mutex::new(Detector::new(now)),
+            outlier_due: AtomicU64::new(now.saturating_add(outlier_policy(&cfg).interval_ns)),
+            ejections: [AtomicU64::new(0), AtomicU64::new(0)],
+            ejections_refused: AtomicU64::new(0),
         });
         PoolState::generation(cfg, servers, shared, seed)
     }
@@ -298,6 +363,8 @@ impl PoolState {
             balancer: Balancer::new(cfg.algorithm, seed),
             shared,
             checks_enabled: cfg.health_check.kind != CheckKind::None,
+            outlier: outlier_policy(&cfg),
+            panic: AtomicBool::new(false),
             msg_503_down: Bytes::from(format!(
                 "503 Service Unavailable: no healthy server in pool \"{name}\"\n"
             )),
@@ -317,8 +384,19 @@ impl PoolState {
         p
     }
 
-    /// Rebuild the balancer's tables after membership or eligibility changed.
+    /// Rebuild the balancer's tables after membership or eligibility changed (and decide
+    /// whether the pool is in panic).
     pub fn rebuild(&self) {
+        let in_service = self.servers.iter().filter(|s| s.in_service()).count();
+        let available = self.servers.iter().filter(|s| s.eligible()).count();
+        let panic = in_panic(available, in_service, self.cfg.panic_threshold);
+        if self.panic.swap(panic, Ordering::AcqRel) != panic {
+            if panic {
+                tracing::warn!(pool = %self.cfg.name, available, in_service, panic_threshold = self.cfg.panic_threshold, "pool in PANIC: too few servers available, balancing over every server in service");
+            } else {
+                tracing::warn!(pool = %self.cfg.name, available, in_service, "pool out of panic");
+            }
+        }
         let v = View {
             pool: self,
             now_ns: now_ns(),
@@ -328,6 +406,22 @@ impl PoolState {
         self.balancer.rebuild(&v);
         // Queued requests must learn that the pool may have changed.
         self.slot_freed.notify_waiters();
+    }
+
+    /// Whether the pool balances over every server in service (too few available).
+    pub fn in_panic(&self) -> bool {
+        self.panic.load(Ordering::Relaxed)
+    }
+
+    /// Whether server `i` takes new requests now: available, or in service while the pool
+    /// is in panic.
+    pub fn takes(&self, i: usize) -> bool {
+        let s = &self.servers[i];
+        if self.in_panic() {
+            s.in_service()
+        } else {
+            s.eligible()
+        }
     }
 
     pub fn index_of(&self, s: &Arc<ServerState>) -> Option<usize> {
@@ -380,43 +474,167 @@ impl PoolState {
         }
     }
 
-    /// An active health check result.
+    /// An active health check result. A server ejected for connect failures also
+    /// returns once `rise` checks passed.
     pub fn on_check(&self, i: usize, ok: bool) {
         let t = match self.servers[i].health.lock() {
             Ok(mut h) => h.on_check(ok),
             Err(_) => None,
         };
         self.apply(i, t, "health check failed");
-    }
-
-    /// A connect failure, a failure before any response byte, a timeout or a 5xx.
-    pub fn on_passive_failure(&self, i: usize, why: Fail) {
-        let s = &self.servers[i];
-        s.failures.fetch_add(1, Ordering::Relaxed);
-        s.stats.error(why.kind());
-        self.stats.error(why.kind());
-        if !self.checks_enabled {
-            return;
+        if self.servers[i].is_ejected() {
+            let now = now_ns();
+            let rise = self.cfg.health_check.rise;
+            self.with_outlier(now, |_, _, servers, events| {
+                if servers[i].on_check(ok, rise, now) {
+                    events.push(Event::Returned {
+                        server: i,
+                        reason: Reason::ConnectFailures,
+                        by_check: true,
+                    });
+                }
+            });
         }
-        s.passive_dirty.store(true, Ordering::Relaxed);
-        let t = match s.health.lock() {
-            Ok(mut h) => h.on_passive_failure(),
-            Err(_) => None,
-        };
-        self.apply(i, t, why.as_str());
     }
 
-    pub fn on_passive_success(&self, i: usize) {
-        let s = &self.servers[i];
-        if s.passive_dirty.swap(false, Ordering::Relaxed) {
-            if let Ok(mut h) = s.health.lock() {
-                h.on_passive_success();
+    /// What an attempt on server `i` came to, at `now` (`clock::now_ns`): the one entry
+    /// of passive evidence, for HTTP (fast path and hyper's) and TCP alike. Counts
+    /// failures (a 5xx answer is one), and feeds the outlier detector: connect failures
+    /// count towards `passive_failures` in a row, every failure towards the server's
+    /// failure ratio, which the detector compares with its peers' at each window's end.
+    pub fn on_passive(&self, i: usize, outcome: Outcome, now: u64) {
+        let Some(s) = self.servers.get(i) else {
+            return;
+        };
+        let fail = match outcome {
+            Outcome::Answered(status) if status >= 500 => Some(Fail::Status5xx),
+            Outcome::Answered(_) | Outcome::Connected => None,
+            Outcome::Failed(f) => Some(f),
+        };
+        if let Some(f) = fail {
+            s.failures.fetch_add(1, Ordering::Relaxed);
+            s.stats.error(f.kind());
+            self.stats.error(f.kind());
+        }
+        if fail == Some(Fail::Connect) {
+            self.with_outlier(now, |det, p, servers, events| {
+                events.extend(det.on_connect_failure(p, servers, i, now));
+            });
+        } else if s.connect_dirty.load(Ordering::Relaxed)
+            && s.connect_dirty.swap(false, Ordering::Relaxed)
+        {
+            // A connection was made: the connect failure streak ends.
+            if let Ok(mut o) = s.outlier.lock() {
+                o.on_connected();
             }
         }
     }
 
+    /// Return servers whose ejection ran out and judge the failure-ratio window when it
+    /// ended: one atomic load unless something is due.
+    pub fn outlier_tick(&self, now: u64) {
+        if now < self.shared.outlier_due.load(Ordering::Relaxed) {
+            return;
+        }
+        let samples: Vec<Sample> = self
+            .servers
+            .iter()
+            .map(|s| Sample {
+                requests: s.requests.load(Ordering::Relaxed),
+                failures: s.failures.load(Ordering::Relaxed),
+            })
+            .collect();
+        self.with_outlier(now, |det, p, servers, events| {
+            det.tick(p, servers, &samples, now, events);
+        });
+    }
+
+    /// Run `f` over the pool's detector and every server's outlier state, then apply the
+    /// events it pushed. Locks: the detector first, then the servers in index order (the
+    /// only order in which more than one of these locks is ever held).
+    fn with_outlier(
+        &self,
+        now: u64,
+        f: impl FnOnce(
+            &mut Detector,
+            &OutlierPolicy,
+            &mut [MutexGuard<'_, ServerOutlier>],
+            &mut Vec<Event>,
+        ),
+    ) {
+        let mut events = Vec::new();
+        {
+            let mut det = self
+                .shared
+                .detector
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let mut guards: Vec<MutexGuard<'_, ServerOutlier>> = self
+                .servers
+                .iter()
+                .map(|s| s.outlier.lock().unwrap_or_else(PoisonError::into_inner))
+                .collect();
+            f(&mut det, &self.outlier, &mut guards, &mut events);
+            for (s, g) in self.servers.iter().zip(&guards) {
+                s.ejected.store(g.is_ejected(), Ordering::Release);
+                s.connect_dirty
+                    .store(g.connect_streak() > 0, Ordering::Relaxed);
+            }
+            self.shared
+                .outlier_due
+                .store(det.next_due_ns(&self.outlier, &guards), Ordering::Relaxed);
+        }
+        self.apply_outlier(&events, now);
+    }
+
+    /// Log and count what the detector decided; rebuild when a server left or returned.
+    fn apply_outlier(&self, events: &[Event], now: u64) {
+        let mut changed = false;
+        for e in events {
+            match *e {
+                Event::Ejected { server, ejection } => {
+                    let s = &self.servers[server];
+                    if let Some(c) = self.shared.ejections.get(ejection.reason as usize) {
+                        c.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let secs = ejection.until_ns.saturating_sub(ejection.since_ns) as f64 / 1e9;
+                    tracing::warn!(pool = %self.cfg.name, server = %s.name, addr = %s.addr, reason = ejection.reason.as_str(), seconds = secs, ejections = ejection.count, "server EJECTED");
+                    s.close_idle();
+                    changed = true;
+                }
+                Event::Returned {
+                    server,
+                    reason,
+                    by_check,
+                } => {
+                    let s = &self.servers[server];
+                    if !self.cfg.slow_start.is_zero() {
+                        s.up_since_ns.store(now, Ordering::Relaxed);
+                    }
+                    let how = if by_check {
+                        "health checks passed"
+                    } else {
+                        "ejection time over"
+                    };
+                    tracing::warn!(pool = %self.cfg.name, server = %s.name, addr = %s.addr, reason = reason.as_str(), how, "server back from ejection");
+                    changed = true;
+                }
+                Event::Refused { server, reason } => {
+                    self.shared
+                        .ejections_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    let s = &self.servers[server];
+                    tracing::warn!(pool = %self.cfg.name, server = %s.name, reason = reason.as_str(), max_ejection_percent = self.cfg.outlier.max_ejection_percent, "ejection refused: the pool's max_ejection_percent is ejected already");
+                }
+            }
+        }
+        if changed {
+            self.rebuild();
+        }
+    }
+
     pub fn any_up(&self) -> bool {
-        self.servers.iter().any(|s| s.eligible())
+        (0..self.servers.len()).any(|i| self.takes(i))
     }
 
     /// Take a slot on server `i` unless it is at `max_in_flight`.
@@ -456,6 +674,7 @@ impl PoolState {
         tried: u64,
         now: u64,
     ) -> Result<InFlight, PickError> {
+        self.outlier_tick(now);
         let r = self.pick_inner(hash_key, tried, now).await;
         match &r {
             Ok(f) if tried != 0 => {
@@ -523,10 +742,7 @@ impl PoolState {
     }
 
     fn any_eligible(&self, tried: u64) -> bool {
-        self.servers
-            .iter()
-            .enumerate()
-            .any(|(i, s)| s.eligible() && !is_tried(tried, i))
+        (0..self.servers.len()).any(|i| self.takes(i) && !is_tried(tried, i))
     }
 }
 
@@ -648,7 +864,7 @@ impl ServerSet for View<'_> {
 
     fn weight(&self, i: usize) -> u32 {
         let s = &self.pool.servers[i];
-        if !s.eligible() || is_tried(self.tried, i) {
+        if !self.pool.takes(i) || is_tried(self.tried, i) {
             return 0;
         }
         if !self.ignore_full {
@@ -688,10 +904,20 @@ impl ServerSet for View<'_> {
 mod tests {
     use super::*;
     use rampart_balance::Algorithm;
-    use rampart_topology::lb::{HealthCheck, PoolTimeouts, QueueConfig, RetryConfig, Server};
+    use rampart_topology::lb::{
+        HealthCheck, OutlierConfig, PoolTimeouts, QueueConfig, RetryConfig, Server,
+    };
 
     fn pool(n: usize, max_in_flight: Option<u32>, queue_timeout: Duration) -> Arc<PoolState> {
-        let cfg = Pool {
+        Arc::new(PoolState::new(
+            config(n, max_in_flight, queue_timeout),
+            1,
+            7,
+        ))
+    }
+
+    fn config(n: usize, max_in_flight: Option<u32>, queue_timeout: Duration) -> Pool {
+        Pool {
             name: "p".into(),
             algorithm: Algorithm::RoundRobin,
             servers: (0..n)
@@ -703,6 +929,8 @@ mod tests {
                 .collect(),
             health_check: HealthCheck::with_kind(CheckKind::Tcp),
             passive_failures: 2,
+            outlier: OutlierConfig::default(),
+            panic_threshold: 0,
             slow_start: Duration::ZERO,
             max_in_flight,
             queue: QueueConfig {
@@ -712,8 +940,24 @@ mod tests {
             retries: RetryConfig::default(),
             timeouts: PoolTimeouts::default(),
             discovery: None,
-        };
-        Arc::new(PoolState::new(cfg, 1, 7))
+        }
+    }
+
+    const S: u64 = 1_000_000_000;
+
+    /// `n` requests on server `i` answered with `status`.
+    fn answers(p: &Arc<PoolState>, i: usize, n: usize, status: u16) {
+        for _ in 0..n {
+            let slot = p.try_acquire(i).unwrap();
+            p.on_passive(i, Outcome::Answered(status), now_ns());
+            drop(slot);
+        }
+    }
+
+    fn ejected(p: &PoolState) -> Vec<usize> {
+        (0..p.servers.len())
+            .filter(|&i| p.servers[i].is_ejected())
+            .collect()
     }
 
     #[tokio::test]
@@ -724,11 +968,19 @@ mod tests {
         for _ in 0..10 {
             assert_ne!(p.pick(0, tried).await.unwrap().server, a.server);
         }
-        // Two passive failures take a server down at once.
-        p.on_passive_failure(1, Fail::Connect);
-        assert!(p.servers[1].is_up());
-        p.on_passive_failure(1, Fail::Connect);
-        assert!(!p.servers[1].is_up());
+        // Two connect failures in a row eject a server at once; an answer in between resets.
+        let now = now_ns();
+        p.on_passive(1, Outcome::Failed(Fail::Connect), now);
+        p.on_passive(1, Outcome::Answered(502), now);
+        p.on_passive(1, Outcome::Failed(Fail::Connect), now);
+        assert!(!p.servers[1].is_ejected());
+        p.on_passive(1, Outcome::Failed(Fail::Connect), now);
+        assert!(p.servers[1].is_ejected());
+        assert!(p.servers[1].is_up(), "ejection is not health");
+        assert_eq!(
+            p.ejections[Reason::ConnectFailures as usize].load(Ordering::Relaxed),
+            1
+        );
         for _ in 0..10 {
             assert_ne!(p.pick(0, 0).await.unwrap().server, 1);
         }
@@ -736,10 +988,19 @@ mod tests {
             p.pick(0, mark_tried(mark_tried(0, 0), 2)).await.err(),
             Some(PickError::NoneUp)
         );
-        // Only active checks bring it back (rise = 2).
+        // Passing active checks bring it back early (rise = 2).
         p.on_check(1, true);
+        assert!(p.servers[1].is_ejected());
         p.on_check(1, true);
-        assert!(p.servers[1].is_up());
+        assert!(!p.servers[1].is_ejected());
+        // Failing ones take a server down (fall = 3).
+        for _ in 0..3 {
+            p.on_check(2, false);
+        }
+        assert!(!p.servers[2].is_up());
+        for _ in 0..10 {
+            assert_ne!(p.pick(0, 0).await.unwrap().server, 2);
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -763,15 +1024,96 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn without_health_checks_passive_failures_never_take_a_server_down() {
-        let p = {
-            let mut cfg = pool(1, None, Duration::from_secs(1)).cfg.clone();
-            cfg.health_check = HealthCheck::with_kind(CheckKind::None);
-            Arc::new(PoolState::new(cfg, 1, 7))
-        };
+    async fn a_lone_server_is_never_ejected() {
+        let p = pool(1, None, Duration::from_secs(1));
         for _ in 0..10 {
-            p.on_passive_failure(0, Fail::Connect);
+            p.on_passive(0, Outcome::Failed(Fail::Connect), now_ns());
         }
-        assert!(p.servers[0].is_up());
+        assert!(p.servers[0].eligible());
+        assert_eq!(
+            p.ejections_refused.load(Ordering::Relaxed),
+            1,
+            "once per streak"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_health_checks_an_ejection_ends_by_time() {
+        let mut cfg = config(2, None, Duration::from_secs(1));
+        cfg.health_check = HealthCheck::with_kind(CheckKind::None);
+        let p = Arc::new(PoolState::new(cfg, 1, 7));
+        let t = now_ns();
+        p.on_passive(0, Outcome::Failed(Fail::Connect), t);
+        p.on_passive(0, Outcome::Failed(Fail::Connect), t);
+        assert_eq!(ejected(&p), vec![0]);
+        p.outlier_tick(t + 29 * S);
+        assert_eq!(ejected(&p), vec![0]);
+        p.outlier_tick(t + 30 * S);
+        assert!(ejected(&p).is_empty());
+        // Ejected again at once: twice as long.
+        p.on_passive(0, Outcome::Failed(Fail::Connect), t + 31 * S);
+        p.on_passive(0, Outcome::Failed(Fail::Connect), t + 31 * S);
+        let e = p.servers[0].ejection().unwrap();
+        assert_eq!((e.count, e.until_ns - e.since_ns), (2, 60 * S));
+    }
+
+    #[tokio::test]
+    async fn a_url_failing_everywhere_ejects_nobody_a_failing_server_is_ejected() {
+        let p = pool(3, None, Duration::from_secs(1));
+        let t = now_ns();
+        // Every server answers 500 to the same bad URL, 200 to the rest.
+        for i in 0..3 {
+            answers(&p, i, 30, 500);
+            answers(&p, i, 10, 200);
+        }
+        p.outlier_tick(t + 10 * S);
+        assert!(ejected(&p).is_empty());
+        // One server fails everything, the others nothing.
+        answers(&p, 0, 30, 500);
+        answers(&p, 1, 30, 200);
+        answers(&p, 2, 30, 200);
+        p.outlier_tick(t + 20 * S);
+        assert_eq!(ejected(&p), vec![0]);
+        let e = p.servers[0].ejection().unwrap();
+        assert_eq!(e.reason, Reason::FailureRatio);
+        // Passing checks do not end a failure-ratio ejection.
+        for _ in 0..5 {
+            p.on_check(0, true);
+        }
+        assert_eq!(ejected(&p), vec![0]);
+        for _ in 0..10 {
+            assert_ne!(p.pick(0, 0).await.unwrap().server, 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn past_the_panic_threshold_every_server_takes_requests() {
+        let mut cfg = config(3, None, Duration::from_secs(1));
+        cfg.panic_threshold = 50;
+        let p = Arc::new(PoolState::new(cfg, 1, 7));
+        for _ in 0..3 {
+            p.on_check(1, false);
+        }
+        assert!(!p.in_panic(), "2 of 3 available");
+        for _ in 0..3 {
+            p.on_check(2, false);
+        }
+        assert!(p.in_panic(), "1 of 3 available");
+        let mut seen = [0; 3];
+        for _ in 0..30 {
+            seen[p.pick(0, 0).await.unwrap().server] += 1;
+        }
+        assert_eq!(seen, [10, 10, 10]);
+        p.on_check(2, true);
+        p.on_check(2, true);
+        assert!(!p.in_panic());
+        // Without a threshold an all-down pool has nobody to pick.
+        let p = pool(2, None, Duration::from_secs(1));
+        for _ in 0..3 {
+            p.on_check(0, false);
+            p.on_check(1, false);
+        }
+        assert!(!p.in_panic());
+        assert_eq!(p.pick(0, 0).await.err(), Some(PickError::NoneUp));
     }
 }

@@ -8,7 +8,7 @@ use tokio::net::TcpStream;
 
 use crate::clock::now_ns;
 use crate::io::{self, Activity, CountedIo};
-use crate::state::{mark_tried, Fail, PickError};
+use crate::state::{mark_tried, Fail, Outcome, PickError};
 use crate::upstream;
 use crate::ListenerRt;
 
@@ -47,7 +47,7 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, listener: Arc<ListenerRt
         let s = slot.server();
         match upstream::connect_tcp(s.addr, pool.cfg.timeouts.connect).await {
             Ok(up) => {
-                pool.on_passive_success(i);
+                pool.on_passive(i, Outcome::Connected, now_ns());
                 let activity = Arc::new(Activity::default());
                 let mut c = CountedIo::new(client, activity.clone());
                 let mut u = up;
@@ -64,7 +64,7 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, listener: Arc<ListenerRt
             }
             Err(e) => {
                 tracing::warn!(pool = %pool.cfg.name, server = %s.name, error = %e, "connect failed");
-                pool.on_passive_failure(i, Fail::Connect);
+                pool.on_passive(i, Outcome::Failed(Fail::Connect), now_ns());
                 drop(slot);
                 // Nothing was sent yet: always safe to try another server.
                 if attempt >= pool.cfg.retries.attempts || !pool.budget.try_retry(now_ns()) {

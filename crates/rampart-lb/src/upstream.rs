@@ -109,7 +109,7 @@ pub fn checkin(
     sender: SendRequest<ReqBody>,
     idle_timeout: Duration,
 ) {
-    if sender.is_closed() || !server.is_up() {
+    if sender.is_closed() || !server.is_up() || server.is_ejected() {
         return;
     }
     if let Some(slot) = server.idle.get(worker) {
@@ -178,7 +178,7 @@ pub fn checkin_raw(
     idle_timeout: Duration,
     now_ns: u64,
 ) {
-    if !server.is_up() {
+    if !server.is_up() || server.is_ejected() {
         return;
     }
     let Some(slot) = server.idle_raw.get(worker) else {

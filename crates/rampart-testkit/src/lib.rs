@@ -21,6 +21,7 @@ use nix::unistd::Pid;
 pub use tempfile::TempDir;
 
 pub mod etcd;
+pub mod netns;
 pub mod pg;
 
 /// A free TCP port on 127.0.0.1, never handed out twice in this process.

@@ -46,6 +46,8 @@ pub struct LbConfig {
     pub grace: Duration,
     /// One line per request, when set.
     pub access_log: Option<AccessLog>,
+    /// Virtual routers (`[[vrrp]]`): the virtual IPs this balancer shares with its peers.
+    pub vrrp: Vec<crate::vrrp::VrrpInstance>,
 }
 
 /// `[admin]`: where the admin API listens and who may use it.
@@ -409,6 +411,8 @@ pub struct RawLbFile {
     pub shutdown: Option<RawShutdown>,
     #[serde(default)]
     pub access_log: Option<RawAccessLog>,
+    #[serde(default)]
+    pub vrrp: Vec<crate::vrrp::RawVrrp>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -898,6 +902,9 @@ impl LbConfig {
                 .map(|p| resolve(c.src, p.get_ref())),
         });
 
+        let listener_names: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
+        let vrrp = crate::vrrp::validate(src, &raw.vrrp, &listener_names, &mut c.errors);
+
         let pools: Vec<Pool> = pools.into_iter().flatten().collect();
         // Report in file order; problems without a position last.
         c.errors.sort_by_key(|d| (d.line == 0, d.line, d.col));
@@ -910,6 +917,7 @@ impl LbConfig {
                 admin,
                 grace,
                 access_log,
+                vrrp,
             })
         } else {
             Err(ConfigError {
@@ -970,6 +978,7 @@ impl LbConfig {
             admin: None,
             grace: DEFAULT_GRACE,
             access_log: None,
+            vrrp: Vec::new(),
         })
     }
 }

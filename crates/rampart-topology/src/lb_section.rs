@@ -215,6 +215,19 @@ impl LbTopology {
                 h.fall,
                 dur(h.jitter)
             );
+            let o = &p.outlier;
+            let _ = writeln!(
+                out,
+                "panic_threshold = {}\noutlier = {{ interval = \"{}\", min_requests = {}, failure_percent = {}, margin_percent = {}, max_ejection_percent = {}, base_ejection_time = \"{}\", max_ejection_time = \"{}\" }}",
+                p.panic_threshold,
+                dur(o.interval),
+                o.min_requests,
+                o.failure_percent,
+                o.margin_percent,
+                o.max_ejection_percent,
+                dur(o.base_ejection_time),
+                dur(o.max_ejection_time)
+            );
             let _ = writeln!(
                 out,
                 "queue = {{ size = {}, timeout = \"{}\" }}",
@@ -418,12 +431,17 @@ algorithm = "least-connections"
 servers = [{ name = "w1", address = "127.0.0.1:9001", weight = 3 }, { name = "w2", address = "127.0.0.1:9002" }]
 slow_start = "1.5s"
 health_check = { kind = "http", path = "/health", interval = "250ms" }
+passive_failures = 5
+panic_threshold = 40
+outlier = { interval = "2s", min_requests = 7, failure_percent = 60, margin_percent = 25, max_ejection_percent = 34, base_ejection_time = "1m", max_ejection_time = "10m" }
 "#;
         let src = Source::new("t.toml", text);
         let s: LbSection = src.parse().unwrap();
         let mut errs = Vec::new();
         let t = validate(&src, &s, false, &mut errs).unwrap();
         assert!(errs.is_empty(), "{errs:?}");
+        assert_eq!(t.config.pools[0].panic_threshold, 40);
+        assert_eq!(t.config.pools[0].outlier.max_ejection_percent, 34);
         let file = t.render_node_file(&t.nodes[0]);
         let back = LbConfig::from_source(&Source::new("gen.toml", file.clone()))
             .unwrap_or_else(|e| panic!("{e}\n{file}"));

@@ -19,6 +19,7 @@ pub mod monitor;
 pub mod security;
 pub mod topology;
 mod validate;
+pub mod vrrp;
 pub mod web;
 
 pub use diag::{ConfigError, Diagnostic, Source};

@@ -76,6 +76,18 @@ pub enum LbCommand {
     /// connection: it starts it, hands over its sockets, then drains (admin API, or
     /// SIGUSR2 by pid file).
     Upgrade(ReloadArgs),
+    /// (Internal) started by a balancer with virtual routers: waits for the balancer to
+    /// die, however it dies, then removes its virtual IPs from the interface.
+    #[command(hide = true)]
+    VipGuard(VipGuardArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct VipGuardArgs {
+    #[arg(long)]
+    pub interface: String,
+    #[arg(long = "address", value_name = "ADDR/PREFIX")]
+    pub addresses: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -179,6 +191,11 @@ pub fn run(args: LbArgs) -> anyhow::Result<()> {
         Some(LbCommand::Ctl(c)) => return ctl_run(c),
         Some(LbCommand::Reload(r)) => return reload_run(r, false),
         Some(LbCommand::Upgrade(r)) => return reload_run(r, true),
+        Some(LbCommand::VipGuard(g)) => {
+            return rampart_lb::vrrp::guard_main(&g.interface, &g.addresses)
+                .map_err(anyhow::Error::msg)
+                .context("guard the virtual IPs")
+        }
         None => {}
     }
     let node = args.node.clone();

@@ -1,0 +1,551 @@
+//! The balancer's virtual routers (`[[vrrp]]`): VRRP version 3 inside `rampart lb`, so
+//! the balancer itself moves the site's virtual IPs between the balancers of a pair.
+//!
+//! One task per virtual router on the control thread's runtime. The protocol is
+//! `rampart_vrrp`'s pure state machine; this module feeds it adverts (from
+//! `rampart_hostnet`'s raw socket; TTL 255, VRID and sender checked), its timers and the
+//! health of what it tracks, and carries out its actions: adverts to 224.0.0.18 or the
+//! unicast peers, the addresses added and removed by netlink, gratuitous ARP. Health
+//! tracking: a tracked listener fails when its socket is gone or every server of its pool
+//! is down, and takes its weight off the priority (weight 0: fault, mastership given up);
+//! the interface losing its carrier is a fault too. On stop, a master advertises
+//! priority 0 and keeps the addresses (and keeps serving) until its successor advertises,
+//! before the listeners drain: make before break.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rampart_hostnet::addr::{self, IfAddr};
+use rampart_hostnet::garp::Announcer;
+use rampart_hostnet::iface::Interface;
+use rampart_hostnet::VrrpSocket;
+use rampart_topology::vrrp::VrrpInstance;
+use rampart_vrrp::packet::{self, parse_ipv4, Advert};
+use rampart_vrrp::{Action, Actions, Router, RouterConfig, State};
+use tokio::sync::watch;
+
+use crate::Shared;
+
+/// What the admin API, the metrics and the stats page show of one virtual router.
+pub struct RouterView {
+    pub name: String,
+    pub vrid: u8,
+    pub interface: String,
+    pub priority: u8,
+    pub addresses: Vec<String>,
+    state: AtomicU8,
+    effective_priority: AtomicU8,
+    pub transitions: AtomicU64,
+    pub adverts_sent: AtomicU64,
+    pub adverts_received: AtomicU64,
+    pub adverts_dropped: AtomicU64,
+    /// The last transition (`from -> to: cause`) and the master last heard.
+    detail: Mutex<Detail>,
+}
+
+#[derive(Default, Clone)]
+struct Detail {
+    last_transition: String,
+    master: Option<(IpAddr, u8)>,
+    failing: Vec<String>,
+}
+
+fn state_code(s: State) -> u8 {
+    match s {
+        State::Init => 0,
+        State::Backup => 1,
+        State::Master => 2,
+        State::Fault => 3,
+        State::Stopping => 4,
+    }
+}
+
+/// Names of [`state_code`]s.
+pub const STATE_NAMES: [&str; 5] = ["init", "backup", "master", "fault", "stopping"];
+
+impl RouterView {
+    fn new(i: &VrrpInstance) -> RouterView {
+        RouterView {
+            name: i.name.clone(),
+            vrid: i.vrid,
+            interface: i.interface.clone(),
+            priority: i.priority,
+            addresses: i.addresses.iter().map(|a| a.to_string()).collect(),
+            state: AtomicU8::new(0),
+            effective_priority: AtomicU8::new(i.priority),
+            transitions: AtomicU64::new(0),
+            adverts_sent: AtomicU64::new(0),
+            adverts_received: AtomicU64::new(0),
+            adverts_dropped: AtomicU64::new(0),
+            detail: Mutex::new(Detail::default()),
+        }
+    }
+
+    /// 0 init, 1 backup, 2 master, 3 fault, 4 stopping (a master handing over).
+    pub fn state_code(&self) -> u8 {
+        self.state.load(Ordering::Relaxed)
+    }
+
+    pub fn state_name(&self) -> &'static str {
+        STATE_NAMES
+            .get(usize::from(self.state_code()))
+            .copied()
+            .unwrap_or("init")
+    }
+
+    pub fn effective_priority(&self) -> u8 {
+        self.effective_priority.load(Ordering::Relaxed)
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        let d = self.detail.lock().map(|d| d.clone()).unwrap_or_default();
+        serde_json::json!({
+            "name": self.name,
+            "vrid": self.vrid,
+            "interface": self.interface,
+            "state": self.state_name(),
+            "priority": self.priority,
+            "effective_priority": self.effective_priority(),
+            "addresses": self.addresses,
+            "master": d.master.map(|(ip, p)| serde_json::json!({"address": ip.to_string(), "priority": p})),
+            "last_transition": d.last_transition,
+            "failing": d.failing,
+            "transitions": self.transitions.load(Ordering::Relaxed),
+            "adverts_sent": self.adverts_sent.load(Ordering::Relaxed),
+            "adverts_received": self.adverts_received.load(Ordering::Relaxed),
+            "adverts_dropped": self.adverts_dropped.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// The running virtual routers of this process.
+pub(crate) struct Vrrp {
+    pub views: Vec<Arc<RouterView>>,
+    stop: watch::Sender<bool>,
+    done: Vec<tokio::task::JoinHandle<()>>,
+    /// The write end of the guard's stdin: it closes when this process dies.
+    _guard: Option<std::process::ChildStdin>,
+}
+
+/// A balancer that dies without stopping (SIGKILL, a crash, the OOM killer) would leave
+/// its virtual IPs on the interface: the host would go on answering ARP for them and
+/// refusing connections, fighting the new master. So each balancer with virtual routers
+/// starts a guard (`rampart lb vip-guard`, its own process group, so a kill of the
+/// balancer's group spares it) holding the read end of a pipe whose write end only the
+/// balancer has. When the balancer is gone the kernel closes the pipe; the guard reads
+/// the end of file, removes the addresses (netlink) and exits.
+fn spawn_guard(instances: &[VrrpInstance]) -> Result<Option<std::process::ChildStdin>, String> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+    let mut by_iface: Vec<(String, Vec<String>)> = Vec::new();
+    for i in instances {
+        let addrs = i.addresses.iter().map(|a| a.to_string());
+        match by_iface.iter_mut().find(|(n, _)| *n == i.interface) {
+            Some((_, v)) => v.extend(addrs),
+            None => by_iface.push((i.interface.clone(), addrs.collect())),
+        }
+    }
+    // One guard per interface would need one pipe each; a balancer's routers are on one
+    // interface almost always, so one guard takes the first and the rest get their own.
+    let mut first = None;
+    for (iface, addrs) in by_iface {
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args(["lb", "vip-guard", "--interface", &iface]);
+        for a in &addrs {
+            cmd.args(["--address", a]);
+        }
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .process_group(0);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start the virtual IP guard: {e}"))?;
+        let stdin = child.stdin.take();
+        // Reaped by nobody until we exit; it exits only after we do.
+        std::mem::forget(child);
+        if first.is_none() {
+            first = stdin;
+        } else if let Some(s) = stdin {
+            std::mem::forget(s);
+        }
+    }
+    Ok(first)
+}
+
+/// `rampart lb vip-guard`: block until stdin ends (the balancer died), then remove
+/// `addresses` from `interface`.
+pub fn guard_main(interface: &str, addresses: &[String]) -> Result<(), String> {
+    use std::io::Read;
+    let iface = Interface::lookup(interface).map_err(|e| e.to_string())?;
+    let vips: Vec<IfAddr> = addresses
+        .iter()
+        .map(|a| a.parse::<IfAddr>())
+        .collect::<Result<_, _>>()?;
+    let mut buf = [0u8; 64];
+    let mut stdin = std::io::stdin();
+    loop {
+        match stdin.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+    for v in vips {
+        if addr::present(interface, v.ip) {
+            match addr::remove(iface.index, v) {
+                Ok(()) => eprintln!(
+                    "rampart lb vip-guard: the balancer is gone: removed {v} from {interface}"
+                ),
+                Err(e) => {
+                    eprintln!("rampart lb vip-guard: cannot remove {v} from {interface}: {e}")
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Everything one router needs from the host, opened before it starts (so a missing
+/// interface or a lack of privilege refuses the balancer's start, naming the cause).
+struct Host {
+    iface: Interface,
+    primary: Ipv4Addr,
+    sock: VrrpSocket,
+    announcer: Announcer,
+    vips: Vec<IfAddr>,
+}
+
+fn open_host(i: &VrrpInstance) -> Result<Host, String> {
+    let iface = Interface::lookup(&i.interface).map_err(|e| e.to_string())?;
+    let vip_ips: Vec<IpAddr> = i.addresses.iter().map(|a| a.ip).collect();
+    let primary = iface.primary_v4(&vip_ips).map_err(|e| e.to_string())?;
+    let sock = VrrpSocket::open_v4(&iface, primary).map_err(|e| e.to_string())?;
+    let announcer = Announcer::open(&iface).map_err(|e| e.to_string())?;
+    let vips = i
+        .addresses
+        .iter()
+        .map(|a| IfAddr {
+            ip: a.ip,
+            prefix: a.prefix,
+        })
+        .collect();
+    Ok(Host {
+        iface,
+        primary,
+        sock,
+        announcer,
+        vips,
+    })
+}
+
+fn router_config(i: &VrrpInstance, primary: Ipv4Addr) -> RouterConfig {
+    let mut c = RouterConfig::new(
+        i.vrid,
+        i.priority,
+        IpAddr::V4(primary),
+        i.addresses.iter().map(|a| a.ip).collect(),
+    );
+    c.interval = i.advert_interval;
+    c.preempt = i.preempt;
+    c.preempt_delay = i.preempt_delay;
+    c
+}
+
+/// Open every virtual router's sockets and start them (inside the control runtime).
+pub(crate) fn start(shared: &Arc<Shared>, instances: &[VrrpInstance]) -> Result<Vrrp, String> {
+    let (stop, _) = watch::channel(false);
+    let mut views = Vec::new();
+    let mut hosts = Vec::new();
+    for i in instances {
+        let host = open_host(i).map_err(|e| format!("virtual router {}: {e}", i.name))?;
+        let router = Router::new(router_config(i, host.primary))
+            .map_err(|e| format!("virtual router {}: {e}", i.name))?;
+        hosts.push((i.clone(), host, router));
+    }
+    let guard = spawn_guard(instances)?;
+    let mut done = Vec::new();
+    for (i, host, router) in hosts {
+        let view = Arc::new(RouterView::new(&i));
+        views.push(view.clone());
+        let task = RouterTask {
+            inst: i,
+            host,
+            router,
+            view,
+            shared: shared.clone(),
+            buf: Vec::with_capacity(64),
+        };
+        done.push(tokio::spawn(task.run(stop.subscribe())));
+    }
+    Ok(Vrrp {
+        views,
+        stop,
+        done,
+        _guard: guard,
+    })
+}
+
+impl Vrrp {
+    /// Stop every router: masters hand over first (bounded by 3 adverts + 1 s each).
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.done {
+            let _ = t.await;
+        }
+    }
+}
+
+struct RouterTask {
+    inst: VrrpInstance,
+    host: Host,
+    router: Router,
+    view: Arc<RouterView>,
+    shared: Arc<Shared>,
+    buf: Vec<u8>,
+}
+
+impl RouterTask {
+    async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        // A balancer that crashed as master may have left the addresses behind: a backup
+        // must not hold them (keepalived removes them at start as well).
+        self.remove_addresses();
+        let mut stopping = false;
+        let acts = self.router.start(Instant::now());
+        if self.apply(acts).await {
+            return;
+        }
+        let mut rx = vec![0u8; 2048];
+        let track_every = self.inst.advert_interval.min(Duration::from_millis(100));
+        let mut track = tokio::time::interval(track_every);
+        track.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let deadline = self.router.next_deadline();
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let acts = tokio::select! {
+                r = self.host.sock.recv(&mut rx) => match r {
+                    Ok((n, _)) => match self.advert(&rx[..n]) {
+                        Some((from, ad)) => self.router.on_advert(Instant::now(), IpAddr::V4(from), &ad),
+                        None => continue,
+                    },
+                    Err(e) => {
+                        tracing::warn!(router = %self.inst.name, error = %e, "VRRP receive failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                },
+                _ = sleep => self.router.on_timer(Instant::now()),
+                _ = track.tick(), if !stopping => {
+                    let (penalty, fault) = self.health();
+                    let now = Instant::now();
+                    let mut acts = self.router.set_fault(now, fault);
+                    if self.apply(acts).await {
+                        return;
+                    }
+                    acts = self.router.set_penalty(now, penalty);
+                    self.view.effective_priority.store(self.router.effective_priority(), Ordering::Relaxed);
+                    acts
+                }
+                r = stop.changed(), if !stopping => {
+                    stopping = true;
+                    if r.is_err() || *stop.borrow() {
+                        self.router.shutdown(Instant::now())
+                    } else {
+                        continue;
+                    }
+                }
+            };
+            if self.apply(acts).await {
+                return;
+            }
+        }
+    }
+
+    /// A received datagram as an advert for this router, or `None` (counted as dropped
+    /// when it is VRRP that may not be accepted).
+    fn advert(&self, datagram: &[u8]) -> Option<(Ipv4Addr, Advert)> {
+        let ip = parse_ipv4(datagram).ok()?;
+        if ip.src == self.host.primary {
+            return None;
+        }
+        let drop = |why: &str| {
+            self.view.adverts_dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(router = %self.inst.name, from = %ip.src, why, "VRRP packet dropped");
+            None
+        };
+        if ip.protocol != packet::IPPROTO_VRRP {
+            return None;
+        }
+        if ip.ttl != packet::TTL {
+            return drop("TTL is not 255 (sent from off the link)");
+        }
+        let ad = match Advert::decode(ip.payload, IpAddr::V4(ip.src), IpAddr::V4(ip.dst)) {
+            Ok(a) => a,
+            Err(e) => {
+                self.view.adverts_dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(router = %self.inst.name, from = %ip.src, error = %e, "VRRP packet dropped");
+                return None;
+            }
+        };
+        if ad.vrid != self.inst.vrid {
+            return None;
+        }
+        if !self.inst.unicast_peers.is_empty()
+            && !self.inst.unicast_peers.contains(&IpAddr::V4(ip.src))
+        {
+            return drop("sender is not a unicast peer");
+        }
+        if !self.router.addresses_match(&ad) {
+            tracing::warn!(router = %self.inst.name, from = %ip.src, theirs = ?ad.addrs,
+                "a peer of this virtual router advertises other addresses: check both configurations");
+        }
+        self.view.adverts_received.fetch_add(1, Ordering::Relaxed);
+        Some((ip.src, ad))
+    }
+
+    /// Penalty (sum of the weights of failing tracked listeners, capped) and fault.
+    fn health(&mut self) -> (u8, bool) {
+        let mut failing = Vec::new();
+        let mut penalty: u32 = 0;
+        let mut fault = false;
+        if !self.host.iface.is_up() {
+            failing.push(format!("interface {} down", self.inst.interface));
+            fault = true;
+        }
+        let listeners: Vec<_> = self
+            .shared
+            .listeners
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_default();
+        for t in &self.inst.track {
+            let why = match listeners.iter().find(|l| l.name == t.listener) {
+                None => Some("not listening"),
+                Some(l) if l.stop.is_cancelled() => Some("not listening"),
+                Some(l) => {
+                    let pool = l.current.load().pool.get();
+                    (!pool.servers.iter().any(|s| s.is_up())).then_some("every server down")
+                }
+            };
+            if let Some(why) = why {
+                failing.push(format!("listener {}: {why}", t.listener));
+                if t.weight == 0 {
+                    fault = true;
+                } else {
+                    penalty += u32::from(t.weight);
+                }
+            }
+        }
+        if let Ok(mut d) = self.view.detail.lock() {
+            if d.failing != failing {
+                if !failing.is_empty() {
+                    tracing::warn!(router = %self.inst.name, failing = %failing.join("; "), penalty, fault, "VRRP tracking: priority lowered");
+                } else if !d.failing.is_empty() {
+                    tracing::info!(router = %self.inst.name, "VRRP tracking: everything tracked is healthy again");
+                }
+                d.failing = failing;
+            }
+        }
+        (penalty.min(255) as u8, fault)
+    }
+
+    /// Carry out the state machine's actions; true once the router has stopped.
+    async fn apply(&mut self, acts: Actions) -> bool {
+        let mut stopped = false;
+        for a in acts.as_slice() {
+            match *a {
+                Action::SendAdvert { priority } => self.send(priority).await,
+                Action::AddAddresses => {
+                    for v in &self.host.vips {
+                        if let Err(e) = addr::add(self.host.iface.index, *v) {
+                            tracing::error!(router = %self.inst.name, address = %v, error = %e, "cannot add the virtual address");
+                        }
+                    }
+                }
+                Action::RemoveAddresses => self.remove_addresses(),
+                Action::Announce => {
+                    for v in &self.host.vips {
+                        if let IpAddr::V4(ip) = v.ip {
+                            let frame = packet::garp_ipv4(self.host.iface.mac, ip);
+                            if let Err(e) = self.host.announcer.send(&frame) {
+                                tracing::warn!(router = %self.inst.name, address = %ip, error = %e, "gratuitous ARP failed");
+                            }
+                        }
+                    }
+                }
+                Action::Transition { from, to, cause } => {
+                    self.view.state.store(state_code(to), Ordering::Relaxed);
+                    self.view.transitions.fetch_add(1, Ordering::Relaxed);
+                    self.view
+                        .effective_priority
+                        .store(self.router.effective_priority(), Ordering::Relaxed);
+                    let master = self.router.master_seen();
+                    if let Ok(mut d) = self.view.detail.lock() {
+                        d.last_transition =
+                            format!("{} -> {}: {}", from.as_str(), to.as_str(), cause.as_str());
+                        d.master = master;
+                    }
+                    tracing::info!(
+                        router = %self.inst.name, vrid = self.inst.vrid, interface = %self.inst.interface,
+                        from = from.as_str(), to = to.as_str(), cause = cause.as_str(),
+                        priority = self.router.effective_priority(),
+                        master = ?master.map(|(ip, p)| format!("{ip} (priority {p})")),
+                        addresses = %self.view.addresses.join(","),
+                        "VRRP transition"
+                    );
+                }
+                Action::Stopped => stopped = true,
+            }
+        }
+        if let Ok(mut d) = self.view.detail.lock() {
+            d.master = self.router.master_seen();
+        }
+        stopped
+    }
+
+    fn remove_addresses(&self) {
+        for v in &self.host.vips {
+            if let Err(e) = addr::remove(self.host.iface.index, *v) {
+                tracing::error!(router = %self.inst.name, address = %v, error = %e, "cannot remove the virtual address");
+            }
+        }
+    }
+
+    async fn send(&mut self, priority: u8) {
+        let ad = self.router.advert(priority);
+        let src = IpAddr::V4(self.host.primary);
+        let dsts: Vec<Ipv4Addr> = if self.inst.unicast_peers.is_empty() {
+            vec![packet::GROUP_V4]
+        } else {
+            self.inst
+                .unicast_peers
+                .iter()
+                .filter_map(|p| match p {
+                    IpAddr::V4(v) => Some(*v),
+                    IpAddr::V6(_) => None,
+                })
+                .collect()
+        };
+        for dst in dsts {
+            if let Err(e) = ad.encode_into(src, IpAddr::V4(dst), &mut self.buf) {
+                tracing::error!(router = %self.inst.name, error = %e, "cannot encode a VRRP advert");
+                return;
+            }
+            match self.host.sock.send(&self.buf, dst).await {
+                Ok(()) => {
+                    self.view.adverts_sent.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    tracing::debug!(router = %self.inst.name, to = %dst, error = %e, "VRRP advert not sent")
+                }
+            }
+        }
+    }
+}

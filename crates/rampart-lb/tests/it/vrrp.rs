@@ -1,0 +1,590 @@
+//! The balancer pair over a virtual IP (VRRP inside `rampart lb`), on hosts in network
+//! namespaces the tests make: two or three balancers, a web host and a client on one
+//! bridge. A client probes the site through the virtual IP every 10 ms while the master
+//! is failed each way; the tests check who holds the address and what the client saw.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use rampart_testkit::netns::Lab;
+use rampart_testkit::{rampart_bin, wait_until, Proc, TempDir};
+
+const VIP: &str = "10.77.0.100";
+const VIP2: &str = "10.77.0.101";
+const WEB: &str = "10.77.0.21:8000";
+
+/// A web host: answers every request with 200 and its name, one thread per connection.
+fn start_web(lab: &Lab, stop: Arc<AtomicBool>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    lab.run_in("web", move || {
+        let l = TcpListener::bind(WEB).expect("bind the web host");
+        l.set_nonblocking(true).expect("nonblocking");
+        tx.send(()).expect("ready");
+        while !stop.load(Ordering::Relaxed) {
+            match l.accept() {
+                Ok((mut s, _)) => {
+                    std::thread::spawn(move || {
+                        let _ = s.set_nonblocking(false);
+                        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                        let mut got = Vec::new();
+                        let mut buf = [0u8; 4096];
+                        loop {
+                            // One request at a time, to the end of its head.
+                            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                                match s.read(&mut buf) {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                                }
+                            }
+                            let end = got
+                                .windows(4)
+                                .position(|w| w == b"\r\n\r\n")
+                                .map_or(0, |p| p + 4);
+                            got.drain(..end);
+                            if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nweb")
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                    });
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("the web host listens");
+}
+
+/// One `[[vrrp]]` of a balancer.
+struct Vr {
+    vrid: u8,
+    vip: &'static str,
+    priority: u8,
+    preempt: bool,
+}
+
+fn lb_config(dir: &Path, name: &str, vrs: &[Vr], interval: &str) -> std::path::PathBuf {
+    let mut text = format!(
+        "[admin]\naddress = \"127.0.0.1:9000\"\n\n[[listener]]\nname = \"site\"\naddress = \"{VIP}:80\"\npool = \"web\"\n\n"
+    );
+    if vrs.iter().any(|v| v.vip == VIP2) {
+        text.push_str(&format!(
+            "[[listener]]\nname = \"site2\"\naddress = \"{VIP2}:80\"\npool = \"web\"\n\n"
+        ));
+    }
+    text.push_str(&format!(
+        "[[pool]]\nname = \"web\"\nservers = [{{ name = \"web1\", address = \"{WEB}\" }}]\nhealth_check = {{ kind = \"tcp\", interval = \"200ms\", timeout = \"200ms\" }}\n\n[shutdown]\ngrace = \"2s\"\n\n"
+    ));
+    for v in vrs {
+        text.push_str(&format!(
+            "[[vrrp]]\nname = \"vip{}\"\ninterface = \"eth0\"\nvrid = {}\npriority = {}\nadvert_interval = \"{interval}\"\npreempt = {}\naddresses = [\"{}/24\"]\n\n",
+            v.vrid, v.vrid, v.priority, v.preempt, v.vip
+        ));
+    }
+    let p = dir.join(format!("{name}.toml"));
+    std::fs::write(&p, text).expect("write the lb config");
+    p
+}
+
+/// Probes `http://VIP/` from the client host every 10 ms until stopped.
+struct Probe {
+    stop: Arc<AtomicBool>,
+    /// (when the probe started, whether it succeeded)
+    results: Arc<Mutex<Vec<(Instant, bool)>>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Probe {
+    fn start(lab: &Lab, vip: &'static str) -> Probe {
+        let stop = Arc::new(AtomicBool::new(false));
+        let results = Arc::new(Mutex::new(Vec::new()));
+        let (s, r) = (stop.clone(), results.clone());
+        let addr: SocketAddr = format!("{vip}:80").parse().expect("vip");
+        let handle = lab.run_in("client", move || {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !s.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let t = Instant::now();
+                let ok =
+                    rampart_http1::request(addr, "GET", "/", &[], b"", Duration::from_millis(250))
+                        .map(|r| r.status == 200)
+                        .unwrap_or(false);
+                r.lock().expect("results").push((t, ok));
+                let next = t + Duration::from_millis(10);
+                if let Some(d) = next.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(d);
+                }
+            }
+        });
+        Probe {
+            stop,
+            results,
+            handle: Some(handle),
+        }
+    }
+
+    fn ok_count(&self) -> usize {
+        self.results
+            .lock()
+            .expect("results")
+            .iter()
+            .filter(|r| r.1)
+            .count()
+    }
+
+    /// Stop; returns (probes, failed, longest time between two successful probes).
+    fn finish(mut self) -> (usize, usize, Duration) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            h.join().expect("the probe thread");
+        }
+        let r = self.results.lock().expect("results");
+        let failed = r.iter().filter(|x| !x.1).count();
+        let mut gap = Duration::ZERO;
+        let mut last_ok: Option<Instant> = None;
+        for (t, ok) in r.iter() {
+            if *ok {
+                if let Some(l) = last_ok {
+                    gap = gap.max(t.duration_since(l));
+                }
+                last_ok = Some(*t);
+            }
+        }
+        (r.len(), failed, gap)
+    }
+}
+
+/// Whether host `name` holds `vip` on its eth0.
+fn holds(lab: &Lab, name: &str, vip: &str) -> bool {
+    let out = Command::new("ip")
+        .args([
+            "-n",
+            &lab.ns(name),
+            "-o",
+            "-4",
+            "addr",
+            "show",
+            "dev",
+            "eth0",
+        ])
+        .output()
+        .expect("ip addr show");
+    String::from_utf8_lossy(&out.stdout).contains(&format!("inet {vip}/"))
+}
+
+struct Stack {
+    lab: Lab,
+    dir: TempDir,
+    web_stop: Arc<AtomicBool>,
+    lbs: Vec<Option<Proc>>,
+    configs: Vec<std::path::PathBuf>,
+}
+
+impl Stack {
+    /// lb1 (10.77.0.11), lb2 (.12), ..., the web host (.21) and the client (.31).
+    fn new(tag: &str, per_lb: Vec<Vec<Vr>>, interval: &str) -> Stack {
+        let mut lab = Lab::new(tag);
+        for (i, _) in per_lb.iter().enumerate() {
+            lab.host(&format!("lb{}", i + 1), &format!("10.77.0.{}/24", 11 + i));
+        }
+        lab.host("web", "10.77.0.21/24");
+        lab.host("client", "10.77.0.31/24");
+        let web_stop = Arc::new(AtomicBool::new(false));
+        start_web(&lab, web_stop.clone());
+        let dir = TempDir::new().expect("tempdir");
+        let configs = per_lb
+            .iter()
+            .enumerate()
+            .map(|(i, vrs)| lb_config(dir.path(), &format!("lb{}", i + 1), vrs, interval))
+            .collect();
+        let mut s = Stack {
+            lab,
+            dir,
+            web_stop,
+            lbs: Vec::new(),
+            configs,
+        };
+        for i in 0..per_lb.len() {
+            s.lbs.push(None);
+            s.start_lb(i + 1);
+            // The first balancer settles as master before the others start, so the
+            // roles are known when the test begins.
+            if i == 0 {
+                assert!(
+                    wait_until(Duration::from_secs(5), || holds(&s.lab, "lb1", VIP)),
+                    "lb1 never took {VIP}:\n{}",
+                    s.log(1)
+                );
+            }
+        }
+        s
+    }
+
+    fn start_lb(&mut self, n: usize) {
+        let name = format!("lb{n}");
+        let mut cmd = self.lab.command(&name, rampart_bin());
+        cmd.args(["lb", "--config"]).arg(&self.configs[n - 1]);
+        let log = self.dir.path().join(format!("{name}.log"));
+        self.lbs[n - 1] = Some(Proc::spawn(&name, cmd, &log));
+    }
+
+    fn lb(&mut self, n: usize) -> &mut Proc {
+        self.lbs[n - 1].as_mut().expect("running")
+    }
+
+    fn log(&self, n: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("lb{n}.log"))).unwrap_or_default()
+    }
+
+    fn logs(&self) -> String {
+        (1..=self.lbs.len())
+            .map(|n| format!("--- lb{n}\n{}", self.log(n)))
+            .collect()
+    }
+
+    /// Wait until exactly `n`'s host holds `vip` and every other balancer does not.
+    fn wait_sole_holder(&self, n: usize, vip: &str, within: Duration) -> bool {
+        wait_until(within, || {
+            (1..=self.lbs.len()).all(|i| holds(&self.lab, &format!("lb{i}"), vip) == (i == n))
+        })
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.web_stop.store(true, Ordering::Relaxed);
+        for p in self.lbs.iter_mut().flatten() {
+            p.kill();
+        }
+    }
+}
+
+fn pair(tag: &str, preempt: bool) -> Stack {
+    Stack::new(
+        tag,
+        vec![
+            vec![Vr {
+                vrid: 51,
+                vip: VIP,
+                priority: 150,
+                preempt,
+            }],
+            vec![Vr {
+                vrid: 51,
+                vip: VIP,
+                priority: 100,
+                preempt,
+            }],
+        ],
+        "50ms",
+    )
+}
+
+/// Fail the master one way while the client probes; returns what the client saw.
+fn failover(tag: &str, fail: impl FnOnce(&mut Stack)) -> (Stack, (usize, usize, Duration)) {
+    let mut s = pair(tag, true);
+    assert!(
+        s.wait_sole_holder(1, VIP, Duration::from_secs(5)),
+        "lb1 is not the sole master:\n{}",
+        s.logs()
+    );
+    let probe = Probe::start(&s.lab, VIP);
+    assert!(
+        wait_until(Duration::from_secs(5), || probe.ok_count() >= 20),
+        "the client does not reach the site through {VIP}:\n{}",
+        s.logs()
+    );
+    fail(&mut s);
+    assert!(
+        wait_until(Duration::from_secs(5), || holds(&s.lab, "lb2", VIP)),
+        "lb2 never took over {VIP}:\n{}",
+        s.logs()
+    );
+    let seen = probe.ok_count();
+    assert!(
+        wait_until(Duration::from_secs(5), || probe.ok_count() >= seen + 30),
+        "the client does not reach the site through lb2:\n{}",
+        s.logs()
+    );
+    let r = probe.finish();
+    eprintln!(
+        "{tag}: {} probes, {} failed, longest gap {:?}",
+        r.0, r.1, r.2
+    );
+    (s, r)
+}
+
+#[test]
+fn sigkill_of_the_master_moves_the_virtual_ip_and_the_client_keeps_reaching_the_site() {
+    let (s, (_, _, gap)) = failover("vk", |s| s.lb(1).kill());
+    assert!(s.log(2).contains("VRRP transition"), "{}", s.logs());
+    // The dead balancer's guard took the address off lb1's host, so it no longer answers
+    // ARP for it nor refuses connections to it.
+    assert!(
+        wait_until(Duration::from_secs(2), || !holds(&s.lab, "lb1", VIP)),
+        "the killed master's host still holds {VIP}"
+    );
+    // Goal 300 ms with the default 50 ms adverts; a loaded CI machine gets slack.
+    assert!(
+        gap < Duration::from_millis(1500),
+        "gap {gap:?}:\n{}",
+        s.logs()
+    );
+}
+
+#[test]
+fn link_down_of_the_master_moves_the_virtual_ip() {
+    let (s, (_, _, gap)) = failover("vl", |s| s.lab.set_link("lb1", false));
+    assert!(
+        gap < Duration::from_millis(1500),
+        "gap {gap:?}:\n{}",
+        s.logs()
+    );
+    // lb1 sees its carrier go: it gives the address up (fault) instead of keeping it.
+    assert!(
+        wait_until(Duration::from_secs(3), || !holds(&s.lab, "lb1", VIP)),
+        "lb1 kept {VIP} with its link down:\n{}",
+        s.log(1)
+    );
+    // The link comes back: lb1 (higher priority, preempt on) takes the address back and
+    // only one balancer holds it.
+    s.lab.set_link("lb1", true);
+    assert!(
+        s.wait_sole_holder(1, VIP, Duration::from_secs(5)),
+        "after the link came back:\n{}",
+        s.logs()
+    );
+}
+
+#[test]
+fn a_clean_stop_hands_the_virtual_ip_over_before_letting_go() {
+    let (mut s, (probes, failed, gap)) = failover("vs", |s| s.lb(1).signal(Signal::SIGTERM));
+    assert_eq!(
+        s.lb(1).wait_exit(Duration::from_secs(10)),
+        Ok(Some(0)),
+        "lb1 did not stop cleanly:\n{}",
+        s.log(1)
+    );
+    assert!(
+        s.log(1).contains("successor-seen") || s.log(1).contains("SuccessorSeen"),
+        "lb1 let go before its successor advertised:\n{}",
+        s.log(1)
+    );
+    // Make before break: at most a probe in flight at the moment of the switch fails.
+    assert!(
+        failed <= 1,
+        "{failed} of {probes} probes failed (gap {gap:?}):\n{}",
+        s.logs()
+    );
+}
+
+#[test]
+fn a_partition_of_the_master_then_its_heal_leaves_one_master() {
+    let (s, (_, _, gap)) = failover("vp", |s| {
+        // Drop everything on lb1's eth0 both ways (what a cut cable or a broken switch
+        // port does, but lb1 keeps its carrier and so believes it is still master).
+        let ns = s.lab.ns("lb1");
+        let rules = "table inet cut { chain i { type filter hook input priority -300; policy drop; iifname \"lo\" accept; }; chain o { type filter hook output priority -300; policy drop; oifname \"lo\" accept; }; }";
+        let ok = Command::new("ip")
+            .args(["netns", "exec", &ns, "nft", rules])
+            .status()
+            .map(|st| st.success())
+            .unwrap_or(false);
+        assert!(ok, "nft in lb1's namespace");
+    });
+    assert!(
+        gap < Duration::from_millis(1500),
+        "gap {gap:?}:\n{}",
+        s.logs()
+    );
+    // Both hold it during the partition; lb1 cannot know better.
+    assert!(holds(&s.lab, "lb1", VIP));
+    // Heal: one master again (lb1, the higher priority), and the client follows it.
+    let probe = Probe::start(&s.lab, VIP);
+    let ns = s.lab.ns("lb1");
+    assert!(rampart_testkit::netns::exec_ok(
+        &ns,
+        &["nft", "delete", "table", "inet", "cut"]
+    ));
+    assert!(
+        s.wait_sole_holder(1, VIP, Duration::from_secs(5)),
+        "after the heal:\n{}",
+        s.logs()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let (probes, _, gap) = probe.finish();
+    assert!(probes > 10);
+    // The goal is one advert interval (50 ms); allow for a loaded machine.
+    assert!(
+        gap < Duration::from_millis(1000),
+        "after the heal the client lost the site for {gap:?}:\n{}",
+        s.logs()
+    );
+}
+
+#[test]
+fn preemption_on_gives_the_address_back_and_off_keeps_it() {
+    for preempt in [true, false] {
+        let mut s = pair(if preempt { "vpy" } else { "vpn" }, preempt);
+        assert!(
+            s.wait_sole_holder(1, VIP, Duration::from_secs(5)),
+            "{}",
+            s.logs()
+        );
+        s.lb(1).kill();
+        assert!(
+            s.wait_sole_holder(2, VIP, Duration::from_secs(5)),
+            "{}",
+            s.logs()
+        );
+        s.start_lb(1);
+        if preempt {
+            assert!(
+                s.wait_sole_holder(1, VIP, Duration::from_secs(5)),
+                "lb1 (150) did not preempt lb2 (100):\n{}",
+                s.logs()
+            );
+        } else {
+            // lb1 came back as backup (its log says so) and lb2 keeps the address.
+            assert!(
+                wait_until(Duration::from_secs(5), || s
+                    .log(1)
+                    .contains("VRRP transition")),
+                "{}",
+                s.log(1)
+            );
+            std::thread::sleep(Duration::from_secs(1));
+            assert!(
+                s.wait_sole_holder(2, VIP, Duration::from_millis(100)),
+                "lb1 took the address although preempt is off:\n{}",
+                s.logs()
+            );
+        }
+    }
+}
+
+#[test]
+fn active_active_two_virtual_ips_survive_the_loss_of_either_balancer() {
+    for victim in [1usize, 2] {
+        let vrs = |first: u8, second: u8| {
+            vec![
+                Vr {
+                    vrid: 51,
+                    vip: VIP,
+                    priority: first,
+                    preempt: true,
+                },
+                Vr {
+                    vrid: 52,
+                    vip: VIP2,
+                    priority: second,
+                    preempt: true,
+                },
+            ]
+        };
+        let mut s = Stack::new(
+            if victim == 1 { "va1" } else { "va2" },
+            vec![vrs(150, 100), vrs(100, 150)],
+            "50ms",
+        );
+        assert!(
+            s.wait_sole_holder(1, VIP, Duration::from_secs(5)),
+            "{}",
+            s.logs()
+        );
+        assert!(
+            s.wait_sole_holder(2, VIP2, Duration::from_secs(5)),
+            "{}",
+            s.logs()
+        );
+        let p1 = Probe::start(&s.lab, VIP);
+        let p2 = Probe::start(&s.lab, VIP2);
+        assert!(wait_until(Duration::from_secs(5), || p1.ok_count() > 10
+            && p2.ok_count() > 10));
+        s.lb(victim).kill();
+        let survivor = 3 - victim;
+        assert!(
+            s.wait_sole_holder(survivor, VIP, Duration::from_secs(5))
+                && s.wait_sole_holder(survivor, VIP2, Duration::from_secs(5)),
+            "lb{survivor} does not hold both addresses:\n{}",
+            s.logs()
+        );
+        let (n1, n2) = (p1.ok_count(), p2.ok_count());
+        assert!(wait_until(Duration::from_secs(5), || p1.ok_count()
+            > n1 + 20
+            && p2.ok_count() > n2 + 20));
+        let (_, _, g1) = p1.finish();
+        let (_, _, g2) = p2.finish();
+        assert!(
+            g1 < Duration::from_millis(1500) && g2 < Duration::from_millis(1500),
+            "gaps {g1:?} {g2:?}:\n{}",
+            s.logs()
+        );
+    }
+}
+
+#[test]
+fn the_admin_api_and_metrics_show_each_virtual_router() {
+    let s = pair("vm", true);
+    assert!(
+        s.wait_sole_holder(1, VIP, Duration::from_secs(5)),
+        "{}",
+        s.logs()
+    );
+    let get = |host: &str, path: &'static str| {
+        s.lab
+            .run_in(host, move || {
+                rampart_testkit::http_get("127.0.0.1:9000".parse().expect("admin"), path)
+                    .map(|r| r.text())
+                    .unwrap_or_else(|e| format!("GET {path}: {e}"))
+            })
+            .join()
+            .expect("admin thread")
+    };
+    // lb2 answers once its admin is up and it has heard lb1's adverts.
+    let mut st1 = String::new();
+    let mut st2 = String::new();
+    let settled = wait_until(Duration::from_secs(5), || {
+        st1 = get("lb1", "/api/state");
+        st2 = get("lb2", "/api/state");
+        st1.contains("\"state\":\"master\"")
+            && st2.contains("\"state\":\"backup\"")
+            && st2.contains("\"address\":\"10.77.0.11\"")
+    });
+    assert!(
+        settled,
+        "lb1 master, lb2 backup naming lb1 as its master:\n{st1}\n{st2}"
+    );
+    let m1 = get("lb1", "/metrics");
+    assert!(
+        m1.contains("rampart_vrrp_state{router=\"vip51\",vrid=\"51\",interface=\"eth0\",state=\"master\"} 1"),
+        "{m1}"
+    );
+    assert!(m1.contains("rampart_vrrp_transitions_total"), "{m1}");
+}
+
+#[test]
+fn a_missing_interface_refuses_the_start_with_its_name() {
+    let dir = TempDir::new().expect("tempdir");
+    let p = dir.path().join("lb.toml");
+    std::fs::write(
+        &p,
+        "[[listener]]\nname = \"site\"\naddress = \"127.0.0.1:1\"\npool = \"web\"\n[[pool]]\nname = \"web\"\nservers = [{ address = \"127.0.0.1:2\" }]\n[[vrrp]]\ninterface = \"nosuch9\"\nvrid = 9\naddresses = [\"10.77.9.100/24\"]\n",
+    )
+    .expect("write");
+    let out = Command::new(rampart_bin())
+        .args(["lb", "--config"])
+        .arg(&p)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nosuch9"), "{err}");
+}
