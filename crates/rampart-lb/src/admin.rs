@@ -11,6 +11,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use rampart_balance::outlier::Reason;
 use rampart_topology::lb::{AdminConfig, Cidr, Server, TokenSource};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -328,14 +329,23 @@ fn counters(s: &Snapshot) -> Value {
     })
 }
 
-fn server_json(p: &PoolState, s: &ServerState) -> Value {
+fn server_json(p: &PoolState, i: usize, s: &ServerState, now_ns: u64) -> Value {
     let last = s.last_check.lock().ok().and_then(|l| l.clone());
+    let ejected = s.ejection().map(|e| {
+        json!({
+            "reason": e.reason.as_str(),
+            "ejections": e.count,
+            "seconds": e.until_ns.saturating_sub(e.since_ns) as f64 / 1e9,
+            "seconds_left": e.until_ns.saturating_sub(now_ns) as f64 / 1e9,
+        })
+    });
     json!({
         "name": s.name,
         "address": s.addr.to_string(),
         "state": s.admin_state().as_str(),
         "health": if !p.checks_enabled { "unchecked" } else if s.is_up() { "up" } else { "down" },
-        "eligible": s.eligible(),
+        "ejected": ejected,
+        "eligible": p.takes(i),
         "weight": s.weight(),
         "config_weight": s.cfg_weight.load(Ordering::Relaxed),
         "runtime_added": s.runtime_added.load(Ordering::Relaxed),
@@ -382,13 +392,32 @@ pub(crate) fn state(shared: &Shared) -> Value {
         .iter()
         .map(|h| {
             let p = h.get();
-            let servers: Vec<Value> = p.servers.iter().map(|s| server_json(&p, s)).collect();
+            let now = crate::clock::now_ns();
+            let servers: Vec<Value> = p
+                .servers
+                .iter()
+                .enumerate()
+                .map(|(i, s)| server_json(&p, i, s, now))
+                .collect();
+            let ejections: serde_json::Map<String, Value> = Reason::ALL
+                .iter()
+                .map(|r| {
+                    (
+                        r.as_str().to_string(),
+                        json!(p.ejections[*r as usize].load(Ordering::Relaxed)),
+                    )
+                })
+                .collect();
             json!({
                 "name": p.cfg.name,
                 "algorithm": p.cfg.algorithm.as_str(),
                 "queue": p.waiting.load(Ordering::Relaxed),
                 "queue_size": p.cfg.queue.size,
-                "servers_eligible": p.servers.iter().filter(|s| s.eligible()).count(),
+                "servers_eligible": (0..p.servers.len()).filter(|&i| p.takes(i)).count(),
+                "servers_ejected": p.servers.iter().filter(|s| s.is_ejected()).count(),
+                "panic": p.in_panic(),
+                "ejections": ejections,
+                "ejections_refused": p.ejections_refused.load(Ordering::Relaxed),
                 "in_flight": p.servers.iter().map(|s| u64::from(s.in_flight.load(Ordering::Relaxed))).sum::<u64>(),
                 "counters": counters(&pool_snapshot(&p)),
                 "servers": servers,

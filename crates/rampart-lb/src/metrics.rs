@@ -10,6 +10,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
+use rampart_balance::outlier::Reason;
 
 use crate::stats::{prometheus_buckets, Snapshot, ERROR_KINDS};
 use crate::Shared;
@@ -148,12 +149,17 @@ impl Collector for LbCollector {
         let mut p_queue = Vec::new();
         let mut p_inflight = Vec::new();
         let mut p_up = Vec::new();
+        let mut p_ejections = Vec::new();
+        let mut p_refused = Vec::new();
+        let mut p_ejected = Vec::new();
+        let mut p_panic = Vec::new();
         // Servers.
         let mut s_req = Vec::new();
         let mut s_err = Vec::new();
         let mut s_retry = Vec::new();
         let mut s_inflight = Vec::new();
         let mut s_up = Vec::new();
+        let mut s_ejected = Vec::new();
         let mut s_state = Vec::new();
         let mut s_weight = Vec::new();
         let mut s_bytes = Vec::new();
@@ -174,6 +180,7 @@ impl Collector for LbCollector {
                 s_retry.push((sb.clone(), ss.retries));
                 s_inflight.push((sb.clone(), i64::from(s.in_flight.load(Ordering::Relaxed))));
                 s_up.push((sb.clone(), i64::from(s.is_up())));
+                s_ejected.push((sb.clone(), i64::from(s.is_ejected())));
                 for st in ["ready", "drain", "maintenance"] {
                     let mut l = sb.clone();
                     l.push(("state", st.to_string()));
@@ -194,9 +201,20 @@ impl Collector for LbCollector {
                     .map(|s| i64::from(s.in_flight.load(Ordering::Relaxed)))
                     .sum(),
             ));
+            for r in Reason::ALL {
+                let mut l = base.clone();
+                l.push(("reason", r.as_str().to_string()));
+                p_ejections.push((l, p.ejections[r as usize].load(Ordering::Relaxed)));
+            }
+            p_refused.push((base.clone(), p.ejections_refused.load(Ordering::Relaxed)));
+            p_ejected.push((
+                base.clone(),
+                p.servers.iter().filter(|s| s.is_ejected()).count() as i64,
+            ));
+            p_panic.push((base.clone(), i64::from(p.in_panic())));
             p_up.push((
                 base,
-                p.servers.iter().filter(|s| s.eligible()).count() as i64,
+                (0..p.servers.len()).filter(|&i| p.takes(i)).count() as i64,
             ));
         }
         counter(
@@ -227,8 +245,32 @@ impl Collector for LbCollector {
         gauge(
             &mut enc,
             "rampart_pool_servers_eligible",
-            "Servers taking new requests (healthy, ready, weight > 0).",
+            "Servers taking new requests (healthy, not ejected, ready, weight > 0; in panic: ready, weight > 0).",
             &p_up,
+        )?;
+        counter(
+            &mut enc,
+            "rampart_pool_ejections",
+            "Servers ejected by outlier detection, by reason (connect_failures, failure_ratio).",
+            &p_ejections,
+        )?;
+        counter(
+            &mut enc,
+            "rampart_pool_ejections_refused",
+            "Ejections refused because max_ejection_percent of the pool was ejected already.",
+            &p_refused,
+        )?;
+        gauge(
+            &mut enc,
+            "rampart_pool_servers_ejected",
+            "Servers ejected by outlier detection now.",
+            &p_ejected,
+        )?;
+        gauge(
+            &mut enc,
+            "rampart_pool_panic",
+            "1 while too few servers are available (panic_threshold) and the pool balances over all of them.",
+            &p_panic,
         )?;
         counter(
             &mut enc,
@@ -259,6 +301,12 @@ impl Collector for LbCollector {
             "rampart_server_up",
             "1 when health checks say the server is up.",
             &s_up,
+        )?;
+        gauge(
+            &mut enc,
+            "rampart_server_ejected",
+            "1 while outlier detection keeps the server out of rotation.",
+            &s_ejected,
         )?;
         gauge(
             &mut enc,

@@ -156,8 +156,19 @@ pub struct Pool {
     /// Never empty; names and addresses are unique within the pool.
     pub servers: Vec<Server>,
     pub health_check: HealthCheck,
-    /// Consecutive connect failures or 5xx answers that mark a server down at once.
+    /// `passive_failures = 3`: consecutive failures to *connect* (refused, timed out,
+    /// unreachable) that eject a server at once (0: never). Before outlier detection this
+    /// counted 5xx answers too and marked the server down until `rise` checks passed; a
+    /// client can provoke 5xx answers, so they now only feed the failure-ratio detection
+    /// of [`Pool::outlier`], and the ejection ends by time (or by `rise` passing checks).
     pub passive_failures: u32,
+    /// `[pool.outlier]`: passive outlier detection (Envoy's), see [`OutlierConfig`].
+    pub outlier: OutlierConfig,
+    /// `panic_threshold = 0` (percent, 0..=100): when fewer than this share of the servers
+    /// in service (ready, weight above 0) are available (healthy and not ejected), the pool
+    /// balances over all of them, healthy or not (some answers beat none). 0, the default,
+    /// never panics: a pool whose servers are all down answers 503.
+    pub panic_threshold: u32,
     /// A server that comes up ramps from ~weight/10 to its weight over this window (0 = off).
     pub slow_start: Duration,
     /// Requests (HTTP) or connections (TCP) a server takes at once; more wait in the queue.
@@ -167,6 +178,59 @@ pub struct Pool {
     pub timeouts: PoolTimeouts,
     /// Servers registered in etcd join the pool (besides `servers`).
     pub discovery: Option<Discovery>,
+}
+
+/// `[pool.outlier]`: which servers passive evidence (what real requests get) takes out of
+/// rotation. A server is *ejected* (no new requests; health checks go on) when
+///
+/// * it failed `passive_failures` times in a row to connect (see [`Pool::passive_failures`]),
+///   or
+/// * in the last `interval`, with at least `min_requests` requests, its failure ratio
+///   (5xx answers, response timeouts, connections lost before the answer, connect
+///   failures) is at least `failure_percent` **and** more than `margin_percent` points
+///   above the mean of its peers' (the other servers with `min_requests`). Servers that
+///   fail alike (one URL that fails on every server) are never ejected.
+///
+/// At most `max_ejection_percent` of the pool is ejected at once (rounded down: at 50 %,
+/// 1 of 2 or 3 servers, never the only one). The k-th ejection of a server lasts
+/// `base_ejection_time * k`, capped at `max_ejection_time` (k drops by one per quiet
+/// `interval`); a server ejected for connect failures also returns once `rise` health
+/// checks pass. Fields and defaults:
+///
+/// ```toml
+/// [pool.outlier]
+/// interval = "10s"              # failure-ratio window
+/// min_requests = 20             # per server and window, to be judged
+/// failure_percent = 50          # floor; 0 turns failure-ratio ejection off
+/// margin_percent = 30           # above the peers' mean failure ratio (points)
+/// max_ejection_percent = 50     # 0 turns every ejection off
+/// base_ejection_time = "30s"
+/// max_ejection_time = "5m"
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutlierConfig {
+    pub interval: Duration,
+    pub min_requests: u32,
+    pub failure_percent: u32,
+    pub margin_percent: u32,
+    pub max_ejection_percent: u32,
+    pub base_ejection_time: Duration,
+    /// Never below `base_ejection_time`.
+    pub max_ejection_time: Duration,
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        OutlierConfig {
+            interval: Duration::from_secs(10),
+            min_requests: 20,
+            failure_percent: 50,
+            margin_percent: 30,
+            max_ejection_percent: 50,
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_time: Duration::from_secs(300),
+        }
+    }
 }
 
 /// `discovery = { etcd = [...], cluster = "...", service = "..." }`: the pool also takes
@@ -497,6 +561,10 @@ pub struct RawPool {
     #[serde(default)]
     pub passive_failures: Option<Spanned<i64>>,
     #[serde(default)]
+    pub outlier: Option<RawOutlier>,
+    #[serde(default)]
+    pub panic_threshold: Option<Spanned<i64>>,
+    #[serde(default)]
     pub slow_start: Option<Spanned<String>>,
     #[serde(default)]
     pub max_in_flight: Option<Spanned<i64>>,
@@ -547,6 +615,25 @@ pub struct RawHealthCheck {
     pub fall: Option<Spanned<i64>>,
     #[serde(default)]
     pub jitter: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutlier {
+    #[serde(default)]
+    pub interval: Option<Spanned<String>>,
+    #[serde(default)]
+    pub min_requests: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub failure_percent: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub margin_percent: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub max_ejection_percent: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub base_ejection_time: Option<Spanned<String>>,
+    #[serde(default)]
+    pub max_ejection_time: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -966,6 +1053,8 @@ impl LbConfig {
                 servers,
                 health_check: HealthCheck::with_kind(check),
                 passive_failures: 3,
+                outlier: OutlierConfig::default(),
+                panic_threshold: 0,
                 slow_start: Duration::ZERO,
                 max_in_flight: None,
                 queue: QueueConfig::default(),
@@ -1231,6 +1320,63 @@ fn validate_pool(c: &mut Checker<'_>, rp: &RawPool) -> Option<Pool> {
     };
 
     let passive_failures = c.int(&rp.passive_failures, 3, 0, 1000, "passive_failures") as u32;
+    let d = OutlierConfig::default();
+    let outlier = match &rp.outlier {
+        None => d,
+        Some(o) => {
+            let pct = |c: &mut Checker, v: &Option<Spanned<i64>>, def: u32, what: &str| {
+                c.int(v, i64::from(def), 0, 100, what) as u32
+            };
+            let base_ejection_time = c.positive_duration(
+                &o.base_ejection_time,
+                d.base_ejection_time,
+                "base_ejection_time",
+            );
+            let max_ejection_time = match &o.max_ejection_time {
+                // Unset: the default, or the base when the base is longer.
+                None => d.max_ejection_time.max(base_ejection_time),
+                Some(m) => {
+                    let max = c.positive_duration(
+                        &o.max_ejection_time,
+                        d.max_ejection_time,
+                        "max_ejection_time",
+                    );
+                    if max < base_ejection_time {
+                        c.err(
+                            m,
+                            format!(
+                                "max_ejection_time ({}) must not be shorter than base_ejection_time ({})",
+                                m.get_ref(),
+                                o.base_ejection_time.as_ref().map_or("30s", |b| b.get_ref().as_str())
+                            ),
+                        );
+                    }
+                    max.max(base_ejection_time)
+                }
+            };
+            OutlierConfig {
+                interval: c.positive_duration(&o.interval, d.interval, "outlier interval"),
+                min_requests: c.int(
+                    &o.min_requests,
+                    i64::from(d.min_requests),
+                    1,
+                    1_000_000,
+                    "min_requests",
+                ) as u32,
+                failure_percent: pct(c, &o.failure_percent, d.failure_percent, "failure_percent"),
+                margin_percent: pct(c, &o.margin_percent, d.margin_percent, "margin_percent"),
+                max_ejection_percent: pct(
+                    c,
+                    &o.max_ejection_percent,
+                    d.max_ejection_percent,
+                    "max_ejection_percent",
+                ),
+                base_ejection_time,
+                max_ejection_time,
+            }
+        }
+    };
+    let panic_threshold = c.int(&rp.panic_threshold, 0, 0, 100, "panic_threshold") as u32;
     let slow_start = c.duration(&rp.slow_start, Duration::ZERO);
     let max_in_flight = rp
         .max_in_flight
@@ -1299,6 +1445,8 @@ fn validate_pool(c: &mut Checker<'_>, rp: &RawPool) -> Option<Pool> {
         servers,
         health_check,
         passive_failures,
+        outlier,
+        panic_threshold,
         slow_start,
         max_in_flight,
         queue,
@@ -1504,6 +1652,70 @@ health_check = { kind = "tcp" }
         for a in Algorithm::ALL {
             assert!(m.contains(a.as_str()), "{m}");
         }
+    }
+
+    #[test]
+    fn outlier_defaults_and_settings() {
+        let text = with_pool("", "servers = [{ address = \"127.0.0.1:1\" }]");
+        let p = &parse(&text).unwrap().pools[0];
+        assert_eq!(p.outlier, OutlierConfig::default());
+        assert_eq!((p.passive_failures, p.panic_threshold), (3, 0));
+        let text = with_pool(
+            "",
+            "servers = [{ address = \"127.0.0.1:1\" }]\npanic_threshold = 50\n[pool.outlier]\ninterval = \"1s\"\nmin_requests = 5\nfailure_percent = 0\nmargin_percent = 10\nmax_ejection_percent = 100\nbase_ejection_time = \"10m\"",
+        );
+        let p = &parse(&text).unwrap().pools[0];
+        assert_eq!(p.panic_threshold, 50);
+        assert_eq!(
+            p.outlier,
+            OutlierConfig {
+                interval: Duration::from_secs(1),
+                min_requests: 5,
+                failure_percent: 0,
+                margin_percent: 10,
+                max_ejection_percent: 100,
+                base_ejection_time: Duration::from_secs(600),
+                // Unset and shorter than the base: the base.
+                max_ejection_time: Duration::from_secs(600),
+            }
+        );
+    }
+
+    #[test]
+    fn outlier_errors_name_their_position() {
+        let text = with_pool(
+            "",
+            "servers = [{ address = \"127.0.0.1:1\" }]\npanic_threshold = 101\noutlier = { max_ejection_percent = -1, interval = \"0s\", min_requests = 0 }",
+        );
+        let e = parse(&text).unwrap_err();
+        let pos: Vec<(usize, usize)> = e.diagnostics.iter().map(|d| (d.line, d.col)).collect();
+        assert_eq!(pos, vec![(9, 19), (10, 36), (10, 51), (10, 72)], "{e}");
+        assert!(e.diagnostics[0]
+            .message
+            .contains("panic_threshold must be between 0 and 100, got 101"));
+        assert!(e.diagnostics[1]
+            .message
+            .contains("max_ejection_percent must be between 0 and 100, got -1"));
+        assert!(e.diagnostics[2]
+            .message
+            .contains("outlier interval must be greater than zero"));
+        assert!(e.diagnostics[3].message.contains("min_requests"));
+        let text = with_pool(
+            "",
+            "servers = [{ address = \"127.0.0.1:1\" }]\noutlier = { base_ejection_time = \"1m\", max_ejection_time = \"30s\", spread = 3 }",
+        );
+        let e = parse(&text).unwrap_err();
+        assert!(e.to_string().contains("spread"), "{e}");
+        let text = with_pool(
+            "",
+            "servers = [{ address = \"127.0.0.1:1\" }]\noutlier = { base_ejection_time = \"1m\", max_ejection_time = \"30s\" }",
+        );
+        let (l, col, m) = one_error(&text);
+        assert_eq!((l, col), (9, 60), "{m}");
+        assert!(
+            m.contains("max_ejection_time (30s) must not be shorter than base_ejection_time (1m)"),
+            "{m}"
+        );
     }
 
     #[test]
