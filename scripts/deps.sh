@@ -9,6 +9,7 @@ want=(
   etcd-server          # the coordination store (leader lease, discovery)
   etcd-client
   haproxy              # benchmark anchor
+  keepalived           # VRRP interoperability test and failover benchmark anchor
   nginx-light          # benchmark anchor and test backend
   wrk                  # load generator
   protobuf-compiler    # etcd-client's build needs protoc ...
@@ -41,6 +42,6 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # Debian starts packaged daemons on install where an init system runs; rampart runs its own.
-for svc in nginx haproxy etcd postgresql; do
+for svc in nginx haproxy etcd postgresql keepalived; do
   $SUDO service "$svc" stop >/dev/null 2>&1 || true
 done

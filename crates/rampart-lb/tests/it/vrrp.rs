@@ -588,3 +588,120 @@ fn a_missing_interface_refuses_the_start_with_its_name() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("nosuch9"), "{err}");
 }
+
+/// keepalived (Debian's) as the peer in lb2's host, VRRP version 3 at the same interval.
+fn keepalived_conf(dir: &Path, priority: u8) -> std::path::PathBuf {
+    let p = dir.join("keepalived.conf");
+    std::fs::write(
+        &p,
+        format!(
+            "global_defs {{\n  vrrp_version 3\n  vrrp_garp_master_delay 0\n  enable_script_security\n}}\nvrrp_instance VI_1 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  priority {priority}\n  advert_int 0.05\n  virtual_ipaddress {{\n    {VIP}/24\n  }}\n}}\n"
+        ),
+    )
+    .expect("write keepalived.conf");
+    p
+}
+
+fn start_keepalived(s: &Stack, priority: u8) -> Proc {
+    let ka = rampart_testkit::find_program("keepalived", &["/usr/sbin"])
+        .expect("keepalived (Debian package keepalived; scripts/deps.sh installs it)");
+    let conf = keepalived_conf(s.dir.path(), priority);
+    let d = s.dir.path();
+    let mut cmd = s.lab.command("lb2", ka);
+    cmd.args(["--dont-fork", "--log-console", "--vrrp", "--use-file"])
+        .arg(&conf)
+        .arg("--pid")
+        .arg(d.join(format!("ka-{priority}.pid")))
+        .arg("--vrrp_pid")
+        .arg(d.join(format!("ka-vrrp-{priority}.pid")));
+    Proc::spawn("keepalived", cmd, &d.join("keepalived.log"))
+}
+
+fn keepalived_log(s: &Stack) -> String {
+    std::fs::read_to_string(s.dir.path().join("keepalived.log")).unwrap_or_default()
+}
+
+#[test]
+fn a_rampart_balancer_and_keepalived_agree_on_the_master_both_ways() {
+    // rampart (150) master, keepalived (100) backup.
+    let mut s = Stack::new(
+        "vka",
+        vec![vec![Vr {
+            vrid: 51,
+            vip: VIP,
+            priority: 150,
+            preempt: true,
+        }]],
+        "50ms",
+    );
+    s.lab.host("lb2", "10.77.0.12/24");
+    let mut ka = start_keepalived(&s, 100);
+    assert!(
+        wait_until(Duration::from_secs(5), || keepalived_log(&s)
+            .contains("Entering BACKUP STATE")),
+        "{}",
+        keepalived_log(&s)
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        holds(&s.lab, "lb1", VIP) && !holds(&s.lab, "lb2", VIP),
+        "keepalived took the address from a higher-priority rampart master:\n{}",
+        keepalived_log(&s)
+    );
+    assert!(!keepalived_log(&s).contains("Entering MASTER STATE"));
+    // rampart dies: keepalived takes over; rampart returns and preempts it back.
+    s.lb(1).kill();
+    assert!(
+        wait_until(Duration::from_secs(5), || holds(&s.lab, "lb2", VIP)
+            && !holds(&s.lab, "lb1", VIP)),
+        "keepalived did not take over from a dead rampart:\n{}",
+        keepalived_log(&s)
+    );
+    s.start_lb(1);
+    assert!(
+        wait_until(Duration::from_secs(5), || holds(&s.lab, "lb1", VIP)
+            && !holds(&s.lab, "lb2", VIP)),
+        "rampart (150) did not preempt keepalived (100):\n{}\n{}",
+        s.log(1),
+        keepalived_log(&s)
+    );
+    assert!(
+        keepalived_log(&s).contains("higher priority 150"),
+        "{}",
+        keepalived_log(&s)
+    );
+    ka.kill();
+    s.lb(1).kill();
+    // keepalived (200) master, rampart (150) backup: rampart defers, then takes over when
+    // keepalived stops cleanly (priority 0).
+    let _ = std::fs::remove_file(s.dir.path().join("keepalived.log"));
+    let mut ka = start_keepalived(&s, 200);
+    assert!(
+        wait_until(Duration::from_secs(5), || holds(&s.lab, "lb2", VIP)),
+        "{}",
+        keepalived_log(&s)
+    );
+    s.start_lb(1);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        holds(&s.lab, "lb2", VIP) && !holds(&s.lab, "lb1", VIP),
+        "rampart took the address from a higher-priority keepalived master:\n{}",
+        s.log(1)
+    );
+    assert!(s.log(1).contains("to=\"backup\""), "{}", s.log(1));
+    // (No balancer listens on keepalived's host, so the site answers only through rampart.)
+    ka.signal(Signal::SIGTERM);
+    assert!(
+        wait_until(Duration::from_secs(5), || holds(&s.lab, "lb1", VIP)
+            && !holds(&s.lab, "lb2", VIP)),
+        "rampart did not take over from a stopping keepalived:\n{}\n{}",
+        s.log(1),
+        keepalived_log(&s)
+    );
+    let probe = Probe::start(&s.lab, VIP);
+    assert!(
+        wait_until(Duration::from_secs(5), || probe.ok_count() > 10),
+        "the site does not answer through rampart after the takeover"
+    );
+    probe.finish();
+}
