@@ -82,6 +82,15 @@ pub fn render(r: &Ruleset) -> String {
             );
         }
     }
+    let vrrp: Vec<&Net> = r
+        .vrrp_from
+        .iter()
+        .filter(|n| matches!(n, Net::V4(..)))
+        .collect();
+    if !vrrp.is_empty() {
+        let _ = writeln!(s, "\t\t# VRRP adverts of the other balancers (virtual IPs)");
+        let _ = writeln!(s, "\t\tip protocol vrrp ip saddr {} accept", set(&vrrp));
+    }
     if r.policy == Policy::Accept {
         // Everything else is open; the role's own ports are not, beyond the rules above.
         let mut ports: Vec<u16> = r

@@ -99,6 +99,9 @@ pub struct Ruleset {
     /// What could not be turned into a rule (a host name, a wildcard peer), for the
     /// operator to read.
     pub notes: Vec<String>,
+    /// VRRP adverts (IP protocol 112) are accepted from these: the other lb nodes, when
+    /// this machine runs a balancer with virtual IPs.
+    pub vrrp_from: BTreeSet<Net>,
 }
 
 impl Ruleset {
@@ -221,6 +224,7 @@ pub fn ruleset(t: &Topology, nodes: &[&str]) -> Result<Ruleset, RulesetError> {
     let all = t.nodes();
     let mut rules = Vec::new();
     let mut found = Vec::new();
+    let mut vrrp_from = BTreeSet::new();
     for &name in nodes {
         let Some(n) = all.iter().find(|n| n.name == name) else {
             let names: Vec<&str> = all.iter().map(|n| n.name.as_str()).collect();
@@ -245,6 +249,21 @@ pub fn ruleset(t: &Topology, nodes: &[&str]) -> Result<Ruleset, RulesetError> {
                         union([&p.monitor, &p.admin]),
                         format!("{name}: this balancer's own entry, from the monitor and admin networks"),
                     );
+                    if let Some(a) = me.admin {
+                        port_rule(
+                            &mut rules,
+                            a,
+                            union([&p.monitor, &p.admin]),
+                            format!(
+                                "{name}: admin API (token), from the monitor and admin networks"
+                            ),
+                        );
+                    }
+                }
+                if let Some(l) = lb.filter(|l| !l.node_vrrp(name).is_empty()) {
+                    for other in l.nodes.iter().filter(|o| o.name != name) {
+                        vrrp_from.insert(Net::host(other.address.ip()));
+                    }
                 }
             }
             NodeKind::Web => {
@@ -353,6 +372,7 @@ pub fn ruleset(t: &Topology, nodes: &[&str]) -> Result<Ruleset, RulesetError> {
         policy,
         rules,
         notes,
+        vrrp_from,
     })
 }
 

@@ -1081,6 +1081,30 @@ impl AdminConfig {
             allow: loopback_networks(),
         }
     }
+
+    /// An admin listener whose every call needs the token in `file`: loopback clients
+    /// only on a loopback address, any client (the token guards it, the firewall narrows
+    /// who reaches it) on another.
+    pub fn with_token_file(address: SocketAddr, file: std::path::PathBuf) -> AdminConfig {
+        let allow = if address.ip().is_loopback() {
+            loopback_networks()
+        } else {
+            ["0.0.0.0/0", "::/0"]
+                .iter()
+                .filter_map(|c| c.parse::<Cidr>().ok())
+                .collect()
+        };
+        AdminConfig {
+            address,
+            token: Some(TokenSource::File(file)),
+            allow,
+        }
+    }
+}
+
+/// A path from a config file, relative to that file's folder.
+pub fn resolve_path(src: &Source, p: &str) -> std::path::PathBuf {
+    resolve(src, p)
 }
 
 /// A path from the config, relative to the config file's folder.

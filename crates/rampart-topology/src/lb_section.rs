@@ -48,7 +48,46 @@ pub struct LbSection {
     pub limits: Option<RawLimits>,
     #[serde(default)]
     pub forwarded: Option<RawForwarded>,
+    /// Virtual IPs the lb nodes share by VRRP (each node runs a virtual router per entry).
+    #[serde(default)]
+    pub vip: Vec<RawLbVip>,
 }
+
+/// `[[lb.vip]]`: one virtual IP of the site, moved between the lb nodes by VRRP.
+///
+/// ```toml
+/// [[lb.vip]]
+/// address = "10.0.0.100/24"
+/// master = "lb1"              # priority 150 there, 100 on the other nodes (default: the first node)
+/// vrid = 51                   # default 50 + position
+/// interface = "eth0"          # default eth0
+/// advert_interval = "50ms"
+/// preempt = true
+/// unicast = false             # true: adverts to the other nodes' addresses, not 224.0.0.18
+/// ```
+/// Two entries with different masters make the pair active-active (announce both
+/// addresses, e.g. DNS round robin); the survivor of a failure holds both.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLbVip {
+    pub address: Spanned<String>,
+    #[serde(default)]
+    pub master: Option<Spanned<String>>,
+    #[serde(default)]
+    pub vrid: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub interface: Option<Spanned<String>>,
+    #[serde(default)]
+    pub advert_interval: Option<Spanned<String>>,
+    #[serde(default)]
+    pub preempt: Option<bool>,
+    #[serde(default)]
+    pub unicast: Option<bool>,
+}
+
+/// Priority of a virtual IP's master node, and of the other nodes.
+pub const VIP_MASTER_PRIORITY: u8 = 150;
+pub const VIP_BACKUP_PRIORITY: u8 = 100;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -58,9 +97,12 @@ pub struct RawLbNode {
     /// Worker threads of this node (default 1: local stacks share the machine).
     #[serde(default)]
     pub threads: Option<Spanned<i64>>,
-    /// This node's admin API (state, /stats, /metrics, control), loopback clients only.
+    /// This node's admin API (state, /stats, /metrics, control): loopback clients only,
+    /// or any client with the token of `admin_token_file` (required off loopback).
     #[serde(default)]
     pub admin: Option<Spanned<String>>,
+    #[serde(default)]
+    pub admin_token_file: Option<Spanned<String>>,
 }
 
 /// A validated `[lb]` section.
@@ -69,6 +111,8 @@ pub struct LbTopology {
     pub nodes: Vec<LbNode>,
     /// Listeners and pools every node runs.
     pub config: LbConfig,
+    /// Each node's virtual routers (`[[lb.vip]]`), by node name, in node order.
+    pub vrrp: Vec<(String, Vec<crate::vrrp::VrrpInstance>)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +121,8 @@ pub struct LbNode {
     pub address: SocketAddr,
     pub threads: usize,
     pub admin: Option<SocketAddr>,
+    /// The admin's bearer token file (absolute), when it has one.
+    pub admin_token_file: Option<std::path::PathBuf>,
 }
 
 impl LbTopology {
@@ -116,8 +162,33 @@ impl LbTopology {
                 ..first
             });
         }
-        c.admin = node.admin.map(crate::lb::AdminConfig::local);
+        c.admin = node.admin.map(|a| match &node.admin_token_file {
+            Some(f) => crate::lb::AdminConfig::with_token_file(a, f.clone()),
+            None => crate::lb::AdminConfig::local(a),
+        });
+        c.vrrp = self.node_vrrp(&node.name).to_vec();
         c
+    }
+
+    /// Node `name`'s virtual routers.
+    pub fn node_vrrp(&self, name: &str) -> &[crate::vrrp::VrrpInstance] {
+        self.vrrp
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+            .unwrap_or(&[])
+    }
+
+    /// The virtual IPs (`[[lb.vip]]`), in file order.
+    pub fn vips(&self) -> Vec<std::net::IpAddr> {
+        self.vrrp
+            .first()
+            .map(|(_, v)| {
+                v.iter()
+                    .flat_map(|i| i.addresses.iter().map(|a| a.ip))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// The lb file (`rampart lb --config FILE`) that node `node` runs: every listener of
@@ -382,15 +453,29 @@ pub(crate) fn validate(
                 1
             }
         };
+        let admin_token_file = raw
+            .admin_token_file
+            .as_ref()
+            .map(|f| crate::lb::resolve_path(src, f.get_ref()));
         let admin = match &raw.admin {
             None => None,
             Some(a) => match a.get_ref().parse::<SocketAddr>() {
-                Ok(x) if x.ip().is_loopback() => Some(x),
-                _ => {
+                Ok(x) if x.ip().is_loopback() || admin_token_file.is_some() => Some(x),
+                Ok(_) => {
                     errs.push(src.error_at(
                         a.span(),
                         format!(
-                            "lb node admin address \"{}\" must be a loopback IP:PORT, e.g. \"127.0.0.1:9191\"",
+                            "lb node admin address \"{}\" is not loopback: set admin_token_file (every call then needs the token), or use a loopback IP:PORT, e.g. \"127.0.0.1:9191\"",
+                            a.get_ref()
+                        ),
+                    ));
+                    None
+                }
+                Err(_) => {
+                    errs.push(src.error_at(
+                        a.span(),
+                        format!(
+                            "lb node admin address \"{}\" must be IP:PORT, e.g. \"127.0.0.1:9191\"",
                             a.get_ref()
                         ),
                     ));
@@ -404,10 +489,109 @@ pub(crate) fn validate(
                 address,
                 threads,
                 admin,
+                admin_token_file,
             });
         }
     }
-    config.map(|config| LbTopology { nodes, config })
+    let vrrp = validate_vips(src, s, &nodes, config.as_ref(), errs);
+    config.map(|config| LbTopology {
+        nodes,
+        config,
+        vrrp,
+    })
+}
+
+/// `[[lb.vip]]` into each node's `[[vrrp]]` instances (validated by the lb file's rules,
+/// so a mistake is named at the vip's own position).
+fn validate_vips(
+    src: &Source,
+    s: &LbSection,
+    nodes: &[LbNode],
+    config: Option<&LbConfig>,
+    errs: &mut Vec<Diagnostic>,
+) -> Vec<(String, Vec<crate::vrrp::VrrpInstance>)> {
+    if s.vip.is_empty() {
+        return Vec::new();
+    }
+    for v in &s.vip {
+        if let Some(m) = &v.master {
+            if !s
+                .nodes
+                .iter()
+                .any(|n| n.get_ref().name.get_ref() == m.get_ref())
+            {
+                errs.push(src.error_at(
+                    m.span(),
+                    format!(
+                        "master \"{}\" is not an [[lb.nodes]] name (nodes: {})",
+                        m.get_ref(),
+                        nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    let mut listeners: Vec<&str> = config
+        .map(|c| c.listeners.iter().map(|l| l.name.as_str()).collect())
+        .unwrap_or_default();
+    listeners.push("direct");
+    let first = nodes.first().map(|n| n.name.clone()).unwrap_or_default();
+    let mut out = Vec::new();
+    for (k, node) in nodes.iter().enumerate() {
+        let raw: Vec<crate::vrrp::RawVrrp> = s
+            .vip
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let master = v
+                    .master
+                    .as_ref()
+                    .map(|m| m.get_ref().clone())
+                    .unwrap_or_else(|| first.clone());
+                let priority = if master == node.name {
+                    VIP_MASTER_PRIORITY
+                } else {
+                    VIP_BACKUP_PRIORITY
+                };
+                let at = v.address.span();
+                let peers = if v.unicast.unwrap_or(false) {
+                    nodes
+                        .iter()
+                        .filter(|n| n.name != node.name)
+                        .map(|n| Spanned::new(at.clone(), n.address.ip().to_string()))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                crate::vrrp::RawVrrp {
+                    name: Some(Spanned::new(at.clone(), format!("vip{}", i + 1))),
+                    interface: v
+                        .interface
+                        .clone()
+                        .unwrap_or_else(|| Spanned::new(at.clone(), "eth0".to_string())),
+                    vrid: v
+                        .vrid
+                        .clone()
+                        .unwrap_or_else(|| Spanned::new(at.clone(), 51 + i as i64)),
+                    priority: Some(Spanned::new(at.clone(), i64::from(priority))),
+                    advert_interval: v.advert_interval.clone(),
+                    preempt: v.preempt,
+                    preempt_delay: None,
+                    addresses: Spanned::new(at.clone(), vec![v.address.clone()]),
+                    unicast_peers: peers,
+                    track: None,
+                }
+            })
+            .collect();
+        // Report problems once (the first node's pass), not once per node.
+        let mut node_errs = Vec::new();
+        let inst = crate::vrrp::validate(src, &raw, &listeners, &mut node_errs);
+        if k == 0 {
+            errs.extend(node_errs);
+        }
+        out.push((node.name.clone(), inst));
+    }
+    out
 }
 
 #[cfg(test)]

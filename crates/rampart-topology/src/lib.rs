@@ -13,6 +13,7 @@ pub mod db;
 pub mod default;
 pub mod diag;
 pub mod etcd;
+pub mod hosts;
 pub mod lb;
 pub mod lb_section;
 pub mod monitor;
