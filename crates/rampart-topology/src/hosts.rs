@@ -173,7 +173,7 @@ pub fn rehearsal(
 
     let mut out = String::with_capacity(text.len() + 1024);
     let mut table = String::new();
-    let mut lines = text.lines().peekable();
+    let lines = text.lines();
     // Each [[lb.nodes]]/[[db.nodes]] block, so its name is known for its other lines.
     let mut block: Vec<String> = Vec::new();
     let flush = |block: &mut Vec<String>, table: &str, out: &mut String| -> Result<(), String> {
@@ -217,7 +217,7 @@ pub fn rehearsal(
         }
         Ok(())
     };
-    while let Some(line) = lines.next() {
+    for line in lines {
         if let Some(tb) = table_of(line) {
             flush(&mut block, &table, &mut out)?;
             table = tb.to_string();
