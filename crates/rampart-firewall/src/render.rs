@@ -49,6 +49,18 @@ pub fn render(r: &Ruleset) -> String {
         s,
         "\t\tct state established,related accept\n\t\tct state invalid drop\n\t\tiifname \"lo\" accept\n\t\tmeta l4proto icmp accept\n\t\tmeta l4proto ipv6-icmp accept"
     );
+    let trusted: Vec<&Net> = r
+        .trusted
+        .iter()
+        .filter(|n| matches!(n, Net::V4(..)))
+        .collect();
+    if !trusted.is_empty() {
+        let _ = writeln!(
+            s,
+            "\t\t# [firewall] trusted: the operations host reaches every port"
+        );
+        let _ = writeln!(s, "\t\tip saddr {} accept", set(&trusted));
+    }
     for rule in &r.rules {
         let _ = writeln!(s, "\t\t# {}", rule.why);
         if rule.from.contains(&Net::Any) {

@@ -102,6 +102,8 @@ pub struct Ruleset {
     /// VRRP adverts (IP protocol 112) are accepted from these: the other lb nodes, when
     /// this machine runs a balancer with virtual IPs.
     pub vrrp_from: BTreeSet<Net>,
+    /// `[firewall] trusted`: everything from these is accepted.
+    pub trusted: BTreeSet<Net>,
 }
 
 impl Ruleset {
@@ -373,6 +375,12 @@ pub fn ruleset(t: &Topology, nodes: &[&str]) -> Result<Ruleset, RulesetError> {
         rules,
         notes,
         vrrp_from,
+        trusted: t
+            .firewall
+            .iter()
+            .flat_map(|f| &f.trusted)
+            .map(Net::from_cidr)
+            .collect(),
     })
 }
 

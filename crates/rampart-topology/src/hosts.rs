@@ -258,7 +258,7 @@ pub fn rehearsal(
             out.push_str(&l);
             out.push('\n');
             out.push_str(&format!(
-                "admin = [\"{operator}/32\"]   # the rehearsal's operator: this machine on the bridge\n"
+                "admin = [\"{operator}/32\"]   # the rehearsal's operator: this machine on the bridge\ntrusted = [\"{operator}/32\"]   # ... which runs the health checks of rampart up\n"
             ));
             continue;
         }
@@ -280,7 +280,7 @@ pub fn rehearsal(
     }
     if t.firewall.is_none() {
         out.push_str(&format!(
-            "\n[firewall]   # added by the rehearsal\npolicy = \"drop\"\nadmin = [\"{operator}/32\"]\n"
+            "\n[firewall]   # added by the rehearsal\npolicy = \"drop\"\nadmin = [\"{operator}/32\"]\ntrusted = [\"{operator}/32\"]\n"
         ));
     }
     Ok((

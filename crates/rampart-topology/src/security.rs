@@ -12,6 +12,7 @@
 //! policy = "drop"               # what happens to incoming traffic no rule allows
 //! admin = ["10.0.0.0/24"]       # where operators come from: ssh, lb entries, agent APIs
 //! ssh = 22                      # the ssh port opened to `admin` (0: none)
+//! trusted = ["10.0.0.5/32"]     # reach every port of every node (the host running rampart up's checks)
 //! allow = [                     # extra openings, on every node
 //!   { port = 443, from = "0.0.0.0/0" },   # the site, from anywhere
 //!   { port = 5441, from = "10.0.0.0/8" }, # a database port, from the cluster's network
@@ -58,6 +59,8 @@ pub struct FirewallSection {
     pub ssh: Option<Spanned<i64>>,
     #[serde(default)]
     pub allow: Vec<Spanned<RawAllow>>,
+    #[serde(default)]
+    pub trusted: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -145,6 +148,9 @@ pub struct FirewallConfig {
     pub admin: Vec<Cidr>,
     /// The ssh port opened to `admin` (None: no ssh rule).
     pub ssh: Option<u16>,
+    /// Sources that reach every port of every node: an operations host that runs the
+    /// stack's health checks (`rampart up`'s machine in the separate-hosts rehearsal).
+    pub trusted: Vec<Cidr>,
 }
 
 impl FirewallConfig {
@@ -292,11 +298,19 @@ pub(crate) fn validate_firewall(
             }
         },
     };
+    let mut trusted = Vec::new();
+    for a in &s.trusted {
+        match a.get_ref().parse::<Cidr>() {
+            Ok(c) => trusted.push(c),
+            Err(m) => errs.push(src.error_at(a.span(), m)),
+        }
+    }
     Some(FirewallConfig {
         policy,
         allow,
         admin,
         ssh,
+        trusted,
     })
 }
 

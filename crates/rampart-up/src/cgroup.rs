@@ -164,6 +164,36 @@ fn remove_stale(mount: &Path, cluster: &str) {
 /// `rampart up` records.
 const ENTER: &str = "echo $$ > \"$1\" || echo \"rampart up: could not enter cgroup $1: rampart chaos partition cannot cut this node\" >&2; shift; exec \"$@\"";
 
+/// [`command`], inside the network namespace `netns` when given (`ip netns exec`, which
+/// execs: the pid stays the one `rampart up` records).
+pub fn command_in(
+    netns: Option<&str>,
+    cgroup: Option<&Path>,
+    program: &Path,
+    args: &[String],
+) -> Command {
+    let Some(ns) = netns else {
+        return command(cgroup, program, args);
+    };
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns]);
+    match cgroup {
+        Some(cg) => {
+            c.arg("/bin/sh")
+                .arg("-c")
+                .arg(ENTER)
+                .arg("rampart-enter-cgroup")
+                .arg(cg.join("cgroup.procs"))
+                .arg(program)
+                .args(args);
+        }
+        None => {
+            c.arg(program).args(args);
+        }
+    }
+    c
+}
+
 /// The command that runs `program args` in the cgroup `cgroup` (when there is one).
 pub fn command(cgroup: Option<&Path>, program: &Path, args: &[String]) -> Command {
     match cgroup {

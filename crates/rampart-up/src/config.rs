@@ -40,8 +40,29 @@ fn absolute(p: &Path) -> Result<PathBuf, UpError> {
     Ok(cwd.join(p))
 }
 
-/// Find, (for the default) write, and validate the topology.
+/// Find, (for the default) write, and validate the topology. When the stack running from
+/// its data folder is the separate-hosts rehearsal, that rehearsal's topology (what the
+/// roles run) is the one returned, so `status` and the drills see the hosts' addresses.
 pub fn resolve(o: &ResolveOptions) -> Result<Resolved, UpError> {
+    let r = resolve_file(o)?;
+    if let Some(s) = crate::state::UpState::read_live(&r.data_dir) {
+        if s.hosts.is_some() && s.topology != r.file && o.config.as_deref() != Some(&s.topology) {
+            let rehearsal = resolve_file(&ResolveOptions {
+                config: Some(s.topology.clone()),
+                data_dir: Some(r.data_dir.clone()),
+                port_base: None,
+            })?;
+            return Ok(Resolved {
+                origin: format!("{}, on separate hosts", r.origin),
+                builtin: r.builtin,
+                ..rehearsal
+            });
+        }
+    }
+    Ok(r)
+}
+
+fn resolve_file(o: &ResolveOptions) -> Result<Resolved, UpError> {
     match &o.config {
         Some(path) => {
             let src = Source::read(path)?;

@@ -41,10 +41,18 @@ fn new_token() -> Result<String, UpError> {
 }
 
 fn token_file(data_dir: &Path, node: &str) -> Result<PathBuf, UpError> {
+    let p = data_dir.join("lb").join(format!("{node}.admin-token"));
+    ensure_token(&p)?;
+    Ok(p)
+}
+
+/// A token in `p` (made when missing or too short), readable by this user only.
+fn ensure_token(p: &Path) -> Result<(), UpError> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let dir = data_dir.join("lb");
-    std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
-    let p = dir.join(format!("{node}.admin-token"));
+    if let Some(dir) = p.parent() {
+        std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+    }
+    let p = p.to_path_buf();
     let ok = std::fs::read_to_string(&p).is_ok_and(|t| t.trim().len() >= 32);
     if !ok {
         let _ = std::fs::remove_file(&p);
@@ -58,7 +66,7 @@ fn token_file(data_dir: &Path, node: &str) -> Result<PathBuf, UpError> {
     }
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
         .map_err(io("protect", &p))?;
-    Ok(p)
+    Ok(())
 }
 
 /// Give every lb process whose node has no `admin` a loopback admin with a token: adds
@@ -76,7 +84,17 @@ pub fn assign(
         let Some(node) = lb.node(&p.name) else {
             continue;
         };
-        if node.admin.is_some() {
+        if let Some(address) = node.admin {
+            // An admin off loopback, guarded by a token file the topology names (the
+            // separate-hosts rehearsal): make the token; the monitor and status use it.
+            if let Some(f) = &node.admin_token_file {
+                ensure_token(f)?;
+                out.push(LocalAdmin {
+                    node: p.name.clone(),
+                    address,
+                    token_file: f.clone(),
+                });
+            }
             continue;
         }
         let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))

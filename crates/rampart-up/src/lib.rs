@@ -9,6 +9,8 @@
 //!   in reverse order on SIGINT/SIGTERM (grace period, then SIGKILL of the process group).
 //! - [`status`] probes every node; [`chaos`] runs fire drills with a client-side report,
 //!   through [`site`]: the site's HTTPS listener, verified against the stack's CA.
+//! - [`units`] renders the same processes as systemd units, one per node, for running
+//!   the topology across machines (pure).
 //!
 //! Every child runs in its own process group, so a kill reaches what it started
 //! (PostgreSQL under a db agent), and, when cgroup v2 is writable, in its node's own
@@ -19,6 +21,7 @@ pub mod backoff;
 pub mod cgroup;
 pub mod chaos;
 pub mod config;
+pub mod hostnet;
 pub mod lbadmin;
 pub use rampart_http1 as http;
 pub mod netcut;
@@ -28,6 +31,7 @@ pub mod state;
 pub mod status;
 pub mod supervise;
 pub mod tls;
+pub mod units;
 
 use std::path::PathBuf;
 

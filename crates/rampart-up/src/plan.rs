@@ -27,6 +27,8 @@ pub struct ProcSpec {
     pub grace: Duration,
     /// A file the supervisor writes before starting (path, contents).
     pub file: Option<(PathBuf, String)>,
+    /// The network namespace (host) it runs in, in the separate-hosts rehearsal.
+    pub netns: Option<String>,
 }
 
 /// A node of the topology that this binary cannot run (its role is not built yet).
@@ -107,6 +109,7 @@ pub fn plan(t: &Topology, topology_file: &Path, data_dir: &Path, tools: &Tools<'
                 probe: Probe::Etcd(m.client),
                 grace: Duration::from_secs(5),
                 file: None,
+                netns: None,
             });
         }
     }
@@ -128,6 +131,7 @@ pub fn plan(t: &Topology, topology_file: &Path, data_dir: &Path, tools: &Tools<'
             },
             grace: Duration::from_secs(15),
             file: None,
+            netns: None,
         };
         add_role(&mut p, NodeKind::Db, &n.name, spec);
     }
@@ -149,6 +153,7 @@ pub fn plan(t: &Topology, topology_file: &Path, data_dir: &Path, tools: &Tools<'
             },
             grace: Duration::from_secs(10),
             file: None,
+            netns: None,
         };
         add_role(&mut p, NodeKind::Web, &w.name, spec);
     }
@@ -173,6 +178,7 @@ pub fn plan(t: &Topology, topology_file: &Path, data_dir: &Path, tools: &Tools<'
                 },
                 grace: Duration::from_secs(5),
                 file: None,
+                netns: None,
             };
             add_role(&mut p, NodeKind::Lb, &n.name, spec);
         }
@@ -195,6 +201,7 @@ pub fn plan(t: &Topology, topology_file: &Path, data_dir: &Path, tools: &Tools<'
             },
             grace: Duration::from_secs(5),
             file: None,
+            netns: None,
         };
         add_role(&mut p, NodeKind::Monitor, &m.name, spec);
     }

@@ -38,6 +38,19 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, UpError> {
         .map_err(|e| UpError::Drill(format!("{}: not PEM certificates: {e}", path.display())))
 }
 
+/// Where a client reaches a listener: a listener on 0.0.0.0 (the separate-hosts
+/// rehearsal) through the first virtual IP.
+fn reachable(t: &Topology, a: std::net::SocketAddr) -> std::net::SocketAddr {
+    if !a.ip().is_unspecified() {
+        return a;
+    }
+    t.lb.iter()
+        .flat_map(|l| l.vips())
+        .next()
+        .map(|ip| std::net::SocketAddr::new(ip, a.port()))
+        .unwrap_or(a)
+}
+
 impl Site {
     /// The site of `t` (see the module doc).
     pub fn of(t: &Topology) -> Result<Site, UpError> {
@@ -87,7 +100,7 @@ impl Site {
                 .with_root_certificates(roots)
                 .with_no_client_auth();
             return Ok(Site {
-                addr: l.address,
+                addr: reachable(t, l.address),
                 tls: Some(Arc::new(cfg)),
             });
         }
@@ -95,7 +108,7 @@ impl Site {
             .iter()
             .find(|l| l.redirect_https.is_none())
             .map(|l| Site {
-                addr: l.address,
+                addr: reachable(t, l.address),
                 tls: None,
             })
             .ok_or_else(|| {

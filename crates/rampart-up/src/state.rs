@@ -20,6 +20,9 @@ pub struct UpState {
     /// Admin endpoints `rampart up` gave lb nodes the topology gives none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lb_admin: Vec<crate::lbadmin::LocalAdmin>,
+    /// The separate-hosts rehearsal's network (`rampart up --hosts netns`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<crate::hostnet::HostsState>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

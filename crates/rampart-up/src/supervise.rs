@@ -30,6 +30,9 @@ pub struct UpOptions {
     pub rampart: PathBuf,
     /// Give up when a group of roles is not healthy after this long.
     pub start_timeout: Duration,
+    /// Run every node on a host of its own (network namespaces on a bridge, this /24),
+    /// the site on virtual IPs: the separate-hosts rehearsal. `None`: one loopback.
+    pub hosts: Option<std::net::Ipv4Addr>,
 }
 
 /// Where Debian puts etcd; PATH is searched first.
@@ -211,19 +214,24 @@ impl Supervisor {
             .map_err(io("open log", &p.log))?;
         let log2 = log.try_clone().map_err(io("open log", &p.log))?;
         let cgroup = self.cgroups.as_ref().map(|c| c.node(&p.spec.name));
-        let child = crate::cgroup::command(cgroup.as_deref(), &p.spec.program, &p.spec.args)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .process_group(0)
-            .spawn()
-            .map_err(|e| {
-                UpError::Start(format!(
-                    "start {} ({}): {e}",
-                    p.spec.name,
-                    p.spec.program.display()
-                ))
-            })?;
+        let child = crate::cgroup::command_in(
+            p.spec.netns.as_deref(),
+            cgroup.as_deref(),
+            &p.spec.program,
+            &p.spec.args,
+        )
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| {
+            UpError::Start(format!(
+                "start {} ({}): {e}",
+                p.spec.name,
+                p.spec.program.display()
+            ))
+        })?;
         p.child = Some(child);
         p.started = Instant::now();
         p.restart_at = None;
@@ -486,6 +494,11 @@ pub fn run(o: UpOptions) -> Result<(), UpError> {
             s.pid
         )));
     }
+    // The separate-hosts rehearsal: the same topology rewritten for a host per node.
+    let (r, hosts) = match o.hosts {
+        None => (r, None),
+        Some(subnet) => rehearse(r, subnet)?,
+    };
     println!(
         "rampart up: {} (cluster {}), data in {}",
         r.origin,
@@ -533,11 +546,37 @@ pub fn run(o: UpOptions) -> Result<(), UpError> {
             has_role: &has_role,
         },
     );
-    check_ports_free(&r.topology)?;
+    if hosts.is_none() {
+        check_ports_free(&r.topology)?;
+    }
     for cert in crate::tls::ensure_self_signed(&r.topology)? {
         println!("certificate written: {}", cert.display());
     }
     let lb_admin = crate::lbadmin::assign(&r.topology, &r.data_dir, &mut procs)?;
+    // The hosts, before anything starts in them; removed when this function returns.
+    let _network = match &hosts {
+        Some(h) => {
+            crate::hostnet::create(h)?;
+            let guard = NetworkGuard(h.clone());
+            println!(
+                "  hosts       {} nodes on {}/24 (bridge {}, this machine {}), client host {} ({})",
+                h.hosts.len(),
+                h.subnet,
+                h.bridge,
+                h.operator,
+                h.client.netns,
+                h.client.ip
+            );
+            for host in &h.hosts {
+                crate::hostnet::apply_firewall(host, &o.rampart, &r.file)?;
+            }
+            for p in procs.iter_mut() {
+                p.netns = h.host(&p.name).map(|x| x.netns.clone());
+            }
+            Some(guard)
+        }
+        None => None,
+    };
 
     let logs = r.data_dir.join("logs");
     std::fs::create_dir_all(&logs).map_err(io("create", &logs))?;
@@ -548,6 +587,7 @@ pub fn run(o: UpOptions) -> Result<(), UpError> {
         nodes: Vec::new(),
         cgroup: None,
         lb_admin,
+        hosts: hosts.clone(),
     };
     for u in &unavailable {
         state.nodes.push(NodeState {
@@ -692,6 +732,48 @@ pub fn run(o: UpOptions) -> Result<(), UpError> {
         r.data_dir.display()
     ));
     result
+}
+
+/// Removes the rehearsal's network when dropped (every way out of `run`).
+struct NetworkGuard(crate::hostnet::HostsState);
+
+impl Drop for NetworkGuard {
+    fn drop(&mut self) {
+        crate::hostnet::remove(&self.0);
+    }
+}
+
+/// Write the rehearsal of `r`'s topology beside it (`<name>.hosts.toml`, so relative
+/// paths keep their meaning) and resolve that instead.
+fn rehearse(
+    r: Resolved,
+    subnet: std::net::Ipv4Addr,
+) -> Result<(Resolved, Option<crate::hostnet::HostsState>), UpError> {
+    let text = std::fs::read_to_string(&r.file).map_err(io("read", &r.file))?;
+    let (text, layout) =
+        rampart_topology::hosts::rehearsal(&text, &r.topology, subnet, &r.data_dir)
+            .map_err(UpError::Start)?;
+    let stem = r
+        .file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "topology".into());
+    let file = r.file.with_file_name(format!("{stem}.hosts.toml"));
+    std::fs::write(&file, &text).map_err(io("write", &file))?;
+    let r2 = resolve(&crate::config::ResolveOptions {
+        config: Some(file),
+        data_dir: Some(r.data_dir.clone()),
+        port_base: None,
+    })?;
+    let h = crate::hostnet::plan(&r2.topology.cluster, &layout);
+    Ok((
+        Resolved {
+            origin: format!("{}, on separate hosts ({subnet}/24)", r.origin),
+            builtin: r.builtin,
+            ..r2
+        },
+        Some(h),
+    ))
 }
 
 fn start_and_watch(

@@ -56,19 +56,31 @@ pub fn wanted(t: &Topology) -> Vec<Want> {
         return Vec::new();
     };
     let mut out: Vec<Want> = Vec::new();
+    // The virtual IPs clients reach the site on (a listener on 0.0.0.0 serves them).
+    let vips: Vec<String> =
+        t.lb.iter()
+            .flat_map(|l| l.vips())
+            .map(|v| v.to_string())
+            .collect();
     for l in t.lb.iter().flat_map(|l| &l.config.listeners) {
         if let Some(lt) = &l.tls {
+            let mut ips: Vec<String> = vips.clone();
+            if !l.address.ip().is_unspecified() {
+                ips.push(l.address.ip().to_string());
+            }
             if let Some(w) = out.iter_mut().find(|w| w.cert == lt.cert) {
-                let n = san(&l.address.ip().to_string());
-                if !w.names.contains(&n) {
-                    w.names.push(n);
+                for ip in &ips {
+                    let n = san(ip);
+                    if !w.names.contains(&n) {
+                        w.names.push(n);
+                    }
                 }
                 continue;
             }
             out.push(Want {
                 cert: lt.cert.clone(),
                 key: lt.key.clone(),
-                names: names([l.address.ip().to_string()]),
+                names: names(ips),
             });
         }
     }
