@@ -10,6 +10,7 @@ mod init;
 mod lb;
 mod monitor;
 mod status;
+mod units;
 mod up;
 mod web;
 
@@ -52,6 +53,8 @@ enum Command {
     Monitor(monitor::MonitorArgs),
     /// Run a web/app server: static files, a proxy to your app, or the built-in guestbook.
     Web(Box<web::WebArgs>),
+    /// Write a systemd unit per node of the topology, to run it across machines.
+    Units(units::UnitsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -68,6 +71,7 @@ fn main() -> anyhow::Result<()> {
         Command::Web(args) => web::run(*args),
         Command::Monitor(args) => monitor::run(args),
         Command::Firewall(args) => firewall::run(args),
+        Command::Units(args) => units::run(args),
     }
 }
 

@@ -139,3 +139,148 @@ fn up_refuses_to_start_a_second_stack_from_the_same_folder() {
     );
     assert!(!state.join("logs").exists(), "nothing started");
 }
+
+#[test]
+fn units_writes_a_verified_systemd_unit_per_node_and_never_overwrites_a_changed_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    assert!(rampart(&["init", "--port-base", "14000"], p)
+        .status
+        .success());
+    let config = std::fs::canonicalize(p.join("rampart.toml")).unwrap();
+    let bin = std::fs::canonicalize(rampart_bin()).unwrap();
+    // etcd where the units will run; without one here, this binary stands in so that
+    // systemd-analyze finds an executable.
+    let etcd = rampart_testkit::find_program("etcd", &["/usr/bin", "/usr/local/bin"])
+        .unwrap_or_else(|| bin.clone());
+    let etcd = etcd.display().to_string();
+    let bin_s = bin.display().to_string();
+    let args = [
+        "units",
+        "--config",
+        "rampart.toml",
+        "--out",
+        "units",
+        "--bin",
+        &bin_s,
+        "--etcd",
+        &etcd,
+    ];
+    let out = rampart(&args, p);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let units = p.join("units");
+    let nodes = [
+        ("etcd", "etcd1"),
+        ("etcd", "etcd2"),
+        ("etcd", "etcd3"),
+        ("db", "db1"),
+        ("db", "db2"),
+        ("db", "db3"),
+        ("web", "web1"),
+        ("web", "web2"),
+        ("web", "web3"),
+        ("lb", "lb1"),
+        ("lb", "lb2"),
+        ("monitor", "monitor"),
+    ];
+    let mut files = Vec::new();
+    for (role, node) in nodes {
+        let name = if role == "monitor" {
+            "rampart-monitor.service".to_string()
+        } else {
+            format!("rampart-{role}-{node}.service")
+        };
+        let text = std::fs::read_to_string(units.join(&name))
+            .unwrap_or_else(|e| panic!("{name}: {e}\n{stdout}"));
+        let exec = text
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart="))
+            .unwrap_or_else(|| panic!("no ExecStart in {name}:\n{text}"));
+        if role == "etcd" {
+            assert!(
+                exec.starts_with(&format!("{etcd} --name {node} ")),
+                "{text}"
+            );
+        } else {
+            assert_eq!(
+                exec,
+                format!("{bin_s} {role} --config {} --node {node}", config.display())
+            );
+        }
+        for line in [
+            "Restart=on-failure",
+            "RestartSec=1",
+            "KillMode=mixed",
+            "After=network-online.target",
+            "Wants=network-online.target",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in {name}:\n{text}");
+        }
+        assert!(stdout.contains(&name), "{stdout}");
+        files.push(units.join(&name));
+    }
+    assert_eq!(std::fs::read_dir(&units).unwrap().count(), nodes.len());
+    assert!(
+        stdout.contains(
+            "systemctl daemon-reload && systemctl enable --now rampart-etcd-etcd1.service"
+        ),
+        "{stdout}"
+    );
+
+    match rampart_testkit::find_program("systemd-analyze", &["/usr/bin", "/bin"]) {
+        Some(analyze) => {
+            let v = Command::new(analyze)
+                .arg("verify")
+                .args(&files)
+                .output()
+                .unwrap();
+            assert!(
+                v.status.success(),
+                "systemd-analyze verify:\n{}{}",
+                String::from_utf8_lossy(&v.stdout),
+                String::from_utf8_lossy(&v.stderr)
+            );
+        }
+        None => eprintln!("NOTE: systemd-analyze is not installed: the units were not verified"),
+    }
+
+    // The same again: nothing changes. A changed file is kept unless --force.
+    let again = rampart(&args, p);
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stdout).contains("unchanged"));
+    let web1 = units.join("rampart-web-web1.service");
+    std::fs::write(&web1, "[Service]\nExecStart=/bin/true\n").unwrap();
+    let refused = rampart(&args, p);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("rampart-web-web1.service") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&web1).unwrap(),
+        "[Service]\nExecStart=/bin/true\n"
+    );
+    let mut forced = args.to_vec();
+    forced.push("--force");
+    assert!(rampart(&forced, p).status.success());
+    assert!(std::fs::read_to_string(&web1)
+        .unwrap()
+        .contains("--node web1"));
+
+    // An unknown node is refused, naming the known ones.
+    let mut bad = args.to_vec();
+    bad.extend(["--node", "web9"]);
+    let out = rampart(&bad, p);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no node \"web9\"") && err.contains("known: etcd1, etcd2, etcd3, db1"),
+        "{err}"
+    );
+}
