@@ -167,16 +167,20 @@ fn dechunk(mut b: &str) -> String {
     out
 }
 
-/// The state as a table, one line per pool and server.
+/// A field as text: strings bare, absent or null as `-`.
+fn field(v: &Value, k: &str) -> String {
+    match v.get(k) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => "-".into(),
+        Some(o) => o.to_string(),
+    }
+}
+
+/// The state as a table, one line per pool and server, then the virtual routers (when
+/// the balancer runs any).
 pub fn format_state(v: &Value) -> String {
     let mut out = String::new();
-    let s = |v: &Value, k: &str| -> String {
-        match v.get(k) {
-            Some(Value::String(s)) => s.clone(),
-            Some(Value::Null) | None => "-".into(),
-            Some(o) => o.to_string(),
-        }
-    };
+    let s = field;
     for l in v
         .get("listeners")
         .and_then(Value::as_array)
@@ -227,6 +231,73 @@ pub fn format_state(v: &Value) -> String {
             ));
         }
     }
+    out.push_str(&format_vrrp(v));
+    out
+}
+
+/// The virtual routers (`vrrp` in the admin state), one line each; empty without any.
+/// MASTER is the master last heard (address and priority), FAILING the tracked items
+/// that lower the priority.
+pub fn format_vrrp(v: &Value) -> String {
+    let routers: Vec<&Value> = v
+        .get("vrrp")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .collect();
+    if routers.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        "\n{:<12} {:>4} {:<10} {:<9} {:<8} {:<20} {:<20} {:<28} FAILING\n",
+        "VRRP", "VRID", "INTERFACE", "STATE", "PRIO", "ADDRESSES", "MASTER", "LAST TRANSITION"
+    );
+    let dash = |s: String| if s.is_empty() { "-".to_string() } else { s };
+    for r in routers {
+        let list = |k: &str, sep: &str| -> String {
+            r.get(k)
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .map(|x| {
+                            x.as_str()
+                                .map(str::to_string)
+                                .unwrap_or_else(|| x.to_string())
+                        })
+                        .collect::<Vec<_>>()
+                        .join(sep)
+                })
+                .unwrap_or_default()
+        };
+        let prio = format!(
+            "{}/{}",
+            field(r, "priority"),
+            field(r, "effective_priority")
+        );
+        let master = match r.get("master") {
+            Some(m @ Value::Object(_)) => {
+                format!("{} ({})", field(m, "address"), field(m, "priority"))
+            }
+            _ => "-".to_string(),
+        };
+        out.push_str(&format!(
+            "{:<12} {:>4} {:<10} {:<9} {:<8} {:<20} {:<20} {:<28} {}\n",
+            field(r, "name"),
+            field(r, "vrid"),
+            field(r, "interface"),
+            field(r, "state"),
+            prio,
+            dash(list("addresses", ",")),
+            master,
+            dash(
+                r.get("last_transition")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            ),
+            dash(list("failing", "; ")),
+        ));
+    }
     out
 }
 
@@ -250,4 +321,73 @@ pub type Json = Value;
 /// Pretty-printed JSON.
 pub fn pretty(v: &Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_shows_each_virtual_router_and_nothing_without_any() {
+        let none = serde_json::json!({ "listeners": [], "pools": [], "vrrp": [] });
+        assert_eq!(format_vrrp(&none), "");
+        assert!(!format_state(&none).contains("VRRP"));
+        let v = serde_json::json!({
+            "listeners": [],
+            "pools": [],
+            "vrrp": [
+                {
+                    "name": "vip51", "vrid": 51, "interface": "eth0", "state": "master",
+                    "priority": 150, "effective_priority": 150,
+                    "addresses": ["10.0.0.51/24"],
+                    "master": { "address": "10.0.0.1", "priority": 150 },
+                    "last_transition": "backup -> master: master down",
+                    "failing": []
+                },
+                {
+                    "name": "vip52", "vrid": 52, "interface": "eth0", "state": "backup",
+                    "priority": 150, "effective_priority": 50,
+                    "addresses": ["10.0.0.52/24", "10.0.0.53/24"],
+                    "master": null,
+                    "last_transition": "",
+                    "failing": ["listener site: every server down", "interface eth0 down"]
+                }
+            ]
+        });
+        let t = format_state(&v);
+        let lines: Vec<&str> = t.lines().collect();
+        let head = lines.iter().position(|l| l.starts_with("VRRP")).unwrap();
+        assert!(lines[head].contains("LAST TRANSITION"), "{t}");
+        let first: Vec<&str> = lines[head + 1].split_whitespace().collect();
+        assert_eq!(
+            first,
+            [
+                "vip51",
+                "51",
+                "eth0",
+                "master",
+                "150/150",
+                "10.0.0.51/24",
+                "10.0.0.1",
+                "(150)",
+                "backup",
+                "->",
+                "master:",
+                "master",
+                "down",
+                "-"
+            ],
+            "{t}"
+        );
+        let second = lines[head + 2];
+        assert!(second.starts_with("vip52"), "{t}");
+        assert!(second.contains(" backup "), "{t}");
+        assert!(second.contains(" 150/50 "), "{t}");
+        assert!(second.contains(" 10.0.0.52/24,10.0.0.53/24 "), "{t}");
+        assert!(
+            second.ends_with("listener site: every server down; interface eth0 down"),
+            "{t}"
+        );
+    }
 }

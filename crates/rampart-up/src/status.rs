@@ -24,7 +24,8 @@ pub struct NodeStatus {
     pub name: String,
     /// `lb`, `web`, `db`, `etcd` or `monitor`.
     pub kind: String,
-    /// etcd: leader/follower; db: primary/replica/...; lb: active; web: ready/not-ready;
+    /// etcd: leader/follower; db: primary/replica/...; lb: active, or with virtual IPs
+    /// master/backup/master+backup (see [`vrrp_role`]); web: ready/not-ready;
     /// "down" when it does not answer, "unavailable" when this binary cannot run it.
     pub role: String,
     pub healthy: bool,
@@ -102,6 +103,60 @@ fn lb_requests(admin: &Admin) -> Option<f64> {
         "listener=\"direct\"",
         token.as_deref(),
     )
+}
+
+/// An lb node's admin `/api/state`.
+fn lb_state(admin: &Admin) -> Option<Value> {
+    let (addr, token) = admin.as_ref()?;
+    let auth = token.as_deref().map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth
+        .as_deref()
+        .map(|a| vec![("Authorization", a)])
+        .unwrap_or_default();
+    let r = crate::http::request(*addr, "GET", "/api/state", &headers, b"", T).ok()?;
+    (r.status == 200)
+        .then(|| serde_json::from_slice(&r.body).ok())
+        .flatten()
+}
+
+/// An lb node's role from its virtual routers (the `vrrp` list of its admin state), and
+/// the detail naming each router by state: `master` when it masters every one, `backup`
+/// when it backs up every one, `master+backup` when it masters some (`master(vip51)
+/// backup(vip52)`); other states (`fault`, `stopping`, `init`) join the same way. `None`
+/// without virtual routers (the role stays `active`).
+pub fn vrrp_role(state: &Value) -> Option<(String, String)> {
+    let routers = state.get("vrrp")?.as_array()?;
+    if routers.is_empty() {
+        return None;
+    }
+    // State name -> routers in that state, in this order.
+    let order = ["master", "backup", "fault", "stopping", "init"];
+    let mut by: Vec<(String, Vec<String>)> = Vec::new();
+    for r in routers {
+        let st = r.get("state").and_then(Value::as_str).unwrap_or("unknown");
+        let name = r
+            .get("name")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .or_else(|| r.get("vrid").map(|v| format!("vrid-{v}")))
+            .unwrap_or_default();
+        match by.iter_mut().find(|(s, _)| s == st) {
+            Some((_, names)) => names.push(name),
+            None => by.push((st.to_string(), vec![name])),
+        }
+    }
+    by.sort_by_key(|(s, _)| order.iter().position(|o| o == s).unwrap_or(order.len()));
+    let role = by
+        .iter()
+        .map(|(s, _)| s.as_str())
+        .collect::<Vec<_>>()
+        .join("+");
+    let detail = by
+        .iter()
+        .map(|(s, names)| format!("{s}({})", names.join(",")))
+        .collect::<Vec<_>>()
+        .join(" ");
+    Some((role, detail))
 }
 
 fn rate(before: Option<f64>, after: Option<f64>, secs: f64) -> Option<Value> {
@@ -280,10 +335,19 @@ pub fn collect(r: &Resolved) -> Vec<NodeStatus> {
             if let Some(rps) = rate(lb_before[i], lb_requests(&lb_admins[i]), secs) {
                 details.insert("rps".to_string(), rps);
             }
+            let mut role = if healthy { "active" } else { "down" }.to_string();
+            // With virtual IPs: which this node holds (a node that does not forward may
+            // still hold or back up an address, so its own word counts).
+            if let Some((r, detail)) = lb_state(&lb_admins[i]).as_ref().and_then(vrrp_role) {
+                details.insert("vrrp".into(), Value::String(detail));
+                if healthy {
+                    role = r;
+                }
+            }
             out.push(NodeStatus {
                 name: n.name.clone(),
                 kind: "lb".into(),
-                role: if healthy { "active" } else { "down" }.into(),
+                role,
                 healthy,
                 address: n.address.to_string(),
                 pid: pid_of(&n.name),
@@ -375,9 +439,16 @@ fn monitor_details(
 /// The human table.
 pub fn render_table(nodes: &[NodeStatus]) -> String {
     let mut s = String::new();
+    // 12 wide, wider for a long role (`master+backup`).
+    let rw = nodes
+        .iter()
+        .map(|n| n.role.len())
+        .max()
+        .unwrap_or(0)
+        .max(12);
     let _ = writeln!(
         s,
-        "{:<10} {:<8} {:<12} {:<8} {:<22} {:<8} DETAILS",
+        "{:<10} {:<8} {:<rw$} {:<8} {:<22} {:<8} DETAILS",
         "NAME", "KIND", "ROLE", "HEALTHY", "ADDRESS", "PID"
     );
     for n in nodes {
@@ -391,7 +462,7 @@ pub fn render_table(nodes: &[NodeStatus]) -> String {
             .collect();
         let _ = writeln!(
             s,
-            "{:<10} {:<8} {:<12} {:<8} {:<22} {:<8} {}",
+            "{:<10} {:<8} {:<rw$} {:<8} {:<22} {:<8} {}",
             n.name,
             n.kind,
             n.role,
@@ -410,8 +481,60 @@ pub fn render_json(nodes: &[NodeStatus]) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
-    use super::sum_counter;
+    use super::{render_table, sum_counter, vrrp_role, NodeStatus};
+    use serde_json::json;
+
+    #[test]
+    fn an_lb_role_follows_its_virtual_routers() {
+        let r = |v: serde_json::Value| vrrp_role(&json!({ "vrrp": v }));
+        assert_eq!(vrrp_role(&json!({ "pools": [] })), None);
+        assert_eq!(r(json!([])), None);
+        assert_eq!(
+            r(json!([{ "name": "vip51", "state": "master" }])),
+            Some(("master".into(), "master(vip51)".into()))
+        );
+        assert_eq!(
+            r(json!([
+                { "name": "vip51", "state": "backup" },
+                { "name": "vip52", "state": "backup" }
+            ])),
+            Some(("backup".into(), "backup(vip51,vip52)".into()))
+        );
+        assert_eq!(
+            r(json!([
+                { "name": "vip52", "state": "backup" },
+                { "name": "vip51", "state": "master" }
+            ])),
+            Some(("master+backup".into(), "master(vip51) backup(vip52)".into()))
+        );
+        assert_eq!(
+            r(json!([
+                { "name": "vip51", "state": "fault" },
+                { "vrid": 52, "state": "master" }
+            ])),
+            Some(("master+fault".into(), "master(vrid-52) fault(vip51)".into()))
+        );
+    }
+
+    #[test]
+    fn the_table_shows_the_lb_role_and_its_routers() {
+        let mut details = std::collections::BTreeMap::new();
+        details.insert("vrrp".to_string(), json!("master(vip51) backup(vip52)"));
+        let t = render_table(&[NodeStatus {
+            name: "lb1".into(),
+            kind: "lb".into(),
+            role: "master+backup".into(),
+            healthy: true,
+            address: "10.0.0.11:8091".into(),
+            pid: None,
+            details,
+        }]);
+        let row = t.lines().nth(1).unwrap();
+        assert!(row.starts_with("lb1        lb       master+backup "), "{t}");
+        assert!(row.ends_with("vrrp=master(vip51) backup(vip52)"), "{t}");
+    }
 
     #[test]
     fn sums_a_counter_over_series_but_the_skipped_one() {

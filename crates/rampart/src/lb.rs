@@ -137,9 +137,11 @@ pub struct CtlArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum CtlOp {
-    /// Listeners, pools and servers with state, health, weight, in-flight and counters.
+    /// Listeners, pools and servers with state, health, weight, in-flight and counters;
+    /// the virtual routers (VRRP) with state, priority, addresses and the master heard.
     List {
-        /// Print the admin API's JSON document instead of a table.
+        /// Print the admin API's JSON document (`/api/state`, virtual routers under
+        /// `vrrp`) instead of a table.
         #[arg(long)]
         json: bool,
     },

@@ -1142,6 +1142,8 @@ async fn stats_page_renders_the_servers_in_headless_chromium() {
         );
     }
     assert!(html.contains(&a.addr.to_string()), "{html}");
+    // No virtual routers: no "Virtual IPs" section.
+    assert!(html.contains("<div id=\"vrrp\" hidden"), "{html}");
     assert!(
         html.contains("<div id=\"err\"></div>"),
         "the refresh failed:\n{html}"

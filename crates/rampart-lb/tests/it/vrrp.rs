@@ -391,7 +391,8 @@ fn a_partition_of_the_master_then_its_heal_leaves_one_master() {
         // Drop everything on lb1's eth0 both ways (what a cut cable or a broken switch
         // port does, but lb1 keeps its carrier and so believes it is still master).
         let ns = s.lab.ns("lb1");
-        let rules = "table inet cut { chain i { type filter hook input priority -300; policy drop; iifname \"lo\" accept; }; chain o { type filter hook output priority -300; policy drop; oifname \"lo\" accept; }; }";
+        // At the device: frames of packet sockets (gratuitous ARP) bypass inet and arp hooks.
+        let rules = "table netdev cut { chain i { type filter hook ingress device \"eth0\" priority 0; policy drop; }; chain e { type filter hook egress device \"eth0\" priority 0; policy drop; }; }";
         let ok = Command::new("ip")
             .args(["netns", "exec", &ns, "nft", rules])
             .status()
@@ -411,7 +412,7 @@ fn a_partition_of_the_master_then_its_heal_leaves_one_master() {
     let ns = s.lab.ns("lb1");
     assert!(rampart_testkit::netns::exec_ok(
         &ns,
-        &["nft", "delete", "table", "inet", "cut"]
+        &["nft", "delete", "table", "netdev", "cut"]
     ));
     assert!(
         s.wait_sole_holder(1, VIP, Duration::from_secs(5)),
@@ -568,6 +569,43 @@ fn the_admin_api_and_metrics_show_each_virtual_router() {
         "{m1}"
     );
     assert!(m1.contains("rampart_vrrp_transitions_total"), "{m1}");
+    // The stats page renders them, state colour-coded (when chromium is installed; the
+    // page without virtual routers is checked in ops.rs).
+    let Some(chromium) = rampart_testkit::find_program("chromium", &[]) else {
+        eprintln!("SKIPPED the stats page: chromium is not installed");
+        return;
+    };
+    for (host, state) in [("lb1", "master"), ("lb2", "backup")] {
+        let profile = s.dir.path().join(format!("chromium-{host}"));
+        let out = s
+            .lab
+            .command(host, &chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--virtual-time-budget=3000",
+                "--dump-dom",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg("http://127.0.0.1:9000/stats")
+            .output()
+            .expect("run chromium");
+        let html = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(html.contains("Virtual IPs"), "{html}");
+        assert!(
+            html.contains(&format!("<tr class=\"vr-{state}\" data-vrrp=\"vip51\">")),
+            "{host}: no {state} row for vip51:\n{html}"
+        );
+        assert!(html.contains("10.77.0.100/24"), "{html}");
+        assert!(!html.contains("<div id=\"vrrp\" hidden"), "{html}");
+    }
 }
 
 #[test]
@@ -675,7 +713,7 @@ fn a_rampart_balancer_and_keepalived_agree_on_the_master_both_ways() {
     // keepalived (200) master, rampart (150) backup: rampart defers, then takes over when
     // keepalived stops cleanly (priority 0).
     let _ = std::fs::remove_file(s.dir.path().join("keepalived.log"));
-    let mut ka = start_keepalived(&s, 200);
+    let ka = start_keepalived(&s, 200);
     assert!(
         wait_until(Duration::from_secs(5), || holds(&s.lab, "lb2", VIP)),
         "{}",
