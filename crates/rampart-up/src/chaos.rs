@@ -31,8 +31,23 @@ pub enum Drill {
     KillPrimary,
     KillLb(Option<String>),
     KillWeb(Option<String>),
-    /// Cut a node off the network for a while (nftables on its cgroup), then heal.
+    /// Cut a node off the network for a while (nftables on its cgroup, or inside its host
+    /// in the separate-hosts rehearsal), then heal.
     Partition(String),
+    /// SIGTERM a balancer (default: the master of the first virtual IP, or the first).
+    StopLb(Option<String>),
+    /// Take a balancer's link down for a while (separate-hosts rehearsal), then up.
+    LbLinkDown(Option<String>),
+}
+
+impl Drill {
+    /// Drills of the balancers, whose report adds what a 10 ms site probe saw.
+    fn is_lb(&self) -> bool {
+        matches!(
+            self,
+            Drill::KillLb(_) | Drill::StopLb(_) | Drill::LbLinkDown(_)
+        )
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -75,23 +90,34 @@ pub struct Report {
     /// How long the node was cut off (partition drills).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cut_ms: Option<u64>,
+    /// A probe of the site every 10 ms (balancer drills): probes, failed, and the longest
+    /// time between two successful probes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probes_failed: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub longest_gap_ms: Option<u64>,
 }
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "drill           {} ({})", self.drill, self.target)?;
         if let Some(ms) = self.cut_ms {
-            writeln!(
-                f,
-                "cut off         {:.1}s (nftables), then healed",
-                ms as f64 / 1000.0
-            )?;
+            writeln!(f, "cut off         {:.1}s, then healed", ms as f64 / 1000.0)?;
         }
         writeln!(
             f,
             "requests        {} sent, {} failed",
             self.requests, self.failed
         )?;
+        if let (Some(p), Some(pf), Some(g)) = (self.probes, self.probes_failed, self.longest_gap_ms)
+        {
+            writeln!(
+                f,
+                "probes (10 ms)  {p} sent, {pf} failed, longest gap between successes {g} ms"
+            )?;
+        }
         writeln!(
             f,
             "recovery        {}",
@@ -221,8 +247,18 @@ pub fn run(r: &Resolved, drill: &Drill, o: &DrillOptions) -> Result<Report, UpEr
         ))
     })?;
     // A partition checks what it needs before any load: the fault must be possible.
-    let partition = match drill {
-        Drill::Partition(n) => Some(prepare_partition(r, &state, n)?),
+    let hosts = state.hosts.clone();
+    let partition = match (drill, &hosts) {
+        (Drill::Partition(n), None) => Some(prepare_partition(r, &state, n)?),
+        (Drill::Partition(_), Some(h)) | (Drill::LbLinkDown(_), Some(h)) => {
+            heal_hosts_on_signal(h.clone())?;
+            None
+        }
+        (Drill::LbLinkDown(_), None) => {
+            return Err(UpError::Drill(
+                "lb-link-down takes a host's link down: it needs the stack on separate hosts (rampart up --hosts netns)".into(),
+            ))
+        }
         _ => None,
     };
     // HTTPS when the site has it (verified against the stack's CA), like a browser.
@@ -266,6 +302,20 @@ pub fn run(r: &Resolved, drill: &Drill, o: &DrillOptions) -> Result<Report, UpEr
             }
         })
     };
+    // Balancer drills (and cuts of a balancer): a probe every 10 ms, from the client host
+    // when there is one (it reaches the site through the virtual IPs only).
+    let lb_target = match drill {
+        Drill::Partition(n) => r.topology.lb.as_ref().is_some_and(|l| l.node(n).is_some()),
+        d => d.is_lb(),
+    };
+    let prober = if lb_target {
+        Some(crate::vipdrill::Prober::start(
+            site.clone(),
+            hosts.as_ref().map(|h| h.client.netns.clone()),
+        )?)
+    } else {
+        None
+    };
     std::thread::sleep(o.warmup);
     let warm_failed = samples
         .lock()
@@ -285,7 +335,9 @@ pub fn run(r: &Resolved, drill: &Drill, o: &DrillOptions) -> Result<Report, UpEr
                 .ok_or_else(|| UpError::Drill("no db agent names a primary".into()))?;
             ("kill-primary", name)
         }
-        Drill::KillLb(n) => ("kill-lb", pick(&state, "lb", n)?.0),
+        Drill::KillLb(n) => ("kill-lb", pick_lb(&state, n)?.0),
+        Drill::StopLb(n) => ("stop-lb", pick_lb(&state, n)?.0),
+        Drill::LbLinkDown(n) => ("lb-link-down", pick_lb(&state, n)?.0),
         Drill::KillWeb(n) => ("kill-web", pick(&state, "web", n)?.0),
         Drill::Partition(n) => ("partition", n.clone()),
     };
@@ -315,6 +367,33 @@ pub fn run(r: &Resolved, drill: &Drill, o: &DrillOptions) -> Result<Report, UpEr
                 pick(&state, "lb", &Some(target.clone()))?.1,
                 Signal::SIGKILL,
             ),
+            Drill::StopLb(_) => kill_group(
+                pick(&state, "lb", &Some(target.clone()))?.1,
+                Signal::SIGTERM,
+            ),
+            Drill::LbLinkDown(_) => {
+                let h = hosts
+                    .as_ref()
+                    .and_then(|h| h.host(&target))
+                    .ok_or_else(|| UpError::Drill(format!("{target} has no host")))?;
+                crate::vipdrill::set_link(h, false)?;
+                let at = Instant::now();
+                std::thread::sleep(o.partition_for);
+                crate::vipdrill::set_link(h, true)?;
+                cut_ms = Some(at.elapsed().as_millis() as u64);
+                Ok(())
+            }
+            Drill::Partition(n) if hosts.is_some() => {
+                let h = hosts.as_ref().and_then(|h| h.host(n)).ok_or_else(|| {
+                    UpError::Drill(format!("no host named {n} in the running stack"))
+                })?;
+                crate::vipdrill::set_cut(h, true)?;
+                let at = Instant::now();
+                std::thread::sleep(o.partition_for);
+                crate::vipdrill::set_cut(h, false)?;
+                cut_ms = Some(at.elapsed().as_millis() as u64);
+                Ok(())
+            }
             Drill::KillWeb(_) => kill_group(
                 pick(&state, "web", &Some(target.clone()))?.1,
                 Signal::SIGKILL,
@@ -348,6 +427,9 @@ pub fn run(r: &Resolved, drill: &Drill, o: &DrillOptions) -> Result<Report, UpEr
     if let Err(e) = inject {
         stop.store(true, Ordering::SeqCst);
         let _ = client.join();
+        if let Some(p) = prober {
+            p.finish();
+        }
         return Err(e);
     }
     let observed = fault_at.elapsed();
@@ -356,6 +438,7 @@ pub fn run(r: &Resolved, drill: &Drill, o: &DrillOptions) -> Result<Report, UpEr
     }
     stop.store(true, Ordering::SeqCst);
     let _ = client.join();
+    let probe = prober.map(|p| p.finish());
 
     let samples = samples.lock().map(|s| s.clone()).unwrap_or_default();
     let acked = acked.lock().map(|s| s.clone()).unwrap_or_default();
@@ -393,7 +476,57 @@ pub fn run(r: &Resolved, drill: &Drill, o: &DrillOptions) -> Result<Report, UpEr
         time_to_recovery_ms,
         recovered,
         cut_ms,
+        probes: probe.map(|p| p.probes),
+        probes_failed: probe.map(|p| p.failed),
+        longest_gap_ms: probe.map(|p| p.longest_gap.as_millis() as u64),
     })
+}
+
+/// The balancer a drill targets: the one named, else the master of the first virtual IP
+/// (separate hosts), else the first running one.
+fn pick_lb(state: &UpState, name: &Option<String>) -> Result<(String, u32), UpError> {
+    if name.is_none() {
+        if let Some(h) = &state.hosts {
+            if let Some(master) = h.vips.first().and_then(|v| crate::vipdrill::holder(h, *v)) {
+                return pick(state, "lb", &Some(master));
+            }
+        }
+    }
+    pick(state, "lb", name)
+}
+
+/// On SIGINT or SIGTERM during a drill on separate hosts: heal every host, then exit 130.
+fn heal_hosts_on_signal(h: crate::hostnet::HostsState) -> Result<(), UpError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| UpError::Drill(format!("start the signal runtime: {e}")))?;
+    std::thread::spawn(move || {
+        rt.block_on(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
+                return;
+            };
+            tokio::select! {
+                _ = int.recv() => {},
+                _ = term.recv() => {},
+            }
+            let healed = crate::vipdrill::heal_all(&h);
+            eprintln!(
+                "\ninterrupted: {}",
+                if healed.is_empty() {
+                    "nothing to heal".to_string()
+                } else {
+                    healed.join("; ")
+                }
+            );
+            std::process::exit(130);
+        })
+    });
+    Ok(())
 }
 
 /// What a partition drill needs, checked before the drill starts.
@@ -499,9 +632,19 @@ fn heal_on_signal(active: Arc<Mutex<Option<Cut>>>) -> Result<(), UpError> {
 /// this machine. Returns the tables removed.
 pub fn heal(r: &Resolved) -> Result<Vec<String>, UpError> {
     let nft = crate::netcut::find_nft().ok_or_else(crate::netcut::nft_missing)?;
-    let tables = crate::netcut::tables_of(&nft, &r.topology.cluster).map_err(UpError::Drill)?;
+    let mut tables = crate::netcut::tables_of(&nft, &r.topology.cluster).map_err(UpError::Drill)?;
     for t in &tables {
         crate::netcut::delete_table(&nft, t).map_err(UpError::Drill)?;
+    }
+    // The separate-hosts rehearsal: faults left in the hosts, and the hosts themselves
+    // when the rampart up that made them is gone.
+    match UpState::read(&r.data_dir) {
+        Some(s) if crate::state::pid_alive(s.pid) => {
+            if let Some(h) = &s.hosts {
+                tables.extend(crate::vipdrill::heal_all(h));
+            }
+        }
+        _ => tables.extend(crate::hostnet::remove_leftovers(&r.topology.cluster)),
     }
     Ok(tables)
 }

@@ -32,6 +32,7 @@ pub mod status;
 pub mod supervise;
 pub mod tls;
 pub mod units;
+pub mod vipdrill;
 
 use std::path::PathBuf;
 

@@ -34,8 +34,20 @@ pub struct ChaosArgs {
 pub enum DrillCmd {
     /// SIGKILL the primary database node (agent and PostgreSQL).
     KillPrimary,
-    /// SIGKILL a load balancer (default: the first running one).
+    /// SIGKILL a load balancer (default: the master of the first virtual IP on separate
+    /// hosts, else the first running one); the report adds the longest gap a client
+    /// probing the site every 10 ms saw.
     KillLb { node: Option<String> },
+    /// SIGTERM a load balancer (a clean stop: a master hands its virtual IPs over first).
+    StopLb { node: Option<String> },
+    /// Take a load balancer's link down for --for seconds, then up (needs rampart up
+    /// --hosts netns).
+    LbLinkDown {
+        node: Option<String>,
+        /// Seconds the link stays down.
+        #[arg(long = "for", value_name = "SECS", default_value_t = 8)]
+        duration: u64,
+    },
     /// SIGKILL a web server (default: the first running one).
     KillWeb { node: Option<String> },
     /// Cut a node off the network for --for seconds, then heal (Ctrl-C heals too).
@@ -43,7 +55,8 @@ pub enum DrillCmd {
     /// Every packet between the node (its processes, e.g. a db agent and its PostgreSQL)
     /// and the rest of the stack is dropped, established connections included, while the
     /// node still talks to itself: nftables rules on the node's cgroup (rampart up puts
-    /// each node in its own). Needs root, cgroup v2 and nft.
+    /// each node in its own), or, on separate hosts (rampart up --hosts netns), every
+    /// packet in and out of the node's host. Needs root, cgroup v2 and nft.
     Partition {
         /// The node to cut off (a name from the topology).
         node: String,
@@ -51,7 +64,8 @@ pub enum DrillCmd {
         #[arg(long = "for", value_name = "SECS", default_value_t = 8)]
         duration: u64,
     },
-    /// Remove what a partition drill killed half-way left behind (its nftables table).
+    /// Remove what a drill killed half-way left behind (its nftables table, a host's cut
+    /// or link), and the hosts of a killed rampart up --hosts netns.
     Heal,
 }
 
@@ -70,6 +84,11 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
     let drill = match args.drill {
         DrillCmd::KillPrimary => Drill::KillPrimary,
         DrillCmd::KillLb { node } => Drill::KillLb(node),
+        DrillCmd::StopLb { node } => Drill::StopLb(node),
+        DrillCmd::LbLinkDown { node, duration } => {
+            o.partition_for = Duration::from_secs(duration);
+            Drill::LbLinkDown(node)
+        }
         DrillCmd::KillWeb { node } => Drill::KillWeb(node),
         DrillCmd::Partition { node, duration } => {
             o.partition_for = Duration::from_secs(duration);
@@ -80,7 +99,7 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
             if healed.is_empty() {
                 println!("no partition of cluster {} to heal", r.topology.cluster);
             } else {
-                println!("healed: removed nftables table(s) {}", healed.join(", "));
+                println!("healed: {}", healed.join(", "));
             }
             return Ok(());
         }
