@@ -169,6 +169,18 @@ pub fn rehearsal(
     }
     let data_from = format!("{}/", data.display());
     let data_to = format!("{}/hosts/", data.display());
+    // The same folder written relative to the topology file (what `rampart init` writes).
+    let relative = t
+        .file
+        .parent()
+        .and_then(|d| data.strip_prefix(d).ok())
+        .filter(|r| !r.as_os_str().is_empty())
+        .map(|r| {
+            (
+                format!("\"{}/", r.display()),
+                format!("\"{}/hosts/", r.display()),
+            )
+        });
     let token_dir = data.join("hosts").join("lb");
 
     let mut out = String::with_capacity(text.len() + 1024);
@@ -223,6 +235,9 @@ pub fn rehearsal(
             table = tb.to_string();
         }
         let mut l = line.replace(&data_from, &data_to);
+        if let Some((from, to)) = &relative {
+            l = l.replace(from.as_str(), to);
+        }
         // Every 127.0.0.1:PORT: the node binding PORT, or 0.0.0.0 for the lb listeners.
         let mut rewritten = String::with_capacity(l.len());
         let mut rest = l.as_str();

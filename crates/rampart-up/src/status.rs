@@ -177,7 +177,15 @@ pub fn collect(r: &Resolved) -> Vec<NodeStatus> {
         t.lb.iter()
             .flat_map(|l| &l.nodes)
             .map(|n| match n.admin {
-                Some(a) => Some((a, None)),
+                // An admin off loopback is guarded by its token file (separate hosts).
+                Some(a) => Some((
+                    a,
+                    n.admin_token_file
+                        .as_ref()
+                        .and_then(|f| std::fs::read_to_string(f).ok())
+                        .map(|t| t.trim().to_string())
+                        .filter(|t| !t.is_empty()),
+                )),
                 None => live
                     .as_ref()
                     .and_then(|s| s.lb_admin.iter().find(|a| a.node == n.name))

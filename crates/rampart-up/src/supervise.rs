@@ -861,10 +861,17 @@ fn start_and_watch(
         sup.t0.elapsed().as_secs_f64()
     ));
     println!();
+    // A listener on 0.0.0.0 (separate hosts) is reached through the first virtual IP.
+    let first_vip = t.lb.iter().flat_map(|l| l.vips()).next();
     for l in t.lb.iter().flat_map(|l| &l.config.listeners) {
         if l.mode != rampart_topology::lb::Mode::Http {
             continue;
         }
+        let mut l = l.clone();
+        if let (true, Some(v)) = (l.address.ip().is_unspecified(), first_vip) {
+            l.address.set_ip(v);
+        }
+        let l = &l;
         match (&l.tls, &l.redirect_https) {
             (Some(tls), _) => println!(
                 "  site        https://{}/   (certificate {}{})",
@@ -925,7 +932,20 @@ fn start_and_watch(
     if t.tls.is_some() && !https {
         println!("  https       not served: [tls] is in the topology, but no [[lb.listener]] has tls = {{ cert, key }}");
     }
-    if t.firewall.is_some() {
+    if let Some(h) = &sup.state.hosts {
+        let vips: Vec<String> = h.vips.iter().map(|v| v.to_string()).collect();
+        println!(
+            "  virtual IPs {} (the site's addresses; listeners bind 0.0.0.0 on every balancer, VRRP moves the addresses)",
+            vips.join(", ")
+        );
+        println!(
+            "  client      ip netns exec {} curl --cacert <CA> https://{}:{}/   (reaches only what the firewall lets anyone reach)",
+            h.client.netns,
+            vips.first().map(String::as_str).unwrap_or("?"),
+            t.site_addresses().iter().map(|a| a.port()).max().unwrap_or(443)
+        );
+        println!("  firewall    applied in every host (each node's own ruleset: rampart firewall --print --node NAME --config {})", r.file.display());
+    } else if t.firewall.is_some() {
         println!("  firewall    not applied on one machine (every node shares loopback); see the per-node rulesets: rampart firewall --print --node NAME{}",
             if r.builtin { String::new() } else { format!(" --config {}", r.origin) });
     }
