@@ -93,7 +93,10 @@ mmdebstrap --quiet --variant=minbase --include=ca-certificates bookworm "$root" 
 t_root=$(($(date +%s) - t0))
 say "root made in ${t_root}s"
 
-# What a freshly booted machine has mounted; nothing of this machine's files.
+# What a freshly booted machine has mounted; nothing of this machine's files. The root
+# itself is a mount point, as / is on a machine (`ip netns exec` remounts / as a slave).
+mount --bind "$root" "$root"
+mount --make-private "$root"
 mount -t proc proc "$root/proc"
 mount -t sysfs sysfs "$root/sys"
 if grep -q ' /sys/fs/cgroup cgroup2 ' /proc/mounts; then
