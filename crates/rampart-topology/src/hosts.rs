@@ -19,6 +19,59 @@
 //! Pure: text in, text out.
 
 use std::collections::HashMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::diag::{Diagnostic, Source};
+
+/// `[hosts]` in a topology: where `rampart up` runs the nodes.
+///
+/// ```toml
+/// [hosts]
+/// mode = "netns"            # or "loopback" (the default): one machine's loopback
+/// subnet = "10.213.0.0/24"  # netns: this machine .1, nodes .10 on, virtual IPs .100 on, client .250
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostsSection {
+    #[serde(default)]
+    pub mode: Option<Spanned<String>>,
+    #[serde(default)]
+    pub subnet: Option<Spanned<String>>,
+}
+
+/// Default subnet of the rehearsal.
+pub const DEFAULT_SUBNET: &str = "10.213.0.0/24";
+
+/// `[hosts]`: the rehearsal's subnet when `mode = "netns"`, None for loopback.
+pub fn validate(src: &Source, h: &HostsSection, errs: &mut Vec<Diagnostic>) -> Option<Ipv4Addr> {
+    let subnet = match &h.subnet {
+        Some(s) => match parse_subnet(s.get_ref()) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                errs.push(src.error_at(s.span(), e));
+                None
+            }
+        },
+        None => parse_subnet(DEFAULT_SUBNET).ok(),
+    };
+    match h.mode.as_ref().map(|m| m.get_ref().as_str()) {
+        None | Some("loopback") => None,
+        Some("netns") => subnet,
+        Some(other) => {
+            if let Some(m) = &h.mode {
+                errs.push(src.error_at(
+                    m.span(),
+                    format!(
+                        "hosts mode \"{other}\" is unknown; expected \"loopback\" or \"netns\""
+                    ),
+                ));
+            }
+            None
+        }
+    }
+}
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
@@ -387,6 +440,37 @@ mod tests {
         let fw = r.firewall.as_ref().unwrap();
         assert_eq!(fw.admin.len(), 1, "{out}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_hosts_section_chooses_the_mode_and_names_its_mistakes() {
+        let check = |text: &str| {
+            let src = Source::new("t.toml", text);
+            #[derive(serde::Deserialize)]
+            struct F {
+                hosts: HostsSection,
+            }
+            let f: F = src.parse().unwrap();
+            let mut errs = Vec::new();
+            let r = validate(&src, &f.hosts, &mut errs);
+            (r, errs.iter().map(|e| e.to_string()).collect::<Vec<_>>())
+        };
+        assert_eq!(
+            check("[hosts]\nmode = \"netns\"\n").0,
+            Some(Ipv4Addr::new(10, 213, 0, 0))
+        );
+        assert_eq!(
+            check("[hosts]\nmode = \"netns\"\nsubnet = \"10.9.8.0/24\"\n").0,
+            Some(Ipv4Addr::new(10, 9, 8, 0))
+        );
+        assert_eq!(check("[hosts]\nmode = \"loopback\"\n").0, None);
+        let (_, e) = check("[hosts]\nmode = \"vm\"\nsubnet = \"10.9.8.1/16\"\n");
+        assert!(
+            e.iter()
+                .any(|m| m.contains("t.toml:2:8: hosts mode \"vm\" is unknown")),
+            "{e:?}"
+        );
+        assert!(e.iter().any(|m| m.contains("t.toml:3:10:")), "{e:?}");
     }
 
     #[test]

@@ -41,6 +41,9 @@ pub struct TopologyFile {
     pub tls: Option<crate::security::TlsSection>,
     #[serde(default)]
     pub firewall: Option<crate::security::FirewallSection>,
+    /// Where `rampart up` runs the nodes (`rampart up --hosts` overrides it).
+    #[serde(default)]
+    pub hosts: Option<crate::hosts::HostsSection>,
 }
 
 impl TopologyFile {

@@ -31,6 +31,8 @@ pub struct Topology {
     pub monitor: Option<MonitorConfig>,
     pub tls: Option<TlsConfig>,
     pub firewall: Option<FirewallConfig>,
+    /// `[hosts]`: the separate-hosts rehearsal's subnet when `mode = "netns"`.
+    pub hosts: Option<std::net::Ipv4Addr>,
 }
 
 /// What a node of the topology is.
@@ -142,6 +144,10 @@ impl Topology {
             .tls
             .as_ref()
             .and_then(|s| crate::security::validate_tls(src, &cluster, s, &mut errs));
+        let hosts = file
+            .hosts
+            .as_ref()
+            .and_then(|h| crate::hosts::validate(src, h, &mut errs));
         let firewall = file
             .firewall
             .as_ref()
@@ -177,6 +183,7 @@ impl Topology {
             monitor,
             tls,
             firewall,
+            hosts,
         })
     }
 

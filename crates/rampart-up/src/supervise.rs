@@ -33,6 +33,8 @@ pub struct UpOptions {
     /// Run every node on a host of its own (network namespaces on a bridge, this /24),
     /// the site on virtual IPs: the separate-hosts rehearsal. `None`: one loopback.
     pub hosts: Option<std::net::Ipv4Addr>,
+    /// `hosts` was not chosen on the command line: the topology's `[hosts]` decides.
+    pub hosts_from_topology: bool,
 }
 
 /// Where Debian puts etcd; PATH is searched first.
@@ -495,7 +497,12 @@ pub fn run(o: UpOptions) -> Result<(), UpError> {
         )));
     }
     // The separate-hosts rehearsal: the same topology rewritten for a host per node.
-    let (r, hosts) = match o.hosts {
+    let chosen = if o.hosts_from_topology {
+        r.topology.hosts
+    } else {
+        o.hosts
+    };
+    let (r, hosts) = match chosen {
         None => (r, None),
         Some(subnet) => rehearse(r, subnet)?,
     };

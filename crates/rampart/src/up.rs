@@ -30,16 +30,16 @@ pub struct UpArgs {
     /// Give up when a group of roles is not healthy after this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 120)]
     pub start_timeout: u64,
-    /// Where the nodes run: `loopback` (one machine's loopback, the default) or `netns`
-    /// (the separate-hosts rehearsal: a network namespace per node on a bridge, the site
-    /// on virtual IPs moved by the balancers' VRRP, each node's firewall applied, a
-    /// client host; needs root).
-    #[arg(long, value_name = "MODE", default_value = "loopback", value_parser = ["loopback", "netns"])]
-    pub hosts: String,
+    /// Where the nodes run: `loopback` (one machine's loopback) or `netns` (the
+    /// separate-hosts rehearsal: a network namespace per node on a bridge, the site on
+    /// virtual IPs moved by the balancers' VRRP, each node's firewall applied, a client
+    /// host; needs root) [default: the topology's [hosts] mode, else loopback].
+    #[arg(long, value_name = "MODE", value_parser = ["loopback", "netns"])]
+    pub hosts: Option<String>,
     /// The /24 of the netns hosts (this machine .1, nodes .10 on, virtual IPs .100 on,
-    /// the client .250).
-    #[arg(long, value_name = "NET", default_value = "10.213.0.0/24")]
-    pub subnet: String,
+    /// the client .250) [default: the topology's [hosts] subnet, else 10.213.0.0/24].
+    #[arg(long, value_name = "NET")]
+    pub subnet: Option<String>,
 }
 
 /// Print a topology's diagnostics as they are (file:line:col each) and fail.
@@ -67,15 +67,20 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         fresh: args.fresh,
         rampart,
         start_timeout: Duration::from_secs(args.start_timeout),
-        hosts: if args.hosts == "netns" {
+        hosts: if args.hosts.as_deref() == Some("netns") {
             Some(
-                rampart_topology::hosts::parse_subnet(&args.subnet)
-                    .map_err(anyhow::Error::msg)
-                    .context("read --subnet")?,
+                rampart_topology::hosts::parse_subnet(
+                    args.subnet
+                        .as_deref()
+                        .unwrap_or(rampart_topology::hosts::DEFAULT_SUBNET),
+                )
+                .map_err(anyhow::Error::msg)
+                .context("read --subnet")?,
             )
         } else {
             None
         },
+        hosts_from_topology: args.hosts.is_none(),
     })
     .map_err(config_error)
 }
