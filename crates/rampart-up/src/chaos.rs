@@ -629,10 +629,12 @@ fn heal_on_signal(active: Arc<Mutex<Option<Cut>>>) -> Result<(), UpError> {
 }
 
 /// `rampart chaos heal`: remove every partition the drills of this cluster left on
-/// this machine. Returns the tables removed.
-pub fn heal(r: &Resolved) -> Result<Vec<String>, UpError> {
+/// this machine. Returns the nftables tables removed, and what else was healed or
+/// removed (faults left in separate hosts, the hosts of a killed `up`).
+pub fn heal(r: &Resolved) -> Result<(Vec<String>, Vec<String>), UpError> {
     let nft = crate::netcut::find_nft().ok_or_else(crate::netcut::nft_missing)?;
-    let mut tables = crate::netcut::tables_of(&nft, &r.topology.cluster).map_err(UpError::Drill)?;
+    let tables = crate::netcut::tables_of(&nft, &r.topology.cluster).map_err(UpError::Drill)?;
+    let mut other = Vec::new();
     for t in &tables {
         crate::netcut::delete_table(&nft, t).map_err(UpError::Drill)?;
     }
@@ -641,12 +643,12 @@ pub fn heal(r: &Resolved) -> Result<Vec<String>, UpError> {
     match UpState::read(&r.data_dir) {
         Some(s) if crate::state::pid_alive(s.pid) => {
             if let Some(h) = &s.hosts {
-                tables.extend(crate::vipdrill::heal_all(h));
+                other.extend(crate::vipdrill::heal_all(h));
             }
         }
-        _ => tables.extend(crate::hostnet::remove_leftovers(&r.topology.cluster)),
+        _ => other.extend(crate::hostnet::remove_leftovers(&r.topology.cluster)),
     }
-    Ok(tables)
+    Ok((tables, other))
 }
 
 /// The report as JSON.

@@ -95,11 +95,15 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
             Drill::Partition(node)
         }
         DrillCmd::Heal => {
-            let healed = rampart_up::chaos::heal(&r)?;
-            if healed.is_empty() {
+            let (tables, other) = rampart_up::chaos::heal(&r)?;
+            if tables.is_empty() && other.is_empty() {
                 println!("no partition of cluster {} to heal", r.topology.cluster);
-            } else {
-                println!("healed: {}", healed.join(", "));
+            }
+            if !tables.is_empty() {
+                println!("healed: removed nftables table(s) {}", tables.join(", "));
+            }
+            if !other.is_empty() {
+                println!("healed: {}", other.join(", "));
             }
             return Ok(());
         }
