@@ -514,15 +514,23 @@ pub fn run(config: LbConfig, opts: RunOptions) -> Result<(), LbError> {
         }
         // Make before break: a master hands its virtual IPs over (and keeps serving
         // meanwhile) before the listeners stop accepting.
-        if let Some(v) = vrrp_rt {
-            v.stop().await;
-        }
+        let release = match vrrp_rt {
+            Some(v) => Some(v.stop().await),
+            None => None,
+        };
         let grace = shared
             .config
             .lock()
             .map(|c| c.grace)
             .unwrap_or(Duration::from_secs(30));
-        drain(&shared, grace).await;
+        // The handed-over addresses go after a short linger, while the drain goes on.
+        let linger = async move {
+            if let Some(r) = release {
+                tokio::time::sleep(vrrp::HANDOVER_LINGER).await;
+                r.apply();
+            }
+        };
+        tokio::join!(drain(&shared, grace), linger);
         accesslog::flush();
         Ok(())
     });

@@ -124,7 +124,7 @@ impl RouterView {
 pub(crate) struct Vrrp {
     pub views: Vec<Arc<RouterView>>,
     stop: watch::Sender<bool>,
-    done: Vec<tokio::task::JoinHandle<()>>,
+    done: Vec<tokio::task::JoinHandle<Option<(String, u32, Vec<IfAddr>)>>>,
     /// The write end of the guard's stdin: it closes when this process dies.
     _guard: Option<std::process::ChildStdin>,
 }
@@ -277,6 +277,8 @@ pub(crate) fn start(shared: &Arc<Shared>, instances: &[VrrpInstance]) -> Result<
             view,
             shared: shared.clone(),
             buf: Vec::with_capacity(64),
+            stopping: false,
+            deferred: false,
         };
         done.push(tokio::spawn(task.run(stop.subscribe())));
     }
@@ -288,13 +290,40 @@ pub(crate) fn start(shared: &Arc<Shared>, instances: &[VrrpInstance]) -> Result<
     })
 }
 
-impl Vrrp {
-    /// Stop every router: masters hand over first (bounded by 3 adverts + 1 s each).
-    pub async fn stop(self) {
-        let _ = self.stop.send(true);
-        for t in self.done {
-            let _ = t.await;
+/// How long a master that handed over keeps the addresses: its connections accepted in
+/// the last moment can still answer from them (a reply cannot leave from an address the
+/// host no longer has). Shorter than the successor's second gratuitous ARP (1 s after it
+/// took over), which corrects any host that learnt this one's address meanwhile.
+pub(crate) const HANDOVER_LINGER: Duration = Duration::from_millis(500);
+
+/// Addresses a stopped master still holds, to remove once its last connections had
+/// their moment ([`HANDOVER_LINGER`]).
+pub(crate) struct Release(Vec<(String, u32, Vec<IfAddr>)>);
+
+impl Release {
+    pub fn apply(self) {
+        for (name, index, vips) in self.0 {
+            for v in vips {
+                if let Err(e) = addr::remove(index, v) {
+                    tracing::error!(router = %name, address = %v, error = %e, "cannot remove the virtual address");
+                }
+            }
         }
+    }
+}
+
+impl Vrrp {
+    /// Stop every router: masters hand over first (bounded by 3 adverts + 1 s each) and
+    /// keep their addresses until [`Release::apply`].
+    pub async fn stop(self) -> Release {
+        let _ = self.stop.send(true);
+        let mut out = Vec::new();
+        for t in self.done {
+            if let Ok(Some(r)) = t.await {
+                out.push(r);
+            }
+        }
+        Release(out)
     }
 }
 
@@ -305,10 +334,26 @@ struct RouterTask {
     view: Arc<RouterView>,
     shared: Arc<Shared>,
     buf: Vec<u8>,
+    /// A clean stop is under way: the addresses are released by [`Release`], later.
+    stopping: bool,
+    /// The machine asked for the addresses to go while stopping.
+    deferred: bool,
 }
 
 impl RouterTask {
-    async fn run(mut self, mut stop: watch::Receiver<bool>) {
+    /// Runs until stopped; returns the addresses still to remove after a hand-over.
+    async fn run(mut self, stop: watch::Receiver<bool>) -> Option<(String, u32, Vec<IfAddr>)> {
+        self.serve(stop).await;
+        self.deferred.then(|| {
+            (
+                self.inst.name.clone(),
+                self.host.iface.index,
+                self.host.vips.clone(),
+            )
+        })
+    }
+
+    async fn serve(&mut self, mut stop: watch::Receiver<bool>) {
         // A balancer that crashed as master may have left the addresses behind: a backup
         // must not hold them (keepalived removes them at start as well).
         self.remove_addresses();
@@ -355,6 +400,7 @@ impl RouterTask {
                 }
                 r = stop.changed(), if !stopping => {
                     stopping = true;
+                    self.stopping = true;
                     if r.is_err() || *stop.borrow() {
                         self.router.shutdown(Instant::now())
                     } else {
@@ -469,6 +515,7 @@ impl RouterTask {
                         }
                     }
                 }
+                Action::RemoveAddresses if self.stopping => self.deferred = true,
                 Action::RemoveAddresses => self.remove_addresses(),
                 Action::Announce => {
                     for v in &self.host.vips {

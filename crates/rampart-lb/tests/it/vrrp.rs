@@ -377,6 +377,11 @@ fn a_clean_stop_hands_the_virtual_ip_over_before_letting_go() {
         "lb1 let go before its successor advertised:\n{}",
         s.log(1)
     );
+    // The address leaves lb1's host once its last connections had their moment.
+    assert!(
+        wait_until(Duration::from_secs(2), || !holds(&s.lab, "lb1", VIP)),
+        "the stopped master's host still holds {VIP}"
+    );
     // Make before break: at most a probe in flight at the moment of the switch fails.
     assert!(
         failed <= 1,
