@@ -5,8 +5,9 @@
 //! which the lease is safely ours. If that moment passes without a newer word from the
 //! agent (agent stopped with SIGSTOP, stuck, starved), the watchdog kills the postmaster
 //! and its backends itself, before etcd can expire the lease and another node promotes.
-//! If the agent dies (the pipe closes), the watchdog kills the postmaster it was told
-//! about, so no PostgreSQL is ever left running unmanaged.
+//! If the agent dies (the pipe closes), the watchdog stops the postmaster it was told
+//! about (an immediate shutdown, which removes its shared memory; SIGKILL after 3 s or at
+//! the lease deadline), so no PostgreSQL is ever left running unmanaged.
 //!
 //! Protocol (one line each): `watch <pid>`, `arm <pid> <ms>`, `unwatch`.
 
@@ -91,6 +92,19 @@ fn parse(line: &str) -> Option<Msg> {
     }
 }
 
+/// How long a postmaster whose agent is gone gets for its immediate shutdown.
+const AGENT_GONE_GRACE: Duration = Duration::from_secs(3);
+
+/// Whether `pid` exists and is not a zombie.
+fn running(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
 /// The watchdog process's main loop (`rampart db watchdog`). Returns when the agent is gone.
 pub fn run_watchdog() {
     let (tx, rx) = mpsc::channel::<Option<Msg>>();
@@ -127,8 +141,23 @@ pub fn run_watchdog() {
             }
             Ok(None) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                 if let Some(pid) = watched {
+                    // An immediate shutdown (SIGQUIT) still removes PostgreSQL's shared
+                    // memory, which a SIGKILL leaves behind; the kill follows if it is not
+                    // gone in time (never later than a primary's lease deadline).
+                    let limit = deadline
+                        .map(|d| d.saturating_duration_since(Instant::now()))
+                        .unwrap_or(AGENT_GONE_GRACE)
+                        .min(AGENT_GONE_GRACE);
                     eprintln!("rampart db watchdog: agent gone, stopping postgres (pid {pid})");
-                    crate::pg::kill_tree(pid);
+                    let p = nix::unistd::Pid::from_raw(pid);
+                    let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGQUIT);
+                    let until = Instant::now() + limit;
+                    while Instant::now() < until && running(pid) {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    if running(pid) {
+                        crate::pg::kill_tree(pid);
+                    }
                 }
                 return;
             }
