@@ -15,7 +15,9 @@
 //! Every child runs in its own process group, so a kill reaches what it started
 //! (PostgreSQL under a db agent), and, when cgroup v2 is writable, in its node's own
 //! cgroup ([`cgroup`]), which [`netcut`] uses to cut a node's network for a partition
-//! drill. The running stack is described in `<data>/up.json`.
+//! drill. The running stack is described in `<data>/up.json`. [`lifecycle`]: every node
+//! dies with `up` (parent-death signal), a new `up` stops what a killed one left, and
+//! `rampart down` stops a running stack from elsewhere.
 
 pub mod backoff;
 pub mod cgroup;
@@ -23,6 +25,7 @@ pub mod chaos;
 pub mod config;
 pub mod hostnet;
 pub mod lbadmin;
+pub mod lifecycle;
 pub use rampart_http1 as http;
 pub mod netcut;
 pub mod plan;

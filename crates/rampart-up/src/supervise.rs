@@ -18,7 +18,7 @@ use crate::backoff::Backoff;
 use crate::config::{resolve, ResolveOptions, Resolved};
 use crate::plan::{plan, Plan, Probe, ProcSpec, Tools};
 use crate::state::{NodeState, UpState};
-use crate::{io, UpError};
+use crate::{io, outln, UpError};
 
 /// Options of `rampart up`.
 #[derive(Debug, Clone)]
@@ -143,7 +143,7 @@ fn wipe(r: &Resolved) -> Result<(), UpError> {
     );
     for d in dirs {
         if d.exists() {
-            println!("  --fresh: removing {}", d.display());
+            outln!("  --fresh: removing {}", d.display());
             std::fs::remove_dir_all(&d).map_err(io("remove", &d))?;
         }
     }
@@ -158,6 +158,12 @@ struct Proc {
     restarts: u32,
     restart_at: Option<Instant>,
     healthy: bool,
+    /// Healthy at least once since `up` started it.
+    ever_healthy: bool,
+    /// Why it exited last (the end of its log), and how many exits in a row, before it was
+    /// ever healthy, gave that same reason.
+    last_reason: Option<String>,
+    same_reason: u32,
     log: PathBuf,
 }
 
@@ -190,11 +196,15 @@ struct Supervisor {
     state: UpState,
     /// Each node's own cgroup, when cgroup v2 is writable (for partition drills).
     cgroups: Option<crate::cgroup::StackCgroups>,
+    /// The `rampart` binary: every node starts through its `exec-child` (parent-death signal).
+    rampart: PathBuf,
+    /// Still starting: a node that cannot start (the same error twice) stops `up`.
+    starting: bool,
 }
 
 impl Supervisor {
     fn say(&self, msg: impl AsRef<str>) {
-        println!(
+        outln!(
             "[{:>6.1}s] {}",
             self.t0.elapsed().as_secs_f64(),
             msg.as_ref()
@@ -216,11 +226,14 @@ impl Supervisor {
             .map_err(io("open log", &p.log))?;
         let log2 = log.try_clone().map_err(io("open log", &p.log))?;
         let cgroup = self.cgroups.as_ref().map(|c| c.node(&p.spec.name));
+        // Through `rampart exec-child` (same pid): the node dies with `up`, even a SIGKILLed
+        // one. The kernel sends that signal when the *thread* that forked exits: nodes are
+        // only ever spawned from `run`'s thread, which lives as long as `up`.
         let child = crate::cgroup::command_in(
             p.spec.netns.as_deref(),
             cgroup.as_deref(),
-            &p.spec.program,
-            &p.spec.args,
+            &self.rampart,
+            &crate::lifecycle::exec_child_args(std::process::id(), &p.spec.program, &p.spec.args),
         )
         .stdin(Stdio::null())
         .stdout(log)
@@ -305,10 +318,33 @@ impl Supervisor {
                     delay.as_secs_f64(),
                     log.display()
                 ));
-                if let Some(reason) = log_reason(&log) {
+                let reason = log_reason(&log);
+                if let Some(reason) = &reason {
                     self.say(format!("    {name}: {reason}"));
                 }
                 changed = true;
+                let p = &mut self.procs[i];
+                if p.ever_healthy || reason.is_none() {
+                    p.same_reason = 0;
+                } else if p.last_reason == reason {
+                    p.same_reason += 1;
+                } else {
+                    p.same_reason = 1;
+                }
+                p.last_reason = reason;
+                // Exited twice with the same error before it was ever healthy: a
+                // configuration error (an unreachable data folder, a port in use), not a
+                // crash that a restart mends. Stop now instead of waiting out the timeout.
+                if self.starting && p.same_reason >= 2 {
+                    p.restart_at = None;
+                    let why = p.last_reason.clone().unwrap_or_default();
+                    self.sync_state();
+                    return Err(UpError::Start(format!(
+                        "{name} ({kind}) cannot start: {why} (it exited {} times in a row with this error; log: {})",
+                        self.procs[i].same_reason,
+                        log.display()
+                    )));
+                }
             }
         }
         if !stopping {
@@ -342,6 +378,7 @@ impl Supervisor {
                 self.procs[i].healthy = now;
                 changed = true;
                 if now {
+                    self.procs[i].ever_healthy = true;
                     became.push(i);
                     if announce {
                         let p = &self.procs[i];
@@ -484,17 +521,46 @@ fn group_alive(pid: u32) -> bool {
     }
 }
 
-/// Run `rampart up` until SIGINT or SIGTERM.
+/// The PostgreSQL data folders of the topology's db nodes.
+pub fn db_dirs(t: &Topology) -> Vec<PathBuf> {
+    t.db.iter()
+        .flat_map(|d| d.nodes.iter().map(|n| n.data_dir.clone()))
+        .collect()
+}
+
+/// Run `rampart up` until SIGINT, SIGTERM or SIGHUP.
 pub fn run(o: UpOptions) -> Result<(), UpError> {
     let t0 = Instant::now();
     let r = resolve(&o.resolve)?;
-    if let Some(s) = UpState::read_live(&r.data_dir) {
-        return Err(UpError::Start(format!(
-            "a stack is already running from {} (rampart up, pid {}); stop it first (Ctrl-C, or kill -TERM {})",
-            r.data_dir.display(),
-            s.pid,
-            s.pid
-        )));
+    if let Some(s) = UpState::read(&r.data_dir) {
+        if crate::state::pid_alive(s.pid) && crate::lifecycle::is_up(s.pid) {
+            return Err(UpError::Start(format!(
+                "a stack is already running from {} (rampart up, pid {}); stop it first (Ctrl-C there, or rampart down{})",
+                r.data_dir.display(),
+                s.pid,
+                if r.builtin { String::new() } else { format!(" --config {}", r.origin) }
+            )));
+        }
+        // Its `up` is gone (killed, or a machine that lost the parent-death signal):
+        // what it left running is stopped before this stack takes the same ports.
+        let left = crate::lifecycle::stop_leftovers(
+            &s,
+            &r.topology.cluster,
+            &db_dirs(&r.topology),
+            Duration::from_secs(10),
+        );
+        if left.is_empty() {
+            outln!(
+                "rampart up: the stack of rampart up pid {} ended without stopping; nothing of it was still running",
+                s.pid
+            );
+        } else {
+            outln!(
+                "rampart up: stopped the stack left running by rampart up pid {} (gone): {}",
+                s.pid,
+                left.describe()
+            );
+        }
     }
     // The separate-hosts rehearsal: the same topology rewritten for a host per node.
     let chosen = if o.hosts_from_topology {
@@ -506,7 +572,7 @@ pub fn run(o: UpOptions) -> Result<(), UpError> {
         None => (r, None),
         Some(subnet) => rehearse(r, subnet)?,
     };
-    println!(
+    outln!(
         "rampart up: {} (cluster {}), data in {}",
         r.origin,
         r.topology.cluster,
@@ -557,7 +623,7 @@ pub fn run(o: UpOptions) -> Result<(), UpError> {
         check_ports_free(&r.topology)?;
     }
     for cert in crate::tls::ensure_self_signed(&r.topology)? {
-        println!("certificate written: {}", cert.display());
+        outln!("certificate written: {}", cert.display());
     }
     let lb_admin = crate::lbadmin::assign(&r.topology, &r.data_dir, &mut procs)?;
     // The hosts, before anything starts in them; removed when this function returns.
@@ -565,7 +631,7 @@ pub fn run(o: UpOptions) -> Result<(), UpError> {
         Some(h) => {
             crate::hostnet::create(h)?;
             let guard = NetworkGuard(h.clone());
-            println!(
+            outln!(
                 "  hosts       {} nodes on {}/24 (bridge {}, this machine {}), client host {} ({})",
                 h.hosts.len(),
                 h.subnet,
@@ -620,7 +686,7 @@ pub fn run(o: UpOptions) -> Result<(), UpError> {
             Some(c)
         }
         Err(why) => {
-            println!("  note: nodes share this process's cgroup: {why}; rampart chaos partition cannot cut them off");
+            outln!("  note: nodes share this process's cgroup: {why}; rampart chaos partition cannot cut them off");
             None
         }
     };
@@ -636,6 +702,9 @@ pub fn run(o: UpOptions) -> Result<(), UpError> {
                 restarts: 0,
                 restart_at: None,
                 healthy: false,
+                ever_healthy: false,
+                last_reason: None,
+                same_reason: 0,
             })
             .collect(),
         logs,
@@ -643,34 +712,44 @@ pub fn run(o: UpOptions) -> Result<(), UpError> {
         backoff: Backoff::default(),
         state,
         cgroups,
+        rampart: o.rampart.clone(),
+        starting: true,
     };
 
-    // Signals.
+    // Signals: SIGINT (Ctrl-C), SIGTERM (rampart down, kill) and SIGHUP (the terminal
+    // closed) all stop the stack.
     let stop = Arc::new(AtomicBool::new(false));
+    let got: Arc<Mutex<Option<&'static str>>> = Arc::new(Mutex::new(None));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(io("start the signal runtime", "."))?;
     {
         let stop = stop.clone();
+        let got = got.clone();
         let (tx, rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
         std::thread::spawn(move || {
             rt.block_on(async move {
                 use tokio::signal::unix::{signal, SignalKind};
-                let (mut int, mut term) = match (
+                let (mut int, mut term, mut hup) = match (
                     signal(SignalKind::interrupt()),
                     signal(SignalKind::terminate()),
+                    signal(SignalKind::hangup()),
                 ) {
-                    (Ok(i), Ok(t)) => (i, t),
-                    (Err(e), _) | (_, Err(e)) => {
+                    (Ok(i), Ok(t), Ok(h)) => (i, t, h),
+                    (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                         let _ = tx.send(Err(e));
                         return;
                     }
                 };
                 let _ = tx.send(Ok(()));
-                tokio::select! {
-                    _ = int.recv() => {},
-                    _ = term.recv() => {},
+                let name = tokio::select! {
+                    _ = int.recv() => "SIGINT",
+                    _ = term.recv() => "SIGTERM",
+                    _ = hup.recv() => "SIGHUP",
+                };
+                if let Ok(mut g) = got.lock() {
+                    *g = Some(name);
                 }
                 stop.store(true, Ordering::SeqCst);
             })
@@ -719,7 +798,10 @@ pub fn run(o: UpOptions) -> Result<(), UpError> {
     if let Err(e) = &result {
         sup.say(format!("✘ {e}"));
     }
-    sup.say("stopping the stack (reverse order) ...");
+    match got.lock().ok().and_then(|g| *g) {
+        Some(sig) => sup.say(format!("{sig}: stopping the stack (reverse order) ...")),
+        None => sup.say("stopping the stack (reverse order) ..."),
+    }
     sup.stop_all();
     // A partition drill that could not heal (its process was killed) heals now.
     if let Some(nft) = crate::netcut::find_nft() {
@@ -862,12 +944,13 @@ fn start_and_watch(
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+    sup.starting = false;
     let t = &r.topology;
     sup.say(format!(
         "stack healthy in {:.1}s",
         sup.t0.elapsed().as_secs_f64()
     ));
-    println!();
+    outln!();
     // A listener on 0.0.0.0 (separate hosts) is reached through the first virtual IP.
     let first_vip = t.lb.iter().flat_map(|l| l.vips()).next();
     for l in t.lb.iter().flat_map(|l| &l.config.listeners) {
@@ -880,7 +963,7 @@ fn start_and_watch(
         }
         let l = &l;
         match (&l.tls, &l.redirect_https) {
-            (Some(tls), _) => println!(
+            (Some(tls), _) => outln!(
                 "  site        https://{}/   (certificate {}{})",
                 l.address,
                 tls.cert.display(),
@@ -891,25 +974,26 @@ fn start_and_watch(
                     .unwrap_or_default()
             ),
             (None, Some(_)) => {
-                println!("  site        http://{}/   (redirects to HTTPS)", l.address)
+                outln!("  site        http://{}/   (redirects to HTTPS)", l.address)
             }
-            (None, None) => println!("  site        http://{}/", l.address),
+            (None, None) => outln!("  site        http://{}/", l.address),
         }
     }
     for n in t.lb.iter().flat_map(|l| &l.nodes) {
-        println!(
+        outln!(
             "  {:<11} http://{}/   (this balancer's own entry)",
-            n.name, n.address
+            n.name,
+            n.address
         );
     }
     for n in t.lb.iter().flat_map(|l| &l.nodes) {
         if let Some(a) = n.admin {
-            println!(
+            outln!(
                 "  {:<11} http://{a}/stats   (admin API, metrics: /metrics)",
                 format!("{} stats", n.name)
             );
         } else if let Some(a) = sup.state.lb_admin.iter().find(|a| a.node == n.name) {
-            println!(
+            outln!(
                 "  {:<11} http://{}/stats   (admin API given by rampart up, token in {})",
                 format!("{} stats", n.name),
                 a.address,
@@ -919,14 +1003,14 @@ fn start_and_watch(
     }
     if let Some(db) = &t.db {
         if let Some(n) = db.nodes.first() {
-            println!("  db cluster  http://{}/cluster", n.api);
+            outln!("  db cluster  http://{}/cluster", n.api);
         }
     }
     if let Some(m) = &t.monitor {
         if unavailable.iter().any(|u| u.kind == NodeKind::Monitor) {
-            println!("  dashboard   not available: this binary has no `rampart monitor` role yet");
+            outln!("  dashboard   not available: this binary has no `rampart monitor` role yet");
         } else {
-            println!(
+            outln!(
                 "  dashboard   http://{}/   (alerts: /api/alerts, targets: /api/targets)",
                 m.listen
             );
@@ -937,27 +1021,27 @@ fn start_and_watch(
             .flat_map(|l| &l.config.listeners)
             .any(|l| l.tls.is_some());
     if t.tls.is_some() && !https {
-        println!("  https       not served: [tls] is in the topology, but no [[lb.listener]] has tls = {{ cert, key }}");
+        outln!("  https       not served: [tls] is in the topology, but no [[lb.listener]] has tls = {{ cert, key }}");
     }
     if let Some(h) = &sup.state.hosts {
         let vips: Vec<String> = h.vips.iter().map(|v| v.to_string()).collect();
-        println!(
+        outln!(
             "  virtual IPs {} (the site's addresses; listeners bind 0.0.0.0 on every balancer, VRRP moves the addresses)",
             vips.join(", ")
         );
-        println!(
+        outln!(
             "  client      ip netns exec {} curl --cacert <CA> https://{}:{}/   (reaches only what the firewall lets anyone reach)",
             h.client.netns,
             vips.first().map(String::as_str).unwrap_or("?"),
             t.site_addresses().iter().map(|a| a.port()).max().unwrap_or(443)
         );
-        println!("  firewall    applied in every host (each node's own ruleset: rampart firewall --print --node NAME --config {})", r.file.display());
+        outln!("  firewall    applied in every host (each node's own ruleset: rampart firewall --print --node NAME --config {})", r.file.display());
     } else if t.firewall.is_some() {
-        println!("  firewall    not applied on one machine (every node shares loopback); see the per-node rulesets: rampart firewall --print --node NAME{}",
+        outln!("  firewall    not applied on one machine (every node shares loopback); see the per-node rulesets: rampart firewall --print --node NAME{}",
             if r.builtin { String::new() } else { format!(" --config {}", r.origin) });
     }
-    println!("  logs        {}", sup.logs.display());
-    println!("\n  rampart status{}    rampart chaos kill-primary    Ctrl-C stops everything (data kept)\n",
+    outln!("  logs        {}", sup.logs.display());
+    outln!("\n  rampart status{}    rampart chaos kill-primary    Ctrl-C stops everything (data kept)\n",
         if r.builtin { String::new() } else { format!(" --config {}", r.origin) });
 
     while !stop.load(Ordering::SeqCst) {

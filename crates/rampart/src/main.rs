@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 mod audit;
 mod chaos;
 mod db;
+mod down;
 mod firewall;
 mod init;
 mod lb;
@@ -41,6 +42,11 @@ enum Command {
     Audit(audit::AuditArgs),
     /// Run every role of a topology on this machine until Ctrl-C.
     Up(up::UpArgs),
+    /// Stop the stack a `rampart up` runs (from another terminal), or what a killed one left.
+    Down(down::DownArgs),
+    /// (internal) How `rampart up` starts each node: dies with `up`, then execs the node.
+    #[command(hide = true)]
+    ExecChild(down::ExecChildArgs),
     /// Show every node of the topology: role, health, address, pid.
     Status(status::StatusArgs),
     /// Fire drills against the running local stack.
@@ -65,6 +71,8 @@ fn main() -> anyhow::Result<()> {
         Command::Init(args) => init::run(args),
         Command::Audit(args) => audit::run(args),
         Command::Up(args) => up::run(args),
+        Command::Down(args) => down::run(args),
+        Command::ExecChild(args) => down::exec_child(args),
         Command::Status(args) => status::run(args),
         Command::Chaos(args) => chaos::run(args),
         Command::Db(args) => db::run(args),

@@ -6,5 +6,6 @@
 
 mod cli;
 mod hosts;
+mod lifecycle;
 mod partition;
 mod stack;
