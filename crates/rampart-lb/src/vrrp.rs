@@ -124,7 +124,7 @@ impl RouterView {
 pub(crate) struct Vrrp {
     pub views: Vec<Arc<RouterView>>,
     stop: watch::Sender<bool>,
-    done: Vec<tokio::task::JoinHandle<Option<(String, u32, Vec<IfAddr>)>>>,
+    done: Vec<tokio::task::JoinHandle<Option<Held>>>,
     /// The write end of the guard's stdin: it closes when this process dies.
     _guard: Option<std::process::ChildStdin>,
 }
@@ -298,7 +298,10 @@ pub(crate) const HANDOVER_LINGER: Duration = Duration::from_millis(500);
 
 /// Addresses a stopped master still holds, to remove once its last connections had
 /// their moment ([`HANDOVER_LINGER`]).
-pub(crate) struct Release(Vec<(String, u32, Vec<IfAddr>)>);
+pub(crate) struct Release(Vec<Held>);
+
+/// A router's name, its interface's index and the addresses it still holds.
+type Held = (String, u32, Vec<IfAddr>);
 
 impl Release {
     pub fn apply(self) {
@@ -342,7 +345,7 @@ struct RouterTask {
 
 impl RouterTask {
     /// Runs until stopped; returns the addresses still to remove after a hand-over.
-    async fn run(mut self, stop: watch::Receiver<bool>) -> Option<(String, u32, Vec<IfAddr>)> {
+    async fn run(mut self, stop: watch::Receiver<bool>) -> Option<Held> {
         self.serve(stop).await;
         self.deferred.then(|| {
             (
