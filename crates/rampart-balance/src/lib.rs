@@ -5,7 +5,8 @@
 //!
 //! * [`Balancer`] picks a server from a [`ServerSet`] (the lb's live view over its atomics)
 //!   with one of the five [`Algorithm`]s.
-//! * [`PeakEwma`] estimates a server's response time for least-response-time.
+//! * [`PeakEwma`] estimates a server's response time for least-response-time from what
+//!   each [`Attempt`] came to: the server's wait for an answer, or a penalty for a failure.
 //! * [`health::HealthState`] is one server's up/down state machine (active checks: rise, fall).
 //! * [`outlier`] decides which servers passive evidence ejects (failure ratio against the
 //!   peers, consecutive connect failures), how long, how many at once, and when a pool
@@ -48,7 +49,7 @@ mod slow_start;
 #[cfg(test)]
 mod testset;
 
-pub use ewma::PeakEwma;
+pub use ewma::{Attempt, PeakEwma};
 pub use retry::RetryBudget;
 pub use select::Balancer;
 pub use slow_start::slow_start_weight;

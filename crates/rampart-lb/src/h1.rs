@@ -851,7 +851,11 @@ fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Parsed {
     }
     out.extend_from_slice(b"\r\n");
     let head = method == "HEAD";
-    let idempotent = matches!(method, "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS");
+    // RFC 9110 section 9.2.2; only without a body are they resent (`replayable`).
+    let idempotent = matches!(
+        method,
+        "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS" | "TRACE"
+    );
     Parsed::Complete(ReqInfo {
         head_len,
         body,
@@ -1273,6 +1277,29 @@ async fn write_flush<W: AsyncWrite + Unpin>(
     .await
 }
 
+/// Write all of `data`, counting in `written` what the socket took (also when it fails).
+async fn write_counted<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    data: &[u8],
+    written: &mut usize,
+) -> io::Result<()> {
+    while let Some(rest) = data.get(*written..).filter(|r| !r.is_empty()) {
+        match w.write(rest).await? {
+            0 => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+            n => *written += n,
+        }
+    }
+    w.flush().await
+}
+
+/// Whether a request whose write to a pooled connection failed after `written` bytes may
+/// go out again on another connection: when none of it reached the socket, or when it is
+/// idempotent and has no body (RFC 9110 section 9.2.2), so that the server may safely see
+/// it twice. A POST that was partly sent is never resent.
+fn may_resend(written: usize, replayable: bool) -> bool {
+    written == 0 || replayable
+}
+
 fn reason(status: u16) -> &'static str {
     match status {
         400 => "Bad Request",
@@ -1500,7 +1527,7 @@ async fn attempt_on<T: ClientStream>(
     let mut pooled = upstream::checkout_raw(s, ctx.worker, t.idle, ns_at(started.into_std()));
     let mut may_renew = true;
     let mut ub = Buf::take();
-    let (mut up, info, cut) = 'conn: loop {
+    let (mut up, info, cut, sent, first) = 'conn: loop {
         let from_pool = pooled.is_some();
         let mut up = match pooled.take() {
             Some(c) => c,
@@ -1524,11 +1551,17 @@ async fn attempt_on<T: ClientStream>(
                 }
             }
         }
-        let w = write_flush(&mut up, out, started + t.response).await;
+        let mut written = 0;
+        let w = by(
+            started + t.response,
+            write_counted(&mut up, out, &mut written),
+        )
+        .await;
         out.truncate(head_len);
         if let Err(e) = w {
-            if from_pool {
-                // Closed while idle: no fault of the server.
+            if from_pool && may_resend(written, req.replayable) {
+                // Closed while idle: no fault of the server, and nothing of the request
+                // reached it (or it may be sent twice).
                 pooled = upstream::checkout_raw(s, ctx.worker, t.idle, ns_at(started.into_std()));
                 continue;
             }
@@ -1561,15 +1594,21 @@ async fn attempt_on<T: ClientStream>(
             }
             sent_body = true;
         }
+        // The request's last byte is out: the server's time (least-response-time's
+        // measure) starts here.
+        let sent = Instant::now();
         // The response head; the response timeout runs from the end of the request. After
         // a cut body, only what the server already sent counts: a moment to read it.
         let deadline = if cut.is_some() {
-            Instant::now() + EARLY_RESPONSE_WAIT.min(t.response)
+            sent + EARLY_RESPONSE_WAIT.min(t.response)
         } else if sent_body {
-            Instant::now() + t.response
+            sent + t.response
         } else {
             started + t.response
         };
+        // When the answer's first byte came, if the head took more than one read (else the
+        // clock read after the head stands for it).
+        let mut first: Option<Instant> = None;
         loop {
             let n = match tokio::time::timeout_at(deadline, ub.read_from(&mut up, MAX_HEAD)).await {
                 Err(_) => return Err(cut.take().map_or(Failure::Timeout, Failure::Sent)),
@@ -1600,11 +1639,17 @@ async fn attempt_on<T: ClientStream>(
                     RespParsed::Bad => {
                         return Err(Failure::Sent(io::Error::other("malformed response head")))
                     }
-                    RespParsed::Complete(info) => break 'conn (up, info, cut.is_some()),
+                    RespParsed::Complete(info) => {
+                        break 'conn (up, info, cut.is_some(), sent, first)
+                    }
                 }
                 if ub.is_empty() {
                     break;
                 }
+            }
+            // Bytes came but not the whole head (or an interim answer): the first byte's time.
+            if first.is_none() {
+                first = Some(Instant::now());
             }
         }
     };
@@ -1612,9 +1657,14 @@ async fn attempt_on<T: ClientStream>(
     let t1 = Instant::now();
     let end = ns_at(t1.into_std());
     let took = end.saturating_sub(ns_at(started.into_std()));
-    s.ewma.observe(took, end);
     s.stats.response(info.status, took);
-    pool.on_passive(slot.server, Outcome::Answered(info.status), end);
+    pool.on_answer(
+        slot.server,
+        info.status,
+        ns_at(sent.into_std()),
+        first.map_or(end, |f| ns_at(f.into_std())),
+        end,
+    );
     let total = end.saturating_sub(ns_at(t0.into_std()));
     ctx.listener.stats.counters.response(info.status, total);
     if let Some((method, path)) = &req.log {
@@ -1950,6 +2000,151 @@ mod tests {
             } else {
                 Vec::new()
             },
+            stats: Arc::new(crate::ListenerStats::new(1)),
+            limit: None,
+            tls: None,
+        });
+        ConnCtx::new("192.0.2.7:40000".parse().unwrap(), &rt, 0, None).unwrap()
+    }
+
+    #[test]
+    fn only_unsent_or_idempotent_body_less_requests_are_resent() {
+        assert!(may_resend(0, false), "nothing reached the socket");
+        assert!(may_resend(10, true), "a GET may be seen twice");
+        assert!(!may_resend(1, false), "a partly sent POST must not be");
+    }
+
+    #[tokio::test]
+    async fn write_counted_counts_what_went_out_before_a_failure() {
+        // A pipe that takes 100 bytes, then its reader goes away.
+        let (mut w, mut r) = tokio::io::duplex(100);
+        let data = vec![b'x'; 1000];
+        let mut written = 0;
+        let writing = write_counted(&mut w, &data, &mut written);
+        let reading = async {
+            let mut b = [0u8; 60];
+            r.read_exact(&mut b).await.unwrap();
+            drop(r);
+        };
+        let (res, ()) = tokio::join!(writing, reading);
+        assert!(res.is_err());
+        assert!((100..1000).contains(&written), "{written}");
+        let (mut w, _r) = tokio::io::duplex(4096);
+        let mut written = 0;
+        write_counted(&mut w, b"abc", &mut written).await.unwrap();
+        assert_eq!(written, 3);
+    }
+
+    /// A POST whose head went partly out on a pooled connection that the server then
+    /// resets is answered 502 and never sent again (before: resent on a new connection).
+    /// In process because the partial write needs small socket buffers on the balancer's
+    /// side: over loopback the kernel takes megabytes at once otherwise.
+    #[tokio::test]
+    async fn a_partly_written_post_on_a_pooled_connection_is_not_resent() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        use tokio::net::TcpSocket;
+        // The backend: small receive buffers; the first connection reads 1000 bytes and
+        // resets, later ones count a POST and answer.
+        let ls = TcpSocket::new_v4().unwrap();
+        ls.set_recv_buffer_size(4096).unwrap();
+        ls.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = ls.listen(16).unwrap();
+        let backend = listener.local_addr().unwrap();
+        let posts = Arc::new(AtomicU32::new(0));
+        let p2 = posts.clone();
+        let server = tokio::spawn(async move {
+            let mut first = true;
+            loop {
+                let Ok((mut c, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut b = vec![0u8; 1000];
+                if c.read_exact(&mut b).await.is_ok() && b.starts_with(b"POST") {
+                    p2.fetch_add(1, Ordering::SeqCst);
+                }
+                if first {
+                    first = false;
+                    socket2::SockRef::from(&c)
+                        .set_linger(Some(Duration::ZERO))
+                        .unwrap();
+                    drop(c);
+                    continue;
+                }
+                tokio::spawn(async move {
+                    let mut sink = vec![0u8; 65536];
+                    let _ = tokio::time::timeout(Duration::from_millis(300), async {
+                        while c.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+                    })
+                    .await;
+                    let _ = c
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await;
+                });
+            }
+        });
+        let ctx = ctx_for(backend);
+        // A pooled connection with a small send buffer (as a busy or slow link has).
+        let us = TcpSocket::new_v4().unwrap();
+        us.set_send_buffer_size(4096).unwrap();
+        let up = us.connect(backend).await.unwrap();
+        let pool = ctx.listener.pool.get();
+        pool.servers[0].idle_raw[0]
+            .lock()
+            .unwrap()
+            .push(upstream::IdleRaw {
+                tcp: up,
+                since_ns: crate::clock::now_ns(),
+            });
+        // A POST with a ~56 KiB head.
+        let mut req = b"POST /pay HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\n".to_vec();
+        for i in 0..100 {
+            req.extend_from_slice(format!("x-pad-{i}: {}\r\n", "p".repeat(550)).as_bytes());
+        }
+        req.extend_from_slice(b"\r\nhi");
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (lb_side, _) = l.accept().await.unwrap();
+        let serving = tokio::spawn(serve(lb_side, ctx, Instant::now(), false));
+        client.write_all(&req).await.unwrap();
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut b = [0u8; 4096];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match client.read(&mut b).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&b[..n]),
+                }
+            }
+        })
+        .await;
+        let answer = String::from_utf8_lossy(&got).into_owned();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            posts.load(Ordering::SeqCst),
+            1,
+            "the POST reached the server again"
+        );
+        assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+        serving.abort();
+        server.abort();
+    }
+
+    /// A connection context whose pool is one server at `backend` (round robin, no checks).
+    fn ctx_for(backend: std::net::SocketAddr) -> Arc<ConnCtx> {
+        use rampart_topology::lb::{CheckKind, LbConfig, Mode};
+        let cfg = LbConfig::quick(
+            "127.0.0.1:1".parse().unwrap(),
+            &[backend],
+            rampart_balance::Algorithm::RoundRobin,
+            Mode::Http,
+            CheckKind::None,
+        )
+        .unwrap();
+        let pool = crate::state::PoolState::new(cfg.pools[0].clone(), 1, 1);
+        let rt = Arc::new(crate::ListenerRt {
+            cfg: cfg.listeners[0].clone(),
+            pool: Arc::new(crate::state::PoolHandle::new(pool, 1)),
+            trusted: Vec::new(),
             stats: Arc::new(crate::ListenerStats::new(1)),
             limit: None,
             tls: None,

@@ -523,7 +523,7 @@ impl Replay {
 fn idempotent(m: &Method) -> bool {
     matches!(
         *m,
-        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE
     )
 }
 
@@ -589,13 +589,12 @@ async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<RespBody>
         };
         let started = now;
         match attempt_on(r, &slot, &ctx, upgrade).await {
-            Ok((resp, sender)) => {
+            Ok((resp, sender, sent)) => {
                 let s = slot.server();
                 let end = now_ns();
                 let took = end.saturating_sub(started);
-                s.ewma.observe(took, end);
                 s.stats.response(resp.status().as_u16(), took);
-                pool.on_passive(i, Outcome::Answered(resp.status().as_u16()), end);
+                pool.on_answer(i, resp.status().as_u16(), sent, end, end);
                 let served = crate::accesslog::enabled().then(|| crate::accesslog::Served {
                     server: s.name.clone(),
                     attempts: attempt + 1,
@@ -665,7 +664,7 @@ async fn attempt_on(
     slot: &InFlight,
     ctx: &ConnCtx,
     upgrade: bool,
-) -> Result<(Response<Incoming>, SendRequest<ReqBody>), Failure> {
+) -> Result<(Response<Incoming>, SendRequest<ReqBody>, u64), Failure> {
     let pool = &slot.pool;
     let s = slot.server();
     let t = pool.cfg.timeouts;
@@ -692,9 +691,13 @@ async fn attempt_on(
             }
             ReqBody::Empty => None,
         };
+        // When the request's last byte went out: least-response-time measures the server
+        // from there (a body-less request goes out at once).
+        let sent_at = std::sync::atomic::AtomicU64::new(now_ns());
         let response_deadline = async {
             if let Some(sent) = &sent {
                 sent.notified().await;
+                sent_at.store(now_ns(), std::sync::atomic::Ordering::Relaxed);
             }
             tokio::time::sleep(t.response).await;
         };
@@ -703,7 +706,13 @@ async fn attempt_on(
             _ = response_deadline => return Err(Failure::Timeout),
         };
         match res {
-            Ok(resp) => return Ok((resp, sender)),
+            Ok(resp) => {
+                return Ok((
+                    resp,
+                    sender,
+                    sent_at.load(std::sync::atomic::Ordering::Relaxed),
+                ))
+            }
             Err(mut e) => match e.take_message() {
                 Some(r) => {
                     // Not sent. A pooled connection that closed meanwhile is no fault of

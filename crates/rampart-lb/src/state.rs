@@ -22,7 +22,7 @@ use rampart_balance::health::{HealthPolicy, HealthState, Transition};
 use rampart_balance::outlier::{
     in_panic, Detector, Ejection, Event, OutlierPolicy, Reason, Sample, ServerOutlier,
 };
-use rampart_balance::{slow_start_weight, Balancer, PeakEwma, RetryBudget, ServerSet};
+use rampart_balance::{slow_start_weight, Attempt, Balancer, PeakEwma, RetryBudget, ServerSet};
 use rampart_topology::lb::{CheckKind, Pool, Server};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -31,7 +31,8 @@ use crate::clock::now_ns;
 use crate::stats::{Counters, ErrorKind};
 use crate::upstream::{IdleConn, IdleRaw};
 
-/// Time constant of the Peak-EWMA latency estimate.
+/// Time constant of the Peak-EWMA latency estimate until the pool's `lrt_decay` applies
+/// (a new generation sets it on every server).
 const EWMA_DECAY: Duration = Duration::from_secs(5);
 /// Latency assumed for a server before its first answer.
 const EWMA_INITIAL_NS: f64 = 1_000_000.0;
@@ -285,6 +286,9 @@ pub struct PoolState {
     pub checks_enabled: bool,
     /// The outlier detection settings of `cfg`.
     pub outlier: OutlierPolicy,
+    /// What least-response-time records for a failed attempt (`lrt_penalty`, else the
+    /// response timeout), in ns.
+    lrt_penalty_ns: u64,
     /// Too few servers available (`cfg.panic_threshold`): balance over every server in
     /// service. Recomputed by [`PoolState::rebuild`].
     panic: AtomicBool,
@@ -359,7 +363,12 @@ impl PoolState {
         seed: u64,
     ) -> PoolState {
         let name = &cfg.name;
+        let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        for s in &servers {
+            s.ewma.set_decay_ns(ns(cfg.lrt_decay));
+        }
         let p = PoolState {
+            lrt_penalty_ns: ns(cfg.lrt_penalty.unwrap_or(cfg.timeouts.response)),
             balancer: Balancer::new(cfg.algorithm, seed),
             shared,
             checks_enabled: cfg.health_check.kind != CheckKind::None,
@@ -502,10 +511,16 @@ impl PoolState {
     /// failures (a 5xx answer is one), and feeds the outlier detector: connect failures
     /// count towards `passive_failures` in a row, every failure towards the server's
     /// failure ratio, which the detector compares with its peers' at each window's end.
+    ///
+    /// A failed attempt also costs the server least-response-time's penalty
+    /// ([`Attempt::Failed`]): a server that fails fast must not look fast.
     pub fn on_passive(&self, i: usize, outcome: Outcome, now: u64) {
         let Some(s) = self.servers.get(i) else {
             return;
         };
+        if let Outcome::Failed(_) = outcome {
+            s.ewma.record(Attempt::Failed, self.lrt_penalty_ns, now);
+        }
         let fail = match outcome {
             Outcome::Answered(status) if status >= 500 => Some(Fail::Status5xx),
             Outcome::Answered(_) | Outcome::Connected => None,
@@ -528,6 +543,22 @@ impl PoolState {
                 o.on_connected();
             }
         }
+    }
+
+    /// An HTTP answer from server `i` (the fast path and hyper's path both end here):
+    /// least-response-time records the server's wait, from the request's last byte sent
+    /// (`sent_ns`) to the answer's first byte (`first_byte_ns`), all on `clock::now_ns`'s
+    /// scale; then [`PoolState::on_passive`] takes the status.
+    pub fn on_answer(&self, i: usize, status: u16, sent_ns: u64, first_byte_ns: u64, now: u64) {
+        let Some(s) = self.servers.get(i) else {
+            return;
+        };
+        let a = Attempt::Answered {
+            sent_ns,
+            first_byte_ns,
+        };
+        s.ewma.record(a, self.lrt_penalty_ns, now);
+        self.on_passive(i, Outcome::Answered(status), now);
     }
 
     /// Return servers whose ejection ran out and judge the failure-ratio window when it
@@ -932,6 +963,8 @@ mod tests {
             outlier: OutlierConfig::default(),
             panic_threshold: 0,
             slow_start: Duration::ZERO,
+            lrt_decay: Duration::from_secs(5),
+            lrt_penalty: None,
             max_in_flight,
             queue: QueueConfig {
                 size: 1,

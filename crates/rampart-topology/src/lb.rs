@@ -171,6 +171,13 @@ pub struct Pool {
     pub panic_threshold: u32,
     /// A server that comes up ramps from ~weight/10 to its weight over this window (0 = off).
     pub slow_start: Duration,
+    /// `lrt_decay = "5s"`: time constant of least-response-time's Peak-EWMA estimate (how
+    /// fast a peak, or a failure's penalty, is forgotten).
+    pub lrt_decay: Duration,
+    /// `lrt_penalty`: the response time least-response-time records for an attempt that got
+    /// no answer (connect refused or timed out, response timeout, connection lost before the
+    /// answer); unset: the pool's response timeout.
+    pub lrt_penalty: Option<Duration>,
     /// Requests (HTTP) or connections (TCP) a server takes at once; more wait in the queue.
     pub max_in_flight: Option<u32>,
     pub queue: QueueConfig,
@@ -423,6 +430,8 @@ const DEFAULT_CLIENT_IDLE: Duration = Duration::from_secs(60);
 const DEFAULT_CONNECT: Duration = Duration::from_secs(2);
 const DEFAULT_RESPONSE: Duration = Duration::from_secs(30);
 const DEFAULT_UPSTREAM_IDLE: Duration = Duration::from_secs(30);
+/// Least-response-time's Peak-EWMA time constant (the value before it was configurable).
+const DEFAULT_LRT_DECAY: Duration = Duration::from_secs(5);
 const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 
 impl Default for QueueConfig {
@@ -566,6 +575,10 @@ pub struct RawPool {
     pub panic_threshold: Option<Spanned<i64>>,
     #[serde(default)]
     pub slow_start: Option<Spanned<String>>,
+    #[serde(default)]
+    pub lrt_decay: Option<Spanned<String>>,
+    #[serde(default)]
+    pub lrt_penalty: Option<Spanned<String>>,
     #[serde(default)]
     pub max_in_flight: Option<Spanned<i64>>,
     #[serde(default)]
@@ -1056,6 +1069,8 @@ impl LbConfig {
                 outlier: OutlierConfig::default(),
                 panic_threshold: 0,
                 slow_start: Duration::ZERO,
+                lrt_decay: DEFAULT_LRT_DECAY,
+                lrt_penalty: None,
                 max_in_flight: None,
                 queue: QueueConfig::default(),
                 retries: RetryConfig::default(),
@@ -1402,6 +1417,11 @@ fn validate_pool(c: &mut Checker<'_>, rp: &RawPool) -> Option<Pool> {
     };
     let panic_threshold = c.int(&rp.panic_threshold, 0, 0, 100, "panic_threshold") as u32;
     let slow_start = c.duration(&rp.slow_start, Duration::ZERO);
+    let lrt_decay = c.positive_duration(&rp.lrt_decay, DEFAULT_LRT_DECAY, "lrt_decay");
+    let lrt_penalty = rp
+        .lrt_penalty
+        .as_ref()
+        .map(|_| c.positive_duration(&rp.lrt_penalty, DEFAULT_RESPONSE, "lrt_penalty"));
     let max_in_flight = rp
         .max_in_flight
         .as_ref()
@@ -1472,6 +1492,8 @@ fn validate_pool(c: &mut Checker<'_>, rp: &RawPool) -> Option<Pool> {
         outlier,
         panic_threshold,
         slow_start,
+        lrt_decay,
+        lrt_penalty,
         max_in_flight,
         queue,
         retries,
@@ -1740,6 +1762,31 @@ health_check = { kind = "tcp" }
             m.contains("max_ejection_time (30s) must not be shorter than base_ejection_time (1m)"),
             "{m}"
         );
+    }
+
+    #[test]
+    fn lrt_decay_and_penalty() {
+        let text = with_pool("", "servers = [{ address = \"127.0.0.1:1\" }]");
+        let p = parse(&text).unwrap().pools[0].clone();
+        assert_eq!((p.lrt_decay, p.lrt_penalty), (Duration::from_secs(5), None));
+        let text = with_pool(
+            "",
+            "servers = [{ address = \"127.0.0.1:1\" }]\nlrt_decay = \"10s\"\nlrt_penalty = \"2s\"",
+        );
+        let p = parse(&text).unwrap().pools[0].clone();
+        assert_eq!(p.lrt_decay, Duration::from_secs(10));
+        assert_eq!(p.lrt_penalty, Some(Duration::from_secs(2)));
+        let text = with_pool(
+            "",
+            "servers = [{ address = \"127.0.0.1:1\" }]\nlrt_decay = \"0s\"\nlrt_penalty = \"soon\"",
+        );
+        let e = parse(&text).unwrap_err();
+        let pos: Vec<(usize, usize)> = e.diagnostics.iter().map(|d| (d.line, d.col)).collect();
+        assert_eq!(pos, vec![(9, 13), (10, 15)], "{e}");
+        assert!(e.diagnostics[0]
+            .message
+            .contains("lrt_decay must be greater than zero"));
+        assert!(e.diagnostics[1].message.contains("bad duration"));
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod config;
 mod failures;
 mod h1;
 mod h1_hardening;
+mod lrt;
 mod ops;
 mod outlier;
 mod postgres;
