@@ -425,7 +425,8 @@ fn a_partition_of_the_master_then_its_heal_leaves_one_master() {
         s.logs()
     );
     std::thread::sleep(Duration::from_millis(500));
-    let (probes, _, gap) = probe.finish();
+    let (probes, failed, gap) = probe.finish();
+    eprintln!("vp heal: {probes} probes, {failed} failed, longest gap {gap:?}");
     assert!(probes > 10);
     // The goal is one advert interval (50 ms); allow for a loaded machine.
     assert!(

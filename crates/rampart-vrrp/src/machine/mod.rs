@@ -370,6 +370,11 @@ impl Router {
         } else if ad.priority > ours || (ad.priority == ours && from > self.cfg.primary) {
             self.enter(State::Backup, Cause::HigherPriorityMaster, out);
             out.push(Action::RemoveAddresses);
+            // A parting advert at our priority: after a partition heals, the new master
+            // may have yielded nothing to hear (we stopped advertising on its first advert),
+            // and clients still send to us. Hearing a lower-priority master, it re-announces
+            // (gratuitous ARP) and clients move to it now, not when their ARP entry expires.
+            out.push(Action::SendAdvert { priority: ours });
             self.arm_backup(now, ad.interval());
         } else {
             // Another master below us: reassert at once, adverts and announcements.

@@ -303,13 +303,28 @@ impl World {
         if acts.len() > 4 {
             self.fail(&format!("{} actions in one call: {acts:?}", acts.len()));
         }
+        // A master that yields to a higher priority sends one parting advert (in Backup).
+        let yielded = acts.iter().any(|a| {
+            matches!(
+                a,
+                Action::Transition {
+                    from: State::Master,
+                    to: State::Backup,
+                    cause: Cause::HigherPriorityMaster
+                }
+            )
+        });
         for a in acts {
             self.log(format!("{i}: {a:?}"));
             match a {
                 Action::SendAdvert { priority } => {
                     let state = self.nodes[i].r.state();
                     let leaving = matches!(state, State::Stopping | State::Fault);
-                    if (priority == 0) != leaving || !matches!(state, State::Master) && !leaving {
+                    let parting = yielded && state == State::Backup && priority > 0;
+                    if !parting
+                        && ((priority == 0) != leaving
+                            || !matches!(state, State::Master) && !leaving)
+                    {
                         self.fail(&format!("advert of priority {priority} in {state}"));
                     }
                     let bytes = self.nodes[i]

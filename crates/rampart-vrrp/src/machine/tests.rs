@@ -363,6 +363,8 @@ fn master_yields_to_a_higher_priority() {
         [
             tr(State::Master, State::Backup, Cause::HigherPriorityMaster),
             RemoveAddresses,
+            // The parting advert: the new master hears a lower one and re-announces.
+            SendAdvert { priority: 100 },
         ]
     );
     assert_eq!(r.master_adver_interval(), ms(500));
