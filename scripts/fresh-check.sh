@@ -178,7 +178,8 @@ if [ "$up_only" -eq 0 ] && [ "$up_ok" -eq 1 ]; then
     tests_ok=0
   fi
   t_tests=$(($(date +%s) - t2))
-  summary=$(grep -E '^test result:' "$log_dir/test.log" \
+  # (no 'test result' line at all, e.g. a build that failed, must not end the script)
+  summary=$({ grep -E '^test result:' "$log_dir/test.log" || true; } \
     | awk '{p+=$4; f+=$6; i+=$8} END {printf "%d passed, %d failed, %d ignored", p, f, i}')
   if [ "$tests_ok" -eq 1 ]; then
     say "tests: passed in ${t_tests}s ($summary)"
