@@ -116,27 +116,46 @@ fn up_refuses_to_start_a_second_stack_from_the_same_folder() {
     assert!(rampart(&["init", "--port-base", "13000"], p)
         .status
         .success());
-    // A live supervisor recorded in up.json (this test process stands in for it).
+    // A live supervisor recorded in up.json: a process whose arguments say `up` stands in
+    // for it (a new `up` takes a recorded pid for a live stack only when it is an `up`;
+    // any other live or dead pid means a stack left behind, which it stops).
+    let mut standin = std::process::Command::new("sh")
+        .args(["-c", "sleep 60", "up"])
+        .spawn()
+        .unwrap();
+    struct Reap<'a>(&'a mut std::process::Child);
+    impl Drop for Reap<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let standin_pid = standin.id();
+    let _reap = Reap(&mut standin);
     let state = p.join(".rampart/main");
     std::fs::create_dir_all(&state).unwrap();
     std::fs::write(
         state.join("up.json"),
         format!(
             "{{\"pid\": {}, \"topology\": \"{}\", \"data_dir\": \"{}\", \"nodes\": []}}",
-            std::process::id(),
+            standin_pid,
             p.join("rampart.toml").display(),
             state.display()
         ),
     )
     .unwrap();
-    let out = rampart(&["up", "--config", "rampart.toml"], p);
+    // Bounded: an `up` that wrongly started would otherwise run until stopped.
+    let out = Command::new("timeout")
+        .args(["-s", "INT", "60"])
+        .arg(rampart_bin())
+        .args(["up", "--config", "rampart.toml"])
+        .current_dir(p)
+        .output()
+        .expect("run rampart up");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("a stack is already running"), "{err}");
-    assert!(
-        err.contains(&format!("pid {}", std::process::id())),
-        "{err}"
-    );
+    assert!(err.contains(&format!("pid {standin_pid}")), "{err}");
     assert!(!state.join("logs").exists(), "nothing started");
 }
 
