@@ -1,6 +1,6 @@
 //! What VRRP needs to know of an interface, read from the kernel.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::NetError;
 
@@ -62,6 +62,31 @@ impl Interface {
         Err(NetError::Interface {
             name: self.name.clone(),
             why: "has no IPv4 address of its own (VRRP sends from it)".into(),
+        })
+    }
+
+    /// The interface's IPv6 link-local address (fe80::/10): the source of VRRP adverts
+    /// over IPv6 (RFC 5798 section 5.1.2.1) and the tie breaker between routers.
+    pub fn link_local_v6(&self) -> Result<Ipv6Addr, NetError> {
+        let addrs = nix::ifaddrs::getifaddrs().map_err(|e| NetError::Interface {
+            name: self.name.clone(),
+            why: format!("cannot list addresses ({e})"),
+        })?;
+        for a in addrs {
+            if a.interface_name != self.name {
+                continue;
+            }
+            let Some(sin6) = a.address.as_ref().and_then(|s| s.as_sockaddr_in6()) else {
+                continue;
+            };
+            let ip = sin6.ip();
+            if (ip.segments()[0] & 0xffc0) == 0xfe80 {
+                return Ok(ip);
+            }
+        }
+        Err(NetError::Interface {
+            name: self.name.clone(),
+            why: "has no IPv6 link-local address (VRRP over IPv6 sends from it; is IPv6 disabled on it?)".into(),
         })
     }
 

@@ -5,7 +5,9 @@
 //! - [`VrrpSocket`]: raw IP protocol 112 sockets, joined to 224.0.0.18 on one interface,
 //!   sending with TTL 255 from the interface's primary address, to the group or to
 //!   unicast peers;
-//! - [`garp`]: gratuitous ARP requests from a packet socket.
+//! - [`garp`]: gratuitous ARP requests from a packet socket;
+//! - [`sock6`]: the same over IPv6: raw sockets joined to ff02::12 that report each
+//!   advert's hop limit and destination, and unsolicited neighbour advertisements.
 //!
 //! The protocol itself (packets, the state machine) is `rampart-vrrp`'s, pure; this crate
 //! only moves bytes. Everything here needs `CAP_NET_RAW`/`CAP_NET_ADMIN` (root).
@@ -14,6 +16,7 @@ pub mod addr;
 pub mod garp;
 pub mod iface;
 mod sock;
+pub mod sock6;
 
 pub use sock::{VrrpSocket, VRRP_GROUP_V4, VRRP_PROTO};
 

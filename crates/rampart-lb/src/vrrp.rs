@@ -3,16 +3,19 @@
 //!
 //! One task per virtual router on the control thread's runtime. The protocol is
 //! `rampart_vrrp`'s pure state machine; this module feeds it adverts (from
-//! `rampart_hostnet`'s raw socket; TTL 255, VRID and sender checked), its timers and the
-//! health of what it tracks, and carries out its actions: adverts to 224.0.0.18 or the
-//! unicast peers, the addresses added and removed by netlink, gratuitous ARP. Health
+//! `rampart_hostnet`'s raw socket; TTL or hop limit 255, VRID and sender checked), its
+//! timers and the health of what it tracks, and carries out its actions: adverts to
+//! 224.0.0.18 / ff02::12 or the unicast peers, the addresses added and removed by
+//! netlink, gratuitous ARP (IPv4) or unsolicited neighbour advertisements (IPv6). A
+//! router is of one family: IPv6 routers advertise from the interface's link-local
+//! address, as RFC 5798 asks. Health
 //! tracking: a tracked listener fails when its socket is gone or every server of its pool
 //! is down, and takes its weight off the priority (weight 0: fault, mastership given up);
 //! the interface losing its carrier is a fault too. On stop, a master advertises
 //! priority 0 and keeps the addresses (and keeps serving) until its successor advertises,
 //! before the listeners drain: make before break.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,6 +23,7 @@ use std::time::{Duration, Instant};
 use rampart_hostnet::addr::{self, IfAddr};
 use rampart_hostnet::garp::Announcer;
 use rampart_hostnet::iface::Interface;
+use rampart_hostnet::sock6::{Advertiser, VrrpSocket6};
 use rampart_hostnet::VrrpSocket;
 use rampart_topology::vrrp::VrrpInstance;
 use rampart_vrrp::packet::{self, parse_ipv4, Advert};
@@ -212,18 +216,77 @@ pub fn guard_main(interface: &str, addresses: &[String]) -> Result<(), String> {
 /// interface or a lack of privilege refuses the balancer's start, naming the cause).
 struct Host {
     iface: Interface,
-    primary: Ipv4Addr,
-    sock: VrrpSocket,
-    announcer: Announcer,
+    /// The address adverts come from: the interface's primary IPv4 address, or its IPv6
+    /// link-local address (a virtual router is of one family, RFC 5798).
+    primary: IpAddr,
+    sock: Sock,
+    announcer: Announce,
     vips: Vec<IfAddr>,
+}
+
+/// The router's VRRP sockets, of its family.
+enum Sock {
+    V4(VrrpSocket),
+    V6(VrrpSocket6),
+}
+
+/// What a raw socket said of a datagram beyond its bytes: IPv4 hands over the IP header
+/// with the bytes; IPv6 gives the source, destination and hop limit beside them.
+struct Meta {
+    len: usize,
+    v6: Option<(Ipv6Addr, Ipv6Addr, u8)>,
+}
+
+impl Sock {
+    /// The next datagram into `rx` (for IPv6 the VRRP message alone).
+    async fn recv(&mut self, rx: &mut [u8]) -> std::io::Result<Meta> {
+        match self {
+            Sock::V4(s) => s.recv(rx).await.map(|(len, _)| Meta { len, v6: None }),
+            Sock::V6(s) => {
+                let r = s.recv().await?;
+                let len = r.len.min(rx.len());
+                rx[..len].copy_from_slice(&s.message(r.len)[..len]);
+                Ok(Meta {
+                    len,
+                    v6: Some((r.src, r.dst, r.hop_limit)),
+                })
+            }
+        }
+    }
+
+    async fn send(&self, payload: &[u8], dst: IpAddr) -> std::io::Result<()> {
+        match (self, dst) {
+            (Sock::V4(s), IpAddr::V4(d)) => s.send(payload, d).await,
+            (Sock::V6(s), IpAddr::V6(d)) => s.send(payload, d).await,
+            _ => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a VRRP advert to an address of the other family",
+            )),
+        }
+    }
+}
+
+/// Gratuitous ARP (IPv4) or unsolicited neighbour advertisements (IPv6).
+enum Announce {
+    Arp(Announcer),
+    Na(Advertiser),
 }
 
 fn open_host(i: &VrrpInstance) -> Result<Host, String> {
     let iface = Interface::lookup(&i.interface).map_err(|e| e.to_string())?;
     let vip_ips: Vec<IpAddr> = i.addresses.iter().map(|a| a.ip).collect();
-    let primary = iface.primary_v4(&vip_ips).map_err(|e| e.to_string())?;
-    let sock = VrrpSocket::open_v4(&iface, primary).map_err(|e| e.to_string())?;
-    let announcer = Announcer::open(&iface).map_err(|e| e.to_string())?;
+    let v6 = vip_ips.first().is_some_and(|a| a.is_ipv6());
+    let (primary, sock, announcer) = if v6 {
+        let ll = iface.link_local_v6().map_err(|e| e.to_string())?;
+        let sock = VrrpSocket6::open(&iface, ll).map_err(|e| e.to_string())?;
+        let na = Advertiser::open(&iface).map_err(|e| e.to_string())?;
+        (IpAddr::V6(ll), Sock::V6(sock), Announce::Na(na))
+    } else {
+        let primary = iface.primary_v4(&vip_ips).map_err(|e| e.to_string())?;
+        let sock = VrrpSocket::open_v4(&iface, primary).map_err(|e| e.to_string())?;
+        let arp = Announcer::open(&iface).map_err(|e| e.to_string())?;
+        (IpAddr::V4(primary), Sock::V4(sock), Announce::Arp(arp))
+    };
     let vips = i
         .addresses
         .iter()
@@ -241,11 +304,11 @@ fn open_host(i: &VrrpInstance) -> Result<Host, String> {
     })
 }
 
-fn router_config(i: &VrrpInstance, primary: Ipv4Addr) -> RouterConfig {
+fn router_config(i: &VrrpInstance, primary: IpAddr) -> RouterConfig {
     let mut c = RouterConfig::new(
         i.vrid,
         i.priority,
-        IpAddr::V4(primary),
+        primary,
         i.addresses.iter().map(|a| a.ip).collect(),
     );
     c.interval = i.advert_interval;
@@ -379,8 +442,8 @@ impl RouterTask {
             };
             let acts = tokio::select! {
                 r = self.host.sock.recv(&mut rx) => match r {
-                    Ok((n, _)) => match self.advert(&rx[..n]) {
-                        Some((from, ad)) => self.router.on_advert(Instant::now(), IpAddr::V4(from), &ad),
+                    Ok(meta) => match self.advert(&rx[..meta.len], meta.v6) {
+                        Some((from, ad)) => self.router.on_advert(Instant::now(), from, &ad),
                         None => continue,
                     },
                     Err(e) => {
@@ -418,45 +481,54 @@ impl RouterTask {
     }
 
     /// A received datagram as an advert for this router, or `None` (counted as dropped
-    /// when it is VRRP that may not be accepted).
-    fn advert(&self, datagram: &[u8]) -> Option<(Ipv4Addr, Advert)> {
-        let ip = parse_ipv4(datagram).ok()?;
-        if ip.src == self.host.primary {
+    /// when it is VRRP that may not be accepted). `v6`: the source, destination and hop
+    /// limit of an IPv6 datagram (whose header the socket does not hand over).
+    fn advert(
+        &self,
+        datagram: &[u8],
+        v6: Option<(Ipv6Addr, Ipv6Addr, u8)>,
+    ) -> Option<(IpAddr, Advert)> {
+        let (src, dst, ttl, payload) = match v6 {
+            Some((src, dst, hop)) => (IpAddr::V6(src), IpAddr::V6(dst), hop, datagram),
+            None => {
+                let ip = parse_ipv4(datagram).ok()?;
+                if ip.protocol != packet::IPPROTO_VRRP {
+                    return None;
+                }
+                (IpAddr::V4(ip.src), IpAddr::V4(ip.dst), ip.ttl, ip.payload)
+            }
+        };
+        if src == self.host.primary {
             return None;
         }
         let drop = |why: &str| {
             self.view.adverts_dropped.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(router = %self.inst.name, from = %ip.src, why, "VRRP packet dropped");
+            tracing::debug!(router = %self.inst.name, from = %src, why, "VRRP packet dropped");
             None
         };
-        if ip.protocol != packet::IPPROTO_VRRP {
-            return None;
+        if ttl != packet::TTL {
+            return drop("TTL or hop limit is not 255 (sent from off the link)");
         }
-        if ip.ttl != packet::TTL {
-            return drop("TTL is not 255 (sent from off the link)");
-        }
-        let ad = match Advert::decode(ip.payload, IpAddr::V4(ip.src), IpAddr::V4(ip.dst)) {
+        let ad = match Advert::decode(payload, src, dst) {
             Ok(a) => a,
             Err(e) => {
                 self.view.adverts_dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(router = %self.inst.name, from = %ip.src, error = %e, "VRRP packet dropped");
+                tracing::debug!(router = %self.inst.name, from = %src, error = %e, "VRRP packet dropped");
                 return None;
             }
         };
         if ad.vrid != self.inst.vrid {
             return None;
         }
-        if !self.inst.unicast_peers.is_empty()
-            && !self.inst.unicast_peers.contains(&IpAddr::V4(ip.src))
-        {
+        if !self.inst.unicast_peers.is_empty() && !self.inst.unicast_peers.contains(&src) {
             return drop("sender is not a unicast peer");
         }
         if !self.router.addresses_match(&ad) {
-            tracing::warn!(router = %self.inst.name, from = %ip.src, theirs = ?ad.addrs,
+            tracing::warn!(router = %self.inst.name, from = %src, theirs = ?ad.addrs,
                 "a peer of this virtual router advertises other addresses: check both configurations");
         }
         self.view.adverts_received.fetch_add(1, Ordering::Relaxed);
-        Some((ip.src, ad))
+        Some((src, ad))
     }
 
     /// Penalty (sum of the weights of failing tracked listeners, capped) and fault.
@@ -522,11 +594,17 @@ impl RouterTask {
                 Action::RemoveAddresses => self.remove_addresses(),
                 Action::Announce => {
                     for v in &self.host.vips {
-                        if let IpAddr::V4(ip) = v.ip {
-                            let frame = packet::garp_ipv4(self.host.iface.mac, ip);
-                            if let Err(e) = self.host.announcer.send(&frame) {
-                                tracing::warn!(router = %self.inst.name, address = %ip, error = %e, "gratuitous ARP failed");
+                        let sent = match (&self.host.announcer, v.ip) {
+                            (Announce::Arp(a), IpAddr::V4(ip)) => {
+                                a.send(&packet::garp_ipv4(self.host.iface.mac, ip))
                             }
+                            (Announce::Na(a), IpAddr::V6(ip)) => {
+                                a.send(&packet::unsolicited_na(ip, self.host.iface.mac))
+                            }
+                            _ => Ok(()),
+                        };
+                        if let Err(e) = sent {
+                            tracing::warn!(router = %self.inst.name, address = %v.ip, error = %e, "announcing the virtual address failed (gratuitous ARP or neighbour advertisement)");
                         }
                     }
                 }
@@ -570,21 +648,22 @@ impl RouterTask {
 
     async fn send(&mut self, priority: u8) {
         let ad = self.router.advert(priority);
-        let src = IpAddr::V4(self.host.primary);
-        let dsts: Vec<Ipv4Addr> = if self.inst.unicast_peers.is_empty() {
-            vec![packet::GROUP_V4]
+        let src = self.host.primary;
+        let dsts: Vec<IpAddr> = if self.inst.unicast_peers.is_empty() {
+            vec![match src {
+                IpAddr::V4(_) => IpAddr::V4(packet::GROUP_V4),
+                IpAddr::V6(_) => IpAddr::V6(packet::GROUP_V6),
+            }]
         } else {
             self.inst
                 .unicast_peers
                 .iter()
-                .filter_map(|p| match p {
-                    IpAddr::V4(v) => Some(*v),
-                    IpAddr::V6(_) => None,
-                })
+                .filter(|p| p.is_ipv4() == src.is_ipv4())
+                .copied()
                 .collect()
         };
         for dst in dsts {
-            if let Err(e) = ad.encode_into(src, IpAddr::V4(dst), &mut self.buf) {
+            if let Err(e) = ad.encode_into(src, dst, &mut self.buf) {
                 tracing::error!(router = %self.inst.name, error = %e, "cannot encode a VRRP advert");
                 return;
             }

@@ -121,6 +121,17 @@ impl Lab {
         ]);
         ip(&["-n", &self.switch, "link", "set", &port, "master", "br0"]);
         ip(&["-n", &self.switch, "link", "set", &port, "up"]);
+        // No duplicate address detection on the lab's link (every address is ours to
+        // give): IPv6 addresses, the link-local one included, are usable at once instead
+        // of a second later.
+        exec_ok(
+            &ns,
+            &[
+                "sh",
+                "-c",
+                "echo 0 > /proc/sys/net/ipv6/conf/eth0/accept_dad",
+            ],
+        );
         ip(&["-n", &ns, "addr", "add", addr, "dev", "eth0"]);
         ip(&["-n", &ns, "link", "set", "eth0", "up"]);
         ns

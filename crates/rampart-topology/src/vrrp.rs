@@ -10,8 +10,9 @@
 //! advert_interval = "50ms"        # 10ms-40.95s, in steps of 10 ms; default 50ms
 //! preempt = true                  # default true
 //! preempt_delay = "0s"
-//! addresses = ["10.0.0.100/24"]   # the virtual IPs (IPv4)
+//! addresses = ["10.0.0.100/24"]   # the virtual IPs: all IPv4, or all IPv6 ("fd00::100/64")
 //! unicast_peers = ["10.0.0.2"]    # optional: adverts to these instead of 224.0.0.18
+//!                                 # (IPv6: the peers' link-local addresses, fe80::...)
 //! track = [{ listener = "site", weight = 100 }]  # default: every listener, weight 100
 //! ```
 //!
@@ -239,19 +240,21 @@ pub fn validate(
                 "addresses must name at least one virtual IP, e.g. [\"10.0.0.100/24\"]".into(),
             );
         }
+        let mut family: Option<bool> = None; // Some(true): IPv6
         for a in r.addresses.get_ref() {
             match a.get_ref().parse::<VirtualAddress>() {
-                Ok(v) if v.ip.is_ipv6() => err(
-                    a.span(),
-                    format!(
-                        "{v}: IPv6 virtual addresses are not supported yet (VRRP over IPv4 only)"
-                    ),
-                ),
                 Ok(v) if v.ip.is_loopback() || v.ip.is_multicast() || v.ip.is_unspecified() => err(
                     a.span(),
                     format!("{v} cannot be a virtual address (loopback, multicast or unspecified)"),
                 ),
+                Ok(v) if family.is_some_and(|six| six != v.ip.is_ipv6()) => err(
+                    a.span(),
+                    format!(
+                        "{v}: a virtual router's addresses are all IPv4 or all IPv6 (RFC 5798); use a second [[vrrp]] with another vrid for the other family"
+                    ),
+                ),
                 Ok(v) => {
+                    family = Some(v.ip.is_ipv6());
                     if !seen_vip.insert(v.ip) {
                         err(
                             a.span(),
@@ -270,16 +273,28 @@ pub fn validate(
             );
         }
         let mut unicast_peers = Vec::new();
+        let six = family.unwrap_or(false);
         for p in &r.unicast_peers {
             match p.get_ref().parse::<IpAddr>() {
-                Ok(IpAddr::V4(ip)) if !ip.is_multicast() && !ip.is_unspecified() => {
+                Ok(IpAddr::V4(ip)) if !six && !ip.is_multicast() && !ip.is_unspecified() => {
                     unicast_peers.push(IpAddr::V4(ip))
                 }
+                Ok(IpAddr::V6(ip)) if six && (ip.segments()[0] & 0xffc0) == 0xfe80 => {
+                    unicast_peers.push(IpAddr::V6(ip))
+                }
+                Ok(IpAddr::V6(_)) if six => err(
+                    p.span(),
+                    format!(
+                        "unicast peer \"{}\" must be the peer's IPv6 link-local address (fe80::/10): VRRP over IPv6 is sent from it",
+                        p.get_ref()
+                    ),
+                ),
                 _ => err(
                     p.span(),
                     format!(
-                        "unicast peer \"{}\" is not a unicast IPv4 address",
-                        p.get_ref()
+                        "unicast peer \"{}\" is not a unicast {} address (the family of this router's addresses)",
+                        p.get_ref(),
+                        if six { "IPv6" } else { "IPv4" }
                     ),
                 ),
             }
@@ -394,10 +409,31 @@ mod tests {
             "lb.toml:4:12: priority must be between 1 and 255",
             "lb.toml:5:19: advert_interval must be 10ms to 40.95s",
             "is not an IP address",
-            "IPv6 virtual addresses are not supported yet",
             "unicast peer \"224.0.0.18\"",
             "track names listener \"nope\"",
             "weight must be 0",
+        ] {
+            assert!(all.contains(want), "missing {want:?} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn ipv6_routers_are_one_family_and_their_peers_are_link_local() {
+        let v = check(
+            "[[vrrp]]\ninterface = \"eth0\"\nvrid = 52\naddresses = [\"fd00::100/64\"]\nunicast_peers = [\"fe80::2\"]\n",
+        )
+        .expect("valid");
+        assert!(v[0].addresses[0].ip.is_ipv6());
+        assert_eq!(v[0].unicast_peers[0].to_string(), "fe80::2");
+        let e = check(
+            "[[vrrp]]\ninterface = \"eth0\"\nvrid = 52\naddresses = [\"fd00::100/64\", \"10.0.0.1/24\"]\nunicast_peers = [\"fd00::2\", \"10.0.0.2\"]\n",
+        )
+        .expect_err("mixed");
+        let all = e.join("\n");
+        for want in [
+            "lb.toml:4:30: 10.0.0.1/24: a virtual router's addresses are all IPv4 or all IPv6",
+            "unicast peer \"fd00::2\" must be the peer's IPv6 link-local address",
+            "unicast peer \"10.0.0.2\" is not a unicast IPv6 address",
         ] {
             assert!(all.contains(want), "missing {want:?} in:\n{all}");
         }

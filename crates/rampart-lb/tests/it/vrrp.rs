@@ -17,6 +17,8 @@ use rampart_testkit::{rampart_bin, wait_until, Proc, TempDir};
 
 const VIP: &str = "10.77.0.100";
 const VIP2: &str = "10.77.0.101";
+/// The site's IPv6 virtual address (a router of its own: one family per router).
+const VIP6: &str = "fd77::100";
 const WEB: &str = "10.77.0.21:8000";
 
 /// A web host: answers every request with 200 and its name, one thread per connection.
@@ -71,9 +73,16 @@ struct Vr {
     preempt: bool,
 }
 
+/// `vip` port 80 as a socket address (IPv6 in brackets).
+fn on_80(vip: &str) -> SocketAddr {
+    SocketAddr::new(vip.parse().expect("a virtual IP"), 80)
+}
+
 fn lb_config(dir: &Path, name: &str, vrs: &[Vr], interval: &str) -> std::path::PathBuf {
+    let site = vrs.first().map_or(VIP, |v| v.vip);
     let mut text = format!(
-        "[admin]\naddress = \"127.0.0.1:9000\"\n\n[[listener]]\nname = \"site\"\naddress = \"{VIP}:80\"\npool = \"web\"\n\n"
+        "[admin]\naddress = \"127.0.0.1:9000\"\n\n[[listener]]\nname = \"site\"\naddress = \"{}\"\npool = \"web\"\n\n",
+        on_80(site)
     );
     if vrs.iter().any(|v| v.vip == VIP2) {
         text.push_str(&format!(
@@ -85,8 +94,9 @@ fn lb_config(dir: &Path, name: &str, vrs: &[Vr], interval: &str) -> std::path::P
     ));
     for v in vrs {
         text.push_str(&format!(
-            "[[vrrp]]\nname = \"vip{}\"\ninterface = \"eth0\"\nvrid = {}\npriority = {}\nadvert_interval = \"{interval}\"\npreempt = {}\naddresses = [\"{}/24\"]\n\n",
-            v.vrid, v.vrid, v.priority, v.preempt, v.vip
+            "[[vrrp]]\nname = \"vip{}\"\ninterface = \"eth0\"\nvrid = {}\npriority = {}\nadvert_interval = \"{interval}\"\npreempt = {}\naddresses = [\"{}/{}\"]\n\n",
+            v.vrid, v.vrid, v.priority, v.preempt, v.vip,
+            if v.vip.contains(':') { 64 } else { 24 }
         ));
     }
     let p = dir.join(format!("{name}.toml"));
@@ -107,7 +117,7 @@ impl Probe {
         let stop = Arc::new(AtomicBool::new(false));
         let results = Arc::new(Mutex::new(Vec::new()));
         let (s, r) = (stop.clone(), results.clone());
-        let addr: SocketAddr = format!("{vip}:80").parse().expect("vip");
+        let addr = on_80(vip);
         let handle = lab.run_in("client", move || {
             let deadline = Instant::now() + Duration::from_secs(60);
             while !s.load(Ordering::Relaxed) && Instant::now() < deadline {
@@ -161,22 +171,14 @@ impl Probe {
     }
 }
 
-/// Whether host `name` holds `vip` on its eth0.
+/// Whether host `name` holds `vip` (IPv4 or IPv6) on its eth0.
 fn holds(lab: &Lab, name: &str, vip: &str) -> bool {
     let out = Command::new("ip")
-        .args([
-            "-n",
-            &lab.ns(name),
-            "-o",
-            "-4",
-            "addr",
-            "show",
-            "dev",
-            "eth0",
-        ])
+        .args(["-n", &lab.ns(name), "-o", "addr", "show", "dev", "eth0"])
         .output()
         .expect("ip addr show");
-    String::from_utf8_lossy(&out.stdout).contains(&format!("inet {vip}/"))
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.contains(&format!("inet {vip}/")) || text.contains(&format!("inet6 {vip}/"))
 }
 
 struct Stack {
@@ -188,7 +190,8 @@ struct Stack {
 }
 
 impl Stack {
-    /// lb1 (10.77.0.11), lb2 (.12), ..., the web host (.21) and the client (.31).
+    /// lb1 (10.77.0.11, fd77::11), lb2 (.12), ..., the web host (.21) and the client
+    /// (.31). The first balancer's first router's address is the one awaited at start.
     fn new(tag: &str, per_lb: Vec<Vec<Vr>>, interval: &str) -> Stack {
         let mut lab = Lab::new(tag);
         for (i, _) in per_lb.iter().enumerate() {
@@ -196,6 +199,18 @@ impl Stack {
         }
         lab.host("web", "10.77.0.21/24");
         lab.host("client", "10.77.0.31/24");
+        for (i, _) in per_lb.iter().enumerate() {
+            add_v6(
+                &lab,
+                &format!("lb{}", i + 1),
+                &format!("fd77::{}/64", 11 + i),
+            );
+        }
+        add_v6(&lab, "client", "fd77::31/64");
+        let first_vip = per_lb
+            .first()
+            .and_then(|v| v.first())
+            .map_or(VIP, |v| v.vip);
         let web_stop = Arc::new(AtomicBool::new(false));
         start_web(&lab, web_stop.clone());
         let dir = TempDir::new().expect("tempdir");
@@ -218,8 +233,8 @@ impl Stack {
             // roles are known when the test begins.
             if i == 0 {
                 assert!(
-                    wait_until(Duration::from_secs(5), || holds(&s.lab, "lb1", VIP)),
-                    "lb1 never took {VIP}:\n{}",
+                    wait_until(Duration::from_secs(5), || holds(&s.lab, "lb1", first_vip)),
+                    "lb1 never took {first_vip}:\n{}",
                     s.log(1)
                 );
             }
@@ -257,6 +272,20 @@ impl Stack {
     }
 }
 
+/// Give host `name` a second, IPv6, address on its eth0.
+fn add_v6(lab: &Lab, name: &str, addr: &str) {
+    rampart_testkit::netns::ip(&[
+        "-n",
+        &lab.ns(name),
+        "addr",
+        "add",
+        addr,
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+}
+
 impl Drop for Stack {
     fn drop(&mut self) {
         self.web_stop.store(true, Ordering::Relaxed);
@@ -267,18 +296,22 @@ impl Drop for Stack {
 }
 
 fn pair(tag: &str, preempt: bool) -> Stack {
+    pair_on(tag, VIP, preempt)
+}
+
+fn pair_on(tag: &str, vip: &'static str, preempt: bool) -> Stack {
     Stack::new(
         tag,
         vec![
             vec![Vr {
                 vrid: 51,
-                vip: VIP,
+                vip,
                 priority: 150,
                 preempt,
             }],
             vec![Vr {
                 vrid: 51,
-                vip: VIP,
+                vip,
                 priority: 100,
                 preempt,
             }],
@@ -289,22 +322,31 @@ fn pair(tag: &str, preempt: bool) -> Stack {
 
 /// Fail the master one way while the client probes; returns what the client saw.
 fn failover(tag: &str, fail: impl FnOnce(&mut Stack)) -> (Stack, (usize, usize, Duration)) {
-    let mut s = pair(tag, true);
+    failover_on(tag, VIP, fail)
+}
+
+/// [`failover`] of the pair sharing `vip`.
+fn failover_on(
+    tag: &str,
+    vip: &'static str,
+    fail: impl FnOnce(&mut Stack),
+) -> (Stack, (usize, usize, Duration)) {
+    let mut s = pair_on(tag, vip, true);
     assert!(
-        s.wait_sole_holder(1, VIP, Duration::from_secs(5)),
+        s.wait_sole_holder(1, vip, Duration::from_secs(5)),
         "lb1 is not the sole master:\n{}",
         s.logs()
     );
-    let probe = Probe::start(&s.lab, VIP);
+    let probe = Probe::start(&s.lab, vip);
     assert!(
         wait_until(Duration::from_secs(5), || probe.ok_count() >= 20),
-        "the client does not reach the site through {VIP}:\n{}",
+        "the client does not reach the site through {vip}:\n{}",
         s.logs()
     );
     fail(&mut s);
     assert!(
-        wait_until(Duration::from_secs(5), || holds(&s.lab, "lb2", VIP)),
-        "lb2 never took over {VIP}:\n{}",
+        wait_until(Duration::from_secs(5), || holds(&s.lab, "lb2", vip)),
+        "lb2 never took over {vip}:\n{}",
         s.logs()
     );
     let seen = probe.ok_count();
@@ -634,12 +676,13 @@ fn a_missing_interface_refuses_the_start_with_its_name() {
 }
 
 /// keepalived (Debian's) as the peer in lb2's host, VRRP version 3 at the same interval.
-fn keepalived_conf(dir: &Path, priority: u8) -> std::path::PathBuf {
+fn keepalived_conf(dir: &Path, priority: u8, vip: &str) -> std::path::PathBuf {
+    let prefix = if vip.contains(':') { 64 } else { 24 };
     let p = dir.join("keepalived.conf");
     std::fs::write(
         &p,
         format!(
-            "global_defs {{\n  vrrp_version 3\n  vrrp_garp_master_delay 0\n  enable_script_security\n}}\nvrrp_instance VI_1 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  priority {priority}\n  advert_int 0.05\n  virtual_ipaddress {{\n    {VIP}/24\n  }}\n}}\n"
+            "global_defs {{\n  vrrp_version 3\n  vrrp_garp_master_delay 0\n  enable_script_security\n}}\nvrrp_instance VI_1 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  priority {priority}\n  advert_int 0.05\n  virtual_ipaddress {{\n    {vip}/{prefix}\n  }}\n}}\n"
         ),
     )
     .expect("write keepalived.conf");
@@ -647,9 +690,13 @@ fn keepalived_conf(dir: &Path, priority: u8) -> std::path::PathBuf {
 }
 
 fn start_keepalived(s: &Stack, priority: u8) -> Proc {
+    start_keepalived_on(s, priority, VIP)
+}
+
+fn start_keepalived_on(s: &Stack, priority: u8, vip: &str) -> Proc {
     let ka = rampart_testkit::find_program("keepalived", &["/usr/sbin"])
         .expect("keepalived (Debian package keepalived; scripts/deps.sh installs it)");
-    let conf = keepalived_conf(s.dir.path(), priority);
+    let conf = keepalived_conf(s.dir.path(), priority, vip);
     let d = s.dir.path();
     let mut cmd = s.lab.command("lb2", ka);
     cmd.args(["--dont-fork", "--log-console", "--vrrp", "--use-file"])
@@ -748,4 +795,181 @@ fn a_rampart_balancer_and_keepalived_agree_on_the_master_both_ways() {
         "the site does not answer through rampart after the takeover"
     );
     probe.finish();
+}
+
+// ---- IPv6: the same pair on fd77::100, adverts from link-local addresses to ff02::12,
+// unsolicited neighbour advertisements instead of gratuitous ARP.
+
+#[test]
+fn ipv6_sigkill_of_the_master_moves_the_virtual_ip_and_the_client_follows() {
+    let (s, (_, _, gap)) = failover_on("v6k", VIP6, |s| s.lb(1).kill());
+    assert!(
+        wait_until(Duration::from_secs(2), || !holds(&s.lab, "lb1", VIP6)),
+        "the killed master's host still holds {VIP6}"
+    );
+    // The client's neighbour cache pointed at lb1: only lb2's unsolicited neighbour
+    // advertisement (override flag) moves it this fast; without it the client waits for
+    // neighbour unreachability detection (5 s and more).
+    assert!(
+        gap < Duration::from_millis(1500),
+        "gap {gap:?}:\n{}",
+        s.logs()
+    );
+    assert!(s.log(2).contains("VRRP transition"), "{}", s.logs());
+}
+
+#[test]
+fn ipv6_a_clean_stop_hands_the_virtual_ip_over_before_letting_go() {
+    let (mut s, (probes, failed, gap)) =
+        failover_on("v6s", VIP6, |s| s.lb(1).signal(Signal::SIGTERM));
+    assert_eq!(
+        s.lb(1).wait_exit(Duration::from_secs(10)),
+        Ok(Some(0)),
+        "lb1 did not stop cleanly:\n{}",
+        s.log(1)
+    );
+    assert!(
+        wait_until(Duration::from_secs(2), || !holds(&s.lab, "lb1", VIP6)),
+        "the stopped master's host still holds {VIP6}"
+    );
+    assert!(
+        failed <= 1,
+        "{failed} of {probes} probes failed (gap {gap:?}):\n{}",
+        s.logs()
+    );
+}
+
+/// A higher-priority IPv6 advert from the client's host, sent with `hops` as its hop limit.
+fn spoof_v6_advert(lab: &Lab, hops: u32) {
+    lab.run_in("client", move || {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let src: std::net::Ipv6Addr = "fd77::31".parse().expect("ip");
+        let group = rampart_vrrp::packet::GROUP_V6;
+        let ad = rampart_vrrp::Advert {
+            vrid: 51,
+            priority: 254,
+            interval_cs: 5,
+            addrs: vec![VIP6.parse().expect("vip")],
+        };
+        let msg = ad
+            .encode(std::net::IpAddr::V6(src), std::net::IpAddr::V6(group))
+            .expect("encode");
+        let sock =
+            Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::from(112))).expect("raw socket");
+        let index = nix::net::if_::if_nametoindex("eth0").expect("eth0");
+        sock.bind(&std::net::SocketAddr::V6(std::net::SocketAddrV6::new(src, 0, 0, 0)).into())
+            .expect("bind");
+        sock.set_multicast_if_v6(index).expect("multicast if");
+        sock.set_multicast_hops_v6(hops).expect("hops");
+        let to = std::net::SocketAddr::V6(std::net::SocketAddrV6::new(group, 0, 0, index));
+        for _ in 0..10 {
+            sock.send_to(&msg, &to.into()).expect("send the advert");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .join()
+    .expect("spoofing thread");
+}
+
+#[test]
+fn ipv6_adverts_from_off_the_link_are_dropped_and_a_valid_higher_one_wins() {
+    let s = pair_on("v6h", VIP6, true);
+    assert!(
+        s.wait_sole_holder(1, VIP6, Duration::from_secs(5)),
+        "{}",
+        s.logs()
+    );
+    let state = |host: &str| {
+        s.lab
+            .run_in(host, move || {
+                rampart_testkit::http_get("127.0.0.1:9000".parse().expect("admin"), "/api/state")
+                    .map(|r| r.text())
+                    .unwrap_or_default()
+            })
+            .join()
+            .expect("admin thread")
+    };
+    // lb2 names lb1's link-local address as its master: adverts go link-local to link-local.
+    assert!(
+        wait_until(Duration::from_secs(5), || state("lb2")
+            .contains("\"address\":\"fe80::")),
+        "{}",
+        state("lb2")
+    );
+    // Hop limit 64: routed from elsewhere as far as VRRP can tell. Dropped and counted;
+    // lb1 stays master.
+    spoof_v6_advert(&s.lab, 64);
+    assert!(
+        wait_until(Duration::from_secs(2), || state("lb1")
+            .contains("\"adverts_dropped\":")
+            && !state("lb1").contains("\"adverts_dropped\":0")),
+        "lb1 did not count the off-link adverts as dropped:\n{}",
+        state("lb1")
+    );
+    assert!(
+        state("lb1").contains("\"state\":\"master\""),
+        "an off-link advert deposed lb1:\n{}\n{}",
+        state("lb1"),
+        s.log(1)
+    );
+    // The same advert with hop limit 255 is a real higher-priority router on the link:
+    // lb1 defers to it (it is the receive path that is tested, not a rule against
+    // everything).
+    spoof_v6_advert(&s.lab, 255);
+    assert!(
+        wait_until(Duration::from_secs(2), || state("lb1")
+            .contains("\"state\":\"backup\"")),
+        "lb1 ignored a valid higher-priority advert:\n{}\n{}",
+        state("lb1"),
+        s.log(1)
+    );
+}
+
+#[test]
+fn ipv6_a_rampart_balancer_and_keepalived_agree_on_the_master() {
+    let mut s = Stack::new(
+        "v6ka",
+        vec![vec![Vr {
+            vrid: 51,
+            vip: VIP6,
+            priority: 150,
+            preempt: true,
+        }]],
+        "50ms",
+    );
+    s.lab.host("lb2", "10.77.0.12/24");
+    add_v6(&s.lab, "lb2", "fd77::12/64");
+    let _ka = start_keepalived_on(&s, 100, VIP6);
+    assert!(
+        wait_until(Duration::from_secs(5), || keepalived_log(&s)
+            .contains("Entering BACKUP STATE")),
+        "{}",
+        keepalived_log(&s)
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        holds(&s.lab, "lb1", VIP6) && !holds(&s.lab, "lb2", VIP6),
+        "keepalived took {VIP6} from a higher-priority rampart master:\n{}\n{}",
+        keepalived_log(&s),
+        s.log(1)
+    );
+    assert!(!keepalived_log(&s).contains("Entering MASTER STATE"));
+    // rampart stops cleanly (priority 0): keepalived takes over at once.
+    s.lb(1).signal(Signal::SIGTERM);
+    assert!(
+        wait_until(Duration::from_secs(5), || holds(&s.lab, "lb2", VIP6)
+            && !holds(&s.lab, "lb1", VIP6)),
+        "keepalived did not take over {VIP6} from a stopping rampart:\n{}\n{}",
+        keepalived_log(&s),
+        s.log(1)
+    );
+    // And rampart, back with the higher priority, preempts keepalived.
+    s.start_lb(1);
+    assert!(
+        wait_until(Duration::from_secs(5), || holds(&s.lab, "lb1", VIP6)
+            && !holds(&s.lab, "lb2", VIP6)),
+        "rampart (150) did not preempt keepalived (100) on IPv6:\n{}\n{}",
+        s.log(1),
+        keepalived_log(&s)
+    );
 }
