@@ -2,12 +2,14 @@
 //! default topology with every node in a network namespace of its own, the site on two
 //! virtual IPs moved by the balancers' VRRP, each node's firewall applied; a client host
 //! reaches the site through either virtual IP and nothing else; the balancer drills keep
-//! the site reachable; SIGINT leaves no namespace, bridge or process behind.
+//! the site reachable; the primary database's host cut off fails over with never two
+//! writable primaries and no acknowledged write lost; SIGINT leaves no namespace, bridge
+//! or process behind.
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use rampart_testkit::{rampart_bin, wait_until, Proc, TempDir};
@@ -63,6 +65,44 @@ fn site_from_client(client_ns: &str, site: &Site) -> Option<u16> {
     })
     .join()
     .expect("thread")
+}
+
+/// Whether the PostgreSQL at `addr` accepts writes (`pg_is_in_recovery()` false), asked
+/// by psql from inside its own host `ns` (a cut of the host does not hide it from
+/// itself). `None` when it does not answer within 2 s.
+fn is_primary(ns: &str, addr: SocketAddr, password: &str) -> Option<bool> {
+    let psql = rampart_testkit::pg_bin_dir().join("psql");
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(psql)
+        .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+        .args(["-U", "postgres", "-d", "postgres", "-tAc"])
+        .arg("SELECT pg_is_in_recovery()")
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "2")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) if st.success() => break,
+            Ok(Some(_)) | Err(_) => return None,
+            Ok(None) if Instant::now() > deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+    let out = child.wait_with_output().ok()?;
+    match String::from_utf8_lossy(&out.stdout).trim() {
+        "f" => Some(true),
+        "t" => Some(false),
+        _ => None,
+    }
 }
 
 fn netns_left(prefix: &str) -> Vec<String> {
@@ -244,6 +284,117 @@ fn the_stack_on_separate_hosts_serves_through_virtual_ips_behind_each_hosts_fire
             })
         }));
     }
+
+    // The primary database's host cut off the network (frames dropped at its device):
+    // its agent cannot renew the lease and demotes it, a replica takes over, and a
+    // writer connected to every PostgreSQL from its own host sees at no moment two that
+    // accept writes; no acknowledged write is lost; after the heal it rejoins.
+    let status = || -> Vec<Value> {
+        let out = rampart(&[
+            "status",
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--json",
+        ]);
+        serde_json::from_slice::<Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+    };
+    let primary_of = |st: &[Value]| -> Option<String> {
+        let p: Vec<String> = st
+            .iter()
+            .filter(|n| n["kind"] == "db" && n["role"] == "primary")
+            .filter_map(|n| n["name"].as_str().map(str::to_string))
+            .collect();
+        (p.len() == 1).then(|| p[0].clone())
+    };
+    let mut old = None;
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            old = primary_of(&status());
+            old.is_some()
+        }),
+        "no single primary: {:#?}",
+        status()
+    );
+    let old = old.expect("a primary");
+    let pw = db.superuser_password.clone();
+    let dbs: Vec<(String, String, SocketAddr)> = db
+        .nodes
+        .iter()
+        .map(|n| {
+            (
+                n.name.clone(),
+                format!("{prefix}{}", n.name),
+                SocketAddr::new(host_ip(&n.name), n.port),
+            )
+        })
+        .collect();
+    let mut drill = Command::new(rampart_bin())
+        .args(["chaos", "partition", &old, "--for", "10", "--observe", "25"])
+        .args(["--json", "--config", config.to_str().expect("utf-8")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the drill");
+    let t0 = Instant::now();
+    let mut old_demoted_at = None;
+    let mut new_primary: Option<(String, Duration)> = None;
+    let mut rounds = 0;
+    while drill.try_wait().expect("drill").is_none() && t0.elapsed() < Duration::from_secs(90) {
+        let primaries: Vec<&str> = dbs
+            .iter()
+            .filter(|(_, ns, addr)| is_primary(ns, *addr, &pw) == Some(true))
+            .map(|(n, _, _)| n.as_str())
+            .collect();
+        rounds += 1;
+        assert!(
+            primaries.len() <= 1,
+            "two writable primaries {:?} into the partition: {primaries:?}",
+            t0.elapsed()
+        );
+        if old_demoted_at.is_none() && !primaries.contains(&old.as_str()) {
+            old_demoted_at = Some(t0.elapsed());
+        }
+        if let Some(n) = primaries.iter().find(|n| **n != old) {
+            if new_primary.is_none() {
+                new_primary = Some((n.to_string(), t0.elapsed()));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = drill.wait_with_output().expect("the drill's report");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "partition {old}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    eprintln!("partition {old}: {report}");
+    let (new, promoted_at) =
+        new_primary.unwrap_or_else(|| panic!("no replica took over from {old}: {report}"));
+    let demoted_at = old_demoted_at.expect("the old primary never stopped accepting writes");
+    eprintln!(
+        "partition {old}: it stopped accepting writes {demoted_at:?} after the drill began, {new} began {promoted_at:?} after ({rounds} rounds of checks)"
+    );
+    assert!(demoted_at <= promoted_at, "two writable primaries");
+    assert_eq!(report["writes_lost"], 0, "{report}");
+    assert!(
+        report["writes_acked"].as_u64().unwrap_or(0) > 50,
+        "{report}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            let st = status();
+            st.iter().any(|n| {
+                n["name"] == old.as_str() && n["role"] == "replica" && n["healthy"] == true
+            }) && primary_of(&st).is_some()
+        }),
+        "{old} did not rejoin as a replica: {:#?}",
+        status()
+    );
 
     // Ctrl-C: everything goes, the hosts too.
     up.signal(Signal::SIGINT);
