@@ -37,10 +37,22 @@ pub struct FdInfo {
     pub admin: bool,
 }
 
+/// What travels with the descriptors: what each one is, and the virtual routers the old
+/// process is master of (so the new one carries on as their master instead of starting
+/// as a backup, which would move the virtual IP to a peer and back).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct Envelope {
+    sockets: Vec<FdInfo>,
+    #[serde(default)]
+    vrrp_masters: Vec<String>,
+}
+
 /// Sockets received from the previous process.
 #[derive(Default)]
 pub struct Inherited {
     pub sockets: Vec<(FdInfo, std::net::TcpListener)>,
+    /// The virtual routers (by name) the previous process was master of.
+    pub vrrp_masters: Vec<String>,
     /// Where to say "ready".
     pub channel: Option<UnixStream>,
 }
@@ -84,7 +96,11 @@ pub fn receive_from_env() -> Result<Inherited, String> {
 }
 
 fn receive(path: &Path) -> std::io::Result<Inherited> {
-    let stream = UnixStream::connect(path)?;
+    receive_on(UnixStream::connect(path)?)
+}
+
+/// Read the sockets and what travels with them from `stream`.
+fn receive_on(stream: UnixStream) -> std::io::Result<Inherited> {
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut data = vec![0u8; 64 * 1024];
     let mut space = vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
@@ -97,8 +113,16 @@ fn receive(path: &Path) -> std::io::Result<Inherited> {
             fds.extend(it);
         }
     }
-    let infos: Vec<FdInfo> = serde_json::from_slice(&data[..msg.bytes])
+    // A previous process of an older version sends the bare list.
+    let env: Envelope = serde_json::from_slice(&data[..msg.bytes])
+        .or_else(|_| {
+            serde_json::from_slice::<Vec<FdInfo>>(&data[..msg.bytes]).map(|sockets| Envelope {
+                sockets,
+                vrrp_masters: Vec::new(),
+            })
+        })
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    let infos = env.sockets;
     if infos.len() != fds.len() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
@@ -120,6 +144,7 @@ fn receive(path: &Path) -> std::io::Result<Inherited> {
     stream.set_read_timeout(None)?;
     Ok(Inherited {
         sockets,
+        vrrp_masters: env.vrrp_masters,
         channel: Some(stream),
     })
 }
@@ -128,6 +153,7 @@ fn receive(path: &Path) -> std::io::Result<Inherited> {
 pub fn send(
     stream: &UnixStream,
     sockets: &[(FdInfo, std::net::TcpListener)],
+    vrrp_masters: &[String],
 ) -> std::io::Result<()> {
     if sockets.len() > MAX_FDS {
         return Err(std::io::Error::other(format!(
@@ -135,8 +161,11 @@ pub fn send(
             sockets.len()
         )));
     }
-    let infos: Vec<&FdInfo> = sockets.iter().map(|(i, _)| i).collect();
-    let data = serde_json::to_vec(&infos).map_err(std::io::Error::other)?;
+    let env = Envelope {
+        sockets: sockets.iter().map(|(i, _)| i.clone()).collect(),
+        vrrp_masters: vrrp_masters.to_vec(),
+    };
+    let data = serde_json::to_vec(&env).map_err(std::io::Error::other)?;
     let fds: Vec<_> = sockets.iter().map(|(_, s)| s.as_fd()).collect();
     let mut space = vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = SendAncillaryBuffer::new(&mut space);
@@ -157,7 +186,10 @@ pub fn send(
 
 /// Start the new binary and hand it `sockets`; returns its pid once it says it accepts.
 /// Blocking (run it on a blocking thread).
-pub fn upgrade(sockets: Vec<(FdInfo, std::net::TcpListener)>) -> Result<u32, String> {
+pub fn upgrade(
+    sockets: Vec<(FdInfo, std::net::TcpListener)>,
+    vrrp_masters: Vec<String>,
+) -> Result<u32, String> {
     let exe = std::env::current_exe().map_err(|e| format!("find the current executable: {e}"))?;
     let path = std::env::temp_dir().join(format!("rampart-lb-upgrade-{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&path);
@@ -197,7 +229,7 @@ pub fn upgrade(sockets: Vec<(FdInfo, std::net::TcpListener)>) -> Result<u32, Str
     stream
         .set_nonblocking(false)
         .map_err(|e| format!("unix socket: {e}"))?;
-    send(&stream, &sockets).map_err(|e| format!("hand over the sockets: {e}"))?;
+    send(&stream, &sockets, &vrrp_masters).map_err(|e| format!("hand over the sockets: {e}"))?;
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .map_err(|e| format!("unix socket: {e}"))?;
@@ -263,29 +295,44 @@ mod tests {
                 l2,
             ),
         ];
-        send(&tx, &sockets).unwrap();
+        send(&tx, &sockets, &["vip1".to_string()]).unwrap();
         drop(sockets); // the receiver's copies keep them open
-        let dir = std::env::temp_dir().join(format!("rampart-handoff-test-{}", std::process::id()));
-        let _ = dir; // (receive() connects by path; exercise the message path directly)
-        let mut data = vec![0u8; 4096];
-        let mut space = vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
-        let mut control = RecvAncillaryBuffer::new(&mut space);
-        let mut iov = [IoSliceMut::new(&mut data)];
-        let msg =
-            rustix::net::recvmsg(&rx, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC).unwrap();
-        let mut fds = Vec::new();
-        for m in control.drain() {
-            if let RecvAncillaryMessage::ScmRights(it) = m {
-                fds.extend(it);
-            }
-        }
-        let infos: Vec<FdInfo> = serde_json::from_slice(&data[..msg.bytes]).unwrap();
-        assert_eq!(infos.len(), 2);
-        assert_eq!(fds.len(), 2);
-        let web = std::net::TcpListener::from(fds.remove(0));
-        assert_eq!(web.local_addr().unwrap(), a1);
+        let mut got = receive_on(rx).unwrap();
+        assert_eq!(got.vrrp_masters, ["vip1"]);
+        assert_eq!(got.sockets.len(), 2);
+        let web = got.take_listener("web", a1);
+        assert_eq!(web.len(), 1);
+        assert_eq!(web[0].local_addr().unwrap(), a1);
         let _c = std::net::TcpStream::connect(a1).unwrap();
-        assert!(web.accept().is_ok());
-        assert!(infos[1].admin);
+        web[0].set_nonblocking(false).unwrap();
+        assert!(web[0].accept().is_ok());
+        assert!(got.take_admin(a2).is_some());
+    }
+
+    #[test]
+    fn a_previous_version_s_bare_list_is_still_understood() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = l.local_addr().unwrap();
+        let (tx, rx) = UnixStream::pair().unwrap();
+        let infos = vec![FdInfo {
+            name: "web".into(),
+            address: a,
+            admin: false,
+        }];
+        let data = serde_json::to_vec(&infos).unwrap();
+        let fds = [l.as_fd()];
+        let mut space = vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
+        rustix::net::sendmsg(
+            &tx,
+            &[IoSlice::new(&data)],
+            &mut control,
+            SendFlags::empty(),
+        )
+        .unwrap();
+        let got = receive_on(rx).unwrap();
+        assert!(got.vrrp_masters.is_empty());
+        assert_eq!(got.sockets.len(), 1);
     }
 }

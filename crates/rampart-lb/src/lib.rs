@@ -472,7 +472,8 @@ pub fn run(config: LbConfig, opts: RunOptions) -> Result<(), LbError> {
         let vrrp_rt = if config.vrrp.is_empty() {
             None
         } else {
-            let v = vrrp::start(&shared, &config.vrrp).map_err(LbError::Vrrp)?;
+            let v = vrrp::start(&shared, &config.vrrp, &inherited.vrrp_masters)
+                .map_err(LbError::Vrrp)?;
             if let Ok(mut views) = shared.vrrp.lock() {
                 *views = v.views.clone();
             }
@@ -513,8 +514,14 @@ pub fn run(config: LbConfig, opts: RunOptions) -> Result<(), LbError> {
             }
         }
         // Make before break: a master hands its virtual IPs over (and keeps serving
-        // meanwhile) before the listeners stop accepting.
+        // meanwhile) before the listeners stop accepting. After a binary upgrade the new
+        // process runs the routers already: this one stops them without a word.
+        let upgraded = shared.upgrading.load(Ordering::Acquire) && shared.stop.is_cancelled();
         let release = match vrrp_rt {
+            Some(v) if upgraded => {
+                v.detach().await;
+                None
+            }
             Some(v) => Some(v.stop().await),
             None => None,
         };
@@ -553,7 +560,12 @@ pub(crate) async fn upgrade(shared: &Arc<Shared>) -> Result<u32, String> {
         return Err("an upgrade is already in progress".into());
     }
     let sockets = shared.sockets_for_upgrade();
-    let r = tokio::task::spawn_blocking(move || handoff::upgrade(sockets))
+    let masters = shared
+        .vrrp
+        .lock()
+        .map(|v| vrrp::Vrrp::masters(&v))
+        .unwrap_or_default();
+    let r = tokio::task::spawn_blocking(move || handoff::upgrade(sockets, masters))
         .await
         .map_err(|e| e.to_string())
         .and_then(|r| r);

@@ -127,11 +127,27 @@ impl RouterView {
 /// The running virtual routers of this process.
 pub(crate) struct Vrrp {
     pub views: Vec<Arc<RouterView>>,
-    stop: watch::Sender<bool>,
+    stop: watch::Sender<Stop>,
     done: Vec<tokio::task::JoinHandle<Option<Held>>>,
-    /// The write end of the guard's stdin: it closes when this process dies.
-    _guard: Option<std::process::ChildStdin>,
+    /// The write ends of the guards' stdin: they close when this process dies.
+    guards: Vec<std::process::ChildStdin>,
 }
+
+/// How the routers are told to stop.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Stop {
+    Run,
+    /// A clean stop: masters hand over (priority 0) and keep the addresses until
+    /// [`Release::apply`].
+    Shutdown,
+    /// A binary upgrade: the new process runs the same routers, masters included
+    /// ([`Router::resume_master`]); these stop without a word and leave the addresses.
+    Detach,
+}
+
+/// What a guard is told on its stdin when the balancer hands its addresses to the next
+/// process of a binary upgrade: leave them on the interface when this one is gone.
+const GUARD_HANDED_OVER: u8 = b'K';
 
 /// A balancer that dies without stopping (SIGKILL, a crash, the OOM killer) would leave
 /// its virtual IPs on the interface: the host would go on answering ARP for them and
@@ -140,7 +156,7 @@ pub(crate) struct Vrrp {
 /// balancer's group spares it) holding the read end of a pipe whose write end only the
 /// balancer has. When the balancer is gone the kernel closes the pipe; the guard reads
 /// the end of file, removes the addresses (netlink) and exits.
-fn spawn_guard(instances: &[VrrpInstance]) -> Result<Option<std::process::ChildStdin>, String> {
+fn spawn_guard(instances: &[VrrpInstance]) -> Result<Vec<std::process::ChildStdin>, String> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
     let mut by_iface: Vec<(String, Vec<String>)> = Vec::new();
@@ -151,9 +167,8 @@ fn spawn_guard(instances: &[VrrpInstance]) -> Result<Option<std::process::ChildS
             None => by_iface.push((i.interface.clone(), addrs.collect())),
         }
     }
-    // One guard per interface would need one pipe each; a balancer's routers are on one
-    // interface almost always, so one guard takes the first and the rest get their own.
-    let mut first = None;
+    // One guard (and one pipe) per interface.
+    let mut guards = Vec::new();
     for (iface, addrs) in by_iface {
         let mut cmd = std::process::Command::new(&exe);
         cmd.args(["lb", "vip-guard", "--interface", &iface]);
@@ -166,20 +181,16 @@ fn spawn_guard(instances: &[VrrpInstance]) -> Result<Option<std::process::ChildS
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot start the virtual IP guard: {e}"))?;
-        let stdin = child.stdin.take();
+        guards.extend(child.stdin.take());
         // Reaped by nobody until we exit; it exits only after we do.
         std::mem::forget(child);
-        if first.is_none() {
-            first = stdin;
-        } else if let Some(s) = stdin {
-            std::mem::forget(s);
-        }
     }
-    Ok(first)
+    Ok(guards)
 }
 
 /// `rampart lb vip-guard`: block until stdin ends (the balancer died), then remove
-/// `addresses` from `interface`.
+/// `addresses` from `interface`, unless the balancer said it handed them to its
+/// successor (a binary upgrade, [`GUARD_HANDED_OVER`]), whose own guard watches them now.
 pub fn guard_main(interface: &str, addresses: &[String]) -> Result<(), String> {
     use std::io::Read;
     let iface = Interface::lookup(interface).map_err(|e| e.to_string())?;
@@ -189,13 +200,23 @@ pub fn guard_main(interface: &str, addresses: &[String]) -> Result<(), String> {
         .collect::<Result<_, _>>()?;
     let mut buf = [0u8; 64];
     let mut stdin = std::io::stdin();
+    let mut handed_over = false;
     loop {
         match stdin.read(&mut buf) {
             Ok(0) => break,
-            Ok(_) => continue,
+            Ok(n) => {
+                handed_over |= buf[..n].contains(&GUARD_HANDED_OVER);
+                continue;
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) => break,
         }
+    }
+    if handed_over {
+        eprintln!(
+            "rampart lb vip-guard: the balancer handed its addresses to its successor: leaving them on {interface}"
+        );
+        return Ok(());
     }
     for v in vips {
         if addr::present(interface, v.ip) {
@@ -318,8 +339,14 @@ fn router_config(i: &VrrpInstance, primary: IpAddr) -> RouterConfig {
 }
 
 /// Open every virtual router's sockets and start them (inside the control runtime).
-pub(crate) fn start(shared: &Arc<Shared>, instances: &[VrrpInstance]) -> Result<Vrrp, String> {
-    let (stop, _) = watch::channel(false);
+/// `inherited_masters`: the routers (by name) the previous process of a binary upgrade
+/// was master of; they start as master ([`Router::resume_master`]).
+pub(crate) fn start(
+    shared: &Arc<Shared>,
+    instances: &[VrrpInstance],
+    inherited_masters: &[String],
+) -> Result<Vrrp, String> {
+    let (stop, _) = watch::channel(Stop::Run);
     let mut views = Vec::new();
     let mut hosts = Vec::new();
     for i in instances {
@@ -328,12 +355,13 @@ pub(crate) fn start(shared: &Arc<Shared>, instances: &[VrrpInstance]) -> Result<
             .map_err(|e| format!("virtual router {}: {e}", i.name))?;
         hosts.push((i.clone(), host, router));
     }
-    let guard = spawn_guard(instances)?;
+    let guards = spawn_guard(instances)?;
     let mut done = Vec::new();
     for (i, host, router) in hosts {
         let view = Arc::new(RouterView::new(&i));
         views.push(view.clone());
         let task = RouterTask {
+            inherited: inherited_masters.contains(&i.name),
             inst: i,
             host,
             router,
@@ -349,7 +377,7 @@ pub(crate) fn start(shared: &Arc<Shared>, instances: &[VrrpInstance]) -> Result<
         views,
         stop,
         done,
-        _guard: guard,
+        guards,
     })
 }
 
@@ -382,7 +410,7 @@ impl Vrrp {
     /// Stop every router: masters hand over first (bounded by 3 adverts + 1 s each) and
     /// keep their addresses until [`Release::apply`].
     pub async fn stop(self) -> Release {
-        let _ = self.stop.send(true);
+        let _ = self.stop.send(Stop::Shutdown);
         let mut out = Vec::new();
         for t in self.done {
             if let Ok(Some(r)) = t.await {
@@ -391,9 +419,38 @@ impl Vrrp {
         }
         Release(out)
     }
+
+    /// The routers this process is master of, by name (handed to the next process of a
+    /// binary upgrade).
+    pub fn masters(views: &[Arc<RouterView>]) -> Vec<String> {
+        views
+            .iter()
+            .filter(|v| v.state_code() == state_code(State::Master))
+            .map(|v| v.name.clone())
+            .collect()
+    }
+
+    /// A binary upgrade took over: the new process runs these routers now (masters as
+    /// masters). Stop without an advert or a change of address, and tell the guards to
+    /// leave the addresses when this process is gone.
+    pub async fn detach(mut self) {
+        use std::io::Write;
+        for g in &mut self.guards {
+            if let Err(e) = g.write_all(&[GUARD_HANDED_OVER]) {
+                tracing::warn!(error = %e, "cannot tell the virtual IP guard about the hand-over");
+            }
+        }
+        let _ = self.stop.send(Stop::Detach);
+        for t in std::mem::take(&mut self.done) {
+            let _ = t.await;
+        }
+        tracing::info!("virtual routers handed to the new process");
+    }
 }
 
 struct RouterTask {
+    /// The previous process (a binary upgrade) was master of this router.
+    inherited: bool,
     inst: VrrpInstance,
     host: Host,
     router: Router,
@@ -408,7 +465,7 @@ struct RouterTask {
 
 impl RouterTask {
     /// Runs until stopped; returns the addresses still to remove after a hand-over.
-    async fn run(mut self, stop: watch::Receiver<bool>) -> Option<Held> {
+    async fn run(mut self, stop: watch::Receiver<Stop>) -> Option<Held> {
         self.serve(stop).await;
         self.deferred.then(|| {
             (
@@ -419,12 +476,17 @@ impl RouterTask {
         })
     }
 
-    async fn serve(&mut self, mut stop: watch::Receiver<bool>) {
-        // A balancer that crashed as master may have left the addresses behind: a backup
-        // must not hold them (keepalived removes them at start as well).
-        self.remove_addresses();
+    async fn serve(&mut self, mut stop: watch::Receiver<Stop>) {
+        let acts = if self.inherited {
+            tracing::info!(router = %self.inst.name, "VRRP: carrying on as master after the binary upgrade");
+            self.router.resume_master(Instant::now())
+        } else {
+            // A balancer that crashed as master may have left the addresses behind: a
+            // backup must not hold them (keepalived removes them at start as well).
+            self.remove_addresses();
+            self.router.start(Instant::now())
+        };
         let mut stopping = false;
-        let acts = self.router.start(Instant::now());
         if self.apply(acts).await {
             return;
         }
@@ -465,12 +527,16 @@ impl RouterTask {
                     acts
                 }
                 r = stop.changed(), if !stopping => {
-                    stopping = true;
-                    self.stopping = true;
-                    if r.is_err() || *stop.borrow() {
-                        self.router.shutdown(Instant::now())
-                    } else {
-                        continue;
+                    let how = if r.is_err() { Stop::Shutdown } else { *stop.borrow() };
+                    match how {
+                        Stop::Run => continue,
+                        // Not a word, no address touched: the new process carries on.
+                        Stop::Detach => return,
+                        Stop::Shutdown => {
+                            stopping = true;
+                            self.stopping = true;
+                            self.router.shutdown(Instant::now())
+                        }
                     }
                 }
             };

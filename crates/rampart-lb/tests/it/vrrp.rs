@@ -245,9 +245,25 @@ impl Stack {
     fn start_lb(&mut self, n: usize) {
         let name = format!("lb{n}");
         let mut cmd = self.lab.command(&name, rampart_bin());
-        cmd.args(["lb", "--config"]).arg(&self.configs[n - 1]);
+        cmd.args(["lb", "--config"])
+            .arg(&self.configs[n - 1])
+            .arg("--pid-file")
+            .arg(self.pid_file(n));
         let log = self.dir.path().join(format!("{name}.log"));
         self.lbs[n - 1] = Some(Proc::spawn(&name, cmd, &log));
+    }
+
+    fn pid_file(&self, n: usize) -> std::path::PathBuf {
+        self.dir.path().join(format!("lb{n}.pid"))
+    }
+
+    /// The pid balancer `n`'s pid file names (after a binary upgrade: the new process).
+    fn pid_in_file(&self, n: usize) -> Option<i32> {
+        std::fs::read_to_string(self.pid_file(n))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     fn lb(&mut self, n: usize) -> &mut Proc {
@@ -289,6 +305,13 @@ fn add_v6(lab: &Lab, name: &str, addr: &str) {
 impl Drop for Stack {
     fn drop(&mut self) {
         self.web_stop.store(true, Ordering::Relaxed);
+        // A process started by a binary upgrade is not a Proc: its pid file names it.
+        for n in 1..=self.lbs.len() {
+            let tracked = self.lbs[n - 1].as_ref().map(|p| p.pid() as i32);
+            if let Some(pid) = self.pid_in_file(n).filter(|p| Some(*p) != tracked) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
         for p in self.lbs.iter_mut().flatten() {
             p.kill();
         }
@@ -428,6 +451,84 @@ fn a_clean_stop_hands_the_virtual_ip_over_before_letting_go() {
     assert!(
         failed <= 1,
         "{failed} of {probes} probes failed (gap {gap:?}):\n{}",
+        s.logs()
+    );
+}
+
+#[test]
+fn a_binary_upgrade_of_the_master_keeps_the_virtual_ip_where_it_is() {
+    let mut s = pair("vu", true);
+    assert!(
+        s.wait_sole_holder(1, VIP, Duration::from_secs(5)),
+        "{}",
+        s.logs()
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || s
+            .log(2)
+            .contains("to=\"backup\"")),
+        "{}",
+        s.logs()
+    );
+    let probe = Probe::start(&s.lab, VIP);
+    assert!(
+        wait_until(Duration::from_secs(5), || probe.ok_count() >= 20),
+        "{}",
+        s.logs()
+    );
+    let old = s.lb(1).pid() as i32;
+    s.lb(1).signal(Signal::SIGUSR2);
+    assert!(
+        wait_until(Duration::from_secs(15), || s
+            .pid_in_file(1)
+            .is_some_and(|p| p != old)),
+        "no new process:\n{}",
+        s.log(1)
+    );
+    assert_eq!(
+        s.lb(1).wait_exit(Duration::from_secs(10)),
+        Ok(Some(0)),
+        "the old process did not stop:\n{}",
+        s.log(1)
+    );
+    let seen = probe.ok_count();
+    assert!(
+        wait_until(Duration::from_secs(5), || probe.ok_count() >= seen + 30),
+        "{}",
+        s.logs()
+    );
+    let (probes, failed, gap) = probe.finish();
+    eprintln!("upgrade: {probes} probes, {failed} failed, longest gap {gap:?}");
+    // The peers saw no change: lb2 never became master, and lb1's host kept the address
+    // (the old process's guard left it to the new one's).
+    assert!(
+        !s.log(2).contains("to=\"master\""),
+        "the upgrade moved the virtual IP to lb2:\n{}",
+        s.logs()
+    );
+    assert!(
+        holds(&s.lab, "lb1", VIP) && !holds(&s.lab, "lb2", VIP),
+        "{}",
+        s.logs()
+    );
+    assert!(
+        s.log(1).contains("cause=\"inherited\""),
+        "the new process did not carry on as master:\n{}",
+        s.log(1)
+    );
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {probes} probes failed:\n{}",
+        s.logs()
+    );
+    // The new process is a master like any: SIGKILL it and lb2 takes over, its guard
+    // taking the address off lb1's host.
+    let new = s.pid_in_file(1).expect("the new pid");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(new), Signal::SIGKILL).expect("kill");
+    assert!(
+        s.wait_sole_holder(2, VIP, Duration::from_secs(5)),
+        "after the new process died:\n{}",
         s.logs()
     );
 }

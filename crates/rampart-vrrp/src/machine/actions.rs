@@ -66,6 +66,9 @@ pub enum Cause {
     Fault,
     /// `set_fault(false)`.
     FaultCleared,
+    /// `resume_master`: the previous process of this balancer (a binary upgrade) was
+    /// master and handed the mastership over with the addresses in place.
+    Inherited,
 }
 
 impl Cause {
@@ -82,6 +85,7 @@ impl Cause {
             Cause::StopTimedOut => "stop-timed-out",
             Cause::Fault => "fault",
             Cause::FaultCleared => "fault-cleared",
+            Cause::Inherited => "inherited",
         }
     }
 }

@@ -209,6 +209,26 @@ impl Router {
         out
     }
 
+    /// Start as master, with no backup phase: the previous process of this balancer (a
+    /// binary upgrade) was master, the addresses are still on the interface, and the
+    /// peers must see no change (a normal `start` would go through Backup, and with
+    /// preemption the address would travel to a peer and back). Adverts carry on at once;
+    /// the addresses are added again (a no-op when present) and announced. A router that
+    /// has started already is left as it is.
+    pub fn resume_master(&mut self, now: Instant) -> Actions {
+        let mut out = Actions::new();
+        if self.state != State::Init {
+            return out;
+        }
+        self.master_seen = None;
+        if self.fault {
+            self.enter(State::Fault, Cause::Fault, &mut out);
+        } else {
+            self.become_master(now, Cause::Inherited, &mut out);
+        }
+        out
+    }
+
     /// A valid advertisement (decoded, TTL checked) from `from`, the source address of its
     /// IP header. Ignored: another VRID, the other address family, an interval of 0 or
     /// above 4095 cs, and `from` equal to our primary (the loopback of our own multicast;

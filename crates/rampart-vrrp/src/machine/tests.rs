@@ -150,6 +150,31 @@ fn address_owner_starts_as_master() {
 }
 
 #[test]
+fn an_inherited_mastership_skips_the_backup_phase_and_then_behaves_as_any_master() {
+    let t0 = Instant::now();
+    let mut r = Router::new(cfg(100)).unwrap();
+    assert_eq!(
+        r.resume_master(t0),
+        [
+            tr(State::Init, State::Master, Cause::Inherited),
+            AddAddresses,
+            Announce,
+            SendAdvert { priority: 100 },
+        ]
+    );
+    assert_eq!(r.state(), State::Master);
+    // Only once: a started router is left alone, by either start.
+    assert!(r.resume_master(t0 + ms(5)).is_empty());
+    assert!(r.start(t0 + ms(5)).is_empty());
+    // A higher priority on the link still deposes it, as it would any master.
+    let acts = r.on_advert(t0 + ms(20), ip(20), &ad(200));
+    assert_eq!(
+        acts.as_slice()[0],
+        tr(State::Master, State::Backup, Cause::HigherPriorityMaster)
+    );
+}
+
+#[test]
 fn down_timer_expiry_takes_over_and_repeats_the_announcement() {
     let t0 = Instant::now();
     let mut r = backup(cfg(100), t0);
