@@ -646,6 +646,10 @@ impl RouterTask {
     /// Carry out the state machine's actions; true once the router has stopped.
     async fn apply(&mut self, acts: Actions) -> bool {
         let mut stopped = false;
+        // This batch gives mastership up to a higher-priority master (a healed partition,
+        // a preempting peer): that master announces itself, but a connection accepted
+        // here a moment ago still needs the address to answer from.
+        let mut yielded = false;
         for a in acts.as_slice() {
             match *a {
                 Action::SendAdvert { priority } => self.send(priority).await,
@@ -657,6 +661,7 @@ impl RouterTask {
                     }
                 }
                 Action::RemoveAddresses if self.stopping => self.deferred = true,
+                Action::RemoveAddresses if yielded => self.remove_addresses_later(),
                 Action::RemoveAddresses => self.remove_addresses(),
                 Action::Announce => {
                     for v in &self.host.vips {
@@ -675,6 +680,7 @@ impl RouterTask {
                     }
                 }
                 Action::Transition { from, to, cause } => {
+                    yielded = from == State::Master && to == State::Backup;
                     self.view.state.store(state_code(to), Ordering::Relaxed);
                     self.view.transitions.fetch_add(1, Ordering::Relaxed);
                     self.view
@@ -702,6 +708,29 @@ impl RouterTask {
             d.master = self.router.master_seen();
         }
         stopped
+    }
+
+    /// Remove the addresses after [`HANDOVER_LINGER`], unless this router is master (or
+    /// handing over) again by then.
+    fn remove_addresses_later(&self) {
+        let (view, index, vips) = (
+            self.view.clone(),
+            self.host.iface.index,
+            self.host.vips.clone(),
+        );
+        let name = self.inst.name.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(HANDOVER_LINGER).await;
+            let code = view.state_code();
+            if code == state_code(State::Master) || code == state_code(State::Stopping) {
+                return;
+            }
+            for v in vips {
+                if let Err(e) = addr::remove(index, v) {
+                    tracing::error!(router = %name, address = %v, error = %e, "cannot remove the virtual address");
+                }
+            }
+        });
     }
 
     fn remove_addresses(&self) {
