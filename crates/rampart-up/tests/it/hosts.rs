@@ -225,6 +225,21 @@ fn the_stack_on_separate_hosts_serves_through_virtual_ips_behind_each_hosts_fire
         "web1 does not reach db1's PostgreSQL"
     );
 
+    // The monitor, in a host of its own, scrapes every node across the bridge and
+    // through each node's firewall: every target up.
+    let mon = t.monitor.as_ref().expect("a monitor").listen;
+    let mut targets = Value::Null;
+    let all_up = wait_until(Duration::from_secs(30), || {
+        targets = rampart_testkit::http_get(mon, "/api/targets")
+            .ok()
+            .and_then(|r| serde_json::from_str(&r.text()).ok())
+            .unwrap_or(Value::Null);
+        targets["targets"]
+            .as_array()
+            .is_some_and(|a| a.len() >= 10 && a.iter().all(|t| t["up"] == true))
+    });
+    assert!(all_up, "the monitor does not scrape every node: {targets:#}");
+
     // status: each balancer masters one virtual IP and backs up the other.
     let out = rampart(&[
         "status",
