@@ -3,7 +3,12 @@
 //! listener's per-worker sockets and the admin socket) over a unix socket with
 //! `SCM_RIGHTS`; once the new process accepts on them it says "ready" and the old one
 //! stops accepting and drains (the sockets stay open in the new process, so no queued
-//! connection is lost). If the new process fails, the old one keeps serving.
+//! connection is lost). If the new process fails, the old one keeps serving, and a new
+//! process that never reports ready is killed, not left beside it.
+//!
+//! The rendezvous socket lives in a directory of its own that only this user can enter
+//! (mode 0700, a random name), and the old process hands the sockets over only to the
+//! process it started: the peer's pid (`SO_PEERCRED`) must be its child's.
 //!
 //! File descriptors travel through rustix's safe `sendmsg`/`recvmsg`, which hand out
 //! `OwnedFd`s: no `unsafe` here.
@@ -191,16 +196,19 @@ pub fn upgrade(
     vrrp_masters: Vec<String>,
 ) -> Result<u32, String> {
     let exe = std::env::current_exe().map_err(|e| format!("find the current executable: {e}"))?;
-    let path = std::env::temp_dir().join(format!("rampart-lb-upgrade-{}.sock", std::process::id()));
-    let _ = std::fs::remove_file(&path);
+    let exe = installed_path(exe);
+    let dir = private_dir()?;
+    let _cleanup = RemoveOnDrop(dir.clone());
+    let path = dir.join("handoff.sock");
     let listener = std::os::unix::net::UnixListener::bind(&path)
         .map_err(|e| format!("bind {}: {e}", path.display()))?;
-    let _cleanup = RemoveOnDrop(path.clone());
-    let mut child = std::process::Command::new(&exe)
+    let child = std::process::Command::new(&exe)
         .args(std::env::args_os().skip(1))
         .env(HANDOFF_ENV, &path)
         .spawn()
         .map_err(|e| format!("start {}: {e}", exe.display()))?;
+    // From here on, a failure kills the new process: it never runs beside this one.
+    let mut child = KillOnDrop(Some(child));
     let pid = child.id();
     tracing::info!(pid, exe = %exe.display(), "upgrade: started the new process");
     // Wait for it to connect (or die).
@@ -210,7 +218,19 @@ pub fn upgrade(
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let stream = loop {
         match listener.accept() {
-            Ok((s, _)) => break s,
+            Ok((s, _)) => match rustix::net::sockopt::socket_peercred(&s) {
+                Ok(cred) if cred.pid.as_raw_nonzero().get() as u32 == pid => break s,
+                Ok(cred) => {
+                    tracing::warn!(
+                        peer_pid = cred.pid.as_raw_nonzero().get(),
+                        expected = pid,
+                        "upgrade: refused a connection to the hand-over socket from another process"
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "upgrade: cannot read the peer of the hand-over socket")
+                }
+            },
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 if let Ok(Some(status)) = child.try_wait() {
                     return Err(format!(
@@ -218,8 +238,7 @@ pub fn upgrade(
                     ));
                 }
                 if std::time::Instant::now() > deadline {
-                    let _ = child.kill();
-                    return Err("the new process did not connect within 20 s".into());
+                    return Err("the new process did not connect within 20 s: killed it".into());
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -242,9 +261,11 @@ pub fn upgrade(
                 "upgrade: the new process accepts; this one stops accepting and drains"
             );
             // Reap it later, never leave a zombie behind if we outlive it.
-            std::thread::spawn(move || {
-                let _ = child.wait();
-            });
+            if let Some(mut c) = child.0.take() {
+                std::thread::spawn(move || {
+                    let _ = c.wait();
+                });
+            }
             Ok(pid)
         }
         _ => {
@@ -253,16 +274,78 @@ pub fn upgrade(
                 "the new process (pid {pid}) did not report ready{}",
                 status
                     .map(|s| format!("; it exited ({s})"))
-                    .unwrap_or_default()
+                    .unwrap_or_else(|| "; killed it".into())
             ))
         }
     }
 }
 
+/// The path of the binary on disk. Installing a new binary replaces the file (a new
+/// inode at the same path: `install`, `cp` to a temporary name then `mv`, package
+/// managers), and the kernel then names the running one `PATH (deleted)`: the upgrade
+/// is meant for the file now at `PATH`.
+fn installed_path(exe: PathBuf) -> PathBuf {
+    let text = exe.to_string_lossy();
+    match text.strip_suffix(" (deleted)") {
+        Some(p) if !exe.exists() => PathBuf::from(p),
+        _ => exe,
+    }
+}
+
+/// A new directory only this user can enter, for the rendezvous socket: under
+/// `$XDG_RUNTIME_DIR` when set, else the temporary directory, with a random name (so
+/// no other user can plant a socket or a link at a path we would use).
+fn private_dir() -> Result<PathBuf, String> {
+    use std::os::unix::fs::DirBuilderExt;
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_dir())
+        .unwrap_or_else(std::env::temp_dir);
+    for _ in 0..8 {
+        let dir = base.join(format!(
+            "rampart-lb-upgrade-{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(format!("create {}: {e}", dir.display())),
+        }
+    }
+    Err(format!("no free directory name under {}", base.display()))
+}
+
+/// Removes the rendezvous directory and its socket.
 struct RemoveOnDrop(PathBuf);
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The new process until it reported ready: killed (and reaped) if the upgrade fails.
+struct KillOnDrop(Option<std::process::Child>);
+impl KillOnDrop {
+    fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, |c| c.id())
+    }
+    fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        match self.0.as_mut() {
+            Some(c) => c.try_wait(),
+            None => Ok(None),
+        }
+    }
+}
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            if let Ok(None) = c.try_wait() {
+                tracing::warn!(pid = c.id(), "upgrade failed: killing the new process");
+                let _ = c.kill();
+            }
+            let _ = c.wait();
+        }
     }
 }
 
@@ -307,6 +390,26 @@ mod tests {
         web[0].set_nonblocking(false).unwrap();
         assert!(web[0].accept().is_ok());
         assert!(got.take_admin(a2).is_some());
+    }
+
+    #[test]
+    fn a_replaced_binary_is_found_at_its_path() {
+        let dir = std::env::temp_dir();
+        assert_eq!(
+            installed_path(dir.join("rampart (deleted)")),
+            dir.join("rampart")
+        );
+        assert_eq!(installed_path(dir.join("rampart")), dir.join("rampart"));
+    }
+
+    #[test]
+    fn the_rendezvous_directory_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = private_dir().unwrap();
+        let mode = std::fs::metadata(&d).unwrap().permissions().mode();
+        let _cleanup = RemoveOnDrop(d.clone());
+        assert_eq!(mode & 0o777, 0o700);
+        assert_ne!(private_dir().unwrap(), d, "a fresh name each time");
     }
 
     #[test]

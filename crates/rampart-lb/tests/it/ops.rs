@@ -39,6 +39,11 @@ impl Drop for OpsLb {
 impl OpsLb {
     /// `body` has `{LISTEN}` and `{ADMIN}` replaced; `env` goes to the process.
     async fn start(body: &str, env: &[(&str, &str)]) -> OpsLb {
+        OpsLb::start_from(&rampart_bin(), body, env).await
+    }
+
+    /// [`OpsLb::start`] with the balancer run from `bin`.
+    async fn start_from(bin: &std::path::Path, body: &str, env: &[(&str, &str)]) -> OpsLb {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let dir = TempDir::new().unwrap();
@@ -55,7 +60,7 @@ impl OpsLb {
             dir,
         };
         lb.write(body);
-        let mut cmd = Command::new(rampart_bin());
+        let mut cmd = Command::new(bin);
         cmd.arg("lb")
             .arg("--config")
             .arg(&lb.config)
@@ -740,6 +745,75 @@ fn gone(pid: u32) -> bool {
         Err(_) => true,
         Ok(s) => s.contains(") Z"),
     }
+}
+
+/// Install `content` at `path` as package managers do: a new file renamed over the old.
+fn install(path: &std::path::Path, content: &[u8]) {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, content).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_finds_the_installed_binary_and_kills_one_that_never_reports_ready() {
+    let a = Backend::start("a").await;
+    let bin_dir = TempDir::new().unwrap();
+    let bin = bin_dir.path().join("rampart");
+    std::fs::copy(rampart_bin(), &bin).unwrap();
+    let lb = OpsLb::start_from(&bin, &config(&servers(&[(&a, 1)]), ""), &[]).await;
+    let old = lb.proc.pid();
+
+    // A "new binary" that never takes the sockets: the upgrade gives up, kills it, and
+    // the running process keeps serving.
+    install(&bin, b"#!/bin/sh\nexec sleep 300\n");
+    let (ok, out) = lb.cli(&["upgrade", "--admin", "{ADMIN}"]).await;
+    assert!(
+        !ok,
+        "an upgrade to a program that never connects succeeded: {out}"
+    );
+    let log = lb.proc.log_text();
+    let started: u32 = log
+        .lines()
+        .filter(|l| l.contains("upgrade: started the new process"))
+        .filter_map(|l| l.split("pid=").nth(1))
+        .filter_map(|p| p.split_whitespace().next()?.parse().ok())
+        .last()
+        .unwrap_or_else(|| {
+            panic!("no new process was started (the replaced binary's path?):\n{log}")
+        });
+    assert!(
+        gone(started),
+        "the new process {started} is left running:\n{log}"
+    );
+    let addr = lb.addr;
+    let serves = move || http_request(addr, "GET", "/", &[], b"").is_ok_and(|r| r.status == 200);
+    assert!(
+        tokio::task::spawn_blocking(serves).await.unwrap(),
+        "the old process stopped serving"
+    );
+
+    // The real binary installed the same way: the upgrade runs it, from the path (the
+    // running process's own file shows as "(deleted)").
+    let fresh = std::fs::read(rampart_bin()).unwrap();
+    install(&bin, &fresh);
+    let (ok, out) = lb.cli(&["upgrade", "--admin", "{ADMIN}"]).await;
+    assert!(ok, "{out}\n{}", lb.proc.log_text());
+    let pid_file = lb.pid_file();
+    assert!(
+        wait_for(
+            || pid_in(&pid_file).is_some_and(|p| p != old),
+            Duration::from_secs(15)
+        )
+        .await,
+        "{}",
+        lb.proc.log_text()
+    );
+    assert!(
+        tokio::task::spawn_blocking(serves).await.unwrap(),
+        "the new process does not serve"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
