@@ -779,7 +779,7 @@ async fn an_upgrade_finds_the_installed_binary_and_kills_one_that_never_reports_
         .filter(|l| l.contains("upgrade: started the new process"))
         .filter_map(|l| l.split("pid=").nth(1))
         .filter_map(|p| p.split_whitespace().next()?.parse().ok())
-        .last()
+        .next_back()
         .unwrap_or_else(|| {
             panic!("no new process was started (the replaced binary's path?):\n{log}")
         });
