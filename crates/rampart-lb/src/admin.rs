@@ -98,6 +98,11 @@ pub fn spawn(l: std::net::TcpListener, access: Access, shared: Arc<Shared>) -> R
             axum::routing::delete(remove_server),
         )
         .route("/api/pools/{pool}/servers/{server}/state", post(set_state))
+        .route("/api/firewall", get(firewall_state))
+        .route(
+            "/api/firewall/blocks",
+            post(block_network).delete(unblock_network),
+        )
         .route(
             "/api/pools/{pool}/servers/{server}/weight",
             post(set_weight),
@@ -178,6 +183,47 @@ fn control_error(e: ControlError) -> Response {
 
 fn ok() -> Response {
     Json(json!({ "ok": true })).into_response()
+}
+
+/// `GET /api/firewall`: the run-time blocks and each listener's firewall with its refusals.
+async fn firewall_state() -> Json<Value> {
+    let blocks: Vec<String> = crate::firewall::blocks()
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    let listeners: Vec<Value> = crate::firewall::all().iter().map(|f| f.json()).collect();
+    Json(json!({ "blocks": blocks, "listeners": listeners }))
+}
+
+#[derive(Deserialize)]
+struct BlockBody {
+    /// An address or a network: `203.0.113.7`, `203.0.113.0/24`, `2001:db8::/32`.
+    network: String,
+}
+
+/// `POST /api/firewall/blocks {"network": "..."}`: refuse its new connections on every
+/// listener from now on (until removed or the process ends; reloads keep it).
+async fn block_network(Json(b): Json<BlockBody>) -> Response {
+    match b.network.parse::<rampart_topology::lb::Cidr>() {
+        Ok(net) => {
+            let added = crate::firewall::block(net);
+            tracing::warn!(network = %net, added, "firewall: blocked through the admin API");
+            Json(json!({ "ok": true, "network": net.to_string(), "added": added })).into_response()
+        }
+        Err(e) => control_error(ControlError::Invalid(e)),
+    }
+}
+
+/// `DELETE /api/firewall/blocks {"network": "..."}`: lift a block.
+async fn unblock_network(Json(b): Json<BlockBody>) -> Response {
+    match b.network.parse::<rampart_topology::lb::Cidr>() {
+        Ok(net) if crate::firewall::unblock(net) => {
+            tracing::info!(network = %net, "firewall: block lifted through the admin API");
+            Json(json!({ "ok": true, "network": net.to_string() })).into_response()
+        }
+        Ok(net) => control_error(ControlError::NotFound(format!("no block of {net}"))),
+        Err(e) => control_error(ControlError::Invalid(e)),
+    }
 }
 
 #[derive(Deserialize)]
@@ -437,6 +483,7 @@ pub(crate) fn state(shared: &Shared) -> Value {
                 "connections_total": l.stats.conns_total.load(Ordering::Relaxed),
                 "max_connections": rt.cfg.max_connections,
                 "counters": counters(&l.stats.counters.snapshot()),
+                "firewall": rt.firewall.as_ref().map(|f| f.json()),
             })
         })
         .collect();

@@ -431,6 +431,13 @@ async fn exchange<T: ClientStream>(
                         return Next::Close;
                     }
                     Parsed::Complete(r) => break r,
+                    Parsed::Refused(r) => {
+                        // Closed after the answer: a body the client may send is never read.
+                        let h = r.header.as_ref().map(|(n, v)| (*n, v.as_str()));
+                        let _ = send_error_with(io, ctx, r.status, r.message, true, false, h).await;
+                        ctx.listener.stats.counters.response(r.status, 0);
+                        return Next::Close;
+                    }
                 }
             }
         }
@@ -498,6 +505,8 @@ enum Parsed {
     Complete(ReqInfo),
     Hyper,
     Bad(u16),
+    /// The listener's firewall refuses the request.
+    Refused(crate::firewall::Refusal),
 }
 
 /// A header name's meaning to the proxy.
@@ -754,6 +763,16 @@ fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Parsed {
             Some(n) => Framing::Length(n),
         }
     };
+    if let Some(fw) = ctx.listener.firewall.as_deref() {
+        if fw.checks_requests() {
+            let declared = if chunked { None } else { length };
+            if let Err(r) =
+                fw.check_request(ctx.peer.ip(), method, declared, std::time::Instant::now())
+            {
+                return Parsed::Refused(r);
+            }
+        }
+    }
     // The request line, origin-form.
     out.clear();
     out.extend_from_slice(method.as_bytes());
@@ -1323,6 +1342,19 @@ async fn send_error<T: ClientStream>(
     close: bool,
     head: bool,
 ) -> io::Result<()> {
+    send_error_with(io, ctx, status, msg, close, head, None).await
+}
+
+/// [`send_error`] with one more header (`Retry-After`, `Allow`).
+async fn send_error_with<T: ClientStream>(
+    io: &mut T,
+    ctx: &ConnCtx,
+    status: u16,
+    msg: &[u8],
+    close: bool,
+    head: bool,
+    extra: Option<(&str, &str)>,
+) -> io::Result<()> {
     let mut out = Out::take();
     let o = &mut out.0;
     o.extend_from_slice(b"HTTP/1.1 ");
@@ -1334,6 +1366,9 @@ async fn send_error<T: ClientStream>(
     o.extend_from_slice(b"\r\n");
     if let Some(v) = ctx.hsts() {
         push_header(o, b"strict-transport-security", v.as_bytes());
+    }
+    if let Some((n, v)) = extra {
+        push_header(o, n.as_bytes(), v.as_bytes());
     }
     if close {
         o.extend_from_slice(b"connection: close\r\n");
@@ -1358,6 +1393,8 @@ enum Failure {
     Client,
     /// The client's chunked body was malformed (nothing was answered yet).
     BadBody,
+    /// The client's chunked body went past the firewall's `max_body`.
+    TooLarge,
 }
 
 /// Proxy one request (head parsed, its upstream rendering in `out`) and answer it.
@@ -1451,6 +1488,15 @@ async fn proxy<T: ClientStream>(
                 let _ = send_error(io, ctx, 400, MSG_400, true, false).await;
                 return Next::Close;
             }
+            Failure::TooLarge => {
+                drop(slot);
+                if let Some(fw) = ctx.listener.firewall.as_deref() {
+                    let r = fw.body_too_large();
+                    let _ = send_error(io, ctx, r.status, r.message, true, false).await;
+                    ctx.listener.stats.counters.response(r.status, 0);
+                }
+                return Next::Close;
+            }
         }
         attempt += 1;
     };
@@ -1539,9 +1585,18 @@ async fn attempt_on<T: ClientStream>(
         let head_len = out.len();
         let mut left = Left::of(req.body);
         let mut inline = 0;
+        // A chunked body's size is known only as it streams (counted with its framing);
+        // a declared length was checked with the head.
+        let limit = match req.body {
+            Framing::Chunked => ctx.listener.firewall.as_deref().and_then(|f| f.max_body()),
+            _ => None,
+        };
         if let Some(l) = left.as_mut() {
             if !req.expect {
                 inline = l.take(buf.data()).map_err(|_| Failure::BadBody)?;
+                if limit.is_some_and(|m| inline as u64 > m) {
+                    return Err(Failure::TooLarge);
+                }
                 if l.done() {
                     out.extend_from_slice(&buf.data()[..inline]);
                 } else {
@@ -1586,7 +1641,17 @@ async fn attempt_on<T: ClientStream>(
                     .await
                     .map_err(|_| Failure::Client)?;
                 }
-                match send_body(io, buf, &mut up, &mut l, s, client_stall, t.response).await {
+                match send_body(
+                    io,
+                    buf,
+                    &mut up,
+                    &mut l,
+                    s,
+                    (client_stall, t.response),
+                    limit,
+                )
+                .await
+                {
                     Ok(()) => {}
                     Err(Failure::Sent(e)) => cut = Some(e),
                     Err(f) => return Err(f),
@@ -1727,9 +1792,10 @@ async fn send_body<T: ClientStream>(
     up: &mut TcpStream,
     left: &mut Left,
     s: &crate::state::ServerState,
-    client_stall: Duration,
-    up_stall: Duration,
+    (client_stall, up_stall): (Duration, Duration),
+    limit: Option<u64>,
 ) -> Result<(), Failure> {
+    let mut total: u64 = 0;
     loop {
         if buf.is_empty() {
             match by(Instant::now() + client_stall, buf.read_from(io, BUF)).await {
@@ -1738,6 +1804,10 @@ async fn send_body<T: ClientStream>(
             }
         }
         let k = left.take(buf.data()).map_err(|_| Failure::BadBody)?;
+        total += k as u64;
+        if limit.is_some_and(|m| total > m) {
+            return Err(Failure::TooLarge);
+        }
         if k > 0 {
             write_flush(up, &buf.data()[..k], Instant::now() + up_stall)
                 .await
@@ -2003,6 +2073,7 @@ mod tests {
             stats: Arc::new(crate::ListenerStats::new(1)),
             limit: None,
             tls: None,
+            firewall: None,
         });
         ConnCtx::new("192.0.2.7:40000".parse().unwrap(), &rt, 0, None).unwrap()
     }
@@ -2148,6 +2219,7 @@ mod tests {
             stats: Arc::new(crate::ListenerStats::new(1)),
             limit: None,
             tls: None,
+            firewall: None,
         });
         ConnCtx::new("192.0.2.7:40000".parse().unwrap(), &rt, 0, None).unwrap()
     }
@@ -2343,6 +2415,7 @@ mod tests {
         let mut out = Vec::new();
         match parse_request(data, &test_ctx(trusted), &mut out) {
             Parsed::Partial | Parsed::Hyper => {}
+            Parsed::Refused(r) => prop_assert!(false, "no firewall, yet refused: {r:?}"),
             Parsed::Bad(s) => prop_assert!(matches!(s, 400 | 431 | 501 | 505), "{s}"),
             Parsed::Complete(r) => {
                 prop_assert!(r.head_len <= data.len());

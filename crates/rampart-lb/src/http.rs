@@ -540,6 +540,33 @@ enum Failure {
 
 async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<RespBody> {
     let busy = Busy::new(ctx.activity());
+    // The firewall's request checks, as on the fast path (one policy for HTTP/1.0,
+    // upgrades and HTTP/2 alike).
+    if let Some(fw) = ctx.listener.firewall.as_deref() {
+        if fw.checks_requests() {
+            let declared = req
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            if let Err(r) = fw.check_request(
+                ctx.peer.ip(),
+                req.method().as_str(),
+                declared,
+                std::time::Instant::now(),
+            ) {
+                let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::FORBIDDEN);
+                let mut resp = error_response(status, &Bytes::from_static(r.message), busy);
+                if let Some((n, v)) = r.header {
+                    if let Ok(v) = HeaderValue::from_str(&v) {
+                        resp.headers_mut().insert(n, v);
+                    }
+                }
+                ctx.listener.stats.counters.response(r.status, 0);
+                return resp;
+            }
+        }
+    }
     let pool = &ctx.listener.pool.get();
     let mut now = now_ns();
     pool.budget.on_request(now);

@@ -19,6 +19,7 @@ mod body;
 mod clock;
 pub mod ctl;
 mod discovery;
+pub mod firewall;
 mod h1;
 mod handoff;
 mod health;
@@ -72,6 +73,8 @@ pub enum LbError {
     Handoff(String),
     #[error("VRRP: {0}")]
     Vrrp(String),
+    #[error("firewall: {0}")]
+    Firewall(String),
     #[error("pid file {path}: {source}")]
     PidFile {
         path: PathBuf,
@@ -120,6 +123,8 @@ pub struct ListenerRt {
     limit: Option<Arc<Semaphore>>,
     /// TLS termination (listeners with `tls`), from [`tls::prepare`].
     pub tls: Option<Arc<tls::TlsTerm>>,
+    /// The L7 firewall, from [`firewall::prepare`].
+    pub firewall: Option<Arc<firewall::Firewall>>,
 }
 
 /// A bound listener across reloads: its sockets (one per worker) and current settings.
@@ -231,6 +236,7 @@ impl Shared {
             stats,
             limit: l.max_connections.map(|n| Arc::new(Semaphore::new(n))),
             tls: l.tls.as_ref().and_then(|_| tls::term(&l.name)),
+            firewall: firewall::get(&l.name),
         }
     }
 
@@ -366,6 +372,8 @@ pub fn run(config: LbConfig, opts: RunOptions) -> Result<(), LbError> {
     let pools: Vec<Arc<PoolHandle>> = config.pools.iter().map(|p| shared.new_pool(p)).collect();
     // Certificates first: a missing or broken file refuses the start, naming the file.
     tls::prepare(&config)?;
+    // The firewalls' deny files too.
+    firewall::prepare(&config).map_err(LbError::Firewall)?;
 
     // Bind every socket before starting anything, so a busy port fails the start.
     let mut bound = Vec::new();
@@ -664,12 +672,20 @@ async fn accept_loop(
                 continue;
             }
         };
+        // The firewall first: a refused client costs a close, nothing else.
+        let ticket = match &l.firewall {
+            Some(fw) => match fw.admit(peer.ip(), Instant::now()) {
+                Ok(t) => t,
+                Err(_) => continue,
+            },
+            None => None,
+        };
         let _ = tcp.set_nodelay(true);
         slot.stats.conns_total.fetch_add(1, Ordering::Relaxed);
         slot.stats.conns_active.fetch_add(1, Ordering::Relaxed);
         ACTIVE_CONNECTIONS.fetch_add(1, Ordering::Relaxed);
         let guard = ConnGuard(slot.stats.clone());
-        let guards = (g, lp, guard);
+        let guards = (g, lp, guard, ticket);
         match l.cfg.mode {
             Mode::Http => http::spawn(tcp, peer, l, worker, guards),
             Mode::Tcp => {

@@ -141,6 +141,22 @@ impl Collector for LbCollector {
             "Time from request to response head, as seen by clients.",
             &l_lat,
         )?;
+        let mut fw = Vec::new();
+        for f in crate::firewall::all() {
+            for r in crate::firewall::Reason::ALL {
+                let l: Labels = vec![
+                    ("listener", f.listener.clone()),
+                    ("reason", r.as_str().to_string()),
+                ];
+                fw.push((l, f.stats.get(r)));
+            }
+        }
+        counter(
+            &mut enc,
+            "rampart_firewall_refused",
+            "Connections and requests the listener's firewall refused, by reason.",
+            &fw,
+        )?;
 
         // Pools.
         let mut p_req = Vec::new();

@@ -21,6 +21,8 @@ use toml::Spanned;
 
 use crate::diag::{ConfigError, Diagnostic, Source};
 
+pub mod firewall;
+
 /// Highest server weight accepted (HAProxy's bound).
 pub const MAX_WEIGHT: u32 = 256;
 
@@ -127,6 +129,8 @@ pub struct Listener {
     /// A plain-HTTP listener that answers every request with a redirect to HTTPS (made
     /// from a TLS listener's `redirect_from`, named `<name>-redirect`).
     pub redirect_https: Option<RedirectHttps>,
+    /// The L7 firewall (`firewall = { ... }`).
+    pub firewall: Option<firewall::Firewall>,
 }
 
 /// TLS termination of one listener: certificate chain and key (PEM files, read at start,
@@ -347,6 +351,15 @@ pub struct Cidr {
 }
 
 impl Cidr {
+    /// The network's address (as written: host bits are not cleared).
+    pub fn addr(&self) -> IpAddr {
+        self.addr
+    }
+
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
@@ -533,6 +546,8 @@ pub struct RawListener {
     pub timeouts: Option<RawListenerTimeouts>,
     #[serde(default)]
     pub tls: Option<Spanned<RawListenerTls>>,
+    #[serde(default)]
+    pub firewall: Option<firewall::RawFirewall>,
 }
 
 /// `tls = { cert = "PATH", key = "PATH", hsts = "365d", redirect_from = "ADDR", redirect_status = 308 }`
@@ -918,6 +933,14 @@ impl LbConfig {
                     hsts_max_age,
                 });
             }
+            let firewall = rl.firewall.as_ref().map(|f| {
+                if mode != Mode::Http {
+                    if let Some(r) = &f.rate {
+                        c.err(r, "rate limits need mode = \"http\" (they count requests)");
+                    }
+                }
+                firewall::validate(&mut c, f, src.file.parent().unwrap_or(Path::new("")))
+            });
             if let (Some(address), Some(pool)) = (address, pool) {
                 listeners.push(Listener {
                     name: name.to_string(),
@@ -929,6 +952,7 @@ impl LbConfig {
                     idle_timeout,
                     tls,
                     redirect_https: None,
+                    firewall,
                 });
                 if let Some((from, status)) = redirect {
                     listeners.push(Listener {
@@ -944,6 +968,7 @@ impl LbConfig {
                             port: address.port(),
                             status,
                         }),
+                        firewall: None,
                     });
                 }
             }
@@ -1059,6 +1084,7 @@ impl LbConfig {
                 idle_timeout: DEFAULT_CLIENT_IDLE,
                 tls: None,
                 redirect_https: None,
+                firewall: None,
             }],
             pools: vec![Pool {
                 name: "backends".into(),

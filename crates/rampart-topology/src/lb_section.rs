@@ -159,6 +159,8 @@ impl LbTopology {
                 address: node.address,
                 tls: None,
                 redirect_https: None,
+                // Internal (health checks, the operator): not the site's edge.
+                firewall: None,
                 ..first
             });
         }

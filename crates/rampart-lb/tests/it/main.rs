@@ -6,6 +6,7 @@
 mod algorithms;
 mod config;
 mod failures;
+mod firewall;
 mod h1;
 mod h1_hardening;
 mod lrt;

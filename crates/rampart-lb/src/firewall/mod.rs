@@ -1,0 +1,394 @@
+//! The L7 firewall of a listener (`firewall = { ... }` in the lb file): what HAProxy's
+//! ACLs and stick tables do in front of a pool.
+//!
+//! At accept: addresses blocked at run time through the admin API (every listener), the
+//! listener's `allow` list (when not empty) and `deny` list (with `deny_file`), then the
+//! per-client connection cap; a refused connection is closed at once. Per request, on
+//! every path that serves HTTP/1 and HTTP/2: the method allow list (405 with `Allow`), the
+//! declared body size (413; a chunked body past it is cut with a 413 as it streams on the
+//! fast path), and the per-client request rate (429 with `Retry-After`). Every refusal is
+//! counted by listener and reason (`rampart_firewall_refused_total`, `/api/firewall`).
+//!
+//! The lists are [`cidr::CidrSet`]s (a binary search per lookup, so 10,000 entries cost
+//! about 14 comparisons); the per-client table ([`limits::Clients`]) is sharded and
+//! bounded, and survives reloads of the same listener, as do the counters.
+
+pub mod cidr;
+pub mod limits;
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use rampart_topology::lb::firewall::Firewall as FirewallConfig;
+use rampart_topology::lb::{Cidr, LbConfig};
+
+use cidr::CidrSet;
+use limits::Clients;
+
+/// How many client addresses a listener remembers (rate buckets, connection counts).
+const MAX_CLIENTS: usize = 100_000;
+
+/// Why a connection or a request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Blocked at run time (admin API).
+    Blocked,
+    /// In the listener's deny list.
+    Denied,
+    /// Not in the listener's allow list.
+    NotAllowed,
+    /// Past `max_connections_per_client`.
+    Connections,
+    /// Past the per-client request rate: 429.
+    Rate,
+    /// A method the listener does not serve: 405.
+    Method,
+    /// A body past `max_body`: 413.
+    Body,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 7] = [
+        Reason::Blocked,
+        Reason::Denied,
+        Reason::NotAllowed,
+        Reason::Connections,
+        Reason::Rate,
+        Reason::Method,
+        Reason::Body,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Blocked => "blocked",
+            Reason::Denied => "denied",
+            Reason::NotAllowed => "not-allowed",
+            Reason::Connections => "connections",
+            Reason::Rate => "rate",
+            Reason::Method => "method",
+            Reason::Body => "body",
+        }
+    }
+}
+
+/// A refused request: its status and what the answer says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: Reason,
+    pub status: u16,
+    /// A header to send with it: `Retry-After` (429) or `Allow` (405).
+    pub header: Option<(&'static str, String)>,
+    pub message: &'static [u8],
+}
+
+/// Refusals by reason, of one listener.
+#[derive(Default)]
+pub struct FwStats {
+    refused: [AtomicU64; 7],
+}
+
+impl FwStats {
+    pub fn count(&self, r: Reason) {
+        self.refused[r as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self, r: Reason) -> u64 {
+        self.refused[r as usize].load(Ordering::Relaxed)
+    }
+}
+
+/// One listener's firewall (every listener has one; an empty one checks only the
+/// run-time blocks). The object lives as long as the listener's name is in the
+/// configuration: a reload swaps its rules, keeping its clients and counters, so a
+/// listener whose other settings did not change sees the new lists too.
+pub struct Firewall {
+    pub listener: String,
+    rules: ArcSwap<Rules>,
+    clients: Clients,
+    pub stats: FwStats,
+}
+
+/// What a reload may change.
+struct Rules {
+    cfg: FirewallConfig,
+    allow: CidrSet,
+    deny: CidrSet,
+    /// Networks in `deny` plus `deny_file`.
+    deny_entries: usize,
+    allow_header: String,
+}
+
+/// Addresses blocked at run time, for every listener.
+struct Blocks {
+    list: Vec<Cidr>,
+    set: CidrSet,
+}
+
+static BLOCKS: LazyLock<ArcSwap<Blocks>> = LazyLock::new(|| {
+    ArcSwap::from_pointee(Blocks {
+        list: Vec::new(),
+        set: CidrSet::default(),
+    })
+});
+static FIREWALLS: Mutex<Vec<Arc<Firewall>>> = Mutex::new(Vec::new());
+
+fn set_of(nets: &[Cidr]) -> CidrSet {
+    CidrSet::new(nets.iter().map(|c| (c.addr(), c.prefix())))
+}
+
+/// Read a deny file: one network per line, `#` comments and blank lines ignored.
+/// Errors name `file:line`.
+pub fn read_deny_file(path: &Path) -> Result<Vec<Cidr>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the deny file {}: {e}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let l = line.split('#').next().unwrap_or("").trim();
+        if l.is_empty() {
+            continue;
+        }
+        let net: Cidr = l
+            .parse()
+            .map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?;
+        out.push(net);
+    }
+    Ok(out)
+}
+
+impl Rules {
+    fn build(listener: &str, cfg: &FirewallConfig) -> Result<Rules, String> {
+        let mut deny = cfg.deny.clone();
+        if let Some(f) = &cfg.deny_file {
+            deny.extend(read_deny_file(f).map_err(|e| format!("listener {listener}: {e}"))?);
+        }
+        Ok(Rules {
+            allow: set_of(&cfg.allow),
+            deny: set_of(&deny),
+            deny_entries: deny.len(),
+            allow_header: cfg
+                .methods
+                .as_ref()
+                .map(|m| m.join(", "))
+                .unwrap_or_default(),
+            cfg: cfg.clone(),
+        })
+    }
+}
+
+impl Firewall {
+    /// A new connection from `ip`: refused (close it), or admitted with the ticket that
+    /// counts it against the client's connection cap while held.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<Option<ConnTicket>, Reason> {
+        let ip = cidr::canonical(ip);
+        let blocks = BLOCKS.load();
+        let rules = self.rules.load();
+        let refused = if !blocks.set.is_empty() && blocks.set.contains(ip) {
+            Some(Reason::Blocked)
+        } else if !rules.allow.is_empty() && !rules.allow.contains(ip) {
+            Some(Reason::NotAllowed)
+        } else if !rules.deny.is_empty() && rules.deny.contains(ip) {
+            Some(Reason::Denied)
+        } else {
+            None
+        };
+        if let Some(r) = refused {
+            self.stats.count(r);
+            return Err(r);
+        }
+        match rules.cfg.max_connections_per_client {
+            None => Ok(None),
+            Some(max) if self.clients.connect(ip, now, max) => Ok(Some(ConnTicket {
+                fw: self.clone(),
+                ip,
+            })),
+            Some(_) => {
+                self.stats.count(Reason::Connections);
+                Err(Reason::Connections)
+            }
+        }
+    }
+
+    /// A request of `ip`: its method and declared body length (`None`: none declared,
+    /// or chunked). One policy for every path that serves requests.
+    pub fn check_request(
+        &self,
+        ip: IpAddr,
+        method: &str,
+        content_length: Option<u64>,
+        now: Instant,
+    ) -> Result<(), Refusal> {
+        let rules = self.rules.load();
+        if let Some(m) = &rules.cfg.methods {
+            if !m.iter().any(|x| x == method) {
+                return Err(self.refuse(Refusal {
+                    reason: Reason::Method,
+                    status: 405,
+                    header: Some(("allow", rules.allow_header.clone())),
+                    message: b"405 Method Not Allowed\n",
+                }));
+            }
+        }
+        if let (Some(max), Some(n)) = (rules.cfg.max_body, content_length) {
+            if n > max {
+                return Err(self.body_too_large());
+            }
+        }
+        if let Some(rate) = rules.cfg.rate {
+            if let Err(wait) = self.clients.take(cidr::canonical(ip), now, rate) {
+                return Err(self.refuse(Refusal {
+                    reason: Reason::Rate,
+                    status: 429,
+                    header: Some(("retry-after", wait.as_secs().max(1).to_string())),
+                    message: b"429 Too Many Requests: slow down\n",
+                }));
+            }
+        }
+        Ok(())
+    }
+
+    /// The refusal of a body found too large while it streams.
+    pub fn body_too_large(&self) -> Refusal {
+        self.refuse(Refusal {
+            reason: Reason::Body,
+            status: 413,
+            header: None,
+            message: b"413 Content Too Large\n",
+        })
+    }
+
+    /// The largest body a request may have.
+    pub fn max_body(&self) -> Option<u64> {
+        self.rules.load().cfg.max_body
+    }
+
+    /// Anything to check per request at all.
+    pub fn checks_requests(&self) -> bool {
+        let r = self.rules.load();
+        r.cfg.methods.is_some() || r.cfg.max_body.is_some() || r.cfg.rate.is_some()
+    }
+
+    fn refuse(&self, r: Refusal) -> Refusal {
+        self.stats.count(r.reason);
+        r
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        let refused: serde_json::Map<String, serde_json::Value> = Reason::ALL
+            .iter()
+            .map(|r| (r.as_str().to_string(), self.stats.get(*r).into()))
+            .collect();
+        let rules = self.rules.load();
+        let cfg = &rules.cfg;
+        serde_json::json!({
+            "listener": self.listener,
+            "allow": cfg.allow.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+            "deny_entries": rules.deny_entries,
+            "rate_per_second": cfg.rate.map(|r| r.per_second),
+            "burst": cfg.rate.map(|r| r.burst),
+            "max_connections_per_client": cfg.max_connections_per_client,
+            "methods": cfg.methods,
+            "max_body": cfg.max_body,
+            "clients_tracked": self.clients.tracked(),
+            "refused": refused,
+        })
+    }
+}
+
+/// Counts a connection against its client's cap while held.
+pub struct ConnTicket {
+    fw: Arc<Firewall>,
+    ip: IpAddr,
+}
+
+impl Drop for ConnTicket {
+    fn drop(&mut self) {
+        self.fw.clients.disconnect(self.ip);
+    }
+}
+
+/// Build every listener's firewall for `config` (at start and on reload, before anything
+/// changes): a deny file that cannot be read or holds a bad line refuses it, naming
+/// `file:line`. Client tables and counters carry over for listeners of the same name.
+pub fn prepare(config: &LbConfig) -> Result<(), String> {
+    let old: Vec<Arc<Firewall>> = FIREWALLS.lock().map(|f| f.clone()).unwrap_or_default();
+    let empty = FirewallConfig::default();
+    // Every file read and checked before anything changes.
+    let mut rules = Vec::new();
+    for l in &config.listeners {
+        let cfg = l.firewall.as_ref().unwrap_or(&empty);
+        rules.push(Rules::build(&l.name, cfg)?);
+    }
+    let mut next = Vec::new();
+    for (l, r) in config.listeners.iter().zip(rules) {
+        match old.iter().find(|f| f.listener == l.name) {
+            Some(f) => {
+                f.rules.store(Arc::new(r));
+                next.push(f.clone());
+            }
+            None => next.push(Arc::new(Firewall {
+                listener: l.name.clone(),
+                rules: ArcSwap::from_pointee(r),
+                clients: Clients::new(MAX_CLIENTS),
+                stats: FwStats::default(),
+            })),
+        }
+    }
+    if let Ok(mut f) = FIREWALLS.lock() {
+        *f = next;
+    }
+    Ok(())
+}
+
+/// The firewall of listener `name` (after [`prepare`]).
+pub fn get(name: &str) -> Option<Arc<Firewall>> {
+    FIREWALLS
+        .lock()
+        .ok()?
+        .iter()
+        .find(|f| f.listener == name)
+        .cloned()
+}
+
+/// Every listener's firewall.
+pub fn all() -> Vec<Arc<Firewall>> {
+    FIREWALLS.lock().map(|f| f.clone()).unwrap_or_default()
+}
+
+/// Block `net` on every listener from now on (new connections; open ones finish).
+/// Whether it was new.
+pub fn block(net: Cidr) -> bool {
+    let cur = BLOCKS.load();
+    if cur.list.contains(&net) {
+        return false;
+    }
+    let mut list = cur.list.clone();
+    list.push(net);
+    BLOCKS.store(Arc::new(Blocks {
+        set: set_of(&list),
+        list,
+    }));
+    true
+}
+
+/// Lift a block; whether there was one.
+pub fn unblock(net: Cidr) -> bool {
+    let cur = BLOCKS.load();
+    if !cur.list.contains(&net) {
+        return false;
+    }
+    let list: Vec<Cidr> = cur.list.iter().filter(|c| **c != net).copied().collect();
+    BLOCKS.store(Arc::new(Blocks {
+        set: set_of(&list),
+        list,
+    }));
+    true
+}
+
+/// The run-time blocks.
+pub fn blocks() -> Vec<Cidr> {
+    BLOCKS.load().list.clone()
+}

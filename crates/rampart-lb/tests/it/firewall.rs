@@ -1,0 +1,331 @@
+//! The L7 firewall of a listener against a running balancer: per-client rate limits
+//! (429 with Retry-After, other clients unaffected), per-client connection caps, method
+//! and body-size limits, deny lists from the file and the admin API, changed at run time
+//! and by reload, and the refusals counted by reason.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rampart_testkit::{free_port, http_request};
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::support::{read_until, servers, Backend, Lb};
+
+/// A balancer with an admin listener whose listener "web" has `firewall`; `deny_file`,
+/// when given, is written beside the config as `deny.txt`.
+async fn start(backend: &Backend, firewall: &str) -> (Lb, SocketAddr) {
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = format!(
+        "[admin]\naddress = \"{admin}\"\n\n[[listener]]\nname = \"web\"\naddress = \"{{LISTEN}}\"\npool = \"app\"\nfirewall = {firewall}\n\n[[pool]]\nname = \"app\"\n{}\n",
+        servers(&[(backend, 1)])
+    );
+    let lb = Lb::start(&config).await;
+    assert!(
+        tokio::task::spawn_blocking(move || rampart_testkit::wait_port(
+            admin,
+            Duration::from_secs(5)
+        ))
+        .await
+        .unwrap(),
+        "no admin listener:\n{}",
+        lb.proc.log_text()
+    );
+    (lb, admin)
+}
+
+/// A connection to `addr` from `local` (127.0.0.x: another client to the balancer).
+async fn connect_from(addr: SocketAddr, local: &str) -> TcpStream {
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{local}:0").parse().unwrap()).unwrap();
+    sock.connect(addr).await.unwrap()
+}
+
+/// Send `req` on a new connection from `local`; the whole answer (up to the close or a
+/// complete body), or "" when the balancer closed without one.
+async fn exchange(addr: SocketAddr, local: &str, req: &[u8]) -> String {
+    let mut s = connect_from(addr, local).await;
+    if s.write_all(req).await.is_err() {
+        return String::new();
+    }
+    read_until(&mut s, |t| {
+        let Some(end) = t.find("\r\n\r\n") else {
+            return false;
+        };
+        let len = t[..end]
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+            })
+            .unwrap_or(0);
+        t.len() >= end + 4 + len
+    })
+    .await
+}
+
+fn status(answer: &str) -> u16 {
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: lb.test\r\nConnection: close\r\n\r\n";
+
+async fn api(
+    admin: SocketAddr,
+    method: &'static str,
+    path: &'static str,
+    body: String,
+) -> (u16, Value) {
+    tokio::task::spawn_blocking(move || {
+        let r = http_request(
+            admin,
+            method,
+            path,
+            &[("content-type", "application/json")],
+            body.as_bytes(),
+        )
+        .unwrap();
+        (
+            r.status,
+            serde_json::from_str(&r.text()).unwrap_or(Value::Null),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+/// The firewall's refusal counters of listener "web".
+async fn refused(admin: SocketAddr) -> Value {
+    let (_, v) = api(admin, "GET", "/api/firewall", String::new()).await;
+    v["listeners"]
+        .as_array()
+        .and_then(|l| l.iter().find(|f| f["listener"] == "web"))
+        .map(|f| f["refused"].clone())
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_over_its_rate_gets_429_while_another_is_served() {
+    let b = Backend::start("b").await;
+    let (lb, admin) = start(&b, "{ rate = \"5/s\", burst = 5 }").await;
+    // The abuser: 40 requests at once from 127.0.0.2.
+    let mut abuser = Vec::new();
+    for _ in 0..40 {
+        abuser.push(tokio::spawn(exchange(lb.addr, "127.0.0.2", GET)));
+    }
+    let mut codes = Vec::new();
+    for h in abuser {
+        codes.push(h.await.unwrap());
+    }
+    let ok = codes.iter().filter(|a| status(a) == 200).count();
+    let limited: Vec<&String> = codes.iter().filter(|a| status(a) == 429).collect();
+    assert!(
+        (5..=8).contains(&ok),
+        "{ok} of 40 passed a 5/s limit with a burst of 5"
+    );
+    assert_eq!(ok + limited.len(), 40, "{codes:?}");
+    assert!(
+        limited[0].to_ascii_lowercase().contains("retry-after: 1"),
+        "{}",
+        limited[0]
+    );
+    // Another client at a normal rate (4/s) meanwhile: never refused.
+    for _ in 0..8 {
+        let a = exchange(lb.addr, "127.0.0.3", GET).await;
+        assert_eq!(status(&a), 200, "the well-behaved client was refused: {a}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let r = refused(admin).await;
+    assert_eq!(r["rate"].as_u64(), Some(limited.len() as u64), "{r}");
+    let m = tokio::task::spawn_blocking(move || {
+        http_request(admin, "GET", "/metrics", &[], b"")
+            .unwrap()
+            .text()
+    })
+    .await
+    .unwrap();
+    assert!(
+        m.contains(&format!(
+            "rampart_firewall_refused_total{{listener=\"web\",reason=\"rate\"}} {}",
+            limited.len()
+        )),
+        "{m}"
+    );
+    drop(lb);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_client_are_capped_and_freed_on_close() {
+    let b = Backend::start("b").await;
+    let (lb, admin) = start(&b, "{ max_connections_per_client = 3 }").await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(connect_from(lb.addr, "127.0.0.4").await);
+    }
+    // Accepted by the balancer (a finished handshake is not yet an accepted connection).
+    let mut open = 0;
+    for _ in 0..250 {
+        let (_, st) = api(admin, "GET", "/api/state", String::new()).await;
+        open = st["listeners"][0]["connections"].as_u64().unwrap_or(0);
+        if open == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(open, 3, "{}", lb.proc.log_text());
+    // The fourth is closed at once, with nothing said.
+    let a = exchange(lb.addr, "127.0.0.4", GET).await;
+    assert_eq!(a, "", "a fourth connection was served: {a}");
+    // Another client is not affected.
+    assert_eq!(status(&exchange(lb.addr, "127.0.0.5", GET).await), 200);
+    // One closes: a new one is admitted.
+    drop(held.pop());
+    let mut served = false;
+    for _ in 0..50 {
+        if status(&exchange(lb.addr, "127.0.0.4", GET).await) == 200 {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        served,
+        "the cap was not freed by a close:\n{}",
+        lb.proc.log_text()
+    );
+    assert!(refused(admin).await["connections"].as_u64().unwrap_or(0) >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn methods_and_body_sizes_are_limited_on_every_path() {
+    let b = Backend::start("b").await;
+    let (lb, admin) = start(&b, "{ methods = [\"GET\", \"POST\"], max_body = \"1kB\" }").await;
+    let a = exchange(
+        lb.addr,
+        "127.0.0.6",
+        b"DELETE / HTTP/1.1\r\nHost: lb.test\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status(&a), 405, "{a}");
+    assert!(a.to_ascii_lowercase().contains("allow: get, post"), "{a}");
+    // HTTP/1.0 is served by the other code path: the same policy.
+    let a = exchange(lb.addr, "127.0.0.6", b"DELETE / HTTP/1.0\r\n\r\n").await;
+    assert_eq!(status(&a), 405, "HTTP/1.0: {a}");
+    // A declared body past the limit: 413 before a byte of it is read.
+    let a = exchange(
+        lb.addr,
+        "127.0.0.6",
+        b"POST / HTTP/1.1\r\nHost: lb.test\r\nContent-Length: 5000\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status(&a), 413, "{a}");
+    let a = exchange(
+        lb.addr,
+        "127.0.0.6",
+        b"POST / HTTP/1.0\r\nContent-Length: 5000\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status(&a), 413, "HTTP/1.0: {a}");
+    // A chunked body that grows past it while streaming: cut with a 413.
+    let mut big =
+        b"POST / HTTP/1.1\r\nHost: lb.test\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..4 {
+        big.extend_from_slice(b"200\r\n");
+        big.extend_from_slice(&[b'x'; 512]);
+        big.extend_from_slice(b"\r\n");
+    }
+    big.extend_from_slice(b"0\r\n\r\n");
+    let a = exchange(lb.addr, "127.0.0.6", &big).await;
+    assert_eq!(status(&a), 413, "chunked: {a}");
+    // Within the limits: served.
+    let a = exchange(
+        lb.addr,
+        "127.0.0.6",
+        b"POST / HTTP/1.1\r\nHost: lb.test\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+    )
+    .await;
+    assert_eq!(status(&a), 200, "{a}");
+    let r = refused(admin).await;
+    assert_eq!(r["method"].as_u64(), Some(2), "{r}");
+    assert_eq!(r["body"].as_u64(), Some(3), "{r}");
+    drop(lb);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn networks_are_denied_from_the_file_and_at_run_time_and_a_reload_changes_them() {
+    let b = Backend::start("b").await;
+    let dir = rampart_testkit::TempDir::new().unwrap();
+    let deny = dir.path().join("deny.txt");
+    // Ten thousand networks, one of them the client's.
+    let mut text = String::from("# generated\n");
+    for i in 0..10_000u32 {
+        text.push_str(&format!("10.{}.{}.0/24\n", (i >> 8) & 0xff, i & 0xff));
+    }
+    text.push_str("127.0.0.7/32\n");
+    std::fs::write(&deny, &text).unwrap();
+    let (lb, admin) = start(&b, &format!("{{ deny_file = \"{}\" }}", deny.display())).await;
+    assert_eq!(
+        exchange(lb.addr, "127.0.0.7", GET).await,
+        "",
+        "a denied client was served"
+    );
+    assert_eq!(status(&exchange(lb.addr, "127.0.0.8", GET).await), 200);
+    // Blocked at run time through the admin API, then lifted.
+    let (s, v) = api(
+        admin,
+        "POST",
+        "/api/firewall/blocks",
+        r#"{"network": "127.0.0.8/32"}"#.into(),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        exchange(lb.addr, "127.0.0.8", GET).await,
+        "",
+        "a blocked client was served"
+    );
+    let (_, st) = api(admin, "GET", "/api/firewall", String::new()).await;
+    assert_eq!(st["blocks"][0], "127.0.0.8/32", "{st}");
+    let (s, _) = api(
+        admin,
+        "DELETE",
+        "/api/firewall/blocks",
+        r#"{"network": "127.0.0.8/32"}"#.into(),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(status(&exchange(lb.addr, "127.0.0.8", GET).await), 200);
+    let (s, v) = api(
+        admin,
+        "POST",
+        "/api/firewall/blocks",
+        r#"{"network": "not-an-ip"}"#.into(),
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    // The file changes and the balancer reloads: 127.0.0.7 served, 127.0.0.9 denied.
+    std::fs::write(&deny, text.replace("127.0.0.7/32", "127.0.0.9/32")).unwrap();
+    let (s, v) = api(admin, "POST", "/api/reload", String::new()).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(status(&exchange(lb.addr, "127.0.0.7", GET).await), 200);
+    assert_eq!(exchange(lb.addr, "127.0.0.9", GET).await, "");
+    // A bad line: the reload is refused, naming file:line, and the old list stays.
+    std::fs::write(&deny, format!("{text}300.1.2.3/8\n")).unwrap();
+    let (s, v) = api(admin, "POST", "/api/reload", String::new()).await;
+    assert_ne!(s, 200, "{v}");
+    assert!(v.to_string().contains("deny.txt:10003"), "{v}");
+    assert_eq!(
+        exchange(lb.addr, "127.0.0.9", GET).await,
+        "",
+        "the old list is kept"
+    );
+    let r = refused(admin).await;
+    assert!(r["denied"].as_u64().unwrap_or(0) >= 3, "{r}");
+    assert!(r["blocked"].as_u64().unwrap_or(0) >= 1, "{r}");
+}
