@@ -1395,6 +1395,8 @@ enum Failure {
     BadBody,
     /// The client's chunked body went past the firewall's `max_body`.
     TooLarge,
+    /// The client's body came slower than the firewall's `min_upload_rate`.
+    TooSlow,
 }
 
 /// Proxy one request (head parsed, its upstream rendering in `out`) and answer it.
@@ -1488,10 +1490,15 @@ async fn proxy<T: ClientStream>(
                 let _ = send_error(io, ctx, 400, MSG_400, true, false).await;
                 return Next::Close;
             }
-            Failure::TooLarge => {
+            Failure::TooLarge | Failure::TooSlow => {
                 drop(slot);
                 if let Some(fw) = ctx.listener.firewall.as_deref() {
-                    let r = fw.body_too_large();
+                    let r = if matches!(f, Failure::TooLarge) {
+                        fw.body_too_large()
+                    } else {
+                        tracing::info!(peer = %ctx.peer, "request body too slow: cut (min_upload_rate)");
+                        fw.too_slow()
+                    };
                     let _ = send_error(io, ctx, r.status, r.message, true, false).await;
                     ctx.listener.stats.counters.response(r.status, 0);
                 }
@@ -1587,10 +1594,15 @@ async fn attempt_on<T: ClientStream>(
         let mut inline = 0;
         // A chunked body's size is known only as it streams (counted with its framing);
         // a declared length was checked with the head.
-        let limit = match req.body {
-            Framing::Chunked => ctx.listener.firewall.as_deref().and_then(|f| f.max_body()),
-            _ => None,
+        let fw = ctx.listener.firewall.as_deref();
+        let limits = BodyLimits {
+            max: match req.body {
+                Framing::Chunked => fw.and_then(|f| f.max_body()),
+                _ => None,
+            },
+            min_rate: fw.and_then(|f| f.min_upload_rate()),
         };
+        let limit = limits.max;
         if let Some(l) = left.as_mut() {
             if !req.expect {
                 inline = l.take(buf.data()).map_err(|_| Failure::BadBody)?;
@@ -1648,7 +1660,7 @@ async fn attempt_on<T: ClientStream>(
                     &mut l,
                     s,
                     (client_stall, t.response),
-                    limit,
+                    limits,
                 )
                 .await
                 {
@@ -1793,20 +1805,37 @@ async fn send_body<T: ClientStream>(
     left: &mut Left,
     s: &crate::state::ServerState,
     (client_stall, up_stall): (Duration, Duration),
-    limit: Option<u64>,
+    limits: BodyLimits,
 ) -> Result<(), Failure> {
+    let start = Instant::now();
     let mut total: u64 = 0;
     loop {
         if buf.is_empty() {
-            match by(Instant::now() + client_stall, buf.read_from(io, BUF)).await {
-                Ok(0) | Err(_) => return Err(Failure::Client),
+            // With a minimum rate, the next byte is due when the rate says so.
+            let due = limits.min_rate.map(|r| {
+                start + BODY_RATE_GRACE + Duration::from_secs_f64((total + 1) as f64 / r as f64)
+            });
+            let stall = Instant::now() + client_stall;
+            let deadline = due.map_or(stall, |d| d.min(stall));
+            match by(deadline, buf.read_from(io, BUF)).await {
+                Ok(0) => return Err(Failure::Client),
+                Err(e) if e.kind() == io::ErrorKind::TimedOut && due == Some(deadline) => {
+                    return Err(Failure::TooSlow)
+                }
+                Err(_) => return Err(Failure::Client),
                 Ok(_) => {}
             }
         }
         let k = left.take(buf.data()).map_err(|_| Failure::BadBody)?;
         total += k as u64;
-        if limit.is_some_and(|m| total > m) {
+        if limits.max.is_some_and(|m| total > m) {
             return Err(Failure::TooLarge);
+        }
+        if let Some(r) = limits.min_rate {
+            let allowed = start.elapsed().saturating_sub(BODY_RATE_GRACE);
+            if (total as f64) < r as f64 * allowed.as_secs_f64() && !left.done() {
+                return Err(Failure::TooSlow);
+            }
         }
         if k > 0 {
             write_flush(up, &buf.data()[..k], Instant::now() + up_stall)
@@ -1820,6 +1849,19 @@ async fn send_body<T: ClientStream>(
         }
     }
 }
+
+/// The firewall's limits on a streamed request body.
+#[derive(Clone, Copy)]
+struct BodyLimits {
+    /// Bytes (chunked bodies; a declared length is checked with the head).
+    max: Option<u64>,
+    /// Bytes per second, after [`BODY_RATE_GRACE`].
+    min_rate: Option<u64>,
+}
+
+/// The first moments of a body are not held to the minimum upload rate (a connection's
+/// slow start, a client computing what it sends).
+const BODY_RATE_GRACE: Duration = Duration::from_secs(1);
 
 /// Forward the rest of a response body; whether it ended cleanly.
 async fn stream_response<T: ClientStream>(

@@ -6,7 +6,8 @@
 //! per-client connection cap; a refused connection is closed at once. Per request, on
 //! every path that serves HTTP/1 and HTTP/2: the method allow list (405 with `Allow`), the
 //! declared body size (413; a chunked body past it is cut with a 413 as it streams on the
-//! fast path), and the per-client request rate (429 with `Retry-After`). Every refusal is
+//! fast path), the per-client request rate (429 with `Retry-After`), and a minimum
+//! upload rate of request bodies (408: a slow POST cannot hold a server connection). Every refusal is
 //! counted by listener and reason (`rampart_firewall_refused_total`, `/api/firewall`).
 //!
 //! The lists are [`cidr::CidrSet`]s (a binary search per lookup, so 10,000 entries cost
@@ -49,10 +50,12 @@ pub enum Reason {
     Method,
     /// A body past `max_body`: 413.
     Body,
+    /// A body slower than `min_upload_rate`: 408.
+    SlowUpload,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 8] = [
         Reason::Blocked,
         Reason::Denied,
         Reason::NotAllowed,
@@ -60,6 +63,7 @@ impl Reason {
         Reason::Rate,
         Reason::Method,
         Reason::Body,
+        Reason::SlowUpload,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -71,6 +75,7 @@ impl Reason {
             Reason::Rate => "rate",
             Reason::Method => "method",
             Reason::Body => "body",
+            Reason::SlowUpload => "slow-upload",
         }
     }
 }
@@ -88,7 +93,7 @@ pub struct Refusal {
 /// Refusals by reason, of one listener.
 #[derive(Default)]
 pub struct FwStats {
-    refused: [AtomicU64; 7],
+    refused: [AtomicU64; 8],
 }
 
 impl FwStats {
@@ -260,6 +265,21 @@ impl Firewall {
         })
     }
 
+    /// The refusal of a body that came too slowly.
+    pub fn too_slow(&self) -> Refusal {
+        self.refuse(Refusal {
+            reason: Reason::SlowUpload,
+            status: 408,
+            header: None,
+            message: b"408 Request Timeout: the request body came too slowly\n",
+        })
+    }
+
+    /// Bytes per second a body must keep up.
+    pub fn min_upload_rate(&self) -> Option<u64> {
+        self.rules.load().cfg.min_upload_rate
+    }
+
     /// The largest body a request may have.
     pub fn max_body(&self) -> Option<u64> {
         self.rules.load().cfg.max_body
@@ -292,6 +312,7 @@ impl Firewall {
             "max_connections_per_client": cfg.max_connections_per_client,
             "methods": cfg.methods,
             "max_body": cfg.max_body,
+            "min_upload_rate": cfg.min_upload_rate,
             "clients_tracked": self.clients.tracked(),
             "refused": refused,
         })

@@ -329,3 +329,117 @@ async fn networks_are_denied_from_the_file_and_at_run_time_and_a_reload_changes_
     assert!(r["denied"].as_u64().unwrap_or(0) >= 3, "{r}");
     assert!(r["blocked"].as_u64().unwrap_or(0) >= 1, "{r}");
 }
+
+/// A slow POST from `local`: a head announcing 1 MB, then 10 bytes every 300 ms, until
+/// the balancer answers or closes, or `give_up` passes. (status, how long it was held).
+async fn slow_post(addr: SocketAddr, local: String, give_up: Duration) -> (u16, Duration) {
+    use tokio::io::AsyncReadExt;
+    let t0 = std::time::Instant::now();
+    let mut s = connect_from(addr, &local).await;
+    let head = b"POST /upload HTTP/1.1\r\nHost: lb.test\r\nContent-Length: 1000000\r\n\r\n";
+    if s.write_all(head).await.is_err() {
+        return (0, t0.elapsed());
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while t0.elapsed() < give_up {
+        if s.write_all(&[b'x'; 10]).await.is_err() {
+            break;
+        }
+        match tokio::time::timeout(Duration::from_millis(300), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => {
+                got.extend_from_slice(&buf[..n]);
+                if got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+            Err(_) => {}
+        }
+    }
+    (status(&String::from_utf8_lossy(&got)), t0.elapsed())
+}
+
+/// `n` GETs one after another from `local`, each on a new connection: their latencies.
+async fn latencies(addr: SocketAddr, local: &str, n: usize) -> Vec<Duration> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = std::time::Instant::now();
+        let a = exchange(addr, local, GET).await;
+        assert_eq!(status(&a), 200, "a normal client's request failed: {a}");
+        out.push(t.elapsed());
+    }
+    out.sort();
+    out
+}
+
+fn p99(sorted: &[Duration]) -> Duration {
+    sorted[(sorted.len() * 99 / 100).min(sorted.len() - 1)]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_post_attack_is_cut_while_a_normal_client_keeps_its_latency() {
+    let b = Backend::start("b").await;
+    // The control: without a minimum rate, a slow POST holds its connections (to the
+    // balancer and to the server) as long as it trickles.
+    let (plain, _) = start(&b, "{ }").await;
+    let (code, held) = slow_post(plain.addr, "127.0.0.11".into(), Duration::from_secs(3)).await;
+    assert!(
+        code == 0 && held >= Duration::from_secs(3),
+        "without min_upload_rate the slow POST ended after {held:?} with {code}"
+    );
+    drop(plain);
+
+    let (lb, admin) = start(&b, "{ min_upload_rate = \"2kB/s\" }").await;
+    let base = latencies(lb.addr, "127.0.0.10", 100).await;
+    // 200 attackers, each from its own address (so no per-client cap helps).
+    let mut attack = Vec::new();
+    for i in 0..200u32 {
+        let local = format!("127.0.{}.{}", 1 + i / 250, 1 + i % 250);
+        attack.push(tokio::spawn(slow_post(
+            lb.addr,
+            local,
+            Duration::from_secs(8),
+        )));
+    }
+    // Measured while all 200 hold their connections (before the rate cuts them).
+    let mut open = 0;
+    for _ in 0..100 {
+        let (_, st) = api(admin, "GET", "/api/state", String::new()).await;
+        open = st["listeners"][0]["connections"].as_u64().unwrap_or(0);
+        if open >= 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(open >= 200, "only {open} attackers connected");
+    let during = latencies(lb.addr, "127.0.0.10", 100).await;
+    let mut cut = 0;
+    let mut longest = Duration::ZERO;
+    for h in attack {
+        let (code, held) = h.await.unwrap();
+        if code == 408 {
+            cut += 1;
+        }
+        longest = longest.max(held);
+    }
+    let (pb, pd) = (p99(&base), p99(&during));
+    eprintln!(
+        "slow POST x200: {cut} cut with 408, longest held {longest:?}; normal client p99 {pb:?} before, {pd:?} during"
+    );
+    assert_eq!(
+        cut, 200,
+        "not every slow POST was cut (longest held {longest:?})"
+    );
+    // 2 adverts of the rate: 1 s of grace, then the first 10 bytes owe 2 kB.
+    assert!(
+        longest < Duration::from_secs(4),
+        "a slow POST was held {longest:?}"
+    );
+    // The goal is 2x; on a loaded test machine a few ms of scheduling noise is allowed.
+    assert!(
+        pd <= (pb * 2).max(pb + Duration::from_millis(25)),
+        "the normal client's p99 went from {pb:?} to {pd:?}"
+    );
+    assert_eq!(refused(admin).await["slow-upload"].as_u64(), Some(200));
+}

@@ -11,7 +11,8 @@
 //!              rate = "20/s", burst = 40,     # per client address: 429 + Retry-After past it
 //!              max_connections_per_client = 50,
 //!              methods = ["GET", "HEAD", "POST"],   # others: 405 with Allow
-//!              max_body = "10MB" }            # 413 (Content-Length or a chunked body past it)
+//!              max_body = "10MB",             # 413 (Content-Length or a chunked body past it)
+//!              min_upload_rate = "10kB/s" }   # a slower body (after its first second): 408
 //! ```
 //!
 //! `deny_file` holds one network per line (`#` comments, blank lines), read at start and
@@ -43,6 +44,8 @@ pub struct RawFirewall {
     pub methods: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     pub max_body: Option<Spanned<String>>,
+    #[serde(default)]
+    pub min_upload_rate: Option<Spanned<String>>,
 }
 
 /// Requests per second a client may make, with a burst.
@@ -65,6 +68,9 @@ pub struct Firewall {
     /// Upper-case method names; `None`: every method.
     pub methods: Option<Vec<String>>,
     pub max_body: Option<u64>,
+    /// Bytes per second a request body must keep up (after its first second); a slower
+    /// upload is answered 408 and its server connection freed.
+    pub min_upload_rate: Option<u64>,
 }
 
 /// `"20/s"`, `"600/m"`, `"3600/h"` as requests per second.
@@ -167,6 +173,23 @@ pub(super) fn validate(c: &mut Checker<'_>, raw: &RawFirewall, dir: &std::path::
                 None
             }
         });
+    let min_upload_rate = raw.min_upload_rate.as_ref().and_then(|m| {
+        let v = m.get_ref();
+        match v
+            .strip_suffix("/s")
+            .map(crate::db::parse_size)
+            .unwrap_or_else(|| Err(String::new()))
+        {
+            Ok(n) if n > 0 => Some(n),
+            _ => {
+                c.err(
+                    m,
+                    format!("min_upload_rate \"{v}\": expected bytes per second, e.g. \"10kB/s\""),
+                );
+                None
+            }
+        }
+    });
     Firewall {
         allow,
         deny,
@@ -175,6 +198,7 @@ pub(super) fn validate(c: &mut Checker<'_>, raw: &RawFirewall, dir: &std::path::
         max_connections_per_client,
         methods,
         max_body,
+        min_upload_rate,
     }
 }
 
@@ -195,7 +219,7 @@ mod tests {
     #[test]
     fn a_listener_firewall_validates_and_every_mistake_is_placed() {
         let c = load(
-            "{ allow = [\"10.0.0.0/8\"], deny = [\"2001:db8::/32\"], deny_file = \"deny.txt\", rate = \"600/m\", max_connections_per_client = 20, methods = [\"get\", \"POST\"], max_body = \"1MB\" }",
+            "{ allow = [\"10.0.0.0/8\"], deny = [\"2001:db8::/32\"], deny_file = \"deny.txt\", rate = \"600/m\", max_connections_per_client = 20, methods = [\"get\", \"POST\"], max_body = \"1MB\", min_upload_rate = \"10kB/s\" }",
         )
         .expect("valid");
         let f = c.listeners[0].firewall.clone().expect("a firewall");
@@ -208,6 +232,7 @@ mod tests {
         );
         assert_eq!(f.methods, Some(vec!["GET".to_string(), "POST".to_string()]));
         assert_eq!(f.max_body, Some(1024 * 1024));
+        assert_eq!(f.min_upload_rate, Some(10 * 1024));
         assert_eq!(f.deny_file, Some(PathBuf::from("/etc/rampart/deny.txt")));
         let e = load(
             "{ deny = [\"10.0.0.300/8\"], rate = \"lots\", burst = 3, methods = [], max_body = \"huge\", max_connections_per_client = 0 }",
