@@ -1,0 +1,191 @@
+#!/usr/bin/env python3
+"""The L7 firewall's cost: rampart lb with and without a firewall, side by side.
+
+    RAMPART_BIN=<release rampart> python3 bench/lb-firewall/bench.py [--rounds 6] [--duration 3]
+
+Two rampart lb processes (one worker thread each, pinned to CPU 0) in front of one nginx
+backend; wrk (64 connections, CPU 1) alternates between them, order rotated each round:
+  off  the listener without a firewall;
+  on   deny_file with 10,000 networks (none of them the client's), an allow list,
+       a per-client rate limit (far above what wrk sends from its one address, so nothing
+       is refused: the bucket is consulted on every request), a method list and max_body.
+CPU microseconds per request (utime+stime from /proc/PID/stat) and requests/s; medians,
+the ratio on/off, a report in bench/results/lb-firewall-<stamp>.md. Loopback only; every
+process started here is killed on exit.
+"""
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+sys.path.insert(0, str(REPO / "bench" / "lb"))
+import lbbench  # noqa: E402  (ticks_of, parse_wrk)
+
+HZ = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_http(port, timeout=10.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1) as r:
+                if r.status == 200:
+                    return True
+        except Exception:
+            time.sleep(0.1)
+    return False
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--duration", type=int, default=3)
+    args = ap.parse_args()
+    rampart = os.environ.get("RAMPART_BIN") or str(REPO / "target/release/rampart")
+    for tool in ("wrk", "nginx", "taskset"):
+        if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
+            sys.exit(f"{tool} is missing (bash scripts/deps.sh installs it)")
+    if not Path(rampart).exists():
+        sys.exit(f"{rampart} is missing: cargo build --release -p rampart, or set RAMPART_BIN")
+    work = Path(tempfile.mkdtemp(prefix="rampart-bench-fw."))
+    procs = []
+
+    def start(cpu, name, cmd):
+        log = open(work / f"{name}.log", "w")
+        p = subprocess.Popen(["taskset", "-c", str(cpu)] + cmd, stdout=log, stderr=log,
+                             stdin=subprocess.DEVNULL, start_new_session=True)
+        procs.append(p)
+        return p
+
+    def cleanup(*_):
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except OSError:
+                pass
+        shutil.rmtree(work, ignore_errors=True)
+
+    signal.signal(signal.SIGTERM, lambda *a: (cleanup(), sys.exit(143)))
+    try:
+        # The backend.
+        bport = free_port()
+        (work / "nginx").mkdir()
+        (work / "nginx/nginx.conf").write_text(f"""daemon off; master_process off; worker_processes 1;
+error_log {work}/nginx/error.log; pid {work}/nginx/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{ access_log off; client_body_temp_path {work}/nginx; proxy_temp_path {work}/nginx;
+  fastcgi_temp_path {work}/nginx; uwsgi_temp_path {work}/nginx; scgi_temp_path {work}/nginx;
+  server {{ listen 127.0.0.1:{bport}; keepalive_requests 100000;
+    location / {{ return 200 "ok\\n"; }} }} }}
+""")
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        start(1, "nginx", [nginx, "-c", str(work / "nginx/nginx.conf"), "-p", str(work / "nginx")])
+        if not wait_http(bport):
+            sys.exit("nginx did not start")
+        # The deny file: 10,000 networks in 10.0.0.0/8, none of them 127.0.0.1.
+        deny = work / "deny.txt"
+        deny.write_text("".join(f"10.{(i >> 8) & 255}.{i & 255}.0/24\n" for i in range(10_000)))
+        variants = {
+            "off": "",
+            "on": (f'firewall = {{ deny_file = "{deny}", allow = ["127.0.0.0/8", "10.0.0.0/8"], '
+                   'rate = "1000000/s", burst = 1000000, methods = ["GET", "HEAD", "POST"], '
+                   'max_body = "10MB" }'),
+        }
+        ports = {}
+        pids = {}
+        for name, fw in variants.items():
+            port = free_port()
+            conf = work / f"{name}.toml"
+            conf.write_text(f"""[[listener]]
+name = "web"
+address = "127.0.0.1:{port}"
+pool = "app"
+{fw}
+
+[[pool]]
+name = "app"
+servers = [{{ name = "n1", address = "127.0.0.1:{bport}" }}]
+health_check = {{ kind = "none" }}
+""")
+            p = start(0, f"rampart-{name}", ["env", "RUST_LOG=warn", rampart, "lb", "--config", str(conf), "--threads", "1"])
+            ports[name], pids[name] = port, p.pid
+            if not wait_http(port):
+                sys.exit(f"rampart ({name}) did not serve:\n" + (work / f"rampart-{name}.log").read_text())
+        rec = {n: {"us": [], "rps": []} for n in variants}
+        order = list(variants)
+        for r in range(args.rounds):
+            for name in order:
+                pid = pids[name]
+                t0 = lbbench.ticks_of(pid)
+                out = subprocess.run(
+                    ["taskset", "-c", "1", "wrk", "-t1", "-c64", f"-d{args.duration}s", "--latency",
+                     f"http://127.0.0.1:{ports[name]}/"],
+                    capture_output=True, text=True, check=True).stdout
+                ticks = lbbench.ticks_of(pid) - t0
+                w = lbbench.parse_wrk(out)
+                n = w["requests"] or 1
+                rec[name]["us"].append(ticks / HZ * 1e6 / n)
+                rec[name]["rps"].append(w["rps"] or 0)
+                print(f"round {r + 1}/{args.rounds} {name}: {rec[name]['us'][-1]:.2f} us/request, "
+                      f"{w['rps']:.0f} req/s", file=sys.stderr)
+            order = order[1:] + order[:1]
+        # The firewall refused nothing (it only looked).
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports['on']}/", timeout=2) as resp:
+            assert resp.status == 200
+        med = {n: (statistics.median(v["us"]), statistics.median(v["rps"])) for n, v in rec.items()}
+        ratio = med["on"][0] / med["off"][0]
+        load = open("/proc/loadavg").read().split()[:3]
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True).stdout.strip()
+        lines = [
+            f"# rampart lb: the L7 firewall's cost ({stamp})",
+            "",
+            f"`RAMPART_BIN=<release> python3 bench/lb-firewall/bench.py --rounds {args.rounds} --duration {args.duration}`,"
+            f" commit {commit}, load average at the end {' '.join(load)}.",
+            "One rampart lb worker thread on CPU 0 per variant, wrk -t1 -c64 on CPU 1 against one nginx;"
+            " alternating runs, medians.",
+            "",
+            "| variant | CPU us/request | requests/s | runs (us/request) |",
+            "|---|---|---|---|",
+        ]
+        for n in variants:
+            runs = ", ".join(f"{x:.2f}" for x in rec[n]["us"])
+            lines.append(f"| {n} | {med[n][0]:.2f} | {med[n][1]:.0f} | {runs} |")
+        lines += [
+            "",
+            f"**on / off: {ratio:.3f}x CPU per request** (goal: under 1.1x). \"on\" = 10,000 deny networks"
+            " from a file, an allow list, a per-client token bucket consulted on every request"
+            " (set far above wrk's rate, so nothing is refused), a method list and max_body.",
+            "",
+        ]
+        out = REPO / "bench" / "results" / f"lb-firewall-{stamp}.md"
+        out.write_text("\n".join(lines))
+        print("\n".join(lines))
+        print(f"report: {out}", file=sys.stderr)
+    finally:
+        cleanup()
+
+
+if __name__ == "__main__":
+    main()
