@@ -621,6 +621,39 @@ fn valid_host(v: &[u8]) -> bool {
     })
 }
 
+/// The rules every HTTP/1.x request head meets, whichever code path serves it (this
+/// codec, or hyper's for HTTP/1.0 and upgrades, which calls it for each request it
+/// reads, pipelined ones included): one policy, one function. `hosts`: how many `Host`
+/// fields, `host` the last. The error is the status to answer.
+pub(crate) fn head_policy(
+    method: &str,
+    target: &str,
+    http10: bool,
+    hosts: usize,
+    host: Option<&[u8]>,
+) -> Result<(), u16> {
+    if method == "CONNECT" {
+        // A reverse proxy opens no tunnels.
+        return Err(501);
+    }
+    // One Host, a plausible one (RFC 9112 section 3.2).
+    if hosts > 1
+        || host.is_some_and(|h| !valid_host(h))
+        || (hosts == 0 && !http10 && (target.starts_with('/') || target == "*"))
+    {
+        return Err(400);
+    }
+    // A target of visible ASCII without a fragment (HAProxy refuses `#` too since
+    // CVE-2023-45539: `/index.html#.png` read as a `.png` path by one side only).
+    if !target
+        .bytes()
+        .all(|b| (0x21..=0x7e).contains(&b) && b != b'#')
+    {
+        return Err(400);
+    }
+    Ok(())
+}
+
 /// Whether a head refused for its version names a well-formed `HTTP/x.y` (505) rather
 /// than garbage (400).
 fn other_version(data: &[u8]) -> bool {
@@ -667,10 +700,6 @@ fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Parsed {
     let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
         return Parsed::Bad(400);
     };
-    if method == "CONNECT" {
-        // A reverse proxy opens no tunnels: hyper's path forwarded it as `CONNECT /`.
-        return Parsed::Bad(501);
-    }
     // HTTP/1.0 goes to hyper, after the checks below (it needs no Host, and may not
     // use a transfer coding: RFC 9112 section 6.1).
     let http10 = version != 1;
@@ -735,20 +764,8 @@ fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Parsed {
     if te && (te_fields > 1 || !chunked || length.is_some() || http10) {
         return Parsed::Bad(400);
     }
-    // One Host, a plausible one (RFC 9112 section 3.2).
-    if hosts > 1
-        || host.is_some_and(|h| !valid_host(h))
-        || (hosts == 0 && !http10 && (target.starts_with('/') || target == "*"))
-    {
-        return Parsed::Bad(400);
-    }
-    // A target of visible ASCII without a fragment (HAProxy refuses `#` too since
-    // CVE-2023-45539: `/index.html#.png` read as a `.png` path by one side only).
-    if !target
-        .bytes()
-        .all(|b| (0x21..=0x7e).contains(&b) && b != b'#')
-    {
-        return Parsed::Bad(400);
+    if let Err(status) = head_policy(method, target, http10, hosts, host) {
+        return Parsed::Bad(status);
     }
     if upgrade || too_many || http10 {
         // WebSocket and friends (hyper's path joins the two halves), or more hop-by-hop

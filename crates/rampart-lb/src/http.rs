@@ -540,6 +540,31 @@ enum Failure {
 
 async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<RespBody> {
     let busy = Busy::new(ctx.activity());
+    // The fast path's rules for an HTTP/1.x head, for the requests hyper reads here
+    // (HTTP/1.0, upgrades, and whatever a client pipelines after them).
+    if matches!(
+        req.version(),
+        Version::HTTP_10 | Version::HTTP_11 | Version::HTTP_09
+    ) {
+        let hosts = req.headers().get_all(header::HOST);
+        let n = hosts.iter().count();
+        let host = hosts.iter().last().map(|h| h.as_bytes());
+        let target = req.uri().to_string();
+        let http10 = req.version() != Version::HTTP_11;
+        if let Err(code) = crate::h1::head_policy(req.method().as_str(), &target, http10, n, host) {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST);
+            let msg = if code == 501 {
+                "501 Not Implemented: CONNECT is not supported\n"
+            } else {
+                "400 Bad Request: malformed request\n"
+            };
+            ctx.listener.stats.counters.response(code, 0);
+            let mut r = error_response(status, &Bytes::from_static(msg.as_bytes()), busy);
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
+        }
+    }
     // The firewall's request checks, as on the fast path (one policy for HTTP/1.0,
     // upgrades and HTTP/2 alike).
     if let Some(fw) = ctx.listener.firewall.as_deref() {

@@ -118,7 +118,8 @@ impl BackendState {
             };
         }
         self.hits.fetch_add(1, Ordering::Relaxed);
-        if req.headers().contains_key(hyper::header::UPGRADE) {
+        // `/no-upgrade` declines an upgrade: an ordinary answer, the connection stays HTTP.
+        if req.headers().contains_key(hyper::header::UPGRADE) && path != "/no-upgrade" {
             let on = hyper::upgrade::on(&mut req);
             tokio::spawn(async move {
                 if let Ok(up) = on.await {
