@@ -548,7 +548,7 @@ async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<RespBody>
     ) {
         let hosts = req.headers().get_all(header::HOST);
         let n = hosts.iter().count();
-        let host = hosts.iter().last().map(|h| h.as_bytes());
+        let host = hosts.iter().next_back().map(|h| h.as_bytes());
         let target = req.uri().to_string();
         let http10 = req.version() != Version::HTTP_11;
         if let Err(code) = crate::h1::head_policy(req.method().as_str(), &target, http10, n, host) {
