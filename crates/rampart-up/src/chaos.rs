@@ -83,6 +83,9 @@ pub struct Report {
     pub writes_acked: u64,
     pub writes_lost: u64,
     pub lost_ids: Vec<i64>,
+    /// The longest a write took to be acknowledged (a write held across a failover
+    /// shows here rather than as a failure).
+    pub longest_write_ms: u64,
     /// From the fault to the first success after the last failure (0 when nothing failed).
     pub time_to_recovery_ms: u64,
     /// Whether requests were succeeding again at the end of the observation.
@@ -134,9 +137,10 @@ impl fmt::Display for Report {
         )?;
         write!(
             f,
-            "writes          {} acknowledged, {} lost{}",
+            "writes          {} acknowledged, {} lost, the longest took {} ms{}",
             self.writes_acked,
             self.writes_lost,
+            self.longest_write_ms,
             if self.lost_ids.is_empty() {
                 String::new()
             } else {
@@ -156,6 +160,7 @@ struct Sample {
 struct Acked {
     id: i64,
     token: Option<String>,
+    took: Duration,
 }
 
 fn kill_group(pid: u32, sig: Signal) -> Result<(), UpError> {
@@ -164,15 +169,23 @@ fn kill_group(pid: u32, sig: Signal) -> Result<(), UpError> {
         .map_err(|e| UpError::Drill(format!("signal {sig} to group {pid}: {e}")))
 }
 
-fn post_message(site: &Site, n: u64) -> Option<Acked> {
+/// One write, named by an idempotency key of this drill (`run`) so that the web tier
+/// may send it again across a failover without storing it twice. The client waits as
+/// long as the web tier holds a write (8 s) and then some.
+fn post_message(site: &Site, run: u64, n: u64) -> Option<Acked> {
     let body = format!("{{\"author\":\"chaos\",\"text\":\"drill message {n}\"}}");
+    let key = format!("chaos-{run:x}-{n}");
+    let t = Instant::now();
     let r = site
         .request(
             "POST",
             "/api/messages",
-            &[("Content-Type", "application/json")],
+            &[
+                ("Content-Type", "application/json"),
+                ("Idempotency-Key", &key),
+            ],
             body.as_bytes(),
-            Duration::from_secs(5),
+            Duration::from_secs(12),
         )
         .ok()?;
     if r.status != 201 {
@@ -182,6 +195,7 @@ fn post_message(site: &Site, n: u64) -> Option<Acked> {
     Some(Acked {
         id: v.get("id")?.as_i64()?,
         token: r.header("x-rampart-token").map(str::to_string),
+        took: t.elapsed(),
     })
 }
 
@@ -272,13 +286,18 @@ pub fn run(r: &Resolved, drill: &Drill, o: &DrillOptions) -> Result<Report, UpEr
         let (stop, samples, acked) = (stop.clone(), samples.clone(), acked.clone());
         let site = site.clone();
         let period = Duration::from_secs_f64(1.0 / f64::from(o.rate.max(1)));
+        // This drill's writes' keys: unique per run (the clock and this process).
+        let run = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ u64::from(std::process::id()) << 48;
         std::thread::spawn(move || {
             let mut n = 0u64;
             while !stop.load(Ordering::SeqCst) {
                 let tick = Instant::now();
                 n += 1;
                 // Samples are stamped when the answer (or the error) came back.
-                let w = post_message(&site, n);
+                let w = post_message(&site, run, n);
                 let w_at = Instant::now();
                 let ok_w = w.is_some();
                 if let Some(a) = w {
@@ -473,6 +492,11 @@ pub fn run(r: &Resolved, drill: &Drill, o: &DrillOptions) -> Result<Report, UpEr
         writes_acked: acked.len() as u64,
         writes_lost: lost_ids.len() as u64,
         lost_ids,
+        longest_write_ms: acked
+            .iter()
+            .map(|a| a.took.as_millis() as u64)
+            .max()
+            .unwrap_or(0),
         time_to_recovery_ms,
         recovered,
         cut_ms,

@@ -25,20 +25,41 @@ const DEFAULT_LIMIT: i64 = 20;
 const MAX_LIMIT: i64 = 100;
 
 /// The schema, one migration per entry; applied in order, each at most once.
-const MIGRATIONS: [(i32, &str); 1] = [(
-    1,
-    "CREATE TABLE messages (
+const MIGRATIONS: [(i32, &str); 2] = [
+    (
+        1,
+        "CREATE TABLE messages (
         id bigserial PRIMARY KEY,
         author text NOT NULL,
         text text NOT NULL,
         created_at timestamptz NOT NULL DEFAULT now())",
-)];
+    ),
+    // A write's key, so that sending it again (after a failover cut the connection with
+    // the outcome unknown) never stores it twice.
+    (
+        2,
+        "ALTER TABLE messages ADD COLUMN idempotency_key text UNIQUE",
+    ),
+];
+
+/// How long a write is held across a failover (no primary, or the connection to the
+/// old one broken) before the client gets a 503: a few seconds longer than a failover.
+pub const WRITE_HOLD: Duration = Duration::from_secs(8);
+
+/// How long a read is tried again on other nodes when the one it went to fails.
+const READ_RETRY: Duration = Duration::from_secs(3);
+
+/// Request header naming a write; the same key sent again returns the stored message.
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+const MAX_KEY_CHARS: usize = 200;
 /// Key of the advisory lock that serialises migrations across web nodes.
 const MIGRATION_LOCK: i64 = 0x7261_6d70_6172_7401;
 
 pub struct Guestbook {
     pub router: Router,
     migrated: AtomicBool,
+    /// When a primary was last known (checked by readiness).
+    primary_seen: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq, Clone)]
@@ -98,6 +119,49 @@ fn row_to_message(r: &tokio_postgres::Row) -> Result<Message, tokio_postgres::Er
     })
 }
 
+/// A fresh key for a write the client did not name: 128 random bits.
+fn new_key() -> String {
+    format!("rampart-{:032x}", rand::random::<u128>())
+}
+
+/// Whether a failed write may be sent again: no primary yet, a connection lost, or the
+/// node turned out read-only or shutting down (a failover under way). Other SQL errors
+/// (a constraint, a bad value) are the write's own and final.
+fn retryable(e: &RouteError) -> bool {
+    use tokio_postgres::error::SqlState;
+    if e.is_unavailable() {
+        return true;
+    }
+    match e {
+        RouteError::Db(db) => db.code().is_some_and(|c| {
+            *c == SqlState::READ_ONLY_SQL_TRANSACTION
+                || *c == SqlState::ADMIN_SHUTDOWN
+                || *c == SqlState::CRASH_SHUTDOWN
+                || *c == SqlState::CANNOT_CONNECT_NOW
+                || c.code().starts_with("08")
+        }),
+        _ => false,
+    }
+}
+
+/// The client's `Idempotency-Key`: at most 200 visible ASCII characters.
+pub fn request_key(h: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = h.get(IDEMPOTENCY_HEADER) else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("Idempotency-Key must be 1 to {MAX_KEY_CHARS} visible ASCII characters"),
+        )
+    };
+    let s = v.to_str().map_err(|_| bad())?;
+    if s.is_empty() || s.len() > MAX_KEY_CHARS || !s.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+        return Err(bad());
+    }
+    Ok(Some(s.to_string()))
+}
+
 /// A replica that has not replayed the migrations yet (just after the first start-up):
 /// the read goes to the primary instead.
 fn schema_not_replayed(e: &tokio_postgres::Error, role: Role) -> bool {
@@ -109,11 +173,30 @@ impl Guestbook {
         Arc::new(Guestbook {
             router,
             migrated: AtomicBool::new(false),
+            primary_seen: std::sync::Mutex::new(None),
         })
     }
 
     pub fn is_migrated(&self) -> bool {
         self.migrated.load(Ordering::Relaxed)
+    }
+
+    /// Whether this node can serve the guestbook: migrated, and a primary is known or
+    /// was known within [`WRITE_HOLD`] (a failover under way: reads go on on the
+    /// replicas and writes are held, so the balancers must keep sending).
+    pub fn can_serve(&self) -> bool {
+        if !self.is_migrated() {
+            return false;
+        }
+        let now = std::time::Instant::now();
+        let Ok(mut seen) = self.primary_seen.lock() else {
+            return false;
+        };
+        if self.router.topology().primary().is_some() {
+            *seen = Some(now);
+            return true;
+        }
+        seen.is_some_and(|t| now.duration_since(t) < WRITE_HOLD)
     }
 
     /// Apply the migrations, retrying with backoff until the primary is reachable.
@@ -172,26 +255,94 @@ impl Guestbook {
     }
 
     /// Insert a message on the primary; returns it, the node and the token.
+    ///
+    /// The write carries `key` (the client's `Idempotency-Key`, else one made here) and
+    /// is held across a failover for up to [`WRITE_HOLD`]: while no primary is known it
+    /// waits for one, and when the connection breaks with the outcome unknown (the old
+    /// primary died after the INSERT was sent) it is sent again to the new primary,
+    /// where the key's unique index turns a write that did commit into a read of it.
+    /// A client sees latency, not an error, and never two copies.
     pub async fn post(
         &self,
         author: &str,
         text: &str,
+        key: Option<&str>,
+    ) -> Result<(Message, String, Token), RouteError> {
+        let key = key.map_or_else(new_key, str::to_string);
+        let deadline = std::time::Instant::now() + WRITE_HOLD;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            match self.post_once(author, text, &key).await {
+                Ok(r) => {
+                    if attempt > 1 {
+                        tracing::info!(attempt, key = %key, "write held across a failover went through");
+                    }
+                    return Ok(r);
+                }
+                Err(e) if retryable(&e) && std::time::Instant::now() < deadline => {
+                    tracing::info!(attempt, error = %e, "write not done (no primary or connection lost): holding it and sending again");
+                    self.router.refresh();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn post_once(
+        &self,
+        author: &str,
+        text: &str,
+        key: &str,
     ) -> Result<(Message, String, Token), RouteError> {
         let w = self.router.write().await?;
         let row = w
-            .query_one(
+            .query_opt(
                 &format!(
-                    "INSERT INTO messages (author, text) VALUES ($1, $2) RETURNING {SELECT_COLS}"
+                    "INSERT INTO messages (author, text, idempotency_key) VALUES ($1, $2, $3) \
+                     ON CONFLICT (idempotency_key) DO NOTHING RETURNING {SELECT_COLS}"
                 ),
-                &[&author, &text],
+                &[&author, &text, &key],
             )
             .await?;
+        let row = match row {
+            Some(r) => r,
+            // Stored already (an earlier attempt committed): that message.
+            None => {
+                w.query_one(
+                    &format!("SELECT {SELECT_COLS} FROM messages WHERE idempotency_key = $1"),
+                    &[&key],
+                )
+                .await?
+            }
+        };
         let m = row_to_message(&row)?;
         let token = w.token().await?;
         Ok((m, w.node().to_string(), token))
     }
 
+    /// [`Guestbook::list_once`], sent again to another node when the one it went to is
+    /// gone (a replica or the primary just died): reads go on through a failover.
     pub async fn list(
+        &self,
+        limit: i64,
+        token: Option<Token>,
+    ) -> Result<(Vec<Message>, String, Role), RouteError> {
+        let deadline = std::time::Instant::now() + READ_RETRY;
+        loop {
+            match self.list_once(limit, token).await {
+                Err(e) if e.is_unavailable() && std::time::Instant::now() < deadline => {
+                    tracing::info!(error = %e, "read failed on a node that went away: reading again");
+                    self.router.refresh();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn list_once(
         &self,
         limit: i64,
         token: Option<Token>,
@@ -212,7 +363,26 @@ impl Guestbook {
         Ok((msgs, r.node().to_string(), r.role()))
     }
 
+    /// One message, read again elsewhere like [`Guestbook::list`].
     pub async fn get(
+        &self,
+        id: i64,
+        token: Option<Token>,
+    ) -> Result<(Option<Message>, String, Role), RouteError> {
+        let deadline = std::time::Instant::now() + READ_RETRY;
+        loop {
+            match self.get_once(id, token).await {
+                Err(e) if e.is_unavailable() && std::time::Instant::now() < deadline => {
+                    tracing::info!(error = %e, "read failed on a node that went away: reading again");
+                    self.router.refresh();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn get_once(
         &self,
         id: i64,
         token: Option<Token>,
@@ -313,6 +483,10 @@ pub fn request_token(h: &HeaderMap) -> Result<Option<Token>, ApiError> {
 }
 
 pub async fn api_post(State(gb): State<Arc<Guestbook>>, req: Request) -> Response {
+    let key = match request_key(req.headers()) {
+        Ok(k) => k,
+        Err(e) => return e.into_response(),
+    };
     let ct = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -352,7 +526,7 @@ pub async fn api_post(State(gb): State<Arc<Guestbook>>, req: Request) -> Respons
         Ok(v) => v,
         Err(e) => return json_error(StatusCode::UNPROCESSABLE_ENTITY, &e),
     };
-    match gb.post(&author, &text).await {
+    match gb.post(&author, &text, key.as_deref()).await {
         Ok((msg, node, token)) => {
             let r = (
                 StatusCode::CREATED,
@@ -545,7 +719,7 @@ pub async fn form_post(
         Ok(v) => v,
         Err(e) => return html_error(StatusCode::UNPROCESSABLE_ENTITY, &e),
     };
-    match gb.post(&author, &text).await {
+    match gb.post(&author, &text, None).await {
         Ok((_, node, token)) => {
             let mut r = Response::builder()
                 .status(StatusCode::SEE_OTHER)

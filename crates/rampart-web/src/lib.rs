@@ -3,8 +3,9 @@
 //! One node serves static files from its root folder, proxies everything else to an
 //! external application server when one is configured (`upstream`), or runs the built-in
 //! guestbook on PostgreSQL (through `rampart-dbroute`) when a database is configured.
-//! `/healthz` is liveness, `/readyz` readiness (a writable primary is reachable when a
-//! database is configured, and the node is not draining), `/metrics` Prometheus.
+//! `/healthz` is liveness, `/readyz` readiness (a writable primary is known when a
+//! database is configured, or was within the write hold of a failover under way; and the
+//! node is not draining), `/metrics` Prometheus.
 //! Every response names the node in the `X-Served-By` header (name configurable).
 //!
 //! Shutdown on SIGTERM/SIGINT: mark not ready and deregister, wait `drain` so the
@@ -86,7 +87,7 @@ impl Node {
             return false;
         }
         match &self.guestbook {
-            Some(gb) => gb.is_migrated() && gb.router.topology().primary().is_some(),
+            Some(gb) => gb.can_serve(),
             None => true,
         }
     }

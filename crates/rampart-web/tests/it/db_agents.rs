@@ -75,7 +75,18 @@ fn guestbook_follows_a_failover_polling_the_agents_when_etcd_is_unreachable() {
     failover(Learn::EtcdDownPollAgents);
 }
 
-fn failover(learn: Learn) {
+/// A running cluster: etcd, two agents with their PostgreSQL, a web node in front.
+struct Setup {
+    _etcd: Etcd,
+    dir: tempfile::TempDir,
+    nodes: Vec<DbNode>,
+    addr: SocketAddr,
+    web: Proc,
+    primary: String,
+    replica: String,
+}
+
+fn start_cluster(learn: Learn) -> Setup {
     let etcd = Etcd::start();
     let dir = tempfile::Builder::new()
         .prefix("rampart-web-db-")
@@ -178,6 +189,34 @@ fn failover(learn: Learn) {
         "web never ready:\n{}",
         web.log_text()
     );
+    Setup {
+        _etcd: etcd,
+        dir,
+        nodes,
+        addr,
+        web,
+        primary,
+        replica,
+    }
+}
+
+/// Kill the primary's agent (its watchdog takes PostgreSQL down) and wait until that
+/// PostgreSQL is really gone (no listener, no backend left); the time of the kill.
+fn kill_primary(s: &mut Setup) -> (usize, Instant) {
+    let pi = s
+        .nodes
+        .iter()
+        .position(|n| n.name == s.primary)
+        .expect("primary index");
+    if let Some(mut p) = s.nodes[pi].agent.take() {
+        p.kill();
+    }
+    (pi, Instant::now())
+}
+
+fn failover(learn: Learn) {
+    let mut setup = start_cluster(learn);
+    let (addr, primary, replica) = (setup.addr, setup.primary.clone(), setup.replica.clone());
 
     // Read-your-writes through the agents' view.
     for i in 0..100 {
@@ -203,14 +242,9 @@ fn failover(learn: Learn) {
     );
 
     // Kill the primary (agent, watchdog and PostgreSQL): writes come back on the other node.
-    let pi = nodes
-        .iter()
-        .position(|n| n.name == primary)
-        .expect("primary index");
-    if let Some(mut p) = nodes[pi].agent.take() {
-        p.kill();
-    }
-    let killed = Instant::now();
+    let (pi, killed) = kill_primary(&mut setup);
+    let nodes = &setup.nodes;
+    let web = &setup.web;
     // When the survivor's agent first says it is the writable primary.
     let promoted: std::sync::Arc<std::sync::Mutex<Option<Instant>>> = Default::default();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -291,4 +325,113 @@ fn failover(learn: Learn) {
         l[0]["id"], id,
         "the newest message is the one written after the failover"
     );
+}
+
+/// Issue 13, part 4: writes sent while the primary dies are held by the web tier until
+/// the new primary takes them, and a write whose outcome the failover made unknown is
+/// sent again under its key, never stored twice. The client sees latency, not errors.
+#[test]
+fn writes_during_a_failover_are_held_not_failed_and_never_stored_twice() {
+    let mut setup = start_cluster(Learn::TopologyWatch);
+    let addr = setup.addr;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // (text, status, latency, id)
+    type Outcome = (String, u16, Duration, Option<i64>);
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || -> Vec<Outcome> {
+            let mut out = Vec::new();
+            let mut n = 0u64;
+            let until = Instant::now() + Duration::from_secs(60);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < until {
+                n += 1;
+                let text = format!("held {n}");
+                let key = format!("it-held-{n}");
+                let body = serde_json::json!({ "author": "dbit", "text": text }).to_string();
+                let t = Instant::now();
+                let r = request(
+                    addr,
+                    "POST",
+                    "/api/messages",
+                    &[
+                        ("Content-Type", "application/json"),
+                        ("Idempotency-Key", &key),
+                    ],
+                    body.as_bytes(),
+                );
+                let id = serde_json::from_slice::<Value>(&r.body)
+                    .ok()
+                    .and_then(|v| v["id"].as_i64());
+                out.push((text, r.status, t.elapsed(), id));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            out
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let (pi, killed) = kill_primary(&mut setup);
+    // Writing on until well after the new primary serves.
+    let survivor = setup.nodes[1 - pi].api;
+    assert!(
+        wait_until(Duration::from_secs(60), || http_get(survivor, "/primary")
+            .is_ok_and(|r| r.status == 200)),
+        "no new primary"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let outcomes = writer.join().expect("writer");
+    let failed: Vec<&Outcome> = outcomes.iter().filter(|o| o.1 != 201).collect();
+    let longest = outcomes.iter().map(|o| o.2).max().unwrap_or_default();
+    eprintln!(
+        "{} writes around a kill of the primary ({:?} ago): {} failed, longest {longest:?}",
+        outcomes.len(),
+        killed.elapsed(),
+        failed.len()
+    );
+    assert!(outcomes.len() > 50, "too few writes: {}", outcomes.len());
+    assert!(
+        failed.is_empty(),
+        "{} writes failed: {:?}\n{}",
+        failed.len(),
+        failed.iter().take(5).collect::<Vec<_>>(),
+        setup.web.log_text()
+    );
+    // Held, so some took the failover's time; none longer than the hold.
+    assert!(longest < Duration::from_secs(9), "a write took {longest:?}");
+    // Every acknowledged write is there exactly once (ids unique, each text once).
+    let mut ids: Vec<i64> = outcomes.iter().filter_map(|o| o.3).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), outcomes.len(), "two writes were given one id");
+    // Counted on the new primary itself: every written text once, and as many rows as
+    // acknowledged writes (none lost, none doubled).
+    let psql = rampart_testkit::pg_bin_dir().join("psql");
+    let port = setup.nodes[1 - pi].pg_port.to_string();
+    let q = |sql: &str| -> String {
+        let o = Command::new(&psql)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-tAc",
+                sql,
+            ])
+            .env("PGPASSWORD", PASSWORD)
+            .output()
+            .expect("psql");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    let doubled = q("SELECT count(*) FROM (SELECT text FROM messages WHERE text LIKE 'held %' GROUP BY text HAVING count(*) > 1) d");
+    assert_eq!(doubled, "0", "writes stored twice");
+    let rows: usize = q("SELECT count(*) FROM messages WHERE text LIKE 'held %'")
+        .parse()
+        .expect("a count");
+    assert_eq!(rows, outcomes.len(), "rows stored vs writes acknowledged");
+    let _ = &setup.dir;
 }

@@ -292,7 +292,8 @@ fn the_page_form_redirects_and_shows_the_new_message() {
     let w2 = start_guestbook("gb-page2", &pg, dir.path(), &[]);
     assert_eq!(
         pg.primary.sql("SELECT count(*) FROM schema_migrations"),
-        "1"
+        "2",
+        "each migration applied once"
     );
     drop(w2);
     let r = request(
@@ -412,4 +413,49 @@ fn readyz_needs_a_writable_primary_and_sigterm_drains() {
         http_get(addr, "/healthz").is_err(),
         "still accepting after shutdown"
     );
+}
+
+/// `Idempotency-Key`: the same key sent again returns the message stored the first time
+/// (201, same id) and stores nothing new; a malformed key is a 400.
+#[test]
+fn a_write_sent_again_under_its_key_is_stored_once() {
+    let pg = PgCluster::start(1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w = start_guestbook("gb-key", &pg, dir.path(), &[]);
+    let send = |key: &str, text: &str| {
+        let body = serde_json::json!({ "author": "k", "text": text }).to_string();
+        request(
+            w.addr,
+            "POST",
+            "/api/messages",
+            &[
+                ("Content-Type", "application/json"),
+                ("Idempotency-Key", key),
+            ],
+            body.as_bytes(),
+        )
+    };
+    let a = send("order-42", "first");
+    assert_eq!(a.status, 201, "{}", a.text());
+    let b = send("order-42", "first");
+    assert_eq!(b.status, 201, "{}", b.text());
+    assert_eq!(json(&a)["id"], json(&b)["id"], "a second copy was stored");
+    let c = send("order-43", "first");
+    assert_ne!(
+        json(&a)["id"],
+        json(&c)["id"],
+        "another key is another write"
+    );
+    let l = json(&get(w.addr, "/api/messages?limit=100", &[]));
+    let n = l
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter(|m| m["text"] == "first")
+        .count();
+    assert_eq!(n, 2);
+    for bad in ["", "has space", &"x".repeat(201)] {
+        let r = send(bad, "bad key");
+        assert_eq!(r.status, 400, "key {bad:?}: {}", r.text());
+    }
 }
