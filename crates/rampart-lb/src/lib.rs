@@ -435,6 +435,7 @@ pub fn run(config: LbConfig, opts: RunOptions) -> Result<(), LbError> {
     let mut handles = Vec::new();
     for (worker, mut rx) in worker_rx.into_iter().enumerate() {
         let global = shared.global.clone();
+        let sweep_shared = shared.clone();
         let h = std::thread::Builder::new()
             .name(format!("lb-worker-{worker}"))
             .spawn(move || -> Result<(), LbError> {
@@ -444,6 +445,18 @@ pub fn run(config: LbConfig, opts: RunOptions) -> Result<(), LbError> {
                     .build()
                     .map_err(LbError::Runtime)?;
                 rt.block_on(async move {
+                    // Idle upstream connections a server closed go, even if nobody
+                    // sends to it again.
+                    tokio::spawn(upstream::sweep_idle(
+                        move || {
+                            sweep_shared
+                                .pools
+                                .lock()
+                                .map(|p| p.clone())
+                                .unwrap_or_default()
+                        },
+                        worker,
+                    ));
                     while let Some(cmd) = rx.recv().await {
                         match cmd {
                             WorkerCmd::Listen(sock, slot) => {

@@ -202,3 +202,58 @@ pub fn checkin_raw(
         });
     }
 }
+
+/// How often each worker looks over its idle upstream connections.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Close worker `worker`'s idle upstream connections that a server closed (they would sit
+/// in CLOSE_WAIT until the server is next used) or that were idle past the pool's
+/// `idle` timeout, in every pool. Runs on the worker's own runtime, every
+/// [`SWEEP_EVERY`], so that a server nobody sends to keeps no dead sockets.
+pub async fn sweep_idle(
+    pools: impl Fn() -> Vec<std::sync::Arc<crate::state::PoolHandle>>,
+    worker: usize,
+) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = crate::clock::now_ns();
+        let mut closed = 0usize;
+        for h in pools() {
+            let p = h.get();
+            let limit = p.cfg.timeouts.idle;
+            for s in p.servers.iter() {
+                closed += sweep_server(s, worker, limit, now);
+            }
+        }
+        if closed > 0 {
+            tracing::debug!(
+                worker,
+                closed,
+                "closed idle upstream connections (closed by the server or idle too long)"
+            );
+        }
+    }
+}
+
+/// [`sweep_idle`] for one server: how many connections were closed.
+fn sweep_server(s: &ServerState, worker: usize, limit: Duration, now_ns: u64) -> usize {
+    let mut closed = 0;
+    if let Some(Ok(mut l)) = s.idle_raw.get(worker).map(|m| m.lock()) {
+        if !l.is_empty() {
+            let before = l.len();
+            let max = limit.as_nanos() as u64;
+            l.retain(|c| now_ns.saturating_sub(c.since_ns) <= max && alive(&c.tcp));
+            closed += before - l.len();
+        }
+    }
+    if let Some(Ok(mut l)) = s.idle.get(worker).map(|m| m.lock()) {
+        if !l.is_empty() {
+            let before = l.len();
+            l.retain(|c| !c.sender.is_closed() && c.since.elapsed() <= limit);
+            closed += before - l.len();
+        }
+    }
+    closed
+}

@@ -266,3 +266,93 @@ async fn keep_alive_connection_is_parked_when_quiet_and_closed_when_idle() {
         t.elapsed()
     );
 }
+
+/// Sockets of this machine in CLOSE_WAIT whose remote port is `port` (the balancer's side
+/// of upstream connections a server closed).
+fn close_wait_to(port: u16) -> usize {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|t| {
+            t.lines()
+                .skip(1)
+                .filter(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    let remote = f.get(2).and_then(|a| a.rsplit(':').next());
+                    remote.and_then(|p| u16::from_str_radix(p, 16).ok()) == Some(port)
+                        && f.get(3) == Some(&"08")
+                })
+                .count()
+        })
+        .sum()
+}
+
+/// Issue 12, finding 5: idle upstream connections a server closes are closed by the
+/// balancer within about a second, even when nobody sends to that server again (before,
+/// they sat in CLOSE_WAIT until its next use).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_upstream_connections_a_server_closed_do_not_pile_up_in_close_wait() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A server that answers keep-alive and closes a connection idle for 200 ms
+    // (nginx's keepalive_timeout, shortened).
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut got = Vec::new();
+                loop {
+                    match tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await {
+                        Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
+                        Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+                    }
+                    while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        got.drain(..end + 4);
+                        if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let lb = Lb::start(&format!(
+        "[[listener]]\nname = \"web\"\naddress = \"{{LISTEN}}\"\npool = \"app\"\n\n[[pool]]\nname = \"app\"\nservers = [{{ name = \"s\", address = \"127.0.0.1:{port}\" }}]\nhealth_check = {{ kind = \"none\" }}\n"
+    ))
+    .await;
+    // 20 concurrent clients leave up to 20 idle upstream connections behind.
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let addr = lb.addr;
+        tasks.push(tokio::spawn(async move {
+            let mut c = Client::connect(addr).await.unwrap();
+            for _ in 0..5 {
+                assert_eq!(c.get("/").await.unwrap().0, 200);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // The server closes them 200 ms later; the balancer must follow.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut left = close_wait_to(port);
+    let deadline = std::time::Instant::now() + Duration::from_secs(4);
+    while left > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        left = close_wait_to(port);
+    }
+    assert_eq!(
+        left,
+        0,
+        "{left} upstream sockets left in CLOSE_WAIT:\n{}",
+        lb.proc.log_text()
+    );
+}
