@@ -330,14 +330,31 @@ async fn run_tunnel<T: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// Streams a client may have open on one HTTP/2 connection.
+const H2_MAX_STREAMS: u32 = 100;
+/// Streams a client may reset before they were accepted, at once.
+const H2_MAX_PENDING_RESETS: usize = 20;
+/// Streams this side may reset for a client's errors, per connection.
+const H2_MAX_LOCAL_RESETS: usize = 200;
+/// The largest request head of HTTP/2 (the fast path's HTTP/1 head limit is 64 KiB).
+const H2_MAX_HEADER_LIST: u32 = 64 * 1024;
+
 pub(crate) async fn serve_h2<T>(tcp: T, peer: SocketAddr, ctx: Svc)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let cfg = &ctx.listener.cfg;
     let io = TokioIo::new(CountedIo::new(tcp, ctx.activity().clone()));
+    // Stream floods capped (HAProxy: tune.h2.max-concurrent-streams 100): a client may
+    // have 100 streams open, and one that resets streams faster than they are accepted
+    // (the "rapid reset" attack, CVE-2023-44487) or makes this side reset many is sent
+    // GOAWAY (ENHANCE_YOUR_CALM) and closed.
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS)
+        .max_header_list_size(H2_MAX_HEADER_LIST)
         .serve_connection(io, service(&ctx));
     tokio::pin!(conn);
     let watch = io::watch(ctx.activity().clone(), cfg.idle_timeout, None);

@@ -356,3 +356,70 @@ async fn idle_upstream_connections_a_server_closed_do_not_pile_up_in_close_wait(
         lb.proc.log_text()
     );
 }
+
+/// One HTTP/2 frame.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Issue 12: HTTP/2 stream floods are capped. A "rapid reset" client (HEADERS then
+/// RST_STREAM at once, thousands of streams: CVE-2023-44487) is sent GOAWAY and cut
+/// off long before its streams all reach the server, and the balancer keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_rapid_reset_flood_is_cut_off() {
+    let a = Backend::start("a").await;
+    let lb = Lb::start(&http_config("round-robin", &servers(&[(&a, 1)]), "")).await;
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(0x4, 0, 0, &[])); // SETTINGS
+                                          // GET / with :authority "a": static-table indices and one literal.
+    let block = [0x82, 0x86, 0x84, 0x41, 0x01, b'a'];
+    const STREAMS: u32 = 5000;
+    for i in 0..STREAMS {
+        let id = 1 + 2 * i;
+        out.extend(h2_frame(0x1, 0x5, id, &block)); // HEADERS, END_STREAM | END_HEADERS
+        out.extend(h2_frame(0x3, 0, id, &0x8u32.to_be_bytes())); // RST_STREAM CANCEL
+    }
+    let _ = s.write_all(&out).await;
+    // Read what the balancer says until it closes: a GOAWAY frame (type 7) among it.
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    let mut goaway = None;
+    let mut at = 0;
+    while at + 9 <= got.len() {
+        let len = (usize::from(got[at]) << 16)
+            | (usize::from(got[at + 1]) << 8)
+            | usize::from(got[at + 2]);
+        if got[at + 3] == 0x7 && at + 9 + 8 <= got.len() {
+            let p = &got[at + 9..];
+            goaway = Some(u32::from_be_bytes([p[4], p[5], p[6], p[7]]));
+        }
+        at += 9 + len;
+    }
+    let hits = a.hits();
+    eprintln!("rapid reset: {STREAMS} streams sent, GOAWAY {goaway:?}, {hits} reached the server");
+    assert_eq!(
+        goaway,
+        Some(0xb),
+        "no GOAWAY(ENHANCE_YOUR_CALM): {} bytes read",
+        got.len()
+    );
+    assert!(
+        hits < u64::from(STREAMS) / 10,
+        "{hits} of {STREAMS} reset streams reached the server"
+    );
+    // The balancer serves on.
+    let mut c = Client::connect(lb.addr).await.unwrap();
+    assert_eq!(c.get("/").await.unwrap().0, 200);
+}
