@@ -36,6 +36,10 @@ pub struct Snapshot {
     pub replica_streaming: bool,
     pub lag_bytes: u64,
     pub lag_seconds: f64,
+    /// What Patroni's health checks look at (see [`crate::api::patroni`]).
+    pub node: Option<crate::api::patroni::NodeView>,
+    /// `/history`: the timeline switches in the history file of the node's timeline.
+    pub history: Vec<serde_json::Value>,
 }
 
 pub type Shared = Arc<Mutex<Snapshot>>;
@@ -133,6 +137,10 @@ pub struct Agent {
     started_at: Option<Instant>,
     /// This turn created `/leader` (the keys read at its start are stale).
     took_key: bool,
+    /// Unix seconds of the last successful read of the cluster keys.
+    dcs_last_seen: Option<u64>,
+    /// `/history` lines for this timeline (read once per timeline).
+    history: (u32, Vec<serde_json::Value>),
 }
 
 impl Agent {
@@ -223,6 +231,8 @@ impl Agent {
             bootstrapping: false,
             started_at: None,
             took_key: false,
+            dcs_last_seen: None,
+            history: (0, Vec::new()),
         })
     }
 
@@ -620,12 +630,15 @@ impl Agent {
                 leader: s.leader.clone(),
                 sync_standby: s.sync_standby.clone(),
             }),
-            failover: keys.failover.as_ref().map(|(f, _)| FailoverReq {
-                from: f.from.clone(),
-                to: f.to.clone(),
-                forced: f.forced,
-                min_lsn: f.min_lsn,
-                age: Duration::from_millis(now_ms.saturating_sub(f.requested_at_ms)),
+            // A switchover scheduled later is not a request yet.
+            failover: keys.failover.as_ref().and_then(|(f, _)| {
+                Some(FailoverReq {
+                    from: f.from.clone(),
+                    to: f.to.clone(),
+                    forced: f.forced,
+                    min_lsn: f.min_lsn,
+                    age: Duration::from_millis(f.due_for_ms(now_ms)?),
+                })
             }),
             paused: keys.paused,
             disk_full: self.disk_full,
@@ -956,6 +969,13 @@ impl Agent {
         if let Ok(mut s) = self.shared.lock() {
             s.writable_leader = true;
             s.writable_until = self.valid_until();
+            if let Some(n) = s.node.as_mut() {
+                n.leader_until = self.valid_until();
+                n.writable_until = self.valid_until();
+                if let crate::api::patroni::PgView::Running(r) = &mut n.pg {
+                    r.primary = true;
+                }
+            }
         }
         self.metrics.promotions.inc();
         tracing::info!(
@@ -1282,8 +1302,8 @@ impl Agent {
             self.ensure_slots().await;
         }
         if let Some((f, rev)) = &keys.failover {
-            if dcs::unix_ms().saturating_sub(f.requested_at_ms)
-                > decide::FAILOVER_REQUEST_TIMEOUT.as_millis() as u64
+            if f.due_for_ms(dcs::unix_ms())
+                .is_some_and(|age| age > decide::FAILOVER_REQUEST_TIMEOUT.as_millis() as u64)
             {
                 tracing::warn!(to = ?f.to, "dropping a stale switchover request");
                 let _ = self.coord.delete_if(&self.key("failover"), *rev).await;
@@ -1468,6 +1488,19 @@ impl Agent {
             members,
         };
         self.metrics.update(&me, st, writable_leader);
+        if dcs_ok {
+            self.dcs_last_seen = Some(dcs::unix_ms() / 1000);
+        }
+        if timeline != self.history.0 && st.is_some() {
+            let file = self
+                .ctl
+                .data_dir
+                .join("pg_wal")
+                .join(format!("{timeline:08X}.history"));
+            let text = std::fs::read_to_string(file).unwrap_or_default();
+            self.history = (timeline, crate::api::patroni::history_lines(&text));
+        }
+        let node = self.patroni_view(keys, dcs_ok, st, holder_is_me, timeline, writable_leader);
         if let Ok(mut s) = self.shared.lock() {
             *s = Snapshot {
                 view: if dcs_ok {
@@ -1487,7 +1520,68 @@ impl Agent {
                 replica_streaming: st.is_some_and(|s| s.in_recovery && s.streaming),
                 lag_bytes,
                 lag_seconds: st.map(|s| s.replay_delay_seconds).unwrap_or(0.0),
+                node: Some(node),
+                history: self.history.1.clone(),
             };
+        }
+    }
+
+    /// The node as Patroni's health checks see it (pure rules in [`crate::api::patroni`]).
+    fn patroni_view(
+        &self,
+        keys: &Keys,
+        dcs_ok: bool,
+        st: Option<&PgStatus>,
+        holder_is_me: bool,
+        timeline: u32,
+        writable_leader: bool,
+    ) -> crate::api::patroni::NodeView {
+        use crate::api::patroni::{NodeView, PgView, Running};
+        let leader_lsn = keys
+            .leader
+            .as_ref()
+            .and_then(|kv| keys.members.iter().find(|m| m.name == kv.value_str()))
+            .map(|m| m.lsn)
+            .or(self.last_leader_lsn);
+        NodeView {
+            name: self.node.name.clone(),
+            scope: self.cfg.cluster.clone(),
+            leader_until: if holder_is_me {
+                self.valid_until()
+            } else {
+                None
+            },
+            writable_until: if writable_leader {
+                self.valid_until()
+            } else {
+                None
+            },
+            pg: match st {
+                Some(s) => PgView::Running(Running {
+                    primary: !s.in_recovery,
+                    timeline,
+                    lsn: s.lsn,
+                    receive_lsn: s.receive_lsn,
+                    streaming: s.streaming,
+                    replay_delay_seconds: s.replay_delay_seconds,
+                    server_version: s.server_version,
+                    postmaster_start_time: s.postmaster_start_time.clone(),
+                }),
+                None if self.child.is_some() => PgView::Starting,
+                None => PgView::Stopped,
+            },
+            sync_standby: keys.sync.as_ref().and_then(|s| s.sync_standby.as_deref())
+                == Some(self.node.name.as_str()),
+            leader_lsn,
+            dcs_ok,
+            cluster_unlocked: dcs_ok && keys.leader.is_none(),
+            paused: keys.paused,
+            nofailover: self.node.nofailover,
+            tags: self.node.tags.clone(),
+            heartbeat: Instant::now(),
+            ttl: self.cfg.ttl,
+            max_lag_bytes: self.cfg.max_lag_bytes,
+            dcs_last_seen: self.dcs_last_seen,
         }
     }
 }

@@ -80,6 +80,18 @@ pub struct FailoverValue {
     pub min_lsn: Option<u64>,
     /// Unix time (ms) of the request.
     pub requested_at_ms: u64,
+    /// A scheduled switchover (Patroni's `scheduled_at`): Unix time (ms) before which the
+    /// request is not acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_at_ms: Option<u64>,
+}
+
+impl FailoverValue {
+    /// How long the request has been due at `now_ms`; `None` while it is scheduled later.
+    pub fn due_for_ms(&self, now_ms: u64) -> Option<u64> {
+        let due = self.requested_at_ms.max(self.scheduled_at_ms.unwrap_or(0));
+        now_ms.checked_sub(due)
+    }
 }
 
 pub fn unix_ms() -> u64 {

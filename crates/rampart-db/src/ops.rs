@@ -10,7 +10,7 @@ use rampart_topology::db::DbConfig;
 use crate::dcs::{self, ClusterView, FailoverValue, Member};
 use crate::error::DbError;
 
-async fn coord(cfg: &DbConfig) -> Result<Coord, DbError> {
+pub(crate) async fn coord(cfg: &DbConfig) -> Result<Coord, DbError> {
     Ok(Coord::connect(CoordOptions {
         endpoints: cfg.etcd.clone(),
         op_timeout: Duration::from_secs(3),
@@ -188,6 +188,7 @@ pub async fn switchover(
         forced,
         min_lsn: None,
         requested_at_ms: dcs::unix_ms(),
+        scheduled_at_ms: None,
     };
     let body = serde_json::to_vec(&req).map_err(|e| DbError::Other(e.to_string()))?;
     c.put(&dcs::key(&cfg.cluster, "failover"), &body, None)

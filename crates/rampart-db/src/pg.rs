@@ -72,6 +72,10 @@ pub struct PgStatus {
     pub recovery_target_timeline: String,
     /// Replica: the timeline its WAL receiver streams, while it streams.
     pub received_tli: Option<u32>,
+    /// `server_version_num`, e.g. 150014.
+    pub server_version: i64,
+    /// `pg_postmaster_start_time()` as text.
+    pub postmaster_start_time: String,
 }
 
 /// One `pg_stat_replication` row.
@@ -761,7 +765,9 @@ impl PgConn {
             (SELECT COALESCE(sum(xact_rollback), 0) FROM pg_stat_database)::int8,
             current_setting('synchronous_standby_names'),
             current_setting('recovery_target_timeline'),
-            (SELECT received_tli FROM pg_stat_wal_receiver WHERE status = 'streaming')::int8";
+            (SELECT received_tli FROM pg_stat_wal_receiver WHERE status = 'streaming')::int8,
+            current_setting('server_version_num')::int8,
+            pg_postmaster_start_time()::text";
         let rows = self.query(SQL, &[]).await?;
         let r = rows
             .first()
@@ -793,6 +799,8 @@ impl PgConn {
                 .map_err(get)?
                 .and_then(|t| u32::try_from(t).ok())
                 .filter(|&t| t > 0),
+            server_version: r.try_get(13).map_err(get)?,
+            postmaster_start_time: r.try_get(14).map_err(get)?,
         })
     }
 

@@ -313,7 +313,7 @@ impl Cluster {
     pub fn wait_replica(&self, i: usize, timeout: Duration) {
         assert!(
             wait_until(timeout, || self
-                .api(i, "/replica")
+                .api(i, "/replica?replication_state=streaming")
                 .is_some_and(|(s, _)| s == 200)),
             "{} did not become a streaming replica within {timeout:?}:\n{}",
             self.nodes[i].name,
