@@ -9,4 +9,5 @@ mod failover;
 mod harness;
 mod netns;
 mod partition;
+mod patroni_api;
 mod timeline;
