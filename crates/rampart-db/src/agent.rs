@@ -141,6 +141,12 @@ pub struct Agent {
     dcs_last_seen: Option<u64>,
     /// `/history` lines for this timeline (read once per timeline).
     history: (u32, Vec<serde_json::Value>),
+    /// `mod_revision` of the leader key this node created, while it holds it: every
+    /// leader-only write is guarded by it ([`crate::leader_keys`]).
+    leader_rev: Option<i64>,
+    /// `synchronous_standby_names` was changed and PostgreSQL has not confirmed it yet:
+    /// no WAL mark, so no standby is published as synchronous.
+    sync_unconfirmed: bool,
 }
 
 impl Agent {
@@ -233,6 +239,8 @@ impl Agent {
             took_key: false,
             dcs_last_seen: None,
             history: (0, Vec::new()),
+            leader_rev: None,
+            sync_unconfirmed: false,
         })
     }
 
@@ -374,6 +382,15 @@ impl Agent {
         let dcs_ok = keys.is_some();
         let keys = keys.unwrap_or_default();
         let leader_name = keys.leader.as_ref().map(|kv| kv.value_str());
+        if dcs_ok {
+            // The key as this node holds it (also one it took in an earlier run of the
+            // agent, while that lease lives), or none: no leader-only write then.
+            self.leader_rev = keys
+                .leader
+                .as_ref()
+                .filter(|kv| kv.value_str() == self.node.name)
+                .map(|kv| kv.mod_revision);
+        }
         if dcs_ok {
             match &leader_name {
                 Some(l) => {
@@ -737,18 +754,11 @@ impl Agent {
             timeline,
             leader: self.node.name.clone(),
         };
-        let Ok(body) = serde_json::to_vec(&v) else {
-            return;
-        };
         let rev = keys.timeline.as_ref().map(|(_, r)| *r).unwrap_or(0);
-        match self
-            .coord
-            .compare_and_swap(&self.key("timeline"), rev, &body, None)
-            .await
-        {
-            Ok(true) => tracing::info!(timeline, "recorded the cluster's timeline"),
-            Ok(false) => tracing::debug!("/timeline changed meanwhile; next loop"),
-            Err(e) => tracing::warn!(error = %e, "cannot record the cluster's timeline"),
+        let unchanged = crate::leader_keys::unchanged(&self.cfg.cluster, "timeline", rev);
+        match self.put_leader_only("timeline", &v, Some(unchanged)).await {
+            Ok(()) => tracing::info!(timeline, "recorded the cluster's timeline"),
+            Err(e) => tracing::debug!(error = %e, "/timeline not recorded this loop"),
         }
     }
 
@@ -933,15 +943,16 @@ impl Agent {
         let Some(lease) = self.lease else {
             return Ok(false);
         };
-        let won = self
+        let rev = self
             .coord
-            .create(&self.key("leader"), self.node.name.as_bytes(), Some(lease))
+            .create_revision(&self.key("leader"), self.node.name.as_bytes(), Some(lease))
             .await?;
-        if won {
-            tracing::info!("took the leader key");
+        if let Some(r) = rev {
+            tracing::info!(revision = r, "took the leader key");
             self.took_key = true;
+            self.leader_rev = Some(r);
         }
-        Ok(won)
+        Ok(rev.is_some())
     }
 
     async fn promote(&mut self, keys: &Keys) -> Result<(), DbError> {
@@ -956,7 +967,7 @@ impl Agent {
                 leader: self.node.name.clone(),
                 sync_standby: None,
             };
-            self.put_json("sync", &v).await?;
+            self.put_leader_only("sync", &v, None).await?;
         }
         let t = Instant::now();
         if !self.conn.promote(Duration::from_secs(20)).await? {
@@ -987,17 +998,50 @@ impl Agent {
         }
         if let Some((f, rev)) = &keys.failover {
             if f.to.as_deref() == Some(self.node.name.as_str()) || f.to.is_none() {
-                let _ = self.coord.delete_if(&self.key("failover"), *rev).await;
+                self.delete_failover_as_leader(*rev).await;
             }
         }
         self.ensure_slots().await;
         Ok(())
     }
 
-    async fn put_json<T: serde::Serialize>(&self, k: &str, v: &T) -> Result<(), DbError> {
+    fn leader_token(&self) -> Option<crate::leader_keys::LeaderToken> {
+        self.leader_rev
+            .map(|revision| crate::leader_keys::LeaderToken {
+                cluster: self.cfg.cluster.clone(),
+                name: self.node.name.clone(),
+                revision,
+            })
+    }
+
+    /// Write a leader-only key, refused unless this node still holds the leader key it
+    /// took (and `extra` holds): an error then, nothing written.
+    async fn put_leader_only<T: serde::Serialize>(
+        &self,
+        k: &str,
+        v: &T,
+        extra: Option<rampart_coord::Guard>,
+    ) -> Result<(), DbError> {
         let body = serde_json::to_vec(v).map_err(|e| DbError::Other(e.to_string()))?;
-        self.coord.put(&self.key(k), &body, None).await?;
+        let Some(token) = self.leader_token() else {
+            return Err(DbError::Other(format!(
+                "not holding the leader key: /{k} not written"
+            )));
+        };
+        if !crate::leader_keys::put(&self.coord, &token, k, &body, extra).await? {
+            return Err(DbError::Other(format!(
+                "/{k} not written: the leader key is no longer the one this node took (or /{k} changed)"
+            )));
+        }
         Ok(())
+    }
+
+    /// The leader removes a handled or stale `/failover` (as last read), while it leads.
+    async fn delete_failover_as_leader(&self, rev: i64) {
+        if let Some(token) = self.leader_token() {
+            let extra = crate::leader_keys::unchanged(&self.cfg.cluster, "failover", rev);
+            let _ = crate::leader_keys::delete(&self.coord, &token, "failover", Some(extra)).await;
+        }
     }
 
     async fn ensure_slots(&mut self) {
@@ -1129,12 +1173,12 @@ impl Agent {
                     if let Some((f, rev)) = &keys.failover {
                         let mut f = f.clone();
                         f.min_lsn = Some(cd.checkpoint_lsn);
-                        let body =
-                            serde_json::to_vec(&f).map_err(|e| DbError::Other(e.to_string()))?;
-                        let _ = self
-                            .coord
-                            .compare_and_swap(&self.key("failover"), *rev, &body, None)
-                            .await?;
+                        let unchanged =
+                            crate::leader_keys::unchanged(&self.cfg.cluster, "failover", *rev);
+                        if let Err(e) = self.put_leader_only("failover", &f, Some(unchanged)).await
+                        {
+                            tracing::warn!(error = %e, "cannot record the last WAL position for the switchover");
+                        }
                     }
                     if let Some(kv) = &keys.leader {
                         self.coord
@@ -1261,7 +1305,7 @@ impl Agent {
                     leader: self.node.name.clone(),
                     sync_standby: None,
                 };
-                self.put_json("sync", &v).await?;
+                self.put_leader_only("sync", &v, None).await?;
             }
             self.ensure_slots().await;
             self.bootstrapping = false;
@@ -1306,11 +1350,14 @@ impl Agent {
                 .is_some_and(|age| age > decide::FAILOVER_REQUEST_TIMEOUT.as_millis() as u64)
             {
                 tracing::warn!(to = ?f.to, "dropping a stale switchover request");
-                let _ = self.coord.delete_if(&self.key("failover"), *rev).await;
+                self.delete_failover_as_leader(*rev).await;
             }
         }
         if !self.cfg.synchronous {
             return Ok(());
+        }
+        if self.sync_unconfirmed {
+            self.confirm_sync_setting().await?;
         }
         let rows = self.conn.replication().await?;
         // Only configured members count (pg_basebackup has a walsender too).
@@ -1348,12 +1395,13 @@ impl Agent {
             SyncStep::Nothing => {}
             SyncStep::Publish(s) => {
                 tracing::info!(sync_standby = ?s, "publishing the synchronous standby");
-                self.put_json(
+                self.put_leader_only(
                     "sync",
                     &SyncValue {
                         leader: self.node.name.clone(),
                         sync_standby: s,
                     },
+                    None,
                 )
                 .await?;
             }
@@ -1361,11 +1409,37 @@ impl Agent {
                 tracing::info!(sync_standby = ?s, "setting synchronous_standby_names");
                 self.sync_configured = s;
                 self.ctl.write_conf(&self.conf(None)?)?;
+                // No standby is published until PostgreSQL confirms the new setting and
+                // the WAL position is marked after that.
+                self.sync_unconfirmed = true;
+                self.sync_mark = u64::MAX;
                 self.conn.reload().await?;
-                // Give the reload a moment to reach the backends, then mark the WAL position.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                self.sync_mark = self.conn.status().await?.lsn;
+                let deadline = Instant::now() + self.cfg.retry_timeout;
+                while self.sync_unconfirmed && Instant::now() < deadline {
+                    self.confirm_sync_setting().await?;
+                    if self.sync_unconfirmed {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
             }
+        }
+        Ok(())
+    }
+
+    /// Once PostgreSQL runs with the `synchronous_standby_names` this node wrote (the
+    /// session sees it, and the standby's WAL sender is synchronous), mark the WAL
+    /// position: the standby is published only once it has confirmed everything up to it.
+    async fn confirm_sync_setting(&mut self) -> Result<(), DbError> {
+        let names = self.sync_names();
+        let standby = self.sync_configured.clone();
+        if self
+            .conn
+            .sync_setting_in_effect(&names, standby.as_deref())
+            .await?
+        {
+            self.sync_mark = self.conn.status().await?.lsn;
+            self.sync_unconfirmed = false;
+            tracing::info!(sync_standby = ?standby, mark = %crate::ops::fmt_lsn(self.sync_mark), "synchronous_standby_names in effect");
         }
         Ok(())
     }

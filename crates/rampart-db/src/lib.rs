@@ -8,6 +8,8 @@
 //! - [`watchdog`]: the fence that kills a primary whose agent froze before its lease ends;
 //! - [`api`]: Patroni's REST API (`/primary`, `/replica`, `/sync`, `/health`, `/cluster`,
 //!   `POST /switchover`, ...) and `/metrics`;
+//! - [`leader_keys`]: `/sync` and the other leader-only keys, written only under the
+//!   leader key's revision (an etcd transaction);
 //! - [`ops`]: `list`, `switchover`, `failover`, `pause`, `resume`.
 
 pub mod agent;
@@ -15,6 +17,7 @@ pub mod api;
 pub mod dcs;
 pub mod decide;
 pub mod error;
+pub mod leader_keys;
 pub mod metrics;
 pub mod ops;
 pub mod pg;

@@ -804,6 +804,32 @@ impl PgConn {
         })
     }
 
+    /// Is `synchronous_standby_names = names` in effect — as this session sees it after
+    /// the reload and, when a `standby` is named, as its WAL sender shows it
+    /// (`pg_stat_replication.sync_state = 'sync'`: it now releases committing backends)?
+    pub async fn sync_setting_in_effect(
+        &mut self,
+        names: &str,
+        standby: Option<&str>,
+    ) -> Result<bool, DbError> {
+        let who = standby.unwrap_or("");
+        let rows = self
+            .query(
+                "SELECT current_setting('synchronous_standby_names'),
+                        COALESCE((SELECT bool_or(sync_state = 'sync') FROM pg_stat_replication
+                                  WHERE application_name = $1), false)",
+                &[&who],
+            )
+            .await?;
+        let r = rows
+            .first()
+            .ok_or_else(|| DbError::Query("synchronous_standby_names: no row".into()))?;
+        let get = |e: tokio_postgres::Error| DbError::Query(format!("sync setting: {e}"));
+        let current: String = r.try_get(0).map_err(get)?;
+        let sync: bool = r.try_get(1).map_err(get)?;
+        Ok(current == names && (standby.is_none() || sync))
+    }
+
     pub async fn replication(&mut self) -> Result<Vec<ReplStat>, DbError> {
         let rows = self
             .query(

@@ -7,6 +7,7 @@ mod basic;
 mod conditions;
 mod failover;
 mod harness;
+mod leader_keys;
 mod netns;
 mod partition;
 mod patroni_api;
