@@ -52,6 +52,8 @@ struct Keys {
     members: Vec<Member>,
     sync: Option<SyncValue>,
     failover: Option<(FailoverValue, i64)>,
+    /// `/failover`'s create_revision (the request's identity) and lease.
+    failover_key: Option<(i64, i64)>,
     paused: bool,
     /// `/timeline` and its mod_revision.
     timeline: Option<(TimelineValue, i64)>,
@@ -71,7 +73,8 @@ fn parse_keys(cluster: &str, kvs: &[KeyValue]) -> Keys {
             "failover" => {
                 k.failover = serde_json::from_slice(&kv.value)
                     .ok()
-                    .map(|f| (f, kv.mod_revision))
+                    .map(|f| (f, kv.mod_revision));
+                k.failover_key = Some((kv.create_revision, kv.lease));
             }
             "pause" => k.paused = true,
             "timeline" => {
@@ -147,6 +150,11 @@ pub struct Agent {
     /// `synchronous_standby_names` was changed and PostgreSQL has not confirmed it yet:
     /// no WAL mark, so no standby is published as synchronous.
     sync_unconfirmed: bool,
+    /// The `/failover` request (by create_revision) and when this agent first saw it due:
+    /// its age, on this host's monotonic clock.
+    failover_due: Option<(i64, Instant)>,
+    /// The watchdog process runs (checked, and restarted if it died, every loop).
+    fence_ok: bool,
 }
 
 impl Agent {
@@ -241,6 +249,8 @@ impl Agent {
             history: (0, Vec::new()),
             leader_rev: None,
             sync_unconfirmed: false,
+            failover_due: None,
+            fence_ok: true,
         })
     }
 
@@ -284,6 +294,14 @@ impl Agent {
         tracing::info!(node = %self.node.name, cluster = %self.cfg.cluster, data_dir = %self.ctl.data_dir.display(),
             ttl = ?self.cfg.ttl, loop_wait = ?self.cfg.loop_wait, synchronous = self.cfg.synchronous, "rampart db agent starting");
         tokio::pin!(stop);
+        if let Some(pid) = self.ctl.orphan_postmaster() {
+            // Its agent (and watchdog) died: it runs unsupervised, maybe as a primary
+            // whose lease is gone. Stop it cleanly; the loop starts it again under this
+            // agent, in whatever role the cluster gives it.
+            tracing::warn!(pid, "a postgres is already running in the data directory without its agent: stopping it (fast shutdown) before taking over");
+            pg::stop_orphan(pid, Duration::from_secs(30)).await;
+            tracing::info!(pid, "the orphaned postgres stopped");
+        }
         let wake = Arc::new(tokio::sync::Notify::new());
         let watcher = tokio::spawn(watch_for_changes(
             self.coord.clone(),
@@ -383,6 +401,16 @@ impl Agent {
         let keys = keys.unwrap_or_default();
         let leader_name = keys.leader.as_ref().map(|kv| kv.value_str());
         if dcs_ok {
+            let due = keys
+                .failover
+                .as_ref()
+                .filter(|(f, _)| f.is_due(dcs::unix_ms()))
+                .and(keys.failover_key);
+            self.failover_due = match (due, self.failover_due) {
+                (Some((id, _)), Some((seen, at))) if id == seen => Some((seen, at)),
+                (Some((id, _)), _) => Some((id, Instant::now())),
+                (None, _) => None,
+            };
             // The key as this node holds it (also one it took in an earlier run of the
             // agent, while that lease lives), or none: no leader-only write then.
             self.leader_rev = keys
@@ -425,6 +453,7 @@ impl Agent {
         self.disk_full = full;
 
         // 4. Decide.
+        self.fence_ok = self.supervise_watchdog();
         self.cluster_tl = self.cluster_timeline(&keys);
         let obs = self.observe(&keys, dcs_ok, status.as_ref());
         self.log_timeline_verdict(&obs);
@@ -566,6 +595,41 @@ impl Agent {
         }
     }
 
+    /// Is the watchdog there? If its process died, start a new one and tell it about the
+    /// postmaster (and, on a primary, the current deadline) at once. Without a watchdog
+    /// the node does not lead ([`decide`]: a primary steps down, nobody promotes here).
+    fn supervise_watchdog(&mut self) -> bool {
+        if self.watchdog.alive() {
+            return true;
+        }
+        let old = self.watchdog.pid();
+        tracing::error!(
+            pid = old,
+            "the watchdog process is gone: starting a new one"
+        );
+        match Watchdog::spawn() {
+            Ok(w) => {
+                // Dropping the old handle reaps the dead process.
+                self.watchdog = w;
+                if let Some(pid) = self.child.as_ref().and_then(|c| c.id()) {
+                    self.watchdog.watch(pid);
+                    if self.is_primary_running() {
+                        self.arm_watchdog();
+                    }
+                }
+                let ok = self.watchdog.alive();
+                if ok {
+                    tracing::info!(pid = self.watchdog.pid(), "new watchdog running");
+                }
+                ok
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start a watchdog: this node will not lead");
+                false
+            }
+        }
+    }
+
     fn arm_watchdog(&mut self) {
         if let (Some(t), Some(c)) = (self.renewed_at, self.child.as_ref()) {
             if let Some(pid) = c.id() {
@@ -628,7 +692,6 @@ impl Agent {
                     .unwrap_or_default(),
             })
             .collect();
-        let now_ms = dcs::unix_ms();
         Observed {
             me: self.node.name.clone(),
             nofailover: self.node.nofailover,
@@ -654,7 +717,7 @@ impl Agent {
                     to: f.to.clone(),
                     forced: f.forced,
                     min_lsn: f.min_lsn,
-                    age: Duration::from_millis(f.due_for_ms(now_ms)?),
+                    age: now.saturating_duration_since(self.failover_due?.1),
                 })
             }),
             paused: keys.paused,
@@ -664,6 +727,7 @@ impl Agent {
             stuck_after: decide::STUCK_REPLICA_TIMEOUT.max(self.cfg.ttl * 2 + self.cfg.loop_wait),
             last_leader_lsn: self.last_leader_lsn,
             cluster_timeline: self.cluster_tl,
+            fence_ok: self.fence_ok,
         }
     }
 
@@ -756,7 +820,10 @@ impl Agent {
         };
         let rev = keys.timeline.as_ref().map(|(_, r)| *r).unwrap_or(0);
         let unchanged = crate::leader_keys::unchanged(&self.cfg.cluster, "timeline", rev);
-        match self.put_leader_only("timeline", &v, Some(unchanged)).await {
+        match self
+            .put_leader_only("timeline", &v, Some(unchanged), None)
+            .await
+        {
             Ok(()) => tracing::info!(timeline, "recorded the cluster's timeline"),
             Err(e) => tracing::debug!(error = %e, "/timeline not recorded this loop"),
         }
@@ -967,7 +1034,7 @@ impl Agent {
                 leader: self.node.name.clone(),
                 sync_standby: None,
             };
-            self.put_leader_only("sync", &v, None).await?;
+            self.put_leader_only("sync", &v, None, None).await?;
         }
         let t = Instant::now();
         if !self.conn.promote(Duration::from_secs(20)).await? {
@@ -1021,6 +1088,7 @@ impl Agent {
         k: &str,
         v: &T,
         extra: Option<rampart_coord::Guard>,
+        lease: Option<LeaseId>,
     ) -> Result<(), DbError> {
         let body = serde_json::to_vec(v).map_err(|e| DbError::Other(e.to_string()))?;
         let Some(token) = self.leader_token() else {
@@ -1028,7 +1096,7 @@ impl Agent {
                 "not holding the leader key: /{k} not written"
             )));
         };
-        if !crate::leader_keys::put(&self.coord, &token, k, &body, extra).await? {
+        if !crate::leader_keys::put(&self.coord, &token, k, &body, extra, lease).await? {
             return Err(DbError::Other(format!(
                 "/{k} not written: the leader key is no longer the one this node took (or /{k} changed)"
             )));
@@ -1171,13 +1239,33 @@ impl Agent {
                 if *release {
                     let cd = self.ctl.controldata().await?;
                     if let Some((f, rev)) = &keys.failover {
-                        let mut f = f.clone();
-                        f.min_lsn = Some(cd.checkpoint_lsn);
-                        let unchanged =
-                            crate::leader_keys::unchanged(&self.cfg.cluster, "failover", *rev);
-                        if let Err(e) = self.put_leader_only("failover", &f, Some(unchanged)).await
-                        {
-                            tracing::warn!(error = %e, "cannot record the last WAL position for the switchover");
+                        match cd.clean_shutdown_lsn() {
+                            Some(end) => {
+                                // Keep the request under its lease (it still expires).
+                                let lease = keys.failover_key.map(|(_, l)| l).filter(|&l| l != 0);
+                                let mut f = f.clone();
+                                f.min_lsn = Some(end);
+                                let unchanged = crate::leader_keys::unchanged(
+                                    &self.cfg.cluster,
+                                    "failover",
+                                    *rev,
+                                );
+                                if let Err(e) = self
+                                    .put_leader_only("failover", &f, Some(unchanged), lease)
+                                    .await
+                                {
+                                    tracing::warn!(error = %e, "cannot record the last WAL position for the switchover");
+                                }
+                            }
+                            None => {
+                                // Not a clean stop: the end of our WAL is unknown, so no
+                                // target can be shown to have it. Withdraw the request:
+                                // the failover rules choose (in synchronous mode, only
+                                // the synchronous standby).
+                                tracing::warn!(state = %cd.state, checkpoint = %crate::ops::fmt_lsn(cd.checkpoint_lsn),
+                                    "postgres did not shut down cleanly: no switchover; withdrawing the request, failover rules apply");
+                                self.delete_failover_as_leader(*rev).await;
+                            }
                         }
                     }
                     if let Some(kv) = &keys.leader {
@@ -1305,7 +1393,7 @@ impl Agent {
                     leader: self.node.name.clone(),
                     sync_standby: None,
                 };
-                self.put_leader_only("sync", &v, None).await?;
+                self.put_leader_only("sync", &v, None, None).await?;
             }
             self.ensure_slots().await;
             self.bootstrapping = false;
@@ -1346,8 +1434,10 @@ impl Agent {
             self.ensure_slots().await;
         }
         if let Some((f, rev)) = &keys.failover {
-            if f.due_for_ms(dcs::unix_ms())
-                .is_some_and(|age| age > decide::FAILOVER_REQUEST_TIMEOUT.as_millis() as u64)
+            // Requests under a lease expire in etcd; this removes one written without.
+            if self
+                .failover_due
+                .is_some_and(|(_, at)| at.elapsed() > decide::FAILOVER_REQUEST_TIMEOUT)
             {
                 tracing::warn!(to = ?f.to, "dropping a stale switchover request");
                 self.delete_failover_as_leader(*rev).await;
@@ -1401,6 +1491,7 @@ impl Agent {
                         leader: self.node.name.clone(),
                         sync_standby: s,
                     },
+                    None,
                     None,
                 )
                 .await?;

@@ -265,11 +265,10 @@ async fn write_op(
         Err(r) => return text(r.status, r.message),
     };
     let key = dcs::key(&cfg.cluster, "failover");
-    let written = match serde_json::to_vec(&plan.value) {
-        Ok(b) => coord.put(&key, &b, None).await.is_ok(),
-        Err(_) => false,
-    };
-    if !written {
+    if crate::ops::put_request(&coord, &cfg.cluster, &plan.value)
+        .await
+        .is_err()
+    {
         return text(503, "failed to write failover key into DCS");
     }
     if plan.value.scheduled_at_ms.is_some() {

@@ -87,10 +87,12 @@ pub struct FailoverValue {
 }
 
 impl FailoverValue {
-    /// How long the request has been due at `now_ms`; `None` while it is scheduled later.
-    pub fn due_for_ms(&self, now_ms: u64) -> Option<u64> {
-        let due = self.requested_at_ms.max(self.scheduled_at_ms.unwrap_or(0));
-        now_ms.checked_sub(due)
+    /// A scheduled switchover is not a request before its time (wall clock: the time
+    /// an operator gave). Otherwise a request's age is not read from clocks: it lives
+    /// under an etcd lease (see [`crate::ops::put_request`]) and agents count its age
+    /// on their own monotonic clocks from when they first saw it due.
+    pub fn is_due(&self, now_ms: u64) -> bool {
+        self.scheduled_at_ms.is_none_or(|t| t <= now_ms)
     }
 }
 

@@ -5,7 +5,7 @@
 //! deposed leader's, or one from an earlier term of the same node (a new term is a new
 //! key, so a new revision) — is refused and changes nothing.
 
-use rampart_coord::{Coord, CoordError, Guard};
+use rampart_coord::{Coord, CoordError, Guard, LeaseId};
 
 use crate::dcs;
 
@@ -30,21 +30,23 @@ impl LeaderToken {
     }
 }
 
-/// Write `/<name>` (no lease) while `token` still holds the leader key and `extra` holds
-/// (e.g. the key's own revision, for a compare-and-set). False: refused, nothing written.
+/// Write `/<name>` (under `lease`, if any) while `token` still holds the leader key and
+/// `extra` holds (e.g. the key's own revision, for a compare-and-set). False: refused,
+/// nothing written.
 pub async fn put(
     coord: &Coord,
     token: &LeaderToken,
     name: &str,
     value: &[u8],
     extra: Option<Guard>,
+    lease: Option<LeaseId>,
 ) -> Result<bool, CoordError> {
     coord
         .put_guarded(
             &token.guards(extra),
             &dcs::key(&token.cluster, name),
             value,
-            None,
+            lease,
         )
         .await
 }

@@ -190,9 +190,7 @@ pub async fn switchover(
         requested_at_ms: dcs::unix_ms(),
         scheduled_at_ms: None,
     };
-    let body = serde_json::to_vec(&req).map_err(|e| DbError::Other(e.to_string()))?;
-    c.put(&dcs::key(&cfg.cluster, "failover"), &body, None)
-        .await?;
+    put_request(&c, &cfg.cluster, &req).await?;
     let old = view.leader.clone();
     let start = Instant::now();
     while start.elapsed() < wait {
@@ -216,6 +214,23 @@ pub async fn switchover(
     Err(DbError::Other(format!(
         "no new leader within {wait:?}: see `rampart db list`"
     )))
+}
+
+/// Write `/failover` under a lease of its own that etcd expires
+/// `FAILOVER_REQUEST_TIMEOUT` after the request is due: how old a request is never depends
+/// on the clocks of the hosts that wrote and read it (only a scheduled time does).
+pub async fn put_request(c: &Coord, cluster: &str, req: &FailoverValue) -> Result<(), DbError> {
+    let body = serde_json::to_vec(req).map_err(|e| DbError::Other(e.to_string()))?;
+    let until_due = req
+        .scheduled_at_ms
+        .map(|t| Duration::from_millis(t.saturating_sub(dcs::unix_ms())))
+        .unwrap_or_default();
+    let lease = c
+        .grant_lease(crate::decide::FAILOVER_REQUEST_TIMEOUT + until_due)
+        .await?;
+    c.put(&dcs::key(cluster, "failover"), &body, Some(lease))
+        .await?;
+    Ok(())
 }
 
 pub async fn set_pause(cfg: &DbConfig, paused: bool) -> Result<(), DbError> {

@@ -116,6 +116,16 @@ pub fn parse_identify_system(out: &str) -> Option<u32> {
         .filter(|&t| t > 0)
 }
 
+impl ControlData {
+    /// The end of this server's WAL, known only after a clean shutdown (`shut down`: the
+    /// shutdown checkpoint is the last record). After a crash, an immediate stop or a
+    /// kill the last checkpoint is *not* the end of the WAL, and a switchover target that
+    /// reached it could still lack acknowledged commits: `None`.
+    pub fn clean_shutdown_lsn(&self) -> Option<u64> {
+        (self.state == "shut down" && self.checkpoint_lsn > 0).then_some(self.checkpoint_lsn)
+    }
+}
+
 pub fn parse_controldata(text: &str) -> ControlData {
     let mut c = ControlData::default();
     for line in text.lines() {
@@ -613,6 +623,46 @@ impl PgCtl {
     }
 }
 
+impl PgCtl {
+    /// A postmaster already running in this data directory that the agent did not start
+    /// (its agent and watchdog died): the pid in `postmaster.pid`, alive, a `postgres`
+    /// process whose working directory is the data directory.
+    pub fn orphan_postmaster(&self) -> Option<i32> {
+        let text = std::fs::read_to_string(self.data_dir.join("postmaster.pid")).ok()?;
+        let pid: i32 = text
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+            .filter(|&p| p > 0)?;
+        if !is_postgres(pid) {
+            return None;
+        }
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
+        let dir = std::fs::canonicalize(&self.data_dir).ok()?;
+        (cwd == dir).then_some(pid)
+    }
+}
+
+/// Stop a postmaster that is not our child: fast shutdown (a clean checkpoint), then
+/// its whole tree killed after `timeout`. Returns once it is gone.
+pub async fn stop_orphan(pid: i32, timeout: Duration) {
+    let alive = || is_postgres(pid);
+    let _ = kill(Pid::from_raw(pid), Signal::SIGINT);
+    let deadline = std::time::Instant::now() + timeout;
+    while alive() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if alive() {
+        tracing::warn!(pid, "orphaned postgres did not stop in time: killing it");
+        kill_tree(pid);
+        while alive() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 fn is_postgres(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|c| c.trim().starts_with("postgres"))
@@ -961,6 +1011,15 @@ mod tests {
         assert_eq!(c.state, "shut down");
         assert_eq!(c.checkpoint_lsn, 0x3000028);
         assert_eq!(c.timeline, 2);
+        assert_eq!(c.clean_shutdown_lsn(), Some(0x3000028));
+        // A primary killed while stopping, or stopped in immediate mode.
+        for state in ["in production", "shutting down", "in crash recovery"] {
+            let c = parse_controldata(&t.replace("shut down", state));
+            assert_eq!(c.clean_shutdown_lsn(), None, "{state}");
+        }
+        // A standby's clean stop says "shut down in recovery": not a primary's end of WAL.
+        let c = parse_controldata(&t.replace("shut down", "shut down in recovery"));
+        assert_eq!(c.clean_shutdown_lsn(), None);
     }
 
     #[test]

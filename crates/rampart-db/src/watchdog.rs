@@ -22,6 +22,8 @@ use crate::error::DbError;
 pub struct Watchdog {
     child: Child,
     stdin: ChildStdin,
+    /// A write to its pipe failed: it is gone.
+    broken: bool,
 }
 
 impl Watchdog {
@@ -43,12 +45,28 @@ impl Watchdog {
             .stdin
             .take()
             .ok_or_else(|| DbError::Other("watchdog has no stdin".into()))?;
-        Ok(Watchdog { child, stdin })
+        Ok(Watchdog {
+            child,
+            stdin,
+            broken: false,
+        })
+    }
+
+    /// The watchdog process still runs (and its pipe works).
+    pub fn alive(&mut self) -> bool {
+        !self.broken && matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     fn send(&mut self, line: &str) {
         if let Err(e) = writeln!(self.stdin, "{line}") {
-            tracing::error!(error = %e, "watchdog pipe broken");
+            if !self.broken {
+                tracing::error!(error = %e, "watchdog pipe broken");
+            }
+            self.broken = true;
         }
     }
 

@@ -50,7 +50,7 @@ async fn a_stale_sync_write_from_a_deposed_leader_is_refused() {
     // db1 leads and publishes db2 as its synchronous standby.
     let (db1, lease1) = take(&c, "db1").await;
     assert!(
-        leader_keys::put(&c, &db1, "sync", &sync("db1", "db2"), None)
+        leader_keys::put(&c, &db1, "sync", &sync("db1", "db2"), None, None)
             .await
             .expect("put")
     );
@@ -65,7 +65,7 @@ async fn a_stale_sync_write_from_a_deposed_leader_is_refused() {
     // db1 is deposed (its lease ends: the key goes), nobody leads yet: refused.
     c.revoke(lease1).await.expect("revoke");
     assert!(
-        !leader_keys::put(&c, &db1, "sync", &sync("db1", "db3"), None)
+        !leader_keys::put(&c, &db1, "sync", &sync("db1", "db3"), None, None)
             .await
             .expect("put")
     );
@@ -73,13 +73,13 @@ async fn a_stale_sync_write_from_a_deposed_leader_is_refused() {
     // db2 takes over and publishes db3.
     let (db2, lease2) = take(&c, "db2").await;
     assert!(
-        leader_keys::put(&c, &db2, "sync", &sync("db2", "db3"), None)
+        leader_keys::put(&c, &db2, "sync", &sync("db2", "db3"), None, None)
             .await
             .expect("put")
     );
     // db1's delayed write arrives now: refused, /sync still db2's.
     assert!(
-        !leader_keys::put(&c, &db1, "sync", &sync("db1", "db2"), None)
+        !leader_keys::put(&c, &db1, "sync", &sync("db1", "db2"), None, None)
             .await
             .expect("put")
     );
@@ -101,13 +101,13 @@ async fn a_stale_sync_write_from_a_deposed_leader_is_refused() {
     let (db1_again, _lease3) = take(&c, "db1").await;
     assert_ne!(db1_again.revision, db1.revision);
     assert!(
-        !leader_keys::put(&c, &db1, "sync", &sync("db1", "db2"), None)
+        !leader_keys::put(&c, &db1, "sync", &sync("db1", "db2"), None, None)
             .await
             .expect("put")
     );
     assert_eq!(read_sync(&c).await.map(|s| s.leader), Some("db2".into()));
     assert!(
-        leader_keys::put(&c, &db1_again, "sync", &sync("db1", "db3"), None)
+        leader_keys::put(&c, &db1_again, "sync", &sync("db1", "db3"), None, None)
             .await
             .expect("put")
     );
@@ -126,26 +126,94 @@ async fn a_stale_sync_write_from_a_deposed_leader_is_refused() {
         .expect("get")
         .expect("sync");
     let stale = leader_keys::unchanged(CLUSTER, "sync", kv.mod_revision - 1);
-    assert!(
-        !leader_keys::put(&c, &db1_again, "sync", &sync("db1", "db2"), Some(stale))
-            .await
-            .expect("put")
-    );
+    assert!(!leader_keys::put(
+        &c,
+        &db1_again,
+        "sync",
+        &sync("db1", "db2"),
+        Some(stale),
+        None
+    )
+    .await
+    .expect("put"));
     let fresh = leader_keys::unchanged(CLUSTER, "sync", kv.mod_revision);
-    assert!(
-        leader_keys::put(&c, &db1_again, "sync", &sync("db1", "db2"), Some(fresh))
-            .await
-            .expect("put")
-    );
+    assert!(leader_keys::put(
+        &c,
+        &db1_again,
+        "sync",
+        &sync("db1", "db2"),
+        Some(fresh),
+        None
+    )
+    .await
+    .expect("put"));
     let absent = leader_keys::unchanged(CLUSTER, "timeline", 0);
+    assert!(leader_keys::put(
+        &c,
+        &db1_again,
+        "timeline",
+        b"{}",
+        Some(absent.clone()),
+        None
+    )
+    .await
+    .expect("put"));
     assert!(
-        leader_keys::put(&c, &db1_again, "timeline", b"{}", Some(absent.clone()))
+        !leader_keys::put(&c, &db1_again, "timeline", b"{}", Some(absent), None)
             .await
             .expect("put")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switchover_request_lives_under_an_etcd_lease_not_host_clocks() {
+    let etcd = Etcd::start();
+    let c = Coord::connect(CoordOptions::new([etcd.client_url(0)]))
+        .await
+        .expect("connect");
+    let mut req = dcs::FailoverValue {
+        from: Some("db1".into()),
+        to: Some("db2".into()),
+        forced: false,
+        min_lsn: None,
+        // A writer whose clock is an hour behind: it changes nothing.
+        requested_at_ms: dcs::unix_ms() - 3_600_000,
+        scheduled_at_ms: None,
+    };
+    rampart_db::ops::put_request(&c, CLUSTER, &req)
+        .await
+        .expect("put request");
+    let kv = c
+        .get(&dcs::key(CLUSTER, "failover"))
+        .await
+        .expect("get")
+        .expect("the request");
+    assert_ne!(kv.lease, 0, "the request is not under a lease");
+    let ttl = c
+        .lease_ttl(kv.lease)
+        .await
+        .expect("ttl")
+        .expect("lease alive");
+    let timeout = rampart_db::decide::FAILOVER_REQUEST_TIMEOUT;
     assert!(
-        !leader_keys::put(&c, &db1_again, "timeline", b"{}", Some(absent))
-            .await
-            .expect("put")
+        ttl <= timeout && ttl + Duration::from_secs(3) >= timeout,
+        "{ttl:?}"
     );
+    // A scheduled switchover lives until its time plus the same timeout.
+    req.scheduled_at_ms = Some(dcs::unix_ms() + 60_000);
+    rampart_db::ops::put_request(&c, CLUSTER, &req)
+        .await
+        .expect("put request");
+    let kv = c
+        .get(&dcs::key(CLUSTER, "failover"))
+        .await
+        .expect("get")
+        .expect("the request");
+    let ttl = c
+        .lease_ttl(kv.lease)
+        .await
+        .expect("ttl")
+        .expect("lease alive");
+    assert!(ttl >= timeout + Duration::from_secs(55), "{ttl:?}");
+    assert!(!req.is_due(dcs::unix_ms()));
 }

@@ -9,6 +9,7 @@ mod failover;
 mod harness;
 mod leader_keys;
 mod netns;
+mod orphan;
 mod partition;
 mod patroni_api;
 mod timeline;
