@@ -635,8 +635,7 @@ impl Agent {
             if let Some(pid) = c.id() {
                 // Hard fence shortly before etcd can expire the lease.
                 let hard = t + self.cfg.ttl - Duration::from_millis(300);
-                self.watchdog
-                    .arm(pid, hard.saturating_duration_since(Instant::now()));
+                self.watchdog.arm(pid, hard);
             }
         }
     }
@@ -1037,8 +1036,32 @@ impl Agent {
             self.put_leader_only("sync", &v, None, None).await?;
         }
         let t = Instant::now();
-        if !self.conn.promote(Duration::from_secs(20)).await? {
-            return Err(DbError::Other("pg_promote did not finish in time".into()));
+        // Fence first: from pg_promote on this postmaster may take writes, so the
+        // watchdog holds the lease deadline before it, and the wait ends at that deadline.
+        self.arm_watchdog();
+        let budget = self
+            .valid_until()
+            .map(|d| d.saturating_duration_since(Instant::now()))
+            .unwrap_or_default()
+            .min(Duration::from_secs(20));
+        let promoted = match self.conn.promote(budget).await {
+            Ok(p) => p,
+            Err(e) => {
+                // It may still finish: never leave it unwatched by the loop.
+                tracing::warn!(error = %e, "promotion failed: stopping postgres");
+                self.kill_postgres().await;
+                return Err(e);
+            }
+        };
+        if !promoted {
+            tracing::warn!(
+                waited_ms = budget.as_millis() as u64,
+                "promotion did not finish before the lease deadline: stopping postgres"
+            );
+            self.kill_postgres().await;
+            return Err(DbError::Other(
+                "pg_promote did not finish before the lease deadline".into(),
+            ));
         }
         self.following = Some(None);
         self.arm_watchdog();
