@@ -6,6 +6,7 @@
 mod basic;
 mod conditions;
 mod failover;
+mod fence;
 mod harness;
 mod leader_keys;
 mod netns;
