@@ -162,7 +162,7 @@ async fn cluster(State(s): State<AppState>) -> Response {
             if let Some(n) = s.admin.cfg.node(&name) {
                 let mut tags = serde_json::Map::new();
                 for (k, val) in &n.tags {
-                    tags.insert(k.clone(), val.clone().into());
+                    tags.insert(k.clone(), patroni::tag_value(val));
                 }
                 if n.nofailover {
                     tags.insert("nofailover".into(), true.into());

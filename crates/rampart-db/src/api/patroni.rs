@@ -189,20 +189,24 @@ impl NodeView {
     fn effective_tags(&self) -> Map<String, Value> {
         let mut m = Map::new();
         for (k, v) in &self.tags {
-            let val = match v.as_str() {
-                "true" => Value::Bool(true),
-                "false" => Value::Bool(false),
-                s => s
-                    .parse::<i64>()
-                    .map(Value::from)
-                    .unwrap_or_else(|_| Value::String(s.to_string())),
-            };
-            m.insert(k.clone(), val);
+            m.insert(k.clone(), tag_value(v));
         }
         if self.nofailover {
             m.insert("nofailover".into(), Value::Bool(true));
         }
         m
+    }
+}
+
+/// A tag as Patroni shows it: booleans and integers as JSON values, the rest as text.
+pub fn tag_value(v: &str) -> Value {
+    match v {
+        "true" => Value::Bool(true),
+        "false" => Value::Bool(false),
+        s => s
+            .parse::<i64>()
+            .map(Value::from)
+            .unwrap_or_else(|_| Value::String(s.to_string())),
     }
 }
 

@@ -309,18 +309,26 @@ async fn patroni_endpoints_and_switchover_on_live_agents() {
         assert_eq!(req(api(i), "GET", "/liveness", &[], "").0, 200);
         assert_eq!(req(api(i), "GET", "/readiness", &[], "").0, 200);
     }
-    let (st, body) = req(api(s), "GET", "/cluster", &[], "");
-    assert_eq!(st, 200);
-    let doc: serde_json::Value = serde_json::from_str(&body).expect("json");
+    // /cluster: rampart's document with Patroni's scope and each member's tags (every
+    // member shows once its record is in etcd).
+    let mut doc = serde_json::Value::Null;
+    let complete = wait_until(Duration::from_secs(10), || {
+        let (st, body) = req(api(s), "GET", "/cluster", &[], "");
+        doc = serde_json::from_str(&body).unwrap_or_default();
+        st == 200
+            && doc["members"]
+                .as_array()
+                .is_some_and(|m| m.iter().filter(|m| m["role"] != "unknown").count() == 3)
+    });
+    assert!(complete, "{doc}");
     assert_eq!(doc["scope"], "it", "{doc}");
-    let m2 = doc["members"]
+    let m3 = doc["members"]
         .as_array()
-        .expect("members")
-        .iter()
-        .find(|m| m["name"] == "db3")
+        .and_then(|m| m.iter().find(|m| m["name"] == "db3"))
         .cloned()
-        .expect("db3");
-    assert_eq!(m2["tags"]["dc"], "west", "{doc}");
+        .unwrap_or_default();
+    assert_eq!(m3["tags"]["dc"], "west", "{doc}");
+    assert_eq!(m3["tags"]["noloadbalance"], true, "{doc}");
 
     // Writes need the token: none, a wrong one, then patronictl's basic auth.
     let body = format!(
