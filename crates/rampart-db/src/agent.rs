@@ -829,6 +829,7 @@ impl Agent {
     }
 
     async fn kill_postgres(&mut self) {
+        self.unpublish_writable();
         if let Some(mut c) = self.child.take() {
             self.watchdog.unwatch();
             if let Some(pid) = c.id() {
@@ -841,6 +842,7 @@ impl Agent {
     }
 
     async fn stop_postgres(&mut self, mode: StopMode) {
+        self.unpublish_writable();
         if let Some(mut c) = self.child.take() {
             self.watchdog.unwatch();
             match mode {

@@ -224,4 +224,18 @@ impl Agent {
             dcs_last_seen: self.dcs_last_seen,
         }
     }
+
+    /// PostgreSQL is being stopped: `/primary` and `/leader` turn 503 now, not when the
+    /// turn publishes (a fast shutdown can take seconds, and load balancers must not send
+    /// new connections to a primary that is going away).
+    pub(super) fn unpublish_writable(&self) {
+        if let Ok(mut s) = self.shared.lock() {
+            s.writable_leader = false;
+            s.writable_until = None;
+            if let Some(n) = s.node.as_mut() {
+                n.writable_until = None;
+                n.leader_until = None;
+            }
+        }
+    }
 }

@@ -13,4 +13,5 @@ mod netns;
 mod orphan;
 mod partition;
 mod patroni_api;
+mod switchover_crash;
 mod timeline;
