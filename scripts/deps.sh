@@ -8,7 +8,7 @@ want=(
   postgresql-contrib
   etcd-server          # the coordination store (leader lease, discovery)
   etcd-client
-  haproxy              # benchmark anchor
+  haproxy              # benchmark anchor; the db agents behind HAProxy with Patroni's config (test)
   keepalived           # VRRP interoperability test and failover benchmark anchor
   nginx-light          # benchmark anchor and test backend
   wrk                  # load generator

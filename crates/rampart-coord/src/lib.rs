@@ -62,6 +62,29 @@ impl KeyValue {
     }
 }
 
+/// A condition of a guarded write ([`Coord::put_guarded`], [`Coord::delete_guarded`]):
+/// all must hold in the same transaction as the write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Guard {
+    /// The key exists with this `mod_revision` (it was not rewritten, deleted or
+    /// re-created since it was read).
+    ModRevision(String, i64),
+    /// The key exists with this value.
+    Value(String, Vec<u8>),
+    /// The key does not exist.
+    Absent(String),
+}
+
+impl Guard {
+    fn compare(&self) -> Compare {
+        match self {
+            Guard::ModRevision(k, r) => Compare::mod_revision(k.as_str(), CompareOp::Equal, *r),
+            Guard::Value(k, v) => Compare::value(k.as_str(), CompareOp::Equal, v.clone()),
+            Guard::Absent(k) => Compare::create_revision(k.as_str(), CompareOp::Equal, 0),
+        }
+    }
+}
+
 /// How to reach etcd.
 #[derive(Debug, Clone)]
 pub struct CoordOptions {
@@ -392,6 +415,52 @@ impl Coord {
             .when([Compare::create_revision(key, CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key, value, put_options(lease))]);
         self.txn("create", txn).await
+    }
+
+    /// Atomic create that also returns the key's `mod_revision` (the token a holder puts
+    /// in a [`Guard::ModRevision`] of its later writes); `None` when the key exists.
+    pub async fn create_revision(
+        &self,
+        key: &str,
+        value: &[u8],
+        lease: Option<LeaseId>,
+    ) -> Result<Option<i64>, CoordError> {
+        let txn = Txn::new()
+            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, value, put_options(lease))]);
+        let resp = self
+            .call("create", Retry::OnlyIfNotSent, |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
+        Ok(resp
+            .succeeded()
+            .then(|| resp.header().map(|h| h.revision()).unwrap_or(0)))
+    }
+
+    /// Write `key` only if every guard holds, atomically (one etcd transaction): e.g. only
+    /// while the writer still holds the leader key it took (`ModRevision` of `/leader`).
+    /// False when a guard failed and nothing was written.
+    pub async fn put_guarded(
+        &self,
+        guards: &[Guard],
+        key: &str,
+        value: &[u8],
+        lease: Option<LeaseId>,
+    ) -> Result<bool, CoordError> {
+        let txn = Txn::new()
+            .when(guards.iter().map(Guard::compare).collect::<Vec<_>>())
+            .and_then([TxnOp::put(key, value, put_options(lease))]);
+        self.txn("put_guarded", txn).await
+    }
+
+    /// Delete `key` only if every guard holds (atomically). False when a guard failed.
+    pub async fn delete_guarded(&self, guards: &[Guard], key: &str) -> Result<bool, CoordError> {
+        let txn = Txn::new()
+            .when(guards.iter().map(Guard::compare).collect::<Vec<_>>())
+            .and_then([TxnOp::delete(key, None)]);
+        self.txn("delete_guarded", txn).await
     }
 
     /// Atomic compare-and-set on mod_revision: writes only if the key's current

@@ -1,5 +1,9 @@
 //! The HA loop: observe, [`decide`], act, publish — once per `loop_wait`.
 
+mod fence;
+mod leading;
+mod publish;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,6 +40,10 @@ pub struct Snapshot {
     pub replica_streaming: bool,
     pub lag_bytes: u64,
     pub lag_seconds: f64,
+    /// What Patroni's health checks look at (see [`crate::api::patroni`]).
+    pub node: Option<crate::api::patroni::NodeView>,
+    /// `/history`: the timeline switches in the history file of the node's timeline.
+    pub history: Vec<serde_json::Value>,
 }
 
 pub type Shared = Arc<Mutex<Snapshot>>;
@@ -48,6 +56,8 @@ struct Keys {
     members: Vec<Member>,
     sync: Option<SyncValue>,
     failover: Option<(FailoverValue, i64)>,
+    /// `/failover`'s create_revision (the request's identity) and lease.
+    failover_key: Option<(i64, i64)>,
     paused: bool,
     /// `/timeline` and its mod_revision.
     timeline: Option<(TimelineValue, i64)>,
@@ -67,7 +77,8 @@ fn parse_keys(cluster: &str, kvs: &[KeyValue]) -> Keys {
             "failover" => {
                 k.failover = serde_json::from_slice(&kv.value)
                     .ok()
-                    .map(|f| (f, kv.mod_revision))
+                    .map(|f| (f, kv.mod_revision));
+                k.failover_key = Some((kv.create_revision, kv.lease));
             }
             "pause" => k.paused = true,
             "timeline" => {
@@ -133,6 +144,21 @@ pub struct Agent {
     started_at: Option<Instant>,
     /// This turn created `/leader` (the keys read at its start are stale).
     took_key: bool,
+    /// Unix seconds of the last successful read of the cluster keys.
+    dcs_last_seen: Option<u64>,
+    /// `/history` lines for this timeline (read once per timeline).
+    history: (u32, Vec<serde_json::Value>),
+    /// `mod_revision` of the leader key this node created, while it holds it: every
+    /// leader-only write is guarded by it ([`crate::leader_keys`]).
+    leader_rev: Option<i64>,
+    /// `synchronous_standby_names` was changed and PostgreSQL has not confirmed it yet:
+    /// no WAL mark, so no standby is published as synchronous.
+    sync_unconfirmed: bool,
+    /// The `/failover` request (by create_revision) and when this agent first saw it due:
+    /// its age, on this host's monotonic clock.
+    failover_due: Option<(i64, Instant)>,
+    /// The watchdog process runs (checked, and restarted if it died, every loop).
+    fence_ok: bool,
 }
 
 impl Agent {
@@ -223,6 +249,12 @@ impl Agent {
             bootstrapping: false,
             started_at: None,
             took_key: false,
+            dcs_last_seen: None,
+            history: (0, Vec::new()),
+            leader_rev: None,
+            sync_unconfirmed: false,
+            failover_due: None,
+            fence_ok: true,
         })
     }
 
@@ -266,6 +298,14 @@ impl Agent {
         tracing::info!(node = %self.node.name, cluster = %self.cfg.cluster, data_dir = %self.ctl.data_dir.display(),
             ttl = ?self.cfg.ttl, loop_wait = ?self.cfg.loop_wait, synchronous = self.cfg.synchronous, "rampart db agent starting");
         tokio::pin!(stop);
+        if let Some(pid) = self.ctl.orphan_postmaster() {
+            // Its agent (and watchdog) died: it runs unsupervised, maybe as a primary
+            // whose lease is gone. Stop it cleanly; the loop starts it again under this
+            // agent, in whatever role the cluster gives it.
+            tracing::warn!(pid, "a postgres is already running in the data directory without its agent: stopping it (fast shutdown) before taking over");
+            pg::stop_orphan(pid, Duration::from_secs(30)).await;
+            tracing::info!(pid, "the orphaned postgres stopped");
+        }
         let wake = Arc::new(tokio::sync::Notify::new());
         let watcher = tokio::spawn(watch_for_changes(
             self.coord.clone(),
@@ -365,6 +405,25 @@ impl Agent {
         let keys = keys.unwrap_or_default();
         let leader_name = keys.leader.as_ref().map(|kv| kv.value_str());
         if dcs_ok {
+            let due = keys
+                .failover
+                .as_ref()
+                .filter(|(f, _)| f.is_due(dcs::unix_ms()))
+                .and(keys.failover_key);
+            self.failover_due = match (due, self.failover_due) {
+                (Some((id, _)), Some((seen, at))) if id == seen => Some((seen, at)),
+                (Some((id, _)), _) => Some((id, Instant::now())),
+                (None, _) => None,
+            };
+            // The key as this node holds it (also one it took in an earlier run of the
+            // agent, while that lease lives), or none: no leader-only write then.
+            self.leader_rev = keys
+                .leader
+                .as_ref()
+                .filter(|kv| kv.value_str() == self.node.name)
+                .map(|kv| kv.mod_revision);
+        }
+        if dcs_ok {
             match &leader_name {
                 Some(l) => {
                     self.peer_seen.clear();
@@ -398,6 +457,7 @@ impl Agent {
         self.disk_full = full;
 
         // 4. Decide.
+        self.fence_ok = self.supervise_watchdog();
         self.cluster_tl = self.cluster_timeline(&keys);
         let obs = self.observe(&keys, dcs_ok, status.as_ref());
         self.log_timeline_verdict(&obs);
@@ -457,99 +517,6 @@ impl Agent {
         self.publish(&keys, dcs_ok, status.as_ref(), &action).await;
     }
 
-    /// When the running primary renews its lease next. It renews as late as the timing
-    /// rule allows: when one full `retry_timeout` attempt still ends before its demotion
-    /// deadline (`renewal + ttl - DEMOTE_MARGIN`), and at least every `loop_wait`. A dead
-    /// primary's key then expires as early as the lease allows: with 5 s / 1 s / 2 s a
-    /// renewal every 1.95 s instead of every loop leaves about 0.5 s less to wait on
-    /// average. Every other node renews on every loop. `None`: renew now.
-    fn renew_due(&self) -> Option<Instant> {
-        if !self.is_primary_running() || self.lease.is_none() {
-            return None;
-        }
-        let slack = Duration::from_millis(50);
-        let period = self
-            .cfg
-            .ttl
-            .saturating_sub(DEMOTE_MARGIN + self.cfg.retry_timeout + slack)
-            .max(self.cfg.loop_wait);
-        self.renewed_at.map(|t| t + period)
-    }
-
-    async fn renew_lease(&mut self) -> bool {
-        if self.renew_due().is_some_and(|due| Instant::now() < due) {
-            // The lease is fresh; etcd's reachability is checked by the read that follows.
-            return true;
-        }
-        let call_start = Instant::now();
-        let mut budget = self.cfg.retry_timeout;
-        if self.is_primary_running() {
-            if let Some(t) = self.valid_until() {
-                budget = budget
-                    .min(t.saturating_duration_since(call_start))
-                    .max(Duration::from_millis(50));
-            }
-        }
-        let r = match self.lease {
-            Some(l) => tokio::time::timeout(budget, self.coord.keep_alive_once(l)).await,
-            None => {
-                match tokio::time::timeout(budget, self.coord.grant_lease(self.cfg.ttl)).await {
-                    Ok(Ok(id)) => {
-                        tracing::info!(lease = id, "granted a new lease");
-                        self.lease = Some(id);
-                        Ok(Ok(Some(self.cfg.ttl)))
-                    }
-                    Ok(Err(e)) => Ok(Err(e)),
-                    Err(e) => Err(e),
-                }
-            }
-        };
-        match r {
-            Ok(Ok(Some(_))) => {
-                self.renewed_at = Some(call_start);
-                if self.is_primary_running() {
-                    self.arm_watchdog();
-                }
-                true
-            }
-            Ok(Ok(None)) => {
-                tracing::warn!("our lease expired in etcd (keys attached to it are gone)");
-                self.lease = None;
-                self.renewed_at = None;
-                let start = Instant::now();
-                match self.coord.grant_lease(self.cfg.ttl).await {
-                    Ok(id) => {
-                        tracing::info!(lease = id, "granted a new lease");
-                        self.lease = Some(id);
-                        self.renewed_at = Some(start);
-                    }
-                    Err(e) => tracing::warn!(error = %e, "cannot grant a new lease"),
-                }
-                // The etcd answer itself shows it is reachable.
-                true
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "etcd unreachable: cannot renew the lease");
-                false
-            }
-            Err(_) => {
-                tracing::warn!(budget = ?budget, "etcd unreachable: lease renewal timed out");
-                false
-            }
-        }
-    }
-
-    fn arm_watchdog(&mut self) {
-        if let (Some(t), Some(c)) = (self.renewed_at, self.child.as_ref()) {
-            if let Some(pid) = c.id() {
-                // Hard fence shortly before etcd can expire the lease.
-                let hard = t + self.cfg.ttl - Duration::from_millis(300);
-                self.watchdog
-                    .arm(pid, hard.saturating_duration_since(Instant::now()));
-            }
-        }
-    }
-
     fn observe(&self, keys: &Keys, dcs_ok: bool, st: Option<&PgStatus>) -> Observed {
         let now = Instant::now();
         let pg = if !self.ctl.has_data() {
@@ -601,7 +568,6 @@ impl Agent {
                     .unwrap_or_default(),
             })
             .collect();
-        let now_ms = dcs::unix_ms();
         Observed {
             me: self.node.name.clone(),
             nofailover: self.node.nofailover,
@@ -620,12 +586,15 @@ impl Agent {
                 leader: s.leader.clone(),
                 sync_standby: s.sync_standby.clone(),
             }),
-            failover: keys.failover.as_ref().map(|(f, _)| FailoverReq {
-                from: f.from.clone(),
-                to: f.to.clone(),
-                forced: f.forced,
-                min_lsn: f.min_lsn,
-                age: Duration::from_millis(now_ms.saturating_sub(f.requested_at_ms)),
+            // A switchover scheduled later is not a request yet.
+            failover: keys.failover.as_ref().and_then(|(f, _)| {
+                Some(FailoverReq {
+                    from: f.from.clone(),
+                    to: f.to.clone(),
+                    forced: f.forced,
+                    min_lsn: f.min_lsn,
+                    age: now.saturating_duration_since(self.failover_due?.1),
+                })
             }),
             paused: keys.paused,
             disk_full: self.disk_full,
@@ -634,6 +603,7 @@ impl Agent {
             stuck_after: decide::STUCK_REPLICA_TIMEOUT.max(self.cfg.ttl * 2 + self.cfg.loop_wait),
             last_leader_lsn: self.last_leader_lsn,
             cluster_timeline: self.cluster_tl,
+            fence_ok: self.fence_ok,
         }
     }
 
@@ -708,35 +678,6 @@ impl Agent {
             None => {}
         }
         self.timeline_logged = text;
-    }
-
-    /// The leader records its timeline in `/timeline` (no lease: it outlives the leader).
-    async fn record_timeline(&self, keys: &Keys, timeline: u32) {
-        if timeline == 0
-            || keys
-                .timeline
-                .as_ref()
-                .is_some_and(|(t, _)| t.timeline == timeline)
-        {
-            return;
-        }
-        let v = TimelineValue {
-            timeline,
-            leader: self.node.name.clone(),
-        };
-        let Ok(body) = serde_json::to_vec(&v) else {
-            return;
-        };
-        let rev = keys.timeline.as_ref().map(|(_, r)| *r).unwrap_or(0);
-        match self
-            .coord
-            .compare_and_swap(&self.key("timeline"), rev, &body, None)
-            .await
-        {
-            Ok(true) => tracing::info!(timeline, "recorded the cluster's timeline"),
-            Ok(false) => tracing::debug!("/timeline changed meanwhile; next loop"),
-            Err(e) => tracing::warn!(error = %e, "cannot record the cluster's timeline"),
-        }
     }
 
     fn node_addr(&self, name: &str) -> Result<(String, u16), DbError> {
@@ -888,6 +829,7 @@ impl Agent {
     }
 
     async fn kill_postgres(&mut self) {
+        self.unpublish_writable();
         if let Some(mut c) = self.child.take() {
             self.watchdog.unwatch();
             if let Some(pid) = c.id() {
@@ -900,6 +842,7 @@ impl Agent {
     }
 
     async fn stop_postgres(&mut self, mode: StopMode) {
+        self.unpublish_writable();
         if let Some(mut c) = self.child.take() {
             self.watchdog.unwatch();
             match mode {
@@ -914,83 +857,6 @@ impl Agent {
         }
         self.conn.reset();
         self.pg_down_since = Some(Instant::now());
-    }
-
-    async fn take_leader(&mut self) -> Result<bool, DbError> {
-        let Some(lease) = self.lease else {
-            return Ok(false);
-        };
-        let won = self
-            .coord
-            .create(&self.key("leader"), self.node.name.as_bytes(), Some(lease))
-            .await?;
-        if won {
-            tracing::info!("took the leader key");
-            self.took_key = true;
-        }
-        Ok(won)
-    }
-
-    async fn promote(&mut self, keys: &Keys) -> Result<(), DbError> {
-        // Primary settings first: no upstream; synchronous names start empty ('*' strict).
-        self.sync_configured = None;
-        self.ctl.write_conf(&self.conf(None)?)?;
-        self.conn.reload().await?;
-        if self.cfg.synchronous {
-            // Before the first write is possible: from now on only this node may take over
-            // (it is the only one with every commit it will acknowledge).
-            let v = SyncValue {
-                leader: self.node.name.clone(),
-                sync_standby: None,
-            };
-            self.put_json("sync", &v).await?;
-        }
-        let t = Instant::now();
-        if !self.conn.promote(Duration::from_secs(20)).await? {
-            return Err(DbError::Other("pg_promote did not finish in time".into()));
-        }
-        self.following = Some(None);
-        self.arm_watchdog();
-        // Tell load balancers and writers at once, not after the slots and the publish
-        // below: we hold the key under a valid lease and PostgreSQL takes writes.
-        if let Ok(mut s) = self.shared.lock() {
-            s.writable_leader = true;
-            s.writable_until = self.valid_until();
-        }
-        self.metrics.promotions.inc();
-        tracing::info!(
-            took_ms = t.elapsed().as_millis() as u64,
-            "promoted to primary"
-        );
-        if let Ok(st) = self.conn.status().await {
-            self.record_timeline(keys, st.timeline).await;
-        }
-        if let Some((f, rev)) = &keys.failover {
-            if f.to.as_deref() == Some(self.node.name.as_str()) || f.to.is_none() {
-                let _ = self.coord.delete_if(&self.key("failover"), *rev).await;
-            }
-        }
-        self.ensure_slots().await;
-        Ok(())
-    }
-
-    async fn put_json<T: serde::Serialize>(&self, k: &str, v: &T) -> Result<(), DbError> {
-        let body = serde_json::to_vec(v).map_err(|e| DbError::Other(e.to_string()))?;
-        self.coord.put(&self.key(k), &body, None).await?;
-        Ok(())
-    }
-
-    async fn ensure_slots(&mut self) {
-        let names: Vec<String> = self
-            .cfg
-            .nodes
-            .iter()
-            .filter(|n| n.name != self.node.name)
-            .map(|n| n.name.clone())
-            .collect();
-        if let Err(e) = self.conn.ensure_slots(&names).await {
-            tracing::warn!(error = %e, "cannot create replication slots");
-        }
     }
 
     async fn act(&mut self, action: &Action, keys: &Keys, obs: &Observed) -> Result<(), DbError> {
@@ -1107,14 +973,34 @@ impl Agent {
                 if *release {
                     let cd = self.ctl.controldata().await?;
                     if let Some((f, rev)) = &keys.failover {
-                        let mut f = f.clone();
-                        f.min_lsn = Some(cd.checkpoint_lsn);
-                        let body =
-                            serde_json::to_vec(&f).map_err(|e| DbError::Other(e.to_string()))?;
-                        let _ = self
-                            .coord
-                            .compare_and_swap(&self.key("failover"), *rev, &body, None)
-                            .await?;
+                        match cd.clean_shutdown_lsn() {
+                            Some(end) => {
+                                // Keep the request under its lease (it still expires).
+                                let lease = keys.failover_key.map(|(_, l)| l).filter(|&l| l != 0);
+                                let mut f = f.clone();
+                                f.min_lsn = Some(end);
+                                let unchanged = crate::leader_keys::unchanged(
+                                    &self.cfg.cluster,
+                                    "failover",
+                                    *rev,
+                                );
+                                if let Err(e) = self
+                                    .put_leader_only("failover", &f, Some(unchanged), lease)
+                                    .await
+                                {
+                                    tracing::warn!(error = %e, "cannot record the last WAL position for the switchover");
+                                }
+                            }
+                            None => {
+                                // Not a clean stop: the end of our WAL is unknown, so no
+                                // target can be shown to have it. Withdraw the request:
+                                // the failover rules choose (in synchronous mode, only
+                                // the synchronous standby).
+                                tracing::warn!(state = %cd.state, checkpoint = %crate::ops::fmt_lsn(cd.checkpoint_lsn),
+                                    "postgres did not shut down cleanly: no switchover; withdrawing the request, failover rules apply");
+                                self.delete_failover_as_leader(*rev).await;
+                            }
+                        }
                     }
                     if let Some(kv) = &keys.leader {
                         self.coord
@@ -1208,286 +1094,6 @@ impl Agent {
                 tracing::warn!(leader = %from, error = %e, "pg_rewind failed: re-cloning from the leader");
                 self.long(self.ctl.basebackup(&h, p)).await
             }
-        }
-    }
-
-    async fn bootstrap(&mut self) -> Result<(), DbError> {
-        let won = self
-            .coord
-            .create(&self.key("initialize"), self.node.name.as_bytes(), None)
-            .await?;
-        if !won {
-            return Ok(());
-        }
-        tracing::info!("won the initialize race: running initdb");
-        let r = async {
-            self.bootstrapping = true;
-            self.long(self.ctl.initdb()).await?;
-            // initdb takes longer than a lease: renew (or regrant) before taking the key.
-            if !self.renew_lease().await || !self.lease_ok() {
-                return Err(DbError::Other("cannot renew the lease after initdb".into()));
-            }
-            self.start_pg(true, None).await?;
-            self.conn
-                .ensure_replication_user(&self.cfg.replication_password)
-                .await?;
-            if !self.renew_lease().await || !self.take_leader().await? {
-                return Err(DbError::Other(
-                    "cannot take the leader key after bootstrap".into(),
-                ));
-            }
-            if self.cfg.synchronous {
-                let v = SyncValue {
-                    leader: self.node.name.clone(),
-                    sync_standby: None,
-                };
-                self.put_json("sync", &v).await?;
-            }
-            self.ensure_slots().await;
-            self.bootstrapping = false;
-            if self.cfg.synchronous_strict {
-                // From now on strict: no acknowledged write without a synchronous standby.
-                self.ctl.write_conf(&self.conf(None)?)?;
-                self.conn.reload().await?;
-            }
-            Ok(())
-        }
-        .await;
-        self.bootstrapping = false;
-        if let Err(e) = &r {
-            tracing::error!(error = %e, "bootstrap failed: giving the initialize key back");
-            self.kill_postgres().await;
-            let _ = std::fs::remove_dir_all(&self.ctl.data_dir);
-            let _ = self.coord.delete(&self.key("initialize")).await;
-            let _ = self.coord.delete(&self.key("leader")).await;
-        } else {
-            tracing::info!("bootstrapped: this node is the primary");
-        }
-        r
-    }
-
-    async fn lead(&mut self, keys: &Keys, dcs_ok: bool, timeline: u32) -> Result<(), DbError> {
-        if !dcs_ok {
-            // Nothing to do but renew (done) before the deadline; no etcd call may delay it.
-            return Ok(());
-        }
-        if keys.leader.is_none() {
-            // Paused with the key gone, or a racing read: take it back.
-            self.take_leader().await?;
-        }
-        // Whatever the key holder runs on is the cluster's timeline (also after an
-        // operator forced a failover onto an older branch).
-        self.record_timeline(keys, timeline).await;
-        if self.loops % 4 == 1 {
-            self.ensure_slots().await;
-        }
-        if let Some((f, rev)) = &keys.failover {
-            if dcs::unix_ms().saturating_sub(f.requested_at_ms)
-                > decide::FAILOVER_REQUEST_TIMEOUT.as_millis() as u64
-            {
-                tracing::warn!(to = ?f.to, "dropping a stale switchover request");
-                let _ = self.coord.delete_if(&self.key("failover"), *rev).await;
-            }
-        }
-        if !self.cfg.synchronous {
-            return Ok(());
-        }
-        let rows = self.conn.replication().await?;
-        // Only configured members count (pg_basebackup has a walsender too).
-        let rows: Vec<decide::ReplRow> = rows
-            .into_iter()
-            .filter(|r| r.name != self.node.name && self.cfg.node(&r.name).is_some())
-            .map(|r| decide::ReplRow {
-                streaming: r.state == "streaming",
-                name: r.name,
-                sync_state: r.sync_state,
-                flush_lsn: r.flush_lsn,
-            })
-            .collect();
-        let ineligible: Vec<String> = self
-            .cfg
-            .nodes
-            .iter()
-            .filter(|n| n.nofailover)
-            .map(|n| n.name.clone())
-            .collect();
-        let published = keys.sync.as_ref().map(|s| SyncKey {
-            leader: s.leader.clone(),
-            sync_standby: s.sync_standby.clone(),
-        });
-        let step = decide::sync_step(
-            &self.node.name,
-            self.cfg.synchronous_strict,
-            published.as_ref(),
-            self.sync_configured.as_deref(),
-            self.sync_mark,
-            &rows,
-            &ineligible,
-        );
-        match step {
-            SyncStep::Nothing => {}
-            SyncStep::Publish(s) => {
-                tracing::info!(sync_standby = ?s, "publishing the synchronous standby");
-                self.put_json(
-                    "sync",
-                    &SyncValue {
-                        leader: self.node.name.clone(),
-                        sync_standby: s,
-                    },
-                )
-                .await?;
-            }
-            SyncStep::SetStandby(s) => {
-                tracing::info!(sync_standby = ?s, "setting synchronous_standby_names");
-                self.sync_configured = s;
-                self.ctl.write_conf(&self.conf(None)?)?;
-                self.conn.reload().await?;
-                // Give the reload a moment to reach the backends, then mark the WAL position.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                self.sync_mark = self.conn.status().await?.lsn;
-            }
-        }
-        Ok(())
-    }
-
-    async fn publish(&mut self, keys: &Keys, dcs_ok: bool, st: Option<&PgStatus>, action: &Action) {
-        let holder_is_me = keys
-            .leader
-            .as_ref()
-            .is_some_and(|kv| kv.value_str() == self.node.name);
-        let leader_lsn = keys
-            .leader
-            .as_ref()
-            .and_then(|kv| keys.members.iter().find(|m| m.name == kv.value_str()))
-            .map(|m| m.lsn);
-        let (role, state) = match st {
-            Some(s) if !s.in_recovery => ("primary", "running"),
-            Some(s) if s.streaming => ("replica", "streaming"),
-            Some(_) => ("replica", "not streaming"),
-            None if self.child.is_some() || matches!(action, Action::Start { .. }) => {
-                ("starting", "starting")
-            }
-            None if self.demoted => ("demoted", "stopped"),
-            None if !self.ctl.has_data() => ("stopped", "no data"),
-            None => ("stopped", "stopped"),
-        };
-        let mut state = state.to_string();
-        if self.disk_full {
-            state.push_str(", disk full");
-        }
-        if !dcs_ok {
-            state.push_str(", etcd unreachable");
-        }
-        let lag_bytes = match (st, leader_lsn) {
-            (Some(s), Some(l)) if s.in_recovery => l.saturating_sub(s.lsn),
-            _ => 0,
-        };
-        let lag_too_big = st.is_some_and(|s| s.in_recovery) && lag_bytes > self.cfg.max_lag_bytes;
-        let mut state = if lag_too_big {
-            format!("{state}, lagging beyond max_lag")
-        } else {
-            state
-        };
-        // The timeline it is on (a replica's from find_timeline, not the lagging checkpoint's).
-        let (timeline, timeline_known) = match st {
-            Some(s) if !s.in_recovery => (s.timeline, true),
-            Some(s) => match (s.received_tli, self.local_timeline) {
-                (Some(t), _) => (t, true),
-                (None, Some((t, k))) => (t.max(s.timeline), k),
-                (None, None) => (s.timeline, false),
-            },
-            None => (0, false),
-        };
-        if let (Some(c), Some(_)) = (self.cluster_tl, st) {
-            if timeline < c {
-                state.push_str(if timeline_known {
-                    ", behind the cluster timeline"
-                } else {
-                    ", timeline unknown"
-                });
-            }
-        }
-        let sync_standby = keys.sync.as_ref().and_then(|s| s.sync_standby.as_deref())
-            == Some(self.node.name.as_str());
-        let lease_age = if holder_is_me {
-            self.renewed_at.map(|t| t.elapsed().as_secs_f64())
-        } else {
-            None
-        };
-        let me = Member {
-            name: self.node.name.clone(),
-            role: role.to_string(),
-            state,
-            host: self.node.host.clone(),
-            port: self.node.port,
-            api_url: format!("http://{}", self.node.api),
-            timeline,
-            timeline_known,
-            lsn: st.map(|s| s.lsn).unwrap_or(0),
-            lag_bytes,
-            lag_seconds: st.map(|s| s.replay_delay_seconds).unwrap_or(0.0),
-            sync_standby,
-            nofailover: self.node.nofailover,
-            lease_age_seconds: lease_age,
-            receive_lsn: st.map(|s| s.receive_lsn.max(s.lsn)).unwrap_or(0),
-            streaming: st.is_some_and(|s| s.streaming),
-            action: match action {
-                Action::Wait(w) => format!("wait: {w}"),
-                a => format!("{a:?}"),
-            },
-        };
-        if dcs_ok {
-            if let (Some(lease), Ok(body)) = (self.lease, serde_json::to_vec(&me)) {
-                if let Err(e) = self
-                    .coord
-                    .put(
-                        &dcs::member_key(&self.cfg.cluster, &self.node.name),
-                        &body,
-                        Some(lease),
-                    )
-                    .await
-                {
-                    tracing::warn!(error = %e, "cannot post our member state");
-                }
-            }
-        }
-        let writable_leader = holder_is_me && self.lease_ok() && st.is_some_and(|s| !s.in_recovery);
-        let mut members: Vec<Member> = keys
-            .members
-            .iter()
-            .filter(|m| m.name != me.name)
-            .cloned()
-            .collect();
-        members.push(me.clone());
-        members.sort_by(|a, b| a.name.cmp(&b.name));
-        let view = ClusterView {
-            cluster: self.cfg.cluster.clone(),
-            leader: keys.leader.as_ref().map(|kv| kv.value_str()),
-            timeline: keys.timeline.as_ref().map(|(t, _)| t.timeline),
-            paused: keys.paused,
-            members,
-        };
-        self.metrics.update(&me, st, writable_leader);
-        if let Ok(mut s) = self.shared.lock() {
-            *s = Snapshot {
-                view: if dcs_ok {
-                    Some(view)
-                } else {
-                    s.view.clone().map(|mut v| {
-                        v.members.retain(|m| m.name != me.name);
-                        v.members.push(me.clone());
-                        v.members.sort_by(|a, b| a.name.cmp(&b.name));
-                        v
-                    })
-                },
-                me: Some(me),
-                writable_leader,
-                writable_until: self.valid_until(),
-                pg_running: st.is_some(),
-                replica_streaming: st.is_some_and(|s| s.in_recovery && s.streaming),
-                lag_bytes,
-                lag_seconds: st.map(|s| s.replay_delay_seconds).unwrap_or(0.0),
-            };
         }
     }
 }

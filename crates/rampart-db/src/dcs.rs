@@ -80,6 +80,20 @@ pub struct FailoverValue {
     pub min_lsn: Option<u64>,
     /// Unix time (ms) of the request.
     pub requested_at_ms: u64,
+    /// A scheduled switchover (Patroni's `scheduled_at`): Unix time (ms) before which the
+    /// request is not acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_at_ms: Option<u64>,
+}
+
+impl FailoverValue {
+    /// A scheduled switchover is not a request before its time (wall clock: the time
+    /// an operator gave). Otherwise a request's age is not read from clocks: it lives
+    /// under an etcd lease (see [`crate::ops::put_request`]) and agents count its age
+    /// on their own monotonic clocks from when they first saw it due.
+    pub fn is_due(&self, now_ms: u64) -> bool {
+        self.scheduled_at_ms.is_none_or(|t| t <= now_ms)
+    }
 }
 
 pub fn unix_ms() -> u64 {

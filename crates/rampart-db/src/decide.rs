@@ -142,6 +142,9 @@ pub struct Observed {
     /// The cluster's current timeline: the newest a leader recorded in `/timeline` or
     /// this agent saw a leader run on. `None`: none recorded (the rule cannot apply).
     pub cluster_timeline: Option<u32>,
+    /// The watchdog process runs: if this agent froze, its primary would be fenced.
+    /// Without it the node does not lead (as Patroni's `watchdog: mode: required`).
+    pub fence_ok: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -270,6 +273,9 @@ pub fn may_take_leader(o: &Observed) -> Result<&'static str, &'static str> {
     if o.nofailover {
         return Err("nofailover is set on this node");
     }
+    if !o.fence_ok {
+        return Err("no watchdog: a primary here could not be fenced");
+    }
     if o.disk_full {
         return Err("disk full: this node cannot take writes");
     }
@@ -372,6 +378,11 @@ pub fn decide(o: &Observed) -> Action {
             down_for,
         } => {
             if holder_is_me && o.dcs_ok && lease_ok(o) {
+                if !o.fence_ok && !o.paused {
+                    return Action::ReleaseLeader {
+                        reason: "no watchdog: not starting postgres as a primary that could not be fenced",
+                    };
+                }
                 if *down_for > PRIMARY_START_TIMEOUT && !o.paused {
                     return Action::ReleaseLeader {
                         reason: "postgres does not come back up on the primary",
@@ -424,6 +435,13 @@ pub fn decide(o: &Observed) -> Action {
                 };
             }
             if holder_is_me {
+                if !o.fence_ok && !o.paused {
+                    return Action::Demote {
+                        mode: StopMode::Immediate,
+                        release: true,
+                        reason: "the watchdog is gone: a primary that cannot be fenced steps down",
+                    };
+                }
                 let healthy_standby = o
                     .peers
                     .iter()
@@ -474,6 +492,11 @@ pub fn decide(o: &Observed) -> Action {
         Pg::Running(pg) => {
             // A replica.
             if holder_is_me && o.dcs_ok && lease_ok(o) {
+                if !o.fence_ok && !o.paused {
+                    return Action::ReleaseLeader {
+                        reason: "no watchdog: not promoting a primary that could not be fenced",
+                    };
+                }
                 return Action::Promote;
             }
             if !o.dcs_ok {
@@ -620,6 +643,7 @@ mod tests {
             stuck_after: STUCK_REPLICA_TIMEOUT,
             last_leader_lsn: Some(1000),
             cluster_timeline: Some(1),
+            fence_ok: true,
         }
     }
 
@@ -1108,7 +1132,7 @@ mod tests {
             sync in proptest::option::of((arb_name(), proptest::option::of(arb_name()))),
             failover in proptest::option::of(arb_failover()), paused in any::<bool>(),
             last in proptest::option::of(0u64..10000), lsn_full in any::<bool>(),
-            cluster_tl in proptest::option::of(1u32..4),
+            cluster_tl in proptest::option::of(1u32..4), fence_ok in proptest::bool::weighted(0.8),
         ) -> Observed {
             Observed {
                 me, nofailover, synchronous, max_lag_bytes: 1000, dcs_ok, initialized, leader,
@@ -1116,6 +1140,7 @@ mod tests {
                 pg, peers,
                 sync: sync.map(|(l, s)| SyncKey { leader: l, sync_standby: s }),
                 failover, paused, disk_full: lsn_full, stuck_after: STUCK_REPLICA_TIMEOUT, last_leader_lsn: last, cluster_timeline: cluster_tl,
+                fence_ok,
             }
         }
     }
@@ -1130,6 +1155,24 @@ mod tests {
                 Action::TakeLeader { .. } => prop_assert!(o.leader.is_none()),
                 Action::Promote => prop_assert_eq!(o.leader.as_deref(), Some(o.me.as_str())),
                 _ => {}
+            }
+        }
+
+        /// Without a watchdog no node leads: no promotion, no primary start, and a leading
+        /// primary steps down (outside maintenance mode).
+        #[test]
+        fn no_leadership_without_a_watchdog(o in arb_observed()) {
+            if !o.fence_ok {
+                let a = decide(&o);
+                prop_assert!(!a.is_promotion() || o.paused, "{:?}", a);
+                prop_assert!(!matches!(a, Action::Start { primary: true, .. }) || o.paused, "{:?}", a);
+                if let Pg::Running(pg) = &o.pg {
+                    let leading = !pg.in_recovery && o.dcs_ok && o.leader.as_deref() == Some(o.me.as_str())
+                        && matches!(o.lease_valid_until, Some(t) if o.now < t);
+                    if leading && !o.paused {
+                        prop_assert!(matches!(a, Action::Demote { .. }), "{:?}", a);
+                    }
+                }
             }
         }
 

@@ -6,7 +6,10 @@
 //! - [`timeline`]: which timeline a replica is on (history files; pure);
 //! - [`agent`]: the loop that observes, decides, acts and publishes;
 //! - [`watchdog`]: the fence that kills a primary whose agent froze before its lease ends;
-//! - [`api`]: `/primary`, `/replica`, `/health`, `/cluster`, `/metrics`;
+//! - [`api`]: Patroni's REST API (`/primary`, `/replica`, `/sync`, `/health`, `/cluster`,
+//!   `POST /switchover`, ...) and `/metrics`;
+//! - [`leader_keys`]: `/sync` and the other leader-only keys, written only under the
+//!   leader key's revision (an etcd transaction);
 //! - [`ops`]: `list`, `switchover`, `failover`, `pause`, `resume`.
 
 pub mod agent;
@@ -14,6 +17,7 @@ pub mod api;
 pub mod dcs;
 pub mod decide;
 pub mod error;
+pub mod leader_keys;
 pub mod metrics;
 pub mod ops;
 pub mod pg;
@@ -39,9 +43,16 @@ pub async fn run_agent(cfg: DbConfig, node: &str) -> Result<(), DbError> {
     let listener = tokio::net::TcpListener::bind(api_addr).await.map_err(|e| {
         DbError::Config(format!("cannot listen on the api address {api_addr}: {e}"))
     })?;
+    let admin = api::AdminCtx {
+        access: api::admin::Access {
+            allow: cfg.api_access.allow.clone(),
+            token: read_token(cfg.api_access.token.as_ref())?,
+        },
+        cfg: cfg.clone(),
+    };
     let a = agent::Agent::new(cfg, node, shared, metrics).await?;
     let api = tokio::spawn(async move {
-        if let Err(e) = api::serve(listener, listener_shared, listener_metrics).await {
+        if let Err(e) = api::serve(listener, listener_shared, listener_metrics, admin).await {
             tracing::error!(addr = %api_addr, error = %e, "db agent API failed");
         }
     });
@@ -59,4 +70,22 @@ pub async fn run_agent(cfg: DbConfig, node: &str) -> Result<(), DbError> {
     let r = a.run(stop).await;
     api.abort();
     r
+}
+
+/// The write endpoints' token, read once at start-up (never logged).
+fn read_token(src: Option<&rampart_topology::lb::TokenSource>) -> Result<Option<String>, DbError> {
+    use rampart_topology::lb::TokenSource;
+    let t = match src {
+        None => return Ok(None),
+        Some(TokenSource::File(p)) => std::fs::read_to_string(p).map_err(|e| {
+            DbError::Config(format!("cannot read api_token_file {}: {e}", p.display()))
+        })?,
+        Some(TokenSource::Env(v)) => std::env::var(v)
+            .map_err(|_| DbError::Config(format!("api_token_env: ${v} is not set")))?,
+    };
+    let t = t.trim().to_string();
+    if t.is_empty() {
+        return Err(DbError::Config("the api token is empty".into()));
+    }
+    Ok(Some(t))
 }

@@ -10,7 +10,7 @@ use rampart_topology::db::DbConfig;
 use crate::dcs::{self, ClusterView, FailoverValue, Member};
 use crate::error::DbError;
 
-async fn coord(cfg: &DbConfig) -> Result<Coord, DbError> {
+pub(crate) async fn coord(cfg: &DbConfig) -> Result<Coord, DbError> {
     Ok(Coord::connect(CoordOptions {
         endpoints: cfg.etcd.clone(),
         op_timeout: Duration::from_secs(3),
@@ -188,10 +188,9 @@ pub async fn switchover(
         forced,
         min_lsn: None,
         requested_at_ms: dcs::unix_ms(),
+        scheduled_at_ms: None,
     };
-    let body = serde_json::to_vec(&req).map_err(|e| DbError::Other(e.to_string()))?;
-    c.put(&dcs::key(&cfg.cluster, "failover"), &body, None)
-        .await?;
+    put_request(&c, &cfg.cluster, &req).await?;
     let old = view.leader.clone();
     let start = Instant::now();
     while start.elapsed() < wait {
@@ -215,6 +214,23 @@ pub async fn switchover(
     Err(DbError::Other(format!(
         "no new leader within {wait:?}: see `rampart db list`"
     )))
+}
+
+/// Write `/failover` under a lease of its own that etcd expires
+/// `FAILOVER_REQUEST_TIMEOUT` after the request is due: how old a request is never depends
+/// on the clocks of the hosts that wrote and read it (only a scheduled time does).
+pub async fn put_request(c: &Coord, cluster: &str, req: &FailoverValue) -> Result<(), DbError> {
+    let body = serde_json::to_vec(req).map_err(|e| DbError::Other(e.to_string()))?;
+    let until_due = req
+        .scheduled_at_ms
+        .map(|t| Duration::from_millis(t.saturating_sub(dcs::unix_ms())))
+        .unwrap_or_default();
+    let lease = c
+        .grant_lease(crate::decide::FAILOVER_REQUEST_TIMEOUT + until_due)
+        .await?;
+    c.put(&dcs::key(cluster, "failover"), &body, Some(lease))
+        .await?;
+    Ok(())
 }
 
 pub async fn set_pause(cfg: &DbConfig, paused: bool) -> Result<(), DbError> {

@@ -72,6 +72,10 @@ pub struct PgStatus {
     pub recovery_target_timeline: String,
     /// Replica: the timeline its WAL receiver streams, while it streams.
     pub received_tli: Option<u32>,
+    /// `server_version_num`, e.g. 150014.
+    pub server_version: i64,
+    /// `pg_postmaster_start_time()` as text.
+    pub postmaster_start_time: String,
 }
 
 /// One `pg_stat_replication` row.
@@ -110,6 +114,16 @@ pub fn parse_identify_system(out: &str) -> Option<u32> {
             (sysid.parse::<u64>().is_ok()).then(|| tli.parse::<u32>().ok())?
         })
         .filter(|&t| t > 0)
+}
+
+impl ControlData {
+    /// The end of this server's WAL, known only after a clean shutdown (`shut down`: the
+    /// shutdown checkpoint is the last record). After a crash, an immediate stop or a
+    /// kill the last checkpoint is *not* the end of the WAL, and a switchover target that
+    /// reached it could still lack acknowledged commits: `None`.
+    pub fn clean_shutdown_lsn(&self) -> Option<u64> {
+        (self.state == "shut down" && self.checkpoint_lsn > 0).then_some(self.checkpoint_lsn)
+    }
 }
 
 pub fn parse_controldata(text: &str) -> ControlData {
@@ -609,6 +623,46 @@ impl PgCtl {
     }
 }
 
+impl PgCtl {
+    /// A postmaster already running in this data directory that the agent did not start
+    /// (its agent and watchdog died): the pid in `postmaster.pid`, alive, a `postgres`
+    /// process whose working directory is the data directory.
+    pub fn orphan_postmaster(&self) -> Option<i32> {
+        let text = std::fs::read_to_string(self.data_dir.join("postmaster.pid")).ok()?;
+        let pid: i32 = text
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+            .filter(|&p| p > 0)?;
+        if !is_postgres(pid) {
+            return None;
+        }
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
+        let dir = std::fs::canonicalize(&self.data_dir).ok()?;
+        (cwd == dir).then_some(pid)
+    }
+}
+
+/// Stop a postmaster that is not our child: fast shutdown (a clean checkpoint), then
+/// its whole tree killed after `timeout`. Returns once it is gone.
+pub async fn stop_orphan(pid: i32, timeout: Duration) {
+    let alive = || is_postgres(pid);
+    let _ = kill(Pid::from_raw(pid), Signal::SIGINT);
+    let deadline = std::time::Instant::now() + timeout;
+    while alive() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if alive() {
+        tracing::warn!(pid, "orphaned postgres did not stop in time: killing it");
+        kill_tree(pid);
+        while alive() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 fn is_postgres(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|c| c.trim().starts_with("postgres"))
@@ -761,7 +815,9 @@ impl PgConn {
             (SELECT COALESCE(sum(xact_rollback), 0) FROM pg_stat_database)::int8,
             current_setting('synchronous_standby_names'),
             current_setting('recovery_target_timeline'),
-            (SELECT received_tli FROM pg_stat_wal_receiver WHERE status = 'streaming')::int8";
+            (SELECT received_tli FROM pg_stat_wal_receiver WHERE status = 'streaming')::int8,
+            current_setting('server_version_num')::int8,
+            pg_postmaster_start_time()::text";
         let rows = self.query(SQL, &[]).await?;
         let r = rows
             .first()
@@ -793,7 +849,35 @@ impl PgConn {
                 .map_err(get)?
                 .and_then(|t| u32::try_from(t).ok())
                 .filter(|&t| t > 0),
+            server_version: r.try_get(13).map_err(get)?,
+            postmaster_start_time: r.try_get(14).map_err(get)?,
         })
+    }
+
+    /// Is `synchronous_standby_names = names` in effect — as this session sees it after
+    /// the reload and, when a `standby` is named, as its WAL sender shows it
+    /// (`pg_stat_replication.sync_state = 'sync'`: it now releases committing backends)?
+    pub async fn sync_setting_in_effect(
+        &mut self,
+        names: &str,
+        standby: Option<&str>,
+    ) -> Result<bool, DbError> {
+        let who = standby.unwrap_or("");
+        let rows = self
+            .query(
+                "SELECT current_setting('synchronous_standby_names'),
+                        COALESCE((SELECT bool_or(sync_state = 'sync') FROM pg_stat_replication
+                                  WHERE application_name = $1), false)",
+                &[&who],
+            )
+            .await?;
+        let r = rows
+            .first()
+            .ok_or_else(|| DbError::Query("synchronous_standby_names: no row".into()))?;
+        let get = |e: tokio_postgres::Error| DbError::Query(format!("sync setting: {e}"));
+        let current: String = r.try_get(0).map_err(get)?;
+        let sync: bool = r.try_get(1).map_err(get)?;
+        Ok(current == names && (standby.is_none() || sync))
     }
 
     pub async fn replication(&mut self) -> Result<Vec<ReplStat>, DbError> {
@@ -927,6 +1011,15 @@ mod tests {
         assert_eq!(c.state, "shut down");
         assert_eq!(c.checkpoint_lsn, 0x3000028);
         assert_eq!(c.timeline, 2);
+        assert_eq!(c.clean_shutdown_lsn(), Some(0x3000028));
+        // A primary killed while stopping, or stopped in immediate mode.
+        for state in ["in production", "shutting down", "in crash recovery"] {
+            let c = parse_controldata(&t.replace("shut down", state));
+            assert_eq!(c.clean_shutdown_lsn(), None, "{state}");
+        }
+        // A standby's clean stop says "shut down in recovery": not a primary's end of WAL.
+        let c = parse_controldata(&t.replace("shut down", "shut down in recovery"));
+        assert_eq!(c.clean_shutdown_lsn(), None);
     }
 
     #[test]

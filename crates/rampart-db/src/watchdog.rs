@@ -9,7 +9,10 @@
 //! about (an immediate shutdown, which removes its shared memory; SIGKILL after 3 s or at
 //! the lease deadline), so no PostgreSQL is ever left running unmanaged.
 //!
-//! Protocol (one line each): `watch <pid>`, `arm <pid> <ms>`, `unwatch`.
+//! Protocol (one line each): `watch <pid>`, `arm <pid> <deadline>`, `unwatch`. The
+//! deadline is absolute, in nanoseconds of `CLOCK_MONOTONIC` (one clock for both processes
+//! on the host), so a message read late does not move it (a duration rebased on receipt
+//! would eat into the margin before the lease expires).
 
 use std::io::{BufRead, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -22,6 +25,8 @@ use crate::error::DbError;
 pub struct Watchdog {
     child: Child,
     stdin: ChildStdin,
+    /// A write to its pipe failed: it is gone.
+    broken: bool,
 }
 
 impl Watchdog {
@@ -43,12 +48,28 @@ impl Watchdog {
             .stdin
             .take()
             .ok_or_else(|| DbError::Other("watchdog has no stdin".into()))?;
-        Ok(Watchdog { child, stdin })
+        Ok(Watchdog {
+            child,
+            stdin,
+            broken: false,
+        })
+    }
+
+    /// The watchdog process still runs (and its pipe works).
+    pub fn alive(&mut self) -> bool {
+        !self.broken && matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     fn send(&mut self, line: &str) {
         if let Err(e) = writeln!(self.stdin, "{line}") {
-            tracing::error!(error = %e, "watchdog pipe broken");
+            if !self.broken {
+                tracing::error!(error = %e, "watchdog pipe broken");
+            }
+            self.broken = true;
         }
     }
 
@@ -56,8 +77,10 @@ impl Watchdog {
         self.send(&format!("watch {pid}"));
     }
 
-    pub fn arm(&mut self, pid: u32, within: Duration) {
-        self.send(&format!("arm {pid} {}", within.as_millis()));
+    /// Kill `pid` at `deadline` unless armed again before.
+    pub fn arm(&mut self, pid: u32, deadline: Instant) {
+        let ns = monotonic_ns_at(deadline);
+        self.send(&format!("arm {pid} {ns}"));
     }
 
     pub fn unwatch(&mut self) {
@@ -72,10 +95,38 @@ impl Drop for Watchdog {
     }
 }
 
+/// `CLOCK_MONOTONIC` now, in nanoseconds.
+fn monotonic_ns() -> u64 {
+    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
+        Ok(t) => (t.tv_sec() as u64)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(t.tv_nsec() as u64),
+        Err(_) => 0,
+    }
+}
+
+/// `CLOCK_MONOTONIC` (ns) at the instant `at` (std's `Instant` is that clock on Linux; the
+/// conversion reads both clocks together, so it does not depend on when it is sent).
+fn monotonic_ns_at(at: Instant) -> u64 {
+    let (now_i, now_ns) = (Instant::now(), monotonic_ns());
+    match at.checked_duration_since(now_i) {
+        Some(ahead) => now_ns.saturating_add(ahead.as_nanos() as u64),
+        None => now_ns.saturating_sub(now_i.duration_since(at).as_nanos() as u64),
+    }
+}
+
+/// The local `Instant` of an absolute `CLOCK_MONOTONIC` deadline (ns); one already past
+/// is now.
+fn instant_of(deadline_ns: u64) -> Instant {
+    let (now_i, now_ns) = (Instant::now(), monotonic_ns());
+    now_i + Duration::from_nanos(deadline_ns.saturating_sub(now_ns))
+}
+
 #[derive(Debug, PartialEq, Eq)]
 enum Msg {
     Watch(i32),
-    Arm(i32, Duration),
+    /// Kill the postmaster at this `CLOCK_MONOTONIC` time (ns).
+    Arm(i32, u64),
     Unwatch,
 }
 
@@ -83,10 +134,7 @@ fn parse(line: &str) -> Option<Msg> {
     let mut it = line.split_whitespace();
     match it.next()? {
         "watch" => Some(Msg::Watch(it.next()?.parse().ok()?)),
-        "arm" => Some(Msg::Arm(
-            it.next()?.parse().ok()?,
-            Duration::from_millis(it.next()?.parse().ok()?),
-        )),
+        "arm" => Some(Msg::Arm(it.next()?.parse().ok()?, it.next()?.parse().ok()?)),
         "unwatch" => Some(Msg::Unwatch),
         _ => None,
     }
@@ -131,9 +179,9 @@ pub fn run_watchdog() {
                 watched = Some(pid);
                 deadline = None;
             }
-            Ok(Some(Msg::Arm(pid, within))) => {
+            Ok(Some(Msg::Arm(pid, at_ns))) => {
                 watched = Some(pid);
-                deadline = Some(Instant::now() + within);
+                deadline = Some(instant_of(at_ns));
             }
             Ok(Some(Msg::Unwatch)) => {
                 watched = None;
@@ -182,10 +230,28 @@ mod tests {
     fn parses_messages() {
         assert_eq!(parse("watch 12"), Some(Msg::Watch(12)));
         assert_eq!(
-            parse("arm 12 2500"),
-            Some(Msg::Arm(12, Duration::from_millis(2500)))
+            parse("arm 12 123456789000"),
+            Some(Msg::Arm(12, 123_456_789_000))
         );
         assert_eq!(parse("unwatch"), Some(Msg::Unwatch));
         assert_eq!(parse("arm x"), None);
+    }
+
+    #[test]
+    fn an_absolute_deadline_survives_a_late_read() {
+        let deadline = Instant::now() + Duration::from_millis(500);
+        let ns = monotonic_ns_at(deadline);
+        // The message sits in the pipe for 200 ms: the deadline does not move.
+        std::thread::sleep(Duration::from_millis(200));
+        let seen = instant_of(ns);
+        let diff = if seen > deadline {
+            seen - deadline
+        } else {
+            deadline - seen
+        };
+        assert!(diff < Duration::from_millis(5), "{diff:?}");
+        // A deadline already past is now.
+        let past = monotonic_ns_at(Instant::now()) - 1_000_000_000;
+        assert!(instant_of(past) <= Instant::now());
     }
 }

@@ -13,6 +13,8 @@
 //! loop_wait = "500ms"                # HA loop interval
 //! retry_timeout = "1s"               # deadline of one etcd/PostgreSQL call in the loop
 //! max_lag = "16MB"                   # a replica further behind never promotes
+//! api_allow = ["127.0.0.0/8"]        # who may POST /switchover, /failover (default loopback)
+//! api_token_file = "db-api.token"    # ... with this bearer token (or basic auth password)
 //!
 //! [[db.nodes]]
 //! name = "db1"
@@ -69,6 +71,16 @@ pub struct DbSection {
     /// Extra `name = value` lines for postgresql.conf (applied on every node).
     #[serde(default)]
     pub parameters: Option<Spanned<toml::Table>>,
+    /// Client networks allowed to use the agents' write endpoints (POST /switchover,
+    /// /failover); default loopback only.
+    #[serde(default)]
+    pub api_allow: Option<Vec<Spanned<String>>>,
+    /// The token those clients must send (`Authorization: Bearer`, or as the password of
+    /// basic auth, as Patroni's clients do), read from a file or an environment variable.
+    #[serde(default)]
+    pub api_token_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub api_token_env: Option<Spanned<String>>,
     #[serde(default)]
     pub nodes: Vec<Spanned<RawDbNode>>,
 }
@@ -85,6 +97,10 @@ pub struct RawDbNode {
     pub data_dir: Option<Spanned<String>>,
     #[serde(default)]
     pub nofailover: Option<Spanned<bool>>,
+    /// Patroni-style tags (`noloadbalance = true`, `dc = "east"`), matched by the API's
+    /// `?tag_<name>=<value>` health checks.
+    #[serde(default)]
+    pub tags: Option<Spanned<toml::Table>>,
 }
 
 // ===================================================================================
@@ -111,6 +127,15 @@ pub struct DbConfig {
     pub nodes: Vec<DbNode>,
     /// `[tls] replication = true`: streaming replication over TLS only.
     pub replication_tls: Option<ReplicationTls>,
+    /// Who may use the agents' write endpoints (POST /switchover, /failover).
+    pub api_access: ApiAccess,
+}
+
+/// The agents' write endpoints: clients from `allow` only, with the token when one is set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiAccess {
+    pub allow: Vec<crate::lb::Cidr>,
+    pub token: Option<crate::lb::TokenSource>,
 }
 
 /// TLS material of replication: every node serves `cert`/`key` (`ssl = on`), accepts the
@@ -131,6 +156,8 @@ pub struct DbNode {
     pub api: SocketAddr,
     pub data_dir: PathBuf,
     pub nofailover: bool,
+    /// Tags as text (`true`, `5`, `east`), as Patroni compares them.
+    pub tags: Vec<(String, String)>,
 }
 
 impl DbConfig {
@@ -354,7 +381,27 @@ impl DbConfig {
             } else {
                 data_dir
             };
+            let mut tags = Vec::new();
+            if let Some(t) = &raw.tags {
+                for (k, v) in t.get_ref() {
+                    let text = match v {
+                        toml::Value::String(s) => s.clone(),
+                        toml::Value::Integer(i) => i.to_string(),
+                        toml::Value::Float(f) => f.to_string(),
+                        toml::Value::Boolean(b) => b.to_string(),
+                        _ => {
+                            errs.push(src.error_at(
+                                t.span(),
+                                format!("tag \"{k}\" must be a string, number or boolean"),
+                            ));
+                            continue;
+                        }
+                    };
+                    tags.push((k.clone(), text));
+                }
+            }
             nodes.push(DbNode {
+                tags,
                 name,
                 host,
                 port,
@@ -396,10 +443,12 @@ impl DbConfig {
                     ca: t.trust_file(),
                 }
             });
+        let api_access = validate_api_access(src, db, &mut errs);
         if !errs.is_empty() {
             return Err(ConfigError { diagnostics: errs });
         }
         Ok(DbConfig {
+            api_access,
             cluster,
             etcd,
             synchronous: db
@@ -424,6 +473,53 @@ impl DbConfig {
             replication_tls,
         })
     }
+}
+
+fn validate_api_access(src: &Source, db: &DbSection, errs: &mut Vec<Diagnostic>) -> ApiAccess {
+    use crate::lb::{Cidr, TokenSource};
+    let token = match (&db.api_token_file, &db.api_token_env) {
+        (Some(f), Some(_)) => {
+            errs.push(src.error_at(f.span(), "give api_token_file or api_token_env, not both"));
+            None
+        }
+        (Some(f), None) => Some(TokenSource::File(crate::lb::resolve_path(src, f.get_ref()))),
+        (None, Some(e)) => {
+            if e.get_ref().is_empty() {
+                errs.push(
+                    src.error_at(e.span(), "api_token_env must name an environment variable"),
+                );
+            }
+            Some(TokenSource::Env(e.get_ref().clone()))
+        }
+        (None, None) => None,
+    };
+    let loopback: Vec<Cidr> = ["127.0.0.0/8", "::1/128"]
+        .iter()
+        .filter_map(|c| c.parse().ok())
+        .collect();
+    let allow = match &db.api_allow {
+        None => loopback,
+        Some(list) => {
+            let mut v = Vec::new();
+            for n in list {
+                match n.get_ref().parse::<Cidr>() {
+                    Ok(c) => {
+                        let local_only = loopback.iter().any(|l| l.covers(&c));
+                        if !local_only && token.is_none() {
+                            errs.push(src.error_at(
+                                n.span(),
+                                format!("api_allow \"{}\" lets other hosts switch the primary over: set api_token_file or api_token_env", n.get_ref()),
+                            ));
+                        }
+                        v.push(c);
+                    }
+                    Err(e) => errs.push(src.error_at(n.span(), e)),
+                }
+            }
+            v
+        }
+    };
+    ApiAccess { allow, token }
 }
 
 /// `"16MB"`, `"512kB"`, `"1GB"` or an integer number of bytes.
@@ -536,5 +632,59 @@ nofailover = true
         );
         assert_eq!(parse_bytes(&toml::Value::Integer(42)).unwrap(), 42);
         assert!(parse_bytes(&toml::Value::String("16 parsecs".into())).is_err());
+    }
+
+    #[test]
+    fn api_access_defaults_to_loopback_and_needs_a_token_beyond_it() {
+        let c = cfg(OK).unwrap();
+        assert!(c.api_access.token.is_none());
+        assert!(c
+            .api_access
+            .allow
+            .iter()
+            .any(|n| n.contains("127.0.0.1".parse().unwrap())));
+        assert!(!c
+            .api_access
+            .allow
+            .iter()
+            .any(|n| n.contains("10.0.0.1".parse().unwrap())));
+        let open = OK.replace(
+            "data_dir = \"/tmp/x\"",
+            "data_dir = \"/tmp/x\"\napi_allow = [\"10.0.0.0/8\"]",
+        );
+        let s = cfg(&open).unwrap_err().to_string();
+        assert!(s.contains("t.toml:8:14"), "{s}");
+        assert!(s.contains("api_token_file"), "{s}");
+        let with_token = open.replace("api_allow", "api_token_env = \"DB_TOKEN\"\napi_allow");
+        let c = cfg(&with_token).unwrap();
+        assert!(c
+            .api_access
+            .allow
+            .iter()
+            .any(|n| n.contains("10.1.2.3".parse().unwrap())));
+        assert_eq!(
+            c.api_access.token,
+            Some(crate::lb::TokenSource::Env("DB_TOKEN".into()))
+        );
+    }
+
+    #[test]
+    fn node_tags_are_text() {
+        let text = OK.replace(
+            "api = \"127.0.0.1:8008\"",
+            "api = \"127.0.0.1:8008\"\ntags = { noloadbalance = true, dc = \"east\", prio = 5 }",
+        );
+        let c = cfg(&text).unwrap();
+        let mut t = c.nodes[0].tags.clone();
+        t.sort();
+        assert_eq!(
+            t,
+            vec![
+                ("dc".to_string(), "east".to_string()),
+                ("noloadbalance".to_string(), "true".to_string()),
+                ("prio".to_string(), "5".to_string())
+            ]
+        );
+        assert!(c.nodes[1].tags.is_empty());
     }
 }

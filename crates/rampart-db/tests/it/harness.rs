@@ -311,10 +311,16 @@ impl Cluster {
     }
 
     pub fn wait_replica(&self, i: usize, timeout: Duration) {
+        // Patroni's status document: a replica whose WAL receiver streams (whatever its
+        // tags say about load balancing).
+        let streaming = || {
+            self.api(i, "/health")
+                .filter(|(s, _)| *s == 200)
+                .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
+                .is_some_and(|v| v["role"] == "replica" && v["replication_state"] == "streaming")
+        };
         assert!(
-            wait_until(timeout, || self
-                .api(i, "/replica")
-                .is_some_and(|(s, _)| s == 200)),
+            wait_until(timeout, streaming),
             "{} did not become a streaming replica within {timeout:?}:\n{}",
             self.nodes[i].name,
             self.list()

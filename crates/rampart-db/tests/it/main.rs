@@ -6,7 +6,12 @@
 mod basic;
 mod conditions;
 mod failover;
+mod fence;
 mod harness;
+mod leader_keys;
 mod netns;
+mod orphan;
 mod partition;
+mod patroni_api;
+mod switchover_crash;
 mod timeline;

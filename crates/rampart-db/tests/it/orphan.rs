@@ -1,0 +1,138 @@
+//! Failures of the agent's own processes: a PostgreSQL left running without its agent
+//! and watchdog, and a watchdog that dies under a running agent.
+
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use rampart_testkit::wait_until;
+
+use crate::harness::{Cluster, Opts};
+
+/// The agent's `rampart db watchdog` child.
+fn watchdog_of(agent: u32) -> Option<i32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let ppid: u32 = stat[stat.rfind(')')? + 1..]
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        (ppid == agent && cmd.split(|&b| b == 0).any(|a| a == b"watchdog")).then_some(pid)
+    })
+}
+
+fn alive(pid: i32) -> bool {
+    kill(Pid::from_raw(pid), None).is_ok()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_stops_the_postgres_its_dead_predecessor_left_running() {
+    let mut c = Cluster::start(Opts {
+        first_alone: true,
+        nodes: 2,
+        ..Opts::default()
+    });
+    let p = c.wait_primary(Duration::from_secs(60));
+    c.wait_replica(1 - p, Duration::from_secs(60));
+    let data = c.dir.path().join("data").join(&c.nodes[p].name);
+    let postmaster: i32 = std::fs::read_to_string(data.join("postmaster.pid"))
+        .expect("postmaster.pid")
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .expect("postmaster pid");
+    let agent = c.agents[p].as_ref().expect("agent").pid();
+    let wd = watchdog_of(agent).expect("the agent's watchdog process");
+
+    // Watchdog first, then the agent: nothing is left to fence the primary.
+    kill(Pid::from_raw(wd), Signal::SIGKILL).expect("kill watchdog");
+    c.signal_agent(p, Signal::SIGKILL);
+    assert!(
+        wait_until(Duration::from_secs(5), || !alive(wd)),
+        "the watchdog survived SIGKILL"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        alive(postmaster),
+        "the postmaster died with its agent: nothing to adopt"
+    );
+
+    // A new agent on that node stops the orphan before anything else. (The dead agent's
+    // process handle is kept: dropping it would kill its process group, the orphan too.)
+    let dead_agent = c.agents[p].take();
+    c.start_agent(p);
+    assert!(
+        wait_until(Duration::from_secs(15), || !alive(postmaster)),
+        "the orphaned postmaster {postmaster} still runs 15 s after its node's agent restarted:\n{}",
+        c.list()
+    );
+    let log = c.agent_log(p);
+    assert!(
+        log.contains("already running in the data directory"),
+        "{log}"
+    );
+    // ... and the cluster ends with one primary and the node back in it.
+    let np = c.wait_primary(Duration::from_secs(60));
+    c.wait_replica(1 - np, Duration::from_secs(90));
+    drop(dead_agent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_watchdog_is_replaced_and_the_new_one_fences_a_frozen_primary() {
+    let c = Cluster::start(Opts {
+        first_alone: true,
+        nodes: 2,
+        ..Opts::default()
+    });
+    let p = c.wait_primary(Duration::from_secs(60));
+    c.wait_replica(1 - p, Duration::from_secs(60));
+    let data = c.dir.path().join("data").join(&c.nodes[p].name);
+    let postmaster: i32 = std::fs::read_to_string(data.join("postmaster.pid"))
+        .expect("postmaster.pid")
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .expect("postmaster pid");
+    let agent = c.agents[p].as_ref().expect("agent").pid();
+    let wd = watchdog_of(agent).expect("the agent's watchdog process");
+
+    kill(Pid::from_raw(wd), Signal::SIGKILL).expect("kill watchdog");
+    // The agent sees it within a loop and starts a new one.
+    let mut new_wd = None;
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            new_wd = watchdog_of(agent).filter(|&w| w != wd && alive(w));
+            new_wd.is_some()
+        }),
+        "no new watchdog 5 s after the old one was killed:\n{}",
+        c.agent_log(p)
+    );
+    assert!(c.agent_log(p).contains("the watchdog process is gone"));
+    // No failover was needed: the same node is still the one primary.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(c.primary(), Some(p), "{}", c.list());
+    assert!(alive(postmaster));
+
+    // The new watchdog is armed: freeze the agent and it kills the primary's postmaster
+    // before etcd can let the other node promote (ttl 3 s).
+    c.signal_agent(p, Signal::SIGSTOP);
+    let frozen = std::time::Instant::now();
+    let fenced = wait_until(Duration::from_secs(4), || !alive(postmaster));
+    let took = frozen.elapsed();
+    c.signal_agent(p, Signal::SIGCONT);
+    assert!(
+        fenced,
+        "the postmaster of a frozen primary survived its new watchdog"
+    );
+    assert!(took < Duration::from_secs(3), "fenced only after {took:?}");
+    eprintln!(
+        "watchdog: fenced {:.2} s after the freeze",
+        took.as_secs_f64()
+    );
+    let np = c.wait_primary(Duration::from_secs(60));
+    c.wait_replica(1 - np, Duration::from_secs(90));
+}
