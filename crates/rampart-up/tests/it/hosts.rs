@@ -238,7 +238,10 @@ fn the_stack_on_separate_hosts_serves_through_virtual_ips_behind_each_hosts_fire
             .as_array()
             .is_some_and(|a| a.len() >= 10 && a.iter().all(|t| t["up"] == true))
     });
-    assert!(all_up, "the monitor does not scrape every node: {targets:#}");
+    assert!(
+        all_up,
+        "the monitor does not scrape every node: {targets:#}"
+    );
 
     // status: each balancer masters one virtual IP and backs up the other.
     let out = rampart(&[
