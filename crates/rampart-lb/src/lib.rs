@@ -30,6 +30,8 @@ mod state;
 mod stats;
 mod tcp;
 pub mod tls;
+mod tls_certs;
+mod tls_tickets;
 mod upstream;
 pub mod vrrp;
 

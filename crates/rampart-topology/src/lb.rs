@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -129,16 +129,11 @@ pub struct Listener {
     pub redirect_https: Option<RedirectHttps>,
 }
 
-/// TLS termination of one listener: certificate chain and key (PEM files, read at start,
-/// on reload and whenever their modification time changes).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListenerTls {
-    /// Relative paths in the file are taken from the config file's folder.
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    /// `Strict-Transport-Security: max-age=<seconds>` on every response, when set.
-    pub hsts_max_age: Option<u64>,
-}
+mod tls;
+pub use tls::{
+    CertFiles, ListenerTls, PoolTls, RawCert, RawListenerTls, RawPoolTls, Resumption,
+    DEFAULT_SESSION_CACHE, DEFAULT_TICKET_ROTATE,
+};
 
 /// Where a redirecting plain-HTTP listener sends clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,6 +180,8 @@ pub struct Pool {
     pub timeouts: PoolTimeouts,
     /// Servers registered in etcd join the pool (besides `servers`).
     pub discovery: Option<Discovery>,
+    /// `tls = { ca = ... }`: TLS to the servers, see [`PoolTls`].
+    pub tls: Option<PoolTls>,
 }
 
 /// `[pool.outlier]`: which servers passive evidence (what real requests get) takes out of
@@ -535,20 +532,6 @@ pub struct RawListener {
     pub tls: Option<Spanned<RawListenerTls>>,
 }
 
-/// `tls = { cert = "PATH", key = "PATH", hsts = "365d", redirect_from = "ADDR", redirect_status = 308 }`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawListenerTls {
-    pub cert: Spanned<String>,
-    pub key: Spanned<String>,
-    #[serde(default)]
-    pub hsts: Option<Spanned<String>>,
-    #[serde(default)]
-    pub redirect_from: Option<Spanned<String>>,
-    #[serde(default)]
-    pub redirect_status: Option<Spanned<i64>>,
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawListenerTimeouts {
@@ -589,6 +572,8 @@ pub struct RawPool {
     pub timeouts: Option<RawPoolTimeouts>,
     #[serde(default)]
     pub discovery: Option<RawDiscovery>,
+    #[serde(default)]
+    pub tls: Option<RawPoolTls>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -875,19 +860,7 @@ impl LbConfig {
                     );
                 }
                 let t = rt.get_ref();
-                let dir = src.file.parent().unwrap_or(Path::new(""));
-                let path = |c: &mut Checker<'_>, v: &Spanned<String>, what: &str| {
-                    if v.get_ref().is_empty() {
-                        c.err(v, format!("tls {what} must name a PEM file"));
-                    }
-                    dir.join(v.get_ref())
-                };
-                let cert = path(&mut c, &t.cert, "cert");
-                let key = path(&mut c, &t.key, "key");
-                let hsts_max_age = t.hsts.as_ref().map(|h| {
-                    let d = c.positive_duration(&Some(h.clone()), Duration::from_secs(1), "hsts");
-                    d.as_secs().max(1)
-                });
+                let checked = tls::listener_tls(&mut c, rt);
                 if let Some(from) = &t.redirect_from {
                     if let Some(a) = c.socket_addr(from, "redirect_from") {
                         if listener_addrs.insert(a, ()).is_some() {
@@ -912,11 +885,7 @@ impl LbConfig {
                 } else if let Some(st) = &t.redirect_status {
                     c.err(st, "redirect_status needs redirect_from = \"ADDR\"");
                 }
-                tls = Some(ListenerTls {
-                    cert,
-                    key,
-                    hsts_max_age,
-                });
+                tls = Some(checked);
             }
             if let (Some(address), Some(pool)) = (address, pool) {
                 listeners.push(Listener {
@@ -1076,6 +1045,7 @@ impl LbConfig {
                 retries: RetryConfig::default(),
                 timeouts: PoolTimeouts::default(),
                 discovery: None,
+                tls: None,
             }],
             max_connections: DEFAULT_MAX_CONNECTIONS,
             trusted_proxies: Vec::new(),
@@ -1499,6 +1469,7 @@ fn validate_pool(c: &mut Checker<'_>, rp: &RawPool) -> Option<Pool> {
         retries,
         timeouts,
         discovery,
+        tls: rp.tls.as_ref().map(|t| tls::pool_tls(c, t)),
     })
 }
 
@@ -1506,6 +1477,7 @@ fn validate_pool(c: &mut Checker<'_>, rp: &RawPool) -> Option<Pool> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     const GOOD: &str = r#"
 [limits]
@@ -1811,8 +1783,11 @@ health_check = { kind = "tcp" }
         let c = LbConfig::from_source(&Source::new("/etc/rampart/lb.toml", text)).unwrap();
         assert_eq!(c.listeners.len(), 2);
         let tls = c.listeners[0].tls.as_ref().unwrap();
-        assert_eq!(tls.cert, PathBuf::from("/etc/rampart/certs/site.pem"));
-        assert_eq!(tls.key, PathBuf::from("/k.pem"));
+        assert_eq!(
+            tls.certs[0].cert,
+            PathBuf::from("/etc/rampart/certs/site.pem")
+        );
+        assert_eq!(tls.certs[0].key, PathBuf::from("/k.pem"));
         assert_eq!(tls.hsts_max_age, Some(365 * 86400));
         let r = &c.listeners[1];
         assert_eq!(r.name, "l-redirect");
