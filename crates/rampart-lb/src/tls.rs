@@ -192,7 +192,7 @@ impl TlsTerm {
         match first_err {
             Some(e) => Err(e),
             None => {
-                tracing::info!(listener = %self.listener, certificates = self.files.certs.len(), "TLS certificates loaded");
+                tracing::info!(listener = %self.listener, certificates = self.files.certs.len(), "TLS certificate loaded");
                 Ok(())
             }
         }
