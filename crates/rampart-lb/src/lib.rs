@@ -33,6 +33,7 @@ pub mod tls;
 mod tls_certs;
 mod tls_tickets;
 mod upstream;
+mod upstream_tls;
 pub mod vrrp;
 
 use std::net::SocketAddr;
@@ -68,6 +69,8 @@ pub enum LbError {
     Worker(String),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    UpstreamTls(#[from] upstream_tls::UpstreamTlsError),
     #[error("admin listener: {0}")]
     Admin(String),
     #[error("binary upgrade: {0}")]
@@ -368,6 +371,7 @@ pub fn run(config: LbConfig, opts: RunOptions) -> Result<(), LbError> {
     let pools: Vec<Arc<PoolHandle>> = config.pools.iter().map(|p| shared.new_pool(p)).collect();
     // Certificates first: a missing or broken file refuses the start, naming the file.
     tls::prepare(&config)?;
+    upstream_tls::prepare(&config)?;
 
     // Bind every socket before starting anything, so a busy port fails the start.
     let mut bound = Vec::new();

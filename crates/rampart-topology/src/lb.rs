@@ -821,7 +821,20 @@ impl LbConfig {
                 },
             };
             let pool = match pool_index.get(rl.pool.get_ref().as_str()) {
-                Some(i) => Some(*i),
+                Some(i) => {
+                    if mode == Mode::Tcp
+                        && pools
+                            .get(*i)
+                            .and_then(Option::as_ref)
+                            .is_some_and(|p: &Pool| p.tls.is_some())
+                    {
+                        c.err(
+                            &rl.pool,
+                            "a pool with tls serves HTTP listeners only (TLS to the servers is for mode = \"http\")",
+                        );
+                    }
+                    Some(*i)
+                }
                 None => {
                     let mut known: Vec<&str> =
                         raw.pool.iter().map(|p| p.name.get_ref().as_str()).collect();

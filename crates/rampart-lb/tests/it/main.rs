@@ -17,4 +17,5 @@ mod protocols;
 mod support;
 mod tls;
 mod tls_multi;
+mod tls_upstream;
 mod vrrp;

@@ -25,7 +25,7 @@
 //! [[pool]]
 //! name = "web"
 //! servers = [{ address = "10.0.0.5:443" }]
-//! tls = { ca = "ca.pem", server_name = "web.internal", cert = "lb.pem", key = "lb.key", alpn = ["http/1.1"] }
+//! tls = { ca = "ca.pem", server_name = "web.internal", cert = "lb.pem", key = "lb.key" }
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -112,7 +112,7 @@ pub struct PoolTls {
     pub server_name: Option<String>,
     /// A client certificate chain and key presented to the servers (mutual TLS).
     pub client_cert: Option<(PathBuf, PathBuf)>,
-    /// ALPN protocols offered, in order of preference (`h2`, `http/1.1`).
+    /// ALPN protocols offered, in order of preference (`http/1.1` only for now).
     pub alpn: Vec<String>,
 }
 
@@ -154,7 +154,7 @@ pub struct RawCert {
     pub names: Option<Vec<Spanned<String>>>,
 }
 
-/// `tls = { ca = "PATH", server_name = "NAME", cert = "PATH", key = "PATH", alpn = ["h2", "http/1.1"] }`
+/// `tls = { ca = "PATH", server_name = "NAME", cert = "PATH", key = "PATH", alpn = ["http/1.1"] }`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPoolTls {
@@ -314,7 +314,14 @@ pub(super) fn pool_tls(c: &mut Checker<'_>, t: &RawPoolTls) -> PoolTls {
         Some(list) => list
             .iter()
             .filter_map(|p| match p.get_ref().as_str() {
-                "h2" | "http/1.1" => Some(p.get_ref().clone()),
+                "http/1.1" => Some(p.get_ref().clone()),
+                "h2" => {
+                    c.err(
+                        p,
+                        "h2 to the servers is not supported yet; use alpn = [\"http/1.1\"]",
+                    );
+                    None
+                }
                 other => {
                     c.err(
                         p,
@@ -409,7 +416,7 @@ mod tests {
     fn pool_tls_parses_and_checks() {
         let text = "[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\npool = \"p\"\n\
              [[pool]]\nname = \"p\"\nservers = [{ address = \"127.0.0.1:1\" }]\n\
-             tls = { ca = \"ca.pem\", server_name = \"Web.Internal\", cert = \"c.pem\", key = \"k.pem\", alpn = [\"h2\", \"http/1.1\"] }\n";
+             tls = { ca = \"ca.pem\", server_name = \"Web.Internal\", cert = \"c.pem\", key = \"k.pem\", alpn = [\"http/1.1\"] }\n";
         let c = LbConfig::from_source(&Source::new("/etc/rampart/lb.toml", text)).unwrap();
         let t = c.pools[0].tls.as_ref().unwrap();
         assert_eq!(t.ca, PathBuf::from("/etc/rampart/ca.pem"));
@@ -421,17 +428,33 @@ mod tests {
                 PathBuf::from("/etc/rampart/k.pem")
             ))
         );
-        assert_eq!(t.alpn, ["h2", "http/1.1"]);
+        assert_eq!(t.alpn, ["http/1.1"]);
         let text = text.replace(
-            "server_name = \"Web.Internal\", cert = \"c.pem\", key = \"k.pem\", alpn = [\"h2\", \"http/1.1\"]",
-            "server_name = \"*.x\", cert = \"c.pem\", alpn = [\"spdy\"]",
+            "server_name = \"Web.Internal\", cert = \"c.pem\", key = \"k.pem\", alpn = [\"http/1.1\"]",
+            "server_name = \"*.x\", cert = \"c.pem\", alpn = [\"spdy\", \"h2\"]",
         );
         let e = errors(&text);
-        assert_eq!(e.len(), 3, "{e:#?}");
+        assert_eq!(e.len(), 4, "{e:#?}");
         assert!(e.iter().all(|m| m.starts_with("8:")), "{e:#?}");
+        assert!(e
+            .iter()
+            .any(|m| m.contains("h2 to the servers is not supported yet")));
+        assert!(e.iter().any(|m| m.contains("not a wildcard")));
         assert!(e
             .iter()
             .any(|m| m.contains("unknown ALPN protocol \"spdy\"")));
         assert!(e.iter().any(|m| m.contains("tls cert needs its key")));
+    }
+
+    #[test]
+    fn a_tcp_listener_cannot_use_a_tls_pool() {
+        let text = "[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\nmode = \"tcp\"\npool = \"p\"\n\
+             [[pool]]\nname = \"p\"\nservers = [{ address = \"127.0.0.1:1\" }]\ntls = { ca = \"ca.pem\" }\n";
+        let e = errors(text);
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert!(
+            e[0].starts_with("5:8: a pool with tls serves HTTP listeners only"),
+            "{e:#?}"
+        );
     }
 }
