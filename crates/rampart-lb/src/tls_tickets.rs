@@ -475,6 +475,50 @@ mod tests {
         assert_ne!(&t2[..ID_LEN], &t[..ID_LEN]);
     }
 
+    #[test]
+    fn the_owner_rotates_when_the_file_is_older_than_the_period() {
+        let dir = rampart_testkit::TempDir::new().unwrap();
+        let path = dir.path().join("keys");
+        let owner = Tickets::file(
+            &path,
+            Some(Duration::from_secs(60)),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        let t = owner.encrypt(b"s").unwrap();
+        let before = read_file(&path).unwrap();
+        // Not due yet: nothing changes.
+        owner.maintain();
+        assert_eq!(read_file(&path).unwrap(), before);
+        // A minute old: a fresh key in front, the sealing key moves to the pre-published one.
+        let old = SystemTime::now() - Duration::from_secs(61);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        owner.maintain();
+        let after = read_file(&path).unwrap();
+        assert_eq!(after.len(), 3);
+        assert_eq!(&after[1..], &before[..]);
+        assert_eq!(owner.decrypt(&t).unwrap(), b"s");
+        let t2 = owner.encrypt(b"s2").unwrap();
+        assert_ne!(&t2[..ID_LEN], &t[..ID_LEN]);
+        // The next rotation drops the first ticket's key (a ticket lives one period at
+        // least): the second ticket's still opens.
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        owner.maintain();
+        assert_eq!(read_file(&path).unwrap().len(), 3);
+        assert!(owner.decrypt(&t).is_none());
+        assert_eq!(owner.decrypt(&t2).unwrap(), b"s2");
+    }
+
     proptest! {
         #[test]
         fn garbage_never_opens_nor_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
