@@ -84,10 +84,12 @@ start() { # start NAME cmd... ; STARTED = pid (= process group)
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-wait_tls() {
+wait_tls() { # until a TLS handshake completes on PORT (at most 10 s)
   local port=$1 i
   for i in $(seq 1 100); do
-    if curl -s -k -m 1 -o /dev/null "https://127.0.0.1:$port/" 2>/dev/null; then return 0; fi
+    if timeout 2 openssl s_client -connect "127.0.0.1:$port" </dev/null 2>/dev/null | grep -q '^New, TLS'; then
+      return 0
+    fi
     sleep 0.1
   done
   return 1
@@ -115,6 +117,7 @@ frontend fe
   bind 127.0.0.1:$hp ssl crt $work/combined.pem alpn h2,http/1.1
   default_backend be
 backend be
+  retries 0
   server s1 $backend
 CONF
 haproxy -c -q -f "$work/haproxy.cfg" >/dev/null || die "haproxy rejects its config"
@@ -177,5 +180,4 @@ json.dump({"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cmd": sy
 PY
 mkdir -p "$repo/bench/results"
 py report "$work" | tee "$repo/bench/results/tls-$ts.md"
-cp "$work/rows.tsv" "$repo/bench/results/tls-$ts.tsv"
 log "report: bench/results/tls-$ts.md"

@@ -351,6 +351,16 @@ impl Collector for LbCollector {
             "Configuration reloads refused.",
             &[(Vec::new(), sh.reload_failures.load(Ordering::Relaxed))],
         )?;
+        let expiries: Vec<(Labels, i64)> = crate::tls::expiries()
+            .into_iter()
+            .map(|(listener, cert, t)| (vec![("listener", listener), ("cert", cert)], t))
+            .collect();
+        gauge(
+            &mut enc,
+            "rampart_tls_certificate_not_after_seconds",
+            "When each served TLS certificate expires (its notAfter), in seconds since the epoch.",
+            &expiries,
+        )?;
         vrrp_metrics(&mut enc, sh)
     }
 }

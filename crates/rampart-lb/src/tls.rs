@@ -209,6 +209,22 @@ impl TlsTerm {
     }
 }
 
+/// Each served certificate's expiry: (listener, certificate file, notAfter in seconds since
+/// the epoch), for the metrics.
+pub(crate) fn expiries() -> Vec<(String, String, i64)> {
+    let terms: Vec<Arc<TlsTerm>> = TERMS.lock().map(|t| t.clone()).unwrap_or_default();
+    let mut out = Vec::new();
+    for t in &terms {
+        let set = t.resolver.0.load();
+        for (c, files) in set.certs.iter().zip(&t.files.certs) {
+            if let Some(na) = c.not_after {
+                out.push((t.listener.clone(), files.cert.display().to_string(), na));
+            }
+        }
+    }
+    out
+}
+
 /// Every TLS listener's terminator, by listener name.
 static TERMS: LazyLock<Mutex<Vec<Arc<TlsTerm>>>> = LazyLock::new(|| Mutex::new(Vec::new()));
 

@@ -26,6 +26,8 @@ pub(crate) struct Loaded {
     pub key: Arc<CertifiedKey>,
     /// Lower case; `*.` wildcards.
     pub names: Vec<String>,
+    /// The leaf's notAfter, in seconds since the Unix epoch.
+    pub not_after: Option<i64>,
 }
 
 impl Loaded {
@@ -187,10 +189,89 @@ pub(crate) fn load(listener: &str, files: &CertFiles) -> Result<Loaded, TlsError
             ),
         )
     })?;
+    let not_after = key.cert.first().and_then(|c| not_after(c.as_ref()));
     Ok(Loaded {
         key: Arc::new(key),
         names,
+        not_after,
     })
+}
+
+/// One DER element: (tag, contents, what follows).
+fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, b) = b.split_first()?;
+    let (&l, b) = b.split_first()?;
+    let (len, b) = if l < 0x80 {
+        (usize::from(l), b)
+    } else {
+        let n = usize::from(l & 0x7f);
+        if n == 0 || n > 4 || b.len() < n {
+            return None;
+        }
+        let len = b[..n]
+            .iter()
+            .fold(0usize, |a, &x| (a << 8) | usize::from(x));
+        (len, &b[n..])
+    };
+    if b.len() < len {
+        return None;
+    }
+    Some((tag, &b[..len], &b[len..]))
+}
+
+/// Days from 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// An X.509 time (UTCTime or GeneralizedTime, in UTC) in seconds since the epoch.
+fn x509_time(tag: u8, v: &[u8]) -> Option<i64> {
+    let s = std::str::from_utf8(v).ok()?.strip_suffix('Z')?;
+    let (year, rest) = match tag {
+        0x17 if s.len() == 12 => {
+            let yy: i64 = s.get(..2)?.parse().ok()?;
+            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, s.get(2..)?)
+        }
+        0x18 if s.len() == 14 => (s.get(..4)?.parse().ok()?, s.get(4..)?),
+        _ => return None,
+    };
+    let n = |i: usize| -> Option<i64> { rest.get(i..i + 2)?.parse().ok() };
+    let (mo, d, h, mi, se) = (n(0)?, n(2)?, n(4)?, n(6)?, n(8)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
+        return None;
+    }
+    Some(days_from_civil(year, mo, d) * 86_400 + h * 3600 + mi * 60 + se)
+}
+
+/// A certificate's notAfter (seconds since the epoch), read from its DER.
+pub(crate) fn not_after(der: &[u8]) -> Option<i64> {
+    let (0x30, cert, _) = tlv(der)? else {
+        return None;
+    };
+    let (0x30, tbs, _) = tlv(cert)? else {
+        return None;
+    };
+    let mut rest = tbs;
+    // [0] version (absent in v1), serial, signature algorithm, issuer, then validity.
+    let (tag, _, r) = tlv(rest)?;
+    if tag == 0xa0 {
+        rest = r;
+    }
+    for _ in 0..3 {
+        rest = tlv(rest)?.2;
+    }
+    let (0x30, validity, _) = tlv(rest)? else {
+        return None;
+    };
+    let after = tlv(validity)?.2;
+    let (tag, v, _) = tlv(after)?;
+    x509_time(tag, v)
 }
 
 #[cfg(test)]
@@ -218,6 +299,56 @@ mod tests {
         assert_eq!(idx.candidates(Some("a.b.apps.example")), &[0, 1]);
         assert_eq!(idx.candidates(Some("apps.example")), &[0, 1]);
         assert_eq!(idx.candidates(Some("unknown.test")), &[0, 1]);
+    }
+
+    #[test]
+    fn x509_times_and_civil_days() {
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+        assert_eq!(x509_time(0x17, b"491231235959Z"), Some(2_524_607_999));
+        assert_eq!(x509_time(0x17, b"700101000000Z"), Some(0));
+        assert_eq!(x509_time(0x18, b"20261205013000Z"), Some(1_796_434_200));
+        assert_eq!(x509_time(0x17, b"261305000000Z"), None);
+        assert_eq!(x509_time(0x18, b"2026"), None);
+    }
+
+    #[test]
+    fn not_after_of_an_openssl_certificate() {
+        let dir = rampart_testkit::TempDir::new().unwrap();
+        let out = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+            ])
+            .args([
+                "-nodes", "-days", "3", "-subj", "/CN=x", "-outform", "DER", "-keyout",
+            ])
+            .arg(dir.path().join("k.pem"))
+            .arg("-out")
+            .arg(dir.path().join("c.der"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let der = std::fs::read(dir.path().join("c.der")).unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let t = not_after(&der).unwrap();
+        assert!((t - (now + 3 * 86_400)).abs() < 120, "{t} vs {now}");
+        assert_eq!(not_after(&der[..der.len() / 2]), None);
+        assert_eq!(not_after(b"\x30\x03\x02\x01\x00"), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn not_after_never_panics(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let _ = not_after(&b);
+        }
     }
 
     #[test]

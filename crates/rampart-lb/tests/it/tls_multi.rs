@@ -345,3 +345,40 @@ async fn a_ticket_from_one_balancer_resumes_on_the_other() {
     let (_, two) = resume(reader.addr, owner.addr, &sess, &["-tls1_3"]).await;
     assert!(reused(&two), "new tickets after rotation: {two}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_certificates_expiry_is_a_metric() {
+    let b = Backend::start("b").await;
+    let dir = TempDir::new().unwrap();
+    let certs = make_certs(dir.path());
+    let admin: SocketAddr = format!("127.0.0.1:{}", rampart_testkit::free_port())
+        .parse()
+        .unwrap();
+    let cfg = format!(
+        "[admin]\naddress = \"{admin}\"\n{}",
+        config(&b, &listener_tls(&certs, ""))
+    );
+    let _lb = Lb::start(&cfg).await;
+    let mut c = Command::new("curl");
+    c.args(["-sS", "-m", "10"])
+        .arg(format!("http://{admin}/metrics"));
+    let m = text(&run(c).await);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    // The four certificates were made for 2 days.
+    let lines: Vec<&str> = m
+        .lines()
+        .filter(|l| l.starts_with("rampart_tls_certificate_not_after_seconds{"))
+        .collect();
+    assert_eq!(lines.len(), 4, "{m}");
+    for name in ["a-ec", "a-rsa", "b-ec", "c-rsa"] {
+        let line = lines
+            .iter()
+            .find(|l| l.contains(&format!("{name}-chain.pem")) && l.contains("listener=\"web\""))
+            .unwrap_or_else(|| panic!("no expiry for {name}: {m}"));
+        let t: i64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!((t - (now + 2 * 86_400)).abs() < 300, "{line} vs now {now}");
+    }
+}
