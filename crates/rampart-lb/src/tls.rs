@@ -127,6 +127,9 @@ impl TlsTerm {
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         // No early data (0-RTT): replayable requests are not worth a round trip.
         cfg.max_early_data_size = 0;
+        // The server's cipher suite order (AEADs only, AES-GCM then ChaCha20), not the
+        // client's: what testssl.sh and HAProxy's prefer-server-ciphers expect.
+        cfg.ignore_client_order = true;
         let r = &files.resumption;
         cfg.session_storage = if r.session_cache > 0 {
             ServerSessionMemoryCache::new(r.session_cache)
