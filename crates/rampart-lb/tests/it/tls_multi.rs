@@ -380,5 +380,15 @@ async fn each_certificates_expiry_is_a_metric() {
             .unwrap_or_else(|| panic!("no expiry for {name}: {m}"));
         let t: i64 = line.rsplit(' ').next().unwrap().parse().unwrap();
         assert!((t - (now + 2 * 86_400)).abs() < 300, "{line} vs now {now}");
+        let left = line.replace(
+            "rampart_tls_certificate_not_after_seconds",
+            "rampart_tls_certificate_expires_in_seconds",
+        );
+        let left = left.rsplit_once(' ').unwrap().0;
+        let v: i64 = m
+            .lines()
+            .find_map(|l| l.strip_prefix(left)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no seconds left for {name}: {m}"));
+        assert!((v - 2 * 86_400).abs() < 300, "{left} {v}");
     }
 }
