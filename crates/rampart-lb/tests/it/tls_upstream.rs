@@ -302,3 +302,118 @@ fn an_unusable_ca_file_refuses_start_naming_it() {
         "{err}"
     );
 }
+
+/// A TLS backend that answers one request per connection (keep-alive announced), then
+/// ends it while idle (close_notify and FIN) a moment later: the balancer must not send
+/// the next request into it.
+async fn closing_backend(
+    chain: &Path,
+    key: &Path,
+) -> (SocketAddr, Arc<AtomicU64>, Arc<AtomicU64>, AbortHandle) {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs(chain), PrivateKeyDer::from_pem_file(key).unwrap())
+    .unwrap();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handshakes = Arc::new(AtomicU64::new(0));
+    let closed = Arc::new(AtomicU64::new(0));
+    let (h, c) = (handshakes.clone(), closed.clone());
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, h, c) = (acceptor.clone(), h.clone(), c.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                h.fetch_add(1, Ordering::SeqCst);
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // The head, then a Content-Length body if any.
+                let need = loop {
+                    let Ok(n) = tls.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        break end + 4 + len;
+                    }
+                };
+                while buf.len() < need {
+                    let Ok(n) = tls.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let _ = tls
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                // close_notify and FIN; the socket stays open a while, never read again.
+                let _ = tls.shutdown().await;
+                c.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            });
+        }
+    })
+    .abort_handle();
+    (addr, handshakes, closed, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_after_the_server_ended_an_idle_pooled_tls_connection_goes_on_a_new_one() {
+    let s = setup();
+    let (addr, handshakes, closed, task) = closing_backend(&s.server.0, &s.server.1).await;
+    let lb = Lb::start(&config(
+        addr,
+        &format!(
+            "ca = \"{}\", server_name = \"web.internal\"",
+            s.pki.root().display()
+        ),
+    ))
+    .await;
+    let mut c = Client::connect(lb.addr).await.unwrap();
+    for i in 1..=3u64 {
+        // A POST is resent only when none of it went out: had it been sent into the
+        // ended connection, the client would get a 502.
+        let req = hyper::Request::post("/pay")
+            .header("host", "lb.test")
+            .body(Full::new(Bytes::from_static(b"amount=1")))
+            .unwrap();
+        let (status, body) = c.request(req).await.unwrap();
+        assert_eq!(
+            (status, body.as_str()),
+            (200, "ok"),
+            "{}",
+            lb.proc.log_text()
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while closed.load(Ordering::SeqCst) < i {
+            assert!(Instant::now() < deadline, "the backend did not close");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert_eq!(handshakes.load(Ordering::SeqCst), 3);
+    task.abort();
+}
