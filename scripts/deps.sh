@@ -24,6 +24,7 @@ want=(
   openssl              # the CLI: rampart up makes the stack's CA and certificates with it
   procps               # ps, pkill: test clean-up checks and scripts
   chromium             # headless: the lb stats page test renders the page
+  testssl.sh           # scripts/testssl-lb.sh: the HTTPS listener's configuration quality
 )
 
 missing=()

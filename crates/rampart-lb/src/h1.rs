@@ -48,6 +48,7 @@ use crate::clock::ns_at;
 use crate::http::{self as hyper_path, ConnCtx, Prefixed, H2_PREFACE, STOP_LINGER};
 use crate::state::{mark_tried, Fail, InFlight, Outcome, PickError, PoolState};
 use crate::upstream::{self, ConnectError};
+use crate::upstream_tls::{self, UpStream};
 
 /// Size of a read buffer when it is taken: enough for almost every head and small body.
 const SMALL: usize = 4 * 1024;
@@ -1601,7 +1602,7 @@ async fn attempt_on<T: ClientStream>(
         let from_pool = pooled.is_some();
         let mut up = match pooled.take() {
             Some(c) => c,
-            None => upstream::connect_tcp(s.addr, t.connect)
+            None => upstream_tls::connect(s.addr, t.connect, pool.cfg.tls.as_ref())
                 .await
                 .map_err(Failure::Unsent)?,
         };
@@ -1818,7 +1819,7 @@ async fn attempt_on<T: ClientStream>(
 async fn send_body<T: ClientStream>(
     io: &mut T,
     buf: &mut Buf,
-    up: &mut TcpStream,
+    up: &mut UpStream,
     left: &mut Left,
     s: &crate::state::ServerState,
     (client_stall, up_stall): (Duration, Duration),
@@ -1883,7 +1884,7 @@ const BODY_RATE_GRACE: Duration = Duration::from_secs(1);
 /// Forward the rest of a response body; whether it ended cleanly.
 async fn stream_response<T: ClientStream>(
     io: &mut T,
-    up: &mut TcpStream,
+    up: &mut UpStream,
     ub: &mut Buf,
     left: &mut Left,
     s: &crate::state::ServerState,
@@ -2222,7 +2223,7 @@ mod tests {
             .lock()
             .unwrap()
             .push(upstream::IdleRaw {
-                tcp: up,
+                conn: UpStream::Plain(up),
                 since_ns: crate::clock::now_ns(),
             });
         // A POST with a ~56 KiB head.

@@ -9,11 +9,10 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
-use rampart_topology::lb::{CheckKind, HealthCheck};
+use rampart_topology::lb::{CheckKind, HealthCheck, PoolTls};
 use rand::Rng;
 
 use crate::state::{AdminState, CheckRecord, PoolHandle, ServerState};
-use crate::upstream::connect_tcp;
 
 /// Spawn the check task of every server of `pool` on the current runtime.
 pub fn spawn_checks(pool: &Arc<PoolHandle>) {
@@ -44,10 +43,11 @@ async fn check_loop(pool: Arc<PoolHandle>, s: Arc<ServerState>) {
     loop {
         let p = pool.get();
         let hc = p.cfg.health_check.clone();
+        let tls = p.cfg.tls.clone();
         drop(p);
         if hc.kind != CheckKind::None && s.admin_state() != AdminState::Maintenance {
             let started = Instant::now();
-            let r = check_once(&hc, &s).await;
+            let r = check_once(&hc, &s, tls.as_ref()).await;
             let rec = CheckRecord {
                 at_ms: SystemTime::now()
                     .duration_since(UNIX_EPOCH)
@@ -71,11 +71,16 @@ async fn check_loop(pool: Arc<PoolHandle>, s: Arc<ServerState>) {
     }
 }
 
-/// One probe, bounded by the check timeout; the error says why it failed.
-pub async fn check_once(hc: &HealthCheck, s: &ServerState) -> Result<(), String> {
+/// One probe, bounded by the check timeout; the error says why it failed. With the pool's
+/// `tls`, HTTP checks go over TLS (and a TCP check is a TLS handshake).
+pub async fn check_once(
+    hc: &HealthCheck,
+    s: &ServerState,
+    tls: Option<&PoolTls>,
+) -> Result<(), String> {
     let addr = s.addr;
     let probe = async {
-        let tcp = connect_tcp(addr, hc.timeout)
+        let tcp = crate::upstream_tls::connect(addr, hc.timeout, tls)
             .await
             .map_err(|e| e.to_string())?;
         match &hc.kind {

@@ -746,7 +746,7 @@ async fn attempt_on(
         let from_pool = pooled.is_some();
         let mut sender = match pooled.take() {
             Some(s) => s,
-            None => match upstream::connect_http(s.addr, t.connect).await {
+            None => match upstream::connect_http(s.addr, t.connect, pool.cfg.tls.as_ref()).await {
                 Ok(s) => s,
                 Err(e) => return Err(Failure::Unsent(Box::new(req), Some(e))),
             },

@@ -31,7 +31,10 @@ mod state;
 mod stats;
 mod tcp;
 pub mod tls;
+mod tls_certs;
+mod tls_tickets;
 mod upstream;
+mod upstream_tls;
 pub mod vrrp;
 
 use std::net::SocketAddr;
@@ -67,6 +70,8 @@ pub enum LbError {
     Worker(String),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    UpstreamTls(#[from] upstream_tls::UpstreamTlsError),
     #[error("admin listener: {0}")]
     Admin(String),
     #[error("binary upgrade: {0}")]
@@ -374,6 +379,7 @@ pub fn run(config: LbConfig, opts: RunOptions) -> Result<(), LbError> {
     tls::prepare(&config)?;
     // The firewalls' deny files too.
     firewall::prepare(&config).map_err(LbError::Firewall)?;
+    upstream_tls::prepare(&config)?;
 
     // Bind every socket before starting anything, so a busy port fails the start.
     let mut bound = Vec::new();

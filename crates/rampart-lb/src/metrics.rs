@@ -367,6 +367,30 @@ impl Collector for LbCollector {
             "Configuration reloads refused.",
             &[(Vec::new(), sh.reload_failures.load(Ordering::Relaxed))],
         )?;
+        let expiries: Vec<(Labels, i64)> = crate::tls::expiries()
+            .into_iter()
+            .map(|(listener, cert, t)| (vec![("listener", listener), ("cert", cert)], t))
+            .collect();
+        gauge(
+            &mut enc,
+            "rampart_tls_certificate_not_after_seconds",
+            "When each served TLS certificate expires (its notAfter), in seconds since the epoch.",
+            &expiries,
+        )?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let left: Vec<(Labels, i64)> = expiries
+            .into_iter()
+            .map(|(l, t)| (l, t.saturating_sub(now)))
+            .collect();
+        gauge(
+            &mut enc,
+            "rampart_tls_certificate_expires_in_seconds",
+            "Seconds left before each served TLS certificate expires (negative: expired).",
+            &left,
+        )?;
         vrrp_metrics(&mut enc, sh)
     }
 }

@@ -67,6 +67,7 @@ pub fn apply(shared: &Arc<Shared>, new: LbConfig) -> Result<(), ControlError> {
     // TLS certificates are read again (also when unchanged: SIGHUP reloads certificates).
     crate::tls::prepare(&new).map_err(|e| ControlError::Refused(e.to_string()))?;
     crate::firewall::prepare(&new).map_err(ControlError::Refused)?;
+    crate::upstream_tls::prepare(&new).map_err(|e| ControlError::Refused(e.to_string()))?;
     let old_listeners: Vec<Arc<ListenerSlot>> = shared
         .listeners
         .lock()

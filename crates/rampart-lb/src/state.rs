@@ -973,6 +973,7 @@ mod tests {
             retries: RetryConfig::default(),
             timeouts: PoolTimeouts::default(),
             discovery: None,
+            tls: None,
         }
     }
 

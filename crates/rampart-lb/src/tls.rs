@@ -1,12 +1,18 @@
 //! TLS termination for HTTP listeners: rustls with the ring provider, TLS 1.2 and 1.3 only,
 //! ALPN `h2` and `http/1.1` (HTTP/2 is served when the client picks it).
 //!
-//! Each TLS listener has a [`TlsTerm`]: its PEM files and the certified key currently in
-//! use, behind an `ArcSwap` that a certificate resolver reads at every handshake. The key
-//! is swapped without a restart by [`reload_certs`] (and by a configuration reload, which
+//! Each TLS listener has a [`TlsTerm`]: its PEM files and the certificates currently in
+//! use ([`crate::tls_certs`]: chosen by SNI, then by the client's signature schemes),
+//! behind an `ArcSwap` that a certificate resolver reads at every handshake. They are
+//! swapped without a restart by [`reload_certs`] (and by a configuration reload, which
 //! calls [`prepare`]), and by a watcher that re-reads the files when their modification
-//! time changes. A reload that fails (unreadable file, key not matching the certificate,
-//! e.g. halfway through a rotation) keeps the key in use and is retried on the next change.
+//! time changes. A certificate whose reload fails (unreadable file, key not matching the
+//! certificate, e.g. halfway through a rotation) keeps the one in use and is retried on
+//! the next change.
+//!
+//! Sessions resume by TLS 1.3 tickets and TLS 1.2 tickets or session IDs: tickets are
+//! sealed with keys that may be shared by the balancers of a pair ([`crate::tls_tickets`]),
+//! session IDs are kept per process. Early data (0-RTT) is refused.
 
 use std::fmt;
 use std::io;
@@ -17,13 +23,17 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use http::HeaderValue;
+use rampart_topology::lb::DEFAULT_TICKET_ROTATE;
 use rampart_topology::lb::{LbConfig, ListenerTls};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::{
+    ClientHello, NoServerSessionStorage, ResolvesServerCert, ServerSessionMemoryCache,
+};
 use rustls::sign::CertifiedKey;
 use tokio::net::TcpStream;
+
+use crate::tls_certs::{self, CertSet};
+use crate::tls_tickets::{KeyFileError, Tickets};
 
 /// How often the watcher looks at the certificate files' modification times.
 const WATCH_EVERY: Duration = Duration::from_secs(2);
@@ -47,10 +57,12 @@ pub enum TlsError {
     },
     #[error("listener \"{listener}\": TLS set-up: {0}", listener = .1)]
     Config(rustls::Error, String),
+    #[error("listener \"{listener}\": {0}", listener = .1)]
+    Tickets(KeyFileError, String),
 }
 
-/// The certified key a listener presents, swappable while it serves.
-struct Resolver(ArcSwap<CertifiedKey>);
+/// The certificates a listener presents, swappable while it serves.
+struct Resolver(ArcSwap<CertSet>);
 
 impl fmt::Debug for Resolver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -59,10 +71,15 @@ impl fmt::Debug for Resolver {
 }
 
 impl ResolvesServerCert for Resolver {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.load_full())
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.0
+            .load()
+            .pick(hello.server_name(), hello.signature_schemes())
     }
 }
+
+/// Modification times of a certificate's (cert, key) files.
+type Stamps = (Option<SystemTime>, Option<SystemTime>);
 
 /// TLS termination of one listener.
 pub struct TlsTerm {
@@ -70,13 +87,14 @@ pub struct TlsTerm {
     files: ListenerTls,
     resolver: Arc<Resolver>,
     pub(crate) acceptor: tokio_rustls::TlsAcceptor,
-    /// Modification times of (cert, key) when they were last loaded.
-    loaded: Mutex<(Option<SystemTime>, Option<SystemTime>)>,
+    /// Modification times of each certificate's files when they were last loaded.
+    loaded: Mutex<Vec<Stamps>>,
+    tickets: Option<Arc<Tickets>>,
     /// `Strict-Transport-Security` value for every response, when configured.
     pub(crate) hsts: Option<HeaderValue>,
 }
 
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -84,65 +102,59 @@ fn mtime(p: &Path) -> Option<SystemTime> {
     std::fs::metadata(p).and_then(|m| m.modified()).ok()
 }
 
-/// Read and check a certificate chain and its key.
-fn load_key(listener: &str, files: &ListenerTls) -> Result<CertifiedKey, TlsError> {
-    let read = |what: &'static str, path: &Path| {
-        std::fs::read(path).map_err(|err| TlsError::Read {
-            listener: listener.to_string(),
-            what,
-            path: path.to_path_buf(),
-            err,
-        })
-    };
-    let invalid = |what: &'static str, path: &Path, reason: String| TlsError::Invalid {
-        listener: listener.to_string(),
-        what,
-        path: path.to_path_buf(),
-        reason,
-    };
-    let cert_pem = read("cert", &files.cert)?;
-    let key_pem = read("key", &files.key)?;
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| {
-            invalid(
-                "cert",
-                &files.cert,
-                format!("not a PEM certificate chain: {e}"),
-            )
-        })?;
-    if certs.is_empty() {
-        return Err(invalid(
-            "cert",
-            &files.cert,
-            "holds no CERTIFICATE block".into(),
-        ));
-    }
-    let key = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| invalid("key", &files.key, format!("no PEM private key: {e}")))?;
-    CertifiedKey::from_der(certs, key, &provider()).map_err(|e| {
-        invalid(
-            "key",
-            &files.key,
-            format!(
-                "does not fit the certificate in {}: {e}",
-                files.cert.display()
-            ),
-        )
-    })
+fn stamps(files: &ListenerTls) -> Vec<Stamps> {
+    files
+        .certs
+        .iter()
+        .map(|c| (mtime(&c.cert), mtime(&c.key)))
+        .collect()
 }
 
 impl TlsTerm {
     fn new(listener: &str, files: &ListenerTls) -> Result<TlsTerm, TlsError> {
-        let stamps = (mtime(&files.cert), mtime(&files.key));
-        let key = load_key(listener, files)?;
-        let resolver = Arc::new(Resolver(ArcSwap::from_pointee(key)));
+        let stamps = stamps(files);
+        let certs = files
+            .certs
+            .iter()
+            .map(|c| tls_certs::load(listener, c))
+            .collect::<Result<Vec<_>, _>>()?;
+        let resolver = Arc::new(Resolver(ArcSwap::from_pointee(CertSet::new(certs))));
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| TlsError::Config(e, listener.to_string()))?
             .with_no_client_auth()
             .with_cert_resolver(resolver.clone());
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // No early data (0-RTT): replayable requests are not worth a round trip.
+        cfg.max_early_data_size = 0;
+        // The server's cipher suite order (AEADs only, AES-GCM then ChaCha20), not the
+        // client's: what testssl.sh and HAProxy's prefer-server-ciphers expect.
+        cfg.ignore_client_order = true;
+        let r = &files.resumption;
+        cfg.session_storage = if r.session_cache > 0 {
+            ServerSessionMemoryCache::new(r.session_cache)
+        } else {
+            Arc::new(NoServerSessionStorage {})
+        };
+        let tickets = if r.tickets {
+            let lifetime = r.ticket_lifetime();
+            let t = match &r.ticket_keys_file {
+                Some(path) => Tickets::file(path, r.ticket_keys_rotate, lifetime)
+                    .map_err(|e| TlsError::Tickets(e, listener.to_string()))?,
+                None => Tickets::memory(
+                    r.ticket_keys_rotate.unwrap_or(DEFAULT_TICKET_ROTATE),
+                    lifetime,
+                )
+                .ok_or_else(|| {
+                    TlsError::Config(rustls::Error::FailedToGetRandomBytes, listener.to_string())
+                })?,
+            };
+            let t = Arc::new(t);
+            cfg.ticketer = t.clone();
+            Some(t)
+        } else {
+            None
+        };
         let hsts = files
             .hsts_max_age
             .and_then(|s| HeaderValue::from_str(&format!("max-age={s}")).ok());
@@ -152,31 +164,68 @@ impl TlsTerm {
             resolver,
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(cfg)),
             loaded: Mutex::new(stamps),
+            tickets,
             hsts,
         })
     }
 
-    /// Read the files again and present the new certificate from the next handshake on.
+    /// Read the files again and present the new certificates from the next handshake on.
+    /// A certificate that cannot be loaded keeps the one in use (the first such error is
+    /// returned); the others are replaced.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let stamps = (mtime(&self.files.cert), mtime(&self.files.key));
-        let key = load_key(&self.listener, &self.files)?;
-        self.resolver.0.store(Arc::new(key));
+        let stamps = stamps(&self.files);
+        let old = self.resolver.0.load_full();
+        let mut first_err = None;
+        let mut certs = Vec::with_capacity(self.files.certs.len());
+        for (i, files) in self.files.certs.iter().enumerate() {
+            match tls_certs::load(&self.listener, files) {
+                Ok(c) => certs.push(c),
+                Err(e) => {
+                    if let Some(c) = old.certs.get(i) {
+                        certs.push(c.clone());
+                    }
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        self.resolver.0.store(Arc::new(CertSet::new(certs)));
         if let Ok(mut l) = self.loaded.lock() {
             *l = stamps;
         }
-        tracing::info!(listener = %self.listener, cert = %self.files.cert.display(), "TLS certificate loaded");
-        Ok(())
+        match first_err {
+            Some(e) => Err(e),
+            None => {
+                tracing::info!(listener = %self.listener, certificates = self.files.certs.len(), "TLS certificate loaded");
+                Ok(())
+            }
+        }
     }
 
     /// Whether a file changed since it was loaded.
     fn changed(&self) -> bool {
-        let now = (mtime(&self.files.cert), mtime(&self.files.key));
+        let now = stamps(&self.files);
         self.loaded.lock().map(|l| *l != now).unwrap_or(false)
     }
 
     pub fn listener(&self) -> &str {
         &self.listener
     }
+}
+
+/// Each served certificate's expiry: (listener, certificate file, notAfter in seconds since
+/// the epoch), for the metrics.
+pub(crate) fn expiries() -> Vec<(String, String, i64)> {
+    let terms: Vec<Arc<TlsTerm>> = TERMS.lock().map(|t| t.clone()).unwrap_or_default();
+    let mut out = Vec::new();
+    for t in &terms {
+        let set = t.resolver.0.load();
+        for (c, files) in set.certs.iter().zip(&t.files.certs) {
+            if let Some(na) = c.not_after {
+                out.push((t.listener.clone(), files.cert.display().to_string(), na));
+            }
+        }
+    }
+    out
 }
 
 /// Every TLS listener's terminator, by listener name.
@@ -224,8 +273,9 @@ pub fn reload_certs() -> Vec<TlsError> {
     terms.iter().filter_map(|t| t.reload().err()).collect()
 }
 
-/// Watch the certificate files on the current runtime: reload a listener's certificate
-/// when its cert or key file's modification time changes.
+/// Watch the certificate files on the current runtime: reload a listener's certificates
+/// when a cert or key file's modification time changes; rotate and re-read the session
+/// ticket keys.
 pub fn spawn_watch() {
     tokio::spawn(async {
         let mut tick = tokio::time::interval(WATCH_EVERY);
@@ -234,12 +284,15 @@ pub fn spawn_watch() {
             tick.tick().await;
             let terms: Vec<Arc<TlsTerm>> = TERMS.lock().map(|t| t.clone()).unwrap_or_default();
             for t in terms.iter().filter(|t| t.changed()) {
+                // A failed reload records the new stamps too: retried on the next change
+                // only (not every tick).
                 if let Err(e) = t.reload() {
                     tracing::warn!(error = %e, "TLS certificate changed on disk but cannot be loaded; the current one stays");
-                    // Retry on the next change only (not every tick).
-                    if let Ok(mut l) = t.loaded.lock() {
-                        *l = (mtime(&t.files.cert), mtime(&t.files.key));
-                    }
+                }
+            }
+            for t in &terms {
+                if let Some(k) = &t.tickets {
+                    k.maintain();
                 }
             }
         }

@@ -10,18 +10,22 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use rampart_topology::lb::PoolTls;
+
 use crate::body::ReqBody;
 use crate::state::ServerState;
+use crate::upstream_tls::UpStream;
 
 /// Most idle connections kept per server and worker (nginx's `keepalive 64`); the surplus
 /// is closed when handed back. Each idle connection costs ~25 KB (hyper's buffers and its
 /// dispatch channel), so a burst of concurrency must not leave hundreds behind.
 const MAX_IDLE: usize = 64;
 
-/// An idle upstream socket of the HTTP/1.1 fast path: nothing but the socket (no
-/// buffers, no task), with when it was handed back (the [`crate::clock`] scale).
+/// An idle upstream connection of the HTTP/1.1 fast path: nothing but the socket (and its
+/// TLS state when the pool speaks TLS to its servers; no buffers, no task), with when it
+/// was handed back (the [`crate::clock`] scale).
 pub struct IdleRaw {
-    pub tcp: TcpStream,
+    pub conn: UpStream,
     pub since_ns: u64,
 }
 
@@ -38,6 +42,12 @@ pub enum ConnectError {
     Timeout { addr: SocketAddr, timeout: Duration },
     #[error("connect to {addr}: {source}")]
     Io { addr: SocketAddr, source: io::Error },
+    #[error("TLS handshake with {addr} as \"{name}\": {source}")]
+    Tls {
+        addr: SocketAddr,
+        name: String,
+        source: io::Error,
+    },
     #[error("HTTP handshake with {addr}: {source}")]
     Handshake {
         addr: SocketAddr,
@@ -56,12 +66,14 @@ pub async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStrea
     Ok(s)
 }
 
-/// A new HTTP/1.1 connection; its driver task is spawned on the current runtime.
+/// A new HTTP/1.1 connection (over TLS when the pool has `tls`); its driver task is
+/// spawned on the current runtime.
 pub async fn connect_http(
     addr: SocketAddr,
     timeout: Duration,
+    tls: Option<&PoolTls>,
 ) -> Result<SendRequest<ReqBody>, ConnectError> {
-    let tcp = connect_tcp(addr, timeout).await?;
+    let tcp = crate::upstream_tls::connect(addr, timeout, tls).await?;
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
         .handshake(TokioIo::new(tcp))
         .await
@@ -131,17 +143,17 @@ pub fn checkin(
     }
 }
 
-/// An idle fast-path socket of `server` for worker `worker`, still open, not idle for
+/// An idle fast-path connection of `server` for worker `worker`, still open, not idle for
 /// longer than `idle_timeout`; `None` when there is none (the others are closed on the way).
 pub fn checkout_raw(
     server: &ServerState,
     worker: usize,
     idle_timeout: Duration,
     now_ns: u64,
-) -> Option<TcpStream> {
+) -> Option<UpStream> {
     let list = server.idle_raw.get(worker)?;
     loop {
-        let c = list.lock().ok()?.pop()?;
+        let mut c = list.lock().ok()?.pop()?;
         if now_ns.saturating_sub(c.since_ns) > idle_timeout.as_nanos() as u64 {
             // The newest is too old: so are the others.
             if let Ok(mut l) = list.lock() {
@@ -149,32 +161,19 @@ pub fn checkout_raw(
             }
             return None;
         }
-        if alive(&c.tcp) {
-            return Some(c.tcp);
+        // Costs a syscall only when the socket was reported readable.
+        if c.conn.alive() {
+            return Some(c.conn);
         }
     }
 }
 
-/// Whether an idle socket is still usable: the server has not closed it, reset it or sent
-/// anything unasked. Costs a syscall only when the socket was reported readable.
-fn alive(tcp: &TcpStream) -> bool {
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    match tcp.poll_read_ready(&mut cx) {
-        std::task::Poll::Pending => true,
-        std::task::Poll::Ready(Err(_)) => false,
-        std::task::Poll::Ready(Ok(())) => {
-            let mut b = [0u8; 1];
-            matches!(tcp.try_read(&mut b), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-        }
-    }
-}
-
-/// Hand back a fast-path socket whose last response ended cleanly. Sockets idle for longer
-/// than `idle_timeout` (the oldest are at the front) are closed on the way.
+/// Hand back a fast-path connection whose last response ended cleanly. Connections idle
+/// for longer than `idle_timeout` (the oldest are at the front) are closed on the way.
 pub fn checkin_raw(
     server: &ServerState,
     worker: usize,
-    tcp: TcpStream,
+    conn: UpStream,
     idle_timeout: Duration,
     now_ns: u64,
 ) {
@@ -197,7 +196,7 @@ pub fn checkin_raw(
     }
     if list.len() < MAX_IDLE {
         list.push(IdleRaw {
-            tcp,
+            conn,
             since_ns: now_ns,
         });
     }
@@ -244,7 +243,7 @@ fn sweep_server(s: &ServerState, worker: usize, limit: Duration, now_ns: u64) ->
         if !l.is_empty() {
             let before = l.len();
             let max = limit.as_nanos() as u64;
-            l.retain(|c| now_ns.saturating_sub(c.since_ns) <= max && alive(&c.tcp));
+            l.retain_mut(|c| now_ns.saturating_sub(c.since_ns) <= max && c.conn.alive());
             closed += before - l.len();
         }
     }

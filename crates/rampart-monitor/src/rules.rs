@@ -7,6 +7,10 @@ use rampart_topology::Topology;
 
 /// Synthetic series the monitor writes itself from the db cluster view.
 pub const SYNC_STANDBYS: &str = "rampart_cluster_db_sync_standbys";
+/// The lb's gauge of the seconds left before each served certificate expires.
+pub const TLS_EXPIRES_IN: &str = "rampart_tls_certificate_expires_in_seconds";
+/// A certificate closer to its end than this raises `TlsCertificateExpiring`.
+const TLS_EXPIRY_WARNING: Duration = Duration::from_secs(14 * 86_400);
 
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -130,6 +134,20 @@ pub fn rules(t: &Topology, interval: Duration) -> Vec<Rule> {
         out.push(r);
     }
 
+    // A certificate a balancer serves expires within 14 days (the lb's own gauge, computed
+    // at each scrape): time to renew it before clients refuse the site.
+    let mut r = Rule::last(
+        "TlsCertificateExpiring",
+        Selector::name(TLS_EXPIRES_IN),
+        Cmp::Lt,
+        TLS_EXPIRY_WARNING.as_secs_f64(),
+    );
+    r.by = vec!["instance".into(), "listener".into(), "cert".into()];
+    r.aggregate = Aggregate::Min;
+    r.for_ms = ms(interval * 2);
+    r.summary = "lb node {{instance}}: the certificate {{cert}} of listener {{listener}} expires in {{value}} s (under 14 days)".into();
+    out.push(r);
+
     if let Some(m) = &t.monitor {
         for custom in &m.rules {
             match out.iter_mut().find(|r| r.name == custom.name) {
@@ -172,6 +190,7 @@ mod tests {
             "NoSyncStandby",
             "WebNotReady",
             "Lb5xxRatioHigh",
+            "TlsCertificateExpiring",
         ] {
             assert!(names.contains(&n), "{n} missing from {names:?}");
         }
@@ -190,5 +209,34 @@ mod tests {
             60_000
         );
         assert!(rs.iter().any(|r| r.name == "Mine"));
+    }
+
+    #[test]
+    fn an_expiring_certificate_fires_one_alert_per_certificate() {
+        use rampart_alert::store::labels;
+        use rampart_alert::{AlertState, Engine, SeriesKey, Store};
+        let t = default_with("");
+        let rs: Vec<Rule> = rules(&t, Duration::from_secs(2))
+            .into_iter()
+            .filter(|r| r.name == "TlsCertificateExpiring")
+            .collect();
+        let mut e = Engine::new(rs, 60_000, 60_000);
+        let mut st = Store::new(100, 100);
+        let soon = labels([("instance", "lb1"), ("listener", "site"), ("cert", "a.pem")]);
+        let later = labels([("instance", "lb1"), ("listener", "site"), ("cert", "b.pem")]);
+        let (ks, kl) = (
+            SeriesKey::new(TLS_EXPIRES_IN, soon.clone()),
+            SeriesKey::new(TLS_EXPIRES_IN, later.clone()),
+        );
+        for (i, now) in [0u64, 2000, 4000, 6000].into_iter().enumerate() {
+            st.push(&ks, now, 3.0 * 86_400.0 - i as f64 * 2.0);
+            st.push(&kl, now, 60.0 * 86_400.0);
+            e.evaluate(&st, now);
+        }
+        assert_eq!(e.state("TlsCertificateExpiring", &soon), AlertState::Firing);
+        assert_eq!(
+            e.state("TlsCertificateExpiring", &later),
+            AlertState::Inactive
+        );
     }
 }

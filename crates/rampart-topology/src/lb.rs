@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -133,16 +133,11 @@ pub struct Listener {
     pub firewall: Option<firewall::Firewall>,
 }
 
-/// TLS termination of one listener: certificate chain and key (PEM files, read at start,
-/// on reload and whenever their modification time changes).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListenerTls {
-    /// Relative paths in the file are taken from the config file's folder.
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    /// `Strict-Transport-Security: max-age=<seconds>` on every response, when set.
-    pub hsts_max_age: Option<u64>,
-}
+mod tls;
+pub use tls::{
+    CertFiles, ListenerTls, PoolTls, RawCert, RawListenerTls, RawPoolTls, Resumption,
+    DEFAULT_SESSION_CACHE, DEFAULT_TICKET_ROTATE,
+};
 
 /// Where a redirecting plain-HTTP listener sends clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,6 +184,8 @@ pub struct Pool {
     pub timeouts: PoolTimeouts,
     /// Servers registered in etcd join the pool (besides `servers`).
     pub discovery: Option<Discovery>,
+    /// `tls = { ca = ... }`: TLS to the servers, see [`PoolTls`].
+    pub tls: Option<PoolTls>,
 }
 
 /// `[pool.outlier]`: which servers passive evidence (what real requests get) takes out of
@@ -555,20 +552,6 @@ pub struct RawListener {
     pub firewall: Option<firewall::RawFirewall>,
 }
 
-/// `tls = { cert = "PATH", key = "PATH", hsts = "365d", redirect_from = "ADDR", redirect_status = 308 }`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawListenerTls {
-    pub cert: Spanned<String>,
-    pub key: Spanned<String>,
-    #[serde(default)]
-    pub hsts: Option<Spanned<String>>,
-    #[serde(default)]
-    pub redirect_from: Option<Spanned<String>>,
-    #[serde(default)]
-    pub redirect_status: Option<Spanned<i64>>,
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawListenerTimeouts {
@@ -609,6 +592,8 @@ pub struct RawPool {
     pub timeouts: Option<RawPoolTimeouts>,
     #[serde(default)]
     pub discovery: Option<RawDiscovery>,
+    #[serde(default)]
+    pub tls: Option<RawPoolTls>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -856,7 +841,20 @@ impl LbConfig {
                 },
             };
             let pool = match pool_index.get(rl.pool.get_ref().as_str()) {
-                Some(i) => Some(*i),
+                Some(i) => {
+                    if mode == Mode::Tcp
+                        && pools
+                            .get(*i)
+                            .and_then(Option::as_ref)
+                            .is_some_and(|p: &Pool| p.tls.is_some())
+                    {
+                        c.err(
+                            &rl.pool,
+                            "a pool with tls serves HTTP listeners only (TLS to the servers is for mode = \"http\")",
+                        );
+                    }
+                    Some(*i)
+                }
                 None => {
                     let mut known: Vec<&str> =
                         raw.pool.iter().map(|p| p.name.get_ref().as_str()).collect();
@@ -895,19 +893,7 @@ impl LbConfig {
                     );
                 }
                 let t = rt.get_ref();
-                let dir = src.file.parent().unwrap_or(Path::new(""));
-                let path = |c: &mut Checker<'_>, v: &Spanned<String>, what: &str| {
-                    if v.get_ref().is_empty() {
-                        c.err(v, format!("tls {what} must name a PEM file"));
-                    }
-                    dir.join(v.get_ref())
-                };
-                let cert = path(&mut c, &t.cert, "cert");
-                let key = path(&mut c, &t.key, "key");
-                let hsts_max_age = t.hsts.as_ref().map(|h| {
-                    let d = c.positive_duration(&Some(h.clone()), Duration::from_secs(1), "hsts");
-                    d.as_secs().max(1)
-                });
+                let checked = tls::listener_tls(&mut c, rt);
                 if let Some(from) = &t.redirect_from {
                     if let Some(a) = c.socket_addr(from, "redirect_from") {
                         if listener_addrs.insert(a, ()).is_some() {
@@ -932,11 +918,7 @@ impl LbConfig {
                 } else if let Some(st) = &t.redirect_status {
                     c.err(st, "redirect_status needs redirect_from = \"ADDR\"");
                 }
-                tls = Some(ListenerTls {
-                    cert,
-                    key,
-                    hsts_max_age,
-                });
+                tls = Some(checked);
             }
             let firewall = rl.firewall.as_ref().map(|f| {
                 if mode != Mode::Http {
@@ -1107,6 +1089,7 @@ impl LbConfig {
                 retries: RetryConfig::default(),
                 timeouts: PoolTimeouts::default(),
                 discovery: None,
+                tls: None,
             }],
             max_connections: DEFAULT_MAX_CONNECTIONS,
             trusted_proxies: Vec::new(),
@@ -1530,6 +1513,7 @@ fn validate_pool(c: &mut Checker<'_>, rp: &RawPool) -> Option<Pool> {
         retries,
         timeouts,
         discovery,
+        tls: rp.tls.as_ref().map(|t| tls::pool_tls(c, t)),
     })
 }
 
@@ -1537,6 +1521,7 @@ fn validate_pool(c: &mut Checker<'_>, rp: &RawPool) -> Option<Pool> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     const GOOD: &str = r#"
 [limits]
@@ -1842,8 +1827,11 @@ health_check = { kind = "tcp" }
         let c = LbConfig::from_source(&Source::new("/etc/rampart/lb.toml", text)).unwrap();
         assert_eq!(c.listeners.len(), 2);
         let tls = c.listeners[0].tls.as_ref().unwrap();
-        assert_eq!(tls.cert, PathBuf::from("/etc/rampart/certs/site.pem"));
-        assert_eq!(tls.key, PathBuf::from("/k.pem"));
+        assert_eq!(
+            tls.certs[0].cert,
+            PathBuf::from("/etc/rampart/certs/site.pem")
+        );
+        assert_eq!(tls.certs[0].key, PathBuf::from("/k.pem"));
         assert_eq!(tls.hsts_max_age, Some(365 * 86400));
         let r = &c.listeners[1];
         assert_eq!(r.name, "l-redirect");

@@ -65,7 +65,7 @@ impl Site {
                 trust.push(tls.trust_file());
             }
             if let Some(lt) = &l.tls {
-                trust.push(lt.cert.clone());
+                trust.extend(lt.certs.iter().map(|c| c.cert.clone()));
             }
             let mut roots = rustls::RootCertStore::empty();
             let mut problems = Vec::new();

@@ -966,7 +966,10 @@ fn start_and_watch(
             (Some(tls), _) => outln!(
                 "  site        https://{}/   (certificate {}{})",
                 l.address,
-                tls.cert.display(),
+                tls.certs
+                    .first()
+                    .map(|c| c.cert.display().to_string())
+                    .unwrap_or_default(),
                 t.tls
                     .as_ref()
                     .and_then(|c| c.ca.as_ref())

@@ -63,7 +63,8 @@ pub fn wanted(t: &Topology) -> Vec<Want> {
             .map(|v| v.to_string())
             .collect();
     for l in t.lb.iter().flat_map(|l| &l.config.listeners) {
-        if let Some(lt) = &l.tls {
+        // The pair `up` makes is the listener's default certificate.
+        if let Some(lt) = l.tls.as_ref().and_then(|t| t.certs.first()) {
             let mut ips: Vec<String> = vips.clone();
             if !l.address.ip().is_unspecified() {
                 ips.push(l.address.ip().to_string());
