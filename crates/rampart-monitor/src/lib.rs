@@ -5,6 +5,8 @@
 //! - [`expo`]: the Prometheus text format parser (pure).
 //! - [`rules`]: the built-in alert rules sized from the topology, plus `[monitor]` rules.
 //! - [`client`]: a small async HTTP/1.1 client for scrapes and webhooks.
+//! - [`diagram`]: the seed's diagram of the stack, live, and the events seen between
+//!   scrapes (pure).
 //! - [`server`]: the dashboard and the JSON API.
 //!
 //! Each `scrape_interval`, every target is read at once (each with a timeout); the
@@ -16,6 +18,7 @@
 //! target costs one timeout per round, never the round of the others.
 
 pub mod client;
+pub mod diagram;
 pub mod expo;
 pub mod rules;
 pub mod server;
@@ -101,6 +104,56 @@ pub struct Inner {
     pub counters: Counters,
     /// The db cluster view last read from an agent (`/cluster`).
     pub cluster: Option<Value>,
+    /// The diagram of the last round, to see what the next one changes.
+    pub diagram: Option<diagram::Diagram>,
+    /// What changed between scrapes and the alerts' events, newest last (bounded).
+    pub events: VecDeque<DashEvent>,
+    /// Events recorded so far (a page polling knows what is new).
+    pub events_total: u64,
+}
+
+/// Events kept for the dashboard.
+pub const EVENTS_KEPT: usize = 200;
+
+/// One event of the dashboard: a change the monitor saw between two scrapes, or an
+/// alert firing or resolved.
+#[derive(Debug, Clone, Serialize)]
+pub struct DashEvent {
+    pub seq: u64,
+    pub at_ms: u64,
+    /// `down`, `up`, `failover`, `takeover`, `ejected`, `back`, `state`, `alert`, `resolved`.
+    pub kind: &'static str,
+    pub subject: String,
+    pub text: String,
+}
+
+impl Inner {
+    /// Record an event, forgetting the oldest beyond [`EVENTS_KEPT`].
+    pub fn push_event(&mut self, at_ms: u64, kind: &'static str, subject: String, text: String) {
+        self.events_total += 1;
+        if self.events.len() >= EVENTS_KEPT {
+            self.events.pop_front();
+        }
+        self.events.push_back(DashEvent {
+            seq: self.events_total,
+            at_ms,
+            kind,
+            subject,
+            text,
+        });
+    }
+
+    /// The diagram of what was scraped last.
+    pub fn diagram(&self, m: &Monitor) -> diagram::Diagram {
+        diagram::build(&diagram::Inputs {
+            layout: &m.layout,
+            targets: &m.targets,
+            health: &self.health,
+            store: &self.store,
+            cluster: self.cluster.as_ref(),
+            rate_window_ms: m.rate_window_ms(),
+        })
+    }
 }
 
 /// Everything the scraper and the server share.
@@ -111,6 +164,8 @@ pub struct Monitor {
     pub db_agents: Vec<SocketAddr>,
     pub token: Option<String>,
     pub started_ms: u64,
+    /// The diagram's shape.
+    pub layout: diagram::Layout,
     inner: Mutex<Inner>,
 }
 
@@ -156,6 +211,7 @@ impl Monitor {
         Ok(Monitor {
             cluster: t.cluster.clone(),
             db_agents: targets::db_agents(t),
+            layout: diagram::Layout::of(t),
             token,
             started_ms: now_ms(),
             inner: Mutex::new(Inner {
@@ -165,10 +221,18 @@ impl Monitor {
                 notifications: VecDeque::new(),
                 counters: Counters::default(),
                 cluster: None,
+                diagram: None,
+                events: VecDeque::new(),
+                events_total: 0,
             }),
             targets,
             cfg,
         })
+    }
+
+    /// Rates on the diagram: the increase over the last 5 s, or 2 rounds when slower.
+    pub fn rate_window_ms(&self) -> u64 {
+        ms(self.cfg.scrape_interval * 2).max(5000)
     }
 
     /// The shared state (never held across an `.await`).
@@ -296,7 +360,37 @@ impl Monitor {
         inner
             .store
             .prune(now.saturating_sub(ms(self.cfg.retention)));
-        inner.engine.evaluate(&inner.store, now)
+        let events = inner.engine.evaluate(&inner.store, now);
+        let d = inner.diagram(self);
+        if let Some(prev) = inner.diagram.take() {
+            for c in diagram::changes(&prev, &d) {
+                inner.push_event(now, c.kind, c.subject, c.text);
+            }
+        }
+        inner.diagram = Some(d);
+        for ev in &events {
+            let (kind, a) = match ev {
+                Event::Firing(a) => ("alert", a),
+                Event::Resolved(a) => ("resolved", a),
+            };
+            let subject = a
+                .labels
+                .get("instance")
+                .cloned()
+                .unwrap_or_else(|| a.rule.clone());
+            let text = format!(
+                "{} {}: {}",
+                a.rule,
+                if kind == "alert" {
+                    "firing"
+                } else {
+                    "resolved"
+                },
+                a.summary
+            );
+            inner.push_event(now, kind, subject, text);
+        }
+        events
     }
 
     /// Send events to every route (log lines now, webhooks in the background).
