@@ -144,6 +144,10 @@ pub struct DiagramBox {
     /// The balancer holding a virtual IP.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub holder: Option<String>,
+    /// The node's counters went back between its last two scrapes: it restarted, even if
+    /// no scrape saw it down (a supervisor restarts what dies within a second).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub restarted: bool,
 }
 
 /// One arrow of the diagram.
@@ -225,6 +229,26 @@ impl<'a> Node<'a> {
             .last()
             .and_then(|(_, s)| s.back())
             .map(|p| p.1)
+    }
+
+    /// Whether the sum of the selected counters went down between this node's last two
+    /// scrapes (series in both): the process behind it started again.
+    fn reset(&self, sel: &'a Selector) -> bool {
+        let mut at: Option<(u64, u64)> = None;
+        let (mut before, mut now) = (0.0, 0.0);
+        for (_, s) in self.series(sel) {
+            let n = s.len();
+            if n < 2 {
+                continue;
+            }
+            let (p, l) = (s[n - 2], s[n - 1]);
+            if *at.get_or_insert((p.0, l.0)) != (p.0, l.0) {
+                continue;
+            }
+            before += p.1;
+            now += l.1;
+        }
+        at.is_some() && now < before
     }
 
     /// Per-second increase, summed over the selected counters (reset-aware).
@@ -322,6 +346,7 @@ pub fn build(i: &Inputs<'_>) -> Diagram {
         state: "up".into(),
         detail: Vec::new(),
         holder: None,
+        restarted: false,
     });
 
     // The balancers: health, virtual routers, listener rates.
@@ -407,6 +432,7 @@ pub fn build(i: &Inputs<'_>) -> Diagram {
                 state: if holder.is_some() { "master" } else { "down" }.into(),
                 detail,
                 holder: holder.map(|h| h.name.to_string()),
+                restarted: false,
             });
             d.arrows.push(Arrow {
                 from: "clients".into(),
@@ -464,6 +490,7 @@ pub fn build(i: &Inputs<'_>) -> Diagram {
                     lbs.len()
                 )],
                 holder: None,
+                restarted: false,
             });
             d.arrows.push(Arrow {
                 from: "clients".into(),
@@ -530,6 +557,7 @@ pub fn build(i: &Inputs<'_>) -> Diagram {
             state: state.into(),
             detail,
             holder: None,
+            restarted: false,
         });
     }
 
@@ -614,6 +642,7 @@ pub fn build(i: &Inputs<'_>) -> Diagram {
             state: state.into(),
             detail,
             holder: None,
+            restarted: false,
         });
     }
     for b in &lbs {
@@ -655,6 +684,12 @@ pub fn build(i: &Inputs<'_>) -> Diagram {
                 }
                 _ => ("down", None),
             };
+            // Out of rotation: the state, not the rate of before.
+            let label = match (state, rate) {
+                ("up", Some(r)) => fmt_rate(r, "req/s"),
+                ("up", None) => String::new(),
+                (st, _) => st.to_string(),
+            };
             d.arrows.push(Arrow {
                 from: format!("lb:{}", b.name),
                 to: format!("web:{}", s.web),
@@ -662,7 +697,7 @@ pub fn build(i: &Inputs<'_>) -> Diagram {
                 state: state.into(),
                 rate,
                 lag_bytes: None,
-                label: rate.map(|r| fmt_rate(r, "req/s")).unwrap_or_default(),
+                label,
             });
         }
     }
@@ -741,6 +776,7 @@ pub fn build(i: &Inputs<'_>) -> Diagram {
             state: state.into(),
             detail,
             holder: None,
+            restarted: false,
         });
     }
     if let Some(p) = d.primary().map(|b| b.id.clone()) {
@@ -776,6 +812,18 @@ pub fn build(i: &Inputs<'_>) -> Diagram {
         }
     }
 
+    // Restarts no scrape saw: a counter of the node's own went back.
+    let counters = [
+        ("lb", Selector::name("rampart_listener_requests_total")),
+        ("web", Selector::name("rampart_web_requests_total")),
+        ("db", Selector::name("rampart_db_xact_commit_total")),
+    ];
+    for b in d.boxes.iter_mut() {
+        if let Some((job, c)) = counters.iter().find(|(j, _)| *j == b.tier) {
+            b.restarted = node(job, &b.name).is_some_and(|n| n.reset(c));
+        }
+    }
+
     // etcd, beside the databases (their failover's referee).
     let leader_sel = Selector::name("etcd_server_is_leader");
     for m in &l.etcd {
@@ -797,6 +845,7 @@ pub fn build(i: &Inputs<'_>) -> Diagram {
             state: state.into(),
             detail: Vec::new(),
             holder: None,
+            restarted: false,
         });
     }
     d
@@ -805,7 +854,7 @@ pub fn build(i: &Inputs<'_>) -> Diagram {
 /// Something the monitor saw happen between two scrapes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Change {
-    /// `down`, `up`, `failover`, `takeover`, `ejected`, `back`, `state`.
+    /// `down`, `up`, `restart`, `failover`, `takeover`, `ejected`, `back`, `state`.
     pub kind: &'static str,
     /// The box (or arrow's target) it is about.
     pub subject: String,
@@ -846,6 +895,13 @@ pub fn changes(prev: &Diagram, next: &Diagram) -> Vec<Change> {
             continue;
         }
         if p.state == b.state {
+            if b.restarted && !is_down(&b.state) {
+                out.push(Change {
+                    kind: "restart",
+                    subject: b.name.clone(),
+                    text: format!("{} restarted between two scrapes", b.name),
+                });
+            }
             continue;
         }
         let (kind, text) = if is_down(&b.state) {
@@ -1301,6 +1357,38 @@ listen = "127.0.0.1:8090"
                 "lb1 takes web1 back",
                 "lb2 takes web1 back"
             ]
+        );
+    }
+
+    #[test]
+    fn a_restart_between_two_scrapes_is_an_event() {
+        let t = topo("");
+        let layout = Layout::of(&t);
+        let mut w = World::new(&t);
+        for k in 0..3 {
+            push(&mut w, k, &[], &[]);
+        }
+        let before = w.diagram(&layout);
+        assert!(before.boxes.iter().all(|b| !b.restarted));
+        // web2 died and came back between rounds 2 and 3: its counters start again.
+        let app = [("kind", "App"), ("class", "2xx")];
+        let admin = [("kind", "Admin"), ("class", "2xx")];
+        w.round(
+            3000,
+            &[],
+            &[
+                ("web2", "rampart_web_requests_total", &app, 1.0),
+                ("web2", "rampart_web_requests_total", &admin, 4.0),
+            ],
+        );
+        let after = w.diagram(&layout);
+        assert!(after.find("web:web2").unwrap().restarted);
+        assert!(!after.find("web:web1").unwrap().restarted);
+        let ch = changes(&before, &after);
+        assert!(
+            ch.iter()
+                .any(|c| c.kind == "restart" && c.text == "web2 restarted between two scrapes"),
+            "{ch:?}"
         );
     }
 

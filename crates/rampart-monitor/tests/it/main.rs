@@ -2,5 +2,7 @@
 //! `rampart monitor` processes on loopback.
 
 mod access;
+mod cdp;
+mod dashboard;
 mod lb_admin;
 mod scrape;
