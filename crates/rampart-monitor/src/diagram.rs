@@ -615,7 +615,7 @@ pub fn build(i: &Inputs<'_>) -> Diagram {
                     .collect();
                 if ups.is_empty() {
                     "unknown"
-                } else if ups.iter().any(|u| *u == 1.0) {
+                } else if ups.contains(&1.0) {
                     "up"
                 } else {
                     "down"
@@ -671,7 +671,7 @@ pub fn build(i: &Inputs<'_>) -> Diagram {
                         "ejected"
                     } else {
                         match n.last(&up_s) {
-                            Some(v) if v == 1.0 => "up",
+                            Some(1.0) => "up",
                             Some(_) => "down",
                             // A balancer without metrics (probe only): the web node's state.
                             None => d
@@ -830,7 +830,7 @@ pub fn build(i: &Inputs<'_>) -> Diagram {
         let n = node("etcd", m);
         let state = match &n {
             Some(n) if n.health.up => match n.last(&leader_sel) {
-                Some(v) if v == 1.0 => "leader",
+                Some(1.0) => "leader",
                 Some(_) => "follower",
                 None => "up",
             },
@@ -1056,7 +1056,7 @@ listen = "127.0.0.1:8090"
 
         /// One round at `t`: `up` says which instances answered; `samples` are
         /// (instance, metric, labels, value) of those.
-        fn round(&mut self, t: u64, down: &[&str], samples: &[(&str, &str, &[(&str, &str)], f64)]) {
+        fn round(&mut self, t: u64, down: &[&str], samples: &[Sample<'_>]) {
             for (k, tg) in self.targets.iter().enumerate() {
                 let up = !down.contains(&tg.instance.as_str());
                 self.health[k] = TargetHealth {
@@ -1097,6 +1097,8 @@ listen = "127.0.0.1:8090"
     /// A healthy stack after `k` seconds of steady traffic: each lb forwards 10 req/s
     /// to each web server, db1 is the primary, db2 its replica 2 kB behind.
     type Owned = Vec<(String, String, Vec<(String, String)>, f64)>;
+    /// (instance, metric, labels, value) of one scrape.
+    type Sample<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], f64);
 
     fn healthy(k: u64, down: &[&str], vrrp: &[(&str, &str, &str)]) -> Owned {
         let mut s = Vec::new();
@@ -1217,7 +1219,7 @@ listen = "127.0.0.1:8090"
             .iter()
             .map(|(_, _, l, _)| l.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect())
             .collect();
-        let samples: Vec<(&str, &str, &[(&str, &str)], f64)> = owned
+        let samples: Vec<Sample<'_>> = owned
             .iter()
             .zip(&lbls)
             .map(|((i, n, _, v), l)| (i.as_str(), n.as_str(), l.as_slice(), *v))

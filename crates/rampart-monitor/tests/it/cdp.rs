@@ -156,11 +156,27 @@ impl Browser {
         Ok(r["result"]["value"].clone())
     }
 
-    /// A PNG of the page as it is now.
+    /// A PNG of the whole page as it is now.
     pub fn screenshot(&mut self) -> Result<Vec<u8>, String> {
         let r = self.call(
             "Page.captureScreenshot",
             json!({ "format": "png", "captureBeyondViewport": true }),
+        )?;
+        base64_decode(r["data"].as_str().ok_or("no screenshot data")?)
+    }
+
+    /// A PNG of the element a CSS selector picks (its bounding box in the page).
+    pub fn screenshot_of(&mut self, selector: &str) -> Result<Vec<u8>, String> {
+        let sel = serde_json::to_string(selector).map_err(|e| e.to_string())?;
+        let rect = self.eval(&format!(
+            "(() => {{ const r = document.querySelector({sel}).getBoundingClientRect(); \
+             return [r.left + scrollX, r.top + scrollY, r.width, r.height]; }})()"
+        ))?;
+        let n = |i: usize| rect[i].as_f64().unwrap_or(0.0);
+        let r = self.call(
+            "Page.captureScreenshot",
+            json!({ "format": "png", "captureBeyondViewport": true,
+                    "clip": { "x": n(0), "y": n(1), "width": n(2), "height": n(3), "scale": 1 } }),
         )?;
         base64_decode(r["data"].as_str().ok_or("no screenshot data")?)
     }

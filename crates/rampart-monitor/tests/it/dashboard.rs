@@ -435,6 +435,11 @@ fn the_dashboard_draws_the_stack_live_and_shows_a_dead_web_server_without_a_relo
         png.len()
     );
     eprintln!("screenshot: {}", shot.display());
+    let png = b
+        .screenshot_of("section")
+        .expect("screenshot of the diagram");
+    assert!(png.starts_with(b"\x89PNG"), "{} bytes", png.len());
+    save(&s.dir.path().join("dashboard.png"), &png);
 
     // Kill the primary: the page shows db2 promoted and the failover event.
     s.kill("db1");
