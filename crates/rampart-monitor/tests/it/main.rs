@@ -6,3 +6,4 @@ mod cdp;
 mod dashboard;
 mod lb_admin;
 mod scrape;
+mod up_drills;
