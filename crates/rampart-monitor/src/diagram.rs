@@ -202,6 +202,13 @@ pub struct Inputs<'a> {
     pub rate_window_ms: u64,
 }
 
+/// Whether a target is drawn up: it answered its last scrape, or that scrape alone timed
+/// out (a busy machine; a dead process refuses at once, and a hung one misses the next
+/// round too), in which case what it said the round before is drawn.
+pub fn shown_up(h: &TargetHealth) -> bool {
+    h.up || (h.timed_out && h.fails == 1 && h.last_ok_ms > 0)
+}
+
 /// A target's samples, read only while fresh.
 struct Node<'a> {
     instance: &'a str,
@@ -215,8 +222,12 @@ impl<'a> Node<'a> {
         &self,
         sel: &'a Selector,
     ) -> impl Iterator<Item = (&'a SeriesKey, &'a VecDeque<(u64, f64)>)> + '_ {
-        let fresh = self.health.last_scrape_ms;
-        let up = self.health.up;
+        let up = shown_up(self.health);
+        let fresh = if self.health.up {
+            self.health.last_scrape_ms
+        } else {
+            self.health.last_ok_ms
+        };
         let inst = self.instance;
         self.store.select(sel).filter(move |(k, s)| {
             up && k.label("instance") == Some(inst) && s.back().is_some_and(|p| p.0 >= fresh)
@@ -336,7 +347,7 @@ pub fn build(i: &Inputs<'_>) -> Diagram {
             window: i.rate_window_ms,
         })
     };
-    let up = |n: &Option<Node<'_>>| n.as_ref().is_some_and(|n| n.health.up);
+    let up = |n: &Option<Node<'_>>| n.as_ref().is_some_and(|n| shown_up(n.health));
     let mut d = Diagram::default();
     d.boxes.push(DiagramBox {
         id: "clients".into(),
@@ -576,7 +587,7 @@ pub fn build(i: &Inputs<'_>) -> Diagram {
         let n = node("web", w);
         let mut detail = Vec::new();
         let state = match &n {
-            Some(n) if n.health.up => {
+            Some(n) if shown_up(n.health) => {
                 if let Some(r) = n.rate(&web_sel) {
                     detail.push(fmt_rate(r, "req/s"));
                 }
@@ -662,7 +673,7 @@ pub fn build(i: &Inputs<'_>) -> Diagram {
                 q("rampart_server_requests_total"),
             );
             let (state, rate) = match &n {
-                Some(n) if n.health.up => {
+                Some(n) if shown_up(n.health) => {
                     let st = if n.last(&maint_s) == Some(1.0) {
                         "maintenance"
                     } else if n.last(&drain_s) == Some(1.0) {
@@ -731,7 +742,7 @@ pub fn build(i: &Inputs<'_>) -> Diagram {
         let n = node("db", db);
         let mut detail = Vec::new();
         let state = match &n {
-            Some(n) if n.health.up => {
+            Some(n) if shown_up(n.health) => {
                 let mut role = "up";
                 for r in ["primary", "replica", "demoted", "starting", "stopped"] {
                     if n.last(&sel("rampart_db_role", &[("role", r)])) == Some(1.0) {
@@ -829,7 +840,7 @@ pub fn build(i: &Inputs<'_>) -> Diagram {
     for m in &l.etcd {
         let n = node("etcd", m);
         let state = match &n {
-            Some(n) if n.health.up => match n.last(&leader_sel) {
+            Some(n) if shown_up(n.health) => match n.last(&leader_sel) {
                 Some(1.0) => "leader",
                 Some(_) => "follower",
                 None => "up",
@@ -1392,6 +1403,45 @@ listen = "127.0.0.1:8090"
                 .any(|c| c.kind == "restart" && c.text == "web2 restarted between two scrapes"),
             "{ch:?}"
         );
+    }
+
+    #[test]
+    fn one_timed_out_scrape_draws_the_node_as_it_was_two_draw_it_down() {
+        let t = topo("");
+        let layout = Layout::of(&t);
+        let mut w = World::new(&t);
+        for k in 0..3 {
+            push(&mut w, k, &[], &[]);
+        }
+        let timeout = |w: &mut World, t: u64, fails: u32| {
+            let k = w.targets.iter().position(|x| x.instance == "db1").unwrap();
+            w.health[k] = TargetHealth {
+                up: false,
+                last_scrape_ms: t,
+                error: Some("no answer from 127.0.0.1:8201 within 800 ms".into()),
+                fails,
+                last_ok_ms: 2000,
+                timed_out: true,
+                ..TargetHealth::default()
+            };
+        };
+        push(&mut w, 3, &["db1"], &[]);
+        timeout(&mut w, 3000, 1);
+        let d = w.diagram(&layout);
+        assert_eq!(
+            state(&d, "db:db1"),
+            "primary",
+            "the last answer, one round late"
+        );
+        assert_eq!(arrow(&d, "db:db1", "db:db2").state, "streaming");
+        push(&mut w, 4, &["db1"], &[]);
+        timeout(&mut w, 4000, 2);
+        let d = w.diagram(&layout);
+        assert_eq!(state(&d, "db:db1"), "down");
+        assert!(d.primary().is_none());
+        // Refused at once (not a timeout): down at once.
+        push(&mut w, 5, &["web1"], &[]);
+        assert_eq!(state(&w.diagram(&layout), "web:web1"), "down");
     }
 
     #[test]

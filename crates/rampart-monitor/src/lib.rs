@@ -73,6 +73,12 @@ pub struct TargetHealth {
     pub duration_ms: f64,
     pub samples: usize,
     pub error: Option<String>,
+    /// Scrapes failed in a row (0 when the last one answered).
+    pub fails: u32,
+    /// When it last answered (ms), 0 never.
+    pub last_ok_ms: u64,
+    /// The last scrape got no answer in time (slow, or gone: one more round tells).
+    pub timed_out: bool,
 }
 
 /// A notification sent (or not) to a route.
@@ -197,6 +203,31 @@ impl Monitor {
             usize::try_from((cfg.retention.as_millis() / interval.as_millis().max(1)).max(2))
                 .unwrap_or(2);
         let mut targets = targets::targets(t);
+        // An lb admin the topology guards with a token file (`[[lb.nodes]]
+        // admin_token_file`, what the separate-hosts rehearsal writes) is read with it. A
+        // file this machine cannot read is no reason not to monitor the rest: the target
+        // then shows the 401 it gets.
+        for n in t.lb.iter().flat_map(|l| &l.nodes) {
+            let (Some(_), Some(file)) = (n.admin, &n.admin_token_file) else {
+                continue;
+            };
+            match std::fs::read_to_string(file) {
+                Ok(tok) if !tok.trim().is_empty() => {
+                    if let Some(tg) = targets
+                        .iter_mut()
+                        .find(|x| x.job == "lb" && x.instance == n.name)
+                    {
+                        tg.bearer = Some(tok.trim().to_string());
+                    }
+                }
+                Ok(_) => {
+                    tracing::warn!(node = %n.name, file = %file.display(), "lb admin token file is empty: scraping without a token")
+                }
+                Err(e) => {
+                    tracing::warn!(node = %n.name, file = %file.display(), error = %e, "cannot read the lb admin token file: scraping without a token")
+                }
+            }
+        }
         for a in lb_admins {
             let Some(tg) = targets
                 .iter_mut()
@@ -315,8 +346,17 @@ impl Monitor {
                 Ok(reply) => {
                     h.error = Some(format!("{} {} answered {}", t.addr, t.path, reply.status))
                 }
-                Err(e) => h.error = Some(e),
+                Err(e) => {
+                    h.timed_out = client::is_timeout(&e);
+                    h.error = Some(e);
+                }
             }
+            let prev = &inner.health[i];
+            (h.fails, h.last_ok_ms) = if h.up {
+                (0, now)
+            } else {
+                (prev.fails.saturating_add(1), prev.last_ok_ms)
+            };
             if h.up {
                 inner.counters.scrapes_ok += 1;
             } else {

@@ -7,3 +7,4 @@ mod dashboard;
 mod lb_admin;
 mod scrape;
 mod up_drills;
+mod up_vips;
