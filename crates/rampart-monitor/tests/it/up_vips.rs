@@ -209,6 +209,10 @@ fn the_diagram_shows_which_balancer_holds_each_virtual_ip_and_a_takeover() {
     assert_eq!(page["load"], load, "the page was reloaded");
     let png = b.screenshot().expect("screenshot");
     save(root, "dashboard-vip-takeover.png", &png);
+    let png = b
+        .screenshot_of("section")
+        .expect("screenshot of the diagram");
+    save(root, "dashboard-vip-diagram.png", &png);
     let back = wait_until(Duration::from_secs(30), || {
         page = read_page(&mut b);
         holder(&page, "vip1").as_deref() == Some("lb1")
