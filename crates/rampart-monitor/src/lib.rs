@@ -624,6 +624,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_event_ring_keeps_the_latest_ones() {
+        let t = rampart_topology::Topology::from_source(&rampart_topology::Source::new(
+            "t.toml",
+            "[cluster]\nname = \"a\"\n[monitor]\nlisten = \"127.0.0.1:1\"\n".to_string(),
+        ))
+        .unwrap();
+        let m = Monitor::new(&t, "monitor").unwrap();
+        let mut g = m.lock();
+        for i in 0..(EVENTS_KEPT as u64 + 50) {
+            g.push_event(i, "down", "web1".into(), format!("event {i}"));
+        }
+        assert_eq!(g.events.len(), EVENTS_KEPT);
+        assert_eq!(g.events_total, EVENTS_KEPT as u64 + 50);
+        assert_eq!(g.events.front().map(|e| e.seq), Some(51));
+        assert_eq!(g.events.back().map(|e| e.text.as_str()), Some("event 249"));
+        let j = server::diagram_json(&m, &g, 0);
+        assert_eq!(j["events"][0]["seq"], 250, "newest first");
+        assert_eq!(j["events"].as_array().map(Vec::len), Some(50));
+    }
+
+    #[test]
     fn rfc3339_of_known_instants() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
