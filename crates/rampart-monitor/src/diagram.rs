@@ -678,12 +678,14 @@ pub fn build(i: &Inputs<'_>) -> Diagram {
                         "maintenance"
                     } else if n.last(&drain_s) == Some(1.0) {
                         "drain"
+                    } else if n.last(&up_s) == Some(0.0) {
+                        // Health checks say down: that is why, ejected or not.
+                        "down"
                     } else if n.last(&ej_s) == Some(1.0) {
                         "ejected"
                     } else {
                         match n.last(&up_s) {
-                            Some(1.0) => "up",
-                            Some(_) => "down",
+                            Some(_) => "up",
                             // A balancer without metrics (probe only): the web node's state.
                             None => d
                                 .find(&format!("web:{}", s.web))

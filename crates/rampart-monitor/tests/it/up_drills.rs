@@ -219,6 +219,9 @@ fn the_default_stack_is_drawn_and_each_drill_shows_on_the_open_page() {
             && count(&page, "addr", "up") == 2
             && count(&page, "etcd", "leader") == 1
             && count(&page, "etcd", "follower") == 2
+            && page["arrows"]
+                .as_array()
+                .is_some_and(|a| a.iter().all(|a| a["state"] != "down"))
     });
     assert!(
         all_drawn,
