@@ -111,7 +111,7 @@ pub struct Inner {
     /// The db cluster view last read from an agent (`/cluster`).
     pub cluster: Option<Value>,
     /// The diagram of the last round, to see what the next one changes.
-    pub diagram: Option<diagram::Diagram>,
+    pub last_diagram: Option<diagram::Diagram>,
     /// What changed between scrapes and the alerts' events, newest last (bounded).
     pub events: VecDeque<DashEvent>,
     /// Events recorded so far (a page polling knows what is new).
@@ -252,7 +252,7 @@ impl Monitor {
                 notifications: VecDeque::new(),
                 counters: Counters::default(),
                 cluster: None,
-                diagram: None,
+                last_diagram: None,
                 events: VecDeque::new(),
                 events_total: 0,
             }),
@@ -402,12 +402,12 @@ impl Monitor {
             .prune(now.saturating_sub(ms(self.cfg.retention)));
         let events = inner.engine.evaluate(&inner.store, now);
         let d = inner.diagram(self);
-        if let Some(prev) = inner.diagram.take() {
+        if let Some(prev) = inner.last_diagram.take() {
             for c in diagram::changes(&prev, &d) {
                 inner.push_event(now, c.kind, c.subject, c.text);
             }
         }
-        inner.diagram = Some(d);
+        inner.last_diagram = Some(d);
         for ev in &events {
             let (kind, a) = match ev {
                 Event::Firing(a) => ("alert", a),
