@@ -127,7 +127,8 @@ pub const EVENTS_KEPT: usize = 200;
 pub struct DashEvent {
     pub seq: u64,
     pub at_ms: u64,
-    /// `down`, `up`, `failover`, `takeover`, `ejected`, `back`, `state`, `alert`, `resolved`.
+    /// `down`, `up`, `restart`, `failover`, `takeover`, `ejected`, `back`, `state`, `alert`,
+    /// `resolved`.
     pub kind: &'static str,
     pub subject: String,
     pub text: String,
