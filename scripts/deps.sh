@@ -23,7 +23,7 @@ want=(
   ca-certificates
   openssl              # the CLI: rampart up makes the stack's CA and certificates with it
   procps               # ps, pkill: test clean-up checks and scripts
-  chromium             # headless: the lb stats page test renders the page
+  chromium             # headless: the lb stats page and the monitor dashboard tests render them
   testssl.sh           # scripts/testssl-lb.sh: the HTTPS listener's configuration quality
 )
 

@@ -95,12 +95,17 @@ pub async fn request(
             .to_bytes();
         Ok(Reply { status, body })
     };
-    tokio::time::timeout(timeout, fut).await.map_err(|_| {
-        format!(
-            "no answer from {hostport} within {} ms",
-            timeout.as_millis()
-        )
-    })?
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| format!("{TIMED_OUT} {hostport} within {} ms", timeout.as_millis()))?
+}
+
+/// How the error of a request that got no answer in time starts.
+const TIMED_OUT: &str = "no answer from";
+
+/// Whether an error is a timeout (the target may be slow, not gone).
+pub fn is_timeout(e: &str) -> bool {
+    e.starts_with(TIMED_OUT)
 }
 
 pub async fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Reply, ClientError> {

@@ -5,6 +5,8 @@
 //! - [`expo`]: the Prometheus text format parser (pure).
 //! - [`rules`]: the built-in alert rules sized from the topology, plus `[monitor]` rules.
 //! - [`client`]: a small async HTTP/1.1 client for scrapes and webhooks.
+//! - [`diagram`]: the seed's diagram of the stack, live, and the events seen between
+//!   scrapes (pure).
 //! - [`server`]: the dashboard and the JSON API.
 //!
 //! Each `scrape_interval`, every target is read at once (each with a timeout); the
@@ -16,6 +18,7 @@
 //! target costs one timeout per round, never the round of the others.
 
 pub mod client;
+pub mod diagram;
 pub mod expo;
 pub mod rules;
 pub mod server;
@@ -70,6 +73,12 @@ pub struct TargetHealth {
     pub duration_ms: f64,
     pub samples: usize,
     pub error: Option<String>,
+    /// Scrapes failed in a row (0 when the last one answered).
+    pub fails: u32,
+    /// When it last answered (ms), 0 never.
+    pub last_ok_ms: u64,
+    /// The last scrape got no answer in time (slow, or gone: one more round tells).
+    pub timed_out: bool,
 }
 
 /// A notification sent (or not) to a route.
@@ -101,6 +110,57 @@ pub struct Inner {
     pub counters: Counters,
     /// The db cluster view last read from an agent (`/cluster`).
     pub cluster: Option<Value>,
+    /// The diagram of the last round, to see what the next one changes.
+    pub last_diagram: Option<diagram::Diagram>,
+    /// What changed between scrapes and the alerts' events, newest last (bounded).
+    pub events: VecDeque<DashEvent>,
+    /// Events recorded so far (a page polling knows what is new).
+    pub events_total: u64,
+}
+
+/// Events kept for the dashboard.
+pub const EVENTS_KEPT: usize = 200;
+
+/// One event of the dashboard: a change the monitor saw between two scrapes, or an
+/// alert firing or resolved.
+#[derive(Debug, Clone, Serialize)]
+pub struct DashEvent {
+    pub seq: u64,
+    pub at_ms: u64,
+    /// `down`, `up`, `restart`, `failover`, `takeover`, `ejected`, `back`, `state`, `alert`,
+    /// `resolved`.
+    pub kind: &'static str,
+    pub subject: String,
+    pub text: String,
+}
+
+impl Inner {
+    /// Record an event, forgetting the oldest beyond [`EVENTS_KEPT`].
+    pub fn push_event(&mut self, at_ms: u64, kind: &'static str, subject: String, text: String) {
+        self.events_total += 1;
+        if self.events.len() >= EVENTS_KEPT {
+            self.events.pop_front();
+        }
+        self.events.push_back(DashEvent {
+            seq: self.events_total,
+            at_ms,
+            kind,
+            subject,
+            text,
+        });
+    }
+
+    /// The diagram of what was scraped last.
+    pub fn diagram(&self, m: &Monitor) -> diagram::Diagram {
+        diagram::build(&diagram::Inputs {
+            layout: &m.layout,
+            targets: &m.targets,
+            health: &self.health,
+            store: &self.store,
+            cluster: self.cluster.as_ref(),
+            rate_window_ms: m.rate_window_ms(),
+        })
+    }
 }
 
 /// Everything the scraper and the server share.
@@ -111,6 +171,8 @@ pub struct Monitor {
     pub db_agents: Vec<SocketAddr>,
     pub token: Option<String>,
     pub started_ms: u64,
+    /// The diagram's shape.
+    pub layout: diagram::Layout,
     inner: Mutex<Inner>,
 }
 
@@ -142,6 +204,31 @@ impl Monitor {
             usize::try_from((cfg.retention.as_millis() / interval.as_millis().max(1)).max(2))
                 .unwrap_or(2);
         let mut targets = targets::targets(t);
+        // An lb admin the topology guards with a token file (`[[lb.nodes]]
+        // admin_token_file`, what the separate-hosts rehearsal writes) is read with it. A
+        // file this machine cannot read is no reason not to monitor the rest: the target
+        // then shows the 401 it gets.
+        for n in t.lb.iter().flat_map(|l| &l.nodes) {
+            let (Some(_), Some(file)) = (n.admin, &n.admin_token_file) else {
+                continue;
+            };
+            match std::fs::read_to_string(file) {
+                Ok(tok) if !tok.trim().is_empty() => {
+                    if let Some(tg) = targets
+                        .iter_mut()
+                        .find(|x| x.job == "lb" && x.instance == n.name)
+                    {
+                        tg.bearer = Some(tok.trim().to_string());
+                    }
+                }
+                Ok(_) => {
+                    tracing::warn!(node = %n.name, file = %file.display(), "lb admin token file is empty: scraping without a token")
+                }
+                Err(e) => {
+                    tracing::warn!(node = %n.name, file = %file.display(), error = %e, "cannot read the lb admin token file: scraping without a token")
+                }
+            }
+        }
         for a in lb_admins {
             let Some(tg) = targets
                 .iter_mut()
@@ -156,6 +243,7 @@ impl Monitor {
         Ok(Monitor {
             cluster: t.cluster.clone(),
             db_agents: targets::db_agents(t),
+            layout: diagram::Layout::of(t),
             token,
             started_ms: now_ms(),
             inner: Mutex::new(Inner {
@@ -165,10 +253,18 @@ impl Monitor {
                 notifications: VecDeque::new(),
                 counters: Counters::default(),
                 cluster: None,
+                last_diagram: None,
+                events: VecDeque::new(),
+                events_total: 0,
             }),
             targets,
             cfg,
         })
+    }
+
+    /// Rates on the diagram: the increase over the last 5 s, or 2 rounds when slower.
+    pub fn rate_window_ms(&self) -> u64 {
+        ms(self.cfg.scrape_interval * 2).max(5000)
     }
 
     /// The shared state (never held across an `.await`).
@@ -251,8 +347,17 @@ impl Monitor {
                 Ok(reply) => {
                     h.error = Some(format!("{} {} answered {}", t.addr, t.path, reply.status))
                 }
-                Err(e) => h.error = Some(e),
+                Err(e) => {
+                    h.timed_out = client::is_timeout(&e);
+                    h.error = Some(e);
+                }
             }
+            let prev = &inner.health[i];
+            (h.fails, h.last_ok_ms) = if h.up {
+                (0, now)
+            } else {
+                (prev.fails.saturating_add(1), prev.last_ok_ms)
+            };
             if h.up {
                 inner.counters.scrapes_ok += 1;
             } else {
@@ -296,7 +401,37 @@ impl Monitor {
         inner
             .store
             .prune(now.saturating_sub(ms(self.cfg.retention)));
-        inner.engine.evaluate(&inner.store, now)
+        let events = inner.engine.evaluate(&inner.store, now);
+        let d = inner.diagram(self);
+        if let Some(prev) = inner.last_diagram.take() {
+            for c in diagram::changes(&prev, &d) {
+                inner.push_event(now, c.kind, c.subject, c.text);
+            }
+        }
+        inner.last_diagram = Some(d);
+        for ev in &events {
+            let (kind, a) = match ev {
+                Event::Firing(a) => ("alert", a),
+                Event::Resolved(a) => ("resolved", a),
+            };
+            let subject = a
+                .labels
+                .get("instance")
+                .cloned()
+                .unwrap_or_else(|| a.rule.clone());
+            let text = format!(
+                "{} {}: {}",
+                a.rule,
+                if kind == "alert" {
+                    "firing"
+                } else {
+                    "resolved"
+                },
+                a.summary
+            );
+            inner.push_event(now, kind, subject, text);
+        }
+        events
     }
 
     /// Send events to every route (log lines now, webhooks in the background).
@@ -488,6 +623,27 @@ pub async fn run(o: RunOptions) -> Result<(), MonitorError> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_event_ring_keeps_the_latest_ones() {
+        let t = rampart_topology::Topology::from_source(&rampart_topology::Source::new(
+            "t.toml",
+            "[cluster]\nname = \"a\"\n[monitor]\nlisten = \"127.0.0.1:1\"\n".to_string(),
+        ))
+        .unwrap();
+        let m = Monitor::new(&t, "monitor").unwrap();
+        let mut g = m.lock();
+        for i in 0..(EVENTS_KEPT as u64 + 50) {
+            g.push_event(i, "down", "web1".into(), format!("event {i}"));
+        }
+        assert_eq!(g.events.len(), EVENTS_KEPT);
+        assert_eq!(g.events_total, EVENTS_KEPT as u64 + 50);
+        assert_eq!(g.events.front().map(|e| e.seq), Some(51));
+        assert_eq!(g.events.back().map(|e| e.text.as_str()), Some("event 249"));
+        let j = server::diagram_json(&m, &g, 0);
+        assert_eq!(j["events"][0]["seq"], 250, "newest first");
+        assert_eq!(j["events"].as_array().map(Vec::len), Some(50));
+    }
 
     #[test]
     fn rfc3339_of_known_instants() {

@@ -28,6 +28,7 @@ pub fn router(m: Arc<Monitor>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .route("/api/overview", get(overview))
+        .route("/api/diagram", get(diagram))
         .route("/api/alerts", get(alerts))
         .route("/api/targets", get(targets))
         .route("/api/query", get(query))
@@ -413,6 +414,32 @@ pub fn overview_json(m: &Monitor, inner: &Inner, window_ms: u64) -> Value {
         "alerts": alerts_json(inner),
         "firing": firing,
     })
+}
+
+/// Events the dashboard shows beside the diagram.
+const EVENTS_SHOWN: usize = 50;
+
+/// What the dashboard's diagram needs, in one document: the boxes and arrows of the last
+/// round, the latest events (newest first), and the round counter the page shows.
+pub fn diagram_json(m: &Monitor, inner: &Inner, now_ms: u64) -> Value {
+    let d = inner.diagram(m);
+    json!({
+        "cluster": m.cluster,
+        "now_ms": now_ms,
+        "interval_ms": m.cfg.scrape_interval.as_millis() as u64,
+        "round": inner.counters.rounds,
+        "last_scrape_ms": inner.health.iter().map(|h| h.last_scrape_ms).max().unwrap_or(0),
+        "boxes": d.boxes,
+        "arrows": d.arrows,
+        "events": inner.events.iter().rev().take(EVENTS_SHOWN).collect::<Vec<_>>(),
+        "events_total": inner.events_total,
+        "firing": inner.engine.alerts().filter(|a| a.state == AlertState::Firing).count(),
+    })
+}
+
+async fn diagram(State(m): State<Arc<Monitor>>) -> Json<Value> {
+    let g = m.lock();
+    Json(diagram_json(&m, &g, now_ms()))
 }
 
 #[derive(Deserialize)]

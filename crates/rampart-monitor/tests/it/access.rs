@@ -33,6 +33,13 @@ fn a_token_guards_everything_but_healthz() {
     let a = serve("token_env = \"RAMPART_IT_MONITOR_TOKEN\"");
     assert_eq!(http_get(a, "/healthz").expect("healthz").status, 200);
     assert_eq!(http_get(a, "/api/alerts").expect("alerts").status, 401);
+    assert_eq!(http_get(a, "/api/diagram").expect("diagram").status, 401);
+    assert_eq!(
+        http_get(a, "/api/diagram?token=s3cret")
+            .expect("diagram")
+            .status,
+        200
+    );
     assert_eq!(http_get(a, "/?token=wrong").expect("page").status, 401);
     assert_eq!(http_get(a, "/?token=s3cret").expect("page").status, 200);
     let r = http_request(
@@ -50,6 +57,7 @@ fn a_token_guards_everything_but_healthz() {
 fn addresses_outside_allow_are_refused() {
     let a = serve("allow = [\"10.0.0.0/8\"]");
     assert_eq!(http_get(a, "/api/targets").expect("targets").status, 403);
+    assert_eq!(http_get(a, "/api/diagram").expect("diagram").status, 403);
     let b = serve("allow = [\"127.0.0.1/32\"]");
     assert_eq!(http_get(b, "/api/targets").expect("targets").status, 200);
 }

@@ -166,3 +166,86 @@ scrape_interval = "300ms"
     );
     drop((good, bad, lb));
 }
+
+/// `[[lb.nodes]] admin_token_file` (what the separate-hosts rehearsal writes): the monitor
+/// reads the admin with that token, no `--lb-admin` needed.
+#[test]
+fn the_monitor_reads_an_lb_admin_with_the_topologys_token_file() {
+    let dir = TempDir::new().expect("temp dir");
+    let port = || SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let (site, direct, admin, mon) = (port(), port(), port(), port());
+    let token_file = dir.path().join("lb1.admin-token");
+    std::fs::write(&token_file, "fedcba9876543210fedcba9876543210\n").expect("token");
+    std::fs::create_dir_all(dir.path().join("site")).expect("site");
+    let topo = dir.path().join("rampart.toml");
+    std::fs::write(
+        &topo,
+        format!(
+            r#"[cluster]
+name = "lbtoken"
+
+[[lb.nodes]]
+name = "lb1"
+address = "{direct}"
+admin = "{admin}"
+admin_token_file = "{token}"
+
+[[lb.listener]]
+name = "site"
+address = "{site}"
+pool = "web"
+
+[[lb.pool]]
+name = "web"
+servers = [{{ name = "web1", address = "{web}" }}]
+health_check = {{ kind = "tcp", interval = "500ms" }}
+
+[web]
+root = "site"
+
+[[web.node]]
+name = "web1"
+listen = "{web}"
+
+[monitor]
+listen = "{mon}"
+scrape_interval = "300ms"
+"#,
+            web = port(),
+            token = token_file.display(),
+        ),
+    )
+    .expect("write topology");
+    let mut cmd = Command::new(rampart_bin());
+    cmd.args(["lb", "--config"])
+        .arg(&topo)
+        .args(["--node", "lb1"]);
+    let lb = Proc::spawn("lb1", cmd, &dir.path().join("lb1.log"));
+    assert!(
+        wait_port(admin, Duration::from_secs(10)),
+        "{}",
+        lb.log_text()
+    );
+    assert_eq!(
+        http_get(admin, "/metrics").expect("metrics").status,
+        401,
+        "the admin must need the token"
+    );
+    let mut cmd = Command::new(rampart_bin());
+    cmd.args(["monitor", "--config"])
+        .arg(&topo)
+        .env("RUST_LOG", "info");
+    let monitor = Proc::spawn("monitor", cmd, &dir.path().join("monitor.log"));
+    let scraped = wait_until(Duration::from_secs(20), || {
+        lb1(mon).is_some_and(|t| t["up"] == true && t["mode"] == "metrics")
+    });
+    assert!(
+        scraped,
+        "lb1 not scraped with the topology's token file: {:?}\n{}",
+        lb1(mon),
+        monitor.log_text()
+    );
+    let text = http_get(mon, "/api/targets").expect("targets").text();
+    assert!(!text.contains("fedcba9876543210"), "token shown: {text}");
+    drop((monitor, lb));
+}

@@ -2,5 +2,9 @@
 //! `rampart monitor` processes on loopback.
 
 mod access;
+mod cdp;
+mod dashboard;
 mod lb_admin;
 mod scrape;
+mod up_drills;
+mod up_vips;

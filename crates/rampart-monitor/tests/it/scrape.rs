@@ -353,12 +353,12 @@ fn scrapes_real_nodes_alerts_on_a_dead_one_and_resolves_when_it_returns() {
         "{log}"
     );
 
-    dashboard_smoke(s.mon);
+    dashboard_smoke(s.mon, s.dir.path());
 }
 
 /// The dashboard page, its data, /metrics and /healthz answer; a headless Chromium
 /// screenshot when one is installed.
-fn dashboard_smoke(mon: SocketAddr) {
+fn dashboard_smoke(mon: SocketAddr, dir: &std::path::Path) {
     let page = http_get(mon, "/").expect("dashboard");
     assert_eq!(page.status, 200);
     let html = page.text();
@@ -378,34 +378,27 @@ fn dashboard_smoke(mon: SocketAddr) {
     );
     assert_eq!(http_get(mon, "/nope").expect("404").status, 404);
 
-    let chromium = ["chromium", "chromium-browser", "google-chrome"]
-        .iter()
-        .find_map(|n| rampart_testkit::find_program(n, &["/usr/bin", "/snap/bin"]));
-    let Some(chromium) = chromium else {
+    let Some(chromium) = crate::cdp::chromium() else {
         eprintln!("no chromium: dashboard screenshot skipped");
         return;
     };
+    // The page in real time over DevTools (every call has a deadline): the command line's
+    // --virtual-time-budget could hang with a page that keeps polling.
     let out = rampart_testkit::target_dir().join("monitor-dashboard.png");
     let _ = std::fs::remove_file(&out);
-    let status = Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--hide-scrollbars",
-            "--window-size=1400,1100",
-            "--virtual-time-budget=4000",
-        ])
-        .arg(format!("--screenshot={}", out.display()))
-        .arg(format!("http://{mon}/"))
-        .status()
-        .expect("run chromium");
-    assert!(status.success());
-    let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+    let mut b = crate::cdp::Browser::open(&chromium, &format!("http://{mon}/"), dir, (1400, 1100));
+    let drawn = wait_until(Duration::from_secs(20), || {
+        b.eval("Number(document.body ? document.body.dataset.diagramUpdates || 0 : 0)")
+            .is_ok_and(|v| v.as_u64() >= Some(1))
+    });
+    assert!(drawn, "the dashboard drew nothing\n{}", b.log_text());
+    let png = b.screenshot().expect("screenshot");
+    std::fs::write(&out, &png).expect("write screenshot");
     assert!(
-        size > 20_000,
-        "screenshot {} is {size} bytes",
-        out.display()
+        png.len() > 20_000,
+        "screenshot {} is {} bytes",
+        out.display(),
+        png.len()
     );
     eprintln!("dashboard screenshot: {}", out.display());
 }
