@@ -39,12 +39,15 @@
 
 mod ewma;
 pub mod health;
+mod heap;
+mod leastconn;
 mod maglev;
 pub mod outlier;
 mod retry;
 mod rng;
 mod select;
 mod slow_start;
+mod wrr;
 
 #[cfg(test)]
 mod testset;
