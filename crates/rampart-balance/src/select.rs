@@ -168,7 +168,7 @@ impl Balancer {
         drop(old);
     }
 
-    /// Smooth weighted round robin from the WF2Q schedule ([`crate::wrr`]), `O(log n)`.
+    /// Smooth weighted round robin from the WF2Q schedule (`wrr.rs`), `O(log n)`.
     /// A server whose weight is ramping up (slow start: `weight < table_weight`) keeps its
     /// turns but takes each with probability `weight / table_weight`; a turn it declines, or
     /// one of a server ineligible for this request, goes to the next in the schedule.
@@ -745,6 +745,205 @@ mod tests {
             s.in_flight[worst] = 5;
             for _ in 0..50 {
                 prop_assert_ne!(b.pick(&s, 0), Some(worst));
+            }
+        }
+    }
+
+    /// A [`ServerSet`] that counts how many servers a pick reads: the cost of a pick in
+    /// memory touched, which must not grow with the pool.
+    struct Counting {
+        inner: TestSet,
+        reads: std::cell::Cell<usize>,
+    }
+
+    impl ServerSet for Counting {
+        fn len(&self) -> usize {
+            self.inner.len()
+        }
+        fn weight(&self, i: usize) -> u32 {
+            self.reads.set(self.reads.get() + 1);
+            self.inner.weight(i)
+        }
+        fn table_weight(&self, i: usize) -> u32 {
+            self.inner.table_weight(i)
+        }
+        fn in_flight(&self, i: usize) -> u32 {
+            self.reads.set(self.reads.get() + 1);
+            self.inner.in_flight(i)
+        }
+        fn latency_ns(&self, i: usize) -> f64 {
+            self.reads.set(self.reads.get() + 1);
+            self.inner.latency_ns(i)
+        }
+        fn id(&self, i: usize) -> &str {
+            self.reads.set(self.reads.get() + 1);
+            self.inner.id(i)
+        }
+    }
+
+    #[test]
+    fn a_pick_reads_a_bounded_number_of_servers_at_any_pool_size() {
+        for a in Algorithm::ALL {
+            let mut most = Vec::new();
+            for n in [2usize, 100, 10_000] {
+                let weights: Vec<u32> = (0..n).map(|i| 1 + (i % 3) as u32).collect();
+                let mut set = Counting {
+                    inner: TestSet::with_weights(&weights),
+                    reads: std::cell::Cell::new(0),
+                };
+                // A few servers down, told through update as the lb does.
+                let b = Balancer::new(a, 5);
+                b.rebuild(&set);
+                for i in (0..n).step_by(7).take(5) {
+                    set.inner.weights[i] = 0;
+                    b.update(&set, i);
+                }
+                let mut worst = 0;
+                for k in 0..5_000u64 {
+                    set.reads.set(0);
+                    let i = b.pick(&set, hash_key(&k.to_be_bytes())).unwrap();
+                    worst = worst.max(set.reads.get());
+                    // The request runs and ends (least connections hears of both).
+                    set.inner.in_flight[i] += 1;
+                    if k % 3 == 0 {
+                        set.inner.in_flight[i] -= 1;
+                        b.load_changed(&set, i);
+                    }
+                }
+                most.push(worst);
+            }
+            // Same bound at 2 and at 10,000 servers (reads of one server's fields).
+            assert!(
+                most.iter().all(|&m| m <= 12),
+                "{a}: {most:?} reads per pick at 2, 100, 10000"
+            );
+        }
+    }
+
+    fn updates_strategy() -> impl Strategy<Value = Vec<(usize, u32)>> {
+        prop::collection::vec(
+            (0usize..10, prop_oneof![1 => Just(0u32), 3 => 1u32..=6]),
+            0..12,
+        )
+    }
+
+    proptest! {
+        /// Round robin after servers joined, left and changed weight one at a time (no
+        /// rebuild): over any window of k whole cycles each server's picks are within 2 of
+        /// its exact share, and from a rebuild the shares are exact again.
+        #[test]
+        fn wrr_stays_fair_through_incremental_changes(
+            weights in weights_strategy(),
+            warm in 0usize..30,
+            updates in updates_strategy(),
+            cycles in 1usize..5,
+        ) {
+            let mut s = TestSet::with_weights(&weights);
+            let b = Balancer::new(Algorithm::RoundRobin, 0);
+            b.rebuild(&s);
+            for (i, w) in updates {
+                for _ in 0..warm % 7 {
+                    b.pick(&s, 0);
+                }
+                if i < s.weights.len() {
+                    s.weights[i] = w;
+                    b.update(&s, i);
+                }
+            }
+            let total: u32 = s.weights.iter().sum();
+            if total == 0 {
+                prop_assert!(b.pick(&s, 0).is_none());
+                return Ok(());
+            }
+            let n = total as usize * cycles;
+            let mut c = vec![0usize; s.weights.len()];
+            for _ in 0..n {
+                c[b.pick(&s, 0).unwrap()] += 1;
+            }
+            for (i, &w) in s.weights.iter().enumerate() {
+                let want = w as usize * cycles;
+                prop_assert!(c[i] + 2 >= want && c[i] <= want + 2, "server {} got {} want {} weights {:?}", i, c[i], want, s.weights);
+            }
+            b.rebuild(&s);
+            let mut c = vec![0usize; s.weights.len()];
+            for _ in 0..n {
+                c[b.pick(&s, 0).unwrap()] += 1;
+            }
+            for (i, &w) in s.weights.iter().enumerate() {
+                prop_assert_eq!(c[i], w as usize * cycles);
+            }
+        }
+
+        /// Least connections through requests starting and ending in any order, servers
+        /// going down and up and changing weight (each told through update / load_changed):
+        /// every pick is a server of least (in_flight + 1) / weight.
+        #[test]
+        fn least_connections_picks_a_minimum_as_load_comes_and_goes(
+            weights in weights_strategy(),
+            ops in prop::collection::vec((0u8..4, 0usize..10, 0u32..=5), 1..200),
+        ) {
+            let b = Balancer::new(Algorithm::LeastConnections, 0);
+            let mut s = TestSet::with_weights(&weights);
+            b.rebuild(&s);
+            let mut running: Vec<usize> = Vec::new();
+            for (op, x, w) in ops {
+                match op {
+                    0 | 1 => {
+                        let Some(i) = b.pick(&s, 0) else {
+                            prop_assert!(s.weights.iter().all(|&w| w == 0));
+                            continue;
+                        };
+                        for (j, &wj) in s.weights.iter().enumerate() {
+                            if wj > 0 {
+                                // (f_i + 1) / w_i <= (f_j + 1) / w_j, in integers.
+                                let lhs = (u64::from(s.in_flight[i]) + 1) * u64::from(wj);
+                                let rhs = (u64::from(s.in_flight[j]) + 1) * u64::from(s.weights[i]);
+                                prop_assert!(lhs <= rhs, "picked {} over {}: in flight {:?} weights {:?}", i, j, s.in_flight, s.weights);
+                            }
+                        }
+                        s.in_flight[i] += 1;
+                        running.push(i);
+                    }
+                    2 => {
+                        if !running.is_empty() {
+                            let i = running.swap_remove(x % running.len());
+                            s.in_flight[i] -= 1;
+                            b.load_changed(&s, i);
+                        }
+                    }
+                    _ => {
+                        if x < s.weights.len() {
+                            s.weights[x] = w;
+                            b.update(&s, x);
+                        }
+                    }
+                }
+            }
+        }
+
+        /// Source-IP hash: a server going down (told through update, no rebuild) moves only
+        /// its own clients, and they come back to it when it returns.
+        #[test]
+        fn hash_down_moves_only_its_clients(n in 2usize..12, down_seed in 0usize..100) {
+            let down = down_seed % n;
+            let b = Balancer::new(Algorithm::SourceIpHash, 0).with_maglev_table_size(2_003);
+            let mut s = TestSet::with_weights(&vec![1; n]);
+            b.rebuild(&s);
+            let keys: Vec<u64> = (0..2_000u32).map(|k| hash_key(&k.to_be_bytes())).collect();
+            let before: Vec<usize> = keys.iter().map(|&k| b.pick(&s, k).unwrap()).collect();
+            s.weights[down] = 0;
+            b.update(&s, down);
+            for (&k, &was) in keys.iter().zip(&before) {
+                let now = b.pick(&s, k).unwrap();
+                prop_assert_ne!(now, down);
+                if was != down {
+                    prop_assert_eq!(now, was);
+                }
+            }
+            s.weights[down] = 1;
+            b.update(&s, down);
+            for (&k, &was) in keys.iter().zip(&before) {
+                prop_assert_eq!(b.pick(&s, k).unwrap(), was);
             }
         }
     }
