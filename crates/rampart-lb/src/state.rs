@@ -164,6 +164,9 @@ pub struct ServerState {
     pub last_check: Mutex<Option<CheckRecord>>,
     /// Cancelled when the server leaves its pool: its health check task ends.
     pub stop_checks: CancellationToken,
+    /// Its index in the newest generation of its pool (`index_of` in `O(1)`: a health
+    /// check result must not search 10,000 servers).
+    index_hint: AtomicU32,
 }
 
 impl ServerState {
@@ -192,6 +195,7 @@ impl ServerState {
             stats: Counters::new(workers),
             last_check: Mutex::new(None),
             stop_checks: CancellationToken::new(),
+            index_hint: AtomicU32::new(u32::MAX),
         }
     }
 
@@ -364,8 +368,10 @@ impl PoolState {
     ) -> PoolState {
         let name = &cfg.name;
         let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        for s in &servers {
+        for (i, s) in servers.iter().enumerate() {
             s.ewma.set_decay_ns(ns(cfg.lrt_decay));
+            s.index_hint
+                .store(u32::try_from(i).unwrap_or(u32::MAX), Ordering::Relaxed);
         }
         let p = PoolState {
             lrt_penalty_ns: ns(cfg.lrt_penalty.unwrap_or(cfg.timeouts.response)),
@@ -459,7 +465,13 @@ impl PoolState {
         }
     }
 
+    /// Where server `s` is in this generation: `O(1)` for the newest generation (the
+    /// server's hint), a search otherwise.
     pub fn index_of(&self, s: &Arc<ServerState>) -> Option<usize> {
+        let hint = s.index_hint.load(Ordering::Relaxed) as usize;
+        if self.servers.get(hint).is_some_and(|x| Arc::ptr_eq(x, s)) {
+            return Some(hint);
+        }
         self.servers.iter().position(|x| Arc::ptr_eq(x, s))
     }
 
