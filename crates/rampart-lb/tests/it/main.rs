@@ -13,6 +13,7 @@ mod ops;
 mod outlier;
 mod postgres;
 mod protocols;
+mod scale;
 mod support;
 mod tls;
 mod vrrp;
