@@ -168,32 +168,49 @@ impl<K: Ord + Copy> IndexedHeap<K> {
         self.pos[self.heap[b].1 as usize] = b as u32;
     }
 
+    /// Move the entry at `p` up to its place: the entries it passes move down one level
+    /// each (one write apiece, no swaps), the entry is written once.
     fn sift_up(&mut self, mut p: usize) {
+        let e = self.heap[p];
         while p > 0 {
             let parent = (p - 1) / 2;
-            if !self.less(p, parent) {
+            let up = self.heap[parent];
+            if e >= up {
                 break;
             }
-            self.swap(p, parent);
+            self.heap[p] = up;
+            self.pos[up.1 as usize] = p as u32;
             p = parent;
         }
+        self.heap[p] = e;
+        self.pos[e.1 as usize] = p as u32;
     }
 
+    /// Move the entry at `p` down to its place (the smaller child moves up each level).
     fn sift_down(&mut self, mut p: usize) {
         let n = self.heap.len();
+        let e = self.heap[p];
         loop {
             let l = 2 * p + 1;
             if l >= n {
                 break;
             }
             let r = l + 1;
-            let c = if r < n && self.less(r, l) { r } else { l };
-            if !self.less(c, p) {
+            let c = if r < n && self.heap[r] < self.heap[l] {
+                r
+            } else {
+                l
+            };
+            let down = self.heap[c];
+            if down >= e {
                 break;
             }
-            self.swap(p, c);
+            self.heap[p] = down;
+            self.pos[down.1 as usize] = p as u32;
             p = c;
         }
+        self.heap[p] = e;
+        self.pos[e.1 as usize] = p as u32;
     }
 
     /// Visit entries in ascending order of `(key, server)`, at most `limit` of them, until

@@ -1,6 +1,5 @@
 //! Exact weighted least connections in `O(log n)` per pick: the servers sit in an indexed
-//! min-heap keyed by `(in_flight + 1) / weight` (exact rationals), then by when the key was
-//! last set, so servers that tie for the minimum take turns (HAProxy's leastconn tree does
+//! min-heap keyed by `(in_flight + 1) / weight`, then by when the key was last set, so servers that tie for the minimum take turns (HAProxy's leastconn tree does
 //! the same). The caller keeps keys true: a pick charges the chosen server one request (the
 //! caller takes the slot right after), [`LeastConn::refresh`] re-reads a server when its
 //! load ends or its eligibility changes. Keys that went stale anyway (a missed update, a
@@ -8,18 +7,28 @@
 //! re-reading one more server per pick in rotation, so every key is re-read at least every
 //! `n` picks.
 
-use crate::heap::{Frac, IndexedHeap};
+use crate::heap::IndexedHeap;
 use crate::ServerSet;
 
 /// How many servers in ascending order a pick considers before scanning all of them
 /// (the first ones may be ineligible for this request: already tried, or full).
 const CANDIDATES: usize = 8;
 
+/// `cost << 64 | seq`: the cost first, then when the key was set (older first among equal
+/// costs), compared as one integer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Key {
-    cost: Frac,
-    /// When the key was set: older first among equal costs.
-    seq: u64,
+struct Key(u128);
+
+impl Key {
+    fn new(cost: u64, seq: u64) -> Key {
+        Key(u128::from(cost) << 64 | u128::from(seq))
+    }
+    fn cost(self) -> u64 {
+        (self.0 >> 64) as u64
+    }
+    fn seq(self) -> u64 {
+        self.0 as u64
+    }
 }
 
 #[derive(Debug)]
@@ -29,8 +38,15 @@ pub(crate) struct LeastConn {
     sweep: usize,
 }
 
-fn cost(in_flight: u32, w: u32) -> Frac {
-    Frac::new(u64::from(in_flight) + 1, u64::from(w))
+/// The most weight the cost tells apart exactly.
+const MAX_EXACT_WEIGHT: u64 = 0xffff;
+
+/// `(in_flight + 1) / weight` in 32.32 fixed point. Exact as an order: two different ratios
+/// with weights up to 65,535 differ by at least `2^-32`, so their fixed-point values differ
+/// (greater weights count as 65,535; the lb's are at most 256).
+fn cost(in_flight: u32, w: u32) -> u64 {
+    let load = (u64::from(in_flight) + 1).min(u64::from(u32::MAX));
+    (load << 32) / u64::from(w).clamp(1, MAX_EXACT_WEIGHT)
 }
 
 impl LeastConn {
@@ -56,13 +72,7 @@ impl LeastConn {
             let w = servers.weight(i);
             if w > 0 {
                 let seq = self.next_seq();
-                items.push((
-                    Key {
-                        cost: cost(servers.in_flight(i), w),
-                        seq,
-                    },
-                    i,
-                ));
+                items.push((Key::new(cost(servers.in_flight(i), w), seq), i));
             }
         }
         self.heap.build(items);
@@ -96,12 +106,12 @@ impl LeastConn {
     }
 
     /// Set `i`'s cost; a new turn (seq) only when the cost changed.
-    fn rekey(&mut self, i: usize, c: Frac) {
+    fn rekey(&mut self, i: usize, c: u64) {
         match self.heap.key(i) {
-            Some(k) if k.cost == c => {}
+            Some(k) if k.cost() == c => {}
             _ => {
                 let seq = self.next_seq();
-                self.heap.set(i, Key { cost: c, seq });
+                self.heap.set(i, Key::new(c, seq));
             }
         }
     }
@@ -132,7 +142,7 @@ impl LeastConn {
                     return false;
                 }
                 let c = cost(servers.in_flight(i), w);
-                if c != k.cost {
+                if c != k.cost() {
                     stale = Some((i, c));
                 }
                 true
@@ -159,14 +169,14 @@ impl LeastConn {
     /// The exact answer the slow way: every server's live cost, `O(n)`; ties go to the
     /// oldest key.
     fn scan<S: ServerSet + ?Sized>(&self, servers: &S) -> Option<usize> {
-        let mut best: Option<(Frac, u64, usize)> = None;
+        let mut best: Option<(u64, u64, usize)> = None;
         for i in 0..servers.len() {
             let w = servers.weight(i);
             if w == 0 {
                 continue;
             }
             let c = cost(servers.in_flight(i), w);
-            let seq = self.heap.key(i).map_or(u64::MAX, |k| k.seq);
+            let seq = self.heap.key(i).map_or(u64::MAX, Key::seq);
             if best.is_none_or(|(bc, bs, _)| (c, seq) < (bc, bs)) {
                 best = Some((c, seq, i));
             }

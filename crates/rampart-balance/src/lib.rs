@@ -24,9 +24,10 @@
 //!   in one short `Mutex` critical section; exact weighted shares over every cycle of
 //!   `sum(weights)` picks from a rebuild, never a whole pick ahead of the ideal share nor two
 //!   behind (interleaved like nginx's smooth round robin, not the same sequence);
-//! * least connections (**exact**): an indexed heap keyed by `(in_flight + 1) / weight`
-//!   (`leastconn.rs`), turns among ties; `O(log n)` per pick and per
-//!   [`Balancer::load_changed`] (the caller reports each request's end), under a `Mutex`;
+//! * least connections (**exact**, for weights up to 65,535): an indexed heap keyed by
+//!   `(in_flight + 1) / weight` in 32.32 fixed point (`leastconn.rs`), turns among ties;
+//!   `O(log n)` per pick and per [`Balancer::load_changed`] (the caller reports each
+//!   request's end), under a `Mutex`;
 //! * least response time, random two choices (**approximate** by design: power of two
 //!   choices): lock-free; one atomic add on the random state and, while most servers are
 //!   eligible, `O(1)` reads of two servers;
@@ -37,6 +38,11 @@
 //!
 //! One server going up, down or changing weight is `O(log n)` through [`Balancer::update`]
 //! for round robin and least connections (no rebuild).
+//!
+//! `examples/pick_cost.rs` measures ns per pick by pool size (one thread, 64 requests in
+//! flight); on the 2-core dev machine, busy with other builds: round robin 50-90 ns at 2
+//! servers, 170-280 at 1,000, 210-240 at 10,000; least connections 65-85, 105-180, 110-280;
+//! the others 20-110 ns at every size.
 
 #![forbid(unsafe_code)]
 // Tests may unwrap: a panic there is a failed test, not a crash on user input.
