@@ -181,7 +181,7 @@ impl Wrr {
                 }
             }
         }
-        self.rotation = uniform.then(|| Rotation {
+        self.rotation = uniform.then_some(Rotation {
             members: bits,
             cursor: 0,
         });
