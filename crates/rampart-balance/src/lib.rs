@@ -21,9 +21,11 @@
 //! the servers a pick reads: the same bound at 2 and at 10,000 servers). Per algorithm:
 //!
 //! * round robin (**exact**): WF2Q's schedule over two indexed heaps (`wrr.rs`), `O(log n)`
-//!   in one short `Mutex` critical section; exact weighted shares over every cycle of
-//!   `sum(weights)` picks from a rebuild, never a whole pick ahead of the ideal share nor two
-//!   behind (interleaved like nginx's smooth round robin, not the same sequence);
+//!   in one short `Mutex` critical section, or, while all weights are equal, the same
+//!   schedule as a rotation over a two-level bit set, `O(1)`; exact weighted shares over
+//!   every cycle of `sum(weights)` picks from a rebuild, never a whole pick ahead of the ideal
+//!   share nor two behind (interleaved like nginx's smooth round robin, not the same
+//!   sequence);
 //! * least connections (**exact**, for weights up to 65,535): an indexed heap keyed by
 //!   `(in_flight + 1) / weight` in 32.32 fixed point (`leastconn.rs`), turns among ties;
 //!   `O(log n)` per pick and per [`Balancer::load_changed`] (the caller reports each
@@ -40,9 +42,9 @@
 //! for round robin and least connections (no rebuild).
 //!
 //! `examples/pick_cost.rs` measures ns per pick by pool size (one thread, 64 requests in
-//! flight); on the 2-core dev machine, busy with other builds: round robin 50-90 ns at 2
-//! servers, 170-280 at 1,000, 210-240 at 10,000; least connections 65-85, 105-180, 110-280;
-//! the others 20-110 ns at every size.
+//! flight); on the 2-core dev machine, busy with other builds: round robin (equal weights)
+//! 30-90 ns at 2, 1,000 and 10,000 servers; least connections 65-120 ns at 2 servers,
+//! 105-280 at 1,000, 110-390 at 10,000; the others 20-250 ns at every size.
 
 #![forbid(unsafe_code)]
 // Tests may unwrap: a panic there is a failed test, not a crash on user input.
