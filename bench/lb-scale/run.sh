@@ -86,7 +86,7 @@ done
 [ "$(nproc)" -ge 2 ] || die "needs 2 CPUs (balancer on CPU 0, load and backends on CPU 1)"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 nofile=$(ulimit -n)
-if [ "$nofile" != unlimited ] && [ "$nofile" -lt $((2 * n_addrs + 2000)) ]; then
+if [ "$nofile" != unlimited ] && [ "$nofile" -lt $((n_addrs + 4000)) ]; then
   die "open-file limit $nofile is too low for $n_addrs servers"
 fi
 clk_tck=$(getconf CLK_TCK)
