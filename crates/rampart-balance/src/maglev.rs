@@ -125,6 +125,15 @@ impl Table {
         self.size
     }
 
+    /// Whether server `i` (by index and id) has slots in this table. `O(log n)`.
+    pub(crate) fn holds<S: ServerSet + ?Sized>(&self, servers: &S, i: usize) -> bool {
+        // Backends are in index order (built by one pass over the set).
+        match self.backends.binary_search_by_key(&i, |b| b.index) {
+            Ok(p) => servers.id(i) == &*self.backends[p].id,
+            Err(_) => false,
+        }
+    }
+
     /// The server for `key`: the table's choice while it is still eligible; otherwise the
     /// next slots' choices; otherwise weighted rendezvous hashing over the eligible servers.
     /// Deterministic for a given table and server view.

@@ -1,14 +1,19 @@
 //! [`Balancer`]: the five selection algorithms over a [`ServerSet`].
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Mutex, MutexGuard, RwLock};
 
+use crate::leastconn::LeastConn;
 use crate::maglev::{self, Table};
 use crate::rng::Rng;
+use crate::wrr::Wrr;
 use crate::{Algorithm, ServerSet};
 
 /// How many random draws the two-choice algorithms try before counting eligible servers.
 const RANDOM_TRIES: usize = 4;
+
+/// How many servers of the round-robin schedule a pick may pass over (ineligible for this
+/// request: already tried, full, or out since the last update) before scanning.
+const RR_TRIES: usize = 8;
 
 /// Chooses servers of one pool with one [`Algorithm`]. `Send + Sync`; share it by reference
 /// or `Arc` among all workers.
@@ -19,14 +24,18 @@ const RANDOM_TRIES: usize = 4;
 pub struct Balancer {
     algorithm: Algorithm,
     rng: Rng,
-    /// Rotation among least-connections ties.
-    cursor: AtomicUsize,
-    /// Smooth weighted round robin: the current weight of every server.
-    swrr: Mutex<Vec<i64>>,
+    /// Round robin: the WF2Q schedule.
+    wrr: Mutex<Wrr>,
+    /// Least connections: servers by load.
+    lc: Mutex<LeastConn>,
     /// Source-IP hash: the Maglev table (replaced whole by `rebuild`).
     maglev: RwLock<Table>,
     /// Requested minimum Maglev table size (rounded up to a prime).
     maglev_size: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Balancer {
@@ -35,8 +44,8 @@ impl Balancer {
         Balancer {
             algorithm,
             rng: Rng::new(seed),
-            cursor: AtomicUsize::new(0),
-            swrr: Mutex::new(Vec::new()),
+            wrr: Mutex::new(Wrr::default()),
+            lc: Mutex::new(LeastConn::new()),
             maglev: RwLock::new(Table::empty()),
             maglev_size: maglev::DEFAULT_TABLE_SIZE,
         }
@@ -55,25 +64,35 @@ impl Balancer {
         self.algorithm
     }
 
+    /// Whether [`load_changed`](Self::load_changed) does anything (least connections keeps
+    /// its servers ordered by load); callers may skip building its view otherwise.
+    pub fn tracks_load(&self) -> bool {
+        self.algorithm == Algorithm::LeastConnections
+    }
+
     /// Choose a server with weight > 0. `hash_key` is the hashed client IP (used by
     /// SourceIpHash only, see [`crate::hash_key`]). None when no server is eligible.
     ///
-    /// Never allocates (except round robin growing its state when the set grew without a
-    /// `rebuild`), never returns an index `>= servers.len()` or one whose weight read 0.
+    /// Never allocates (except on the first pick, or when the set grew without a `rebuild`:
+    /// round robin and least connections then size their state), never returns an index
+    /// `>= servers.len()` or one whose weight read 0. Least connections counts the chosen
+    /// server as one request busier: the caller takes its slot (and calls
+    /// [`load_changed`](Self::load_changed) when it ends).
     pub fn pick<S: ServerSet + ?Sized>(&self, servers: &S, hash_key: u64) -> Option<usize> {
         match self.algorithm {
-            Algorithm::RoundRobin => self.pick_swrr(servers),
-            Algorithm::LeastConnections => self.pick_least_connections(servers),
+            Algorithm::RoundRobin => self.pick_wrr(servers),
+            Algorithm::LeastConnections => lock(&self.lc).pick(servers),
             Algorithm::LeastResponseTime => self.pick_two(servers, response_cost),
             Algorithm::SourceIpHash => self.pick_hash(servers, hash_key),
             Algorithm::RandomTwoChoices => self.pick_two(servers, load_cost),
         }
     }
 
-    /// Membership or eligibility changed (server added/removed, went up/down): rebuild
-    /// internal tables (the Maglev lookup table, round-robin state sized to len()).
-    /// pick() stays correct even if rebuild was not called after a change; rebuild just
-    /// restores the ideal distribution.
+    /// Membership or eligibility changed (servers added/removed, several went up/down):
+    /// rebuild internal state from scratch: round robin's schedule (`O(n)`), least
+    /// connections' heap (`O(n)`), the Maglev lookup table. pick() stays correct even if
+    /// rebuild was not called after a change; rebuild just restores the ideal distribution.
+    /// When a single server changed, [`update`](Self::update) is cheaper.
     ///
     /// Call it once after creating the balancer too: until the first rebuild, source-IP hash
     /// falls back to weighted rendezvous hashing (`O(n)` hashing of ids per pick), which maps
@@ -83,106 +102,108 @@ impl Balancer {
     pub fn rebuild<S: ServerSet + ?Sized>(&self, servers: &S) {
         match self.algorithm {
             Algorithm::RoundRobin => {
-                let mut cur = self.swrr.lock().unwrap_or_else(|e| e.into_inner());
-                cur.clear();
-                cur.resize(servers.len(), 0);
+                let members = rr_members(servers);
+                lock(&self.wrr).rebuild(servers.len(), members);
             }
-            Algorithm::SourceIpHash => {
-                // Build outside the lock; readers keep using the old table meanwhile.
-                let table = Table::build(servers, self.maglev_size);
-                let old = {
-                    let mut t = self.maglev.write().unwrap_or_else(|e| e.into_inner());
-                    std::mem::replace(&mut *t, table)
+            Algorithm::LeastConnections => lock(&self.lc).rebuild(servers),
+            Algorithm::SourceIpHash => self.rebuild_table(servers),
+            Algorithm::LeastResponseTime | Algorithm::RandomTwoChoices => {}
+        }
+    }
+
+    /// Server `i` alone went up or down, or its weight changed (`servers` as for
+    /// [`rebuild`](Self::rebuild)). Round robin and least connections: `O(log n)`. Source-IP
+    /// hash: a server that left keeps its table slots (lookups pass over it to the next
+    /// slot's server, so only its own clients move, and come back when it does); one that
+    /// joined or changed weight rebuilds the table.
+    pub fn update<S: ServerSet + ?Sized>(&self, servers: &S, i: usize) {
+        match self.algorithm {
+            Algorithm::RoundRobin => {
+                let w = if i < servers.len() && servers.weight(i) > 0 {
+                    rr_weight(servers, i)
+                } else {
+                    0
                 };
-                drop(old);
+                let mut s = lock(&self.wrr);
+                if s.servers() < servers.len() {
+                    // Never built for this many servers: build it whole.
+                    s.rebuild(servers.len(), rr_members(servers));
+                } else {
+                    s.set(i, w);
+                }
             }
-            Algorithm::LeastConnections
-            | Algorithm::LeastResponseTime
-            | Algorithm::RandomTwoChoices => {}
-        }
-    }
-
-    /// nginx's smooth weighted round robin: every eligible server's current weight grows by
-    /// its weight, the largest current weight wins and is lowered by the total. Over any
-    /// `sum(weights)` picks from a rebuild each server is chosen exactly `weight` times, and
-    /// the heavy server's picks are interleaved with the others' rather than bunched.
-    fn pick_swrr<S: ServerSet + ?Sized>(&self, servers: &S) -> Option<usize> {
-        let n = servers.len();
-        let mut cur = self.swrr.lock().unwrap_or_else(|e| e.into_inner());
-        if cur.len() != n {
-            // The set changed without a rebuild: keep what we know, start new servers at 0.
-            cur.resize(n, 0);
-        }
-        let mut total: i64 = 0;
-        let mut best: Option<usize> = None;
-        let mut best_cur = i64::MIN;
-        for (i, c) in cur.iter_mut().enumerate() {
-            let w = servers.weight(i);
-            if w == 0 {
-                continue;
-            }
-            let w = i64::from(w);
-            *c += w;
-            total += w;
-            if *c > best_cur {
-                best_cur = *c;
-                best = Some(i);
-            }
-        }
-        let b = best?;
-        cur[b] -= total;
-        Some(b)
-    }
-
-    /// Minimise `(in_flight + 1) / weight`; rotate among the servers that tie for the minimum.
-    fn pick_least_connections<S: ServerSet + ?Sized>(&self, servers: &S) -> Option<usize> {
-        let n = servers.len();
-        // Pass 1: the minimum cost (as a fraction num/den) and how many servers reach it.
-        let mut best: Option<(usize, u64, u64)> = None;
-        let mut ties = 0usize;
-        for i in 0..n {
-            let w = servers.weight(i);
-            if w == 0 {
-                continue;
-            }
-            let num = u64::from(servers.in_flight(i)) + 1;
-            let den = u64::from(w);
-            match best {
-                Some((_, bn, bd)) => match (num * bd).cmp(&(bn * den)) {
-                    std::cmp::Ordering::Less => {
-                        best = Some((i, num, den));
-                        ties = 1;
+            Algorithm::LeastConnections => lock(&self.lc).update(servers, i),
+            Algorithm::SourceIpHash => {
+                if i < servers.len() && servers.weight(i) > 0 {
+                    let current = self
+                        .maglev
+                        .read()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .holds(servers, i);
+                    if !current {
+                        self.rebuild_table(servers);
                     }
-                    std::cmp::Ordering::Equal => ties += 1,
-                    std::cmp::Ordering::Greater => {}
-                },
-                None => {
-                    best = Some((i, num, den));
-                    ties = 1;
                 }
             }
+            Algorithm::LeastResponseTime | Algorithm::RandomTwoChoices => {}
         }
-        let (first, bn, bd) = best?;
-        if ties == 1 {
-            return Some(first);
+    }
+
+    /// The load (in flight) of server `i` changed: a request on it ended, or a slot taken
+    /// after a pick was given back unused. `O(log n)` for least connections, nothing for the
+    /// other algorithms (see [`tracks_load`](Self::tracks_load)).
+    pub fn load_changed<S: ServerSet + ?Sized>(&self, servers: &S, i: usize) {
+        if self.algorithm == Algorithm::LeastConnections {
+            lock(&self.lc).refresh(servers, i);
         }
-        // Pass 2: the k-th tied server, k rotating. Counters may have moved meanwhile; if
-        // the k-th is gone, the pass-1 winner is still a fine answer.
-        let mut k = self.cursor.fetch_add(1, Ordering::Relaxed) % ties;
-        for i in first..n {
-            let w = servers.weight(i);
-            if w == 0 {
-                continue;
+    }
+
+    fn rebuild_table<S: ServerSet + ?Sized>(&self, servers: &S) {
+        // Build outside the lock; readers keep using the old table meanwhile.
+        let table = Table::build(servers, self.maglev_size);
+        let old = {
+            let mut t = self.maglev.write().unwrap_or_else(|e| e.into_inner());
+            std::mem::replace(&mut *t, table)
+        };
+        drop(old);
+    }
+
+    /// Smooth weighted round robin from the WF2Q schedule (`wrr.rs`), `O(log n)`.
+    /// A server whose weight is ramping up (slow start: `weight < table_weight`) keeps its
+    /// turns but takes each with probability `weight / table_weight`; a turn it declines, or
+    /// one of a server ineligible for this request, goes to the next in the schedule.
+    fn pick_wrr<S: ServerSet + ?Sized>(&self, servers: &S) -> Option<usize> {
+        let n = servers.len();
+        {
+            let mut s = lock(&self.wrr);
+            if s.servers() != n {
+                // The set changed without a rebuild: start over on what it is now.
+                s.rebuild(n, rr_members(servers));
             }
-            let num = u64::from(servers.in_flight(i)) + 1;
-            if num * bd == bn * u64::from(w) {
-                if k == 0 {
-                    return Some(i);
+            for _ in 0..RR_TRIES {
+                let Some(i) = s.next() else {
+                    break;
+                };
+                if i >= n {
+                    continue;
                 }
-                k -= 1;
+                let w = u64::from(servers.weight(i));
+                if w == 0 {
+                    continue;
+                }
+                let full = s.weight(i);
+                if w < full && (self.rng.below(full as usize) as u64) >= w {
+                    continue;
+                }
+                return Some(i);
             }
         }
-        Some(first)
+        // Several turns in a row were not taken (a burst of ineligible servers): any
+        // eligible server, from a random place.
+        let start = if n > 0 { self.rng.below(n) } else { 0 };
+        (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&i| servers.weight(i) > 0)
     }
 
     /// Source-IP hash through the Maglev table (rendezvous hashing before the first rebuild).
@@ -279,6 +300,19 @@ impl Balancer {
     }
 }
 
+/// A server's weight in the round-robin schedule: its `table_weight` (without slow start),
+/// at least its current weight and 1.
+fn rr_weight<S: ServerSet + ?Sized>(servers: &S, i: usize) -> u64 {
+    u64::from(servers.table_weight(i).max(servers.weight(i)).max(1))
+}
+
+/// The round-robin schedule's members: servers with `weight > 0`, by [`rr_weight`].
+fn rr_members<S: ServerSet + ?Sized>(servers: &S) -> impl Iterator<Item = (usize, u64)> + '_ {
+    (0..servers.len())
+        .filter(|&i| servers.weight(i) > 0)
+        .map(|i| (i, rr_weight(servers, i)))
+}
+
 /// A server index and the weight read for it.
 type Chosen = (usize, u32);
 
@@ -326,12 +360,13 @@ mod tests {
     }
 
     #[test]
-    fn swrr_is_smooth_like_nginx() {
+    fn swrr_is_smooth() {
         let b = Balancer::new(Algorithm::RoundRobin, 0);
         let s = TestSet::with_weights(&[5, 1, 1]);
-        // nginx's documented sequence for weights 5, 1, 1: a a b a c a a.
-        assert_eq!(seq(&b, &s, 7), vec![0, 0, 1, 0, 2, 0, 0]);
-        assert_eq!(seq(&b, &s, 7), vec![0, 0, 1, 0, 2, 0, 0]);
+        // WF2Q's sequence for weights 5, 1, 1: a b a a c a a (nginx's: a a b a c a a); the
+        // longest run of a is 3 across the cycle boundary (nginx: 4).
+        assert_eq!(seq(&b, &s, 7), vec![0, 1, 0, 0, 2, 0, 0]);
+        assert_eq!(seq(&b, &s, 7), vec![0, 1, 0, 0, 2, 0, 0]);
     }
 
     #[test]
@@ -357,15 +392,25 @@ mod tests {
 
     #[test]
     fn least_connections_rotates_ties() {
+        // As the lb drives it: a pick takes a slot, the request ends, the slot is given back.
+        fn served(b: &Balancer, s: &mut TestSet) -> usize {
+            let i = b.pick(&*s, 0).unwrap();
+            s.in_flight[i] += 1;
+            s.in_flight[i] -= 1;
+            b.load_changed(&*s, i);
+            i
+        }
         let b = Balancer::new(Algorithm::LeastConnections, 0);
         let mut s = TestSet::with_weights(&[1, 1, 1, 1]);
         s.in_flight = vec![3, 0, 3, 0];
-        let picks = seq(&b, &s, 10);
+        b.rebuild(&s);
+        let picks: Vec<usize> = (0..10).map(|_| served(&b, &mut s)).collect();
         assert_eq!(picks, vec![1, 3, 1, 3, 1, 3, 1, 3, 1, 3]);
         s.in_flight = vec![0, 0, 0, 0];
+        b.rebuild(&s);
         let mut c = [0; 4];
-        for i in seq(&b, &s, 400) {
-            c[i] += 1;
+        for _ in 0..400 {
+            c[served(&b, &mut s)] += 1;
         }
         assert_eq!(c, [100; 4]);
     }
@@ -700,6 +745,205 @@ mod tests {
             s.in_flight[worst] = 5;
             for _ in 0..50 {
                 prop_assert_ne!(b.pick(&s, 0), Some(worst));
+            }
+        }
+    }
+
+    /// A [`ServerSet`] that counts how many servers a pick reads: the cost of a pick in
+    /// memory touched, which must not grow with the pool.
+    struct Counting {
+        inner: TestSet,
+        reads: std::cell::Cell<usize>,
+    }
+
+    impl ServerSet for Counting {
+        fn len(&self) -> usize {
+            self.inner.len()
+        }
+        fn weight(&self, i: usize) -> u32 {
+            self.reads.set(self.reads.get() + 1);
+            self.inner.weight(i)
+        }
+        fn table_weight(&self, i: usize) -> u32 {
+            self.inner.table_weight(i)
+        }
+        fn in_flight(&self, i: usize) -> u32 {
+            self.reads.set(self.reads.get() + 1);
+            self.inner.in_flight(i)
+        }
+        fn latency_ns(&self, i: usize) -> f64 {
+            self.reads.set(self.reads.get() + 1);
+            self.inner.latency_ns(i)
+        }
+        fn id(&self, i: usize) -> &str {
+            self.reads.set(self.reads.get() + 1);
+            self.inner.id(i)
+        }
+    }
+
+    #[test]
+    fn a_pick_reads_a_bounded_number_of_servers_at_any_pool_size() {
+        for a in Algorithm::ALL {
+            let mut most = Vec::new();
+            for n in [2usize, 100, 10_000] {
+                let weights: Vec<u32> = (0..n).map(|i| 1 + (i % 3) as u32).collect();
+                let mut set = Counting {
+                    inner: TestSet::with_weights(&weights),
+                    reads: std::cell::Cell::new(0),
+                };
+                // A few servers down, told through update as the lb does.
+                let b = Balancer::new(a, 5);
+                b.rebuild(&set);
+                for i in (0..n).step_by(7).take(5) {
+                    set.inner.weights[i] = 0;
+                    b.update(&set, i);
+                }
+                let mut worst = 0;
+                for k in 0..5_000u64 {
+                    set.reads.set(0);
+                    let i = b.pick(&set, hash_key(&k.to_be_bytes())).unwrap();
+                    worst = worst.max(set.reads.get());
+                    // The request runs and ends (least connections hears of both).
+                    set.inner.in_flight[i] += 1;
+                    if k % 3 == 0 {
+                        set.inner.in_flight[i] -= 1;
+                        b.load_changed(&set, i);
+                    }
+                }
+                most.push(worst);
+            }
+            // Same bound at 2 and at 10,000 servers (reads of one server's fields).
+            assert!(
+                most.iter().all(|&m| m <= 12),
+                "{a}: {most:?} reads per pick at 2, 100, 10000"
+            );
+        }
+    }
+
+    fn updates_strategy() -> impl Strategy<Value = Vec<(usize, u32)>> {
+        prop::collection::vec(
+            (0usize..10, prop_oneof![1 => Just(0u32), 3 => 1u32..=6]),
+            0..12,
+        )
+    }
+
+    proptest! {
+        /// Round robin after servers joined, left and changed weight one at a time (no
+        /// rebuild): over any window of k whole cycles each server's picks are within 2 of
+        /// its exact share, and from a rebuild the shares are exact again.
+        #[test]
+        fn wrr_stays_fair_through_incremental_changes(
+            weights in weights_strategy(),
+            warm in 0usize..30,
+            updates in updates_strategy(),
+            cycles in 1usize..5,
+        ) {
+            let mut s = TestSet::with_weights(&weights);
+            let b = Balancer::new(Algorithm::RoundRobin, 0);
+            b.rebuild(&s);
+            for (i, w) in updates {
+                for _ in 0..warm % 7 {
+                    b.pick(&s, 0);
+                }
+                if i < s.weights.len() {
+                    s.weights[i] = w;
+                    b.update(&s, i);
+                }
+            }
+            let total: u32 = s.weights.iter().sum();
+            if total == 0 {
+                prop_assert!(b.pick(&s, 0).is_none());
+                return Ok(());
+            }
+            let n = total as usize * cycles;
+            let mut c = vec![0usize; s.weights.len()];
+            for _ in 0..n {
+                c[b.pick(&s, 0).unwrap()] += 1;
+            }
+            for (i, &w) in s.weights.iter().enumerate() {
+                let want = w as usize * cycles;
+                prop_assert!(c[i] + 2 >= want && c[i] <= want + 2, "server {} got {} want {} weights {:?}", i, c[i], want, s.weights);
+            }
+            b.rebuild(&s);
+            let mut c = vec![0usize; s.weights.len()];
+            for _ in 0..n {
+                c[b.pick(&s, 0).unwrap()] += 1;
+            }
+            for (i, &w) in s.weights.iter().enumerate() {
+                prop_assert_eq!(c[i], w as usize * cycles);
+            }
+        }
+
+        /// Least connections through requests starting and ending in any order, servers
+        /// going down and up and changing weight (each told through update / load_changed):
+        /// every pick is a server of least (in_flight + 1) / weight.
+        #[test]
+        fn least_connections_picks_a_minimum_as_load_comes_and_goes(
+            weights in weights_strategy(),
+            ops in prop::collection::vec((0u8..4, 0usize..10, 0u32..=5), 1..200),
+        ) {
+            let b = Balancer::new(Algorithm::LeastConnections, 0);
+            let mut s = TestSet::with_weights(&weights);
+            b.rebuild(&s);
+            let mut running: Vec<usize> = Vec::new();
+            for (op, x, w) in ops {
+                match op {
+                    0 | 1 => {
+                        let Some(i) = b.pick(&s, 0) else {
+                            prop_assert!(s.weights.iter().all(|&w| w == 0));
+                            continue;
+                        };
+                        for (j, &wj) in s.weights.iter().enumerate() {
+                            if wj > 0 {
+                                // (f_i + 1) / w_i <= (f_j + 1) / w_j, in integers.
+                                let lhs = (u64::from(s.in_flight[i]) + 1) * u64::from(wj);
+                                let rhs = (u64::from(s.in_flight[j]) + 1) * u64::from(s.weights[i]);
+                                prop_assert!(lhs <= rhs, "picked {} over {}: in flight {:?} weights {:?}", i, j, s.in_flight, s.weights);
+                            }
+                        }
+                        s.in_flight[i] += 1;
+                        running.push(i);
+                    }
+                    2 => {
+                        if !running.is_empty() {
+                            let i = running.swap_remove(x % running.len());
+                            s.in_flight[i] -= 1;
+                            b.load_changed(&s, i);
+                        }
+                    }
+                    _ => {
+                        if x < s.weights.len() {
+                            s.weights[x] = w;
+                            b.update(&s, x);
+                        }
+                    }
+                }
+            }
+        }
+
+        /// Source-IP hash: a server going down (told through update, no rebuild) moves only
+        /// its own clients, and they come back to it when it returns.
+        #[test]
+        fn hash_down_moves_only_its_clients(n in 2usize..12, down_seed in 0usize..100) {
+            let down = down_seed % n;
+            let b = Balancer::new(Algorithm::SourceIpHash, 0).with_maglev_table_size(2_003);
+            let mut s = TestSet::with_weights(&vec![1; n]);
+            b.rebuild(&s);
+            let keys: Vec<u64> = (0..2_000u32).map(|k| hash_key(&k.to_be_bytes())).collect();
+            let before: Vec<usize> = keys.iter().map(|&k| b.pick(&s, k).unwrap()).collect();
+            s.weights[down] = 0;
+            b.update(&s, down);
+            for (&k, &was) in keys.iter().zip(&before) {
+                let now = b.pick(&s, k).unwrap();
+                prop_assert_ne!(now, down);
+                if was != down {
+                    prop_assert_eq!(now, was);
+                }
+            }
+            s.weights[down] = 1;
+            b.update(&s, down);
+            for (&k, &was) in keys.iter().zip(&before) {
+                prop_assert_eq!(b.pick(&s, k).unwrap(), was);
             }
         }
     }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -344,8 +344,23 @@ async fn metrics(State(app): State<App>) -> Response {
     }
 }
 
-async fn state_json(State(app): State<App>) -> Json<Value> {
-    Json(state(&app.shared))
+/// Which servers of each pool `/api/state` lists: `?offset=N&limit=M` (default: the first
+/// [`STATE_SERVERS_DEFAULT`]); every pool says how many it has (`servers_total`), and its
+/// counts and counters always cover all of them.
+#[derive(Debug, Deserialize)]
+struct Page {
+    #[serde(default)]
+    offset: usize,
+    limit: Option<usize>,
+}
+
+/// Servers per pool in `/api/state` unless `limit` says otherwise: a 10,000-server pool's
+/// document stays small (a page of the stats page, not 10 MB every refresh).
+pub const STATE_SERVERS_DEFAULT: usize = 1_000;
+
+async fn state_json(State(app): State<App>, Query(page): Query<Page>) -> Json<Value> {
+    let limit = page.limit.unwrap_or(STATE_SERVERS_DEFAULT);
+    Json(state_page(&app.shared, page.offset, limit))
 }
 
 async fn stats_page(_h: HeaderMap) -> Html<&'static str> {
@@ -426,8 +441,9 @@ fn pool_snapshot(p: &PoolState) -> Snapshot {
     o
 }
 
-/// The whole state as JSON (the `/api/state` document).
-pub(crate) fn state(shared: &Shared) -> Value {
+/// The state as JSON (the `/api/state` document), servers `offset..offset + limit` of each
+/// pool.
+pub(crate) fn state_page(shared: &Shared, offset: usize, limit: usize) -> Value {
     let pools: Vec<_> = shared.pools.lock().map(|p| p.clone()).unwrap_or_default();
     let listeners: Vec<_> = shared
         .listeners
@@ -443,6 +459,8 @@ pub(crate) fn state(shared: &Shared) -> Value {
                 .servers
                 .iter()
                 .enumerate()
+                .skip(offset)
+                .take(limit)
                 .map(|(i, s)| server_json(&p, i, s, now))
                 .collect();
             let ejections: serde_json::Map<String, Value> = Reason::ALL
@@ -466,6 +484,8 @@ pub(crate) fn state(shared: &Shared) -> Value {
                 "ejections_refused": p.ejections_refused.load(Ordering::Relaxed),
                 "in_flight": p.servers.iter().map(|s| u64::from(s.in_flight.load(Ordering::Relaxed))).sum::<u64>(),
                 "counters": counters(&pool_snapshot(&p)),
+                "servers_total": p.servers.len(),
+                "servers_offset": offset.min(p.servers.len()),
                 "servers": servers,
             })
         })

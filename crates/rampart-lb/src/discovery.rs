@@ -4,7 +4,7 @@
 //! the registered ones: a new record joins at once, a vanished one (deregistered, or its
 //! lease ended) leaves the pool and finishes its requests in flight.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,30 +64,13 @@ async fn watch(shared: Arc<Shared>, pool: String, d: Discovery, stop: Cancellati
                 .await
                 .map_err(|e| e.to_string())?;
             let mut view: BTreeMap<String, ServiceRecord> = BTreeMap::new();
-            while let Some(ev) = rx.recv().await {
-                match ev {
-                    WatchEvent::Resync(kvs) => {
-                        view.clear();
-                        for kv in kvs {
-                            match ServiceRecord::from_kv(&kv) {
-                                Ok(r) => {
-                                    view.insert(kv.key.clone(), r);
-                                }
-                                Err(e) => {
-                                    tracing::warn!(pool = %pool, error = %e, "discovery: bad record")
-                                }
-                            }
-                        }
-                    }
-                    WatchEvent::Put(kv) => match ServiceRecord::from_kv(&kv) {
-                        Ok(r) => {
-                            view.insert(kv.key.clone(), r);
-                        }
-                        Err(e) => tracing::warn!(pool = %pool, error = %e, "discovery: bad record"),
-                    },
-                    WatchEvent::Delete { key, .. } => {
-                        view.remove(&key);
-                    }
+            while let Some(first) = rx.recv().await {
+                // Apply every event already waiting as one change: registering 10,000
+                // servers makes one pool generation, not 10,000.
+                let mut next = Some(first);
+                while let Some(ev) = next.take() {
+                    apply_event(&pool, &mut view, ev);
+                    next = rx.try_recv().ok();
                 }
                 let servers = to_servers(&pool, view.values());
                 if let Err(e) = crate::reload::set_discovered(&shared, &pool, servers) {
@@ -112,16 +95,46 @@ async fn watch(shared: Arc<Shared>, pool: String, d: Discovery, stop: Cancellati
     }
 }
 
+/// One watch event into the view of the service's records.
+fn apply_event(pool: &str, view: &mut BTreeMap<String, ServiceRecord>, ev: WatchEvent) {
+    match ev {
+        WatchEvent::Resync(kvs) => {
+            view.clear();
+            for kv in kvs {
+                match ServiceRecord::from_kv(&kv) {
+                    Ok(r) => {
+                        view.insert(kv.key.clone(), r);
+                    }
+                    Err(e) => tracing::warn!(pool, error = %e, "discovery: bad record"),
+                }
+            }
+        }
+        WatchEvent::Put(kv) => match ServiceRecord::from_kv(&kv) {
+            Ok(r) => {
+                view.insert(kv.key.clone(), r);
+            }
+            Err(e) => tracing::warn!(pool, error = %e, "discovery: bad record"),
+        },
+        WatchEvent::Delete { key, .. } => {
+            view.remove(&key);
+        }
+    }
+}
+
 fn to_servers<'a>(pool: &str, recs: impl Iterator<Item = &'a ServiceRecord>) -> Vec<Server> {
     let mut out: Vec<Server> = Vec::new();
+    let mut names: HashSet<&str> = HashSet::new();
+    let mut addrs: HashSet<SocketAddr> = HashSet::new();
     for r in recs {
         let Ok(address) = r.address.parse::<SocketAddr>() else {
             tracing::warn!(pool, name = %r.name, address = %r.address, "discovery: record with a bad address skipped");
             continue;
         };
-        if r.name.is_empty() || out.iter().any(|s| s.name == r.name || s.address == address) {
+        if r.name.is_empty() || names.contains(r.name.as_str()) || addrs.contains(&address) {
             continue;
         }
+        names.insert(&r.name);
+        addrs.insert(address);
         out.push(Server {
             name: r.name.clone(),
             address,

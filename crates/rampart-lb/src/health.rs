@@ -1,8 +1,15 @@
 //! Active health checks: one background task per server (TCP connect or HTTP GET), on
 //! the control thread's runtime. A task follows its pool across generations (a reload
 //! can change the check) and ends when its server leaves the pool.
+//!
+//! At scale: a pool's first checks are spread over up to one interval (100 ms for pools of
+//! up to 1,000 servers, 0.1 ms more a server beyond, see [`first_check_window`]), so
+//! thousands of servers are probed evenly rather than in one burst (later checks keep that
+//! spread: each task sleeps an interval plus jitter), and at most [`MAX_CONCURRENT_CHECKS`] probes of
+//! the whole balancer are in flight at once (a probe waits for a permit; its timeout starts
+//! once it has one).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -34,11 +41,31 @@ pub fn spawn_check(pool: &Arc<PoolHandle>, s: &Arc<ServerState>) {
     });
 }
 
+/// Probes in flight at once, over every pool of the balancer.
+pub const MAX_CONCURRENT_CHECKS: usize = 256;
+
+fn permits() -> &'static tokio::sync::Semaphore {
+    static P: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
+    P.get_or_init(|| tokio::sync::Semaphore::new(MAX_CONCURRENT_CHECKS))
+}
+
+/// Over how long a pool's first checks are spread: 100 ms up to 1,000 servers, then growing
+/// by 0.1 ms a server up to one whole interval (1 s at 10,000 servers with a 1 s interval),
+/// so a pool is probed at most ~10 servers a millisecond.
+pub fn first_check_window(interval: Duration, servers: usize) -> Duration {
+    let spread =
+        Duration::from_micros(100).saturating_mul(u32::try_from(servers).unwrap_or(u32::MAX));
+    spread.max(Duration::from_millis(100)).min(interval)
+}
+
 async fn check_loop(pool: Arc<PoolHandle>, s: Arc<ServerState>) {
-    let interval = pool.get().cfg.health_check.interval;
-    // Spread the first checks over one interval so servers are not probed in lockstep.
+    let (interval, servers) = {
+        let p = pool.get();
+        (p.cfg.health_check.interval, p.servers.len())
+    };
+    // Spread the first checks so servers are not probed in lockstep.
     let first =
-        rand::thread_rng().gen_range(Duration::ZERO..=interval.min(Duration::from_millis(100)));
+        rand::thread_rng().gen_range(Duration::ZERO..=first_check_window(interval, servers));
     tokio::time::sleep(first).await;
     loop {
         let p = pool.get();
@@ -46,8 +73,10 @@ async fn check_loop(pool: Arc<PoolHandle>, s: Arc<ServerState>) {
         let tls = p.cfg.tls.clone();
         drop(p);
         if hc.kind != CheckKind::None && s.admin_state() != AdminState::Maintenance {
+            let permit = permits().acquire().await;
             let started = Instant::now();
             let r = check_once(&hc, &s, tls.as_ref()).await;
+            drop(permit);
             let rec = CheckRecord {
                 at_ms: SystemTime::now()
                     .duration_since(UNIX_EPOCH)
@@ -121,5 +150,25 @@ pub async fn check_once(
             tracing::debug!(server = %s.name, "health check timed out");
             Err(format!("timed out after {:?}", hc.timeout))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_checks_spread_with_the_pool_size() {
+        let s = Duration::from_secs(1);
+        assert_eq!(first_check_window(s, 2), Duration::from_millis(100));
+        assert_eq!(first_check_window(s, 100), Duration::from_millis(100));
+        assert_eq!(first_check_window(s, 5_000), Duration::from_millis(500));
+        assert_eq!(first_check_window(s, 10_000), s);
+        assert_eq!(first_check_window(s, 1_000_000), s);
+        // Never past the interval, even a short one.
+        assert_eq!(
+            first_check_window(Duration::from_millis(50), 2),
+            Duration::from_millis(50)
+        );
     }
 }

@@ -12,8 +12,14 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 use rampart_balance::outlier::Reason;
 
+use crate::state::AdminState;
 use crate::stats::{prometheus_buckets, Snapshot, ERROR_KINDS};
 use crate::Shared;
+
+/// Pools of more servers than this get per-server series only for their servers that are
+/// down, ejected, not ready or weighted 0 (the ones worth looking at); their healthy servers
+/// count in the pool's series. Keeps a scrape of a 10,000-server pool small and fast.
+pub const SERVER_SERIES_MAX: usize = 1_000;
 
 const CLASSES: [&str; 6] = ["other", "1xx", "2xx", "3xx", "4xx", "5xx"];
 
@@ -169,6 +175,7 @@ impl Collector for LbCollector {
         let mut p_refused = Vec::new();
         let mut p_ejected = Vec::new();
         let mut p_panic = Vec::new();
+        let mut p_servers = Vec::new();
         // Servers.
         let mut s_req = Vec::new();
         let mut s_err = Vec::new();
@@ -184,11 +191,22 @@ impl Collector for LbCollector {
             let p = h.get();
             let base: Labels = vec![("pool", p.cfg.name.clone())];
             let ps = p.stats.snapshot();
+            let detailed = p.servers.len() <= SERVER_SERIES_MAX;
+            p_servers.push((base.clone(), p.servers.len() as i64));
             let mut sum = Snapshot::default();
             for s in p.servers.iter() {
                 let ss = s.stats.snapshot();
                 for (a, b) in sum.class.iter_mut().zip(ss.class) {
                     *a += b;
+                }
+                if !detailed
+                    && s.is_up()
+                    && !s.is_ejected()
+                    && s.admin_state() == AdminState::Ready
+                    && s.weight() > 0
+                {
+                    // A big pool's healthy servers are in its aggregates only.
+                    continue;
                 }
                 let sb: Labels = vec![("pool", p.cfg.name.clone()), ("server", s.name.clone())];
                 by_class(&sb, &ss, &mut s_req);
@@ -257,6 +275,12 @@ impl Collector for LbCollector {
             "rampart_pool_in_flight",
             "Requests in flight to the pool's servers.",
             &p_inflight,
+        )?;
+        gauge(
+            &mut enc,
+            "rampart_pool_servers",
+            "Servers in the pool (pools of more than 1,000 have per-server series only for servers that are down, ejected, not ready or weighted 0).",
+            &p_servers,
         )?;
         gauge(
             &mut enc,

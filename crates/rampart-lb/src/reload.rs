@@ -12,7 +12,7 @@
 //! removed while the config gives it unchanged, a server added at run time stays while the
 //! config does not name it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -416,14 +416,16 @@ pub fn set_discovered(shared: &Shared, pool: &str, want: Vec<Server>) -> Result<
         .map_err(|_| ControlError::Refused("control lock poisoned".into()))?;
     let h = pool_of(shared, pool)?;
     let cur = h.get();
-    let mut servers: Vec<Arc<ServerState>> = Vec::new();
+    // By name, so that 10,000 records apply in O(n), not O(n^2).
+    let wanted: HashMap<&str, &Server> = want.iter().map(|w| (w.name.as_str(), w)).collect();
+    let mut servers: Vec<Arc<ServerState>> = Vec::with_capacity(cur.servers.len().max(want.len()));
     let mut changed = false;
     for s in cur.servers.iter() {
         if !s.discovered.load(Ordering::Relaxed) {
             servers.push(s.clone());
             continue;
         }
-        match want.iter().find(|w| w.name == s.name) {
+        match wanted.get(s.name.as_str()) {
             Some(w) if w.address == s.addr => {
                 if s.cfg_weight.load(Ordering::Relaxed) != w.weight {
                     s.set_weight_raw(w.weight);
@@ -439,22 +441,43 @@ pub fn set_discovered(shared: &Shared, pool: &str, want: Vec<Server>) -> Result<
             }
         }
     }
+    let mut names: HashSet<String> = servers.iter().map(|s| s.name.clone()).collect();
+    let mut addrs: HashSet<SocketAddr> = servers.iter().map(|s| s.addr).collect();
     let mut added = Vec::new();
     for w in &want {
-        if servers.iter().any(|s| s.name == w.name) {
+        if names.contains(&w.name) {
             continue;
         }
-        if servers.iter().any(|s| s.addr == w.address) {
+        if addrs.contains(&w.address) {
             tracing::warn!(pool, server = %w.name, addr = %w.address, "discovery: address already in the pool, record skipped");
             continue;
         }
         let s = Arc::new(ServerState::new(w, health_policy(&cur.cfg), h.workers));
         s.discovered.store(true, Ordering::Relaxed);
         s.runtime_added.store(true, Ordering::Relaxed);
-        tracing::warn!(pool, server = %w.name, addr = %w.address, weight = w.weight, "discovery: server joined");
+        names.insert(w.name.clone());
+        addrs.insert(w.address);
         servers.push(s.clone());
         added.push(s);
         changed = true;
+    }
+    // One line per server for a few; one summary for a crowd (10,000 lines help nobody).
+    let few = added.len() <= 10;
+    for s in &added {
+        let weight = s.weight();
+        if few {
+            tracing::warn!(pool, server = %s.name, addr = %s.addr, weight, "discovery: server joined");
+        } else {
+            tracing::debug!(pool, server = %s.name, addr = %s.addr, weight, "discovery: server joined");
+        }
+    }
+    if !few {
+        tracing::warn!(
+            pool,
+            joined = added.len(),
+            servers = servers.len(),
+            "discovery: servers joined"
+        );
     }
     if !changed {
         return Ok(());

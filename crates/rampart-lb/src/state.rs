@@ -164,6 +164,9 @@ pub struct ServerState {
     pub last_check: Mutex<Option<CheckRecord>>,
     /// Cancelled when the server leaves its pool: its health check task ends.
     pub stop_checks: CancellationToken,
+    /// Its index in the newest generation of its pool (`index_of` in `O(1)`: a health
+    /// check result must not search 10,000 servers).
+    index_hint: AtomicU32,
 }
 
 impl ServerState {
@@ -192,6 +195,7 @@ impl ServerState {
             stats: Counters::new(workers),
             last_check: Mutex::new(None),
             stop_checks: CancellationToken::new(),
+            index_hint: AtomicU32::new(u32::MAX),
         }
     }
 
@@ -364,8 +368,10 @@ impl PoolState {
     ) -> PoolState {
         let name = &cfg.name;
         let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        for s in &servers {
+        for (i, s) in servers.iter().enumerate() {
             s.ewma.set_decay_ns(ns(cfg.lrt_decay));
+            s.index_hint
+                .store(u32::try_from(i).unwrap_or(u32::MAX), Ordering::Relaxed);
         }
         let p = PoolState {
             lrt_penalty_ns: ns(cfg.lrt_penalty.unwrap_or(cfg.timeouts.response)),
@@ -396,10 +402,19 @@ impl PoolState {
     /// Rebuild the balancer's tables after membership or eligibility changed (and decide
     /// whether the pool is in panic).
     pub fn rebuild(&self) {
+        self.changed(None);
+    }
+
+    /// Server `which` went up or down, or its weight or operator state changed (None: any
+    /// number of servers did): decide whether the pool is in panic, then tell the balancer,
+    /// `O(log n)` for one server (a rebuild when the panic state flipped: every server's
+    /// eligibility changed with it).
+    fn changed(&self, which: Option<usize>) {
         let in_service = self.servers.iter().filter(|s| s.in_service()).count();
         let available = self.servers.iter().filter(|s| s.eligible()).count();
         let panic = in_panic(available, in_service, self.cfg.panic_threshold);
-        if self.panic.swap(panic, Ordering::AcqRel) != panic {
+        let flipped = self.panic.swap(panic, Ordering::AcqRel) != panic;
+        if flipped {
             if panic {
                 tracing::warn!(pool = %self.cfg.name, available, in_service, panic_threshold = self.cfg.panic_threshold, "pool in PANIC: too few servers available, balancing over every server in service");
             } else {
@@ -412,9 +427,26 @@ impl PoolState {
             tried: 0,
             ignore_full: true,
         };
-        self.balancer.rebuild(&v);
+        match which {
+            Some(i) if !flipped => self.balancer.update(&v, i),
+            _ => self.balancer.rebuild(&v),
+        }
         // Queued requests must learn that the pool may have changed.
         self.slot_freed.notify_waiters();
+    }
+
+    /// The load of server `i` changed (a request ended, or a slot was given back): least
+    /// connections re-orders it. Nothing (not even a clock read) for other algorithms.
+    pub fn load_changed(&self, i: usize) {
+        if self.balancer.tracks_load() {
+            let v = View {
+                pool: self,
+                now_ns: now_ns(),
+                tried: 0,
+                ignore_full: true,
+            };
+            self.balancer.load_changed(&v, i);
+        }
     }
 
     /// Whether the pool balances over every server in service (too few available).
@@ -433,7 +465,13 @@ impl PoolState {
         }
     }
 
+    /// Where server `s` is in this generation: `O(1)` for the newest generation (the
+    /// server's hint), a search otherwise.
     pub fn index_of(&self, s: &Arc<ServerState>) -> Option<usize> {
+        let hint = s.index_hint.load(Ordering::Relaxed) as usize;
+        if self.servers.get(hint).is_some_and(|x| Arc::ptr_eq(x, s)) {
+            return Some(hint);
+        }
         self.servers.iter().position(|x| Arc::ptr_eq(x, s))
     }
 
@@ -451,14 +489,14 @@ impl PoolState {
         if st == AdminState::Maintenance {
             s.close_idle();
         }
-        self.rebuild();
+        self.changed(Some(i));
     }
 
     pub fn set_weight(&self, i: usize, w: u32) {
         let s = &self.servers[i];
         s.weight.store(w, Ordering::Release);
         tracing::warn!(pool = %self.cfg.name, server = %s.name, weight = w, "server weight changed");
-        self.rebuild();
+        self.changed(Some(i));
     }
 
     /// Apply a health transition to server `i`.
@@ -471,12 +509,12 @@ impl PoolState {
                     .store(if slow { now_ns() } else { NEVER }, Ordering::Relaxed);
                 s.up.store(true, Ordering::Release);
                 tracing::warn!(pool = %self.cfg.name, server = %s.name, addr = %s.addr, "server is UP");
-                self.rebuild();
+                self.changed(Some(i));
             }
             Some(Transition::WentDown) => {
                 s.up.store(false, Ordering::Release);
                 tracing::warn!(pool = %self.cfg.name, server = %s.name, addr = %s.addr, reason = why, "server is DOWN");
-                self.rebuild();
+                self.changed(Some(i));
                 s.close_idle();
             }
             None => {}
@@ -618,9 +656,9 @@ impl PoolState {
         self.apply_outlier(&events, now);
     }
 
-    /// Log and count what the detector decided; rebuild when a server left or returned.
+    /// Log and count what the detector decided; tell the balancer when a server left or
+    /// returned.
     fn apply_outlier(&self, events: &[Event], now: u64) {
-        let mut changed = false;
         for e in events {
             match *e {
                 Event::Ejected { server, ejection } => {
@@ -631,7 +669,7 @@ impl PoolState {
                     let secs = ejection.until_ns.saturating_sub(ejection.since_ns) as f64 / 1e9;
                     tracing::warn!(pool = %self.cfg.name, server = %s.name, addr = %s.addr, reason = ejection.reason.as_str(), seconds = secs, ejections = ejection.count, "server EJECTED");
                     s.close_idle();
-                    changed = true;
+                    self.changed(Some(server));
                 }
                 Event::Returned {
                     server,
@@ -648,7 +686,7 @@ impl PoolState {
                         "ejection time over"
                     };
                     tracing::warn!(pool = %self.cfg.name, server = %s.name, addr = %s.addr, reason = reason.as_str(), how, "server back from ejection");
-                    changed = true;
+                    self.changed(Some(server));
                 }
                 Event::Refused { server, reason } => {
                     self.shared
@@ -658,9 +696,6 @@ impl PoolState {
                     tracing::warn!(pool = %self.cfg.name, server = %s.name, reason = reason.as_str(), max_ejection_percent = self.cfg.outlier.max_ejection_percent, "ejection refused: the pool's max_ejection_percent is ejected already");
                 }
             }
-        }
-        if changed {
-            self.rebuild();
         }
     }
 
@@ -768,6 +803,8 @@ impl PoolState {
             if let Some(f) = self.try_acquire(i) {
                 return Some(f);
             }
+            // Full meanwhile: least connections counted the slot taken.
+            self.load_changed(i);
         }
         None
     }
@@ -860,6 +897,7 @@ impl Drop for InFlight {
         self.pool.servers[self.server]
             .in_flight
             .fetch_sub(1, Ordering::AcqRel);
+        self.pool.load_changed(self.server);
         if self.pool.waiting.load(Ordering::Acquire) > 0 {
             self.pool.slot_freed.notify_one();
         }
@@ -915,6 +953,12 @@ impl ServerSet for View<'_> {
             self.now_ns.saturating_sub(since),
             self.pool.cfg.slow_start.as_nanos() as u64,
         )
+    }
+
+    /// The weight in effect without slow start (round robin's schedule and the Maglev table
+    /// are built on it, so they need no rebuild while a server ramps up).
+    fn table_weight(&self, i: usize) -> u32 {
+        self.pool.servers[i].weight()
     }
 
     fn in_flight(&self, i: usize) -> u32 {

@@ -15,6 +15,7 @@ mod outlier;
 mod pki;
 mod postgres;
 mod protocols;
+mod scale;
 mod support;
 mod tls;
 mod tls_multi;

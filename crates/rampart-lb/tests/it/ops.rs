@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::support::{servers, wait_for, Backend, Client};
 
 /// A `rampart lb` with an admin listener, its config file kept for rewrites.
-struct OpsLb {
+pub(crate) struct OpsLb {
     proc: Proc,
     addr: SocketAddr,
     admin: SocketAddr,
@@ -38,7 +38,7 @@ impl Drop for OpsLb {
 
 impl OpsLb {
     /// `body` has `{LISTEN}` and `{ADMIN}` replaced; `env` goes to the process.
-    async fn start(body: &str, env: &[(&str, &str)]) -> OpsLb {
+    pub(crate) async fn start(body: &str, env: &[(&str, &str)]) -> OpsLb {
         OpsLb::start_from(&rampart_bin(), body, env).await
     }
 
@@ -89,7 +89,7 @@ impl OpsLb {
     }
 
     /// A request to the admin API: (status, body).
-    async fn api(
+    pub(crate) async fn api(
         &self,
         method: &str,
         path: &str,

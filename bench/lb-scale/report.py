@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""The markdown report of bench/lb-scale/run.sh from its cpu.tsv, mem.tsv and meta.json.
+
+Standard library only. Medians per (pool size, algorithm, balancer); growth is relative to the
+smallest pool size measured; ratio is rampart / HAProxy.
+"""
+
+import argparse
+import json
+import os
+import statistics
+
+NAMES = {
+    "rr": ("round-robin", "roundrobin"),
+    "lc": ("least-connections", "leastconn"),
+    "hash": ("source-ip-hash", "source, hash-type consistent"),
+    "p2c": ("random-two-choices", "random(2)"),
+    "lrt": ("least-response-time", "random(2)"),
+}
+
+
+def read_tsv(path):
+    with open(path) as f:
+        head = f.readline().rstrip("\n").split("\t")
+        return [dict(zip(head, line.rstrip("\n").split("\t"))) for line in f if line.strip()]
+
+
+def fmt(x, d=1):
+    return "-" if x is None else f"{x:.{d}f}"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dir", required=True)
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+    meta = json.load(open(f"{a.dir}/meta.json"))
+    rows = read_tsv(f"{a.dir}/cpu.tsv")
+    mem = read_tsv(f"{a.dir}/mem.tsv")
+
+    cells = {}
+    for r in rows:
+        key = (int(r["size"]), r["algorithm"], r["balancer"])
+        cells.setdefault(key, []).append(r)
+    sizes = sorted({k[0] for k in cells})
+    algos = [x for x in NAMES if any(k[1] == x for k in cells)]
+
+    def med(n, algo, b, field="cpu_us_per_req"):
+        rs = cells.get((n, algo, b))
+        if not rs:
+            return None
+        return statistics.median(float(r[field]) for r in rs)
+
+    out = []
+    out.append("# rampart lb vs HAProxy as the pool grows: CPU per request, memory\n")
+    out.append(
+        f"{meta['when']}, rampart {meta['rampart_commit']}, {meta['haproxy']}, {meta['nginx']}, "
+        f"{meta['wrk']}; {meta['cpu_model']}, {meta['cpus']} CPUs, Linux {meta['kernel']}.\n"
+    )
+    out.append(
+        f"Command: `{meta['command']}`. One worker thread per balancer on CPU 0; wrk (1 thread, "
+        f"64 connections) and two nginx backends on CPU 1; servers are distinct loopback addresses "
+        f"127.0.x.y (even ones on nginx 1, odd ones on nginx 2), health checks off. "
+        f"{meta['rounds']} alternating rounds of {meta['duration']} s per cell (order swapped each "
+        f"round), medians. Load average (1, 5, 15 min) before: {meta['load_before']}, after: "
+        f"{meta['load_after']} (other builds shared the machine; CPU 0's time outside the balancer "
+        f"during each run is in the raw TSV, `other_cpu0_pct`).\n"
+    )
+    small = sizes[0]
+    out.append("## CPU microseconds per request (balancer utime+stime / requests)\n")
+    out.append(
+        f"Growth is the median at N servers over the median at {small} servers; ratio is "
+        "rampart / HAProxy at the same size. Goals of issue 16: rampart's growth from 2 to 1,000 "
+        "servers under 1.10x for every algorithm, and at 1,000 servers at most 0.8x HAProxy.\n"
+    )
+    for algo in algos:
+        rn, hn = NAMES[algo]
+        out.append(f"### {rn} (HAProxy: {hn})\n")
+        if algo == "hash":
+            out.append(
+                "wrk connects from one address, so every request hashes to the same server: this "
+                "measures the cost of the lookup, not the spread.\n"
+            )
+        out.append(
+            "| servers | rampart us/req | HAProxy us/req | ratio | rampart growth | HAProxy growth "
+            "| rampart req/s | HAProxy req/s | errors (r/h) |"
+        )
+        out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        r0, h0 = med(small, algo, "rampart"), med(small, algo, "haproxy")
+        for n in sizes:
+            r, h = med(n, algo, "rampart"), med(n, algo, "haproxy")
+            rr, hr = med(n, algo, "rampart", "rps"), med(n, algo, "haproxy", "rps")
+            er = sum(int(x["errors"]) for x in cells.get((n, algo, "rampart"), []))
+            eh = sum(int(x["errors"]) for x in cells.get((n, algo, "haproxy"), []))
+            ratio = r / h if r and h else None
+            gr = r / r0 if r and r0 else None
+            gh = h / h0 if h and h0 else None
+            out.append(
+                f"| {n:,} | {fmt(r, 2)} | {fmt(h, 2)} | {fmt(ratio, 2)}x | {fmt(gr, 2)}x | "
+                f"{fmt(gh, 2)}x | {fmt(rr, 0)} | {fmt(hr, 0)} | {er}/{eh} |"
+            )
+        out.append("")
+
+    out.append("## Resident memory of the balancer\n")
+    out.append(
+        "`start`: right after it answered its first request (config and pool state); `end`: after "
+        "the last round (plus one idle upstream connection or more per server, and their buffers). "
+        "MiB; `start s` is the time from exec to the first 200 through it.\n"
+    )
+    out.append("| servers | algorithm | rampart start | rampart end | HAProxy start | HAProxy end | rampart start s | HAProxy start s |")
+    out.append("|---:|---|---:|---:|---:|---:|---:|---:|")
+    m = {(int(x["size"]), x["algorithm"], x["balancer"]): x for x in mem}
+    for n in sizes:
+        for algo in algos:
+            r, h = m.get((n, algo, "rampart")), m.get((n, algo, "haproxy"))
+            if not r or not h:
+                continue
+            mib = lambda v: f"{int(v) / 1048576:.1f}"
+            out.append(
+                f"| {n:,} | {NAMES[algo][0]} | {mib(r['rss_start'])} | {mib(r['rss_end'])} | "
+                f"{mib(h['rss_start'])} | {mib(h['rss_end'])} | {r['start_s']} | {h['start_s']} |"
+            )
+    out.append("")
+    disc = read_tsv(f"{a.dir}/discovery.tsv") if os.path.exists(f"{a.dir}/discovery.tsv") else []
+    if disc:
+        out.append("## Discovery: servers registered in etcd, applied under traffic\n")
+        out.append(
+            "A rampart pool with 2 static servers and `discovery` serves wrk (64 connections, 25 s, "
+            "round robin) while N records are written to etcd in transactions of 100. `applied` is "
+            "the time from the first write until `/api/state` shows every server (polled every "
+            "20 ms; `admin gap` is the longest wait for an answer); errors and max latency are what "
+            "wrk saw over the whole run; `cold start` is a fresh rampart, records already in etcd, "
+            "from exec until its pool has them all.\n"
+        )
+        out.append("| records | writing them | applied | admin gap | wrk requests | errors | max latency | RSS before | RSS after | cold start |")
+        out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for d in disc:
+            out.append(
+                f"| {int(d['servers']):,} | {float(d['register_s']):.2f} s | {float(d['applied_s']):.2f} s | "
+                f"{float(d['admin_gap_s']) * 1000:.0f} ms | {int(d['requests']):,} | {d['errors']} | "
+                f"{d['max_latency_ms']} ms | {int(d['rss_before']) / 1048576:.1f} MiB | "
+                f"{int(d['rss_after']) / 1048576:.1f} MiB | {d['cold_start_s']} s |"
+            )
+        out.append("")
+    with open(a.out, "w") as f:
+        f.write("\n".join(out) + "\n")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
