@@ -49,6 +49,9 @@ use crate::http::{self as hyper_path, ConnCtx, Prefixed, H2_PREFACE, STOP_LINGER
 use crate::state::{mark_tried, Fail, InFlight, Outcome, PickError, PoolState};
 use crate::upstream::{self, ConnectError};
 
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
+
 /// Size of a read buffer when it is taken: enough for almost every head and small body.
 const SMALL: usize = 4 * 1024;
 /// What a buffer grows to while streaming a body that fills it (HAProxy's `bufsize`).
