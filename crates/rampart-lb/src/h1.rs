@@ -567,10 +567,13 @@ fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|t| !t.is_empty())
 }
 
-/// A `Content-Length` value (possibly a list of equal values); `None` when invalid.
+/// A `Content-Length` value (possibly a list of equal values); `None` when invalid, also
+/// when empty (next to a valid one, an empty field was read as absent).
 fn content_length(v: &[u8], prev: Option<u64>) -> Option<u64> {
     let mut n = prev;
+    let mut any = false;
     for t in tokens(v) {
+        any = true;
         if t.len() > 18 || !t.iter().all(u8::is_ascii_digit) {
             return None;
         }
@@ -580,7 +583,7 @@ fn content_length(v: &[u8], prev: Option<u64>) -> Option<u64> {
         }
         n = Some(x);
     }
-    n
+    n.filter(|_| any)
 }
 
 /// Whether the last transfer coding is `chunked`.
@@ -2025,6 +2028,16 @@ mod tests {
         assert_eq!(content_length(b"12", Some(13)), None);
         assert_eq!(content_length(b"-1", None), None);
         assert_eq!(content_length(b"1e3", None), None);
+        // An empty field (or one of commas) is no length, even after a valid one.
+        assert_eq!(content_length(b"", Some(12)), None);
+        assert_eq!(content_length(b" , ", Some(12)), None);
+        let mut out = Vec::new();
+        let head =
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: \r\n\r\nabc";
+        assert!(matches!(
+            parse_request(head, &test_ctx(false), &mut out),
+            Parsed::Bad(400)
+        ));
     }
 
     #[test]
