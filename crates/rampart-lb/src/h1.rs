@@ -799,7 +799,13 @@ fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Parsed {
             return Parsed::Bad(400);
         }
         uri_host = Some(a.as_str().as_bytes().to_vec());
-        out.extend_from_slice(uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
+        // An empty path is `/` in origin form (RFC 9112 section 3.2.1): `http://h?q` is
+        // `/?q`, never `?q` (found by fuzz/'s request_differential target).
+        let pq = uri.path_and_query().map_or("", |p| p.as_str());
+        if !pq.starts_with('/') {
+            out.push(b'/');
+        }
+        out.extend_from_slice(pq.as_bytes());
     }
     if uri_host.is_none() && hosts == 0 {
         return Parsed::Bad(400);
@@ -2018,6 +2024,25 @@ mod tests {
         }
         assert_eq!((b.v.capacity(), b.len()), (MAX_HEAD, MAX_HEAD));
         assert!(b.data().iter().all(|x| *x == 7));
+    }
+
+    #[test]
+    fn an_absolute_target_with_an_empty_path_goes_upstream_as_slash() {
+        for (target, want) in [
+            ("http://h.example:80?q", "GET /?q HTTP/1.1\r\n"),
+            ("http://h.example", "GET / HTTP/1.1\r\n"),
+            ("http://h.example/p?q", "GET /p?q HTTP/1.1\r\n"),
+        ] {
+            let head = format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n");
+            let mut out = Vec::new();
+            let Parsed::Complete(_) = parse_request(head.as_bytes(), &test_ctx(false), &mut out)
+            else {
+                panic!("{target} refused")
+            };
+            let text = String::from_utf8(out).unwrap();
+            assert!(text.starts_with(want), "{target}: {text}");
+            assert!(text.contains("\r\nhost: h.example"), "{text}");
+        }
     }
 
     #[test]
