@@ -180,6 +180,10 @@ pub fn decode_body(framing: Framing, pieces: &[&[u8]]) -> Decoded {
         return d;
     };
     for p in pieces {
+        if left.done() {
+            // The body ended (or was empty: a length of 0): what follows is not fed.
+            break;
+        }
         match left.take(p) {
             Ok(k) => d.taken.push(k),
             Err(BadChunk) => {
@@ -187,10 +191,7 @@ pub fn decode_body(framing: Framing, pieces: &[&[u8]]) -> Decoded {
                 return d;
             }
         }
-        if left.done() {
-            d.done = true;
-            return d;
-        }
     }
+    d.done = left.done();
     d
 }
