@@ -975,7 +975,11 @@ fn parse_response(
             },
             H::TransferEncoding => {
                 te = true;
-                chunked = ends_chunked(h.value);
+                // The codings of all the fields make one list, empty ones add nothing
+                // ("chunked" then "" is chunked: found by fuzz/'s response_head target).
+                if tokens(h.value).next().is_some() {
+                    chunked = ends_chunked(h.value);
+                }
                 chunked_seen += tokens(h.value)
                     .filter(|t| t.eq_ignore_ascii_case(b"chunked"))
                     .count();
@@ -2472,6 +2476,17 @@ mod tests {
             text.contains("Transfer-Encoding: chunked, gzip\r\n"),
             "{text}"
         );
+        // An empty field adds no coding: still chunked.
+        let RespParsed::Complete(r) = parse_response(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding:\r\n\r\n",
+            false,
+            false,
+            None,
+            &mut Vec::new(),
+        ) else {
+            panic!()
+        };
+        assert_eq!(r.body, Framing::Chunked);
         // Chunked twice, over one or two fields: no telling where the body ends.
         for h in [
             &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n"[..],
