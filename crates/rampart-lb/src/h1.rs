@@ -50,6 +50,9 @@ use crate::state::{mark_tried, Fail, InFlight, Outcome, PickError, PoolState};
 use crate::upstream::{self, ConnectError};
 use crate::upstream_tls::{self, UpStream};
 
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
+
 /// Size of a read buffer when it is taken: enough for almost every head and small body.
 const SMALL: usize = 4 * 1024;
 /// What a buffer grows to while streaming a body that fills it (HAProxy's `bufsize`).
@@ -565,10 +568,13 @@ fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|t| !t.is_empty())
 }
 
-/// A `Content-Length` value (possibly a list of equal values); `None` when invalid.
+/// A `Content-Length` value (possibly a list of equal values); `None` when invalid, also
+/// when empty (next to a valid one, an empty field was read as absent).
 fn content_length(v: &[u8], prev: Option<u64>) -> Option<u64> {
     let mut n = prev;
+    let mut any = false;
     for t in tokens(v) {
+        any = true;
         if t.len() > 18 || !t.iter().all(u8::is_ascii_digit) {
             return None;
         }
@@ -578,7 +584,7 @@ fn content_length(v: &[u8], prev: Option<u64>) -> Option<u64> {
         }
         n = Some(x);
     }
-    n
+    n.filter(|_| any)
 }
 
 /// Whether the last transfer coding is `chunked`.
@@ -811,7 +817,13 @@ fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Parsed {
             return Parsed::Bad(400);
         }
         uri_host = Some(a.as_str().as_bytes().to_vec());
-        out.extend_from_slice(uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
+        // An empty path is `/` in origin form (RFC 9112 section 3.2.1): `http://h?q` is
+        // `/?q`, never `?q` (found by fuzz/'s request_differential target).
+        let pq = uri.path_and_query().map_or("", |p| p.as_str());
+        if !pq.starts_with('/') {
+            out.push(b'/');
+        }
+        out.extend_from_slice(pq.as_bytes());
     }
     if uri_host.is_none() && hosts == 0 {
         return Parsed::Bad(400);
@@ -981,7 +993,11 @@ fn parse_response(
             },
             H::TransferEncoding => {
                 te = true;
-                chunked = ends_chunked(h.value);
+                // The codings of all the fields make one list, empty ones add nothing
+                // ("chunked" then "" is chunked: found by fuzz/'s response_head target).
+                if tokens(h.value).next().is_some() {
+                    chunked = ends_chunked(h.value);
+                }
                 chunked_seen += tokens(h.value)
                     .filter(|t| t.eq_ignore_ascii_case(b"chunked"))
                     .count();
@@ -2033,6 +2049,25 @@ mod tests {
     }
 
     #[test]
+    fn an_absolute_target_with_an_empty_path_goes_upstream_as_slash() {
+        for (target, want) in [
+            ("http://h.example:80?q", "GET /?q HTTP/1.1\r\n"),
+            ("http://h.example", "GET / HTTP/1.1\r\n"),
+            ("http://h.example/p?q", "GET /p?q HTTP/1.1\r\n"),
+        ] {
+            let head = format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n");
+            let mut out = Vec::new();
+            let Parsed::Complete(_) = parse_request(head.as_bytes(), &test_ctx(false), &mut out)
+            else {
+                panic!("{target} refused")
+            };
+            let text = String::from_utf8(out).unwrap();
+            assert!(text.starts_with(want), "{target}: {text}");
+            assert!(text.contains("\r\nhost: h.example"), "{text}");
+        }
+    }
+
+    #[test]
     fn content_length_lists_must_agree() {
         assert_eq!(content_length(b"12", None), Some(12));
         assert_eq!(content_length(b"12, 12", None), Some(12));
@@ -2040,6 +2075,16 @@ mod tests {
         assert_eq!(content_length(b"12", Some(13)), None);
         assert_eq!(content_length(b"-1", None), None);
         assert_eq!(content_length(b"1e3", None), None);
+        // An empty field (or one of commas) is no length, even after a valid one.
+        assert_eq!(content_length(b"", Some(12)), None);
+        assert_eq!(content_length(b" , ", Some(12)), None);
+        let mut out = Vec::new();
+        let head =
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: \r\n\r\nabc";
+        assert!(matches!(
+            parse_request(head, &test_ctx(false), &mut out),
+            Parsed::Bad(400)
+        ));
     }
 
     #[test]
@@ -2449,6 +2494,17 @@ mod tests {
             text.contains("Transfer-Encoding: chunked, gzip\r\n"),
             "{text}"
         );
+        // An empty field adds no coding: still chunked.
+        let RespParsed::Complete(r) = parse_response(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding:\r\n\r\n",
+            false,
+            false,
+            None,
+            &mut Vec::new(),
+        ) else {
+            panic!()
+        };
+        assert_eq!(r.body, Framing::Chunked);
         // Chunked twice, over one or two fields: no telling where the body ends.
         for h in [
             &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n"[..],

@@ -49,6 +49,10 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+/// Entry points for the fuzz targets in `fuzz/` (not an API).
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use h1::fuzzing;
 pub use http::strip_hop_by_hop;
 pub use state::AdminState;
 use state::{PoolHandle, PoolState};

@@ -122,7 +122,12 @@ impl Source {
     /// Deserialize the whole file; syntax and shape errors carry their position.
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ConfigError> {
         toml::from_str::<T>(&self.text).map_err(|e| {
-            let message = e.message().trim().to_string();
+            let mut message = e.message().trim().to_string();
+            if message.is_empty() {
+                // toml says nothing of some errors, e.g. a control character in a comment
+                // (found by fuzz/'s topology target with "#\0").
+                message = "invalid TOML here (a control character?)".to_string();
+            }
             let d = match e.span() {
                 Some(span) => self.error_at(span, message),
                 None => self.error(message),
@@ -143,6 +148,20 @@ fn floor_char_boundary(s: &str, mut i: usize) -> usize {
 mod tests {
     use super::*;
     use serde::Deserialize;
+
+    #[test]
+    fn a_syntax_error_always_says_something() {
+        for text in ["#\u{0}", "a = 1 # \u{7f}", "a = \"\u{1}\""] {
+            let e = Source::new("f.toml", text)
+                .parse::<toml::Table>()
+                .unwrap_err();
+            let d = &e.diagnostics[0];
+            assert!(
+                !d.message.is_empty() && d.line == 1 && d.col > 1,
+                "{text:?}: {e}"
+            );
+        }
+    }
 
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
