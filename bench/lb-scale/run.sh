@@ -264,12 +264,13 @@ for n in "${SIZES[@]}"; do
     declare -A port=() pid=() rss0=() startup=()
     for b in rampart haproxy; do
       port[$b]=$(lbpy freeport 1)
-      t0=$(date +%s.%N)
       if [ $b = rampart ]; then
         conf_rampart "$algo" "$n" "${port[$b]}" "$work/rampart-$n-$algo.toml"
+        t0=$(date +%s.%N)
         start 0 "rampart-$n-$algo" env RUST_LOG=warn "$rampart_bin" lb --config "$work/rampart-$n-$algo.toml" --threads 1
       else
         conf_haproxy "$algo" "$n" "${port[$b]}" "$work/haproxy-$n-$algo.cfg"
+        t0=$(date +%s.%N)
         start 0 "haproxy-$n-$algo" haproxy -W -f "$work/haproxy-$n-$algo.cfg"
       fi
       pid[$b]=$STARTED
