@@ -571,11 +571,14 @@ fn a_partition_of_the_master_then_its_heal_leaves_one_master() {
     let (probes, failed, gap) = probe.finish();
     eprintln!("vp heal: {probes} probes, {failed} failed, longest gap {gap:?}");
     assert!(probes > 10);
-    // The master that yields keeps the address a moment (a connection it accepted just
-    // before still answers): no probe is lost.
-    assert_eq!(
-        failed,
-        0,
+    // The master that yields keeps the address a moment, so a connection it accepted just
+    // before still answers while the client's ARP entry points at it. One whose packets
+    // straddle the client's ARP change reaches the new master, which knows no such
+    // connection and resets it (no connection state is shared between the balancers, as
+    // between keepalived nodes): at most one probe in flight at that instant (seen once in
+    // a loaded CI run, 1 of 102; 0 in 8 quiet runs).
+    assert!(
+        failed <= 1,
         "{failed} of {probes} probes failed after the heal:\n{}",
         s.logs()
     );
