@@ -34,19 +34,6 @@ fuzz_target!(|data: &[u8]| {
         }
         (RequestOutcome::Bad(_), _) => {}
         (RequestOutcome::Refused, _) => panic!("no firewall, yet refused: {}", says()),
-        (RequestOutcome::Hyper, Verdict::Refuse(why)) => {
-            let missed: Vec<Why> = why
-                .iter()
-                .copied()
-                .filter(|w| w.checked_before_hyper())
-                .collect();
-            assert!(
-                missed.is_empty(),
-                "handed to hyper despite {missed:?}: {}",
-                says()
-            );
-        }
-        (RequestOutcome::Hyper, Verdict::Accept { .. }) => {}
         (RequestOutcome::Complete(_), Verdict::Refuse(why)) => {
             let missed: Vec<Why> = why.iter().copied().filter(|w| w.matters()).collect();
             assert!(missed.is_empty(), "taken despite {missed:?}: {}", says());
@@ -60,7 +47,7 @@ fuzz_target!(|data: &[u8]| {
                 http10,
             },
         ) => {
-            assert!(!http10, "HTTP/1.0 is hyper's: {}", says());
+            assert_eq!(r.http10, *http10, "{}", says());
             assert_eq!(r.head_len, *head_len, "{}", says());
             assert_eq!(body(r.body), *b, "{}", says());
             // The upstream reads the head the codec rendered as the codec did.

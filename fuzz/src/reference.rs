@@ -70,12 +70,6 @@ impl Why {
             Why::Syntax | Why::TargetStrict | Why::HostStrict | Why::HostMissingAbsolute
         )
     }
-
-    /// Whether the codec claims to check it before it hands a request to hyper (the
-    /// target's form and authority are left to hyper then).
-    pub fn checked_before_hyper(self) -> bool {
-        self.matters() && !matches!(self, Why::TargetForm)
-    }
 }
 
 fn unreserved(b: u8) -> bool {

@@ -1,6 +1,7 @@
 //! The HTTP/1.1 fast path: our own codec on both sides of the proxy.
 //!
-//! Every HTTP/1.1 client connection (plain or over TLS) is served here. Request heads are
+//! Every HTTP/1.x client connection (plain or over TLS) is served here, HTTP/1.0 and
+//! upgrades (WebSocket) included: one codec and one policy for every HTTP/1 request. Request heads are
 //! parsed with `httparse` from a per-connection buffer and rewritten straight into the
 //! upstream head (hop-by-hop headers dropped, `X-Forwarded-*` set); the request's own task
 //! writes it to a pooled upstream socket, reads and parses the response head, rewrites it
@@ -15,10 +16,15 @@
 //! back when the exchange is over and nothing of a next request is left in it. The per
 //! request work is boxed, so the waiting task is small.
 //!
-//! What this path does not handle goes to hyper with the bytes already read
-//! ([`crate::http::serve_h1_episode`], which hands the connection back when it goes quiet):
-//! HTTP/1.0, upgrades (WebSocket), requests naming many hop-by-hop headers; the h2c
-//! preface goes to hyper's HTTP/2 server. `CONNECT` gets 501 (no tunnels).
+//! HTTP/1.0: kept alive when the client asks (`Connection: keep-alive`); its requests go
+//! upstream as HTTP/1.1 (a `Host`, empty when the client sent none, as RFC 9112 section
+//! 3.2 has it), so upstream connections are pooled as for any request, and a chunked answer
+//! is decoded for the client, whose connection then ends with the body. An upgrade
+//! (`Upgrade` named in `Connection`, HTTP/1.1, not `h2c`) goes upstream with its `Upgrade`
+//! field; a `101` answer joins the two connections into a tunnel, any other answer leaves
+//! the connection an HTTP one. Only the h2c preface leaves this path, for hyper's HTTP/2
+//! server. `CONNECT` gets 501 (no tunnels); a `Connection` field naming more than
+//! `MAX_CONN_TOKENS` fields gets 400.
 //!
 //! Errors: a malformed head gets 400, an oversized one 431, a head not complete in time
 //! 408, an HTTP version other than 1.x 505 (the connection then closes); upstream failures
@@ -69,7 +75,7 @@ const FREE_MAX: usize = 256;
 /// Big (streaming) buffers kept per thread: at most 512 KiB.
 const FREE_MAX_BIG: usize = 32;
 /// Hop-by-hop header names a request's `Connection` may list; more go to hyper.
-const MAX_CONN_TOKENS: usize = 8;
+const MAX_CONN_TOKENS: usize = 16;
 /// After the server stopped reading a request body (closed, or reset): how long to wait
 /// for the response it may have sent first.
 const EARLY_RESPONSE_WAIT: Duration = Duration::from_secs(1);
@@ -132,12 +138,6 @@ impl Buf {
             }
         }
         self.v.reserve_exact(n.saturating_sub(self.v.len()));
-    }
-
-    fn from_bytes(b: &[u8]) -> Buf {
-        let mut buf = Buf::take();
-        buf.v.extend_from_slice(b);
-        buf
     }
 
     fn data(&self) -> &[u8] {
@@ -282,8 +282,6 @@ enum Next {
     Linger,
     /// The h2c preface: hyper's HTTP/2 server takes the connection.
     H2,
-    /// Something for hyper's HTTP/1 server (with the bytes read so far).
-    Hyper,
 }
 
 /// Serve one client connection (accepted at `accepted`) until it closes, times out, or
@@ -357,21 +355,6 @@ pub(crate) async fn serve<T: ClientStream>(
                 Box::pin(hyper_path::serve_h2(stream, ctx.peer, ctx.clone())).await;
                 return;
             }
-            Next::Hyper => {
-                let rest = buf
-                    .take()
-                    .map_or_else(Bytes::new, |b| Bytes::copy_from_slice(b.data()));
-                let peer = ctx.peer;
-                match Box::pin(hyper_path::serve_h1_episode(io, rest, &ctx, peer, true)).await {
-                    Some((back, rest)) => {
-                        io = back;
-                        if !rest.is_empty() {
-                            buf = Some(Buf::from_bytes(&rest));
-                        }
-                    }
-                    None => return,
-                }
-            }
         }
     }
 }
@@ -423,7 +406,6 @@ async fn exchange<T: ClientStream>(
                         return Next::Close;
                     }
                     Parsed::Partial => parsed = buf.len(),
-                    Parsed::Hyper => return Next::Hyper,
                     Parsed::Bad(status) => {
                         let msg = match status {
                             431 => MSG_431,
@@ -501,13 +483,16 @@ struct ReqInfo {
     head: bool,
     /// Method and target, only when access logging is on.
     log: Option<(String, String)>,
+    /// An HTTP/1.0 client: its answer is never chunked.
+    http10: bool,
+    /// The client asks for an upgrade (sent upstream with it; a `101` makes a tunnel).
+    upgrade: bool,
 }
 
 #[derive(Debug)]
 enum Parsed {
     Partial,
     Complete(ReqInfo),
-    Hyper,
     Bad(u16),
     /// The listener's firewall refuses the request.
     Refused(crate::firewall::Refusal),
@@ -707,12 +692,13 @@ fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Parsed {
     let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
         return Parsed::Bad(400);
     };
-    // HTTP/1.0 goes to hyper, after the checks below (it needs no Host, and may not
-    // use a transfer coding: RFC 9112 section 6.1).
+    // HTTP/1.0 needs no Host, and may not use a transfer coding (RFC 9112 section 6.1).
     let http10 = version != 1;
     // First pass: what the head says about framing, hop-by-hop names, forwarding.
     let mut close = false;
-    let mut upgrade = false;
+    let mut keep_alive = false;
+    let mut conn_upgrade = false;
+    let mut upgrade_to: Option<&[u8]> = None;
     let mut named: [&[u8]; MAX_CONN_TOKENS] = [b""; MAX_CONN_TOKENS];
     let mut n_named = 0;
     let mut too_many = false;
@@ -731,8 +717,10 @@ fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Parsed {
                     if t.eq_ignore_ascii_case(b"close") {
                         close = true;
                     } else if t.eq_ignore_ascii_case(b"upgrade") {
-                        upgrade = true;
-                    } else if !t.eq_ignore_ascii_case(b"keep-alive") {
+                        conn_upgrade = true;
+                    } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                        keep_alive = true;
+                    } else {
                         if n_named == MAX_CONN_TOKENS {
                             too_many = true;
                         } else {
@@ -755,13 +743,13 @@ fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Parsed {
                 host = Some(h.value);
                 hosts += 1;
             }
-            H::Upgrade => upgrade = upgrade || !h.value.is_empty(),
+            H::Upgrade if !h.value.trim_ascii().is_empty() => upgrade_to = Some(h.value),
             H::Expect => expect = h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue"),
             H::Xff => has_xff = true,
             H::Xfp => has_xfp = true,
             H::Xfh => has_xfh = true,
             H::Xri => has_xri = true,
-            H::Hop | H::Hsts | H::Fwd | H::Other => {}
+            H::Upgrade | H::Hop | H::Hsts | H::Fwd | H::Other => {}
         }
     }
     // Smuggling guards (RFC 9112 section 6): the body's framing must be unambiguous, for
@@ -774,11 +762,18 @@ fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Parsed {
     if let Err(status) = head_policy(method, target, http10, hosts, host) {
         return Parsed::Bad(status);
     }
-    if upgrade || too_many || http10 {
-        // WebSocket and friends (hyper's path joins the two halves), or more hop-by-hop
-        // names than kept here: hyper's path, after the same checks.
-        return Parsed::Hyper;
+    if too_many {
+        // More hop-by-hop names than any real client sends.
+        return Parsed::Bad(400);
     }
+    // An HTTP/1.0 connection is kept only when the client asks.
+    let close = close || (http10 && !keep_alive);
+    // An upgrade is HTTP/1.1's, named in `Connection`; h2c's (HTTP/2 over this connection)
+    // is declined by not forwarding it, as HAProxy does.
+    let upgrade = !http10
+        && conn_upgrade
+        && upgrade_to.is_some_and(|v| !tokens(v).all(|t| t.eq_ignore_ascii_case(b"h2c")));
+    let expect = expect && !http10;
     let body = if chunked {
         Framing::Chunked
     } else {
@@ -825,7 +820,7 @@ fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Parsed {
         }
         out.extend_from_slice(pq.as_bytes());
     }
-    if uri_host.is_none() && hosts == 0 {
+    if uri_host.is_none() && hosts == 0 && !http10 {
         return Parsed::Bad(400);
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
@@ -833,7 +828,8 @@ fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Parsed {
     for h in req.headers.iter() {
         let kind = classify(h.name);
         match kind {
-            H::Hop | H::Connection | H::TransferEncoding | H::Upgrade | H::Xff => continue,
+            H::Hop | H::Connection | H::TransferEncoding | H::Xff => continue,
+            H::Upgrade if !upgrade => continue,
             // Rendered once below, from what was parsed.
             H::ContentLength => continue,
             // An absolute-form target's authority is the host (RFC 9112 section 3.2.2).
@@ -857,6 +853,13 @@ fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Parsed {
     }
     if let Some(h) = uri_host.as_deref() {
         push_header(out, b"host", h);
+    } else if hosts == 0 {
+        // HTTP/1.0 without one: HTTP/1.1 upstream needs the field, empty for a target
+        // without an authority (RFC 9112 section 3.2).
+        out.extend_from_slice(b"host: \r\n");
+    }
+    if upgrade {
+        out.extend_from_slice(b"connection: upgrade\r\n");
     }
     let host = uri_host.as_deref().or(host);
     if chunked {
@@ -913,6 +916,8 @@ fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Parsed {
         replayable: idempotent && body == Framing::None,
         head,
         log: crate::accesslog::enabled().then(|| (method.to_string(), target.to_string())),
+        http10,
+        upgrade,
     })
 }
 
@@ -926,6 +931,10 @@ struct RespInfo {
     reusable: bool,
     /// The client connection closes after this response.
     close: bool,
+    /// A chunked body decoded for an HTTP/1.0 client (sent until the connection closes).
+    dechunk: bool,
+    /// `101 Switching Protocols` to an upgrade: the connection becomes a tunnel.
+    switched: bool,
 }
 
 #[derive(Debug)]
@@ -937,8 +946,8 @@ enum RespParsed {
     Complete(RespInfo),
 }
 
-/// Parse the response head at the start of `data`; render its client head into `out`.
-/// `close`: the client connection closes after it anyway.
+/// [`parse_response_to`] for an HTTP/1.1 client that asked for no upgrade.
+#[cfg(any(test, feature = "fuzzing"))]
 fn parse_response(
     data: &[u8],
     head_req: bool,
@@ -946,6 +955,42 @@ fn parse_response(
     hsts: Option<&[u8]>,
     out: &mut Vec<u8>,
 ) -> RespParsed {
+    let client = Client {
+        head_req,
+        close,
+        http10: false,
+        upgrade: false,
+    };
+    parse_response_to(data, client, hsts, out)
+}
+
+/// What a response head's rendering depends on in the request it answers.
+#[derive(Debug, Clone, Copy)]
+struct Client {
+    /// The request was a `HEAD`.
+    head_req: bool,
+    /// The client connection closes after the response anyway.
+    close: bool,
+    /// An HTTP/1.0 client: no chunked answer, `Connection: keep-alive` to keep it.
+    http10: bool,
+    /// The request asked for an upgrade: a `101` is expected, not a protocol error.
+    upgrade: bool,
+}
+
+/// Parse the response head at the start of `data`; render its head for `client` into
+/// `out`.
+fn parse_response_to(
+    data: &[u8],
+    client: Client,
+    hsts: Option<&[u8]>,
+    out: &mut Vec<u8>,
+) -> RespParsed {
+    let Client {
+        head_req,
+        close,
+        http10,
+        upgrade,
+    } = client;
     let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
     let head_len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
@@ -960,6 +1005,30 @@ fn parse_response(
     let (Some(status), Some(version)) = (resp.code, resp.version) else {
         return RespParsed::Bad;
     };
+    if status == 101 && upgrade && version == 1 {
+        // The server switched: its head goes to the client as it came, but for the
+        // hop-by-hop fields other than `Upgrade`.
+        out.clear();
+        out.extend_from_slice(b"HTTP/1.1 101 ");
+        out.extend_from_slice(resp.reason.unwrap_or("Switching Protocols").as_bytes());
+        out.extend_from_slice(b"\r\n");
+        for h in resp.headers.iter() {
+            match classify(h.name) {
+                H::Hop | H::Connection | H::ContentLength | H::TransferEncoding => {}
+                _ => push_header(out, h.name.as_bytes(), h.value),
+            }
+        }
+        out.extend_from_slice(b"connection: upgrade\r\n\r\n");
+        return RespParsed::Complete(RespInfo {
+            head_len,
+            status,
+            body: Framing::None,
+            reusable: false,
+            close: true,
+            dechunk: false,
+            switched: true,
+        });
+    }
     if (100..200).contains(&status) {
         // 100 Continue, 103 Early Hints...: skipped; a 101 was not asked for.
         return if status == 101 {
@@ -1029,7 +1098,10 @@ fn parse_response(
             None => Framing::Close,
         }
     };
-    let close = close || body == Framing::Close;
+    // An HTTP/1.0 client knows no chunked coding: the body is decoded for it, and its end
+    // is the connection's.
+    let dechunk = http10 && body == Framing::Chunked;
+    let close = close || body == Framing::Close || dechunk;
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
     let mut code = [0u8; 3];
@@ -1048,9 +1120,10 @@ fn parse_response(
             // (A coding list not ending in chunked is kept too: the body is read until the
             // server closes, and the client must know its coding.)
             H::TransferEncoding
-                if !(body == Framing::Chunked
-                    || body == Framing::Close
-                    || (chunked && head_req)) =>
+                if dechunk
+                    || !(body == Framing::Chunked
+                        || body == Framing::Close
+                        || (chunked && head_req && !http10)) =>
             {
                 continue
             }
@@ -1081,6 +1154,8 @@ fn parse_response(
     }
     if close {
         out.extend_from_slice(b"connection: close\r\n");
+    } else if http10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
     RespParsed::Complete(RespInfo {
@@ -1089,6 +1164,8 @@ fn parse_response(
         body,
         reusable: !upstream_close && body != Framing::Close,
         close,
+        dechunk,
+        switched: false,
     })
 }
 
@@ -1137,12 +1214,23 @@ impl Chunked {
     /// How many bytes at the start of `data` belong to the body: all of them, unless it
     /// ends inside.
     pub(crate) fn scan(&mut self, data: &[u8]) -> Result<usize, BadChunk> {
+        self.scan_with(data, |_| {})
+    }
+
+    /// [`Chunked::scan`], handing `on_data` each run of chunk data (the body without its
+    /// framing).
+    pub(crate) fn scan_with(
+        &mut self,
+        data: &[u8],
+        mut on_data: impl FnMut(&[u8]),
+    ) -> Result<usize, BadChunk> {
         let mut i = 0;
         while i < data.len() {
             match self.st {
                 CSt::Done => return Ok(i),
                 CSt::Data => {
                     let take = self.size.min((data.len() - i) as u64);
+                    on_data(&data[i..i + take as usize]);
                     i += take as usize;
                     self.size -= take;
                     if self.size == 0 {
@@ -1265,6 +1353,8 @@ fn is_tchar(b: u8) -> bool {
 enum Left {
     Length(u64),
     Chunked(Chunked),
+    /// Chunked, forwarded without its framing (to an HTTP/1.0 client).
+    Dechunk(Chunked),
     Close,
 }
 
@@ -1278,6 +1368,27 @@ impl Left {
         }
     }
 
+    /// A response body's: as [`Left::of`], decoding a chunked one when `dechunk`.
+    fn of_response(f: Framing, dechunk: bool) -> Option<Left> {
+        match (f, dechunk) {
+            (Framing::Chunked, true) => Some(Left::Dechunk(Chunked::default())),
+            _ => Left::of(f),
+        }
+    }
+
+    /// [`Left::take`]; what to forward is `data[..k]`, or, for [`Left::Dechunk`], what was
+    /// appended to `decoded`.
+    fn take_into(&mut self, data: &[u8], decoded: &mut Vec<u8>) -> Result<usize, BadChunk> {
+        match self {
+            Left::Dechunk(c) => c.scan_with(data, |d| decoded.extend_from_slice(d)),
+            _ => self.take(data),
+        }
+    }
+
+    fn decodes(&self) -> bool {
+        matches!(self, Left::Dechunk(_))
+    }
+
     /// How much of `data` belongs to the body; updates what is left.
     fn take(&mut self, data: &[u8]) -> Result<usize, BadChunk> {
         match self {
@@ -1286,7 +1397,7 @@ impl Left {
                 *n -= k;
                 Ok(k as usize)
             }
-            Left::Chunked(c) => c.scan(data),
+            Left::Chunked(c) | Left::Dechunk(c) => c.scan(data),
             Left::Close => Ok(data.len()),
         }
     }
@@ -1294,7 +1405,7 @@ impl Left {
     fn done(&self) -> bool {
         match self {
             Left::Length(n) => *n == 0,
-            Left::Chunked(c) => c.done(),
+            Left::Chunked(c) | Left::Dechunk(c) => c.done(),
             Left::Close => false,
         }
     }
@@ -1744,7 +1855,13 @@ async fn attempt_on<T: ClientStream>(
                 // of its body was never read.
                 let close = req.close || crate::stopping() || cut.is_some();
                 let hsts = ctx.hsts().map(|v| v.as_bytes());
-                match parse_response(ub.data(), req.head, close, hsts, out) {
+                let client = Client {
+                    head_req: req.head,
+                    close,
+                    http10: req.http10,
+                    upgrade: req.upgrade,
+                };
+                match parse_response_to(ub.data(), client, hsts, out) {
                     RespParsed::Partial => break,
                     RespParsed::Interim(n) => ub.consume(n),
                     RespParsed::Bad => {
@@ -1792,14 +1909,30 @@ async fn attempt_on<T: ClientStream>(
         log(ctx, method, path, info.status, bytes, total, Some(&served));
     }
     ub.consume(info.head_len);
-    let mut left = Left::of(info.body);
+    if info.switched {
+        // What the server sent past its head is the tunnel's first bytes.
+        out.extend_from_slice(ub.data());
+        let n = ub.len();
+        ub.consume(n);
+        if write_flush(io, out, t1 + client_stall).await.is_err() {
+            return Ok(Next::Close);
+        }
+        Box::pin(tunnel(io, buf, up, ctx)).await;
+        return Ok(Next::Close);
+    }
+    let mut left = Left::of_response(info.body, info.dechunk);
     // The head with the body bytes already here: one write.
     if let Some(l) = left.as_mut() {
         // A malformed chunked body: 502 (nothing was sent to the client yet).
+        let mut decoded = Vec::new();
         let k = l
-            .take(ub.data())
+            .take_into(ub.data(), &mut decoded)
             .map_err(|_| Failure::Sent(io::Error::other("malformed response body")))?;
-        out.extend_from_slice(&ub.data()[..k]);
+        if l.decodes() {
+            out.extend_from_slice(&decoded);
+        } else {
+            out.extend_from_slice(&ub.data()[..k]);
+        }
         ub.consume(k);
         s.stats.bytes_out(k);
     }
@@ -1907,6 +2040,8 @@ async fn stream_response<T: ClientStream>(
     client_stall: Duration,
     up_stall: Duration,
 ) -> bool {
+    // Decoded chunk data, for an HTTP/1.0 client (left empty otherwise).
+    let mut decoded = Vec::new();
     loop {
         if ub.is_empty() {
             match by(Instant::now() + up_stall, ub.read_from(up, BUF)).await {
@@ -1915,13 +2050,20 @@ async fn stream_response<T: ClientStream>(
                 Ok(_) => {}
             }
         }
-        let Ok(k) = left.take(ub.data()) else {
+        decoded.clear();
+        let Ok(k) = left.take_into(ub.data(), &mut decoded) else {
             return false;
         };
         if k > 0 {
-            if write_flush(io, &ub.data()[..k], Instant::now() + client_stall)
-                .await
-                .is_err()
+            let bytes = if left.decodes() {
+                &decoded[..]
+            } else {
+                &ub.data()[..k]
+            };
+            if !bytes.is_empty()
+                && write_flush(io, bytes, Instant::now() + client_stall)
+                    .await
+                    .is_err()
             {
                 return false;
             }
@@ -1931,6 +2073,25 @@ async fn stream_response<T: ClientStream>(
         if left.done() {
             return true;
         }
+    }
+}
+
+/// After a `101`: copy bytes both ways until either side closes (what the client sent
+/// past its request first). The server's slot stays taken meanwhile, as a connection.
+async fn tunnel<T: ClientStream>(io: &mut T, buf: &mut Buf, mut up: UpStream, ctx: &ConnCtx) {
+    if !buf.is_empty() {
+        let stall = Instant::now() + ctx.listener.cfg.idle_timeout;
+        if write_flush(&mut up, buf.data(), stall).await.is_err() {
+            return;
+        }
+        let n = buf.len();
+        buf.consume(n);
+    }
+    match tokio::io::copy_bidirectional(io, &mut up).await {
+        Ok((to_server, to_client)) => {
+            tracing::debug!(peer = %ctx.peer, to_server, to_client, "upgraded connection ended");
+        }
+        Err(e) => tracing::debug!(peer = %ctx.peer, error = %e, "upgraded connection ended"),
     }
 }
 
@@ -2530,7 +2691,7 @@ mod tests {
     fn check_parse(data: &[u8], trusted: bool) -> Result<(), TestCaseError> {
         let mut out = Vec::new();
         match parse_request(data, &test_ctx(trusted), &mut out) {
-            Parsed::Partial | Parsed::Hyper => {}
+            Parsed::Partial => {}
             Parsed::Refused(r) => prop_assert!(false, "no firewall, yet refused: {r:?}"),
             Parsed::Bad(s) => prop_assert!(matches!(s, 400 | 431 | 501 | 505), "{s}"),
             Parsed::Complete(r) => {

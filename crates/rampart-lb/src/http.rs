@@ -1,10 +1,12 @@
-//! HTTP forwarding: one client connection served by hyper (HTTP/1.1 keep-alive or h2c),
-//! each request sent to a server of the listener's pool over a reused HTTP/1.1 connection.
+//! HTTP/2 forwarding (h2c and over TLS by ALPN): one client connection served by hyper's
+//! HTTP/2 server, each request sent to a server of the listener's pool over a reused
+//! HTTP/1.1 connection. Every HTTP/1.x connection is the fast path's ([`crate::h1`]);
+//! this module also accepts connections and sends each to its path.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -44,9 +46,6 @@ pub(crate) struct ConnCtx {
     pub(crate) hash_key: u64,
     /// Progress counters of the hyper paths (made when one first serves the connection).
     activity: OnceLock<Arc<Activity>>,
-    /// An upgrade the server accepted (101), waiting for the client side of the
-    /// connection once hyper hands it back.
-    tunnel: Mutex<Option<Box<Tunnel>>>,
     /// The client came over TLS (`X-Forwarded-Proto: https`).
     pub(crate) https: bool,
 }
@@ -93,7 +92,6 @@ impl ConnCtx {
             worker,
             activity: OnceLock::new(),
             listener: listener.clone(),
-            tunnel: Mutex::new(None),
             https: tls.is_some(),
         }))
     }
@@ -122,13 +120,6 @@ impl ConnCtx {
     }
 }
 
-/// The upstream half of an upgraded (e.g. WebSocket) connection.
-struct Tunnel {
-    upstream: hyper::upgrade::OnUpgrade,
-    _slot: InFlight,
-    _sender: SendRequest<ReqBody>,
-}
-
 /// The client connection preface of HTTP/2.
 pub(crate) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -137,8 +128,8 @@ type Svc = Arc<ConnCtx>;
 /// Serve one accepted client connection (on a task of its own, which also holds `guard`)
 /// until it closes or times out.
 ///
-/// HTTP/1.1 is served by the fast path ([`crate::h1`]), which hands hyper what it does
-/// not handle (HTTP/1.0, upgrades) and the h2c preface (served by hyper's HTTP/2 server).
+/// HTTP/1.x is served by the fast path ([`crate::h1`]), which hands hyper's HTTP/2 server
+/// the h2c preface.
 ///
 /// A TLS listener's connections are served after the handshake (HTTP/2 by ALPN through
 /// hyper); a redirecting listener answers every request with a redirect to HTTPS.
@@ -213,122 +204,9 @@ fn service(
     })
 }
 
-/// Serve HTTP/1.1 requests until the connection goes quiet (then hand back the socket and
-/// any bytes hyper read ahead), closes, fails, or upgrades (then run the tunnel).
-/// Without `park`, "quiet" means the client idle timeout: the connection then closes.
-pub(crate) async fn serve_h1_episode<T>(
-    tcp: T,
-    leftover: Bytes,
-    ctx: &Svc,
-    peer: SocketAddr,
-    park: bool,
-) -> Option<(T, Bytes)>
-where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let cfg = &ctx.listener.cfg;
-    let activity = ctx.activity();
-    let io = TokioIo::new(Prefixed {
-        prefix: leftover,
-        inner: CountedIo::new(tcp, activity.clone()),
-    });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(cfg.header_read_timeout)
-        .keep_alive(!crate::shutdown_token().is_cancelled())
-        .half_close(false);
-    // Boxed: a parked connection must not carry hyper's state inline.
-    let mut conn = Box::new(builder.serve_connection(io, service(ctx)));
-    let quiet = if park {
-        PARK_AFTER.min(cfg.header_read_timeout / 4)
-    } else {
-        (cfg.idle_timeout / 4).max(PARK_AFTER)
-    };
-    // Quiet ticks in a row before closing (no parking): about the idle timeout.
-    let close_after = if park { 1 } else { 4 };
-    let mut quiet_ticks = 0u32;
-    let mut tick = tokio::time::interval(quiet);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    let mut last = activity.snapshot();
-    let mut parking = false;
-    let stopping = crate::shutdown_token();
-    let done = loop {
-        tokio::select! {
-            r = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break r,
-            // Stopping: finish the request in flight, then close.
-            _ = stopping.cancelled(), if !parking => {
-                Pin::new(&mut *conn).graceful_shutdown();
-                parking = true;
-            }
-            _ = tick.tick(), if !parking => {
-                let now = activity.snapshot();
-                if now == last && !activity.is_busy() {
-                    quiet_ticks += 1;
-                    if quiet_ticks >= close_after {
-                        Pin::new(&mut *conn).graceful_shutdown();
-                        parking = true;
-                    }
-                } else {
-                    quiet_ticks = 0;
-                }
-                last = now;
-            }
-        }
-    };
-    if let Err(e) = done {
-        tracing::debug!(%peer, error = %e, "client connection ended with an error");
-        return None;
-    }
-    let parts = (*conn).into_parts();
-    let Prefixed { prefix, inner } = parts.io.into_inner();
-    let tcp = inner.into_inner();
-    let mut rest = bytes::BytesMut::from(&parts.read_buf[..]);
-    rest.extend_from_slice(&prefix);
-    let rest = rest.freeze();
-    let tunnel = ctx.tunnel.lock().ok().and_then(|mut t| t.take());
-    if let Some(t) = tunnel {
-        run_tunnel(tcp, rest, *t, peer).await;
-        return None;
-    }
-    // hyper ended the connection itself (client close, `Connection: close`): done.
-    parking.then_some((tcp, rest))
-}
-
 /// When the process stops, how long an idle keep-alive connection may still bring its
 /// next request.
 pub(crate) const STOP_LINGER: Duration = Duration::from_millis(1000);
-
-/// After this long without requests (checked at this interval, so parking happens 1-2
-/// intervals after the last byte), an HTTP/1 connection gives back hyper's buffers.
-/// Short, so that a burst of new connections does not keep thousands of 30 KB hyper states
-/// alive at once (bench idle scenario: 250 ms -> 50 ms took ~0.5 KB off each idle
-/// connection); a connection under steady load never goes quiet for this long.
-const PARK_AFTER: Duration = Duration::from_millis(50);
-
-async fn run_tunnel<T: AsyncRead + AsyncWrite + Unpin>(
-    tcp: T,
-    rest: Bytes,
-    t: Tunnel,
-    peer: SocketAddr,
-) {
-    let upstream = match t.upstream.await {
-        Ok(u) => u,
-        Err(e) => {
-            tracing::warn!(%peer, error = %e, "upstream upgrade failed");
-            return;
-        }
-    };
-    let mut client = Prefixed {
-        prefix: rest,
-        inner: tcp,
-    };
-    let mut up = TokioIo::new(upstream);
-    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut up).await {
-        tracing::debug!(%peer, error = %e, "upgraded connection ended");
-    }
-}
 
 /// Streams a client may have open on one HTTP/2 connection.
 const H2_MAX_STREAMS: u32 = 100;
@@ -557,33 +435,17 @@ enum Failure {
 
 async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<RespBody> {
     let busy = Busy::new(ctx.activity());
-    // The fast path's rules for an HTTP/1.x head, for the requests hyper reads here
-    // (HTTP/1.0, upgrades, and whatever a client pipelines after them).
-    if matches!(
-        req.version(),
-        Version::HTTP_10 | Version::HTTP_11 | Version::HTTP_09
-    ) {
-        let hosts = req.headers().get_all(header::HOST);
-        let n = hosts.iter().count();
-        let host = hosts.iter().next_back().map(|h| h.as_bytes());
-        let target = req.uri().to_string();
-        let http10 = req.version() != Version::HTTP_11;
-        if let Err(code) = crate::h1::head_policy(req.method().as_str(), &target, http10, n, host) {
-            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST);
-            let msg = if code == 501 {
-                "501 Not Implemented: CONNECT is not supported\n"
-            } else {
-                "400 Bad Request: malformed request\n"
-            };
-            ctx.listener.stats.counters.response(code, 0);
-            let mut r = error_response(status, &Bytes::from_static(msg.as_bytes()), busy);
-            r.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return r;
-        }
+    // No tunnels over HTTP/2 either (the fast path answers an HTTP/1 CONNECT alike).
+    if req.method() == Method::CONNECT {
+        ctx.listener.stats.counters.response(501, 0);
+        return error_response(
+            StatusCode::NOT_IMPLEMENTED,
+            &Bytes::from_static(b"501 Not Implemented: CONNECT is not supported\n"),
+            busy,
+        );
     }
-    // The firewall's request checks, as on the fast path (one policy for HTTP/1.0,
-    // upgrades and HTTP/2 alike).
+    // The firewall's request checks, as on the fast path (one policy for HTTP/1 and
+    // HTTP/2 alike).
     if let Some(fw) = ctx.listener.firewall.as_deref() {
         if fw.checks_requests() {
             let declared = req
@@ -613,9 +475,8 @@ async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<RespBody>
     let mut now = now_ns();
     pool.budget.on_request(now);
 
-    let upgrade = is_upgrade(&req);
     let (mut parts, body) = req.into_parts();
-    prepare_headers(&mut parts, &ctx, upgrade);
+    prepare_headers(&mut parts, &ctx);
 
     let body = if body.is_end_stream() {
         ReqBody::Empty
@@ -657,7 +518,7 @@ async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<RespBody>
             return failed(pool, last_status, busy);
         };
         let started = now;
-        match attempt_on(r, &slot, &ctx, upgrade).await {
+        match attempt_on(r, &slot, &ctx).await {
             Ok((resp, sender, sent)) => {
                 let s = slot.server();
                 let end = now_ns();
@@ -669,7 +530,7 @@ async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<RespBody>
                     attempts: attempt + 1,
                     upstream_ns: took,
                 });
-                let mut r = respond(resp, sender, slot, &ctx, busy, upgrade);
+                let mut r = respond(resp, sender, slot, &ctx, busy);
                 if let Some(served) = served {
                     r.extensions_mut().insert(served);
                 }
@@ -732,16 +593,11 @@ async fn attempt_on(
     mut req: Request<ReqBody>,
     slot: &InFlight,
     ctx: &ConnCtx,
-    upgrade: bool,
 ) -> Result<(Response<Incoming>, SendRequest<ReqBody>, u64), Failure> {
     let pool = &slot.pool;
     let s = slot.server();
     let t = pool.cfg.timeouts;
-    let mut pooled = if upgrade {
-        None
-    } else {
-        upstream::checkout(s, ctx.worker, t.idle).await
-    };
+    let mut pooled = upstream::checkout(s, ctx.worker, t.idle).await;
     loop {
         let from_pool = pooled.is_some();
         let mut sender = match pooled.take() {
@@ -804,23 +660,8 @@ fn respond(
     slot: InFlight,
     ctx: &ConnCtx,
     busy: Busy,
-    upgrade: bool,
 ) -> Response<RespBody> {
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade {
-        // The client side is handed back by hyper when this response is written; the
-        // connection task then joins both halves (see `serve_h1_episode`).
-        let upstream = hyper::upgrade::on(&mut resp);
-        if let Ok(mut t) = ctx.tunnel.lock() {
-            *t = Some(Box::new(Tunnel {
-                upstream,
-                _slot: slot,
-                _sender: sender,
-            }));
-        }
-        let (parts, _) = resp.into_parts();
-        return Response::from_parts(parts, RespBody::full(Bytes::new(), Some(busy)));
-    }
-    strip_hop_by_hop(resp.headers_mut(), false);
+    strip_hop_by_hop(resp.headers_mut());
     let (parts, body) = resp.into_parts();
     let mut finish = Finish {
         sender: Some(sender),
@@ -848,24 +689,8 @@ fn respond(
     )
 }
 
-fn is_upgrade<B>(req: &Request<B>) -> bool {
-    req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
-        && req
-            .headers()
-            .get_all(header::CONNECTION)
-            .iter()
-            .any(|v| has_token(v.as_bytes(), b"upgrade"))
-}
-
-fn has_token(list: &[u8], token: &[u8]) -> bool {
-    list.split(|b| *b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-}
-
 /// Remove hop-by-hop headers: those named in `Connection`, and the fixed list.
-/// With `upgrade`, keep `Upgrade` and send `Connection: upgrade`.
-pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     if h.contains_key(header::CONNECTION) {
         let mut named: Vec<HeaderName> = Vec::new();
         for v in h.get_all(header::CONNECTION) {
@@ -898,18 +723,14 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
     h.remove(header::TE);
     h.remove(header::TRAILER);
     h.remove(header::TRANSFER_ENCODING);
-    if upgrade {
-        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        h.remove(header::UPGRADE);
-    }
+    h.remove(header::UPGRADE);
 }
 
 /// Make the client's request head fit for the upstream: origin-form URI, HTTP/1.1, a
 /// `Host`, no hop-by-hop headers, `X-Forwarded-*`.
-fn prepare_headers(parts: &mut http::request::Parts, ctx: &ConnCtx, upgrade: bool) {
+fn prepare_headers(parts: &mut http::request::Parts, ctx: &ConnCtx) {
     let h = &mut parts.headers;
-    strip_hop_by_hop(h, upgrade);
+    strip_hop_by_hop(h);
     // HTTP/2 requests carry the host in the URI's authority.
     if !h.contains_key(header::HOST) {
         if let Some(a) = parts.uri.authority() {
@@ -993,25 +814,9 @@ mod tests {
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         h.insert("proxy-authorization", HeaderValue::from_static("x"));
         h.insert("x-kept", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h, false);
+        strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
-    }
-
-    #[test]
-    fn upgrade_keeps_upgrade_headers() {
-        let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        strip_hop_by_hop(&mut h, true);
-        assert_eq!(h.get(header::UPGRADE).unwrap(), "websocket");
-        assert_eq!(h.get(header::CONNECTION).unwrap(), "upgrade");
-    }
-
-    #[test]
-    fn tokens() {
-        assert!(has_token(b"keep-alive, Upgrade", b"upgrade"));
-        assert!(!has_token(b"keep-alive", b"upgrade"));
     }
 }
 

@@ -22,20 +22,6 @@ pub struct Activity {
     busy: AtomicU32,
 }
 
-impl Activity {
-    /// (reads, writes) so far: equal snapshots mean no progress in between.
-    pub fn snapshot(&self) -> (u64, u64) {
-        (
-            self.reads.load(Ordering::Relaxed),
-            self.writes.load(Ordering::Relaxed),
-        )
-    }
-
-    pub fn is_busy(&self) -> bool {
-        self.busy.load(Ordering::Relaxed) > 0
-    }
-}
-
 /// Marks a connection busy while alive.
 pub struct Busy(Arc<Activity>);
 
@@ -62,10 +48,6 @@ pub struct CountedIo<T> {
 impl<T> CountedIo<T> {
     pub fn new(inner: T, activity: Arc<Activity>) -> Self {
         CountedIo { inner, activity }
-    }
-
-    pub fn into_inner(self) -> T {
-        self.inner
     }
 }
 

@@ -4,7 +4,7 @@
 //! these atomics that also hides the servers a request already tried and the full ones.
 //!
 //! Passive evidence (what each attempt on a server came to) enters through one function,
-//! [`PoolState::on_passive`], for the fast path, hyper's path and TCP alike; it feeds the
+//! [`PoolState::on_passive`], for the HTTP/1 fast path, hyper's HTTP/2 path and TCP alike; it feeds the
 //! pool's outlier detector (`rampart_balance::outlier`), which ejects servers within
 //! `max_ejection_percent`. Health (active checks) and ejection are separate states; a
 //! server takes new requests when it is up, not ejected, ready and weighted, or, while
@@ -583,7 +583,7 @@ impl PoolState {
         }
     }
 
-    /// An HTTP answer from server `i` (the fast path and hyper's path both end here):
+    /// An HTTP answer from server `i` (the HTTP/1 fast path and hyper's HTTP/2 path both end here):
     /// least-response-time records the server's wait, from the request's last byte sent
     /// (`sent_ns`) to the answer's first byte (`first_byte_ns`), all on `clock::now_ns`'s
     /// scale; then [`PoolState::on_passive`] takes the status.

@@ -47,6 +47,10 @@ pub struct Request {
     pub expect: bool,
     pub replayable: bool,
     pub head: bool,
+    /// An HTTP/1.0 client.
+    pub http10: bool,
+    /// An upgrade, sent upstream with `Upgrade` and `Connection: upgrade`.
+    pub upgrade: bool,
     pub upstream_head: Vec<u8>,
 }
 
@@ -54,8 +58,6 @@ pub struct Request {
 pub enum RequestOutcome {
     Partial,
     Complete(Request),
-    /// Handed to hyper's path (HTTP/1.0, upgrades, many hop-by-hop names).
-    Hyper,
     Bad(u16),
     Refused,
 }
@@ -99,7 +101,6 @@ pub fn parse_request(data: &[u8], trusted: bool) -> RequestOutcome {
     let parsed = CTX.with(|c| super::parse_request(data, &c[usize::from(trusted)], &mut out));
     match parsed {
         Parsed::Partial => RequestOutcome::Partial,
-        Parsed::Hyper => RequestOutcome::Hyper,
         Parsed::Bad(s) => RequestOutcome::Bad(s),
         Parsed::Refused(_) => RequestOutcome::Refused,
         Parsed::Complete(r) => RequestOutcome::Complete(Request {
@@ -109,6 +110,8 @@ pub fn parse_request(data: &[u8], trusted: bool) -> RequestOutcome {
             expect: r.expect,
             replayable: r.replayable,
             head: r.head,
+            http10: r.http10,
+            upgrade: r.upgrade,
             upstream_head: out,
         }),
     }

@@ -214,7 +214,7 @@ async fn methods_and_body_sizes_are_limited_on_every_path() {
     .await;
     assert_eq!(status(&a), 405, "{a}");
     assert!(a.to_ascii_lowercase().contains("allow: get, post"), "{a}");
-    // HTTP/1.0 is served by the other code path: the same policy.
+    // HTTP/1.0: the same policy.
     let a = exchange(lb.addr, "127.0.0.6", b"DELETE / HTTP/1.0\r\n\r\n").await;
     assert_eq!(status(&a), 405, "HTTP/1.0: {a}");
     // A declared body past the limit: 413 before a byte of it is read.

@@ -119,11 +119,7 @@ async fn websocket_upgrade_is_passed_through() {
         }
     }
     assert!(upgrade_header);
-    // A masked text frame "hello" (client frames are masked); the backend echoes bytes.
-    let mask = [1u8, 2, 3, 4];
-    let mut frame = vec![0x81, 0x80 | 5];
-    frame.extend_from_slice(&mask);
-    frame.extend(b"hello".iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    let frame = ws_frame();
     for _ in 0..3 {
         r.get_mut().write_all(&frame).await.unwrap();
         let mut back = vec![0u8; frame.len()];
@@ -133,6 +129,58 @@ async fn websocket_upgrade_is_passed_through() {
             .unwrap();
         assert_eq!(back, frame);
     }
+}
+
+/// A masked text frame "hello" (client frames are masked); the backend echoes bytes.
+fn ws_frame() -> Vec<u8> {
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x81, 0x80 | 5];
+    frame.extend_from_slice(&mask);
+    frame.extend(b"hello".iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// A client that sends its first frame in the same write as the upgrade request, on the fast
+/// path: the frame reaches the server once the tunnel is up
+/// (not lost in the balancer's read buffer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_sent_with_the_upgrade_request_goes_through_the_tunnel() {
+    let a = Backend::start("a").await;
+    let lb = Lb::start(&http_config("round-robin", &servers(&[(&a, 1)]), "")).await;
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    let mut req = b"GET /chat HTTP/1.1\r\nHost: lb.test\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        .to_vec();
+    let frame = ws_frame();
+    req.extend_from_slice(&frame);
+    s.write_all(&req).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some(i) = text.find("\r\n\r\n") {
+            if got.len() >= i + 4 + frame.len() {
+                assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+                assert_eq!(&got[i + 4..i + 4 + frame.len()], &frame[..]);
+                break;
+            }
+        }
+        let n = tokio::time::timeout_at(deadline, s.read(&mut buf))
+            .await
+            .expect("the echo of the first frame")
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    // The tunnel goes on: a second frame, echoed.
+    s.write_all(&frame).await.unwrap();
+    let mut back = vec![0u8; frame.len()];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(back, frame);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -134,8 +134,7 @@ fn config(backend: SocketAddr, tls: &str) -> String {
     )
 }
 
-/// One HTTP/1.0 request over a raw connection (served by the balancer's hyper path, not
-/// the HTTP/1.1 fast path); the answer.
+/// One HTTP/1.0 request over a raw connection; the answer.
 async fn http10(addr: SocketAddr) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(b"GET /old HTTP/1.0\r\nHost: x\r\n\r\n")
