@@ -63,7 +63,7 @@ def main():
         f"127.0.x.y (even ones on nginx 1, odd ones on nginx 2), health checks off. "
         f"{meta['rounds']} alternating rounds of {meta['duration']} s per cell (order swapped each "
         f"round), medians. Load average (1, 5, 15 min) before: {meta['load_before']}, after: "
-        f"{meta['load_after']} (other builds shared the machine; CPU 0's time outside the balancer "
+        f"{meta['load_after']} (CPU 0's time outside the balancer "
         f"during each run is in the raw TSV, `other_cpu0_pct`).\n"
     )
     small = sizes[0]
