@@ -785,9 +785,20 @@ fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Parsed {
     if let Some(fw) = ctx.listener.firewall.as_deref() {
         if fw.checks_requests() {
             let declared = if chunked { None } else { length };
-            if let Err(r) =
-                fw.check_request(ctx.peer.ip(), method, declared, std::time::Instant::now())
-            {
+            let forwarded = if ctx.trusted && fw.keys_forwarded() {
+                let mut fields: Vec<&[u8]> = Vec::new();
+                fields.extend(
+                    req.headers
+                        .iter()
+                        .filter(|h| classify(h.name) == H::Xff)
+                        .map(|h| h.value),
+                );
+                ctx.forwarded_client(&fields)
+            } else {
+                None
+            };
+            let now = std::time::Instant::now();
+            if let Err(r) = fw.check_request(ctx.peer.ip(), forwarded, method, declared, now) {
                 return Parsed::Refused(r);
             }
         }

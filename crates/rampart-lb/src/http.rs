@@ -83,7 +83,7 @@ impl ConnCtx {
     ) -> Option<Svc> {
         let ip = canonical_ip(peer.ip());
         Some(Arc::new(ConnCtx {
-            trusted: listener.trusted.iter().any(|c| c.contains(ip)),
+            trusted: listener.is_trusted(ip),
             hash_key: match ip {
                 IpAddr::V4(v4) => rampart_balance::hash_key(&v4.octets()),
                 IpAddr::V6(v6) => rampart_balance::hash_key(&v6.octets()),
@@ -105,6 +105,11 @@ impl ConnCtx {
         let mut v = Vec::with_capacity(39);
         self.push_peer_ip(&mut v);
         HeaderValue::from_bytes(&v).unwrap_or(HeaderValue::from_static("unknown"))
+    }
+
+    /// The client a trusted proxy names in `X-Forwarded-For` (`fields`, in order).
+    pub(crate) fn forwarded_client(&self, fields: &[&[u8]]) -> Option<IpAddr> {
+        crate::firewall::forwarded::forwarded_client(fields, |ip| self.listener.is_trusted(ip))
     }
 
     /// `Strict-Transport-Security` for every response (TLS listeners with `hsts`).
@@ -453,8 +458,20 @@ async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<RespBody>
                 .get(header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok());
+            let forwarded = if ctx.trusted && fw.keys_forwarded() {
+                let fields: Vec<&[u8]> = req
+                    .headers()
+                    .get_all(&X_FORWARDED_FOR)
+                    .iter()
+                    .map(|v| v.as_bytes())
+                    .collect();
+                ctx.forwarded_client(&fields)
+            } else {
+                None
+            };
             if let Err(r) = fw.check_request(
                 ctx.peer.ip(),
+                forwarded,
                 req.method().as_str(),
                 declared,
                 std::time::Instant::now(),

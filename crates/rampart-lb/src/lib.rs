@@ -136,6 +136,15 @@ pub struct ListenerRt {
     pub firewall: Option<Arc<firewall::Firewall>>,
 }
 
+impl ListenerRt {
+    /// Whether `ip` is one of the lb's `forwarded.trusted_proxies` (IPv4-mapped IPv6 as
+    /// IPv4).
+    pub(crate) fn is_trusted(&self, ip: std::net::IpAddr) -> bool {
+        let ip = firewall::cidr::canonical(ip);
+        self.trusted.iter().any(|c| c.contains(ip))
+    }
+}
+
 /// A bound listener across reloads: its sockets (one per worker) and current settings.
 pub(crate) struct ListenerSlot {
     pub name: String,
@@ -697,7 +706,7 @@ async fn accept_loop(
         };
         // The firewall first: a refused client costs a close, nothing else.
         let ticket = match &l.firewall {
-            Some(fw) => match fw.admit(peer.ip(), Instant::now()) {
+            Some(fw) => match fw.admit(peer.ip(), l.is_trusted(peer.ip()), Instant::now()) {
                 Ok(t) => t,
                 Err(_) => continue,
             },

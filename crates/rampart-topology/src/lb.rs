@@ -987,6 +987,22 @@ impl LbConfig {
                 Err(e) => c.err(t, e),
             }
         }
+        if trusted_proxies.is_empty() {
+            // Nobody's X-Forwarded-For would be believed: the setting would do nothing.
+            for f in raw.listener.iter().filter_map(|l| l.firewall.as_ref()) {
+                if let Some(v) = f
+                    .client_address
+                    .as_ref()
+                    .filter(|v| v.get_ref() == "x-forwarded-for")
+                {
+                    c.err(
+                        v,
+                        "client_address = \"x-forwarded-for\" needs the proxies it believes: \
+                         forwarded = { trusted_proxies = [\"10.0.0.0/8\"] }",
+                    );
+                }
+            }
+        }
 
         let admin = raw.admin.as_ref().and_then(|a| validate_admin(&mut c, a));
         let grace = c.duration(

@@ -9,12 +9,17 @@
 //! fast path), the per-client request rate (429 with `Retry-After`), and a minimum
 //! upload rate of request bodies (408: a slow POST cannot hold a server connection). Every refusal is
 //! counted by listener and reason (`rampart_firewall_refused_total`, `/api/firewall`).
+//! Behind trusted proxies (`client_address = "x-forwarded-for"`), the per-request rules
+//! judge the client their `X-Forwarded-For` names ([`forwarded::forwarded_client`]), and
+//! the address lists are checked for it per request (403), since the connection is the
+//! proxy's.
 //!
 //! The lists are [`cidr::CidrSet`]s (a binary search per lookup, so 10,000 entries cost
 //! about 14 comparisons); the per-client table ([`limits::Clients`]) is sharded and
 //! bounded, and survives reloads of the same listener, as do the counters.
 
 pub mod cidr;
+pub mod forwarded;
 pub mod limits;
 
 use std::net::IpAddr;
@@ -24,7 +29,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use rampart_topology::lb::firewall::Firewall as FirewallConfig;
+use rampart_topology::lb::firewall::{ClientAddress, Firewall as FirewallConfig};
 use rampart_topology::lb::{Cidr, LbConfig};
 
 use cidr::CidrSet;
@@ -141,6 +146,21 @@ static BLOCKS: LazyLock<ArcSwap<Blocks>> = LazyLock::new(|| {
 });
 static FIREWALLS: Mutex<Vec<Arc<Firewall>>> = Mutex::new(Vec::new());
 
+/// Why the address lists refuse `ip` (canonical), if they do: run-time blocks, then the
+/// listener's allow and deny lists.
+fn listed(rules: &Rules, ip: IpAddr) -> Option<Reason> {
+    let blocks = BLOCKS.load();
+    if !blocks.set.is_empty() && blocks.set.contains(ip) {
+        Some(Reason::Blocked)
+    } else if !rules.allow.is_empty() && !rules.allow.contains(ip) {
+        Some(Reason::NotAllowed)
+    } else if !rules.deny.is_empty() && rules.deny.contains(ip) {
+        Some(Reason::Denied)
+    } else {
+        None
+    }
+}
+
 fn set_of(nets: &[Cidr]) -> CidrSet {
     CidrSet::new(nets.iter().map(|c| (c.addr(), c.prefix())))
 }
@@ -187,20 +207,26 @@ impl Rules {
 impl Firewall {
     /// A new connection from `ip`: refused (close it), or admitted with the ticket that
     /// counts it against the client's connection cap while held.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<Option<ConnTicket>, Reason> {
+    /// `proxy`: the peer is a trusted proxy; with `client_address = "x-forwarded-for"` its
+    /// connections are judged only by the run-time blocks (its requests are, by the
+    /// clients it names: [`Firewall::check_request`]).
+    pub fn admit(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        proxy: bool,
+        now: Instant,
+    ) -> Result<Option<ConnTicket>, Reason> {
         let ip = cidr::canonical(ip);
-        let blocks = BLOCKS.load();
         let rules = self.rules.load();
-        let refused = if !blocks.set.is_empty() && blocks.set.contains(ip) {
-            Some(Reason::Blocked)
-        } else if !rules.allow.is_empty() && !rules.allow.contains(ip) {
-            Some(Reason::NotAllowed)
-        } else if !rules.deny.is_empty() && rules.deny.contains(ip) {
-            Some(Reason::Denied)
-        } else {
-            None
-        };
-        if let Some(r) = refused {
+        if proxy && rules.cfg.client_address == ClientAddress::XForwardedFor {
+            let blocks = BLOCKS.load();
+            if !blocks.set.is_empty() && blocks.set.contains(ip) {
+                self.stats.count(Reason::Blocked);
+                return Err(Reason::Blocked);
+            }
+            return Ok(None);
+        }
+        if let Some(r) = listed(&rules, ip) {
             self.stats.count(r);
             return Err(r);
         }
@@ -217,16 +243,38 @@ impl Firewall {
         }
     }
 
-    /// A request of `ip`: its method and declared body length (`None`: none declared,
-    /// or chunked). One policy for every path that serves requests.
+    /// Whether requests are judged by the client their trusted proxies name.
+    pub fn keys_forwarded(&self) -> bool {
+        self.rules.load().cfg.client_address == ClientAddress::XForwardedFor
+    }
+
+    /// A request from `peer`: its method and declared body length (`None`: none declared,
+    /// or chunked). `forwarded`: the client a trusted proxy named (with
+    /// [`Firewall::keys_forwarded`]), judged instead of the peer, address lists included.
+    /// One policy for every path that serves requests.
     pub fn check_request(
         &self,
-        ip: IpAddr,
+        peer: IpAddr,
+        forwarded: Option<IpAddr>,
         method: &str,
         content_length: Option<u64>,
         now: Instant,
     ) -> Result<(), Refusal> {
         let rules = self.rules.load();
+        let ip = match forwarded.map(cidr::canonical) {
+            Some(client) if client != cidr::canonical(peer) => {
+                if let Some(reason) = listed(&rules, client) {
+                    return Err(self.refuse(Refusal {
+                        reason,
+                        status: 403,
+                        header: None,
+                        message: b"403 Forbidden\n",
+                    }));
+                }
+                client
+            }
+            _ => peer,
+        };
         if let Some(m) = &rules.cfg.methods {
             if !m.iter().any(|x| x == method) {
                 return Err(self.refuse(Refusal {
@@ -288,7 +336,10 @@ impl Firewall {
     /// Anything to check per request at all.
     pub fn checks_requests(&self) -> bool {
         let r = self.rules.load();
-        r.cfg.methods.is_some() || r.cfg.max_body.is_some() || r.cfg.rate.is_some()
+        r.cfg.methods.is_some()
+            || r.cfg.max_body.is_some()
+            || r.cfg.rate.is_some()
+            || r.cfg.client_address == ClientAddress::XForwardedFor
     }
 
     fn refuse(&self, r: Refusal) -> Refusal {

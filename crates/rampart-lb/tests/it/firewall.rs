@@ -16,9 +16,14 @@ use crate::support::{read_until, servers, Backend, Lb};
 /// A balancer with an admin listener whose listener "web" has `firewall`; `deny_file`,
 /// when given, is written beside the config as `deny.txt`.
 async fn start(backend: &Backend, firewall: &str) -> (Lb, SocketAddr) {
+    start_with(backend, "", firewall).await
+}
+
+/// [`start`] with `top` (tables such as `[forwarded]`) before the listener.
+async fn start_with(backend: &Backend, top: &str, firewall: &str) -> (Lb, SocketAddr) {
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let config = format!(
-        "[admin]\naddress = \"{admin}\"\n\n[[listener]]\nname = \"web\"\naddress = \"{{LISTEN}}\"\npool = \"app\"\nfirewall = {firewall}\n\n[[pool]]\nname = \"app\"\n{}\n",
+        "[admin]\naddress = \"{admin}\"\n\n{top}\n[[listener]]\nname = \"web\"\naddress = \"{{LISTEN}}\"\npool = \"app\"\nfirewall = {firewall}\n\n[[pool]]\nname = \"app\"\n{}\n",
         servers(&[(backend, 1)])
     );
     let lb = Lb::start(&config).await;
@@ -442,4 +447,82 @@ async fn a_slow_post_attack_is_cut_while_a_normal_client_keeps_its_latency() {
         "the normal client's p99 went from {pb:?} to {pd:?}"
     );
     assert_eq!(refused(admin).await["slow-upload"].as_u64(), Some(200));
+}
+
+/// Behind a trusted proxy (`client_address = "x-forwarded-for"`): the rate limit and the
+/// deny list judge the client the proxy names, on HTTP/1 and HTTP/2 alike; the proxy's own
+/// connections are not capped; a peer that is not a trusted proxy is judged by its own
+/// address whatever `X-Forwarded-For` it sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_the_client_it_names_is_judged() {
+    let b = Backend::start("b").await;
+    let (lb, admin) = start_with(
+        &b,
+        "[forwarded]\ntrusted_proxies = [\"127.0.0.9/32\"]\n",
+        "{ rate = \"1/m\", burst = 2, deny = [\"198.51.100.0/24\"], max_connections_per_client = 2, client_address = \"x-forwarded-for\" }",
+    )
+    .await;
+    let from = |client: &str| {
+        format!("GET / HTTP/1.1\r\nHost: lb.test\r\nX-Forwarded-For: 6.6.6.6, {client}\r\nConnection: close\r\n\r\n")
+    };
+    // Two clients through one proxy: each has its own bucket of 2.
+    let mut codes = Vec::new();
+    for client in ["203.0.113.1", "203.0.113.1", "203.0.113.1", "203.0.113.2"] {
+        codes.push(status(
+            &exchange(lb.addr, "127.0.0.9", from(client).as_bytes()).await,
+        ));
+    }
+    assert_eq!(codes, [200, 200, 429, 200]);
+    // A denied client behind the proxy: 403.
+    let a = exchange(lb.addr, "127.0.0.9", from("198.51.100.5").as_bytes()).await;
+    assert_eq!(status(&a), 403, "{a}");
+    // The proxy holds many connections at once (the per-client cap is for clients).
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(connect_from(lb.addr, "127.0.0.9").await);
+    }
+    for (i, s) in held.iter_mut().enumerate() {
+        s.write_all(from(&format!("203.0.113.{}", 10 + i)).as_bytes())
+            .await
+            .unwrap();
+        let a = read_until(s, |t| t.ends_with('b')).await;
+        assert_eq!(status(&a), 200, "held connection {i}: {a}");
+    }
+    drop(held);
+    // HTTP/2 from the proxy: the same judgement.
+    let tcp = connect_from(lb.addr, "127.0.0.9").await;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let mut h2 = Vec::new();
+    for client in ["198.51.100.6", "203.0.113.1", "203.0.113.4"] {
+        let req = hyper::Request::get(format!("http://{}/", lb.addr))
+            .header("x-forwarded-for", client)
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        h2.push(sender.send_request(req).await.unwrap().status().as_u16());
+    }
+    assert_eq!(h2, [403, 429, 200]);
+    // Not a trusted proxy: its own address counts, whatever it forwards.
+    let mut codes = Vec::new();
+    for client in ["203.0.113.5", "203.0.113.6", "203.0.113.7"] {
+        codes.push(status(
+            &exchange(lb.addr, "127.0.0.10", from(client).as_bytes()).await,
+        ));
+    }
+    assert_eq!(codes, [200, 200, 429]);
+    let a = exchange(lb.addr, "127.0.0.10", from("198.51.100.5").as_bytes()).await;
+    assert_eq!(
+        status(&a),
+        429,
+        "judged as 127.0.0.10 (over its rate), not as the denied client: {a}"
+    );
+    let r = refused(admin).await;
+    assert_eq!(r["denied"].as_u64(), Some(2), "{r}");
+    assert_eq!(r["rate"].as_u64(), Some(4), "{r}");
+    drop(lb);
 }

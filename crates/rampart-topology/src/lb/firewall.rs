@@ -12,8 +12,16 @@
 //!              max_connections_per_client = 50,
 //!              methods = ["GET", "HEAD", "POST"],   # others: 405 with Allow
 //!              max_body = "10MB",             # 413 (Content-Length or a chunked body past it)
-//!              min_upload_rate = "10kB/s" }   # a slower body (after its first second): 408
+//!              min_upload_rate = "10kB/s",    # a slower body (after its first second): 408
+//!              client_address = "x-forwarded-for" }  # behind trusted proxies (see below)
 //! ```
+//!
+//! `client_address`: whose address the per-request rules count and check. `"peer"` (the
+//! default): the connection's source. `"x-forwarded-for"`: for a request from one of the
+//! lb file's `forwarded.trusted_proxies`, the nearest address its `X-Forwarded-For` names
+//! that is not itself a trusted proxy (as nginx's `real_ip_recursive`); the rate limit,
+//! and the allow, deny and run-time block lists, then apply to that client per request
+//! (403). A request from any other peer is judged by its own address, whatever it sends.
 //!
 //! `deny_file` holds one network per line (`#` comments, blank lines), read at start and
 //! on every reload (tens of thousands of entries cost a binary search per connection).
@@ -46,6 +54,18 @@ pub struct RawFirewall {
     pub max_body: Option<Spanned<String>>,
     #[serde(default)]
     pub min_upload_rate: Option<Spanned<String>>,
+    #[serde(default)]
+    pub client_address: Option<Spanned<String>>,
+}
+
+/// Whose address a listener's per-request rules judge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientAddress {
+    /// The connection's source.
+    #[default]
+    Peer,
+    /// From trusted proxies: the nearest untrusted address of `X-Forwarded-For`.
+    XForwardedFor,
 }
 
 /// Requests per second a client may make, with a burst.
@@ -71,6 +91,7 @@ pub struct Firewall {
     /// Bytes per second a request body must keep up (after its first second); a slower
     /// upload is answered 408 and its server connection freed.
     pub min_upload_rate: Option<u64>,
+    pub client_address: ClientAddress,
 }
 
 /// `"20/s"`, `"600/m"`, `"3600/h"` as requests per second.
@@ -190,6 +211,20 @@ pub(super) fn validate(c: &mut Checker<'_>, raw: &RawFirewall, dir: &std::path::
             }
         }
     });
+    let client_address = match raw.client_address.as_ref() {
+        None => ClientAddress::Peer,
+        Some(v) => match v.get_ref().as_str() {
+            "peer" => ClientAddress::Peer,
+            "x-forwarded-for" => ClientAddress::XForwardedFor,
+            other => {
+                c.err(
+                    v,
+                    format!("client_address \"{other}\": expected \"peer\" or \"x-forwarded-for\""),
+                );
+                ClientAddress::Peer
+            }
+        },
+    };
     Firewall {
         allow,
         deny,
@@ -199,6 +234,7 @@ pub(super) fn validate(c: &mut Checker<'_>, raw: &RawFirewall, dir: &std::path::
         methods,
         max_body,
         min_upload_rate,
+        client_address,
     }
 }
 
@@ -247,6 +283,27 @@ mod tests {
         ] {
             assert!(e.contains(want), "missing {want:?} in:\n{e}");
         }
+    }
+
+    #[test]
+    fn client_address_is_peer_by_default_and_forwarded_needs_trusted_proxies() {
+        let c = load("{ rate = \"5/s\" }").expect("valid");
+        let f = c.listeners[0].firewall.clone().expect("a firewall");
+        assert_eq!(f.client_address, ClientAddress::Peer);
+        let e = load("{ client_address = \"x-forwarded-for\" }").expect_err("no trusted proxies");
+        assert!(
+            e.contains("lb.toml:5:31: client_address = \"x-forwarded-for\" needs the proxies"),
+            "{e}"
+        );
+        let e = load("{ client_address = \"forwarded\" }").expect_err("unknown");
+        assert!(
+            e.contains("client_address \"forwarded\": expected \"peer\" or \"x-forwarded-for\""),
+            "{e}"
+        );
+        let text = "[forwarded]\ntrusted_proxies = [\"10.0.0.0/8\"]\n\n[[listener]]\nname = \"web\"\naddress = \"127.0.0.1:8080\"\npool = \"app\"\nfirewall = { rate = \"5/s\", client_address = \"x-forwarded-for\" }\n\n[[pool]]\nname = \"app\"\nservers = [{ name = \"a\", address = \"127.0.0.1:9001\" }]\n";
+        let c = LbConfig::from_source(&Source::new("/etc/rampart/lb.toml", text)).expect("valid");
+        let f = c.listeners[0].firewall.clone().expect("a firewall");
+        assert_eq!(f.client_address, ClientAddress::XForwardedFor);
     }
 
     #[test]
