@@ -244,7 +244,14 @@ where
     tokio::select! {
         r = conn.as_mut() => {
             if let Err(e) = r {
-                tracing::debug!(%peer, error = %e, "h2 client connection ended with an error");
+                if is_flood(&e) {
+                    tracing::info!(%peer, "HTTP/2 stream or reset flood: GOAWAY (ENHANCE_YOUR_CALM), closed");
+                    if let Some(fw) = ctx.listener.firewall.as_deref() {
+                        fw.stats.count(crate::firewall::Reason::H2Flood);
+                    }
+                } else {
+                    tracing::debug!(%peer, error = %e, "h2 client connection ended with an error");
+                }
             }
         }
         _ = watch => tracing::debug!(%peer, "closing idle h2 client connection"),
@@ -254,6 +261,21 @@ where
             let _ = conn.as_mut().await;
         }
     }
+}
+
+/// Whether hyper ended an HTTP/2 connection for a flood: its own GOAWAY with
+/// ENHANCE_YOUR_CALM (too many pending or local resets).
+fn is_flood(e: &hyper::Error) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            return h2.is_go_away()
+                && !h2.is_remote()
+                && h2.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM);
+        }
+        src = s.source();
+    }
+    false
 }
 
 /// HTTPS: the TLS handshake, then HTTP/2 when the client chose it by ALPN, else HTTP/1.1.

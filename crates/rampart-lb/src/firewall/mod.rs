@@ -57,10 +57,13 @@ pub enum Reason {
     Body,
     /// A body slower than `min_upload_rate`: 408.
     SlowUpload,
+    /// An HTTP/2 connection that reset streams faster than they were accepted, or made
+    /// this side reset too many: GOAWAY (ENHANCE_YOUR_CALM) and closed.
+    H2Flood,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 9] = [
         Reason::Blocked,
         Reason::Denied,
         Reason::NotAllowed,
@@ -69,6 +72,7 @@ impl Reason {
         Reason::Method,
         Reason::Body,
         Reason::SlowUpload,
+        Reason::H2Flood,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -81,6 +85,7 @@ impl Reason {
             Reason::Method => "method",
             Reason::Body => "body",
             Reason::SlowUpload => "slow-upload",
+            Reason::H2Flood => "h2-flood",
         }
     }
 }
@@ -98,7 +103,7 @@ pub struct Refusal {
 /// Refusals by reason, of one listener.
 #[derive(Default)]
 pub struct FwStats {
-    refused: [AtomicU64; 8],
+    refused: [AtomicU64; Reason::ALL.len()],
 }
 
 impl FwStats {

@@ -420,7 +420,14 @@ fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_rapid_reset_flood_is_cut_off() {
     let a = Backend::start("a").await;
-    let lb = Lb::start(&http_config("round-robin", &servers(&[(&a, 1)]), "")).await;
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", rampart_testkit::free_port())
+        .parse()
+        .unwrap();
+    let lb = Lb::start(&format!(
+        "[admin]\naddress = \"{admin}\"\n\n{}",
+        http_config("round-robin", &servers(&[(&a, 1)]), "")
+    ))
+    .await;
     let mut s = TcpStream::connect(lb.addr).await.unwrap();
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     out.extend(h2_frame(0x4, 0, 0, &[])); // SETTINGS
@@ -470,4 +477,21 @@ async fn an_http2_rapid_reset_flood_is_cut_off() {
     // The balancer serves on.
     let mut c = Client::connect(lb.addr).await.unwrap();
     assert_eq!(c.get("/").await.unwrap().0, 200);
+    // And the refusal is counted, as the firewall's others are.
+    let want = "rampart_firewall_refused_total{listener=\"web\",reason=\"h2-flood\"} 1";
+    let mut metrics = String::new();
+    for _ in 0..50 {
+        metrics = tokio::task::spawn_blocking(move || {
+            rampart_testkit::http_request(admin, "GET", "/metrics", &[], b"")
+                .map(|r| r.text())
+                .unwrap_or_default()
+        })
+        .await
+        .unwrap();
+        if metrics.contains(want) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(metrics.contains(want), "{want} not in:\n{metrics}");
 }
