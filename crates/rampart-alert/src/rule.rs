@@ -28,7 +28,14 @@ pub enum Reduce {
     Avg,
     Max,
     Min,
+    /// The value a day from now, on the least-squares line through the window's samples
+    /// (Prometheus' `predict_linear(x[window], 86400)`): "full within a day" is this
+    /// below zero for the space left.
+    PredictDay,
 }
+
+/// The horizon of [`Reduce::PredictDay`] (ms).
+pub const DAY_MS: u64 = 86_400_000;
 
 /// How the series of one group combine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,7 +91,7 @@ macro_rules! str_enum {
     };
 }
 
-str_enum!(Reduce, "reduce", Last => "last", Rate => "rate", Avg => "avg", Max => "max", Min => "min");
+str_enum!(Reduce, "reduce", Last => "last", Rate => "rate", Avg => "avg", Max => "max", Min => "min", PredictDay => "predict-day");
 str_enum!(Aggregate, "aggregate", Sum => "sum", Max => "max", Min => "min", Count => "count");
 str_enum!(Cmp, "comparison", Gt => ">", Ge => ">=", Lt => "<", Le => "<=", Eq => "==", Ne => "!=");
 str_enum!(Severity, "severity", Info => "info", Warning => "warning", Critical => "critical");
@@ -240,7 +247,32 @@ pub fn reduce(
         }
         Reduce::Max => w.map(|x| x.1).reduce(f64::max),
         Reduce::Min => w.map(|x| x.1).reduce(f64::min),
+        Reduce::PredictDay => predict(w, now.saturating_add(DAY_MS)),
     }
+}
+
+/// The least-squares line through `samples` (time in ms, value), read at `at`; `None`
+/// with fewer than two distinct times.
+fn predict<'a>(samples: impl Iterator<Item = &'a Sample> + Clone, at: u64) -> Option<f64> {
+    let (n, st, sv) = samples
+        .clone()
+        .fold((0u32, 0.0, 0.0), |(n, st, sv), &(t, v)| {
+            (n + 1, st + t as f64, sv + v)
+        });
+    if n < 2 {
+        return None;
+    }
+    let (mt, mv) = (st / f64::from(n), sv / f64::from(n));
+    let (mut sxy, mut sxx) = (0.0, 0.0);
+    for &(t, v) in samples {
+        let dt = t as f64 - mt;
+        sxy += dt * (v - mv);
+        sxx += dt * dt;
+    }
+    if sxx == 0.0 {
+        return None;
+    }
+    Some(mv + sxy / sxx * (at as f64 - mt))
 }
 
 /// The increase of a counter over a run of samples; a drop is a reset (the counter
@@ -287,6 +319,12 @@ mod tests {
         assert_eq!(reduce(&s, Reduce::Last, 5000, 0, 1000), None, "stale");
         assert_eq!(reduce(&s, Reduce::Max, 3000, 1500, 1000), Some(15.0));
         assert_eq!(reduce(&s, Reduce::Avg, 3000, 10_000, 1000), Some(12.5));
+        // A line falling 1 per second: a day on, 86,400 lower; one sample is no line.
+        let line: VecDeque<Sample> = (0..10).map(|i| (i * 1000, 100.0 - i as f64)).collect();
+        let p = reduce(&line, Reduce::PredictDay, 9000, 60_000, 1000).unwrap_or(0.0);
+        assert!((p - (91.0 - 86_400.0)).abs() < 1e-6, "{p}");
+        let one: VecDeque<Sample> = [(9000, 5.0)].into_iter().collect();
+        assert_eq!(reduce(&one, Reduce::PredictDay, 9000, 60_000, 1000), None);
     }
 
     #[test]

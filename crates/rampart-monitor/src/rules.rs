@@ -148,6 +148,8 @@ pub fn rules(t: &Topology, interval: Duration) -> Vec<Rule> {
     r.summary = "lb node {{instance}}: the certificate {{cert}} of listener {{listener}} expires in {{value}} s (under 14 days)".into();
     out.push(r);
 
+    host_rules(interval, &mut out);
+
     if let Some(m) = &t.monitor {
         for custom in &m.rules {
             match out.iter_mut().find(|r| r.name == custom.name) {
@@ -157,6 +159,65 @@ pub fn rules(t: &Topology, interval: Duration) -> Vec<Rule> {
         }
     }
     out
+}
+
+/// Every role's host figures (`rampart_host_*`, `rampart_process_*`): a data directory's
+/// filesystem nearly full, or filling so that it is full within a day at the last hour's
+/// pace; the machine short of memory; a process near its descriptor limit.
+fn host_rules(interval: Duration, out: &mut Vec<Rule>) {
+    let fs_by = || vec!["instance".to_string(), "path".to_string()];
+    let mut r = Rule::last(
+        "DiskSpaceLow",
+        Selector::name("rampart_host_filesystem_avail_bytes"),
+        Cmp::Lt,
+        0.10,
+    );
+    r.over = Some(Selector::name("rampart_host_filesystem_size_bytes"));
+    r.by = fs_by();
+    r.for_ms = ms(Duration::from_secs(60).max(interval * 3));
+    r.severity = Severity::Critical;
+    r.summary =
+        "{{instance}}: the filesystem of {{path}} has {{value}} of its space left (under 10%)"
+            .into();
+    out.push(r);
+
+    let mut r = Rule::last(
+        "DiskFullWithinADay",
+        Selector::name("rampart_host_filesystem_avail_bytes"),
+        Cmp::Lt,
+        0.0,
+    );
+    r.reduce = Reduce::PredictDay;
+    r.window_ms = ms(Duration::from_secs(3600).max(interval * 10));
+    r.by = fs_by();
+    r.for_ms = ms(Duration::from_secs(300).max(interval * 3));
+    r.summary =
+        "{{instance}}: the filesystem of {{path}} fills within a day at the last hour's pace"
+            .into();
+    out.push(r);
+
+    let mut r = Rule::last(
+        "MemoryLow",
+        Selector::name("rampart_host_memory_available_bytes"),
+        Cmp::Lt,
+        0.10,
+    );
+    r.over = Some(Selector::name("rampart_host_memory_total_bytes"));
+    r.for_ms = ms(Duration::from_secs(120).max(interval * 3));
+    r.summary = "{{instance}}: {{value}} of the machine's memory is available (under 10%)".into();
+    out.push(r);
+
+    let mut r = Rule::last(
+        "FileDescriptorsNearLimit",
+        Selector::name("rampart_process_open_fds"),
+        Cmp::Gt,
+        0.90,
+    );
+    r.over = Some(Selector::name("rampart_process_max_fds"));
+    r.by = vec!["job".into(), "instance".into()];
+    r.for_ms = ms(Duration::from_secs(60).max(interval * 3));
+    r.summary = "{{job}} node {{instance}} uses {{value}} of its open-file limit".into();
+    out.push(r);
 }
 
 #[cfg(test)]
@@ -191,6 +252,10 @@ mod tests {
             "WebNotReady",
             "Lb5xxRatioHigh",
             "TlsCertificateExpiring",
+            "DiskSpaceLow",
+            "DiskFullWithinADay",
+            "MemoryLow",
+            "FileDescriptorsNearLimit",
         ] {
             assert!(names.contains(&n), "{n} missing from {names:?}");
         }
@@ -238,5 +303,47 @@ mod tests {
             e.state("TlsCertificateExpiring", &later),
             AlertState::Inactive
         );
+    }
+
+    #[test]
+    fn a_filling_disk_fires_before_it_is_full_and_a_full_one_fires_too() {
+        use rampart_alert::store::labels;
+        use rampart_alert::{AlertState, Engine, SeriesKey, Store};
+        let t = default_with("");
+        let rs: Vec<Rule> = rules(&t, Duration::from_secs(2))
+            .into_iter()
+            .filter(|r| r.name.starts_with("Disk") || r.name == "MemoryLow")
+            .collect();
+        let mut e = Engine::new(rs, 60_000, 600_000);
+        let mut st = Store::new(10_000, 100);
+        let steady = labels([("instance", "db1"), ("path", "/var/lib/a")]);
+        let filling = labels([("instance", "db2"), ("path", "/var/lib/b")]);
+        let avail = "rampart_host_filesystem_avail_bytes";
+        let size = "rampart_host_filesystem_size_bytes";
+        let gib = 1024.0 * 1024.0 * 1024.0;
+        // An hour of scrapes every 10 s: db1 steady at half of 100 GiB free; db2 with 50 GiB
+        // free losing 1 GiB a minute (full in under an hour, far above 10% meanwhile).
+        let mut now = 0;
+        for i in 0..400u64 {
+            now = i * 10_000;
+            for (l, v) in [
+                (&steady, 50.0 * gib),
+                (&filling, 50.0 * gib - i as f64 / 6.0 * gib),
+            ] {
+                st.push(&SeriesKey::new(avail, l.clone()), now, v.max(0.0));
+                st.push(&SeriesKey::new(size, l.clone()), now, 100.0 * gib);
+            }
+            e.evaluate(&st, now);
+            if i == 100 {
+                // 33 GiB left: not low yet, but full within the day at this pace.
+                assert_eq!(e.state("DiskSpaceLow", &filling), AlertState::Inactive);
+                assert_eq!(e.state("DiskFullWithinADay", &filling), AlertState::Firing);
+                assert_eq!(e.state("DiskFullWithinADay", &steady), AlertState::Inactive);
+            }
+        }
+        let _ = now;
+        // Empty by the end: under 10% left.
+        assert_eq!(e.state("DiskSpaceLow", &filling), AlertState::Firing);
+        assert_eq!(e.state("DiskSpaceLow", &steady), AlertState::Inactive);
     }
 }

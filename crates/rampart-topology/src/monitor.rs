@@ -19,7 +19,7 @@
 //! name = "WebSlow"                   # a rule named like a built-in one replaces it
 //! series = 'rampart_web_request_duration_seconds_sum{kind="App"}'
 //! over = 'rampart_web_request_duration_seconds_count{kind="App"}'   # optional: a ratio
-//! reduce = "rate"                    # last | rate | avg | max | min (over `window`)
+//! reduce = "rate"                    # last | rate | avg | max | min | predict-day (over `window`)
 //! window = "1m"
 //! by = ["instance"]                  # one alert per value of these labels ([] = one alert)
 //! aggregate = "sum"                  # sum | max | min | count (within a group)
