@@ -269,6 +269,20 @@ pub fn metric_names(expr: &str) -> BTreeSet<String> {
         "or",
         "unless",
     ];
+    const AGGREGATIONS: [&str; 12] = [
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "group",
+        "stddev",
+        "stdvar",
+        "count",
+        "count_values",
+        "bottomk",
+        "topk",
+        "quantile",
+    ];
     let mut out = BTreeSet::new();
     let b = expr.as_bytes();
     let mut i = 0;
@@ -324,9 +338,10 @@ pub fn metric_names(expr: &str) -> BTreeSet<String> {
                         }
                     }
                 } else if next.starts_with('(')
+                    || AGGREGATIONS.contains(&word)
                     || ["offset", "Inf", "NaN", "inf", "nan"].contains(&word)
                 {
-                    // A function or aggregation.
+                    // A function or aggregation (`sum by (x) (...)`).
                 } else {
                     out.insert(word.to_string());
                 }
