@@ -10,7 +10,8 @@
 //!   up), evaluates every rule without error, and every metric the rules and the Grafana
 //!   dashboard read is one the stack exports;
 //! - a real Alertmanager receives NodeDown when a web server is killed (and kept down),
-//!   and the alert ends when the server is back.
+//!   although it started only after the monitor's first POSTs failed, gets it again every
+//!   `resend` while it fires, and the alert ends when the server is back.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
@@ -91,6 +92,22 @@ fn rule_exprs(rules: &str) -> Vec<String> {
         .collect()
 }
 
+/// Whether the monitor recorded a notification of NodeDown for web1 to the route "am" with
+/// this status and outcome.
+fn notified(alerts: &Value, status: &str, ok: bool) -> bool {
+    alerts["notifications"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|n| {
+            n["route"] == "am"
+                && n["alert"] == "NodeDown"
+                && n["labels"]["instance"] == "web1"
+                && n["status"] == status
+                && n["ok"] == ok
+        })
+}
+
 fn pid_of(data: &Path, node: &str) -> Option<i32> {
     let v: Value =
         serde_json::from_str(&std::fs::read_to_string(data.join("up.json")).ok()?).ok()?;
@@ -139,23 +156,8 @@ fn prometheus_scrapes_the_stack_with_the_export_and_alertmanager_gets_its_alerts
         root: root.clone(),
     };
 
-    // A real Alertmanager, alone (no cluster gossip), alerts going nowhere further.
+    // The Alertmanager's address; it starts only once the monitor failed to reach it.
     let am = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    std::fs::create_dir_all(root.join("am")).expect("am dir");
-    std::fs::write(
-        root.join("am/alertmanager.yml"),
-        "route:\n  receiver: \"null\"\nreceivers:\n  - name: \"null\"\n",
-    )
-    .expect("write alertmanager.yml");
-    let mut c = Command::new(&am_bin);
-    c.arg(format!(
-        "--config.file={}",
-        root.join("am/alertmanager.yml").display()
-    ))
-    .arg(format!("--storage.path={}", root.join("am/data").display()))
-    .arg(format!("--web.listen-address={am}"))
-    .arg("--cluster.listen-address=");
-    let alertmanager = Proc::spawn("alertmanager", c, &root.join("alertmanager.log"));
 
     let base = free_port_base();
     let out = rampart(&["init", cfg, "--port-base", &base.to_string()]);
@@ -166,7 +168,7 @@ fn prometheus_scrapes_the_stack_with_the_export_and_alertmanager_gets_its_alerts
     );
     let mut text = std::fs::read_to_string(&config).expect("read topology");
     text.push_str(&format!(
-        "\n[[monitor.alerts]]\nname = \"am\"\nkind = \"alertmanager\"\nurl = \"http://{am}\"\n"
+        "\n[[monitor.alerts]]\nname = \"am\"\nkind = \"alertmanager\"\nurl = \"http://{am}\"\nresend = \"2s\"\n"
     ));
     std::fs::write(&config, text).expect("write topology");
 
@@ -370,6 +372,38 @@ fn prometheus_scrapes_the_stack_with_the_export_and_alertmanager_gets_its_alerts
         }),
         "web1's port was never free"
     );
+    // No Alertmanager yet: the monitor's POSTs fail (retried with backoff, then recorded).
+    let mon = SocketAddr::from(([127, 0, 0, 1], base + 90));
+    let mut alerts = Value::Null;
+    let failed = wait_until(Duration::from_secs(40), || {
+        std::thread::sleep(Duration::from_millis(250));
+        alerts = get_json(mon, "/api/alerts").unwrap_or(Value::Null);
+        notified(&alerts, "firing", false)
+    });
+    assert!(
+        failed,
+        "no failed notification to the absent Alertmanager: {alerts:#}"
+    );
+    eprintln!(
+        "delivery failed {:.1}s after the kill; starting Alertmanager",
+        killed.elapsed().as_secs_f64()
+    );
+    // A real Alertmanager, alone (no cluster gossip), alerts going nowhere further.
+    std::fs::create_dir_all(root.join("am")).expect("am dir");
+    std::fs::write(
+        root.join("am/alertmanager.yml"),
+        "route:\n  receiver: \"null\"\nreceivers:\n  - name: \"null\"\n",
+    )
+    .expect("write alertmanager.yml");
+    let mut c = Command::new(&am_bin);
+    c.arg(format!(
+        "--config.file={}",
+        root.join("am/alertmanager.yml").display()
+    ))
+    .arg(format!("--storage.path={}", root.join("am/data").display()))
+    .arg(format!("--web.listen-address={am}"))
+    .arg("--cluster.listen-address=");
+    let alertmanager = Proc::spawn("alertmanager", c, &root.join("alertmanager.log"));
     let mut got = Vec::new();
     let fired = wait_until(Duration::from_secs(30), || {
         std::thread::sleep(Duration::from_millis(200));
@@ -378,8 +412,9 @@ fn prometheus_scrapes_the_stack_with_the_export_and_alertmanager_gets_its_alerts
     });
     assert!(
         fired,
-        "Alertmanager never got NodeDown for web1:\n{}",
-        up.log_text()
+        "Alertmanager never got NodeDown for web1:\n{}\n{}",
+        up.log_text(),
+        alertmanager.log_text()
     );
     eprintln!(
         "NodeDown at Alertmanager {:.1}s after the kill: {}",
@@ -400,6 +435,21 @@ fn prometheus_scrapes_the_stack_with_the_export_and_alertmanager_gets_its_alerts
         a["startsAt"].as_str().is_some_and(|s| s.starts_with("20")),
         "{a}"
     );
+    // Sent again while it fires (every `resend`, 2 s here): a later endsAt.
+    let first_end = a["endsAt"].clone();
+    let mut now_end = Value::Null;
+    let resent = wait_until(Duration::from_secs(10), || {
+        std::thread::sleep(Duration::from_millis(200));
+        now_end = am_alerts(am, "NodeDown", "web1")
+            .first()
+            .map(|a| a["endsAt"].clone())
+            .unwrap_or(Value::Null);
+        !now_end.is_null() && now_end != first_end
+    });
+    assert!(
+        resent,
+        "NodeDown not sent again: endsAt {first_end} then {now_end}"
+    );
     // Back: the monitor sends it resolved (endsAt), and Alertmanager lists it no more.
     drop(hold);
     let back = Instant::now();
@@ -411,6 +461,11 @@ fn prometheus_scrapes_the_stack_with_the_export_and_alertmanager_gets_its_alerts
         ended,
         "NodeDown for web1 never ended at Alertmanager:\n{}",
         up.log_text()
+    );
+    let alerts = get_json(mon, "/api/alerts").unwrap_or(Value::Null);
+    assert!(
+        notified(&alerts, "resolved", true),
+        "the end came without the monitor's resolved notice: {alerts:#}"
     );
     eprintln!(
         "resolved at Alertmanager {:.1}s after the port was freed",
