@@ -92,6 +92,21 @@ fn rule_exprs(rules: &str) -> Vec<String> {
         .collect()
 }
 
+/// An instant query to Prometheus' HTTP API.
+fn query(prom: SocketAddr, q: &str) -> Value {
+    let enc: String = q
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    get_json(prom, &format!("/api/v1/query?query={enc}")).unwrap_or(Value::Null)
+}
+
 /// Whether the monitor recorded a notification of NodeDown for web1 to the route "am" with
 /// this status and outcome.
 fn notified(alerts: &Value, status: &str, ok: bool) -> bool {
@@ -358,6 +373,25 @@ fn prometheus_scrapes_the_stack_with_the_export_and_alertmanager_gets_its_alerts
         "{} metric names of rules and dashboard all exported",
         names.len()
     );
+    // Every panel's query is PromQL Prometheus runs (Grafana's variables filled in), and
+    // the targets' labels are the roles' own where they overlap (honor_labels).
+    for e in dashboard_exprs(&dashboard) {
+        let q = e
+            .replace("$__rate_interval", "1m")
+            .replace("$cluster", "main");
+        let v = query(prom, &q);
+        assert_eq!(v["status"], "success", "{q}: {v}");
+    }
+    let v = query(
+        prom,
+        "count(rampart_db_role{role=\"primary\",cluster=\"main\"} == 1)",
+    );
+    assert_eq!(v["data"]["result"][0]["value"][1], "1", "{v}");
+    let v = query(
+        prom,
+        "count(up{role=\"web\",node=~\"web.\",cluster=\"main\"})",
+    );
+    assert_eq!(v["data"]["result"][0]["value"][1], "3", "{v}");
 
     // (d) web1 killed and kept down (its port held): NodeDown reaches Alertmanager.
     let web1 = SocketAddr::from(([127, 0, 0, 1], base + 101));
