@@ -7,8 +7,9 @@
 //!   metrics` accepts to a scraper asking for it (or asking nothing), and OpenMetrics to
 //!   one asking for that;
 //! - a real Prometheus with the exported configuration scrapes every node (all targets
-//!   up), evaluates every rule without error, and every metric the rules and the Grafana
-//!   dashboard read is one the stack exports;
+//!   up, lb2's admin the one `rampart up` gives it, read with the token file the export
+//!   names), evaluates every rule without error, runs every Grafana panel's query, and
+//!   every metric the rules and the dashboard read is one the stack exports;
 //! - a real Alertmanager receives NodeDown when a web server is killed (and kept down),
 //!   although it started only after the monitor's first POSTs failed, gets it again every
 //!   `resend` while it fires, and the alert ends when the server is back.
@@ -181,7 +182,12 @@ fn prometheus_scrapes_the_stack_with_the_export_and_alertmanager_gets_its_alerts
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut text = std::fs::read_to_string(&config).expect("read topology");
+    // lb2 without an admin: `rampart up` gives it one guarded by a token file, which the
+    // export reads from up.json and names in the configuration.
+    let text = std::fs::read_to_string(&config).expect("read topology");
+    let lb2_admin = format!("admin = \"127.0.0.1:{}\"\n", base + 192);
+    assert!(text.contains(&lb2_admin), "{text}");
+    let mut text = text.replacen(&lb2_admin, "", 1);
     text.push_str(&format!(
         "\n[[monitor.alerts]]\nname = \"am\"\nkind = \"alertmanager\"\nurl = \"http://{am}\"\nresend = \"2s\"\n"
     ));
@@ -220,6 +226,11 @@ fn prometheus_scrapes_the_stack_with_the_export_and_alertmanager_gets_its_alerts
     assert!(
         !prom_yml.contains("credentials:"),
         "no secret inline: {prom_yml}"
+    );
+    let token_file = data.join("lb/lb2.admin-token");
+    assert!(
+        prom_yml.contains(&format!("credentials_file: \"{}\"", token_file.display())),
+        "lb2's token by file: {prom_yml}"
     );
     promtool(
         &promtool_bin,
