@@ -25,6 +25,8 @@ want=(
   procps               # ps, pkill: test clean-up checks and scripts
   chromium             # headless: the lb stats page and the monitor dashboard tests render them
   testssl.sh           # scripts/testssl-lb.sh: the HTTPS listener's configuration quality
+  prometheus           # promtool and a real Prometheus: the monitor's export and /metrics formats (test)
+  prometheus-alertmanager  # a real Alertmanager receiving the monitor's alerts (test)
 )
 
 missing=()
@@ -43,6 +45,6 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # Debian starts packaged daemons on install where an init system runs; rampart runs its own.
-for svc in nginx haproxy etcd postgresql keepalived; do
+for svc in nginx haproxy etcd postgresql keepalived prometheus prometheus-alertmanager; do
   $SUDO service "$svc" stop >/dev/null 2>&1 || true
 done

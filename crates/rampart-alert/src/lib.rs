@@ -8,8 +8,11 @@
 //!   aggregated by labels, compared with a threshold.
 //! - [`engine`]: the alert state machine per rule and label group, with `for`
 //!   durations: inactive → pending → firing → resolved, and the events to notify.
+//! - [`promql`]: each rule as the PromQL expression, `for` and summary template a
+//!   Prometheus server evaluates to the same alerts (`rampart monitor export prometheus`).
 
 pub mod engine;
+pub mod promql;
 pub mod rule;
 pub mod selector;
 pub mod store;

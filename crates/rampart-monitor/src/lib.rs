@@ -8,6 +8,9 @@
 //! - [`diagram`]: the seed's diagram of the stack, live, and the events seen between
 //!   scrapes (pure).
 //! - [`server`]: the dashboard and the JSON API.
+//! - [`alertmanager`]: alerts to a Prometheus Alertmanager (v2 API), resent while firing.
+//! - [`prometheus`]: the monitor for Prometheus users: a scrape configuration, the
+//!   built-in rules as a Prometheus rules file, the Grafana dashboard (pure).
 //!
 //! Each `scrape_interval`, every target is read at once (each with a timeout); the
 //! samples go into a bounded in-memory [`rampart_alert::Store`] labelled with `job`
@@ -17,9 +20,11 @@
 //! *Invariant:* the store lock is never held across an `.await`; a slow or dead
 //! target costs one timeout per round, never the round of the others.
 
+pub mod alertmanager;
 pub mod client;
 pub mod diagram;
 pub mod expo;
+pub mod prometheus;
 pub mod rules;
 pub mod server;
 pub mod targets;
@@ -465,12 +470,14 @@ impl Monitor {
                             me.record(&route, &alert, status, r);
                         });
                     }
+                    // Sent from the engine's alerts after each round (`alertmanager`).
+                    AlertKind::Alertmanager { .. } => {}
                 }
             }
         }
     }
 
-    fn record(
+    pub(crate) fn record(
         &self,
         route: &AlertRoute,
         a: &rampart_alert::Alert,
@@ -602,6 +609,20 @@ pub async fn run(o: RunOptions) -> Result<(), MonitorError> {
             source,
         })?;
     tracing::info!(%listen, targets = m.targets.len(), rules = m.lock().engine.rules().len(), interval_ms = ms(m.cfg.scrape_interval), "monitor: dashboard at http://{listen}/");
+    let alertmanagers: Vec<_> = m
+        .cfg
+        .alerts
+        .iter()
+        .filter_map(|r| match &r.kind {
+            AlertKind::Alertmanager { url, resend } => Some(alertmanager::spawn(
+                m.clone(),
+                r.clone(),
+                url.clone(),
+                *resend,
+            )),
+            _ => None,
+        })
+        .collect();
     let scraper = {
         let m = m.clone();
         tokio::spawn(async move {
@@ -611,6 +632,25 @@ pub async fn run(o: RunOptions) -> Result<(), MonitorError> {
                 tick.tick().await;
                 let events = m.round().await;
                 m.notify(events);
+                if !alertmanagers.is_empty() {
+                    let alerts: Vec<rampart_alert::Alert> = m
+                        .lock()
+                        .engine
+                        .alerts()
+                        .filter(|a| {
+                            matches!(
+                                a.state,
+                                rampart_alert::AlertState::Firing
+                                    | rampart_alert::AlertState::Resolved
+                            )
+                        })
+                        .cloned()
+                        .collect();
+                    let now = now_ms();
+                    for tx in &alertmanagers {
+                        let _ = tx.send((now, alerts.clone()));
+                    }
+                }
             }
         })
     };

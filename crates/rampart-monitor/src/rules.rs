@@ -276,6 +276,87 @@ mod tests {
         assert!(rs.iter().any(|r| r.name == "Mine"));
     }
 
+    /// What a Prometheus server evaluates for each built-in rule (`rampart monitor export
+    /// prometheus`): the same series, reductions, groups and thresholds.
+    #[test]
+    fn every_built_in_rule_has_its_promql() {
+        let t = default_with("");
+        let rs = rules(&t, Duration::from_secs(2));
+        let ratio = |m: &str| {
+            format!(
+                "((sum by (instance) (rate({m}{{class=\"5xx\",kind!=\"Admin\"}}[1m]))) or (sum by (instance) (rate({m}{{kind!=\"Admin\"}}[1m]))) * 0) / ((sum by (instance) (rate({m}{{kind!=\"Admin\"}}[1m]))) != 0) > 0.05"
+            )
+        };
+        let want: Vec<(&str, String, &str)> = vec![
+            (
+                "NodeDown",
+                "max by (job, instance) (up{job!=\"etcd\"}) == 0".into(),
+                "4s",
+            ),
+            (
+                "EtcdMemberDown",
+                "max by (instance) (up{job=\"etcd\"}) == 0".into(),
+                "4s",
+            ),
+            (
+                "EtcdNoLeader",
+                "max by (instance) (etcd_server_has_leader) == 0".into(),
+                "4s",
+            ),
+            (
+                "NoDbPrimary",
+                "(sum (rampart_db_leader) or vector(0)) < 1".into(),
+                "6s",
+            ),
+            (
+                "ReplicationLagHigh",
+                "max by (instance) (rampart_db_replication_lag_bytes) > 16777216".into(),
+                "30s",
+            ),
+            (
+                "NoSyncStandby",
+                format!("(sum ({SYNC_STANDBYS}) or vector(0)) < 1"),
+                "9s",
+            ),
+            (
+                "WebNotReady",
+                "max by (instance) (rampart_web_ready) == 0".into(),
+                "6s",
+            ),
+            (
+                "Lb5xxRatioHigh",
+                ratio("rampart_listener_requests_total"),
+                "30s",
+            ),
+            (
+                "Web5xxRatioHigh",
+                ratio("rampart_web_requests_total"),
+                "30s",
+            ),
+            (
+                "TlsCertificateExpiring",
+                format!("min by (instance, listener, cert) ({TLS_EXPIRES_IN}) < 1209600"),
+                "4s",
+            ),
+        ];
+        let got: Vec<(&str, String, String)> = rs
+            .iter()
+            .map(|r| (r.name.as_str(), r.promql(), r.promql_for()))
+            .collect();
+        assert_eq!(got.len(), want.len(), "{got:#?}");
+        for ((name, expr, for_), g) in want.iter().zip(&got) {
+            assert_eq!(
+                (*name, expr.as_str(), *for_),
+                (g.0, g.1.as_str(), g.2.as_str())
+            );
+        }
+        let down = rs.iter().find(|r| r.name == "NodeDown").unwrap();
+        assert_eq!(
+            down.promql_summary(),
+            "{{ $labels.job }} node {{ $labels.instance }} does not answer"
+        );
+    }
+
     #[test]
     fn an_expiring_certificate_fires_one_alert_per_certificate() {
         use rampart_alert::store::labels;

@@ -454,7 +454,10 @@ async fn overview(State(m): State<Arc<Monitor>>, Query(a): Query<OverviewArgs>) 
     Json(overview_json(&m, &g, window))
 }
 
-async fn metrics(State(m): State<Arc<Monitor>>) -> impl IntoResponse {
+/// The monitor's own metrics, written in OpenMetrics text (counter families named
+/// without `_total`) and answered in the format the scraper asks for
+/// ([`rampart_metrics::respond`]).
+async fn metrics(State(m): State<Arc<Monitor>>, headers: axum::http::HeaderMap) -> Response {
     let g = m.lock();
     let mut s = String::new();
     let c = &g.counters;
@@ -466,10 +469,10 @@ async fn metrics(State(m): State<Arc<Monitor>>) -> impl IntoResponse {
     );
     let _ = writeln!(
         s,
-        "# TYPE rampart_monitor_targets gauge\nrampart_monitor_targets {}",
+        "# HELP rampart_monitor_targets Targets scraped.\n# TYPE rampart_monitor_targets gauge\nrampart_monitor_targets {}",
         m.targets.len()
     );
-    let _ = writeln!(s, "# TYPE rampart_monitor_scrapes_total counter");
+    let _ = writeln!(s, "# HELP rampart_monitor_scrapes Scrapes, by result.\n# TYPE rampart_monitor_scrapes counter");
     let _ = writeln!(
         s,
         "rampart_monitor_scrapes_total{{result=\"ok\"}} {}",
@@ -482,16 +485,19 @@ async fn metrics(State(m): State<Arc<Monitor>>) -> impl IntoResponse {
     );
     let _ = writeln!(
         s,
-        "# TYPE rampart_monitor_rounds_total counter\nrampart_monitor_rounds_total {}",
+        "# HELP rampart_monitor_rounds Scrape rounds.\n# TYPE rampart_monitor_rounds counter\nrampart_monitor_rounds_total {}",
         c.rounds
     );
     let _ = writeln!(
         s,
-        "# TYPE rampart_monitor_series gauge\nrampart_monitor_series {}",
+        "# HELP rampart_monitor_series Series in the store.\n# TYPE rampart_monitor_series gauge\nrampart_monitor_series {}",
         g.store.len()
     );
-    let _ = writeln!(s, "# TYPE rampart_monitor_samples_dropped_total counter\nrampart_monitor_samples_dropped_total {}", g.store.dropped());
-    let _ = writeln!(s, "# TYPE rampart_monitor_alerts gauge");
+    let _ = writeln!(s, "# HELP rampart_monitor_samples_dropped Samples not stored (the store was full).\n# TYPE rampart_monitor_samples_dropped counter\nrampart_monitor_samples_dropped_total {}", g.store.dropped());
+    let _ = writeln!(
+        s,
+        "# HELP rampart_monitor_alerts Alerts, by state.\n# TYPE rampart_monitor_alerts gauge"
+    );
     for st in [
         AlertState::Pending,
         AlertState::Firing,
@@ -500,7 +506,7 @@ async fn metrics(State(m): State<Arc<Monitor>>) -> impl IntoResponse {
         let n = g.engine.alerts().filter(|a| a.state == st).count();
         let _ = writeln!(s, "rampart_monitor_alerts{{state=\"{}\"}} {n}", st.as_str());
     }
-    let _ = writeln!(s, "# TYPE rampart_monitor_notifications_total counter");
+    let _ = writeln!(s, "# HELP rampart_monitor_notifications Notifications sent to alert routes, by result.\n# TYPE rampart_monitor_notifications counter");
     let _ = writeln!(
         s,
         "rampart_monitor_notifications_total{{result=\"ok\"}} {}",
@@ -511,13 +517,22 @@ async fn metrics(State(m): State<Arc<Monitor>>) -> impl IntoResponse {
         "rampart_monitor_notifications_total{{result=\"failed\"}} {}",
         c.notifications_failed
     );
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-        )],
-        s,
-    )
+    // The db cluster's sync standbys as the monitor last read them (`/cluster`): what
+    // the built-in rule NoSyncStandby reads, for a Prometheus server too.
+    let sync = Selector::name(crate::rules::SYNC_STANDBYS);
+    let fresh = g.cluster.as_ref().and_then(|_| {
+        g.store
+            .select(&sync)
+            .find_map(|(_, samples)| samples.back().copied())
+    });
+    if let Some((_, v)) = fresh {
+        let _ = writeln!(s, "# HELP {0} Synchronous standbys in the db cluster view the monitor read last.\n# TYPE {0} gauge\n{0} {v}", crate::rules::SYNC_STANDBYS);
+    }
+    s.push_str("# EOF\n");
+    drop(g);
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let (content_type, body) = rampart_metrics::respond(accept, s);
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 #[cfg(test)]

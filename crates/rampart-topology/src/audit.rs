@@ -300,7 +300,7 @@ pub fn audit(t: &Topology) -> Vec<Finding> {
         None => add(Error, Monitoring, "no-monitoring", "no monitoring: a failed node, a full disk or a lagging replica goes unnoticed until users notice".into(),
             "add a [monitor] section: it scrapes every node's /metrics and shows the dashboard"),
         Some(m) if m.alerts.is_empty() => add(Warning, Monitoring, "no-alert-routes", "the monitor has no alert route: problems show on the dashboard but nobody is told".into(),
-            "add [[monitor.alerts]] (kind = \"webhook\" with a url, or \"log\")"),
+            "add [[monitor.alerts]] (kind = \"alertmanager\" or \"webhook\" with a url, or \"log\")"),
         Some(_) => {}
     }
 

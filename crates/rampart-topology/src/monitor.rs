@@ -12,8 +12,14 @@
 //!
 //! [[monitor.alerts]]                 # where alerts go
 //! name = "ops"
-//! kind = "log"                       # "log" or "webhook"
+//! kind = "log"                       # "log", "webhook" or "alertmanager"
 //! # url = "http://127.0.0.1:9099/hook" # webhook only: POST of a JSON body (plain HTTP)
+//!
+//! [[monitor.alerts]]                 # a Prometheus Alertmanager (its v2 API)
+//! name = "am"
+//! kind = "alertmanager"
+//! url = "http://127.0.0.1:9093"      # POST /api/v2/alerts there
+//! resend = "1m"                      # firing alerts are sent again this often (default 1m)
 //!
 //! [[monitor.rules]]                  # alert rules added to the built-in ones
 //! name = "WebSlow"                   # a rule named like a built-in one replaces it
@@ -93,13 +99,27 @@ pub struct RawAlertRoute {
     pub kind: Spanned<String>,
     #[serde(default)]
     pub url: Option<Spanned<String>>,
+    #[serde(default)]
+    pub resend: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AlertKind {
     Log,
-    Webhook { url: String },
+    Webhook {
+        url: String,
+    },
+    /// A Prometheus Alertmanager: alerts go to `POST <url>/api/v2/alerts`, firing ones
+    /// again every `resend`, resolved ones with their `endsAt`.
+    Alertmanager {
+        url: String,
+        resend: Duration,
+    },
 }
+
+/// How often firing alerts go to an Alertmanager again by default (Prometheus'
+/// `--rules.alert.resend-delay`).
+pub const ALERTMANAGER_RESEND: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AlertRoute {
@@ -119,6 +139,18 @@ pub struct MonitorConfig {
     pub retention: Duration,
     /// Rules added to (or, by name, replacing) the monitor's built-in rules.
     pub rules: Vec<Rule>,
+}
+
+/// `http://HOST:PORT[/prefix]`: a host, a port that parses, no query.
+fn valid_base_url(u: &str) -> bool {
+    let Some(rest) = u.strip_prefix("http://") else {
+        return false;
+    };
+    let hostport = rest.split('/').next().unwrap_or("");
+    let Some((host, port)) = hostport.rsplit_once(':') else {
+        return false;
+    };
+    !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0) && !u.contains(['?', '#', ' '])
 }
 
 fn parse_rule(src: &Source, r: &RawRule, errs: &mut Vec<Diagnostic>) -> Option<Rule> {
@@ -255,12 +287,18 @@ pub(crate) fn validate(
     }
     let mut alerts = Vec::new();
     for r in &s.alerts {
+        if let (Some(x), false) = (&r.resend, r.kind.get_ref() == "alertmanager") {
+            errs.push(src.error_at(
+                x.span(),
+                "resend is only used by kind = \"alertmanager\" alert routes",
+            ));
+        }
         let kind = match (r.kind.get_ref().as_str(), &r.url) {
             ("log", None) => AlertKind::Log,
             ("log", Some(u)) => {
                 errs.push(src.error_at(
                     u.span(),
-                    "url is only used by kind = \"webhook\" alert routes",
+                    "url is only used by kind = \"webhook\" and \"alertmanager\" alert routes",
                 ));
                 AlertKind::Log
             }
@@ -283,11 +321,48 @@ pub(crate) fn validate(
                 ));
                 AlertKind::Log
             }
+            ("alertmanager", Some(u)) => {
+                if !valid_base_url(u.get_ref()) {
+                    errs.push(src.error_at(
+                        u.span(),
+                        "alertmanager url must be http://HOST:PORT (optionally with a path \
+                         prefix, e.g. http://127.0.0.1:9093); the monitor posts to \
+                         <url>/api/v2/alerts",
+                    ));
+                }
+                let resend = match &r.resend {
+                    None => ALERTMANAGER_RESEND,
+                    Some(v) => match parse_duration(v.get_ref()) {
+                        Ok(d) if d >= Duration::from_secs(1) => d,
+                        Ok(_) => {
+                            errs.push(
+                                src.error_at(v.span(), "resend must be at least 1s".to_string()),
+                            );
+                            ALERTMANAGER_RESEND
+                        }
+                        Err(m) => {
+                            errs.push(src.error_at(v.span(), m));
+                            ALERTMANAGER_RESEND
+                        }
+                    },
+                };
+                AlertKind::Alertmanager {
+                    url: u.get_ref().trim_end_matches('/').to_string(),
+                    resend,
+                }
+            }
+            ("alertmanager", None) => {
+                errs.push(src.error_at(
+                    r.kind.span(),
+                    "an alertmanager alert route needs url = \"http://HOST:PORT\"",
+                ));
+                AlertKind::Log
+            }
             (other, _) => {
                 errs.push(src.error_at(
                     r.kind.span(),
                     format!(
-                        "unknown alert route kind \"{other}\"; expected \"log\" or \"webhook\""
+                        "unknown alert route kind \"{other}\"; expected \"log\", \"webhook\" or \"alertmanager\""
                     ),
                 ));
                 AlertKind::Log
@@ -405,5 +480,74 @@ threshold = 1
             "{msgs:?}"
         );
         assert!(msgs[2].starts_with("14:6 unknown comparison"), "{msgs:?}");
+    }
+
+    #[test]
+    fn alertmanager_routes_and_their_errors_name_line_and_column() {
+        let (src, s) = section(
+            r#"
+[monitor]
+listen = "127.0.0.1:9090"
+[[monitor.alerts]]
+name = "am"
+kind = "alertmanager"
+url = "http://127.0.0.1:9093/"
+[[monitor.alerts]]
+name = "am2"
+kind = "alertmanager"
+url = "http://127.0.0.1:9093/prefix"
+resend = "5s"
+[[monitor.alerts]]
+name = "bad"
+kind = "alertmanager"
+url = "https://am:9093"
+resend = "10ms"
+[[monitor.alerts]]
+name = "nourl"
+kind = "alertmanager"
+[[monitor.alerts]]
+name = "hook"
+kind = "webhook"
+url = "http://127.0.0.1:1/x"
+resend = "1m"
+"#,
+        );
+        let mut errs = Vec::new();
+        let c = validate(&src, &s, &mut errs).unwrap();
+        assert_eq!(
+            c.alerts[0].kind,
+            AlertKind::Alertmanager {
+                url: "http://127.0.0.1:9093".into(),
+                resend: ALERTMANAGER_RESEND
+            }
+        );
+        assert_eq!(
+            c.alerts[1].kind,
+            AlertKind::Alertmanager {
+                url: "http://127.0.0.1:9093/prefix".into(),
+                resend: Duration::from_secs(5)
+            }
+        );
+        let msgs: Vec<String> = errs
+            .iter()
+            .map(|d| format!("{}:{} {}", d.line, d.col, d.message))
+            .collect();
+        assert_eq!(msgs.len(), 4, "{msgs:?}");
+        assert!(
+            msgs[0].starts_with("16:7 alertmanager url must be http://HOST:PORT"),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs[1].starts_with("17:10 resend must be at least 1s"),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs[2].starts_with("20:8 an alertmanager alert route needs url"),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs[3].starts_with("25:10 resend is only used by kind = \"alertmanager\""),
+            "{msgs:?}"
+        );
     }
 }

@@ -197,7 +197,7 @@ async fn readyz(State(node): State<Arc<Node>>) -> Response {
     }
 }
 
-async fn metrics_handler(State(node): State<Arc<Node>>) -> Response {
+async fn metrics_handler(State(node): State<Arc<Node>>, headers: http::HeaderMap) -> Response {
     node.metrics.ready.set(node.is_ready() as i64);
     if let Some(gb) = &node.guestbook {
         let s = gb.router.stats();
@@ -212,14 +212,9 @@ async fn metrics_handler(State(node): State<Arc<Node>>) -> Response {
             .set(s.reads_waited.load(Ordering::Relaxed) as i64);
         m.db_writes.set(s.writes.load(Ordering::Relaxed) as i64);
     }
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-        )],
-        node.metrics.encode(),
-    )
-        .into_response()
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let (content_type, body) = rampart_metrics::respond(accept, node.metrics.encode());
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 /// Static files first; then the upstream (if any); else 404.

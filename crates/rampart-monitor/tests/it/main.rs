@@ -5,6 +5,7 @@ mod access;
 mod cdp;
 mod dashboard;
 mod lb_admin;
+mod prometheus;
 mod scrape;
 mod up_drills;
 mod up_vips;

@@ -23,7 +23,7 @@ const OFFSETS: [u16; 22] = [
 ];
 
 /// A port base whose whole block is free, below the ephemeral range other tests draw from.
-fn free_port_base() -> u16 {
+pub(crate) fn free_port_base() -> u16 {
     let seed = u64::from(std::process::id()) ^ 0x9e37;
     for i in 0..200u64 {
         let base = 10_000 + ((seed.wrapping_mul(7919) + i * 613) % 200) as u16 * 100 + 50;
@@ -39,9 +39,9 @@ fn free_port_base() -> u16 {
 
 /// Kills whatever the stack left if the test fails half-way: the process groups `up`
 /// recorded, then any process whose command line names the test's folder.
-struct Leftovers {
-    data_dir: PathBuf,
-    root: PathBuf,
+pub(crate) struct Leftovers {
+    pub(crate) data_dir: PathBuf,
+    pub(crate) root: PathBuf,
 }
 
 impl Drop for Leftovers {
@@ -78,7 +78,7 @@ impl Drop for Leftovers {
     }
 }
 
-fn rampart(args: &[&str]) -> std::process::Output {
+pub(crate) fn rampart(args: &[&str]) -> std::process::Output {
     Command::new(rampart_bin())
         .args(args)
         .output()
