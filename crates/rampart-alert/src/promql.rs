@@ -66,6 +66,7 @@ impl Rule {
             Reduce::Avg => format!("avg_over_time({sel}[{w}])"),
             Reduce::Max => format!("max_over_time({sel}[{w}])"),
             Reduce::Min => format!("min_over_time({sel}[{w}])"),
+            Reduce::PredictDay => format!("predict_linear({sel}[{w}], 86400)"),
         };
         let by = if self.by.is_empty() {
             String::new()

@@ -334,7 +334,7 @@ async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
     match crate::metrics::render(&app.shared) {
         Ok(text) => {
             let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-            let (content_type, body) = rampart_metrics::respond(accept, text);
+            let (content_type, body) = rampart_metrics::respond_with_host(accept, text);
             ([(header::CONTENT_TYPE, content_type)], body).into_response()
         }
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),

@@ -9,7 +9,7 @@
 //!   format 0.0.4 ([`classic`]), which `promtool check metrics` and every older scraper
 //!   read.
 //!
-//! Pure, std only.
+//! Pure, but for [`host`], which reads `/proc` and `statvfs` at each scrape.
 
 /// The `Content-Type` of an OpenMetrics answer.
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -53,6 +53,14 @@ pub fn negotiate(accept: Option<&str>) -> Format {
     } else {
         Format::Classic
     }
+}
+
+pub mod host;
+
+/// [`respond`] with this host's and process's figures ([`host`]) added: what every role's
+/// `/metrics` answers.
+pub fn respond_with_host(accept: Option<&str>, openmetrics: String) -> (&'static str, String) {
+    respond(accept, host::append(&openmetrics, &host::sample_now()))
 }
 
 /// The answer to a scrape: its `Content-Type` and body, from the metrics rendered in

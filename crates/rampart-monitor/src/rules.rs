@@ -338,6 +338,26 @@ mod tests {
                 format!("min by (instance, listener, cert) ({TLS_EXPIRES_IN}) < 1209600"),
                 "4s",
             ),
+            (
+                "DiskSpaceLow",
+                "((max by (instance, path) (rampart_host_filesystem_avail_bytes)) or (max by (instance, path) (rampart_host_filesystem_size_bytes)) * 0) / ((max by (instance, path) (rampart_host_filesystem_size_bytes)) != 0) < 0.1".into(),
+                "1m",
+            ),
+            (
+                "DiskFullWithinADay",
+                "max by (instance, path) (predict_linear(rampart_host_filesystem_avail_bytes[1h], 86400)) < 0".into(),
+                "5m",
+            ),
+            (
+                "MemoryLow",
+                "((max by (instance) (rampart_host_memory_available_bytes)) or (max by (instance) (rampart_host_memory_total_bytes)) * 0) / ((max by (instance) (rampart_host_memory_total_bytes)) != 0) < 0.1".into(),
+                "2m",
+            ),
+            (
+                "FileDescriptorsNearLimit",
+                "((max by (job, instance) (rampart_process_open_fds)) or (max by (job, instance) (rampart_process_max_fds)) * 0) / ((max by (job, instance) (rampart_process_max_fds)) != 0) > 0.9".into(),
+                "1m",
+            ),
         ];
         let got: Vec<(&str, String, String)> = rs
             .iter()

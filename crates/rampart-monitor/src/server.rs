@@ -531,7 +531,7 @@ async fn metrics(State(m): State<Arc<Monitor>>, headers: axum::http::HeaderMap) 
     s.push_str("# EOF\n");
     drop(g);
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-    let (content_type, body) = rampart_metrics::respond(accept, s);
+    let (content_type, body) = rampart_metrics::respond_with_host(accept, s);
     ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 

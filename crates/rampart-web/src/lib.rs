@@ -213,7 +213,7 @@ async fn metrics_handler(State(node): State<Arc<Node>>, headers: http::HeaderMap
         m.db_writes.set(s.writes.load(Ordering::Relaxed) as i64);
     }
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-    let (content_type, body) = rampart_metrics::respond(accept, node.metrics.encode());
+    let (content_type, body) = rampart_metrics::respond_with_host(accept, node.metrics.encode());
     ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 

@@ -72,6 +72,10 @@ pub fn run(args: DbArgs) -> anyhow::Result<()> {
                 let node = args
                     .node
                     .context("--node NAME is required to run the agent")?;
+                // The data directory's filesystem in /metrics (space, I/O).
+                if let Some(n) = cfg.nodes.iter().find(|n| n.name == node) {
+                    rampart_metrics::host::set_data_dirs(vec![n.data_dir.clone()]);
+                }
                 rampart_db::run_agent(cfg, &node)
                     .await
                     .context("run the db agent")

@@ -114,6 +114,8 @@ pub fn run(args: WebArgs) -> anyhow::Result<()> {
             .map(|n| n.get())
             .unwrap_or(1)
     });
+    // The site's filesystem in /metrics (space, I/O).
+    rampart_metrics::host::set_data_dirs(vec![cfg.root.clone()]);
     rampart_web::run(cfg, threads).context("run the web server")
 }
 
