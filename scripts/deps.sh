@@ -25,6 +25,7 @@ want=(
   procps               # ps, pkill: test clean-up checks and scripts
   chromium             # headless: the lb stats page and the monitor dashboard tests render them
   testssl.sh           # scripts/testssl-lb.sh: the HTTPS listener's configuration quality
+  pebble               # ACME test server (and pebble-challtestsrv, its DNS): lb ACME tests
 )
 
 missing=()

@@ -774,7 +774,9 @@ fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Parsed {
     if let Err(status) = head_policy(method, target, http10, hosts, host) {
         return Parsed::Bad(status);
     }
-    if upgrade || too_many || http10 {
+    // An HTTP-01 token we are asked for (while an ACME order waits for it) is answered
+    // by hyper's path, which calls `acme::http01`.
+    if upgrade || too_many || http10 || crate::acme::http01_target(target) {
         // WebSocket and friends (hyper's path joins the two halves), or more hop-by-hop
         // names than kept here: hyper's path, after the same checks.
         return Parsed::Hyper;
