@@ -306,7 +306,7 @@ async fn tls_alpn01_certificate_is_ordered_and_served() {
     // Ordinary clients still get h2 or http/1.1, never acme-tls/1.
     let mut c = Command::new("sh");
     c.arg("-c").arg(format!(
-        "timeout 10 openssl s_client -brief -connect {} -servername {DOMAIN} -alpn h2,http/1.1 </dev/null 2>&1",
+        "timeout 10 openssl s_client -connect {} -servername {DOMAIN} -alpn h2,http/1.1 </dev/null 2>&1",
         lb.tls
     ));
     let o = run(c).await;
