@@ -142,12 +142,25 @@ impl AcmeLb {
         listener_extra: &str,
         acme_extra: &str,
     ) -> AcmeLb {
+        AcmeLb::start_with(dir, pebble, backend, tls, listener_extra, acme_extra, "").await
+    }
+
+    /// [`AcmeLb::start`] with more configuration (`more`) at the end of the file.
+    async fn start_with(
+        dir: &Path,
+        pebble: &Pebble,
+        backend: &Backend,
+        tls: SocketAddr,
+        listener_extra: &str,
+        acme_extra: &str,
+        more: &str,
+    ) -> AcmeLb {
         let state = dir.join("acme-state");
         let config = format!(
             "[[listener]]\nname = \"web\"\naddress = \"{tls}\"\npool = \"p\"\n\
              [listener.tls]\n{listener_extra}\n\
              acme = {{ directory = \"{}\", email = \"ops@acme.test\", domains = [\"{DOMAIN}\"], state_dir = \"{}\", ca = \"{}\"{acme_extra} }}\n\
-             [[pool]]\nname = \"p\"\nservers = [{{ address = \"{}\" }}]\n",
+             [[pool]]\nname = \"p\"\nservers = [{{ address = \"{}\" }}]\n{more}",
             pebble.directory,
             state.display(),
             pebble.tls_cert.display(),
@@ -276,6 +289,39 @@ async fn http01_certificate_is_ordered_served_and_reused_after_a_restart() {
         ));
     let o = run(c).await;
     assert_eq!(String::from_utf8_lossy(&o.stdout), "308", "{}", text(&o));
+}
+
+/// A plain listener that forwards (no redirect) answers the token itself: the fast path
+/// hands that one request to the path that knows the tokens; other paths still reach the
+/// pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http01_is_answered_by_a_forwarding_plain_listener() {
+    let backend = Backend::start("backend-b").await;
+    let (http_port, tls_port) = (free_port(), free_port());
+    let pebble = Pebble::start(http_port, tls_port, 0).await;
+    let dir = TempDir::new().unwrap();
+    let plain = format!(
+        "[[listener]]\nname = \"plain\"\naddress = \"127.0.0.1:{http_port}\"\npool = \"p\"\n"
+    );
+    let lb = AcmeLb::start_with(
+        dir.path(),
+        &pebble,
+        &backend,
+        addr(tls_port),
+        "",
+        "",
+        &plain,
+    )
+    .await;
+    wait_served(&pebble, &lb, Duration::from_secs(60)).await;
+    assert!(served_leaf(lb.tls).await.contains("Pebble Intermediate CA"));
+    // No token pending: the challenge path goes to the pool like any other.
+    let mut c = Command::new("curl");
+    c.args(["-sS", "-m", "5"]).arg(format!(
+        "http://127.0.0.1:{http_port}/.well-known/acme-challenge/x"
+    ));
+    let o = run(c).await;
+    assert!(text(&o).contains("backend-b"), "{}", text(&o));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
