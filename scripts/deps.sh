@@ -27,6 +27,7 @@ want=(
   testssl.sh           # scripts/testssl-lb.sh: the HTTPS listener's configuration quality
   prometheus           # promtool and a real Prometheus: the monitor's export and /metrics formats (test)
   prometheus-alertmanager  # a real Alertmanager receiving the monitor's alerts (test)
+  pebble               # ACME test server (and pebble-challtestsrv, its DNS): lb ACME tests
 )
 
 missing=()

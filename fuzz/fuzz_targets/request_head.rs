@@ -14,6 +14,7 @@ fn check(data: &[u8], trusted: bool) {
     let r = match &got {
         RequestOutcome::Partial => return,
         RequestOutcome::Refused => panic!("no firewall, yet refused"),
+        RequestOutcome::Acme => panic!("no ACME order is pending"),
         RequestOutcome::Bad(s) => {
             assert!(matches!(s, 400 | 431 | 501 | 505), "status {s}");
             return;

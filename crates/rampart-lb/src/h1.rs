@@ -417,6 +417,20 @@ async fn exchange<T: ClientStream>(
                         return Next::Close;
                     }
                     Parsed::Complete(r) => break r,
+                    Parsed::Acme {
+                        head_len,
+                        key_auth,
+                        close,
+                    } => {
+                        buf.consume(head_len);
+                        let r = send_error(io, ctx, 200, key_auth.as_bytes(), close, false).await;
+                        ctx.listener.stats.counters.response(200, 0);
+                        return if close || r.is_err() {
+                            Next::Close
+                        } else {
+                            Next::KeepAlive
+                        };
+                    }
                     Parsed::Refused(r) => {
                         // Closed after the answer: a body the client may send is never read.
                         let h = r.header.as_ref().map(|(n, v)| (*n, v.as_str()));
@@ -496,6 +510,12 @@ enum Parsed {
     Bad(u16),
     /// The listener's firewall refuses the request.
     Refused(crate::firewall::Refusal),
+    /// An ACME HTTP-01 token an order waits for: its key authorization, answered here.
+    Acme {
+        head_len: usize,
+        key_auth: String,
+        close: bool,
+    },
 }
 
 /// A header name's meaning to the proxy.
@@ -782,6 +802,18 @@ fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Parsed {
             Some(n) => Framing::Length(n),
         }
     };
+    // An ACME HTTP-01 token (while an order waits for it) on a plain-HTTP listener:
+    // answered here, before the firewall's request checks and the pool.
+    if !ctx.https && method == "GET" && crate::acme::http01_target(target) {
+        if let Some(key_auth) = crate::acme::http01(target) {
+            return Parsed::Acme {
+                head_len,
+                key_auth,
+                // A body nobody reads ends the connection.
+                close: close || body != Framing::None,
+            };
+        }
+    }
     if let Some(fw) = ctx.listener.firewall.as_deref() {
         if fw.checks_requests() {
             let declared = if chunked { None } else { length };
@@ -1477,6 +1509,7 @@ fn may_resend(written: usize, replayable: bool) -> bool {
 
 fn reason(status: u16) -> &'static str {
     match status {
+        200 => "OK",
         400 => "Bad Request",
         408 => "Request Timeout",
         431 => "Request Header Fields Too Large",
@@ -2703,6 +2736,7 @@ mod tests {
         let mut out = Vec::new();
         match parse_request(data, &test_ctx(trusted), &mut out) {
             Parsed::Partial => {}
+            Parsed::Acme { .. } => prop_assert!(false, "no ACME order is pending"),
             Parsed::Refused(r) => prop_assert!(false, "no firewall, yet refused: {r:?}"),
             Parsed::Bad(s) => prop_assert!(matches!(s, 400 | 431 | 501 | 505), "{s}"),
             Parsed::Complete(r) => {

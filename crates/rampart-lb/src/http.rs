@@ -310,7 +310,8 @@ async fn serve_redirect(
     to: RedirectHttps,
 ) {
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-        std::future::ready(Ok::<_, Infallible>(redirect_response(&req, to)))
+        let r = acme_answer(&req).unwrap_or_else(|| redirect_response(&req, to));
+        std::future::ready(Ok::<_, Infallible>(r))
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -320,6 +321,21 @@ async fn serve_redirect(
     if let Err(e) = conn.await {
         tracing::debug!(%peer, error = %e, "redirect connection ended with an error");
     }
+}
+
+/// The answer to `GET /.well-known/acme-challenge/<token>` for a token an ACME order of
+/// this balancer waits for (RFC 8555 section 8.3).
+fn acme_answer<B>(req: &Request<B>) -> Option<Response<RespBody>> {
+    if req.method() != Method::GET {
+        return None;
+    }
+    let key_auth = crate::acme::http01(req.uri().path())?;
+    let mut r = Response::new(RespBody::full(Bytes::from(key_auth), None));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    Some(r)
 }
 
 /// `301`/`308` to `https://HOST[:PORT]/PATH?QUERY`; 400 without a usable host.
@@ -470,6 +486,12 @@ async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<RespBody>
             &Bytes::from_static(b"501 Not Implemented: CONNECT is not supported\n"),
             busy,
         );
+    }
+    // An ACME HTTP-01 token, on a plain-HTTP listener: before the firewall and the pool.
+    if ctx.listener.tls.is_none() {
+        if let Some(r) = acme_answer(&req) {
+            return r;
+        }
     }
     // The firewall's request checks, as on the fast path (one policy for HTTP/1 and
     // HTTP/2 alike).

@@ -14,6 +14,7 @@
 //! channel.
 
 mod accesslog;
+mod acme;
 mod admin;
 mod body;
 mod clock;
@@ -505,6 +506,7 @@ pub fn run(config: LbConfig, opts: RunOptions) -> Result<(), LbError> {
         }
         discovery::reconcile(&shared);
         tls::spawn_watch();
+        acme::sync(&config);
         if let Some((l, a)) = admin_listener {
             admin::spawn(l, a, shared.clone()).map_err(LbError::Admin)?;
         }

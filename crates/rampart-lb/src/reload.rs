@@ -191,6 +191,7 @@ pub fn apply(shared: &Arc<Shared>, new: LbConfig) -> Result<(), ControlError> {
             let _ = crate::accesslog::configure(None);
         }
     }
+    crate::acme::sync(&new);
     if let Ok(mut c) = shared.config.lock() {
         *c = new;
     }

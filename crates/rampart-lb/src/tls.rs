@@ -72,6 +72,14 @@ impl fmt::Debug for Resolver {
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // A CA's TLS-ALPN-01 validation (RFC 8737) offers `acme-tls/1` alone and gets the
+        // challenge certificate (or none: the handshake fails).
+        if hello
+            .alpn()
+            .is_some_and(|mut p| p.any(|p| p == crate::acme::ACME_TLS_ALPN))
+        {
+            return crate::acme::alpn_cert(hello.server_name());
+        }
         self.0
             .load()
             .pick(hello.server_name(), hello.signature_schemes())
@@ -113,11 +121,17 @@ fn stamps(files: &ListenerTls) -> Vec<Stamps> {
 impl TlsTerm {
     fn new(listener: &str, files: &ListenerTls) -> Result<TlsTerm, TlsError> {
         let stamps = stamps(files);
-        let certs = files
-            .certs
-            .iter()
-            .map(|c| tls_certs::load(listener, c))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut certs = Vec::with_capacity(files.certs.len());
+        for (i, c) in files.certs.iter().enumerate() {
+            match tls_certs::load(listener, c, i) {
+                Ok(l) => certs.push(l),
+                // An ACME certificate not ordered yet (or unreadable: ordered again).
+                Err(e) if c.optional => {
+                    tracing::info!(listener, reason = %e, "no ACME certificate stored yet");
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let resolver = Arc::new(Resolver(ArcSwap::from_pointee(CertSet::new(certs))));
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -125,6 +139,14 @@ impl TlsTerm {
             .with_no_client_auth()
             .with_cert_resolver(resolver.clone());
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        if files
+            .acme
+            .as_ref()
+            .is_some_and(|a| a.challenge == rampart_topology::lb::Challenge::TlsAlpn01)
+        {
+            // Last: chosen only by a client that offers nothing else (the CA's validator).
+            cfg.alpn_protocols.push(crate::acme::ACME_TLS_ALPN.to_vec());
+        }
         // No early data (0-RTT): replayable requests are not worth a round trip.
         cfg.max_early_data_size = 0;
         // The server's cipher suite order (AEADs only, AES-GCM then ChaCha20), not the
@@ -178,13 +200,17 @@ impl TlsTerm {
         let mut first_err = None;
         let mut certs = Vec::with_capacity(self.files.certs.len());
         for (i, files) in self.files.certs.iter().enumerate() {
-            match tls_certs::load(&self.listener, files) {
+            match tls_certs::load(&self.listener, files, i) {
                 Ok(c) => certs.push(c),
                 Err(e) => {
-                    if let Some(c) = old.certs.get(i) {
+                    let kept = old.certs.iter().find(|c| c.source == i);
+                    if let Some(c) = kept {
                         certs.push(c.clone());
                     }
-                    first_err.get_or_insert(e);
+                    // An ACME certificate not ordered yet is no error.
+                    if !(files.optional && kept.is_none()) {
+                        first_err.get_or_insert(e);
+                    }
                 }
             }
         }
@@ -195,7 +221,7 @@ impl TlsTerm {
         match first_err {
             Some(e) => Err(e),
             None => {
-                tracing::info!(listener = %self.listener, certificates = self.files.certs.len(), "TLS certificate loaded");
+                tracing::info!(listener = %self.listener, certificates = certs_len(&self.resolver), "TLS certificate loaded");
                 Ok(())
             }
         }
@@ -219,13 +245,20 @@ pub(crate) fn expiries() -> Vec<(String, String, i64)> {
     let mut out = Vec::new();
     for t in &terms {
         let set = t.resolver.0.load();
-        for (c, files) in set.certs.iter().zip(&t.files.certs) {
+        for c in set.certs.iter() {
+            let Some(files) = t.files.certs.get(c.source) else {
+                continue;
+            };
             if let Some(na) = c.not_after {
                 out.push((t.listener.clone(), files.cert.display().to_string(), na));
             }
         }
     }
     out
+}
+
+fn certs_len(r: &Resolver) -> usize {
+    r.0.load().certs.len()
 }
 
 /// Every TLS listener's terminator, by listener name.
@@ -309,7 +342,13 @@ pub(crate) async fn handshake(
 ) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, bool)> {
     match tokio::time::timeout(timeout, term.acceptor.accept(tcp)).await {
         Ok(Ok(s)) => {
-            let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
+            let alpn = s.get_ref().1.alpn_protocol();
+            if alpn == Some(crate::acme::ACME_TLS_ALPN) {
+                // A TLS-ALPN-01 validation: the handshake was all it wanted.
+                tracing::debug!(%peer, listener = %term.listener, "answered an acme-tls/1 handshake");
+                return None;
+            }
+            let h2 = alpn == Some(b"h2");
             Some((s, h2))
         }
         Ok(Err(e)) => {

@@ -28,6 +28,8 @@ pub(crate) struct Loaded {
     pub names: Vec<String>,
     /// The leaf's notAfter, in seconds since the Unix epoch.
     pub not_after: Option<i64>,
+    /// Its position in the listener's configured list (an optional one may be missing).
+    pub source: usize,
 }
 
 impl Loaded {
@@ -130,7 +132,7 @@ impl CertSet {
 }
 
 /// Read and check a certificate chain and its key; the names it serves.
-pub(crate) fn load(listener: &str, files: &CertFiles) -> Result<Loaded, TlsError> {
+pub(crate) fn load(listener: &str, files: &CertFiles, source: usize) -> Result<Loaded, TlsError> {
     let read = |what: &'static str, path: &Path| {
         std::fs::read(path).map_err(|err| TlsError::Read {
             listener: listener.to_string(),
@@ -194,6 +196,7 @@ pub(crate) fn load(listener: &str, files: &CertFiles) -> Result<Loaded, TlsError
         key: Arc::new(key),
         names,
         not_after,
+        source,
     })
 }
 
@@ -251,6 +254,11 @@ fn x509_time(tag: u8, v: &[u8]) -> Option<i64> {
 
 /// A certificate's notAfter (seconds since the epoch), read from its DER.
 pub(crate) fn not_after(der: &[u8]) -> Option<i64> {
+    validity(der).map(|v| v.1)
+}
+
+/// A certificate's (notBefore, notAfter) in seconds since the epoch, read from its DER.
+pub(crate) fn validity(der: &[u8]) -> Option<(i64, i64)> {
     let (0x30, cert, _) = tlv(der)? else {
         return None;
     };
@@ -269,9 +277,10 @@ pub(crate) fn not_after(der: &[u8]) -> Option<i64> {
     let (0x30, validity, _) = tlv(rest)? else {
         return None;
     };
-    let after = tlv(validity)?.2;
+    let (tag, v, after) = tlv(validity)?;
+    let before = x509_time(tag, v)?;
     let (tag, v, _) = tlv(after)?;
-    x509_time(tag, v)
+    Some((before, x509_time(tag, v)?))
 }
 
 #[cfg(test)]

@@ -133,7 +133,9 @@ pub struct Listener {
     pub firewall: Option<firewall::Firewall>,
 }
 
+mod acme;
 mod tls;
+pub use acme::{Acme, AcmeShare, Challenge, RawAcme, DEFAULT_RENEW_BEFORE};
 pub use tls::{
     CertFiles, ListenerTls, PoolTls, RawCert, RawListenerTls, RawPoolTls, Resumption,
     DEFAULT_SESSION_CACHE, DEFAULT_TICKET_ROTATE,

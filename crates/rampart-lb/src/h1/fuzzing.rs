@@ -60,6 +60,8 @@ pub enum RequestOutcome {
     Complete(Request),
     Bad(u16),
     Refused,
+    /// An ACME HTTP-01 token answered by the balancer (never without a pending order).
+    Acme,
 }
 
 thread_local! {
@@ -103,6 +105,7 @@ pub fn parse_request(data: &[u8], trusted: bool) -> RequestOutcome {
         Parsed::Partial => RequestOutcome::Partial,
         Parsed::Bad(s) => RequestOutcome::Bad(s),
         Parsed::Refused(_) => RequestOutcome::Refused,
+        Parsed::Acme { .. } => RequestOutcome::Acme,
         Parsed::Complete(r) => RequestOutcome::Complete(Request {
             head_len: r.head_len,
             body: r.body.into(),

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod acme;
 mod algorithms;
 mod config;
 mod failures;

@@ -54,6 +54,8 @@ pub struct ListenerTls {
     /// `Strict-Transport-Security: max-age=<seconds>` on every response, when set.
     pub hsts_max_age: Option<u64>,
     pub resumption: Resumption,
+    /// The first certificate is ordered from an ACME CA (and kept in its state folder).
+    pub acme: Option<super::acme::Acme>,
 }
 
 /// One certificate chain and its key.
@@ -65,6 +67,8 @@ pub struct CertFiles {
     /// Host names (lower case, `*.example.org` wildcards) this certificate is chosen for by
     /// SNI; empty: the DNS names of the certificate's subjectAltName.
     pub names: Vec<String>,
+    /// May be absent (an ACME certificate not ordered yet): then skipped, not an error.
+    pub optional: bool,
 }
 
 /// Session resumption of a listener. Early data (0-RTT) is never accepted.
@@ -142,6 +146,8 @@ pub struct RawListenerTls {
     pub ticket_keys_file: Option<Spanned<String>>,
     #[serde(default)]
     pub ticket_keys_rotate: Option<Spanned<String>>,
+    #[serde(default)]
+    pub acme: Option<super::acme::RawAcme>,
 }
 
 /// `{ cert = "PATH", key = "PATH", names = ["HOST", ...] }`
@@ -169,7 +175,7 @@ pub struct RawPoolTls {
     pub alpn: Option<Vec<Spanned<String>>>,
 }
 
-fn file(c: &mut Checker<'_>, v: &Spanned<String>, what: &str) -> PathBuf {
+pub(super) fn file(c: &mut Checker<'_>, v: &Spanned<String>, what: &str) -> PathBuf {
     if v.get_ref().is_empty() {
         c.err(v, format!("tls {what} must name a PEM file"));
     }
@@ -179,7 +185,7 @@ fn file(c: &mut Checker<'_>, v: &Spanned<String>, what: &str) -> PathBuf {
 
 /// A host name for SNI selection: lower case, letters, digits, `-` and dots, or a
 /// `*.` wildcard for one label.
-fn host_name(c: &mut Checker<'_>, v: &Spanned<String>) -> Option<String> {
+pub(super) fn host_name(c: &mut Checker<'_>, v: &Spanned<String>) -> Option<String> {
     let n = v.get_ref().to_ascii_lowercase();
     let bare = n.strip_prefix("*.").unwrap_or(&n);
     let ok = !bare.is_empty()
@@ -213,11 +219,21 @@ fn names(c: &mut Checker<'_>, v: &Option<Vec<Spanned<String>>>) -> Vec<String> {
 pub(super) fn listener_tls(c: &mut Checker<'_>, rt: &Spanned<RawListenerTls>) -> ListenerTls {
     let t = rt.get_ref();
     let mut certs = Vec::new();
+    let acme = t.acme.as_ref().map(|a| super::acme::acme(c, a));
+    if let Some(a) = &acme {
+        certs.push(CertFiles {
+            cert: a.cert_path(),
+            key: a.key_path(),
+            names: a.domains.clone(),
+            optional: true,
+        });
+    }
     match (&t.cert, &t.key) {
         (Some(cert), Some(key)) => certs.push(CertFiles {
             cert: file(c, cert, "cert"),
             key: file(c, key, "key"),
             names: names(c, &t.names),
+            optional: false,
         }),
         (Some(cert), None) => c.err(cert, "tls cert needs its key = \"PATH\""),
         (None, Some(key)) => c.err(key, "tls key needs its cert = \"PATH\""),
@@ -233,12 +249,13 @@ pub(super) fn listener_tls(c: &mut Checker<'_>, rt: &Spanned<RawListenerTls>) ->
             cert: file(c, &r.cert, "cert"),
             key: file(c, &r.key, "key"),
             names: names(c, &r.names),
+            optional: false,
         });
     }
     if certs.is_empty() && t.cert.is_none() && t.key.is_none() {
         c.err(
             rt,
-            "tls needs a certificate: cert = \"PATH\" and key = \"PATH\", or certificates = [{ cert = \"PATH\", key = \"PATH\" }]",
+            "tls needs a certificate: cert = \"PATH\" and key = \"PATH\", or certificates = [{ cert = \"PATH\", key = \"PATH\" }], or acme = { ... }",
         );
     }
     let hsts_max_age = t.hsts.as_ref().map(|h| {
@@ -278,6 +295,7 @@ pub(super) fn listener_tls(c: &mut Checker<'_>, rt: &Spanned<RawListenerTls>) ->
             ticket_keys_file,
             ticket_keys_rotate,
         },
+        acme,
     }
 }
 
