@@ -4,10 +4,14 @@
 #![allow(clippy::unwrap_used)]
 
 mod basic;
+mod checker;
 mod conditions;
 mod failover;
 mod fence;
 mod harness;
+mod jepsen;
+mod kwatchdog;
+mod lease;
 mod leader_keys;
 mod netns;
 mod orphan;
