@@ -50,8 +50,8 @@ pub fn probe(path: &Path) -> Result<Duration, String> {
     let name = sysfs_name(path)
         .ok_or_else(|| format!("{}: not a watchdog device name", path.display()))?;
     let sys = format!("/sys/class/watchdog/{name}/timeout");
-    let text =
-        std::fs::read_to_string(&sys).map_err(|e| format!("cannot read its timeout ({sys}): {e}"))?;
+    let text = std::fs::read_to_string(&sys)
+        .map_err(|e| format!("cannot read its timeout ({sys}): {e}"))?;
     parse_timeout(&text).ok_or_else(|| format!("unreadable timeout in {sys}: {:?}", text.trim()))
 }
 

@@ -701,6 +701,65 @@ nofailover = true
     }
 
     #[test]
+    fn watchdog_modes_per_cluster_and_node() {
+        let c = cfg(OK).unwrap();
+        assert_eq!(c.nodes[0].watchdog, WatchdogMode::Automatic);
+        assert_eq!(c.watchdog_device, PathBuf::from("/dev/watchdog"));
+        let text = OK
+            .replace(
+                "data_dir = \"/tmp/x\"",
+                "data_dir = \"/tmp/x\"\nwatchdog = \"off\"\nwatchdog_device = \"/dev/watchdog1\"",
+            )
+            .replace(
+                "nofailover = true",
+                "nofailover = true\nwatchdog = \"required\"",
+            );
+        let c = cfg(&text).unwrap();
+        assert_eq!(c.nodes[0].watchdog, WatchdogMode::Off);
+        assert_eq!(c.nodes[1].watchdog, WatchdogMode::Required);
+        assert_eq!(c.watchdog_device, PathBuf::from("/dev/watchdog1"));
+        let text = OK.replace(
+            "data_dir = \"/tmp/x\"",
+            "data_dir = \"/tmp/x\"\nwatchdog = \"sometimes\"",
+        );
+        let e = cfg(&text).unwrap_err().to_string();
+        assert!(e.contains("t.toml:8:12"), "{e}");
+        assert!(e.contains("\"off\", \"automatic\" or \"required\""), "{e}");
+    }
+
+    #[test]
+    fn margins_that_cannot_fence_in_time_are_refused_where_they_are_set() {
+        // A required kernel watchdog (1 s at least) cannot fire within 2 - 0.8 - 0.5 s.
+        let text = OK
+            .replace(
+                "data_dir = \"/tmp/x\"",
+                "data_dir = \"/tmp/x\"\nttl = \"2s\"\nloop_wait = \"100ms\"\nretry_timeout = \"800ms\"",
+            )
+            .replace("nofailover = true", "nofailover = true\nwatchdog = \"required\"");
+        let e = cfg(&text).unwrap_err();
+        assert_eq!(e.diagnostics.len(), 1, "{e}");
+        let d = &e.diagnostics[0];
+        assert_eq!((d.line, d.col), (22, 12), "{e}");
+        assert!(d.message.contains("expected ttl >= 2.3s"), "{e}");
+        // Without it the same timings are fine.
+        assert!(cfg(&text.replace("watchdog = \"required\"", "")).is_ok());
+        // One call longer than ttl / 2: the keeper would stop renewing on a live loop.
+        let text = OK.replace(
+            "data_dir = \"/tmp/x\"",
+            "data_dir = \"/tmp/x\"\nttl = \"4s\"\nloop_wait = \"100ms\"\nretry_timeout = \"2500ms\"",
+        );
+        let e = cfg(&text).unwrap_err();
+        let d = &e.diagnostics[0];
+        assert_eq!((d.line, d.col), (10, 17), "{e}");
+        assert!(d.message.contains("ttl / 2"), "{e}");
+        // An etcd election longer than one renewal attempt.
+        let text = format!("{OK}\n[etcd]\nelection_ms = 1500\n");
+        let e = cfg(&text).unwrap_err();
+        assert!(e.to_string().contains("election_ms"), "{e}");
+        assert!(cfg(&format!("{OK}\n[etcd]\nelection_ms = 1000\n")).is_ok());
+    }
+
+    #[test]
     fn bad_node_name_and_duplicate_port_are_reported() {
         let text = OK
             .replace("name = \"db2\"", "name = \"DB-2\"")

@@ -88,8 +88,7 @@ impl Timings {
     /// The longest kernel watchdog timeout that still fires before etcd can expire the
     /// lease when pinged right after a renewal that took a whole `retry_timeout`.
     pub fn kernel_timeout_max(&self) -> Duration {
-        self.ttl
-            .saturating_sub(self.retry_timeout + KERNEL_MARGIN)
+        self.ttl.saturating_sub(self.retry_timeout + KERNEL_MARGIN)
     }
 
     /// May a kernel watchdog with this `timeout` be pinged `since` the start of the last
@@ -172,7 +171,11 @@ mod tests {
 
     #[test]
     fn the_fence_comes_after_the_demotion_and_before_the_expiry() {
-        for tm in [t(3000, 500, 1000), t(30000, 10000, 10000), t(2000, 500, 500)] {
+        for tm in [
+            t(3000, 500, 1000),
+            t(30000, 10000, 10000),
+            t(2000, 500, 500),
+        ] {
             assert!(tm.check(false, None).is_empty(), "{tm:?}");
             assert!(tm.demote_after() < tm.fence_after());
             assert!(tm.fence_after() < tm.ttl);
@@ -195,7 +198,11 @@ mod tests {
         let v = t(4000, 500, 2500).check(false, None);
         assert_eq!(v.len(), 1, "{v:?}");
         assert_eq!(v[0].field, Field::RetryTimeout);
-        assert!(v[0].message.contains("expected ttl >= 5s"), "{}", v[0].message);
+        assert!(
+            v[0].message.contains("expected ttl >= 5s"),
+            "{}",
+            v[0].message
+        );
     }
 
     #[test]
@@ -206,10 +213,17 @@ mod tests {
         let v = tm.check(true, None);
         assert_eq!(v.len(), 1, "{v:?}");
         assert_eq!(v[0].field, Field::Watchdog);
-        assert!(v[0].message.contains("expected ttl >= 2.5s"), "{}", v[0].message);
+        assert!(
+            v[0].message.contains("expected ttl >= 2.5s"),
+            "{}",
+            v[0].message
+        );
         // The default timings allow a 1 s kernel watchdog.
         assert!(t(3000, 500, 1000).check(true, None).is_empty());
-        assert_eq!(t(3000, 500, 1000).kernel_timeout_max(), Duration::from_millis(1500));
+        assert_eq!(
+            t(3000, 500, 1000).kernel_timeout_max(),
+            Duration::from_millis(1500)
+        );
     }
 
     /// Pinged only while allowed, a kernel watchdog fires before the lease can expire,
@@ -249,7 +263,9 @@ mod tests {
     #[test]
     fn an_etcd_election_longer_than_one_attempt_is_refused() {
         let tm = t(3000, 500, 1000);
-        assert!(tm.check(false, Some(Duration::from_millis(1000))).is_empty());
+        assert!(tm
+            .check(false, Some(Duration::from_millis(1000)))
+            .is_empty());
         let v = tm.check(false, Some(Duration::from_millis(1500)));
         assert_eq!(v.len(), 1);
         assert_eq!(v[0].field, Field::EtcdElection);

@@ -404,13 +404,17 @@ pub fn run(r: &Resolved, drill: &Drill, o: &DrillOptions) -> Result<Report, UpEr
             }
             Drill::FreezePrimary => {
                 let (_, pid) = pick(&state, "db", &Some(target.clone()))?;
-                let cgroup = state.cgroup.as_ref().map(|s| s.join(&target)).filter(|dir| {
-                    // Only when the node really runs in it.
-                    let mount = crate::cgroup::cgroup2_mount();
-                    crate::cgroup::of_pid(pid).is_some_and(|cg| {
-                        mount.is_some_and(|m| m.join(cg.trim_start_matches('/')) == *dir)
-                    })
-                });
+                let cgroup = state
+                    .cgroup
+                    .as_ref()
+                    .map(|s| s.join(&target))
+                    .filter(|dir| {
+                        // Only when the node really runs in it.
+                        let mount = crate::cgroup::cgroup2_mount();
+                        crate::cgroup::of_pid(pid).is_some_and(|cg| {
+                            mount.is_some_and(|m| m.join(cg.trim_start_matches('/')) == *dir)
+                        })
+                    });
                 let data_dir = r
                     .topology
                     .db

@@ -58,7 +58,10 @@ pub fn freeze(
     let gid = i32::try_from(group).map_err(|_| UpError::Drill(format!("bad pid {group}")))?;
     if let Some(dir) = cgroup.filter(|d| d.join("cgroup.freeze").exists()) {
         std::fs::write(dir.join("cgroup.freeze"), "1").map_err(|e| {
-            UpError::Drill(format!("freeze {}: {e}", dir.join("cgroup.freeze").display()))
+            UpError::Drill(format!(
+                "freeze {}: {e}",
+                dir.join("cgroup.freeze").display()
+            ))
         })?;
         let until = Instant::now() + Duration::from_secs(2);
         while !cgroup_frozen(dir) && Instant::now() < until {

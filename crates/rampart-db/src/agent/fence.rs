@@ -24,11 +24,8 @@ impl Agent {
             f.expired = false;
         }
         let start = Instant::now();
-        match tokio::time::timeout(
-            self.cfg.retry_timeout,
-            self.coord.grant_lease(self.cfg.ttl),
-        )
-        .await
+        match tokio::time::timeout(self.cfg.retry_timeout, self.coord.grant_lease(self.cfg.ttl))
+            .await
         {
             Ok(Ok(id)) => {
                 tracing::info!(lease = id, "granted a new lease");
@@ -65,7 +62,10 @@ impl Agent {
             return true;
         }
         let old = f.watchdog.pid();
-        tracing::error!(pid = old, "the watchdog process is gone: starting a new one");
+        tracing::error!(
+            pid = old,
+            "the watchdog process is gone: starting a new one"
+        );
         match Watchdog::spawn() {
             Ok(w) => {
                 // Dropping the old handle reaps the dead process.
@@ -105,16 +105,23 @@ impl Agent {
                     Ok(())
                 }
             } else {
-                crate::kwatchdog::usable(&self.cfg.watchdog_device, self.timings.kernel_timeout_max())
-                    .map(|_| ())
+                crate::kwatchdog::usable(
+                    &self.cfg.watchdog_device,
+                    self.timings.kernel_timeout_max(),
+                )
+                .map(|_| ())
             }
         };
         let text = verdict.as_ref().err().cloned();
         if text != self.kernel_logged {
             match &text {
-                Some(why) => tracing::error!(device = %self.cfg.watchdog_device.display(), reason = %why,
-                    "watchdog = \"required\" but the kernel watchdog is unavailable: this node will not lead"),
-                None => tracing::info!(device = %self.cfg.watchdog_device.display(), "kernel watchdog available (watchdog = \"required\")"),
+                Some(why) => {
+                    tracing::error!(device = %self.cfg.watchdog_device.display(), reason = %why,
+                    "watchdog = \"required\" but the kernel watchdog is unavailable: this node will not lead")
+                }
+                None => {
+                    tracing::info!(device = %self.cfg.watchdog_device.display(), "kernel watchdog available (watchdog = \"required\")")
+                }
             }
             self.kernel_logged = text;
         }

@@ -189,7 +189,10 @@ pub(crate) async fn keep(fence: Fence, coord: Coord, t: Timings) {
                 }
             }
             Ok(Ok(None)) => {
-                tracing::warn!(lease, "our lease expired in etcd (keys attached to it are gone)");
+                tracing::warn!(
+                    lease,
+                    "our lease expired in etcd (keys attached to it are gone)"
+                );
                 let mut f = fence.lock();
                 if f.lease == Some(lease) {
                     f.expired = true;

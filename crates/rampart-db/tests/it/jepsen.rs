@@ -114,7 +114,7 @@ fn freeze_node(c: &Cluster, i: usize) -> Vec<i32> {
 /// takes a write. Synchronous mode, under a writer: no acknowledged write is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frozen_primary_node_thaws_as_a_replica_without_losing_writes() {
-    let mut c = Cluster::start(Opts::default());
+    let c = Cluster::start(Opts::default());
     let p = c.wait_primary(Duration::from_secs(60));
     for i in (0..3).filter(|&i| i != p) {
         c.wait_replica(i, Duration::from_secs(60));
@@ -136,7 +136,10 @@ async fn frozen_primary_node_thaws_as_a_replica_without_losing_writes() {
         let before = writer.acked_count();
         let start = Instant::now();
         while writer.acked_count() < before + 20 {
-            assert!(start.elapsed() < Duration::from_secs(30), "the writer is stuck");
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the writer is stuck"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let t = Instant::now();

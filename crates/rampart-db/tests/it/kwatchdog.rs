@@ -25,7 +25,10 @@ async fn required_without_a_kernel_watchdog_never_leads_and_automatic_falls_back
         log1.contains("watchdog = \"required\" but the kernel watchdog is unavailable: this node will not lead"),
         "{log1}"
     );
-    assert!(log1.contains("/nonexistent/rampart-test/watchdog"), "{log1}");
+    assert!(
+        log1.contains("/nonexistent/rampart-test/watchdog"),
+        "{log1}"
+    );
 
     c.kill_node(0);
     // Three leases (ttl 3 s) and more: the only node left never leads.

@@ -10,8 +10,10 @@ use crate::checker::{create_probe, Checker};
 use crate::harness::{signal_all, Cluster, Opts};
 
 fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, r)| !r.trim_start().starts_with('Z')))
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
+    })
 }
 
 async fn wait_leader(c: &Cluster, name: &str, timeout: Duration) -> Option<(String, i64)> {
@@ -78,7 +80,7 @@ async fn a_slow_promotion_keeps_the_leader_key() {
 /// goes on, the node rejoins as a replica.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_loop_stops_renewing_and_its_primary_is_fenced() {
-    let mut c = Cluster::start(Opts {
+    let c = Cluster::start(Opts {
         nodes: 2,
         synchronous: false,
         first_alone: true,
