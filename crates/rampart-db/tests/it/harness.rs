@@ -336,7 +336,10 @@ impl Cluster {
             .client_url(0)]))
         .await
         .ok()?;
-        let kv = coord.get("/rampart/it/leader").await.ok()??;
+        let kv = coord
+            .get(&rampart_db::dcs::key("it", "leader"))
+            .await
+            .ok()??;
         Some((kv.value_str(), kv.create_revision))
     }
 

@@ -40,9 +40,15 @@ async fn a_slow_promotion_keeps_the_leader_key() {
         ..Opts::default()
     });
     c.wait_replica(1, Duration::from_secs(60));
-    let startup = c
-        .pg_child(1, "startup")
-        .expect("db2's startup process (WAL replay)");
+    let startup = c.pg_child(1, "startup").unwrap_or_else(|| {
+        panic!(
+            "db2's startup process (WAL replay) not found among {:?}: {:?}",
+            c.pg_pids(1),
+            c.pg_pids(1)
+                .first()
+                .map(|&pm| crate::harness::children_of(pm))
+        )
+    });
     signal_all(&[startup], Signal::SIGSTOP);
     c.kill_node(0);
     let key = wait_leader(&c, "db2", Duration::from_secs(20))
