@@ -318,6 +318,7 @@ impl Agent {
             self.fence.clone(),
             self.coord.clone(),
             self.timings,
+            self.shared.clone(),
         ));
         let pinger = tokio::spawn(lease::ping_kernel(self.fence.clone(), self.timings));
         let wake = Arc::new(tokio::sync::Notify::new());

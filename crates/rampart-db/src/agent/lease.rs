@@ -128,8 +128,22 @@ impl Fence {
 /// How often the keeper looks at the lease (and retries a failed renewal).
 const TICK: Duration = Duration::from_millis(50);
 
+/// A renewal moved the demotion deadline: what the API serves moves with it, for a
+/// primary the loop still publishes as writable (one it is stopping was unpublished
+/// first), so `/primary` does not turn 503 during a slow turn of a healthy leader.
+fn extend_published(shared: &super::Shared, until: Instant) {
+    let Ok(mut s) = shared.lock() else { return };
+    if s.writable_leader && s.writable_until.is_some_and(|w| w < until) {
+        s.writable_until = Some(until);
+        if let Some(n) = s.node.as_mut() {
+            n.writable_until = n.writable_until.map(|w| w.max(until));
+            n.leader_until = n.leader_until.map(|w| w.max(until));
+        }
+    }
+}
+
 /// Renew the lease when due, while the loop is alive. Runs until aborted.
-pub(crate) async fn keep(fence: Fence, coord: Coord, t: Timings) {
+pub(crate) async fn keep(fence: Fence, coord: Coord, t: Timings, shared: super::Shared) {
     let mut stale_logged = false;
     let mut failing = false;
     loop {
@@ -182,10 +196,18 @@ pub(crate) async fn keep(fence: Fence, coord: Coord, t: Timings) {
                     tracing::info!("lease renewed again");
                     failing = false;
                 }
-                let mut f = fence.lock();
-                if f.lease == Some(lease) && f.renewed_at.is_none_or(|r| r < start) {
-                    f.renewed_at = Some(start);
-                    f.arm(&t);
+                let primary_renewed = {
+                    let mut f = fence.lock();
+                    let newer = f.lease == Some(lease) && f.renewed_at.is_none_or(|r| r < start);
+                    if newer {
+                        f.renewed_at = Some(start);
+                        f.arm(&t);
+                    }
+                    newer && f.primary_pid.is_some()
+                };
+                // Not under the fence's lock: the loop takes the snapshot's lock first.
+                if primary_renewed {
+                    extend_published(&shared, start + t.demote_after());
                 }
             }
             Ok(Ok(None)) => {
