@@ -2,6 +2,7 @@
 
 mod fence;
 mod leading;
+mod lease;
 mod publish;
 
 use std::sync::{Arc, Mutex};
@@ -19,6 +20,7 @@ use crate::error::DbError;
 use crate::metrics::Metrics;
 use crate::pg::{self, ConfSpec, PgConn, PgCtl, PgStatus};
 use crate::watchdog::Watchdog;
+use lease::Fence;
 
 /// A replica whose PostgreSQL, pointed at the leader, does not answer (reach a consistent
 /// state) for this long is repaired: rewound, or re-cloned.
@@ -105,10 +107,14 @@ pub struct Agent {
     coord: Coord,
     shared: Shared,
     metrics: Arc<Metrics>,
-    watchdog: Watchdog,
+    /// The watchdog process, the kernel watchdog, the lease and its last renewal, shared
+    /// with the lease keeper ([`lease`]).
+    fence: Fence,
+    timings: rampart_topology::db_timing::Timings,
+    /// Test only (`RAMPART_DB_TEST_STALL_FILE`, read at start): while this file exists the
+    /// loop stops at the start of its turn, as a loop stuck in a call would.
+    stall_file: Option<std::path::PathBuf>,
     child: Option<Child>,
-    lease: Option<LeaseId>,
-    renewed_at: Option<Instant>,
     epoch: Instant,
     /// Standby named in synchronous_standby_names (None: empty / '*' in strict mode).
     sync_configured: Option<String>,
@@ -157,8 +163,11 @@ pub struct Agent {
     /// The `/failover` request (by create_revision) and when this agent first saw it due:
     /// its age, on this host's monotonic clock.
     failover_due: Option<(i64, Instant)>,
-    /// The watchdog process runs (checked, and restarted if it died, every loop).
+    /// The watchdog process runs (checked, and restarted if it died, every loop), and
+    /// with `watchdog = "required"` the kernel watchdog is usable.
     fence_ok: bool,
+    /// Why the kernel watchdog is unavailable, as last logged.
+    kernel_logged: Option<String>,
 }
 
 impl Agent {
@@ -213,7 +222,9 @@ impl Agent {
             cfg.retry_timeout.max(Duration::from_secs(1)),
         );
         Ok(Agent {
-            watchdog: Watchdog::spawn()?,
+            fence: Fence::new(Watchdog::spawn()?),
+            timings: cfg.timings(),
+            stall_file: std::env::var_os("RAMPART_DB_TEST_STALL_FILE").map(Into::into),
             cfg,
             node,
             ctl,
@@ -222,8 +233,6 @@ impl Agent {
             shared,
             metrics,
             child: None,
-            lease: None,
-            renewed_at: None,
             epoch: Instant::now(),
             sync_configured: None,
             sync_mark: 0,
@@ -255,28 +264,25 @@ impl Agent {
             sync_unconfirmed: false,
             failover_due: None,
             fence_ok: true,
+            kernel_logged: None,
         })
     }
 
     /// Run a long operation (initdb, pg_basebackup, pg_rewind: never on a running primary)
-    /// while keeping our lease, and so our member key, alive in the background.
-    /// `renewed_at` is not advanced: deadlines stay computed from the loop's own renewals.
+    /// as a live loop: the lease keeper keeps our lease, and so our member key, alive.
     fn long<F: std::future::Future>(&self, op: F) -> impl std::future::Future<Output = F::Output> {
-        let coord = self.coord.clone();
-        let lease = self.lease;
-        let period = self.cfg.ttl / 3;
+        let fence = self.fence.clone();
+        let period = self.timings.loop_stale_after() / 4;
         async move {
-            let keep = async move {
+            let beat = async move {
                 loop {
+                    fence.beat();
                     tokio::time::sleep(period).await;
-                    if let Some(l) = lease {
-                        let _ = coord.keep_alive_once(l).await;
-                    }
                 }
             };
             tokio::select! {
                 r = op => r,
-                _ = keep => unreachable!("the keepalive loop never ends"),
+                _ = beat => unreachable!("the beat loop never ends"),
             }
         }
     }
@@ -286,7 +292,9 @@ impl Agent {
     }
 
     fn valid_until(&self) -> Option<Instant> {
-        self.renewed_at.map(|t| t + self.cfg.ttl - DEMOTE_MARGIN)
+        self.fence
+            .renewed_at()
+            .map(|t| t + self.cfg.ttl - DEMOTE_MARGIN)
     }
 
     fn lease_ok(&self) -> bool {
@@ -306,6 +314,13 @@ impl Agent {
             pg::stop_orphan(pid, Duration::from_secs(30)).await;
             tracing::info!(pid, "the orphaned postgres stopped");
         }
+        let keeper = tokio::spawn(lease::keep(
+            self.fence.clone(),
+            self.coord.clone(),
+            self.timings,
+            self.shared.clone(),
+        ));
+        let pinger = tokio::spawn(lease::ping_kernel(self.fence.clone(), self.timings));
         let wake = Arc::new(tokio::sync::Notify::new());
         let watcher = tokio::spawn(watch_for_changes(
             self.coord.clone(),
@@ -320,9 +335,6 @@ impl Agent {
                 if let Some(t) = self.valid_until() {
                     wait = wait.min(t.saturating_duration_since(Instant::now()));
                 }
-                if let Some(due) = self.renew_due() {
-                    wait = wait.min(due.saturating_duration_since(Instant::now()));
-                }
             }
             tokio::select! {
                 _ = &mut stop => break,
@@ -333,14 +345,31 @@ impl Agent {
         }
         watcher.abort();
         tracing::info!("stopping: shutting postgres down and releasing the lease");
+        // Renewed while postgres stops (a shutdown checkpoint can take a while).
         if let Some(mut c) = self.child.take() {
-            pg::stop_child(&mut c, false, Duration::from_secs(20)).await;
+            self.long(pg::stop_child(&mut c, false, Duration::from_secs(20)))
+                .await;
         }
-        self.watchdog.unwatch();
-        if let Some(l) = self.lease {
+        keeper.abort();
+        pinger.abort();
+        self.fence.lock().unwatch();
+        if let Some(l) = self.fence.lease() {
             let _ = self.coord.revoke(l).await;
         }
         Ok(())
+    }
+
+    /// Test only: stop here while the stall file exists (no sign of life meanwhile).
+    async fn stall_for_tests(&self) {
+        let Some(p) = &self.stall_file else { return };
+        if !p.exists() {
+            return;
+        }
+        tracing::warn!(file = %p.display(), "test stall file present: the loop stops until it is removed");
+        while p.exists() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tracing::warn!("test stall file removed: the loop goes on");
     }
 
     fn is_primary_running(&self) -> bool {
@@ -348,6 +377,8 @@ impl Agent {
     }
 
     async fn turn(&mut self) {
+        self.stall_for_tests().await;
+        self.fence.beat();
         self.loops += 1;
         // 1. Our child postgres.
         if let Some(c) = self.child.as_mut() {
@@ -363,7 +394,7 @@ impl Agent {
                 tracing::warn!(status = %st, postgres_says = %last_problem(&self.ctl.log_path()), "postgres exited; it will be restarted");
                 self.child = None;
                 self.conn.reset();
-                self.watchdog.unwatch();
+                self.fence.lock().unwatch();
                 self.pg_down_since = Some(Instant::now());
             }
         }
@@ -386,8 +417,11 @@ impl Agent {
             self.kill_postgres().await;
         }
 
-        // 2. The lease (keeps our member key and, on the primary, the leader key).
+        // 2. The lease (keeps our member key and, on the primary, the leader key): renewed
+        // by the keeper while this loop beats; granted here.
+        self.fence.beat();
         let dcs_up = self.renew_lease().await;
+        self.fence.beat();
 
         // 3. The cluster keys.
         let keys = if dcs_up {
@@ -481,6 +515,7 @@ impl Agent {
             self.last_action = text;
         }
 
+        self.fence.beat();
         // 5. Act. Starting PostgreSQL waits until it answers, and it may serve WAL (to a
         // replica still pointed at it) before that: say "starting" first, so that nobody
         // sees its WAL before its member record (decide::PEER_GRACE).
@@ -492,6 +527,7 @@ impl Agent {
         }
 
         // 6. Publish.
+        self.fence.beat();
         let status = if self.child.is_some() {
             self.conn.status().await.ok()
         } else {
@@ -770,7 +806,7 @@ impl Agent {
         self.ctl.set_standby(!primary)?;
         let child = self.ctl.spawn()?;
         if let Some(pid) = child.id() {
-            self.watchdog.watch(pid);
+            self.fence.lock().watch(pid);
         }
         tracing::info!(primary, follow = ?follow, pid = ?child.id(), "postgres started");
         self.started_at = Some(Instant::now());
@@ -781,7 +817,10 @@ impl Agent {
         self.demoted = false;
         self.conn.reset();
         if primary {
-            self.arm_watchdog();
+            if let Err(e) = self.arm_watchdog() {
+                self.kill_postgres().await;
+                return Err(e);
+            }
         }
         // Wait until it answers (crash recovery may take a moment). A replica that takes
         // longer (a long recovery, or WAL it must receive first) is left starting: the
@@ -793,12 +832,15 @@ impl Agent {
         };
         let deadline = Instant::now() + wait;
         while Instant::now() < deadline {
+            // A crash recovery may take long: the loop is alive meanwhile (the keeper
+            // renews; the watchdog stays armed with each renewal's deadline).
+            self.fence.beat();
             if let Some(c) = self.child.as_mut() {
                 if let Ok(Some(st)) = c.try_wait() {
                     self.child = None;
                     // Down since the first failed start, not this one (PRIMARY_START_TIMEOUT).
                     self.pg_down_since.get_or_insert_with(Instant::now);
-                    self.watchdog.unwatch();
+                    self.fence.lock().unwatch();
                     return Err(DbError::Other(format!(
                         "postgres exited during start-up ({st}): {}",
                         last_problem(&self.ctl.log_path())
@@ -831,7 +873,7 @@ impl Agent {
     async fn kill_postgres(&mut self) {
         self.unpublish_writable();
         if let Some(mut c) = self.child.take() {
-            self.watchdog.unwatch();
+            self.fence.lock().unwatch();
             if let Some(pid) = c.id() {
                 pg::kill_tree(pid as i32);
             }
@@ -844,7 +886,7 @@ impl Agent {
     async fn stop_postgres(&mut self, mode: StopMode) {
         self.unpublish_writable();
         if let Some(mut c) = self.child.take() {
-            self.watchdog.unwatch();
+            self.fence.lock().unwatch();
             match mode {
                 StopMode::Immediate => {
                     if let Some(pid) = c.id() {

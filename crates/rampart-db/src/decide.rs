@@ -366,6 +366,11 @@ pub fn decide(o: &Observed) -> Action {
                 return Action::Wait("no data and etcd unreachable");
             }
             if !o.initialized {
+                if !o.fence_ok {
+                    return Action::Wait(
+                        "no watchdog: not bootstrapping a primary that could not be fenced",
+                    );
+                }
                 return Action::Bootstrap;
             }
             match other_leader {
@@ -1166,6 +1171,7 @@ mod tests {
                 let a = decide(&o);
                 prop_assert!(!a.is_promotion() || o.paused, "{:?}", a);
                 prop_assert!(!matches!(a, Action::Start { primary: true, .. }) || o.paused, "{:?}", a);
+                prop_assert!(!matches!(a, Action::Bootstrap), "{:?}", a);
                 if let Pg::Running(pg) = &o.pg {
                     let leading = !pg.in_recovery && o.dcs_ok && o.leader.as_deref() == Some(o.me.as_str())
                         && matches!(o.lease_valid_until, Some(t) if o.now < t);

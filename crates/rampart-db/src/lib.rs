@@ -6,6 +6,7 @@
 //! - [`timeline`]: which timeline a replica is on (history files; pure);
 //! - [`agent`]: the loop that observes, decides, acts and publishes;
 //! - [`watchdog`]: the fence that kills a primary whose agent froze before its lease ends;
+//! - [`kwatchdog`]: the kernel watchdog (`/dev/watchdog`), `watchdog = "automatic"|"required"`;
 //! - [`api`]: Patroni's REST API (`/primary`, `/replica`, `/sync`, `/health`, `/cluster`,
 //!   `POST /switchover`, ...) and `/metrics`;
 //! - [`leader_keys`]: `/sync` and the other leader-only keys, written only under the
@@ -17,6 +18,7 @@ pub mod api;
 pub mod dcs;
 pub mod decide;
 pub mod error;
+pub mod kwatchdog;
 pub mod leader_keys;
 pub mod metrics;
 pub mod ops;

@@ -939,27 +939,20 @@ impl PgConn {
         Ok(())
     }
 
-    /// Promote and wait until PostgreSQL takes writes (up to `timeout`). Polls every
-    /// 10 ms: `pg_promote(wait => true)` only looks every 100 ms, which is most of the
-    /// time a promotion takes.
-    pub async fn promote(&mut self, timeout: Duration) -> Result<bool, DbError> {
+    /// Ask PostgreSQL to promote (without waiting): `false` if it refused.
+    pub async fn request_promotion(&mut self) -> Result<bool, DbError> {
         let rows = self.query("SELECT pg_promote(false)", &[]).await?;
-        if !rows
+        Ok(rows
             .first()
             .and_then(|r| r.try_get::<_, bool>(0).ok())
-            .unwrap_or(false)
-        {
-            return Ok(false);
-        }
-        let deadline = std::time::Instant::now() + timeout;
-        while std::time::Instant::now() < deadline {
-            let rows = self.query("SELECT pg_is_in_recovery()", &[]).await?;
-            if rows.first().and_then(|r| r.try_get::<_, bool>(0).ok()) == Some(false) {
-                return Ok(true);
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        Ok(false)
+            .unwrap_or(false))
+    }
+
+    pub async fn in_recovery(&mut self) -> Result<bool, DbError> {
+        let rows = self.query("SELECT pg_is_in_recovery()", &[]).await?;
+        rows.first()
+            .and_then(|r| r.try_get::<_, bool>(0).ok())
+            .ok_or_else(|| DbError::Other("pg_is_in_recovery() returned nothing".into()))
     }
 
     pub async fn reload(&mut self) -> Result<(), DbError> {

@@ -24,9 +24,16 @@
 //! ```
 //!
 //! The raw section is validated into [`DbConfig`], which holds only checked values.
-//! The timing rule: `ttl >= loop_wait + retry_timeout + DEMOTE_MARGIN`, so that a
-//! primary always gets one full renewal attempt before it must demote itself, and
-//! demotes before etcd can expire its lease.
+//! The timing rules are [`crate::db_timing`]'s: `ttl >= loop_wait + retry_timeout +
+//! DEMOTE_MARGIN`, so that a primary always gets one full renewal attempt before it must
+//! demote itself, and demotes before etcd can expire its lease; one call fits in
+//! `ttl / 2` (the lease keeper's liveness bound); a required kernel watchdog fires before
+//! the lease can expire; an etcd election fits in one `retry_timeout`.
+//!
+//! `watchdog = "off" | "automatic" | "required"` (Patroni's `watchdog.mode`, default
+//! `automatic`; a node may set its own) with `watchdog_device` (default `/dev/watchdog`):
+//! a kernel watchdog kept alive by the leader besides the watchdog process; `required`
+//! refuses to lead without one.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -40,8 +47,8 @@ use crate::diag::{ConfigError, Diagnostic, Source};
 use crate::lb::parse_duration;
 use crate::topology::TopologyFile;
 
-/// Time a primary keeps between its own demotion deadline and the lease expiry in etcd.
-pub const DEMOTE_MARGIN: Duration = Duration::from_secs(1);
+pub use crate::db_timing::DEMOTE_MARGIN;
+use crate::db_timing::{Field, Timings};
 
 /// `[db]`: the PostgreSQL cluster managed by `rampart db` agents.
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -81,6 +88,11 @@ pub struct DbSection {
     pub api_token_file: Option<Spanned<String>>,
     #[serde(default)]
     pub api_token_env: Option<Spanned<String>>,
+    /// `off`, `automatic` (default) or `required`: the kernel watchdog.
+    #[serde(default)]
+    pub watchdog: Option<Spanned<String>>,
+    #[serde(default)]
+    pub watchdog_device: Option<Spanned<String>>,
     #[serde(default)]
     pub nodes: Vec<Spanned<RawDbNode>>,
 }
@@ -101,6 +113,9 @@ pub struct RawDbNode {
     /// `?tag_<name>=<value>` health checks.
     #[serde(default)]
     pub tags: Option<Spanned<toml::Table>>,
+    /// This node's kernel watchdog mode (else `[db] watchdog`).
+    #[serde(default)]
+    pub watchdog: Option<Spanned<String>>,
 }
 
 // ===================================================================================
@@ -129,6 +144,43 @@ pub struct DbConfig {
     pub replication_tls: Option<ReplicationTls>,
     /// Who may use the agents' write endpoints (POST /switchover, /failover).
     pub api_access: ApiAccess,
+    /// The kernel watchdog device (`/dev/watchdog`).
+    pub watchdog_device: PathBuf,
+}
+
+/// Patroni's `watchdog.mode`: whether the leader also keeps a kernel watchdog alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WatchdogMode {
+    /// The watchdog process only.
+    Off,
+    /// The kernel watchdog when the device is there and can fire in time, else the
+    /// watchdog process only.
+    #[default]
+    Automatic,
+    /// Never lead without the kernel watchdog.
+    Required,
+}
+
+impl WatchdogMode {
+    fn parse(s: &str) -> Option<WatchdogMode> {
+        match s {
+            "off" => Some(WatchdogMode::Off),
+            "automatic" => Some(WatchdogMode::Automatic),
+            "required" => Some(WatchdogMode::Required),
+            _ => None,
+        }
+    }
+}
+
+impl DbConfig {
+    /// The timings every margin derives from ([`crate::db_timing`]).
+    pub fn timings(&self) -> Timings {
+        Timings {
+            ttl: self.ttl,
+            loop_wait: self.loop_wait,
+            retry_timeout: self.retry_timeout,
+        }
+    }
 }
 
 /// The agents' write endpoints: clients from `allow` only, with the token when one is set.
@@ -158,6 +210,7 @@ pub struct DbNode {
     pub nofailover: bool,
     /// Tags as text (`true`, `5`, `east`), as Patroni compares them.
     pub tags: Vec<(String, String)>,
+    pub watchdog: WatchdogMode,
 }
 
 impl DbConfig {
@@ -236,17 +289,54 @@ impl DbConfig {
         let ttl = dur(&db.ttl, Duration::from_secs(3), &mut errs);
         let loop_wait = dur(&db.loop_wait, Duration::from_millis(500), &mut errs);
         let retry_timeout = dur(&db.retry_timeout, Duration::from_secs(1), &mut errs);
-        if ttl < loop_wait + retry_timeout + DEMOTE_MARGIN {
-            let span = db.ttl.as_ref().map(|s| s.span()).unwrap_or(0..0);
-            let msg = format!(
-                "ttl ({:?}) must be at least loop_wait ({:?}) + retry_timeout ({:?}) + {:?}, \
-                 so a primary can renew its lease once and still demote before etcd expires it",
-                ttl, loop_wait, retry_timeout, DEMOTE_MARGIN
-            );
-            errs.push(if db.ttl.is_some() {
-                src.error_at(span, msg)
-            } else {
-                src.error(msg)
+        let mode = |v: &Option<Spanned<String>>, errs: &mut Vec<Diagnostic>| match v {
+            None => None,
+            Some(m) => match WatchdogMode::parse(m.get_ref()) {
+                Some(w) => Some(w),
+                None => {
+                    errs.push(src.error_at(
+                        m.span(),
+                        format!(
+                            "watchdog must be \"off\", \"automatic\" or \"required\", not \"{}\"",
+                            m.get_ref()
+                        ),
+                    ));
+                    None
+                }
+            },
+        };
+        let watchdog = mode(&db.watchdog, &mut errs).unwrap_or_default();
+        // Where a required kernel watchdog is asked for (the section's or a node's).
+        let required_at = std::iter::once(&db.watchdog)
+            .chain(db.nodes.iter().map(|n| &n.get_ref().watchdog))
+            .flatten()
+            .find(|m| m.get_ref() == "required")
+            .map(|m| m.span());
+        let election = file
+            .etcd
+            .as_ref()
+            .and_then(|e| e.election_ms.as_ref())
+            .filter(|e| *e.get_ref() > 0)
+            .map(|e| (Duration::from_millis(*e.get_ref() as u64), e.span()));
+        let timings = Timings {
+            ttl,
+            loop_wait,
+            retry_timeout,
+        };
+        for v in timings.check(required_at.is_some(), election.as_ref().map(|e| e.0)) {
+            let span = match v.field {
+                Field::Ttl => db.ttl.as_ref().map(|s| s.span()),
+                Field::RetryTimeout => db
+                    .retry_timeout
+                    .as_ref()
+                    .or(db.ttl.as_ref())
+                    .map(|s| s.span()),
+                Field::Watchdog => required_at.clone(),
+                Field::EtcdElection => election.as_ref().map(|e| e.1.clone()),
+            };
+            errs.push(match span {
+                Some(span) => src.error_at(span, v.message),
+                None => src.error(v.message),
             });
         }
         if ttl.as_millis() % 1000 != 0 || ttl < Duration::from_secs(1) {
@@ -400,7 +490,9 @@ impl DbConfig {
                     tags.push((k.clone(), text));
                 }
             }
+            let node_watchdog = mode(&raw.watchdog, &mut errs).unwrap_or(watchdog);
             nodes.push(DbNode {
+                watchdog: node_watchdog,
                 tags,
                 name,
                 host,
@@ -471,6 +563,11 @@ impl DbConfig {
             parameters,
             nodes,
             replication_tls,
+            watchdog_device: db
+                .watchdog_device
+                .as_ref()
+                .map(|d| PathBuf::from(d.get_ref()))
+                .unwrap_or_else(|| PathBuf::from("/dev/watchdog")),
         })
     }
 }
@@ -601,6 +698,65 @@ nofailover = true
         let d = &e.diagnostics[0];
         assert_eq!((d.line, d.col), (8, 7), "{e}");
         assert!(d.message.contains("loop_wait"), "{e}");
+    }
+
+    #[test]
+    fn watchdog_modes_per_cluster_and_node() {
+        let c = cfg(OK).unwrap();
+        assert_eq!(c.nodes[0].watchdog, WatchdogMode::Automatic);
+        assert_eq!(c.watchdog_device, PathBuf::from("/dev/watchdog"));
+        let text = OK
+            .replace(
+                "data_dir = \"/tmp/x\"",
+                "data_dir = \"/tmp/x\"\nwatchdog = \"off\"\nwatchdog_device = \"/dev/watchdog1\"",
+            )
+            .replace(
+                "nofailover = true",
+                "nofailover = true\nwatchdog = \"required\"",
+            );
+        let c = cfg(&text).unwrap();
+        assert_eq!(c.nodes[0].watchdog, WatchdogMode::Off);
+        assert_eq!(c.nodes[1].watchdog, WatchdogMode::Required);
+        assert_eq!(c.watchdog_device, PathBuf::from("/dev/watchdog1"));
+        let text = OK.replace(
+            "data_dir = \"/tmp/x\"",
+            "data_dir = \"/tmp/x\"\nwatchdog = \"sometimes\"",
+        );
+        let e = cfg(&text).unwrap_err().to_string();
+        assert!(e.contains("t.toml:8:12"), "{e}");
+        assert!(e.contains("\"off\", \"automatic\" or \"required\""), "{e}");
+    }
+
+    #[test]
+    fn margins_that_cannot_fence_in_time_are_refused_where_they_are_set() {
+        // A required kernel watchdog (1 s at least) cannot fire within 2 - 0.8 - 0.5 s.
+        let text = OK
+            .replace(
+                "data_dir = \"/tmp/x\"",
+                "data_dir = \"/tmp/x\"\nttl = \"2s\"\nloop_wait = \"100ms\"\nretry_timeout = \"800ms\"",
+            )
+            .replace("nofailover = true", "nofailover = true\nwatchdog = \"required\"");
+        let e = cfg(&text).unwrap_err();
+        assert_eq!(e.diagnostics.len(), 1, "{e}");
+        let d = &e.diagnostics[0];
+        assert_eq!((d.line, d.col), (22, 12), "{e}");
+        assert!(d.message.contains("expected ttl >= 2.3s"), "{e}");
+        // Without it the same timings are fine.
+        assert!(cfg(&text.replace("watchdog = \"required\"", "")).is_ok());
+        // One call longer than ttl / 2: the keeper would stop renewing on a live loop.
+        let text = OK.replace(
+            "data_dir = \"/tmp/x\"",
+            "data_dir = \"/tmp/x\"\nttl = \"4s\"\nloop_wait = \"100ms\"\nretry_timeout = \"2500ms\"",
+        );
+        let e = cfg(&text).unwrap_err();
+        let d = &e.diagnostics[0];
+        assert_eq!((d.line, d.col), (10, 17), "{e}");
+        assert!(d.message.contains("ttl / 2"), "{e}");
+        // An etcd election longer than one renewal attempt.
+        let text = format!("{OK}\n[etcd]\nelection_ms = 1500\n");
+        let e = cfg(&text).unwrap_err();
+        assert!(e.to_string().contains("election_ms"), "{e}");
+        assert!(cfg(&format!("{OK}\n[etcd]\nelection_ms = 1000\n")).is_ok());
     }
 
     #[test]

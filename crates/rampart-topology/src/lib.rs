@@ -10,6 +10,7 @@
 
 pub mod audit;
 pub mod db;
+pub mod db_timing;
 pub mod default;
 pub mod diag;
 pub mod etcd;

@@ -29,6 +29,9 @@ use crate::UpError;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Drill {
     KillPrimary,
+    /// Freeze the primary db node (agent, watchdog, PostgreSQL: its cgroup, else SIGSTOP)
+    /// for a while, as a paused VM, then thaw it.
+    FreezePrimary,
     KillLb(Option<String>),
     KillWeb(Option<String>),
     /// Cut a node off the network for a while (nftables on its cgroup, or inside its host
@@ -93,6 +96,9 @@ pub struct Report {
     /// How long the node was cut off (partition drills).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cut_ms: Option<u64>,
+    /// How long the node was frozen (freeze-primary).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frozen_ms: Option<u64>,
     /// A probe of the site every 10 ms (balancer drills): probes, failed, and the longest
     /// time between two successful probes.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -108,6 +114,9 @@ impl fmt::Display for Report {
         writeln!(f, "drill           {} ({})", self.drill, self.target)?;
         if let Some(ms) = self.cut_ms {
             writeln!(f, "cut off         {:.1}s, then healed", ms as f64 / 1000.0)?;
+        }
+        if let Some(ms) = self.frozen_ms {
+            writeln!(f, "frozen          {:.1}s, then thawed", ms as f64 / 1000.0)?;
         }
         writeln!(
             f,
@@ -275,6 +284,11 @@ pub fn run(r: &Resolved, drill: &Drill, o: &DrillOptions) -> Result<Report, UpEr
         }
         _ => None,
     };
+    // A freeze is thawed on Ctrl-C too.
+    let frozen: Arc<Mutex<Option<crate::freeze::Frozen>>> = Arc::new(Mutex::new(None));
+    if *drill == Drill::FreezePrimary {
+        crate::freeze::thaw_on_signal(frozen.clone())?;
+    }
     // HTTPS when the site has it (verified against the stack's CA), like a browser.
     let site = Site::of(&r.topology)?;
 
@@ -354,6 +368,11 @@ pub fn run(r: &Resolved, drill: &Drill, o: &DrillOptions) -> Result<Report, UpEr
                 .ok_or_else(|| UpError::Drill("no db agent names a primary".into()))?;
             ("kill-primary", name)
         }
+        Drill::FreezePrimary => {
+            let name = find_primary(r)
+                .ok_or_else(|| UpError::Drill("no db agent names a primary".into()))?;
+            ("freeze-primary", name)
+        }
         Drill::KillLb(n) => ("kill-lb", pick_lb(&state, n)?.0),
         Drill::StopLb(n) => ("stop-lb", pick_lb(&state, n)?.0),
         Drill::LbLinkDown(n) => ("lb-link-down", pick_lb(&state, n)?.0),
@@ -362,6 +381,7 @@ pub fn run(r: &Resolved, drill: &Drill, o: &DrillOptions) -> Result<Report, UpEr
     };
     let fault_at = Instant::now();
     let mut cut_ms = None;
+    let mut frozen_ms = None;
     let inject = (|| -> Result<(), UpError> {
         match drill {
             Drill::KillPrimary => {
@@ -380,6 +400,46 @@ pub fn run(r: &Resolved, drill: &Drill, o: &DrillOptions) -> Result<Report, UpEr
                         }
                     }
                 }
+                Ok(())
+            }
+            Drill::FreezePrimary => {
+                let (_, pid) = pick(&state, "db", &Some(target.clone()))?;
+                let cgroup = state
+                    .cgroup
+                    .as_ref()
+                    .map(|s| s.join(&target))
+                    .filter(|dir| {
+                        // Only when the node really runs in it.
+                        let mount = crate::cgroup::cgroup2_mount();
+                        crate::cgroup::of_pid(pid).is_some_and(|cg| {
+                            mount.is_some_and(|m| m.join(cg.trim_start_matches('/')) == *dir)
+                        })
+                    });
+                let data_dir = r
+                    .topology
+                    .db
+                    .as_ref()
+                    .and_then(|d| d.node(&target))
+                    .map(|n| n.data_dir.clone());
+                // Frozen under the lock, so a Ctrl-C always finds what it must thaw.
+                let at = {
+                    let mut g = frozen
+                        .lock()
+                        .map_err(|_| UpError::Drill("the freeze's lock is poisoned".into()))?;
+                    *g = Some(crate::freeze::freeze(
+                        cgroup.as_deref(),
+                        pid,
+                        data_dir.as_deref(),
+                    )?);
+                    Instant::now()
+                };
+                std::thread::sleep(o.partition_for);
+                if let Ok(mut g) = frozen.lock() {
+                    if let Some(mut f) = g.take() {
+                        f.thaw()?;
+                    }
+                }
+                frozen_ms = Some(at.elapsed().as_millis() as u64);
                 Ok(())
             }
             Drill::KillLb(_) => kill_group(
@@ -500,6 +560,7 @@ pub fn run(r: &Resolved, drill: &Drill, o: &DrillOptions) -> Result<Report, UpEr
         time_to_recovery_ms,
         recovered,
         cut_ms,
+        frozen_ms,
         probes: probe.map(|p| p.probes),
         probes_failed: probe.map(|p| p.failed),
         longest_gap_ms: probe.map(|p| p.longest_gap.as_millis() as u64),

@@ -23,6 +23,7 @@ pub mod backoff;
 pub mod cgroup;
 pub mod chaos;
 pub mod config;
+pub mod freeze;
 pub mod hostnet;
 pub mod lbadmin;
 pub mod lifecycle;

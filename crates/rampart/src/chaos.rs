@@ -34,6 +34,14 @@ pub struct ChaosArgs {
 pub enum DrillCmd {
     /// SIGKILL the primary database node (agent and PostgreSQL).
     KillPrimary,
+    /// Freeze the primary database node (agent, watchdog and PostgreSQL: the cgroup
+    /// freezer, else SIGSTOP) for --for seconds, as a paused VM, then thaw it: a replica
+    /// takes over meanwhile and the thawed node must come back as a replica.
+    FreezePrimary {
+        /// Seconds the node stays frozen.
+        #[arg(long = "for", value_name = "SECS", default_value_t = 8)]
+        duration: u64,
+    },
     /// SIGKILL a load balancer (default: the master of the first virtual IP on separate
     /// hosts, else the first running one); the report adds the longest gap a client
     /// probing the site every 10 ms saw.
@@ -83,6 +91,10 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
     };
     let drill = match args.drill {
         DrillCmd::KillPrimary => Drill::KillPrimary,
+        DrillCmd::FreezePrimary { duration } => {
+            o.partition_for = Duration::from_secs(duration);
+            Drill::FreezePrimary
+        }
         DrillCmd::KillLb { node } => Drill::KillLb(node),
         DrillCmd::StopLb { node } => Drill::StopLb(node),
         DrillCmd::LbLinkDown { node, duration } => {

@@ -1,99 +1,67 @@
-//! The lease and the fence: when the lease is renewed, the watchdog armed with its
-//! deadline, and the watchdog process kept alive.
+//! The lease and the fence, as the loop sees them: the lease granted (the keeper in
+//! [`super::lease`] renews it), the watchdog armed with its deadline, the watchdog process
+//! kept alive, and the kernel watchdog as `watchdog = "off" | "automatic" | "required"`.
 
 use super::*;
+use rampart_topology::db::WatchdogMode;
 
 impl Agent {
-    /// When the running primary renews its lease next. It renews as late as the timing
-    /// rule allows: when one full `retry_timeout` attempt still ends before its demotion
-    /// deadline (`renewal + ttl - DEMOTE_MARGIN`), and at least every `loop_wait`. A dead
-    /// primary's key then expires as early as the lease allows: with 5 s / 1 s / 2 s a
-    /// renewal every 1.95 s instead of every loop leaves about 0.5 s less to wait on
-    /// average. Every other node renews on every loop. `None`: renew now.
-    pub(super) fn renew_due(&self) -> Option<Instant> {
-        if !self.is_primary_running() || self.lease.is_none() {
-            return None;
-        }
-        let slack = Duration::from_millis(50);
-        let period = self
-            .cfg
-            .ttl
-            .saturating_sub(DEMOTE_MARGIN + self.cfg.retry_timeout + slack)
-            .max(self.cfg.loop_wait);
-        self.renewed_at.map(|t| t + period)
-    }
-
+    /// Make sure we hold a lease: grant one when we have none or the keeper found ours
+    /// expired. `false`: etcd did not answer. Renewals are the keeper's.
     pub(super) async fn renew_lease(&mut self) -> bool {
-        if self.renew_due().is_some_and(|due| Instant::now() < due) {
-            // The lease is fresh; etcd's reachability is checked by the read that follows.
+        let (lease, expired) = {
+            let f = self.fence.lock();
+            (f.lease, f.expired)
+        };
+        if lease.is_some() && !expired {
+            // etcd's reachability is checked by the read that follows.
             return true;
         }
-        let call_start = Instant::now();
-        let mut budget = self.cfg.retry_timeout;
-        if self.is_primary_running() {
-            if let Some(t) = self.valid_until() {
-                budget = budget
-                    .min(t.saturating_duration_since(call_start))
-                    .max(Duration::from_millis(50));
-            }
+        if expired {
+            let mut f = self.fence.lock();
+            f.lease = None;
+            f.renewed_at = None;
+            f.expired = false;
         }
-        let r = match self.lease {
-            Some(l) => tokio::time::timeout(budget, self.coord.keep_alive_once(l)).await,
-            None => {
-                match tokio::time::timeout(budget, self.coord.grant_lease(self.cfg.ttl)).await {
-                    Ok(Ok(id)) => {
-                        tracing::info!(lease = id, "granted a new lease");
-                        self.lease = Some(id);
-                        Ok(Ok(Some(self.cfg.ttl)))
-                    }
-                    Ok(Err(e)) => Ok(Err(e)),
-                    Err(e) => Err(e),
-                }
-            }
-        };
-        match r {
-            Ok(Ok(Some(_))) => {
-                self.renewed_at = Some(call_start);
-                if self.is_primary_running() {
-                    self.arm_watchdog();
-                }
-                true
-            }
-            Ok(Ok(None)) => {
-                tracing::warn!("our lease expired in etcd (keys attached to it are gone)");
-                self.lease = None;
-                self.renewed_at = None;
-                let start = Instant::now();
-                match self.coord.grant_lease(self.cfg.ttl).await {
-                    Ok(id) => {
-                        tracing::info!(lease = id, "granted a new lease");
-                        self.lease = Some(id);
-                        self.renewed_at = Some(start);
-                    }
-                    Err(e) => tracing::warn!(error = %e, "cannot grant a new lease"),
-                }
-                // The etcd answer itself shows it is reachable.
+        let start = Instant::now();
+        match tokio::time::timeout(self.cfg.retry_timeout, self.coord.grant_lease(self.cfg.ttl))
+            .await
+        {
+            Ok(Ok(id)) => {
+                tracing::info!(lease = id, "granted a new lease");
+                let mut f = self.fence.lock();
+                f.lease = Some(id);
+                f.renewed_at = Some(start);
+                f.expired = false;
+                f.arm(&self.timings);
                 true
             }
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "etcd unreachable: cannot renew the lease");
+                tracing::warn!(error = %e, "etcd unreachable: cannot grant a lease");
                 false
             }
             Err(_) => {
-                tracing::warn!(budget = ?budget, "etcd unreachable: lease renewal timed out");
+                tracing::warn!(budget = ?self.cfg.retry_timeout, "etcd unreachable: lease grant timed out");
                 false
             }
         }
     }
 
-    /// Is the watchdog there? If its process died, start a new one and tell it about the
-    /// postmaster (and, on a primary, the current deadline) at once. Without a watchdog
+    /// Is the fence there? The watchdog process must run: if it died, start a new one and
+    /// tell it about the postmaster (and, on a primary, the current deadline) at once. With
+    /// `watchdog = "required"` the kernel watchdog must be usable too. Without the fence
     /// the node does not lead ([`decide`]: a primary steps down, nobody promotes here).
     pub(super) fn supervise_watchdog(&mut self) -> bool {
-        if self.watchdog.alive() {
+        let process = self.supervise_watchdog_process();
+        process && self.kernel_watchdog_ok()
+    }
+
+    fn supervise_watchdog_process(&mut self) -> bool {
+        let mut f = self.fence.lock();
+        if f.watchdog.alive() {
             return true;
         }
-        let old = self.watchdog.pid();
+        let old = f.watchdog.pid();
         tracing::error!(
             pid = old,
             "the watchdog process is gone: starting a new one"
@@ -101,16 +69,17 @@ impl Agent {
         match Watchdog::spawn() {
             Ok(w) => {
                 // Dropping the old handle reaps the dead process.
-                self.watchdog = w;
+                f.watchdog = w;
                 if let Some(pid) = self.child.as_ref().and_then(|c| c.id()) {
-                    self.watchdog.watch(pid);
-                    if self.is_primary_running() {
-                        self.arm_watchdog();
+                    let primary = f.primary_pid;
+                    f.watchdog.watch(pid);
+                    if primary.is_some() {
+                        f.arm(&self.timings);
                     }
                 }
-                let ok = self.watchdog.alive();
+                let ok = f.watchdog.alive();
                 if ok {
-                    tracing::info!(pid = self.watchdog.pid(), "new watchdog running");
+                    tracing::info!(pid = f.watchdog.pid(), "new watchdog running");
                 }
                 ok
             }
@@ -121,12 +90,74 @@ impl Agent {
         }
     }
 
-    pub(super) fn arm_watchdog(&mut self) {
-        if let (Some(t), Some(c)) = (self.renewed_at, self.child.as_ref()) {
-            if let Some(pid) = c.id() {
-                // Hard fence shortly before etcd can expire the lease.
-                let hard = t + self.cfg.ttl - Duration::from_millis(300);
-                self.watchdog.arm(pid, hard);
+    /// `required`: the kernel watchdog is usable (open and healthy on a primary; present
+    /// with a timeout that fires in time otherwise). Logged when the verdict changes.
+    fn kernel_watchdog_ok(&mut self) -> bool {
+        if self.node.watchdog != WatchdogMode::Required {
+            return true;
+        }
+        let verdict = {
+            let f = self.fence.lock();
+            if f.kernel.is_some() {
+                if f.kernel_failed {
+                    Err("its keepalive failed".to_string())
+                } else {
+                    Ok(())
+                }
+            } else {
+                crate::kwatchdog::usable(
+                    &self.cfg.watchdog_device,
+                    self.timings.kernel_timeout_max(),
+                )
+                .map(|_| ())
+            }
+        };
+        let text = verdict.as_ref().err().cloned();
+        if text != self.kernel_logged {
+            match &text {
+                Some(why) => {
+                    tracing::error!(device = %self.cfg.watchdog_device.display(), reason = %why,
+                    "watchdog = \"required\" but the kernel watchdog is unavailable: this node will not lead")
+                }
+                None => {
+                    tracing::info!(device = %self.cfg.watchdog_device.display(), "kernel watchdog available (watchdog = \"required\")")
+                }
+            }
+            self.kernel_logged = text;
+        }
+        verdict.is_ok()
+    }
+
+    /// This postmaster is about to take writes (start as a primary, or pg_promote): arm
+    /// the watchdog process with the lease deadline and, unless `watchdog = "off"`, open
+    /// the kernel watchdog. `Err` only with `required` and no kernel watchdog: the caller
+    /// must not let it take writes.
+    pub(super) fn arm_watchdog(&mut self) -> Result<(), DbError> {
+        let Some(pid) = self.child.as_ref().and_then(|c| c.id()) else {
+            return Ok(());
+        };
+        let mode = self.node.watchdog;
+        let mut f = self.fence.lock();
+        f.arm_primary(pid, &self.timings);
+        if mode == WatchdogMode::Off {
+            return Ok(());
+        }
+        match lease::activate_kernel(&mut f, &self.cfg.watchdog_device, &self.timings) {
+            Ok(()) => Ok(()),
+            Err(why) if mode == WatchdogMode::Required => {
+                // Back to a replica's watch: this postmaster must not take writes.
+                f.watch(pid);
+                Err(DbError::Other(format!(
+                    "watchdog = \"required\" but the kernel watchdog cannot be armed: {why}"
+                )))
+            }
+            Err(why) => {
+                if self.kernel_logged.as_deref() != Some(why.as_str()) {
+                    tracing::info!(device = %self.cfg.watchdog_device.display(), reason = %why,
+                        "no kernel watchdog (watchdog = \"automatic\"): the watchdog process fences this primary alone");
+                    self.kernel_logged = Some(why);
+                }
+                Ok(())
             }
         }
     }

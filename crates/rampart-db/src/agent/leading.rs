@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// The longest a promotion may take (the loop keeps the lease meanwhile).
+const PROMOTE_TIMEOUT: Duration = Duration::from_secs(60);
+
 impl Agent {
     /// The leader records its timeline in `/timeline` (no lease: it outlives the leader).
     pub(super) async fn record_timeline(&self, keys: &Keys, timeline: u32) {
@@ -30,7 +33,7 @@ impl Agent {
     }
 
     pub(super) async fn take_leader(&mut self) -> Result<bool, DbError> {
-        let Some(lease) = self.lease else {
+        let Some(lease) = self.fence.lease() else {
             return Ok(false);
         };
         let rev = self
@@ -61,34 +64,51 @@ impl Agent {
         }
         let t = Instant::now();
         // Fence first: from pg_promote on this postmaster may take writes, so the
-        // watchdog holds the lease deadline before it, and the wait ends at that deadline.
-        self.arm_watchdog();
-        let budget = self
-            .valid_until()
-            .map(|d| d.saturating_duration_since(Instant::now()))
-            .unwrap_or_default()
-            .min(Duration::from_secs(20));
-        let promoted = match self.conn.promote(budget).await {
-            Ok(p) => p,
+        // watchdog holds the lease deadline before it (re-armed at every renewal).
+        self.arm_watchdog()?;
+        match self.conn.request_promotion().await {
+            Ok(true) => {}
+            Ok(false) => {
+                self.kill_postgres().await;
+                return Err(DbError::Other("pg_promote refused".into()));
+            }
             Err(e) => {
-                // It may still finish: never leave it unwatched by the loop.
+                // It may still happen: never leave it unwatched by the loop.
                 tracing::warn!(error = %e, "promotion failed: stopping postgres");
                 self.kill_postgres().await;
                 return Err(e);
             }
+        }
+        // The promotion may be slow (the rest of the received WAL to replay, a slow
+        // disk): the loop stays alive meanwhile, so the keeper renews the lease; it ends
+        // at the lease deadline if renewals fail, or after PROMOTE_TIMEOUT.
+        let promoted = loop {
+            self.fence.beat();
+            if !self.lease_ok() || t.elapsed() > PROMOTE_TIMEOUT {
+                break false;
+            }
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break false;
+                }
+            }
+            if let Ok(false) = self.conn.in_recovery().await {
+                break true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         };
         if !promoted {
             tracing::warn!(
-                waited_ms = budget.as_millis() as u64,
-                "promotion did not finish before the lease deadline: stopping postgres"
+                waited_ms = t.elapsed().as_millis() as u64,
+                lease_ok = self.lease_ok(),
+                "promotion did not finish (lease deadline, postgres gone or PROMOTE_TIMEOUT): stopping postgres"
             );
             self.kill_postgres().await;
             return Err(DbError::Other(
-                "pg_promote did not finish before the lease deadline".into(),
+                "the promotion did not finish in time".into(),
             ));
         }
         self.following = Some(None);
-        self.arm_watchdog();
         // Tell load balancers and writers at once, not after the slots and the publish
         // below: we hold the key under a valid lease and PostgreSQL takes writes.
         if let Ok(mut s) = self.shared.lock() {
@@ -260,10 +280,12 @@ impl Agent {
         if !self.cfg.synchronous {
             return Ok(());
         }
+        self.fence.beat();
         if self.sync_unconfirmed {
             self.confirm_sync_setting().await?;
         }
         let rows = self.conn.replication().await?;
+        self.fence.beat();
         // Only configured members count (pg_basebackup has a walsender too).
         let rows: Vec<decide::ReplRow> = rows
             .into_iter()
@@ -321,6 +343,7 @@ impl Agent {
                 self.conn.reload().await?;
                 let deadline = Instant::now() + self.cfg.retry_timeout;
                 while self.sync_unconfirmed && Instant::now() < deadline {
+                    self.fence.beat();
                     self.confirm_sync_setting().await?;
                     if self.sync_unconfirmed {
                         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -70,7 +70,7 @@ impl Agent {
         let sync_standby = keys.sync.as_ref().and_then(|s| s.sync_standby.as_deref())
             == Some(self.node.name.as_str());
         let lease_age = if holder_is_me {
-            self.renewed_at.map(|t| t.elapsed().as_secs_f64())
+            self.fence.renewed_at().map(|t| t.elapsed().as_secs_f64())
         } else {
             None
         };
@@ -97,7 +97,7 @@ impl Agent {
             },
         };
         if dcs_ok {
-            if let (Some(lease), Ok(body)) = (self.lease, serde_json::to_vec(&me)) {
+            if let (Some(lease), Ok(body)) = (self.fence.lease(), serde_json::to_vec(&me)) {
                 if let Err(e) = self
                     .coord
                     .put(

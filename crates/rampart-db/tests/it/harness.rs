@@ -252,6 +252,8 @@ impl Cluster {
             .arg(&self.config)
             .args(["--node", &self.nodes[i].name]);
         cmd.env("RUST_LOG", "info");
+        // Test only: the agent's loop stops while this file exists (`stall_loop`).
+        cmd.env("RAMPART_DB_TEST_STALL_FILE", self.stall_file(i));
         let log = self
             .dir
             .path()
@@ -269,6 +271,76 @@ impl Cluster {
         wait_until(Duration::from_secs(10), || {
             std::net::TcpStream::connect((host.as_str(), port)).is_err()
         });
+    }
+
+    /// While this file exists, node `i`'s agent loop stands still (its process runs).
+    pub fn stall_file(&self, i: usize) -> PathBuf {
+        self.dir
+            .path()
+            .join(format!("{}.stall", self.nodes[i].name))
+    }
+
+    /// The agent's pid (its process only, not its group).
+    pub fn agent_pid(&self, i: usize) -> Option<i32> {
+        self.agents[i].as_ref().map(|p| p.pid() as i32)
+    }
+
+    /// Node `i`'s postmaster (from `postmaster.pid`) and every child of it.
+    pub fn pg_pids(&self, i: usize) -> Vec<i32> {
+        let pidfile = self
+            .dir
+            .path()
+            .join("data")
+            .join(&self.nodes[i].name)
+            .join("postmaster.pid");
+        let Some(pm) = std::fs::read_to_string(pidfile)
+            .ok()
+            .and_then(|t| t.lines().next()?.trim().parse::<i32>().ok())
+        else {
+            return Vec::new();
+        };
+        let mut pids = vec![pm];
+        pids.extend(children_of(pm).into_iter().map(|(p, _)| p));
+        pids
+    }
+
+    /// The child of node `i`'s postmaster whose title contains `what` (e.g. "startup").
+    pub fn pg_child(&self, i: usize, what: &str) -> Option<i32> {
+        let pm = *self.pg_pids(i).first()?;
+        children_of(pm)
+            .into_iter()
+            .find(|(_, title)| title.contains(what))
+            .map(|(p, _)| p)
+    }
+
+    /// Every process of node `i`: agent, its watchdog, its PostgreSQL.
+    pub fn node_pids(&self, i: usize) -> Vec<i32> {
+        let mut v = Vec::new();
+        if let Some(a) = self.agent_pid(i) {
+            v.push(a);
+            v.extend(
+                children_of(a)
+                    .into_iter()
+                    .filter(|(_, t)| t.contains("watchdog"))
+                    .map(|(p, _)| p),
+            );
+        }
+        v.extend(self.pg_pids(i));
+        v
+    }
+
+    /// The leader key's holder and create revision, read from etcd.
+    pub async fn leader_key(&self) -> Option<(String, i64)> {
+        let coord = rampart_coord::Coord::connect(rampart_coord::CoordOptions::new([self
+            .etcd()
+            .client_url(0)]))
+        .await
+        .ok()?;
+        let kv = coord
+            .get(&rampart_db::dcs::key("it", "leader"))
+            .await
+            .ok()??;
+        Some((kv.value_str(), kv.create_revision))
     }
 
     pub fn signal_agent(&self, i: usize, sig: Signal) {
@@ -431,6 +503,37 @@ impl Drop for Cluster {
                 quiet(Command::new("umount").arg("-l").arg(m));
             }
         }
+    }
+}
+
+/// The children of `parent` with their command lines (spaces for NULs).
+pub fn children_of(parent: i32) -> Vec<(i32, String)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let ppid: i32 = stat[stat.rfind(')')? + 1..]
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            if ppid != parent {
+                return None;
+            }
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let title = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            Some((pid, title))
+        })
+        .collect()
+}
+
+/// Send `sig` to each pid (errors ignored: a process may be gone).
+pub fn signal_all(pids: &[i32], sig: Signal) {
+    for &p in pids {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), sig);
     }
 }
 

@@ -4,11 +4,15 @@
 #![allow(clippy::unwrap_used)]
 
 mod basic;
+mod checker;
 mod conditions;
 mod failover;
 mod fence;
 mod harness;
+mod jepsen;
+mod kwatchdog;
 mod leader_keys;
+mod lease;
 mod netns;
 mod orphan;
 mod partition;
