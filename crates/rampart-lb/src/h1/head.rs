@@ -1,0 +1,1116 @@
+//! HTTP/1 heads: a request head parsed and rendered for the upstream, a response head
+//! parsed and rendered for the client, and the rules every HTTP/1 request meets
+//! ([`head_policy`]).
+
+use crate::http::ConnCtx;
+
+/// Most header fields in a head; more get 431 (request) or 502 (response).
+pub(super) const MAX_HEADERS: usize = 128;
+/// Hop-by-hop header names a request's `Connection` may list; more go to hyper.
+pub(super) const MAX_CONN_TOKENS: usize = 16;
+
+/// How a message body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    /// Until the upstream closes (responses only).
+    Close,
+}
+
+/// A parsed request head (its upstream rendering is in the `out` buffer).
+#[derive(Debug)]
+pub(super) struct ReqInfo {
+    pub(super) head_len: usize,
+    pub(super) body: Framing,
+    /// The client asked to close after this exchange.
+    pub(super) close: bool,
+    /// `Expect: 100-continue` (answered here, not forwarded).
+    pub(super) expect: bool,
+    /// Idempotent without a body: may be sent again after a failure past sending.
+    pub(super) replayable: bool,
+    pub(super) head: bool,
+    /// Method and target, only when access logging is on.
+    pub(super) log: Option<(String, String)>,
+    /// An HTTP/1.0 client: its answer is never chunked.
+    pub(super) http10: bool,
+    /// The client asks for an upgrade (sent upstream with it; a `101` makes a tunnel).
+    pub(super) upgrade: bool,
+}
+
+#[derive(Debug)]
+pub(super) enum Parsed {
+    Partial,
+    Complete(ReqInfo),
+    Bad(u16),
+    /// The listener's firewall refuses the request.
+    Refused(crate::firewall::Refusal),
+    /// An ACME HTTP-01 token an order waits for: its key authorization, answered here.
+    Acme {
+        head_len: usize,
+        key_auth: String,
+        close: bool,
+    },
+}
+
+/// A header name's meaning to the proxy.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum H {
+    Other,
+    /// Always dropped (hop-by-hop).
+    Hop,
+    Connection,
+    ContentLength,
+    TransferEncoding,
+    Host,
+    Upgrade,
+    Expect,
+    Xff,
+    Xfp,
+    Xfh,
+    /// `Forwarded` (RFC 7239): kept from trusted peers only.
+    Fwd,
+    /// `X-Real-IP`: kept from trusted peers, else set to the peer's address.
+    Xri,
+    Hsts,
+}
+
+pub(super) fn classify(name: &str) -> H {
+    let n = name.as_bytes();
+    let is = |s: &str| n.eq_ignore_ascii_case(s.as_bytes());
+    match n.len() {
+        2 if is("te") => H::Hop,
+        4 if is("host") => H::Host,
+        6 if is("expect") => H::Expect,
+        7 if is("upgrade") => H::Upgrade,
+        7 if is("trailer") => H::Hop,
+        9 if is("forwarded") => H::Fwd,
+        9 if is("x-real-ip") => H::Xri,
+        10 if is("connection") => H::Connection,
+        10 if is("keep-alive") => H::Hop,
+        14 if is("content-length") => H::ContentLength,
+        15 if is("x-forwarded-for") => H::Xff,
+        16 if is("proxy-connection") => H::Hop,
+        16 if is("x-forwarded-host") => H::Xfh,
+        17 if is("transfer-encoding") => H::TransferEncoding,
+        17 if is("x-forwarded-proto") => H::Xfp,
+        18 if is("proxy-authenticate") => H::Hop,
+        19 if is("proxy-authorization") => H::Hop,
+        25 if is("strict-transport-security") => H::Hsts,
+        _ => H::Other,
+    }
+}
+
+/// The comma-separated tokens of a header value, trimmed, empty ones skipped.
+pub(super) fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+    v.split(|b| *b == b',')
+        .map(|t| t.trim_ascii())
+        .filter(|t| !t.is_empty())
+}
+
+/// A `Content-Length` value (possibly a list of equal values); `None` when invalid, also
+/// when empty (next to a valid one, an empty field was read as absent).
+pub(super) fn content_length(v: &[u8], prev: Option<u64>) -> Option<u64> {
+    let mut n = prev;
+    let mut any = false;
+    for t in tokens(v) {
+        any = true;
+        if t.len() > 18 || !t.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let x = t.iter().fold(0u64, |a, d| a * 10 + u64::from(d - b'0'));
+        if n.is_some_and(|p| p != x) {
+            return None;
+        }
+        n = Some(x);
+    }
+    n.filter(|_| any)
+}
+
+/// Whether the last transfer coding is `chunked`.
+pub(super) fn ends_chunked(v: &[u8]) -> bool {
+    tokens(v)
+        .last()
+        .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"))
+}
+
+/// Whether a request's `Transfer-Encoding` value is exactly `chunked`.
+pub(super) fn only_chunked(v: &[u8]) -> bool {
+    let mut t = tokens(v);
+    t.next().is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")) && t.next().is_none()
+}
+
+/// Whether a `Host` value (or a target's authority) is `host[:port]` of the characters
+/// RFC 3986 allows there (no user info, no path, no list); empty is allowed.
+pub(super) fn valid_host(v: &[u8]) -> bool {
+    v.iter().all(|b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'['
+                    | b']'
+                    | b'%'
+            )
+    })
+}
+
+/// The rules every HTTP/1.x request head meets, whichever code path serves it (this
+/// codec, or hyper's for HTTP/1.0 and upgrades, which calls it for each request it
+/// reads, pipelined ones included): one policy, one function. `hosts`: how many `Host`
+/// fields, `host` the last. The error is the status to answer.
+pub(crate) fn head_policy(
+    method: &str,
+    target: &str,
+    http10: bool,
+    hosts: usize,
+    host: Option<&[u8]>,
+) -> Result<(), u16> {
+    if method == "CONNECT" {
+        // A reverse proxy opens no tunnels.
+        return Err(501);
+    }
+    // One Host, a plausible one (RFC 9112 section 3.2).
+    if hosts > 1
+        || host.is_some_and(|h| !valid_host(h))
+        || (hosts == 0 && !http10 && (target.starts_with('/') || target == "*"))
+    {
+        return Err(400);
+    }
+    // A target of visible ASCII without a fragment (HAProxy refuses `#` too since
+    // CVE-2023-45539: `/index.html#.png` read as a `.png` path by one side only).
+    if !target
+        .bytes()
+        .all(|b| (0x21..=0x7e).contains(&b) && b != b'#')
+    {
+        return Err(400);
+    }
+    Ok(())
+}
+
+/// Whether a head refused for its version names a well-formed `HTTP/x.y` (505) rather
+/// than garbage (400).
+pub(super) fn other_version(data: &[u8]) -> bool {
+    let line = data.split(|b| *b == b'\n').next().unwrap_or_default();
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let mut parts = line.split(|b| *b == b' ');
+    let v = parts.nth(2).unwrap_or_default();
+    parts.next().is_none()
+        && matches!(v, [b'H', b'T', b'T', b'P', b'/', a, b'.', c] if a.is_ascii_digit() && c.is_ascii_digit())
+}
+
+/// `n` in decimal, in `buf`.
+pub(super) fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+pub(super) fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Parse the request head at the start of `data` and render its upstream head into `out`.
+pub(super) fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Parsed {
+    // Uninitialized: zeroing 4 KiB of headers per head showed in profiles.
+    let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let head_len = match req.parse_with_uninit_headers(data, &mut headers) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(httparse::Error::TooManyHeaders) => return Parsed::Bad(431),
+        Err(httparse::Error::Version) if other_version(data) => return Parsed::Bad(505),
+        Err(_) => return Parsed::Bad(400),
+    };
+    let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
+        return Parsed::Bad(400);
+    };
+    // HTTP/1.0 needs no Host, and may not use a transfer coding (RFC 9112 section 6.1).
+    let http10 = version != 1;
+    // First pass: what the head says about framing, hop-by-hop names, forwarding.
+    let mut close = false;
+    let mut keep_alive = false;
+    let mut conn_upgrade = false;
+    let mut upgrade_to: Option<&[u8]> = None;
+    let mut named: [&[u8]; MAX_CONN_TOKENS] = [b""; MAX_CONN_TOKENS];
+    let mut n_named = 0;
+    let mut too_many = false;
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut te = false;
+    let mut te_fields = 0;
+    let mut host: Option<&[u8]> = None;
+    let mut hosts = 0;
+    let mut expect = false;
+    let (mut has_xff, mut has_xfp, mut has_xfh, mut has_xri) = (false, false, false, false);
+    for h in req.headers.iter() {
+        match classify(h.name) {
+            H::Connection => {
+                for t in tokens(h.value) {
+                    if t.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if t.eq_ignore_ascii_case(b"upgrade") {
+                        conn_upgrade = true;
+                    } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                        keep_alive = true;
+                    } else {
+                        if n_named == MAX_CONN_TOKENS {
+                            too_many = true;
+                        } else {
+                            named[n_named] = t;
+                            n_named += 1;
+                        }
+                    }
+                }
+            }
+            H::ContentLength => match content_length(h.value, length) {
+                Some(n) => length = Some(n),
+                None => return Parsed::Bad(400),
+            },
+            H::TransferEncoding => {
+                te = true;
+                te_fields += 1;
+                chunked = only_chunked(h.value);
+            }
+            H::Host => {
+                host = Some(h.value);
+                hosts += 1;
+            }
+            H::Upgrade if !h.value.trim_ascii().is_empty() => upgrade_to = Some(h.value),
+            H::Expect => expect = h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue"),
+            H::Xff => has_xff = true,
+            H::Xfp => has_xfp = true,
+            H::Xfh => has_xfh = true,
+            H::Xri => has_xri = true,
+            H::Upgrade | H::Hop | H::Hsts | H::Fwd | H::Other => {}
+        }
+    }
+    // Smuggling guards (RFC 9112 section 6): the body's framing must be unambiguous, for
+    // the upstream gets its chunked framing bytes as they came. Both a length and a
+    // transfer coding, or codings other than one `chunked`, are refused (HAProxy drops the
+    // length and closes after the answer; a 400 is simpler and as safe).
+    if te && (te_fields > 1 || !chunked || length.is_some() || http10) {
+        return Parsed::Bad(400);
+    }
+    if let Err(status) = head_policy(method, target, http10, hosts, host) {
+        return Parsed::Bad(status);
+    }
+    if too_many {
+        // More hop-by-hop names than any real client sends.
+        return Parsed::Bad(400);
+    }
+    // An HTTP/1.0 connection is kept only when the client asks.
+    let close = close || (http10 && !keep_alive);
+    // An upgrade is HTTP/1.1's, named in `Connection`; h2c's (HTTP/2 over this connection)
+    // is declined by not forwarding it, as HAProxy does.
+    let upgrade = !http10
+        && conn_upgrade
+        && upgrade_to.is_some_and(|v| !tokens(v).all(|t| t.eq_ignore_ascii_case(b"h2c")));
+    let expect = expect && !http10;
+    let body = if chunked {
+        Framing::Chunked
+    } else {
+        match length {
+            Some(0) | None => Framing::None,
+            Some(n) => Framing::Length(n),
+        }
+    };
+    // An ACME HTTP-01 token (while an order waits for it) on a plain-HTTP listener:
+    // answered here, before the firewall's request checks and the pool.
+    if !ctx.https && method == "GET" && crate::acme::http01_target(target) {
+        if let Some(key_auth) = crate::acme::http01(target) {
+            return Parsed::Acme {
+                head_len,
+                key_auth,
+                // A body nobody reads ends the connection.
+                close: close || body != Framing::None,
+            };
+        }
+    }
+    if let Some(fw) = ctx.listener.firewall.as_deref() {
+        if fw.checks_requests() {
+            let declared = if chunked { None } else { length };
+            let forwarded = if ctx.trusted && fw.keys_forwarded() {
+                let mut fields: Vec<&[u8]> = Vec::new();
+                fields.extend(
+                    req.headers
+                        .iter()
+                        .filter(|h| classify(h.name) == H::Xff)
+                        .map(|h| h.value),
+                );
+                ctx.forwarded_client(&fields)
+            } else {
+                None
+            };
+            let now = std::time::Instant::now();
+            if let Err(r) = fw.check_request(ctx.peer.ip(), forwarded, method, declared, now) {
+                return Parsed::Refused(r);
+            }
+        }
+    }
+    // The request line, origin-form.
+    out.clear();
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    let mut uri_host: Option<Vec<u8>> = None;
+    if target.starts_with('/') || (target == "*" && method == "OPTIONS") {
+        out.extend_from_slice(target.as_bytes());
+    } else {
+        let Ok(uri) = target.parse::<http::Uri>() else {
+            return Parsed::Bad(400);
+        };
+        let (Some(a), Some(scheme)) = (uri.authority(), uri.scheme_str()) else {
+            return Parsed::Bad(400);
+        };
+        if !(scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https"))
+            || !valid_host(a.as_str().as_bytes())
+        {
+            return Parsed::Bad(400);
+        }
+        uri_host = Some(a.as_str().as_bytes().to_vec());
+        // An empty path is `/` in origin form (RFC 9112 section 3.2.1): `http://h?q` is
+        // `/?q`, never `?q` (found by fuzz/'s request_differential target).
+        let pq = uri.path_and_query().map_or("", |p| p.as_str());
+        if !pq.starts_with('/') {
+            out.push(b'/');
+        }
+        out.extend_from_slice(pq.as_bytes());
+    }
+    if uri_host.is_none() && hosts == 0 && !http10 {
+        return Parsed::Bad(400);
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let keep = ctx.trusted;
+    for h in req.headers.iter() {
+        let kind = classify(h.name);
+        match kind {
+            H::Hop | H::Connection | H::TransferEncoding | H::Xff => continue,
+            H::Upgrade if !upgrade => continue,
+            // Rendered once below, from what was parsed.
+            H::ContentLength => continue,
+            // An absolute-form target's authority is the host (RFC 9112 section 3.2.2).
+            H::Host if uri_host.is_some() => continue,
+            H::Expect if expect => continue,
+            // What an untrusted client says of its own address or scheme is dropped.
+            H::Xfp | H::Xfh | H::Fwd | H::Xri if !keep => continue,
+            _ => {}
+        }
+        let name = h.name.as_bytes();
+        // `Connection` may name end-to-end fields only: never the framing or the Host.
+        if kind == H::Other
+            && n_named > 0
+            && named[..n_named]
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(name))
+        {
+            continue;
+        }
+        push_header(out, name, h.value);
+    }
+    if let Some(h) = uri_host.as_deref() {
+        push_header(out, b"host", h);
+    } else if hosts == 0 {
+        // HTTP/1.0 without one: HTTP/1.1 upstream needs the field, empty for a target
+        // without an authority (RFC 9112 section 3.2).
+        out.extend_from_slice(b"host: \r\n");
+    }
+    if upgrade {
+        out.extend_from_slice(b"connection: upgrade\r\n");
+    }
+    let host = uri_host.as_deref().or(host);
+    if chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    } else if let Some(n) = length {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa(n, &mut [0u8; 20]));
+        out.extend_from_slice(b"\r\n");
+    }
+    // X-Forwarded-For: a trusted peer's chain is kept and appended to.
+    out.extend_from_slice(b"x-forwarded-for: ");
+    if keep && has_xff {
+        for h in req.headers.iter() {
+            if classify(h.name) == H::Xff {
+                let v = h.value.trim_ascii();
+                if !v.is_empty() {
+                    out.extend_from_slice(v);
+                    out.extend_from_slice(b", ");
+                }
+            }
+        }
+    }
+    ctx.push_peer_ip(out);
+    out.extend_from_slice(b"\r\n");
+    if !(keep && has_xri) {
+        out.extend_from_slice(b"x-real-ip: ");
+        ctx.push_peer_ip(out);
+        out.extend_from_slice(b"\r\n");
+    }
+    if !(keep && has_xfp) {
+        out.extend_from_slice(if ctx.https {
+            b"x-forwarded-proto: https\r\n"
+        } else {
+            b"x-forwarded-proto: http\r\n"
+        });
+    }
+    if !(keep && has_xfh) {
+        if let Some(h) = host {
+            push_header(out, b"x-forwarded-host", h);
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    let head = method == "HEAD";
+    // RFC 9110 section 9.2.2; only without a body are they resent (`replayable`).
+    let idempotent = matches!(
+        method,
+        "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS" | "TRACE"
+    );
+    Parsed::Complete(ReqInfo {
+        head_len,
+        body,
+        close,
+        expect: expect && body != Framing::None,
+        replayable: idempotent && body == Framing::None,
+        head,
+        log: crate::accesslog::enabled().then(|| (method.to_string(), target.to_string())),
+        http10,
+        upgrade,
+    })
+}
+
+/// A parsed response head (its client rendering is in `out`).
+#[derive(Debug)]
+pub(super) struct RespInfo {
+    pub(super) head_len: usize,
+    pub(super) status: u16,
+    pub(super) body: Framing,
+    /// The upstream connection may carry another request after this response.
+    pub(super) reusable: bool,
+    /// The client connection closes after this response.
+    pub(super) close: bool,
+    /// A chunked body decoded for an HTTP/1.0 client (sent until the connection closes).
+    pub(super) dechunk: bool,
+    /// `101 Switching Protocols` to an upgrade: the connection becomes a tunnel.
+    pub(super) switched: bool,
+}
+
+#[derive(Debug)]
+pub(super) enum RespParsed {
+    Partial,
+    /// A 1xx response to skip (its length).
+    Interim(usize),
+    Bad,
+    Complete(RespInfo),
+}
+
+/// [`parse_response_to`] for an HTTP/1.1 client that asked for no upgrade.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(super) fn parse_response(
+    data: &[u8],
+    head_req: bool,
+    close: bool,
+    hsts: Option<&[u8]>,
+    out: &mut Vec<u8>,
+) -> RespParsed {
+    let client = Client {
+        head_req,
+        close,
+        http10: false,
+        upgrade: false,
+    };
+    parse_response_to(data, client, hsts, out)
+}
+
+/// What a response head's rendering depends on in the request it answers.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Client {
+    /// The request was a `HEAD`.
+    pub(super) head_req: bool,
+    /// The client connection closes after the response anyway.
+    pub(super) close: bool,
+    /// An HTTP/1.0 client: no chunked answer, `Connection: keep-alive` to keep it.
+    pub(super) http10: bool,
+    /// The request asked for an upgrade: a `101` is expected, not a protocol error.
+    pub(super) upgrade: bool,
+}
+
+/// Parse the response head at the start of `data`; render its head for `client` into
+/// `out`.
+pub(super) fn parse_response_to(
+    data: &[u8],
+    client: Client,
+    hsts: Option<&[u8]>,
+    out: &mut Vec<u8>,
+) -> RespParsed {
+    let Client {
+        head_req,
+        close,
+        http10,
+        upgrade,
+    } = client;
+    let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let head_len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        data,
+        &mut headers,
+    ) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return RespParsed::Partial,
+        Err(_) => return RespParsed::Bad,
+    };
+    let (Some(status), Some(version)) = (resp.code, resp.version) else {
+        return RespParsed::Bad;
+    };
+    if status == 101 && upgrade && version == 1 {
+        // The server switched: its head goes to the client as it came, but for the
+        // hop-by-hop fields other than `Upgrade`.
+        out.clear();
+        out.extend_from_slice(b"HTTP/1.1 101 ");
+        out.extend_from_slice(resp.reason.unwrap_or("Switching Protocols").as_bytes());
+        out.extend_from_slice(b"\r\n");
+        for h in resp.headers.iter() {
+            match classify(h.name) {
+                H::Hop | H::Connection | H::ContentLength | H::TransferEncoding => {}
+                _ => push_header(out, h.name.as_bytes(), h.value),
+            }
+        }
+        out.extend_from_slice(b"connection: upgrade\r\n\r\n");
+        return RespParsed::Complete(RespInfo {
+            head_len,
+            status,
+            body: Framing::None,
+            reusable: false,
+            close: true,
+            dechunk: false,
+            switched: true,
+        });
+    }
+    if (100..200).contains(&status) {
+        // 100 Continue, 103 Early Hints...: skipped; a 101 was not asked for.
+        return if status == 101 {
+            RespParsed::Bad
+        } else {
+            RespParsed::Interim(head_len)
+        };
+    }
+    let mut upstream_close = version == 0;
+    let mut named: [&[u8]; MAX_CONN_TOKENS] = [b""; MAX_CONN_TOKENS];
+    let mut n_named = 0;
+    let mut length: Option<u64> = None;
+    let mut te = false;
+    let mut chunked = false;
+    let mut chunked_seen = 0;
+    for h in resp.headers.iter() {
+        match classify(h.name) {
+            H::Connection => {
+                for t in tokens(h.value) {
+                    if t.eq_ignore_ascii_case(b"close") {
+                        upstream_close = true;
+                    } else if !t.eq_ignore_ascii_case(b"keep-alive") && n_named < MAX_CONN_TOKENS {
+                        named[n_named] = t;
+                        n_named += 1;
+                    }
+                }
+            }
+            H::ContentLength => match content_length(h.value, length) {
+                Some(n) => length = Some(n),
+                None => return RespParsed::Bad,
+            },
+            H::TransferEncoding => {
+                te = true;
+                // The codings of all the fields make one list, empty ones add nothing
+                // ("chunked" then "" is chunked: found by fuzz/'s response_head target).
+                if tokens(h.value).next().is_some() {
+                    chunked = ends_chunked(h.value);
+                }
+                chunked_seen += tokens(h.value)
+                    .filter(|t| t.eq_ignore_ascii_case(b"chunked"))
+                    .count();
+            }
+            _ => {}
+        }
+    }
+    if chunked_seen > 1 {
+        // Chunked twice: no telling where the body ends.
+        return RespParsed::Bad;
+    }
+    // Both framings: the transfer coding wins, and the connection is not reused (RFC 9112
+    // section 6.3, a sign of response splitting).
+    if te && length.is_some() {
+        upstream_close = true;
+    }
+    let body = if head_req || status == 204 || status == 304 {
+        Framing::None
+    } else if te {
+        if chunked {
+            Framing::Chunked
+        } else {
+            Framing::Close
+        }
+    } else {
+        match length {
+            Some(0) => Framing::None,
+            Some(n) => Framing::Length(n),
+            None => Framing::Close,
+        }
+    };
+    // An HTTP/1.0 client knows no chunked coding: the body is decoded for it, and its end
+    // is the connection's.
+    let dechunk = http10 && body == Framing::Chunked;
+    let close = close || body == Framing::Close || dechunk;
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    let mut code = [0u8; 3];
+    code[0] = b'0' + (status / 100 % 10) as u8;
+    code[1] = b'0' + (status / 10 % 10) as u8;
+    code[2] = b'0' + (status % 10) as u8;
+    out.extend_from_slice(&code);
+    out.push(b' ');
+    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for h in resp.headers.iter() {
+        let kind = classify(h.name);
+        match kind {
+            H::Hop | H::Connection | H::Upgrade => continue,
+            // Kept as it came when the body is forwarded chunked, or for a HEAD.
+            // (A coding list not ending in chunked is kept too: the body is read until the
+            // server closes, and the client must know its coding.)
+            H::TransferEncoding
+                if dechunk
+                    || !(body == Framing::Chunked
+                        || body == Framing::Close
+                        || (chunked && head_req && !http10)) =>
+            {
+                continue
+            }
+            // Rendered once below, from what was parsed.
+            H::ContentLength => continue,
+            H::Hsts if hsts.is_some() => continue,
+            _ => {}
+        }
+        let name = h.name.as_bytes();
+        // `Connection` may name end-to-end fields only: never the framing.
+        if kind == H::Other
+            && n_named > 0
+            && named[..n_named]
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(name))
+        {
+            continue;
+        }
+        push_header(out, name, h.value);
+    }
+    if let (false, Some(n)) = (te, length) {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa(n, &mut [0u8; 20]));
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(v) = hsts {
+        push_header(out, b"strict-transport-security", v);
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if http10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    RespParsed::Complete(RespInfo {
+        head_len,
+        status,
+        body,
+        reusable: !upstream_close && body != Framing::Close,
+        close,
+        dechunk,
+        switched: false,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::h1::chunked::Chunked;
+    use crate::h1::tests::test_ctx;
+    use proptest::prelude::*;
+
+    #[test]
+    fn an_absolute_target_with_an_empty_path_goes_upstream_as_slash() {
+        for (target, want) in [
+            ("http://h.example:80?q", "GET /?q HTTP/1.1\r\n"),
+            ("http://h.example", "GET / HTTP/1.1\r\n"),
+            ("http://h.example/p?q", "GET /p?q HTTP/1.1\r\n"),
+        ] {
+            let head = format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n");
+            let mut out = Vec::new();
+            let Parsed::Complete(_) = parse_request(head.as_bytes(), &test_ctx(false), &mut out)
+            else {
+                panic!("{target} refused")
+            };
+            let text = String::from_utf8(out).unwrap();
+            assert!(text.starts_with(want), "{target}: {text}");
+            assert!(text.contains("\r\nhost: h.example"), "{text}");
+        }
+    }
+
+    #[test]
+    fn content_length_lists_must_agree() {
+        assert_eq!(content_length(b"12", None), Some(12));
+        assert_eq!(content_length(b"12, 12", None), Some(12));
+        assert_eq!(content_length(b"12, 13", None), None);
+        assert_eq!(content_length(b"12", Some(13)), None);
+        assert_eq!(content_length(b"-1", None), None);
+        assert_eq!(content_length(b"1e3", None), None);
+        // An empty field (or one of commas) is no length, even after a valid one.
+        assert_eq!(content_length(b"", Some(12)), None);
+        assert_eq!(content_length(b" , ", Some(12)), None);
+        let mut out = Vec::new();
+        let head =
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: \r\n\r\nabc";
+        assert!(matches!(
+            parse_request(head, &test_ctx(false), &mut out),
+            Parsed::Bad(400)
+        ));
+    }
+
+    #[test]
+    fn response_heads_are_rewritten_without_hop_by_hop_fields() {
+        let mut out = Vec::new();
+        let head = b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nContent-Length: 5\r\nX-Kept: y\r\n\r\nhello";
+        let RespParsed::Complete(r) =
+            parse_response(head, false, false, Some(b"max-age=1"), &mut out)
+        else {
+            panic!()
+        };
+        assert_eq!(r.body, Framing::Length(5));
+        assert!(r.reusable && !r.close);
+        assert_eq!(r.head_len, head.len() - 5);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "HTTP/1.1 200 OK\r\nX-Kept: y\r\ncontent-length: 5\r\nstrict-transport-security: max-age=1\r\n\r\n"
+        );
+        // No length, not chunked: until the server closes, and so does the client.
+        let mut out = Vec::new();
+        let RespParsed::Complete(r) =
+            parse_response(b"HTTP/1.1 200 OK\r\n\r\n", false, false, None, &mut out)
+        else {
+            panic!()
+        };
+        assert_eq!(r.body, Framing::Close);
+        assert!(!r.reusable && r.close);
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .contains("connection: close"));
+        // HEAD, 204 and 304 have no body whatever they announce.
+        for (h, head_req) in [
+            (&b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"[..], true),
+            (b"HTTP/1.1 204 No Content\r\n\r\n", false),
+            (
+                b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n",
+                false,
+            ),
+        ] {
+            let RespParsed::Complete(r) = parse_response(h, head_req, false, None, &mut Vec::new())
+            else {
+                panic!()
+            };
+            assert_eq!(r.body, Framing::None);
+            assert!(r.reusable);
+        }
+        assert!(matches!(
+            parse_response(
+                b"HTTP/1.1 100 Continue\r\n\r\n",
+                false,
+                false,
+                None,
+                &mut Vec::new()
+            ),
+            RespParsed::Interim(25)
+        ));
+        assert!(matches!(
+            parse_response(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                false,
+                false,
+                None,
+                &mut Vec::new()
+            ),
+            RespParsed::Bad
+        ));
+    }
+
+    fn parse(head: &[u8]) -> (Parsed, String) {
+        let mut out = Vec::new();
+        let p = parse_request(head, &test_ctx(false), &mut out);
+        (p, String::from_utf8_lossy(&out).into_owned())
+    }
+
+    #[test]
+    fn ambiguous_framing_missing_or_odd_hosts_and_other_versions_are_refused() {
+        for (head, want) in [
+            (&b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"[..], 400),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: a,b\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: u@a\r\n\r\n", 400),
+            (b"GET * HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+            (b"GET ftp://a/ HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+            (b"GET http://u@a/ HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+            (b"GET / HTTP/1.2\r\nHost: a\r\n\r\n", 505),
+            (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
+            (b"GET / HTTP/1.10\r\nHost: a\r\n\r\n", 400),
+            (b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+            (b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", 501),
+            (b"GET /index.html#.png HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+            (b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+            (b"GET http://a/#x HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+            (b"CONNECT a:443 HTTP/1.0\r\n\r\n", 501),
+            (b"GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+            (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            (b"GET / HTTQ/1.1\r\nHost: a\r\n\r\n", 400),
+        ] {
+            let (p, _) = parse(head);
+            assert!(
+                matches!(p, Parsed::Bad(s) if s == want),
+                "{:?}: {p:?}",
+                String::from_utf8_lossy(head)
+            );
+        }
+    }
+
+    #[test]
+    fn accepted_heads_are_rendered_with_one_host_one_length_and_their_framing_fields() {
+        let (p, out) = parse(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\nContent-Length: 5\r\nConnection: content-length, host, x-foo\r\nX-Foo: 1\r\n\r\n");
+        assert!(
+            matches!(&p, Parsed::Complete(r) if r.body == Framing::Length(5)),
+            "{p:?}"
+        );
+        assert!(out.starts_with("POST /x HTTP/1.1\r\nHost: a\r\n"), "{out}");
+        assert_eq!(out.matches("content-length: 5\r\n").count(), 1, "{out}");
+        assert_eq!(
+            out.to_ascii_lowercase().matches("content-length").count(),
+            1,
+            "{out}"
+        );
+        assert!(!out.contains("X-Foo"), "{out}");
+        // Absolute form: the target's authority replaces the Host.
+        let (p, out) = parse(b"GET http://b.example:81/p?q HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert!(matches!(p, Parsed::Complete(_)), "{p:?}");
+        assert!(out.starts_with("GET /p?q HTTP/1.1\r\n"), "{out}");
+        assert!(
+            out.contains("host: b.example:81\r\n") && !out.contains("Host: a"),
+            "{out}"
+        );
+        assert!(out.contains("x-forwarded-host: b.example:81\r\n"), "{out}");
+        // A chunked request: TE once, no length.
+        let (p, out) = parse(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:  Chunked \r\n\r\n");
+        assert!(
+            matches!(&p, Parsed::Complete(r) if r.body == Framing::Chunked),
+            "{p:?}"
+        );
+        assert!(out.ends_with("transfer-encoding: chunked\r\nx-forwarded-for: 192.0.2.7\r\nx-real-ip: 192.0.2.7\r\nx-forwarded-proto: http\r\nx-forwarded-host: a\r\n\r\n"), "{out}");
+        // A POST with an empty body keeps its zero length.
+        let (_, out) = parse(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n");
+        assert!(out.contains("content-length: 0\r\n"), "{out}");
+    }
+
+    #[test]
+    fn doubly_framed_or_other_coded_responses_are_framed_safely() {
+        // Both framings: chunked wins, the length goes, the connection is not reused.
+        let mut out = Vec::new();
+        let RespParsed::Complete(r) = parse_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false,
+            false,
+            None,
+            &mut out,
+        ) else {
+            panic!()
+        };
+        assert_eq!(r.body, Framing::Chunked);
+        assert!(!r.reusable);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            !text.to_ascii_lowercase().contains("content-length"),
+            "{text}"
+        );
+        // A coding other than chunked last: until the close, the coding kept for the client.
+        let mut out = Vec::new();
+        let RespParsed::Complete(r) = parse_response(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            false,
+            false,
+            None,
+            &mut out,
+        ) else {
+            panic!()
+        };
+        assert_eq!(r.body, Framing::Close);
+        assert!(!r.reusable && r.close);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("Transfer-Encoding: chunked, gzip\r\n"),
+            "{text}"
+        );
+        // An empty field adds no coding: still chunked.
+        let RespParsed::Complete(r) = parse_response(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding:\r\n\r\n",
+            false,
+            false,
+            None,
+            &mut Vec::new(),
+        ) else {
+            panic!()
+        };
+        assert_eq!(r.body, Framing::Chunked);
+        // Chunked twice, over one or two fields: no telling where the body ends.
+        for h in [
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert!(matches!(
+                parse_response(h, false, false, None, &mut Vec::new()),
+                RespParsed::Bad
+            ));
+        }
+    }
+
+    const SEEDS: [&[u8]; 5] = [
+        b"GET /a?b=c HTTP/1.1\r\nHost: a.example\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n",
+        b"POST /u HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nConnection: keep-alive, x-h\r\nX-H: 1\r\n\r\nhello",
+        b"POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"GET http://h.example/p HTTP/1.1\r\nHost: x\r\nTE: trailers\r\n\r\n",
+        b"OPTIONS * HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+    ];
+
+    /// Check what a parse produced: an error status of the codec's, or an upstream head
+    /// that parses, with one Host and one unambiguous framing.
+    fn check_parse(data: &[u8], trusted: bool) -> Result<(), TestCaseError> {
+        let mut out = Vec::new();
+        match parse_request(data, &test_ctx(trusted), &mut out) {
+            Parsed::Partial => {}
+            Parsed::Acme { .. } => prop_assert!(false, "no ACME order is pending"),
+            Parsed::Refused(r) => prop_assert!(false, "no firewall, yet refused: {r:?}"),
+            Parsed::Bad(s) => prop_assert!(matches!(s, 400 | 431 | 501 | 505), "{s}"),
+            Parsed::Complete(r) => {
+                prop_assert!(r.head_len <= data.len());
+                let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS + 8];
+                let mut req = httparse::Request::new(&mut hs);
+                let n = req.parse(&out);
+                prop_assert!(
+                    matches!(n, Ok(httparse::Status::Complete(n)) if n == out.len()),
+                    "{:?} rendered {:?}",
+                    String::from_utf8_lossy(data),
+                    String::from_utf8_lossy(&out)
+                );
+                let count = |name: &str| {
+                    req.headers
+                        .iter()
+                        .filter(|h| h.name.eq_ignore_ascii_case(name))
+                        .count()
+                };
+                prop_assert_eq!(count("host"), 1);
+                prop_assert!(count("content-length") <= 1);
+                prop_assert_eq!(
+                    count("transfer-encoding"),
+                    usize::from(r.body == Framing::Chunked)
+                );
+                prop_assert!(count("content-length") == 0 || r.body != Framing::Chunked);
+                prop_assert_eq!(count("x-forwarded-for"), 1);
+                prop_assert_eq!(count("x-real-ip"), 1);
+                if !trusted {
+                    prop_assert_eq!(count("forwarded"), 0);
+                }
+                for h in [
+                    "connection",
+                    "keep-alive",
+                    "te",
+                    "upgrade",
+                    "proxy-connection",
+                ] {
+                    prop_assert_eq!(count(h), 0, "{}", h);
+                }
+                if let Framing::Length(n) = r.body {
+                    let v = req
+                        .headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case("content-length"));
+                    let want = n.to_string();
+                    prop_assert_eq!(v.map(|h| h.value), Some(want.as_bytes()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn random_bytes_never_panic_the_request_parser(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+            check_parse(&data, false)?;
+        }
+
+        #[test]
+        fn mutated_requests_parse_to_an_error_or_an_unambiguous_upstream_head(
+            seed in 0..SEEDS.len(),
+            edits in proptest::collection::vec(
+                (any::<prop::sample::Index>(), 0u8..3, prop::sample::select(&b"\r\n \t:,;\x00\x7f\x800aAzZ-/*?@\"chunked"[..])),
+                1..6,
+            ),
+            trusted in any::<bool>(),
+        ) {
+            let mut data = SEEDS[seed].to_vec();
+            for (at, op, b) in edits {
+                let i = at.index(data.len() + 1);
+                match op {
+                    0 => data.insert(i, b),
+                    1 if i < data.len() => { data.remove(i); }
+                    _ if i < data.len() => data[i] = b,
+                    _ => data.push(b),
+                }
+            }
+            check_parse(&data, trusted)?;
+            let mut c = Chunked::default();
+            let _ = c.scan(&data);
+            let _ = parse_response(&data, false, false, None, &mut Vec::new());
+        }
+
+        #[test]
+        fn random_bytes_never_panic_the_response_parser_or_the_chunk_scanner(
+            data in proptest::collection::vec(any::<u8>(), 0..300),
+            head in any::<bool>(),
+        ) {
+            let _ = parse_response(&data, head, false, None, &mut Vec::new());
+            let mut c = Chunked::default();
+            let _ = c.scan(&data);
+        }
+    }
+}
