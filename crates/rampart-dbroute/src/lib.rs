@@ -10,6 +10,10 @@
 //! * The topology comes from a watch on the db agents' records in etcd (with polling of
 //!   their `/cluster` as the fallback), from polling `/cluster`, or from probing a static
 //!   list of nodes, every `poll_interval` and at once after a failed write checkout.
+//! * Every call on a checked-out connection, the checkout's own `pg_is_in_recovery()`
+//!   and connecting are bounded by [`ConnParams::call_timeout`] / `connect_timeout`: a
+//!   frozen server (TCP open, nothing answering) costs one bound; the connection is then
+//!   discarded, the outcome unknown ([`RouteError::Timeout`], retryable).
 //!
 //! The decisions themselves are pure functions in [`plan`], property-tested.
 
@@ -28,7 +32,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
 pub use plan::{NodeState, Role, Topology};
-pub use pool::Pooled;
+pub use pool::{CallBound, Pooled};
 pub use token::{BadToken, Token};
 
 use pool::NodePool;
@@ -63,7 +67,12 @@ pub struct ConnParams {
     pub dbname: String,
     pub password: Option<String>,
     pub application_name: String,
+    /// Bounds connecting, start-up and authentication included.
     pub connect_timeout: Duration,
+    /// Bounds every call on a checked-out connection (queries, the checkout's health
+    /// check): past it the server is taken as gone, the connection discarded. Well over
+    /// any query the application makes, well under how long it holds a write.
+    pub call_timeout: Duration,
     /// Connect over TLS (sslmode=require, the server verified against this CA: chain and
     /// host name); plain TCP when `None`.
     pub tls: Option<tls::MakeRustls>,
@@ -77,6 +86,7 @@ impl Default for ConnParams {
             password: None,
             application_name: "rampart".into(),
             connect_timeout: Duration::from_secs(2),
+            call_timeout: Duration::from_secs(2),
             tls: None,
         }
     }
@@ -126,6 +136,15 @@ pub enum RouteError {
     Connect { node: String, reason: String },
     #[error("timed out waiting for a free connection to {node}")]
     PoolTimeout { node: String },
+    /// A call got no answer within the call timeout (the server frozen or cut off): the
+    /// connection was discarded and whether the call took effect is unknown.
+    #[error("database node {node} did not answer within {after:?}")]
+    Timeout { node: String, after: Duration },
+    /// The node a call went to stopped being the primary while the call was in flight
+    /// (a failover finished, or its lease lapsed): the call was given up, its outcome
+    /// unknown.
+    #[error("{node} stopped being the primary while a call to it was in flight")]
+    PrimaryChanged { node: String },
     #[error("database error: {0}")]
     Db(#[from] tokio_postgres::Error),
 }
@@ -137,7 +156,9 @@ impl RouteError {
             RouteError::NoPrimary
             | RouteError::NoNode
             | RouteError::Connect { .. }
-            | RouteError::PoolTimeout { .. } => true,
+            | RouteError::PoolTimeout { .. }
+            | RouteError::Timeout { .. }
+            | RouteError::PrimaryChanged { .. } => true,
             RouteError::Db(e) => e.is_closed() || e.code().is_none(),
         }
     }
@@ -182,15 +203,16 @@ impl WriteConn {
     }
 }
 
+/// The bounded calls of [`Pooled`] (`query`, `execute`, ...), then the client itself.
 impl std::ops::Deref for WriteConn {
-    type Target = tokio_postgres::Client;
-    fn deref(&self) -> &tokio_postgres::Client {
+    type Target = Pooled;
+    fn deref(&self) -> &Pooled {
         &self.conn
     }
 }
 
 impl std::ops::DerefMut for WriteConn {
-    fn deref_mut(&mut self) -> &mut tokio_postgres::Client {
+    fn deref_mut(&mut self) -> &mut Pooled {
         &mut self.conn
     }
 }
@@ -212,14 +234,14 @@ impl ReadConn {
 }
 
 impl std::ops::Deref for ReadConn {
-    type Target = tokio_postgres::Client;
-    fn deref(&self) -> &tokio_postgres::Client {
+    type Target = Pooled;
+    fn deref(&self) -> &Pooled {
         &self.conn
     }
 }
 
 impl std::ops::DerefMut for ReadConn {
-    fn deref_mut(&mut self) -> &mut tokio_postgres::Client {
+    fn deref_mut(&mut self) -> &mut Pooled {
         &mut self.conn
     }
 }
@@ -301,6 +323,44 @@ impl Router {
         }
     }
 
+    /// The name of the primary the last observed topology shows, if any.
+    pub fn primary_name(&self) -> Option<String> {
+        let topo = self.topology();
+        topo.primary().map(|i| topo.nodes[i].name.clone())
+    }
+
+    /// Resolves as soon as the topology no longer shows `node` as the primary (its lease
+    /// lapsed, or another node holds it). Raced against a write on `node`, it ends a call
+    /// stuck on a frozen primary at the failover itself rather than at the call bound.
+    pub async fn primary_leaves(&self, node: &str) {
+        loop {
+            let notified = self.inner.changed.notified();
+            let topo = self.topology();
+            if topo.primary().is_none_or(|i| topo.nodes[i].name != node) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// `call` (a write's attempt on the primary), given up with
+    /// [`RouteError::PrimaryChanged`] if the primary it went to stops being the primary
+    /// before it finishes: its connection is then discarded (a call dropped half-way
+    /// never returns to the pool) and the outcome unknown, so only a call that is safe to
+    /// send again (idempotent, or under an idempotency key) belongs here.
+    pub async fn on_current_primary<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, RouteError>>,
+    ) -> Result<T, RouteError> {
+        let Some(node) = self.primary_name() else {
+            return call.await;
+        };
+        tokio::select! {
+            r = call => r,
+            () = self.primary_leaves(&node) => Err(RouteError::PrimaryChanged { node }),
+        }
+    }
+
     fn pool_for(&self, n: &NodeState) -> Arc<NodePool> {
         let key = (n.name.clone(), n.host.clone(), n.port);
         let mut pools = self.inner.pools.lock().unwrap_or_else(|e| e.into_inner());
@@ -370,6 +430,7 @@ impl Router {
     async fn checkout_writable(&self, node: &NodeState) -> Result<WriteConn, RouteError> {
         let pool = self.pool_for(node);
         let mut conn = pool.get().await?;
+        // Bounded like every call: an idle connection to a frozen primary fails here.
         match conn.query_one("SELECT pg_is_in_recovery()", &[]).await {
             Ok(row) => {
                 let in_recovery: bool = row.try_get(0)?;
@@ -385,7 +446,7 @@ impl Router {
             }
             Err(e) => {
                 conn.discard();
-                Err(e.into())
+                Err(e)
             }
         }
     }
@@ -506,7 +567,8 @@ impl Router {
         loop {
             let mut idx = 0;
             while idx < conns.len() {
-                let ok = match source::probe(&conns[idx].1).await {
+                let c = &conns[idx].1;
+                let ok = match c.bound().call(source::probe(c)).await {
                     Ok(p) => p.in_recovery && plan::replica_has(t, p.timeline, p.lsn),
                     Err(_) => {
                         conns[idx].1.discard();

@@ -27,6 +27,8 @@
 //! max_lag_bytes = 16777216
 //! read_wait_ms = 200
 //! pool_size = 16
+//! # Every database call (and connect) is bounded: ttl / 2 of the same file's [db]
+//! # (1.5 s with the default ttl of 3 s), within 0.5..2 s; 2 s without a [db].
 //!
 //! [[web.node]]
 //! name = "web1"
@@ -134,6 +136,25 @@ pub struct DatabaseConfig {
     /// `ssl = on` and a certificate of the stack's CA): connect over TLS, verifying the
     /// nodes against this CA.
     pub tls_ca: Option<std::path::PathBuf>,
+    /// Bounds every database call and connect ([`call_timeout`]): a call on a frozen
+    /// server is abandoned after this and the write sent again on a fresh connection.
+    pub call_timeout: Duration,
+}
+
+/// The call bound when the db timings are unknown (no `[db]` in the same file).
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The call bound from the db agents' lease `ttl`: `ttl / 2`, within 0.5..=2 s. A frozen
+/// primary keeps its lease (and its place in the topology) up to `ttl`; a silent call is
+/// given up before that lease even runs out, so the write is ready to go to the new
+/// primary as soon as it is elected, and a held write takes at most the failover plus
+/// one bound (3 s + promotion + 1.5 s with the defaults, under the 8 s hold). Healthy
+/// guestbook calls take milliseconds.
+pub fn call_timeout(ttl: Option<Duration>) -> Duration {
+    match ttl {
+        Some(t) => (t / 2).clamp(Duration::from_millis(500), DEFAULT_CALL_TIMEOUT),
+        None => DEFAULT_CALL_TIMEOUT,
+    }
 }
 
 impl DatabaseConfig {
@@ -147,6 +168,7 @@ impl DatabaseConfig {
             read_wait: Duration::from_millis(200),
             pool_size: 16,
             tls_ca: None,
+            call_timeout: DEFAULT_CALL_TIMEOUT,
         }
     }
 }
@@ -485,6 +507,15 @@ fn validate_db(
                 .unwrap_or_else(|| "rampart".to_string()),
         );
     }
+    if let Some(db) = &file.db {
+        // The lease of the agents of the same file (default 3 s); a bad value is
+        // reported by the [db] section's own validation.
+        let ttl = match &db.ttl {
+            Some(t) => crate::lb::parse_duration(t.get_ref()).ok(),
+            None => Some(Duration::from_secs(3)),
+        };
+        c.call_timeout = call_timeout(ttl);
+    }
     if let Some(l) = d.max_lag_bytes {
         c.max_lag_bytes = l;
     }
@@ -654,5 +685,22 @@ mod tests {
         assert!(http_header::Name::parse("X-Node").is_some());
         assert!(http_header::Name::parse("bad header").is_none());
         assert!(http_header::Name::parse("").is_none());
+    }
+
+    #[test]
+    fn the_call_bound_follows_the_lease() {
+        assert_eq!(call_timeout(None), Duration::from_secs(2));
+        assert_eq!(
+            call_timeout(Some(Duration::from_secs(3))),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(
+            call_timeout(Some(Duration::from_secs(1))),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            call_timeout(Some(Duration::from_secs(30))),
+            Duration::from_secs(2)
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! The built-in application: a guestbook on PostgreSQL, writing to the primary and
 //! reading from replicas, with read-your-writes through a token cookie/header.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,11 +44,34 @@ const MIGRATIONS: [(i32, &str); 2] = [
 ];
 
 /// How long a write is held across a failover (no primary, or the connection to the
-/// old one broken) before the client gets a 503: a few seconds longer than a failover.
+/// old one broken or silent) before the client gets a 503: a few seconds longer than a
+/// failover. No try waits on one connection longer than the router's call bound
+/// (`[web.database]`'s `call_timeout`, ttl / 2 of the db lease: 1.5 s by default), so a
+/// write sent to a primary that froze is sent again, on a fresh connection to the new
+/// primary, well within the hold.
 pub const WRITE_HOLD: Duration = Duration::from_secs(8);
 
-/// How long a read is tried again on other nodes when the one it went to fails.
-const READ_RETRY: Duration = Duration::from_secs(3);
+/// How a request is held across a failover ([`Guestbook::retrying`]).
+#[derive(Clone, Copy)]
+struct Hold {
+    what: &'static str,
+    /// Tries again while this has not passed since the first try.
+    window: Duration,
+    /// Also cut a try at the window's end (a write: 503 then, never later).
+    cut: bool,
+    /// Whether an error may go away on another try.
+    retry: fn(&RouteError) -> bool,
+}
+
+/// A read is tried again on other nodes for 3 s when the one it went to fails or is
+/// silent (each try bounded by the router's call bound). Not cut: a read behind a token
+/// may wait for the new primary.
+const READ_HOLD: Hold = Hold {
+    what: "read",
+    window: Duration::from_secs(3),
+    cut: false,
+    retry: RouteError::is_unavailable,
+};
 
 /// Request header naming a write; the same key sent again returns the stored message.
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
@@ -164,8 +188,10 @@ pub fn request_key(h: &HeaderMap) -> Result<Option<String>, ApiError> {
 
 /// A replica that has not replayed the migrations yet (just after the first start-up):
 /// the read goes to the primary instead.
-fn schema_not_replayed(e: &tokio_postgres::Error, role: Role) -> bool {
-    role == Role::Replica && e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE)
+fn schema_not_replayed(e: &RouteError, role: Role) -> bool {
+    role == Role::Replica
+        && matches!(e, RouteError::Db(db)
+            if db.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE))
 }
 
 impl Guestbook {
@@ -222,35 +248,37 @@ impl Guestbook {
     /// safe when several web nodes start at once). Returns how many were applied.
     pub async fn migrate(&self) -> Result<usize, RouteError> {
         let mut w = self.router.write().await?;
-        let tx = w.transaction().await?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        // Every statement bounded like the connection's own calls.
+        let b = w.bound();
+        let tx = b.call(w.transaction()).await?;
+        b.call(tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]))
             .await?;
-        tx.batch_execute(
+        b.call(tx.batch_execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (
                 version integer PRIMARY KEY,
                 applied_at timestamptz NOT NULL DEFAULT now())",
-        )
+        ))
         .await?;
         let mut applied = 0;
         for (version, sql) in MIGRATIONS {
-            let done = tx
-                .query_opt(
+            let done = b
+                .call(tx.query_opt(
                     "SELECT 1 FROM schema_migrations WHERE version = $1",
                     &[&version],
-                )
+                ))
                 .await?
                 .is_some();
             if !done {
-                tx.batch_execute(sql).await?;
-                tx.execute(
+                b.call(tx.batch_execute(sql)).await?;
+                b.call(tx.execute(
                     "INSERT INTO schema_migrations (version) VALUES ($1)",
                     &[&version],
-                )
+                ))
                 .await?;
                 applied += 1;
             }
         }
-        tx.commit().await?;
+        b.call(tx.commit()).await?;
         Ok(applied)
     }
 
@@ -261,7 +289,11 @@ impl Guestbook {
     /// waits for one, and when the connection breaks with the outcome unknown (the old
     /// primary died after the INSERT was sent) it is sent again to the new primary,
     /// where the key's unique index turns a write that did commit into a read of it.
-    /// A client sees latency, not an error, and never two copies.
+    /// The same when the primary stops answering (frozen: the connection open, silent):
+    /// a try is given up as soon as the topology stops showing its node as the primary
+    /// (the frozen primary's lease lapsed), and each call after the router's call bound
+    /// anyway; the connection is discarded and the write goes again to whichever primary
+    /// is current. Every try ends with the hold. A client sees latency, not an error, and never two copies.
     pub async fn post(
         &self,
         author: &str,
@@ -269,19 +301,53 @@ impl Guestbook {
         key: Option<&str>,
     ) -> Result<(Message, String, Token), RouteError> {
         let key = key.map_or_else(new_key, str::to_string);
-        let deadline = std::time::Instant::now() + WRITE_HOLD;
-        let mut attempt = 0u32;
+        let hold = Hold {
+            what: "write",
+            window: WRITE_HOLD,
+            cut: true,
+            retry: retryable,
+        };
+        // Each try is also given up the moment its primary stops being one (a frozen
+        // primary's lease lapsing): the write goes on to the new one at once.
+        self.retrying(hold, || {
+            self.router
+                .on_current_primary(self.post_once(author, text, &key))
+        })
+        .await
+    }
+
+    /// The guestbook's one retry path: `attempt` until it succeeds, fails for good, or
+    /// the hold's window has passed, the topology looked at again at once between tries.
+    async fn retrying<T, F, Fut>(&self, hold: Hold, mut attempt: F) -> Result<T, RouteError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, RouteError>>,
+    {
+        let deadline = tokio::time::Instant::now() + hold.window;
+        let mut tries = 0u32;
         loop {
-            attempt += 1;
-            match self.post_once(author, text, &key).await {
-                Ok(r) => {
-                    if attempt > 1 {
-                        tracing::info!(attempt, key = %key, "write held across a failover went through");
+            tries += 1;
+            let r = if hold.cut {
+                // Dropped at the deadline: a call half-way discards its connection.
+                tokio::time::timeout_at(deadline, attempt())
+                    .await
+                    .unwrap_or(Err(RouteError::NoPrimary))
+            } else {
+                attempt().await
+            };
+            match r {
+                Ok(v) => {
+                    if tries > 1 {
+                        tracing::info!(
+                            tries,
+                            what = hold.what,
+                            "held across a failover: went through"
+                        );
                     }
-                    return Ok(r);
+                    return Ok(v);
                 }
-                Err(e) if retryable(&e) && std::time::Instant::now() < deadline => {
-                    tracing::info!(attempt, error = %e, "write not done (no primary or connection lost): holding it and sending again");
+                Err(e) if (hold.retry)(&e) && tokio::time::Instant::now() < deadline => {
+                    tracing::info!(tries, what = hold.what, error = %e, "not done (no primary, node gone or silent): trying again");
                     self.router.refresh();
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
@@ -329,17 +395,8 @@ impl Guestbook {
         limit: i64,
         token: Option<Token>,
     ) -> Result<(Vec<Message>, String, Role), RouteError> {
-        let deadline = std::time::Instant::now() + READ_RETRY;
-        loop {
-            match self.list_once(limit, token).await {
-                Err(e) if e.is_unavailable() && std::time::Instant::now() < deadline => {
-                    tracing::info!(error = %e, "read failed on a node that went away: reading again");
-                    self.router.refresh();
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                r => return r,
-            }
-        }
+        self.retrying(READ_HOLD, || self.list_once(limit, token))
+            .await
     }
 
     async fn list_once(
@@ -369,17 +426,7 @@ impl Guestbook {
         id: i64,
         token: Option<Token>,
     ) -> Result<(Option<Message>, String, Role), RouteError> {
-        let deadline = std::time::Instant::now() + READ_RETRY;
-        loop {
-            match self.get_once(id, token).await {
-                Err(e) if e.is_unavailable() && std::time::Instant::now() < deadline => {
-                    tracing::info!(error = %e, "read failed on a node that went away: reading again");
-                    self.router.refresh();
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                r => return r,
-            }
-        }
+        self.retrying(READ_HOLD, || self.get_once(id, token)).await
     }
 
     async fn get_once(

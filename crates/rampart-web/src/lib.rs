@@ -126,7 +126,10 @@ pub fn build_node(cfg: &WebConfig) -> Result<Arc<Node>, WebError> {
                 dbname: db.dbname.clone(),
                 password: db.password.clone(),
                 application_name: format!("rampart-web-{}", cfg.name),
-                connect_timeout: Duration::from_secs(2),
+                // One bound for connecting and for every call: a frozen node costs
+                // that, then the write goes elsewhere (see guestbook::WRITE_HOLD).
+                connect_timeout: db.call_timeout,
+                call_timeout: db.call_timeout,
                 tls: match &db.tls_ca {
                     None => None,
                     Some(ca) => Some(
