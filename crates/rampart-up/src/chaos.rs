@@ -86,6 +86,9 @@ pub struct Report {
     pub writes_acked: u64,
     pub writes_lost: u64,
     pub lost_ids: Vec<i64>,
+    /// Rows storing an acknowledged write a second time (a write sent again across a
+    /// failover without its idempotency key holding).
+    pub writes_duplicated: u64,
     /// The longest a write took to be acknowledged (a write held across a failover
     /// shows here rather than as a failure).
     pub longest_write_ms: u64,
@@ -146,9 +149,10 @@ impl fmt::Display for Report {
         )?;
         write!(
             f,
-            "writes          {} acknowledged, {} lost, the longest took {} ms{}",
+            "writes          {} acknowledged, {} lost, {} stored twice, the longest took {} ms{}",
             self.writes_acked,
             self.writes_lost,
+            self.writes_duplicated,
             self.longest_write_ms,
             if self.lost_ids.is_empty() {
                 String::new()
@@ -168,6 +172,8 @@ struct Sample {
 #[derive(Debug, Clone)]
 struct Acked {
     id: i64,
+    /// The write's number in this drill (its text and key carry it).
+    n: u64,
     token: Option<String>,
     took: Duration,
 }
@@ -182,7 +188,10 @@ fn kill_group(pid: u32, sig: Signal) -> Result<(), UpError> {
 /// may send it again across a failover without storing it twice. The client waits as
 /// long as the web tier holds a write (8 s) and then some.
 fn post_message(site: &Site, run: u64, n: u64) -> Option<Acked> {
-    let body = format!("{{\"author\":\"chaos\",\"text\":\"drill message {n}\"}}");
+    let body = format!(
+        "{{\"author\":\"chaos\",\"text\":\"{}\"}}",
+        drill_text(run, n)
+    );
     let key = format!("chaos-{run:x}-{n}");
     let t = Instant::now();
     let r = site
@@ -203,9 +212,56 @@ fn post_message(site: &Site, run: u64, n: u64) -> Option<Acked> {
     let v: Value = serde_json::from_slice(&r.body).ok()?;
     Some(Acked {
         id: v.get("id")?.as_i64()?,
+        n,
         token: r.header("x-rampart-token").map(str::to_string),
         took: t.elapsed(),
     })
+}
+
+/// The text of write `n` of drill `run`.
+fn drill_text(run: u64, n: u64) -> String {
+    format!("drill {run:x} message {n}")
+}
+
+/// Rows that store an acknowledged write a second time: every id between this drill's
+/// first acknowledged write and a little past its last that the client was not given
+/// (the sequence has gaps: rolled-back inserts, a new primary's cached values), read
+/// with the newest token; one whose text is an acknowledged write's is a copy. A write
+/// that failed for the client but was stored is not counted (it is stored once).
+fn duplicates(site: &Site, run: u64, acked: &[Acked]) -> u64 {
+    let (Some(lo), Some(newest)) = (
+        acked.iter().map(|a| a.id).min(),
+        acked.iter().max_by_key(|a| a.id),
+    ) else {
+        return 0;
+    };
+    let given: std::collections::HashSet<i64> = acked.iter().map(|a| a.id).collect();
+    let texts: std::collections::HashSet<String> =
+        acked.iter().map(|a| drill_text(run, a.n)).collect();
+    let headers: Vec<(&str, &str)> = newest
+        .token
+        .as_deref()
+        .map(|t| vec![("X-Rampart-Token", t)])
+        .unwrap_or_default();
+    // Past the last acknowledged id: a held write's copy may have taken a later one.
+    let hi = newest.id.saturating_add(64);
+    let mut copies = 0;
+    for id in (lo..=hi).filter(|id| !given.contains(id)) {
+        let path = format!("/api/messages/{id}");
+        let Ok(r) = site.request("GET", &path, &headers, b"", Duration::from_secs(3)) else {
+            continue;
+        };
+        if r.status != 200 {
+            continue;
+        }
+        let text = serde_json::from_slice::<Value>(&r.body)
+            .ok()
+            .and_then(|v| v.get("text").and_then(Value::as_str).map(str::to_string));
+        if text.is_some_and(|t| texts.contains(&t)) {
+            copies += 1;
+        }
+    }
+    copies
 }
 
 fn read_back(site: &Site, a: &Acked) -> bool {
@@ -296,15 +352,15 @@ pub fn run(r: &Resolved, drill: &Drill, o: &DrillOptions) -> Result<Report, UpEr
     let stop = Arc::new(AtomicBool::new(false));
     let samples: Arc<Mutex<Vec<Sample>>> = Arc::new(Mutex::new(Vec::new()));
     let acked: Arc<Mutex<Vec<Acked>>> = Arc::new(Mutex::new(Vec::new()));
+    // This drill's writes' keys and texts: unique per run (the clock and this process).
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        ^ u64::from(std::process::id()) << 48;
     let client = {
         let (stop, samples, acked) = (stop.clone(), samples.clone(), acked.clone());
         let site = site.clone();
         let period = Duration::from_secs_f64(1.0 / f64::from(o.rate.max(1)));
-        // This drill's writes' keys: unique per run (the clock and this process).
-        let run = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64)
-            ^ u64::from(std::process::id()) << 48;
         std::thread::spawn(move || {
             let mut n = 0u64;
             while !stop.load(Ordering::SeqCst) {
@@ -552,6 +608,7 @@ pub fn run(r: &Resolved, drill: &Drill, o: &DrillOptions) -> Result<Report, UpEr
         writes_acked: acked.len() as u64,
         writes_lost: lost_ids.len() as u64,
         lost_ids,
+        writes_duplicated: duplicates(&site, run, &acked),
         longest_write_ms: acked
             .iter()
             .map(|a| a.took.as_millis() as u64)

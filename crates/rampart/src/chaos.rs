@@ -126,7 +126,7 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
     } else {
         println!("{report}");
     }
-    if report.writes_lost > 0 || !report.recovered {
+    if report.writes_lost > 0 || report.writes_duplicated > 0 || !report.recovered {
         std::process::exit(1);
     }
     Ok(())
