@@ -327,7 +327,8 @@ async fn post(url: &str, request: Vec<u8>) -> Result<Vec<u8>, String> {
         let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
             .await
             .map_err(|e| format!("HTTP: {e}"))?;
-        tokio::spawn(conn);
+        // Ends when the answer is read or its wait is given up (bounded either way).
+        tokio::spawn(tokio::time::timeout(FETCH_TIMEOUT, conn));
         let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
         let req = Request::builder()
             .method(Method::POST)

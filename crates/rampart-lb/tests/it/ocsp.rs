@@ -7,14 +7,53 @@
 //! a chain without its issuer staple nothing.
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use rampart_testkit::{free_port, Proc, TempDir};
+use nix::sys::signal::Signal;
+use rampart_testkit::{free_port, rampart_bin, wait_port, Proc, TempDir};
 
 use crate::pki::{run, text};
-use crate::support::{Backend, Lb};
+use crate::support::Backend;
+
+/// A `rampart lb` whose configuration file the test rewrites.
+struct Lb {
+    proc: Proc,
+    addr: SocketAddr,
+    config: PathBuf,
+}
+
+impl Lb {
+    /// Start `rampart lb` with `config` (`{LISTEN}`: a free address) written in `dir`.
+    async fn start(dir: &Path, config: &str) -> Lb {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut lb = Lb {
+            proc: Proc::spawn("placeholder", Command::new("true"), &dir.join("true.log")),
+            addr,
+            config: dir.join("lb.toml"),
+        };
+        lb.write(config);
+        let mut cmd = Command::new(rampart_bin());
+        cmd.arg("lb")
+            .arg("--config")
+            .arg(&lb.config)
+            .args(["--threads", "2"])
+            .env("RUST_LOG", "info,rampart_lb=debug");
+        lb.proc = Proc::spawn("rampart lb", cmd, &dir.join("lb.log"));
+        let a = lb.addr;
+        let up = tokio::task::spawn_blocking(move || wait_port(a, Duration::from_secs(10)))
+            .await
+            .unwrap();
+        assert!(up, "rampart lb did not listen:\n{}", lb.proc.log_text());
+        lb
+    }
+
+    fn write(&self, config: &str) {
+        let text = config.replace("{LISTEN}", &self.addr.to_string());
+        std::fs::write(&self.config, text).unwrap();
+    }
+}
 
 fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
@@ -255,7 +294,7 @@ async fn ocsp_staples_survive_reloads_and_never_hold_handshakes() {
          [[pool]]\nname = \"web\"\nservers = [{{ address = \"{}\" }}]\nhealth_check = {{ kind = \"none\" }}\n",
         b.addr
     );
-    let lb = Lb::start(&cfg).await;
+    let lb = Lb::start(dir, &cfg).await;
     let ca = dir.join("ca.pem");
 
     // The answer is stapled soon after the start.
@@ -353,6 +392,46 @@ async fn ocsp_staples_survive_reloads_and_never_hold_handshakes() {
     );
     assert!(lb.proc.log_text().matches(STAPLED).count() > fetched);
 
+    // A configuration reload that changes the listener's TLS settings (its set-up is
+    // made again): the staple stays, not fetched again.
+    let fetched = lb.proc.log_text().matches(STAPLED).count();
+    lb.write(&cfg.replace(
+        &format!("tls = {{ cert = \"{chain}\", key = \"{key}\" }}"),
+        &format!("tls = {{ cert = \"{chain}\", key = \"{key}\", hsts = \"1d\" }}"),
+    ));
+    lb.proc.signal(Signal::SIGHUP);
+    assert!(
+        wait_log(&lb, "configuration reloaded", 0, Duration::from_secs(10)).await,
+        "no reload: {}",
+        lb.proc.log_text()
+    );
+    // The new set-up serves (HSTS on) from a connection accepted after the swap.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut c = Command::new("curl");
+        c.args(["-sS", "-m", "10", "-o", "/dev/null", "-D", "-", "--cacert"])
+            .arg(&ca)
+            .arg(format!("https://127.0.0.1:{}/", lb.addr.port()));
+        let head = text(&run(c).await);
+        if head.contains("max-age=86400") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not reloaded: {head}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = status(lb.addr, &ca).await;
+    assert!(
+        stapled_good(&out) && out.contains("Serial Number: 1002"),
+        "staple lost by a configuration reload: {out}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        lb.proc.log_text().matches(STAPLED).count(),
+        fetched,
+        "fetched again after a configuration reload: {}",
+        lb.proc.log_text()
+    );
+
     // The silent responder's fetch timed out and is retried; the listener still serves.
     assert!(
         wait_log(&lb, "timed out", 0, Duration::from_secs(15)).await,
@@ -386,7 +465,7 @@ async fn ocsp_staple_kept_while_the_responder_is_down_and_replaced_by_revocation
          [[pool]]\nname = \"web\"\nservers = [{{ address = \"{}\" }}]\nhealth_check = {{ kind = \"none\" }}\n",
         b.addr
     );
-    let lb = Lb::start(&cfg).await;
+    let lb = Lb::start(dir, &cfg).await;
     let ca = dir.join("ca.pem");
     let (ok, last) = wait_status(lb.addr, &ca, stapled_good, Duration::from_secs(20)).await;
     assert!(ok, "no good answer stapled: {last}\n{}", lb.proc.log_text());
