@@ -415,6 +415,16 @@ impl Collector for LbCollector {
             "Seconds left before each served TLS certificate expires (negative: expired).",
             &left,
         )?;
+        let staples: Vec<(Labels, i64)> = crate::tls::ocsp_staples()
+            .into_iter()
+            .map(|(listener, cert, t)| (vec![("listener", listener), ("cert", cert)], t))
+            .collect();
+        gauge(
+            &mut enc,
+            "rampart_tls_ocsp_staple_valid_until_seconds",
+            "Until when each served TLS certificate has a good OCSP answer stapled (its nextUpdate), in seconds since the epoch; 0 when none (no responder, not fetched yet, expired, or revoked).",
+            &staples,
+        )?;
         vrrp_metrics(&mut enc, sh)
     }
 }

@@ -10,6 +10,10 @@
 //! certificate, e.g. halfway through a rotation) keeps the one in use and is retried on
 //! the next change.
 //!
+//! Certificates whose leaf names an OCSP responder get its answers stapled
+//! ([`crate::tls_ocsp`]; every store of a listener's certificate set goes through its
+//! [`Book`], which attaches them).
+//!
 //! Sessions resume by TLS 1.3 tickets and TLS 1.2 tickets or session IDs: tickets are
 //! sealed with keys that may be shared by the balancers of a pair ([`crate::tls_tickets`]),
 //! session IDs are kept per process. Early data (0-RTT) is refused.
@@ -33,6 +37,7 @@ use rustls::sign::CertifiedKey;
 use tokio::net::TcpStream;
 
 use crate::tls_certs::{self, CertSet};
+use crate::tls_ocsp::Book;
 use crate::tls_tickets::{KeyFileError, Tickets};
 
 /// How often the watcher looks at the certificate files' modification times.
@@ -100,6 +105,8 @@ pub struct TlsTerm {
     tickets: Option<Arc<Tickets>>,
     /// `Strict-Transport-Security` value for every response, when configured.
     pub(crate) hsts: Option<HeaderValue>,
+    /// OCSP stapling states of the certificates.
+    pub(crate) ocsp: Book,
 }
 
 pub(crate) fn provider() -> Arc<CryptoProvider> {
@@ -119,7 +126,9 @@ fn stamps(files: &ListenerTls) -> Vec<Stamps> {
 }
 
 impl TlsTerm {
-    fn new(listener: &str, files: &ListenerTls) -> Result<TlsTerm, TlsError> {
+    /// A listener's TLS set-up; `prior` is the OCSP book of the listener's set-up before a
+    /// configuration reload changed it (its staples are kept).
+    fn new(listener: &str, files: &ListenerTls, prior: Option<&Book>) -> Result<TlsTerm, TlsError> {
         let stamps = stamps(files);
         let mut certs = Vec::with_capacity(files.certs.len());
         for (i, c) in files.certs.iter().enumerate() {
@@ -132,7 +141,15 @@ impl TlsTerm {
                 Err(e) => return Err(e),
             }
         }
-        let resolver = Arc::new(Resolver(ArcSwap::from_pointee(CertSet::new(certs))));
+        let resolver = Arc::new(Resolver(ArcSwap::from_pointee(CertSet::new(Vec::new()))));
+        let ocsp = Book::new(files.ocsp_stapling, prior);
+        ocsp.store(
+            listener,
+            files,
+            &resolver.0,
+            Some(certs),
+            crate::acme::now_secs(),
+        );
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| TlsError::Config(e, listener.to_string()))?
@@ -188,6 +205,7 @@ impl TlsTerm {
             loaded: Mutex::new(stamps),
             tickets,
             hsts,
+            ocsp,
         })
     }
 
@@ -214,7 +232,13 @@ impl TlsTerm {
                 }
             }
         }
-        self.resolver.0.store(Arc::new(CertSet::new(certs)));
+        self.ocsp.store(
+            &self.listener,
+            &self.files,
+            &self.resolver.0,
+            Some(certs),
+            crate::acme::now_secs(),
+        );
         if let Ok(mut l) = self.loaded.lock() {
             *l = stamps;
         }
@@ -236,6 +260,18 @@ impl TlsTerm {
     pub fn listener(&self) -> &str {
         &self.listener
     }
+
+    /// Present the certificates in use with their current OCSP staples (none once
+    /// expired); a no-op when nothing changed.
+    pub(crate) fn restaple(&self) {
+        self.ocsp.store(
+            &self.listener,
+            &self.files,
+            &self.resolver.0,
+            None,
+            crate::acme::now_secs(),
+        );
+    }
 }
 
 /// Each served certificate's expiry: (listener, certificate file, notAfter in seconds since
@@ -255,6 +291,33 @@ pub(crate) fn expiries() -> Vec<(String, String, i64)> {
         }
     }
     out
+}
+
+/// Each served certificate's stapled OCSP answer: (listener, certificate file, until when
+/// a `good` answer is stapled in seconds since the epoch, 0 when none), for the metrics.
+pub(crate) fn ocsp_staples() -> Vec<(String, String, i64)> {
+    let now = crate::acme::now_secs();
+    let mut out = Vec::new();
+    for t in terms() {
+        let set = t.resolver.0.load();
+        for c in set.certs.iter() {
+            let Some(files) = t.files.certs.get(c.source) else {
+                continue;
+            };
+            let until = if c.key.ocsp.is_some() {
+                t.ocsp.good_until(&c.chain_id, now)
+            } else {
+                0
+            };
+            out.push((t.listener.clone(), files.cert.display().to_string(), until));
+        }
+    }
+    out
+}
+
+/// Every TLS listener's terminator.
+pub(crate) fn terms() -> Vec<Arc<TlsTerm>> {
+    TERMS.lock().map(|t| t.clone()).unwrap_or_default()
 }
 
 fn certs_len(r: &Resolver) -> usize {
@@ -280,7 +343,10 @@ pub fn prepare(config: &LbConfig) -> Result<(), TlsError> {
                 t.reload()?;
                 next.push(t.clone());
             }
-            None => next.push(Arc::new(TlsTerm::new(&l.name, files)?)),
+            None => {
+                let prior = old.iter().find(|t| t.listener == l.name).map(|t| &t.ocsp);
+                next.push(Arc::new(TlsTerm::new(&l.name, files, prior)?));
+            }
         }
     }
     if let Ok(mut t) = TERMS.lock() {
@@ -308,8 +374,9 @@ pub fn reload_certs() -> Vec<TlsError> {
 
 /// Watch the certificate files on the current runtime: reload a listener's certificates
 /// when a cert or key file's modification time changes; rotate and re-read the session
-/// ticket keys.
+/// ticket keys; fetch and staple OCSP answers.
 pub fn spawn_watch() {
+    crate::tls_ocsp::spawn();
     tokio::spawn(async {
         let mut tick = tokio::time::interval(WATCH_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -30,6 +30,8 @@ pub(crate) struct Loaded {
     pub not_after: Option<i64>,
     /// Its position in the listener's configured list (an optional one may be missing).
     pub source: usize,
+    /// Its leaf and issuer's identity, for OCSP stapling.
+    pub chain_id: crate::tls_ocsp::ChainId,
 }
 
 impl Loaded {
@@ -192,16 +194,18 @@ pub(crate) fn load(listener: &str, files: &CertFiles, source: usize) -> Result<L
         )
     })?;
     let not_after = key.cert.first().and_then(|c| not_after(c.as_ref()));
+    let chain_id = crate::tls_ocsp::chain_id(&key.cert);
     Ok(Loaded {
         key: Arc::new(key),
         names,
         not_after,
         source,
+        chain_id,
     })
 }
 
 /// One DER element: (tag, contents, what follows).
-fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+pub(crate) fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (&tag, b) = b.split_first()?;
     let (&l, b) = b.split_first()?;
     let (len, b) = if l < 0x80 {
@@ -234,7 +238,7 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 }
 
 /// An X.509 time (UTCTime or GeneralizedTime, in UTC) in seconds since the epoch.
-fn x509_time(tag: u8, v: &[u8]) -> Option<i64> {
+pub(crate) fn x509_time(tag: u8, v: &[u8]) -> Option<i64> {
     let s = std::str::from_utf8(v).ok()?.strip_suffix('Z')?;
     let (year, rest) = match tag {
         0x17 if s.len() == 12 => {

@@ -57,9 +57,9 @@ pub fn pem(label: &str, der: &[u8]) -> String {
 }
 
 // ---------------------------------------------------------------------------------
-// DER
+// DER (also used by the OCSP requests of `crate::ocsp`)
 
-fn tlv(tag: u8, body: &[u8]) -> Vec<u8> {
+pub(crate) fn tlv(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut out = vec![tag];
     let n = body.len();
     if n < 0x80 {
@@ -74,11 +74,11 @@ fn tlv(tag: u8, body: &[u8]) -> Vec<u8> {
     out
 }
 
-fn seq(parts: &[&[u8]]) -> Vec<u8> {
+pub(crate) fn seq(parts: &[&[u8]]) -> Vec<u8> {
     tlv(0x30, &parts.concat())
 }
 
-fn oid(arcs: &[u64]) -> Vec<u8> {
+pub(crate) fn oid(arcs: &[u64]) -> Vec<u8> {
     let mut body = vec![(arcs[0] * 40 + arcs[1]) as u8];
     for &a in &arcs[2..] {
         let mut groups = vec![(a & 0x7f) as u8];
@@ -99,12 +99,12 @@ fn bit_string(b: &[u8]) -> Vec<u8> {
     tlv(0x03, &body)
 }
 
-fn octets(b: &[u8]) -> Vec<u8> {
+pub(crate) fn octets(b: &[u8]) -> Vec<u8> {
     tlv(0x04, b)
 }
 
 /// A positive INTEGER from big-endian magnitude bytes.
-fn uint(b: &[u8]) -> Vec<u8> {
+pub(crate) fn uint(b: &[u8]) -> Vec<u8> {
     let skip = b.iter().take_while(|x| **x == 0).count().min(b.len() - 1);
     let mut body = Vec::new();
     if b[skip] & 0x80 != 0 {

@@ -11,6 +11,7 @@ mod firewall;
 mod h1;
 mod h1_hardening;
 mod lrt;
+mod ocsp;
 mod ops;
 mod outlier;
 mod pki;

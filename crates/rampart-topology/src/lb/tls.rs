@@ -21,6 +21,7 @@
 //! session_cache = 20000            # TLS 1.2 session IDs kept (0: none)
 //! ticket_keys_file = "/var/lib/rampart/ticket.keys"  # shared by the balancers of a pair
 //! ticket_keys_rotate = "12h"       # this balancer rotates the file (one of the pair)
+//! ocsp_stapling = true             # staple OCSP answers where a certificate names a responder
 //!
 //! [[pool]]
 //! name = "web"
@@ -56,6 +57,8 @@ pub struct ListenerTls {
     pub resumption: Resumption,
     /// The first certificate is ordered from an ACME CA (and kept in its state folder).
     pub acme: Option<super::acme::Acme>,
+    /// Staple OCSP answers for the certificates that name a responder (default on).
+    pub ocsp_stapling: bool,
 }
 
 /// One certificate chain and its key.
@@ -148,6 +151,8 @@ pub struct RawListenerTls {
     pub ticket_keys_rotate: Option<Spanned<String>>,
     #[serde(default)]
     pub acme: Option<super::acme::RawAcme>,
+    #[serde(default)]
+    pub ocsp_stapling: Option<bool>,
 }
 
 /// `{ cert = "PATH", key = "PATH", names = ["HOST", ...] }`
@@ -296,6 +301,7 @@ pub(super) fn listener_tls(c: &mut Checker<'_>, rt: &Spanned<RawListenerTls>) ->
             ticket_keys_rotate,
         },
         acme,
+        ocsp_stapling: t.ocsp_stapling.unwrap_or(true),
     }
 }
 
@@ -389,7 +395,7 @@ mod tests {
              certificates = [{{ cert = \"rsa.pem\", key = \"rsa.key\" }}, {{ cert = \"/o.pem\", key = \"/o.key\", names = [\"Other.Example\", \"*.other.example\"] }}]\n\
              session_cache = 100\nticket_keys_file = \"keys\"\nticket_keys_rotate = \"1h\"\n{POOL}"
         );
-        let c = LbConfig::from_source(&Source::new("/etc/rampart/lb.toml", text)).unwrap();
+        let c = LbConfig::from_source(&Source::new("/etc/rampart/lb.toml", text.clone())).unwrap();
         let t = c.listeners[0].tls.as_ref().unwrap();
         assert_eq!(t.certs.len(), 3);
         assert_eq!(t.certs[0].cert, PathBuf::from("/etc/rampart/ec.pem"));
@@ -404,6 +410,16 @@ mod tests {
         );
         assert_eq!(r.ticket_keys_rotate, Some(Duration::from_secs(3600)));
         assert_eq!(r.ticket_lifetime(), Duration::from_secs(3600));
+        assert!(t.ocsp_stapling);
+        let off = LbConfig::from_source(&Source::new(
+            "/etc/rampart/lb.toml",
+            text.replace(
+                "session_cache = 100",
+                "session_cache = 100\nocsp_stapling = false",
+            ),
+        ))
+        .unwrap();
+        assert!(!off.listeners[0].tls.as_ref().unwrap().ocsp_stapling);
     }
 
     #[test]
@@ -428,6 +444,14 @@ mod tests {
         let e = errors(&text);
         assert_eq!(e.len(), 1, "{e:#?}");
         assert!(e[0].starts_with("5:7: tls needs a certificate"), "{e:#?}");
+        let text = format!(
+            "[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:443\"\npool = \"p\"\n\
+             [listener.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nocsp_stapling = \"no\"\n{POOL}"
+        );
+        let e = errors(&text);
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert!(e[0].starts_with("8:17:"), "{e:#?}");
+        assert!(e[0].contains("bool"), "{e:#?}");
     }
 
     #[test]
