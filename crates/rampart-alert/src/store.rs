@@ -83,6 +83,11 @@ impl Store {
             }
             if ring.len() >= self.per_series {
                 ring.pop_front();
+            } else if ring.len() == ring.capacity() {
+                // Grow by doubling, but never past `per_series` (a full ring of 1800
+                // samples would otherwise take room for 2048).
+                let want = (ring.capacity() * 2).max(4).min(self.per_series);
+                ring.reserve_exact(want - ring.len());
             }
             ring.push_back((t, v));
             return true;
@@ -140,6 +145,49 @@ impl Store {
     pub fn per_series(&self) -> usize {
         self.per_series
     }
+
+    /// Samples held, over every series.
+    pub fn samples_held(&self) -> usize {
+        self.series.values().map(VecDeque::len).sum()
+    }
+
+    /// An estimate of the heap the store holds: each ring by capacity, each key's strings
+    /// by capacity, and the nodes of the series map and of each label map (see
+    /// `btree_bytes`). Within some percent of what the allocator hands out (it rounds
+    /// sizes up); the rings are most of it once full.
+    pub fn approx_bytes(&self) -> usize {
+        use std::mem::size_of;
+        let label_kv = 2 * size_of::<String>();
+        let series_kv = size_of::<SeriesKey>() + size_of::<VecDeque<Sample>>();
+        btree_bytes(self.series.len(), series_kv)
+            + self
+                .series
+                .iter()
+                .map(|(k, ring)| {
+                    k.name.capacity()
+                        + btree_bytes(k.labels.len(), label_kv)
+                        + k.labels
+                            .iter()
+                            .map(|(n, v)| n.capacity() + v.capacity())
+                            .sum::<usize>()
+                        + ring.capacity() * size_of::<Sample>()
+                })
+                .sum::<usize>()
+    }
+}
+
+/// The nodes of a `BTreeMap` of `n` entries of `kv` bytes each: a node has room for 11
+/// entries plus 16 bytes of its own, and a map of up to 11 entries is one node; a bigger
+/// map's nodes are between half and entirely full, counted as 8 entries each (the few
+/// internal nodes' edges left out).
+fn btree_bytes(n: usize, kv: usize) -> usize {
+    const CAP: usize = 11;
+    let nodes = match n {
+        0 => 0,
+        1..=CAP => 1,
+        _ => n.div_ceil(8),
+    };
+    nodes * (CAP * kv + 16)
 }
 
 /// Build a label set from pairs (tests and callers with fixed labels).
@@ -171,6 +219,25 @@ mod tests {
         assert_eq!((s.len(), s.dropped()), (2, 1));
         s.prune(5);
         assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn a_full_ring_holds_room_for_its_samples_only() {
+        let mut s = Store::new(1800, 10);
+        let k = SeriesKey::new("m", labels([("instance", "x")]));
+        for t in 0..5000 {
+            s.push(&k, t, 1.0);
+        }
+        let ring = s.samples(&k).unwrap();
+        assert_eq!(ring.len(), 1800);
+        assert!(ring.capacity() < 1900, "{}", ring.capacity());
+        assert_eq!(s.samples_held(), 1800);
+        // The ring, the series map's one node, the key's name and its label map's node.
+        let b = s.approx_bytes();
+        assert_eq!(b, 1800 * 16 + (11 * 80 + 16) + 1 + (11 * 48 + 16) + 8 + 1);
+        assert_eq!(btree_bytes(0, 48), 0);
+        assert_eq!(btree_bytes(12, 48), 2 * (11 * 48 + 16));
+        assert_eq!(btree_bytes(1000, 80), 125 * (11 * 80 + 16));
     }
 
     #[test]

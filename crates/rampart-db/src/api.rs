@@ -178,7 +178,7 @@ async fn cluster(State(s): State<AppState>) -> Response {
 
 async fn metrics_handler(State(s): State<AppState>, headers: HeaderMap) -> Response {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-    let (content_type, body) = rampart_metrics::respond_with_host(accept, s.metrics.encode());
+    let (content_type, body) = rampart_metrics::respond_with_host(accept, s.metrics.render().await);
     ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 

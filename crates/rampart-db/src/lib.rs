@@ -3,6 +3,7 @@
 //!
 //! - [`decide`]: the HA decision, a pure function of observed state (property-tested);
 //! - [`pg`]: the local PostgreSQL (the only code that runs initdb, postgres, pg_rewind...);
+//! - [`statements`]: the node's slowest statements (`pg_stat_statements`) for `/metrics`;
 //! - [`timeline`]: which timeline a replica is on (history files; pure);
 //! - [`agent`]: the loop that observes, decides, acts and publishes;
 //! - [`watchdog`]: the fence that kills a primary whose agent froze before its lease ends;
@@ -23,6 +24,7 @@ pub mod leader_keys;
 pub mod metrics;
 pub mod ops;
 pub mod pg;
+pub mod statements;
 pub mod timeline;
 pub mod watchdog;
 
@@ -34,11 +36,15 @@ use rampart_topology::db::DbConfig;
 /// Run the agent for `node` until SIGINT/SIGTERM; then stop PostgreSQL and release the lease.
 pub async fn run_agent(cfg: DbConfig, node: &str) -> Result<(), DbError> {
     let shared: agent::Shared = Arc::new(Mutex::new(agent::Snapshot::default()));
-    let metrics = Arc::new(metrics::Metrics::new());
-    let api_addr = cfg
+    let me = cfg
         .node(node)
-        .map(|n| n.api)
         .ok_or_else(|| DbError::Config(format!("node \"{node}\" is not in [[db.nodes]]")))?;
+    let api_addr = me.api;
+    // `/metrics` reads pg_stat_statements on a connection of its own.
+    let metrics = Arc::new(metrics::Metrics::new().with_statements(pg::PgConn::new(
+        pg::conninfo(&me.host, me.port, &cfg.superuser_password),
+        std::time::Duration::from_secs(1),
+    )));
     let listener_shared = shared.clone();
     let listener_metrics = metrics.clone();
     // Refuse to start when the API address is taken: load balancers depend on it.

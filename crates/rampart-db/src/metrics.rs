@@ -9,7 +9,13 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::dcs::Member;
-use crate::pg::PgStatus;
+use crate::pg::{PgConn, PgStatus};
+use crate::statements::render_statements;
+
+/// Statements shown in `/metrics`: the node's top ones by total execution time.
+pub const TOP_STATEMENTS: i64 = 10;
+/// How long a scrape waits for them.
+const STATEMENTS_BUDGET: std::time::Duration = std::time::Duration::from_millis(300);
 
 pub struct Metrics {
     registry: Registry,
@@ -26,6 +32,9 @@ pub struct Metrics {
     last_commit: AtomicI64,
     last_rollback: AtomicI64,
     pub promotions: Counter,
+    /// The connection `/metrics` reads `pg_stat_statements` with (its own: a scrape never
+    /// waits on, or delays, the agent's loop).
+    statements: Option<tokio::sync::Mutex<PgConn>>,
 }
 
 impl Default for Metrics {
@@ -52,6 +61,7 @@ impl Metrics {
             last_rollback: AtomicI64::new(-1),
             promotions: Counter::default(),
             registry: Registry::default(),
+            statements: None,
         };
         registry.register(
             "role",
@@ -126,9 +136,48 @@ impl Metrics {
         }
     }
 
+    /// Read the top statements from this connection at each scrape.
+    pub fn with_statements(mut self, conn: PgConn) -> Metrics {
+        self.statements = Some(tokio::sync::Mutex::new(conn));
+        self
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    /// [`Metrics::encode`] plus the node's top statements, read now (bounded by the
+    /// connection's timeout; left out when PostgreSQL or the extension does not answer).
+    pub async fn render(&self) -> String {
+        let mut out = self.encode();
+        let Some(conn) = &self.statements else {
+            return out;
+        };
+        // A scrape must answer even when PostgreSQL hangs (a fenced or stopped primary):
+        // the statements get a short budget, and one scrape at a time reads them.
+        let Ok(mut conn) = conn.try_lock() else {
+            return out;
+        };
+        let top =
+            tokio::time::timeout(STATEMENTS_BUDGET, conn.top_statements(TOP_STATEMENTS)).await;
+        match top {
+            Err(_) => {
+                conn.reset();
+                tracing::debug!("pg_stat_statements did not answer within the scrape's budget");
+            }
+            Ok(Ok(top)) => {
+                let text = render_statements(&top);
+                match out.rfind("# EOF") {
+                    Some(at) => out.insert_str(at, &text),
+                    None => out.push_str(&text),
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "no pg_stat_statements figures this scrape")
+            }
+        }
         out
     }
 }

@@ -143,6 +143,33 @@ pub fn parse_controldata(text: &str) -> ControlData {
     c
 }
 
+/// The superuser connection string to a node's PostgreSQL (TCP, short timeouts).
+pub fn conninfo(host: &str, port: u16, superuser_password: &str) -> String {
+    format!(
+        "host={host} port={port} user={SUPERUSER} password={superuser_password} dbname=postgres connect_timeout=2 application_name=rampart-agent"
+    )
+}
+
+/// `shared_preload_libraries`: the `[db.parameters]` value, if any, with `lib` added when
+/// it lacks it (a later line in `rampart.conf` would replace ours, not add to it).
+pub fn preload_libraries(extra: &[(String, String)], lib: &str) -> String {
+    let given = extra
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "shared_preload_libraries")
+        .map(|(_, v)| v.trim().trim_matches('\'').replace("''", "'"));
+    let mut libs: Vec<String> = given
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    if !libs.iter().any(|l| l.trim_matches('"') == lib) {
+        libs.push(lib.to_string());
+    }
+    quote_conf(&libs.join(","))
+}
+
 fn quote_conf(v: &str) -> String {
     format!("'{}'", v.replace('\'', "''"))
 }
@@ -517,8 +544,14 @@ impl PgCtl {
                 kv("primary_slot_name", "''".into());
             }
         }
+        kv(
+            "shared_preload_libraries",
+            preload_libraries(&spec.extra, crate::statements::EXTENSION),
+        );
         for (k, v) in &spec.extra {
-            kv(k, v.clone());
+            if k != "shared_preload_libraries" {
+                kv(k, v.clone());
+            }
         }
         self.write_tls(&mut s)?;
         let conf = self.data_dir.join("rampart.conf");
@@ -616,10 +649,7 @@ impl PgCtl {
 
     /// The superuser connection string (TCP, short timeouts).
     pub fn conninfo(&self) -> String {
-        format!(
-            "host={} port={} user={SUPERUSER} password={} dbname=postgres connect_timeout=2 application_name=rampart-agent",
-            self.host, self.port, self.superuser_password
-        )
+        conninfo(&self.host, self.port, &self.superuser_password)
     }
 }
 
@@ -959,6 +989,28 @@ impl PgConn {
         self.query("SELECT pg_reload_conf()", &[]).await.map(|_| ())
     }
 
+    /// Statements sent as one simple query (no parameters).
+    pub async fn batch(&mut self, sql: &str) -> Result<(), DbError> {
+        let t = self.timeout;
+        let r = {
+            let c = self.client().await?;
+            tokio::time::timeout(t, c.batch_execute(sql)).await
+        };
+        match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                if e.is_closed() {
+                    self.reset();
+                }
+                Err(DbError::Query(db_error_text(&e)))
+            }
+            Err(_) => {
+                self.reset();
+                Err(DbError::Query(format!("query timed out after {t:?}")))
+            }
+        }
+    }
+
     pub async fn ensure_replication_user(&mut self, password: &str) -> Result<(), DbError> {
         let rows = self
             .query(
@@ -1013,6 +1065,30 @@ mod tests {
         // A standby's clean stop says "shut down in recovery": not a primary's end of WAL.
         let c = parse_controldata(&t.replace("shut down", "shut down in recovery"));
         assert_eq!(c.clean_shutdown_lsn(), None);
+    }
+
+    #[test]
+    fn pg_stat_statements_is_preloaded_beside_the_operators_libraries() {
+        let p = |v: &str| vec![("shared_preload_libraries".to_string(), v.to_string())];
+        assert_eq!(
+            preload_libraries(&[], crate::statements::EXTENSION),
+            "'pg_stat_statements'"
+        );
+        assert_eq!(
+            preload_libraries(&p("'auto_explain'"), crate::statements::EXTENSION),
+            "'auto_explain,pg_stat_statements'"
+        );
+        assert_eq!(
+            preload_libraries(
+                &p("'pg_stat_statements, auto_explain'"),
+                crate::statements::EXTENSION
+            ),
+            "'pg_stat_statements,auto_explain'"
+        );
+        assert_eq!(
+            preload_libraries(&p("''"), crate::statements::EXTENSION),
+            "'pg_stat_statements'"
+        );
     }
 
     #[test]

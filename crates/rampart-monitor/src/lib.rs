@@ -28,6 +28,8 @@ pub mod prometheus;
 pub mod rules;
 pub mod server;
 pub mod targets;
+#[cfg(test)]
+mod week;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -315,7 +317,20 @@ impl Monitor {
             }
             out
         });
-        let now = now_ms();
+        self.record_round(now_ms(), results, cluster)
+    }
+
+    /// What a round does with its answers: each target's samples (labelled `job` and
+    /// `instance`), `up` and `scrape_duration_seconds` into the store, the cluster view,
+    /// the store pruned of series unseen for `retention`, the rules evaluated, the
+    /// diagram's changes recorded. Returns the alerts' events. `results`: (target index,
+    /// its answer or error, time taken); `now` in ms.
+    pub fn record_round(
+        &self,
+        now: u64,
+        results: Vec<(usize, Result<client::Reply, String>, Duration)>,
+        cluster: Option<Value>,
+    ) -> Vec<Event> {
         let mut g = self.lock();
         let inner = &mut *g;
         inner.counters.rounds += 1;

@@ -11,6 +11,8 @@ pub const SYNC_STANDBYS: &str = "rampart_cluster_db_sync_standbys";
 pub const TLS_EXPIRES_IN: &str = "rampart_tls_certificate_expires_in_seconds";
 /// A certificate closer to its end than this raises `TlsCertificateExpiring`.
 const TLS_EXPIRY_WARNING: Duration = Duration::from_secs(14 * 86_400);
+/// A statement slower than this per call, on average over 5 minutes, raises `SlowStatements`.
+const SLOW_STATEMENT: Duration = Duration::from_secs(1);
 
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -93,6 +95,24 @@ pub fn rules(t: &Topology, interval: Duration) -> Vec<Rule> {
                 .into();
             out.push(r);
         }
+
+        // A statement whose executions in the last 5 minutes took over a second each on
+        // average (the agents' top statements from pg_stat_statements): the recent mean,
+        // so only statements run in the window count, and one fixed since stops firing.
+        let mut r = Rule::last(
+            "SlowStatements",
+            Selector::name("rampart_db_statement_total_seconds"),
+            Cmp::Gt,
+            SLOW_STATEMENT.as_secs_f64(),
+        );
+        r.over = Some(Selector::name("rampart_db_statement_calls_total"));
+        r.reduce = Reduce::Rate;
+        r.window_ms = ms(Duration::from_secs(300).max(interval * 5));
+        r.by = vec!["instance".into(), "queryid".into()];
+        r.aggregate = Aggregate::Sum;
+        r.for_ms = ms(Duration::from_secs(120).max(interval * 3));
+        r.summary = "db node {{instance}}: statement {{queryid}} took {{value}} s per call over the last 5 minutes (over 1 s; its text: rampart_db_statement_mean_seconds)".into();
+        out.push(r);
     }
 
     let mut r = Rule::last(
@@ -249,6 +269,7 @@ mod tests {
             "NoDbPrimary",
             "ReplicationLagHigh",
             "NoSyncStandby",
+            "SlowStatements",
             "WebNotReady",
             "Lb5xxRatioHigh",
             "TlsCertificateExpiring",
@@ -317,6 +338,11 @@ mod tests {
                 "NoSyncStandby",
                 format!("(sum ({SYNC_STANDBYS}) or vector(0)) < 1"),
                 "9s",
+            ),
+            (
+                "SlowStatements",
+                "((sum by (instance, queryid) (rate(rampart_db_statement_total_seconds[5m]))) or (sum by (instance, queryid) (rate(rampart_db_statement_calls_total[5m]))) * 0) / ((sum by (instance, queryid) (rate(rampart_db_statement_calls_total[5m]))) != 0) > 1".into(),
+                "2m",
             ),
             (
                 "WebNotReady",
@@ -404,6 +430,56 @@ mod tests {
             e.state("TlsCertificateExpiring", &later),
             AlertState::Inactive
         );
+    }
+
+    #[test]
+    fn a_statement_slow_over_the_last_minutes_fires_and_resolves_once_no_longer_run() {
+        use rampart_alert::store::labels;
+        use rampart_alert::{AlertState, Engine, SeriesKey, Store};
+        let t = default_with("");
+        let rs: Vec<Rule> = rules(&t, Duration::from_secs(2))
+            .into_iter()
+            .filter(|r| r.name == "SlowStatements")
+            .collect();
+        let mut e = Engine::new(rs, 60_000, 600_000);
+        let mut st = Store::new(1000, 100);
+        let of = |q: &str| labels([("job", "db"), ("instance", "db1"), ("queryid", q)]);
+        let group = |q: &str| labels([("instance", "db1"), ("queryid", q)]);
+        // Every 2 s for 400 s: "1" runs once a scrape taking 2 s (slow); "2" ten times a
+        // scrape taking 0.1 s in all (fast); "3" runs once a scrape taking 3 s for the first
+        // minute, then no more (a statement fixed or its caller gone).
+        let (mut c3, mut s3) = (0.0, 0.0);
+        for i in 0..200u64 {
+            let now = i * 2000;
+            let f = i as f64;
+            if i < 30 {
+                (c3, s3) = (f, 3.0 * f);
+            }
+            for (q, calls, secs) in [("1", f, 2.0 * f), ("2", 10.0 * f, 0.1 * f), ("3", c3, s3)] {
+                st.push(
+                    &SeriesKey::new("rampart_db_statement_calls_total", of(q)),
+                    now,
+                    calls,
+                );
+                st.push(
+                    &SeriesKey::new("rampart_db_statement_total_seconds", of(q)),
+                    now,
+                    secs,
+                );
+            }
+            e.evaluate(&st, now);
+            if i == 50 {
+                // Slow for 100 s: pending, not yet the 2 minutes.
+                assert_eq!(e.state("SlowStatements", &group("1")), AlertState::Pending);
+            }
+            if i == 150 {
+                // "3"'s slow minute is still within the last 5 minutes.
+                assert_eq!(e.state("SlowStatements", &group("3")), AlertState::Firing);
+            }
+        }
+        assert_eq!(e.state("SlowStatements", &group("1")), AlertState::Firing);
+        assert_eq!(e.state("SlowStatements", &group("2")), AlertState::Inactive);
+        assert_ne!(e.state("SlowStatements", &group("3")), AlertState::Firing);
     }
 
     #[test]

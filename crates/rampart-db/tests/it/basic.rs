@@ -111,6 +111,48 @@ async fn three_nodes_bootstrap_replicate_and_report() {
     let (_, m) = c.api(r, "/metrics").expect("/metrics");
     assert!(m.contains("rampart_db_role{role=\"replica\"} 1"), "{m}");
 
+    // Slow statements, each node its own: pg_stat_statements is preloaded, the primary's
+    // first scrape created the extension (replicated), the top statements are series.
+    for _ in 0..3 {
+        pc.batch_execute("SELECT pg_sleep(0.2)")
+            .await
+            .expect("sleep on the primary");
+    }
+    let slow = slow_statement(&c, p, "SELECT pg_sleep($1)");
+    assert!(slow.0 >= 0.2, "mean {} s", slow.0);
+    assert!(
+        slow.1 >= 3.0 && slow.2 >= 0.6,
+        "calls {} total {} s",
+        slow.1,
+        slow.2
+    );
+    // The classic text format (what a scraper asking nothing gets) with the statements in
+    // it passes `promtool check metrics` (Debian's prometheus package).
+    let (_, m) = c.api(p, "/metrics").expect("/metrics");
+    assert!(m.contains("rampart_db_statement_calls_total{"), "{m}");
+    promtool_check_metrics(&m);
+
+    assert!(
+        wait_rows(
+            c.nodes[r].pg_port,
+            "SELECT count(*) FROM pg_extension WHERE extname = 'pg_stat_statements'",
+            1,
+            Duration::from_secs(15)
+        )
+        .await,
+        "the extension did not reach the replica"
+    );
+    let rc = connect(c.nodes[r].pg_port)
+        .await
+        .expect("connect to replica");
+    for _ in 0..2 {
+        rc.batch_execute("SELECT pg_sleep(0.25), 1")
+            .await
+            .expect("sleep on a replica");
+    }
+    let slow = slow_statement(&c, r, "SELECT pg_sleep($1), $2");
+    assert!(slow.0 >= 0.25 && slow.1 == 2.0, "replica: {slow:?}");
+
     // `rampart db list`.
     let out = c.list();
     for n in &c.nodes {
@@ -119,6 +161,88 @@ async fn three_nodes_bootstrap_replicate_and_report() {
     assert!(
         out.contains("leader") && out.contains("sync") && out.contains("LAG_BYTES"),
         "{out}"
+    );
+}
+
+/// (mean s, calls, total s) of the statement with this normalized text in node `i`'s
+/// `/metrics`, waited for; also checks every `query` label is short and one line.
+fn slow_statement(c: &Cluster, i: usize, text: &str) -> (f64, f64, f64) {
+    let label = format!(",query=\"{text}\"}} ");
+    let mut last = String::new();
+    let found = rampart_testkit::wait_until(Duration::from_secs(15), || {
+        last = c.api(i, "/metrics").map(|r| r.1).unwrap_or_default();
+        last.contains(&label)
+    });
+    assert!(
+        found,
+        "{text} not in /metrics of {}:\n{last}",
+        c.nodes[i].name
+    );
+    let series: Vec<&str> = last
+        .lines()
+        .filter(|l| l.starts_with("rampart_db_statement_mean_seconds{"))
+        .collect();
+    assert!((1..=10).contains(&series.len()), "{series:#?}");
+    let line = series
+        .iter()
+        .find(|l| l.contains(&label))
+        .expect("the series");
+    let id = line
+        .split("queryid=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("queryid");
+    let value = |name: &str, sel: &str| -> f64 {
+        last.lines()
+            .find(|l| l.starts_with(&format!("{name}{sel}")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1.0)
+    };
+    let by_id = format!("{{queryid=\"{id}\"}} ");
+    (
+        line.rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1.0),
+        value("rampart_db_statement_calls_total", &by_id),
+        value("rampart_db_statement_total_seconds", &by_id),
+    )
+}
+
+/// `promtool check metrics` on `text` (lint included), when promtool is installed; on CI
+/// it must be.
+fn promtool_check_metrics(text: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let Some(promtool) = rampart_testkit::find_program("promtool", &["/usr/bin"]) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "promtool is missing: scripts/deps.sh installs it"
+        );
+        eprintln!("SKIPPED promtool check metrics: promtool is not installed");
+        return;
+    };
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("feed promtool");
+    let out = child.wait_with_output().expect("promtool output");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed ({}):\n{}\n{}\non:\n{text}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 
