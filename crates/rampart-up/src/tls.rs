@@ -2,7 +2,9 @@
 //! small PKI with the openssl CLI, in `[tls] dir`: a CA (`ca.crt`, `ca.key`), every HTTPS
 //! listener's cert/key pair that is missing, signed by it (localhost, 127.0.0.1 and the
 //! listener's IP), and with `[tls] replication` the database nodes' pair (`db.crt`,
-//! `db.key`: localhost, 127.0.0.1 and every db host). Clients (drills, tests, replicas)
+//! `db.key`: localhost, 127.0.0.1 and every db host), and with `[tls] upstream` each web
+//! node's pair (`web-<name>.crt`, `web-<name>.key`: localhost, 127.0.0.1 and the node's
+//! listen address, the name the balancers verify). Clients (drills, tests, replicas)
 //! trust `ca.crt`. Existing files are kept (a warm start reuses them); a listener pair in
 //! `dir` that this CA did not sign (made by an older rampart up) is made again, and an
 //! operator's own pair outside `dir` is never touched.
@@ -83,6 +85,20 @@ pub fn wanted(t: &Topology) -> Vec<Want> {
                 key: lt.key.clone(),
                 names: names(ips),
             });
+        }
+    }
+    if tls.upstream {
+        for w in &t.web {
+            let (cert, key) = tls.web_pair(&w.name);
+            // An operator's own [[web.node]] tls pair is never made here.
+            if w.tls.as_ref().is_some_and(|p| p.cert == cert) {
+                let ip = w.listen.ip();
+                out.push(Want {
+                    cert,
+                    key,
+                    names: names((!ip.is_unspecified()).then(|| ip.to_string())),
+                });
+            }
         }
     }
     if tls.replication {
@@ -331,5 +347,32 @@ mod tests {
             vec![tls_dir.join("site.crt")]
         );
         assert!(signed_by(&tls_dir.join("site.crt"), &ca));
+    }
+
+    #[test]
+    fn upstream_tls_gives_each_web_node_a_pair_for_its_address() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("site")).unwrap();
+        let text = render(&DefaultOptions {
+            cluster: "main",
+            data_dir: Path::new(".rampart/main"),
+            port_base: 8000,
+        })
+        .replace("[tls]\n", "[tls]\nupstream = true\n");
+        let t = Topology::from_source(&Source::new(dir.path().join("rampart.toml"), text)).unwrap();
+        let tls_dir = dir.path().join(".rampart/main/tls");
+        let web: Vec<Want> = wanted(&t)
+            .into_iter()
+            .filter(|w| w.cert.starts_with(tls_dir.join("web-")))
+            .collect();
+        assert_eq!(web.len(), 3, "{web:?}");
+        assert_eq!(web[0].cert, tls_dir.join("web-web1.crt"));
+        assert_eq!(web[0].names, vec!["DNS:localhost", "IP:127.0.0.1"]);
+        ensure_self_signed(&t).unwrap();
+        let ca = tls_dir.join(SELF_SIGNED_CA.0);
+        for w in &web {
+            assert!(signed_by(&w.cert, &ca), "{}", w.cert.display());
+            assert!(openssl_text(&w.cert).contains("TLS Web Server Authentication"));
+        }
     }
 }
