@@ -363,7 +363,12 @@ mod tests {
         let tls_dir = dir.path().join(".rampart/main/tls");
         let web: Vec<Want> = wanted(&t)
             .into_iter()
-            .filter(|w| w.cert.starts_with(tls_dir.join("web-")))
+            .filter(|w| {
+                w.cert.parent() == Some(tls_dir.as_path())
+                    && w.cert
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("web-"))
+            })
             .collect();
         assert_eq!(web.len(), 3, "{web:?}");
         assert_eq!(web[0].cert, tls_dir.join("web-web1.crt"));
