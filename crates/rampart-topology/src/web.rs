@@ -769,7 +769,7 @@ mod tests {
         )
         .expect_err("missing key");
         let d = &e.diagnostics[0];
-        assert_eq!((d.line, d.col), (8, 35), "{e}");
+        assert_eq!((d.line, d.col), (8, 31), "{e}");
         assert!(d.message.contains("tls key"), "{e}");
         let e = WebConfig::from_source(&at(&format!("{base}tls = {{ cert = \"w.crt\" }}\n")), "a")
             .expect_err("no key");
