@@ -114,7 +114,9 @@ pub fn wanted(t: &Topology) -> Vec<Want> {
     out
 }
 
-/// The pairs that must be made now: missing ones, and ones in `dir` not signed by `ca`.
+/// The pairs that must be made now: missing ones, and ones in `dir` not signed by `ca`
+/// or not valid for every name wanted (a rehearsal on another subnet moves the web
+/// nodes' and virtual addresses).
 pub fn missing_pairs(t: &Topology) -> Vec<Want> {
     let Some(tls) = self_signed(t) else {
         return Vec::new();
@@ -125,7 +127,8 @@ pub fn missing_pairs(t: &Topology) -> Vec<Want> {
         .filter(|w| {
             !w.cert.is_file()
                 || !w.key.is_file()
-                || (w.cert.starts_with(&tls.dir) && !signed_by(&w.cert, &ca))
+                || (w.cert.starts_with(&tls.dir)
+                    && (!signed_by(&w.cert, &ca) || !covers(&w.cert, &w.names)))
         })
         .collect()
 }
@@ -153,6 +156,32 @@ pub fn ensure_self_signed(t: &Topology) -> Result<Vec<PathBuf>, UpError> {
         made.push(w.cert);
     }
     Ok(made)
+}
+
+/// Whether `cert`'s subjectAltName holds every one of `names` (`DNS:x`, `IP:a`).
+fn covers(cert: &Path, names: &[String]) -> bool {
+    let Ok(o) = Command::new("openssl")
+        .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+        .arg(cert)
+        .output()
+    else {
+        return false;
+    };
+    let text = String::from_utf8_lossy(&o.stdout);
+    let have: Vec<&str> = text
+        .lines()
+        .skip(1)
+        .flat_map(|l| l.split(','))
+        .map(str::trim)
+        .collect();
+    o.status.success()
+        && names.iter().all(|n| {
+            let shown = match n.strip_prefix("IP:") {
+                Some(ip) => format!("IP Address:{ip}"),
+                None => n.clone(),
+            };
+            have.contains(&shown.as_str())
+        })
 }
 
 /// Whether `cert` verifies against `ca` (`openssl verify`).
@@ -379,5 +408,11 @@ mod tests {
             assert!(signed_by(&w.cert, &ca), "{}", w.cert.display());
             assert!(openssl_text(&w.cert).contains("TLS Web Server Authentication"));
         }
+        assert!(missing_pairs(&t).is_empty());
+        // The same node on another address (a rehearsal on another subnet): made again.
+        let mut moved = web[0].clone();
+        moved.names.push("IP:10.9.8.7".into());
+        assert!(covers(&web[0].cert, &web[0].names));
+        assert!(!covers(&moved.cert, &moved.names));
     }
 }
