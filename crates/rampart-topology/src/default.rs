@@ -184,6 +184,8 @@ self_signed = true      # or cert = "PATH", key = "PATH" (and ca = "PATH", its C
 dir = "{data}/tls"      # self_signed: the stack's CA (ca.crt) and certificates
 redirect_http = true    # plain-HTTP listeners answer 308 to the HTTPS one
 replication = true      # PostgreSQL: ssl = on, replication over hostssl only, replicas verify-ca
+# upstream = true       # balancers -> web nodes over HTTPS, each web node a certificate of the
+                        # CA (default: on with `rampart up --hosts netns`, off on loopback)
 
 # ---------------------------------------------------------------------------------
 # Firewall: drop what is not allowed. Only the site is open; every other port is

@@ -13,6 +13,9 @@
 //! - this machine (`.1`, the bridge) is the operator: `[firewall] admin` and the
 //!   monitor's `allow` name it; a client host (`.250`) reaches only what the firewall
 //!   lets anyone reach;
+//! - with `[tls] self_signed` and no `upstream` setting, `upstream = true`: traffic from
+//!   the balancers to the web nodes crosses the network, so it goes over TLS (each web
+//!   node a certificate of the stack's CA for its address);
 //! - data paths under the stack's data folder move to its `hosts/` subfolder (etcd and
 //!   PostgreSQL remember their addresses: the rehearsal keeps its own data).
 //!
@@ -236,6 +239,23 @@ pub fn rehearsal(
         });
     let token_dir = data.join("hosts").join("lb");
 
+    // `[tls] upstream` on unless the file says otherwise (self-signed: up issues the pairs).
+    let upstream_unset = {
+        let mut tb = String::new();
+        let mut set = false;
+        for line in text.lines() {
+            if let Some(x) = table_of(line) {
+                tb = x.to_string();
+            } else if tb == "tls" && line.trim_start().starts_with("upstream") {
+                set = true;
+            }
+        }
+        !set
+    };
+    let add_upstream = upstream_unset
+        && t.tls
+            .as_ref()
+            .is_some_and(|c| c.certificate == crate::security::Certificate::SelfSigned);
     let mut out = String::with_capacity(text.len() + 1024);
     let mut table = String::new();
     let lines = text.lines();
@@ -320,6 +340,11 @@ pub fn rehearsal(
         }
         if table == "firewall" && l.trim_start().starts_with("admin") {
             // Replaced below, with the operator.
+            continue;
+        }
+        if add_upstream && table == "tls" && table_of(&l) == Some("tls") {
+            out.push_str(&l);
+            out.push_str("\nupstream = true   # the rehearsal: balancers -> web nodes cross the network, over TLS\n");
             continue;
         }
         if table == "firewall" && (l.trim() == "[firewall]") {
@@ -439,6 +464,39 @@ mod tests {
         );
         let fw = r.firewall.as_ref().unwrap();
         assert_eq!(fw.admin.len(), 1, "{out}");
+        // Balancers -> web nodes over TLS: each web node serves its own pair of the
+        // stack's CA, and the pool (requests and health checks) verifies it by the
+        // server's address, against that CA.
+        let tls = r.tls.as_ref().unwrap();
+        assert!(tls.upstream, "{out}");
+        assert!(
+            !t.tls.as_ref().unwrap().upstream,
+            "loopback keeps plain HTTP"
+        );
+        assert!(t.web.iter().all(|w| w.tls.is_none()));
+        for w in &r.web {
+            let (cert, key) = tls.web_pair(&w.name);
+            assert_eq!(w.tls, Some(crate::web::WebTls { cert, key }), "{}", w.name);
+        }
+        let pt = lb.config.pools[0].tls.as_ref().expect("pool tls");
+        assert_eq!(pt.ca, tls.trust_file());
+        assert_eq!(pt.server_name, None, "verified by the server's IP");
+        assert_eq!(t.lb.as_ref().unwrap().config.pools[0].tls, None);
+        // The lb process reads the [lb] section alone: the same pool tls.
+        let hosts_file = dir.join("rampart.hosts.toml");
+        std::fs::write(&hosts_file, &out).unwrap();
+        let alone = crate::lb_section::LbTopology::load(&hosts_file)
+            .unwrap()
+            .unwrap();
+        assert_eq!(alone.config.pools[0].tls.as_ref(), Some(pt));
+        // An explicit choice is kept.
+        let off = text.replace("[tls]\n", "[tls]\nupstream = false\n");
+        assert_ne!(off, text);
+        let t_off = Topology::from_source(&Source::new(&file, off.clone())).unwrap();
+        let (out_off, _) = rehearsal(&off, &t_off, subnet, &data).unwrap();
+        let r_off = Topology::from_source(&Source::new(&file, out_off)).unwrap();
+        assert!(!r_off.tls.as_ref().unwrap().upstream);
+        assert!(r_off.web.iter().all(|w| w.tls.is_none()));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

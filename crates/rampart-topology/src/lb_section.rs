@@ -135,7 +135,14 @@ impl LbTopology {
             return Ok(None);
         };
         let mut errs = Vec::new();
-        let t = validate(&src, section, redirect_http(&file), &mut errs);
+        let upstream = web_upstream(&src, &file);
+        let t = validate(
+            &src,
+            section,
+            redirect_http(&file),
+            upstream.as_ref(),
+            &mut errs,
+        );
         if !errs.is_empty() {
             return Err(crate::diag::ConfigError { diagnostics: errs });
         }
@@ -312,6 +319,22 @@ impl LbTopology {
                 "retries = {{ attempts = {}, budget_ratio = {:?}, min_per_sec = {} }}",
                 p.retries.attempts, p.retries.budget_ratio, p.retries.min_per_sec
             );
+            if let Some(t) = &p.tls {
+                let mut parts = vec![format!("ca = \"{}\"", esc(&t.ca.display().to_string()))];
+                if let Some(n) = &t.server_name {
+                    parts.push(format!("server_name = \"{}\"", esc(n)));
+                }
+                if let Some((c, k)) = &t.client_cert {
+                    parts.push(format!(
+                        "cert = \"{}\", key = \"{}\"",
+                        esc(&c.display().to_string()),
+                        esc(&k.display().to_string())
+                    ));
+                }
+                let alpn: Vec<String> = t.alpn.iter().map(|a| format!("\"{}\"", esc(a))).collect();
+                parts.push(format!("alpn = [{}]", alpn.join(", ")));
+                let _ = writeln!(out, "tls = {{ {} }}", parts.join(", "));
+            }
             if let Some(d) = &p.discovery {
                 let etcd: Vec<String> = d.etcd.iter().map(|e| format!("\"{}\"", esc(e))).collect();
                 let _ = writeln!(
@@ -383,10 +406,65 @@ pub fn apply_redirect_http(c: &mut LbConfig) {
     }
 }
 
+/// `[tls] upstream = true`: the CA every pool of web nodes verifies them with, and which
+/// servers are web nodes (the `[[web.node]]` names, and the pool the web nodes register
+/// in for discovery).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebUpstream {
+    pub ca: std::path::PathBuf,
+    pub web_nodes: Vec<String>,
+    pub web_pool: String,
+}
+
+/// The file's [`WebUpstream`], when `[tls] upstream` is on.
+pub(crate) fn web_upstream(
+    src: &Source,
+    file: &crate::topology::TopologyFile,
+) -> Option<WebUpstream> {
+    let tls = crate::web::upstream_tls(src, file)?;
+    let web = file.web.as_ref()?;
+    Some(WebUpstream {
+        ca: tls.trust_file(),
+        web_nodes: web.node.iter().map(|n| n.name.get_ref().clone()).collect(),
+        web_pool: web
+            .pool
+            .as_ref()
+            .map(|p| p.get_ref().clone())
+            .unwrap_or_else(|| "web".into()),
+    })
+}
+
+/// `[tls] upstream`: every pool without a `tls` of its own whose servers are all web nodes
+/// (or that discovers the web nodes' registrations) gets `tls = { ca = <the stack's CA> }`:
+/// the server's certificate must be valid for its IP address, and the health checks go
+/// over TLS as the requests do.
+pub fn apply_web_upstream(c: &mut LbConfig, u: &WebUpstream) {
+    for p in &mut c.pools {
+        if p.tls.is_some() {
+            continue;
+        }
+        let static_web =
+            !p.servers.is_empty() && p.servers.iter().all(|s| u.web_nodes.contains(&s.name));
+        let discovered_web = p
+            .discovery
+            .as_ref()
+            .is_some_and(|d| d.service == u.web_pool);
+        if static_web || discovered_web {
+            p.tls = Some(crate::lb::PoolTls {
+                ca: u.ca.clone(),
+                server_name: None,
+                client_cert: None,
+                alpn: vec!["http/1.1".to_string()],
+            });
+        }
+    }
+}
+
 pub(crate) fn validate(
     src: &Source,
     s: &LbSection,
     redirect_http: bool,
+    upstream: Option<&WebUpstream>,
     errs: &mut Vec<Diagnostic>,
 ) -> Option<LbTopology> {
     let raw = RawLbFile {
@@ -400,6 +478,9 @@ pub(crate) fn validate(
         Ok(mut c) => {
             if redirect_http {
                 apply_redirect_http(&mut c);
+            }
+            if let Some(u) = upstream {
+                apply_web_upstream(&mut c, u);
             }
             Some(c)
         }
@@ -624,8 +705,24 @@ outlier = { interval = "2s", min_requests = 7, failure_percent = 60, margin_perc
         let src = Source::new("t.toml", text);
         let s: LbSection = src.parse().unwrap();
         let mut errs = Vec::new();
-        let t = validate(&src, &s, false, &mut errs).unwrap();
+        // [tls] upstream: the pool of web nodes verifies them against the stack's CA.
+        let up = WebUpstream {
+            ca: "/x/ca.crt".into(),
+            web_nodes: vec!["w1".into(), "w2".into()],
+            web_pool: "web".into(),
+        };
+        let t = validate(&src, &s, false, Some(&up), &mut errs).unwrap();
         assert!(errs.is_empty(), "{errs:?}");
+        let pt = t.config.pools[0].tls.as_ref().expect("upstream tls");
+        assert_eq!(
+            (pt.ca.to_str(), &pt.server_name, &pt.alpn[..]),
+            (Some("/x/ca.crt"), &None, &["http/1.1".to_string()][..])
+        );
+        // A pool with a server that is not a web node is left alone.
+        let mut other = up.clone();
+        other.web_nodes.pop();
+        let t2 = validate(&src, &s, false, Some(&other), &mut errs).unwrap();
+        assert_eq!(t2.config.pools[0].tls, None);
         assert_eq!(t.config.pools[0].panic_threshold, 40);
         assert_eq!(t.config.pools[0].outlier.max_ejection_percent, 34);
         let file = t.render_node_file(&t.nodes[0]);
@@ -669,13 +766,13 @@ servers = [{ name = "w1", address = "127.0.0.1:9001" }]
         let src = Source::new("t.toml", text);
         let s: LbSection = src.parse().unwrap();
         let mut errs = Vec::new();
-        let plain = validate(&src, &s, false, &mut errs).unwrap();
+        let plain = validate(&src, &s, false, None, &mut errs).unwrap();
         assert!(plain
             .config
             .listeners
             .iter()
             .all(|l| l.redirect_https.is_none()));
-        let t = validate(&src, &s, true, &mut errs).unwrap();
+        let t = validate(&src, &s, true, None, &mut errs).unwrap();
         assert!(errs.is_empty(), "{errs:?}");
         let by = |n: &str| t.config.listeners.iter().find(|l| l.name == n).unwrap();
         assert_eq!(

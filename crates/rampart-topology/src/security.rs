@@ -7,6 +7,8 @@
 //! dir = ".rampart/main/tls"     # self_signed: where rampart up writes its CA and certificates
 //! redirect_http = true          # plain-HTTP lb listeners answer 308 to the HTTPS listener
 //! replication = true            # PostgreSQL streaming replication over TLS (verify-ca)
+//! upstream = true               # balancers -> web nodes over TLS (default: on when the nodes
+//!                               # are separate hosts, `rampart up --hosts netns`; off on loopback)
 //!
 //! [firewall]
 //! policy = "drop"               # what happens to incoming traffic no rule allows
@@ -40,6 +42,10 @@ pub struct TlsSection {
     pub redirect_http: Option<Spanned<bool>>,
     #[serde(default)]
     pub replication: Option<Spanned<bool>>,
+    /// TLS from the balancers to the web nodes (each web node a certificate of the stack's
+    /// CA, every pool of web nodes verifying it).
+    #[serde(default)]
+    pub upstream: Option<Spanned<bool>>,
     /// The CA certificate that signed `cert` (clients and replicas verify with it).
     #[serde(default)]
     pub ca: Option<Spanned<String>>,
@@ -81,6 +87,11 @@ pub struct TlsConfig {
     pub certificate: Certificate,
     pub redirect_http: bool,
     pub replication: bool,
+    /// `upstream = true` (with `self_signed`): every web node serves HTTPS with its own
+    /// pair signed by the stack's CA ([`TlsConfig::web_pair`]), and every `[[lb.pool]]`
+    /// of web nodes without a `tls` of its own verifies them against that CA. Off unless
+    /// set; the separate-hosts rehearsal sets it when the file does not say.
+    pub upstream: bool,
     /// `ca`: the CA of `cert` (absolute). With `self_signed`, `<dir>/ca.crt`.
     pub ca: Option<PathBuf>,
     /// Where `rampart up` writes the self-signed material (absolute; default
@@ -103,6 +114,15 @@ impl TlsConfig {
             ),
             Certificate::Files { cert, key } => (cert.clone(), key.clone()),
         }
+    }
+
+    /// The certificate and key web node `node` serves the balancers with under
+    /// `upstream` (self-signed: made by `rampart up` in `dir`).
+    pub fn web_pair(&self, node: &str) -> (PathBuf, PathBuf) {
+        (
+            self.dir.join(format!("web-{node}.crt")),
+            self.dir.join(format!("web-{node}.key")),
+        )
     }
 
     /// What a client (a replica, a drill) trusts: the CA, else the certificate itself
@@ -230,6 +250,19 @@ pub(crate) fn validate_tls(
         (None, Certificate::SelfSigned) => Some(dir.join(SELF_SIGNED_CA.0)),
         (None, _) => None,
     };
+    let upstream = match &s.upstream {
+        Some(u) if *u.get_ref() && certificate != Certificate::SelfSigned => {
+            errs.push(src.error_at(
+                u.span(),
+                "upstream = true needs self_signed = true (rampart up issues each web node a \
+                 certificate from the stack's CA); with your own certificates give each \
+                 [[web.node]] tls = { cert, key } and each [[lb.pool]] tls = { ca }",
+            ));
+            false
+        }
+        Some(u) => *u.get_ref(),
+        None => false,
+    };
     Some(TlsConfig {
         ca,
         dir,
@@ -244,6 +277,7 @@ pub(crate) fn validate_tls(
             .as_ref()
             .map(|b| *b.get_ref())
             .unwrap_or(false),
+        upstream,
     })
 }
 
@@ -354,6 +388,17 @@ mod tests {
         assert_eq!(t.dir, PathBuf::from("/etc/rampart/.rampart/main/tls"));
         assert_eq!(t.trust_file(), t.dir.join("ca.crt"));
         assert_eq!(t.db_pair(), (t.dir.join("db.crt"), t.dir.join("db.key")));
+        // upstream: off unless set; with own certificates it has no pairs to give.
+        let (t, _) = tls("self_signed = true\nupstream = true\n");
+        let t = t.unwrap();
+        assert!(t.upstream);
+        assert_eq!(
+            t.web_pair("web1"),
+            (t.dir.join("web-web1.crt"), t.dir.join("web-web1.key"))
+        );
+        let (_, errs) = tls("cert = \"a\"\nkey = \"b\"\nupstream = true\n");
+        assert_eq!((errs[0].line, errs[0].col), (3, 12), "{errs:?}");
+        assert!(errs[0].message.contains("needs self_signed"), "{errs:?}");
         // ca makes no sense with self_signed.
         let (_, errs) = tls("self_signed = true\nca = \"x.crt\"\n");
         assert!(

@@ -112,7 +112,8 @@ impl Topology {
             .and_then(|s| crate::etcd::validate(src, s, &mut errs));
         let lb = file.lb.as_ref().and_then(|s| {
             let redirect = crate::lb_section::redirect_http(file);
-            crate::lb_section::validate(src, s, redirect, &mut errs)
+            let upstream = crate::lb_section::web_upstream(src, file);
+            crate::lb_section::validate(src, s, redirect, upstream.as_ref(), &mut errs)
         });
         let db = match &file.db {
             None => None,

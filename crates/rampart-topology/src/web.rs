@@ -34,6 +34,10 @@
 //! name = "web1"
 //! listen = "127.0.0.1:8081"
 //! weight = 100
+//! # tls = { cert = "web1.crt", key = "web1.key" }   # serve HTTPS (TLS 1.2/1.3) on listen; plain
+//! #                                   # HTTP there gets only /healthz, /readyz and /metrics.
+//! #                                   # With [tls] self_signed and upstream = true, rampart up
+//! #                                   # makes this pair (<dir>/web-<name>.{crt,key}).
 //! ```
 
 use std::net::SocketAddr;
@@ -102,6 +106,23 @@ pub struct WebNodeSection {
     pub weight: Option<Spanned<u32>>,
     #[serde(default)]
     pub root: Option<Spanned<String>>,
+    #[serde(default)]
+    pub tls: Option<RawWebTls>,
+}
+
+/// `tls = { cert = "PATH", key = "PATH" }` of a `[[web.node]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebTls {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+}
+
+/// HTTPS on a web node's listener: its certificate chain and key (PEM).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// Where the guestbook learns the database topology.
@@ -200,6 +221,8 @@ pub struct WebConfig {
     pub idle_timeout: Duration,
     pub database: Option<DatabaseConfig>,
     pub registration: Option<Registration>,
+    /// Serve HTTPS on `listen` (plain HTTP there gets only the health and metrics paths).
+    pub tls: Option<WebTls>,
 }
 
 /// Default [`WebConfig::header_read_timeout`].
@@ -246,6 +269,7 @@ impl WebConfig {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             database: None,
             registration: None,
+            tls: None,
         }
     }
 
@@ -407,6 +431,30 @@ impl WebConfig {
                 errs.push(src.error_at(p.span(), "pool must be a non-empty name without '/'"));
             }
         }
+        let tls = match &n.tls {
+            Some(t) => {
+                let mut pem = |v: &Spanned<String>, what: &str| {
+                    let p = base.join(v.get_ref());
+                    if v.get_ref().is_empty() || !p.is_file() {
+                        errs.push(src.error_at(
+                            v.span(),
+                            format!("tls {what} {} is not a file (PEM)", p.display()),
+                        ));
+                    }
+                    p
+                };
+                Some(WebTls {
+                    cert: pem(&t.cert, "cert"),
+                    key: pem(&t.key, "key"),
+                })
+            }
+            // `[tls] upstream`: the pair `rampart up` makes from the stack's CA (checked
+            // when the node starts: the topology is validated before up makes it).
+            None => upstream_tls(src, &file).map(|t| {
+                let (cert, key) = t.web_pair(n.name.get_ref());
+                WebTls { cert, key }
+            }),
+        };
         if !errs.is_empty() {
             return Err(ConfigError { diagnostics: errs });
         }
@@ -421,8 +469,20 @@ impl WebConfig {
             idle_timeout,
             database,
             registration,
+            tls,
         })
     }
+}
+
+/// The file's `[tls]` when it has `upstream = true` (errors are its own validation's).
+pub(crate) fn upstream_tls(
+    src: &Source,
+    file: &TopologyFile,
+) -> Option<crate::security::TlsConfig> {
+    let t = file.tls.as_ref()?;
+    let mut elsewhere = Vec::new();
+    crate::security::validate_tls(src, file.cluster.name.get_ref(), t, &mut elsewhere)
+        .filter(|t| t.upstream)
 }
 
 fn valid_host_port(s: &str) -> bool {
@@ -678,6 +738,67 @@ mod tests {
             assert_eq!((d.line, d.col), (5, 24), "{e}");
             assert!(d.message.contains("idle_timeout_seconds"), "{e}");
         }
+    }
+
+    #[test]
+    fn https_pairs_name_their_mistakes_and_upstream_derives_them() {
+        let dir = tempfile_dir("web-tls");
+        std::fs::write(dir.join("w.crt"), "x").expect("temp file");
+        std::fs::write(dir.join("w.key"), "x").expect("temp file");
+        let at = |text: &str| Source::new(dir.join("t.toml"), text);
+        let base = "[cluster]\nname = \"m\"\n[web]\nroot = \"/\"\n[[web.node]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n";
+        let c = WebConfig::from_source(
+            &at(&format!(
+                "{base}tls = {{ cert = \"w.crt\", key = \"w.key\" }}\n"
+            )),
+            "a",
+        )
+        .expect("valid");
+        assert_eq!(
+            c.tls,
+            Some(WebTls {
+                cert: dir.join("w.crt"),
+                key: dir.join("w.key")
+            })
+        );
+        let e = WebConfig::from_source(
+            &at(&format!(
+                "{base}tls = {{ cert = \"w.crt\", key = \"nope.key\" }}\n"
+            )),
+            "a",
+        )
+        .expect_err("missing key");
+        let d = &e.diagnostics[0];
+        assert_eq!((d.line, d.col), (8, 31), "{e}");
+        assert!(d.message.contains("tls key"), "{e}");
+        let e = WebConfig::from_source(&at(&format!("{base}tls = {{ cert = \"w.crt\" }}\n")), "a")
+            .expect_err("no key");
+        assert_eq!(e.diagnostics[0].line, 8, "{e}");
+        // [tls] upstream with the stack's CA: up's pair; without it, plain.
+        let c = WebConfig::from_source(&at(base), "a").expect("valid");
+        assert_eq!(c.tls, None);
+        let c = WebConfig::from_source(
+            &at(&format!(
+                "{base}[tls]\nself_signed = true\nupstream = true\n"
+            )),
+            "a",
+        )
+        .expect("valid");
+        let tls_dir = dir.join(".rampart/m/tls");
+        assert_eq!(
+            c.tls,
+            Some(WebTls {
+                cert: tls_dir.join("web-a.crt"),
+                key: tls_dir.join("web-a.key")
+            })
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn tempfile_dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("rampart-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).expect("temp file");
+        d
     }
 
     #[test]

@@ -625,6 +625,12 @@ pub fn run(o: UpOptions) -> Result<(), UpError> {
     for cert in crate::tls::ensure_self_signed(&r.topology)? {
         outln!("certificate written: {}", cert.display());
     }
+    if let Some(t) = r.topology.tls.as_ref().filter(|t| t.upstream) {
+        outln!(
+            "  upstream    balancers -> web nodes over TLS, verified against {}",
+            t.trust_file().display()
+        );
+    }
     let lb_admin = crate::lbadmin::assign(&r.topology, &r.data_dir, &mut procs)?;
     // The hosts, before anything starts in them; removed when this function returns.
     let _network = match &hosts {

@@ -2,7 +2,9 @@
 //! small PKI with the openssl CLI, in `[tls] dir`: a CA (`ca.crt`, `ca.key`), every HTTPS
 //! listener's cert/key pair that is missing, signed by it (localhost, 127.0.0.1 and the
 //! listener's IP), and with `[tls] replication` the database nodes' pair (`db.crt`,
-//! `db.key`: localhost, 127.0.0.1 and every db host). Clients (drills, tests, replicas)
+//! `db.key`: localhost, 127.0.0.1 and every db host), and with `[tls] upstream` each web
+//! node's pair (`web-<name>.crt`, `web-<name>.key`: localhost, 127.0.0.1 and the node's
+//! listen address, the name the balancers verify). Clients (drills, tests, replicas)
 //! trust `ca.crt`. Existing files are kept (a warm start reuses them); a listener pair in
 //! `dir` that this CA did not sign (made by an older rampart up) is made again, and an
 //! operator's own pair outside `dir` is never touched.
@@ -85,6 +87,20 @@ pub fn wanted(t: &Topology) -> Vec<Want> {
             });
         }
     }
+    if tls.upstream {
+        for w in &t.web {
+            let (cert, key) = tls.web_pair(&w.name);
+            // An operator's own [[web.node]] tls pair is never made here.
+            if w.tls.as_ref().is_some_and(|p| p.cert == cert) {
+                let ip = w.listen.ip();
+                out.push(Want {
+                    cert,
+                    key,
+                    names: names((!ip.is_unspecified()).then(|| ip.to_string())),
+                });
+            }
+        }
+    }
     if tls.replication {
         if let Some(db) = &t.db {
             let (cert, key) = tls.db_pair();
@@ -98,7 +114,9 @@ pub fn wanted(t: &Topology) -> Vec<Want> {
     out
 }
 
-/// The pairs that must be made now: missing ones, and ones in `dir` not signed by `ca`.
+/// The pairs that must be made now: missing ones, and ones in `dir` not signed by `ca`
+/// or not valid for every name wanted (a rehearsal on another subnet moves the web
+/// nodes' and virtual addresses).
 pub fn missing_pairs(t: &Topology) -> Vec<Want> {
     let Some(tls) = self_signed(t) else {
         return Vec::new();
@@ -109,7 +127,8 @@ pub fn missing_pairs(t: &Topology) -> Vec<Want> {
         .filter(|w| {
             !w.cert.is_file()
                 || !w.key.is_file()
-                || (w.cert.starts_with(&tls.dir) && !signed_by(&w.cert, &ca))
+                || (w.cert.starts_with(&tls.dir)
+                    && (!signed_by(&w.cert, &ca) || !covers(&w.cert, &w.names)))
         })
         .collect()
 }
@@ -137,6 +156,32 @@ pub fn ensure_self_signed(t: &Topology) -> Result<Vec<PathBuf>, UpError> {
         made.push(w.cert);
     }
     Ok(made)
+}
+
+/// Whether `cert`'s subjectAltName holds every one of `names` (`DNS:x`, `IP:a`).
+fn covers(cert: &Path, names: &[String]) -> bool {
+    let Ok(o) = Command::new("openssl")
+        .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+        .arg(cert)
+        .output()
+    else {
+        return false;
+    };
+    let text = String::from_utf8_lossy(&o.stdout);
+    let have: Vec<&str> = text
+        .lines()
+        .skip(1)
+        .flat_map(|l| l.split(','))
+        .map(str::trim)
+        .collect();
+    o.status.success()
+        && names.iter().all(|n| {
+            let shown = match n.strip_prefix("IP:") {
+                Some(ip) => format!("IP Address:{ip}"),
+                None => n.clone(),
+            };
+            have.contains(&shown.as_str())
+        })
 }
 
 /// Whether `cert` verifies against `ca` (`openssl verify`).
@@ -331,5 +376,43 @@ mod tests {
             vec![tls_dir.join("site.crt")]
         );
         assert!(signed_by(&tls_dir.join("site.crt"), &ca));
+    }
+
+    #[test]
+    fn upstream_tls_gives_each_web_node_a_pair_for_its_address() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("site")).unwrap();
+        let text = render(&DefaultOptions {
+            cluster: "main",
+            data_dir: Path::new(".rampart/main"),
+            port_base: 8000,
+        })
+        .replace("[tls]\n", "[tls]\nupstream = true\n");
+        let t = Topology::from_source(&Source::new(dir.path().join("rampart.toml"), text)).unwrap();
+        let tls_dir = dir.path().join(".rampart/main/tls");
+        let web: Vec<Want> = wanted(&t)
+            .into_iter()
+            .filter(|w| {
+                w.cert.parent() == Some(tls_dir.as_path())
+                    && w.cert
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("web-"))
+            })
+            .collect();
+        assert_eq!(web.len(), 3, "{web:?}");
+        assert_eq!(web[0].cert, tls_dir.join("web-web1.crt"));
+        assert_eq!(web[0].names, vec!["DNS:localhost", "IP:127.0.0.1"]);
+        ensure_self_signed(&t).unwrap();
+        let ca = tls_dir.join(SELF_SIGNED_CA.0);
+        for w in &web {
+            assert!(signed_by(&w.cert, &ca), "{}", w.cert.display());
+            assert!(openssl_text(&w.cert).contains("TLS Web Server Authentication"));
+        }
+        assert!(missing_pairs(&t).is_empty());
+        // The same node on another address (a rehearsal on another subnet): made again.
+        let mut moved = web[0].clone();
+        moved.names.push("IP:10.9.8.7".into());
+        assert!(covers(&web[0].cert, &web[0].names));
+        assert!(!covers(&moved.cert, &moved.names));
     }
 }

@@ -11,6 +11,11 @@
 //! head...) hands the connection, with the bytes already read, to hyper and the axum
 //! application for the rest of its life, so every behaviour stays hyper's and axum's.
 //!
+//! A listener with TLS ([`crate::tls`]) looks at each connection's first byte: a TLS
+//! handshake goes through rustls (within `header_read_timeout`) and the TLS stream to
+//! hyper; plain HTTP goes to hyper too (not the fast path), which answers only the admin
+//! paths (`crate::around`).
+//!
 //! Shutdown: a fast-path connection closes when idle or after the response in progress;
 //! a hyper connection shuts down gracefully.
 //!
@@ -45,8 +50,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::files::{Conds, Found, Outcome, Rep, RepBody};
-use crate::metrics::{Class, Kind, KindLabel, ReqLabels};
-use crate::Node;
+use crate::metrics::{Class, Kind, KindLabel, ReqLabels, TransportLabel};
+use crate::{Node, Transport};
 
 /// Request heads bigger than this go to hyper (which answers 431).
 const MAX_HEAD: usize = 16 * 1024;
@@ -112,6 +117,48 @@ impl Shared {
 /// Serve one accepted connection until it closes or `stop` fires.
 pub(crate) async fn connection(
     sh: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    stop: watch::Receiver<()>,
+) {
+    let m = &sh.node.metrics;
+    if let Some(acceptor) = sh.node.tls.clone() {
+        let limit = sh.node.header_read_timeout;
+        let mut first = [0u8; 1];
+        match tokio::time::timeout(limit, stream.peek(&mut first)).await {
+            Ok(Ok(1)) if first[0] == crate::tls::HANDSHAKE_RECORD => {
+                match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        m.connections
+                            .get_or_create(&TransportLabel { transport: "tls" })
+                            .inc();
+                        return handoff(sh, tls, BytesMut::new(), peer, stop, Transport::Tls).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+                m.tls_handshake_failures.inc();
+                return;
+            }
+            Ok(Ok(n)) if n > 0 => {
+                m.connections
+                    .get_or_create(&TransportLabel { transport: "plain" })
+                    .inc();
+                return handoff(sh, stream, BytesMut::new(), peer, stop, Transport::Plain).await;
+            }
+            // Closed, failed, or silent past the head timeout.
+            _ => return,
+        }
+    }
+    m.connections
+        .get_or_create(&TransportLabel { transport: "plain" })
+        .inc();
+    fast_path(sh, stream, peer, stop).await
+}
+
+/// The plain-HTTP loop: static files answered here, the rest handed to hyper.
+async fn fast_path(
+    sh: Arc<Shared>,
     mut stream: TcpStream,
     peer: SocketAddr,
     mut stop: watch::Receiver<()>,
@@ -129,7 +176,7 @@ pub(crate) async fn connection(
                 match decide(&sh, &buf, &mut out) {
                     Decision::Partial if buf.len() < MAX_HEAD => {}
                     Decision::Partial | Decision::Hyper => {
-                        return handoff(sh, stream, buf, peer, stop).await;
+                        return handoff(sh, stream, buf, peer, stop, Transport::Plain).await;
                     }
                     Decision::Answer(a) => break a,
                 }
@@ -474,13 +521,16 @@ fn push_date(out: &mut Vec<u8>) {
 }
 
 /// Give the connection (and the bytes read from it) to hyper and the axum application.
-async fn handoff(
+async fn handoff<S>(
     sh: Arc<Shared>,
-    stream: TcpStream,
+    stream: S,
     buf: BytesMut,
     peer: SocketAddr,
     mut stop: watch::Receiver<()>,
-) {
+    transport: Transport,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let io = TokioIo::new(Rewind {
         pre: buf.freeze(),
         inner: stream,
@@ -488,6 +538,7 @@ async fn handoff(
     let svc = WithPeer {
         inner: TowerToHyperService::new(sh.app.clone()),
         peer,
+        transport,
     };
     let conn = sh.builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
@@ -504,11 +555,13 @@ async fn handoff(
     }
 }
 
-/// The axum application with the peer address as `ConnectInfo` (what the proxy needs).
+/// The axum application with the peer address as `ConnectInfo` (what the proxy needs)
+/// and the connection's [`Transport`].
 #[derive(Clone)]
 struct WithPeer {
     inner: TowerToHyperService<axum::Router>,
     peer: SocketAddr,
+    transport: Transport,
 }
 
 impl hyper::service::Service<http::Request<hyper::body::Incoming>> for WithPeer {
@@ -524,17 +577,18 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for WithPeer 
 
     fn call(&self, mut req: http::Request<hyper::body::Incoming>) -> Self::Future {
         req.extensions_mut().insert(ConnectInfo(self.peer));
+        req.extensions_mut().insert(self.transport);
         self.inner.call(req)
     }
 }
 
 /// A socket with bytes already read from it put back in front.
-struct Rewind {
+struct Rewind<S> {
     pre: Bytes,
-    inner: TcpStream,
+    inner: S,
 }
 
-impl AsyncRead for Rewind {
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -550,7 +604,7 @@ impl AsyncRead for Rewind {
     }
 }
 
-impl AsyncWrite for Rewind {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

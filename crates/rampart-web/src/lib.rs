@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod mime;
 pub mod proxy;
 pub mod register;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -58,6 +59,8 @@ pub enum WebError {
     Runtime(std::io::Error),
     #[error("database TLS: {0}")]
     DbTls(String),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     #[error("serve: {0}")]
     Serve(std::io::Error),
     #[error("install signal handlers: {0}")]
@@ -78,6 +81,20 @@ pub struct Node {
     header_read_timeout: Duration,
     /// A keep-alive connection idle this long, or a client reading nothing this long, is closed.
     idle_timeout: Duration,
+    /// HTTPS on the listener ([`tls`]): plain HTTP then gets only the admin paths.
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// How a request arrived (a request extension set for every request hyper serves).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Plain,
+    Tls,
+}
+
+/// The paths served in plain HTTP on a TLS listener (and never counted as traffic).
+pub(crate) fn is_admin_path(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/metrics")
 }
 
 impl Node {
@@ -105,6 +122,7 @@ pub fn build_node(cfg: &WebConfig) -> Result<Arc<Node>, WebError> {
         path: cfg.root.display().to_string(),
         source,
     })?;
+    let tls = cfg.tls.as_ref().map(tls::acceptor).transpose()?;
     let guestbook = match (&cfg.upstream, &cfg.database) {
         (None, Some(db)) => {
             let source = match &db.topology {
@@ -160,6 +178,7 @@ pub fn build_node(cfg: &WebConfig) -> Result<Arc<Node>, WebError> {
         metrics: Metrics::new(),
         header_read_timeout: cfg.header_read_timeout,
         idle_timeout: cfg.idle_timeout,
+        tls,
     }))
 }
 
@@ -266,7 +285,27 @@ fn plain(status: StatusCode, text: &'static str) -> Response {
 /// Around every request: the X-Served-By header and the request metrics.
 async fn around(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
-    let kind = if matches!(path, "/healthz" | "/readyz" | "/metrics") {
+    if node.tls.is_some()
+        && req.extensions().get::<Transport>() != Some(&Transport::Tls)
+        && !is_admin_path(path)
+    {
+        // nginx's answer to plain HTTP on an HTTPS port; the page never leaves in clear.
+        let mut r = plain(
+            StatusCode::BAD_REQUEST,
+            "this listener serves HTTPS; plain HTTP gets only /healthz, /readyz and /metrics\n",
+        );
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        node.metrics
+            .requests
+            .get_or_create(&ReqLabels {
+                kind: Kind::Admin,
+                class: Class::C4xx,
+            })
+            .inc();
+        return r;
+    }
+    let kind = if is_admin_path(path) {
         Kind::Admin
     } else if node.guestbook.is_some() && (path == "/" || path.starts_with("/api/")) {
         Kind::App
@@ -391,7 +430,7 @@ pub async fn run_async<L: Lifecycle>(cfg: WebConfig, lifecycle: L) -> Result<(),
     let addr = listener.local_addr().map_err(WebError::Serve)?;
     let mut term = signal(SignalKind::terminate()).map_err(WebError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(WebError::Signals)?;
-    tracing::info!(name = %cfg.name, %addr, root = %cfg.root.display(),
+    tracing::info!(name = %cfg.name, %addr, root = %cfg.root.display(), tls = cfg.tls.is_some(),
         upstream = cfg.upstream.as_deref().unwrap_or("-"),
         database = cfg.database.is_some(), "rampart web serving");
     lifecycle.started(&node, addr).await;

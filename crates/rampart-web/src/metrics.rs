@@ -65,6 +65,11 @@ pub struct RoleLabel {
     pub role: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabel {
+    pub transport: &'static str,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub requests: Family<ReqLabels, Counter>,
@@ -74,6 +79,9 @@ pub struct Metrics {
     pub db_reads: Family<RoleLabel, Gauge>,
     pub db_reads_waited: Gauge,
     pub db_writes: Gauge,
+    /// Connections accepted, by transport (`plain`, `tls`).
+    pub connections: Family<TransportLabel, Counter>,
+    pub tls_handshake_failures: Counter,
 }
 
 impl Metrics {
@@ -120,7 +128,21 @@ impl Metrics {
             "Guestbook write checkouts (total)",
             db_writes.clone(),
         );
+        let connections = Family::<TransportLabel, Counter>::default();
+        registry.register(
+            "connections",
+            "Connections accepted, by transport (plain, tls)",
+            connections.clone(),
+        );
+        let tls_handshake_failures = Counter::default();
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed or timed out",
+            tls_handshake_failures.clone(),
+        );
         Metrics {
+            connections,
+            tls_handshake_failures,
             registry,
             requests,
             duration,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use rampart_topology::web::{http_header, DatabaseConfig, DbTopology, WebConfig};
+use rampart_topology::web::{http_header, DatabaseConfig, DbTopology, WebConfig, WebTls};
 
 /// Serve static files, proxy to your app or run the built-in guestbook, from a topology
 /// file (`--config FILE --node NAME`) or in quick mode (`--listen ADDR --root DIR`).
@@ -14,7 +14,7 @@ use rampart_topology::web::{http_header, DatabaseConfig, DbTopology, WebConfig};
 #[command(group = clap::ArgGroup::new("source").required(true).args(["config", "listen"]))]
 pub struct WebArgs {
     /// Topology file with [cluster] and [web] sections.
-    #[arg(long, value_name = "FILE", requires = "node", conflicts_with_all = ["listen", "root", "upstream", "db_node", "db_agent", "db_etcd", "header_read_timeout_ms", "idle_timeout_ms"])]
+    #[arg(long, value_name = "FILE", requires = "node", conflicts_with_all = ["listen", "root", "upstream", "db_node", "db_agent", "db_etcd", "header_read_timeout_ms", "idle_timeout_ms", "tls_cert", "tls_key"])]
     pub config: Option<PathBuf>,
 
     /// With --config: which [[web.node]] this is.
@@ -85,6 +85,15 @@ pub struct WebArgs {
           value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub idle_timeout_ms: u64,
 
+    /// Quick mode: serve HTTPS (TLS 1.2/1.3) with this certificate chain (PEM); plain
+    /// HTTP on the same port then gets only /healthz, /readyz and /metrics.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Quick mode: the private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// Name of the header naming this node.
     #[arg(long, value_name = "HEADER", default_value = "X-Served-By")]
     pub served_by_header: String,
@@ -123,6 +132,12 @@ fn quick(args: &WebArgs, listen: SocketAddr) -> anyhow::Result<WebConfig> {
     let root = args.root.clone().context("--listen needs --root DIR")?;
     let mut cfg = WebConfig::quick(&args.name, listen, root);
     cfg.upstream = args.upstream.clone();
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        cfg.tls = Some(WebTls {
+            cert: cert.clone(),
+            key: key.clone(),
+        });
+    }
     cfg.drain = Duration::from_millis(args.drain_ms);
     cfg.header_read_timeout = Duration::from_millis(args.header_read_timeout_ms);
     cfg.idle_timeout = Duration::from_millis(args.idle_timeout_ms);

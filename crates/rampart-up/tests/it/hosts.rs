@@ -3,7 +3,8 @@
 //! virtual IPs moved by the balancers' VRRP, each node's firewall applied; a client host
 //! reaches the site through either virtual IP and nothing else; the balancer drills keep
 //! the site reachable; the primary database's host cut off fails over with never two
-//! writable primaries and no acknowledged write lost; SIGINT leaves no namespace, bridge
+//! writable primaries and no acknowledged write lost; the balancers reach the web nodes
+//! over TLS (issue 15); SIGINT leaves no namespace, bridge
 //! or process behind.
 
 use std::net::{SocketAddr, TcpStream};
@@ -224,6 +225,45 @@ fn the_stack_on_separate_hosts_serves_through_virtual_ips_behind_each_hosts_fire
         reaches(&format!("{prefix}web1"), pg1),
         "web1 does not reach db1's PostgreSQL"
     );
+
+    // Balancers -> web nodes cross the bridge over TLS (`[tls] upstream`, on by default
+    // on separate hosts): each pool of web nodes verifies them against the stack's CA,
+    // each web node serves its own certificate of that CA for its address. The site's
+    // page answered above went that way: in plain HTTP a web node serves only the health
+    // and metrics paths (400 for the rest), and every web node counts TLS connections
+    // (the balancers' health checks and requests), none that failed its handshake.
+    let tls = t.tls.as_ref().expect("[tls]");
+    assert!(tls.upstream, "upstream TLS is on in the rehearsal");
+    for p in &t.lb.as_ref().expect("lb").config.pools {
+        let pt = p
+            .tls
+            .as_ref()
+            .expect("the pool speaks TLS to the web nodes");
+        assert_eq!(pt.ca, tls.trust_file());
+    }
+    for w in &t.web {
+        let mut direct = site.clone();
+        direct.addr = w.listen;
+        let r = direct
+            .get("/healthz", Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("HTTPS to {} verified by the stack's CA: {e}", w.name));
+        assert_eq!(r.status, 200, "{}", w.name);
+        let plain = rampart_testkit::http_get(w.listen, "/").expect("plain GET /");
+        assert_eq!(plain.status, 400, "{} served its page in clear", w.name);
+        let metrics = rampart_testkit::http_get(w.listen, "/metrics")
+            .expect("metrics")
+            .text();
+        let tls_conns: f64 = metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("rampart_web_connections_total{transport=\"tls\"}")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0.0);
+        assert!(tls_conns >= 2.0, "{}: {tls_conns} TLS connections", w.name);
+    }
 
     // The monitor, in a host of its own, scrapes every node across the bridge and
     // through each node's firewall: every target up.

@@ -9,3 +9,4 @@ mod proxy;
 mod register;
 mod static_files;
 mod timeouts;
+mod tls;
