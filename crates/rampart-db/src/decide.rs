@@ -238,6 +238,11 @@ pub fn may_take_leader(o: &Observed) -> Result<&'static str, &'static str> {
     let Pg::Running(pg) = &o.pg else {
         return Err("postgres not running");
     };
+    // Before any request: not even an operator's forced failover makes a node lead
+    // that could not be fenced (Patroni's `watchdog.mode: required`).
+    if !o.fence_ok {
+        return Err("no watchdog: a primary here could not be fenced");
+    }
     let on_timeline = timeline_ok(o, pg.timeline, pg.timeline_known);
     // An operator's request decides who goes first.
     if let Some(f) = o
@@ -272,9 +277,6 @@ pub fn may_take_leader(o: &Observed) -> Result<&'static str, &'static str> {
     }
     if o.nofailover {
         return Err("nofailover is set on this node");
-    }
-    if !o.fence_ok {
-        return Err("no watchdog: a primary here could not be fenced");
     }
     if o.disk_full {
         return Err("disk full: this node cannot take writes");
