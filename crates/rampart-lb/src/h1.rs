@@ -64,6 +64,7 @@ pub mod fuzzing;
 mod buf;
 mod chunked;
 mod head;
+mod up_h2;
 
 use buf::{Buf, Out, BUF};
 use chunked::{BadChunk, Chunked};
@@ -684,12 +685,42 @@ async fn attempt_on<T: ClientStream>(
     let s = slot.server();
     let t = pool.cfg.timeouts;
     let client_stall = ctx.listener.cfg.idle_timeout;
-    let mut pooled = upstream::checkout_raw(s, ctx.worker, t.idle, ns_at(started.into_std()));
+    let now_ns = ns_at(started.into_std());
+    // A pool offering `h2`: a server that picked it gets the request over HTTP/2 (an
+    // upgrade goes over HTTP/1.1, whose ALPN leaves `h2` out).
+    let h2 = !req.upgrade && pool.cfg.tls.as_ref().is_some_and(|c| c.offers_h2());
+    let h2_at = up_h2::At {
+        slot,
+        started,
+        t0,
+        attempt,
+    };
+    if h2 {
+        if let Some(sender) = crate::upstream_h2::checkout(s, ctx.worker, now_ns) {
+            return up_h2::forward(sender, io, buf, ctx, req, out, h2_at, continued).await;
+        }
+    }
+    let mut pooled = upstream::checkout_raw(s, ctx.worker, t.idle, now_ns);
+    // A new connection whose server picked HTTP/1.1.
+    let mut fresh = None;
+    if h2 && pooled.is_none() {
+        let (conn, picked_h2) =
+            upstream_tls::connect_alpn(s.addr, t.connect, pool.cfg.tls.as_ref())
+                .await
+                .map_err(Failure::Unsent)?;
+        if picked_h2 {
+            let sender = crate::upstream_h2::handshake(conn, s, ctx.worker, t.connect, now_ns)
+                .await
+                .map_err(Failure::Unsent)?;
+            return up_h2::forward(sender, io, buf, ctx, req, out, h2_at, continued).await;
+        }
+        fresh = Some(conn);
+    }
     let mut may_renew = true;
     let mut ub = Buf::take();
     let (mut up, info, cut, sent, first) = 'conn: loop {
         let from_pool = pooled.is_some();
-        let mut up = match pooled.take() {
+        let mut up = match pooled.take().or_else(|| fresh.take()) {
             Some(c) => c,
             None => upstream_tls::connect(s.addr, t.connect, pool.cfg.tls.as_ref())
                 .await
@@ -699,16 +730,7 @@ async fn attempt_on<T: ClientStream>(
         let head_len = out.len();
         let mut left = Left::of(req.body);
         let mut inline = 0;
-        // A chunked body's size is known only as it streams (counted with its framing);
-        // a declared length was checked with the head.
-        let fw = ctx.listener.firewall.as_deref();
-        let limits = BodyLimits {
-            max: match req.body {
-                Framing::Chunked => fw.and_then(|f| f.max_body()),
-                _ => None,
-            },
-            min_rate: fw.and_then(|f| f.min_upload_rate()),
-        };
+        let limits = BodyLimits::of(ctx, req);
         let limit = limits.max;
         if let Some(l) = left.as_mut() {
             if !req.expect {
@@ -844,32 +866,8 @@ async fn attempt_on<T: ClientStream>(
         }
     };
     // A response: account for it, then stream it.
-    let t1 = Instant::now();
+    let t1 = answered(ctx, req, &h2_at, &info, sent, first);
     let end = ns_at(t1.into_std());
-    let took = end.saturating_sub(ns_at(started.into_std()));
-    s.stats.response(info.status, took);
-    pool.on_answer(
-        slot.server,
-        info.status,
-        ns_at(sent.into_std()),
-        first.map_or(end, |f| ns_at(f.into_std())),
-        end,
-    );
-    let total = end.saturating_sub(ns_at(t0.into_std()));
-    ctx.listener.stats.counters.response(info.status, total);
-    if let Some((method, path)) = &req.log {
-        let served = crate::accesslog::Served {
-            server: s.name.clone(),
-            attempts: attempt + 1,
-            upstream_ns: took,
-        };
-        let bytes = match info.body {
-            Framing::None => Some(0),
-            Framing::Length(n) => Some(n),
-            _ => None,
-        };
-        log(ctx, method, path, info.status, bytes, total, Some(&served));
-    }
     ub.consume(info.head_len);
     if info.switched {
         // What the server sent past its head is the tunnel's first bytes.
@@ -925,12 +923,75 @@ async fn attempt_on<T: ClientStream>(
     })
 }
 
+/// Account for a response whose head just came from the attempt's server (the request's
+/// last byte went at `sent`, the answer's first at `first` when the head took several
+/// reads): the server's and the listener's counters, the balancer's measures, the access
+/// log. When the head came.
+fn answered(
+    ctx: &ConnCtx,
+    req: &ReqInfo,
+    at: &up_h2::At<'_>,
+    info: &RespInfo,
+    sent: Instant,
+    first: Option<Instant>,
+) -> Instant {
+    let s = at.slot.server();
+    let t1 = Instant::now();
+    let end = ns_at(t1.into_std());
+    let took = end.saturating_sub(ns_at(at.started.into_std()));
+    s.stats.response(info.status, took);
+    at.slot.pool.on_answer(
+        at.slot.server,
+        info.status,
+        ns_at(sent.into_std()),
+        first.map_or(end, |f| ns_at(f.into_std())),
+        end,
+    );
+    let total = end.saturating_sub(ns_at(at.t0.into_std()));
+    ctx.listener.stats.counters.response(info.status, total);
+    if let Some((method, path)) = &req.log {
+        let served = crate::accesslog::Served {
+            server: s.name.clone(),
+            attempts: at.attempt + 1,
+            upstream_ns: took,
+        };
+        let bytes = match info.body {
+            Framing::None => Some(0),
+            Framing::Length(n) => Some(n),
+            _ => None,
+        };
+        log(ctx, method, path, info.status, bytes, total, Some(&served));
+    }
+    t1
+}
+
+/// Where a request body goes: an upstream socket, or an HTTP/2 stream's channel.
+trait BodySink: Send {
+    /// Send `data`, by `deadline`.
+    fn put(
+        &mut self,
+        data: &[u8],
+        deadline: Instant,
+    ) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+impl BodySink for UpStream {
+    fn put(
+        &mut self,
+        data: &[u8],
+        deadline: Instant,
+    ) -> impl Future<Output = io::Result<()>> + Send {
+        write_flush(self, data, deadline)
+    }
+}
+
 /// Forward the rest of a request body from the client (what is in `buf`, then reads) to
-/// the upstream. A read stalled for `client_stall`, or a write for `up_stall`, fails.
+/// the upstream (decoded when `left` is [`Left::Dechunk`]). A read stalled for
+/// `client_stall`, or a write for `up_stall`, fails.
 async fn send_body<T: ClientStream>(
     io: &mut T,
     buf: &mut Buf,
-    up: &mut UpStream,
+    up: &mut impl BodySink,
     left: &mut Left,
     s: &crate::state::ServerState,
     (client_stall, up_stall): (Duration, Duration),
@@ -938,6 +999,7 @@ async fn send_body<T: ClientStream>(
 ) -> Result<(), Failure> {
     let start = Instant::now();
     let mut total: u64 = 0;
+    let mut decoded = Vec::new();
     loop {
         if buf.is_empty() {
             // With a minimum rate, the next byte is due when the rate says so.
@@ -955,7 +1017,10 @@ async fn send_body<T: ClientStream>(
                 Ok(_) => {}
             }
         }
-        let k = left.take(buf.data()).map_err(|_| Failure::BadBody)?;
+        decoded.clear();
+        let k = left
+            .take_into(buf.data(), &mut decoded)
+            .map_err(|_| Failure::BadBody)?;
         total += k as u64;
         if limits.max.is_some_and(|m| total > m) {
             return Err(Failure::TooLarge);
@@ -967,9 +1032,16 @@ async fn send_body<T: ClientStream>(
             }
         }
         if k > 0 {
-            write_flush(up, &buf.data()[..k], Instant::now() + up_stall)
-                .await
-                .map_err(Failure::Sent)?;
+            let data = if left.decodes() {
+                &decoded[..]
+            } else {
+                &buf.data()[..k]
+            };
+            if !data.is_empty() {
+                up.put(data, Instant::now() + up_stall)
+                    .await
+                    .map_err(Failure::Sent)?;
+            }
             buf.consume(k);
             s.stats.bytes_in(k);
         }
@@ -986,6 +1058,21 @@ struct BodyLimits {
     max: Option<u64>,
     /// Bytes per second, after [`BODY_RATE_GRACE`].
     min_rate: Option<u64>,
+}
+
+impl BodyLimits {
+    /// The firewall's limits for `req`'s body. A chunked body's size is known only as it
+    /// streams (counted with its framing); a declared length was checked with the head.
+    fn of(ctx: &ConnCtx, req: &ReqInfo) -> BodyLimits {
+        let fw = ctx.listener.firewall.as_deref();
+        BodyLimits {
+            max: match req.body {
+                Framing::Chunked => fw.and_then(|f| f.max_body()),
+                _ => None,
+            },
+            min_rate: fw.and_then(|f| f.min_upload_rate()),
+        }
+    }
 }
 
 /// The first moments of a body are not held to the minimum upload rate (a connection's

@@ -254,5 +254,5 @@ fn sweep_server(s: &ServerState, worker: usize, limit: Duration, now_ns: u64) ->
             closed += before - l.len();
         }
     }
-    closed
+    closed + crate::upstream_h2::sweep(s, worker, limit, now_ns)
 }
