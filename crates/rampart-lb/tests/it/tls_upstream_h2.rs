@@ -81,7 +81,13 @@ async fn answer(req: Request<hyper::body::Incoming>) -> Result<Response<Body>, I
 }
 
 impl H2Backend {
-    async fn start(chain: &Path, key: &Path, alpn: &[&[u8]]) -> H2Backend {
+    /// With `goaway_after`, each connection ends gracefully (GOAWAY) at that request.
+    async fn start(
+        chain: &Path,
+        key: &Path,
+        alpn: &[&[u8]],
+        goaway_after: Option<u64>,
+    ) -> H2Backend {
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(chain)
             .unwrap()
             .collect::<Result<_, _>>()
@@ -115,9 +121,24 @@ impl H2Backend {
                     if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
                         h.fetch_add(1, Ordering::SeqCst);
                     }
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), hyper::service::service_fn(answer))
-                        .await;
+                    let served = AtomicU64::new(0);
+                    let bye = tokio::sync::Notify::new();
+                    let svc = hyper::service::service_fn(|req| {
+                        if Some(served.fetch_add(1, Ordering::SeqCst) + 1) == goaway_after {
+                            bye.notify_one();
+                        }
+                        answer(req)
+                    });
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let conn = builder.serve_connection(TokioIo::new(tls), svc);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => return,
+                        _ = bye.notified() => {}
+                    }
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
                 });
             }
         })
@@ -178,7 +199,7 @@ async fn raw(addr: SocketAddr, req: &[u8]) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_go_to_an_h2_server_over_one_multiplexed_connection() {
     let s = setup();
-    let b = H2Backend::start(&s.server.0, &s.server.1, &[b"h2", b"http/1.1"]).await;
+    let b = H2Backend::start(&s.server.0, &s.server.1, &[b"h2", b"http/1.1"], None).await;
     // Health checks over the same pool tls: HTTP/1.1 (their ALPN leaves h2 out).
     let cfg = config(b.addr, &h2_tls(&s)).replace(
         "health_check = { kind = \"none\" }",
@@ -242,7 +263,7 @@ async fn requests_go_to_an_h2_server_over_one_multiplexed_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_stream_both_ways_over_h2() {
     let s = setup();
-    let b = H2Backend::start(&s.server.0, &s.server.1, &[b"h2", b"http/1.1"]).await;
+    let b = H2Backend::start(&s.server.0, &s.server.1, &[b"h2", b"http/1.1"], None).await;
     let lb = Lb::start_threads(&config(b.addr, &h2_tls(&s)), 1).await;
     let mut c = Client::connect(lb.addr).await.unwrap();
     // A POST with a length, bigger than a window of HTTP/2 flow control.
@@ -292,7 +313,7 @@ async fn bodies_stream_both_ways_over_h2() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_picking_http1_is_served_over_http1_and_a_wrong_ca_is_502() {
     let s = setup();
-    let b = H2Backend::start(&s.server.0, &s.server.1, &[b"http/1.1"]).await;
+    let b = H2Backend::start(&s.server.0, &s.server.1, &[b"http/1.1"], None).await;
     let lb = Lb::start_threads(&config(b.addr, &h2_tls(&s)), 1).await;
     let mut c = Client::connect(lb.addr).await.unwrap();
     for _ in 0..5 {
@@ -337,4 +358,20 @@ async fn a_server_picking_http1_is_served_over_http1_and_a_wrong_ca_is_502() {
         assert!(Instant::now() < deadline, "no log line:\n{log}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_ending_its_h2_connections_with_goaway_gets_new_ones() {
+    let s = setup();
+    let b = H2Backend::start(&s.server.0, &s.server.1, &[b"h2", b"http/1.1"], Some(3)).await;
+    let lb = Lb::start_threads(&config(b.addr, &h2_tls(&s)), 1).await;
+    let mut c = Client::connect(lb.addr).await.unwrap();
+    for i in 0..12 {
+        let (status, body) = c.get(&format!("/g/{i}")).await.unwrap();
+        assert_eq!(status, 200, "request {i}: {}", lb.proc.log_text());
+        assert!(body.starts_with(&format!("HTTP/2.0 GET /g/{i} ")), "{body}");
+    }
+    // Three requests a connection (a request that met a closing one went on a new one).
+    let n = b.h2_conns.load(Ordering::SeqCst);
+    assert!((4..=5).contains(&n), "{n} connections");
 }
