@@ -10,8 +10,9 @@
 //! `SETTINGS_MAX_CONCURRENT_STREAMS` is kept by the `h2` crate: requests past it wait for
 //! a stream to end. hyper's `client::conn::http2` drives each connection in its own task.
 //!
-//! The requests themselves come from the HTTP/1.1 fast path (`h1::up_h2`), which
-//! translates the head it has already checked and rewritten.
+//! The requests come from the HTTP/1.1 fast path (`h1::up_h2`), which translates the
+//! head it has already checked and rewritten, and from the HTTP/2-client path (`http.rs`,
+//! [`to_upstream`]).
 
 use std::io;
 use std::net::SocketAddr;
@@ -50,6 +51,8 @@ pub struct H2Conn {
 /// never take a cut body for a whole one.
 pub enum H2Body {
     Empty,
+    /// An HTTP/2 client's body (the hyper path).
+    Hyper(crate::body::ReqBody),
     Stream {
         rx: mpsc::Receiver<Option<Bytes>>,
         len: Option<u64>,
@@ -82,6 +85,7 @@ impl Body for H2Body {
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         match self.get_mut() {
             H2Body::Empty => Poll::Ready(None),
+            H2Body::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(io::Error::other),
             H2Body::Stream { ended: true, .. } => Poll::Ready(None),
             H2Body::Stream { rx, ended, .. } => match rx.poll_recv(cx) {
                 Poll::Pending => Poll::Pending,
@@ -100,6 +104,7 @@ impl Body for H2Body {
     fn is_end_stream(&self) -> bool {
         match self {
             H2Body::Empty => true,
+            H2Body::Hyper(b) => b.is_end_stream(),
             H2Body::Stream { ended, .. } => *ended,
         }
     }
@@ -107,6 +112,7 @@ impl Body for H2Body {
     fn size_hint(&self) -> SizeHint {
         match self {
             H2Body::Empty => SizeHint::with_exact(0),
+            H2Body::Hyper(b) => b.size_hint(),
             H2Body::Stream { len: Some(n), .. } => SizeHint::with_exact(*n),
             H2Body::Stream { .. } => SizeHint::default(),
         }
@@ -168,4 +174,63 @@ pub fn sweep(server: &ServerState, worker: usize, limit: Duration, now_ns: u64) 
     let max = limit.as_nanos() as u64;
     l.retain(|c| !c.sender.is_closed() && now_ns.saturating_sub(c.used_ns) <= max);
     before - l.len()
+}
+
+/// A request of the hyper path (an HTTP/2 client's, headers already prepared) for an
+/// HTTP/2 server: `https` and the `:authority` (its own, else its `Host`, else
+/// `authority`) in the URI, no `Host` field.
+pub fn to_upstream(
+    req: http::Request<crate::body::ReqBody>,
+    authority: &str,
+) -> http::Request<H2Body> {
+    let (mut parts, body) = req.into_parts();
+    let host = parts.headers.remove(http::header::HOST);
+    let auth = parts
+        .uri
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| {
+            host.as_ref()
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| authority.to_string());
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let uri = http::Uri::builder()
+        .scheme("https")
+        .authority(auth)
+        .path_and_query(path.clone())
+        .build()
+        .or_else(|_| {
+            http::Uri::builder()
+                .scheme("https")
+                .authority(authority)
+                .path_and_query(path)
+                .build()
+        });
+    if let Ok(u) = uri {
+        parts.uri = u;
+    }
+    parts.version = http::Version::HTTP_2;
+    http::Request::from_parts(parts, H2Body::Hyper(body))
+}
+
+/// [`to_upstream`] undone, for a request that was not sent (to go on another connection).
+pub fn back(req: http::Request<H2Body>) -> http::Request<crate::body::ReqBody> {
+    let (mut parts, body) = req.into_parts();
+    if let Some(a) = parts.uri.authority() {
+        if let Ok(v) = http::HeaderValue::from_str(a.as_str()) {
+            parts.headers.insert(http::header::HOST, v);
+        }
+    }
+    parts.version = http::Version::HTTP_11;
+    let body = match body {
+        H2Body::Hyper(b) => b,
+        _ => crate::body::ReqBody::Empty,
+    };
+    http::Request::from_parts(parts, body)
 }

@@ -3,9 +3,9 @@
 //! A server's certificate is verified against the pool's CA and the configured name (else
 //! the server's IP address), the balancer presents a client certificate when given one
 //! (mutual TLS), and ALPN offers the pool's `alpn` (`http/1.1` by default). When that lists
-//! `h2`, the fast path connects with [`connect_alpn`] and a server that picks `h2` gets the
-//! pool's requests over HTTP/2 ([`crate::upstream_h2`]); health checks and the other
-//! connections offer the list without `h2`. An upstream connection is an [`UpStream`]:
+//! `h2`, new request connections are made with [`connect_alpn`] and a server that picks
+//! `h2` gets the pool's requests over HTTP/2 ([`crate::upstream_h2`]); health checks and
+//! upgrades offer the list without `h2`. An upstream connection is an [`UpStream`]:
 //! plain TCP or TLS over it, pooled alike (an idle TLS connection is its stream in the
 //! server's pool, with its rustls state). Sessions to the servers resume (rustls's client
 //! session cache, shared by the pools with the same settings).

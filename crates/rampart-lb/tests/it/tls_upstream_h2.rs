@@ -239,6 +239,27 @@ async fn requests_go_to_an_h2_server_over_one_multiplexed_connection() {
         assert_eq!(status, 200);
         assert!(body.starts_with(&format!("HTTP/2.0 GET /c/{i} ")), "{body}");
     }
+    // An HTTP/2 client (h2c, the hyper path): over the same connection, its body too.
+    let tcp = TcpStream::connect(lb.addr).await.unwrap();
+    let (mut h2c, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::post(format!("http://{}/from-h2", lb.addr))
+        .body(Full::new(Bytes::from_static(b"h2 body")))
+        .unwrap();
+    let resp = h2c.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), hyper::Version::HTTP_2);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        format!(
+            "HTTP/2.0 POST /from-h2 authority={} host=- len=7\nh2 body",
+            lb.addr
+        )
+    );
     // One worker: every request above went over its one HTTP/2 connection.
     assert_eq!(b.h2_conns.load(Ordering::SeqCst), 1);
     // The server stayed up (health checks pass).
