@@ -201,9 +201,13 @@ async fn requests_go_to_an_h2_server_over_one_multiplexed_connection() {
     let s = setup();
     let b = H2Backend::start(&s.server.0, &s.server.1, &[b"h2", b"http/1.1"], None).await;
     // Health checks over the same pool tls: HTTP/1.1 (their ALPN leaves h2 out).
-    let cfg = config(b.addr, &h2_tls(&s)).replace(
-        "health_check = { kind = \"none\" }",
-        "health_check = { kind = \"http\", path = \"/health\", interval = \"100ms\" }",
+    let admin = format!("127.0.0.1:{}", rampart_testkit::free_port());
+    let cfg = format!(
+        "[admin]\naddress = \"{admin}\"\n{}",
+        config(b.addr, &h2_tls(&s)).replace(
+            "health_check = { kind = \"none\" }",
+            "health_check = { kind = \"http\", path = \"/health\", interval = \"100ms\" }",
+        )
     );
     let lb = Lb::start_threads(&cfg, 1).await;
     let (conns, h2_conns) = (b.conns.clone(), b.h2_conns.clone());
@@ -265,6 +269,21 @@ async fn requests_go_to_an_h2_server_over_one_multiplexed_connection() {
     // The server stayed up (health checks pass).
     let (status, _) = c.get("/after").await.unwrap();
     assert_eq!(status, 200);
+    // Counted: one connection, a stream per request (20 + 10 + h2c + 1).
+    let m = raw(
+        admin.parse().unwrap(),
+        b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let m = String::from_utf8_lossy(&m);
+    assert!(
+        m.contains("\nrampart_upstream_h2_connections_total{} 1\n"),
+        "{m}"
+    );
+    assert!(
+        m.contains("\nrampart_upstream_h2_streams_total{} 32\n"),
+        "{m}"
+    );
 
     // A HEAD: no body, the length of the GET.
     let head = raw(
