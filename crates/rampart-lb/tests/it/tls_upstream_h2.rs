@@ -48,6 +48,10 @@ fn pattern(n: usize) -> Vec<u8> {
     (0..n).map(|i| b'a' + (i % 26) as u8).collect()
 }
 
+/// `/slow` requests being answered, and the most at once (one test uses them).
+static SLOW_NOW: AtomicU64 = AtomicU64::new(0);
+static SLOW_MAX: AtomicU64 = AtomicU64::new(0);
+
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 async fn answer(req: Request<hyper::body::Incoming>) -> Result<Response<Body>, Infallible> {
@@ -63,6 +67,13 @@ async fn answer(req: Request<hyper::body::Incoming>) -> Result<Response<Body>, I
             .map_or("-", |h| h.to_str().unwrap_or("?")),
     );
     let r = match path.as_str() {
+        "/slow" => {
+            let now = SLOW_NOW.fetch_add(1, Ordering::SeqCst) + 1;
+            SLOW_MAX.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            SLOW_NOW.fetch_sub(1, Ordering::SeqCst);
+            Response::new(Full::new(Bytes::from(head)).boxed())
+        }
         "/big" => Response::new(Full::new(Bytes::from(pattern(BIG))).boxed()),
         "/stream" => {
             let chunks = (0..CHUNKS).map(|i| {
@@ -81,12 +92,13 @@ async fn answer(req: Request<hyper::body::Incoming>) -> Result<Response<Body>, I
 }
 
 impl H2Backend {
-    /// With `goaway_after`, each connection ends gracefully (GOAWAY) at that request.
+    /// With `goaway_after`, each connection ends gracefully (GOAWAY) at that request;
+    /// with `max_streams`, HTTP/2 clients may open that many streams at once.
     async fn start(
         chain: &Path,
         key: &Path,
         alpn: &[&[u8]],
-        goaway_after: Option<u64>,
+        (goaway_after, max_streams): (Option<u64>, Option<u32>),
     ) -> H2Backend {
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(chain)
             .unwrap()
@@ -129,8 +141,9 @@ impl H2Backend {
                         }
                         answer(req)
                     });
-                    let builder =
+                    let mut builder =
                         hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    builder.http2().max_concurrent_streams(max_streams);
                     let conn = builder.serve_connection(TokioIo::new(tls), svc);
                     tokio::pin!(conn);
                     tokio::select! {
@@ -199,7 +212,13 @@ async fn raw(addr: SocketAddr, req: &[u8]) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_go_to_an_h2_server_over_one_multiplexed_connection() {
     let s = setup();
-    let b = H2Backend::start(&s.server.0, &s.server.1, &[b"h2", b"http/1.1"], None).await;
+    let b = H2Backend::start(
+        &s.server.0,
+        &s.server.1,
+        &[b"h2", b"http/1.1"],
+        (None, None),
+    )
+    .await;
     // Health checks over the same pool tls: HTTP/1.1 (their ALPN leaves h2 out).
     let admin = format!("127.0.0.1:{}", rampart_testkit::free_port());
     let cfg = format!(
@@ -303,7 +322,13 @@ async fn requests_go_to_an_h2_server_over_one_multiplexed_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_stream_both_ways_over_h2() {
     let s = setup();
-    let b = H2Backend::start(&s.server.0, &s.server.1, &[b"h2", b"http/1.1"], None).await;
+    let b = H2Backend::start(
+        &s.server.0,
+        &s.server.1,
+        &[b"h2", b"http/1.1"],
+        (None, None),
+    )
+    .await;
     let lb = Lb::start_threads(&config(b.addr, &h2_tls(&s)), 1).await;
     let mut c = Client::connect(lb.addr).await.unwrap();
     // A POST with a length, bigger than a window of HTTP/2 flow control.
@@ -353,7 +378,7 @@ async fn bodies_stream_both_ways_over_h2() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_picking_http1_is_served_over_http1_and_a_wrong_ca_is_502() {
     let s = setup();
-    let b = H2Backend::start(&s.server.0, &s.server.1, &[b"http/1.1"], None).await;
+    let b = H2Backend::start(&s.server.0, &s.server.1, &[b"http/1.1"], (None, None)).await;
     let lb = Lb::start_threads(&config(b.addr, &h2_tls(&s)), 1).await;
     let mut c = Client::connect(lb.addr).await.unwrap();
     for _ in 0..5 {
@@ -403,7 +428,13 @@ async fn a_server_picking_http1_is_served_over_http1_and_a_wrong_ca_is_502() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_ending_its_h2_connections_with_goaway_gets_new_ones() {
     let s = setup();
-    let b = H2Backend::start(&s.server.0, &s.server.1, &[b"h2", b"http/1.1"], Some(3)).await;
+    let b = H2Backend::start(
+        &s.server.0,
+        &s.server.1,
+        &[b"h2", b"http/1.1"],
+        (Some(3), None),
+    )
+    .await;
     let lb = Lb::start_threads(&config(b.addr, &h2_tls(&s)), 1).await;
     let mut c = Client::connect(lb.addr).await.unwrap();
     for i in 0..12 {
@@ -414,4 +445,48 @@ async fn a_server_ending_its_h2_connections_with_goaway_gets_new_ones() {
     // Three requests a connection (a request that met a closing one went on a new one).
     let n = b.h2_conns.load(Ordering::SeqCst);
     assert!((4..=5).contains(&n), "{n} connections");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_max_concurrent_streams_is_kept_requests_wait_for_a_stream() {
+    let s = setup();
+    let b = H2Backend::start(&s.server.0, &s.server.1, &[b"h2"], (None, Some(1))).await;
+    let lb = Lb::start_threads(&config(b.addr, &h2_tls(&s)), 1).await;
+    // The connection first (its SETTINGS known), then 6 requests at once.
+    assert_eq!(
+        Client::connect(lb.addr)
+            .await
+            .unwrap()
+            .get("/")
+            .await
+            .unwrap()
+            .0,
+        200
+    );
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let addr = lb.addr;
+        tasks.push(tokio::spawn(async move {
+            Client::connect(addr)
+                .await
+                .unwrap()
+                .get("/slow")
+                .await
+                .unwrap()
+        }));
+    }
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        assert_eq!(status, 200, "{}", lb.proc.log_text());
+        assert!(body.starts_with("HTTP/2.0 GET /slow"), "{body}");
+    }
+    // One at a time on the one connection: 6 x 100 ms.
+    assert_eq!(SLOW_MAX.load(Ordering::SeqCst), 1);
+    assert!(
+        t0.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(b.h2_conns.load(Ordering::SeqCst), 1);
 }
