@@ -697,9 +697,13 @@ async fn attempt_on<T: ClientStream>(
         t0,
         attempt,
     };
+    // (Boxed: the HTTP/2 exchange's state does not weigh on every HTTP/1.1 request's.)
     if h2 {
         if let Some(sender) = crate::upstream_h2::checkout(s, ctx.worker, now_ns) {
-            return up_h2::forward(sender, io, buf, ctx, req, out, h2_at, continued).await;
+            return Box::pin(up_h2::forward(
+                sender, io, buf, ctx, req, out, h2_at, continued,
+            ))
+            .await;
         }
     }
     let mut pooled = upstream::checkout_raw(s, ctx.worker, t.idle, now_ns);
@@ -714,7 +718,10 @@ async fn attempt_on<T: ClientStream>(
             let sender = crate::upstream_h2::handshake(conn, s, ctx.worker, t.connect, now_ns)
                 .await
                 .map_err(Failure::Unsent)?;
-            return up_h2::forward(sender, io, buf, ctx, req, out, h2_at, continued).await;
+            return Box::pin(up_h2::forward(
+                sender, io, buf, ctx, req, out, h2_at, continued,
+            ))
+            .await;
         }
         fresh = Some(conn);
     }
