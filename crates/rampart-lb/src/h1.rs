@@ -1,7 +1,9 @@
 //! The HTTP/1.1 fast path: our own codec on both sides of the proxy. This module runs a
 //! connection (read a head, proxy it, stream both bodies, tunnel an upgrade); `head`
 //! parses and renders heads and holds the rules every HTTP/1 request meets, `chunked`
-//! scans (or decodes) the chunked coding, `buf` holds the per-thread buffer free lists.
+//! scans (or decodes) the chunked coding, `buf` holds the per-thread buffer free lists,
+//! `bodies` streams bodies and tunnels, `up_h2` sends a request to a server that speaks
+//! HTTP/2 (a pool whose `tls` offers `h2`).
 //!
 //! Every HTTP/1.x client connection (plain or over TLS) is served here, HTTP/1.0 and
 //! upgrades (WebSocket) included: one codec and one policy for every HTTP/1 request. Request heads are
