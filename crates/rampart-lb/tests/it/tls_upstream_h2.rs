@@ -74,6 +74,12 @@ async fn answer(req: Request<hyper::body::Incoming>) -> Result<Response<Body>, I
             SLOW_NOW.fetch_sub(1, Ordering::SeqCst);
             Response::new(Full::new(Bytes::from(head)).boxed())
         }
+        "/reject" => {
+            // Answers without reading the body (an upload refused at once).
+            let mut r = Response::new(Full::new(Bytes::from_static(b"too large")).boxed());
+            *r.status_mut() = hyper::StatusCode::PAYLOAD_TOO_LARGE;
+            r
+        }
         "/big" => Response::new(Full::new(Bytes::from(pattern(BIG))).boxed()),
         "/stream" => {
             let chunks = (0..CHUNKS).map(|i| {
@@ -488,5 +494,30 @@ async fn the_servers_max_concurrent_streams_is_kept_requests_wait_for_a_stream()
         "{:?}",
         t0.elapsed()
     );
+    assert_eq!(b.h2_conns.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_answer_to_an_upload_reaches_the_client() {
+    let s = setup();
+    let b = H2Backend::start(&s.server.0, &s.server.1, &[b"h2"], (None, None)).await;
+    let lb = Lb::start_threads(&config(b.addr, &h2_tls(&s)), 1).await;
+    let mut c = Client::connect(lb.addr).await.unwrap();
+    let t0 = Instant::now();
+    let req = Request::post("/reject")
+        .header("host", "lb.test")
+        .body(Full::new(Bytes::from(pattern(4 << 20))))
+        .unwrap();
+    let (status, body) = c.request(req).await.unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (413, "too large"),
+        "{}",
+        lb.proc.log_text()
+    );
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    // The connection to the server stays usable.
+    let mut c = Client::connect(lb.addr).await.unwrap();
+    assert_eq!(c.get("/after").await.unwrap().0, 200);
     assert_eq!(b.h2_conns.load(Ordering::SeqCst), 1);
 }
