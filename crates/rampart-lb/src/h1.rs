@@ -1,7 +1,9 @@
 //! The HTTP/1.1 fast path: our own codec on both sides of the proxy. This module runs a
 //! connection (read a head, proxy it, stream both bodies, tunnel an upgrade); `head`
 //! parses and renders heads and holds the rules every HTTP/1 request meets, `chunked`
-//! scans (or decodes) the chunked coding, `buf` holds the per-thread buffer free lists.
+//! scans (or decodes) the chunked coding, `buf` holds the per-thread buffer free lists,
+//! `bodies` streams bodies and tunnels, `up_h2` sends a request to a server that speaks
+//! HTTP/2 (a pool whose `tls` offers `h2`).
 //!
 //! Every HTTP/1.x client connection (plain or over TLS) is served here, HTTP/1.0 and
 //! upgrades (WebSocket) included: one codec and one policy for every HTTP/1 request. Request heads are
@@ -61,10 +63,13 @@ use crate::upstream_tls::{self, UpStream};
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 
+mod bodies;
 mod buf;
 mod chunked;
 mod head;
+mod up_h2;
 
+use bodies::*;
 use buf::{Buf, Out, BUF};
 use chunked::{BadChunk, Chunked};
 use head::*;
@@ -684,12 +689,49 @@ async fn attempt_on<T: ClientStream>(
     let s = slot.server();
     let t = pool.cfg.timeouts;
     let client_stall = ctx.listener.cfg.idle_timeout;
-    let mut pooled = upstream::checkout_raw(s, ctx.worker, t.idle, ns_at(started.into_std()));
+    let now_ns = ns_at(started.into_std());
+    // A pool offering `h2`: a server that picked it gets the request over HTTP/2 (an
+    // upgrade goes over HTTP/1.1, whose ALPN leaves `h2` out).
+    let h2 = !req.upgrade && pool.cfg.tls.as_ref().is_some_and(|c| c.offers_h2());
+    let h2_at = up_h2::At {
+        slot,
+        started,
+        t0,
+        attempt,
+    };
+    // (Boxed: the HTTP/2 exchange's state does not weigh on every HTTP/1.1 request's.)
+    if h2 {
+        if let Some(sender) = crate::upstream_h2::checkout(s, ctx.worker, now_ns) {
+            return Box::pin(up_h2::forward(
+                sender, io, buf, ctx, req, out, h2_at, continued,
+            ))
+            .await;
+        }
+    }
+    let mut pooled = upstream::checkout_raw(s, ctx.worker, t.idle, now_ns);
+    // A new connection whose server picked HTTP/1.1.
+    let mut fresh = None;
+    if h2 && pooled.is_none() {
+        let (conn, picked_h2) =
+            upstream_tls::connect_alpn(s.addr, t.connect, pool.cfg.tls.as_ref())
+                .await
+                .map_err(Failure::Unsent)?;
+        if picked_h2 {
+            let sender = crate::upstream_h2::handshake(conn, s, ctx.worker, t.connect, now_ns)
+                .await
+                .map_err(Failure::Unsent)?;
+            return Box::pin(up_h2::forward(
+                sender, io, buf, ctx, req, out, h2_at, continued,
+            ))
+            .await;
+        }
+        fresh = Some(conn);
+    }
     let mut may_renew = true;
     let mut ub = Buf::take();
     let (mut up, info, cut, sent, first) = 'conn: loop {
         let from_pool = pooled.is_some();
-        let mut up = match pooled.take() {
+        let mut up = match pooled.take().or_else(|| fresh.take()) {
             Some(c) => c,
             None => upstream_tls::connect(s.addr, t.connect, pool.cfg.tls.as_ref())
                 .await
@@ -699,16 +741,7 @@ async fn attempt_on<T: ClientStream>(
         let head_len = out.len();
         let mut left = Left::of(req.body);
         let mut inline = 0;
-        // A chunked body's size is known only as it streams (counted with its framing);
-        // a declared length was checked with the head.
-        let fw = ctx.listener.firewall.as_deref();
-        let limits = BodyLimits {
-            max: match req.body {
-                Framing::Chunked => fw.and_then(|f| f.max_body()),
-                _ => None,
-            },
-            min_rate: fw.and_then(|f| f.min_upload_rate()),
-        };
+        let limits = BodyLimits::of(ctx, req);
         let limit = limits.max;
         if let Some(l) = left.as_mut() {
             if !req.expect {
@@ -844,32 +877,8 @@ async fn attempt_on<T: ClientStream>(
         }
     };
     // A response: account for it, then stream it.
-    let t1 = Instant::now();
+    let t1 = answered(ctx, req, &h2_at, &info, sent, first);
     let end = ns_at(t1.into_std());
-    let took = end.saturating_sub(ns_at(started.into_std()));
-    s.stats.response(info.status, took);
-    pool.on_answer(
-        slot.server,
-        info.status,
-        ns_at(sent.into_std()),
-        first.map_or(end, |f| ns_at(f.into_std())),
-        end,
-    );
-    let total = end.saturating_sub(ns_at(t0.into_std()));
-    ctx.listener.stats.counters.response(info.status, total);
-    if let Some((method, path)) = &req.log {
-        let served = crate::accesslog::Served {
-            server: s.name.clone(),
-            attempts: attempt + 1,
-            upstream_ns: took,
-        };
-        let bytes = match info.body {
-            Framing::None => Some(0),
-            Framing::Length(n) => Some(n),
-            _ => None,
-        };
-        log(ctx, method, path, info.status, bytes, total, Some(&served));
-    }
     ub.consume(info.head_len);
     if info.switched {
         // What the server sent past its head is the tunnel's first bytes.
@@ -925,327 +934,47 @@ async fn attempt_on<T: ClientStream>(
     })
 }
 
-/// Forward the rest of a request body from the client (what is in `buf`, then reads) to
-/// the upstream. A read stalled for `client_stall`, or a write for `up_stall`, fails.
-async fn send_body<T: ClientStream>(
-    io: &mut T,
-    buf: &mut Buf,
-    up: &mut UpStream,
-    left: &mut Left,
-    s: &crate::state::ServerState,
-    (client_stall, up_stall): (Duration, Duration),
-    limits: BodyLimits,
-) -> Result<(), Failure> {
-    let start = Instant::now();
-    let mut total: u64 = 0;
-    loop {
-        if buf.is_empty() {
-            // With a minimum rate, the next byte is due when the rate says so.
-            let due = limits.min_rate.map(|r| {
-                start + BODY_RATE_GRACE + Duration::from_secs_f64((total + 1) as f64 / r as f64)
-            });
-            let stall = Instant::now() + client_stall;
-            let deadline = due.map_or(stall, |d| d.min(stall));
-            match by(deadline, buf.read_from(io, BUF)).await {
-                Ok(0) => return Err(Failure::Client),
-                Err(e) if e.kind() == io::ErrorKind::TimedOut && due == Some(deadline) => {
-                    return Err(Failure::TooSlow)
-                }
-                Err(_) => return Err(Failure::Client),
-                Ok(_) => {}
-            }
-        }
-        let k = left.take(buf.data()).map_err(|_| Failure::BadBody)?;
-        total += k as u64;
-        if limits.max.is_some_and(|m| total > m) {
-            return Err(Failure::TooLarge);
-        }
-        if let Some(r) = limits.min_rate {
-            let allowed = start.elapsed().saturating_sub(BODY_RATE_GRACE);
-            if (total as f64) < r as f64 * allowed.as_secs_f64() && !left.done() {
-                return Err(Failure::TooSlow);
-            }
-        }
-        if k > 0 {
-            write_flush(up, &buf.data()[..k], Instant::now() + up_stall)
-                .await
-                .map_err(Failure::Sent)?;
-            buf.consume(k);
-            s.stats.bytes_in(k);
-        }
-        if left.done() {
-            return Ok(());
-        }
-    }
-}
-
-/// The firewall's limits on a streamed request body.
-#[derive(Clone, Copy)]
-struct BodyLimits {
-    /// Bytes (chunked bodies; a declared length is checked with the head).
-    max: Option<u64>,
-    /// Bytes per second, after [`BODY_RATE_GRACE`].
-    min_rate: Option<u64>,
-}
-
-/// The first moments of a body are not held to the minimum upload rate (a connection's
-/// slow start, a client computing what it sends).
-const BODY_RATE_GRACE: Duration = Duration::from_secs(1);
-
-/// Forward the rest of a response body; whether it ended cleanly.
-async fn stream_response<T: ClientStream>(
-    io: &mut T,
-    up: &mut UpStream,
-    ub: &mut Buf,
-    left: &mut Left,
-    s: &crate::state::ServerState,
-    client_stall: Duration,
-    up_stall: Duration,
-) -> bool {
-    // Decoded chunk data, for an HTTP/1.0 client (left empty otherwise).
-    let mut decoded = Vec::new();
-    loop {
-        if ub.is_empty() {
-            match by(Instant::now() + up_stall, ub.read_from(up, BUF)).await {
-                Ok(0) => return matches!(left, Left::Close),
-                Err(_) => return false,
-                Ok(_) => {}
-            }
-        }
-        decoded.clear();
-        let Ok(k) = left.take_into(ub.data(), &mut decoded) else {
-            return false;
+/// Account for a response whose head just came from the attempt's server (the request's
+/// last byte went at `sent`, the answer's first at `first` when the head took several
+/// reads): the server's and the listener's counters, the balancer's measures, the access
+/// log. When the head came.
+fn answered(
+    ctx: &ConnCtx,
+    req: &ReqInfo,
+    at: &up_h2::At<'_>,
+    info: &RespInfo,
+    sent: Instant,
+    first: Option<Instant>,
+) -> Instant {
+    let s = at.slot.server();
+    let t1 = Instant::now();
+    let end = ns_at(t1.into_std());
+    let took = end.saturating_sub(ns_at(at.started.into_std()));
+    s.stats.response(info.status, took);
+    at.slot.pool.on_answer(
+        at.slot.server,
+        info.status,
+        ns_at(sent.into_std()),
+        first.map_or(end, |f| ns_at(f.into_std())),
+        end,
+    );
+    let total = end.saturating_sub(ns_at(at.t0.into_std()));
+    ctx.listener.stats.counters.response(info.status, total);
+    if let Some((method, path)) = &req.log {
+        let served = crate::accesslog::Served {
+            server: s.name.clone(),
+            attempts: at.attempt + 1,
+            upstream_ns: took,
         };
-        if k > 0 {
-            let bytes = if left.decodes() {
-                &decoded[..]
-            } else {
-                &ub.data()[..k]
-            };
-            if !bytes.is_empty()
-                && write_flush(io, bytes, Instant::now() + client_stall)
-                    .await
-                    .is_err()
-            {
-                return false;
-            }
-            ub.consume(k);
-            s.stats.bytes_out(k);
-        }
-        if left.done() {
-            return true;
-        }
+        let bytes = match info.body {
+            Framing::None => Some(0),
+            Framing::Length(n) => Some(n),
+            _ => None,
+        };
+        log(ctx, method, path, info.status, bytes, total, Some(&served));
     }
-}
-
-/// After a `101`: copy bytes both ways until either side closes (what the client sent
-/// past its request first). The server's slot stays taken meanwhile, as a connection.
-async fn tunnel<T: ClientStream>(io: &mut T, buf: &mut Buf, mut up: UpStream, ctx: &ConnCtx) {
-    if !buf.is_empty() {
-        let stall = Instant::now() + ctx.listener.cfg.idle_timeout;
-        if write_flush(&mut up, buf.data(), stall).await.is_err() {
-            return;
-        }
-        let n = buf.len();
-        buf.consume(n);
-    }
-    match tokio::io::copy_bidirectional(io, &mut up).await {
-        Ok((to_server, to_client)) => {
-            tracing::debug!(peer = %ctx.peer, to_server, to_client, "upgraded connection ended");
-        }
-        Err(e) => tracing::debug!(peer = %ctx.peer, error = %e, "upgraded connection ended"),
-    }
+    t1
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn an_idle_connection_costs_a_small_future() {
-        // Every client connection holds one `serve` future for its whole life: what it
-        // keeps across awaits is the balancer's memory per idle connection (the bench's
-        // idle scenario). A buffer held in it (say a 4 KiB array) shows up here first.
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        let fut = serve(c, test_ctx(false), Instant::now(), true);
-        let size = std::mem::size_of_val(&fut);
-        assert!(size <= 1024, "the serve future is {size} bytes");
-    }
-
-    // Hardening: the request parser against smuggling and malformed heads.
-
-    pub(super) fn test_ctx(trusted: bool) -> Arc<ConnCtx> {
-        use rampart_topology::lb::{CheckKind, LbConfig, Mode};
-        let cfg = LbConfig::quick(
-            "127.0.0.1:1".parse().unwrap(),
-            &["127.0.0.1:2".parse().unwrap()],
-            rampart_balance::Algorithm::RoundRobin,
-            Mode::Http,
-            CheckKind::None,
-        )
-        .unwrap();
-        let pool = crate::state::PoolState::new(cfg.pools[0].clone(), 1, 1);
-        let rt = Arc::new(crate::ListenerRt {
-            cfg: cfg.listeners[0].clone(),
-            pool: Arc::new(crate::state::PoolHandle::new(pool, 1)),
-            trusted: if trusted {
-                vec!["192.0.2.0/24".parse().unwrap()]
-            } else {
-                Vec::new()
-            },
-            stats: Arc::new(crate::ListenerStats::new(1)),
-            limit: None,
-            tls: None,
-            firewall: None,
-        });
-        ConnCtx::new("192.0.2.7:40000".parse().unwrap(), &rt, 0, None).unwrap()
-    }
-
-    #[test]
-    fn only_unsent_or_idempotent_body_less_requests_are_resent() {
-        assert!(may_resend(0, false), "nothing reached the socket");
-        assert!(may_resend(10, true), "a GET may be seen twice");
-        assert!(!may_resend(1, false), "a partly sent POST must not be");
-    }
-
-    #[tokio::test]
-    async fn write_counted_counts_what_went_out_before_a_failure() {
-        // A pipe that takes 100 bytes, then its reader goes away.
-        let (mut w, mut r) = tokio::io::duplex(100);
-        let data = vec![b'x'; 1000];
-        let mut written = 0;
-        let writing = write_counted(&mut w, &data, &mut written);
-        let reading = async {
-            let mut b = [0u8; 60];
-            r.read_exact(&mut b).await.unwrap();
-            drop(r);
-        };
-        let (res, ()) = tokio::join!(writing, reading);
-        assert!(res.is_err());
-        assert!((100..1000).contains(&written), "{written}");
-        let (mut w, _r) = tokio::io::duplex(4096);
-        let mut written = 0;
-        write_counted(&mut w, b"abc", &mut written).await.unwrap();
-        assert_eq!(written, 3);
-    }
-
-    /// A POST whose head went partly out on a pooled connection that the server then
-    /// resets is answered 502 and never sent again (before: resent on a new connection).
-    /// In process because the partial write needs small socket buffers on the balancer's
-    /// side: over loopback the kernel takes megabytes at once otherwise.
-    #[tokio::test]
-    async fn a_partly_written_post_on_a_pooled_connection_is_not_resent() {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        use tokio::net::TcpSocket;
-        // The backend: small receive buffers; the first connection reads 1000 bytes and
-        // resets, later ones count a POST and answer.
-        let ls = TcpSocket::new_v4().unwrap();
-        ls.set_recv_buffer_size(4096).unwrap();
-        ls.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let listener = ls.listen(16).unwrap();
-        let backend = listener.local_addr().unwrap();
-        let posts = Arc::new(AtomicU32::new(0));
-        let p2 = posts.clone();
-        let server = tokio::spawn(async move {
-            let mut first = true;
-            loop {
-                let Ok((mut c, _)) = listener.accept().await else {
-                    return;
-                };
-                let mut b = vec![0u8; 1000];
-                if c.read_exact(&mut b).await.is_ok() && b.starts_with(b"POST") {
-                    p2.fetch_add(1, Ordering::SeqCst);
-                }
-                if first {
-                    first = false;
-                    socket2::SockRef::from(&c)
-                        .set_linger(Some(Duration::ZERO))
-                        .unwrap();
-                    drop(c);
-                    continue;
-                }
-                tokio::spawn(async move {
-                    let mut sink = vec![0u8; 65536];
-                    let _ = tokio::time::timeout(Duration::from_millis(300), async {
-                        while c.read(&mut sink).await.is_ok_and(|n| n > 0) {}
-                    })
-                    .await;
-                    let _ = c
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                        .await;
-                });
-            }
-        });
-        let ctx = ctx_for(backend);
-        // A pooled connection with a small send buffer (as a busy or slow link has).
-        let us = TcpSocket::new_v4().unwrap();
-        us.set_send_buffer_size(4096).unwrap();
-        let up = us.connect(backend).await.unwrap();
-        let pool = ctx.listener.pool.get();
-        pool.servers[0].idle_raw[0]
-            .lock()
-            .unwrap()
-            .push(upstream::IdleRaw {
-                conn: UpStream::Plain(up),
-                since_ns: crate::clock::now_ns(),
-            });
-        // A POST with a ~56 KiB head.
-        let mut req = b"POST /pay HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\n".to_vec();
-        for i in 0..100 {
-            req.extend_from_slice(format!("x-pad-{i}: {}\r\n", "p".repeat(550)).as_bytes());
-        }
-        req.extend_from_slice(b"\r\nhi");
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        let (lb_side, _) = l.accept().await.unwrap();
-        let serving = tokio::spawn(serve(lb_side, ctx, Instant::now(), false));
-        client.write_all(&req).await.unwrap();
-        let mut got = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(5), async {
-            let mut b = [0u8; 4096];
-            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                match client.read(&mut b).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => got.extend_from_slice(&b[..n]),
-                }
-            }
-        })
-        .await;
-        let answer = String::from_utf8_lossy(&got).into_owned();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(
-            posts.load(Ordering::SeqCst),
-            1,
-            "the POST reached the server again"
-        );
-        assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
-        serving.abort();
-        server.abort();
-    }
-
-    /// A connection context whose pool is one server at `backend` (round robin, no checks).
-    fn ctx_for(backend: std::net::SocketAddr) -> Arc<ConnCtx> {
-        use rampart_topology::lb::{CheckKind, LbConfig, Mode};
-        let cfg = LbConfig::quick(
-            "127.0.0.1:1".parse().unwrap(),
-            &[backend],
-            rampart_balance::Algorithm::RoundRobin,
-            Mode::Http,
-            CheckKind::None,
-        )
-        .unwrap();
-        let pool = crate::state::PoolState::new(cfg.pools[0].clone(), 1, 1);
-        let rt = Arc::new(crate::ListenerRt {
-            cfg: cfg.listeners[0].clone(),
-            pool: Arc::new(crate::state::PoolHandle::new(pool, 1)),
-            trusted: Vec::new(),
-            stats: Arc::new(crate::ListenerStats::new(1)),
-            limit: None,
-            tls: None,
-            firewall: None,
-        });
-        ConnCtx::new("192.0.2.7:40000".parse().unwrap(), &rt, 0, None).unwrap()
-    }
-}
+mod tests;

@@ -25,9 +25,11 @@ use tokio::sync::Notify;
 use crate::body::{Finish, ReqBody, RespBody};
 use crate::clock::now_ns;
 use crate::io::{self, Activity, Busy, CountedIo};
+use crate::state::ServerState;
 use crate::state::{mark_tried, Fail, InFlight, Outcome, PickError, PoolState};
 use crate::tls::{self, TlsTerm};
 use crate::upstream::{self, ConnectError};
+use crate::upstream_h2::{self, H2Body};
 use crate::ListenerRt;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -648,23 +650,91 @@ fn failed(pool: &PoolState, status: StatusCode, busy: Busy) -> Response<RespBody
     error_response(status, msg, busy)
 }
 
+/// An upstream connection of this path: HTTP/1.1, or HTTP/2 when the pool offers `h2` and
+/// the server picked it (that one stays in the server's `h2` slot: nothing to hand back).
+enum Up {
+    H1(SendRequest<ReqBody>),
+    H2(hyper::client::conn::http2::SendRequest<H2Body>),
+}
+
+/// An open pooled connection of `s` for `worker`, HTTP/2 first when `h2`.
+async fn next_pooled(s: &ServerState, worker: usize, idle: Duration, h2: bool) -> Option<Up> {
+    if h2 {
+        if let Some(h) = upstream_h2::checkout(s, worker, now_ns()) {
+            return Some(Up::H2(h));
+        }
+    }
+    upstream::checkout(s, worker, idle).await.map(Up::H1)
+}
+
+/// A new connection to `s`: offering `h2` when `h2`, HTTP/1.1 when the server did not pick it.
+async fn connect(
+    s: &ServerState,
+    worker: usize,
+    pool: &PoolState,
+    h2: bool,
+) -> Result<Up, ConnectError> {
+    let (t, tls) = (pool.cfg.timeouts, pool.cfg.tls.as_ref());
+    if !h2 {
+        return upstream::connect_http(s.addr, t.connect, tls)
+            .await
+            .map(Up::H1);
+    }
+    let (conn, picked) = crate::upstream_tls::connect_alpn(s.addr, t.connect, tls).await?;
+    if picked {
+        upstream_h2::handshake(conn, s, worker, t.connect, now_ns())
+            .await
+            .map(Up::H2)
+    } else {
+        upstream::handshake_http1(conn, s.addr).await.map(Up::H1)
+    }
+}
+
+/// Send `req` on `up`; a request that was not sent comes back with the error.
+async fn send_on(
+    up: &mut Up,
+    req: Request<ReqBody>,
+    authority: &str,
+) -> Result<Response<Incoming>, (Option<Request<ReqBody>>, hyper::Error)> {
+    match up {
+        Up::H1(s) => s
+            .try_send_request(req)
+            .await
+            .map_err(|mut e| (e.take_message(), e.into_error())),
+        Up::H2(s) => {
+            upstream_h2::STREAMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            s.try_send_request(upstream_h2::to_upstream(req, authority))
+                .await
+                .map_err(|mut e| (e.take_message().map(upstream_h2::back), e.into_error()))
+        }
+    }
+}
+
 /// Send `req` to the slot's server: over an idle pooled connection when there is one
-/// (falling back to a new connection when it turns out closed), else a new one.
+/// (falling back to a new connection when it turns out closed), else a new one. With the
+/// HTTP/1.1 connection to hand back after the response.
 async fn attempt_on(
     mut req: Request<ReqBody>,
     slot: &InFlight,
     ctx: &ConnCtx,
-) -> Result<(Response<Incoming>, SendRequest<ReqBody>, u64), Failure> {
+) -> Result<(Response<Incoming>, Option<SendRequest<ReqBody>>, u64), Failure> {
     let pool = &slot.pool;
     let s = slot.server();
     let t = pool.cfg.timeouts;
-    let mut pooled = upstream::checkout(s, ctx.worker, t.idle).await;
+    let h2 = pool.cfg.tls.as_ref().is_some_and(|c| c.offers_h2());
+    let authority = pool
+        .cfg
+        .tls
+        .as_ref()
+        .and_then(|c| c.server_name.clone())
+        .unwrap_or_else(|| s.addr.to_string());
+    let mut pooled = next_pooled(s, ctx.worker, t.idle, h2).await;
     loop {
         let from_pool = pooled.is_some();
-        let mut sender = match pooled.take() {
-            Some(s) => s,
-            None => match upstream::connect_http(s.addr, t.connect, pool.cfg.tls.as_ref()).await {
-                Ok(s) => s,
+        let mut up = match pooled.take() {
+            Some(u) => u,
+            None => match connect(s, ctx.worker, pool, h2).await {
+                Ok(u) => u,
                 Err(e) => return Err(Failure::Unsent(Box::new(req), Some(e))),
             },
         };
@@ -688,36 +758,38 @@ async fn attempt_on(
             tokio::time::sleep(t.response).await;
         };
         let res = tokio::select! {
-            r = sender.try_send_request(req) => r,
+            r = send_on(&mut up, req, &authority) => r,
             _ = response_deadline => return Err(Failure::Timeout),
         };
         match res {
             Ok(resp) => {
+                let sender = match up {
+                    Up::H1(s) => Some(s),
+                    Up::H2(_) => None,
+                };
                 return Ok((
                     resp,
                     sender,
                     sent_at.load(std::sync::atomic::Ordering::Relaxed),
-                ))
+                ));
             }
-            Err(mut e) => match e.take_message() {
-                Some(r) => {
-                    // Not sent. A pooled connection that closed meanwhile is no fault of
-                    // the server: try the next idle one or a new connection.
-                    req = r;
-                    if !from_pool {
-                        return Err(Failure::Unsent(Box::new(req), None));
-                    }
-                    pooled = upstream::checkout(s, ctx.worker, t.idle).await;
+            Err((Some(r), _)) => {
+                // Not sent. A pooled connection that closed meanwhile is no fault of
+                // the server: try the next idle one or a new connection.
+                req = r;
+                if !from_pool {
+                    return Err(Failure::Unsent(Box::new(req), None));
                 }
-                None => return Err(Failure::Sent(e.into_error())),
-            },
+                pooled = next_pooled(s, ctx.worker, t.idle, h2).await;
+            }
+            Err((None, e)) => return Err(Failure::Sent(e)),
         }
     }
 }
 
 fn respond(
     mut resp: Response<Incoming>,
-    sender: SendRequest<ReqBody>,
+    sender: Option<SendRequest<ReqBody>>,
     slot: InFlight,
     ctx: &ConnCtx,
     busy: Busy,
@@ -725,7 +797,7 @@ fn respond(
     strip_hop_by_hop(resp.headers_mut());
     let (parts, body) = resp.into_parts();
     let mut finish = Finish {
-        sender: Some(sender),
+        sender,
         worker: ctx.worker,
         slot,
     };

@@ -37,6 +37,7 @@ mod tls_certs;
 mod tls_ocsp;
 mod tls_tickets;
 mod upstream;
+mod upstream_h2;
 mod upstream_tls;
 pub mod vrrp;
 

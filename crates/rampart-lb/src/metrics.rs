@@ -164,6 +164,25 @@ impl Collector for LbCollector {
             &fw,
         )?;
 
+        counter(
+            &mut enc,
+            "rampart_upstream_h2_connections",
+            "HTTP/2 connections opened to servers (pools whose tls alpn offers h2).",
+            &[(
+                Vec::new(),
+                crate::upstream_h2::CONNECTIONS.load(Ordering::Relaxed),
+            )],
+        )?;
+        counter(
+            &mut enc,
+            "rampart_upstream_h2_streams",
+            "Requests sent to servers over HTTP/2 (a request sent again counts again).",
+            &[(
+                Vec::new(),
+                crate::upstream_h2::STREAMS.load(Ordering::Relaxed),
+            )],
+        )?;
+
         // Pools.
         let mut p_req = Vec::new();
         let mut p_err = Vec::new();

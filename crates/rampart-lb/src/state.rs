@@ -158,6 +158,8 @@ pub struct ServerState {
     pub idle: Box<[Mutex<Vec<IdleConn>>]>,
     /// Idle upstream sockets of the HTTP/1.1 fast path (`h1`), one list per worker thread.
     pub idle_raw: Box<[Mutex<Vec<IdleRaw>>]>,
+    /// Open HTTP/2 connections (a pool whose server picked `h2`), per worker thread.
+    pub h2: Box<[Mutex<Vec<crate::upstream_h2::H2Conn>>]>,
     pub requests: AtomicU64,
     pub failures: AtomicU64,
     pub stats: Counters,
@@ -190,6 +192,7 @@ impl ServerState {
             connect_dirty: AtomicBool::new(false),
             idle: (0..workers).map(|_| Mutex::new(Vec::new())).collect(),
             idle_raw: (0..workers).map(|_| Mutex::new(Vec::new())).collect(),
+            h2: (0..workers).map(|_| Mutex::new(Vec::new())).collect(),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             stats: Counters::new(workers),
@@ -245,6 +248,11 @@ impl ServerState {
             }
         }
         for w in self.idle_raw.iter() {
+            if let Ok(mut v) = w.lock() {
+                v.clear();
+            }
+        }
+        for w in self.h2.iter() {
             if let Ok(mut v) = w.lock() {
                 v.clear();
             }

@@ -74,6 +74,15 @@ pub async fn connect_http(
     tls: Option<&PoolTls>,
 ) -> Result<SendRequest<ReqBody>, ConnectError> {
     let tcp = crate::upstream_tls::connect(addr, timeout, tls).await?;
+    handshake_http1(tcp, addr).await
+}
+
+/// hyper's HTTP/1.1 client over an upstream connection; its driver task is spawned on
+/// the current runtime.
+pub async fn handshake_http1(
+    tcp: UpStream,
+    addr: SocketAddr,
+) -> Result<SendRequest<ReqBody>, ConnectError> {
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
         .handshake(TokioIo::new(tcp))
         .await
@@ -254,5 +263,5 @@ fn sweep_server(s: &ServerState, worker: usize, limit: Duration, now_ns: u64) ->
             closed += before - l.len();
         }
     }
-    closed
+    closed + crate::upstream_h2::sweep(s, worker, limit, now_ns)
 }

@@ -2,7 +2,10 @@
 //!
 //! A server's certificate is verified against the pool's CA and the configured name (else
 //! the server's IP address), the balancer presents a client certificate when given one
-//! (mutual TLS), and ALPN offers `http/1.1`. An upstream connection is an [`UpStream`]:
+//! (mutual TLS), and ALPN offers the pool's `alpn` (`http/1.1` by default). When that lists
+//! `h2`, new request connections are made with [`connect_alpn`] and a server that picks
+//! `h2` gets the pool's requests over HTTP/2 ([`crate::upstream_h2`]); health checks and
+//! upgrades offer the list without `h2`. An upstream connection is an [`UpStream`]:
 //! plain TCP or TLS over it, pooled alike (an idle TLS connection is its stream in the
 //! server's pool, with its rustls state). Sessions to the servers resume (rustls's client
 //! session cache, shared by the pools with the same settings).
@@ -145,7 +148,10 @@ pub enum UpstreamTlsError {
 /// The client side of one set of pool TLS settings.
 pub struct UpstreamTls {
     cfg: PoolTls,
+    /// Offers the pool's `alpn` as configured (`h2` included).
     connector: tokio_rustls::TlsConnector,
+    /// Offers it without `h2`: HTTP/1.1 connections (health checks, the HTTP/2 path).
+    h1_connector: tokio_rustls::TlsConnector,
     name: Option<ServerName<'static>>,
 }
 
@@ -209,6 +215,8 @@ fn build(pool: &str, cfg: &PoolTls) -> Result<UpstreamTls, UpstreamTlsError> {
         }
     };
     client.alpn_protocols = cfg.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    let mut h1 = client.clone();
+    h1.alpn_protocols.retain(|p| p.as_slice() != b"h2");
     let name = match &cfg.server_name {
         None => None,
         Some(n) => Some(
@@ -219,6 +227,7 @@ fn build(pool: &str, cfg: &PoolTls) -> Result<UpstreamTls, UpstreamTlsError> {
     Ok(UpstreamTls {
         cfg: cfg.clone(),
         connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
+        h1_connector: tokio_rustls::TlsConnector::from(Arc::new(h1)),
         name,
     })
 }
@@ -242,16 +251,35 @@ fn client(cfg: &PoolTls) -> Option<Arc<UpstreamTls>> {
     CLIENTS.load().iter().find(|c| c.cfg == *cfg).cloned()
 }
 
-/// A new upstream connection: TCP, then the TLS handshake when the pool has `tls`; each
-/// step within `timeout`.
+/// A new HTTP/1.1 upstream connection: TCP, then the TLS handshake when the pool has
+/// `tls` (ALPN without `h2`); each step within `timeout`.
 pub async fn connect(
     addr: SocketAddr,
     timeout: Duration,
     tls: Option<&PoolTls>,
 ) -> Result<UpStream, ConnectError> {
+    Ok(connect_with(addr, timeout, tls, false).await?.0)
+}
+
+/// [`connect`], offering the pool's whole `alpn` list (`h2` included): with whether the
+/// server picked `h2`.
+pub async fn connect_alpn(
+    addr: SocketAddr,
+    timeout: Duration,
+    tls: Option<&PoolTls>,
+) -> Result<(UpStream, bool), ConnectError> {
+    connect_with(addr, timeout, tls, true).await
+}
+
+async fn connect_with(
+    addr: SocketAddr,
+    timeout: Duration,
+    tls: Option<&PoolTls>,
+    h2: bool,
+) -> Result<(UpStream, bool), ConnectError> {
     let tcp = connect_tcp(addr, timeout).await?;
     let Some(cfg) = tls else {
-        return Ok(UpStream::Plain(tcp));
+        return Ok((UpStream::Plain(tcp), false));
     };
     let name = cfg
         .server_name
@@ -268,9 +296,13 @@ pub async fn connect(
         .name
         .clone()
         .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
-    match tokio::time::timeout(timeout, c.connector.connect(server_name, tcp)).await {
+    let connector = if h2 { &c.connector } else { &c.h1_connector };
+    match tokio::time::timeout(timeout, connector.connect(server_name, tcp)).await {
         Err(_) => Err(ConnectError::Timeout { addr, timeout }),
         Ok(Err(source)) => Err(ConnectError::Tls { addr, name, source }),
-        Ok(Ok(s)) => Ok(UpStream::Tls(Box::new(s))),
+        Ok(Ok(s)) => {
+            let picked_h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
+            Ok((UpStream::Tls(Box::new(s)), picked_h2))
+        }
     }
 }

@@ -22,4 +22,5 @@ mod support;
 mod tls;
 mod tls_multi;
 mod tls_upstream;
+mod tls_upstream_h2;
 mod vrrp;

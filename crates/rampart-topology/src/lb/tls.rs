@@ -119,8 +119,15 @@ pub struct PoolTls {
     pub server_name: Option<String>,
     /// A client certificate chain and key presented to the servers (mutual TLS).
     pub client_cert: Option<(PathBuf, PathBuf)>,
-    /// ALPN protocols offered, in order of preference (`http/1.1` only for now).
+    /// ALPN protocols offered, in order of preference (`h2`, `http/1.1`).
     pub alpn: Vec<String>,
+}
+
+impl PoolTls {
+    /// Whether `h2` is offered: a server that picks it is sent its requests over HTTP/2.
+    pub fn offers_h2(&self) -> bool {
+        self.alpn.iter().any(|p| p == "h2")
+    }
 }
 
 /// `tls = { cert = "PATH", key = "PATH", certificates = [...], hsts = "365d", redirect_from = "ADDR", ... }`
@@ -339,13 +346,7 @@ pub(super) fn pool_tls(c: &mut Checker<'_>, t: &RawPoolTls) -> PoolTls {
             .iter()
             .filter_map(|p| match p.get_ref().as_str() {
                 "http/1.1" => Some(p.get_ref().clone()),
-                "h2" => {
-                    c.err(
-                        p,
-                        "h2 to the servers is not supported yet; use alpn = [\"http/1.1\"]",
-                    );
-                    None
-                }
+                "h2" => Some(p.get_ref().clone()),
                 other => {
                     c.err(
                         p,
@@ -358,6 +359,13 @@ pub(super) fn pool_tls(c: &mut Checker<'_>, t: &RawPoolTls) -> PoolTls {
             })
             .collect(),
     };
+    if let Some(list) = &t.alpn {
+        for (i, p) in list.iter().enumerate() {
+            if list[..i].iter().any(|q| q.get_ref() == p.get_ref()) {
+                c.err(p, format!("ALPN protocol \"{}\" listed twice", p.get_ref()));
+            }
+        }
+    }
     PoolTls {
         ca,
         server_name,
@@ -471,16 +479,22 @@ mod tests {
             ))
         );
         assert_eq!(t.alpn, ["http/1.1"]);
+        assert!(!t.offers_h2());
+        let h2 = text.replace("alpn = [\"http/1.1\"]", "alpn = [\"h2\", \"http/1.1\"]");
+        let c = LbConfig::from_source(&Source::new("/etc/rampart/lb.toml", h2)).unwrap();
+        let t = c.pools[0].tls.as_ref().unwrap();
+        assert_eq!(t.alpn, ["h2", "http/1.1"]);
+        assert!(t.offers_h2());
         let text = text.replace(
             "server_name = \"Web.Internal\", cert = \"c.pem\", key = \"k.pem\", alpn = [\"http/1.1\"]",
-            "server_name = \"*.x\", cert = \"c.pem\", alpn = [\"spdy\", \"h2\"]",
+            "server_name = \"*.x\", cert = \"c.pem\", alpn = [\"spdy\", \"h2\", \"h2\"]",
         );
         let e = errors(&text);
         assert_eq!(e.len(), 4, "{e:#?}");
         assert!(e.iter().all(|m| m.starts_with("8:")), "{e:#?}");
         assert!(e
             .iter()
-            .any(|m| m.contains("h2 to the servers is not supported yet")));
+            .any(|m| m.contains("ALPN protocol \"h2\" listed twice")));
         assert!(e.iter().any(|m| m.contains("not a wildcard")));
         assert!(e
             .iter()

@@ -1,0 +1,517 @@
+//! The fast path's requests to a server that speaks HTTP/2 (a pool with `tls = { alpn =
+//! ["h2", ...] }` whose server picked `h2`; the connections are [`crate::upstream_h2`]'s).
+//!
+//! One HTTP policy: the request head the fast path parsed, checked and rewritten
+//! (`X-Forwarded-*` set, hop-by-hop fields dropped) is what goes upstream, translated: its
+//! `Host` becomes the `:authority`, the fields HTTP/2 forbids (`Connection`,
+//! `Transfer-Encoding`, ...) are left out, a chunked body goes decoded (HTTP/2 frames it).
+//! The request body streams from the client into the stream while the answer is awaited;
+//! the response head is rendered as an HTTP/1.1 head (`Content-Length` when the server
+//! gave one, else chunked) and goes through the same response rules as an HTTP/1.1
+//! server's ([`parse_response_to`]: HSTS, HEAD, HTTP/1.0 clients), then its body streams
+//! to the client in that framing.
+//!
+//! Retries: a request the connection refused before sending it (closed meanwhile) goes
+//! once more on a new connection; a body-less one refused with `REFUSED_STREAM` (never
+//! processed, RFC 9113 section 8.7) too. Other failures past sending are the caller's
+//! (`Failure::Sent`: retried elsewhere only when idempotent and body-less).
+
+use std::error::Error as _;
+use std::io;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Method, Request, Uri, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+use tokio::sync::{mpsc, Notify};
+
+use super::*;
+use crate::upstream_h2::{self, H2Body};
+
+/// Where an attempt stands in its request: its server slot, when it started (and the
+/// request), which attempt it is.
+pub(super) struct At<'a> {
+    pub(super) slot: &'a InFlight,
+    pub(super) started: Instant,
+    pub(super) t0: Instant,
+    pub(super) attempt: u32,
+}
+
+/// Request fields HTTP/2 forbids (RFC 9113 section 8.2.2), and `Expect` (answered here).
+const DROPPED: [&str; 7] = [
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "expect",
+];
+
+impl BodySink for mpsc::Sender<Option<Bytes>> {
+    async fn put(&mut self, data: &[u8], deadline: Instant) -> io::Result<()> {
+        by(deadline, async {
+            self.send(Some(Bytes::copy_from_slice(data)))
+                .await
+                .map_err(|_| io::Error::other("the server stopped taking the request body"))
+        })
+        .await
+    }
+}
+
+/// The upstream head the fast path rendered (`head`, HTTP/1.1) as an HTTP/2 request with
+/// `body`; `authority` when it has no usable `Host`.
+fn to_h2(head: &[u8], authority: &str, body: H2Body) -> Result<Request<H2Body>, String> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut r = httparse::Request::new(&mut fields);
+    match r.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        _ => return Err("the upstream request head does not parse".into()),
+    }
+    let method = Method::from_bytes(r.method.unwrap_or("GET").as_bytes())
+        .map_err(|e| format!("method: {e}"))?;
+    let target = r.path.unwrap_or("/");
+    let mut req = Request::new(body);
+    *req.method_mut() = method;
+    *req.version_mut() = Version::HTTP_2;
+    let mut host: Option<&[u8]> = None;
+    let h = req.headers_mut();
+    for f in r.headers.iter() {
+        if f.name.eq_ignore_ascii_case("host") {
+            host = host.or(Some(f.value));
+            continue;
+        }
+        if DROPPED.iter().any(|d| f.name.eq_ignore_ascii_case(d))
+            || (f.name.eq_ignore_ascii_case("te") && !f.value.eq_ignore_ascii_case(b"trailers"))
+        {
+            continue;
+        }
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(f.name.as_bytes()),
+            HeaderValue::from_bytes(f.value),
+        ) {
+            h.append(n, v);
+        }
+    }
+    let authority = host
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .and_then(|h| http::uri::Authority::try_from(h).ok())
+        .map_or_else(|| authority.to_string(), |a| a.to_string());
+    let path = if target.starts_with('/') || target == "*" {
+        target.to_string()
+    } else {
+        // Absolute form: its path.
+        target
+            .parse::<Uri>()
+            .ok()
+            .and_then(|u| u.path_and_query().map(|p| p.to_string()))
+            .unwrap_or_else(|| "/".to_string())
+    };
+    *req.uri_mut() = Uri::builder()
+        .scheme("https")
+        .authority(authority)
+        .path_and_query(path)
+        .build()
+        .map_err(|e| format!("request target: {e}"))?;
+    Ok(req)
+}
+
+/// An HTTP/2 response head as an HTTP/1.1 one, for [`parse_response_to`]: the server's
+/// `Content-Length`, else `0` for a body that already ended, else chunked.
+fn h1_head(resp: &http::response::Parts, ended: bool, head_req: bool, out: &mut Vec<u8>) {
+    let status = resp.status;
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (n, v) in resp.headers.iter() {
+        push_header(out, n.as_str().as_bytes(), v.as_bytes());
+    }
+    let code = status.as_u16();
+    let bodiless = head_req || code == 204 || code == 304 || code < 200;
+    if !bodiless && !resp.headers.contains_key(http::header::CONTENT_LENGTH) {
+        if ended {
+            out.extend_from_slice(b"content-length: 0\r\n");
+        } else {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Whether an error is the server refusing a stream it did not process.
+fn refused(e: &hyper::Error) -> bool {
+    e.source()
+        .and_then(|s| s.downcast_ref::<h2::Error>())
+        .is_some_and(|e| e.reason() == Some(h2::Reason::REFUSED_STREAM))
+}
+
+/// A new HTTP/2 connection to the attempt's server, for a request to send again.
+async fn reopen(ctx: &ConnCtx, at: &At<'_>) -> Result<SendRequest<H2Body>, String> {
+    let s = at.slot.server();
+    let t = at.slot.pool.cfg.timeouts;
+    let tls = at.slot.pool.cfg.tls.as_ref();
+    let (conn, h2) = crate::upstream_tls::connect_alpn(s.addr, t.connect, tls)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !h2 {
+        return Err(format!("{} no longer picks h2", s.addr));
+    }
+    let now = crate::clock::now_ns();
+    upstream_h2::handshake(conn, s, ctx.worker, t.connect, now)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Send the request (once more on a new connection when it was not sent; or, with
+/// `refused_again`, its head and authority, when it was refused unprocessed).
+async fn send(
+    mut sender: SendRequest<H2Body>,
+    mut request: Request<H2Body>,
+    ctx: &ConnCtx,
+    at: &At<'_>,
+    refused_again: Option<(&[u8], &str)>,
+) -> Result<hyper::Response<Incoming>, Failure> {
+    let mut renewed = false;
+    loop {
+        upstream_h2::STREAMS.fetch_add(1, Ordering::Relaxed);
+        let again = match sender.try_send_request(request).await {
+            Ok(r) => return Ok(r),
+            Err(mut e) => match e.take_message() {
+                Some(r) => r,
+                None => {
+                    let e = e.into_error();
+                    match refused_again {
+                        Some((head, authority)) if !renewed && refused(&e) => {
+                            to_h2(head, authority, H2Body::Empty)
+                                .map_err(|m| Failure::Sent(io::Error::other(m)))?
+                        }
+                        _ => return Err(Failure::Sent(io::Error::other(e))),
+                    }
+                }
+            },
+        };
+        if renewed {
+            return Err(Failure::Sent(io::Error::other(
+                "the HTTP/2 connection closed before the request went",
+            )));
+        }
+        renewed = true;
+        request = again;
+        sender = reopen(ctx, at)
+            .await
+            .map_err(|e| Failure::Sent(io::Error::other(e)))?;
+    }
+}
+
+/// Send the request (head rendered in `out`, body still with the client) over `sender`
+/// and stream the answer to the client.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn forward<T: ClientStream>(
+    sender: SendRequest<H2Body>,
+    io: &mut T,
+    buf: &mut Buf,
+    ctx: &ConnCtx,
+    req: &ReqInfo,
+    out: &mut Vec<u8>,
+    at: At<'_>,
+    continued: &mut bool,
+) -> Result<Next, Failure> {
+    let pool = &at.slot.pool;
+    let s = at.slot.server();
+    let t = pool.cfg.timeouts;
+    let client_stall = ctx.listener.cfg.idle_timeout;
+    let authority = pool
+        .cfg
+        .tls
+        .as_ref()
+        .and_then(|c| c.server_name.clone())
+        .unwrap_or_else(|| s.addr.to_string());
+    let (tx, body) = match req.body {
+        Framing::None => (None, H2Body::Empty),
+        Framing::Length(n) => {
+            let (tx, b) = H2Body::channel(Some(n));
+            (Some(tx), b)
+        }
+        _ => {
+            let (tx, b) = H2Body::channel(None);
+            (Some(tx), b)
+        }
+    };
+    let request = to_h2(out, &authority, body).map_err(|e| Failure::Sent(io::Error::other(e)))?;
+    let limits = BodyLimits::of(ctx, req);
+    let done = Notify::new();
+    // (In a block: the two futures borrow the client stream and `out` until they drop.)
+    let (pumped, answer) = {
+        // The body, from the client into the stream: when its last byte went.
+        let pump = async {
+            let r = async {
+                let Some(mut tx) = tx else {
+                    return Ok(Instant::now());
+                };
+                if req.expect && !*continued {
+                    *continued = true;
+                    write_flush(
+                        io,
+                        b"HTTP/1.1 100 Continue\r\n\r\n",
+                        Instant::now() + client_stall,
+                    )
+                    .await
+                    .map_err(|_| Failure::Client)?;
+                }
+                let mut left = match req.body {
+                    Framing::Length(n) => Left::Length(n),
+                    _ => Left::Dechunk(Chunked::default()),
+                };
+                send_body(
+                    io,
+                    buf,
+                    &mut tx,
+                    &mut left,
+                    s,
+                    (client_stall, t.response),
+                    limits,
+                )
+                .await?;
+                tx.send(None).await.map_err(|_| {
+                    Failure::Sent(io::Error::other(
+                        "the server stopped taking the request body",
+                    ))
+                })?;
+                Ok(Instant::now())
+            }
+            .await;
+            done.notify_one();
+            r
+        };
+        // The answer; the response timeout runs from the end of the request body.
+        let answer = async {
+            let deadline = async {
+                done.notified().await;
+                tokio::time::sleep(t.response).await;
+            };
+            let refused_again = (req.body == Framing::None).then_some((&out[..], &authority[..]));
+            tokio::select! {
+                r = send(sender, request, ctx, &at, refused_again) => Some(r),
+                _ = deadline => None,
+            }
+        };
+        tokio::pin!(pump);
+        tokio::pin!(answer);
+        let mut pumped = None;
+        let answer = loop {
+            tokio::select! {
+                r = &mut pump, if pumped.is_none() => match r {
+                    Ok(at) => pumped = Some(Ok(at)),
+                    Err(Failure::Sent(e)) => pumped = Some(Err(e)),
+                    // The client's side failed: the stream is reset (its body never ends).
+                    Err(f) => return Err(f),
+                },
+                a = &mut answer => break a,
+            }
+        };
+        // An early answer: the rest of the body still goes (the server may read it).
+        let pumped = match pumped {
+            Some(p) => p,
+            None => match pump.await {
+                Ok(at) => Ok(at),
+                Err(Failure::Sent(e)) => Err(e),
+                Err(f) => return Err(f),
+            },
+        };
+        (pumped, answer)
+    };
+    // The server stopped taking the body but answered: the client connection ends with
+    // this answer (the rest of its body was never read).
+    let (sent, cut) = match pumped {
+        Ok(at) => (at, false),
+        Err(_) => (Instant::now(), true),
+    };
+    let resp = match answer {
+        None => return Err(Failure::Timeout),
+        Some(Err(f)) => return Err(f),
+        Some(Ok(r)) => r,
+    };
+    let (parts, mut body) = resp.into_parts();
+    let mut text = Vec::with_capacity(512);
+    h1_head(&parts, body.is_end_stream(), req.head, &mut text);
+    let client = Client {
+        head_req: req.head,
+        close: req.close || crate::stopping() || cut,
+        http10: req.http10,
+        upgrade: false,
+    };
+    let mut head = Vec::with_capacity(text.len() + 64);
+    let info = match parse_response_to(&text, client, ctx.hsts().map(|v| v.as_bytes()), &mut head) {
+        RespParsed::Complete(info) => info,
+        _ => {
+            return Err(Failure::Sent(io::Error::other(
+                "unusable HTTP/2 response head",
+            )))
+        }
+    };
+    answered(ctx, req, &at, &info, sent, None);
+    out.clear();
+    out.extend_from_slice(&head);
+    let complete = stream_body(io, &mut body, &info, s, (client_stall, t.response), out).await;
+    if !complete {
+        return Ok(Next::Close);
+    }
+    if cut {
+        return Ok(Next::Linger);
+    }
+    Ok(if info.close {
+        Next::Close
+    } else {
+        Next::KeepAlive
+    })
+}
+
+/// Stream an HTTP/2 response body to the client in the framing `info` gives (what is in
+/// `out`, the head, goes first; frames that are already here go with it): whether it
+/// ended cleanly.
+async fn stream_body<T: ClientStream>(
+    io: &mut T,
+    body: &mut Incoming,
+    info: &RespInfo,
+    s: &crate::state::ServerState,
+    (client_stall, up_stall): (Duration, Duration),
+    out: &mut Vec<u8>,
+) -> bool {
+    let chunked = info.body == Framing::Chunked && !info.dechunk;
+    let mut left = match info.body {
+        Framing::None => {
+            return write_flush(io, out, Instant::now() + client_stall)
+                .await
+                .is_ok();
+        }
+        Framing::Length(n) => Some(n),
+        _ => None,
+    };
+    loop {
+        let frame = match futures_util::FutureExt::now_or_never(body.frame()) {
+            Some(f) => f,
+            None => {
+                // Nothing more yet: what is gathered goes now.
+                if !out.is_empty() {
+                    if write_flush(io, out, Instant::now() + client_stall)
+                        .await
+                        .is_err()
+                    {
+                        return false;
+                    }
+                    out.clear();
+                }
+                match tokio::time::timeout(up_stall, body.frame()).await {
+                    Ok(f) => f,
+                    Err(_) => return false,
+                }
+            }
+        };
+        match frame {
+            None => break,
+            Some(Err(e)) => {
+                tracing::debug!(server = %s.name, error = %e, "HTTP/2 response body failed");
+                return false;
+            }
+            Some(Ok(f)) => match f.into_data() {
+                Ok(d) => {
+                    if d.is_empty() {
+                        continue;
+                    }
+                    if let Some(n) = left.as_mut() {
+                        if d.len() as u64 > *n {
+                            return false;
+                        }
+                        *n -= d.len() as u64;
+                    }
+                    s.stats.bytes_out(d.len());
+                    if chunked {
+                        out.extend_from_slice(format!("{:x}\r\n", d.len()).as_bytes());
+                        out.extend_from_slice(&d);
+                        out.extend_from_slice(b"\r\n");
+                    } else {
+                        out.extend_from_slice(&d);
+                    }
+                    if out.len() >= BUF {
+                        if write_flush(io, out, Instant::now() + client_stall)
+                            .await
+                            .is_err()
+                        {
+                            return false;
+                        }
+                        out.clear();
+                    }
+                }
+                Err(f) => {
+                    if let (Ok(trailers), true) = (f.into_trailers(), chunked) {
+                        out.extend_from_slice(b"0\r\n");
+                        for (n, v) in trailers.iter() {
+                            push_header(out, n.as_str().as_bytes(), v.as_bytes());
+                        }
+                        out.extend_from_slice(b"\r\n");
+                        return write_flush(io, out, Instant::now() + client_stall)
+                            .await
+                            .is_ok();
+                    }
+                }
+            },
+        }
+    }
+    if left.is_some_and(|n| n > 0) {
+        return false;
+    }
+    if chunked {
+        out.extend_from_slice(b"0\r\n\r\n");
+    }
+    out.is_empty()
+        || write_flush(io, out, Instant::now() + client_stall)
+            .await
+            .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_head_goes_without_host_and_connection_fields() {
+        let head = b"POST http://ignored/p?q=1 HTTP/1.1\r\nHost: example.org:8443\r\nConnection: close\r\nTransfer-Encoding: chunked\r\nTE: gzip\r\nX-Forwarded-For: 10.0.0.1\r\nExpect: 100-continue\r\n\r\n";
+        let r = to_h2(head, "fallback", H2Body::Empty).expect("translates");
+        assert_eq!(r.method(), Method::POST);
+        assert_eq!(r.uri().to_string(), "https://example.org:8443/p?q=1");
+        assert_eq!(r.version(), Version::HTTP_2);
+        let names: Vec<&str> = r.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-forwarded-for"]);
+        let r = to_h2(
+            b"GET / HTTP/1.1\r\nHost: \r\n\r\n",
+            "web.internal",
+            H2Body::Empty,
+        )
+        .expect("translates");
+        assert_eq!(r.uri().to_string(), "https://web.internal/");
+    }
+
+    #[test]
+    fn the_answer_head_gets_a_framing() {
+        let mut parts = http::Response::new(()).into_parts().0;
+        parts.status = http::StatusCode::NOT_FOUND;
+        parts.headers.insert("x-a", HeaderValue::from_static("b"));
+        let mut out = Vec::new();
+        h1_head(&parts, false, false, &mut out);
+        assert_eq!(
+            out,
+            b"HTTP/1.1 404 Not Found\r\nx-a: b\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+        out.clear();
+        h1_head(&parts, true, false, &mut out);
+        assert!(out.ends_with(b"content-length: 0\r\n\r\n"));
+        out.clear();
+        h1_head(&parts, false, true, &mut out);
+        assert!(out.ends_with(b"x-a: b\r\n\r\n"));
+    }
+}
