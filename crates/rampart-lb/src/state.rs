@@ -127,48 +127,58 @@ pub struct CheckRecord {
 
 /// One backend server: identity, health and live counters. Shared by every generation
 /// of its pool (a reload or a runtime change keeps it when the server stays).
+///
+/// Laid out by hand (`repr(C)`, cache-line aligned): what every request reads or writes
+/// (picking, the slot, the idle connection, the counters) fills the first line, the
+/// least-response-time estimate the second, the rest comes after. With a large pool each
+/// request goes to a server whose state is out of the CPU's caches; spread over the struct
+/// (as the compiler orders fields by size) the same fields cost twice the cache misses.
+#[repr(C, align(64))]
 pub struct ServerState {
-    pub name: String,
-    pub addr: SocketAddr,
+    // -- line 0: every request.
+    /// Idle upstream sockets of the HTTP/1.1 fast path (`h1`), one list per worker thread.
+    pub idle_raw: Box<[Mutex<Vec<IdleRaw>>]>,
+    pub stats: Counters,
+    up_since_ns: AtomicU64,
+    pub requests: AtomicU64,
     /// The weight in effect (the config's, or the operator's).
     weight: AtomicU32,
+    pub in_flight: AtomicU32,
+    /// Highest `in_flight` seen.
+    pub peak_in_flight: AtomicU32,
+    admin: AtomicU8,
+    up: AtomicBool,
+    /// Ejected by outlier detection (mirrors `outlier`, written under the pool's detector
+    /// lock).
+    ejected: AtomicBool,
+    /// Set while connect failures are counted; lets answers skip the lock otherwise.
+    connect_dirty: AtomicBool,
+    // -- line 1: every answer (the estimate is kept for every algorithm).
+    pub ewma: PeakEwma,
+    pub failures: AtomicU64,
+    /// Its index in the newest generation of its pool (`index_of` in `O(1)`: a health
+    /// check result must not search 10,000 servers).
+    index_hint: AtomicU32,
     /// The weight the config gave when it was last applied (a reload that does not change
     /// it keeps an operator's weight).
     pub cfg_weight: AtomicU32,
-    admin: AtomicU8,
     /// Added at run time through the admin API (kept by reloads that do not name it).
     pub runtime_added: AtomicBool,
     /// Came from service discovery (leaves when its record does).
     pub discovered: AtomicBool,
-    up: AtomicBool,
-    up_since_ns: AtomicU64,
-    pub in_flight: AtomicU32,
-    /// Highest `in_flight` seen.
-    pub peak_in_flight: AtomicU32,
-    pub ewma: PeakEwma,
+    // -- the rest: connects, health checks, outlier detection, the admin API.
+    pub name: String,
+    pub addr: SocketAddr,
     health: Mutex<HealthState>,
-    /// Ejected by outlier detection (mirrors `outlier`, written under the pool's detector
-    /// lock).
-    ejected: AtomicBool,
     /// Outlier state; locked only after the pool's detector lock, or alone.
     outlier: Mutex<ServerOutlier>,
-    /// Set while connect failures are counted; lets answers skip the lock otherwise.
-    connect_dirty: AtomicBool,
     /// Idle upstream connections, one list per worker thread (no cross-thread traffic).
     pub idle: Box<[Mutex<Vec<IdleConn>>]>,
-    /// Idle upstream sockets of the HTTP/1.1 fast path (`h1`), one list per worker thread.
-    pub idle_raw: Box<[Mutex<Vec<IdleRaw>>]>,
     /// Open HTTP/2 connections (a pool whose server picked `h2`), per worker thread.
     pub h2: Box<[Mutex<Vec<crate::upstream_h2::H2Conn>>]>,
-    pub requests: AtomicU64,
-    pub failures: AtomicU64,
-    pub stats: Counters,
     pub last_check: Mutex<Option<CheckRecord>>,
     /// Cancelled when the server leaves its pool: its health check task ends.
     pub stop_checks: CancellationToken,
-    /// Its index in the newest generation of its pool (`index_of` in `O(1)`: a health
-    /// check result must not search 10,000 servers).
-    index_hint: AtomicU32,
 }
 
 impl ServerState {
@@ -990,6 +1000,35 @@ mod tests {
     use rampart_topology::lb::{
         HealthCheck, OutlierConfig, PoolTimeouts, QueueConfig, RetryConfig, Server,
     };
+
+    /// What every request touches stays in the struct's first two cache lines (see
+    /// [`ServerState`]): a field added in the wrong place, or a bigger type, fails here.
+    #[test]
+    fn per_request_fields_fill_the_first_two_cache_lines() {
+        use std::mem::{align_of, offset_of, size_of};
+        assert_eq!(align_of::<ServerState>(), 64);
+        let line0 = [
+            offset_of!(ServerState, idle_raw) + size_of::<Box<[Mutex<Vec<IdleRaw>>]>>(),
+            offset_of!(ServerState, stats) + size_of::<Counters>(),
+            offset_of!(ServerState, up_since_ns) + 8,
+            offset_of!(ServerState, requests) + 8,
+            offset_of!(ServerState, weight) + 4,
+            offset_of!(ServerState, in_flight) + 4,
+            offset_of!(ServerState, peak_in_flight) + 4,
+            offset_of!(ServerState, admin) + 1,
+            offset_of!(ServerState, up) + 1,
+            offset_of!(ServerState, ejected) + 1,
+            offset_of!(ServerState, connect_dirty) + 1,
+        ];
+        for end in line0 {
+            assert!(
+                end <= 64,
+                "a per-request field ends at byte {end}, past the first line"
+            );
+        }
+        assert_eq!(offset_of!(ServerState, ewma), 64);
+        assert!(offset_of!(ServerState, ewma) + size_of::<PeakEwma>() <= 128);
+    }
 
     fn pool(n: usize, max_in_flight: Option<u32>, queue_timeout: Duration) -> Arc<PoolState> {
         Arc::new(PoolState::new(
