@@ -345,8 +345,13 @@ impl Agent {
         }
         watcher.abort();
         tracing::info!("stopping: shutting postgres down and releasing the lease");
-        // Renewed while postgres stops (a shutdown checkpoint can take a while).
+        // Renewed while postgres stops (a shutdown checkpoint can take a while). Once it
+        // has the fast-shutdown signal it takes no more writes, so the fence is disarmed
+        // then: a shutdown checkpoint slowed by a busy machine past the lease deadline must
+        // not end in the watchdog's SIGKILL (which leaves PostgreSQL's shared memory behind).
         if let Some(mut c) = self.child.take() {
+            pg::begin_fast_stop(&c);
+            self.fence.lock().unwatch();
             self.long(pg::stop_child(&mut c, false, Duration::from_secs(20)))
                 .await;
         }

@@ -699,6 +699,14 @@ fn is_postgres(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
+/// Start a fast shutdown (SIGINT) of a postmaster child without waiting: from then on it
+/// refuses new sessions and terminates the open ones, so it takes no more writes.
+pub fn begin_fast_stop(child: &Child) {
+    if let Some(pid) = child.id() {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGINT);
+    }
+}
+
 /// Stop a postmaster child: fast (SIGINT: checkpoint, ship WAL) or immediate (SIGQUIT).
 /// Escalates to SIGKILL of the postmaster and its children after `timeout`.
 pub async fn stop_child(child: &mut Child, immediate: bool, timeout: Duration) {
