@@ -469,7 +469,7 @@ impl Frozen {
             pids: vec![pm],
         };
         let _ = kill(Pid::from_raw(pm), Signal::SIGSTOP);
-        for c in children_of(pm) {
+        for (c, _) in rampart_testkit::children_of(pm) {
             let _ = kill(Pid::from_raw(c), Signal::SIGSTOP);
             f.pids.push(c);
         }
@@ -491,25 +491,6 @@ impl Drop for Frozen {
             let _ = kill(Pid::from_raw(*p), Signal::SIGCONT);
         }
     }
-}
-
-/// The children of `parent`, from `/proc`.
-fn children_of(parent: i32) -> Vec<i32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|e| {
-            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let ppid: i32 = stat[stat.rfind(')')? + 1..]
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()?;
-            (ppid == parent).then_some(pid)
-        })
-        .collect()
 }
 
 /// The freeze drill: the primary's node stops answering with its TCP connections open
