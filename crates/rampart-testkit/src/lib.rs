@@ -293,29 +293,6 @@ pub fn etcd_bin() -> PathBuf {
         .expect("etcd not found: apt-get install etcd-server")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn established_on_port_counts_the_server_side_until_it_closes() {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        assert_eq!(
-            established_on_port(port),
-            0,
-            "a listener is not a connection"
-        );
-        let _client = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let (served, _) = l.accept().unwrap();
-        assert_eq!(established_on_port(port), 1);
-        drop(served);
-        assert!(wait_until(Duration::from_secs(5), || established_on_port(
-            port
-        ) == 0));
-    }
-}
-
 /// The children of `parent` with their command lines (spaces for NULs).
 pub fn children_of(parent: i32) -> Vec<(i32, String)> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -338,4 +315,27 @@ pub fn children_of(parent: i32) -> Vec<(i32, String)> {
             Some((pid, title))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn established_on_port_counts_the_server_side_until_it_closes() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert_eq!(
+            established_on_port(port),
+            0,
+            "a listener is not a connection"
+        );
+        let _client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (served, _) = l.accept().unwrap();
+        assert_eq!(established_on_port(port), 1);
+        drop(served);
+        assert!(wait_until(Duration::from_secs(5), || established_on_port(
+            port
+        ) == 0));
+    }
 }
