@@ -70,6 +70,7 @@ mod head;
 mod up_h2;
 
 use bodies::*;
+pub(crate) use buf::trim_every as trim_spare_buffers_every;
 use buf::{Buf, Out, BUF};
 use chunked::{BadChunk, Chunked};
 use head::*;
@@ -128,74 +129,86 @@ enum Next {
 
 /// Serve one client connection (accepted at `accepted`) until it closes, times out, or
 /// the process stops. `h2c`: an HTTP/2 prior-knowledge preface may come (plain sockets).
-pub(crate) async fn serve<T: ClientStream>(
+/// `guard` (the connection's admission permits and counters) is dropped with it.
+///
+/// An `async move` block rather than an `async fn`, and the guard taken here rather than
+/// by a wrapping block: an `async fn` moves its arguments into locals and rustc keeps
+/// both in the future, as it keeps a wrapper's captures beside the inner future. That
+/// made every idle connection's task 768 bytes (tokio rounds a task to 128); without the
+/// copies it is 512 (the `idle` scenario of `bench/lb`).
+#[allow(clippy::manual_async_fn)] // on purpose, see above
+pub(crate) fn serve<T: ClientStream, G: Send + 'static>(
     mut io: T,
     ctx: Arc<ConnCtx>,
     accepted: Instant,
     h2c: bool,
-) {
-    let cfg = &ctx.listener.cfg;
-    let stop = stop_token();
-    let mut buf: Option<Buf> = None;
-    let mut first = true;
-    loop {
-        if buf.as_ref().is_none_or(|b| b.is_empty()) {
-            // Waiting for the next request: give the buffer back.
-            buf = None;
-            let deadline = if first {
-                accepted + cfg.header_read_timeout
-            } else {
-                Instant::now() + cfg.idle_timeout
-            };
-            let ready = tokio::select! {
-                r = tokio::time::timeout_at(deadline, io.ready()) => Some(r),
-                _ = stop.cancelled() => None,
-            };
-            // Stopping: a client in the middle of a series of requests gets a little
-            // while to send its next one (answered with `Connection: close`), so no
-            // request races the close; an idle connection closes after that.
-            // (Awaited outside the select, so the two waits do not add up in the task.)
-            let ready = match ready {
-                Some(r) => r,
-                None => tokio::time::timeout(STOP_LINGER, io.ready()).await,
-            };
-            match ready {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return,
-                Err(_) => {
-                    tracing::debug!(peer = %ctx.peer, "closing idle client connection");
-                    return;
+    guard: G,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let _guard = &guard;
+        let cfg = &ctx.listener.cfg;
+        let stop = stop_token();
+        let mut buf: Option<Buf> = None;
+        let mut first = true;
+        loop {
+            if buf.as_ref().is_none_or(|b| b.is_empty()) {
+                // Waiting for the next request: give the buffer back.
+                buf = None;
+                let deadline = if first {
+                    accepted + cfg.header_read_timeout
+                } else {
+                    Instant::now() + cfg.idle_timeout
+                };
+                let ready = tokio::select! {
+                    r = tokio::time::timeout_at(deadline, io.ready()) => Some(r),
+                    _ = stop.cancelled() => None,
+                };
+                // Stopping: a client in the middle of a series of requests gets a little
+                // while to send its next one (answered with `Connection: close`), so no
+                // request races the close; an idle connection closes after that.
+                // (Awaited outside the select, so the two waits do not add up in the task.)
+                let ready = match ready {
+                    Some(r) => r,
+                    None => tokio::time::timeout(STOP_LINGER, io.ready()).await,
+                };
+                match ready {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return,
+                    Err(_) => {
+                        tracing::debug!(peer = %ctx.peer, "closing idle client connection");
+                        return;
+                    }
                 }
             }
-        }
-        let next = Box::pin(exchange(
-            &mut io,
-            &mut buf,
-            &ctx,
-            first && h2c,
-            first,
-            accepted,
-        ))
-        .await;
-        first = false;
-        match next {
-            Next::KeepAlive => {}
-            Next::Close => {
-                let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
-                return;
-            }
-            Next::Linger => {
-                // Boxed: its buffer must not live in every connection's future.
-                Box::pin(linger(&mut io)).await;
-                return;
-            }
-            Next::H2 => {
-                let prefix = buf
-                    .take()
-                    .map_or_else(Bytes::new, |b| Bytes::copy_from_slice(b.data()));
-                let stream = Prefixed { prefix, inner: io };
-                Box::pin(hyper_path::serve_h2(stream, ctx.peer, ctx.clone())).await;
-                return;
+            let next = Box::pin(exchange(
+                &mut io,
+                &mut buf,
+                &ctx,
+                first && h2c,
+                first,
+                accepted,
+            ))
+            .await;
+            first = false;
+            match next {
+                Next::KeepAlive => {}
+                Next::Close => {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
+                    return;
+                }
+                Next::Linger => {
+                    // Boxed: its buffer must not live in every connection's future.
+                    Box::pin(linger(&mut io)).await;
+                    return;
+                }
+                Next::H2 => {
+                    let prefix = buf
+                        .take()
+                        .map_or_else(Bytes::new, |b| Bytes::copy_from_slice(b.data()));
+                    let stream = Prefixed { prefix, inner: io };
+                    Box::pin(hyper_path::serve_h2(stream, ctx.peer, ctx.clone())).await;
+                    return;
+                }
             }
         }
     }

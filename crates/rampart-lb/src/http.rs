@@ -168,11 +168,7 @@ pub fn spawn<G: Send + 'static>(
         return;
     };
     drop(listener);
-    let fut = async move {
-        let _guard = guard;
-        crate::h1::serve(tcp, ctx, accepted, true).await
-    };
-    tokio::spawn(fut);
+    tokio::spawn(crate::h1::serve(tcp, ctx, accepted, true, guard));
 }
 
 type HandleFuture =
@@ -299,7 +295,7 @@ async fn serve_tls(
     if h2 {
         serve_h2(stream, peer, ctx).await;
     } else {
-        crate::h1::serve(stream, ctx, accepted, false).await;
+        crate::h1::serve(stream, ctx, accepted, false, ()).await;
     }
 }
 

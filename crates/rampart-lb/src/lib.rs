@@ -480,6 +480,8 @@ pub fn run(config: LbConfig, opts: RunOptions) -> Result<(), LbError> {
                         },
                         worker,
                     ));
+                    // The fast path's spare buffers a burst left go once unused.
+                    tokio::spawn(h1::trim_spare_buffers_every(upstream::SWEEP_EVERY));
                     while let Some(cmd) = rx.recv().await {
                         match cmd {
                             WorkerCmd::Listen(sock, slot) => {
