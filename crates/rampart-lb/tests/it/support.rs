@@ -30,13 +30,14 @@ pub struct Backend {
 
 impl Backend {
     pub async fn start(name: &str) -> Backend {
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        Backend::start_at(name, addr).await
+        // Bound on port 0, not on a port picked first: another test (or process) may take
+        // a picked port before it is bound.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Backend::serve(name, listener)
     }
 
-    /// A backend on a given address.
-    pub async fn start_at(name: &str, addr: SocketAddr) -> Backend {
-        let listener = TcpListener::bind(addr).await.unwrap();
+    fn serve(name: &str, listener: TcpListener) -> Backend {
+        let addr = listener.local_addr().unwrap();
         let b = Backend {
             name: name.to_string(),
             addr,
