@@ -1,0 +1,363 @@
+//! Unit and property tests of the HTTP/1 head rules (`head.rs`).
+
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+use crate::h1::chunked::Chunked;
+use crate::h1::tests::test_ctx;
+use proptest::prelude::*;
+
+#[test]
+fn an_absolute_target_with_an_empty_path_goes_upstream_as_slash() {
+    for (target, want) in [
+        ("http://h.example:80?q", "GET /?q HTTP/1.1\r\n"),
+        ("http://h.example", "GET / HTTP/1.1\r\n"),
+        ("http://h.example/p?q", "GET /p?q HTTP/1.1\r\n"),
+    ] {
+        let head = format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut out = Vec::new();
+        let Parsed::Complete(_) = parse_request(head.as_bytes(), &test_ctx(false), &mut out) else {
+            panic!("{target} refused")
+        };
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with(want), "{target}: {text}");
+        assert!(text.contains("\r\nhost: h.example"), "{text}");
+    }
+}
+
+#[test]
+fn content_length_lists_must_agree() {
+    assert_eq!(content_length(b"12", None), Some(12));
+    assert_eq!(content_length(b"12, 12", None), Some(12));
+    assert_eq!(content_length(b"12, 13", None), None);
+    assert_eq!(content_length(b"12", Some(13)), None);
+    assert_eq!(content_length(b"-1", None), None);
+    assert_eq!(content_length(b"1e3", None), None);
+    // An empty field (or one of commas) is no length, even after a valid one.
+    assert_eq!(content_length(b"", Some(12)), None);
+    assert_eq!(content_length(b" , ", Some(12)), None);
+    let mut out = Vec::new();
+    let head = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: \r\n\r\nabc";
+    assert!(matches!(
+        parse_request(head, &test_ctx(false), &mut out),
+        Parsed::Bad(400)
+    ));
+}
+
+#[test]
+fn response_heads_are_rewritten_without_hop_by_hop_fields() {
+    let mut out = Vec::new();
+    let head = b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nContent-Length: 5\r\nX-Kept: y\r\n\r\nhello";
+    let RespParsed::Complete(r) = parse_response(head, false, false, Some(b"max-age=1"), &mut out)
+    else {
+        panic!()
+    };
+    assert_eq!(r.body, Framing::Length(5));
+    assert!(r.reusable && !r.close);
+    assert_eq!(r.head_len, head.len() - 5);
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(
+        text,
+        "HTTP/1.1 200 OK\r\nX-Kept: y\r\ncontent-length: 5\r\nstrict-transport-security: max-age=1\r\n\r\n"
+    );
+    // No length, not chunked: until the server closes, and so does the client.
+    let mut out = Vec::new();
+    let RespParsed::Complete(r) =
+        parse_response(b"HTTP/1.1 200 OK\r\n\r\n", false, false, None, &mut out)
+    else {
+        panic!()
+    };
+    assert_eq!(r.body, Framing::Close);
+    assert!(!r.reusable && r.close);
+    assert!(String::from_utf8(out)
+        .unwrap()
+        .contains("connection: close"));
+    // HEAD, 204 and 304 have no body whatever they announce.
+    for (h, head_req) in [
+        (&b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"[..], true),
+        (b"HTTP/1.1 204 No Content\r\n\r\n", false),
+        (
+            b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false,
+        ),
+    ] {
+        let RespParsed::Complete(r) = parse_response(h, head_req, false, None, &mut Vec::new())
+        else {
+            panic!()
+        };
+        assert_eq!(r.body, Framing::None);
+        assert!(r.reusable);
+    }
+    assert!(matches!(
+        parse_response(
+            b"HTTP/1.1 100 Continue\r\n\r\n",
+            false,
+            false,
+            None,
+            &mut Vec::new()
+        ),
+        RespParsed::Interim(25)
+    ));
+    assert!(matches!(
+        parse_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            false,
+            false,
+            None,
+            &mut Vec::new()
+        ),
+        RespParsed::Bad
+    ));
+}
+
+fn parse(head: &[u8]) -> (Parsed, String) {
+    let mut out = Vec::new();
+    let p = parse_request(head, &test_ctx(false), &mut out);
+    (p, String::from_utf8_lossy(&out).into_owned())
+}
+
+#[test]
+fn ambiguous_framing_missing_or_odd_hosts_and_other_versions_are_refused() {
+    for (head, want) in [
+        (&b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"[..], 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a,b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: u@a\r\n\r\n", 400),
+        (b"GET * HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET ftp://a/ HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET http://u@a/ HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET / HTTP/1.2\r\nHost: a\r\n\r\n", 505),
+        (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
+        (b"GET / HTTP/1.10\r\nHost: a\r\n\r\n", 400),
+        (b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", 501),
+        (b"GET /index.html#.png HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET http://a/#x HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"CONNECT a:443 HTTP/1.0\r\n\r\n", 501),
+        (b"GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+        (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        (b"GET / HTTQ/1.1\r\nHost: a\r\n\r\n", 400),
+    ] {
+        let (p, _) = parse(head);
+        assert!(
+            matches!(p, Parsed::Bad(s) if s == want),
+            "{:?}: {p:?}",
+            String::from_utf8_lossy(head)
+        );
+    }
+}
+
+#[test]
+fn accepted_heads_are_rendered_with_one_host_one_length_and_their_framing_fields() {
+    let (p, out) = parse(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\nContent-Length: 5\r\nConnection: content-length, host, x-foo\r\nX-Foo: 1\r\n\r\n");
+    assert!(
+        matches!(&p, Parsed::Complete(r) if r.body == Framing::Length(5)),
+        "{p:?}"
+    );
+    assert!(out.starts_with("POST /x HTTP/1.1\r\nHost: a\r\n"), "{out}");
+    assert_eq!(out.matches("content-length: 5\r\n").count(), 1, "{out}");
+    assert_eq!(
+        out.to_ascii_lowercase().matches("content-length").count(),
+        1,
+        "{out}"
+    );
+    assert!(!out.contains("X-Foo"), "{out}");
+    // Absolute form: the target's authority replaces the Host.
+    let (p, out) = parse(b"GET http://b.example:81/p?q HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert!(matches!(p, Parsed::Complete(_)), "{p:?}");
+    assert!(out.starts_with("GET /p?q HTTP/1.1\r\n"), "{out}");
+    assert!(
+        out.contains("host: b.example:81\r\n") && !out.contains("Host: a"),
+        "{out}"
+    );
+    assert!(out.contains("x-forwarded-host: b.example:81\r\n"), "{out}");
+    // A chunked request: TE once, no length.
+    let (p, out) = parse(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:  Chunked \r\n\r\n");
+    assert!(
+        matches!(&p, Parsed::Complete(r) if r.body == Framing::Chunked),
+        "{p:?}"
+    );
+    assert!(out.ends_with("transfer-encoding: chunked\r\nx-forwarded-for: 192.0.2.7\r\nx-real-ip: 192.0.2.7\r\nx-forwarded-proto: http\r\nx-forwarded-host: a\r\n\r\n"), "{out}");
+    // A POST with an empty body keeps its zero length.
+    let (_, out) = parse(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n");
+    assert!(out.contains("content-length: 0\r\n"), "{out}");
+}
+
+#[test]
+fn doubly_framed_or_other_coded_responses_are_framed_safely() {
+    // Both framings: chunked wins, the length goes, the connection is not reused.
+    let mut out = Vec::new();
+    let RespParsed::Complete(r) = parse_response(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+        false,
+        false,
+        None,
+        &mut out,
+    ) else {
+        panic!()
+    };
+    assert_eq!(r.body, Framing::Chunked);
+    assert!(!r.reusable);
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        !text.to_ascii_lowercase().contains("content-length"),
+        "{text}"
+    );
+    // A coding other than chunked last: until the close, the coding kept for the client.
+    let mut out = Vec::new();
+    let RespParsed::Complete(r) = parse_response(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+        false,
+        false,
+        None,
+        &mut out,
+    ) else {
+        panic!()
+    };
+    assert_eq!(r.body, Framing::Close);
+    assert!(!r.reusable && r.close);
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        text.contains("Transfer-Encoding: chunked, gzip\r\n"),
+        "{text}"
+    );
+    // An empty field adds no coding: still chunked.
+    let RespParsed::Complete(r) = parse_response(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding:\r\n\r\n",
+        false,
+        false,
+        None,
+        &mut Vec::new(),
+    ) else {
+        panic!()
+    };
+    assert_eq!(r.body, Framing::Chunked);
+    // Chunked twice, over one or two fields: no telling where the body ends.
+    for h in [
+        &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n"[..],
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+    ] {
+        assert!(matches!(
+            parse_response(h, false, false, None, &mut Vec::new()),
+            RespParsed::Bad
+        ));
+    }
+}
+
+const SEEDS: [&[u8]; 5] = [
+    b"GET /a?b=c HTTP/1.1\r\nHost: a.example\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n",
+    b"POST /u HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nConnection: keep-alive, x-h\r\nX-H: 1\r\n\r\nhello",
+    b"POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    b"GET http://h.example/p HTTP/1.1\r\nHost: x\r\nTE: trailers\r\n\r\n",
+    b"OPTIONS * HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+];
+
+/// Check what a parse produced: an error status of the codec's, or an upstream head
+/// that parses, with one Host and one unambiguous framing.
+fn check_parse(data: &[u8], trusted: bool) -> Result<(), TestCaseError> {
+    let mut out = Vec::new();
+    match parse_request(data, &test_ctx(trusted), &mut out) {
+        Parsed::Partial => {}
+        Parsed::Acme { .. } => prop_assert!(false, "no ACME order is pending"),
+        Parsed::Refused(r) => prop_assert!(false, "no firewall, yet refused: {r:?}"),
+        Parsed::Bad(s) => prop_assert!(matches!(s, 400 | 431 | 501 | 505), "{s}"),
+        Parsed::Complete(r) => {
+            prop_assert!(r.head_len <= data.len());
+            let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS + 8];
+            let mut req = httparse::Request::new(&mut hs);
+            let n = req.parse(&out);
+            prop_assert!(
+                matches!(n, Ok(httparse::Status::Complete(n)) if n == out.len()),
+                "{:?} rendered {:?}",
+                String::from_utf8_lossy(data),
+                String::from_utf8_lossy(&out)
+            );
+            let count = |name: &str| {
+                req.headers
+                    .iter()
+                    .filter(|h| h.name.eq_ignore_ascii_case(name))
+                    .count()
+            };
+            prop_assert_eq!(count("host"), 1);
+            prop_assert!(count("content-length") <= 1);
+            prop_assert_eq!(
+                count("transfer-encoding"),
+                usize::from(r.body == Framing::Chunked)
+            );
+            prop_assert!(count("content-length") == 0 || r.body != Framing::Chunked);
+            prop_assert_eq!(count("x-forwarded-for"), 1);
+            prop_assert_eq!(count("x-real-ip"), 1);
+            if !trusted {
+                prop_assert_eq!(count("forwarded"), 0);
+            }
+            for h in [
+                "connection",
+                "keep-alive",
+                "te",
+                "upgrade",
+                "proxy-connection",
+            ] {
+                prop_assert_eq!(count(h), 0, "{}", h);
+            }
+            if let Framing::Length(n) = r.body {
+                let v = req
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"));
+                let want = n.to_string();
+                prop_assert_eq!(v.map(|h| h.value), Some(want.as_bytes()));
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn random_bytes_never_panic_the_request_parser(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+        check_parse(&data, false)?;
+    }
+
+    #[test]
+    fn mutated_requests_parse_to_an_error_or_an_unambiguous_upstream_head(
+        seed in 0..SEEDS.len(),
+        edits in proptest::collection::vec(
+            (any::<prop::sample::Index>(), 0u8..3, prop::sample::select(&b"\r\n \t:,;\x00\x7f\x800aAzZ-/*?@\"chunked"[..])),
+            1..6,
+        ),
+        trusted in any::<bool>(),
+    ) {
+        let mut data = SEEDS[seed].to_vec();
+        for (at, op, b) in edits {
+            let i = at.index(data.len() + 1);
+            match op {
+                0 => data.insert(i, b),
+                1 if i < data.len() => { data.remove(i); }
+                _ if i < data.len() => data[i] = b,
+                _ => data.push(b),
+            }
+        }
+        check_parse(&data, trusted)?;
+        let mut c = Chunked::default();
+        let _ = c.scan(&data);
+        let _ = parse_response(&data, false, false, None, &mut Vec::new());
+    }
+
+    #[test]
+    fn random_bytes_never_panic_the_response_parser_or_the_chunk_scanner(
+        data in proptest::collection::vec(any::<u8>(), 0..300),
+        head in any::<bool>(),
+    ) {
+        let _ = parse_response(&data, head, false, None, &mut Vec::new());
+        let mut c = Chunked::default();
+        let _ = c.scan(&data);
+    }
+}
