@@ -93,7 +93,55 @@ fn web_requests(addr: SocketAddr) -> Option<f64> {
 
 /// An lb node's admin API: the topology's, else the one `rampart up` gave it (with its
 /// token).
-type Admin = Option<(SocketAddr, Option<String>)>;
+pub(crate) type Admin = Option<(SocketAddr, Option<String>)>;
+
+/// Each lb node's admin API, in the topology's order: its own `admin` (guarded off
+/// loopback by the token in its file), else the one `rampart up` gave it (in `live`).
+pub(crate) fn lb_admins(t: &rampart_topology::Topology, live: Option<&UpState>) -> Vec<Admin> {
+    t.lb.iter()
+        .flat_map(|l| &l.nodes)
+        .map(|n| match n.admin {
+            Some(a) => Some((
+                a,
+                n.admin_token_file
+                    .as_ref()
+                    .and_then(|f| std::fs::read_to_string(f).ok())
+                    .map(|t| t.trim().to_string())
+                    .filter(|t| !t.is_empty()),
+            )),
+            None => live
+                .and_then(|s| s.lb_admin.iter().find(|a| a.node == n.name))
+                .map(|a| (a.address, a.token())),
+        })
+        .collect()
+}
+
+/// Of the virtual routers `expected` (by name), those that do not have exactly one master
+/// among the balancers' admin states (`/api/state`, its `vrrp` list), with the count. A
+/// balancer that does not list a router yet (still starting) masters none of it.
+pub(crate) fn vips_not_held(states: &[Value], expected: &[String]) -> Vec<String> {
+    let mut masters: BTreeMap<&str, usize> = expected.iter().map(|n| (n.as_str(), 0)).collect();
+    for st in states {
+        for r in st
+            .get("vrrp")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let name = r.get("name").and_then(Value::as_str).unwrap_or_default();
+            if let Some(m) = masters.get_mut(name) {
+                if r.get("state").and_then(Value::as_str) == Some("master") {
+                    *m += 1;
+                }
+            }
+        }
+    }
+    masters
+        .into_iter()
+        .filter(|(_, n)| *n != 1)
+        .map(|(name, n)| format!("{name} ({n} masters)"))
+        .collect()
+}
 
 fn lb_requests(admin: &Admin) -> Option<f64> {
     let (addr, token) = admin.as_ref()?;
@@ -106,7 +154,7 @@ fn lb_requests(admin: &Admin) -> Option<f64> {
 }
 
 /// An lb node's admin `/api/state`.
-fn lb_state(admin: &Admin) -> Option<Value> {
+pub(crate) fn lb_state(admin: &Admin) -> Option<Value> {
     let (addr, token) = admin.as_ref()?;
     let auth = token.as_deref().map(|t| format!("Bearer {t}"));
     let headers: Vec<(&str, &str)> = auth
@@ -173,25 +221,7 @@ pub fn collect(r: &Resolved) -> Vec<NodeStatus> {
     let window_start = Instant::now();
     let live = UpState::read_live(&r.data_dir);
     let before: Vec<Option<f64>> = t.web.iter().map(|w| web_requests(w.listen)).collect();
-    let lb_admins: Vec<Admin> =
-        t.lb.iter()
-            .flat_map(|l| &l.nodes)
-            .map(|n| match n.admin {
-                // An admin off loopback is guarded by its token file (separate hosts).
-                Some(a) => Some((
-                    a,
-                    n.admin_token_file
-                        .as_ref()
-                        .and_then(|f| std::fs::read_to_string(f).ok())
-                        .map(|t| t.trim().to_string())
-                        .filter(|t| !t.is_empty()),
-                )),
-                None => live
-                    .as_ref()
-                    .and_then(|s| s.lb_admin.iter().find(|a| a.node == n.name))
-                    .map(|a| (a.address, a.token())),
-            })
-            .collect();
+    let lb_admins = lb_admins(t, live.as_ref());
     let lb_before: Vec<Option<f64>> = lb_admins.iter().map(lb_requests).collect();
     let pid_of = |name: &str| {
         live.as_ref()
@@ -491,8 +521,37 @@ pub fn render_json(nodes: &[NodeStatus]) -> String {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use super::{render_table, sum_counter, vrrp_role, NodeStatus};
+    use super::{render_table, sum_counter, vips_not_held, vrrp_role, NodeStatus};
     use serde_json::json;
+
+    #[test]
+    fn a_virtual_ip_is_held_when_exactly_one_balancer_masters_it() {
+        let want = ["vip51".to_string(), "vip52".to_string()];
+        let lb1 = json!({ "vrrp": [
+            { "name": "vip51", "state": "master" }, { "name": "vip52", "state": "backup" }
+        ] });
+        let lb2 = |s52: &str| {
+            json!({ "vrrp": [
+            { "name": "vip51", "state": "backup" }, { "name": "vip52", "state": s52 }
+        ] })
+        };
+        assert!(vips_not_held(&[lb1.clone(), lb2("master")], &want).is_empty());
+        assert_eq!(
+            vips_not_held(&[lb1.clone(), lb2("init")], &want),
+            ["vip52 (0 masters)"]
+        );
+        let both = json!({ "vrrp": [{ "name": "vip51", "state": "master" }] });
+        assert_eq!(
+            vips_not_held(&[lb1, both], &want),
+            ["vip51 (2 masters)", "vip52 (0 masters)"]
+        );
+        // Balancers still starting list no router yet: nothing is held.
+        let starting = json!({ "vrrp": [] });
+        assert_eq!(
+            vips_not_held(&[starting.clone(), starting], &want),
+            ["vip51 (0 masters)", "vip52 (0 masters)"]
+        );
+    }
 
     #[test]
     fn an_lb_role_follows_its_virtual_routers() {

@@ -871,6 +871,59 @@ fn rehearse(
     ))
 }
 
+/// With virtual IPs the stack is not up until each has exactly one master: a balancer
+/// answers on its own address a master-down interval (3 adverts and a skew) before it
+/// takes an address, and a client sent to a virtual IP right after "stack healthy" must
+/// reach someone. Balancers whose admin API `up` cannot reach are not waited for.
+fn wait_for_vips(
+    sup: &mut Supervisor,
+    stop: &AtomicBool,
+    r: &Resolved,
+    o: &UpOptions,
+) -> Result<(), UpError> {
+    let t = &r.topology;
+    if t.lb.iter().all(|l| l.vips().is_empty()) {
+        return Ok(());
+    }
+    let admins = crate::status::lb_admins(t, Some(&sup.state));
+    if admins.iter().any(Option::is_none) {
+        return Ok(());
+    }
+    let mut expected: Vec<String> =
+        t.lb.iter()
+            .flat_map(|l| &l.vrrp)
+            .flat_map(|(_, v)| v.iter().map(|i| i.name.clone()))
+            .collect();
+    expected.sort();
+    expected.dedup();
+    let started = Instant::now();
+    while !stop.load(Ordering::SeqCst) {
+        sup.tend(false)?;
+        let states: Option<Vec<serde_json::Value>> =
+            admins.iter().map(crate::status::lb_state).collect();
+        let waiting = match &states {
+            Some(s) => crate::status::vips_not_held(s, &expected),
+            None => vec!["a balancer's admin API does not answer".to_string()],
+        };
+        if waiting.is_empty() {
+            sup.say(format!(
+                "✔ virtual IPs held after {:.1}s",
+                started.elapsed().as_secs_f64()
+            ));
+            return Ok(());
+        }
+        if started.elapsed() > o.start_timeout {
+            return Err(UpError::Start(format!(
+                "virtual IPs not held by exactly one balancer after {:.0}s: {}",
+                o.start_timeout.as_secs_f64(),
+                waiting.join(", ")
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
 fn start_and_watch(
     sup: &mut Supervisor,
     health: &Health,
@@ -950,6 +1003,7 @@ fn start_and_watch(
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+    wait_for_vips(sup, stop, r, o)?;
     sup.starting = false;
     let t = &r.topology;
     sup.say(format!(
