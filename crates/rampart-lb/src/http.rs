@@ -29,7 +29,7 @@ use crate::state::ServerState;
 use crate::state::{mark_tried, Fail, InFlight, Outcome, PickError, PoolState};
 use crate::tls::{self, TlsTerm};
 use crate::upstream::{self, ConnectError};
-use crate::upstream_h2::{self, H2Body};
+use crate::upstream_h2;
 use crate::ListenerRt;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -582,7 +582,7 @@ async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<RespBody>
         };
         let started = now;
         match attempt_on(r, &slot, &ctx).await {
-            Ok((resp, sender, sent)) => {
+            Ok((resp, sender, lease, sent)) => {
                 let s = slot.server();
                 let end = now_ns();
                 let took = end.saturating_sub(started);
@@ -593,7 +593,7 @@ async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<RespBody>
                     attempts: attempt + 1,
                     upstream_ns: took,
                 });
-                let mut r = respond(resp, sender, slot, &ctx, busy);
+                let mut r = respond(resp, (sender, lease), slot, &ctx, busy);
                 if let Some(served) = served {
                     r.extensions_mut().insert(served);
                 }
@@ -654,7 +654,7 @@ fn failed(pool: &PoolState, status: StatusCode, busy: Busy) -> Response<RespBody
 /// the server picked it (that one stays in the server's `h2` slot: nothing to hand back).
 enum Up {
     H1(SendRequest<ReqBody>),
-    H2(hyper::client::conn::http2::SendRequest<H2Body>),
+    H2(upstream_h2::Stream),
 }
 
 /// An open pooled connection of `s` for `worker`, HTTP/2 first when `h2`.
@@ -682,7 +682,7 @@ async fn connect(
     }
     let (conn, picked) = crate::upstream_tls::connect_alpn(s.addr, t.connect, tls).await?;
     if picked {
-        upstream_h2::handshake(conn, s, worker, t.connect, now_ns())
+        upstream_h2::handshake(conn, s, worker, t.connect, now_ns(), None)
             .await
             .map(Up::H2)
     } else {
@@ -703,7 +703,8 @@ async fn send_on(
             .map_err(|mut e| (e.take_message(), e.into_error())),
         Up::H2(s) => {
             upstream_h2::STREAMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            s.try_send_request(upstream_h2::to_upstream(req, authority))
+            s.sender
+                .try_send_request(upstream_h2::to_upstream(req, authority))
                 .await
                 .map_err(|mut e| (e.take_message().map(upstream_h2::back), e.into_error()))
         }
@@ -712,12 +713,22 @@ async fn send_on(
 
 /// Send `req` to the slot's server: over an idle pooled connection when there is one
 /// (falling back to a new connection when it turns out closed), else a new one. With the
-/// HTTP/1.1 connection to hand back after the response.
+/// HTTP/1.1 connection to hand back after the response, or the HTTP/2 stream's lease to
+/// keep until its body is read.
+#[allow(clippy::type_complexity)]
 async fn attempt_on(
     mut req: Request<ReqBody>,
     slot: &InFlight,
     ctx: &ConnCtx,
-) -> Result<(Response<Incoming>, Option<SendRequest<ReqBody>>, u64), Failure> {
+) -> Result<
+    (
+        Response<Incoming>,
+        Option<SendRequest<ReqBody>>,
+        Option<upstream_h2::Lease>,
+        u64,
+    ),
+    Failure,
+> {
     let pool = &slot.pool;
     let s = slot.server();
     let t = pool.cfg.timeouts;
@@ -763,13 +774,14 @@ async fn attempt_on(
         };
         match res {
             Ok(resp) => {
-                let sender = match up {
-                    Up::H1(s) => Some(s),
-                    Up::H2(_) => None,
+                let (sender, lease) = match up {
+                    Up::H1(s) => (Some(s), None),
+                    Up::H2(h) => (None, Some(h.lease)),
                 };
                 return Ok((
                     resp,
                     sender,
+                    lease,
                     sent_at.load(std::sync::atomic::Ordering::Relaxed),
                 ));
             }
@@ -789,7 +801,7 @@ async fn attempt_on(
 
 fn respond(
     mut resp: Response<Incoming>,
-    sender: Option<SendRequest<ReqBody>>,
+    (sender, lease): (Option<SendRequest<ReqBody>>, Option<upstream_h2::Lease>),
     slot: InFlight,
     ctx: &ConnCtx,
     busy: Busy,
@@ -798,6 +810,7 @@ fn respond(
     let (parts, body) = resp.into_parts();
     let mut finish = Finish {
         sender,
+        lease,
         worker: ctx.worker,
         slot,
     };

@@ -38,6 +38,7 @@ mod tls_ocsp;
 mod tls_tickets;
 mod upstream;
 mod upstream_h2;
+mod upstream_h2_body;
 mod upstream_tls;
 pub mod vrrp;
 
