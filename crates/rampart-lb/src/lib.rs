@@ -25,6 +25,7 @@ mod h1;
 mod handoff;
 mod health;
 mod http;
+mod http_up;
 mod io;
 mod metrics;
 mod ocsp;

@@ -15,9 +15,8 @@
 //! `queue` timeout, and gets a 503 (the queue's answer) past it ([`acquire`]). HAProxy
 //! instead opens another connection whenever its connections' streams are all taken
 //! (bounded by the server's `maxconn`); here the connections stay few and the streams
-//! are queued, never sent past the server's limit. (The HTTP/2-client path, `http.rs`,
-//! takes a free stream when there is one and otherwise queues on the least busy
-//! connection inside the `h2` crate, bounded by the response timeout: [`checkout`].)
+//! are queued, never sent past the server's limit. Both paths to the servers, the
+//! HTTP/1.1 fast path's and the HTTP/2 clients' (`http_up.rs`), take their streams so.
 //!
 //! A connection the server closed (GOAWAY, an error, an end of stream) takes no new
 //! stream and is dropped at the next checkout, so the next request opens a new one; one
@@ -222,28 +221,6 @@ pub async fn acquire(
 fn take_stream(l: &mut SlotConns, now_ns: u64) -> Option<Stream> {
     l.conns.retain(H2Conn::usable);
     let c = l.conns.iter_mut().find(|c| c.info.has_room())?;
-    c.used_ns = now_ns;
-    Some(Stream {
-        sender: c.sender.clone(),
-        lease: lease(&c.info),
-    })
-}
-
-/// A stream of `server` for `worker` without waiting (the HTTP/2-client path): a free
-/// one; else, when the worker has [`MAX_CONNS`] connections, one of the least busy (the
-/// `h2` crate queues it until the server takes it); `None`: open a connection.
-pub fn checkout(server: &ServerState, worker: usize, now_ns: u64) -> Option<Stream> {
-    let mut l = server.h2.get(worker)?.lock();
-    if let Some(s) = take_stream(&mut l, now_ns) {
-        return Some(s);
-    }
-    if l.conns.len() < MAX_CONNS {
-        return None;
-    }
-    let c = l
-        .conns
-        .iter_mut()
-        .min_by_key(|c| c.info.open.load(Ordering::Acquire))?;
     c.used_ns = now_ns;
     Some(Stream {
         sender: c.sender.clone(),

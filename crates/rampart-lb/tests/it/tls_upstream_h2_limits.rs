@@ -7,8 +7,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -160,6 +161,44 @@ async fn at_the_servers_stream_limit_requests_wait_for_a_stream_on_two_connectio
     assert_eq!(ok + busy, 6, "{statuses:?}: {}", lb.proc.log_text());
     assert!(ok >= 2 && busy >= 1, "{statuses:?}");
     assert!(b.seen.slow_max.load(Ordering::SeqCst) <= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_clients_wait_for_a_stream_too() {
+    let s = setup();
+    let opts = Opts {
+        max_streams: Some(1),
+        ..Opts::default()
+    };
+    let b = H2Backend::start(&s, &[b"h2"], opts).await;
+    let lb = Lb::start_threads(&config(b.addr, &tls_alpn(&s, "\"h2\"")), 1).await;
+    // Six streams at once from one h2c client (the hyper path).
+    let tcp = TcpStream::connect(lb.addr).await.unwrap();
+    let (h2c, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let mut h2c = h2c.clone();
+        let uri = format!("http://{}/slow?{i}", lb.addr);
+        tasks.push(tokio::spawn(async move {
+            let req = Request::get(uri).body(Full::new(Bytes::new())).unwrap();
+            let resp = h2c.send_request(req).await.unwrap();
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }));
+    }
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        assert_eq!(status, 200, "{body}: {}", lb.proc.log_text());
+        assert!(body.starts_with("HTTP/2.0 GET /slow"), "{body}");
+    }
+    // Within the server's limit, on at most two connections.
+    assert_eq!(b.seen.slow_max.load(Ordering::SeqCst), 2);
+    assert_eq!(b.seen.h2_conns.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
