@@ -140,6 +140,7 @@ pub(crate) async fn attempt_on(
         Ok(p) => p,
         Err(_) => return Err(Failure::Busy),
     };
+    let mut resent = false;
     loop {
         let from_pool = pooled.is_some();
         let mut up = match pooled.take() {
@@ -161,6 +162,16 @@ pub(crate) async fn attempt_on(
             }
             ReqBody::Empty => None,
         };
+        // A body-less request on HTTP/2: its head, to send it once more on a new
+        // connection should the server not process it.
+        let again = (matches!(up, Up::H2(_)) && sent.is_none() && !resent).then(|| {
+            let mut r = Request::new(ReqBody::Empty);
+            *r.method_mut() = req.method().clone();
+            *r.uri_mut() = req.uri().clone();
+            *r.version_mut() = req.version();
+            *r.headers_mut() = req.headers().clone();
+            r
+        });
         // When the request's last byte went out: least-response-time measures the server
         // from there (a body-less request goes out at once).
         let sent_at = std::sync::atomic::AtomicU64::new(now_ns());
@@ -200,7 +211,16 @@ pub(crate) async fn attempt_on(
                     Err(_) => return Err(Failure::Busy),
                 };
             }
-            Err((None, e)) => return Err(Failure::Sent(e)),
+            Err((None, e)) => match again {
+                // Refused unprocessed (REFUSED_STREAM, GOAWAY): once more, on a new
+                // connection to the same server.
+                Some(r) if upstream_h2::unprocessed(&e) => {
+                    tracing::debug!(server = %s.name, error = %e, "HTTP/2 request not processed: sent again");
+                    req = r;
+                    resent = true;
+                }
+                _ => return Err(Failure::Sent(e)),
+            },
         }
     }
 }

@@ -459,6 +459,19 @@ impl AsyncWrite for Watched {
     }
 }
 
+/// Whether an error is the server refusing a stream it did not process, so that the
+/// request may go again (RFC 9113 sections 8.7 and 6.8): a reset with `REFUSED_STREAM`,
+/// or the server's GOAWAY for a stream above its last stream id (or opened after it; `h2`
+/// gives a stream the GOAWAY's error only then: one cut by the connection's end gets an
+/// I/O error).
+pub fn unprocessed(e: &hyper::Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<h2::Error>())
+        .is_some_and(|e| {
+            e.reason() == Some(h2::Reason::REFUSED_STREAM) || (e.is_go_away() && e.is_remote())
+        })
+}
+
 /// A request of the hyper path (an HTTP/2 client's, headers already prepared) for an
 /// HTTP/2 server: `https` and the `:authority` (its own, else its `Host`, else
 /// `authority`) in the URI, no `Host` field.

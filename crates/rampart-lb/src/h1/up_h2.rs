@@ -21,7 +21,6 @@
 //! any failure past sending is the caller's (`Failure::Sent`: retried elsewhere only
 //! when idempotent and body-less).
 
-use std::error::Error as _;
 use std::io;
 use std::sync::atomic::Ordering;
 
@@ -193,17 +192,6 @@ fn h1_head(resp: &http::response::Parts, ended: bool, head_req: bool, out: &mut 
     out.extend_from_slice(b"\r\n");
 }
 
-/// Whether an error is the server refusing a stream it did not process: a reset with
-/// `REFUSED_STREAM`, or the server's GOAWAY for a stream above its last stream id (or
-/// opened after it; `h2` gives a stream the GOAWAY's error only then).
-fn unprocessed(e: &hyper::Error) -> bool {
-    e.source()
-        .and_then(|s| s.downcast_ref::<h2::Error>())
-        .is_some_and(|e| {
-            e.reason() == Some(h2::Reason::REFUSED_STREAM) || (e.is_go_away() && e.is_remote())
-        })
-}
-
 /// A new HTTP/2 connection to the attempt's server, for a request to send again.
 async fn reopen(ctx: &ConnCtx, at: &At<'_>) -> Result<Stream, String> {
     let s = at.slot.server();
@@ -253,7 +241,7 @@ async fn send(
                 Some(r) => r,
                 None => {
                     let e = e.into_error();
-                    if renewed || !unprocessed(&e) {
+                    if renewed || !upstream_h2::unprocessed(&e) {
                         return Err(Failure::Sent(io::Error::other(e)));
                     }
                     let body = match again.body {

@@ -86,6 +86,31 @@ async fn a_request_with_a_body_the_server_did_not_process_is_sent_again() {
     assert_eq!(b.seen.h2_conns.load(Ordering::SeqCst), 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_clients_request_the_server_did_not_process_is_sent_again() {
+    let s = setup();
+    let b = backend_refusing(&s, Refuse::Reset { after_body: 0 }).await;
+    let lb = Lb::start_threads(&config(b.addr, &tls_alpn(&s, BOTH)), 1).await;
+    let tcp = TcpStream::connect(lb.addr).await.unwrap();
+    let (mut h2c, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get(format!("http://{}/again", lb.addr))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = h2c.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200, "{}", lb.proc.log_text());
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(
+        body.starts_with(b"HTTP/2.0 GET /again "),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_eq!(b.seen.h2_conns.load(Ordering::SeqCst), 2);
+}
+
 /// `n` requests for `/slow` at once, each on its own client connection: their statuses.
 async fn slow_at_once(lb: &Lb, n: usize) -> Vec<u16> {
     let mut tasks = Vec::new();
