@@ -272,7 +272,7 @@ async fn send(
     }
 }
 
-/// Send the request (head rendered in `out`, body still with the client) over `sender`
+/// Send the request (head rendered in `out`, body still with the client) on `stream`
 /// and stream the answer to the client.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn forward<T: ClientStream>(
