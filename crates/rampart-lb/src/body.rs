@@ -78,12 +78,17 @@ impl Body for ReqBody {
 /// released in any case.
 pub struct Finish {
     pub sender: Option<SendRequest<ReqBody>>,
+    /// The HTTP/2 stream the response comes on (its connection takes another request
+    /// once it drops).
+    pub lease: Option<crate::upstream_h2::Lease>,
     pub worker: usize,
     pub slot: InFlight,
 }
 
 impl Finish {
     fn complete(&mut self) {
+        // The HTTP/2 stream ended: another request may take it.
+        drop(self.lease.take());
         if let Some(s) = self.sender.take() {
             let idle = self.slot.pool.cfg.timeouts.idle;
             upstream::checkin(self.slot.server(), self.worker, s, idle);

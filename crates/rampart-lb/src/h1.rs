@@ -58,6 +58,7 @@ use crate::clock::ns_at;
 use crate::http::{self as hyper_path, ConnCtx, Prefixed, H2_PREFACE, STOP_LINGER};
 use crate::state::{mark_tried, Fail, InFlight, Outcome, PickError, PoolState};
 use crate::upstream::{self, ConnectError};
+use crate::upstream_h2::Pick;
 use crate::upstream_tls::{self, UpStream};
 
 #[cfg(feature = "fuzzing")]
@@ -522,6 +523,8 @@ enum Failure {
     TooLarge,
     /// The client's body came slower than the firewall's `min_upload_rate`.
     TooSlow,
+    /// Every stream of the server's HTTP/2 connections stayed taken past the queue timeout.
+    Busy,
 }
 
 /// Proxy one request (head parsed, its upstream rendering in `out`) and answer it.
@@ -610,6 +613,7 @@ async fn proxy<T: ClientStream>(
                 break (504, pool.msg_504.clone());
             }
             Failure::Client => return Next::Close,
+            Failure::Busy => break (503, pool.msg_503_queue.clone()),
             Failure::BadBody => {
                 drop(slot);
                 let _ = send_error(io, ctx, 400, MSG_400, true, false).await;
@@ -713,12 +717,15 @@ async fn attempt_on<T: ClientStream>(
         attempt,
     };
     // (Boxed: the HTTP/2 exchange's state does not weigh on every HTTP/1.1 request's.)
+    let mut opening = None;
     if h2 {
-        if let Some(sender) = crate::upstream_h2::checkout(s, ctx.worker, now_ns) {
-            return Box::pin(up_h2::forward(
-                sender, io, buf, ctx, req, out, h2_at, continued,
-            ))
-            .await;
+        let wait = pool.cfg.queue.timeout;
+        match crate::upstream_h2::acquire(s, ctx.worker, now_ns, wait).await {
+            Ok(Pick::Stream(st)) => {
+                return Box::pin(up_h2::forward(st, io, buf, ctx, req, out, h2_at, continued)).await
+            }
+            Ok(Pick::Open(o)) => opening = Some(o),
+            Err(_) => return Err(Failure::Busy),
         }
     }
     let mut pooled = upstream::checkout_raw(s, ctx.worker, t.idle, now_ns);
@@ -730,16 +737,17 @@ async fn attempt_on<T: ClientStream>(
                 .await
                 .map_err(Failure::Unsent)?;
         if picked_h2 {
-            let sender = crate::upstream_h2::handshake(conn, s, ctx.worker, t.connect, now_ns)
+            let st = crate::upstream_h2::handshake(conn, s, ctx.worker, t.connect, now_ns, opening)
                 .await
                 .map_err(Failure::Unsent)?;
-            return Box::pin(up_h2::forward(
-                sender, io, buf, ctx, req, out, h2_at, continued,
-            ))
-            .await;
+            return Box::pin(up_h2::forward(st, io, buf, ctx, req, out, h2_at, continued)).await;
+        }
+        if let Some(o) = opening.take() {
+            o.picked_h1();
         }
         fresh = Some(conn);
     }
+    drop(opening);
     let mut may_renew = true;
     let mut ub = Buf::take();
     let (mut up, info, cut, sent, first) = 'conn: loop {

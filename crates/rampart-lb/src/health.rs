@@ -8,6 +8,11 @@
 //! spread: each task sleeps an interval plus jitter), and at most [`MAX_CONCURRENT_CHECKS`] probes of
 //! the whole balancer are in flight at once (a probe waits for a permit; its timeout starts
 //! once it has one).
+//!
+//! Over TLS (a pool with `tls`), a check offers the pool's whole `alpn` list, as its
+//! requests do: an HTTP check of a server that picks `h2` is a GET of the path on a new
+//! HTTP/2 connection (so a server that speaks only HTTP/2, `alpn = ["h2"]`, is checked
+//! in its language), else an HTTP/1.1 GET. Healthy: the expected status.
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -15,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Empty;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use rampart_topology::lb::{CheckKind, HealthCheck, PoolTls};
 use rand::Rng;
 
@@ -109,7 +114,7 @@ pub async fn check_once(
 ) -> Result<(), String> {
     let addr = s.addr;
     let probe = async {
-        let tcp = crate::upstream_tls::connect(addr, hc.timeout, tls)
+        let (tcp, h2) = crate::upstream_tls::connect_alpn(addr, hc.timeout, tls)
             .await
             .map_err(|e| e.to_string())?;
         match &hc.kind {
@@ -118,19 +123,24 @@ pub async fn check_once(
                 path,
                 expect_status,
             } => {
-                let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                let req = Request::get(path.as_str())
-                    .header(http::header::HOST, addr.to_string())
-                    .header(http::header::CONNECTION, "close")
-                    .header(http::header::USER_AGENT, "rampart-health-check")
-                    .body(Empty::<Bytes>::new())
-                    .map_err(|e| e.to_string())?;
-                let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+                let resp = if h2 {
+                    get_h2(tcp, path, tls, addr).await?
+                } else {
+                    let (mut sender, conn) =
+                        hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                    let req = Request::get(path.as_str())
+                        .header(http::header::HOST, addr.to_string())
+                        .header(http::header::CONNECTION, "close")
+                        .header(http::header::USER_AGENT, USER_AGENT)
+                        .body(Empty::<Bytes>::new())
+                        .map_err(|e| e.to_string())?;
+                    sender.send_request(req).await.map_err(|e| e.to_string())?
+                };
                 let want = StatusCode::from_u16(*expect_status).unwrap_or(StatusCode::OK);
                 if resp.status() == want {
                     Ok(())
@@ -151,6 +161,46 @@ pub async fn check_once(
             Err(format!("timed out after {:?}", hc.timeout))
         }
     }
+}
+
+const USER_AGENT: &str = "rampart-health-check";
+
+/// A GET of `path` on a new HTTP/2 connection (`https`, the pool's `server_name` else the
+/// server's address as the authority); the connection ends with the check.
+async fn get_h2(
+    conn: crate::upstream_tls::UpStream,
+    path: &str,
+    tls: Option<&PoolTls>,
+    addr: std::net::SocketAddr,
+) -> Result<http::Response<hyper::body::Incoming>, String> {
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(conn))
+            .await
+            .map_err(|e| e.to_string())?;
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let authority = tls
+        .and_then(|t| t.server_name.clone())
+        .unwrap_or_else(|| addr.to_string());
+    let uri = http::Uri::builder()
+        .scheme("https")
+        .authority(authority)
+        .path_and_query(path)
+        .build()
+        .map_err(|e| format!("check path {path}: {e}"))?;
+    let req = Request::get(uri)
+        .version(http::Version::HTTP_2)
+        .header(http::header::USER_AGENT, USER_AGENT)
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let r = sender.send_request(req).await.map_err(|e| e.to_string());
+    // The answer's head is all a check reads: the connection goes with the handle.
+    drop(sender);
+    if r.is_err() {
+        driver.abort();
+    }
+    r
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! HTTP/2 forwarding (h2c and over TLS by ALPN): one client connection served by hyper's
 //! HTTP/2 server, each request sent to a server of the listener's pool over a reused
-//! HTTP/1.1 connection. Every HTTP/1.x connection is the fast path's ([`crate::h1`]);
+//! HTTP/1.1 connection, or a stream of an HTTP/2 one ([`crate::http_up`]). Every HTTP/1.x connection is the fast path's ([`crate::h1`]);
 //! this module also accepts connections and sends each to its path.
 
 use std::convert::Infallible;
@@ -24,12 +24,12 @@ use tokio::sync::Notify;
 
 use crate::body::{Finish, ReqBody, RespBody};
 use crate::clock::now_ns;
+use crate::http_up::{attempt_on, Failure};
 use crate::io::{self, Activity, Busy, CountedIo};
-use crate::state::ServerState;
 use crate::state::{mark_tried, Fail, InFlight, Outcome, PickError, PoolState};
 use crate::tls::{self, TlsTerm};
 use crate::upstream::{self, ConnectError};
-use crate::upstream_h2::{self, H2Body};
+use crate::upstream_h2;
 use crate::ListenerRt;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -463,17 +463,6 @@ fn idempotent(m: &Method) -> bool {
     )
 }
 
-/// How one attempt on one server ended, when it did not produce a response.
-enum Failure {
-    /// Nothing was sent; the request is handed back.
-    Unsent(Box<Request<ReqBody>>, Option<ConnectError>),
-    /// The request (or part of it) was sent and the connection failed before any
-    /// response byte.
-    Sent(hyper::Error),
-    /// No response head within the response timeout.
-    Timeout,
-}
-
 async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<RespBody> {
     let busy = Busy::new(ctx.activity());
     // No tunnels over HTTP/2 either (the fast path answers an HTTP/1 CONNECT alike).
@@ -578,7 +567,7 @@ async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<RespBody>
         };
         let started = now;
         match attempt_on(r, &slot, &ctx).await {
-            Ok((resp, sender, sent)) => {
+            Ok((resp, sender, lease, sent)) => {
                 let s = slot.server();
                 let end = now_ns();
                 let took = end.saturating_sub(started);
@@ -589,7 +578,7 @@ async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<RespBody>
                     attempts: attempt + 1,
                     upstream_ns: took,
                 });
-                let mut r = respond(resp, sender, slot, &ctx, busy);
+                let mut r = respond(resp, (sender, lease), slot, &ctx, busy);
                 if let Some(served) = served {
                     r.extensions_mut().insert(served);
                 }
@@ -625,6 +614,13 @@ async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<RespBody>
                             return failed(pool, last_status, busy);
                         }
                     }
+                    Failure::Busy => {
+                        return error_response(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            &pool.msg_503_queue,
+                            busy,
+                        )
+                    }
                     Failure::Timeout => {
                         tracing::warn!(pool = %pool.cfg.name, server = %s.name, timeout = ?pool.cfg.timeouts.response, "upstream response timed out");
                         pool.on_passive(i, Outcome::Failed(Fail::Timeout), now);
@@ -646,146 +642,9 @@ fn failed(pool: &PoolState, status: StatusCode, busy: Busy) -> Response<RespBody
     error_response(status, msg, busy)
 }
 
-/// An upstream connection of this path: HTTP/1.1, or HTTP/2 when the pool offers `h2` and
-/// the server picked it (that one stays in the server's `h2` slot: nothing to hand back).
-enum Up {
-    H1(SendRequest<ReqBody>),
-    H2(hyper::client::conn::http2::SendRequest<H2Body>),
-}
-
-/// An open pooled connection of `s` for `worker`, HTTP/2 first when `h2`.
-async fn next_pooled(s: &ServerState, worker: usize, idle: Duration, h2: bool) -> Option<Up> {
-    if h2 {
-        if let Some(h) = upstream_h2::checkout(s, worker, now_ns()) {
-            return Some(Up::H2(h));
-        }
-    }
-    upstream::checkout(s, worker, idle).await.map(Up::H1)
-}
-
-/// A new connection to `s`: offering `h2` when `h2`, HTTP/1.1 when the server did not pick it.
-async fn connect(
-    s: &ServerState,
-    worker: usize,
-    pool: &PoolState,
-    h2: bool,
-) -> Result<Up, ConnectError> {
-    let (t, tls) = (pool.cfg.timeouts, pool.cfg.tls.as_ref());
-    if !h2 {
-        return upstream::connect_http(s.addr, t.connect, tls)
-            .await
-            .map(Up::H1);
-    }
-    let (conn, picked) = crate::upstream_tls::connect_alpn(s.addr, t.connect, tls).await?;
-    if picked {
-        upstream_h2::handshake(conn, s, worker, t.connect, now_ns())
-            .await
-            .map(Up::H2)
-    } else {
-        upstream::handshake_http1(conn, s.addr).await.map(Up::H1)
-    }
-}
-
-/// Send `req` on `up`; a request that was not sent comes back with the error.
-async fn send_on(
-    up: &mut Up,
-    req: Request<ReqBody>,
-    authority: &str,
-) -> Result<Response<Incoming>, (Option<Request<ReqBody>>, hyper::Error)> {
-    match up {
-        Up::H1(s) => s
-            .try_send_request(req)
-            .await
-            .map_err(|mut e| (e.take_message(), e.into_error())),
-        Up::H2(s) => {
-            upstream_h2::STREAMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            s.try_send_request(upstream_h2::to_upstream(req, authority))
-                .await
-                .map_err(|mut e| (e.take_message().map(upstream_h2::back), e.into_error()))
-        }
-    }
-}
-
-/// Send `req` to the slot's server: over an idle pooled connection when there is one
-/// (falling back to a new connection when it turns out closed), else a new one. With the
-/// HTTP/1.1 connection to hand back after the response.
-async fn attempt_on(
-    mut req: Request<ReqBody>,
-    slot: &InFlight,
-    ctx: &ConnCtx,
-) -> Result<(Response<Incoming>, Option<SendRequest<ReqBody>>, u64), Failure> {
-    let pool = &slot.pool;
-    let s = slot.server();
-    let t = pool.cfg.timeouts;
-    let h2 = pool.cfg.tls.as_ref().is_some_and(|c| c.offers_h2());
-    let authority = pool
-        .cfg
-        .tls
-        .as_ref()
-        .and_then(|c| c.server_name.clone())
-        .unwrap_or_else(|| s.addr.to_string());
-    let mut pooled = next_pooled(s, ctx.worker, t.idle, h2).await;
-    loop {
-        let from_pool = pooled.is_some();
-        let mut up = match pooled.take() {
-            Some(u) => u,
-            None => match connect(s, ctx.worker, pool, h2).await {
-                Ok(u) => u,
-                Err(e) => return Err(Failure::Unsent(Box::new(req), Some(e))),
-            },
-        };
-        // The response timeout runs from the end of the request body (at once for a
-        // request without one), so a long upload is not cut off.
-        let sent = match req.body_mut() {
-            ReqBody::Incoming(_, sent, to) => {
-                *to = Some((slot.pool.clone(), slot.server));
-                Some(sent.clone())
-            }
-            ReqBody::Empty => None,
-        };
-        // When the request's last byte went out: least-response-time measures the server
-        // from there (a body-less request goes out at once).
-        let sent_at = std::sync::atomic::AtomicU64::new(now_ns());
-        let response_deadline = async {
-            if let Some(sent) = &sent {
-                sent.notified().await;
-                sent_at.store(now_ns(), std::sync::atomic::Ordering::Relaxed);
-            }
-            tokio::time::sleep(t.response).await;
-        };
-        let res = tokio::select! {
-            r = send_on(&mut up, req, &authority) => r,
-            _ = response_deadline => return Err(Failure::Timeout),
-        };
-        match res {
-            Ok(resp) => {
-                let sender = match up {
-                    Up::H1(s) => Some(s),
-                    Up::H2(_) => None,
-                };
-                return Ok((
-                    resp,
-                    sender,
-                    sent_at.load(std::sync::atomic::Ordering::Relaxed),
-                ));
-            }
-            Err((Some(r), _)) => {
-                // Not sent. A pooled connection that closed meanwhile is no fault of
-                // the server: try the next idle one or a new connection.
-                req = r;
-                if !from_pool {
-                    return Err(Failure::Unsent(Box::new(req), None));
-                }
-                pooled = next_pooled(s, ctx.worker, t.idle, h2).await;
-            }
-            Err((None, e)) => return Err(Failure::Sent(e)),
-        }
-    }
-}
-
 fn respond(
     mut resp: Response<Incoming>,
-    sender: Option<SendRequest<ReqBody>>,
+    (sender, lease): (Option<SendRequest<ReqBody>>, Option<upstream_h2::Lease>),
     slot: InFlight,
     ctx: &ConnCtx,
     busy: Busy,
@@ -794,6 +653,7 @@ fn respond(
     let (parts, body) = resp.into_parts();
     let mut finish = Finish {
         sender,
+        lease,
         worker: ctx.worker,
         slot,
     };

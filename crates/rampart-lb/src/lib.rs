@@ -25,6 +25,7 @@ mod h1;
 mod handoff;
 mod health;
 mod http;
+mod http_up;
 mod io;
 mod metrics;
 mod ocsp;
@@ -38,6 +39,7 @@ mod tls_ocsp;
 mod tls_tickets;
 mod upstream;
 mod upstream_h2;
+mod upstream_h2_body;
 mod upstream_tls;
 pub mod vrrp;
 

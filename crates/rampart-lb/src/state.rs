@@ -175,7 +175,7 @@ pub struct ServerState {
     /// Idle upstream connections, one list per worker thread (no cross-thread traffic).
     pub idle: Box<[Mutex<Vec<IdleConn>>]>,
     /// Open HTTP/2 connections (a pool whose server picked `h2`), per worker thread.
-    pub h2: Box<[Mutex<Vec<crate::upstream_h2::H2Conn>>]>,
+    pub h2: Box<[crate::upstream_h2::H2Slot]>,
     pub last_check: Mutex<Option<CheckRecord>>,
     /// Cancelled when the server leaves its pool: its health check task ends.
     pub stop_checks: CancellationToken,
@@ -202,7 +202,7 @@ impl ServerState {
             connect_dirty: AtomicBool::new(false),
             idle: (0..workers).map(|_| Mutex::new(Vec::new())).collect(),
             idle_raw: (0..workers).map(|_| Mutex::new(Vec::new())).collect(),
-            h2: (0..workers).map(|_| Mutex::new(Vec::new())).collect(),
+            h2: (0..workers).map(|_| Default::default()).collect(),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             stats: Counters::new(workers),
@@ -263,9 +263,7 @@ impl ServerState {
             }
         }
         for w in self.h2.iter() {
-            if let Ok(mut v) = w.lock() {
-                v.clear();
-            }
+            w.clear();
         }
     }
 

@@ -4,7 +4,8 @@
 //! the server's IP address), the balancer presents a client certificate when given one
 //! (mutual TLS), and ALPN offers the pool's `alpn` (`http/1.1` by default). When that lists
 //! `h2`, new request connections are made with [`connect_alpn`] and a server that picks
-//! `h2` gets the pool's requests over HTTP/2 ([`crate::upstream_h2`]); health checks and
+//! `h2` gets the pool's requests over HTTP/2 ([`crate::upstream_h2`]); health checks offer
+//! the whole list too (and check over HTTP/2 a server that picks it, [`crate::health`]);
 //! upgrades offer the list without `h2`. An upstream connection is an [`UpStream`]:
 //! plain TCP or TLS over it, pooled alike (an idle TLS connection is its stream in the
 //! server's pool, with its rustls state). Sessions to the servers resume (rustls's client
@@ -150,7 +151,7 @@ pub struct UpstreamTls {
     cfg: PoolTls,
     /// Offers the pool's `alpn` as configured (`h2` included).
     connector: tokio_rustls::TlsConnector,
-    /// Offers it without `h2`: HTTP/1.1 connections (health checks, the HTTP/2 path).
+    /// Offers it without `h2`: HTTP/1.1 connections (upgrades, the hyper path's HTTP/1.1).
     h1_connector: tokio_rustls::TlsConnector,
     name: Option<ServerName<'static>>,
 }

@@ -9,6 +9,8 @@ pub(crate) struct Chunked {
     pub(super) size: u64,
     pub(super) digits: u8,
     pub(super) line: usize,
+    /// The trailer section's bytes, when kept ([`Chunked::keeping_trailers`]).
+    pub(super) trailers: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +45,19 @@ impl Chunked {
         self.st == CSt::Done
     }
 
+    /// A scanner that keeps the trailer section (`name: value` lines with their CRLF).
+    pub(crate) fn keeping_trailers() -> Chunked {
+        Chunked {
+            trailers: Some(Vec::new()),
+            ..Chunked::default()
+        }
+    }
+
+    /// The trailer section kept so far (empty when none, or not kept).
+    pub(crate) fn trailers(&self) -> &[u8] {
+        self.trailers.as_deref().unwrap_or_default()
+    }
+
     /// How many bytes at the start of `data` belong to the body: all of them, unless it
     /// ends inside.
     pub(crate) fn scan(&mut self, data: &[u8]) -> Result<usize, BadChunk> {
@@ -74,6 +89,13 @@ impl Chunked {
             }
             let b = data[i];
             i += 1;
+            if let Some(t) = self.trailers.as_mut() {
+                if matches!(self.st, CSt::TrailerName | CSt::Trailer | CSt::TrailerLf)
+                    || (self.st == CSt::TrailerStart && b != b'\r')
+                {
+                    t.push(b);
+                }
+            }
             match self.st {
                 CSt::Size => match b {
                     b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
@@ -254,6 +276,24 @@ mod tests {
             prop_assert!(c.done());
             prop_assert_eq!(pos, body.len());
         }
+    }
+
+    #[test]
+    fn trailers_are_kept_when_asked_for() {
+        let body = b"5\r\nhello\r\n0;x\r\nx-a: 1\r\nx-b:\r\n\r\nNEXT";
+        let mut c = Chunked::keeping_trailers();
+        let mut n = 0;
+        for part in body.chunks(3) {
+            n += c.scan(part).unwrap();
+            if c.done() {
+                break;
+            }
+        }
+        assert_eq!(n, body.len() - 4);
+        assert_eq!(c.trailers(), b"x-a: 1\r\nx-b:\r\n");
+        let mut c = Chunked::default();
+        c.scan(body).unwrap();
+        assert_eq!(c.trailers(), b"");
     }
 
     #[test]

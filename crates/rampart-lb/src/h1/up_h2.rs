@@ -6,30 +6,33 @@
 //! `Host` becomes the `:authority`, the fields HTTP/2 forbids (`Connection`,
 //! `Transfer-Encoding`, ...) are left out, a chunked body goes decoded (HTTP/2 frames it).
 //! The request body streams from the client into the stream while the answer is awaited;
-//! the response head is rendered as an HTTP/1.1 head (`Content-Length` when the server
-//! gave one, else chunked) and goes through the same response rules as an HTTP/1.1
-//! server's ([`parse_response_to`]: HSTS, HEAD, HTTP/1.0 clients), then its body streams
-//! to the client in that framing.
+//! a chunked body's trailer fields go as HTTP/2 trailers (a HEADERS frame ending the
+//! stream), without the fields a trailer may not carry ([`trailer_fields`]). The response
+//! head is rendered as an HTTP/1.1 head (`Content-Length` when the server gave one, else
+//! chunked) and goes through the same response rules as an HTTP/1.1 server's
+//! ([`parse_response_to`]: HSTS, HEAD, HTTP/1.0 clients), then its body streams to the
+//! client in that framing.
 //!
 //! Retries: a request the connection refused before sending it (closed meanwhile) goes
-//! once more on a new connection; a body-less one refused with `REFUSED_STREAM` (never
-//! processed, RFC 9113 section 8.7) too. Other failures past sending are the caller's
-//! (`Failure::Sent`: retried elsewhere only when idempotent and body-less).
+//! once more on a new connection to the same server, and so does one the server did not
+//! process: refused with `REFUSED_STREAM`, or above the last stream id of its GOAWAY (RFC
+//! 9113 sections 8.7 and 6.8), with its body when all of it that was read is kept (the
+//! first [`REPLAY_MAX`] bytes, [`crate::upstream_h2_body`]); a longer one is a 502, as
+//! any failure past sending is the caller's (`Failure::Sent`: retried elsewhere only
+//! when idempotent and body-less).
 
-use std::error::Error as _;
 use std::io;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Method, Request, Uri, Version};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::client::conn::http2::SendRequest;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 use super::*;
-use crate::upstream_h2::{self, H2Body};
+use crate::upstream_h2::{self, BodyWriter, H2Body, Stream, REPLAY_MAX};
 
 /// Where an attempt stands in its request: its server slot, when it started (and the
 /// request), which attempt it is.
@@ -51,15 +54,61 @@ const DROPPED: [&str; 7] = [
     "expect",
 ];
 
-impl BodySink for mpsc::Sender<Option<Bytes>> {
+impl BodySink for BodyWriter {
     async fn put(&mut self, data: &[u8], deadline: Instant) -> io::Result<()> {
-        by(deadline, async {
-            self.send(Some(Bytes::copy_from_slice(data)))
-                .await
-                .map_err(|_| io::Error::other("the server stopped taking the request body"))
-        })
+        by(
+            deadline,
+            BodyWriter::put(self, Bytes::copy_from_slice(data)),
+        )
         .await
     }
+}
+
+/// Fields a trailer section may not carry (RFC 9110 section 6.5.1: framing, routing,
+/// request modifiers, authentication, content metadata; hyper's list), and those HTTP/2
+/// forbids (RFC 9113 section 8.2.2).
+const NOT_IN_TRAILERS: [&str; 18] = [
+    "authorization",
+    "cache-control",
+    "content-encoding",
+    "content-length",
+    "content-range",
+    "content-type",
+    "host",
+    "max-forwards",
+    "set-cookie",
+    "trailer",
+    "transfer-encoding",
+    "te",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "upgrade",
+    "expect",
+    "proxy-authorization",
+];
+
+/// The trailer section of a chunked body (`name: value` lines, each with its CRLF, as the
+/// chunked scanner checked them) as HTTP/2 trailers, leaving out what may not be one.
+fn trailer_fields(raw: &[u8]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for line in raw.split(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        if NOT_IN_TRAILERS
+            .iter()
+            .any(|f| name.eq_ignore_ascii_case(f.as_bytes()))
+        {
+            continue;
+        }
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+            h.append(n, v);
+        }
+    }
+    h
 }
 
 /// The upstream head the fast path rendered (`head`, HTTP/1.1) as an HTTP/2 request with
@@ -143,15 +192,8 @@ fn h1_head(resp: &http::response::Parts, ended: bool, head_req: bool, out: &mut 
     out.extend_from_slice(b"\r\n");
 }
 
-/// Whether an error is the server refusing a stream it did not process.
-fn refused(e: &hyper::Error) -> bool {
-    e.source()
-        .and_then(|s| s.downcast_ref::<h2::Error>())
-        .is_some_and(|e| e.reason() == Some(h2::Reason::REFUSED_STREAM))
-}
-
 /// A new HTTP/2 connection to the attempt's server, for a request to send again.
-async fn reopen(ctx: &ConnCtx, at: &At<'_>) -> Result<SendRequest<H2Body>, String> {
+async fn reopen(ctx: &ConnCtx, at: &At<'_>) -> Result<Stream, String> {
     let s = at.slot.server();
     let t = at.slot.pool.cfg.timeouts;
     let tls = at.slot.pool.cfg.tls.as_ref();
@@ -162,36 +204,57 @@ async fn reopen(ctx: &ConnCtx, at: &At<'_>) -> Result<SendRequest<H2Body>, Strin
         return Err(format!("{} no longer picks h2", s.addr));
     }
     let now = crate::clock::now_ns();
-    upstream_h2::handshake(conn, s, ctx.worker, t.connect, now)
+    upstream_h2::handshake(conn, s, ctx.worker, t.connect, now, None)
         .await
         .map_err(|e| e.to_string())
 }
 
-/// Send the request (once more on a new connection when it was not sent; or, with
-/// `refused_again`, its head and authority, when it was refused unprocessed).
+/// The request's head (HTTP/1.1, as rendered) and authority, and its body's writer: what
+/// builds it again.
+struct Again<'a> {
+    head: &'a [u8],
+    authority: &'a str,
+    body: Option<&'a BodyWriter>,
+}
+
+/// Send the request; once more on a new connection when it was not sent, or when the
+/// server did not process it and all of its body that was read is kept. With the lease
+/// of the stream the answer comes on.
 async fn send(
-    mut sender: SendRequest<H2Body>,
+    mut stream: Stream,
     mut request: Request<H2Body>,
     ctx: &ConnCtx,
     at: &At<'_>,
-    refused_again: Option<(&[u8], &str)>,
-) -> Result<hyper::Response<Incoming>, Failure> {
+    again: Again<'_>,
+) -> Result<(hyper::Response<Incoming>, upstream_h2::Lease), Failure> {
     let mut renewed = false;
     loop {
         upstream_h2::STREAMS.fetch_add(1, Ordering::Relaxed);
-        let again = match sender.try_send_request(request).await {
-            Ok(r) => return Ok(r),
+        let next = match stream.sender.try_send_request(request).await {
+            Ok(r) => {
+                if let Some(w) = again.body {
+                    w.settle();
+                }
+                return Ok((r, stream.lease));
+            }
             Err(mut e) => match e.take_message() {
                 Some(r) => r,
                 None => {
                     let e = e.into_error();
-                    match refused_again {
-                        Some((head, authority)) if !renewed && refused(&e) => {
-                            to_h2(head, authority, H2Body::Empty)
-                                .map_err(|m| Failure::Sent(io::Error::other(m)))?
-                        }
-                        _ => return Err(Failure::Sent(io::Error::other(e))),
+                    if renewed || !upstream_h2::unprocessed(&e) {
+                        return Err(Failure::Sent(io::Error::other(e)));
                     }
+                    let body = match again.body {
+                        None => H2Body::Empty,
+                        Some(w) => w.replay().ok_or_else(|| {
+                            Failure::Sent(io::Error::other(format!(
+                                "{e} (not processed; its body is past the {REPLAY_MAX} bytes kept to send it again)"
+                            )))
+                        })?,
+                    };
+                    tracing::debug!(server = %at.slot.server().name, error = %e, "HTTP/2 request not processed: sent again");
+                    to_h2(again.head, again.authority, body)
+                        .map_err(|m| Failure::Sent(io::Error::other(m)))?
                 }
             },
         };
@@ -201,18 +264,19 @@ async fn send(
             )));
         }
         renewed = true;
-        request = again;
-        sender = reopen(ctx, at)
+        request = next;
+        drop(stream);
+        stream = reopen(ctx, at)
             .await
             .map_err(|e| Failure::Sent(io::Error::other(e)))?;
     }
 }
 
-/// Send the request (head rendered in `out`, body still with the client) over `sender`
+/// Send the request (head rendered in `out`, body still with the client) on `stream`
 /// and stream the answer to the client.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn forward<T: ClientStream>(
-    sender: SendRequest<H2Body>,
+    stream: Stream,
     io: &mut T,
     buf: &mut Buf,
     ctx: &ConnCtx,
@@ -231,15 +295,15 @@ pub(super) async fn forward<T: ClientStream>(
         .as_ref()
         .and_then(|c| c.server_name.clone())
         .unwrap_or_else(|| s.addr.to_string());
-    let (tx, body) = match req.body {
+    let (writer, body) = match req.body {
         Framing::None => (None, H2Body::Empty),
         Framing::Length(n) => {
-            let (tx, b) = H2Body::channel(Some(n));
-            (Some(tx), b)
+            let (w, b) = BodyWriter::new(Some(n));
+            (Some(w), b)
         }
         _ => {
-            let (tx, b) = H2Body::channel(None);
-            (Some(tx), b)
+            let (w, b) = BodyWriter::new(None);
+            (Some(w), b)
         }
     };
     let request = to_h2(out, &authority, body).map_err(|e| Failure::Sent(io::Error::other(e)))?;
@@ -250,7 +314,7 @@ pub(super) async fn forward<T: ClientStream>(
         // The body, from the client into the stream: when its last byte went.
         let pump = async {
             let r = async {
-                let Some(mut tx) = tx else {
+                let Some(mut tx) = writer.clone() else {
                     return Ok(Instant::now());
                 };
                 if req.expect && !*continued {
@@ -265,7 +329,7 @@ pub(super) async fn forward<T: ClientStream>(
                 }
                 let mut left = match req.body {
                     Framing::Length(n) => Left::Length(n),
-                    _ => Left::Dechunk(Chunked::default()),
+                    _ => Left::Dechunk(Chunked::keeping_trailers()),
                 };
                 send_body(
                     io,
@@ -277,11 +341,11 @@ pub(super) async fn forward<T: ClientStream>(
                     limits,
                 )
                 .await?;
-                tx.send(None).await.map_err(|_| {
-                    Failure::Sent(io::Error::other(
-                        "the server stopped taking the request body",
-                    ))
-                })?;
+                let trailers = match &left {
+                    Left::Dechunk(c) => trailer_fields(c.trailers()),
+                    _ => HeaderMap::new(),
+                };
+                tx.finish(trailers).map_err(Failure::Sent)?;
                 Ok(Instant::now())
             }
             .await;
@@ -294,9 +358,13 @@ pub(super) async fn forward<T: ClientStream>(
                 done.notified().await;
                 tokio::time::sleep(t.response).await;
             };
-            let refused_again = (req.body == Framing::None).then_some((&out[..], &authority[..]));
+            let again = Again {
+                head: &out[..],
+                authority: &authority,
+                body: writer.as_ref(),
+            };
             tokio::select! {
-                r = send(sender, request, ctx, &at, refused_again) => Some(r),
+                r = send(stream, request, ctx, &at, again) => Some(r),
                 _ = deadline => None,
             }
         };
@@ -331,7 +399,8 @@ pub(super) async fn forward<T: ClientStream>(
         Ok(at) => (at, false),
         Err(_) => (Instant::now(), true),
     };
-    let resp = match answer {
+    // (The stream's lease: given back when this returns, the answer read.)
+    let (resp, _lease) = match answer {
         None => return Err(Failure::Timeout),
         Some(Err(f)) => return Err(f),
         Some(Ok(r)) => r,
@@ -494,6 +563,23 @@ mod tests {
         )
         .expect("translates");
         assert_eq!(r.uri().to_string(), "https://web.internal/");
+    }
+
+    #[test]
+    fn trailers_go_without_the_fields_a_trailer_may_not_carry() {
+        let t = trailer_fields(
+            b"X-Sum: 7\r\nContent-Length: 3\r\nauthorization: x\r\nx-e:\r\nx-w:  a b \r\n",
+        );
+        let got: Vec<(&str, &[u8])> = t.iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect();
+        assert_eq!(
+            got,
+            [
+                ("x-sum", &b"7"[..]),
+                ("x-e", &b""[..]),
+                ("x-w", &b"a b"[..])
+            ]
+        );
+        assert!(trailer_fields(b"").is_empty());
     }
 
     #[test]

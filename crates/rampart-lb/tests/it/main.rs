@@ -21,6 +21,8 @@ mod scale;
 mod support;
 mod tls;
 mod tls_multi;
+mod tls_support;
 mod tls_upstream;
 mod tls_upstream_h2;
+mod tls_upstream_h2_limits;
 mod vrrp;

@@ -13,125 +13,70 @@ use http_body_util::Full;
 use hyper::Response;
 use hyper_util::rt::TokioIo;
 use rampart_testkit::{free_port, TempDir};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::AbortHandle;
+use tokio::net::TcpStream;
 
 use crate::pki::{Alg, Pki};
 use crate::support::{Client, Lb};
+use crate::tls_support::{pool_config as config, serve, server_config, setup, TlsServer};
 
 /// An HTTPS backend answering `tls <client certificate CN or "anonymous">`.
 struct TlsBackend {
     addr: SocketAddr,
     handshakes: Arc<AtomicU64>,
     requests: Arc<AtomicU64>,
-    task: AbortHandle,
-}
-
-impl Drop for TlsBackend {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-fn certs(p: &Path) -> Vec<CertificateDer<'static>> {
-    CertificateDer::pem_file_iter(p)
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
+    _server: TlsServer,
 }
 
 impl TlsBackend {
     /// With `client_ca`, a client certificate signed by it is required.
     async fn start(chain: &Path, key: &Path, client_ca: Option<&Path>) -> TlsBackend {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let b = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .unwrap();
-        let b = match client_ca {
-            None => b.with_no_client_auth(),
-            Some(ca) => {
-                let mut roots = rustls::RootCertStore::empty();
-                roots.add_parsable_certificates(certs(ca));
-                let v = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                    Arc::new(roots),
-                    provider,
-                )
-                .build()
-                .unwrap();
-                b.with_client_cert_verifier(v)
-            }
-        };
-        let mut cfg = b
-            .with_single_cert(certs(chain), PrivateKeyDer::from_pem_file(key).unwrap())
-            .unwrap();
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let cfg = server_config(chain, key, &[b"http/1.1"], client_ca);
         let handshakes = Arc::new(AtomicU64::new(0));
         let requests = Arc::new(AtomicU64::new(0));
         let (h, r) = (handshakes.clone(), requests.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    return;
-                };
-                let (acceptor, h, r) = (acceptor.clone(), h.clone(), r.clone());
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    h.fetch_add(1, Ordering::SeqCst);
-                    let who = tls
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .map(|c| {
-                            // The CN is the last printable run of the subject; enough for
-                            // the names the test gives ("lb-client").
-                            let der = c.as_ref();
-                            let pos = der.windows(9).position(|w| w == b"lb-client");
-                            if pos.is_some() {
-                                "lb-client"
-                            } else {
-                                "other"
-                            }
-                        })
-                        .unwrap_or("anonymous");
-                    let svc = hyper::service::service_fn(move |_req| {
-                        r.fetch_add(1, Ordering::SeqCst);
-                        async move {
-                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!(
-                                "tls {who}"
-                            )))))
+        let server = serve(cfg, move |tls, _| {
+            let (h, r) = (h.clone(), r.clone());
+            async move {
+                h.fetch_add(1, Ordering::SeqCst);
+                let who = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| {
+                        // The CN is the last printable run of the subject; enough for the
+                        // names the test gives ("lb-client").
+                        let der = c.as_ref();
+                        let pos = der.windows(9).position(|w| w == b"lb-client");
+                        if pos.is_some() {
+                            "lb-client"
+                        } else {
+                            "other"
                         }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .await;
+                    })
+                    .unwrap_or("anonymous");
+                let svc = hyper::service::service_fn(move |_req| {
+                    r.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!(
+                            "tls {who}"
+                        )))))
+                    }
                 });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
             }
         })
-        .abort_handle();
+        .await;
         TlsBackend {
-            addr,
+            addr: server.addr,
             handshakes,
             requests,
-            task,
+            _server: server,
         }
     }
-}
-
-fn config(backend: SocketAddr, tls: &str) -> String {
-    format!(
-        "[[listener]]\nname = \"web\"\naddress = \"{{LISTEN}}\"\npool = \"web\"\n\n\
-         [[pool]]\nname = \"web\"\nservers = [{{ address = \"{backend}\" }}]\n\
-         health_check = {{ kind = \"none\" }}\nretries = {{ attempts = 0 }}\ntls = {{ {tls} }}\n"
-    )
 }
 
 /// One HTTP/1.0 request over a raw connection; the answer.
@@ -148,29 +93,10 @@ async fn http10(addr: SocketAddr) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-struct Setup {
-    _dir: TempDir,
-    pki: Pki,
-    server: (std::path::PathBuf, std::path::PathBuf),
-    client: (std::path::PathBuf, std::path::PathBuf),
-}
-
-fn setup() -> Setup {
-    let dir = TempDir::new().unwrap();
-    let pki = Pki::new(dir.path());
-    let server = pki.leaf("web-srv", Alg::Ecdsa, &["web.internal"], "serverAuth");
-    let client = pki.leaf("lb-client", Alg::Ecdsa, &[], "clientAuth");
-    Setup {
-        _dir: dir,
-        pki,
-        server,
-        client,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_to_the_servers_with_pooled_connections() {
     let s = setup();
+    let client = s.pki.leaf("lb-client", Alg::Ecdsa, &[], "clientAuth");
     let root = s.pki.root();
     let backend = TlsBackend::start(&s.server.0, &s.server.1, Some(&root)).await;
     let lb = Lb::start(&config(
@@ -178,8 +104,8 @@ async fn mutual_tls_to_the_servers_with_pooled_connections() {
         &format!(
             "ca = \"{}\", server_name = \"web.internal\", cert = \"{}\", key = \"{}\"",
             root.display(),
-            s.client.0.display(),
-            s.client.1.display()
+            client.0.display(),
+            client.1.display()
         ),
     ))
     .await;
@@ -305,85 +231,64 @@ fn an_unusable_ca_file_refuses_start_naming_it() {
 /// A TLS backend that answers one request per connection (keep-alive announced), then
 /// ends it while idle (close_notify and FIN) a moment later: the balancer must not send
 /// the next request into it.
-async fn closing_backend(
-    chain: &Path,
-    key: &Path,
-) -> (SocketAddr, Arc<AtomicU64>, Arc<AtomicU64>, AbortHandle) {
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs(chain), PrivateKeyDer::from_pem_file(key).unwrap())
-    .unwrap();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+async fn closing_backend(chain: &Path, key: &Path) -> (TlsServer, Arc<AtomicU64>, Arc<AtomicU64>) {
+    let cfg = server_config(chain, key, &[b"http/1.1"], None);
     let handshakes = Arc::new(AtomicU64::new(0));
     let closed = Arc::new(AtomicU64::new(0));
     let (h, c) = (handshakes.clone(), closed.clone());
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let (acceptor, h, c) = (acceptor.clone(), h.clone(), c.clone());
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
+    let server = serve(cfg, move |mut tls, _| {
+        let (h, c) = (h.clone(), c.clone());
+        async move {
+            h.fetch_add(1, Ordering::SeqCst);
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // The head, then a Content-Length body if any.
+            let need = loop {
+                let Ok(n) = tls.read(&mut chunk).await else {
                     return;
                 };
-                h.fetch_add(1, Ordering::SeqCst);
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                // The head, then a Content-Length body if any.
-                let need = loop {
-                    let Ok(n) = tls.read(&mut chunk).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                        let len: usize = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .and_then(|v| v.trim().parse().ok())
-                            .unwrap_or(0);
-                        break end + 4 + len;
-                    }
-                };
-                while buf.len() < need {
-                    let Ok(n) = tls.read(&mut chunk).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
+                if n == 0 {
+                    return;
                 }
-                let _ = tls
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                    .await;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                // close_notify and FIN; the socket stays open a while, never read again.
-                let _ = tls.shutdown().await;
-                c.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_secs(5)).await;
-            });
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    break end + 4 + len;
+                }
+            };
+            while buf.len() < need {
+                let Ok(n) = tls.read(&mut chunk).await else {
+                    return;
+                };
+                if n == 0 {
+                    return;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let _ = tls
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            // close_notify and FIN; the socket stays open a while, never read again.
+            let _ = tls.shutdown().await;
+            c.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(5)).await;
         }
     })
-    .abort_handle();
-    (addr, handshakes, closed, task)
+    .await;
+    (server, handshakes, closed)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_after_the_server_ended_an_idle_pooled_tls_connection_goes_on_a_new_one() {
     let s = setup();
-    let (addr, handshakes, closed, task) = closing_backend(&s.server.0, &s.server.1).await;
+    let (server, handshakes, closed) = closing_backend(&s.server.0, &s.server.1).await;
+    let addr = server.addr;
     let lb = Lb::start(&config(
         addr,
         &format!(
@@ -414,5 +319,4 @@ async fn a_post_after_the_server_ended_an_idle_pooled_tls_connection_goes_on_a_n
         }
     }
     assert_eq!(handshakes.load(Ordering::SeqCst), 3);
-    task.abort();
 }
