@@ -101,6 +101,33 @@ def main():
             )
         out.append("")
 
+    if any("user_us_per_req" in r and r["user_us_per_req"] for r in rows):
+        out.append("## The same, user space only (balancer utime / requests)\n")
+        out.append(
+            "The rest of the CPU per request is kernel time: on loopback the receive side of every "
+            "segment the balancer sends (into nginx's and wrk's sockets) runs in the balancer's "
+            "context, and with more servers it touches more cold sockets. This table is the "
+            "balancer's own code (parsing, selection, pools, TLS) and the allocator.\n"
+        )
+        out.append(
+            "| algorithm | servers | rampart us/req | HAProxy us/req | ratio | rampart growth | "
+            "HAProxy growth |"
+        )
+        out.append("|---|---:|---:|---:|---:|---:|---:|")
+        f = "user_us_per_req"
+        for algo in algos:
+            r0, h0 = med(small, algo, "rampart", f), med(small, algo, "haproxy", f)
+            for n in sizes:
+                r, h = med(n, algo, "rampart", f), med(n, algo, "haproxy", f)
+                ratio = r / h if r and h else None
+                gr = r / r0 if r and r0 else None
+                gh = h / h0 if h and h0 else None
+                out.append(
+                    f"| {NAMES[algo][0]} | {n:,} | {fmt(r, 2)} | {fmt(h, 2)} | {fmt(ratio, 2)}x | "
+                    f"{fmt(gr, 2)}x | {fmt(gh, 2)}x |"
+                )
+        out.append("")
+
     out.append("## Resident memory of the balancer\n")
     out.append(
         "`start`: right after it answered its first request (config and pool state); `end`: after "

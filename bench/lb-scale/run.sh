@@ -257,7 +257,7 @@ EOF
 
 run_wrk() { taskset -c 1 wrk -t1 -c64 -d"$2s" --latency "http://127.0.0.1:$1/" >"$3" 2>&1; }
 
-printf 'size\talgorithm\tbalancer\tround\trequests\trps\tp50_us\tp99_us\tcpu_us_per_req\terrors\tother_cpu0_pct\n' >"$work/cpu.tsv"
+printf 'size\talgorithm\tbalancer\tround\trequests\trps\tp50_us\tp99_us\tcpu_us_per_req\terrors\tother_cpu0_pct\tuser_us_per_req\n' >"$work/cpu.tsv"
 printf 'size\talgorithm\tbalancer\trss_start\trss_end\tstart_s\n' >"$work/mem.tsv"
 for n in "${SIZES[@]}"; do
   for algo in "${ALGOS[@]}"; do
@@ -288,11 +288,13 @@ for n in "${SIZES[@]}"; do
         out="$work/cpu-$n-$algo-$r-$b.txt"
         lbpy quiet --max-wait "$quiet_wait" || true
         t0=$(lbpy ticks "${pid[$b]}")
+        u0=$(lbpy uticks "${pid[$b]}")
         c0=$(lbpy cpu0)
         run_wrk "${port[$b]}" "$duration" "$out"
         c1=$(lbpy cpu0)
         t1=$(lbpy ticks "${pid[$b]}")
-        row=$(lbpy cpurow "$out" "$b" "$r" "$t0" "$t1" "$clk_tck" "$c0" "$c1")
+        u1=$(lbpy uticks "${pid[$b]}")
+        row=$(lbpy cpurow "$out" "$b" "$r" "$t0" "$t1" "$clk_tck" "$c0" "$c1" "$u0" "$u1")
         printf '%s\t%s\t%s\n' "$n" "$algo" "$row" >>"$work/cpu.tsv"
         log "$n servers $algo round $r $b: $(echo "$row" | cut -f3,4,7,8)"
       done

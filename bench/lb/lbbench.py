@@ -68,6 +68,16 @@ def ticks_of(pid):
     return int(rest[11]) + int(rest[12])
 
 
+def uticks_of(pid):
+    """User-space clock ticks only (utime)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read().decode("latin-1")
+    except OSError:
+        return 0
+    return int(data[data.rfind(")") + 2 :].split()[11])
+
+
 def rss_of(pid):
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -411,7 +421,7 @@ def main():
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("freeport")
     p.add_argument("n", type=int)
-    for name in ("ticks", "rss", "pids"):
+    for name in ("ticks", "uticks", "rss", "pids"):
         p = sub.add_parser(name)
         p.add_argument("pids", type=int, nargs="+")
     p = sub.add_parser("wrk")
@@ -423,6 +433,9 @@ def main():
     p = sub.add_parser("cpurow")
     for name in ("file", "balancer", "round", "t0", "t1", "hz", "cpu0_before", "cpu0_after"):
         p.add_argument(name)
+    # Optional: user ticks before and after, for a user-space-only column at the end.
+    p.add_argument("u0", nargs="?")
+    p.add_argument("u1", nargs="?")
     p = sub.add_parser("killrow")
     p.add_argument("file")
     p.add_argument("balancer")
@@ -453,6 +466,8 @@ def main():
         print(" ".join(map(str, ports)))
     elif a.cmd == "ticks":
         print(sum(ticks_of(p) for p in tree(a.pids)))
+    elif a.cmd == "uticks":
+        print(sum(uticks_of(p) for p in tree(a.pids)))
     elif a.cmd == "rss":
         print(sum(rss_of(p) for p in tree(a.pids)))
     elif a.cmd == "pids":
@@ -486,9 +501,12 @@ def main():
         b1, t1 = map(int, a.cpu0_after.split(","))
         bal = int(a.t1) - int(a.t0)
         other = max(0.0, ((b1 - b0) - bal) * 100.0 / max(1, t1 - t0))
+        user = ""
+        if a.u0 is not None and a.u1 is not None:
+            user = f"\t{(int(a.u1) - int(a.u0)) * 1e6 / int(a.hz) / j['requests']:.3f}"
         print(
             f"{a.balancer}\t{a.round}\t{j['requests']}\t{j['rps']}\t{j['p50_us']}\t{j['p99_us']}"
-            f"\t{cpu_us:.3f}\t{err}\t{other:.1f}"
+            f"\t{cpu_us:.3f}\t{err}\t{other:.1f}{user}"
         )
     elif a.cmd == "killrow":
         j = parse_wrk(open(a.file).read())
