@@ -259,8 +259,10 @@ run_wrk() { taskset -c 1 wrk -t1 -c64 -d"$2s" --latency "http://127.0.0.1:$1/" >
 
 printf 'size\talgorithm\tbalancer\tround\trequests\trps\tp50_us\tp99_us\tcpu_us_per_req\terrors\tother_cpu0_pct\tuser_us_per_req\n' >"$work/cpu.tsv"
 printf 'size\talgorithm\tbalancer\trss_start\trss_end\tstart_s\n' >"$work/mem.tsv"
-for n in "${SIZES[@]}"; do
-  for algo in "${ALGOS[@]}"; do
+# Algorithm outside, size inside: the cells whose ratio is the growth run minutes apart at
+# most, not a whole pass of every algorithm apart (the host's load drifts).
+for algo in "${ALGOS[@]}"; do
+  for n in "${SIZES[@]}"; do
     declare -A port=() pid=() rss0=() startup=()
     for b in rampart haproxy; do
       port[$b]=$(lbpy freeport 1)

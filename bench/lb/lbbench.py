@@ -263,6 +263,8 @@ def _cpu_section(args, meta, cols, rec, title, lines, plot_data):
             m["errors"] = sum(int(r["errors"]) for r in rs)
             m["other"] = max(float(r["other_cpu0_pct"]) for r in rs)
             m["n"] = len(rs)
+            users = [float(r["user_us_per_req"]) for r in rs if r.get("user_us_per_req")]
+            m["user_us_per_req"] = statistics.median(users) if users else None
             m["cpu_min"] = min(float(r["cpu_us_per_req"]) for r in rs)
             m["cpu_max"] = max(float(r["cpu_us_per_req"]) for r in rs)
             med[b] = m
@@ -279,6 +281,14 @@ def _cpu_section(args, meta, cols, rec, title, lines, plot_data):
             vals = [_fmt(med[b][key] if med[b] else None, digits) for b in cols]
             lines.append(f"| {label} | " + " | ".join(vals) + " |")
             if base:
+                rat = [_ratio(med[b][key] if med[b] else None, base[key]) for b in cols]
+                lines.append(f"| {label}, ratio to HAProxy | " + " | ".join(rat) + " |")
+        if any(med[b] and med[b]["user_us_per_req"] is not None for b in cols):
+            # The rest is kernel time: loopback TCP, charged to whoever sends.
+            key, label = "user_us_per_req", "of which user space (us)"
+            vals = [_fmt(med[b][key] if med[b] else None, 2) for b in cols]
+            lines.append(f"| {label} | " + " | ".join(vals) + " |")
+            if base and base.get(key):
                 rat = [_ratio(med[b][key] if med[b] else None, base[key]) for b in cols]
                 lines.append(f"| {label}, ratio to HAProxy | " + " | ".join(rat) + " |")
         vals = [

@@ -410,7 +410,7 @@ scenario_cpu() {
     pid[$b]=$BAL_PID
     run_wrk "${port[$b]}" 1 "$work/$rec-warmup-$b.txt" # warm-up, not recorded
   done
-  printf 'balancer\tround\trequests\trps\tp50_us\tp99_us\tcpu_us_per_req\terrors\tother_cpu0_pct\n' >"$work/$rec.tsv"
+  printf 'balancer\tround\trequests\trps\tp50_us\tp99_us\tcpu_us_per_req\terrors\tother_cpu0_pct\tuser_us_per_req\n' >"$work/$rec.tsv"
   n=${#active[@]}
   for r in $(seq 1 "$rounds"); do
     for i in $(seq 0 $((n - 1))); do
@@ -418,11 +418,13 @@ scenario_cpu() {
       local t0 t1 c0 c1 out="$work/$rec-$r-$b.txt"
       py quiet --max-wait "$quiet_wait" || true # let other work on this machine leave CPU 0
       t0=$(py ticks "${pid[$b]}")
+      u0=$(py uticks "${pid[$b]}")
       c0=$(py cpu0)
       run_wrk "${port[$b]}" "$duration" "$out"
       c1=$(py cpu0)
       t1=$(py ticks "${pid[$b]}")
-      py cpurow "$out" "$b" "$r" "$t0" "$t1" "$clk_tck" "$c0" "$c1" >>"$work/$rec.tsv"
+      u1=$(py uticks "${pid[$b]}")
+      py cpurow "$out" "$b" "$r" "$t0" "$t1" "$clk_tck" "$c0" "$c1" "$u0" "$u1" >>"$work/$rec.tsv"
       log "$rec round $r $b: $(tail -1 "$work/$rec.tsv" | cut -f3-)"
     done
   done
