@@ -1,7 +1,10 @@
 //! One attempt of the hyper path (`http.rs`: HTTP/2 clients) on one server: a pooled
 //! connection (HTTP/2 first, when the pool offers `h2`: a stream within the server's
 //! limit, waited for up to the pool's queue timeout, [`upstream_h2::acquire`]) or a new
-//! one, the request sent, its answer's head awaited within the response timeout.
+//! one, the request sent, its answer's head awaited within the response timeout. A request
+//! the server did not process (REFUSED_STREAM, above a GOAWAY's last stream id) goes once
+//! more on a new connection, a body from its first byte through `upstream_h2_body`'s
+//! replaying writer (fed by its `pump`) when all of it read so far is kept (64 KiB).
 
 use std::time::Duration;
 
@@ -15,6 +18,7 @@ use crate::http::ConnCtx;
 use crate::state::{InFlight, PoolState, ServerState};
 use crate::upstream::{self, ConnectError};
 use crate::upstream_h2::{self, Opening, Pick};
+use crate::upstream_h2_body::{self, BodyWriter, H2Body, Replayer, REPLAY_MAX};
 
 /// How one attempt on one server ended, when it did not produce a response.
 pub(crate) enum Failure {
@@ -22,7 +26,7 @@ pub(crate) enum Failure {
     Unsent(Box<Request<ReqBody>>, Option<ConnectError>),
     /// The request (or part of it) was sent and the connection failed before any
     /// response byte.
-    Sent(hyper::Error),
+    Sent(Box<dyn std::error::Error + Send + Sync>),
     /// No response head within the response timeout.
     Timeout,
     /// Every stream of the server's HTTP/2 connections stayed taken past the queue
@@ -86,23 +90,53 @@ async fn connect(
     }
 }
 
-/// Send `req` on `up`; a request that was not sent comes back with the error.
+/// A copy of `req`'s head, without its body.
+fn head_of(req: &Request<ReqBody>) -> Request<ReqBody> {
+    let mut r = Request::new(ReqBody::Empty);
+    *r.method_mut() = req.method().clone();
+    *r.uri_mut() = req.uri().clone();
+    *r.version_mut() = req.version();
+    *r.headers_mut() = req.headers().clone();
+    r
+}
+
+/// An HTTP/2 client's body sent over HTTP/2 through a pump (see `attempt_on`).
+struct Pumped {
+    replayer: Replayer,
+    first: Option<H2Body>,
+    /// Notified when the client's body ended (the response timeout starts then).
+    sent: Option<std::sync::Arc<tokio::sync::Notify>>,
+}
+
+/// Send `req` on `up` (over HTTP/2 with `body` instead of its own when given: then `req`
+/// is the head, kept); a request that was not sent comes back with the error.
 async fn send_on(
     up: &mut Up,
     req: Request<ReqBody>,
+    body: Option<H2Body>,
     authority: &str,
 ) -> Result<Response<Incoming>, (Option<Request<ReqBody>>, hyper::Error)> {
-    match up {
-        Up::H1(s) => s
+    match (up, body) {
+        (Up::H1(s), _) => s
             .try_send_request(req)
             .await
             .map_err(|mut e| (e.take_message(), e.into_error())),
-        Up::H2(s) => {
+        (Up::H2(s), None) => {
             upstream_h2::STREAMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             s.sender
                 .try_send_request(upstream_h2::to_upstream(req, authority))
                 .await
                 .map_err(|mut e| (e.take_message().map(upstream_h2::back), e.into_error()))
+        }
+        (Up::H2(s), Some(body)) => {
+            upstream_h2::STREAMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let head = head_of(&req);
+            let mut r = upstream_h2::to_upstream(head, authority);
+            *r.body_mut() = body;
+            s.sender
+                .try_send_request(r)
+                .await
+                .map_err(|mut e| (e.take_message().map(|_| req), e.into_error()))
         }
     }
 }
@@ -141,6 +175,11 @@ pub(crate) async fn attempt_on(
         Err(_) => return Err(Failure::Busy),
     };
     let mut resent = false;
+    // An HTTP/2 client's body bound for an HTTP/2 stream goes through a pump and a
+    // `BodyWriter` that keep its first `REPLAY_MAX` bytes, so that a request the server did
+    // not process goes again with its body, as the fast path's do; `first` is the body's
+    // first reader, later ones are replays.
+    let mut pumped: Option<Pumped> = None;
     loop {
         let from_pool = pooled.is_some();
         let mut up = match pooled.take() {
@@ -162,16 +201,43 @@ pub(crate) async fn attempt_on(
             }
             ReqBody::Empty => None,
         };
+        if sent.is_some() && matches!(up, Up::H2(_)) && pumped.is_none() {
+            let body = std::mem::replace(req.body_mut(), ReqBody::Empty);
+            let (w, first) = BodyWriter::new(http_body::Body::size_hint(&body).exact());
+            pumped = Some(Pumped {
+                replayer: w.replayer(),
+                first: Some(first),
+                sent: sent.clone(),
+            });
+            tokio::spawn(upstream_h2_body::pump(body, w));
+        }
+        let sent = match &pumped {
+            Some(p) => p.sent.clone(),
+            None => sent,
+        };
         // A body-less request on HTTP/2: its head, to send it once more on a new
         // connection should the server not process it.
-        let again = (matches!(up, Up::H2(_)) && sent.is_none() && !resent).then(|| {
-            let mut r = Request::new(ReqBody::Empty);
-            *r.method_mut() = req.method().clone();
-            *r.uri_mut() = req.uri().clone();
-            *r.version_mut() = req.version();
-            *r.headers_mut() = req.headers().clone();
-            r
-        });
+        let again = (matches!(up, Up::H2(_)) && sent.is_none() && !resent).then(|| head_of(&req));
+        // A pumped body's reader for this try: the first, else a replay from its first byte.
+        let body = match (&mut pumped, &up) {
+            (None, _) => None,
+            (Some(_), Up::H1(_)) => {
+                // The server no longer picks h2 and the body went into the pump.
+                return Err(Failure::Sent(
+                    "the server answered HTTP/1.1 on a retry of a streamed HTTP/2 body".into(),
+                ));
+            }
+            (Some(p), Up::H2(_)) => match p.first.take().or_else(|| p.replayer.replay()) {
+                Some(b) => Some(b),
+                None => {
+                    tracing::warn!(server = %s.name, kept = REPLAY_MAX, "HTTP/2 request not processed and its body is past the bytes kept to send it again");
+                    return Err(Failure::Sent(
+                        "the request was not processed and its body is past the bytes kept to send it again"
+                            .into(),
+                    ));
+                }
+            },
+        };
         // When the request's last byte went out: least-response-time measures the server
         // from there (a body-less request goes out at once).
         let sent_at = std::sync::atomic::AtomicU64::new(now_ns());
@@ -182,12 +248,17 @@ pub(crate) async fn attempt_on(
             }
             tokio::time::sleep(t.response).await;
         };
+        // A pumped body's request is sent by its head: kept for a retry.
+        let mut head = body.as_ref().map(|_| head_of(&req));
         let res = tokio::select! {
-            r = send_on(&mut up, req, &authority) => r,
+            r = send_on(&mut up, req, body, &authority) => r,
             _ = response_deadline => return Err(Failure::Timeout),
         };
         match res {
             Ok(resp) => {
+                if let Some(p) = &pumped {
+                    p.replayer.settle();
+                }
                 let (sender, lease) = match up {
                     Up::H1(s) => (Some(s), None),
                     Up::H2(h) => (None, Some(h.lease)),
@@ -199,11 +270,15 @@ pub(crate) async fn attempt_on(
                     sent_at.load(std::sync::atomic::Ordering::Relaxed),
                 ));
             }
-            Err((Some(r), _)) => {
+            Err((Some(r), e)) => {
                 // Not sent. A pooled connection that closed meanwhile is no fault of
                 // the server: try the next idle one or a new connection.
                 req = r;
                 if !from_pool {
+                    if pumped.is_some() {
+                        // Its body is in the pump: no other server can have it.
+                        return Err(Failure::Sent(Box::new(e)));
+                    }
                     return Err(Failure::Unsent(Box::new(req), None));
                 }
                 (pooled, opening) = match next_pooled(s, ctx.worker, wait, h2).await {
@@ -219,7 +294,22 @@ pub(crate) async fn attempt_on(
                     req = r;
                     resent = true;
                 }
-                _ => return Err(Failure::Sent(e)),
+                // With its body, from the first byte (the head is still in `req`).
+                // (Replayable or not is known before another connection is opened.)
+                None if !resent && upstream_h2::unprocessed(&e) => {
+                    let (Some(p), Some(h)) = (pumped.as_mut(), head.take()) else {
+                        return Err(Failure::Sent(Box::new(e)));
+                    };
+                    let Some(b) = p.replayer.replay() else {
+                        tracing::warn!(server = %s.name, kept = REPLAY_MAX, error = %e, "HTTP/2 request not processed and its body is past the bytes kept to send it again");
+                        return Err(Failure::Sent(Box::new(e)));
+                    };
+                    tracing::debug!(server = %s.name, error = %e, "HTTP/2 request not processed: sent again with its body");
+                    p.first = Some(b);
+                    req = h;
+                    resent = true;
+                }
+                _ => return Err(Failure::Sent(Box::new(e))),
             },
         }
     }

@@ -1,7 +1,8 @@
 //! Request bodies sent over HTTP/2 to a pool's server ([`crate::upstream_h2`]).
 //!
-//! The fast path's body is a [`BodyWriter`] (the client's side, fed as the body is read)
-//! and a [`Replay`] reader (the stream's side, polled by hyper). Every chunk is also kept
+//! A body is a [`BodyWriter`] (the client's side, fed as the body is read: by the fast
+//! path, or for an HTTP/2 client by [`pump`]) and a [`Replay`] reader (the stream's side,
+//! polled by hyper). Every chunk is also kept
 //! while the body is at most [`REPLAY_MAX`] bytes, so that a request the server refused
 //! unprocessed (`REFUSED_STREAM`, or a stream above a GOAWAY's last stream id: RFC 9113
 //! sections 8.7 and 6.8) can be sent again on another connection with its whole body:
@@ -31,9 +32,11 @@ const QUEUED_MAX: usize = 64 * 1024;
 /// A request body sent over HTTP/2.
 pub enum H2Body {
     Empty,
-    /// An HTTP/2 client's body (the hyper path).
+    /// An HTTP/2 client's body as hyper gives it (what `to_upstream` wraps; a body that may
+    /// have to go again goes through [`pump`] instead).
     Hyper(crate::body::ReqBody),
-    /// The fast path's body, fed by a [`BodyWriter`].
+    /// A body fed by a [`BodyWriter`] (the fast path's, and an HTTP/2 client's through
+    /// [`pump`]).
     Replay(Replay),
 }
 
@@ -192,7 +195,74 @@ impl BodyWriter {
     /// A new reader of the whole body from its first byte (the previous one is dropped),
     /// when all of it that was read so far is kept.
     pub fn replay(&self) -> Option<H2Body> {
-        let mut s = lock(&self.sh);
+        replay(&self.sh, self.len)
+    }
+
+    /// What can send the body again (and settle it) without being its writer: dropping it
+    /// fails nothing, where a writer dropped before the end fails the stream.
+    pub fn replayer(&self) -> Replayer {
+        Replayer {
+            sh: self.sh.clone(),
+            len: self.len,
+        }
+    }
+
+    /// The answer came: the body will not be sent again (what was kept is let go).
+    pub fn settle(&self) {
+        settle(&self.sh);
+    }
+}
+
+/// See [`BodyWriter::replayer`].
+pub struct Replayer {
+    sh: Arc<Mutex<Shared>>,
+    len: Option<u64>,
+}
+
+impl Replayer {
+    /// [`BodyWriter::replay`].
+    pub fn replay(&self) -> Option<H2Body> {
+        replay(&self.sh, self.len)
+    }
+
+    /// [`BodyWriter::settle`].
+    pub fn settle(&self) {
+        settle(&self.sh);
+    }
+}
+
+/// Feed an HTTP/2 client's body (the hyper path) into `w`: its data, then its end with its
+/// trailer fields. A client that fails or goes away drops the writer before the end, which
+/// fails the stream; a stream that can no longer take the body stops the feed.
+pub async fn pump(mut body: crate::body::ReqBody, w: BodyWriter) {
+    use http_body_util::BodyExt;
+    loop {
+        match body.frame().await {
+            Some(Ok(f)) => match f.into_data() {
+                Ok(d) => {
+                    if w.put(d).await.is_err() {
+                        return;
+                    }
+                }
+                Err(f) => {
+                    if let Ok(t) = f.into_trailers() {
+                        let _ = w.finish(t);
+                        return;
+                    }
+                }
+            },
+            Some(Err(_)) => return,
+            None => {
+                let _ = w.finish(HeaderMap::new());
+                return;
+            }
+        }
+    }
+}
+
+fn replay(sh: &Arc<Mutex<Shared>>, len: Option<u64>) -> Option<H2Body> {
+    {
+        let mut s = lock(sh);
         let kept = s.kept.clone()?;
         s.gen += 1;
         s.queued = kept.into();
@@ -202,20 +272,19 @@ impl BodyWriter {
             w.wake();
         }
         Some(H2Body::Replay(Replay {
-            sh: self.sh.clone(),
+            sh: sh.clone(),
             gen: s.gen,
-            len: self.len,
+            len,
             trailers_sent: false,
             done: false,
         }))
     }
+}
 
-    /// The answer came: the body will not be sent again (what was kept is let go).
-    pub fn settle(&self) {
-        let mut s = lock(&self.sh);
-        s.kept = None;
-        s.kept_len = 0;
-    }
+fn settle(sh: &Mutex<Shared>) {
+    let mut s = lock(sh);
+    s.kept = None;
+    s.kept_len = 0;
 }
 
 impl Drop for BodyWriter {

@@ -87,7 +87,7 @@ async fn a_request_with_a_body_the_server_did_not_process_is_sent_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_http2_clients_request_the_server_did_not_process_is_sent_again() {
+async fn an_http2_clients_request_the_server_did_not_process_is_sent_again_with_its_body() {
     let s = setup();
     let b = backend_refusing(&s, Refuse::Reset { after_body: 0 }).await;
     let lb = Lb::start_threads(&config(b.addr, &tls_alpn(&s, BOTH)), 1).await;
@@ -109,6 +109,62 @@ async fn an_http2_clients_request_the_server_did_not_process_is_sent_again() {
         String::from_utf8_lossy(&body)
     );
     assert_eq!(b.seen.h2_conns.load(Ordering::SeqCst), 2);
+
+    // With a body: sent again from its first byte on a new connection.
+    let b = backend_refusing(&s, Refuse::Reset { after_body: 0 }).await;
+    let lb = Lb::start_threads(&config(b.addr, &tls_alpn(&s, BOTH)), 1).await;
+    let tcp = TcpStream::connect(lb.addr).await.unwrap();
+    let (mut h2c, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let sent = pattern(20_000);
+    let req = Request::post(format!("http://{}/up", lb.addr))
+        .body(Full::new(Bytes::from(sent.clone())))
+        .unwrap();
+    let resp = h2c.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200, "{}", lb.proc.log_text());
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&body).to_string();
+    let (line, rest) = text.split_once('\n').unwrap();
+    assert!(
+        line.starts_with("HTTP/2.0 POST /up ") && line.ends_with(" len=20000"),
+        "{line}"
+    );
+    assert_eq!(rest.as_bytes(), &sent[..]);
+    assert_eq!(b.seen.h2_conns.load(Ordering::SeqCst), 2);
+
+    // Past the 64 KiB kept to send it again: 502, and the log says why.
+    let b = backend_refusing(
+        &s,
+        Refuse::Reset {
+            after_body: 100_000,
+        },
+    )
+    .await;
+    let lb = Lb::start_threads(&config(b.addr, &tls_alpn(&s, BOTH)), 1).await;
+    let tcp = TcpStream::connect(lb.addr).await.unwrap();
+    let (mut h2c, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::post(format!("http://{}/up", lb.addr))
+        .body(Full::new(Bytes::from(pattern(300_000))))
+        .unwrap();
+    let resp = h2c.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 502, "{}", lb.proc.log_text());
+    assert!(
+        wait_for(
+            || lb.proc.log_text().contains("bytes kept to send it again"),
+            Duration::from_secs(5)
+        )
+        .await,
+        "{}",
+        lb.proc.log_text()
+    );
+    assert_eq!(b.seen.h2_conns.load(Ordering::SeqCst), 1);
 }
 
 /// `n` requests for `/slow` at once, each on its own client connection: their statuses.
