@@ -94,7 +94,18 @@ async fn killed_agent_alone_is_fenced_by_its_watchdog_before_a_promotion() {
 
 /// SIGSTOP every process of node `i`: agent, watchdog, postmaster, then every child of
 /// the (stopped) postmaster, so none forked meanwhile runs on. Returns them all.
-fn freeze_node(c: &Cluster, i: usize) -> Vec<i32> {
+/// Processes stopped by [`freeze_node`]: thawed when dropped, so that a test that fails
+/// while a node is frozen leaves no stopped process behind (its cluster's clean-up cannot
+/// stop a process that never runs again).
+struct Frozen(Vec<i32>);
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        signal_all(&self.0, Signal::SIGCONT);
+    }
+}
+
+fn freeze_node(c: &Cluster, i: usize) -> Frozen {
     let mut pids = c.node_pids(i);
     signal_all(&pids, Signal::SIGSTOP);
     if let Some(&pm) = c.pg_pids(i).first() {
@@ -106,7 +117,7 @@ fn freeze_node(c: &Cluster, i: usize) -> Vec<i32> {
         signal_all(&late, Signal::SIGSTOP);
         pids.extend(late);
     }
-    pids
+    Frozen(pids)
 }
 
 /// The whole primary node freezes (agent, watchdog and PostgreSQL stopped, as a paused
@@ -161,7 +172,7 @@ async fn frozen_primary_node_thaws_as_a_replica_without_losing_writes() {
         // Writes go on at the new primary for a moment, then the old node thaws.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let thawed = Instant::now();
-        signal_all(&frozen, Signal::SIGCONT);
+        drop(frozen);
         c.wait_replica(p, Duration::from_secs(90));
         assert!(
             checker.first_write_after(p, thawed).is_none(),
