@@ -178,7 +178,13 @@ async fn cluster(State(s): State<AppState>) -> Response {
 
 async fn metrics_handler(State(s): State<AppState>, headers: HeaderMap) -> Response {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-    let (content_type, body) = rampart_metrics::respond_with_host(accept, s.metrics.render().await);
+    let budget = crate::metrics::statements_budget(
+        headers
+            .get("x-prometheus-scrape-timeout-seconds")
+            .and_then(|v| v.to_str().ok()),
+    );
+    let (content_type, body) =
+        rampart_metrics::respond_with_host(accept, s.metrics.render(budget).await);
     ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 

@@ -14,8 +14,20 @@ use crate::statements::render_statements;
 
 /// Statements shown in `/metrics`: the node's top ones by total execution time.
 pub const TOP_STATEMENTS: i64 = 10;
-/// How long a scrape waits for them.
+/// How long a scrape waits for them at most.
 const STATEMENTS_BUDGET: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// How long this scrape may wait for the statements: `STATEMENTS_BUDGET`, or a
+/// third of the scraper's timeout when it sends one (Prometheus's
+/// `X-Prometheus-Scrape-Timeout-Seconds`), so that a slow PostgreSQL costs the
+/// scrape its statement figures, never the whole scrape.
+pub fn statements_budget(scrape_timeout_header: Option<&str>) -> std::time::Duration {
+    scrape_timeout_header
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map(|s| std::time::Duration::from_secs_f64(s / 3.0).min(STATEMENTS_BUDGET))
+        .unwrap_or(STATEMENTS_BUDGET)
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -150,7 +162,7 @@ impl Metrics {
 
     /// [`Metrics::encode`] plus the node's top statements, read now (bounded by the
     /// connection's timeout; left out when PostgreSQL or the extension does not answer).
-    pub async fn render(&self) -> String {
+    pub async fn render(&self, budget: std::time::Duration) -> String {
         let mut out = self.encode();
         let Some(conn) = &self.statements else {
             return out;
@@ -160,8 +172,7 @@ impl Metrics {
         let Ok(mut conn) = conn.try_lock() else {
             return out;
         };
-        let top =
-            tokio::time::timeout(STATEMENTS_BUDGET, conn.top_statements(TOP_STATEMENTS)).await;
+        let top = tokio::time::timeout(budget, conn.top_statements(TOP_STATEMENTS)).await;
         match top {
             Err(_) => {
                 conn.reset();
@@ -188,5 +199,21 @@ fn bump(c: &Counter, last: &AtomicI64, now: i64) {
     let prev = last.swap(now, Relaxed);
     if prev >= 0 && now > prev {
         c.inc_by((now - prev) as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_statements_fit_inside_the_scrapers_timeout() {
+        assert_eq!(statements_budget(None), STATEMENTS_BUDGET);
+        assert_eq!(statements_budget(Some("10")), STATEMENTS_BUDGET);
+        assert_eq!(statements_budget(Some("0.240")), Duration::from_millis(80));
+        for bad in ["", "x", "-1", "0", "NaN", "inf"] {
+            assert_eq!(statements_budget(Some(bad)), STATEMENTS_BUDGET, "{bad}");
+        }
     }
 }

@@ -57,6 +57,31 @@ pub async fn request(
     body: Bytes,
     timeout: Duration,
 ) -> Result<Reply, ClientError> {
+    request_with(
+        hostport,
+        method,
+        path,
+        content_type,
+        bearer,
+        &[],
+        body,
+        timeout,
+    )
+    .await
+}
+
+/// `request` with extra header fields.
+#[allow(clippy::too_many_arguments)]
+async fn request_with(
+    hostport: &str,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    bearer: Option<&str>,
+    extra: &[(&str, String)],
+    body: Bytes,
+    timeout: Duration,
+) -> Result<Reply, ClientError> {
     let fut = async {
         let addr = resolve(hostport).await?;
         let stream = tokio::net::TcpStream::connect(addr)
@@ -79,6 +104,9 @@ pub async fn request(
         }
         if let Some(t) = bearer {
             req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        for (name, value) in extra {
+            req = req.header(*name, value.as_str());
         }
         let req = req
             .body(Full::new(body))
@@ -108,6 +136,34 @@ pub fn is_timeout(e: &str) -> bool {
     e.starts_with(TIMED_OUT)
 }
 
+/// The header Prometheus sends with each scrape so that an exporter can fit its
+/// work inside the scraper's timeout (`X-Prometheus-Scrape-Timeout-Seconds`).
+pub const SCRAPE_TIMEOUT_HEADER: &str = "x-prometheus-scrape-timeout-seconds";
+
+/// A scrape: `get_auth` that tells the target how long the scraper waits, as
+/// Prometheus does.
+pub async fn scrape(
+    addr: SocketAddr,
+    path: &str,
+    bearer: Option<&str>,
+    timeout: Duration,
+) -> Result<Reply, ClientError> {
+    request_with(
+        &addr.to_string(),
+        "GET",
+        path,
+        None,
+        bearer,
+        &[(
+            SCRAPE_TIMEOUT_HEADER,
+            format!("{:.3}", timeout.as_secs_f64()),
+        )],
+        Bytes::new(),
+        timeout,
+    )
+    .await
+}
+
 pub async fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Reply, ClientError> {
     get_auth(addr, path, None, timeout).await
 }
@@ -129,4 +185,39 @@ pub async fn get_auth(
         timeout,
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_scrape_tells_the_target_how_long_the_scraper_waits() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0, "closed before the head ended");
+                head.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+            String::from_utf8(head).unwrap().to_ascii_lowercase()
+        });
+        let r = scrape(addr, "/metrics", None, Duration::from_millis(1500))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        let head = server.await.unwrap();
+        assert!(
+            head.contains("\r\nx-prometheus-scrape-timeout-seconds: 1.500\r\n"),
+            "{head}"
+        );
+    }
 }

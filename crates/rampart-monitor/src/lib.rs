@@ -291,7 +291,7 @@ impl Monitor {
             let t = t.clone();
             set.spawn(async move {
                 let start = std::time::Instant::now();
-                let r = client::get_auth(t.addr, &t.path, t.bearer.as_deref(), timeout).await;
+                let r = client::scrape(t.addr, &t.path, t.bearer.as_deref(), timeout).await;
                 (i, r, start.elapsed())
             });
         }
