@@ -880,7 +880,7 @@ impl Agent {
         if let Some(mut c) = self.child.take() {
             self.fence.lock().unwatch();
             if let Some(pid) = c.id() {
-                pg::kill_tree(pid as i32);
+                let _restarted_postgres_cleans_it = pg::kill_tree(pid as i32);
             }
             let _ = c.wait().await;
         }
@@ -895,7 +895,7 @@ impl Agent {
             match mode {
                 StopMode::Immediate => {
                     if let Some(pid) = c.id() {
-                        pg::kill_tree(pid as i32);
+                        let _restarted_postgres_cleans_it = pg::kill_tree(pid as i32);
                     }
                     let _ = c.wait().await;
                 }

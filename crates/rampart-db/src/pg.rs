@@ -686,7 +686,7 @@ pub async fn stop_orphan(pid: i32, timeout: Duration) {
     }
     if alive() {
         tracing::warn!(pid, "orphaned postgres did not stop in time: killing it");
-        kill_tree(pid);
+        let _restarted_postgres_cleans_it = kill_tree(pid);
         while alive() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -725,7 +725,7 @@ pub async fn stop_child(child: &mut Child, immediate: bool, timeout: Duration) {
             pid = pid.as_raw(),
             "postgres did not stop in time: killing it"
         );
-        kill_tree(pid.as_raw());
+        let _restarted_postgres_cleans_it = kill_tree(pid.as_raw());
         let _ = child.wait().await;
     }
 }
@@ -737,15 +737,20 @@ pub fn reload_by_signal(pid: i32) -> bool {
 }
 
 /// SIGSTOP the postmaster (no new backends), SIGKILL every child, then the postmaster.
-/// Used when a primary must stop accepting writes *now* (the fencing path).
-pub fn kill_tree(pid: i32) {
+/// Used when a primary must stop accepting writes *now* (the fencing path). Returns the
+/// shared memory the postmaster had mapped (read while it was stopped, after its
+/// backends were killed), which a caller that will not start PostgreSQL again on this
+/// data folder removes with [`crate::shm::Leftover::remove_when_detached`].
+pub fn kill_tree(pid: i32) -> crate::shm::Leftover {
     let p = Pid::from_raw(pid);
     let _ = kill(p, Signal::SIGSTOP);
     for child in children_of(pid) {
         let _ = kill(Pid::from_raw(child), Signal::SIGKILL);
     }
+    let shm = crate::shm::Leftover::of_process(pid);
     let _ = kill(p, Signal::SIGKILL);
     let _ = kill(p, Signal::SIGCONT);
+    shm
 }
 
 fn children_of(pid: i32) -> Vec<i32> {

@@ -204,7 +204,12 @@ pub fn run_watchdog() {
                         std::thread::sleep(Duration::from_millis(20));
                     }
                     if running(pid) {
-                        crate::pg::kill_tree(pid);
+                        // Killed, it cannot remove its shared memory, and with the agent
+                        // gone no PostgreSQL starts here again to clean it up.
+                        let shm = crate::pg::kill_tree(pid);
+                        for gone in shm.remove_when_detached(Duration::from_secs(3)) {
+                            eprintln!("rampart db watchdog: removed {gone} of killed postgres (pid {pid})");
+                        }
                     }
                 }
                 return;
@@ -212,7 +217,9 @@ pub fn run_watchdog() {
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if let Some(pid) = watched {
                     eprintln!("rampart db watchdog: primary's lease deadline passed without the agent renewing: killing postgres (pid {pid}) to fence it");
-                    crate::pg::kill_tree(pid);
+                    // The agent, once it runs again, starts PostgreSQL on this folder,
+                    // which removes the shared memory left by this kill.
+                    let _ = crate::pg::kill_tree(pid);
                 }
                 watched = None;
                 deadline = None;

@@ -162,21 +162,23 @@ impl Cluster {
             .collect();
         // Dynamic shared memory in the data directory (mmap) rather than /dev/shm (posix):
         // the tests SIGKILL postmasters, which leaves posix segments behind in RAM for good.
-        // Not on the tiny tmpfs of the disk-full tests, where the files would take space.
-        let extra_db = if opts.tmpfs_mb.is_some() {
-            opts.extra_db.clone()
-        } else if opts.extra_db.contains("parameters = {") {
-            opts.extra_db.replacen(
-                "parameters = {",
-                "parameters = { dynamic_shared_memory_type = \"mmap\",",
-                1,
-            )
-        } else {
-            format!(
-                "{}\nparameters = {{ dynamic_shared_memory_type = \"mmap\" }}",
-                opts.extra_db
-            )
-        };
+        // Not on the tiny tmpfs of the disk-full tests, where the files would take space,
+        // nor where a test chooses the type itself.
+        let extra_db =
+            if opts.tmpfs_mb.is_some() || opts.extra_db.contains("dynamic_shared_memory_type") {
+                opts.extra_db.clone()
+            } else if opts.extra_db.contains("parameters = {") {
+                opts.extra_db.replacen(
+                    "parameters = {",
+                    "parameters = { dynamic_shared_memory_type = \"mmap\",",
+                    1,
+                )
+            } else {
+                format!(
+                    "{}\nparameters = {{ dynamic_shared_memory_type = \"mmap\" }}",
+                    opts.extra_db
+                )
+            };
         let mut toml = format!(
             "[cluster]\nname = \"it\"\netcd = [\"{}\"]\n\n[db]\ndata_dir = \"{}\"\nsynchronous = {}\nsuperuser_password = \"{PASSWORD}\"\nreplication_password = \"{PASSWORD}\"\n{}\n",
             etcd_url,

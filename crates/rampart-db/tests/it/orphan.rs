@@ -136,3 +136,98 @@ async fn a_killed_watchdog_is_replaced_and_the_new_one_fences_a_frozen_primary()
     let np = c.wait_primary(Duration::from_secs(60));
     c.wait_replica(1 - np, Duration::from_secs(90));
 }
+
+/// A killed postmaster cannot remove its shared memory; with its agent gone nothing
+/// starts PostgreSQL there again to clean it up, so the watchdog that killed it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_the_watchdog_had_to_kill_leaves_no_shared_memory() {
+    let c = Cluster::start(Opts {
+        nodes: 1,
+        synchronous: false,
+        // PostgreSQL's default: dynamic shared memory in /dev/shm.
+        extra_db: "parameters = { dynamic_shared_memory_type = \"posix\" }".into(),
+        ..Opts::default()
+    });
+    let p = c.wait_primary(Duration::from_secs(60));
+    let data = c.dir.path().join("data").join(&c.nodes[p].name);
+    let pid_file = std::fs::read_to_string(data.join("postmaster.pid")).expect("postmaster.pid");
+    let lines: Vec<&str> = pid_file.lines().collect();
+    let postmaster: i32 = lines[0].trim().parse().expect("postmaster pid");
+    // Line 7: the System V segment's key and id.
+    let sysv_id = lines
+        .get(6)
+        .and_then(|l| l.split_whitespace().nth(1))
+        .expect("System V segment id")
+        .to_string();
+    let maps = std::fs::read_to_string(format!("/proc/{postmaster}/maps")).expect("maps");
+    let posix: Vec<std::path::PathBuf> = maps
+        .lines()
+        .filter_map(|l| l.find("/dev/shm/PostgreSQL.").map(|i| l[i..].trim().into()))
+        .collect();
+    assert!(!posix.is_empty(), "PostgreSQL's /dev/shm segment is known");
+    let sysv_left = || {
+        std::fs::read_to_string("/proc/sysvipc/shm")
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .any(|l| l.split_whitespace().nth(1) == Some(sysv_id.as_str()))
+    };
+    assert!(
+        sysv_left(),
+        "segment {sysv_id} is listed while PostgreSQL runs"
+    );
+
+    // A postmaster that does not react to the immediate shutdown: the watchdog of the
+    // SIGKILLed agent has to kill it. (Held in a ptrace stop, not SIGSTOP: the agent's
+    // death orphans the process group, and the kernel wakes a stopped member of it with
+    // SIGHUP and SIGCONT; then it would shut down by itself.)
+    let traced = hold_in_ptrace_stop(postmaster);
+    c.signal_agent(p, Signal::SIGKILL);
+    assert!(
+        wait_until(Duration::from_secs(10), || !alive(postmaster)),
+        "the held postmaster outlived its agent's watchdog"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || !sysv_left()
+            && posix.iter().all(|p| !p.exists())),
+        "shared memory left: System V {sysv_id} listed: {}, files: {:?}\n{}",
+        sysv_left(),
+        posix.iter().filter(|p| p.exists()).collect::<Vec<_>>(),
+        c.agent_log(p)
+    );
+    let _ = traced.join();
+    assert!(
+        wait_until(Duration::from_secs(5), || c.agent_log(p).contains(
+            &format!("rampart db watchdog: removed System V segment {sysv_id}")
+        )),
+        "{}",
+        c.agent_log(p)
+    );
+}
+
+/// Stop `pid` with ptrace and keep it stopped until it dies (only SIGKILL moves it) or
+/// the guard is dropped.
+fn hold_in_ptrace_stop(pid: i32) -> std::thread::JoinHandle<()> {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        let p = Pid::from_raw(pid);
+        // The tracer is this thread: attach and wait here, never continue.
+        let attached =
+            nix::sys::ptrace::attach(p).is_ok() && waitpid(p, Some(WaitPidFlag::__WALL)).is_ok();
+        let _ = tx.send(attached);
+        if !attached {
+            return;
+        }
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < until {
+            match waitpid(p, Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(..)) | Ok(WaitStatus::Signaled(..)) | Err(_) => return,
+                _ => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        let _ = nix::sys::ptrace::detach(p, None);
+    });
+    assert_eq!(rx.recv(), Ok(true), "ptrace attach to {pid}");
+    h
+}

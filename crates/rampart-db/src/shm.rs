@@ -1,0 +1,184 @@
+//! The shared memory a killed postmaster leaves behind.
+//!
+//! A postmaster that gets SIGKILL (the fencing path, or an immediate shutdown that ran
+//! out of time) cannot remove its System V segment or its POSIX dynamic shared memory
+//! (`/dev/shm/PostgreSQL.<n>`). PostgreSQL removes them itself when it next starts on the
+//! same data folder, which is what happens when the agent lives on. When the agent is
+//! gone (its watchdog stopped PostgreSQL), nothing starts again, so the watchdog removes
+//! them: what the postmaster had mapped, read before the kill, once no process is
+//! attached any more.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// What one postmaster had mapped: System V keys and POSIX shared memory files.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Leftover {
+    /// The postmaster's pid: a System V segment is removed only if it created it.
+    pid: i32,
+    sysv_keys: Vec<i64>,
+    posix: Vec<PathBuf>,
+}
+
+impl Leftover {
+    /// Read from `/proc/<pid>/maps`; empty when the process is gone.
+    pub fn of_process(pid: i32) -> Leftover {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+        parse_maps(pid, &text)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sysv_keys.is_empty() && self.posix.is_empty()
+    }
+
+    /// Wait (up to `limit`) until nothing is attached to the System V segments the
+    /// postmaster created, then remove them and the POSIX files. Returns what was removed.
+    pub fn remove_when_detached(&self, limit: Duration) -> Vec<String> {
+        let until = Instant::now() + limit;
+        loop {
+            let segs = self.segments();
+            if segs.iter().all(|s| s.attached == 0) || Instant::now() >= until {
+                return self.remove(&segs);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn segments(&self) -> Vec<Segment> {
+        let text = std::fs::read_to_string("/proc/sysvipc/shm").unwrap_or_default();
+        parse_sysvipc(&text)
+            .into_iter()
+            .filter(|s| s.creator == self.pid && self.sysv_keys.contains(&s.key))
+            .collect()
+    }
+
+    fn remove(&self, segs: &[Segment]) -> Vec<String> {
+        let mut out = Vec::new();
+        for s in segs.iter().filter(|s| s.attached == 0) {
+            // util-linux's ipcrm (Essential in Debian): shmctl(IPC_RMID) without unsafe.
+            let ok = std::process::Command::new("ipcrm")
+                .args(["-m", &s.id.to_string()])
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|st| st.success());
+            if ok {
+                out.push(format!("System V segment {}", s.id));
+            }
+        }
+        for p in &self.posix {
+            if std::fs::remove_file(p).is_ok() {
+                out.push(p.display().to_string());
+            }
+        }
+        out
+    }
+}
+
+/// The shared memory mappings of `/proc/<pid>/maps`: `/SYSV<key in hex>` and
+/// `/dev/shm/PostgreSQL.<n>`, each once.
+pub fn parse_maps(pid: i32, maps: &str) -> Leftover {
+    let mut l = Leftover {
+        pid,
+        ..Leftover::default()
+    };
+    for line in maps.lines() {
+        // address perms offset dev inode path [(deleted)]
+        let Some(path) = line.split_whitespace().nth(5) else {
+            continue;
+        };
+        if let Some(hex) = path.strip_prefix("/SYSV") {
+            if let Ok(key) = i64::from_str_radix(hex, 16) {
+                // The key is a 32-bit value that /proc/sysvipc/shm prints signed.
+                let key = key as u32 as i32 as i64;
+                if !l.sysv_keys.contains(&key) {
+                    l.sysv_keys.push(key);
+                }
+            }
+        } else if let Some(name) = path.strip_prefix("/dev/shm/") {
+            if name.starts_with("PostgreSQL.") && !name.contains('/') {
+                let p = PathBuf::from(path);
+                if !l.posix.contains(&p) {
+                    l.posix.push(p);
+                }
+            }
+        }
+    }
+    l
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Segment {
+    key: i64,
+    id: i64,
+    creator: i32,
+    attached: u64,
+}
+
+/// `/proc/sysvipc/shm`: key shmid perms size cpid lpid nattch ...
+fn parse_sysvipc(text: &str) -> Vec<Segment> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            Some(Segment {
+                key: f.first()?.parse().ok()?,
+                id: f.get(1)?.parse().ok()?,
+                creator: f.get(4)?.parse().ok()?,
+                attached: f.get(6)?.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAPS: &str = "\
+55d0c7a00000-55d0c7b00000 r--p 00000000 08:01 1234   /usr/lib/postgresql/15/bin/postgres
+7f1c2a000000-7f1c2a001000 rw-s 00000000 00:01 983041   /SYSV0099e14b (deleted)
+7f1c2b000000-7f1c2b100000 rw-s 00000000 00:01 5          /dev/zero (deleted)
+7f1c2c000000-7f1c2c010000 rw-s 00000000 00:19 77     /dev/shm/PostgreSQL.1804289383
+7f1c2d000000-7f1c2d010000 rw-s 00000000 00:19 77     /dev/shm/PostgreSQL.1804289383
+7f1c2e000000-7f1c2e001000 rw-s 00000000 00:01 983042   /SYSVf099e14b (deleted)
+7f1c2f000000-7f1c2f001000 rw-s 00000000 00:19 78     /dev/shm/other.1
+7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0      [stack]
+";
+
+    #[test]
+    fn finds_the_postmasters_segments_in_its_maps() {
+        let l = parse_maps(42, MAPS);
+        assert_eq!(l.sysv_keys, vec![0x0099e14b, 0xf099e14bu32 as i32 as i64]);
+        assert_eq!(
+            l.posix,
+            vec![PathBuf::from("/dev/shm/PostgreSQL.1804289383")]
+        );
+        assert!(!l.is_empty());
+        assert!(parse_maps(42, "").is_empty());
+    }
+
+    #[test]
+    fn reads_sysvipc_with_signed_keys() {
+        let text = "       key      shmid perms                  size  cpid  lpid nattch   uid   gid  cuid  cgid      atime      dtime      ctime                   rss                  swap\n\
+            10084683     983041   600                    56  4242  4300      0   105   110   105   110 1764990000 1764990001 1764990000                  4096                     0\n\
+            -258350773     983042   600                    56  4242  4300      2   105   110   105   110 1764990000 1764990001 1764990000                  4096                     0\n";
+        let segs = parse_sysvipc(text);
+        assert_eq!(
+            segs,
+            vec![
+                Segment {
+                    key: 0x0099e14b,
+                    id: 983041,
+                    creator: 4242,
+                    attached: 0
+                },
+                Segment {
+                    key: 0xf099e14bu32 as i32 as i64,
+                    id: 983042,
+                    creator: 4242,
+                    attached: 2
+                },
+            ]
+        );
+    }
+}
