@@ -12,6 +12,7 @@ want=(
   keepalived           # VRRP interoperability test and failover benchmark anchor
   nginx-light          # benchmark anchor and test backend
   wrk                  # load generator
+  nghttp2-client       # h2load: fixed-rate load (bench/lb-scale --rate)
   protobuf-compiler    # etcd-client's build needs protoc ...
   libprotobuf-dev      # ... and its include files (only a Recommends of protobuf-compiler)
   gcc                  # a C compiler and linker: ring and build scripts (absent from minimal Debian)

@@ -57,9 +57,16 @@ def main():
         f"{meta['when']}, rampart {meta['rampart_commit']}, {meta['haproxy']}, {meta['nginx']}, "
         f"{meta['wrk']}; {meta['cpu_model']}, {meta['cpus']} CPUs, Linux {meta['kernel']}.\n"
     )
+    rate = int(meta.get("rate", 0) or 0)
+    load = (
+        f"h2load ({meta.get('h2load', 'h2load')}; 1 thread, 64 HTTP/1.1 connections) at a fixed "
+        f"{rate:,} requests/s in the measured rounds (wrk for the warm-up)"
+        if rate
+        else "wrk (1 thread, 64 connections, closed loop)"
+    )
     out.append(
-        f"Command: `{meta['command']}`. One worker thread per balancer on CPU 0; wrk (1 thread, "
-        f"64 connections) and two nginx backends on CPU 1; servers are distinct loopback addresses "
+        f"Command: `{meta['command']}`. One worker thread per balancer on CPU 0; {load} "
+        f"and two nginx backends on CPU 1; servers are distinct loopback addresses "
         f"127.0.x.y (even ones on nginx 1, odd ones on nginx 2), health checks off. "
         f"{meta['rounds']} alternating rounds of {meta['duration']} s per cell (order swapped each "
         f"round), medians. Load average (1, 5, 15 min) before: {meta['load_before']}, after: "

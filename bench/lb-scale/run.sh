@@ -5,6 +5,8 @@
 #   bash bench/lb-scale/run.sh [--sizes 2,100,1000,10000] [--algorithms rr,lc,hash,p2c,lrt]
 #                              [--rounds 6] [--duration 3] [--no-build] [--quiet-wait S]
 #                              [--discovery N]   (0: skip the discovery scenario; default 10000)
+#                              [--rate R]   (measure at a fixed R requests/s with h2load instead of
+#                                            wrk's closed loop; 0, the default: wrk)
 #
 # Method (as bench/lb/run.sh, whose helpers it uses): each balancer runs ONE worker thread pinned
 # to CPU 0; wrk (1 thread, 64 connections) and the two nginx backends run on CPU 1. The servers
@@ -30,6 +32,10 @@
 # RSS before and after, and the time for a fresh rampart to start with the N records present.
 # HAProxy gets `http-reuse always` and `pool-purge-delay 60s` (its idle server connections are not
 # purged during a run, as rampart's are not).
+# With --rate R, the measured rounds use h2load (64 HTTP/1.1 connections, R/64 requests/s each)
+# instead of wrk: every balancer serves the same request rate at every pool size, so a change of
+# CPU per request is the balancer's work, not a change of rate (a balancer that idles more pays
+# more sleeps and wake-ups per request). R must be below what both balancers sustain.
 # Report: bench/results/lb-scale-<timestamp>.md (+ raw TSV). Loopback only; every process started
 # here is killed on exit.
 set -euo pipefail
@@ -45,6 +51,7 @@ duration=3
 build=1
 quiet_wait=10
 disc_n=10000
+rate=0
 cmdline="bash bench/lb-scale/run.sh $*"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -55,6 +62,7 @@ while [ $# -gt 0 ]; do
     --no-build) build=0; shift ;;
     --quiet-wait) quiet_wait=$2; shift 2 ;;
     --discovery) disc_n=$2; shift 2 ;;
+    --rate) rate=$2; shift 2 ;;
     -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -69,6 +77,8 @@ for n in "${SIZES[@]}"; do
   [ "$n" -gt "$max_size" ] && max_size=$n
 done
 [[ "$disc_n" =~ ^[0-9]+$ && "$disc_n" -le 20000 ]] || { echo "--discovery: 0..20000" >&2; exit 2; }
+[[ "$rate" =~ ^[0-9]+$ && "$rate" -le 1000000 ]] || { echo "--rate: 0..1000000 requests/s" >&2; exit 2; }
+[ "$rate" = 0 ] || [ "$rate" -ge 64 ] || { echo "--rate: at least 64 (one request/s per connection)" >&2; exit 2; }
 # Loopback addresses the backends listen on: the largest pool, or the discovered servers + 2.
 n_addrs=$max_size
 [ "$disc_n" -gt 0 ] && [ $((disc_n + 2)) -gt "$n_addrs" ] && n_addrs=$((disc_n + 2))
@@ -83,6 +93,7 @@ bash "$repo/scripts/deps.sh"
 for c in haproxy nginx wrk taskset setsid curl python3; do
   command -v "$c" >/dev/null || die "$c is missing"
 done
+[ "$rate" = 0 ] || command -v h2load >/dev/null || die "h2load is missing (Debian package nghttp2-client)"
 [ "$(nproc)" -ge 2 ] || die "needs 2 CPUs (balancer on CPU 0, load and backends on CPU 1)"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 nofile=$(ulimit -n)
@@ -256,6 +267,14 @@ EOF
 }
 
 run_wrk() { taskset -c 1 wrk -t1 -c64 -d"$2s" --latency "http://127.0.0.1:$1/" >"$3" 2>&1; }
+# A measured round: wrk's closed loop, or h2load at the fixed --rate.
+run_load() {
+  if [ "$rate" = 0 ]; then
+    run_wrk "$@"
+  else
+    taskset -c 1 h2load --h1 -t1 -c64 --rps $((rate / 64)) -D "$2" "http://127.0.0.1:$1/" >"$3" 2>&1
+  fi
+}
 
 printf 'size\talgorithm\tbalancer\tround\trequests\trps\tp50_us\tp99_us\tcpu_us_per_req\terrors\tother_cpu0_pct\tuser_us_per_req\n' >"$work/cpu.tsv"
 printf 'size\talgorithm\tbalancer\trss_start\trss_end\tstart_s\n' >"$work/mem.tsv"
@@ -292,7 +311,7 @@ for algo in "${ALGOS[@]}"; do
         t0=$(lbpy ticks "${pid[$b]}")
         u0=$(lbpy uticks "${pid[$b]}")
         c0=$(lbpy cpu0)
-        run_wrk "${port[$b]}" "$duration" "$out"
+        run_load "${port[$b]}" "$duration" "$out"
         c1=$(lbpy cpu0)
         t1=$(lbpy ticks "${pid[$b]}")
         u1=$(lbpy uticks "${pid[$b]}")
@@ -378,7 +397,8 @@ cat >"$work/meta.json" <<EOF
  "haproxy": "$(haproxy -v | head -1 | awk '{print "HAProxy " $3}')",
  "nginx": "$(nginx -v 2>&1 | sed 's/.*nginx\//nginx /')",
  "wrk": "$(wrk -v 2>&1 | head -1 | awk '{print $1 " " $2}')",
- "rounds": $rounds, "duration": $duration,
+ "rounds": $rounds, "duration": $duration, "rate": $rate,
+ "h2load": "$(command -v h2load >/dev/null && h2load --version 2>&1 | head -1 || echo none)",
  "load_before": "$load_before", "load_after": "$load_after"}
 EOF
 out="$results/lb-scale-$stamp.md"

@@ -113,7 +113,50 @@ def _dur_us(text):
     return float(m.group(1)) * _UNIT[m.group(2)]
 
 
+def parse_h2load(text):
+    """h2load's summary (a fixed-rate run, `--rps`), in parse_wrk's terms. h2load prints no
+    percentiles: p50_us and p99_us are None."""
+    out = {
+        "requests": None,
+        "rps": None,
+        "p50_us": None,
+        "p99_us": None,
+        "non2xx": 0,
+        "sock_connect": 0,
+        "sock_read": 0,
+        "sock_write": 0,
+        "sock_timeout": 0,
+        "statuses": {},
+    }
+    m = re.search(r"^finished in [0-9.]+m?s, ([0-9.]+) req/s", text, re.M)
+    if m:
+        out["rps"] = float(m.group(1))
+    m = re.search(
+        r"^requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+        r"(\d+) errored, (\d+) timeout",
+        text,
+        re.M,
+    )
+    if m:
+        done, ok, failed, errored, timeout = map(int, m.groups())
+        out["requests"] = done
+        out["sock_read"] = errored
+        out["sock_timeout"] = timeout
+        out["sock_connect"] = failed - errored - timeout if failed > errored + timeout else 0
+    m = re.search(r"^status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text, re.M)
+    if m:
+        ok2, x3, x4, x5 = map(int, m.groups())
+        out["non2xx"] = x3 + x4 + x5
+        for code, n in (("2xx", ok2), ("3xx", x3), ("4xx", x4), ("5xx", x5)):
+            if n:
+                out["statuses"][code] = n
+    out["sock_errors"] = out["sock_connect"] + out["sock_read"] + out["sock_write"] + out["sock_timeout"]
+    return out
+
+
 def parse_wrk(text):
+    if re.search(r"^finished in ", text, re.M) and re.search(r"^requests: ", text, re.M):
+        return parse_h2load(text)
     out = {
         "requests": None,
         "rps": None,
