@@ -113,9 +113,10 @@ def _dur_us(text):
     return float(m.group(1)) * _UNIT[m.group(2)]
 
 
-def parse_h2load(text):
+def parse_h2load(text, log=None):
     """h2load's summary (a fixed-rate run, `--rps`), in parse_wrk's terms. h2load prints no
-    percentiles: p50_us and p99_us are None."""
+    percentiles: p50_us and p99_us come from its per-request log (`--log-file`) when given,
+    else they are None."""
     out = {
         "requests": None,
         "rps": None,
@@ -151,12 +152,24 @@ def parse_h2load(text):
             if n:
                 out["statuses"][code] = n
     out["sock_errors"] = out["sock_connect"] + out["sock_read"] + out["sock_write"] + out["sock_timeout"]
+    if log and os.path.exists(log):
+        # --log-file: start (us since the epoch), status, microseconds to the end of the response.
+        lat = []
+        with open(log) as f:
+            for line in f:
+                parts = line.split("\t")
+                if len(parts) >= 3 and parts[1].strip().isdigit():
+                    lat.append(float(parts[2]))
+        if lat:
+            lat.sort()
+            out["p50_us"] = lat[min(len(lat) - 1, int(0.50 * len(lat)))]
+            out["p99_us"] = lat[min(len(lat) - 1, int(0.99 * len(lat)))]
     return out
 
 
-def parse_wrk(text):
+def parse_wrk(text, log=None):
     if re.search(r"^finished in ", text, re.M) and re.search(r"^requests: ", text, re.M):
-        return parse_h2load(text)
+        return parse_h2load(text, log)
     out = {
         "requests": None,
         "rps": None,
@@ -289,9 +302,15 @@ def _cpu_section(args, meta, cols, rec, title, lines, plot_data):
     cpu = _read_tsv(os.path.join(args.dir, f"{rec}.tsv"))
     if cpu or rec in meta["scenarios"]:
         lines.append("")
+        rate = int(meta.get("rate", 0) or 0)
+        load = (
+            f"`h2load --h1 -t1 -c50 --rps {rate // 50} -D {meta['duration']}` ({meta.get('h2load')}): "
+            f"a fixed {rate:,} requests/s, percentiles from its per-request log"
+            if rate
+            else f"`wrk -t1 -c50 -d{meta['duration']}s --latency`"
+        )
         lines.append(
-            f"## Scenario {title}: `wrk -t1 -c50 -d{meta['duration']}s --latency`, "
-            f"{meta['rounds']} alternating rounds, medians"
+            f"## Scenario {title}: {load}, {meta['rounds']} alternating rounds, medians"
         )
         lines.append("")
         med = {}
@@ -544,7 +563,7 @@ def main():
                 print(f"CPU 0 still {busy:.0f}% busy with other work after {a.max_wait:.0f}s", file=sys.stderr)
                 break
     elif a.cmd == "cpurow":
-        j = parse_wrk(open(a.file).read())
+        j = parse_wrk(open(a.file).read(), log=a.file + ".log")
         if not j["requests"]:
             sys.exit(f"wrk against {a.balancer} reported no requests (see {a.file})")
         cpu_us = (int(a.t1) - int(a.t0)) * 1e6 / int(a.hz) / j["requests"]

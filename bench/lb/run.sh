@@ -5,6 +5,8 @@
 #                        [--balancers haproxy,nginx,rampart] [--idle-conns N] [--no-build]
 #                        [--quiet-wait S]   (wait up to S s before each cpu run for CPU 0 to be idle)
 #                        [--rampart-rev REV] (build rampart from that commit, not the working tree)
+#                        [--rate R]  (cpu and tls at a fixed R requests/s with h2load, not wrk's
+#                                     closed loop; percentiles from h2load's per-request log)
 #
 # Method (shared/ENGINEERING.md, "How the anchor figures were measured here"):
 # every balancer runs ONE worker thread pinned to CPU 0; wrk and the two nginx backends run on
@@ -31,6 +33,7 @@ idle_n=8000
 build=1
 quiet_wait=20
 rampart_rev=""
+rate=0
 cmdline="bash bench/lb/run.sh $*"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -42,7 +45,8 @@ while [ $# -gt 0 ]; do
     --no-build) build=0; shift ;;
     --quiet-wait) quiet_wait=$2; shift 2 ;;
     --rampart-rev) rampart_rev=$2; shift 2 ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    --rate) rate=$2; shift 2 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -50,6 +54,8 @@ case "$only" in ""|cpu|kill|idle|tls) ;; *) echo "--only takes cpu, kill, idle o
 [[ "$rounds" =~ ^[0-9]+$ && "$rounds" -ge 1 && "$rounds" -le 100 ]] || { echo "--rounds: 1..100" >&2; exit 2; }
 [[ "$duration" =~ ^[0-9]+$ && "$duration" -ge 1 && "$duration" -le 60 ]] || { echo "--duration: 1..60 s" >&2; exit 2; }
 [[ "$quiet_wait" =~ ^[0-9]+$ && "$quiet_wait" -le 600 ]] || { echo "--quiet-wait: 0..600 s" >&2; exit 2; }
+[[ "$rate" =~ ^[0-9]+$ && "$rate" -le 1000000 ]] || { echo "--rate: 0..1000000 requests/s" >&2; exit 2; }
+[ "$rate" = 0 ] || [ "$rate" -ge 50 ] || { echo "--rate: at least 50 (one request/s per connection)" >&2; exit 2; }
 [[ "$idle_n" =~ ^[0-9]+$ && "$idle_n" -ge 1 && "$idle_n" -le 8500 ]] || { echo "--idle-conns: 1..8500" >&2; exit 2; }
 if [ -n "$only" ]; then scenarios=$only; else scenarios="cpu kill idle"; fi
 
@@ -61,6 +67,7 @@ bash "$repo/scripts/deps.sh"
 for c in haproxy nginx wrk taskset setsid curl python3; do
   command -v "$c" >/dev/null || die "$c is missing"
 done
+[ "$rate" = 0 ] || command -v h2load >/dev/null || die "h2load is missing (Debian package nghttp2-client)"
 [ "$(nproc)" -ge 2 ] || die "needs 2 CPUs (balancer on CPU 0, load and backends on CPU 1)"
 # The idle scenario needs ~2 fds per connection in the balancer: take the hard limit.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -371,6 +378,17 @@ run_wrk() {
   [ -n "${4:-}" ] && script=(-s "$4")
   taskset -c 1 wrk -t1 -c50 -d"${secs}s" --latency "${script[@]}" "${SCHEME:-http}://127.0.0.1:$port/" >"$out" 2>&1
 }
+# A measured cpu/tls round: wrk's closed loop, or h2load at the fixed --rate (its per-request log
+# beside the output gives the percentiles).
+run_load() {
+  local port=$1 secs=$2 out=$3
+  if [ "$rate" = 0 ]; then
+    run_wrk "$port" "$secs" "$out"
+  else
+    taskset -c 1 h2load --h1 -t1 -c50 --rps $((rate / 50)) -D "$secs" --log-file="$out.log" \
+      "${SCHEME:-http}://127.0.0.1:$port/" >"$out" 2>&1
+  fi
+}
 field() { python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
 
 # ------------------------------------------------------------------------------------ meta
@@ -384,7 +402,8 @@ cat >"$work/meta.json" <<EOF
  "haproxy": "$(haproxy -v | head -1 | awk '{print "HAProxy " $3}')",
  "nginx": "$(nginx -v 2>&1 | sed 's/.*nginx\//nginx /')",
  "wrk": "$(wrk -v 2>&1 | head -1 | awk '{print $1 " " $2}')",
- "scenarios": "$scenarios", "rounds": $rounds, "duration": $duration, "idle_n": $idle_n}
+ "scenarios": "$scenarios", "rounds": $rounds, "duration": $duration, "idle_n": $idle_n,
+ "rate": $rate, "h2load": "$(command -v h2load >/dev/null && h2load --version 2>&1 | head -1 || echo none)"}
 EOF
 
 # ------------------------------------------------------------------------------------ cpu
@@ -420,7 +439,7 @@ scenario_cpu() {
       t0=$(py ticks "${pid[$b]}")
       u0=$(py uticks "${pid[$b]}")
       c0=$(py cpu0)
-      run_wrk "${port[$b]}" "$duration" "$out"
+      run_load "${port[$b]}" "$duration" "$out"
       c1=$(py cpu0)
       t1=$(py ticks "${pid[$b]}")
       u1=$(py uticks "${pid[$b]}")
