@@ -14,7 +14,7 @@
 #   (/proc/net/snmp and netstat, system-wide); its open files after the window.
 # --callgrind: the balancer runs under callgrind with a cache simulation (D1 32 KiB, and an
 #   LL of 512 KiB standing for the per-core L2), collecting only inside the client
-#   connections' tasks (`rampart_lb::http::spawn`: the request path, not the per-second sweeps
+#   connections' tasks (`rampart_lb::http::spawn` and `rampart_lb::h1::serve`: the request path, not the per-second sweeps
 #   of the idle connections, whose share per request would depend on how fast valgrind runs)
 #   and only during the window; adds instructions, D1 and LL misses per request. The profile is
 #   kept (its path is printed) for callgrind_annotate.
@@ -111,7 +111,7 @@ done
 wrap=()
 if [ $cg = 1 ]; then
   wrap=(valgrind --tool=callgrind --cache-sim=yes --D1=32768,8,64 --LL=524288,8,64
-    --instr-atstart=no "--toggle-collect=*rampart_lb::http::spawn::*"
+    --instr-atstart=no "--toggle-collect=*rampart_lb::http::spawn::*" "--toggle-collect=*rampart_lb::h1::serve::*"
     "--callgrind-out-file=$work/callgrind.out")
 fi
 start 0 lb env RUST_LOG=warn "${wrap[@]}" "$bin" lb --config "$work/lb.toml" --threads 1

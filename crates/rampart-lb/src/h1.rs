@@ -181,13 +181,11 @@ pub(crate) fn serve<T: ClientStream, G: Send + 'static>(
                     }
                 }
             }
-            let next = Box::pin(exchange(
-                &mut io,
-                &mut buf,
-                &ctx,
-                first && h2c,
-                first,
-                accepted,
+            // Allocated first, then written: the future is built in place instead of on the
+            // stack and copied (a 2.9 KB memcpy per request into a cold allocation).
+            let next = Box::into_pin(Box::write(
+                Box::new_uninit(),
+                exchange(&mut io, &mut buf, &ctx, first && h2c, first, accepted),
             ))
             .await;
             first = false;
