@@ -95,15 +95,25 @@ fn ejected(pool: &Value) -> Vec<String> {
 }
 
 /// `clients` keep-alive clients send GET `path` for `for_how_long`: every status seen.
-async fn hammer(lb: SocketAddr, path: &str, clients: usize, for_how_long: Duration) -> Vec<u16> {
+/// `clients` clients sending `path` one request after the other for `for_how_long`, and on
+/// until each has made `at_least` requests (a loaded CI host is slow; at most 30 s more).
+async fn hammer(
+    lb: SocketAddr,
+    path: &str,
+    clients: usize,
+    for_how_long: Duration,
+    at_least: usize,
+) -> Vec<u16> {
     let mut tasks = Vec::new();
     for _ in 0..clients {
         let path = path.to_string();
         tasks.push(tokio::spawn(async move {
             let deadline = Instant::now() + for_how_long;
+            let limit = deadline + Duration::from_secs(30);
             let mut statuses = Vec::new();
             let mut cl = Client::connect(lb).await.unwrap();
-            while Instant::now() < deadline {
+            while Instant::now() < deadline || (statuses.len() < at_least && Instant::now() < limit)
+            {
                 match cl.get(&path).await {
                     Ok((st, _)) => statuses.push(st),
                     Err(_) => cl = Client::connect(lb).await.unwrap(),
@@ -181,7 +191,7 @@ async fn a_client_hammering_a_url_that_500s_everywhere_ejects_nobody() {
     let (lb, admin) = start(&servers(&[(&a, 1), (&b, 1), (&c, 1)]), FAST_WINDOWS).await;
 
     // Several windows of nothing but /fail (500 on every server).
-    let statuses = hammer(lb.addr, "/fail", 3, Duration::from_millis(2500)).await;
+    let statuses = hammer(lb.addr, "/fail", 3, Duration::from_millis(2500), 40).await;
     assert!(statuses.len() > 100, "only {} requests", statuses.len());
     let not_500: Vec<&u16> = statuses.iter().filter(|s| **s != 500).collect();
     assert!(
@@ -228,7 +238,7 @@ async fn a_server_failing_where_its_peers_succeed_is_ejected() {
     // Traffic until the detector has judged a window (ejection within ~1 s).
     let deadline = Instant::now() + Duration::from_secs(5);
     let pool = loop {
-        hammer(lb.addr, "/", 2, Duration::from_millis(300)).await;
+        hammer(lb.addr, "/", 2, Duration::from_millis(300), 0).await;
         let pool = pool_state(admin).await;
         if !ejected(&pool).is_empty() || Instant::now() > deadline {
             break pool;
@@ -247,7 +257,7 @@ async fn a_server_failing_where_its_peers_succeed_is_ejected() {
     assert_eq!(pool["ejections"]["failure_ratio"], 1, "{pool}");
     // It gets no more traffic; the others answer.
     let before = bad.hits.load(Ordering::Relaxed);
-    let statuses = hammer(lb.addr, "/", 2, Duration::from_millis(500)).await;
+    let statuses = hammer(lb.addr, "/", 2, Duration::from_millis(500), 0).await;
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     assert_eq!(bad.hits.load(Ordering::Relaxed), before);
     let m = metrics(admin).await;
@@ -285,7 +295,7 @@ async fn servers_refusing_connections_are_ejected_up_to_max_ejection_percent() {
         "health_check = { kind = \"none\" }\npassive_failures = 2\nretries = { attempts = 3 }",
     )
     .await;
-    let statuses = hammer(lb.addr, "/", 2, Duration::from_millis(1500)).await;
+    let statuses = hammer(lb.addr, "/", 2, Duration::from_millis(1500), 30).await;
     assert!(statuses.len() > 50, "{}", statuses.len());
     let pool = pool_state(admin).await;
     let out = ejected(&pool);
