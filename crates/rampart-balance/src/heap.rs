@@ -75,11 +75,6 @@ impl<K: Ord + Copy> IndexedHeap<K> {
         }
     }
 
-    /// How many server indices the heap can hold without growing.
-    pub(crate) fn servers(&self) -> usize {
-        self.pos.len()
-    }
-
     pub(crate) fn key(&self, s: usize) -> Option<K> {
         let p = *self.pos.get(s)?;
         (p != ABSENT).then(|| self.heap[p as usize].0)
