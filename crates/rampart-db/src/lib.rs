@@ -24,7 +24,6 @@ pub mod leader_keys;
 pub mod metrics;
 pub mod ops;
 pub mod pg;
-pub mod shm;
 pub mod statements;
 pub mod timeline;
 pub mod watchdog;

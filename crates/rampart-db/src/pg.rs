@@ -736,18 +736,26 @@ pub fn reload_by_signal(pid: i32) -> bool {
     kill(Pid::from_raw(pid), Signal::SIGHUP).is_ok()
 }
 
-/// SIGSTOP the postmaster (no new backends), SIGKILL every child, then the postmaster.
-/// Used when a primary must stop accepting writes *now* (the fencing path). Returns the
-/// shared memory the postmaster had mapped (read while it was stopped, after its
-/// backends were killed), which a caller that will not start PostgreSQL again on this
-/// data folder removes with [`crate::shm::Leftover::remove_when_detached`].
-pub fn kill_tree(pid: i32) -> crate::shm::Leftover {
+/// SIGSTOP the postmaster (no new backends) and every child, SIGKILL the children, then
+/// the postmaster. Used when a primary must stop accepting writes *now* (the fencing
+/// path). Returns the shared memory the postmaster and its children had mapped (read
+/// while they were stopped: a dynamic segment a backend created is not always mapped by
+/// the postmaster), which a caller that will not start PostgreSQL again on this data
+/// folder removes with [`rampart_pgshm::Leftover::remove_when_detached`].
+pub fn kill_tree(pid: i32) -> rampart_pgshm::Leftover {
     let p = Pid::from_raw(pid);
     let _ = kill(p, Signal::SIGSTOP);
-    for child in children_of(pid) {
+    let children = children_of(pid);
+    for &child in &children {
+        let _ = kill(Pid::from_raw(child), Signal::SIGSTOP);
+    }
+    let mut shm = rampart_pgshm::Leftover::of_process(pid);
+    for &child in &children {
+        shm.add_mapped_by(child);
+    }
+    for &child in &children {
         let _ = kill(Pid::from_raw(child), Signal::SIGKILL);
     }
-    let shm = crate::shm::Leftover::of_process(pid);
     let _ = kill(p, Signal::SIGKILL);
     let _ = kill(p, Signal::SIGCONT);
     shm

@@ -316,4 +316,36 @@ mod tests {
             .collect();
         assert!(!segments.is_empty(), "no mmap segment in pg_dynshmem");
     }
+
+    /// The System V segment of `data`'s postmaster (line 7 of `postmaster.pid`: key, id),
+    /// as long as it exists.
+    fn sysv_segment(data: &std::path::Path) -> Option<String> {
+        let pidfile = std::fs::read_to_string(data.join("postmaster.pid")).ok()?;
+        let id = pidfile
+            .lines()
+            .nth(6)?
+            .split_whitespace()
+            .nth(1)?
+            .to_string();
+        let table = std::fs::read_to_string("/proc/sysvipc/shm").ok()?;
+        // key shmid ...
+        table
+            .lines()
+            .skip(1)
+            .any(|l| l.split_whitespace().nth(1) == Some(id.as_str()))
+            .then_some(id)
+    }
+
+    #[test]
+    fn a_killed_server_leaves_no_system_v_segment_behind() {
+        let mut pg = PgCluster::start(0);
+        let id = sysv_segment(&pg.primary.data).expect("the running server's segment");
+        // SIGKILL: PostgreSQL itself cannot remove it; the harness's kill does.
+        pg.primary.kill();
+        assert_eq!(
+            sysv_segment(&pg.primary.data),
+            None,
+            "System V segment {id} left by the killed server"
+        );
+    }
 }

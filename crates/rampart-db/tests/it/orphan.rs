@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use rampart_testkit::wait_until;
+use rampart_testkit::{children_of, wait_until};
 
 use crate::harness::{Cluster, Opts};
 
@@ -159,11 +159,13 @@ async fn a_postgres_the_watchdog_had_to_kill_leaves_no_shared_memory() {
         .and_then(|l| l.split_whitespace().nth(1))
         .expect("System V segment id")
         .to_string();
-    let maps = std::fs::read_to_string(format!("/proc/{postmaster}/maps")).expect("maps");
-    let posix: Vec<std::path::PathBuf> = maps
-        .lines()
-        .filter_map(|l| l.find("/dev/shm/PostgreSQL.").map(|i| l[i..].trim().into()))
-        .collect();
+    // What the postmaster and its children have mapped (a backend maps dynamic segments
+    // the postmaster may not).
+    let mut mapped = rampart_pgshm::Leftover::of_process(postmaster);
+    for (child, _) in children_of(postmaster) {
+        mapped.add_mapped_by(child);
+    }
+    let posix = mapped.posix_files().to_vec();
     assert!(!posix.is_empty(), "PostgreSQL's /dev/shm segment is known");
     let sysv_left = || {
         std::fs::read_to_string("/proc/sysvipc/shm")

@@ -128,6 +128,9 @@ synchronous = false
 ttl = "3s"
 loop_wait = "500ms"
 retry_timeout = "1s"
+# Dynamic shared memory in the data directory (mmap), not /dev/shm: the stack is killed
+# at the end, and a segment no live process has mapped could not be found to be removed.
+parameters = {{ dynamic_shared_memory_type = "mmap" }}
 
 [[db.nodes]]
 name = "db1"

@@ -9,9 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
-use rampart_testkit::{rampart_bin, wait_until, Proc};
+use nix::sys::signal::Signal;
+use rampart_testkit::{kill_all, rampart_bin, wait_until, Proc};
 use serde_json::Value;
 
 use crate::cdp::{chromium, Browser};
@@ -38,7 +37,8 @@ pub(crate) fn free_port_base() -> u16 {
 }
 
 /// Kills whatever the stack left if the test fails half-way: the process groups `up`
-/// recorded, then any process whose command line names the test's folder.
+/// recorded, then any process whose command line names the test's folder (through the
+/// testkit, which removes the shared memory of a postmaster killed so).
 pub(crate) struct Leftovers {
     pub(crate) data_dir: PathBuf,
     pub(crate) root: PathBuf,
@@ -58,10 +58,9 @@ impl Drop for Leftovers {
                     .collect()
             })
             .unwrap_or_default();
-        for p in pids {
-            let _ = killpg(Pid::from_raw(p), Signal::SIGKILL);
-        }
+        kill_all(&pids, &[]);
         let needle = self.root.display().to_string();
+        let mut left = Vec::new();
         for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
             let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
                 continue;
@@ -71,10 +70,11 @@ impl Drop for Leftovers {
             }
             if let Ok(raw) = std::fs::read(e.path().join("cmdline")) {
                 if String::from_utf8_lossy(&raw).contains(&needle) {
-                    let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+                    left.push(pid);
                 }
             }
         }
+        kill_all(&[], &left);
     }
 }
 

@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use rampart_testkit::{rampart_bin, wait_until};
+use rampart_testkit::{kill_all, rampart_bin, wait_until};
 use serde_json::Value;
 
 /// Offsets of the default topology's ports from its base (see rampart init --help).
@@ -148,12 +148,9 @@ impl Stack {
             if let Some(id) = lines.get(6).and_then(|l| l.split_whitespace().nth(1)) {
                 self.sysv.insert(id.to_string());
             }
-            let pm = lines.first().unwrap().trim();
-            for l in read(Path::new(&format!("/proc/{pm}/maps"))).lines() {
-                if let Some(i) = l.find("/dev/shm/PostgreSQL.") {
-                    self.posix.insert(PathBuf::from(l[i..].trim()));
-                }
-            }
+            let pm: i32 = lines.first().unwrap().trim().parse().unwrap();
+            let mapped = rampart_testkit::pgshm::Leftover::of_process(pm);
+            self.posix.extend(mapped.posix_files().iter().cloned());
         }
         assert!(
             !self.sysv.is_empty(),
@@ -228,19 +225,21 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        if let Some(v) = self.recorded() {
-            if let Some(p) = v["pid"].as_u64() {
-                let _ = kill(Pid::from_raw(p as i32), Signal::SIGKILL);
-            }
-        }
-        for &p in &self.seen_pids {
-            let _ = killpg(Pid::from_raw(p as i32), Signal::SIGKILL);
-        }
-        for line in self.processes_left() {
-            if let Some(pid) = line.split(':').next().and_then(|p| p.parse::<i32>().ok()) {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-        }
+        // Through the testkit: a postmaster killed here has its shared memory removed.
+        let up: Vec<i32> = self
+            .recorded()
+            .and_then(|v| v["pid"].as_i64())
+            .map(|p| p as i32)
+            .into_iter()
+            .collect();
+        let groups: Vec<i32> = self.seen_pids.iter().map(|&p| p as i32).collect();
+        kill_all(&groups, &up);
+        let left: Vec<i32> = self
+            .processes_left()
+            .iter()
+            .filter_map(|line| line.split(':').next()?.parse().ok())
+            .collect();
+        kill_all(&[], &left);
     }
 }
 

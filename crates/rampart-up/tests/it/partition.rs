@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{killpg, Signal};
+use nix::sys::signal::Signal;
 use nix::unistd::Pid;
-use rampart_testkit::{http_request, pg_bin_dir, rampart_bin, wait_until, Proc};
+use rampart_testkit::{http_request, kill_all, pg_bin_dir, rampart_bin, wait_until, Proc};
 use serde_json::Value;
 
 /// Port offsets of the test topology from its base.
@@ -224,12 +224,18 @@ impl Stack {
 impl Drop for Stack {
     fn drop(&mut self) {
         let state = self.state();
+        // The supervisor and every node's group at once, through the testkit: a postmaster
+        // killed here has its shared memory removed.
+        let mut groups = vec![self.up.pid() as i32];
+        groups.extend(
+            state["nodes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|n| n["pid"].as_i64().map(|p| p as i32)),
+        );
+        kill_all(&groups, &[]);
         self.up.kill();
-        for n in state["nodes"].as_array().into_iter().flatten() {
-            if let Some(p) = n["pid"].as_u64() {
-                let _ = killpg(Pid::from_raw(p as i32), Signal::SIGKILL);
-            }
-        }
         if let Some(cg) = state["cgroup"].as_str() {
             for e in std::fs::read_dir(cg).into_iter().flatten().flatten() {
                 let _ = std::fs::write(e.path().join("cgroup.kill"), "1");

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use rampart_testkit::{http_request, pg_bin_dir, rampart_bin, wait_until, Proc};
+use rampart_testkit::{http_request, kill_all, pg_bin_dir, rampart_bin, wait_until, Proc};
 use rampart_up::site::Site;
 use serde_json::Value;
 
@@ -82,14 +82,15 @@ impl Leftovers {
 
 impl Drop for Leftovers {
     fn drop(&mut self) {
-        for p in self.recorded_pids() {
-            let _ = killpg(Pid::from_raw(p as i32), Signal::SIGKILL);
-        }
-        for line in self.processes_left() {
-            if let Some(pid) = line.split(':').next().and_then(|p| p.parse::<i32>().ok()) {
-                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-        }
+        // Through the testkit: a postmaster killed here has its shared memory removed.
+        let groups: Vec<i32> = self.recorded_pids().iter().map(|&p| p as i32).collect();
+        kill_all(&groups, &[]);
+        let left: Vec<i32> = self
+            .processes_left()
+            .iter()
+            .filter_map(|line| line.split(':').next()?.parse().ok())
+            .collect();
+        kill_all(&[], &left);
     }
 }
 

@@ -7,6 +7,11 @@
 //! gone (its watchdog stopped PostgreSQL), nothing starts again, so the watchdog removes
 //! them: what the postmaster had mapped, read before the kill, once no process is
 //! attached any more.
+//!
+//! Its own crate (std only) so that both users share one reading of `/proc`: the db agent's
+//! watchdog (`rampart-db`) and the test harness (`rampart-testkit`), which SIGKILLs
+//! process groups holding postmasters whose data folders go with their temp dirs. The
+//! product never depends on the harness, and the harness carries no product crate.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -27,8 +32,35 @@ impl Leftover {
         parse_maps(pid, &text)
     }
 
+    /// Add what `pid`, a child of the postmaster (stopped, or about to be killed), has
+    /// mapped: a dynamic segment a backend created and pinned (the statistics' area grows
+    /// so) is not always mapped by the postmaster itself. Its System V segment is still
+    /// removed only if the postmaster created it.
+    pub fn add_mapped_by(&mut self, pid: i32) {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+        self.merge(parse_maps(self.pid, &text));
+    }
+
+    fn merge(&mut self, other: Leftover) {
+        for k in other.sysv_keys {
+            if !self.sysv_keys.contains(&k) {
+                self.sysv_keys.push(k);
+            }
+        }
+        for p in other.posix {
+            if !self.posix.contains(&p) {
+                self.posix.push(p);
+            }
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.sysv_keys.is_empty() && self.posix.is_empty()
+    }
+
+    /// The `/dev/shm/PostgreSQL.<n>` files it had mapped.
+    pub fn posix_files(&self) -> &[PathBuf] {
+        &self.posix
     }
 
     /// Wait (up to `limit`) until nothing is attached to the System V segments the
@@ -155,6 +187,26 @@ mod tests {
         );
         assert!(!l.is_empty());
         assert!(parse_maps(42, "").is_empty());
+    }
+
+    #[test]
+    fn a_childs_mappings_join_the_postmasters_once_each() {
+        let mut l = parse_maps(42, MAPS);
+        let child = "\
+7f1c2a000000-7f1c2a001000 rw-s 00000000 00:01 983041   /SYSV0099e14b (deleted)
+7f1c2c000000-7f1c2c010000 rw-s 00000000 00:19 77     /dev/shm/PostgreSQL.1804289383
+7f1c30000000-7f1c30100000 rw-s 00000000 00:19 79     /dev/shm/PostgreSQL.2107568234
+";
+        l.merge(parse_maps(4242, child));
+        assert_eq!(l.pid, 42, "still the postmaster's: it created the segments");
+        assert_eq!(l.sysv_keys.len(), 2);
+        assert_eq!(
+            l.posix_files(),
+            [
+                PathBuf::from("/dev/shm/PostgreSQL.1804289383"),
+                PathBuf::from("/dev/shm/PostgreSQL.2107568234")
+            ]
+        );
     }
 
     #[test]
