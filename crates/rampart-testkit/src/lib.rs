@@ -101,11 +101,26 @@ impl Proc {
         }
     }
 
-    /// SIGKILL the group (removing the shared memory of a PostgreSQL in it: [`kill_all`])
-    /// and reap the child.
+    /// SIGKILL the group and every process below it, wherever it moved (removing the
+    /// shared memory of a PostgreSQL among them: [`kill_all`]), and reap the child. The
+    /// clean-up kill: nothing it started survives.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             kill_all(&[c.id() as i32], &[]);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGKILL the group only, as a crash or an operator's `kill -9 -<pgid>` would, and
+    /// reap the child: a process the program deliberately put in a group of its own to
+    /// outlive it (the balancer's virtual IP guard) lives on and does its clean-up, which is
+    /// what a fault test checks. Not for PostgreSQL (its backends leave the group: [`kill`]).
+    ///
+    /// [`kill`]: Proc::kill
+    pub fn crash(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = killpg(Pid::from_raw(c.id() as i32), Signal::SIGKILL);
             let _ = c.kill();
             let _ = c.wait();
         }

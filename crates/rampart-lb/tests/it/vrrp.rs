@@ -388,7 +388,7 @@ fn failover_on(
 
 #[test]
 fn sigkill_of_the_master_moves_the_virtual_ip_and_the_client_keeps_reaching_the_site() {
-    let (s, (_, _, gap)) = failover("vk", |s| s.lb(1).kill());
+    let (s, (_, _, gap)) = failover("vk", |s| s.lb(1).crash());
     assert!(s.log(2).contains("VRRP transition"), "{}", s.logs());
     // The dead balancer's guard took the address off lb1's host, so it no longer answers
     // ARP for it nor refuses connections to it.
@@ -599,7 +599,7 @@ fn preemption_on_gives_the_address_back_and_off_keeps_it() {
             "{}",
             s.logs()
         );
-        s.lb(1).kill();
+        s.lb(1).crash();
         assert!(
             s.wait_sole_holder(2, VIP, Duration::from_secs(5)),
             "{}",
@@ -669,7 +669,7 @@ fn active_active_two_virtual_ips_survive_the_loss_of_either_balancer() {
         let p2 = Probe::start(&s.lab, VIP2);
         assert!(wait_until(Duration::from_secs(5), || p1.ok_count() > 10
             && p2.ok_count() > 10));
-        s.lb(victim).kill();
+        s.lb(victim).crash();
         let survivor = 3 - victim;
         assert!(
             s.wait_sole_holder(survivor, VIP, Duration::from_secs(5))
@@ -853,7 +853,7 @@ fn a_rampart_balancer_and_keepalived_agree_on_the_master_both_ways() {
     );
     assert!(!keepalived_log(&s).contains("Entering MASTER STATE"));
     // rampart dies: keepalived takes over; rampart returns and preempts it back.
-    s.lb(1).kill();
+    s.lb(1).crash();
     assert!(
         wait_until(Duration::from_secs(5), || holds(&s.lab, "lb2", VIP)
             && !holds(&s.lab, "lb1", VIP)),
@@ -874,7 +874,7 @@ fn a_rampart_balancer_and_keepalived_agree_on_the_master_both_ways() {
         keepalived_log(&s)
     );
     ka.kill();
-    s.lb(1).kill();
+    s.lb(1).crash();
     // keepalived (200) master, rampart (150) backup: rampart defers, then takes over when
     // keepalived stops cleanly (priority 0).
     let _ = std::fs::remove_file(s.dir.path().join("keepalived.log"));
@@ -914,7 +914,7 @@ fn a_rampart_balancer_and_keepalived_agree_on_the_master_both_ways() {
 
 #[test]
 fn ipv6_sigkill_of_the_master_moves_the_virtual_ip_and_the_client_follows() {
-    let (s, (_, _, gap)) = failover_on("v6k", VIP6, |s| s.lb(1).kill());
+    let (s, (_, _, gap)) = failover_on("v6k", VIP6, |s| s.lb(1).crash());
     assert!(
         wait_until(Duration::from_secs(2), || !holds(&s.lab, "lb1", VIP6)),
         "the killed master's host still holds {VIP6}"
