@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Where does rampart lb spend its CPU per request? A perf profile of the bench's cpu scenario.
 #
-#   bash bench/lb/profile.sh [--seconds S] [--balancer rampart|haproxy|nginx]
+#   bash bench/lb/profile.sh [--seconds S] [--balancer rampart|haproxy|nginx] [--tls]
+#
+# --tls: the tls scenario instead (the balancer terminates HTTPS with a self-signed ECDSA P-256
+# certificate, HTTP/1.1 keep-alive; rampart and haproxy only). --keep: leave the work directory
+# (perf.data for further `perf report -i`) in /tmp.
 #
 # Same set-up as bench/lb/run.sh (balancer with one worker thread on CPU 0, wrk -t1 -c50 and two
 # nginx backends on CPU 1). rampart is built with line tables and frame pointers into
@@ -14,16 +18,23 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 secs=10
 bal=rampart
+tls=
+keep=
 while [ $# -gt 0 ]; do
   case "$1" in
     --seconds) secs=$2; shift 2 ;;
     --balancer) bal=$2; shift 2 ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    --tls) tls=1; shift ;;
+    --keep) keep=1; shift ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
 [[ "$secs" =~ ^[0-9]+$ && "$secs" -ge 3 && "$secs" -le 120 ]] || { echo "--seconds: 3..120" >&2; exit 2; }
 case "$bal" in rampart|haproxy|nginx) ;; *) echo "--balancer: rampart, haproxy or nginx" >&2; exit 2 ;; esac
+[ -n "$tls" ] && [ "$bal" = nginx ] && { echo "--tls: rampart or haproxy" >&2; exit 2; }
+scheme=http
+[ -n "$tls" ] && scheme=https
 
 bash "$repo/scripts/deps.sh"
 command -v perf >/dev/null || {
@@ -53,7 +64,9 @@ cleanup() {
     kill -KILL -- "-$pg" 2>/dev/null || true
     wait "$pg" 2>/dev/null || true
   done
-  if [ $rc -eq 0 ]; then rm -rf "$work"; else echo "failed (exit $rc); logs in $work" >&2; fi
+  if [ $rc -ne 0 ]; then echo "failed (exit $rc); logs in $work" >&2
+  elif [ -n "$keep" ]; then echo "work directory kept: $work" >&2
+  else rm -rf "$work"; fi
   exit $rc
 }
 trap cleanup EXIT
@@ -69,7 +82,7 @@ start() {
 wait_http() {
   local i
   for i in $(seq 1 100); do
-    [ "$(curl -s -m 1 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$1/")" = 200 ] && return 0
+    [ "$(curl -s -k -m 1 -o /dev/null -w '%{http_code}' "$2://127.0.0.1:$1/")" = 200 ] && return 0
     sleep 0.1
   done
   echo "nothing answers 200 on port $1 (logs in $work)" >&2
@@ -88,12 +101,34 @@ http { access_log off; keepalive_requests 10000000; keepalive_timeout 300s;
   server { listen 127.0.0.1:${!port}; location / { default_type text/plain; return 200 "hello from backend$i\n"; } } }
 EOF
   start 1 "b$i" nginx -e stderr -p "$work/b$i" -c "$work/b$i/nginx.conf"
-  wait_http "${!port}"
+  wait_http "${!port}" http
 done
+if [ -n "$tls" ]; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=localhost -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+  cat "$work/cert.pem" "$work/key.pem" >"$work/combined.pem"
+fi
 case "$bal" in
   rampart)
-    start 0 rampart env RUST_LOG=warn "$rampart_bin" lb --listen "127.0.0.1:$P" --backend "127.0.0.1:$B1" \
-      --backend "127.0.0.1:$B2" --algorithm round-robin --mode http --health-check none --threads 1
+    if [ -n "$tls" ]; then
+      cat >"$work/rampart.toml" <<EOF
+[[listener]]
+name = "fe"
+address = "127.0.0.1:$P"
+pool = "be"
+tls = { cert = "$work/cert.pem", key = "$work/key.pem" }
+
+[[pool]]
+name = "be"
+algorithm = "round-robin"
+servers = [{ address = "127.0.0.1:$B1" }, { address = "127.0.0.1:$B2" }]
+health_check = { kind = "none" }
+EOF
+      start 0 rampart env RUST_LOG=warn "$rampart_bin" lb --config "$work/rampart.toml" --threads 1
+    else
+      start 0 rampart env RUST_LOG=warn "$rampart_bin" lb --listen "127.0.0.1:$P" --backend "127.0.0.1:$B1" \
+        --backend "127.0.0.1:$B2" --algorithm round-robin --mode http --health-check none --threads 1
+    fi
     ;;
   haproxy)
     cat >"$work/haproxy.cfg" <<EOF
@@ -108,7 +143,7 @@ defaults
   timeout client 120s
   timeout server 30s
 frontend fe
-  bind 127.0.0.1:$P
+  bind 127.0.0.1:$P${tls:+ ssl crt $work/combined.pem alpn http/1.1}
   default_backend be
 backend be
   server s1 127.0.0.1:$B1
@@ -132,19 +167,19 @@ EOF
     ;;
 esac
 pid=$STARTED
-wait_http "$P"
-taskset -c 1 wrk -t1 -c50 -d1s "http://127.0.0.1:$P/" >/dev/null # warm-up
+wait_http "$P" "$scheme"
+taskset -c 1 wrk -t1 -c50 -d1s "$scheme://127.0.0.1:$P/" >/dev/null # warm-up
 
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$repo/bench/results"
-out="$repo/bench/results/lb-profile-$bal-$stamp.txt"
-taskset -c 1 wrk -t1 -c50 -d"$((secs + 2))s" --latency "http://127.0.0.1:$P/" >"$work/wrk.txt" &
+out="$repo/bench/results/lb-profile-$bal${tls:+-tls}-$stamp.txt"
+taskset -c 1 wrk -t1 -c50 -d"$((secs + 2))s" --latency "$scheme://127.0.0.1:$P/" >"$work/wrk.txt" &
 wrk_pid=$!
 sleep 1
 perf record -q -e cpu-clock -F 2999 -g -p "$pid" -o "$work/perf.data" -- sleep "$secs" 2>"$work/perf.log" || true
 wait "$wrk_pid"
 {
-  echo "# perf profile of $bal under wrk -t1 -c50 ($secs s), $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo "# perf profile of $bal${tls:+ (HTTPS)} under wrk -t1 -c50 ($secs s), $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo "# rampart commit $(git -C "$repo" rev-parse --short HEAD)"
   grep -E "requests in|Requests/sec" "$work/wrk.txt"
   echo
