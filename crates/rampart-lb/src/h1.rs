@@ -3,7 +3,8 @@
 //! parses and renders heads and holds the rules every HTTP/1 request meets, `chunked`
 //! scans (or decodes) the chunked coding, `buf` holds the per-thread buffer free lists,
 //! `bodies` streams bodies and tunnels, `up_h2` sends a request to a server that speaks
-//! HTTP/2 (a pool whose `tls` offers `h2`).
+//! HTTP/2 (a pool whose `tls` offers `h2`), `timer` times every wait of a connection on
+//! one timer (no timer wheel operation per request).
 //!
 //! Every HTTP/1.x client connection (plain or over TLS) is served here, HTTP/1.0 and
 //! upgrades (WebSocket) included: one codec and one policy for every HTTP/1 request. Request heads are
@@ -45,13 +46,14 @@
 
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::ns_at;
@@ -68,6 +70,7 @@ mod bodies;
 mod buf;
 mod chunked;
 mod head;
+mod timer;
 mod up_h2;
 
 use bodies::*;
@@ -116,6 +119,24 @@ impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
     }
 }
 
+/// What a wait for the client's next request came to.
+#[derive(Clone, Copy)]
+enum Woke {
+    Ready,
+    Failed,
+    TimedOut,
+}
+
+impl Woke {
+    fn of(r: Result<io::Result<()>, timer::Elapsed>) -> Woke {
+        match r {
+            Ok(Ok(())) => Woke::Ready,
+            Ok(Err(_)) => Woke::Failed,
+            Err(timer::Elapsed) => Woke::TimedOut,
+        }
+    }
+}
+
 /// What the connection does after one exchange.
 enum Next {
     KeepAlive,
@@ -151,31 +172,39 @@ pub(crate) fn serve<T: ClientStream, G: Send + 'static>(
         let stop = stop_token();
         let mut buf: Option<Buf> = None;
         let mut first = true;
+        // Every wait of the connection, on one timer (`timer`'s docs).
+        let mut timer = std::pin::pin!(timer::idle());
         loop {
             if buf.as_ref().is_none_or(|b| b.is_empty()) {
                 // Waiting for the next request: give the buffer back.
                 buf = None;
-                let deadline = if first {
-                    accepted + cfg.header_read_timeout
-                } else {
-                    Instant::now() + cfg.idle_timeout
+                // (The start and timeout in a block of their own: not kept in the future.)
+                let wait = {
+                    let (start, timeout) = if first {
+                        (accepted, cfg.header_read_timeout)
+                    } else {
+                        (Instant::now(), cfg.idle_timeout)
+                    };
+                    timer::within(timer.as_mut(), start, timeout, io.ready())
                 };
-                let ready = tokio::select! {
-                    r = tokio::time::timeout_at(deadline, io.ready()) => Some(r),
-                    _ = stop.cancelled() => None,
-                };
+                // (Its outcome as a plain enum: no `io::Error` kept across the next await.)
+                let woke = timer::UnlessStopped::new(wait, stop).await.map(Woke::of);
                 // Stopping: a client in the middle of a series of requests gets a little
                 // while to send its next one (answered with `Connection: close`), so no
                 // request races the close; an idle connection closes after that.
-                // (Awaited outside the select, so the two waits do not add up in the task.)
-                let ready = match ready {
-                    Some(r) => r,
-                    None => tokio::time::timeout(STOP_LINGER, io.ready()).await,
+                // (Awaited outside the first wait, so the two waits do not add up in the
+                // task.)
+                let woke = match woke {
+                    Some(w) => w,
+                    None => Woke::of(
+                        timer::within(timer.as_mut(), Instant::now(), STOP_LINGER, io.ready())
+                            .await,
+                    ),
                 };
-                match ready {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => return,
-                    Err(_) => {
+                match woke {
+                    Woke::Ready => {}
+                    Woke::Failed => return,
+                    Woke::TimedOut => {
                         tracing::debug!(peer = %ctx.peer, "closing idle client connection");
                         return;
                     }
@@ -185,14 +214,28 @@ pub(crate) fn serve<T: ClientStream, G: Send + 'static>(
             // stack and copied (a 2.9 KB memcpy per request into a cold allocation).
             let next = Box::into_pin(Box::write(
                 Box::new_uninit(),
-                exchange(&mut io, &mut buf, &ctx, first && h2c, first, accepted),
+                exchange(
+                    &mut io,
+                    &mut buf,
+                    &ctx,
+                    first && h2c,
+                    first,
+                    accepted,
+                    timer.as_mut(),
+                ),
             ))
             .await;
             first = false;
             match next {
                 Next::KeepAlive => {}
                 Next::Close => {
-                    let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
+                    let _ = timer::within(
+                        timer.as_mut(),
+                        Instant::now(),
+                        Duration::from_secs(1),
+                        io.shutdown(),
+                    )
+                    .await;
                     return;
                 }
                 Next::Linger => {
@@ -236,11 +279,13 @@ async fn exchange<T: ClientStream>(
     h2c: bool,
     first: bool,
     accepted: Instant,
+    mut timer: Pin<&mut Sleep>,
 ) -> Next {
     let cfg = &ctx.listener.cfg;
     let buf = slot.get_or_insert_with(Buf::take);
     let mut out = Out::take();
-    let mut head_deadline = first.then(|| accepted + cfg.header_read_timeout);
+    // When the head's time started (it has `header_read_timeout`), once a byte of it came.
+    let mut head_since = first.then_some(accepted);
     // How much of a partial head was parsed: a head trickled a byte at a time is parsed
     // again only when a line ends (it cannot end, or turn bad, before), not per read.
     let mut parsed = 0;
@@ -295,17 +340,18 @@ async fn exchange<T: ClientStream>(
                 }
             }
         }
-        let deadline = match head_deadline {
-            Some(d) => d,
-            None if buf.is_empty() => Instant::now() + cfg.idle_timeout,
-            None => *head_deadline.insert(Instant::now() + cfg.header_read_timeout),
+        let (start, timeout) = match head_since {
+            Some(t) => (t, cfg.header_read_timeout),
+            None if buf.is_empty() => (Instant::now(), cfg.idle_timeout),
+            None => (*head_since.insert(Instant::now()), cfg.header_read_timeout),
         };
-        match by(deadline, buf.read_from(io, MAX_HEAD)).await {
+        let read = buf.read_from(io, MAX_HEAD);
+        match timer::within_io(timer.as_mut(), start, timeout, read).await {
             Ok(0) => return Next::Close,
             Err(e) if e.kind() != io::ErrorKind::TimedOut => return Next::Close,
             Ok(_) => {
-                if head_deadline.is_none() && !buf.is_empty() {
-                    head_deadline = Some(Instant::now() + cfg.header_read_timeout);
+                if head_since.is_none() && !buf.is_empty() {
+                    head_since = Some(Instant::now());
                 }
             }
             Err(_) => {
@@ -318,7 +364,7 @@ async fn exchange<T: ClientStream>(
         }
     };
     buf.consume(req.head_len);
-    proxy(io, buf, ctx, &req, &mut out.0).await
+    proxy(io, buf, ctx, &req, &mut out.0, timer).await
 }
 
 const MSG_400: &[u8] = b"400 Bad Request: malformed request\n";
@@ -532,6 +578,7 @@ async fn proxy<T: ClientStream>(
     ctx: &ConnCtx,
     req: &ReqInfo,
     out: &mut Vec<u8>,
+    mut timer: Pin<&mut Sleep>,
 ) -> Next {
     let t0 = Instant::now();
     let now = ns_at(t0.into_std());
@@ -574,6 +621,7 @@ async fn proxy<T: ClientStream>(
             t0,
             attempt,
             &mut continued,
+            timer.as_mut(),
         )
         .await;
         let f = match r {
@@ -699,6 +747,7 @@ async fn attempt_on<T: ClientStream>(
     t0: Instant,
     attempt: u32,
     continued: &mut bool,
+    mut timer: Pin<&mut Sleep>,
 ) -> Result<Next, Failure> {
     let pool = &slot.pool;
     let s = slot.server();
@@ -778,8 +827,10 @@ async fn attempt_on<T: ClientStream>(
             }
         }
         let mut written = 0;
-        let w = by(
-            started + t.response,
+        let w = timer::within_io(
+            timer.as_mut(),
+            started,
+            t.response,
             write_counted(&mut up, out, &mut written),
         )
         .await;
@@ -835,18 +886,19 @@ async fn attempt_on<T: ClientStream>(
         let sent = Instant::now();
         // The response head; the response timeout runs from the end of the request. After
         // a cut body, only what the server already sent counts: a moment to read it.
-        let deadline = if cut.is_some() {
-            sent + EARLY_RESPONSE_WAIT.min(t.response)
+        let (since, timeout) = if cut.is_some() {
+            (sent, EARLY_RESPONSE_WAIT.min(t.response))
         } else if sent_body {
-            sent + t.response
+            (sent, t.response)
         } else {
-            started + t.response
+            (started, t.response)
         };
         // When the answer's first byte came, if the head took more than one read (else the
         // clock read after the head stands for it).
         let mut first: Option<Instant> = None;
         loop {
-            let n = match tokio::time::timeout_at(deadline, ub.read_from(&mut up, MAX_HEAD)).await {
+            let read = ub.read_from(&mut up, MAX_HEAD);
+            let n = match timer::within(timer.as_mut(), since, timeout, read).await {
                 Err(_) => return Err(cut.take().map_or(Failure::Timeout, Failure::Sent)),
                 Ok(r) => r,
             };

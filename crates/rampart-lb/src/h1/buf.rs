@@ -91,7 +91,9 @@ pub(crate) async fn trim_every(every: std::time::Duration) {
 /// [`SMALL`] and grows when a head needs it or a read fills it.
 pub(crate) struct Buf {
     pub(super) v: Vec<u8>,
-    pub(super) start: usize,
+    /// (A `u32`: a buffer never grows past `MAX_HEAD + BUF`, and the 4 bytes it saves keep
+    /// an idle connection's future, which holds an `Option<Buf>`, in a smaller task.)
+    pub(super) start: u32,
     /// The last read filled the buffer: grow before the next one.
     pub(super) full: bool,
 }
@@ -119,7 +121,7 @@ impl Buf {
         };
         if n == BUF {
             if let Some(mut big) = FREE.try_with(|f| f.borrow_mut().pop()).ok().flatten() {
-                big.extend_from_slice(&self.v[self.start..]);
+                big.extend_from_slice(self.data());
                 self.start = 0;
                 let small = std::mem::replace(&mut self.v, big);
                 give_back(small);
@@ -130,20 +132,21 @@ impl Buf {
     }
 
     pub(super) fn data(&self) -> &[u8] {
-        &self.v[self.start..]
+        &self.v[self.start as usize..]
     }
 
     pub(super) fn len(&self) -> usize {
-        self.v.len() - self.start
+        self.v.len() - self.start as usize
     }
 
     pub(super) fn is_empty(&self) -> bool {
-        self.start == self.v.len()
+        self.start as usize == self.v.len()
     }
 
     pub(super) fn consume(&mut self, n: usize) {
-        self.start += n.min(self.len());
-        if self.start == self.v.len() {
+        // At most what is unread: within the buffer, so within a u32.
+        self.start += n.min(self.len()) as u32;
+        if self.start as usize == self.v.len() {
             self.start = 0;
             self.v.clear();
         }
@@ -159,7 +162,7 @@ impl Buf {
             return true;
         }
         if self.start > 0 {
-            self.v.drain(..self.start);
+            self.v.drain(..self.start as usize);
             self.start = 0;
             return true;
         }
