@@ -284,7 +284,7 @@ async fn exchange<T: ClientStream>(
     let cfg = &ctx.listener.cfg;
     let buf = slot.get_or_insert_with(Buf::take);
     let mut out = Out::take();
-    // When the head's time started (it has `header_read_timeout`), once a byte of it came.
+    // When the head's time started (it has `header_read_timeout`), once part of it came.
     let mut head_since = first.then_some(accepted);
     // How much of a partial head was parsed: a head trickled a byte at a time is parsed
     // again only when a line ends (it cannot end, or turn bad, before), not per read.
@@ -341,19 +341,22 @@ async fn exchange<T: ClientStream>(
             }
         }
         let (start, timeout) = match head_since {
-            Some(t) => (t, cfg.header_read_timeout),
-            None if buf.is_empty() => (Instant::now(), cfg.idle_timeout),
-            None => (*head_since.insert(Instant::now()), cfg.header_read_timeout),
+            Some(t) => (Some(t), cfg.header_read_timeout),
+            // (The clock is read only if the read waits.)
+            None if buf.is_empty() => (None, cfg.idle_timeout),
+            None => (
+                Some(*head_since.insert(Instant::now())),
+                cfg.header_read_timeout,
+            ),
         };
+        let start = || start.unwrap_or_else(Instant::now);
         let read = buf.read_from(io, MAX_HEAD);
         match timer::within_io(timer.as_mut(), start, timeout, read).await {
             Ok(0) => return Next::Close,
             Err(e) if e.kind() != io::ErrorKind::TimedOut => return Next::Close,
-            Ok(_) => {
-                if head_since.is_none() && !buf.is_empty() {
-                    head_since = Some(Instant::now());
-                }
-            }
+            // A partial head's time starts when the wait for its rest does (above): no
+            // clock read for the whole heads most reads bring.
+            Ok(_) => {}
             Err(_) => {
                 if !buf.is_empty() {
                     tracing::debug!(peer = %ctx.peer, "request head timed out");
@@ -829,7 +832,7 @@ async fn attempt_on<T: ClientStream>(
         let mut written = 0;
         let w = timer::within_io(
             timer.as_mut(),
-            started,
+            || started,
             t.response,
             write_counted(&mut up, out, &mut written),
         )

@@ -117,14 +117,22 @@ impl<F: Future> Future for UnlessStopped<'_, F> {
     }
 }
 
-/// [`within`] for I/O: the deadline's passing is a `TimedOut` error.
+/// [`within`] for I/O that often completes at once (a write, a read of bytes already
+/// there): the timer is armed, and `start` read, only if `f` has to wait. The deadline's
+/// passing is a `TimedOut` error. Not for an idle connection's wait: its future is bigger.
 pub(super) async fn within_io<F: Future<Output = std::io::Result<R>>, R>(
     timer: Pin<&mut Sleep>,
-    start: Instant,
+    start: impl FnOnce() -> Instant,
     timeout: Duration,
     f: F,
 ) -> std::io::Result<R> {
-    match within(timer, start, timeout, f).await {
+    let mut f = std::pin::pin!(f);
+    let at_once = std::future::poll_fn(|cx| Poll::Ready(f.as_mut().poll(cx))).await;
+    let r = match at_once {
+        Poll::Ready(r) => Ok(r),
+        Poll::Pending => within(timer, start(), timeout, f).await,
+    };
+    match r {
         Ok(r) => r,
         Err(Elapsed) => Err(std::io::Error::from(std::io::ErrorKind::TimedOut)),
     }
