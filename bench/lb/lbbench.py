@@ -357,6 +357,31 @@ def _cpu_section(args, meta, cols, rec, title, lines, plot_data):
             f"{med[b]['cpu_min']:.2f}-{med[b]['cpu_max']:.2f}" if med[b] else "pending" for b in cols
         ]
         lines.append("| CPU per request, min-max over rounds (us) | " + " | ".join(vals) + " |")
+        if base:
+            # Each round runs every balancer back to back: a ratio within a round is taken
+            # in one state of the host, which the medians above mix when it drifts.
+            for key, label in (
+                ("cpu_us_per_req", "CPU per request"),
+                ("p99_us", "p99 latency"),
+            ):
+                ref = {r["round"]: float(r[key]) for r in cpu if r["balancer"] == "haproxy"}
+                vals = []
+                for b in cols:
+                    rat = sorted(
+                        float(r[key]) / ref[r["round"]]
+                        for r in cpu
+                        if r["balancer"] == b and ref.get(r["round"])
+                    )
+                    vals.append(
+                        f"{statistics.median(rat):.2f} [{rat[0]:.2f}-{rat[-1]:.2f}]"
+                        if rat
+                        else "pending"
+                    )
+                lines.append(
+                    f"| {label}, ratio to HAProxy within each round: median [min-max] | "
+                    + " | ".join(vals)
+                    + " |"
+                )
         vals = [str(med[b]["errors"]) if med[b] else "pending" for b in cols]
         lines.append("| errors, all rounds (socket + non-2xx) | " + " | ".join(vals) + " |")
         vals = [f"{med[b]['other']:.1f}" if med[b] else "pending" for b in cols]
