@@ -376,68 +376,6 @@ const MSG_431: &[u8] = b"431 Request Header Fields Too Large\n";
 const MSG_501: &[u8] = b"501 Not Implemented: CONNECT is not supported\n";
 const MSG_505: &[u8] = b"505 HTTP Version Not Supported\n";
 
-/// A body being forwarded: what is left of it.
-enum Left {
-    Length(u64),
-    Chunked(Chunked),
-    /// Chunked, forwarded without its framing (to an HTTP/1.0 client).
-    Dechunk(Chunked),
-    Close,
-}
-
-impl Left {
-    fn of(f: Framing) -> Option<Left> {
-        match f {
-            Framing::None => None,
-            Framing::Length(n) => Some(Left::Length(n)),
-            Framing::Chunked => Some(Left::Chunked(Chunked::default())),
-            Framing::Close => Some(Left::Close),
-        }
-    }
-
-    /// A response body's: as [`Left::of`], decoding a chunked one when `dechunk`.
-    fn of_response(f: Framing, dechunk: bool) -> Option<Left> {
-        match (f, dechunk) {
-            (Framing::Chunked, true) => Some(Left::Dechunk(Chunked::default())),
-            _ => Left::of(f),
-        }
-    }
-
-    /// [`Left::take`]; what to forward is `data[..k]`, or, for [`Left::Dechunk`], what was
-    /// appended to `decoded`.
-    fn take_into(&mut self, data: &[u8], decoded: &mut Vec<u8>) -> Result<usize, BadChunk> {
-        match self {
-            Left::Dechunk(c) => c.scan_with(data, |d| decoded.extend_from_slice(d)),
-            _ => self.take(data),
-        }
-    }
-
-    fn decodes(&self) -> bool {
-        matches!(self, Left::Dechunk(_))
-    }
-
-    /// How much of `data` belongs to the body; updates what is left.
-    fn take(&mut self, data: &[u8]) -> Result<usize, BadChunk> {
-        match self {
-            Left::Length(n) => {
-                let k = (*n).min(data.len() as u64);
-                *n -= k;
-                Ok(k as usize)
-            }
-            Left::Chunked(c) | Left::Dechunk(c) => c.scan(data),
-            Left::Close => Ok(data.len()),
-        }
-    }
-
-    fn done(&self) -> bool {
-        match self {
-            Left::Length(n) => *n == 0,
-            Left::Chunked(c) | Left::Dechunk(c) => c.done(),
-            Left::Close => false,
-        }
-    }
-}
-
 /// `f`, or `TimedOut` at `deadline`. An operation that completes at once (most writes,
 /// reads of bytes already there) sets no timer.
 async fn by<F: Future<Output = io::Result<R>>, R>(deadline: Instant, f: F) -> io::Result<R> {

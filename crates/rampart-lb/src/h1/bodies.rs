@@ -1,7 +1,74 @@
-//! Bodies and tunnels of the fast path: a request body from the client to the server (a
-//! socket or an HTTP/2 stream), a response body back, an upgraded connection both ways.
+//! Bodies and tunnels of the fast path: what is left of a body being forwarded (its
+//! framing), a request body from the client to the server (a socket or an HTTP/2 stream), a
+//! response body back, an upgraded connection both ways.
 
 use super::*;
+
+/// A body being forwarded: what is left of it.
+pub(super) enum Left {
+    Length(u64),
+    Chunked(Chunked),
+    /// Chunked, forwarded without its framing (to an HTTP/1.0 client).
+    Dechunk(Chunked),
+    Close,
+}
+
+impl Left {
+    pub(super) fn of(f: Framing) -> Option<Left> {
+        match f {
+            Framing::None => None,
+            Framing::Length(n) => Some(Left::Length(n)),
+            Framing::Chunked => Some(Left::Chunked(Chunked::default())),
+            Framing::Close => Some(Left::Close),
+        }
+    }
+
+    /// A response body's: as [`Left::of`], decoding a chunked one when `dechunk`.
+    pub(super) fn of_response(f: Framing, dechunk: bool) -> Option<Left> {
+        match (f, dechunk) {
+            (Framing::Chunked, true) => Some(Left::Dechunk(Chunked::default())),
+            _ => Left::of(f),
+        }
+    }
+
+    /// [`Left::take`]; what to forward is `data[..k]`, or, for [`Left::Dechunk`], what was
+    /// appended to `decoded`.
+    pub(super) fn take_into(
+        &mut self,
+        data: &[u8],
+        decoded: &mut Vec<u8>,
+    ) -> Result<usize, BadChunk> {
+        match self {
+            Left::Dechunk(c) => c.scan_with(data, |d| decoded.extend_from_slice(d)),
+            _ => self.take(data),
+        }
+    }
+
+    pub(super) fn decodes(&self) -> bool {
+        matches!(self, Left::Dechunk(_))
+    }
+
+    /// How much of `data` belongs to the body; updates what is left.
+    pub(super) fn take(&mut self, data: &[u8]) -> Result<usize, BadChunk> {
+        match self {
+            Left::Length(n) => {
+                let k = (*n).min(data.len() as u64);
+                *n -= k;
+                Ok(k as usize)
+            }
+            Left::Chunked(c) | Left::Dechunk(c) => c.scan(data),
+            Left::Close => Ok(data.len()),
+        }
+    }
+
+    pub(super) fn done(&self) -> bool {
+        match self {
+            Left::Length(n) => *n == 0,
+            Left::Chunked(c) | Left::Dechunk(c) => c.done(),
+            Left::Close => false,
+        }
+    }
+}
 
 /// Where a request body goes: an upstream socket, or an HTTP/2 stream's channel.
 pub(super) trait BodySink: Send {
