@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Where does rampart lb spend its CPU per request? A perf profile of the bench's cpu scenario.
 #
-#   bash bench/lb/profile.sh [--seconds S] [--balancer rampart|haproxy|nginx] [--tls]
+#   bash bench/lb/profile.sh [--seconds S] [--balancer rampart|haproxy|nginx] [--tls] [--syscalls]
 #
+# --syscalls: instead of a CPU profile, count the balancer's system calls (perf's syscall
+# tracepoints) and epoll events over the run and print them per request, to compare balancers
+# on the kernel work that is most of their CPU on loopback.
 # --tls: the tls scenario instead (the balancer terminates HTTPS with a self-signed ECDSA P-256
 # certificate, HTTP/1.1 keep-alive; rampart and haproxy only). --keep: leave the work directory
 # (perf.data for further `perf report -i`) in /tmp.
@@ -20,12 +23,14 @@ secs=10
 bal=rampart
 tls=
 keep=
+syscalls=
 while [ $# -gt 0 ]; do
   case "$1" in
     --seconds) secs=$2; shift 2 ;;
     --balancer) bal=$2; shift 2 ;;
     --tls) tls=1; shift ;;
     --keep) keep=1; shift ;;
+    --syscalls) syscalls=1; shift ;;
     -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
@@ -169,6 +174,20 @@ esac
 pid=$STARTED
 wait_http "$P" "$scheme"
 taskset -c 1 wrk -t1 -c50 -d1s "$scheme://127.0.0.1:$P/" >/dev/null # warm-up
+
+if [ -n "$syscalls" ]; then
+  perf stat -x, -e 'raw_syscalls:sys_enter' -e 'syscalls:sys_enter_*' -p "$pid" -o "$work/stat.csv" &
+  stat_pid=$!
+  sleep 0.5
+  taskset -c 1 wrk -t1 -c50 -d"${secs}s" "$scheme://127.0.0.1:$P/" >"$work/wrk.txt"
+  kill -INT "$stat_pid"
+  wait "$stat_pid" || true
+  reqs=$(awk '/requests in/ {print $1}' "$work/wrk.txt")
+  echo "# system calls of $bal${tls:+ (HTTPS)} per request under wrk -t1 -c50 ($secs s, $reqs requests)"
+  awk -F, -v r="$reqs" '$1 ~ /^[0-9]+$/ && $1 > 0 { printf "%10.3f  %s\n", $1 / r, $3 }' "$work/stat.csv" |
+    sed 's/syscalls:sys_enter_//; s/raw_syscalls:sys_enter/all system calls/' | sort -rn
+  exit 0
+fi
 
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$repo/bench/results"

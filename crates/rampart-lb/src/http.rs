@@ -56,18 +56,26 @@ pub(crate) struct ConnCtx {
 pub(crate) fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
+            // Written on the stack and appended at once: one capacity check, not fifteen.
+            let mut text = [0u8; 15];
+            let mut n = 0;
             for (i, o) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push(b'.');
+                    text[n] = b'.';
+                    n += 1;
                 }
                 if o >= 100 {
-                    out.push(b'0' + o / 100);
+                    text[n] = b'0' + o / 100;
+                    n += 1;
                 }
                 if o >= 10 {
-                    out.push(b'0' + o / 10 % 10);
+                    text[n] = b'0' + o / 10 % 10;
+                    n += 1;
                 }
-                out.push(b'0' + o % 10);
+                text[n] = b'0' + o % 10;
+                n += 1;
             }
+            out.extend_from_slice(&text[..n]);
         }
         IpAddr::V6(v6) => {
             use std::io::Write;

@@ -144,10 +144,18 @@ pub(super) fn only_chunked(v: &[u8]) -> bool {
 /// Whether a `Host` value (or a target's authority) is `host[:port]` of the characters
 /// RFC 3986 allows there (no user info, no path, no list); empty is allowed.
 pub(super) fn valid_host(v: &[u8]) -> bool {
-    v.iter().all(|b| {
-        b.is_ascii_alphanumeric()
+    v.iter().all(|b| HOST_BYTES[usize::from(*b)])
+}
+
+/// The bytes [`valid_host`] allows, by value (a table: this runs for every request).
+static HOST_BYTES: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
             || matches!(
-                b,
+                c,
                 b'-' | b'.'
                     | b'_'
                     | b'~'
@@ -165,9 +173,11 @@ pub(super) fn valid_host(v: &[u8]) -> bool {
                     | b'['
                     | b']'
                     | b'%'
-            )
-    })
-}
+            );
+        b += 1;
+    }
+    t
+};
 
 /// The rules every HTTP/1.x request head meets, whichever code path serves it (this
 /// codec, or hyper's for HTTP/1.0 and upgrades, which calls it for each request it
@@ -233,6 +243,58 @@ pub(super) fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Header lines kept in a rendered head, copied as they came in `data` (the head httparse
+/// read): a run of consecutive kept lines is one copy. A line is copied only when it is
+/// `name ":" OWS value CRLF` there; any other (a bare LF, trailing whitespace) is rendered
+/// anew by [`push_header`]. Call [`Lines::flush`] before writing anything else.
+pub(super) struct Lines<'a> {
+    data: &'a [u8],
+    run: std::ops::Range<usize>,
+}
+
+impl<'a> Lines<'a> {
+    pub(super) fn new(data: &'a [u8]) -> Self {
+        Lines { data, run: 0..0 }
+    }
+
+    /// Where the field of `name` and `value` (slices of `data`) is in `data`, with its CRLF.
+    fn line(&self, name: &[u8], value: &[u8]) -> Option<std::ops::Range<usize>> {
+        let base = self.data.as_ptr() as usize;
+        let start = (name.as_ptr() as usize).checked_sub(base)?;
+        let at = (value.as_ptr() as usize).checked_sub(base)?;
+        let end = at.checked_add(value.len())?.checked_add(2)?;
+        let (colon, ows) = self
+            .data
+            .get(start.checked_add(name.len())?..at)?
+            .split_first()?;
+        let shaped = *colon == b':'
+            && ows.iter().all(|b| *b == b' ' || *b == b'\t')
+            && self.data.get(end - 2..end)? == b"\r\n";
+        shaped.then_some(start..end)
+    }
+
+    pub(super) fn push(&mut self, out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+        match self.line(name, value) {
+            Some(l) if !self.run.is_empty() && l.start == self.run.end => self.run.end = l.end,
+            Some(l) => {
+                self.flush(out);
+                self.run = l;
+            }
+            None => {
+                self.flush(out);
+                push_header(out, name, value);
+            }
+        }
+    }
+
+    pub(super) fn flush(&mut self, out: &mut Vec<u8>) {
+        if let Some(run) = self.data.get(self.run.clone()) {
+            out.extend_from_slice(run);
+        }
+        self.run = 0..0;
+    }
+}
+
 /// Parse the request head at the start of `data` and render its upstream head into `out`.
 pub(super) fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Parsed {
     // Uninitialized: zeroing 4 KiB of headers per head showed in profiles.
@@ -266,8 +328,11 @@ pub(super) fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Pa
     let mut hosts = 0;
     let mut expect = false;
     let (mut has_xff, mut has_xfp, mut has_xfh, mut has_xri) = (false, false, false, false);
-    for h in req.headers.iter() {
-        match classify(h.name) {
+    // Each name is classified once; the rendering below reads these.
+    let mut kinds = [H::Other; MAX_HEADERS];
+    for (h, kind) in req.headers.iter().zip(kinds.iter_mut()) {
+        *kind = classify(h.name);
+        match *kind {
             H::Connection => {
                 for t in tokens(h.value) {
                     if t.eq_ignore_ascii_case(b"close") {
@@ -358,8 +423,9 @@ pub(super) fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Pa
                 fields.extend(
                     req.headers
                         .iter()
-                        .filter(|h| classify(h.name) == H::Xff)
-                        .map(|h| h.value),
+                        .zip(kinds)
+                        .filter(|(_, k)| *k == H::Xff)
+                        .map(|(h, _)| h.value),
                 );
                 ctx.forwarded_client(&fields)
             } else {
@@ -404,8 +470,8 @@ pub(super) fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Pa
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let keep = ctx.trusted;
-    for h in req.headers.iter() {
-        let kind = classify(h.name);
+    let mut lines = Lines::new(data);
+    for (h, &kind) in req.headers.iter().zip(kinds.iter()) {
         match kind {
             H::Hop | H::Connection | H::TransferEncoding | H::Xff => continue,
             H::Upgrade if !upgrade => continue,
@@ -428,8 +494,9 @@ pub(super) fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Pa
         {
             continue;
         }
-        push_header(out, name, h.value);
+        lines.push(out, name, h.value);
     }
+    lines.flush(out);
     if let Some(h) = uri_host.as_deref() {
         push_header(out, b"host", h);
     } else if hosts == 0 {
@@ -451,8 +518,8 @@ pub(super) fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Pa
     // X-Forwarded-For: a trusted peer's chain is kept and appended to.
     out.extend_from_slice(b"x-forwarded-for: ");
     if keep && has_xff {
-        for h in req.headers.iter() {
-            if classify(h.name) == H::Xff {
+        for (h, kind) in req.headers.iter().zip(kinds) {
+            if kind == H::Xff {
                 let v = h.value.trim_ascii();
                 if !v.is_empty() {
                     out.extend_from_slice(v);
@@ -461,11 +528,13 @@ pub(super) fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Pa
             }
         }
     }
+    let ip = out.len();
     ctx.push_peer_ip(out);
+    let ip = ip..out.len();
     out.extend_from_slice(b"\r\n");
     if !(keep && has_xri) {
         out.extend_from_slice(b"x-real-ip: ");
-        ctx.push_peer_ip(out);
+        out.extend_from_within(ip);
         out.extend_from_slice(b"\r\n");
     }
     if !(keep && has_xfp) {
@@ -623,8 +692,10 @@ pub(super) fn parse_response_to(
     let mut te = false;
     let mut chunked = false;
     let mut chunked_seen = 0;
-    for h in resp.headers.iter() {
-        match classify(h.name) {
+    let mut kinds = [H::Other; MAX_HEADERS];
+    for (h, kind) in resp.headers.iter().zip(kinds.iter_mut()) {
+        *kind = classify(h.name);
+        match *kind {
             H::Connection => {
                 for t in tokens(h.value) {
                     if t.eq_ignore_ascii_case(b"close") {
@@ -691,8 +762,8 @@ pub(super) fn parse_response_to(
     out.push(b' ');
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    for h in resp.headers.iter() {
-        let kind = classify(h.name);
+    let mut lines = Lines::new(data);
+    for (h, &kind) in resp.headers.iter().zip(kinds.iter()) {
         match kind {
             H::Hop | H::Connection | H::Upgrade => continue,
             // Kept as it came when the body is forwarded chunked, or for a HEAD.
@@ -721,8 +792,9 @@ pub(super) fn parse_response_to(
         {
             continue;
         }
-        push_header(out, name, h.value);
+        lines.push(out, name, h.value);
     }
+    lines.flush(out);
     if let (false, Some(n)) = (te, length) {
         out.extend_from_slice(b"content-length: ");
         out.extend_from_slice(itoa(n, &mut [0u8; 20]));

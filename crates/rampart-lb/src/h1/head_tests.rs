@@ -258,6 +258,47 @@ const SEEDS: [&[u8]; 5] = [
     b"OPTIONS * HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
 ];
 
+/// Every CR of a rendered head starts a CRLF and every LF ends one.
+fn only_crlf(out: &[u8]) -> bool {
+    out.iter().enumerate().all(|(i, b)| match b {
+        b'\r' => out.get(i + 1) == Some(&b'\n'),
+        b'\n' => i > 0 && out[i - 1] == b'\r',
+        _ => true,
+    })
+}
+
+#[test]
+fn kept_lines_are_copied_as_they_came_and_odd_ones_rendered_anew() {
+    // Consecutive kept lines in one run, the space after the colon as it came; a line
+    // ending in a bare LF, or with trailing whitespace, rendered anew with CRLF.
+    let head = b"HTTP/1.1 200 OK\r\nServer:x\r\nDate:  d\r\nKeep-Alive: 5\r\nX-A: a\nX-B: b \t\r\nX-E:\r\nX-C: c\r\nContent-Length: 0\r\n\r\n";
+    let mut out = Vec::new();
+    let RespParsed::Complete(_) = parse_response(head, false, false, None, &mut out) else {
+        panic!()
+    };
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "HTTP/1.1 200 OK\r\nServer:x\r\nDate:  d\r\nX-A: a\r\nX-B: b\r\nX-E:\r\nX-C: c\r\ncontent-length: 0\r\n\r\n"
+    );
+    // The same in a request, around the fields the proxy drops or renders itself.
+    let head = b"GET / HTTP/1.1\r\nHost: h\r\nUser-Agent:u\r\nConnection: keep-alive\r\nAccept: */*\r\nX-Forwarded-For: 9.9.9.9\r\n\r\n";
+    let mut out = Vec::new();
+    let Parsed::Complete(_) = parse_request(head, &test_ctx(false), &mut out) else {
+        panic!()
+    };
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        text.starts_with(
+            "GET / HTTP/1.1\r\nHost: h\r\nUser-Agent:u\r\nAccept: */*\r\nx-forwarded-for: "
+        ),
+        "{text}"
+    );
+    assert!(
+        !text.contains("9.9.9.9") && only_crlf(text.as_bytes()),
+        "{text}"
+    );
+}
+
 /// Check what a parse produced: an error status of the codec's, or an upstream head
 /// that parses, with one Host and one unambiguous framing.
 fn check_parse(data: &[u8], trusted: bool) -> Result<(), TestCaseError> {
@@ -269,6 +310,11 @@ fn check_parse(data: &[u8], trusted: bool) -> Result<(), TestCaseError> {
         Parsed::Bad(s) => prop_assert!(matches!(s, 400 | 431 | 501 | 505), "{s}"),
         Parsed::Complete(r) => {
             prop_assert!(r.head_len <= data.len());
+            prop_assert!(
+                only_crlf(&out),
+                "a bare CR or LF in {:?}",
+                String::from_utf8_lossy(&out)
+            );
             let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS + 8];
             let mut req = httparse::Request::new(&mut hs);
             let n = req.parse(&out);
@@ -348,7 +394,10 @@ proptest! {
         check_parse(&data, trusted)?;
         let mut c = Chunked::default();
         let _ = c.scan(&data);
-        let _ = parse_response(&data, false, false, None, &mut Vec::new());
+        let mut out = Vec::new();
+        if let RespParsed::Complete(_) = parse_response(&data, false, false, None, &mut out) {
+            prop_assert!(only_crlf(&out), "{:?}", String::from_utf8_lossy(&out));
+        }
     }
 
     #[test]
