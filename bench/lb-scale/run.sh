@@ -13,10 +13,11 @@
 # of a pool are distinct loopback addresses 127.0.x.y: even ones reach nginx 1, odd ones nginx 2
 # (each nginx listens on its addresses only), health checks off. For each pool size and
 # algorithm, rampart and HAProxy are started with the same servers, warmed up (every server gets
-# requests, so both hold upstream connections to all of them), then measured in alternating
-# rounds (order swapped each round) of `duration` seconds: the balancer's utime+stime over the
-# requests wrk completed. Medians per cell; growth = median at N servers / median at the smallest
-# size; ratio = rampart / HAProxy. RSS of each balancer is read after start (before traffic) and
+# requests, so both hold upstream connections to all of them); all pool sizes of an algorithm run
+# at once and each round measures every size and both balancers (order swapped each round), for
+# `duration` seconds after 1 s of unmeasured load: the balancer's utime+stime over the requests
+# wrk completed. Medians per cell; growth = median at N servers / median at the smallest size;
+# ratio = rampart / HAProxy; the report also gives both within each round. RSS of each balancer is read after start (before traffic) and
 # after its last round (with its upstream connections).
 #
 # Algorithms and their HAProxy counterpart:
@@ -30,8 +31,8 @@
 # wrk traffic; N records are written in transactions of 100 and the time until the pool has them
 # all (polling /api/state) is reported with what wrk saw meanwhile (errors, max latency), rampart's
 # RSS before and after, and the time for a fresh rampart to start with the N records present.
-# HAProxy gets `http-reuse always` and `pool-purge-delay 60s` (its idle server connections are not
-# purged during a run, as rampart's are not).
+# HAProxy gets `http-reuse always` and `pool-purge-delay 300s`, rampart `timeouts = { idle =
+# "300s" }`: neither closes its idle server connections during a run.
 # With --rate R, the measured rounds use h2load (64 HTTP/1.1 connections, R/64 requests/s each)
 # instead of wrk: every balancer serves the same request rate at every pool size, so a change of
 # CPU per request is the balancer's work, not a change of rate (a balancer that idles more pays
@@ -72,9 +73,11 @@ done
 IFS=, read -r -a SIZES <<<"$sizes"
 IFS=, read -r -a ALGOS <<<"$algos"
 max_size=0
+sum_sizes=0
 for n in "${SIZES[@]}"; do
   [[ "$n" =~ ^[0-9]+$ && "$n" -ge 1 && "$n" -le 10000 ]] || { echo "--sizes: 1..10000 each" >&2; exit 2; }
   [ "$n" -gt "$max_size" ] && max_size=$n
+  sum_sizes=$((sum_sizes + n))
 done
 [[ "$disc_n" =~ ^[0-9]+$ && "$disc_n" -le 20000 ]] || { echo "--discovery: 0..20000" >&2; exit 2; }
 [[ "$rate" =~ ^[0-9]+$ && "$rate" -le 1000000 ]] || { echo "--rate: 0..1000000 requests/s" >&2; exit 2; }
@@ -177,10 +180,10 @@ for b in 1 2; do
 daemon off;
 master_process off;
 worker_processes 1;
-worker_rlimit_nofile $((n_addrs + 4000));
+worker_rlimit_nofile $((sum_sizes + n_addrs + 4000));
 pid $dir/nginx.pid;
 error_log $dir/error.log warn;
-events { worker_connections $((n_addrs + 2000)); }
+events { worker_connections $((sum_sizes + n_addrs + 2000)); }
 http {
   access_log off;
   keepalive_requests 10000000;
@@ -229,6 +232,7 @@ pool = "be"
 name = "be"
 algorithm = "$(rampart_algo "$algo")"
 health_check = { kind = "none" }
+timeouts = { idle = "300s" }
 servers = [
 EOF
     for ((i = 0; i < n; i++)); do echo "  { name = \"s$i\", address = \"$(addr $i):$(port_of $i)\" },"; done
@@ -259,7 +263,7 @@ frontend fe
   default_backend be
 backend be
   balance $(haproxy_algo "$algo")
-  default-server pool-purge-delay 60s
+  default-server pool-purge-delay 300s
 EOF
     for ((i = 0; i < n; i++)); do echo "  server s$i $(addr $i):$(port_of $i)"; done
   } >"$f"
@@ -278,54 +282,64 @@ run_load() {
 
 printf 'size\talgorithm\tbalancer\tround\trequests\trps\tp50_us\tp99_us\tcpu_us_per_req\terrors\tother_cpu0_pct\tuser_us_per_req\n' >"$work/cpu.tsv"
 printf 'size\talgorithm\tbalancer\trss_start\trss_end\tstart_s\n' >"$work/mem.tsv"
-# Algorithm outside, size inside: the cells whose ratio is the growth run minutes apart at
-# most, not a whole pass of every algorithm apart (the host's load drifts).
+# Algorithm outside; inside, every pool size's two balancers run side by side and each round
+# measures all of them, so the cells a growth or a ratio compares run seconds apart, not
+# minutes (this host drifts between a fast and a slow state). Before each measured run, 1 s of
+# load reopens any upstream connection the gap closed, for both balancers alike.
 for algo in "${ALGOS[@]}"; do
+  declare -A port=() pid=() rss0=() startup=()
   for n in "${SIZES[@]}"; do
-    declare -A port=() pid=() rss0=() startup=()
     for b in rampart haproxy; do
-      port[$b]=$(lbpy freeport 1)
+      k="$n-$b"
+      port[$k]=$(lbpy freeport 1)
       if [ $b = rampart ]; then
-        conf_rampart "$algo" "$n" "${port[$b]}" "$work/rampart-$n-$algo.toml"
+        conf_rampart "$algo" "$n" "${port[$k]}" "$work/rampart-$n-$algo.toml"
         t0=$(date +%s.%N)
         start 0 "rampart-$n-$algo" env RUST_LOG=warn "$rampart_bin" lb --config "$work/rampart-$n-$algo.toml" --threads 1
       else
-        conf_haproxy "$algo" "$n" "${port[$b]}" "$work/haproxy-$n-$algo.cfg"
+        conf_haproxy "$algo" "$n" "${port[$k]}" "$work/haproxy-$n-$algo.cfg"
         t0=$(date +%s.%N)
         start 0 "haproxy-$n-$algo" haproxy -W -f "$work/haproxy-$n-$algo.cfg"
       fi
-      pid[$b]=$STARTED
-      wait_http "${port[$b]}" 60 || die "$b did not start with $n servers (see $work/$b-$n-$algo.log)"
-      startup[$b]=$(python3 -c "import time,sys; print(f'{time.time()-float(sys.argv[1]):.2f}')" "$t0")
+      pid[$k]=$STARTED
+      wait_http "${port[$k]}" 60 || die "$b did not start with $n servers (see $work/$b-$n-$algo.log)"
+      startup[$k]=$(python3 -c "import time,sys; print(f'{time.time()-float(sys.argv[1]):.2f}')" "$t0")
       sleep 0.5
-      rss0[$b]=$(lbpy rss "${pid[$b]}")
+      rss0[$k]=$(lbpy rss "${pid[$k]}")
       # Warm-up: long enough for every server to get requests (upstream connections opened).
-      run_wrk "${port[$b]}" $((n >= 5000 ? 6 : (n >= 500 ? 3 : 1))) "$work/warm-$n-$algo-$b.txt"
+      run_wrk "${port[$k]}" $((n >= 5000 ? 6 : (n >= 500 ? 3 : 1))) "$work/warm-$n-$algo-$b.txt"
     done
-    for r in $(seq 1 "$rounds"); do
-      order=(rampart haproxy)
-      [ $((r % 2)) = 0 ] && order=(haproxy rampart)
+  done
+  for r in $(seq 1 "$rounds"); do
+    order=(rampart haproxy)
+    [ $((r % 2)) = 0 ] && order=(haproxy rampart)
+    for n in "${SIZES[@]}"; do
       for b in "${order[@]}"; do
+        k="$n-$b"
         out="$work/cpu-$n-$algo-$r-$b.txt"
         lbpy quiet --max-wait "$quiet_wait" || true
-        t0=$(lbpy ticks "${pid[$b]}")
-        u0=$(lbpy uticks "${pid[$b]}")
+        run_wrk "${port[$k]}" 1 "$work/touch-$n-$algo-$r-$b.txt"
+        t0=$(lbpy ticks "${pid[$k]}")
+        u0=$(lbpy uticks "${pid[$k]}")
         c0=$(lbpy cpu0)
-        run_load "${port[$b]}" "$duration" "$out"
+        run_load "${port[$k]}" "$duration" "$out"
         c1=$(lbpy cpu0)
-        t1=$(lbpy ticks "${pid[$b]}")
-        u1=$(lbpy uticks "${pid[$b]}")
+        t1=$(lbpy ticks "${pid[$k]}")
+        u1=$(lbpy uticks "${pid[$k]}")
         row=$(lbpy cpurow "$out" "$b" "$r" "$t0" "$t1" "$clk_tck" "$c0" "$c1" "$u0" "$u1")
         printf '%s\t%s\t%s\n' "$n" "$algo" "$row" >>"$work/cpu.tsv"
         log "$n servers $algo round $r $b: $(echo "$row" | cut -f3,4,7,8)"
       done
     done
-    for b in rampart haproxy; do
-      printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$n" "$algo" "$b" "${rss0[$b]}" "$(lbpy rss "${pid[$b]}")" "${startup[$b]}" >>"$work/mem.tsv"
-      stop "${pid[$b]}"
-    done
-    unset port pid rss0 startup
   done
+  for n in "${SIZES[@]}"; do
+    for b in rampart haproxy; do
+      k="$n-$b"
+      printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$n" "$algo" "$b" "${rss0[$k]}" "$(lbpy rss "${pid[$k]}")" "${startup[$k]}" >>"$work/mem.tsv"
+      stop "${pid[$k]}"
+    done
+  done
+  unset port pid rss0 startup
 done
 # ---------------------------------------------------------------------------- discovery
 printf 'servers\tregister_s\tapplied_s\tadmin_gap_s\trequests\terrors\tmax_latency_ms\trss_before\trss_after\tcold_start_s\n' >"$work/discovery.tsv"

@@ -176,7 +176,7 @@ wait_http "$P" "$scheme"
 taskset -c 1 wrk -t1 -c50 -d1s "$scheme://127.0.0.1:$P/" >/dev/null # warm-up
 
 if [ -n "$syscalls" ]; then
-  perf stat -x, -e 'raw_syscalls:sys_enter' -e 'syscalls:sys_enter_*' -p "$pid" -o "$work/stat.csv" &
+  perf stat -x, -e page-faults,context-switches,cpu-migrations -e 'raw_syscalls:sys_enter' -e 'syscalls:sys_enter_*' -p "$pid" -o "$work/stat.csv" &
   stat_pid=$!
   sleep 0.5
   taskset -c 1 wrk -t1 -c50 -d"${secs}s" "$scheme://127.0.0.1:$P/" >"$work/wrk.txt"
