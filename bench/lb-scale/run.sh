@@ -14,7 +14,7 @@
 # (each nginx listens on its addresses only), health checks off. For each pool size and
 # algorithm, rampart and HAProxy are started with the same servers, warmed up (every server gets
 # requests, so both hold upstream connections to all of them); all pool sizes of an algorithm run
-# at once and each round measures every size and both balancers (order swapped each round), for
+# at once and each round measures every size and both balancers (both orders swapped each round), for
 # `duration` seconds after 1 s of unmeasured load: the balancer's utime+stime over the requests
 # wrk completed. Medians per cell; growth = median at N servers / median at the smallest size;
 # ratio = rampart / HAProxy; the report also gives both within each round. RSS of each balancer is read after start (before traffic) and
@@ -311,9 +311,16 @@ for algo in "${ALGOS[@]}"; do
     done
   done
   for r in $(seq 1 "$rounds"); do
+    # Both orders alternate: the balancers', and the sizes' (ascending, then descending), so a
+    # trend within a round (the host's load) is not read as growth.
     order=(rampart haproxy)
     [ $((r % 2)) = 0 ] && order=(haproxy rampart)
-    for n in "${SIZES[@]}"; do
+    size_order=("${SIZES[@]}")
+    if [ $((r % 2)) = 0 ]; then
+      size_order=()
+      for ((i = ${#SIZES[@]} - 1; i >= 0; i--)); do size_order+=("${SIZES[$i]}"); done
+    fi
+    for n in "${size_order[@]}"; do
       for b in "${order[@]}"; do
         k="$n-$b"
         out="$work/cpu-$n-$algo-$r-$b.txt"
