@@ -82,8 +82,10 @@ def main():
         f"Command: `{meta['command']}`. One worker thread per balancer on CPU 0; {load} "
         f"and two nginx backends on CPU 1; servers are distinct loopback addresses "
         f"127.0.x.y (even ones on nginx 1, odd ones on nginx 2), health checks off. "
-        f"{meta['rounds']} alternating rounds of {meta['duration']} s per cell (order swapped each "
-        f"round), medians. Load average (1, 5, 15 min) before: {meta['load_before']}, after: "
+        f"All sizes of an algorithm run at once; each of {meta['rounds']} rounds measures every "
+        f"size and both balancers, {meta['duration']} s each after 1 s of unmeasured load (the "
+        f"balancers' order, and the sizes' from ascending to descending, swapped each round); "
+        f"medians. Load average (1, 5, 15 min) before: {meta['load_before']}, after: "
         f"{meta['load_after']} (CPU 0's time outside the balancer "
         f"during each run is in the raw TSV, `other_cpu0_pct`).\n"
     )
