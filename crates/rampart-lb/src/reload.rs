@@ -261,12 +261,13 @@ fn pool_of(shared: &Shared, pool: &str) -> Result<Arc<PoolHandle>, ControlError>
         .ok_or_else(|| ControlError::NotFound(format!("no pool \"{pool}\"")))
 }
 
-/// Set a server's operator state.
-pub fn set_state(
+/// Under the control lock, `f` on the pool's current state and the index of its server named
+/// `server`.
+fn on_server(
     shared: &Shared,
     pool: &str,
     server: &str,
-    st: AdminState,
+    f: impl FnOnce(&PoolState, usize),
 ) -> Result<(), ControlError> {
     let _g = shared
         .control
@@ -281,8 +282,18 @@ pub fn set_state(
         .ok_or_else(|| {
             ControlError::NotFound(format!("no server \"{server}\" in pool \"{pool}\""))
         })?;
-    p.set_admin_state(i, st);
+    f(&p, i);
     Ok(())
+}
+
+/// Set a server's operator state.
+pub fn set_state(
+    shared: &Shared,
+    pool: &str,
+    server: &str,
+    st: AdminState,
+) -> Result<(), ControlError> {
+    on_server(shared, pool, server, |p, i| p.set_admin_state(i, st))
 }
 
 /// Set a server's weight.
@@ -293,21 +304,7 @@ pub fn set_weight(shared: &Shared, pool: &str, server: &str, w: u32) -> Result<(
             rampart_topology::lb::MAX_WEIGHT
         )));
     }
-    let _g = shared
-        .control
-        .lock()
-        .map_err(|_| ControlError::Refused("control lock poisoned".into()))?;
-    let h = pool_of(shared, pool)?;
-    let p = h.get();
-    let i = p
-        .servers
-        .iter()
-        .position(|s| s.name == server)
-        .ok_or_else(|| {
-            ControlError::NotFound(format!("no server \"{server}\" in pool \"{pool}\""))
-        })?;
-    p.set_weight(i, w);
-    Ok(())
+    on_server(shared, pool, server, |p, i| p.set_weight(i, w))
 }
 
 /// Add a server to a pool without a reload.
