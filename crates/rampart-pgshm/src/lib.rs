@@ -8,12 +8,15 @@
 //! them: what the postmaster had mapped, read before the kill, once no process is
 //! attached any more.
 //!
-//! Its own crate (std only) so that both users share one reading of `/proc`: the db agent's
+//! Its own crate (std and nix only) so that both users share one reading of `/proc`: the db agent's
 //! watchdog (`rampart-db`) and the test harness (`rampart-testkit`), which SIGKILLs
 //! process groups holding postmasters whose data folders go with their temp dirs. The
 //! product never depends on the harness, and the harness carries no product crate.
 
 use std::path::PathBuf;
+
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
 use std::time::{Duration, Instant};
 
 /// What one postmaster had mapped: System V keys and POSIX shared memory files.
@@ -104,6 +107,95 @@ impl Leftover {
         }
         out
     }
+}
+
+/// SIGKILL whole process groups (`groups`, each named by its leader's pid), single
+/// processes (`pids`) and every process below them, then remove the shared memory of
+/// every PostgreSQL postmaster among them. The test harness kills through here (directly or by
+/// dropping a `Proc`), and so does `rampart up` when a node outlives its grace.
+///
+/// Below them, not only in the groups: each child of a postmaster leads a session of its
+/// own (PostgreSQL calls `setsid`), so a group's SIGKILL alone reaches the postmaster and
+/// leaves its backends running, attached to its segments, until they notice its death.
+/// A SIGKILLed postmaster cannot remove its System V segment nor its
+/// `/dev/shm/PostgreSQL.*` files; PostgreSQL would when it next starts on that data
+/// folder, which never happens in a test (the temp dir goes), so each kill would hold one
+/// of the host's `kernel.shmmni` segments for good. Everything is stopped (SIGSTOP) first,
+/// so what each process has mapped is read while none of them can fork or create a
+/// segment; then killed; the segments a postmaster created are removed once no process is
+/// attached any more (a few milliseconds after the kill; at most 2 s). A segment that no
+/// process has mapped (a dynamic one pinned by a backend that has exited) is not found:
+/// the harnesses configure `dynamic_shared_memory_type = mmap` where they can, whose
+/// segments are files in the data folder. Non-positive pids and this process are left
+/// alone.
+pub fn kill_all(groups: &[i32], pids: &[i32]) {
+    let me = std::process::id() as i32;
+    let my_group = nix::unistd::getpgrp().as_raw();
+    let groups: Vec<i32> = groups
+        .iter()
+        .copied()
+        .filter(|&g| g > 1 && g != me && g != my_group)
+        .collect();
+    let mut doomed: Vec<i32> = pids.iter().copied().filter(|&p| p > 1 && p != me).collect();
+    if groups.is_empty() && doomed.is_empty() {
+        return;
+    }
+    for &g in &groups {
+        let _ = killpg(Pid::from_raw(g), Signal::SIGSTOP);
+    }
+    for &p in &doomed {
+        let _ = kill(Pid::from_raw(p), Signal::SIGSTOP);
+    }
+    // The groups' members and the children of whatever is doomed, level by level, each
+    // stopped as soon as it is found (a stopped process forks no more).
+    loop {
+        let found: Vec<i32> = processes()
+            .filter(|&(pid, ppid, pgrp)| {
+                pid != me
+                    && !doomed.contains(&pid)
+                    && (groups.contains(&pgrp) || doomed.contains(&ppid))
+            })
+            .map(|(pid, _, _)| pid)
+            .collect();
+        if found.is_empty() {
+            break;
+        }
+        for &p in &found {
+            let _ = kill(Pid::from_raw(p), Signal::SIGSTOP);
+        }
+        doomed.extend(found);
+    }
+    let shm: Vec<Leftover> = doomed
+        .iter()
+        .map(|&p| Leftover::of_process(p))
+        .filter(|l| !l.is_empty())
+        .collect();
+    for &g in &groups {
+        let _ = killpg(Pid::from_raw(g), Signal::SIGKILL);
+    }
+    for &p in &doomed {
+        let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+    }
+    for l in &shm {
+        l.remove_when_detached(Duration::from_secs(2));
+    }
+}
+
+/// Every process: (pid, parent pid, process group), from `/proc/<pid>/stat`.
+pub fn processes() -> impl Iterator<Item = (i32, i32, i32)> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // pid (comm) state ppid pgrp ...: comm may hold spaces, split after the last ')'.
+            let mut f = stat[stat.rfind(')')? + 1..].split_whitespace().skip(1);
+            let ppid = f.next()?.parse().ok()?;
+            let pgrp = f.next()?.parse().ok()?;
+            Some((pid, ppid, pgrp))
+        })
 }
 
 /// The shared memory mappings of `/proc/<pid>/maps`: `/SYSV<key in hex>` and

@@ -16,11 +16,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use rampart_pgshm::Leftover;
 
 pub use rampart_pgshm as pgshm;
+pub use rampart_pgshm::kill_all;
+use rampart_pgshm::processes;
 pub use tempfile::TempDir;
 
 pub mod etcd;
@@ -32,20 +33,45 @@ pub fn free_port() -> u16 {
     free_port_on("127.0.0.1")
 }
 
-/// A free TCP port on the given loopback address (e.g. `127.0.0.2`).
+/// A free TCP port on the given loopback address (e.g. `127.0.0.2`), never handed out
+/// twice in this process.
+///
+/// Drawn from above the kernel's ephemeral range when there is room (61000-65535 with
+/// Debian's default range), so that no outgoing connection of a concurrent test and no
+/// `bind(0)` can take the port between this check and the moment the test's server binds
+/// it (an `openssl ocsp` failed with "Address already in use" that way in CI). The first
+/// candidate depends on the process id, so concurrent test processes start apart.
 pub fn free_port_on(ip: &str) -> u16 {
     static GIVEN: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
     let given = GIVEN.get_or_init(|| Mutex::new(HashSet::new()));
+    let mut g = given.lock().expect("port set");
+    if let Some((lo, hi)) = above_ephemeral() {
+        let span = u32::from(hi - lo) + 1;
+        let start = std::process::id().wrapping_mul(2_654_435_761) % span;
+        for i in 0..span {
+            let port = lo + ((start + i) % span) as u16;
+            if !g.contains(&port) && TcpListener::bind((ip, port)).is_ok() {
+                g.insert(port);
+                return port;
+            }
+        }
+    }
     for _ in 0..1000 {
         let l = TcpListener::bind((ip, 0)).expect("bind an ephemeral port");
         let port = l.local_addr().expect("local addr").port();
         drop(l);
-        let mut g = given.lock().expect("port set");
         if g.insert(port) {
             return port;
         }
     }
     panic!("no free port found on {ip}");
+}
+
+/// The ports above the kernel's ephemeral range, if there are at least a thousand.
+fn above_ephemeral() -> Option<(u16, u16)> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let hi: u16 = text.split_whitespace().nth(1)?.parse().ok()?;
+    (hi <= 64_535).then(|| (hi + 1, u16::MAX))
 }
 
 /// A wait that ran out of time.
@@ -180,95 +206,6 @@ impl Drop for Proc {
         }
         self.kill();
     }
-}
-
-/// SIGKILL whole process groups (`groups`, each named by its leader's pid), single
-/// processes (`pids`) and every process below them, then remove the shared memory of
-/// every PostgreSQL postmaster among them. Every harness kills through here (directly or
-/// by dropping a [`Proc`]).
-///
-/// Below them, not only in the groups: each child of a postmaster leads a session of its
-/// own (PostgreSQL calls `setsid`), so a group's SIGKILL alone reaches the postmaster and
-/// leaves its backends running, attached to its segments, until they notice its death.
-/// A SIGKILLed postmaster cannot remove its System V segment nor its
-/// `/dev/shm/PostgreSQL.*` files; PostgreSQL would when it next starts on that data
-/// folder, which never happens in a test (the temp dir goes), so each kill would hold one
-/// of the host's `kernel.shmmni` segments for good. Everything is stopped (SIGSTOP) first,
-/// so what each process has mapped is read while none of them can fork or create a
-/// segment; then killed; the segments a postmaster created are removed once no process is
-/// attached any more (a few milliseconds after the kill; at most 2 s). A segment that no
-/// process has mapped (a dynamic one pinned by a backend that has exited) is not found:
-/// the harnesses configure `dynamic_shared_memory_type = mmap` where they can, whose
-/// segments are files in the data folder. Non-positive pids and this process are left
-/// alone.
-pub fn kill_all(groups: &[i32], pids: &[i32]) {
-    let me = std::process::id() as i32;
-    let my_group = nix::unistd::getpgrp().as_raw();
-    let groups: Vec<i32> = groups
-        .iter()
-        .copied()
-        .filter(|&g| g > 1 && g != me && g != my_group)
-        .collect();
-    let mut doomed: Vec<i32> = pids.iter().copied().filter(|&p| p > 1 && p != me).collect();
-    if groups.is_empty() && doomed.is_empty() {
-        return;
-    }
-    for &g in &groups {
-        let _ = killpg(Pid::from_raw(g), Signal::SIGSTOP);
-    }
-    for &p in &doomed {
-        let _ = kill(Pid::from_raw(p), Signal::SIGSTOP);
-    }
-    // The groups' members and the children of whatever is doomed, level by level, each
-    // stopped as soon as it is found (a stopped process forks no more).
-    loop {
-        let found: Vec<i32> = processes()
-            .filter(|&(pid, ppid, pgrp)| {
-                pid != me
-                    && !doomed.contains(&pid)
-                    && (groups.contains(&pgrp) || doomed.contains(&ppid))
-            })
-            .map(|(pid, _, _)| pid)
-            .collect();
-        if found.is_empty() {
-            break;
-        }
-        for &p in &found {
-            let _ = kill(Pid::from_raw(p), Signal::SIGSTOP);
-        }
-        doomed.extend(found);
-    }
-    let shm: Vec<Leftover> = doomed
-        .iter()
-        .map(|&p| Leftover::of_process(p))
-        .filter(|l| !l.is_empty())
-        .collect();
-    for &g in &groups {
-        let _ = killpg(Pid::from_raw(g), Signal::SIGKILL);
-    }
-    for &p in &doomed {
-        let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
-    }
-    for l in &shm {
-        l.remove_when_detached(Duration::from_secs(2));
-    }
-}
-
-/// Every process: (pid, parent pid, process group), from `/proc/<pid>/stat`.
-fn processes() -> impl Iterator<Item = (i32, i32, i32)> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            // pid (comm) state ppid pgrp ...: comm may hold spaces, split after the last ')'.
-            let mut f = stat[stat.rfind(')')? + 1..].split_whitespace().skip(1);
-            let ppid = f.next()?.parse().ok()?;
-            let pgrp = f.next()?.parse().ok()?;
-            Some((pid, ppid, pgrp))
-        })
 }
 
 /// Wait until a TCP connect to `addr` succeeds.

@@ -111,12 +111,6 @@ fn group_alive(pgid: u32) -> bool {
     })
 }
 
-fn signal_group(pgid: u32, sig: Signal) {
-    if let Ok(p) = i32::try_from(pgid) {
-        let _ = killpg(Pid::from_raw(p), sig);
-    }
-}
-
 fn signal_pid(pid: u32, sig: Signal) {
     if let Ok(p) = i32::try_from(pid) {
         let _ = kill(Pid::from_raw(p), sig);
@@ -180,7 +174,7 @@ impl Stopped {
 /// Stop what the stack described by `state` (whose `rampart up` is gone) left running:
 /// each recorded node (SIGTERM to its leader, `grace`, then SIGKILL of its process group),
 /// the postmasters of `db_dirs` (SIGQUIT: an immediate shutdown that still removes its
-/// shared memory; SIGKILL after 5 s), whatever is left in its cgroups, its partition
+/// shared memory; SIGKILL after 5 s, then its shared memory is removed), whatever is left in its cgroups, its partition
 /// table, its rehearsal network; then `up.json`.
 pub fn stop_leftovers(
     state: &UpState,
@@ -200,11 +194,14 @@ pub fn stop_leftovers(
         }
     }
     wait_for(grace, || groups.iter().any(|&g| group_alive(g)));
-    for &g in &groups {
-        if group_alive(g) {
-            signal_group(g, Signal::SIGKILL);
-        }
-    }
+    // SIGKILL through pgshm: a postmaster below a node killed so leaves its shared memory
+    // behind, which this removes once detached.
+    let alive: Vec<i32> = groups
+        .iter()
+        .filter(|&&g| group_alive(g))
+        .filter_map(|&g| i32::try_from(g).ok())
+        .collect();
+    rampart_pgshm::kill_all(&alive, &[]);
     wait_for(Duration::from_secs(2), || {
         groups.iter().any(|&g| group_alive(g))
     });
@@ -219,11 +216,12 @@ pub fn stop_leftovers(
         }
     }
     wait_for(Duration::from_secs(5), || pms.iter().any(|&p| pid_alive(p)));
-    for &p in &pms {
-        if pid_alive(p) {
-            signal_pid(p, Signal::SIGKILL);
-        }
-    }
+    let alive: Vec<i32> = pms
+        .iter()
+        .filter(|&&p| pid_alive(p))
+        .filter_map(|&p| i32::try_from(p).ok())
+        .collect();
+    rampart_pgshm::kill_all(&[], &alive);
     if let Some(dir) = &state.cgroup {
         if dir.exists() {
             crate::cgroup::StackCgroups { dir: dir.clone() }.remove(Duration::from_secs(3));

@@ -303,9 +303,10 @@ impl Supervisor {
                     // stop_all waits out the grace period for the rest of the group.
                     continue;
                 }
-                // Whatever the leader of the group left behind goes with it.
-                if let Some(pid) = pid {
-                    kill_group(pid, Signal::SIGKILL);
+                // Whatever the leader of the group left behind goes with it, and the shared
+                // memory of a postmaster among it.
+                if let Some(g) = pid.and_then(|p| i32::try_from(p).ok()) {
+                    rampart_pgshm::kill_all(&[g], &[]);
                 }
                 let uptime = now.saturating_duration_since(p.started);
                 p.crashes = self.backoff.next_count(p.crashes, uptime);
@@ -466,7 +467,11 @@ impl Supervisor {
                         "  group {p} still running after {:.0}s: SIGKILL",
                         grace.as_secs_f64()
                     ));
-                    kill_group(p, Signal::SIGKILL);
+                    // With whatever runs below it (a db agent's PostgreSQL leads a session
+                    // of its own), and the shared memory a killed postmaster leaves.
+                    if let Ok(g) = i32::try_from(p) {
+                        rampart_pgshm::kill_all(&[g], &[]);
+                    }
                 }
             }
             let until = Instant::now() + Duration::from_secs(2);
@@ -504,12 +509,6 @@ fn log_reason(log: &Path) -> Option<String> {
                 && *l != "Stack backtrace:"
         })
         .map(|l| l.chars().take(300).collect())
-}
-
-fn kill_group(pid: u32, sig: Signal) {
-    if let Ok(p) = i32::try_from(pid) {
-        let _ = killpg(Pid::from_raw(p), sig);
-    }
 }
 
 /// Whether any process of the group still exists (zombies of our own children included
