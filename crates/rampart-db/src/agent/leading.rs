@@ -5,6 +5,9 @@ use super::*;
 
 /// The longest a promotion may take (the loop keeps the lease meanwhile).
 const PROMOTE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a leader that just made a standby synchronous waits, in the same loop, for
+/// it to confirm the mark so that it is published at once.
+const SYNC_PUBLISH_WAIT: Duration = Duration::from_secs(1);
 
 impl Agent {
     /// The leader records its timeline in `/timeline` (no lease: it outlives the leader).
@@ -284,54 +287,13 @@ impl Agent {
         if self.sync_unconfirmed {
             self.confirm_sync_setting().await?;
         }
-        let rows = self.conn.replication().await?;
-        self.fence.beat();
-        // Only configured members count (pg_basebackup has a walsender too).
-        let rows: Vec<decide::ReplRow> = rows
-            .into_iter()
-            .filter(|r| r.name != self.node.name && self.cfg.node(&r.name).is_some())
-            .map(|r| decide::ReplRow {
-                streaming: r.state == "streaming",
-                name: r.name,
-                sync_state: r.sync_state,
-                flush_lsn: r.flush_lsn,
-            })
-            .collect();
-        let ineligible: Vec<String> = self
-            .cfg
-            .nodes
-            .iter()
-            .filter(|n| n.nofailover)
-            .map(|n| n.name.clone())
-            .collect();
         let published = keys.sync.as_ref().map(|s| SyncKey {
             leader: s.leader.clone(),
             sync_standby: s.sync_standby.clone(),
         });
-        let step = decide::sync_step(
-            &self.node.name,
-            self.cfg.synchronous_strict,
-            published.as_ref(),
-            self.sync_configured.as_deref(),
-            self.sync_mark,
-            &rows,
-            &ineligible,
-        );
-        match step {
+        match self.next_sync_step(published.as_ref()).await? {
             SyncStep::Nothing => {}
-            SyncStep::Publish(s) => {
-                tracing::info!(sync_standby = ?s, "publishing the synchronous standby");
-                self.put_leader_only(
-                    "sync",
-                    &SyncValue {
-                        leader: self.node.name.clone(),
-                        sync_standby: s,
-                    },
-                    None,
-                    None,
-                )
-                .await?;
-            }
+            SyncStep::Publish(s) => self.publish_sync(s).await?,
             SyncStep::SetStandby(s) => {
                 tracing::info!(sync_standby = ?s, "setting synchronous_standby_names");
                 self.sync_configured = s;
@@ -349,9 +311,71 @@ impl Agent {
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                 }
+                // Publish as soon as the standby confirms the mark, not a loop later:
+                // until it is published no replica may take over, so a primary lost in
+                // between (CI froze one there) leaves the cluster without a leader.
+                let until = Instant::now() + SYNC_PUBLISH_WAIT.min(self.cfg.retry_timeout);
+                while !self.sync_unconfirmed && Instant::now() < until {
+                    self.fence.beat();
+                    match self.next_sync_step(published.as_ref()).await? {
+                        SyncStep::Publish(s) => {
+                            self.publish_sync(s).await?;
+                            break;
+                        }
+                        SyncStep::Nothing => tokio::time::sleep(Duration::from_millis(10)).await,
+                        SyncStep::SetStandby(_) => break,
+                    }
+                }
             }
         }
         Ok(())
+    }
+
+    /// What `decide::sync_step` says now, from PostgreSQL's replication rows of configured
+    /// members (pg_basebackup has a walsender too) and the published key.
+    async fn next_sync_step(&mut self, published: Option<&SyncKey>) -> Result<SyncStep, DbError> {
+        let rows = self.conn.replication().await?;
+        self.fence.beat();
+        let rows: Vec<decide::ReplRow> = rows
+            .into_iter()
+            .filter(|r| r.name != self.node.name && self.cfg.node(&r.name).is_some())
+            .map(|r| decide::ReplRow {
+                streaming: r.state == "streaming",
+                name: r.name,
+                sync_state: r.sync_state,
+                flush_lsn: r.flush_lsn,
+            })
+            .collect();
+        let ineligible: Vec<String> = self
+            .cfg
+            .nodes
+            .iter()
+            .filter(|n| n.nofailover)
+            .map(|n| n.name.clone())
+            .collect();
+        Ok(decide::sync_step(
+            &self.node.name,
+            self.cfg.synchronous_strict,
+            published,
+            self.sync_configured.as_deref(),
+            self.sync_mark,
+            &rows,
+            &ineligible,
+        ))
+    }
+
+    async fn publish_sync(&mut self, s: Option<String>) -> Result<(), DbError> {
+        tracing::info!(sync_standby = ?s, "publishing the synchronous standby");
+        self.put_leader_only(
+            "sync",
+            &SyncValue {
+                leader: self.node.name.clone(),
+                sync_standby: s,
+            },
+            None,
+            None,
+        )
+        .await
     }
 
     /// Once PostgreSQL runs with the `synchronous_standby_names` this node wrote (the

@@ -144,6 +144,19 @@ async fn frozen_primary_node_thaws_as_a_replica_without_losing_writes() {
     for round in 0..ROUNDS {
         let p = c.wait_primary(Duration::from_secs(60));
         let others: Vec<usize> = (0..3).filter(|&i| i != p).collect();
+        // Synchronous mode promises a failover only once a standby is published as
+        // synchronous (Patroni's rule too): until then only the primary is known to hold
+        // every acknowledged commit. A freeze before that must leave the cluster without
+        // a leader, which is not what this test is about.
+        assert!(
+            rampart_testkit::wait_until(Duration::from_secs(30), || {
+                c.sync_standby(p)
+                    .is_some_and(|s| others.iter().any(|&o| c.nodes[o].name == s))
+            }),
+            "no synchronous standby published under {}:\n{}",
+            c.nodes[p].name,
+            c.list()
+        );
         let before = writer.acked_count();
         let start = Instant::now();
         while writer.acked_count() < before + 20 {
