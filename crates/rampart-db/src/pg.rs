@@ -689,7 +689,7 @@ pub async fn stop_orphan(pid: i32, timeout: Duration) {
     }
     if alive() {
         tracing::warn!(pid, "orphaned postgres did not stop in time: killing it");
-        let _restarted_postgres_cleans_it = kill_tree(pid);
+        kill_tree_and_clean(pid).await;
         while alive() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -728,7 +728,7 @@ pub async fn stop_child(child: &mut Child, immediate: bool, timeout: Duration) {
             pid = pid.as_raw(),
             "postgres did not stop in time: killing it"
         );
-        let _restarted_postgres_cleans_it = kill_tree(pid.as_raw());
+        kill_tree_and_clean(pid.as_raw()).await;
         let _ = child.wait().await;
     }
 }
@@ -743,8 +743,8 @@ pub fn reload_by_signal(pid: i32) -> bool {
 /// the postmaster. Used when a primary must stop accepting writes *now* (the fencing
 /// path). Returns the shared memory the postmaster and its children had mapped (read
 /// while they were stopped: a dynamic segment a backend created is not always mapped by
-/// the postmaster), which a caller that will not start PostgreSQL again on this data
-/// folder removes with [`rampart_pgshm::Leftover::remove_when_detached`].
+/// the postmaster), for the caller to remove with
+/// [`rampart_pgshm::Leftover::remove_when_detached`] ([`kill_tree_and_clean`] does both).
 pub fn kill_tree(pid: i32) -> rampart_pgshm::Leftover {
     let p = Pid::from_raw(pid);
     let _ = kill(p, Signal::SIGSTOP);
@@ -762,6 +762,28 @@ pub fn kill_tree(pid: i32) -> rampart_pgshm::Leftover {
     let _ = kill(p, Signal::SIGKILL);
     let _ = kill(p, Signal::SIGCONT);
     shm
+}
+
+/// [`kill_tree`], then remove the shared memory the killed processes held once none is
+/// attached (a few milliseconds after the kill; at most 1 s, so the loop's fence beat is
+/// not missed; off the runtime's threads). PostgreSQL would remove it itself
+/// when it next starts on this folder, but an agent that is stopping, or that re-clones
+/// the folder, never starts it there again: each such kill held one of the host's
+/// `kernel.shmmni` segments for good (CI found one after `rampart down`). Removing it at
+/// once is safe: only the killed postmaster's own System V segment and the files they had
+/// mapped go, never a later postmaster's.
+pub async fn kill_tree_and_clean(pid: i32) {
+    let shm = kill_tree(pid);
+    if shm.is_empty() {
+        return;
+    }
+    let removed =
+        tokio::task::spawn_blocking(move || shm.remove_when_detached(Duration::from_secs(1)))
+            .await
+            .unwrap_or_default();
+    for gone in removed {
+        tracing::info!(pid, removed = %gone, "removed the shared memory of the killed postgres");
+    }
 }
 
 fn children_of(pid: i32) -> Vec<i32> {

@@ -217,9 +217,14 @@ pub fn run_watchdog() {
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if let Some(pid) = watched {
                     eprintln!("rampart db watchdog: primary's lease deadline passed without the agent renewing: killing postgres (pid {pid}) to fence it");
-                    // The agent, once it runs again, starts PostgreSQL on this folder,
-                    // which removes the shared memory left by this kill.
-                    let _ = crate::pg::kill_tree(pid);
+                    // Its shared memory goes too: the agent may never start PostgreSQL on
+                    // this folder again (it may be stopped, or re-clone the folder).
+                    let shm = crate::pg::kill_tree(pid);
+                    for gone in shm.remove_when_detached(Duration::from_secs(3)) {
+                        eprintln!(
+                            "rampart db watchdog: removed {gone} of killed postgres (pid {pid})"
+                        );
+                    }
                 }
                 watched = None;
                 deadline = None;

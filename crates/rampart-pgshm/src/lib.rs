@@ -3,14 +3,14 @@
 //! A postmaster that gets SIGKILL (the fencing path, or an immediate shutdown that ran
 //! out of time) cannot remove its System V segment or its POSIX dynamic shared memory
 //! (`/dev/shm/PostgreSQL.<n>`). PostgreSQL removes them itself when it next starts on the
-//! same data folder, which is what happens when the agent lives on. When the agent is
-//! gone (its watchdog stopped PostgreSQL), nothing starts again, so the watchdog removes
-//! them: what the postmaster had mapped, read before the kill, once no process is
-//! attached any more.
+//! same data folder, but that may never happen: the agent may be stopping, or re-clone
+//! the folder, and a test's folder goes with its temp dir. So whoever kills a postmaster
+//! removes them: what it and its children had mapped, read before the kill, once no
+//! process is attached any more.
 //!
-//! Its own crate (std and nix only) so that both users share one reading of `/proc`: the db agent's
-//! watchdog (`rampart-db`) and the test harness (`rampart-testkit`), which SIGKILLs
-//! process groups holding postmasters whose data folders go with their temp dirs. The
+//! Its own crate (std and nix only) so that its users share one reading of `/proc`: the db
+//! agent and its watchdog (`rampart-db`), `rampart up` (`rampart-up`) and the test harness
+//! (`rampart-testkit`), which SIGKILL process groups that may hold postmasters. The
 //! product never depends on the harness, and the harness carries no product crate.
 
 use std::path::PathBuf;

@@ -84,7 +84,7 @@ impl Agent {
         if let Some(mut c) = self.child.take() {
             self.fence.lock().unwatch();
             if let Some(pid) = c.id() {
-                let _restarted_postgres_cleans_it = pg::kill_tree(pid as i32);
+                pg::kill_tree_and_clean(pid as i32).await;
             }
             let _ = c.wait().await;
         }
@@ -99,7 +99,7 @@ impl Agent {
             match mode {
                 StopMode::Immediate => {
                     if let Some(pid) = c.id() {
-                        let _restarted_postgres_cleans_it = pg::kill_tree(pid as i32);
+                        pg::kill_tree_and_clean(pid as i32).await;
                     }
                     let _ = c.wait().await;
                 }

@@ -179,6 +179,27 @@ impl Stack {
         out
     }
 
+    /// The last lines of the db nodes' logs (which path stopped or killed PostgreSQL).
+    fn db_log_tails(&self) -> String {
+        let mut out = String::new();
+        let Ok(rd) = std::fs::read_dir(self.data.join("logs")) else {
+            return out;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("db") {
+                continue;
+            }
+            let text = read(&e.path());
+            let lines: Vec<&str> = text.lines().collect();
+            out += &format!(
+                "---- {name} (last 30 lines) ----\n{}\n",
+                lines[lines.len().saturating_sub(30)..].join("\n")
+            );
+        }
+        out
+    }
+
     fn ports_listening(&self) -> Vec<u16> {
         OFFSETS
             .iter()
@@ -214,10 +235,11 @@ impl Stack {
         });
         assert!(
             clean,
-            "after {after}: processes {:#?}, ports {:?}, shared memory {:#?}",
+            "after {after}: processes {:#?}, ports {:?}, shared memory {:#?}\n{}",
             self.processes_left(),
             self.ports_listening(),
-            self.shm_left()
+            self.shm_left(),
+            self.db_log_tails()
         );
         eprintln!("after {after}: nothing left");
     }
