@@ -143,14 +143,6 @@ pub struct ServerOutlier {
 }
 
 impl ServerOutlier {
-    /// A server whose counters already read `now` (a window starts from there).
-    pub fn with_counters(now: Sample) -> Self {
-        ServerOutlier {
-            base: now,
-            ..ServerOutlier::default()
-        }
-    }
-
     /// The current ejection, if any.
     pub fn ejection(&self) -> Option<Ejection> {
         self.ejection

@@ -25,7 +25,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -451,9 +450,4 @@ pub async fn run_async<L: Lifecycle>(cfg: WebConfig, lifecycle: L) -> Result<(),
     let r = serve(node, listener, shutdown, Duration::from_secs(30)).await;
     tracing::info!("rampart web stopped");
     r
-}
-
-/// Empty body helper for tests and callers building responses.
-pub fn empty_body() -> Body {
-    Body::empty()
 }
