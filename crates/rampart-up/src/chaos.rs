@@ -343,7 +343,7 @@ pub fn run(r: &Resolved, drill: &Drill, o: &DrillOptions) -> Result<Report, UpEr
     // A freeze is thawed on Ctrl-C too.
     let frozen: Arc<Mutex<Option<crate::freeze::Frozen>>> = Arc::new(Mutex::new(None));
     if *drill == Drill::FreezePrimary {
-        crate::freeze::thaw_on_signal(frozen.clone())?;
+        thaw_on_signal(frozen.clone())?;
     }
     // HTTPS when the site has it (verified against the stack's CA), like a browser.
     let site = Site::of(&r.topology)?;
@@ -723,6 +723,29 @@ fn prepare_partition(r: &Resolved, state: &UpState, name: &str) -> Result<Partit
 
 /// On SIGINT or SIGTERM: heal the cut if one is on, then exit (130).
 fn heal_on_signal(active: Arc<Mutex<Option<Cut>>>) -> Result<(), UpError> {
+    on_interrupt(move || {
+        let mut cut = active.lock().ok().and_then(|mut g| g.take())?;
+        Some(match cut.heal() {
+            Ok(()) => format!("partition healed (table {} removed)", cut.table()),
+            Err(e) => e.to_string(),
+        })
+    })
+}
+
+/// On SIGINT or SIGTERM during a freeze: thaw the node, then exit (130).
+fn thaw_on_signal(active: Arc<Mutex<Option<crate::freeze::Frozen>>>) -> Result<(), UpError> {
+    on_interrupt(move || {
+        let mut f = active.lock().ok().and_then(|mut g| g.take())?;
+        Some(match f.thaw() {
+            Ok(()) => "the node was thawed".to_string(),
+            Err(e) => e.to_string(),
+        })
+    })
+}
+
+/// On SIGINT or SIGTERM: `undo` what the drill has on (it says what it did, or `None` when
+/// nothing was on), print that and exit (130). Returns once the handlers are installed.
+fn on_interrupt(undo: impl FnOnce() -> Option<String> + Send + 'static) -> Result<(), UpError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -746,17 +769,9 @@ fn heal_on_signal(active: Arc<Mutex<Option<Cut>>>) -> Result<(), UpError> {
                 _ = int.recv() => {},
                 _ = term.recv() => {},
             }
-            let cut = active.lock().ok().and_then(|mut g| g.take());
-            if let Some(mut cut) = cut {
-                match cut.heal() {
-                    Ok(()) => eprintln!(
-                        "\ninterrupted: partition healed (table {} removed)",
-                        cut.table()
-                    ),
-                    Err(e) => eprintln!("\ninterrupted: {e}"),
-                }
-            } else {
-                eprintln!("\ninterrupted");
+            match undo() {
+                Some(done) => eprintln!("\ninterrupted: {done}"),
+                None => eprintln!("\ninterrupted"),
             }
             std::process::exit(130);
         })

@@ -4,7 +4,6 @@
 //! the same way, also on Ctrl-C.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, killpg, Signal};
@@ -110,50 +109,5 @@ impl Frozen {
             let _ = kill(Pid::from_raw(p), Signal::SIGCONT);
         }
         Ok(())
-    }
-}
-
-/// On SIGINT or SIGTERM during the freeze: thaw, then exit (130).
-pub fn thaw_on_signal(active: Arc<Mutex<Option<Frozen>>>) -> Result<(), UpError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| UpError::Drill(format!("start the signal runtime: {e}")))?;
-    let (tx, rx) = std::sync::mpsc::channel::<Result<(), String>>();
-    std::thread::spawn(move || {
-        rt.block_on(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (mut int, mut term) = match (
-                signal(SignalKind::interrupt()),
-                signal(SignalKind::terminate()),
-            ) {
-                (Ok(i), Ok(t)) => (i, t),
-                (Err(e), _) | (_, Err(e)) => {
-                    let _ = tx.send(Err(e.to_string()));
-                    return;
-                }
-            };
-            let _ = tx.send(Ok(()));
-            tokio::select! {
-                _ = int.recv() => {},
-                _ = term.recv() => {},
-            }
-            let frozen = active.lock().ok().and_then(|mut g| g.take());
-            match frozen {
-                Some(mut f) => match f.thaw() {
-                    Ok(()) => eprintln!("\ninterrupted: the node was thawed"),
-                    Err(e) => eprintln!("\ninterrupted: {e}"),
-                },
-                None => eprintln!("\ninterrupted"),
-            }
-            std::process::exit(130);
-        })
-    });
-    match rx.recv() {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(UpError::Drill(format!("install signal handlers: {e}"))),
-        Err(_) => Err(UpError::Drill(
-            "install signal handlers: the signal thread died".into(),
-        )),
     }
 }
