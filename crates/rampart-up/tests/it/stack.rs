@@ -548,6 +548,46 @@ fn default_stack_survives_losing_the_primary_a_web_server_and_a_balancer_and_sto
         status(&config)
     );
 
+    // Ctrl-C during a freeze thaws the node at once (the drill would hold it for a minute),
+    // and the stack comes back whole: one primary, every db node healthy.
+    let freeze = Command::new(rampart_bin())
+        .args([
+            "chaos",
+            "freeze-primary",
+            "--for",
+            "60",
+            "--observe",
+            "60",
+            "--config",
+        ])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || status(&config)
+            .iter()
+            .any(|n| n["kind"] == "db" && n["healthy"] != true)),
+        "the freeze took a db node down: {:#?}",
+        status(&config)
+    );
+    nix::sys::signal::kill(Pid::from_raw(freeze.id() as i32), Signal::SIGINT).unwrap();
+    let out = freeze.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{said}");
+    assert!(said.contains("interrupted: the node was thawed"), "{said}");
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let s = status(&config);
+            let db = || s.iter().filter(|n| n["kind"] == "db");
+            db().all(|n| n["healthy"] == true)
+                && db().filter(|n| n["role"] == "primary").count() == 1
+        }),
+        "not whole again after the thaw: {:#?}",
+        status(&config)
+    );
+
     // Kill a web server: the balancers route around it, nothing is lost.
     let r = drill(&config, &["kill-web", "web1", "--observe", "8"]);
     assert_eq!(r["writes_lost"], 0, "{r}");
