@@ -67,6 +67,44 @@ pub fn free_port_on(ip: &str) -> u16 {
     panic!("no free port found on {ip}");
 }
 
+/// A base port for a whole stack of processes (`rampart up`'s `port_base`): `base + o` is
+/// free for every offset in `offsets` (each below 500). Bases are 500 apart, from 10000 up
+/// to the kernel's ephemeral range, and never handed out twice in this process: a block is
+/// only checked free when it is handed out and its processes bind it seconds later, so two
+/// tests running at once must never be given overlapping blocks (100-apart bases with
+/// offsets up to 406 were, and a stack then failed to come up). The first candidate
+/// depends on the process id.
+pub fn port_block(offsets: &[u16]) -> u16 {
+    const LO: u16 = 10_000;
+    const STEP: u16 = 500;
+    static GIVEN: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
+    assert!(
+        offsets.iter().all(|&o| o < STEP),
+        "port_block: offsets must be below {STEP}"
+    );
+    let hi = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<u16>().ok())
+        .filter(|&lo| lo >= LO + STEP)
+        .unwrap_or(32_768);
+    let slots = u32::from((hi - LO) / STEP);
+    let given = GIVEN.get_or_init(|| Mutex::new(HashSet::new()));
+    let mut g = given.lock().expect("block set");
+    let start = std::process::id().wrapping_mul(2_654_435_761) % slots;
+    for i in 0..slots {
+        let base = LO + ((start + i) % slots) as u16 * STEP;
+        if !g.contains(&base)
+            && offsets
+                .iter()
+                .all(|o| TcpListener::bind(("127.0.0.1", base + o)).is_ok())
+        {
+            g.insert(base);
+            return base;
+        }
+    }
+    panic!("no free block of ports below {hi}");
+}
+
 /// The ports above the kernel's ephemeral range, if there are at least a thousand.
 fn above_ephemeral() -> Option<(u16, u16)> {
     let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;

@@ -4,7 +4,7 @@
 //! (kill-web, kill-lb, kill-primary) shows on the open page as it happens, although `up`
 //! restarts what dies within a second.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -21,19 +21,9 @@ const OFFSETS: [u16; 22] = [
     405, 406,
 ];
 
-/// A port base whose whole block is free, below the ephemeral range other tests draw from.
+/// A block of ports for the stack, never one another test of this binary was given.
 pub(crate) fn free_port_base() -> u16 {
-    let seed = u64::from(std::process::id()) ^ 0x9e37;
-    for i in 0..200u64 {
-        let base = 10_000 + ((seed.wrapping_mul(7919) + i * 613) % 200) as u16 * 100 + 50;
-        if OFFSETS
-            .iter()
-            .all(|o| TcpListener::bind(("127.0.0.1", base + o)).is_ok())
-        {
-            return base;
-        }
-    }
-    panic!("no free block of ports for the stack");
+    rampart_testkit::port_block(&OFFSETS)
 }
 
 /// Kills whatever the stack left if the test fails half-way: the process groups `up`

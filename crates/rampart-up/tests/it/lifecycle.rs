@@ -24,20 +24,9 @@ const OFFSETS: [u16; 22] = [
     405, 406,
 ];
 
-/// A port base whose whole block is free, below the ephemeral range (where an outgoing
-/// connection could take a node's port between the check and its start).
-fn free_port_base(salt: u64) -> u16 {
-    let seed = std::process::id() as u64 ^ salt.wrapping_mul(104_729);
-    for i in 0..200u64 {
-        let base = 10_000 + ((seed.wrapping_mul(7919) + i * 613) % 200) as u16 * 100;
-        if OFFSETS
-            .iter()
-            .all(|o| TcpListener::bind(("127.0.0.1", base + o)).is_ok())
-        {
-            return base;
-        }
-    }
-    panic!("no free block of ports for the stack");
+/// A block of ports for the stack, never one another test of this binary was given.
+fn free_port_base() -> u16 {
+    rampart_testkit::port_block(&OFFSETS)
 }
 
 /// One default stack in a temporary folder; whatever is left is killed on drop.
@@ -55,7 +44,7 @@ struct Stack {
 }
 
 impl Stack {
-    fn new(prefix: &str, salt: u64, reachable: bool) -> Stack {
+    fn new(prefix: &str, reachable: bool) -> Stack {
         let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
         let root = dir.path().to_path_buf();
         // PostgreSQL runs as the postgres user when the tests run as root: it must reach
@@ -63,7 +52,7 @@ impl Stack {
         let mode = if reachable { 0o755 } else { 0o700 };
         std::fs::set_permissions(&root, PermissionsExt::from_mode(mode)).unwrap();
         let config = root.join("rampart.toml");
-        let base = free_port_base(salt);
+        let base = free_port_base();
         let out = Command::new(rampart_bin())
             .args(["init", config.to_str().unwrap(), "--port-base"])
             .arg(base.to_string())
@@ -303,7 +292,7 @@ fn stop_with(stack: &Stack, up: &mut Child, sig: Signal, log: &Path) {
 
 #[test]
 fn ctrl_c_through_tee_sighup_and_sigterm_each_stop_the_whole_stack() {
-    let mut stack = Stack::new("rampart-life-sig-", 1, true);
+    let mut stack = Stack::new("rampart-life-sig-", true);
 
     // `rampart up 2>&1 | tee up.log`, then Ctrl-C: the terminal signals both, tee exits,
     // and up finishes its shutdown writing to a pipe nobody reads.
@@ -358,7 +347,7 @@ fn ctrl_c_through_tee_sighup_and_sigterm_each_stop_the_whole_stack() {
 
 #[test]
 fn a_sigkilled_up_takes_its_nodes_along_a_new_up_stops_leftovers_and_down_stops_it() {
-    let mut stack = Stack::new("rampart-life-kill-", 2, true);
+    let mut stack = Stack::new("rampart-life-kill-", true);
     let log = stack.root.join("up-1.log");
     let mut up = stack.up(&log);
     stack.wait_healthy(&log);
@@ -455,7 +444,7 @@ fn a_db_node_that_cannot_reach_its_data_stops_up_at_once() {
         return;
     }
     // The folder stays 0700 (root's): the postgres user cannot reach the data under it.
-    let stack = Stack::new("rampart-life-perm-", 3, false);
+    let stack = Stack::new("rampart-life-perm-", false);
     let log = stack.root.join("up.log");
     let t0 = Instant::now();
     let mut up = stack.up(&log);

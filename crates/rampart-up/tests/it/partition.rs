@@ -5,7 +5,7 @@
 //! The stack: 3 etcd members, 3 PostgreSQL nodes (synchronous), 2 web servers, 1 load
 //! balancer, on loopback ports.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,20 +21,11 @@ const OFFSETS: [u16; 15] = [
 ];
 const ETCD_OFFSETS: [u16; 6] = [401, 402, 403, 404, 405, 406];
 
-/// A free block of ports below the ephemeral range, away from the default-stack test's.
+/// A block of ports for the stack (its nodes' and etcd's), never one another test of this
+/// binary was given.
 fn free_port_base() -> u16 {
-    let seed = std::process::id() as u64 ^ 0x5eed;
-    for i in 0..100u64 {
-        let base = 30_000 + ((seed.wrapping_mul(7919) + i * 37) % 25) as u16 * 100;
-        if OFFSETS
-            .iter()
-            .chain(ETCD_OFFSETS.iter())
-            .all(|o| TcpListener::bind(("127.0.0.1", base + o)).is_ok())
-        {
-            return base;
-        }
-    }
-    panic!("no free block of ports for the stack");
+    let all: Vec<u16> = OFFSETS.iter().chain(ETCD_OFFSETS.iter()).copied().collect();
+    rampart_testkit::port_block(&all)
 }
 
 fn topology(b: u16) -> String {

@@ -3,7 +3,7 @@
 //! replication over TLS, the primary database and a web server killed, the site keeps
 //! serving and no acknowledged message is lost, then SIGINT leaves no process behind.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -20,19 +20,9 @@ const OFFSETS: [u16; 22] = [
     405, 406,
 ];
 
-/// A port base whose whole block is free, below the ephemeral range other tests draw from.
+/// A block of ports for the stack, never one another test of this binary was given.
 fn free_port_base() -> u16 {
-    let seed = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
-    for i in 0..200u64 {
-        let base = 10_000 + ((seed.wrapping_mul(7919) + i * 613) % 200) as u16 * 100;
-        if OFFSETS
-            .iter()
-            .all(|o| TcpListener::bind(("127.0.0.1", base + o)).is_ok())
-        {
-            return base;
-        }
-    }
-    panic!("no free block of ports for the stack");
+    rampart_testkit::port_block(&OFFSETS)
 }
 
 /// Kills whatever the stack left if the test fails half-way (pids from up.json), and
