@@ -91,6 +91,9 @@ for b in 1 2; do
   start 1 "backend$b" nginx -e stderr -p "$dir" -c "$dir/nginx.conf"
 done
 {
+  echo "[forwarded]"
+  echo "headers = [\"x-forwarded-for\"]" # what the lb-scale bench gives both balancers
+  echo
   echo "[[listener]]"
   echo "name = \"fe\""
   echo "address = \"127.0.0.1:$PORT\""

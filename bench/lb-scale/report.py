@@ -81,7 +81,8 @@ def main():
     out.append(
         f"Command: `{meta['command']}`. One worker thread per balancer on CPU 0; {load} "
         f"and two nginx backends on CPU 1; servers are distinct loopback addresses "
-        f"127.0.x.y (even ones on nginx 1, odd ones on nginx 2), health checks off. "
+        f"127.0.x.y (even ones on nginx 1, odd ones on nginx 2), health checks off; both add "
+        f"X-Forwarded-For to each request and no other forwarding header. "
         f"All sizes of an algorithm run at once; each of {meta['rounds']} rounds measures every "
         f"size and both balancers, {meta['duration']} s each after 1 s of unmeasured load (the "
         f"balancers' order, and the sizes' from ascending to descending, swapped each round); "

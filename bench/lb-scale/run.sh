@@ -223,6 +223,9 @@ conf_rampart() {
   local algo=$1 n=$2 port=$3 f=$4 i
   {
     cat <<EOF
+[forwarded]
+headers = ["x-forwarded-for"]
+
 [[listener]]
 name = "fe"
 address = "127.0.0.1:$port"

@@ -406,7 +406,10 @@ def report(args):
     )
     lines.append(
         "Each balancer runs ONE worker thread pinned to CPU 0; wrk and the two nginx backends "
-        "run on CPU 1. Ratios are to HAProxy (lower is better except requests/s)."
+        "run on CPU 1. Each balancer adds the same header to a request, X-Forwarded-For "
+        "(HAProxy `option forwardfor`, nginx `proxy_set_header`, rampart "
+        "`--forwarded-headers x-forwarded-for`). Ratios are to HAProxy (lower is better except "
+        "requests/s)."
     )
     if pending:
         lines.append("")

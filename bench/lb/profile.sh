@@ -117,6 +117,9 @@ case "$bal" in
   rampart)
     if [ -n "$tls" ]; then
       cat >"$work/rampart.toml" <<EOF
+[forwarded]
+headers = ["x-forwarded-for"]
+
 [[listener]]
 name = "fe"
 address = "127.0.0.1:$P"
@@ -132,7 +135,8 @@ EOF
       start 0 rampart env RUST_LOG=warn "$rampart_bin" lb --config "$work/rampart.toml" --threads 1
     else
       start 0 rampart env RUST_LOG=warn "$rampart_bin" lb --listen "127.0.0.1:$P" --backend "127.0.0.1:$B1" \
-        --backend "127.0.0.1:$B2" --algorithm round-robin --mode http --health-check none --threads 1
+        --backend "127.0.0.1:$B2" --algorithm round-robin --mode http --health-check none --threads 1 \
+        --forwarded-headers x-forwarded-for
     fi
     ;;
   haproxy)

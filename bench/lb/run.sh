@@ -348,6 +348,9 @@ start_balancer() {
       [ "$mode" = careful ] && hc=http:/
       if [ "$mode" = tls ]; then
         cat >"$work/rampart-tls.toml" <<CONF
+[forwarded]
+headers = ["x-forwarded-for"]
+
 [[listener]]
 name = "fe"
 address = "127.0.0.1:$port"
@@ -364,7 +367,7 @@ CONF
       else
         start 0 "rampart-$mode" env RUST_LOG=warn "$rampart_bin" lb --listen "127.0.0.1:$port" \
           --backend "127.0.0.1:$B1" --backend "127.0.0.1:$B2" --algorithm round-robin \
-          --mode http --health-check "$hc" --threads 1
+          --mode http --health-check "$hc" --threads 1 --forwarded-headers x-forwarded-for
       fi
       ;;
   esac

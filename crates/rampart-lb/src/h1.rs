@@ -989,4 +989,4 @@ fn answered(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -52,6 +52,11 @@ pub(crate) struct ConnCtx {
     pub(crate) https: bool,
 }
 
+/// A `token` character (RFC 9110 section 5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
 /// Append an IP address as text (IPv4 by hand: this runs for every request).
 pub(crate) fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
@@ -109,6 +114,41 @@ impl ConnCtx {
     /// The client's address (IPv4-mapped IPv6 ones as IPv4), appended as text.
     pub(crate) fn push_peer_ip(&self, out: &mut Vec<u8>) {
         push_ip(out, canonical_ip(self.peer.ip()));
+    }
+
+    /// One RFC 7239 `Forwarded` element for this request: `for=<client>;proto=<scheme>`,
+    /// and `;host=<Host>` when the request names one (IPv6 and any value that is not a
+    /// token quoted, section 4 and 6).
+    pub(crate) fn push_forwarded_element(&self, out: &mut Vec<u8>, host: Option<&[u8]>) {
+        out.extend_from_slice(b"for=");
+        match canonical_ip(self.peer.ip()) {
+            ip @ IpAddr::V4(_) => push_ip(out, ip),
+            ip @ IpAddr::V6(_) => {
+                out.extend_from_slice(b"\"[");
+                push_ip(out, ip);
+                out.extend_from_slice(b"]\"");
+            }
+        }
+        out.extend_from_slice(if self.https {
+            b";proto=https"
+        } else {
+            b";proto=http"
+        });
+        if let Some(h) = host.map(<[u8]>::trim_ascii).filter(|h| !h.is_empty()) {
+            out.extend_from_slice(b";host=");
+            if h.iter().all(|&b| is_tchar(b)) {
+                out.extend_from_slice(h);
+            } else {
+                out.push(b'"');
+                for &b in h {
+                    if b == b'"' || b == b'\\' {
+                        out.push(b'\\');
+                    }
+                    out.push(b);
+                }
+                out.push(b'"');
+            }
+        }
     }
 
     fn peer_ip_value(&self) -> HeaderValue {
@@ -752,39 +792,55 @@ fn prepare_headers(parts: &mut http::request::Parts, ctx: &ConnCtx) {
     parts.version = Version::HTTP_11;
 
     let keep = ctx.trusted;
-    if keep {
-        let chained = h.get(&X_FORWARDED_FOR).map(|prev| {
-            let mut v = Vec::with_capacity(prev.len() + 2 + 39);
-            v.extend_from_slice(prev.as_bytes());
-            v.extend_from_slice(b", ");
-            ctx.push_peer_ip(&mut v);
-            HeaderValue::from_bytes(&v)
-        });
-        match chained {
-            Some(Ok(v)) => {
-                h.insert(&X_FORWARDED_FOR, v);
-            }
-            _ => {
-                h.insert(&X_FORWARDED_FOR, ctx.peer_ip_value());
-            }
+    let fwd = ctx.listener.forwarded;
+    if !keep {
+        // What an untrusted client says of its own address or scheme is dropped, whether
+        // the balancer adds its own or not.
+        for name in [
+            &X_FORWARDED_FOR,
+            &X_REAL_IP,
+            &X_FORWARDED_PROTO,
+            &X_FORWARDED_HOST,
+            &header::FORWARDED,
+        ] {
+            h.remove(name);
         }
-    } else {
-        h.insert(&X_FORWARDED_FOR, ctx.peer_ip_value());
-        // What an untrusted client says of its own address is dropped.
-        h.remove(header::FORWARDED);
     }
-    if !(keep && h.contains_key(&X_REAL_IP)) {
+    if fwd.x_forwarded_for {
+        // A trusted peer's chain is kept and appended to.
+        let prev: Vec<&[u8]> = h
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .map(|v| v.as_bytes().trim_ascii())
+            .filter(|v| !v.is_empty())
+            .collect();
+        let mut v = Vec::with_capacity(prev.iter().map(|p| p.len() + 2).sum::<usize>() + 39);
+        for p in prev {
+            v.extend_from_slice(p);
+            v.extend_from_slice(b", ");
+        }
+        ctx.push_peer_ip(&mut v);
+        let v = HeaderValue::from_bytes(&v).unwrap_or_else(|_| ctx.peer_ip_value());
+        h.insert(&X_FORWARDED_FOR, v);
+    }
+    if fwd.x_real_ip && !h.contains_key(&X_REAL_IP) {
         h.insert(&X_REAL_IP, ctx.peer_ip_value());
     }
-    if !(keep && h.contains_key(&X_FORWARDED_PROTO)) {
+    if fwd.x_forwarded_proto && !h.contains_key(&X_FORWARDED_PROTO) {
         let proto = if ctx.https { "https" } else { "http" };
         h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
-    if !(keep && h.contains_key(&X_FORWARDED_HOST)) {
+    if fwd.x_forwarded_host && !h.contains_key(&X_FORWARDED_HOST) {
         if let Some(host) = h.get(header::HOST).cloned() {
             h.insert(&X_FORWARDED_HOST, host);
-        } else {
-            h.remove(&X_FORWARDED_HOST);
+        }
+    }
+    if fwd.forwarded {
+        let mut v = Vec::with_capacity(64);
+        ctx.push_forwarded_element(&mut v, h.get(header::HOST).map(HeaderValue::as_bytes));
+        if let Ok(v) = HeaderValue::from_bytes(&v) {
+            // After a trusted peer's own, which it kept: one list, in order.
+            h.append(header::FORWARDED, v);
         }
     }
 }
@@ -814,6 +870,90 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod forwarded_tests {
+    use super::*;
+    use crate::h1::tests::test_ctx_with;
+    use rampart_topology::lb::ForwardedHeaders;
+
+    /// The request as HTTP/2 or hyper's HTTP/1 path sends it on: the header lines.
+    fn prepared(fwd: ForwardedHeaders, trusted: bool, peer: &str) -> Vec<(String, String)> {
+        let req = Request::builder()
+            .uri("https://a.example:8443/p")
+            .header("x-forwarded-for", "198.51.100.1")
+            .header("x-real-ip", "198.51.100.1")
+            .header("forwarded", "for=198.51.100.1")
+            .header("x-forwarded-proto", "https")
+            .body(())
+            .unwrap();
+        let (mut parts, ()) = req.into_parts();
+        prepare_headers(&mut parts, &test_ctx_with(trusted, fwd, peer));
+        parts
+            .headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
+            .collect()
+    }
+
+    fn all(h: &[(String, String)], name: &str) -> Vec<String> {
+        h.iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    #[test]
+    fn the_hyper_path_adds_the_same_headers_as_the_fast_path() {
+        let peer = "192.0.2.7:40000";
+        // The default four, from a client: its claims replaced.
+        let h = prepared(ForwardedHeaders::default(), false, peer);
+        assert_eq!(all(&h, "x-forwarded-for"), ["192.0.2.7"]);
+        assert_eq!(all(&h, "x-real-ip"), ["192.0.2.7"]);
+        assert_eq!(all(&h, "x-forwarded-proto"), ["http"]);
+        assert_eq!(all(&h, "x-forwarded-host"), ["a.example:8443"]);
+        assert!(all(&h, "forwarded").is_empty(), "{h:?}");
+        // Only X-Forwarded-For: nothing else of the client's, nothing else of ours.
+        let only_xff = ForwardedHeaders {
+            x_forwarded_for: true,
+            ..ForwardedHeaders::NONE
+        };
+        let h = prepared(only_xff, false, peer);
+        let names: Vec<&str> = h.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["host", "x-forwarded-for"], "{h:?}");
+        // From a trusted proxy: its chain appended to, its Forwarded kept and ours after.
+        let fwd = ForwardedHeaders {
+            x_forwarded_for: true,
+            forwarded: true,
+            ..ForwardedHeaders::NONE
+        };
+        let h = prepared(fwd, true, peer);
+        assert_eq!(all(&h, "x-forwarded-for"), ["198.51.100.1, 192.0.2.7"]);
+        assert_eq!(
+            all(&h, "forwarded"),
+            [
+                "for=198.51.100.1",
+                "for=192.0.2.7;proto=http;host=\"a.example:8443\""
+            ]
+        );
+        assert_eq!(all(&h, "x-real-ip"), ["198.51.100.1"]);
+        // None, from a trusted proxy: all it sent, as it came.
+        let h = prepared(ForwardedHeaders::NONE, true, peer);
+        assert_eq!(all(&h, "x-forwarded-for"), ["198.51.100.1"]);
+        assert_eq!(all(&h, "forwarded"), ["for=198.51.100.1"]);
+        // RFC 7239 from an IPv6 client.
+        let only_fwd = ForwardedHeaders {
+            forwarded: true,
+            ..ForwardedHeaders::NONE
+        };
+        let h = prepared(only_fwd, false, "[2001:db8::7]:40000");
+        assert_eq!(
+            all(&h, "forwarded"),
+            ["for=\"[2001:db8::7]\";proto=http;host=\"a.example:8443\""]
+        );
     }
 }
 

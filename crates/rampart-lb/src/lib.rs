@@ -134,6 +134,8 @@ pub struct ListenerRt {
     pub cfg: Listener,
     pub pool: Arc<PoolHandle>,
     pub trusted: Vec<Cidr>,
+    /// The forwarding headers added to each request (`forwarded.headers`).
+    pub forwarded: rampart_topology::lb::ForwardedHeaders,
     pub stats: Arc<ListenerStats>,
     limit: Option<Arc<Semaphore>>,
     /// TLS termination (listeners with `tls`), from [`tls::prepare`].
@@ -257,6 +259,7 @@ impl Shared {
             cfg: l.clone(),
             pool,
             trusted: cfg.trusted_proxies.clone(),
+            forwarded: cfg.forwarded_headers,
             stats,
             limit: l.max_connections.map(|n| Arc::new(Semaphore::new(n))),
             tls: l.tls.as_ref().and_then(|_| tls::term(&l.name)),
@@ -704,6 +707,10 @@ async fn accept_loop(
                 None => break,
             },
         };
+        // The settings current now, not those loaded before the wait: the first
+        // connection after a reload is served by the reloaded listener too. (Its permit
+        // may be from the old `max_connections`, which bounded the wait.)
+        let l = slot.current.load_full();
         let (tcp, peer) = match accepted {
             Ok(x) => x,
             Err(e) => {

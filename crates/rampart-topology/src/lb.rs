@@ -41,6 +41,8 @@ pub struct LbConfig {
     /// `X-Forwarded-Proto`/`-Host`, `Forwarded` and `X-Real-IP` are kept (others' are
     /// replaced by what the balancer saw, `Forwarded` dropped).
     pub trusted_proxies: Vec<Cidr>,
+    /// The forwarding headers the balancer adds to each request (`forwarded.headers`).
+    pub forwarded_headers: ForwardedHeaders,
     /// The admin listener (state, stats page, metrics, runtime control); off when `None`.
     pub admin: Option<AdminConfig>,
     /// On SIGTERM (or after handing the sockets to a new process), how long in-flight
@@ -50,6 +52,92 @@ pub struct LbConfig {
     pub access_log: Option<AccessLog>,
     /// Virtual routers (`[[vrrp]]`): the virtual IPs this balancer shares with its peers.
     pub vrrp: Vec<crate::vrrp::VrrpInstance>,
+}
+
+/// The headers that tell a server whom a request came from, which the balancer adds
+/// (`[forwarded] headers = [...]`). A peer in `trusted_proxies` keeps what it sent (its
+/// `X-Forwarded-For` chain is appended to); anyone else's are dropped, whether listed
+/// here or not, so that a client cannot speak for itself to a server that reads them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardedHeaders {
+    /// `X-Forwarded-For: <client>` (HAProxy's `option forwardfor`).
+    pub x_forwarded_for: bool,
+    /// `X-Real-IP: <client>` (nginx's usual `proxy_set_header X-Real-IP $remote_addr`).
+    pub x_real_ip: bool,
+    /// `X-Forwarded-Proto: http|https`.
+    pub x_forwarded_proto: bool,
+    /// `X-Forwarded-Host: <Host>`.
+    pub x_forwarded_host: bool,
+    /// `Forwarded: for=<client>;proto=<scheme>;host=<Host>` (RFC 7239; HAProxy's
+    /// `option forwarded`).
+    pub forwarded: bool,
+}
+
+impl ForwardedHeaders {
+    /// The names `headers` accepts, in the order they are rendered.
+    pub const NAMES: [&'static str; 5] = [
+        "x-forwarded-for",
+        "x-real-ip",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "forwarded",
+    ];
+
+    /// None: requests go to the servers with no forwarding header added.
+    pub const NONE: ForwardedHeaders = ForwardedHeaders {
+        x_forwarded_for: false,
+        x_real_ip: false,
+        x_forwarded_proto: false,
+        x_forwarded_host: false,
+        forwarded: false,
+    };
+
+    /// Turn on the header `name` (one of [`Self::NAMES`], any case); false if unknown.
+    pub fn set(&mut self, name: &str) -> bool {
+        let flag = match name.to_ascii_lowercase().as_str() {
+            "x-forwarded-for" => &mut self.x_forwarded_for,
+            "x-real-ip" => &mut self.x_real_ip,
+            "x-forwarded-proto" => &mut self.x_forwarded_proto,
+            "x-forwarded-host" => &mut self.x_forwarded_host,
+            "forwarded" => &mut self.forwarded,
+            _ => return false,
+        };
+        *flag = true;
+        true
+    }
+
+    /// Parse a comma-separated list (the command line's `--forwarded-headers`); `none`
+    /// or an empty string is no header.
+    pub fn parse_list(list: &str) -> Result<ForwardedHeaders, String> {
+        let mut h = ForwardedHeaders::NONE;
+        let list = list.trim();
+        if list.is_empty() || list.eq_ignore_ascii_case("none") {
+            return Ok(h);
+        }
+        for name in list.split(',').map(str::trim) {
+            if !h.set(name) {
+                return Err(format!(
+                    "unknown forwarding header \"{name}\"; expected some of {} (or none)",
+                    Self::NAMES.join(", ")
+                ));
+            }
+        }
+        Ok(h)
+    }
+}
+
+impl Default for ForwardedHeaders {
+    /// `X-Forwarded-For`, `X-Real-IP`, `X-Forwarded-Proto` and `X-Forwarded-Host`: what
+    /// most applications behind nginx or HAProxy read.
+    fn default() -> Self {
+        ForwardedHeaders {
+            x_forwarded_for: true,
+            x_real_ip: true,
+            x_forwarded_proto: true,
+            x_forwarded_host: true,
+            forwarded: false,
+        }
+    }
 }
 
 /// `[admin]`: where the admin API listens and who may use it.

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use rampart_balance::Algorithm;
 use rampart_lb::ctl::{self, AdminClient};
-use rampart_topology::lb::{AdminConfig, CheckKind, LbConfig, Mode};
+use rampart_topology::lb::{AdminConfig, CheckKind, ForwardedHeaders, LbConfig, Mode};
 
 /// Run the L7/L4 load balancer, from a config file or in quick mode for one pool; or
 /// operate a running one (`ctl`, `reload`).
@@ -19,7 +19,7 @@ pub struct LbArgs {
     pub command: Option<LbCommand>,
 
     /// TOML config file with [[listener]] and [[pool]] sections.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["listen", "backend", "algorithm", "mode", "health_check"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["listen", "backend", "algorithm", "mode", "health_check", "forwarded_headers"])]
     pub config: Option<PathBuf>,
 
     /// Quick mode: address to listen on, e.g. 127.0.0.1:8080.
@@ -42,6 +42,12 @@ pub struct LbArgs {
     /// Quick mode: http:/PATH, tcp or none.
     #[arg(long, value_name = "CHECK", default_value = "tcp")]
     pub health_check: CheckKind,
+
+    /// Quick mode: the forwarding headers added to each request, comma-separated, from
+    /// x-forwarded-for, x-real-ip, x-forwarded-proto, x-forwarded-host and forwarded (RFC
+    /// 7239), or none (default: the four x- ones; a config file's `[forwarded] headers`).
+    #[arg(long, value_name = "LIST", value_parser = ForwardedHeaders::parse_list)]
+    pub forwarded_headers: Option<ForwardedHeaders>,
 
     /// With --config TOPOLOGY: run this [[lb.nodes]] entry of the topology's [lb] section.
     #[arg(long, value_name = "NAME", requires = "config")]
@@ -223,6 +229,10 @@ pub fn run(args: LbArgs) -> anyhow::Result<()> {
             args.mode,
             args.health_check.clone(),
         )
+        .map(|c| LbConfig {
+            forwarded_headers: args.forwarded_headers.unwrap_or_default(),
+            ..c
+        })
         .map_err(anyhow::Error::msg)
         .context("build the quick-mode config")?,
         (None, None) => anyhow::bail!("give --config FILE or --listen ADDR --backend ADDR"),

@@ -89,6 +89,7 @@ fn ctx(trusted: bool) -> Arc<ConnCtx> {
         } else {
             Vec::new()
         },
+        forwarded: Default::default(),
         stats: Arc::new(crate::ListenerStats::new(1)),
         limit: None,
         tls: None,

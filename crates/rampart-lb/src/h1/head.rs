@@ -470,10 +470,14 @@ pub(super) fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Pa
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let keep = ctx.trusted;
+    let fwd = ctx.listener.forwarded;
     let mut lines = Lines::new(data);
     for (h, &kind) in req.headers.iter().zip(kinds.iter()) {
         match kind {
-            H::Hop | H::Connection | H::TransferEncoding | H::Xff => continue,
+            H::Hop | H::Connection | H::TransferEncoding => continue,
+            // Rendered below when the balancer adds it; a trusted peer's kept as it came
+            // when not.
+            H::Xff if fwd.x_forwarded_for || !keep => continue,
             H::Upgrade if !upgrade => continue,
             // Rendered once below, from what was parsed.
             H::ContentLength => continue,
@@ -515,39 +519,53 @@ pub(super) fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Pa
         out.extend_from_slice(itoa(n, &mut [0u8; 20]));
         out.extend_from_slice(b"\r\n");
     }
-    // X-Forwarded-For: a trusted peer's chain is kept and appended to.
-    out.extend_from_slice(b"x-forwarded-for: ");
-    if keep && has_xff {
-        for (h, kind) in req.headers.iter().zip(kinds) {
-            if kind == H::Xff {
-                let v = h.value.trim_ascii();
-                if !v.is_empty() {
-                    out.extend_from_slice(v);
-                    out.extend_from_slice(b", ");
+    // The forwarding headers the listener adds (`forwarded.headers`).
+    let mut ip = 0..0;
+    if fwd.x_forwarded_for {
+        // A trusted peer's chain is kept and appended to.
+        out.extend_from_slice(b"x-forwarded-for: ");
+        if keep && has_xff {
+            for (h, kind) in req.headers.iter().zip(kinds) {
+                if kind == H::Xff {
+                    let v = h.value.trim_ascii();
+                    if !v.is_empty() {
+                        out.extend_from_slice(v);
+                        out.extend_from_slice(b", ");
+                    }
                 }
             }
         }
-    }
-    let ip = out.len();
-    ctx.push_peer_ip(out);
-    let ip = ip..out.len();
-    out.extend_from_slice(b"\r\n");
-    if !(keep && has_xri) {
-        out.extend_from_slice(b"x-real-ip: ");
-        out.extend_from_within(ip);
+        let start = out.len();
+        ctx.push_peer_ip(out);
+        ip = start..out.len();
         out.extend_from_slice(b"\r\n");
     }
-    if !(keep && has_xfp) {
+    if fwd.x_real_ip && !(keep && has_xri) {
+        out.extend_from_slice(b"x-real-ip: ");
+        if ip.is_empty() {
+            ctx.push_peer_ip(out);
+        } else {
+            out.extend_from_within(ip);
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    if fwd.x_forwarded_proto && !(keep && has_xfp) {
         out.extend_from_slice(if ctx.https {
             b"x-forwarded-proto: https\r\n"
         } else {
             b"x-forwarded-proto: http\r\n"
         });
     }
-    if !(keep && has_xfh) {
+    if fwd.x_forwarded_host && !(keep && has_xfh) {
         if let Some(h) = host {
             push_header(out, b"x-forwarded-host", h);
         }
+    }
+    if fwd.forwarded {
+        // After a trusted peer's own `Forwarded` lines, which it kept: one list, in order.
+        out.extend_from_slice(b"forwarded: ");
+        ctx.push_forwarded_element(out, host);
+        out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
     let head = method == "HEAD";

@@ -4,8 +4,9 @@
 
 use super::*;
 use crate::h1::chunked::Chunked;
-use crate::h1::tests::test_ctx;
+use crate::h1::tests::{test_ctx, test_ctx_with};
 use proptest::prelude::*;
+use rampart_topology::lb::ForwardedHeaders;
 
 #[test]
 fn an_absolute_target_with_an_empty_path_goes_upstream_as_slash() {
@@ -114,6 +115,76 @@ fn parse(head: &[u8]) -> (Parsed, String) {
     let mut out = Vec::new();
     let p = parse_request(head, &test_ctx(false), &mut out);
     (p, String::from_utf8_lossy(&out).into_owned())
+}
+
+/// The forwarding lines (and any other the client sent) of `head` as rendered upstream.
+fn rendered_with(head: &[u8], trusted: bool, fwd: ForwardedHeaders, peer: &str) -> String {
+    let mut out = Vec::new();
+    let p = parse_request(head, &test_ctx_with(trusted, fwd, peer), &mut out);
+    assert!(matches!(p, Parsed::Complete(_)), "{p:?}");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn the_listener_chooses_which_forwarding_headers_are_added() {
+    let sent = b"GET / HTTP/1.1\r\nHost: a.example\r\nX-Forwarded-For: 198.51.100.1\r\nX-Real-IP: 198.51.100.1\r\nForwarded: for=198.51.100.1\r\nX-Forwarded-Proto: https\r\n\r\n";
+    let peer = "192.0.2.7:40000";
+    let only_xff = ForwardedHeaders {
+        x_forwarded_for: true,
+        ..ForwardedHeaders::NONE
+    };
+    // Only X-Forwarded-For, from a client: the client's other claims are dropped all the
+    // same, and nothing else is added.
+    let out = rendered_with(sent, false, only_xff, peer);
+    assert!(
+        out.ends_with("\r\nhost: a.example\r\nx-forwarded-for: 192.0.2.7\r\n\r\n")
+            || out.ends_with("Host: a.example\r\nx-forwarded-for: 192.0.2.7\r\n\r\n"),
+        "{out}"
+    );
+    for gone in ["198.51.100.1", "real-ip", "roto", "orwarded:"] {
+        assert!(!out.to_ascii_lowercase().contains(gone), "{gone}: {out}");
+    }
+    // None, from a trusted proxy: what it sent goes on as it came.
+    let out = rendered_with(sent, true, ForwardedHeaders::NONE, peer);
+    assert!(out.ends_with("Host: a.example\r\nX-Forwarded-For: 198.51.100.1\r\nX-Real-IP: 198.51.100.1\r\nForwarded: for=198.51.100.1\r\nX-Forwarded-Proto: https\r\n\r\n"), "{out}");
+    // None, from a client: none of its claims, none of ours.
+    let out = rendered_with(sent, false, ForwardedHeaders::NONE, peer);
+    assert_eq!(out, "GET / HTTP/1.1\r\nHost: a.example\r\n\r\n");
+    // RFC 7239 alone: one element; from a trusted proxy after its own.
+    let only_fwd = ForwardedHeaders {
+        forwarded: true,
+        ..ForwardedHeaders::NONE
+    };
+    let out = rendered_with(sent, false, only_fwd, peer);
+    assert!(
+        out.ends_with(
+            "Host: a.example\r\nforwarded: for=192.0.2.7;proto=http;host=a.example\r\n\r\n"
+        ),
+        "{out}"
+    );
+    let out = rendered_with(sent, true, only_fwd, peer);
+    assert!(out.contains("Forwarded: for=198.51.100.1\r\nX-Forwarded-Proto: https\r\nforwarded: for=192.0.2.7;proto=http;host=a.example\r\n\r\n"), "{out}");
+    // An IPv6 client and a host with a port are quoted (RFC 7239 section 6).
+    let out = rendered_with(
+        b"GET / HTTP/1.1\r\nHost: a.example:8080\r\n\r\n",
+        false,
+        only_fwd,
+        "[2001:db8::7]:40000",
+    );
+    assert!(
+        out.contains("forwarded: for=\"[2001:db8::7]\";proto=http;host=\"a.example:8080\"\r\n"),
+        "{out}"
+    );
+    // X-Real-IP without X-Forwarded-For still names the client.
+    let only_xri = ForwardedHeaders {
+        x_real_ip: true,
+        ..ForwardedHeaders::NONE
+    };
+    let out = rendered_with(sent, false, only_xri, peer);
+    assert!(
+        out.ends_with("Host: a.example\r\nx-real-ip: 192.0.2.7\r\n\r\n"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -24,6 +24,16 @@ async fn an_idle_connection_costs_a_small_future() {
 // Hardening: the request parser against smuggling and malformed heads.
 
 pub(super) fn test_ctx(trusted: bool) -> Arc<ConnCtx> {
+    test_ctx_with(trusted, Default::default(), "192.0.2.7:40000")
+}
+
+/// A connection from `peer` (a trusted proxy when `192.0.2.0/24` and `trusted`) to a
+/// listener adding `forwarded`.
+pub(crate) fn test_ctx_with(
+    trusted: bool,
+    forwarded: rampart_topology::lb::ForwardedHeaders,
+    peer: &str,
+) -> Arc<ConnCtx> {
     use rampart_topology::lb::{CheckKind, LbConfig, Mode};
     let cfg = LbConfig::quick(
         "127.0.0.1:1".parse().unwrap(),
@@ -42,12 +52,13 @@ pub(super) fn test_ctx(trusted: bool) -> Arc<ConnCtx> {
         } else {
             Vec::new()
         },
+        forwarded,
         stats: Arc::new(crate::ListenerStats::new(1)),
         limit: None,
         tls: None,
         firewall: None,
     });
-    ConnCtx::new("192.0.2.7:40000".parse().unwrap(), &rt, 0, None).unwrap()
+    ConnCtx::new(peer.parse().unwrap(), &rt, 0, None).unwrap()
 }
 
 #[test]
@@ -188,6 +199,7 @@ fn ctx_for(backend: std::net::SocketAddr) -> Arc<ConnCtx> {
         cfg: cfg.listeners[0].clone(),
         pool: Arc::new(crate::state::PoolHandle::new(pool, 1)),
         trusted: Vec::new(),
+        forwarded: Default::default(),
         stats: Arc::new(crate::ListenerStats::new(1)),
         limit: None,
         tls: None,

@@ -9,8 +9,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
+use nix::sys::signal::Signal;
+
 use crate::support::{
-    get_once, http_config, read_until, servers, Backend, Client, EchoBackend, Lb,
+    get_once, http_config, read_until, servers, wait_for, Backend, Client, EchoBackend, Lb,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,6 +92,105 @@ async fn forwarded_headers_replace_an_untrusted_chain_and_drop_hop_by_hop() {
         body.contains("x-forwarded-for: 203.0.113.9, 127.0.0.1\n"),
         "{body}"
     );
+}
+
+/// What the backend saw of one request on a new connection, over HTTP/1.1 (the fast
+/// path) and over h2c (hyper's path).
+async fn seen_headers(lb: std::net::SocketAddr) -> (String, String) {
+    let mut cl = Client::connect(lb).await.unwrap();
+    let req = Request::get("/headers")
+        .header("host", "shop.example")
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("forwarded", "for=6.6.6.6")
+        .body(Default::default())
+        .unwrap();
+    let (st, h1) = cl.request(req).await.unwrap();
+    assert_eq!(st, 200, "{h1}");
+    let tcp = TcpStream::connect(lb).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("http://shop.example/headers")
+        .header("x-forwarded-for", "6.6.6.6")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.version(), hyper::Version::HTTP_2);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (h1, String::from_utf8(body.to_vec()).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_config_chooses_the_forwarding_headers_and_a_reload_changes_them() {
+    let a = Backend::start("a").await;
+    let pool = http_config("round-robin", &servers(&[(&a, 1)]), "");
+    let lb = Lb::start(&format!("[forwarded]\nheaders = [\"forwarded\"]\n{pool}")).await;
+    // RFC 7239 only: one element naming the client, none of the X- headers, and the
+    // client's own claims gone.
+    let (h1, h2) = seen_headers(lb.addr).await;
+    for body in [&h1, &h2] {
+        assert!(
+            body.contains("forwarded: for=127.0.0.1;proto=http;host=shop.example\n"),
+            "{body}"
+        );
+        assert!(
+            !body.contains("x-forwarded") && !body.contains("x-real-ip"),
+            "{body}"
+        );
+        assert!(!body.contains("6.6.6.6"), "{body}");
+    }
+    // Reloaded with X-Forwarded-For only (HAProxy's `option forwardfor`): new connections
+    // get it.
+    let path = lb.config_path();
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace("[\"forwarded\"]", "[\"x-forwarded-for\"]"),
+    )
+    .unwrap();
+    lb.proc.signal(Signal::SIGHUP);
+    assert!(
+        wait_for(
+            || lb.proc.log_text().contains("configuration reloaded"),
+            Duration::from_secs(5)
+        )
+        .await,
+        "{}",
+        lb.proc.log_text()
+    );
+    let (h1, h2) = seen_headers(lb.addr).await;
+    for body in [&h1, &h2] {
+        assert!(body.contains("x-forwarded-for: 127.0.0.1\n"), "{body}");
+        assert!(
+            !body.contains("forwarded: for") && !body.contains("x-real-ip"),
+            "{body}"
+        );
+        assert!(
+            !body.contains("x-forwarded-proto") && !body.contains("6.6.6.6"),
+            "{body}"
+        );
+    }
+    // A name it does not know: refused with its position, the running set kept.
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace("\"x-forwarded-for\"]", "\"x-forwarded-by\"]"),
+    )
+    .unwrap();
+    lb.proc.signal(Signal::SIGHUP);
+    let pos = format!(
+        "{}:2:12: unknown forwarding header \"x-forwarded-by\"",
+        path.display()
+    );
+    assert!(
+        wait_for(|| lb.proc.log_text().contains(&pos), Duration::from_secs(5)).await,
+        "{}",
+        lb.proc.log_text()
+    );
+    let (h1, _) = seen_headers(lb.addr).await;
+    assert!(h1.contains("x-forwarded-for: 127.0.0.1\n"), "{h1}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

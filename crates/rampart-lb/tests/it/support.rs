@@ -259,6 +259,11 @@ impl Lb {
         lb
     }
 
+    /// The config file the balancer was started with (rewrite it, then SIGHUP, to reload).
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("lb.toml")
+    }
+
     /// Resident memory of the rampart process in KiB.
     pub fn rss_kib(&self) -> u64 {
         let s = std::fs::read_to_string(format!("/proc/{}/status", self.proc.pid())).unwrap();

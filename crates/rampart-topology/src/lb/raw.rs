@@ -218,6 +218,9 @@ pub struct RawLimits {
 pub struct RawForwarded {
     #[serde(default)]
     pub trusted_proxies: Vec<Spanned<String>>,
+    /// Which forwarding headers the balancer adds ([`super::ForwardedHeaders`]).
+    #[serde(default)]
+    pub headers: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 // ===================================================================================

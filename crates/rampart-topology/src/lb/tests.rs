@@ -401,6 +401,77 @@ fn bad_trusted_proxy_and_zero_timeout() {
 }
 
 #[test]
+fn forwarded_headers_default_list_and_errors() {
+    let pool = "servers = [{ address = \"127.0.0.1:1\" }]";
+    // Not given: the four X- headers, no RFC 7239 one.
+    let c = parse(&with_pool("", pool)).unwrap();
+    assert_eq!(c.forwarded_headers, ForwardedHeaders::default());
+    assert!(c.forwarded_headers.x_real_ip && !c.forwarded_headers.forwarded);
+    // A list is the whole set, any case.
+    let text = format!(
+        "[forwarded]\nheaders = [\"X-Forwarded-For\", \"forwarded\"]\n{}",
+        with_pool("", pool)
+    );
+    let c = parse(&text).unwrap();
+    assert_eq!(
+        c.forwarded_headers,
+        ForwardedHeaders {
+            x_forwarded_for: true,
+            forwarded: true,
+            ..ForwardedHeaders::NONE
+        }
+    );
+    // Empty: none.
+    let text = format!("[forwarded]\nheaders = []\n{}", with_pool("", pool));
+    assert_eq!(
+        parse(&text).unwrap().forwarded_headers,
+        ForwardedHeaders::NONE
+    );
+    // Unknown and repeated names, each at its position.
+    let text = format!(
+        "[forwarded]\nheaders = [\"x-forwarded-for\", \"via\", \"X-Forwarded-For\"]\n{}",
+        with_pool("", pool)
+    );
+    let e = parse(&text).unwrap_err();
+    let got: Vec<(usize, usize, &str)> = e
+        .diagnostics
+        .iter()
+        .map(|d| (d.line, d.col, d.message.as_str()))
+        .collect();
+    assert_eq!(got.len(), 2, "{e}");
+    assert_eq!((got[0].0, got[0].1), (2, 31), "{e}");
+    assert!(
+        got[0].2.contains("unknown forwarding header \"via\""),
+        "{e}"
+    );
+    assert!(got[0].2.contains("\"x-real-ip\""), "{e}");
+    assert_eq!((got[1].0, got[1].1), (2, 38), "{e}");
+    assert!(got[1].2.contains("listed twice"), "{e}");
+}
+
+#[test]
+fn forwarded_headers_command_line_list() {
+    assert_eq!(
+        ForwardedHeaders::parse_list("x-forwarded-for, X-Real-IP").unwrap(),
+        ForwardedHeaders {
+            x_forwarded_for: true,
+            x_real_ip: true,
+            ..ForwardedHeaders::NONE
+        }
+    );
+    assert_eq!(
+        ForwardedHeaders::parse_list("none").unwrap(),
+        ForwardedHeaders::NONE
+    );
+    assert_eq!(
+        ForwardedHeaders::parse_list("").unwrap(),
+        ForwardedHeaders::NONE
+    );
+    let e = ForwardedHeaders::parse_list("x-forwarded-for,via").unwrap_err();
+    assert!(e.contains("\"via\"") && e.contains("forwarded"), "{e}");
+}
+
+#[test]
 fn readme_example_is_valid() {
     let readme = include_str!("../../../../README.md");
     let section = &readme[readme.find("## Load balancer").unwrap()..];

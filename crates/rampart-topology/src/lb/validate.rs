@@ -287,6 +287,27 @@ impl LbConfig {
                 Err(e) => c.err(t, e),
             }
         }
+        let mut forwarded_headers = ForwardedHeaders::default();
+        if let Some(list) = raw.forwarded.as_ref().and_then(|f| f.headers.as_ref()) {
+            forwarded_headers = ForwardedHeaders::NONE;
+            let mut seen: Vec<String> = Vec::new();
+            for name in list.get_ref() {
+                let lower = name.get_ref().to_ascii_lowercase();
+                if seen.contains(&lower) {
+                    c.err(name, format!("\"{}\" is listed twice", name.get_ref()));
+                } else if !forwarded_headers.set(&lower) {
+                    c.err(
+                        name,
+                        format!(
+                            "unknown forwarding header \"{}\"; expected some of \"{}\"",
+                            name.get_ref(),
+                            ForwardedHeaders::NAMES.join("\", \"")
+                        ),
+                    );
+                }
+                seen.push(lower);
+            }
+        }
         if trusted_proxies.is_empty() {
             // Nobody's X-Forwarded-For would be believed: the setting would do nothing.
             for f in raw.listener.iter().filter_map(|l| l.firewall.as_ref()) {
@@ -342,6 +363,7 @@ impl LbConfig {
                 pools,
                 max_connections,
                 trusted_proxies,
+                forwarded_headers,
                 admin,
                 grace,
                 access_log,
@@ -409,6 +431,7 @@ impl LbConfig {
             }],
             max_connections: DEFAULT_MAX_CONNECTIONS,
             trusted_proxies: Vec::new(),
+            forwarded_headers: ForwardedHeaders::default(),
             admin: None,
             grace: DEFAULT_GRACE,
             access_log: None,
