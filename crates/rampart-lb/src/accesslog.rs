@@ -203,6 +203,7 @@ pub fn write(e: &Entry<'_>) {
 /// Log a response of listener `l` (the proxy put a [`Served`] on it when a server answered).
 pub fn log_response<B>(
     l: &crate::ListenerRt,
+    pool: &str,
     client: SocketAddr,
     method: &http::Method,
     uri: &http::Uri,
@@ -220,7 +221,7 @@ pub fn log_response<B>(
     write(&Entry {
         client,
         listener: &l.cfg.name,
-        pool: &l.pool.name,
+        pool,
         method: method.as_str(),
         path: uri.path_and_query().map_or("/", |p| p.as_str()),
         status: r.status().as_u16(),

@@ -496,6 +496,11 @@ pub(crate) fn state_page(shared: &Shared, offset: usize, limit: usize) -> Value 
                 "address": l.address.to_string(),
                 "mode": l.mode.to_string(),
                 "pool": rt.pool.name,
+                "routes": rt.cfg.routes.iter().zip(rt.routes.iter()).map(|(r, p)| json!({
+                    "host": r.host.as_ref().map(|h| h.to_string()),
+                    "path_prefix": r.path_prefix,
+                    "pool": p.name,
+                })).collect::<Vec<_>>(),
                 "connections": l.stats.conns_active.load(Ordering::Relaxed),
                 "connections_total": l.stats.conns_total.load(Ordering::Relaxed),
                 "max_connections": rt.cfg.max_connections,

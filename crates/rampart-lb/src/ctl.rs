@@ -195,6 +195,23 @@ pub fn format_state(v: &Value) -> String {
             s(l, "pool"),
             s(l, "connections")
         ));
+        for r in l
+            .get("routes")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let any = |k: &str| match r.get(k).and_then(Value::as_str) {
+                Some(v) => v.to_string(),
+                None => "*".to_string(),
+            };
+            out.push_str(&format!(
+                "  route host={} path_prefix={} pool={}\n",
+                any("host"),
+                any("path_prefix"),
+                s(r, "pool")
+            ));
+        }
     }
     out.push_str(&format!(
         "{:<12} {:<12} {:<22} {:<11} {:<9} {:>6} {:>9} {:>10} {:>8}\n",

@@ -523,7 +523,7 @@ async fn proxy<T: ClientStream>(
 ) -> Next {
     let t0 = Instant::now();
     let now = ns_at(t0.into_std());
-    let pool = ctx.listener.pool.get();
+    let pool = ctx.listener.pool_for(req.route).get();
     pool.budget.on_request(now);
     let stopping = crate::stopping();
     // After an error answer, a request body that was not read leaves the connection
@@ -629,6 +629,7 @@ async fn proxy<T: ClientStream>(
     if let Some((method, path)) = &req.log {
         log(
             ctx,
+            &pool.cfg.name,
             method,
             path,
             status,
@@ -652,8 +653,10 @@ fn failed(pool: &PoolState, status: u16) -> (u16, Bytes) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn log(
     ctx: &ConnCtx,
+    pool: &str,
     method: &str,
     path: &str,
     status: u16,
@@ -664,7 +667,7 @@ fn log(
     crate::accesslog::write(&crate::accesslog::Entry {
         client: ctx.peer,
         listener: &ctx.listener.cfg.name,
-        pool: &ctx.listener.pool.name,
+        pool,
         method,
         path,
         status,
@@ -983,7 +986,17 @@ fn answered(
             Framing::Length(n) => Some(n),
             _ => None,
         };
-        log(ctx, method, path, info.status, bytes, total, Some(&served));
+        let pool = &at.slot.pool.cfg.name;
+        log(
+            ctx,
+            pool,
+            method,
+            path,
+            info.status,
+            bytes,
+            total,
+            Some(&served),
+        );
     }
     t1
 }

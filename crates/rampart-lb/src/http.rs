@@ -239,20 +239,38 @@ fn service(
             let started = now_ns();
             let stats = ctx.listener.stats.clone();
             let hsts = ctx.hsts().cloned();
-            let log = crate::accesslog::enabled()
-                .then(|| (req.method().clone(), req.uri().clone(), ctx.clone()));
+            let log = crate::accesslog::enabled().then(|| {
+                let route = route_of(&ctx.listener, &req);
+                (req.method().clone(), req.uri().clone(), ctx.clone(), route)
+            });
             let mut r = handle(req, ctx).await;
             if let Some(v) = hsts {
                 r.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, v);
             }
             let took = now_ns().saturating_sub(started);
             stats.counters.response(r.status().as_u16(), took);
-            if let Some((method, uri, ctx)) = log {
-                crate::accesslog::log_response(&ctx.listener, ctx.peer, &method, &uri, &r, took);
+            if let Some((method, uri, ctx, route)) = log {
+                let l = &ctx.listener;
+                let pool = &l.pool_for(route).name;
+                crate::accesslog::log_response(l, pool, ctx.peer, &method, &uri, &r, took);
             }
             Ok::<_, Infallible>(r)
         }) as HandleFuture
     })
+}
+
+/// Which of the listener's routes takes `req` (the fast path's rule: the target's
+/// authority, else `Host`, and its path).
+fn route_of<B>(l: &crate::ListenerRt, req: &Request<B>) -> Option<usize> {
+    if l.cfg.routes.is_empty() {
+        return None;
+    }
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().as_bytes())
+        .or_else(|| req.headers().get(header::HOST).map(HeaderValue::as_bytes));
+    l.route(host, req.uri().path().as_bytes())
 }
 
 /// When the process stops, how long an idle keep-alive connection may still bring its
@@ -567,7 +585,7 @@ async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<RespBody>
             }
         }
     }
-    let pool = &ctx.listener.pool.get();
+    let pool = &ctx.listener.pool_for(route_of(&ctx.listener, &req)).get();
     let mut now = now_ns();
     pool.budget.on_request(now);
 

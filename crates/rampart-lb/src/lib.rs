@@ -133,6 +133,8 @@ impl ListenerStats {
 pub struct ListenerRt {
     pub cfg: Listener,
     pub pool: Arc<PoolHandle>,
+    /// The pools of `cfg.routes`, in their order.
+    pub routes: Box<[Arc<PoolHandle>]>,
     pub trusted: Vec<Cidr>,
     /// The forwarding headers added to each request (`forwarded.headers`).
     pub forwarded: rampart_topology::lb::ForwardedHeaders,
@@ -145,6 +147,20 @@ pub struct ListenerRt {
 }
 
 impl ListenerRt {
+    /// Which of the listener's routes takes a request with this `Host` value (or
+    /// absolute-form authority) and target; `None`: the listener's pool.
+    pub(crate) fn route(&self, host: Option<&[u8]>, target: &[u8]) -> Option<usize> {
+        if self.cfg.routes.is_empty() {
+            return None;
+        }
+        rampart_topology::lb::pick_route(&self.cfg.routes, host, target)
+    }
+
+    /// The pool of a request [`ListenerRt::route`] routed.
+    pub(crate) fn pool_for(&self, route: Option<usize>) -> &Arc<PoolHandle> {
+        route.and_then(|i| self.routes.get(i)).unwrap_or(&self.pool)
+    }
+
     /// Whether `ip` is one of the lb's `forwarded.trusted_proxies` (IPv4-mapped IPv6 as
     /// IPv4).
     pub(crate) fn is_trusted(&self, ip: std::net::IpAddr) -> bool {
@@ -251,20 +267,28 @@ impl Shared {
     pub(crate) fn listener_rt(
         &self,
         l: &Listener,
-        pool: Arc<PoolHandle>,
+        pools: &[Arc<PoolHandle>],
         cfg: &LbConfig,
         stats: Arc<ListenerStats>,
-    ) -> ListenerRt {
-        ListenerRt {
+    ) -> Option<ListenerRt> {
+        let pool = pools.get(l.pool)?.clone();
+        // Indices the validation checked.
+        let routes = l
+            .routes
+            .iter()
+            .map(|r| pools.get(r.pool).cloned())
+            .collect::<Option<_>>()?;
+        Some(ListenerRt {
             cfg: l.clone(),
             pool,
+            routes,
             trusted: cfg.trusted_proxies.clone(),
             forwarded: cfg.forwarded_headers,
             stats,
             limit: l.max_connections.map(|n| Arc::new(Semaphore::new(n))),
             tls: l.tls.as_ref().and_then(|_| tls::term(&l.name)),
             firewall: firewall::get(&l.name),
-        }
+        })
     }
 
     /// Hand a listener's sockets to the workers (one per worker when bound here; those
@@ -416,7 +440,9 @@ pub fn run(config: LbConfig, opts: RunOptions) -> Result<(), LbError> {
             }
         }
         let stats = Arc::new(ListenerStats::new(workers));
-        let rt = shared.listener_rt(l, pool.clone(), &config, stats.clone());
+        let Some(rt) = shared.listener_rt(l, &pools, &config, stats.clone()) else {
+            continue;
+        };
         let slot = Arc::new(ListenerSlot {
             name: l.name.clone(),
             address: l.address,

@@ -124,18 +124,22 @@ pub fn apply(shared: &Arc<Shared>, new: LbConfig) -> Result<(), ControlError> {
     // 3. Listeners.
     let mut listeners = Vec::new();
     for l in &new.listeners {
-        let Some(pool) = pools.get(l.pool).cloned() else {
+        if pools.get(l.pool).is_none() {
             continue;
-        };
+        }
         match keep(&l.name, l.address, l.mode) {
             Some(slot) => {
-                let rt = shared.listener_rt(l, pool, &new, slot.stats.clone());
+                let Some(rt) = shared.listener_rt(l, &pools, &new, slot.stats.clone()) else {
+                    continue;
+                };
                 slot.current.store(Arc::new(rt));
                 listeners.push(slot);
             }
             None => {
                 let stats = Arc::new(ListenerStats::new(shared.workers));
-                let rt = shared.listener_rt(l, pool, &new, stats.clone());
+                let Some(rt) = shared.listener_rt(l, &pools, &new, stats.clone()) else {
+                    continue;
+                };
                 let slot = Arc::new(ListenerSlot {
                     name: l.name.clone(),
                     address: l.address,

@@ -219,11 +219,16 @@ pub struct Listener {
     pub redirect_https: Option<RedirectHttps>,
     /// The L7 firewall (`firewall = { ... }`).
     pub firewall: Option<firewall::Firewall>,
+    /// `[[listener.route]]`: requests that go to another pool than `pool` by Host and
+    /// path, in order (HTTP listeners only; empty: everything to `pool`).
+    pub routes: Vec<Route>,
 }
 
 mod acme;
+mod route;
 mod tls;
 pub use acme::{Acme, AcmeShare, Challenge, RawAcme, DEFAULT_RENEW_BEFORE};
+pub use route::{host_name, pick as pick_route, target_path, HostPattern, RawRoute, Route};
 pub use tls::{
     CertFiles, ListenerTls, PoolTls, RawCert, RawListenerTls, RawPoolTls, Resumption,
     DEFAULT_SESSION_CACHE, DEFAULT_TICKET_ROTATE,

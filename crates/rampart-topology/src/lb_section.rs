@@ -572,6 +572,46 @@ outlier = { interval = "2s", min_requests = 7, failure_percent = 60, margin_perc
     }
 
     #[test]
+    fn routes_of_the_section_reach_every_node_and_its_direct_entry() {
+        let text = r#"
+[[nodes]]
+name = "lb1"
+address = "127.0.0.1:8091"
+[[listener]]
+name = "site"
+address = "127.0.0.1:8080"
+pool = "web"
+[[listener.route]]
+path_prefix = "/api/"
+pool = "api"
+[[pool]]
+name = "web"
+servers = [{ name = "w1", address = "127.0.0.1:9001" }]
+[[pool]]
+name = "api"
+servers = [{ name = "a1", address = "127.0.0.1:9002" }]
+"#;
+        let src = Source::new("t.toml", text);
+        let s: LbSection = src.parse().unwrap();
+        let mut errs = Vec::new();
+        let t = validate(&src, &s, false, None, &mut errs).unwrap();
+        assert!(errs.is_empty(), "{errs:?}");
+        let c = t.node_config(&t.nodes[0]);
+        for l in &c.listeners {
+            assert_eq!(l.routes.len(), 1, "{}", l.name);
+            assert_eq!(c.pools[l.routes[0].pool].name, "api");
+        }
+        // Its errors name the section's tables.
+        let bad = text.replace("pool = \"api\"\n[[pool]]", "pool = \"apy\"\n[[pool]]");
+        let src = Source::new("t.toml", bad);
+        let s: LbSection = src.parse().unwrap();
+        let mut errs = Vec::new();
+        assert!(validate(&src, &s, false, None, &mut errs).is_none());
+        assert_eq!((errs[0].line, errs[0].col), (11, 8), "{errs:?}");
+        assert!(errs[0].message.contains("unknown pool \"apy\""), "{errs:?}");
+    }
+
+    #[test]
     fn redirect_http_turns_plain_listeners_into_redirects_but_not_the_direct_entry() {
         let text = r#"
 [[nodes]]

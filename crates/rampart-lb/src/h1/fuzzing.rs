@@ -84,6 +84,7 @@ fn ctx(trusted: bool) -> Arc<ConnCtx> {
     let rt = Arc::new(crate::ListenerRt {
         cfg: cfg.listeners[0].clone(),
         pool: Arc::new(crate::state::PoolHandle::new(pool, 1)),
+        routes: Box::new([]),
         trusted: if trusted {
             vec!["192.0.2.0/24".parse().expect("a CIDR")]
         } else {

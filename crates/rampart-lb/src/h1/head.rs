@@ -37,6 +37,8 @@ pub(super) struct ReqInfo {
     pub(super) http10: bool,
     /// The client asks for an upgrade (sent upstream with it; a `101` makes a tunnel).
     pub(super) upgrade: bool,
+    /// The listener's route that takes it (`None`: the listener's pool).
+    pub(super) route: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -584,6 +586,7 @@ pub(super) fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Pa
         log: crate::accesslog::enabled().then(|| (method.to_string(), target.to_string())),
         http10,
         upgrade,
+        route: ctx.listener.route(host, target.as_bytes()),
     })
 }
 

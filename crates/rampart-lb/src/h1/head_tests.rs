@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::h1::chunked::Chunked;
-use crate::h1::tests::{test_ctx, test_ctx_with};
+use crate::h1::tests::{test_ctx, test_ctx_of, test_ctx_with};
 use proptest::prelude::*;
 use rampart_topology::lb::ForwardedHeaders;
 
@@ -23,6 +23,71 @@ fn an_absolute_target_with_an_empty_path_goes_upstream_as_slash() {
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with(want), "{target}: {text}");
         assert!(text.contains("\r\nhost: h.example"), "{text}");
+    }
+}
+
+#[test]
+fn the_request_head_chooses_the_route() {
+    let text = r#"
+[[listener]]
+name = "site"
+address = "127.0.0.1:1"
+pool = "web"
+[[listener.route]]
+host = "*.example.com"
+path_prefix = "/api/"
+pool = "api"
+[[listener.route]]
+path_prefix = "/static/"
+pool = "static"
+[[pool]]
+name = "web"
+servers = [{ name = "w", address = "127.0.0.1:2" }]
+[[pool]]
+name = "api"
+servers = [{ name = "a", address = "127.0.0.1:3" }]
+[[pool]]
+name = "static"
+servers = [{ name = "s", address = "127.0.0.1:4" }]
+"#;
+    let cfg = rampart_topology::lb::LbConfig::from_source(&rampart_topology::diag::Source::new(
+        "lb.toml", text,
+    ))
+    .unwrap();
+    let ctx = test_ctx_of(&cfg);
+    for (head, want) in [
+        (
+            "GET /api/x HTTP/1.1\r\nHost: WWW.Example.com:8080\r\n\r\n",
+            Some(0),
+        ),
+        ("GET /api/x HTTP/1.1\r\nHost: example.org\r\n\r\n", None),
+        (
+            "GET /static/a.css?v=1 HTTP/1.1\r\nHost: example.org\r\n\r\n",
+            Some(1),
+        ),
+        ("GET / HTTP/1.1\r\nHost: www.example.com\r\n\r\n", None),
+        // The absolute form's authority is the host, whatever Host says.
+        (
+            "GET http://a.example.com/api/v HTTP/1.1\r\nHost: other.org\r\n\r\n",
+            Some(0),
+        ),
+        // HTTP/1.0 without Host: the path alone.
+        ("GET /static/x HTTP/1.0\r\n\r\n", Some(1)),
+        ("GET /api/x HTTP/1.0\r\n\r\n", None),
+    ] {
+        let mut out = Vec::new();
+        let Parsed::Complete(r) = parse_request(head.as_bytes(), &ctx, &mut out) else {
+            panic!("{head:?} refused")
+        };
+        assert_eq!(r.route, want, "{head:?}");
+        assert_eq!(
+            ctx.listener.pool_for(r.route).name,
+            ["api", "static"]
+                .get(want.unwrap_or(9))
+                .copied()
+                .unwrap_or("web"),
+            "{head:?}"
+        );
     }
 }
 

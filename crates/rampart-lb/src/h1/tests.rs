@@ -47,6 +47,7 @@ pub(crate) fn test_ctx_with(
     let rt = Arc::new(crate::ListenerRt {
         cfg: cfg.listeners[0].clone(),
         pool: Arc::new(crate::state::PoolHandle::new(pool, 1)),
+        routes: Box::new([]),
         trusted: if trusted {
             vec!["192.0.2.0/24".parse().unwrap()]
         } else {
@@ -59,6 +60,31 @@ pub(crate) fn test_ctx_with(
         firewall: None,
     });
     ConnCtx::new(peer.parse().unwrap(), &rt, 0, None).unwrap()
+}
+
+/// A connection to the first listener of `cfg` (its routes' pools included).
+pub(crate) fn test_ctx_of(cfg: &rampart_topology::lb::LbConfig) -> Arc<ConnCtx> {
+    let pools: Vec<_> = cfg
+        .pools
+        .iter()
+        .map(|p| {
+            let st = crate::state::PoolState::new(p.clone(), 1, 1);
+            Arc::new(crate::state::PoolHandle::new(st, 1))
+        })
+        .collect();
+    let l = &cfg.listeners[0];
+    let rt = Arc::new(crate::ListenerRt {
+        cfg: l.clone(),
+        pool: pools[l.pool].clone(),
+        routes: l.routes.iter().map(|r| pools[r.pool].clone()).collect(),
+        trusted: Vec::new(),
+        forwarded: Default::default(),
+        stats: Arc::new(crate::ListenerStats::new(1)),
+        limit: None,
+        tls: None,
+        firewall: None,
+    });
+    ConnCtx::new("192.0.2.7:40000".parse().unwrap(), &rt, 0, None).unwrap()
 }
 
 #[test]
@@ -198,6 +224,7 @@ fn ctx_for(backend: std::net::SocketAddr) -> Arc<ConnCtx> {
     let rt = Arc::new(crate::ListenerRt {
         cfg: cfg.listeners[0].clone(),
         pool: Arc::new(crate::state::PoolHandle::new(pool, 1)),
+        routes: Box::new([]),
         trusted: Vec::new(),
         forwarded: Default::default(),
         stats: Arc::new(crate::ListenerStats::new(1)),

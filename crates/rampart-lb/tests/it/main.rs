@@ -17,6 +17,7 @@ mod outlier;
 mod pki;
 mod postgres;
 mod protocols;
+mod routes;
 mod scale;
 mod support;
 mod tls;

@@ -264,6 +264,31 @@ impl Lb {
         self._dir.path().join("lb.toml")
     }
 
+    /// Write `config` (with `{LISTEN}` replaced), send SIGHUP and wait until the process
+    /// says how the reload ended: `Ok` when applied, `Err(log)` when refused (the log
+    /// then names why).
+    pub async fn reload_with(&self, config: &str) -> Result<(), String> {
+        let ended = |t: &str| {
+            t.matches("configuration reloaded").count() + t.matches("reload refused").count()
+        };
+        let before = ended(&self.proc.log_text());
+        let text = config.replace("{LISTEN}", &self.addr.to_string());
+        std::fs::write(self.config_path(), text).unwrap();
+        self.proc.signal(nix::sys::signal::Signal::SIGHUP);
+        let done = wait_for(
+            || ended(&self.proc.log_text()) > before,
+            Duration::from_secs(10),
+        )
+        .await;
+        let log = self.proc.log_text();
+        assert!(done, "the reload did not end: {log}");
+        let last = log.rfind("configuration reloaded").unwrap_or(0);
+        match log.rfind("reload refused") {
+            Some(r) if r > last => Err(log),
+            _ => Ok(()),
+        }
+    }
+
     /// Resident memory of the rampart process in KiB.
     pub fn rss_kib(&self) -> u64 {
         let s = std::fs::read_to_string(format!("/proc/{}/status", self.proc.pid())).unwrap();

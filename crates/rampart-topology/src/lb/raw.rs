@@ -71,6 +71,8 @@ pub struct RawListener {
     pub tls: Option<Spanned<RawListenerTls>>,
     #[serde(default)]
     pub firewall: Option<firewall::RawFirewall>,
+    #[serde(default)]
+    pub route: Vec<Spanned<RawRoute>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -545,3 +545,113 @@ fn quick_mode_builds_one_pool() {
     .is_err());
     assert!(LbConfig::quick(a, &[], Algorithm::RoundRobin, Mode::Http, CheckKind::Tcp).is_err());
 }
+
+const ROUTED: &str = r#"[[listener]]
+name = "site"
+address = "127.0.0.1:8080"
+pool = "web"
+[[listener.route]]
+host = "API.example.com"
+path_prefix = "/v2/"
+pool = "api"
+[[listener.route]]
+path_prefix = "/static/"
+pool = "static"
+
+[[pool]]
+name = "web"
+servers = [{ name = "w", address = "127.0.0.1:9001" }]
+[[pool]]
+name = "api"
+servers = [{ name = "a", address = "127.0.0.1:9002" }]
+[[pool]]
+name = "static"
+servers = [{ name = "s", address = "127.0.0.1:9003" }]
+"#;
+
+#[test]
+fn routes_validate_in_order_with_their_pools() {
+    let c = parse(ROUTED).unwrap();
+    let l = &c.listeners[0];
+    assert_eq!(l.pool, 0);
+    assert_eq!(
+        l.routes,
+        vec![
+            Route {
+                host: Some(HostPattern::Exact("api.example.com".into())),
+                path_prefix: Some("/v2/".into()),
+                pool: 1,
+            },
+            Route {
+                host: None,
+                path_prefix: Some("/static/".into()),
+                pool: 2,
+            },
+        ]
+    );
+    assert_eq!(
+        pick_route(&l.routes, Some(b"api.example.com:8080"), b"/v2/x"),
+        Some(0)
+    );
+    assert_eq!(pick_route(&l.routes, None, b"/"), None);
+}
+
+#[test]
+fn route_errors_name_their_position() {
+    // An unknown pool, at its name.
+    let text = ROUTED.replace("pool = \"static\"\n\n", "pool = \"statik\"\n\n");
+    let (l, col, m) = one_error(&text);
+    assert_eq!((l, col), (11, 8), "{m}");
+    assert!(
+        m.contains("unknown pool \"statik\"; defined pools: api, static, web"),
+        "{m}"
+    );
+    // A host with a port.
+    let (l, col, m) = one_error(&ROUTED.replace("API.example.com", "api.example.com:443"));
+    assert_eq!((l, col), (6, 8), "{m}");
+    assert!(m.contains("without a port"), "{m}");
+    // A path that is not one.
+    let (l, col, m) = one_error(&ROUTED.replace("\"/static/\"", "\"static\""));
+    assert_eq!((l, col), (10, 15), "{m}");
+    assert!(m.contains("expected a path starting with \"/\""), "{m}");
+    // A route that matches everything.
+    let text = ROUTED.replace("path_prefix = \"/static/\"\n", "");
+    let e = parse(&text).unwrap_err();
+    assert_eq!(e.diagnostics.len(), 1, "{e}");
+    assert_eq!(e.diagnostics[0].line, 9, "{e}");
+    assert!(
+        e.diagnostics[0]
+            .message
+            .contains("a route needs host or path_prefix"),
+        "{e}"
+    );
+    // A route the one before it shadows.
+    let text = ROUTED.replace(
+        "path_prefix = \"/static/\"",
+        "path_prefix = \"/v2/x\"\nhost = \"api.example.com\"",
+    );
+    let text = text.replacen("path_prefix = \"/v2/\"", "path_prefix = \"/v2\"", 1);
+    let e = parse(&text).unwrap_err();
+    assert_eq!(e.diagnostics.len(), 1, "{e}");
+    let d = &e.diagnostics[0];
+    assert_eq!(d.line, 9, "{e}");
+    assert!(
+        d.message
+            .contains("never used: the route at line 5, column 1"),
+        "{e}"
+    );
+    // Routes on a TCP listener.
+    let text = ROUTED.replace("pool = \"web\"\n", "pool = \"web\"\nmode = \"tcp\"\n");
+    let e = parse(&text).unwrap_err();
+    assert!(
+        e.diagnostics
+            .iter()
+            .all(|d| d.message.contains("routes need mode = \"http\"")),
+        "{e}"
+    );
+    assert_eq!(e.diagnostics.len(), 2, "{e}");
+    // An unknown key.
+    let e =
+        parse(&ROUTED.replace("path_prefix = \"/static/\"", "path = \"/static/\"")).unwrap_err();
+    assert!(e.to_string().contains("path"), "{e}");
+}

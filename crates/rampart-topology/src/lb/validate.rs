@@ -113,6 +113,16 @@ impl LbConfig {
             pools.push(validate_pool(&mut c, rp));
         }
 
+        let unknown_pool = |name: &str| {
+            let mut known: Vec<&str> = raw.pool.iter().map(|p| p.name.get_ref().as_str()).collect();
+            known.sort_unstable();
+            let known = if known.is_empty() {
+                "no pool is defined (add a [[pool]])".to_string()
+            } else {
+                format!("defined pools: {}", known.join(", "))
+            };
+            format!("unknown pool \"{name}\"; {known}")
+        };
         let mut listeners = Vec::new();
         let mut listener_names: HashMap<&str, ()> = HashMap::new();
         let mut listener_addrs: HashMap<SocketAddr, ()> = HashMap::new();
@@ -156,21 +166,11 @@ impl LbConfig {
                     Some(*i)
                 }
                 None => {
-                    let mut known: Vec<&str> =
-                        raw.pool.iter().map(|p| p.name.get_ref().as_str()).collect();
-                    known.sort_unstable();
-                    let known = if known.is_empty() {
-                        "no pool is defined (add a [[pool]])".to_string()
-                    } else {
-                        format!("defined pools: {}", known.join(", "))
-                    };
-                    c.err(
-                        &rl.pool,
-                        format!("unknown pool \"{}\"; {known}", rl.pool.get_ref()),
-                    );
+                    c.err(&rl.pool, unknown_pool(rl.pool.get_ref()));
                     None
                 }
             };
+            let routes = route::validate(&mut c, &rl.route, mode, &pool_index, &unknown_pool);
             let max_connections = rl
                 .max_connections
                 .as_ref()
@@ -240,6 +240,7 @@ impl LbConfig {
                     tls,
                     redirect_https: None,
                     firewall,
+                    routes,
                 });
                 if let Some((from, status)) = redirect {
                     listeners.push(Listener {
@@ -256,6 +257,7 @@ impl LbConfig {
                             status,
                         }),
                         firewall: None,
+                        routes: Vec::new(),
                     });
                 }
             }
@@ -410,6 +412,7 @@ impl LbConfig {
                 tls: None,
                 redirect_https: None,
                 firewall: None,
+                routes: Vec::new(),
             }],
             pools: vec![Pool {
                 name: "backends".into(),

@@ -1,0 +1,193 @@
+//! Routes: requests sent to pools by Host and path (`[[listener.route]]`), over HTTP/1.1
+//! and HTTP/2, changed by a reload, refused with their position when wrong.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::Value;
+use tokio::net::TcpStream;
+
+use crate::support::{wait_for, Backend, Client, Lb};
+
+/// Three pools of one backend each; `routes`: the `[[listener.route]]` tables.
+fn routed(web: &Backend, api: &Backend, stat: &Backend, routes: &str) -> String {
+    format!(
+        r#"
+[access_log]
+format = "json"
+path = "access.log"
+
+[[listener]]
+name = "site"
+address = "{{LISTEN}}"
+pool = "web"
+{routes}
+
+[[pool]]
+name = "web"
+servers = [{{ name = "{}", address = "{}" }}]
+[[pool]]
+name = "api"
+servers = [{{ name = "{}", address = "{}" }}]
+[[pool]]
+name = "static"
+servers = [{{ name = "{}", address = "{}" }}]
+"#,
+        web.name, web.addr, api.name, api.addr, stat.name, stat.addr
+    )
+}
+
+const ROUTES: &str = r#"
+[[listener.route]]
+host = "api.example.com"
+pool = "api"
+[[listener.route]]
+path_prefix = "/static/"
+pool = "static"
+"#;
+
+/// Who answered `host` + `path` over HTTP/1.1 (on the kept-alive `cl`) and over HTTP/2.
+async fn answer(cl: &mut Client, h2: &mut H2, host: &str, path: &str) -> (String, String) {
+    let req = Request::get(path)
+        .header("host", host)
+        .body(Full::default())
+        .unwrap();
+    let (st, h1) = cl.request(req).await.unwrap();
+    assert_eq!(st, 200, "{host}{path}: {h1}");
+    let req = Request::get(format!("http://{host}{path}"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = h2.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200, "{host}{path} over HTTP/2");
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (h1, String::from_utf8(body.to_vec()).unwrap())
+}
+
+type H2 = hyper::client::conn::http2::SendRequest<Empty<Bytes>>;
+
+async fn h2c(addr: SocketAddr) -> H2 {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_send_each_request_to_its_pool_and_a_reload_changes_them() {
+    let web = Backend::start("web1").await;
+    let api = Backend::start("api1").await;
+    let stat = Backend::start("static1").await;
+    let lb = Lb::start(&routed(&web, &api, &stat, ROUTES)).await;
+    // One connection of each protocol: a route is chosen per request, not per connection.
+    let mut cl = Client::connect(lb.addr).await.unwrap();
+    let mut h2 = h2c(lb.addr).await;
+    for (host, path, want) in [
+        ("api.example.com", "/v1/users", "api1"),
+        ("API.Example.com:8080", "/static/x.css", "api1"),
+        ("www.example.com", "/static/x.css?v=2", "static1"),
+        ("www.example.com", "/", "web1"),
+        ("www.example.com", "/staticx", "web1"),
+        ("api.example.com.", "/", "api1"),
+    ] {
+        let (h1, h2) = answer(&mut cl, &mut h2, host, path).await;
+        assert_eq!((h1.as_str(), h2.as_str()), (want, want), "{host}{path}");
+    }
+    // The access log names the pool each request went to.
+    let log = lb.config_path().with_file_name("access.log");
+    let lines = || std::fs::read_to_string(&log).map_or(0, |t| t.lines().count());
+    assert!(wait_for(|| lines() >= 12, Duration::from_secs(3)).await);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let pools: Vec<(String, String)> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .map(|v| (v["pool"].to_string(), v["server"].to_string()))
+        .collect();
+    for (pool, server) in &pools {
+        let want = match server.as_str() {
+            "\"api1\"" => "\"api\"",
+            "\"static1\"" => "\"static\"",
+            _ => "\"web\"",
+        };
+        assert_eq!(pool, want, "{text}");
+    }
+    assert!(pools.iter().any(|(p, _)| p == "\"static\""), "{text}");
+
+    // Reloaded: /static/ now served by the api pool, first; the host route after it.
+    let swapped = r#"
+[[listener.route]]
+path_prefix = "/static/"
+pool = "api"
+[[listener.route]]
+host = "*.example.com"
+pool = "static"
+"#;
+    lb.reload_with(&routed(&web, &api, &stat, swapped))
+        .await
+        .unwrap();
+    let mut cl = Client::connect(lb.addr).await.unwrap();
+    let mut h2 = h2c(lb.addr).await;
+    for (host, path, want) in [
+        ("www.example.com", "/static/x.css", "api1"),
+        ("www.example.com", "/", "static1"),
+        ("a.b.example.com", "/", "static1"),
+        ("example.com", "/", "web1"),
+    ] {
+        let (h1, h2) = answer(&mut cl, &mut h2, host, path).await;
+        assert_eq!((h1.as_str(), h2.as_str()), (want, want), "{host}{path}");
+    }
+
+    // A route to a pool that does not exist: refused with its position, routes kept.
+    let bad = swapped.replace("pool = \"static\"", "pool = \"statik\"");
+    let log = lb
+        .reload_with(&routed(&web, &api, &stat, &bad))
+        .await
+        .unwrap_err();
+    let path = lb.config_path();
+    let at = format!(
+        "{}:16:8: unknown pool \"statik\"; defined pools: api, static, web",
+        path.display()
+    );
+    assert!(log.contains(&at), "{log}");
+    let (h1, h2) = answer(&mut cl, &mut h2, "www.example.com", "/").await;
+    assert_eq!((h1.as_str(), h2.as_str()), ("static1", "static1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_that_can_never_match_refuses_the_start() {
+    let web = Backend::start("web1").await;
+    let shadowed = r#"
+[[listener.route]]
+path_prefix = "/api"
+pool = "api"
+[[listener.route]]
+host = "api.example.com"
+path_prefix = "/api/v2/"
+pool = "static"
+"#;
+    let dir = rampart_testkit::TempDir::new().unwrap();
+    let path = dir.path().join("lb.toml");
+    std::fs::write(
+        &path,
+        routed(&web, &web, &web, shadowed).replace("{LISTEN}", "127.0.0.1:1"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(rampart_testkit::rampart_bin())
+        .args(["lb", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let at = format!(
+        "{}:14:1: this route is never used: the route at line 11, column 1 takes every request it would",
+        path.display()
+    );
+    assert!(err.contains(&at), "{err}");
+}

@@ -1,0 +1,432 @@
+//! `[[listener.route]]`: requests sent to another pool than the listener's by their `Host`
+//! and path (HAProxy's `use_backend ... if { hdr(host) ... } { path_beg ... }`, nginx's
+//! `server_name` and prefix `location`s).
+//!
+//! ```toml
+//! [[listener]]
+//! name = "site"
+//! address = "0.0.0.0:80"
+//! pool = "web"                      # what no route takes
+//!
+//! [[listener.route]]                # the first route that matches wins
+//! host = "api.example.com"          # or "*.example.com": any name under example.com
+//! path_prefix = "/v2/"              # optional; host optional too, not both left out
+//! pool = "api-v2"
+//!
+//! [[listener.route]]
+//! path_prefix = "/static/"
+//! pool = "static"
+//! ```
+//!
+//! The host is compared without its port and a trailing dot, case-insensitively; an
+//! absolute-form request target's authority stands for `Host`, as it does upstream. The
+//! path prefix is compared byte for byte with the request's path as the client sent it
+//! (before `?`, not decoded or normalized, as HAProxy's `path_beg`): a route sends
+//! requests somewhere, it does not guard anything (`/a/../static/x` does not start with
+//! `/static/`). Matching is pure and here, so both HTTP renderers of the balancer (the
+//! HTTP/1 fast path and HTTP/2) route alike.
+
+use super::*;
+
+/// One route of a listener, checked: at least one of `host` and `path_prefix`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub host: Option<HostPattern>,
+    pub path_prefix: Option<String>,
+    /// Index into [`LbConfig::pools`]; always valid.
+    pub pool: usize,
+}
+
+/// A route's `host`: one name, or every name under a domain (`*.example.com`). Lowercase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    Exact(String),
+    /// The suffix with its leading dot (`.example.com`): matches `a.example.com` and
+    /// `a.b.example.com`, not `example.com` itself (nginx's `*.example.com`).
+    Under(String),
+}
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostPattern::Exact(h) => f.write_str(h),
+            HostPattern::Under(s) => write!(f, "*{s}"),
+        }
+    }
+}
+
+impl HostPattern {
+    /// `host` (already without port and trailing dot) matches.
+    fn matches(&self, host: &[u8]) -> bool {
+        match self {
+            HostPattern::Exact(h) => host.eq_ignore_ascii_case(h.as_bytes()),
+            HostPattern::Under(s) => {
+                host.len() > s.len()
+                    && host[host.len() - s.len()..].eq_ignore_ascii_case(s.as_bytes())
+            }
+        }
+    }
+
+    /// Every host `other` matches, this one matches too.
+    fn covers(&self, other: &HostPattern) -> bool {
+        match (self, other) {
+            (HostPattern::Exact(a), HostPattern::Exact(b)) => a == b,
+            (HostPattern::Under(_), HostPattern::Exact(b)) => self.matches(b.as_bytes()),
+            (HostPattern::Under(a), HostPattern::Under(b)) => b.ends_with(a.as_str()),
+            (HostPattern::Exact(_), HostPattern::Under(_)) => false,
+        }
+    }
+
+    /// Parse a route's `host` as written; the error says what was expected.
+    pub fn parse(v: &str) -> Result<HostPattern, String> {
+        let bad = || {
+            format!(
+                "bad host \"{v}\"; expected a name like \"api.example.com\", every name under a domain like \"*.example.com\", or an address, without a port"
+            )
+        };
+        let lower = v.to_ascii_lowercase();
+        let lower = lower.strip_suffix('.').unwrap_or(&lower);
+        if let Some(inner) = lower.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+            return match inner.parse::<std::net::Ipv6Addr>() {
+                Ok(_) => Ok(HostPattern::Exact(lower.to_string())),
+                Err(_) => Err(bad()),
+            };
+        }
+        let (under, name) = match lower.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, lower),
+        };
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+            return Err(bad());
+        }
+        Ok(if under {
+            HostPattern::Under(format!(".{name}"))
+        } else {
+            HostPattern::Exact(name.to_string())
+        })
+    }
+}
+
+/// A `Host` value (or an authority) without its port and trailing dot: `Example.com.:80`
+/// is `Example.com`, `[::1]:8080` is `[::1]`.
+pub fn host_name(v: &[u8]) -> &[u8] {
+    let v = v.trim_ascii();
+    let name = if v.first() == Some(&b'[') {
+        match v.iter().position(|&b| b == b']') {
+            Some(i) => &v[..=i],
+            None => v,
+        }
+    } else {
+        match v.iter().rposition(|&b| b == b':') {
+            Some(i) => &v[..i],
+            None => v,
+        }
+    };
+    name.strip_suffix(b".").unwrap_or(name)
+}
+
+/// The path of a request target: origin form up to `?`; an absolute-form target's path
+/// after its authority (`/` when it has none); `*` and authority forms have none (no
+/// prefix matches them).
+pub fn target_path(target: &[u8]) -> &[u8] {
+    let t = if target.first() == Some(&b'/') {
+        target
+    } else if let Some(i) = target.windows(3).position(|w| w == b"://") {
+        let rest = &target[i + 3..];
+        match rest.iter().position(|&b| b == b'/' || b == b'?') {
+            Some(j) if rest[j] == b'/' => &rest[j..],
+            _ => b"/",
+        }
+    } else {
+        return b"";
+    };
+    match t.iter().position(|&b| b == b'?' || b == b'#') {
+        Some(i) => &t[..i],
+        None => t,
+    }
+}
+
+impl Route {
+    /// This route takes a request for `host` (from [`host_name`]) at `path` (from
+    /// [`target_path`]).
+    pub fn matches(&self, host: Option<&[u8]>, path: &[u8]) -> bool {
+        self.host
+            .as_ref()
+            .is_none_or(|p| host.is_some_and(|h| p.matches(h)))
+            && self
+                .path_prefix
+                .as_ref()
+                .is_none_or(|p| path.starts_with(p.as_bytes()))
+    }
+
+    /// Every request `later` takes, this one takes first.
+    fn covers(&self, later: &Route) -> bool {
+        let host = match (&self.host, &later.host) {
+            (None, _) => true,
+            (Some(a), Some(b)) => a.covers(b),
+            (Some(_), None) => false,
+        };
+        let path = match (&self.path_prefix, &later.path_prefix) {
+            (None, _) => true,
+            (Some(a), Some(b)) => b.starts_with(a.as_str()),
+            (Some(_), None) => false,
+        };
+        host && path
+    }
+}
+
+/// The first of `routes` that takes a request with the `Host` value (or absolute-form
+/// authority) `host` and the request target `target`; `None`: the listener's pool.
+pub fn pick(routes: &[Route], host: Option<&[u8]>, target: &[u8]) -> Option<usize> {
+    if routes.is_empty() {
+        return None;
+    }
+    let host = host.map(host_name);
+    let path = target_path(target);
+    routes.iter().position(|r| r.matches(host, path))
+}
+
+/// `[[listener.route]]` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    #[serde(default)]
+    pub host: Option<Spanned<String>>,
+    #[serde(default)]
+    pub path_prefix: Option<Spanned<String>>,
+    pub pool: Spanned<String>,
+}
+
+/// Check a listener's routes; `pool_index` maps pool names to indices, `unknown_pool` words
+/// the error for a name not in it.
+pub(super) fn validate(
+    c: &mut Checker<'_>,
+    raw: &[Spanned<RawRoute>],
+    mode: Mode,
+    pool_index: &HashMap<&str, usize>,
+    unknown_pool: &dyn Fn(&str) -> String,
+) -> Vec<Route> {
+    let mut out: Vec<(Route, std::ops::Range<usize>)> = Vec::new();
+    for sr in raw {
+        let r = sr.get_ref();
+        if mode != Mode::Http {
+            c.err(
+                sr,
+                "routes need mode = \"http\" (they match on a request's Host and path)",
+            );
+            continue;
+        }
+        let host = r
+            .host
+            .as_ref()
+            .and_then(|h| match HostPattern::parse(h.get_ref()) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    c.err(h, e);
+                    None
+                }
+            });
+        let path_prefix = r.path_prefix.as_ref().and_then(|p| {
+            let v = p.get_ref();
+            let ok = v.starts_with('/')
+                && !v
+                    .bytes()
+                    .any(|b| b == b'?' || b == b'#' || b <= b' ' || b == 0x7f);
+            if ok {
+                Some(v.clone())
+            } else {
+                c.err(
+                    p,
+                    format!(
+                        "bad path_prefix \"{v}\"; expected a path starting with \"/\" (no query, no spaces), e.g. \"/api/\""
+                    ),
+                );
+                None
+            }
+        });
+        let pool = match pool_index.get(r.pool.get_ref().as_str()) {
+            Some(i) => Some(*i),
+            None => {
+                c.err(&r.pool, unknown_pool(r.pool.get_ref()));
+                None
+            }
+        };
+        if r.host.is_none() && r.path_prefix.is_none() {
+            c.err(
+                sr,
+                "a route needs host or path_prefix (or both); what no route takes goes to the listener's pool",
+            );
+            continue;
+        }
+        // A value already reported above.
+        if r.host.is_some() != host.is_some() || r.path_prefix.is_some() != path_prefix.is_some() {
+            continue;
+        }
+        let Some(pool) = pool else { continue };
+        let route = Route {
+            host,
+            path_prefix,
+            pool,
+        };
+        if let Some((_, at)) = out.iter().find(|(earlier, _)| earlier.covers(&route)) {
+            let (line, col) = c.src.position(at.start);
+            c.err(
+                sr,
+                format!(
+                    "this route is never used: the route at line {line}, column {col} takes every request it would (the first route that matches wins; put the more specific one first)"
+                ),
+            );
+            continue;
+        }
+        out.push((route, sr.span()));
+    }
+    out.into_iter().map(|(r, _)| r).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(host: Option<&str>, prefix: Option<&str>, pool: usize) -> Route {
+        Route {
+            host: host.map(|h| HostPattern::parse(h).expect("valid host")),
+            path_prefix: prefix.map(str::to_string),
+            pool,
+        }
+    }
+
+    #[test]
+    fn host_names_lose_port_and_trailing_dot() {
+        assert_eq!(host_name(b"Example.COM:8080"), b"Example.COM");
+        assert_eq!(host_name(b"example.com."), b"example.com");
+        assert_eq!(host_name(b"example.com.:80"), b"example.com");
+        assert_eq!(host_name(b"[::1]:8080"), b"[::1]");
+        assert_eq!(host_name(b"[::1]"), b"[::1]");
+        assert_eq!(host_name(b"10.0.0.1:80"), b"10.0.0.1");
+        assert_eq!(host_name(b" a.b "), b"a.b");
+    }
+
+    #[test]
+    fn target_paths_of_every_form() {
+        assert_eq!(target_path(b"/api/x?y=/z"), b"/api/x");
+        assert_eq!(target_path(b"/"), b"/");
+        assert_eq!(target_path(b"http://h.example/api/x?q"), b"/api/x");
+        assert_eq!(target_path(b"http://h.example?q"), b"/");
+        assert_eq!(target_path(b"https://h.example"), b"/");
+        assert_eq!(target_path(b"*"), b"");
+        assert_eq!(target_path(b"h.example:443"), b"");
+    }
+
+    #[test]
+    fn host_patterns_parse_lowercase_and_refuse_ports_and_stray_wildcards() {
+        assert_eq!(
+            HostPattern::parse("API.Example.com."),
+            Ok(HostPattern::Exact("api.example.com".into()))
+        );
+        assert_eq!(
+            HostPattern::parse("*.Example.com"),
+            Ok(HostPattern::Under(".example.com".into()))
+        );
+        assert_eq!(
+            HostPattern::parse("[::1]"),
+            Ok(HostPattern::Exact("[::1]".into()))
+        );
+        assert!(HostPattern::parse("10.0.0.1").is_ok());
+        for bad in [
+            "",
+            "example.com:80",
+            "a.*.com",
+            "*example.com",
+            "*",
+            "http://example.com",
+            "a..b",
+            ".example.com",
+            "[::1]:80",
+            "[zz]",
+            "exa mple.com",
+        ] {
+            let e = HostPattern::parse(bad).expect_err(bad);
+            assert!(e.contains("expected a name"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_first_matching_route_wins_and_none_is_the_listeners_pool() {
+        let routes = [
+            route(Some("api.example.com"), Some("/v2/"), 1),
+            route(Some("api.example.com"), None, 2),
+            route(Some("*.example.com"), Some("/static/"), 3),
+            route(None, Some("/static/"), 4),
+        ];
+        let pool = |host: Option<&str>, target: &str| {
+            pick(&routes, host.map(str::as_bytes), target.as_bytes()).map(|i| routes[i].pool)
+        };
+        assert_eq!(pool(Some("api.example.com"), "/v2/users"), Some(1));
+        assert_eq!(pool(Some("API.example.com:443"), "/v2/users?x"), Some(1));
+        assert_eq!(pool(Some("api.example.com"), "/v1/users"), Some(2));
+        assert_eq!(pool(Some("api.example.com"), "/v2"), Some(2));
+        assert_eq!(pool(Some("www.example.com"), "/static/a.css"), Some(3));
+        assert_eq!(pool(Some("a.b.example.com"), "/static/a.css"), Some(3));
+        // `*.example.com` is every name under it, not the domain itself.
+        assert_eq!(pool(Some("example.com"), "/static/a.css"), Some(4));
+        assert_eq!(pool(None, "/static/a.css"), Some(4));
+        assert_eq!(pool(Some("other.org"), "/"), None);
+        assert_eq!(pool(None, "*"), None);
+        // Absolute form: the path after the authority.
+        assert_eq!(pool(Some("x.org"), "http://x.org/static/i.png"), Some(4));
+        // Not decoded: a route sends, it does not guard.
+        assert_eq!(pool(Some("x.org"), "/%73tatic/a.css"), None);
+        assert_eq!(pick(&[], Some(b"a"), b"/"), None);
+    }
+
+    #[test]
+    fn covering_is_what_the_matcher_does() {
+        // A route covers a later one exactly when every request the later one takes, it
+        // takes: checked over a grid of requests.
+        let hosts = [
+            None,
+            Some("a.example.com"),
+            Some("b.a.example.com"),
+            Some("example.com"),
+            Some("other.org"),
+        ];
+        let paths = ["/", "/api", "/api/", "/api/v2/x", "/static/x"];
+        let patterns = [
+            None,
+            Some("a.example.com"),
+            Some("*.example.com"),
+            Some("*.a.example.com"),
+            Some("example.com"),
+        ];
+        let prefixes = [None, Some("/api"), Some("/api/"), Some("/static/")];
+        let mut all = Vec::new();
+        for h in patterns {
+            for p in prefixes {
+                if h.is_some() || p.is_some() {
+                    all.push(route(h, p, 0));
+                }
+            }
+        }
+        for a in &all {
+            for b in &all {
+                let takes_all = hosts.iter().all(|h| {
+                    paths.iter().all(|p| {
+                        let h = h.map(str::as_bytes);
+                        !b.matches(h, p.as_bytes()) || a.matches(h, p.as_bytes())
+                    })
+                });
+                if a.covers(b) {
+                    assert!(takes_all, "{a:?} covers {b:?} but misses a request");
+                }
+            }
+        }
+        assert!(route(None, Some("/api"), 0).covers(&route(Some("x.org"), Some("/api/v2"), 0)));
+        assert!(!route(Some("x.org"), None, 0).covers(&route(None, Some("/"), 0)));
+    }
+}
