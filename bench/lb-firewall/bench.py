@@ -29,31 +29,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 sys.path.insert(0, str(REPO / "bench" / "lb"))
-import lbbench  # noqa: E402  (ticks_of, parse_wrk)
+import lbbench  # noqa: E402  (ticks_of, parse_wrk, Procs, start_nginx_ok)
 
 HZ = os.sysconf("SC_CLK_TCK")
-
-
-def free_port():
-    import socket
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def wait_http(port, timeout=10.0):
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1) as r:
-                if r.status == 200:
-                    return True
-        except Exception:
-            time.sleep(0.1)
-    return False
 
 
 def main():
@@ -68,40 +46,18 @@ def main():
     if not Path(rampart).exists():
         sys.exit(f"{rampart} is missing: cargo build --release -p rampart, or set RAMPART_BIN")
     work = Path(tempfile.mkdtemp(prefix="rampart-bench-fw."))
-    procs = []
-
-    def start(cpu, name, cmd):
-        log = open(work / f"{name}.log", "w")
-        p = subprocess.Popen(["taskset", "-c", str(cpu)] + cmd, stdout=log, stderr=log,
-                             stdin=subprocess.DEVNULL, start_new_session=True)
-        procs.append(p)
-        return p
+    procs = lbbench.Procs(str(work))
+    start = procs.start
 
     def cleanup(*_):
-        for p in procs:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except OSError:
-                pass
+        procs.kill_all()
         shutil.rmtree(work, ignore_errors=True)
 
     signal.signal(signal.SIGTERM, lambda *a: (cleanup(), sys.exit(143)))
     try:
         # The backend.
-        bport = free_port()
-        (work / "nginx").mkdir()
-        (work / "nginx/nginx.conf").write_text(f"""daemon off; master_process off; worker_processes 1;
-error_log {work}/nginx/error.log; pid {work}/nginx/nginx.pid;
-events {{ worker_connections 4096; }}
-http {{ access_log off; client_body_temp_path {work}/nginx; proxy_temp_path {work}/nginx;
-  fastcgi_temp_path {work}/nginx; uwsgi_temp_path {work}/nginx; scgi_temp_path {work}/nginx;
-  server {{ listen 127.0.0.1:{bport}; keepalive_requests 100000;
-    location / {{ return 200 "ok\\n"; }} }} }}
-""")
-        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        start(1, "nginx", [nginx, "-c", str(work / "nginx/nginx.conf"), "-p", str(work / "nginx")])
-        if not wait_http(bport):
-            sys.exit("nginx did not start")
+        bport = lbbench.free_port()
+        lbbench.start_nginx_ok(procs, 1, bport)
         # The deny file: 10,000 networks in 10.0.0.0/8, none of them 127.0.0.1.
         deny = work / "deny.txt"
         deny.write_text("".join(f"10.{(i >> 8) & 255}.{i & 255}.0/24\n" for i in range(10_000)))
@@ -114,7 +70,7 @@ http {{ access_log off; client_body_temp_path {work}/nginx; proxy_temp_path {wor
         ports = {}
         pids = {}
         for name, fw in variants.items():
-            port = free_port()
+            port = lbbench.free_port()
             conf = work / f"{name}.toml"
             conf.write_text(f"""[[listener]]
 name = "web"
@@ -129,7 +85,7 @@ health_check = {{ kind = "none" }}
 """)
             p = start(0, f"rampart-{name}", ["env", "RUST_LOG=warn", rampart, "lb", "--config", str(conf), "--threads", "1"])
             ports[name], pids[name] = port, p.pid
-            if not wait_http(port):
+            if not lbbench.wait_http(port):
                 sys.exit(f"rampart ({name}) did not serve:\n" + (work / f"rampart-{name}.log").read_text())
         rec = {n: {"us": [], "rps": []} for n in variants}
         order = list(variants)

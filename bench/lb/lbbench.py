@@ -513,6 +513,86 @@ def _plot(data, path):
     print(f"plot: {path}", file=sys.stderr)
 
 
+# --------------------------------------------------------------------------- side-by-side benches
+# What the small Python benches (bench/lb-firewall, bench/lb-routes) share: loopback ports,
+# processes in their own groups killed on exit, an nginx answering "ok".
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_http(port, timeout=10.0, host=None):
+    """Whether http://127.0.0.1:PORT/ answers 200 within `timeout` seconds."""
+    import urllib.request
+
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/")
+            if host:
+                req.add_header("Host", host)
+            with urllib.request.urlopen(req, timeout=1) as r:
+                if r.status == 200:
+                    return True
+        except Exception:
+            time.sleep(0.1)
+    return False
+
+
+class Procs:
+    """Processes pinned to a CPU, each in its own session; `kill_all` ends every group."""
+
+    def __init__(self, work):
+        self.work = work
+        self.procs = []
+
+    def start(self, cpu, name, cmd):
+        import subprocess
+
+        log = open(os.path.join(self.work, f"{name}.log"), "w")
+        p = subprocess.Popen(["taskset", "-c", str(cpu)] + cmd, stdout=log, stderr=log,
+                             stdin=subprocess.DEVNULL, start_new_session=True)
+        self.procs.append(p)
+        return p
+
+    def kill_all(self):
+        for p in self.procs:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            try:
+                p.wait(timeout=5)
+            except Exception:
+                pass
+
+
+def start_nginx_ok(procs, cpu, port):
+    """An nginx (one worker, on `cpu`) answering every request with 200 "ok"."""
+    import shutil
+
+    d = os.path.join(procs.work, "nginx")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "nginx.conf"), "w") as f:
+        f.write(f"""daemon off; master_process off; worker_processes 1;
+error_log {d}/error.log; pid {d}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d};
+  fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};
+  server {{ listen 127.0.0.1:{port}; keepalive_requests 100000;
+    location / {{ return 200 "ok\\n"; }} }} }}
+""")
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    procs.start(cpu, "nginx", [nginx, "-c", os.path.join(d, "nginx.conf"), "-p", d])
+    if not wait_http(port):
+        raise SystemExit("nginx did not start")
+
+
 # --------------------------------------------------------------------------- main
 
 

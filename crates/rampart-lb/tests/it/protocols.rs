@@ -9,10 +9,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use nix::sys::signal::Signal;
-
 use crate::support::{
-    get_once, http_config, read_until, servers, wait_for, Backend, Client, EchoBackend, Lb,
+    get_once, http_config, read_until, servers, Backend, Client, EchoBackend, Lb,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,23 +141,8 @@ async fn the_config_chooses_the_forwarding_headers_and_a_reload_changes_them() {
     }
     // Reloaded with X-Forwarded-For only (HAProxy's `option forwardfor`): new connections
     // get it.
-    let path = lb.config_path();
-    let text = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(
-        &path,
-        text.replace("[\"forwarded\"]", "[\"x-forwarded-for\"]"),
-    )
-    .unwrap();
-    lb.proc.signal(Signal::SIGHUP);
-    assert!(
-        wait_for(
-            || lb.proc.log_text().contains("configuration reloaded"),
-            Duration::from_secs(5)
-        )
-        .await,
-        "{}",
-        lb.proc.log_text()
-    );
+    let xff = format!("[forwarded]\nheaders = [\"x-forwarded-for\"]\n{pool}");
+    lb.reload_with(&xff).await.unwrap();
     let (h1, h2) = seen_headers(lb.addr).await;
     for body in [&h1, &h2] {
         assert!(body.contains("x-forwarded-for: 127.0.0.1\n"), "{body}");
@@ -173,22 +156,15 @@ async fn the_config_chooses_the_forwarding_headers_and_a_reload_changes_them() {
         );
     }
     // A name it does not know: refused with its position, the running set kept.
-    let text = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(
-        &path,
-        text.replace("\"x-forwarded-for\"]", "\"x-forwarded-by\"]"),
-    )
-    .unwrap();
-    lb.proc.signal(Signal::SIGHUP);
+    let log = lb
+        .reload_with(&xff.replace("\"x-forwarded-for\"]", "\"x-forwarded-by\"]"))
+        .await
+        .unwrap_err();
     let pos = format!(
         "{}:2:12: unknown forwarding header \"x-forwarded-by\"",
-        path.display()
+        lb.config_path().display()
     );
-    assert!(
-        wait_for(|| lb.proc.log_text().contains(&pos), Duration::from_secs(5)).await,
-        "{}",
-        lb.proc.log_text()
-    );
+    assert!(log.contains(&pos), "{log}");
     let (h1, _) = seen_headers(lb.addr).await;
     assert!(h1.contains("x-forwarded-for: 127.0.0.1\n"), "{h1}");
 }
