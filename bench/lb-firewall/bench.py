@@ -18,12 +18,9 @@ import os
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
-from datetime import datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -31,7 +28,6 @@ REPO = HERE.parent.parent
 sys.path.insert(0, str(REPO / "bench" / "lb"))
 import lbbench  # noqa: E402  (ticks_of, parse_wrk, Procs, start_nginx_ok)
 
-HZ = os.sysconf("SC_CLK_TCK")
 
 
 def main():
@@ -87,38 +83,17 @@ health_check = {{ kind = "none" }}
             ports[name], pids[name] = port, p.pid
             if not lbbench.wait_http(port):
                 sys.exit(f"rampart ({name}) did not serve:\n" + (work / f"rampart-{name}.log").read_text())
-        rec = {n: {"us": [], "rps": []} for n in variants}
-        order = list(variants)
-        for r in range(args.rounds):
-            for name in order:
-                pid = pids[name]
-                t0 = lbbench.ticks_of(pid)
-                out = subprocess.run(
-                    ["taskset", "-c", "1", "wrk", "-t1", "-c64", f"-d{args.duration}s", "--latency",
-                     f"http://127.0.0.1:{ports[name]}/"],
-                    capture_output=True, text=True, check=True).stdout
-                ticks = lbbench.ticks_of(pid) - t0
-                w = lbbench.parse_wrk(out)
-                n = w["requests"] or 1
-                rec[name]["us"].append(ticks / HZ * 1e6 / n)
-                rec[name]["rps"].append(w["rps"] or 0)
-                print(f"round {r + 1}/{args.rounds} {name}: {rec[name]['us'][-1]:.2f} us/request, "
-                      f"{w['rps']:.0f} req/s", file=sys.stderr)
-            order = order[1:] + order[:1]
+        rec = lbbench.alternate(ports, pids, args.rounds, args.duration)
         # The firewall refused nothing (it only looked).
         with urllib.request.urlopen(f"http://127.0.0.1:{ports['on']}/", timeout=2) as resp:
             assert resp.status == 200
         med = {n: (statistics.median(v["us"]), statistics.median(v["rps"])) for n, v in rec.items()}
         ratio = med["on"][0] / med["off"][0]
-        load = open("/proc/loadavg").read().split()[:3]
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True).stdout.strip()
-        lines = [
-            f"# rampart lb: the L7 firewall's cost ({stamp})",
-            "",
-            f"`RAMPART_BIN=<release> python3 bench/lb-firewall/bench.py --rounds {args.rounds} --duration {args.duration}`,"
-            f" commit {commit}, load average at the end {' '.join(load)}.",
+        stamp, lines = lbbench.report_header(
+            "rampart lb: the L7 firewall's cost",
+            f"RAMPART_BIN=<release> python3 bench/lb-firewall/bench.py --rounds {args.rounds}"
+            f" --duration {args.duration}", REPO)
+        lines += [
             "One rampart lb worker thread on CPU 0 per variant, wrk -t1 -c64 on CPU 1 against one nginx;"
             " alternating runs, medians.",
             "",

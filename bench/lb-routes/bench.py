@@ -27,7 +27,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -35,7 +34,6 @@ REPO = HERE.parent.parent
 sys.path.insert(0, str(REPO / "bench" / "lb"))
 import lbbench  # noqa: E402
 
-HZ = os.sysconf("SC_CLK_TCK")
 HOST = "site.example"
 
 
@@ -137,43 +135,16 @@ def main():
             ports[name], pids[name] = port, p.pid
             if not lbbench.wait_http(port, host=HOST):
                 sys.exit(f"{name} did not serve:\n" + (work / f"{name}.log").read_text())
-        rec = {n: {"us": [], "rps": [], "errors": 0} for n in ports}
-        order = list(ports)
-        for r in range(args.rounds):
-            for name in order:
-                pid = pids[name]
-                # Unmeasured first: pooled connections open, caches warm.
-                subprocess.run(
-                    ["taskset", "-c", "1", "wrk", "-t1", "-c64", "-d1s", "-H", f"Host: {HOST}",
-                     f"http://127.0.0.1:{ports[name]}/"], capture_output=True, check=True)
-                t0 = lbbench.ticks_of(pid)
-                out = subprocess.run(
-                    ["taskset", "-c", "1", "wrk", "-t1", "-c64", f"-d{args.duration}s", "--latency",
-                     "-H", f"Host: {HOST}", f"http://127.0.0.1:{ports[name]}/"],
-                    capture_output=True, text=True, check=True).stdout
-                ticks = lbbench.ticks_of(pid) - t0
-                w = lbbench.parse_wrk(out)
-                n = w["requests"] or 1
-                rec[name]["us"].append(ticks / HZ * 1e6 / n)
-                rec[name]["rps"].append(w["rps"] or 0)
-                rec[name]["errors"] += (w["non2xx"] or 0) + sum(
-                    w[k] or 0 for k in ("sock_connect", "sock_read", "sock_write", "sock_timeout"))
-                print(f"round {r + 1}/{args.rounds} {name}: {rec[name]['us'][-1]:.2f} us/request, "
-                      f"{w['rps']:.0f} req/s", file=sys.stderr)
-            order = order[1:] + order[:1]
+        rec = lbbench.alternate(ports, pids, args.rounds, args.duration,
+                                headers=[f"Host: {HOST}"], warmup=1)
         med = {n: (statistics.median(v["us"]), statistics.median(v["rps"])) for n, v in rec.items()}
-        load = open("/proc/loadavg").read().split()[:3]
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True).stdout.strip()
         hv = subprocess.run([haproxy, "-v"], capture_output=True, text=True).stdout.split()[2]
-        lines = [
-            f"# rampart lb and HAProxy: the cost of routing by Host and path ({stamp})",
-            "",
-            f"`RAMPART_BIN=<release> python3 bench/lb-routes/bench.py --rounds {args.rounds}"
-            f" --duration {args.duration} --routes {args.routes}`, commit {commit}, HAProxy {hv},"
-            f" load average at the end {' '.join(load)}.",
-            "One thread per balancer on CPU 0, wrk -t1 -c64 (`Host: site.example`) and one nginx on"
+        stamp, lines = lbbench.report_header(
+            "rampart lb and HAProxy: the cost of routing by Host and path",
+            f"RAMPART_BIN=<release> python3 bench/lb-routes/bench.py --rounds {args.rounds}"
+            f" --duration {args.duration} --routes {args.routes}", REPO)
+        lines += [
+            f"HAProxy {hv}. One thread per balancer on CPU 0, wrk -t1 -c64 (`Host: site.example`) and one nginx on"
             f" CPU 1; alternating runs (each after 1 s unmeasured), medians. \"on\": {args.routes}"
             " host+path rules that none of the"
             " requests matches (each request is compared with all of them), then the default pool.",

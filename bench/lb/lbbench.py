@@ -593,6 +593,52 @@ http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d};
         raise SystemExit("nginx did not start")
 
 
+def alternate(ports, pids, rounds, duration, headers=(), warmup=0):
+    """Measure each balancer (name -> port, name -> pid) under wrk -t1 -c64 on CPU 1, in
+    turns, the order rotated each round (`warmup` seconds of unmeasured load before each
+    run). name -> {"us": [CPU us per request], "rps": [...], "errors": N}."""
+    import subprocess
+
+    hz = os.sysconf("SC_CLK_TCK")
+    hdr = [a for h in headers for a in ("-H", h)]
+    rec = {n: {"us": [], "rps": [], "errors": 0} for n in ports}
+    order = list(ports)
+    for r in range(rounds):
+        for name in order:
+            url = f"http://127.0.0.1:{ports[name]}/"
+            if warmup:
+                subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c64", f"-d{warmup}s"] + hdr
+                               + [url], capture_output=True, check=True)
+            t0 = ticks_of(pids[name])
+            out = subprocess.run(
+                ["taskset", "-c", "1", "wrk", "-t1", "-c64", f"-d{duration}s", "--latency"] + hdr
+                + [url], capture_output=True, text=True, check=True).stdout
+            ticks = ticks_of(pids[name]) - t0
+            w = parse_wrk(out)
+            rec[name]["us"].append(ticks / hz * 1e6 / (w["requests"] or 1))
+            rec[name]["rps"].append(w["rps"] or 0)
+            rec[name]["errors"] += (w["non2xx"] or 0) + sum(
+                w[k] or 0 for k in ("sock_connect", "sock_read", "sock_write", "sock_timeout"))
+            print(f"round {r + 1}/{rounds} {name}: {rec[name]['us'][-1]:.2f} us/request, "
+                  f"{w['rps']:.0f} req/s", file=sys.stderr)
+        order = order[1:] + order[:1]
+    return rec
+
+
+def report_header(title, command, repo):
+    """The first lines of a side-by-side report: title with a timestamp, the command, the
+    commit and the load average. (stamp, lines)."""
+    import subprocess
+    from datetime import datetime, timezone
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()
+    load = open("/proc/loadavg").read().split()[:3]
+    return stamp, [f"# {title} ({stamp})", "",
+                   f"`{command}`, commit {commit}, load average at the end {' '.join(load)}."]
+
+
 # --------------------------------------------------------------------------- main
 
 
