@@ -273,6 +273,18 @@ fn route_of<B>(l: &crate::ListenerRt, req: &Request<B>) -> Option<usize> {
     l.route(host, req.uri().path().as_bytes())
 }
 
+/// The upstream target without the route's path prefix (`strip_prefix`), as the fast path
+/// renders it.
+fn strip_route_prefix(parts: &mut http::request::Parts, r: &rampart_topology::lb::Route) {
+    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut out = Vec::with_capacity(pq.len());
+    r.push_target(pq.as_bytes(), &mut out);
+    // Bytes of a valid target minus a prefix of it: valid.
+    if let Ok(pq) = http::uri::PathAndQuery::try_from(out) {
+        parts.uri = Uri::from(pq);
+    }
+}
+
 /// When the process stops, how long an idle keep-alive connection may still bring its
 /// next request.
 pub(crate) const STOP_LINGER: Duration = Duration::from_millis(1000);
@@ -585,12 +597,18 @@ async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<RespBody>
             }
         }
     }
-    let pool = &ctx.listener.pool_for(route_of(&ctx.listener, &req)).get();
+    let route = route_of(&ctx.listener, &req);
+    let pool = &ctx.listener.pool_for(route).get();
     let mut now = now_ns();
     pool.budget.on_request(now);
 
     let (mut parts, body) = req.into_parts();
     prepare_headers(&mut parts, &ctx);
+    if let Some(r) = route.and_then(|i| ctx.listener.cfg.routes.get(i)) {
+        if r.strip_prefix {
+            strip_route_prefix(&mut parts, r);
+        }
+    }
 
     let body = if body.is_end_stream() {
         ReqBody::Empty

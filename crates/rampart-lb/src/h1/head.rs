@@ -470,6 +470,18 @@ pub(super) fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Pa
     if uri_host.is_none() && hosts == 0 && !http10 {
         return Parsed::Bad(400);
     }
+    // The pool, by the listener's routes; a route may strip its prefix from the target
+    // just rendered (origin form from `start`).
+    let route = ctx
+        .listener
+        .route(uri_host.as_deref().or(host), target.as_bytes());
+    if let Some(r) = route.and_then(|i| ctx.listener.cfg.routes.get(i)) {
+        if r.strip_prefix {
+            let start = method.len() + 1;
+            let rendered = out.split_off(start);
+            r.push_target(&rendered, out);
+        }
+    }
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let keep = ctx.trusted;
     let fwd = ctx.listener.forwarded;
@@ -586,7 +598,7 @@ pub(super) fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Pa
         log: crate::accesslog::enabled().then(|| (method.to_string(), target.to_string())),
         http10,
         upgrade,
-        route: ctx.listener.route(host, target.as_bytes()),
+        route,
     })
 }
 

@@ -39,6 +39,7 @@ path_prefix = "/api/"
 pool = "api"
 [[listener.route]]
 path_prefix = "/static/"
+strip_prefix = true
 pool = "static"
 [[pool]]
 name = "web"
@@ -80,6 +81,15 @@ servers = [{ name = "s", address = "127.0.0.1:4" }]
             panic!("{head:?} refused")
         };
         assert_eq!(r.route, want, "{head:?}");
+        // The static route strips its prefix, the others send the target as it came.
+        let line = String::from_utf8(out).unwrap();
+        let line = line.lines().next().unwrap().to_string();
+        let sent = head.split(' ').nth(1).unwrap();
+        let sent = sent.strip_prefix("http://a.example.com").unwrap_or(sent);
+        match want {
+            Some(1) => assert_eq!(line, format!("GET /{} HTTP/1.1", &sent[8..]), "{head:?}"),
+            _ => assert_eq!(line, format!("GET {sent} HTTP/1.1"), "{head:?}"),
+        }
         assert_eq!(
             ctx.listener.pool_for(r.route).name,
             ["api", "static"]

@@ -48,6 +48,10 @@ pool = "api"
 [[listener.route]]
 path_prefix = "/static/"
 pool = "static"
+[[listener.route]]
+path_prefix = "/svc"
+strip_prefix = true
+pool = "api"
 "#;
 
 /// Who answered `host` + `path` over HTTP/1.1 (on the kept-alive `cl`) and over HTTP/2.
@@ -99,6 +103,15 @@ async fn routes_send_each_request_to_its_pool_and_a_reload_changes_them() {
         let (h1, h2) = answer(&mut cl, &mut h2, host, path).await;
         assert_eq!((h1.as_str(), h2.as_str()), (want, want), "{host}{path}");
     }
+    // /svc strips its prefix: the api server gets /headers (and dumps them), over both
+    // protocols; the client's query stays.
+    let (b1, b2) = answer(&mut cl, &mut h2, "www.example.com", "/svc/headers?x=1").await;
+    for body in [&b1, &b2] {
+        assert!(body.contains("host: www.example.com\n"), "{body}");
+        assert!(body.contains("x-forwarded-for: 127.0.0.1\n"), "{body}");
+    }
+    let (b1, b2) = answer(&mut cl, &mut h2, "www.example.com", "/svc").await;
+    assert_eq!((b1.as_str(), b2.as_str()), ("api1", "api1"));
     // The access log names the pool each request went to.
     let log = lb.config_path().with_file_name("access.log");
     let lines = || std::fs::read_to_string(&log).map_or(0, |t| t.lines().count());

@@ -15,6 +15,7 @@
 //!
 //! [[listener.route]]
 //! path_prefix = "/static/"
+//! strip_prefix = true               # the server gets /static/a.css as /a.css
 //! pool = "static"
 //! ```
 //!
@@ -33,6 +34,9 @@ use super::*;
 pub struct Route {
     pub host: Option<HostPattern>,
     pub path_prefix: Option<String>,
+    /// The server gets the path without `path_prefix` (nginx's `location /api/ { proxy_pass
+    /// http://api/; }`): `/api/users?x` goes up as `/users?x`, `/api` as `/`.
+    pub strip_prefix: bool,
     /// Index into [`LbConfig::pools`]; always valid.
     pub pool: usize,
 }
@@ -165,6 +169,25 @@ impl Route {
                 .is_none_or(|p| path.starts_with(p.as_bytes()))
     }
 
+    /// Render the upstream request target for `target` (origin form: path and query,
+    /// which this route took) into `out`: without the path prefix when the route strips it,
+    /// always starting with `/`; else as it came.
+    pub fn push_target(&self, target: &[u8], out: &mut Vec<u8>) {
+        let rest = match &self.path_prefix {
+            Some(p) if self.strip_prefix => target.strip_prefix(p.as_bytes()),
+            _ => None,
+        };
+        match rest {
+            Some(r) => {
+                if r.first() != Some(&b'/') {
+                    out.push(b'/');
+                }
+                out.extend_from_slice(r);
+            }
+            None => out.extend_from_slice(target),
+        }
+    }
+
     /// Every request `later` takes, this one takes first.
     fn covers(&self, later: &Route) -> bool {
         let host = match (&self.host, &later.host) {
@@ -200,6 +223,8 @@ pub struct RawRoute {
     pub host: Option<Spanned<String>>,
     #[serde(default)]
     pub path_prefix: Option<Spanned<String>>,
+    #[serde(default)]
+    pub strip_prefix: Option<Spanned<bool>>,
     pub pool: Spanned<String>,
 }
 
@@ -264,6 +289,12 @@ pub(super) fn validate(
             );
             continue;
         }
+        if let Some(sp) = &r.strip_prefix {
+            if *sp.get_ref() && r.path_prefix.is_none() {
+                c.err(sp, "strip_prefix needs a path_prefix to strip");
+                continue;
+            }
+        }
         // A value already reported above.
         if r.host.is_some() != host.is_some() || r.path_prefix.is_some() != path_prefix.is_some() {
             continue;
@@ -272,6 +303,7 @@ pub(super) fn validate(
         let route = Route {
             host,
             path_prefix,
+            strip_prefix: r.strip_prefix.as_ref().is_some_and(|b| *b.get_ref()),
             pool,
         };
         if let Some((_, at)) = out.iter().find(|(earlier, _)| earlier.covers(&route)) {
@@ -297,8 +329,30 @@ mod tests {
         Route {
             host: host.map(|h| HostPattern::parse(h).expect("valid host")),
             path_prefix: prefix.map(str::to_string),
+            strip_prefix: false,
             pool,
         }
+    }
+
+    #[test]
+    fn a_stripping_route_sends_the_rest_of_the_path_as_nginx_does() {
+        let target = |prefix: &str, strip: bool, t: &str| {
+            let mut r = route(None, Some(prefix), 0);
+            r.strip_prefix = strip;
+            let mut out = Vec::new();
+            r.push_target(t.as_bytes(), &mut out);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(
+            target("/api/", true, "/api/users?x=/api/"),
+            "/users?x=/api/"
+        );
+        assert_eq!(target("/api/", true, "/api/"), "/");
+        assert_eq!(target("/api", true, "/api"), "/");
+        assert_eq!(target("/api", true, "/api?q"), "/?q");
+        assert_eq!(target("/api", true, "/apix"), "/x");
+        assert_eq!(target("/api", true, "/api/v"), "/v");
+        assert_eq!(target("/api/", false, "/api/users"), "/api/users");
     }
 
     #[test]

@@ -556,6 +556,7 @@ path_prefix = "/v2/"
 pool = "api"
 [[listener.route]]
 path_prefix = "/static/"
+strip_prefix = true
 pool = "static"
 
 [[pool]]
@@ -580,11 +581,13 @@ fn routes_validate_in_order_with_their_pools() {
             Route {
                 host: Some(HostPattern::Exact("api.example.com".into())),
                 path_prefix: Some("/v2/".into()),
+                strip_prefix: false,
                 pool: 1,
             },
             Route {
                 host: None,
                 path_prefix: Some("/static/".into()),
+                strip_prefix: true,
                 pool: 2,
             },
         ]
@@ -601,7 +604,7 @@ fn route_errors_name_their_position() {
     // An unknown pool, at its name.
     let text = ROUTED.replace("pool = \"static\"\n\n", "pool = \"statik\"\n\n");
     let (l, col, m) = one_error(&text);
-    assert_eq!((l, col), (11, 8), "{m}");
+    assert_eq!((l, col), (12, 8), "{m}");
     assert!(
         m.contains("unknown pool \"statik\"; defined pools: api, static, web"),
         "{m}"
@@ -615,7 +618,7 @@ fn route_errors_name_their_position() {
     assert_eq!((l, col), (10, 15), "{m}");
     assert!(m.contains("expected a path starting with \"/\""), "{m}");
     // A route that matches everything.
-    let text = ROUTED.replace("path_prefix = \"/static/\"\n", "");
+    let text = ROUTED.replace("path_prefix = \"/static/\"\nstrip_prefix = true\n", "");
     let e = parse(&text).unwrap_err();
     assert_eq!(e.diagnostics.len(), 1, "{e}");
     assert_eq!(e.diagnostics[0].line, 9, "{e}");
@@ -625,6 +628,11 @@ fn route_errors_name_their_position() {
             .contains("a route needs host or path_prefix"),
         "{e}"
     );
+    // Nothing to strip.
+    let (l, col, m) =
+        one_error(&ROUTED.replace("path_prefix = \"/static/\"\n", "host = \"x.org\"\n"));
+    assert_eq!((l, col), (11, 16), "{m}");
+    assert!(m.contains("strip_prefix needs a path_prefix"), "{m}");
     // A route the one before it shadows.
     let text = ROUTED.replace(
         "path_prefix = \"/static/\"",
