@@ -499,6 +499,7 @@ pub(crate) fn state_page(shared: &Shared, offset: usize, limit: usize) -> Value 
                 "routes": rt.cfg.routes.iter().zip(rt.routes.iter()).map(|(r, p)| json!({
                     "host": r.host.as_ref().map(|h| h.to_string()),
                     "path_prefix": r.path_prefix,
+                    "strip_prefix": r.strip_prefix,
                     "pool": p.name,
                 })).collect::<Vec<_>>(),
                 "connections": l.stats.conns_active.load(Ordering::Relaxed),

@@ -346,6 +346,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_listener_line_is_followed_by_its_routes_in_order() {
+        let v = serde_json::json!({
+            "listeners": [{
+                "name": "site", "address": "0.0.0.0:80", "mode": "http", "pool": "web",
+                "connections": 3,
+                "routes": [
+                    { "host": "api.example.com", "path_prefix": null, "pool": "api" },
+                    { "host": null, "path_prefix": "/static/", "strip_prefix": true, "pool": "static" }
+                ]
+            }],
+            "pools": [],
+            "vrrp": []
+        });
+        let text = format_state(&v);
+        let lines: Vec<&str> = text.lines().take(3).collect();
+        assert!(lines[0].starts_with("listener site"), "{text}");
+        assert!(lines[0].contains("pool=web connections=3"), "{text}");
+        assert_eq!(
+            lines[1],
+            "  route host=api.example.com path_prefix=* pool=api"
+        );
+        assert_eq!(lines[2], "  route host=* path_prefix=/static/ pool=static");
+    }
+
+    #[test]
     fn the_table_shows_each_virtual_router_and_nothing_without_any() {
         let none = serde_json::json!({ "listeners": [], "pools": [], "vrrp": [] });
         assert_eq!(format_vrrp(&none), "");

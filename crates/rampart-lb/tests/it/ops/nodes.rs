@@ -284,7 +284,10 @@ async fn stats_page_renders_the_servers_in_headless_chromium() {
     };
     let a = Backend::start("alpha").await;
     let b = Backend::start("bravo").await;
-    let lb = OpsLb::start(&config(&servers(&[(&a, 1), (&b, 1)]), ""), &[]).await;
+    // (A route of the listener, which the page lists under it.)
+    let route = "[[listener.route]]\nhost = \"*.example.com\"\npath_prefix = \"/static/\"\npool = \"app\"\n";
+    let cfg = config(&servers(&[(&a, 1), (&b, 1)]), "") + route;
+    let lb = OpsLb::start(&cfg, &[]).await;
     let mut cl = Client::connect(lb.addr).await.unwrap();
     for _ in 0..10 {
         assert_eq!(cl.get("/").await.unwrap().0, 200);
@@ -338,6 +341,10 @@ async fn stats_page_renders_the_servers_in_headless_chromium() {
         );
     }
     assert!(html.contains(&a.addr.to_string()), "{html}");
+    assert!(
+        html.contains("\u{2192} app<br>*.example.com/static/ \u{2192} app"),
+        "the listener's pool and route are not shown:\n{html}"
+    );
     // No virtual routers: no "Virtual IPs" section.
     assert!(html.contains("<div id=\"vrrp\" hidden"), "{html}");
     assert!(
