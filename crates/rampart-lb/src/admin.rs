@@ -497,7 +497,7 @@ pub(crate) fn state_page(shared: &Shared, offset: usize, limit: usize) -> Value 
                 "mode": l.mode.to_string(),
                 "pool": rt.pool.name,
                 "routes": rt.cfg.routes.iter().zip(rt.routes.iter()).map(|(r, p)| json!({
-                    "host": r.host.as_ref().map(|h| h.to_string()),
+                    "hosts": r.hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
                     "path_prefix": r.path_prefix,
                     "strip_prefix": r.strip_prefix,
                     "pool": p.name,

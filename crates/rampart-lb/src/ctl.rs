@@ -205,9 +205,21 @@ pub fn format_state(v: &Value) -> String {
                 Some(v) => v.to_string(),
                 None => "*".to_string(),
             };
+            let hosts: Vec<&str> = r
+                .get("hosts")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            let hosts = if hosts.is_empty() {
+                "*".to_string()
+            } else {
+                hosts.join(",")
+            };
             out.push_str(&format!(
                 "  route host={} path_prefix={} pool={}\n",
-                any("host"),
+                hosts,
                 any("path_prefix"),
                 s(r, "pool")
             ));
@@ -352,8 +364,8 @@ mod tests {
                 "name": "site", "address": "0.0.0.0:80", "mode": "http", "pool": "web",
                 "connections": 3,
                 "routes": [
-                    { "host": "api.example.com", "path_prefix": null, "pool": "api" },
-                    { "host": null, "path_prefix": "/static/", "strip_prefix": true, "pool": "static" }
+                    { "hosts": ["api.example.com", "*.api.example.com"], "path_prefix": null, "pool": "api" },
+                    { "hosts": [], "path_prefix": "/static/", "strip_prefix": true, "pool": "static" }
                 ]
             }],
             "pools": [],
@@ -365,7 +377,7 @@ mod tests {
         assert!(lines[0].contains("pool=web connections=3"), "{text}");
         assert_eq!(
             lines[1],
-            "  route host=api.example.com path_prefix=* pool=api"
+            "  route host=api.example.com,*.api.example.com path_prefix=* pool=api"
         );
         assert_eq!(lines[2], "  route host=* path_prefix=/static/ pool=static");
     }

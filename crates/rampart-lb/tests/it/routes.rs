@@ -43,7 +43,7 @@ servers = [{{ name = "{}", address = "{}" }}]
 
 const ROUTES: &str = r#"
 [[listener.route]]
-host = "api.example.com"
+hosts = ["api.example.com", "api.example.org"]
 pool = "api"
 [[listener.route]]
 path_prefix = "/static/"
@@ -99,6 +99,7 @@ async fn routes_send_each_request_to_its_pool_and_a_reload_changes_them() {
         ("www.example.com", "/", "web1"),
         ("www.example.com", "/staticx", "web1"),
         ("api.example.com.", "/", "api1"),
+        ("api.example.org", "/", "api1"),
     ] {
         let (h1, h2) = answer(&mut cl, &mut h2, host, path).await;
         assert_eq!((h1.as_str(), h2.as_str()), (want, want), "{host}{path}");
@@ -115,7 +116,7 @@ async fn routes_send_each_request_to_its_pool_and_a_reload_changes_them() {
     // The access log names the pool each request went to.
     let log = lb.config_path().with_file_name("access.log");
     let lines = || std::fs::read_to_string(&log).map_or(0, |t| t.lines().count());
-    assert!(wait_for(|| lines() >= 12, Duration::from_secs(3)).await);
+    assert!(wait_for(|| lines() >= 14, Duration::from_secs(3)).await);
     let text = std::fs::read_to_string(&log).unwrap();
     let pools: Vec<(String, String)> = text
         .lines()

@@ -9,7 +9,8 @@
 //! pool = "web"                      # what no route takes
 //!
 //! [[listener.route]]                # the first route that matches wins
-//! host = "api.example.com"          # or "*.example.com": any name under example.com
+//! host = "api.example.com"          # or "*.example.com": any name under example.com;
+//!                                   # hosts = ["a.example", "b.example"]: any of them
 //! path_prefix = "/v2/"              # optional; host optional too, not both left out
 //! pool = "api-v2"
 //!
@@ -32,7 +33,8 @@ use super::*;
 /// One route of a listener, checked: at least one of `host` and `path_prefix`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
-    pub host: Option<HostPattern>,
+    /// Any of these hosts (`host = "..."` or `hosts = [...]`); empty: any host.
+    pub hosts: Vec<HostPattern>,
     pub path_prefix: Option<String>,
     /// The server gets the path without `path_prefix` (nginx's `location /api/ { proxy_pass
     /// http://api/; }`): `/api/users?x` goes up as `/users?x`, `/api` as `/`.
@@ -160,9 +162,7 @@ impl Route {
     /// This route takes a request for `host` (from [`host_name`]) at `path` (from
     /// [`target_path`]).
     pub fn matches(&self, host: Option<&[u8]>, path: &[u8]) -> bool {
-        self.host
-            .as_ref()
-            .is_none_or(|p| host.is_some_and(|h| p.matches(h)))
+        (self.hosts.is_empty() || host.is_some_and(|h| self.hosts.iter().any(|p| p.matches(h))))
             && self
                 .path_prefix
                 .as_ref()
@@ -190,11 +190,13 @@ impl Route {
 
     /// Every request `later` takes, this one takes first.
     fn covers(&self, later: &Route) -> bool {
-        let host = match (&self.host, &later.host) {
-            (None, _) => true,
-            (Some(a), Some(b)) => a.covers(b),
-            (Some(_), None) => false,
-        };
+        // Each of the later route's hosts within one of ours (no hosts: any host).
+        let host = self.hosts.is_empty()
+            || (!later.hosts.is_empty()
+                && later
+                    .hosts
+                    .iter()
+                    .all(|b| self.hosts.iter().any(|a| a.covers(b))));
         let path = match (&self.path_prefix, &later.path_prefix) {
             (None, _) => true,
             (Some(a), Some(b)) => b.starts_with(a.as_str()),
@@ -221,6 +223,9 @@ pub fn pick(routes: &[Route], host: Option<&[u8]>, target: &[u8]) -> Option<usiz
 pub struct RawRoute {
     #[serde(default)]
     pub host: Option<Spanned<String>>,
+    /// Several hosts (nginx's `server_name a b`, HAProxy's `hdr(host) -i a b`).
+    #[serde(default)]
+    pub hosts: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     pub path_prefix: Option<Spanned<String>>,
     #[serde(default)]
@@ -247,16 +252,29 @@ pub(super) fn validate(
             );
             continue;
         }
-        let host = r
+        if let (Some(_), Some(many)) = (&r.host, &r.hosts) {
+            c.err(many, "give host or hosts, not both");
+            continue;
+        }
+        if let Some(many) = r.hosts.as_ref().filter(|h| h.get_ref().is_empty()) {
+            c.err(
+                many,
+                "hosts is empty; leave it out for a route on the path alone",
+            );
+            continue;
+        }
+        let written: Vec<&Spanned<String>> = r
             .host
-            .as_ref()
-            .and_then(|h| match HostPattern::parse(h.get_ref()) {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    c.err(h, e);
-                    None
-                }
-            });
+            .iter()
+            .chain(r.hosts.iter().flat_map(|h| h.get_ref().iter()))
+            .collect();
+        let mut hosts = Vec::new();
+        for h in &written {
+            match HostPattern::parse(h.get_ref()) {
+                Ok(p) => hosts.push(p),
+                Err(e) => c.err(*h, e),
+            }
+        }
         let path_prefix = r.path_prefix.as_ref().and_then(|p| {
             let v = p.get_ref();
             let ok = v.starts_with('/')
@@ -282,7 +300,7 @@ pub(super) fn validate(
                 None
             }
         };
-        if r.host.is_none() && r.path_prefix.is_none() {
+        if written.is_empty() && r.path_prefix.is_none() {
             c.err(
                 sr,
                 "a route needs host or path_prefix (or both); what no route takes goes to the listener's pool",
@@ -296,12 +314,12 @@ pub(super) fn validate(
             }
         }
         // A value already reported above.
-        if r.host.is_some() != host.is_some() || r.path_prefix.is_some() != path_prefix.is_some() {
+        if hosts.len() != written.len() || r.path_prefix.is_some() != path_prefix.is_some() {
             continue;
         }
         let Some(pool) = pool else { continue };
         let route = Route {
-            host,
+            hosts,
             path_prefix,
             strip_prefix: r.strip_prefix.as_ref().is_some_and(|b| *b.get_ref()),
             pool,
@@ -327,7 +345,10 @@ mod tests {
 
     fn route(host: Option<&str>, prefix: Option<&str>, pool: usize) -> Route {
         Route {
-            host: host.map(|h| HostPattern::parse(h).expect("valid host")),
+            hosts: host
+                .map(|h| HostPattern::parse(h).expect("valid host"))
+                .into_iter()
+                .collect(),
             path_prefix: prefix.map(str::to_string),
             strip_prefix: false,
             pool,
@@ -465,6 +486,12 @@ mod tests {
                 if h.is_some() || p.is_some() {
                     all.push(route(h, p, 0));
                 }
+                // And with a second host.
+                if let Some(h) = h {
+                    let mut two = route(Some(h), p, 0);
+                    two.hosts.push(HostPattern::parse("other.org").unwrap());
+                    all.push(two);
+                }
             }
         }
         for a in &all {
@@ -481,6 +508,13 @@ mod tests {
             }
         }
         assert!(route(None, Some("/api"), 0).covers(&route(Some("x.org"), Some("/api/v2"), 0)));
+        // Two hosts are covered only when each of them is.
+        let mut two = route(Some("a.example.com"), None, 0);
+        two.hosts.push(HostPattern::parse("other.org").unwrap());
+        assert!(!route(Some("*.example.com"), None, 0).covers(&two));
+        assert!(two.covers(&route(Some("other.org"), Some("/x"), 0)));
+        assert!(two.matches(Some(b"other.org"), b"/") && two.matches(Some(b"a.example.com"), b"/"));
+        assert!(!two.matches(Some(b"b.example.com"), b"/") && !two.matches(None, b"/"));
         assert!(!route(Some("x.org"), None, 0).covers(&route(None, Some("/"), 0)));
     }
 }

@@ -579,13 +579,13 @@ fn routes_validate_in_order_with_their_pools() {
         l.routes,
         vec![
             Route {
-                host: Some(HostPattern::Exact("api.example.com".into())),
+                hosts: vec![HostPattern::Exact("api.example.com".into())],
                 path_prefix: Some("/v2/".into()),
                 strip_prefix: false,
                 pool: 1,
             },
             Route {
-                host: None,
+                hosts: Vec::new(),
                 path_prefix: Some("/static/".into()),
                 strip_prefix: true,
                 pool: 2,
@@ -628,6 +628,27 @@ fn route_errors_name_their_position() {
             .contains("a route needs host or path_prefix"),
         "{e}"
     );
+    // Several hosts: each checked at its own position; not beside host; not empty.
+    let (l, col, m) = one_error(&ROUTED.replace(
+        "host = \"API.example.com\"",
+        "hosts = [\"api.example.com\", \"api.example.org:80\"]",
+    ));
+    assert_eq!((l, col), (6, 29), "{m}");
+    assert!(m.contains("without a port"), "{m}");
+    let (l, col, m) = one_error(&ROUTED.replace(
+        "host = \"API.example.com\"",
+        "host = \"a.example\"\nhosts = [\"b.example\"]",
+    ));
+    assert_eq!((l, col), (7, 9), "{m}");
+    assert!(m.contains("host or hosts, not both"), "{m}");
+    let (_, _, m) = one_error(&ROUTED.replace("host = \"API.example.com\"", "hosts = []"));
+    assert!(m.contains("hosts is empty"), "{m}");
+    let two = parse(&ROUTED.replace(
+        "host = \"API.example.com\"",
+        "hosts = [\"api.example.com\", \"*.api.example.com\"]",
+    ))
+    .unwrap();
+    assert_eq!(two.listeners[0].routes[0].hosts.len(), 2);
     // Nothing to strip.
     let (l, col, m) =
         one_error(&ROUTED.replace("path_prefix = \"/static/\"\n", "host = \"x.org\"\n"));
