@@ -428,15 +428,7 @@ impl Coord {
         let txn = Txn::new()
             .when([Compare::create_revision(key, CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key, value, put_options(lease))]);
-        let resp = self
-            .call("create", Retry::OnlyIfNotSent, |mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
-            .await?;
-        Ok(resp
-            .succeeded()
-            .then(|| resp.header().map(|h| h.revision()).unwrap_or(0)))
+        self.txn_revision("create", txn).await
     }
 
     /// Write `key` only if every guard holds, atomically (one etcd transaction): e.g. only
@@ -472,6 +464,21 @@ impl Coord {
         value: &[u8],
         lease: Option<LeaseId>,
     ) -> Result<bool, CoordError> {
+        Ok(self
+            .swap_revision(key, expect_mod_revision, value, lease)
+            .await?
+            .is_some())
+    }
+
+    /// [`Coord::compare_and_swap`] that also says the key's new `mod_revision` (`None`:
+    /// the key had changed or was gone, nothing written).
+    pub async fn swap_revision(
+        &self,
+        key: &str,
+        expect_mod_revision: i64,
+        value: &[u8],
+        lease: Option<LeaseId>,
+    ) -> Result<Option<i64>, CoordError> {
         let cmp = if expect_mod_revision == 0 {
             Compare::create_revision(key, CompareOp::Equal, 0)
         } else {
@@ -480,7 +487,7 @@ impl Coord {
         let txn = Txn::new()
             .when([cmp])
             .and_then([TxnOp::put(key, value, put_options(lease))]);
-        self.txn("compare_and_swap", txn).await
+        self.txn_revision("compare_and_swap", txn).await
     }
 
     /// Atomic delete if mod_revision matches. False when the key changed or is gone.
@@ -541,13 +548,20 @@ impl Coord {
     }
 
     async fn txn(&self, op: &'static str, txn: Txn) -> Result<bool, CoordError> {
+        Ok(self.txn_revision(op, txn).await?.is_some())
+    }
+
+    /// Run a transaction; the store's revision after it when its guards held.
+    async fn txn_revision(&self, op: &'static str, txn: Txn) -> Result<Option<i64>, CoordError> {
         let resp = self
             .call(op, Retry::OnlyIfNotSent, |mut c| {
                 let txn = txn.clone();
                 async move { c.txn(txn).await }
             })
             .await?;
-        Ok(resp.succeeded())
+        Ok(resp
+            .succeeded()
+            .then(|| resp.header().map(|h| h.revision()).unwrap_or(0)))
     }
 }
 

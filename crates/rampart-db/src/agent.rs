@@ -447,7 +447,10 @@ impl Agent {
             None
         };
         let dcs_ok = keys.is_some();
-        let keys = keys.unwrap_or_default();
+        let mut keys = keys.unwrap_or_default();
+        if dcs_ok {
+            self.adopt_leader_key(&mut keys).await;
+        }
         let leader_name = keys.leader.as_ref().map(|kv| kv.value_str());
         if dcs_ok {
             let due = keys

@@ -51,6 +51,59 @@ impl Agent {
         Ok(rev.is_some())
     }
 
+    /// The leader key names this node but hangs on another lease: one a previous run of
+    /// this agent took (killed, restarted). Move it onto this run's lease before that one
+    /// expires, as Patroni does, atomically with checking it is still the key that was read;
+    /// else the key lapses under a primary this run is about to start or keep, and a
+    /// replica takes over for nothing. `keys.leader` ends as etcd has it now.
+    pub(super) async fn adopt_leader_key(&mut self, keys: &mut Keys) {
+        let Some(lease) = self.fence.lease() else {
+            return;
+        };
+        let Some(kv) = keys.leader.as_mut() else {
+            return;
+        };
+        if kv.value_str() != self.node.name || kv.lease == lease || !self.lease_ok() {
+            return;
+        }
+        let old = kv.lease;
+        match self
+            .coord
+            .swap_revision(&kv.key, kv.mod_revision, &kv.value, Some(lease))
+            .await
+        {
+            Ok(Some(rev)) => {
+                tracing::info!(
+                    old_lease = old,
+                    lease,
+                    revision = rev,
+                    "the leader key an earlier run of this agent took: moved onto this run's lease"
+                );
+                kv.mod_revision = rev;
+                kv.lease = lease;
+            }
+            Ok(None) => {
+                tracing::info!(
+                    "the leader key changed before it could be moved onto this run's lease"
+                );
+                self.reread_leader(keys).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot move the leader key onto this run's lease");
+                self.reread_leader(keys).await;
+            }
+        }
+    }
+
+    /// Read `/leader` again; unknown counts as vacant (the conservative reading: a
+    /// primary without the key may not write).
+    async fn reread_leader(&self, keys: &mut Keys) {
+        keys.leader = match self.coord.get(&self.key("leader")).await {
+            Ok(kv) => kv,
+            Err(_) => None,
+        };
+    }
+
     pub(super) async fn promote(&mut self, keys: &Keys) -> Result<(), DbError> {
         // Primary settings first: no upstream; synchronous names start empty ('*' strict).
         self.sync_configured = None;

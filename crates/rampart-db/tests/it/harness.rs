@@ -384,17 +384,41 @@ impl Cluster {
         }
     }
 
+    /// Patroni's status document: a replica whose WAL receiver streams (whatever its
+    /// tags say about load balancing).
+    pub fn streaming(&self, i: usize) -> bool {
+        self.api(i, "/health")
+            .filter(|(s, _)| *s == 200)
+            .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
+            .is_some_and(|v| v["role"] == "replica" && v["replication_state"] == "streaming")
+    }
+
+    /// Wait until one node is the primary and every other running agent's node streams
+    /// from it; the primary. For the end of a test after failures, when either node may
+    /// have come out as the primary: one sample of `primary()` can be a former primary
+    /// about to step down.
+    pub fn wait_settled(&self, timeout: Duration) -> usize {
+        let mut settled = None;
+        let ok = wait_until(timeout, || {
+            settled = self.primary().filter(|&p| {
+                (0..self.nodes.len())
+                    .filter(|&i| i != p && self.agents[i].is_some())
+                    .all(|i| self.streaming(i))
+            });
+            settled.is_some()
+        });
+        match settled {
+            Some(p) if ok => p,
+            _ => panic!(
+                "no primary with every other node streaming within {timeout:?}:\n{}",
+                self.list()
+            ),
+        }
+    }
+
     pub fn wait_replica(&self, i: usize, timeout: Duration) {
-        // Patroni's status document: a replica whose WAL receiver streams (whatever its
-        // tags say about load balancing).
-        let streaming = || {
-            self.api(i, "/health")
-                .filter(|(s, _)| *s == 200)
-                .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
-                .is_some_and(|v| v["role"] == "replica" && v["replication_state"] == "streaming")
-        };
         assert!(
-            wait_until(timeout, streaming),
+            wait_until(timeout, || self.streaming(i)),
             "{} did not become a streaming replica within {timeout:?}:\n{}",
             self.nodes[i].name,
             self.list()

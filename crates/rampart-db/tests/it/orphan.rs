@@ -31,13 +31,18 @@ fn alive(pid: i32) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_agent_stops_the_postgres_its_dead_predecessor_left_running() {
+    // A lease long enough that the restarted agent (stopping the orphan takes a second or
+    // two) always finds its node's key still there: it must keep it, not let it lapse.
     let mut c = Cluster::start(Opts {
         first_alone: true,
         nodes: 2,
+        extra_db: "ttl = \"10s\"".into(),
         ..Opts::default()
     });
     let p = c.wait_primary(Duration::from_secs(60));
     c.wait_replica(1 - p, Duration::from_secs(60));
+    let (holder, created) = c.leader_key().await.expect("the leader key");
+    assert_eq!(holder, c.nodes[p].name);
     let data = c.dir.path().join("data").join(&c.nodes[p].name);
     let postmaster: i32 = std::fs::read_to_string(data.join("postmaster.pid"))
         .expect("postmaster.pid")
@@ -51,6 +56,7 @@ async fn a_restarted_agent_stops_the_postgres_its_dead_predecessor_left_running(
     // Watchdog first, then the agent: nothing is left to fence the primary.
     kill(Pid::from_raw(wd), Signal::SIGKILL).expect("kill watchdog");
     c.signal_agent(p, Signal::SIGKILL);
+    let killed = std::time::Instant::now();
     assert!(
         wait_until(Duration::from_secs(5), || !alive(wd)),
         "the watchdog survived SIGKILL"
@@ -75,9 +81,23 @@ async fn a_restarted_agent_stops_the_postgres_its_dead_predecessor_left_running(
         log.contains("already running in the data directory"),
         "{log}"
     );
-    // ... and the cluster ends with one primary and the node back in it.
-    let np = c.wait_primary(Duration::from_secs(60));
-    c.wait_replica(1 - np, Duration::from_secs(90));
+    // The new agent moved the key its predecessor took onto its own lease: the key
+    // outlives the dead agent's lease (10 s) and the node leads on, with no failover.
+    let left = Duration::from_secs(12).saturating_sub(killed.elapsed());
+    std::thread::sleep(left);
+    assert_eq!(
+        c.leader_key().await,
+        Some((c.nodes[p].name.clone(), created)),
+        "the leader key did not survive its first lease:\n{}\n{}",
+        c.list(),
+        c.agent_log(p)
+    );
+    assert!(
+        c.agent_log(p).contains("moved onto this run's lease"),
+        "{}",
+        c.agent_log(p)
+    );
+    assert_eq!(c.wait_settled(Duration::from_secs(60)), p, "{}", c.list());
     drop(dead_agent);
 }
 
@@ -133,8 +153,7 @@ async fn a_killed_watchdog_is_replaced_and_the_new_one_fences_a_frozen_primary()
         "watchdog: fenced {:.2} s after the freeze",
         took.as_secs_f64()
     );
-    let np = c.wait_primary(Duration::from_secs(60));
-    c.wait_replica(1 - np, Duration::from_secs(90));
+    c.wait_settled(Duration::from_secs(90));
 }
 
 /// A killed postmaster cannot remove its shared memory; with its agent gone nothing
