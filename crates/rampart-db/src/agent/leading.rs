@@ -98,10 +98,7 @@ impl Agent {
     /// Read `/leader` again; unknown counts as vacant (the conservative reading: a
     /// primary without the key may not write).
     async fn reread_leader(&self, keys: &mut Keys) {
-        keys.leader = match self.coord.get(&self.key("leader")).await {
-            Ok(kv) => kv,
-            Err(_) => None,
-        };
+        keys.leader = self.coord.get(&self.key("leader")).await.ok().flatten();
     }
 
     pub(super) async fn promote(&mut self, keys: &Keys) -> Result<(), DbError> {
