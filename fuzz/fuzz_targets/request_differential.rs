@@ -35,6 +35,7 @@ fuzz_target!(|data: &[u8]| {
         (RequestOutcome::Bad(_), _) => {}
         (RequestOutcome::Refused, _) => panic!("no firewall, yet refused: {}", says()),
         (RequestOutcome::Acme, _) => panic!("no ACME order is pending: {}", says()),
+        (RequestOutcome::Redirect, _) => panic!("no route redirects: {}", says()),
         (RequestOutcome::Complete(_), Verdict::Refuse(why)) => {
             let missed: Vec<Why> = why.iter().copied().filter(|w| w.matters()).collect();
             assert!(missed.is_empty(), "taken despite {missed:?}: {}", says());

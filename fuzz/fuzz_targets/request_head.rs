@@ -15,6 +15,7 @@ fn check(data: &[u8], trusted: bool) {
         RequestOutcome::Partial => return,
         RequestOutcome::Refused => panic!("no firewall, yet refused"),
         RequestOutcome::Acme => panic!("no ACME order is pending"),
+        RequestOutcome::Redirect => panic!("no route redirects"),
         RequestOutcome::Bad(s) => {
             assert!(matches!(s, 400 | 431 | 501 | 505), "status {s}");
             return;

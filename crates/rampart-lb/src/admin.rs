@@ -12,7 +12,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use rampart_balance::outlier::Reason;
-use rampart_topology::lb::{AdminConfig, Cidr, Server, TokenSource};
+use rampart_topology::lb::{AdminConfig, Cidr, RouteTo, Server, TokenSource};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -500,7 +500,11 @@ pub(crate) fn state_page(shared: &Shared, offset: usize, limit: usize) -> Value 
                     "hosts": r.hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
                     "path_prefix": r.path_prefix,
                     "strip_prefix": r.strip_prefix,
-                    "pool": p.name,
+                    "pool": p.as_ref().map(|p| &p.name),
+                    "redirect": match &r.to {
+                        RouteTo::Redirect { prefix, status } => json!({"to": prefix, "status": status}),
+                        RouteTo::Pool(_) => Value::Null,
+                    },
                 })).collect::<Vec<_>>(),
                 "connections": l.stats.conns_active.load(Ordering::Relaxed),
                 "connections_total": l.stats.conns_total.load(Ordering::Relaxed),

@@ -217,11 +217,15 @@ pub fn format_state(v: &Value) -> String {
             } else {
                 hosts.join(",")
             };
+            let to = match r.get("redirect").filter(|v| !v.is_null()) {
+                Some(red) => format!("redirect={} {}", s(red, "status"), s(red, "to")),
+                None => format!("pool={}", s(r, "pool")),
+            };
             out.push_str(&format!(
-                "  route host={} path_prefix={} pool={}\n",
+                "  route host={} path_prefix={} {}\n",
                 hosts,
                 any("path_prefix"),
-                s(r, "pool")
+                to
             ));
         }
     }
@@ -365,14 +369,16 @@ mod tests {
                 "connections": 3,
                 "routes": [
                     { "hosts": ["api.example.com", "*.api.example.com"], "path_prefix": null, "pool": "api" },
-                    { "hosts": [], "path_prefix": "/static/", "strip_prefix": true, "pool": "static" }
+                    { "hosts": [], "path_prefix": "/static/", "strip_prefix": true, "pool": "static" },
+                    { "hosts": ["www.example.com"], "path_prefix": null, "pool": null,
+                      "redirect": { "to": "https://example.com", "status": 301 } }
                 ]
             }],
             "pools": [],
             "vrrp": []
         });
         let text = format_state(&v);
-        let lines: Vec<&str> = text.lines().take(3).collect();
+        let lines: Vec<&str> = text.lines().take(4).collect();
         assert!(lines[0].starts_with("listener site"), "{text}");
         assert!(lines[0].contains("pool=web connections=3"), "{text}");
         assert_eq!(
@@ -380,6 +386,10 @@ mod tests {
             "  route host=api.example.com,*.api.example.com path_prefix=* pool=api"
         );
         assert_eq!(lines[2], "  route host=* path_prefix=/static/ pool=static");
+        assert_eq!(
+            lines[3],
+            "  route host=www.example.com path_prefix=* redirect=301 https://example.com"
+        );
     }
 
     #[test]

@@ -330,6 +330,30 @@ async fn exchange<T: ClientStream>(
                             Next::KeepAlive
                         };
                     }
+                    Parsed::Redirect {
+                        head_len,
+                        status,
+                        location,
+                        close,
+                        head,
+                        log: entry,
+                    } => {
+                        buf.consume(head_len);
+                        let msg = format!("{status} {}: {location}\n", reason(status));
+                        let h = Some(("location", location.as_str()));
+                        let r =
+                            send_error_with(io, ctx, status, msg.as_bytes(), close, head, h).await;
+                        ctx.listener.stats.counters.response(status, 0);
+                        if let Some((method, target)) = entry {
+                            let bytes = (!head).then_some(msg.len() as u64);
+                            log(ctx, "-", &method, &target, status, bytes, 0, None);
+                        }
+                        return if close || r.is_err() {
+                            Next::Close
+                        } else {
+                            Next::KeepAlive
+                        };
+                    }
                     Parsed::Refused(r) => {
                         // Closed after the answer: a body the client may send is never read.
                         let h = r.header.as_ref().map(|(n, v)| (*n, v.as_str()));
@@ -429,19 +453,13 @@ fn may_resend(written: usize, replayable: bool) -> bool {
     written == 0 || replayable
 }
 
+/// The reason phrase of the balancer's own answers (the firewall's 403, 405, 413 and 429
+/// too, and the redirects').
 fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        408 => "Request Timeout",
-        431 => "Request Header Fields Too Large",
-        501 => "Not Implemented",
-        505 => "HTTP Version Not Supported",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "Error",
-    }
+    http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error")
 }
 
 /// A short error answer of the balancer itself.

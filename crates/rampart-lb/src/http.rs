@@ -251,7 +251,7 @@ fn service(
             stats.counters.response(r.status().as_u16(), took);
             if let Some((method, uri, ctx, route)) = log {
                 let l = &ctx.listener;
-                let pool = &l.pool_for(route).name;
+                let pool = l.pool_name_for(route);
                 crate::accesslog::log_response(l, pool, ctx.peer, &method, &uri, &r, took);
             }
             Ok::<_, Infallible>(r)
@@ -517,6 +517,22 @@ fn error_response(status: StatusCode, msg: &Bytes, busy: Busy) -> Response<RespB
     r
 }
 
+/// A redirecting route's answer (the fast path's, in hyper's types).
+fn redirect_to(status: u16, location: &str, busy: Busy) -> Response<RespBody> {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND);
+    let msg = format!(
+        "{} {}: {location}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("Redirect")
+    );
+    let mut r = error_response(status, &Bytes::from(msg), busy);
+    // A request target's bytes after a checked prefix: a valid field value.
+    if let Ok(v) = HeaderValue::from_str(location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
 /// A copy of a body-less request's head, to send it again on another server.
 struct Replay {
     method: Method,
@@ -544,8 +560,8 @@ fn idempotent(m: &Method) -> bool {
 async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<RespBody> {
     let busy = Busy::new(ctx.activity());
     // No tunnels over HTTP/2 either (the fast path answers an HTTP/1 CONNECT alike).
+    // (Every answer is counted by `service`, these too.)
     if req.method() == Method::CONNECT {
-        ctx.listener.stats.counters.response(501, 0);
         return error_response(
             StatusCode::NOT_IMPLEMENTED,
             &Bytes::from_static(b"501 Not Implemented: CONNECT is not supported\n"),
@@ -592,12 +608,17 @@ async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<RespBody>
                         resp.headers_mut().insert(n, v);
                     }
                 }
-                ctx.listener.stats.counters.response(r.status, 0);
                 return resp;
             }
         }
     }
     let route = route_of(&ctx.listener, &req);
+    if let Some(r) = route.and_then(|i| ctx.listener.cfg.routes.get(i)) {
+        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        if let Some((status, location)) = r.redirect(pq.as_bytes()) {
+            return redirect_to(status, &location, busy);
+        }
+    }
     let pool = &ctx.listener.pool_for(route).get();
     let mut now = now_ns();
     pool.budget.on_request(now);

@@ -133,8 +133,8 @@ impl ListenerStats {
 pub struct ListenerRt {
     pub cfg: Listener,
     pub pool: Arc<PoolHandle>,
-    /// The pools of `cfg.routes`, in their order.
-    pub routes: Box<[Arc<PoolHandle>]>,
+    /// The pools of `cfg.routes`, in their order (`None`: a redirecting route).
+    pub routes: Box<[Option<Arc<PoolHandle>>]>,
     pub trusted: Vec<Cidr>,
     /// The forwarding headers added to each request (`forwarded.headers`).
     pub forwarded: rampart_topology::lb::ForwardedHeaders,
@@ -156,9 +156,21 @@ impl ListenerRt {
         rampart_topology::lb::pick_route(&self.cfg.routes, host, target)
     }
 
-    /// The pool of a request [`ListenerRt::route`] routed.
+    /// The pool of a request [`ListenerRt::route`] routed (a redirecting route's
+    /// requests never reach one: answered before).
     pub(crate) fn pool_for(&self, route: Option<usize>) -> &Arc<PoolHandle> {
-        route.and_then(|i| self.routes.get(i)).unwrap_or(&self.pool)
+        route
+            .and_then(|i| self.routes.get(i))
+            .and_then(Option::as_ref)
+            .unwrap_or(&self.pool)
+    }
+
+    /// What the access log names as a routed request's pool: `-` for a redirect.
+    pub(crate) fn pool_name_for(&self, route: Option<usize>) -> &str {
+        match route.and_then(|i| self.routes.get(i)) {
+            Some(None) => "-",
+            _ => &self.pool_for(route).name,
+        }
     }
 
     /// Whether `ip` is one of the lb's `forwarded.trusted_proxies` (IPv4-mapped IPv6 as
@@ -276,7 +288,10 @@ impl Shared {
         let routes = l
             .routes
             .iter()
-            .map(|r| pools.get(r.pool).cloned())
+            .map(|r| match r.pool() {
+                Some(p) => pools.get(p).cloned().map(Some),
+                None => Some(None),
+            })
             .collect::<Option<_>>()?;
         Some(ListenerRt {
             cfg: l.clone(),

@@ -228,7 +228,10 @@ mod acme;
 mod route;
 mod tls;
 pub use acme::{Acme, AcmeShare, Challenge, RawAcme, DEFAULT_RENEW_BEFORE};
-pub use route::{host_name, pick as pick_route, target_path, HostPattern, RawRoute, Route};
+pub use route::{
+    host_name, pick as pick_route, target_path, HostPattern, RawRoute, Route, RouteTo,
+    REDIRECT_STATUSES,
+};
 pub use tls::{
     CertFiles, ListenerTls, PoolTls, RawCert, RawListenerTls, RawPoolTls, Resumption,
     DEFAULT_SESSION_CACHE, DEFAULT_TICKET_ROTATE,

@@ -599,7 +599,7 @@ servers = [{ name = "a1", address = "127.0.0.1:9002" }]
         let c = t.node_config(&t.nodes[0]);
         for l in &c.listeners {
             assert_eq!(l.routes.len(), 1, "{}", l.name);
-            assert_eq!(c.pools[l.routes[0].pool].name, "api");
+            assert_eq!(c.pools[l.routes[0].pool().expect("a pool")].name, "api");
         }
         // Its errors name the section's tables.
         let bad = text.replace("pool = \"api\"\n[[pool]]", "pool = \"apy\"\n[[pool]]");

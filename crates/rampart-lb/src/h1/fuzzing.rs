@@ -62,6 +62,8 @@ pub enum RequestOutcome {
     Refused,
     /// An ACME HTTP-01 token answered by the balancer (never without a pending order).
     Acme,
+    /// A redirecting route's answer (never: the fuzzed listener has no routes).
+    Redirect,
 }
 
 thread_local! {
@@ -108,6 +110,7 @@ pub fn parse_request(data: &[u8], trusted: bool) -> RequestOutcome {
         Parsed::Bad(s) => RequestOutcome::Bad(s),
         Parsed::Refused(_) => RequestOutcome::Refused,
         Parsed::Acme { .. } => RequestOutcome::Acme,
+        Parsed::Redirect { .. } => RequestOutcome::Redirect,
         Parsed::Complete(r) => RequestOutcome::Complete(Request {
             head_len: r.head_len,
             body: r.body.into(),

@@ -54,6 +54,17 @@ pub(super) enum Parsed {
         key_auth: String,
         close: bool,
     },
+    /// A redirecting route took it: answered here with `status` and `location`.
+    Redirect {
+        head_len: usize,
+        status: u16,
+        location: String,
+        /// A body nobody reads, or the client's wish, ends the connection.
+        close: bool,
+        head: bool,
+        /// Method and target, only when access logging is on.
+        log: Option<(String, String)>,
+    },
 }
 
 /// A header name's meaning to the proxy.
@@ -476,6 +487,16 @@ pub(super) fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Pa
         .listener
         .route(uri_host.as_deref().or(host), target.as_bytes());
     if let Some(r) = route.and_then(|i| ctx.listener.cfg.routes.get(i)) {
+        if let Some((status, location)) = r.redirect(&out[method.len() + 1..]) {
+            return Parsed::Redirect {
+                head_len,
+                status,
+                location,
+                close: close || body != Framing::None,
+                head: method == "HEAD",
+                log: crate::accesslog::enabled().then(|| (method.to_string(), target.to_string())),
+            };
+        }
         if r.strip_prefix {
             let start = method.len() + 1;
             let rendered = out.split_off(start);

@@ -102,6 +102,99 @@ servers = [{ name = "s", address = "127.0.0.1:4" }]
 }
 
 #[test]
+fn a_redirecting_route_answers_the_head_itself() {
+    let text = r#"
+[[listener]]
+name = "site"
+address = "127.0.0.1:1"
+pool = "web"
+[[listener.route]]
+host = "www.example.com"
+redirect = "https://example.com"
+[[listener.route]]
+path_prefix = "/old/"
+strip_prefix = true
+redirect = "https://example.com/new/"
+redirect_status = 308
+[[pool]]
+name = "web"
+servers = [{ name = "w", address = "127.0.0.1:2" }]
+"#;
+    let cfg = rampart_topology::lb::LbConfig::from_source(&rampart_topology::diag::Source::new(
+        "lb.toml", text,
+    ))
+    .unwrap();
+    let ctx = test_ctx_of(&cfg);
+    for (head, want_status, want_location, want_close, want_head) in [
+        (
+            "GET /a?b HTTP/1.1\r\nHost: www.example.com\r\n\r\n",
+            302,
+            "https://example.com/a?b",
+            false,
+            false,
+        ),
+        // The absolute form: its path, on its authority's route.
+        (
+            "GET http://www.example.com?q HTTP/1.1\r\nHost: x.org\r\n\r\n",
+            302,
+            "https://example.com/?q",
+            false,
+            false,
+        ),
+        (
+            "HEAD /old/x/y HTTP/1.1\r\nHost: x.org\r\n\r\n",
+            308,
+            "https://example.com/new/x/y",
+            false,
+            true,
+        ),
+        // A body nobody reads closes the connection; so does the client's wish.
+        (
+            "POST /old/f HTTP/1.1\r\nHost: x.org\r\nContent-Length: 3\r\n\r\nabc",
+            308,
+            "https://example.com/new/f",
+            true,
+            false,
+        ),
+        (
+            "GET /old/ HTTP/1.0\r\n\r\n",
+            308,
+            "https://example.com/new/",
+            true,
+            false,
+        ),
+    ] {
+        let mut out = Vec::new();
+        let Parsed::Redirect {
+            head_len,
+            status,
+            location,
+            close,
+            head: is_head,
+            ..
+        } = parse_request(head.as_bytes(), &ctx, &mut out)
+        else {
+            panic!("{head:?} not redirected")
+        };
+        assert_eq!(
+            (status, location.as_str(), close, is_head),
+            (want_status, want_location, want_close, want_head),
+            "{head:?}"
+        );
+        assert_eq!(&head[head_len..].replace("abc", ""), "", "{head:?}");
+    }
+    let mut out = Vec::new();
+    assert!(matches!(
+        parse_request(
+            b"GET /new/x HTTP/1.1\r\nHost: x.org\r\n\r\n",
+            &ctx,
+            &mut out
+        ),
+        Parsed::Complete(_)
+    ));
+}
+
+#[test]
 fn content_length_lists_must_agree() {
     assert_eq!(content_length(b"12", None), Some(12));
     assert_eq!(content_length(b"12, 12", None), Some(12));
@@ -452,6 +545,7 @@ fn check_parse(data: &[u8], trusted: bool) -> Result<(), TestCaseError> {
     match parse_request(data, &test_ctx(trusted), &mut out) {
         Parsed::Partial => {}
         Parsed::Acme { .. } => prop_assert!(false, "no ACME order is pending"),
+        Parsed::Redirect { .. } => prop_assert!(false, "no route redirects"),
         Parsed::Refused(r) => prop_assert!(false, "no firewall, yet refused: {r:?}"),
         Parsed::Bad(s) => prop_assert!(matches!(s, 400 | 431 | 501 | 505), "{s}"),
         Parsed::Complete(r) => {

@@ -76,7 +76,11 @@ pub(crate) fn test_ctx_of(cfg: &rampart_topology::lb::LbConfig) -> Arc<ConnCtx> 
     let rt = Arc::new(crate::ListenerRt {
         cfg: l.clone(),
         pool: pools[l.pool].clone(),
-        routes: l.routes.iter().map(|r| pools[r.pool].clone()).collect(),
+        routes: l
+            .routes
+            .iter()
+            .map(|r| r.pool().map(|p| pools[p].clone()))
+            .collect(),
         trusted: Vec::new(),
         forwarded: Default::default(),
         stats: Arc::new(crate::ListenerStats::new(1)),

@@ -205,3 +205,107 @@ pool = "static"
     );
     assert!(err.contains(&at), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirecting_route_is_answered_by_the_balancer_over_both_protocols() {
+    use tokio::io::AsyncWriteExt;
+
+    use crate::support::read_until;
+
+    let web = Backend::start("web1").await;
+    let redirects = r#"
+[[listener.route]]
+host = "www.example.com"
+redirect = "https://example.com/"
+redirect_status = 301
+[[listener.route]]
+path_prefix = "/old/"
+strip_prefix = true
+redirect = "/new"
+"#;
+    let lb = Lb::start(&routed(&web, &web, &web, redirects)).await;
+
+    // Three requests in one write: two redirects (the second a HEAD: no body), then one
+    // for the pool, all answered in order on the one connection.
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(
+        b"GET /a/b?c=1 HTTP/1.1\r\nHost: WWW.example.com:80\r\n\r\n\
+          HEAD /old/x?y HTTP/1.1\r\nHost: site\r\n\r\n\
+          GET / HTTP/1.1\r\nHost: site\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let text = read_until(&mut s, |t| t.ends_with("web1")).await;
+    let answers: Vec<&str> = text.split("HTTP/1.1 ").skip(1).collect();
+    assert_eq!(answers.len(), 3, "{text}");
+    assert!(
+        answers[0].starts_with("301 Moved Permanently\r\n"),
+        "{text}"
+    );
+    assert!(
+        answers[0].contains("\r\nlocation: https://example.com/a/b?c=1\r\n"),
+        "{text}"
+    );
+    assert!(
+        answers[0].ends_with("301 Moved Permanently: https://example.com/a/b?c=1\n"),
+        "{text}"
+    );
+    assert!(answers[1].starts_with("302 Found\r\n"), "{text}");
+    assert!(answers[1].contains("\r\nlocation: /new/x?y\r\n"), "{text}");
+    assert!(
+        answers[1].ends_with("\r\n\r\n"),
+        "a HEAD answer has no body: {text}"
+    );
+    assert!(!text.contains("connection: close"), "{text}");
+    assert!(answers[2].starts_with("200 "), "{text}");
+    assert_eq!(web.hits(), 1, "only the last request reached a server");
+
+    // A request with a body nobody reads: answered, then the connection ends.
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(b"POST /old/form HTTP/1.1\r\nHost: site\r\nContent-Length: 5\r\n\r\nhello")
+        .await
+        .unwrap();
+    let text = read_until(&mut s, |_| false).await;
+    assert!(text.starts_with("HTTP/1.1 302 Found\r\n"), "{text}");
+    assert!(text.contains("\r\nlocation: /new/form\r\n"), "{text}");
+    assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
+
+    // HTTP/2: the same rule.
+    let mut h2 = h2c(lb.addr).await;
+    let req = Request::get("http://www.example.com/z?q")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = h2.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 301);
+    assert_eq!(
+        resp.headers()["location"].to_str().unwrap(),
+        "https://example.com/z?q"
+    );
+    let req = Request::get("http://site/other")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    assert_eq!(h2.send_request(req).await.unwrap().status(), 200);
+    assert_eq!(web.hits(), 2);
+
+    // The access log has each redirect, with no pool.
+    let log = lb.config_path().with_file_name("access.log");
+    let lines = || std::fs::read_to_string(&log).map_or(0, |t| t.lines().count());
+    assert!(wait_for(|| lines() >= 6, Duration::from_secs(3)).await);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let seen: Vec<(String, u64)> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .map(|v| (v["pool"].to_string(), v["status"].as_u64().unwrap_or(0)))
+        .collect();
+    let redirected: Vec<u64> = seen
+        .iter()
+        .filter(|(p, _)| p == "\"-\"")
+        .map(|(_, s)| *s)
+        .collect();
+    assert_eq!(redirected, [301, 302, 302, 301], "{text}");
+    assert_eq!(
+        seen.iter().filter(|(p, _)| p == "\"web\"").count(),
+        2,
+        "{text}"
+    );
+}

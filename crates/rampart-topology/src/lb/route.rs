@@ -18,6 +18,11 @@
 //! path_prefix = "/static/"
 //! strip_prefix = true               # the server gets /static/a.css as /a.css
 //! pool = "static"
+//!
+//! [[listener.route]]                # answered by the balancer: no pool
+//! host = "www.example.com"
+//! redirect = "https://example.com"  # Location: https://example.com/the/path?and=query
+//! redirect_status = 301             # 301, 302 (the default, as HAProxy's), 303, 307, 308
 //! ```
 //!
 //! The host is compared without its port and a trailing dot, case-insensitively; an
@@ -37,11 +42,25 @@ pub struct Route {
     pub hosts: Vec<HostPattern>,
     pub path_prefix: Option<String>,
     /// The server gets the path without `path_prefix` (nginx's `location /api/ { proxy_pass
-    /// http://api/; }`): `/api/users?x` goes up as `/users?x`, `/api` as `/`.
+    /// http://api/; }`): `/api/users?x` goes up as `/users?x`, `/api` as `/`. A redirect's
+    /// `Location` loses it the same way.
     pub strip_prefix: bool,
-    /// Index into [`LbConfig::pools`]; always valid.
-    pub pool: usize,
+    pub to: RouteTo,
 }
+
+/// What a route does with the requests it takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteTo {
+    /// Forward to a pool: index into [`LbConfig::pools`]; always valid.
+    Pool(usize),
+    /// Answer with a redirect, no server involved (HAProxy's `http-request redirect prefix`,
+    /// nginx's `return 301 https://example.com$request_uri`): `Location` is `prefix` (no
+    /// trailing `/`) then the request's path and query.
+    Redirect { prefix: String, status: u16 },
+}
+
+/// The statuses a redirect may have.
+pub const REDIRECT_STATUSES: [u16; 5] = [301, 302, 303, 307, 308];
 
 /// A route's `host`: one name, or every name under a domain (`*.example.com`). Lowercase.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,6 +207,32 @@ impl Route {
         }
     }
 
+    /// The pool this route forwards to; `None` for a redirect.
+    pub fn pool(&self) -> Option<usize> {
+        match self.to {
+            RouteTo::Pool(p) => Some(p),
+            RouteTo::Redirect { .. } => None,
+        }
+    }
+
+    /// A redirecting route's status and `Location` for a request whose origin-form target
+    /// (path and query) is `target`; `None` for a route to a pool.
+    pub fn redirect(&self, target: &[u8]) -> Option<(u16, String)> {
+        let RouteTo::Redirect { prefix, status } = &self.to else {
+            return None;
+        };
+        let mut loc = Vec::with_capacity(prefix.len() + target.len() + 1);
+        loc.extend_from_slice(prefix.as_bytes());
+        if target.first() == Some(&b'/') {
+            self.push_target(target, &mut loc);
+        } else {
+            // `OPTIONS *`: no path to keep.
+            loc.push(b'/');
+        }
+        // A request target is ASCII (both parsers refuse anything else); lossy is a no-op.
+        Some((*status, String::from_utf8_lossy(&loc).into_owned()))
+    }
+
     /// Every request `later` takes, this one takes first.
     fn covers(&self, later: &Route) -> bool {
         // Each of the later route's hosts within one of ours (no hosts: any host).
@@ -230,7 +275,69 @@ pub struct RawRoute {
     pub path_prefix: Option<Spanned<String>>,
     #[serde(default)]
     pub strip_prefix: Option<Spanned<bool>>,
-    pub pool: Spanned<String>,
+    #[serde(default)]
+    pub pool: Option<Spanned<String>>,
+    /// Instead of `pool`: answer with a redirect to this prefix.
+    #[serde(default)]
+    pub redirect: Option<Spanned<String>>,
+    #[serde(default)]
+    pub redirect_status: Option<Spanned<i64>>,
+}
+
+/// A route's `redirect` as written: an absolute `http(s)` URL, or a path on the same site;
+/// no query or fragment (the request's path and query follow it). Without trailing `/`.
+fn parse_redirect(v: &str) -> Result<String, String> {
+    let bad = || {
+        format!(
+            "bad redirect \"{v}\"; expected an absolute URL without query, like \"https://example.com\" or \"https://example.com/new\", or a path like \"/new\""
+        )
+    };
+    if v.is_empty()
+        || v.bytes()
+            .any(|b| b <= b' ' || b >= 0x7f || b == b'?' || b == b'#' || b == b'"' || b == b'\\')
+    {
+        return Err(bad());
+    }
+    let lower = v.to_ascii_lowercase();
+    let rest = if v.starts_with('/') {
+        if v.starts_with("//") {
+            // A scheme-relative URL: say which scheme.
+            return Err(bad());
+        }
+        None
+    } else if let Some(r) = lower
+        .strip_prefix("https://")
+        .or_else(|| lower.strip_prefix("http://"))
+    {
+        Some(r)
+    } else {
+        return Err(bad());
+    };
+    if let Some(rest) = rest {
+        let authority = rest.split('/').next().unwrap_or("");
+        let host = host_name(authority.as_bytes());
+        let port = &authority[host.len()..];
+        let port_ok = port.is_empty()
+            || port
+                .strip_prefix(':')
+                .is_some_and(|p| p.parse::<u16>().is_ok_and(|n| n > 0));
+        let host = std::str::from_utf8(host).unwrap_or("");
+        if authority.contains('@')
+            || !port_ok
+            || HostPattern::parse(host).is_err()
+            || host.starts_with("*.")
+        {
+            return Err(bad());
+        }
+    }
+    let scheme_len = v.len() - rest.map_or(v.len(), str::len);
+    let trimmed = v.trim_end_matches('/');
+    // Never trim into the scheme's `//`.
+    Ok(if trimmed.len() < scheme_len {
+        v[..scheme_len].to_string()
+    } else {
+        trimmed.to_string()
+    })
 }
 
 /// Check a listener's routes; `pool_index` maps pool names to indices, `unknown_pool` words
@@ -293,11 +400,62 @@ pub(super) fn validate(
                 None
             }
         });
-        let pool = match pool_index.get(r.pool.get_ref().as_str()) {
-            Some(i) => Some(*i),
-            None => {
-                c.err(&r.pool, unknown_pool(r.pool.get_ref()));
-                None
+        let to = match (&r.pool, &r.redirect) {
+            (Some(_), Some(red)) => {
+                c.err(
+                    red,
+                    "give pool or redirect, not both (a redirect is answered by the balancer)",
+                );
+                continue;
+            }
+            (None, None) => {
+                c.err(
+                    sr,
+                    "a route needs pool (where its requests go) or redirect (where clients are sent)",
+                );
+                continue;
+            }
+            (Some(p), None) => {
+                if let Some(st) = &r.redirect_status {
+                    c.err(st, "redirect_status needs a redirect");
+                    continue;
+                }
+                match pool_index.get(p.get_ref().as_str()) {
+                    Some(i) => Some(RouteTo::Pool(*i)),
+                    None => {
+                        c.err(p, unknown_pool(p.get_ref()));
+                        None
+                    }
+                }
+            }
+            (None, Some(red)) => {
+                let status = match &r.redirect_status {
+                    None => Some(302),
+                    Some(st) => match u16::try_from(*st.get_ref()) {
+                        Ok(n) if REDIRECT_STATUSES.contains(&n) => Some(n),
+                        _ => {
+                            c.err(
+                                st,
+                                format!(
+                                    "redirect_status must be 301, 302, 303, 307 or 308, got {}",
+                                    st.get_ref()
+                                ),
+                            );
+                            None
+                        }
+                    },
+                };
+                let prefix = match parse_redirect(red.get_ref()) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        c.err(red, e);
+                        None
+                    }
+                };
+                match (prefix, status) {
+                    (Some(prefix), Some(status)) => Some(RouteTo::Redirect { prefix, status }),
+                    _ => None,
+                }
             }
         };
         if written.is_empty() && r.path_prefix.is_none() {
@@ -317,12 +475,12 @@ pub(super) fn validate(
         if hosts.len() != written.len() || r.path_prefix.is_some() != path_prefix.is_some() {
             continue;
         }
-        let Some(pool) = pool else { continue };
+        let Some(to) = to else { continue };
         let route = Route {
             hosts,
             path_prefix,
             strip_prefix: r.strip_prefix.as_ref().is_some_and(|b| *b.get_ref()),
-            pool,
+            to,
         };
         if let Some((_, at)) = out.iter().find(|(earlier, _)| earlier.covers(&route)) {
             let (line, col) = c.src.position(at.start);
@@ -351,7 +509,68 @@ mod tests {
                 .collect(),
             path_prefix: prefix.map(str::to_string),
             strip_prefix: false,
-            pool,
+            to: RouteTo::Pool(pool),
+        }
+    }
+
+    #[test]
+    fn a_redirect_keeps_the_path_and_query_after_its_prefix() {
+        let mut r = route(Some("www.example.com"), None, 0);
+        r.to = RouteTo::Redirect {
+            prefix: "https://example.com".into(),
+            status: 301,
+        };
+        let loc = |r: &Route, t: &str| r.redirect(t.as_bytes()).map(|(s, l)| format!("{s} {l}"));
+        assert_eq!(
+            loc(&r, "/a/b?c=d"),
+            Some("301 https://example.com/a/b?c=d".into())
+        );
+        assert_eq!(loc(&r, "/"), Some("301 https://example.com/".into()));
+        assert_eq!(loc(&r, "*"), Some("301 https://example.com/".into()));
+        // Stripping: the rest of the path, as the pool's server would have had it.
+        r.path_prefix = Some("/old/".into());
+        r.strip_prefix = true;
+        assert_eq!(
+            loc(&r, "/old/x?y"),
+            Some("301 https://example.com/x?y".into())
+        );
+        assert_eq!(loc(&route(None, Some("/"), 3), "/x"), None);
+    }
+
+    #[test]
+    fn redirect_prefixes_are_urls_or_paths_without_query() {
+        for (v, want) in [
+            ("https://example.com", "https://example.com"),
+            ("https://example.com/", "https://example.com"),
+            (
+                "HTTP://Example.com:8080/new/",
+                "HTTP://Example.com:8080/new",
+            ),
+            ("https://[::1]:8443", "https://[::1]:8443"),
+            ("https://10.0.0.1", "https://10.0.0.1"),
+            ("/new", "/new"),
+            ("/", ""),
+        ] {
+            assert_eq!(parse_redirect(v).as_deref(), Ok(want), "{v}");
+        }
+        for bad in [
+            "",
+            "example.com",
+            "//example.com",
+            "ftp://example.com",
+            "https://",
+            "https:///x",
+            "https://example.com?x",
+            "https://example.com/#f",
+            "https://user@example.com",
+            "https://example.com:0",
+            "https://example.com:99999",
+            "https://*.example.com",
+            "https://exa mple.com",
+            "https://example.com/\u{e9}",
+        ] {
+            let e = parse_redirect(bad).expect_err(bad);
+            assert!(e.contains("expected an absolute URL"), "{bad}: {e}");
         }
     }
 
@@ -440,7 +659,7 @@ mod tests {
             route(None, Some("/static/"), 4),
         ];
         let pool = |host: Option<&str>, target: &str| {
-            pick(&routes, host.map(str::as_bytes), target.as_bytes()).map(|i| routes[i].pool)
+            pick(&routes, host.map(str::as_bytes), target.as_bytes()).and_then(|i| routes[i].pool())
         };
         assert_eq!(pool(Some("api.example.com"), "/v2/users"), Some(1));
         assert_eq!(pool(Some("API.example.com:443"), "/v2/users?x"), Some(1));

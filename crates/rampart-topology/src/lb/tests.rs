@@ -582,13 +582,13 @@ fn routes_validate_in_order_with_their_pools() {
                 hosts: vec![HostPattern::Exact("api.example.com".into())],
                 path_prefix: Some("/v2/".into()),
                 strip_prefix: false,
-                pool: 1,
+                to: RouteTo::Pool(1),
             },
             Route {
                 hosts: Vec::new(),
                 path_prefix: Some("/static/".into()),
                 strip_prefix: true,
-                pool: 2,
+                to: RouteTo::Pool(2),
             },
         ]
     );
@@ -683,4 +683,57 @@ fn route_errors_name_their_position() {
     let e =
         parse(&ROUTED.replace("path_prefix = \"/static/\"", "path = \"/static/\"")).unwrap_err();
     assert!(e.to_string().contains("path"), "{e}");
+}
+
+#[test]
+fn a_redirecting_route_has_no_pool_and_its_errors_name_their_position() {
+    let redirecting = ROUTED.replace(
+        "pool = \"static\"\n\n",
+        "redirect = \"https://static.example.com/\"\nredirect_status = 308\n\n",
+    );
+    let c = parse(&redirecting).unwrap();
+    let r = &c.listeners[0].routes[1];
+    assert_eq!(
+        r.to,
+        RouteTo::Redirect {
+            prefix: "https://static.example.com".into(),
+            status: 308
+        }
+    );
+    assert_eq!(r.pool(), None);
+    assert_eq!(
+        r.redirect(b"/static/a.css?v=2"),
+        Some((308, "https://static.example.com/a.css?v=2".into()))
+    );
+    // 302 unless said.
+    let c = parse(&redirecting.replace("redirect_status = 308\n", "")).unwrap();
+    assert!(matches!(
+        c.listeners[0].routes[1].to,
+        RouteTo::Redirect { status: 302, .. }
+    ));
+    // A bad URL, at its value.
+    let (l, col, m) = one_error(&redirecting.replace("https://static", "static"));
+    assert_eq!((l, col), (12, 12), "{m}");
+    assert!(m.contains("bad redirect \"static.example.com/\""), "{m}");
+    // A status that is not a redirect's.
+    let (l, col, m) = one_error(&redirecting.replace("= 308", "= 200"));
+    assert_eq!((l, col), (13, 19), "{m}");
+    assert!(
+        m.contains("redirect_status must be 301, 302, 303, 307 or 308, got 200"),
+        "{m}"
+    );
+    // Both pool and redirect, at the redirect; neither, at the route.
+    let (l, col, m) = one_error(&redirecting.replace("redirect =", "pool = \"web\"\nredirect ="));
+    assert_eq!((l, col), (13, 12), "{m}");
+    assert!(m.contains("give pool or redirect, not both"), "{m}");
+    let (l, _, m) = one_error(&ROUTED.replace("pool = \"static\"\n\n", "\n"));
+    assert_eq!(l, 9, "{m}");
+    assert!(m.contains("a route needs pool"), "{m}");
+    // A status without a redirect.
+    let (l, col, m) = one_error(&ROUTED.replace(
+        "pool = \"static\"\n\n",
+        "pool = \"static\"\nredirect_status = 301\n\n",
+    ));
+    assert_eq!((l, col), (13, 19), "{m}");
+    assert!(m.contains("redirect_status needs a redirect"), "{m}");
 }
