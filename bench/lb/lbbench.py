@@ -298,6 +298,32 @@ def _ratio(x, base):
     return f"{x / base:.2f}"
 
 
+def median_ci(vals, conf=0.95):
+    """A distribution-free confidence interval of the median of `vals` (order statistics:
+    the j-th and (n+1-j)-th values, j the largest with P(Binomial(n, 1/2) < j) <= (1-conf)/2).
+    None when there are too few values for one (under 6 at 95 %)."""
+    xs = sorted(vals)
+    n = len(xs)
+    tail = (1.0 - conf) / 2.0
+    acc, j = 0.0, 0
+    # P(B < j) for j = 1, 2, ...: the largest j with it within the tail.
+    while True:
+        nxt = acc + _binom(n, j) / 2.0**n
+        if nxt > tail:
+            break
+        acc, j = nxt, j + 1
+    if j == 0:
+        return None
+    return xs[j - 1], xs[n - j]
+
+
+def _binom(n, k):
+    out = 1
+    for i in range(k):
+        out = out * (n - i) // (i + 1)
+    return out
+
+
 def _cpu_section(args, meta, cols, rec, title, lines, plot_data):
     cpu = _read_tsv(os.path.join(args.dir, f"{rec}.tsv"))
     if cpu or rec in meta["scenarios"]:
@@ -372,13 +398,16 @@ def _cpu_section(args, meta, cols, rec, title, lines, plot_data):
                         for r in cpu
                         if r["balancer"] == b and ref.get(r["round"])
                     )
+                    ci = median_ci(rat) if rat else None
                     vals.append(
                         f"{statistics.median(rat):.2f} [{rat[0]:.2f}-{rat[-1]:.2f}]"
+                        + (f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci and b != "haproxy" else "")
                         if rat
                         else "pending"
                     )
                 lines.append(
-                    f"| {label}, ratio to HAProxy within each round: median [min-max] | "
+                    f"| {label}, ratio to HAProxy within each round: median [min-max] "
+                    "(95% confidence interval of the median) | "
                     + " | ".join(vals)
                     + " |"
                 )
