@@ -66,18 +66,22 @@ use crate::upstream_tls::{self, UpStream};
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 
+mod answer;
 mod bodies;
 mod buf;
 mod chunked;
 mod head;
 mod timer;
 mod up_h2;
+mod write;
 
+use answer::*;
 use bodies::*;
 pub(crate) use buf::trim_every as trim_spare_buffers_every;
 use buf::{Buf, Out, BUF};
 use chunked::{BadChunk, Chunked};
 use head::*;
+use write::{by, write_counted, write_flush};
 
 /// A request head may grow the client's buffer to this; a bigger one gets 431.
 const MAX_HEAD: usize = 64 * 1024;
@@ -394,119 +398,12 @@ async fn exchange<T: ClientStream>(
     proxy(io, buf, ctx, &req, &mut out.0, timer).await
 }
 
-const MSG_400: &[u8] = b"400 Bad Request: malformed request\n";
-const MSG_408: &[u8] = b"408 Request Timeout: the request head did not arrive in time\n";
-const MSG_431: &[u8] = b"431 Request Header Fields Too Large\n";
-const MSG_501: &[u8] = b"501 Not Implemented: CONNECT is not supported\n";
-const MSG_505: &[u8] = b"505 HTTP Version Not Supported\n";
-
-/// `f`, or `TimedOut` at `deadline`. An operation that completes at once (most writes,
-/// reads of bytes already there) sets no timer.
-async fn by<F: Future<Output = io::Result<R>>, R>(deadline: Instant, f: F) -> io::Result<R> {
-    let mut f = std::pin::pin!(f);
-    let first = std::future::poll_fn(|cx| match f.as_mut().poll(cx) {
-        std::task::Poll::Ready(r) => std::task::Poll::Ready(Some(r)),
-        std::task::Poll::Pending => std::task::Poll::Ready(None),
-    })
-    .await;
-    if let Some(r) = first {
-        return r;
-    }
-    match tokio::time::timeout_at(deadline, f).await {
-        Ok(r) => r,
-        Err(_) => Err(io::Error::from(io::ErrorKind::TimedOut)),
-    }
-}
-
-async fn write_flush<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    data: &[u8],
-    deadline: Instant,
-) -> io::Result<()> {
-    by(deadline, async {
-        w.write_all(data).await?;
-        w.flush().await
-    })
-    .await
-}
-
-/// Write all of `data`, counting in `written` what the socket took (also when it fails).
-async fn write_counted<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    data: &[u8],
-    written: &mut usize,
-) -> io::Result<()> {
-    while let Some(rest) = data.get(*written..).filter(|r| !r.is_empty()) {
-        match w.write(rest).await? {
-            0 => return Err(io::Error::from(io::ErrorKind::WriteZero)),
-            n => *written += n,
-        }
-    }
-    w.flush().await
-}
-
 /// Whether a request whose write to a pooled connection failed after `written` bytes may
 /// go out again on another connection: when none of it reached the socket, or when it is
 /// idempotent and has no body (RFC 9110 section 9.2.2), so that the server may safely see
 /// it twice. A POST that was partly sent is never resent.
 fn may_resend(written: usize, replayable: bool) -> bool {
     written == 0 || replayable
-}
-
-/// The reason phrase of the balancer's own answers (the firewall's 403, 405, 413 and 429
-/// too, and the redirects').
-fn reason(status: u16) -> &'static str {
-    http::StatusCode::from_u16(status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("Error")
-}
-
-/// A short error answer of the balancer itself.
-async fn send_error<T: ClientStream>(
-    io: &mut T,
-    ctx: &ConnCtx,
-    status: u16,
-    msg: &[u8],
-    close: bool,
-    head: bool,
-) -> io::Result<()> {
-    send_error_with(io, ctx, status, msg, close, head, None).await
-}
-
-/// [`send_error`] with one more header (`Retry-After`, `Allow`).
-async fn send_error_with<T: ClientStream>(
-    io: &mut T,
-    ctx: &ConnCtx,
-    status: u16,
-    msg: &[u8],
-    close: bool,
-    head: bool,
-    extra: Option<(&str, &str)>,
-) -> io::Result<()> {
-    let mut out = Out::take();
-    let o = &mut out.0;
-    o.extend_from_slice(b"HTTP/1.1 ");
-    o.extend_from_slice(status.to_string().as_bytes());
-    o.push(b' ');
-    o.extend_from_slice(reason(status).as_bytes());
-    o.extend_from_slice(b"\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ");
-    o.extend_from_slice(msg.len().to_string().as_bytes());
-    o.extend_from_slice(b"\r\n");
-    if let Some(v) = ctx.hsts() {
-        push_header(o, b"strict-transport-security", v.as_bytes());
-    }
-    if let Some((n, v)) = extra {
-        push_header(o, n.as_bytes(), v.as_bytes());
-    }
-    if close {
-        o.extend_from_slice(b"connection: close\r\n");
-    }
-    o.extend_from_slice(b"\r\n");
-    if !head {
-        o.extend_from_slice(msg);
-    }
-    write_flush(io, o, Instant::now() + ctx.listener.cfg.idle_timeout).await
 }
 
 /// How one attempt on one server ended when it did not produce a response.
