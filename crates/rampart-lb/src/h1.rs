@@ -57,7 +57,8 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::ns_at;
-use crate::http::{self as hyper_path, ConnCtx, Prefixed, H2_PREFACE, STOP_LINGER};
+use crate::conn::ConnCtx;
+use crate::http::{self as hyper_path, Prefixed, H2_PREFACE, STOP_LINGER};
 use crate::state::{mark_tried, Fail, InFlight, Outcome, PickError, PoolState};
 use crate::upstream::{self, ConnectError};
 use crate::upstream_h2::Pick;

@@ -14,7 +14,7 @@ use hyper::client::conn::http1::SendRequest;
 
 use crate::body::ReqBody;
 use crate::clock::now_ns;
-use crate::http::ConnCtx;
+use crate::conn::ConnCtx;
 use crate::state::{InFlight, PoolState, ServerState};
 use crate::upstream::{self, ConnectError};
 use crate::upstream_h2::{self, Opening, Pick};

@@ -18,6 +18,7 @@ mod acme;
 mod admin;
 mod body;
 mod clock;
+mod conn;
 pub mod ctl;
 mod discovery;
 pub mod firewall;

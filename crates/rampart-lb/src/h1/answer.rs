@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use super::buf::Out;
 use super::head::push_header;
 use super::write::write_flush;
-use crate::http::ConnCtx;
+use crate::conn::ConnCtx;
 
 pub(super) const MSG_400: &[u8] = b"400 Bad Request: malformed request\n";
 pub(super) const MSG_408: &[u8] = b"408 Request Timeout: the request head did not arrive in time\n";

@@ -2,7 +2,7 @@
 //! parsed and rendered for the client, and the rules every HTTP/1 request meets
 //! ([`head_policy`]).
 
-use crate::http::ConnCtx;
+use crate::conn::ConnCtx;
 
 /// Most header fields in a head; more get 431 (request) or 502 (response).
 pub(super) const MAX_HEADERS: usize = 128;
