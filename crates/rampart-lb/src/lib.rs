@@ -11,7 +11,8 @@
 //! connections), so a connection and its upstream connections live on one thread. The
 //! calling thread (the control thread) runs the health checks, the admin API, the
 //! signal handling and reloads; it hands new listening sockets to the workers over a
-//! channel.
+//! channel. With one worker there is one thread: the worker's tasks run on the control
+//! thread's runtime (HAProxy's `nbthread 1`).
 
 mod accesslog;
 mod acme;
@@ -502,10 +503,19 @@ pub fn run(config: LbConfig, opts: RunOptions) -> Result<(), LbError> {
         }
     }
 
+    // One worker: it runs on this thread, beside the control plane (HAProxy's nbthread 1).
+    // A process of one thread has a file table of its own, which spares the kernel the
+    // reference counting of each descriptor a system call uses (`fdget`/`fput`, about 2 %
+    // of a request's CPU on loopback). More workers: a thread each.
     let mut handles = Vec::new();
-    for (worker, mut rx) in worker_rx.into_iter().enumerate() {
+    for (worker, rx) in worker_rx.into_iter().enumerate() {
         let global = shared.global.clone();
         let sweep_shared = shared.clone();
+        if workers == 1 {
+            stats::set_thread_shard(worker + 1);
+            rt.spawn(worker_loop(rx, global, sweep_shared, worker));
+            continue;
+        }
         let h = std::thread::Builder::new()
             .name(format!("lb-worker-{worker}"))
             .spawn(move || -> Result<(), LbError> {
@@ -514,39 +524,8 @@ pub fn run(config: LbConfig, opts: RunOptions) -> Result<(), LbError> {
                     .enable_all()
                     .build()
                     .map_err(LbError::Runtime)?;
-                rt.block_on(async move {
-                    // Idle upstream connections a server closed go, even if nobody
-                    // sends to it again.
-                    tokio::spawn(upstream::sweep_idle(
-                        move || {
-                            sweep_shared
-                                .pools
-                                .lock()
-                                .map(|p| p.clone())
-                                .unwrap_or_default()
-                        },
-                        worker,
-                    ));
-                    // The fast path's spare buffers a burst left go once unused.
-                    tokio::spawn(h1::trim_spare_buffers_every(upstream::SWEEP_EVERY));
-                    while let Some(cmd) = rx.recv().await {
-                        match cmd {
-                            WorkerCmd::Listen(sock, slot) => {
-                                match tokio::net::TcpListener::from_std(sock) {
-                                    Ok(tl) => {
-                                        tokio::spawn(accept_loop(tl, slot, global.clone(), worker));
-                                    }
-                                    Err(e) => {
-                                        tracing::error!(listener = %slot.name, error = %e, "cannot register a listening socket")
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    // The control thread is gone: the process is exiting.
-                    std::future::pending::<()>().await;
-                    Ok(())
-                })
+                rt.block_on(worker_loop(rx, global, sweep_shared, worker));
+                Ok(())
             })
             .map_err(LbError::Runtime)?;
         handles.push(h);
@@ -645,6 +624,43 @@ pub fn run(config: LbConfig, opts: RunOptions) -> Result<(), LbError> {
         }
     }
     result
+}
+
+/// One worker's runtime: its housekeeping, then the listening sockets the control plane
+/// hands it, each served by an accept loop. Runs until the process exits.
+async fn worker_loop(
+    mut rx: mpsc::UnboundedReceiver<WorkerCmd>,
+    global: Arc<Semaphore>,
+    sweep_shared: Arc<Shared>,
+    worker: usize,
+) {
+    // Idle upstream connections a server closed go, even if nobody sends to it again.
+    tokio::spawn(upstream::sweep_idle(
+        move || {
+            sweep_shared
+                .pools
+                .lock()
+                .map(|p| p.clone())
+                .unwrap_or_default()
+        },
+        worker,
+    ));
+    // The fast path's spare buffers a burst left go once unused.
+    tokio::spawn(h1::trim_spare_buffers_every(upstream::SWEEP_EVERY));
+    while let Some(cmd) = rx.recv().await {
+        match cmd {
+            WorkerCmd::Listen(sock, slot) => match tokio::net::TcpListener::from_std(sock) {
+                Ok(tl) => {
+                    tokio::spawn(accept_loop(tl, slot, global.clone(), worker));
+                }
+                Err(e) => {
+                    tracing::error!(listener = %slot.name, error = %e, "cannot register a listening socket")
+                }
+            },
+        }
+    }
+    // The control plane is gone: the process is exiting.
+    std::future::pending::<()>().await
 }
 
 /// Start the binary on disk with the same arguments, hand it the listening sockets,
