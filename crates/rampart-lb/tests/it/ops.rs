@@ -39,11 +39,16 @@ impl Drop for OpsLb {
 impl OpsLb {
     /// `body` has `{LISTEN}` and `{ADMIN}` replaced; `env` goes to the process.
     pub(crate) async fn start(body: &str, env: &[(&str, &str)]) -> OpsLb {
-        OpsLb::start_from(&rampart_bin(), body, env).await
+        OpsLb::start_from(&rampart_bin(), body, env, 2).await
     }
 
-    /// [`OpsLb::start`] with the balancer run from `bin`.
-    async fn start_from(bin: &std::path::Path, body: &str, env: &[(&str, &str)]) -> OpsLb {
+    /// [`OpsLb::start`] with the balancer run from `bin` with `threads` workers.
+    async fn start_from(
+        bin: &std::path::Path,
+        body: &str,
+        env: &[(&str, &str)],
+        threads: usize,
+    ) -> OpsLb {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let dir = TempDir::new().unwrap();
@@ -64,7 +69,9 @@ impl OpsLb {
         cmd.arg("lb")
             .arg("--config")
             .arg(&lb.config)
-            .args(["--threads", "2", "--pid-file"])
+            .arg("--threads")
+            .arg(threads.to_string())
+            .arg("--pid-file")
             .arg(lb.dir.path().join("lb.pid"));
         cmd.env("RUST_LOG", "info");
         for (k, v) in env {
@@ -507,6 +514,57 @@ async fn runtime_control_drains_reweights_adds_and_removes_servers_and_survives_
     assert_eq!(server(&st, "app", "c").unwrap()["weight"], 3, "{st}");
     // a's config changed (b's did, a's did not): a stays removed.
     assert!(server(&st, "app", "a").is_none(), "{st}");
+}
+
+/// The balancer's threads, by name.
+fn threads_of(pid: u32) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+/// With one worker the balancer is one thread (HAProxy's `nbthread 1`), whose file table
+/// the kernel need not reference-count: traffic, health checks, the admin API and a
+/// reload all run on it. With two, a thread each beside the control thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_is_one_thread_that_serves_checks_reloads_and_answers_the_admin_api() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let lb = OpsLb::start_from(&rampart_bin(), &config(&servers(&[(&a, 1)]), ""), &[], 1).await;
+    let mut cl = Client::connect(lb.addr).await.unwrap();
+    for _ in 0..10 {
+        assert_eq!(cl.get("/").await.unwrap().0, 200);
+    }
+    lb.write(&config(&servers(&[(&a, 1), (&b, 1)]), ""));
+    let (ok, out) = lb.cli(&["reload", "--admin", "{ADMIN}"]).await;
+    assert!(ok, "{out}");
+    // Both up by their health checks, which run on the same thread.
+    let (_, up) = lb
+        .state_until(&[], Duration::from_secs(5), |st| {
+            ["a", "b"]
+                .iter()
+                .all(|n| server(st, "app", n).is_some_and(|s| s["health"] == "up"))
+        })
+        .await;
+    assert!(up, "{}", lb.proc.log_text());
+    for _ in 0..10 {
+        assert_eq!(cl.get("/").await.unwrap().0, 200);
+    }
+    assert!(b.hits() >= 4, "b served {}", b.hits());
+    assert_eq!(threads_of(lb.proc.pid()), ["rampart"]);
+
+    let two = OpsLb::start(&config(&servers(&[(&a, 1)]), ""), &[]).await;
+    let mut cl = Client::connect(two.addr).await.unwrap();
+    assert_eq!(cl.get("/").await.unwrap().0, 200);
+    assert_eq!(
+        threads_of(two.proc.pid()),
+        ["lb-worker-0", "lb-worker-1", "rampart"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

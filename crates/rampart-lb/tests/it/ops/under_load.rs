@@ -137,7 +137,7 @@ async fn an_upgrade_finds_the_installed_binary_and_kills_one_that_never_reports_
     let bin_dir = TempDir::new().unwrap();
     let bin = bin_dir.path().join("rampart");
     std::fs::copy(rampart_bin(), &bin).unwrap();
-    let lb = OpsLb::start_from(&bin, &config(&servers(&[(&a, 1)]), ""), &[]).await;
+    let lb = OpsLb::start_from(&bin, &config(&servers(&[(&a, 1)]), ""), &[], 2).await;
     let old = lb.proc.pid();
 
     // A "new binary" that never takes the sockets: the upgrade gives up, kills it, and
