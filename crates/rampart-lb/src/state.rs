@@ -22,7 +22,9 @@ use rampart_balance::health::{HealthPolicy, HealthState, Transition};
 use rampart_balance::outlier::{
     in_panic, Detector, Ejection, Event, OutlierPolicy, Reason, Sample, ServerOutlier,
 };
-use rampart_balance::{slow_start_weight, Attempt, Balancer, PeakEwma, RetryBudget, ServerSet};
+use rampart_balance::{
+    slow_start_weight, Algorithm, Attempt, Balancer, PeakEwma, RetryBudget, ServerSet,
+};
 use rampart_topology::lb::{CheckKind, Pool, Server};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -153,7 +155,7 @@ pub struct ServerState {
     ejected: AtomicBool,
     /// Set while connect failures are counted; lets answers skip the lock otherwise.
     connect_dirty: AtomicBool,
-    // -- line 1: every answer (the estimate is kept for every algorithm).
+    // -- line 1: every answer under least response time (the estimate), every failure.
     pub ewma: PeakEwma,
     pub failures: AtomicU64,
     /// Its index in the newest generation of its pool (`index_of` in `O(1)`: a health
@@ -307,8 +309,11 @@ pub struct PoolState {
     /// The outlier detection settings of `cfg`.
     pub outlier: OutlierPolicy,
     /// What least-response-time records for a failed attempt (`lrt_penalty`, else the
-    /// response timeout), in ns.
-    lrt_penalty_ns: u64,
+    /// response timeout), in ns; `None` when the pool balances by anything else, which keeps
+    /// no estimate: an answer then leaves the estimate's cache line and lock alone (with a
+    /// thousand servers it is out of the CPU's caches). A reload that switches a pool to
+    /// least response time starts from estimates that have decayed, or the initial one.
+    lrt_penalty_ns: Option<u64>,
     /// Too few servers available (`cfg.panic_threshold`): balance over every server in
     /// service. Recomputed by [`PoolState::rebuild`].
     panic: AtomicBool,
@@ -390,7 +395,8 @@ impl PoolState {
                 .store(u32::try_from(i).unwrap_or(u32::MAX), Ordering::Relaxed);
         }
         let p = PoolState {
-            lrt_penalty_ns: ns(cfg.lrt_penalty.unwrap_or(cfg.timeouts.response)),
+            lrt_penalty_ns: (cfg.algorithm == Algorithm::LeastResponseTime)
+                .then(|| ns(cfg.lrt_penalty.unwrap_or(cfg.timeouts.response))),
             balancer: Balancer::new(cfg.algorithm, seed),
             shared,
             checks_enabled: cfg.health_check.kind != CheckKind::None,
@@ -572,8 +578,8 @@ impl PoolState {
         let Some(s) = self.servers.get(i) else {
             return;
         };
-        if let Outcome::Failed(_) = outcome {
-            s.ewma.record(Attempt::Failed, self.lrt_penalty_ns, now);
+        if let (Outcome::Failed(_), Some(penalty)) = (outcome, self.lrt_penalty_ns) {
+            s.ewma.record(Attempt::Failed, penalty, now);
         }
         let fail = match outcome {
             Outcome::Answered(status) if status >= 500 => Some(Fail::Status5xx),
@@ -607,11 +613,13 @@ impl PoolState {
         let Some(s) = self.servers.get(i) else {
             return;
         };
-        let a = Attempt::Answered {
-            sent_ns,
-            first_byte_ns,
-        };
-        s.ewma.record(a, self.lrt_penalty_ns, now);
+        if let Some(penalty) = self.lrt_penalty_ns {
+            let a = Attempt::Answered {
+                sent_ns,
+                first_byte_ns,
+            };
+            s.ewma.record(a, penalty, now);
+        }
         self.on_passive(i, Outcome::Answered(status), now);
     }
 
