@@ -500,6 +500,7 @@ pub(crate) fn state_page(shared: &Shared, offset: usize, limit: usize) -> Value 
                     "hosts": r.hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
                     "path_prefix": r.path_prefix,
                     "strip_prefix": r.strip_prefix,
+                    "allow": r.allow.as_ref().map(|nets| nets.iter().map(|n| format!("{}/{}", n.addr(), n.prefix())).collect::<Vec<_>>()),
                     "pool": p.as_ref().map(|p| &p.name),
                     "redirect": match &r.to {
                         RouteTo::Redirect { prefix, status } => json!({"to": prefix, "status": status}),
@@ -509,6 +510,7 @@ pub(crate) fn state_page(shared: &Shared, offset: usize, limit: usize) -> Value 
                 "connections": l.stats.conns_active.load(Ordering::Relaxed),
                 "connections_total": l.stats.conns_total.load(Ordering::Relaxed),
                 "max_connections": rt.cfg.max_connections,
+                "normalize_path": rt.cfg.normalize_path,
                 "counters": counters(&l.stats.counters.snapshot()),
                 "firewall": rt.firewall.as_ref().map(|f| f.json()),
             })

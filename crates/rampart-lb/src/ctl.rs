@@ -217,10 +217,18 @@ pub fn format_state(v: &Value) -> String {
             } else {
                 hosts.join(",")
             };
-            let to = match r.get("redirect").filter(|v| !v.is_null()) {
+            let mut to = match r.get("redirect").filter(|v| !v.is_null()) {
                 Some(red) => format!("redirect={} {}", s(red, "status"), s(red, "to")),
                 None => format!("pool={}", s(r, "pool")),
             };
+            if let Some(nets) = r.get("allow").and_then(Value::as_array) {
+                let nets: Vec<&str> = nets.iter().filter_map(Value::as_str).collect();
+                to.push_str(&format!(
+                    " allow={}",
+                    if nets.is_empty() { "none" } else { "" }
+                ));
+                to.push_str(&nets.join(","));
+            }
             out.push_str(&format!(
                 "  route host={} path_prefix={} {}\n",
                 hosts,
@@ -371,14 +379,17 @@ mod tests {
                     { "hosts": ["api.example.com", "*.api.example.com"], "path_prefix": null, "pool": "api" },
                     { "hosts": [], "path_prefix": "/static/", "strip_prefix": true, "pool": "static" },
                     { "hosts": ["www.example.com"], "path_prefix": null, "pool": null,
-                      "redirect": { "to": "https://example.com", "status": 301 } }
+                      "redirect": { "to": "https://example.com", "status": 301 } },
+                    { "hosts": [], "path_prefix": "/admin/", "pool": "admin",
+                      "allow": ["10.0.0.0/8", "::1/128"] },
+                    { "hosts": [], "path_prefix": "/.git/", "pool": "web", "allow": [] }
                 ]
             }],
             "pools": [],
             "vrrp": []
         });
         let text = format_state(&v);
-        let lines: Vec<&str> = text.lines().take(4).collect();
+        let lines: Vec<&str> = text.lines().take(6).collect();
         assert!(lines[0].starts_with("listener site"), "{text}");
         assert!(lines[0].contains("pool=web connections=3"), "{text}");
         assert_eq!(
@@ -389,6 +400,14 @@ mod tests {
         assert_eq!(
             lines[3],
             "  route host=www.example.com path_prefix=* redirect=301 https://example.com"
+        );
+        assert_eq!(
+            lines[4],
+            "  route host=* path_prefix=/admin/ pool=admin allow=10.0.0.0/8,::1/128"
+        );
+        assert_eq!(
+            lines[5],
+            "  route host=* path_prefix=/.git/ pool=web allow=none"
         );
     }
 

@@ -138,6 +138,34 @@ fn route_of<B>(l: &crate::ListenerRt, req: &Request<B>) -> Option<usize> {
     l.route(host, req.uri().path().as_bytes())
 }
 
+/// Put `uri`'s path in normal form (the listener's `normalize_path`), as the fast path
+/// does; false for a malformed escape.
+fn normalize_uri(uri: &mut Uri) -> bool {
+    let Some(pq) = uri.path_and_query() else {
+        return true;
+    };
+    let mut out = Vec::with_capacity(pq.as_str().len());
+    match rampart_topology::lb::path::normalize_target(pq.as_str().as_bytes(), &mut out) {
+        Err(_) => false,
+        Ok(false) => true,
+        Ok(true) => {
+            // Made of a valid target's bytes (decoded ones are unreserved): valid.
+            let Ok(pq) = http::uri::PathAndQuery::try_from(out) else {
+                return false;
+            };
+            let mut parts = std::mem::take(uri).into_parts();
+            parts.path_and_query = Some(pq);
+            match Uri::from_parts(parts) {
+                Ok(u) => {
+                    *uri = u;
+                    true
+                }
+                Err(_) => false,
+            }
+        }
+    }
+}
+
 /// The upstream target without the route's path prefix (`strip_prefix`), as the fast path
 /// renders it.
 fn strip_route_prefix(parts: &mut http::request::Parts, r: &rampart_topology::lb::Route) {
@@ -415,7 +443,7 @@ fn idempotent(m: &Method) -> bool {
     )
 }
 
-async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<RespBody> {
+async fn handle(mut req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<RespBody> {
     let busy = Busy::new(ctx.activity());
     // No tunnels over HTTP/2 either (the fast path answers an HTTP/1 CONNECT alike).
     // (Every answer is counted by `service`, these too.)
@@ -470,8 +498,33 @@ async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<RespBody>
             }
         }
     }
+    if ctx.listener.cfg.normalize_path && !normalize_uri(req.uri_mut()) {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            &Bytes::from_static(b"400 Bad Request: malformed escape in the path\n"),
+            busy,
+        );
+    }
     let route = route_of(&ctx.listener, &req);
     if let Some(r) = route.and_then(|i| ctx.listener.cfg.routes.get(i)) {
+        if r.allow.is_some() {
+            let fw = ctx.listener.firewall.as_deref();
+            let forwarded = fw
+                .filter(|fw| ctx.trusted && fw.keys_forwarded())
+                .and_then(|_| {
+                    let fields: Vec<&[u8]> = req
+                        .headers()
+                        .get_all(&X_FORWARDED_FOR)
+                        .iter()
+                        .map(|v| v.as_bytes())
+                        .collect();
+                    ctx.forwarded_client(&fields)
+                });
+            if let Err(r) = crate::firewall::check_route(fw, r, ctx.peer.ip(), forwarded) {
+                let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::FORBIDDEN);
+                return error_response(status, &Bytes::from_static(r.message), busy);
+            }
+        }
         let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
         if let Some((status, location)) = r.redirect(pq.as_bytes()) {
             return redirect_to(status, &location, busy);

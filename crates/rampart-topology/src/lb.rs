@@ -222,9 +222,14 @@ pub struct Listener {
     /// `[[listener.route]]`: requests that go to another pool than `pool` by Host and
     /// path, in order (HTTP listeners only; empty: everything to `pool`).
     pub routes: Vec<Route>,
+    /// Each request's path is put in normal form ([`path::normalize_target`]) before the
+    /// routes see it, and forwarded so: on when a route has `allow` (a guard on a path must
+    /// not be walked around by `//admin` or `/%61dmin`), or when the file says so.
+    pub normalize_path: bool,
 }
 
 mod acme;
+pub mod path;
 mod route;
 mod tls;
 pub use acme::{Acme, AcmeShare, Challenge, RawAcme, DEFAULT_RENEW_BEFORE};

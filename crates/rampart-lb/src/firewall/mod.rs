@@ -9,6 +9,8 @@
 //! fast path), the per-client request rate (429 with `Retry-After`), and a minimum
 //! upload rate of request bodies (408: a slow POST cannot hold a server connection). Every refusal is
 //! counted by listener and reason (`rampart_firewall_refused_total`, `/api/firewall`).
+//! After routing, a route's own `allow` list ([`Firewall::check_route`], 403, reason
+//! `route`).
 //! Behind trusted proxies (`client_address = "x-forwarded-for"`), the per-request rules
 //! judge the client their `X-Forwarded-For` names ([`forwarded::forwarded_client`]), and
 //! the address lists are checked for it per request (403), since the connection is the
@@ -30,7 +32,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use rampart_topology::lb::firewall::{ClientAddress, Firewall as FirewallConfig};
-use rampart_topology::lb::{Cidr, LbConfig};
+use rampart_topology::lb::{Cidr, LbConfig, Route};
 
 use cidr::CidrSet;
 use limits::Clients;
@@ -60,10 +62,12 @@ pub enum Reason {
     /// An HTTP/2 connection that reset streams faster than they were accepted, or made
     /// this side reset too many: GOAWAY (ENHANCE_YOUR_CALM) and closed.
     H2Flood,
+    /// A route's `allow` list does not hold the client: 403.
+    Route,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 10] = [
         Reason::Blocked,
         Reason::Denied,
         Reason::NotAllowed,
@@ -73,6 +77,7 @@ impl Reason {
         Reason::Body,
         Reason::SlowUpload,
         Reason::H2Flood,
+        Reason::Route,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -86,6 +91,7 @@ impl Reason {
             Reason::Body => "body",
             Reason::SlowUpload => "slow-upload",
             Reason::H2Flood => "h2-flood",
+            Reason::Route => "route",
         }
     }
 }
@@ -135,6 +141,31 @@ struct Rules {
     /// Networks in `deny` plus `deny_file`.
     deny_entries: usize,
     allow_header: String,
+}
+
+/// A request the listener routed to `route`: refused (403) when the route has an `allow`
+/// list without the client in it, and counted by `fw` (the listener's firewall). The client
+/// is the one [`Firewall::check_request`] judges: the peer, or `forwarded` (what a trusted
+/// proxy named, with [`Firewall::keys_forwarded`]).
+pub fn check_route(
+    fw: Option<&Firewall>,
+    route: &Route,
+    peer: IpAddr,
+    forwarded: Option<IpAddr>,
+) -> Result<(), Refusal> {
+    if route.allows(cidr::canonical(forwarded.unwrap_or(peer))) {
+        return Ok(());
+    }
+    let r = Refusal {
+        reason: Reason::Route,
+        status: 403,
+        header: None,
+        message: b"403 Forbidden\n",
+    };
+    Err(match fw {
+        Some(fw) => fw.refuse(r),
+        None => r,
+    })
 }
 
 /// Addresses blocked at run time, for every listener.

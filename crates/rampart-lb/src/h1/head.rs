@@ -3,6 +3,7 @@
 //! ([`head_policy`]).
 
 use crate::conn::ConnCtx;
+use rampart_topology::lb::path::normalize_target;
 
 /// Most header fields in a head; more get 431 (request) or 502 (response).
 pub(super) const MAX_HEADERS: usize = 128;
@@ -428,22 +429,25 @@ pub(super) fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Pa
             };
         }
     }
+    // The client a trusted proxy named, when the firewall judges that one.
+    let forwarded = |fw: &crate::firewall::Firewall| {
+        if ctx.trusted && fw.keys_forwarded() {
+            let fields: Vec<&[u8]> = req
+                .headers
+                .iter()
+                .zip(kinds)
+                .filter(|(_, k)| *k == H::Xff)
+                .map(|(h, _)| h.value)
+                .collect();
+            ctx.forwarded_client(&fields)
+        } else {
+            None
+        }
+    };
     if let Some(fw) = ctx.listener.firewall.as_deref() {
         if fw.checks_requests() {
             let declared = if chunked { None } else { length };
-            let forwarded = if ctx.trusted && fw.keys_forwarded() {
-                let mut fields: Vec<&[u8]> = Vec::new();
-                fields.extend(
-                    req.headers
-                        .iter()
-                        .zip(kinds)
-                        .filter(|(_, k)| *k == H::Xff)
-                        .map(|(h, _)| h.value),
-                );
-                ctx.forwarded_client(&fields)
-            } else {
-                None
-            };
+            let forwarded = forwarded(fw);
             let now = std::time::Instant::now();
             if let Err(r) = fw.check_request(ctx.peer.ip(), forwarded, method, declared, now) {
                 return Parsed::Refused(r);
@@ -481,13 +485,29 @@ pub(super) fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Pa
     if uri_host.is_none() && hosts == 0 && !http10 {
         return Parsed::Bad(400);
     }
+    let start = method.len() + 1;
+    if ctx.listener.cfg.normalize_path {
+        // The routes match, and the server gets, the path in normal form.
+        let rendered = out.split_off(start);
+        if normalize_target(&rendered, out).is_err() {
+            return Parsed::Bad(400);
+        }
+    }
     // The pool, by the listener's routes; a route may strip its prefix from the target
     // just rendered (origin form from `start`).
     let route = ctx
         .listener
-        .route(uri_host.as_deref().or(host), target.as_bytes());
+        .route(uri_host.as_deref().or(host), &out[start..]);
     if let Some(r) = route.and_then(|i| ctx.listener.cfg.routes.get(i)) {
-        if let Some((status, location)) = r.redirect(&out[method.len() + 1..]) {
+        if r.allow.is_some() {
+            let fw = ctx.listener.firewall.as_deref();
+            if let Err(refused) =
+                crate::firewall::check_route(fw, r, ctx.peer.ip(), fw.and_then(forwarded))
+            {
+                return Parsed::Refused(refused);
+            }
+        }
+        if let Some((status, location)) = r.redirect(&out[start..]) {
             return Parsed::Redirect {
                 head_len,
                 status,
@@ -498,7 +518,6 @@ pub(super) fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Pa
             };
         }
         if r.strip_prefix {
-            let start = method.len() + 1;
             let rendered = out.split_off(start);
             r.push_target(&rendered, out);
         }

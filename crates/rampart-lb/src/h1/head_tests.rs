@@ -194,6 +194,75 @@ servers = [{ name = "w", address = "127.0.0.1:2" }]
     ));
 }
 
+/// A guarded route sees every spelling of its path (the listener normalizes paths), the
+/// server gets the path in normal form, and a client outside `allow` gets a 403.
+#[test]
+fn a_guarded_route_matches_the_normal_form_and_refuses_other_clients() {
+    let text = r#"
+[[listener]]
+name = "site"
+address = "127.0.0.1:1"
+pool = "web"
+[[listener.route]]
+path_prefix = "/admin/"
+allow = ["10.0.0.0/8"]
+pool = "web"
+[[listener.route]]
+path_prefix = "/open/"
+allow = ["192.0.2.0/24"]
+pool = "web"
+[[pool]]
+name = "web"
+servers = [{ name = "w", address = "127.0.0.1:2" }]
+"#;
+    let cfg = rampart_topology::lb::LbConfig::from_source(&rampart_topology::diag::Source::new(
+        "lb.toml", text,
+    ))
+    .unwrap();
+    // The test connection comes from 192.0.2.7.
+    let ctx = test_ctx_of(&cfg);
+    for target in [
+        "/admin/",
+        "//admin/x",
+        "/%61dmin/",
+        "/x/../admin/",
+        "/./admin/y",
+        "/x/%2e%2e/admin/",
+        "http://h.example//admin/",
+    ] {
+        let head = format!("GET {target} HTTP/1.1\r\nHost: h\r\n\r\n");
+        let mut out = Vec::new();
+        match parse_request(head.as_bytes(), &ctx, &mut out) {
+            Parsed::Refused(r) => {
+                assert_eq!((r.status, r.reason), (403, crate::firewall::Reason::Route))
+            }
+            _ => panic!("{target} not refused"),
+        }
+    }
+    for (target, upstream) in [
+        (
+            "/open//a/./b/../c?x=/../y",
+            "GET /open/a/c?x=/../y HTTP/1.1\r\n",
+        ),
+        ("/%6Fpen/%7e", "GET /open/~ HTTP/1.1\r\n"),
+        ("/admin", "GET /admin HTTP/1.1\r\n"),
+        ("/a%2fb", "GET /a%2Fb HTTP/1.1\r\n"),
+    ] {
+        let head = format!("GET {target} HTTP/1.1\r\nHost: h\r\n\r\n");
+        let mut out = Vec::new();
+        let Parsed::Complete(_) = parse_request(head.as_bytes(), &ctx, &mut out) else {
+            panic!("{target} refused")
+        };
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with(upstream), "{target}: {text}");
+    }
+    let mut out = Vec::new();
+    assert!(matches!(
+        parse_request(b"GET /a%zz HTTP/1.1\r\nHost: h\r\n\r\n", &ctx, &mut out),
+        Parsed::Bad(400)
+    ));
+}
+
 #[test]
 fn content_length_lists_must_agree() {
     assert_eq!(content_length(b"12", None), Some(12));

@@ -309,3 +309,98 @@ redirect = "/new"
         "{text}"
     );
 }
+
+/// A route guarded by `allow`: a client outside it gets a 403 however it writes the path
+/// (the listener matches paths in normal form, over both protocols), the refusals are
+/// counted, a client inside it reaches the pool with the path in normal form, and a
+/// reload changes who may.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guarded_route_refuses_other_clients_however_the_path_is_written() {
+    let web = Backend::start("web1").await;
+    let api = Backend::start("api1").await;
+    let stat = Backend::start("static1").await;
+    let admin: SocketAddr = format!("127.0.0.1:{}", rampart_testkit::free_port())
+        .parse()
+        .unwrap();
+    let guarded = |admin_allow: &str| {
+        format!(
+            r#"
+[[listener.route]]
+path_prefix = "/admin/"
+allow = [{admin_allow}]
+pool = "api"
+[[listener.route]]
+path_prefix = "/open/"
+allow = ["127.0.0.0/8", "::1"]
+pool = "static"
+"#
+        )
+    };
+    let config = |admin_allow: &str| {
+        format!(
+            "[admin]\naddress = \"{admin}\"\n{}",
+            routed(&web, &api, &stat, &guarded(admin_allow))
+        )
+    };
+    let lb = Lb::start(&config("\"10.0.0.0/8\"")).await;
+    let mut cl = Client::connect(lb.addr).await.unwrap();
+    let mut h2 = h2c(lb.addr).await;
+    let spellings = [
+        "/admin/",
+        "//admin/x",
+        "/%61dmin/",
+        "/x/../admin/",
+        "/./admin/x",
+        "/x/%2E%2e/admin/",
+    ];
+    for path in spellings {
+        let req = Request::get(path)
+            .header("host", "www.example.com")
+            .body(Full::default())
+            .unwrap();
+        let (st, body) = cl.request(req).await.unwrap();
+        assert_eq!(st, 403, "{path}: {body}");
+        // The refusal closes the HTTP/1 connection (a body would be left unread).
+        cl = Client::connect(lb.addr).await.unwrap();
+        let req = Request::get(format!("http://www.example.com{path}"))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = h2.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 403, "{path} over HTTP/2");
+    }
+    assert_eq!(api.hits(), 0, "a refused request reached the guarded pool");
+    // Inside the allow list: the server gets the path in normal form, the query as sent.
+    for (path, want) in [
+        ("/open//a/../target?q=/../x", "/open/target?q=/../x"),
+        ("/%6Fpen/./target", "/open/target"),
+        ("/open/%7e/target", "/open/~/target"),
+    ] {
+        let (h1, h2) = answer(&mut cl, &mut h2, "www.example.com", path).await;
+        assert_eq!((h1.as_str(), h2.as_str()), (want, want), "{path}");
+    }
+    // A malformed escape is refused on a normalizing listener.
+    let (st, _) = cl.get("/open/%zz").await.unwrap();
+    assert_eq!(st, 400);
+    // Counted by reason, as the firewall's other refusals.
+    let want = format!(
+        "rampart_firewall_refused_total{{listener=\"site\",reason=\"route\"}} {}",
+        2 * spellings.len()
+    );
+    let metrics = tokio::task::spawn_blocking(move || {
+        rampart_testkit::http_request(admin, "GET", "/metrics", &[], b"")
+            .map(|r| r.text())
+            .unwrap_or_default()
+    })
+    .await
+    .unwrap();
+    assert!(metrics.contains(&want), "{want} not in:\n{metrics}");
+
+    // Reloaded with loopback allowed: the same spellings reach the api pool.
+    lb.reload_with(&config("\"127.0.0.1\"")).await.unwrap();
+    let mut cl = Client::connect(lb.addr).await.unwrap();
+    let mut h2 = h2c(lb.addr).await;
+    for path in spellings {
+        let (h1, h2) = answer(&mut cl, &mut h2, "www.example.com", path).await;
+        assert_eq!((h1.as_str(), h2.as_str()), ("api1", "api1"), "{path}");
+    }
+}

@@ -156,6 +156,11 @@ impl BackendState {
             }
             return text(StatusCode::OK, n.to_string());
         }
+        // A path with a `target` segment: the request target as this server got it.
+        if path.split('/').any(|s| s == "target") {
+            let pq = req.uri().path_and_query().map_or("", |p| p.as_str());
+            return text(StatusCode::OK, pq.to_string());
+        }
         if path == "/headers" {
             let mut out = String::new();
             for (k, v) in req.headers() {

@@ -73,6 +73,10 @@ pub struct RawListener {
     pub firewall: Option<firewall::RawFirewall>,
     #[serde(default)]
     pub route: Vec<Spanned<RawRoute>>,
+    /// Requests' paths in normal form before routing and forwarding (default: when a
+    /// route has `allow`).
+    #[serde(default)]
+    pub normalize_path: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -23,15 +23,22 @@
 //! host = "www.example.com"
 //! redirect = "https://example.com"  # Location: https://example.com/the/path?and=query
 //! redirect_status = 301             # 301, 302 (the default, as HAProxy's), 303, 307, 308
+//!
+//! [[listener.route]]                # a guard: only these clients, others get a 403
+//! path_prefix = "/admin/"
+//! allow = ["10.0.0.0/8", "::1"]     # [] closes the path to everyone
+//! pool = "admin"
 //! ```
 //!
 //! The host is compared without its port and a trailing dot, case-insensitively; an
 //! absolute-form request target's authority stands for `Host`, as it does upstream. The
-//! path prefix is compared byte for byte with the request's path as the client sent it
-//! (before `?`, not decoded or normalized, as HAProxy's `path_beg`): a route sends
-//! requests somewhere, it does not guard anything (`/a/../static/x` does not start with
-//! `/static/`). Matching is pure and here, so both HTTP renderers of the balancer (the
-//! HTTP/1 fast path and HTTP/2) route alike.
+//! path prefix is compared byte for byte with the request's path (before `?`): as the client
+//! sent it (as HAProxy's `path_beg`), or, on a listener that normalizes paths, in normal form
+//! ([`super::path`]: `//admin`, `/%61dmin` and `/x/../admin` are all `/admin`). A route with
+//! `allow = ["10.0.0.0/8"]` guards its requests (others get a 403); it turns normalization
+//! on for its listener, since a guard that `//admin` walks around guards nothing. Matching
+//! is pure and here, so both HTTP renderers of the balancer (the HTTP/1 fast path and
+//! HTTP/2) route alike.
 
 use super::*;
 
@@ -46,6 +53,11 @@ pub struct Route {
     /// `Location` loses it the same way.
     pub strip_prefix: bool,
     pub to: RouteTo,
+    /// Only clients in these networks may use the route; the others get a 403 (HAProxy's
+    /// `http-request deny if { path_beg /admin } !{ src 10.0.0.0/8 }`). `None`: everyone;
+    /// empty: no one (a path closed to all, e.g. `/.git/`). The listener then matches
+    /// paths in normal form.
+    pub allow: Option<Vec<Cidr>>,
 }
 
 /// What a route does with the requests it takes.
@@ -207,6 +219,14 @@ impl Route {
         }
     }
 
+    /// `ip` (the client: the connection's peer, or the address a trusted proxy forwarded
+    /// when the firewall judges that one) may use this route.
+    pub fn allows(&self, ip: std::net::IpAddr) -> bool {
+        self.allow
+            .as_ref()
+            .is_none_or(|nets| nets.iter().any(|n| n.contains(ip)))
+    }
+
     /// The pool this route forwards to; `None` for a redirect.
     pub fn pool(&self) -> Option<usize> {
         match self.to {
@@ -282,6 +302,9 @@ pub struct RawRoute {
     pub redirect: Option<Spanned<String>>,
     #[serde(default)]
     pub redirect_status: Option<Spanned<i64>>,
+    /// Client networks that may use the route (others: 403).
+    #[serde(default)]
+    pub allow: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// A route's `redirect` as written: an absolute `http(s)` URL, or a path on the same site;
@@ -348,6 +371,7 @@ pub(super) fn validate(
     mode: Mode,
     pool_index: &HashMap<&str, usize>,
     unknown_pool: &dyn Fn(&str) -> String,
+    normalize: bool,
 ) -> Vec<Route> {
     let mut out: Vec<(Route, std::ops::Range<usize>)> = Vec::new();
     for sr in raw {
@@ -388,7 +412,20 @@ pub(super) fn validate(
                 && !v
                     .bytes()
                     .any(|b| b == b'?' || b == b'#' || b <= b' ' || b == 0x7f);
-            if ok {
+            if ok && normalize && !super::path::is_normal_path(v) {
+                let mut n = Vec::new();
+                let expected = match super::path::normalize_target(v.as_bytes(), &mut n) {
+                    Ok(_) => format!("expected \"{}\"", String::from_utf8_lossy(&n)),
+                    Err(_) => "expected a path without \"\\\" whose every \"%\" has two hex digits".to_string(),
+                };
+                c.err(
+                    p,
+                    format!(
+                        "path_prefix \"{v}\" is not in normal form, and this listener matches paths in normal form (a route has allow, or normalize_path = true): no request would match it; {expected}"
+                    ),
+                );
+                None
+            } else if ok {
                 Some(v.clone())
             } else {
                 c.err(
@@ -471,8 +508,23 @@ pub(super) fn validate(
                 continue;
             }
         }
+        let allow = r.allow.as_ref().map(|list| {
+            list.get_ref()
+                .iter()
+                .filter_map(|n| match n.get_ref().parse::<Cidr>() {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        c.err(n, format!("{e} in allow"));
+                        None
+                    }
+                })
+                .collect::<Vec<_>>()
+        });
         // A value already reported above.
-        if hosts.len() != written.len() || r.path_prefix.is_some() != path_prefix.is_some() {
+        if hosts.len() != written.len()
+            || r.path_prefix.is_some() != path_prefix.is_some()
+            || allow.as_ref().map(Vec::len) != r.allow.as_ref().map(|l| l.get_ref().len())
+        {
             continue;
         }
         let Some(to) = to else { continue };
@@ -481,6 +533,7 @@ pub(super) fn validate(
             path_prefix,
             strip_prefix: r.strip_prefix.as_ref().is_some_and(|b| *b.get_ref()),
             to,
+            allow,
         };
         if let Some((_, at)) = out.iter().find(|(earlier, _)| earlier.covers(&route)) {
             let (line, col) = c.src.position(at.start);
@@ -510,6 +563,7 @@ mod tests {
             path_prefix: prefix.map(str::to_string),
             strip_prefix: false,
             to: RouteTo::Pool(pool),
+            allow: None,
         }
     }
 

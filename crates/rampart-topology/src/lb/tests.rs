@@ -583,12 +583,14 @@ fn routes_validate_in_order_with_their_pools() {
                 path_prefix: Some("/v2/".into()),
                 strip_prefix: false,
                 to: RouteTo::Pool(1),
+                allow: None,
             },
             Route {
                 hosts: Vec::new(),
                 path_prefix: Some("/static/".into()),
                 strip_prefix: true,
                 to: RouteTo::Pool(2),
+                allow: None,
             },
         ]
     );
@@ -736,4 +738,69 @@ fn a_redirecting_route_has_no_pool_and_its_errors_name_their_position() {
     ));
     assert_eq!((l, col), (13, 19), "{m}");
     assert!(m.contains("redirect_status needs a redirect"), "{m}");
+}
+
+#[test]
+fn a_guarded_route_turns_path_normalization_on_and_its_errors_name_their_position() {
+    let guarded = ROUTED.replace(
+        "pool = \"static\"\n\n",
+        "pool = \"static\"\nallow = [\"10.0.0.0/8\", \"::1\"]\n\n",
+    );
+    let c = parse(&guarded).unwrap();
+    let l = &c.listeners[0];
+    assert!(
+        l.normalize_path,
+        "a route with allow normalizes its listener's paths"
+    );
+    assert_eq!(l.routes[0].allow, None);
+    let allow = l.routes[1].allow.as_ref().expect("allow");
+    assert_eq!(allow.len(), 2);
+    assert!(l.routes[1].allows("10.1.2.3".parse().unwrap()));
+    assert!(l.routes[1].allows("::1".parse().unwrap()));
+    assert!(!l.routes[1].allows("192.0.2.1".parse().unwrap()));
+    assert!(l.routes[0].allows("192.0.2.1".parse().unwrap()));
+    // Closed to everyone.
+    let closed =
+        parse(&ROUTED.replace("pool = \"static\"\n\n", "pool = \"static\"\nallow = []\n\n"))
+            .unwrap();
+    assert!(!closed.listeners[0].routes[1].allows("10.0.0.1".parse().unwrap()));
+    // Without allow, paths are matched as sent unless the file says otherwise.
+    assert!(!parse(ROUTED).unwrap().listeners[0].normalize_path);
+    let on = ROUTED.replace(
+        "pool = \"web\"\n",
+        "pool = \"web\"\nnormalize_path = true\n",
+    );
+    assert!(parse(&on).unwrap().listeners[0].normalize_path);
+    // A bad network, at its position.
+    let (l, col, m) = one_error(&guarded.replace("\"::1\"", "\"10.0.0.0/33\""));
+    assert_eq!((l, col), (13, 24), "{m}");
+    assert!(
+        m.contains("bad network \"10.0.0.0/33\"") && m.contains("in allow"),
+        "{m}"
+    );
+    // normalize_path = false beside a guard.
+    let off = guarded.replace(
+        "pool = \"web\"\n",
+        "pool = \"web\"\nnormalize_path = false\n",
+    );
+    let (l, col, m) = one_error(&off);
+    assert_eq!((l, col), (5, 18), "{m}");
+    assert!(
+        m.contains("normalize_path = false, but the route at line 10, column 1 has allow"),
+        "{m}"
+    );
+    // A prefix no normalized path can start with.
+    let (l, col, m) = one_error(&guarded.replace("\"/static/\"", "\"/static//x/../\""));
+    assert_eq!((l, col), (10, 15), "{m}");
+    assert!(
+        m.contains("not in normal form") && m.contains("expected \"/static/\""),
+        "{m}"
+    );
+    // On a TCP listener.
+    let tcp = ROUTED
+        .replace("pool = \"web\"\n", "pool = \"web\"\nmode = \"tcp\"\nnormalize_path = true\n")
+        .replace("[[listener.route]]\nhost = \"API.example.com\"\npath_prefix = \"/v2/\"\npool = \"api\"\n", "")
+        .replace("[[listener.route]]\npath_prefix = \"/static/\"\nstrip_prefix = true\npool = \"static\"\n", "");
+    let (_, _, m) = one_error(&tcp);
+    assert!(m.contains("normalize_path needs mode = \"http\""), "{m}");
 }

@@ -170,7 +170,34 @@ impl LbConfig {
                     None
                 }
             };
-            let routes = route::validate(&mut c, &rl.route, mode, &pool_index, &unknown_pool);
+            let guarded = rl.route.iter().find(|r| r.get_ref().allow.is_some());
+            let normalize_path = match (&rl.normalize_path, guarded) {
+                (Some(n), Some(g)) if !*n.get_ref() => {
+                    let (line, col) = c.src.position(g.span().start);
+                    c.err(
+                        n,
+                        format!(
+                            "normalize_path = false, but the route at line {line}, column {col} has allow: a guard on a path needs paths in normal form (or \"//admin\", \"/%61dmin\" and \"/x/../admin\" walk around a guard on \"/admin\")"
+                        ),
+                    );
+                    false
+                }
+                (Some(n), _) => {
+                    if *n.get_ref() && mode != Mode::Http {
+                        c.err(n, "normalize_path needs mode = \"http\"");
+                    }
+                    *n.get_ref()
+                }
+                (None, g) => g.is_some(),
+            };
+            let routes = route::validate(
+                &mut c,
+                &rl.route,
+                mode,
+                &pool_index,
+                &unknown_pool,
+                normalize_path,
+            );
             let max_connections = rl
                 .max_connections
                 .as_ref()
@@ -241,6 +268,7 @@ impl LbConfig {
                     redirect_https: None,
                     firewall,
                     routes,
+                    normalize_path,
                 });
                 if let Some((from, status)) = redirect {
                     listeners.push(Listener {
@@ -258,6 +286,7 @@ impl LbConfig {
                         }),
                         firewall: None,
                         routes: Vec::new(),
+                        normalize_path: false,
                     });
                 }
             }
@@ -413,6 +442,7 @@ impl LbConfig {
                 redirect_https: None,
                 firewall: None,
                 routes: Vec::new(),
+                normalize_path: false,
             }],
             pools: vec![Pool {
                 name: "backends".into(),
