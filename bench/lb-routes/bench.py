@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What routing by Host and path costs: rampart lb and HAProxy, each with and without rules.
 
-    RAMPART_BIN=<release rampart> python3 bench/lb-routes/bench.py [--rounds 6] [--duration 3] [--routes 50]
+    RAMPART_BIN=<release rampart> python3 bench/lb-routes/bench.py [--rounds 6] [--duration 3] [--routes 50] [--guard]
 
 Four balancers (one thread each, pinned to CPU 0) in front of one nginx (CPU 1); wrk
 (64 connections, CPU 1, `Host: site.example`) alternates between them, order rotated each round,
@@ -14,6 +14,10 @@ each measured run after 1 s of unmeasured load:
   haproxy-on    the same N rules as `use_backend p<i> if { hdr(host) -i app<i>.example }
                 { path_beg /p<i>/ }` (HAProxy's way to route; hdr(host) keeps the port, which
                 wrk's Host does not carry).
+--guard adds to both "on" balancers a guard on /admin/ for 10.0.0.0/8 (none of the requests is
+under it): rampart's route with `allow` (which makes its listener match and forward paths in
+normal form), HAProxy's `http-request deny if { path_beg /admin/ } !{ src 10.0.0.0/8 }` after
+the four `http-request normalize-uri` actions of the same normal form.
 Both add X-Forwarded-For only (equal work with HAProxy's `option forwardfor`). CPU
 microseconds per request (utime+stime from /proc/PID/stat), medians; ratios on/off per
 balancer and rampart/HAProxy per variant; a report in bench/results/lb-routes-<stamp>.md.
@@ -37,11 +41,13 @@ import lbbench  # noqa: E402
 HOST = "site.example"
 
 
-def rampart_conf(port, bport, n):
+def rampart_conf(port, bport, n, guard=False):
     routes = "".join(
         f'[[listener.route]]\nhost = "app{i}.example"\npath_prefix = "/p{i}/"\npool = "p{i}"\n'
         for i in range(n)
     )
+    if guard:
+        routes += '[[listener.route]]\npath_prefix = "/admin/"\nallow = ["10.0.0.0/8"]\npool = "app"\n'
     pools = "".join(
         f'[[pool]]\nname = "p{i}"\nservers = [{{ name = "n1", address = "127.0.0.1:{bport}" }}]\n'
         f'health_check = {{ kind = "none" }}\n'
@@ -62,15 +68,25 @@ health_check = {{ kind = "none" }}
 {pools}"""
 
 
-def haproxy_conf(port, bport, n, work):
+def haproxy_conf(port, bport, n, work, guard=False):
     rules = "".join(
         f"  use_backend p{i} if {{ hdr(host) -i app{i}.example }} {{ path_beg /p{i}/ }}\n"
         for i in range(n)
     )
+    if guard:
+        rules = (
+            "  http-request normalize-uri path-merge-slashes\n"
+            "  http-request normalize-uri path-strip-dotdot\n"
+            "  http-request normalize-uri percent-decode-unreserved strict\n"
+            "  http-request normalize-uri percent-to-uppercase strict\n"
+            "  http-request deny if { path_beg /admin/ } !{ src 10.0.0.0/8 }\n"
+        ) + rules
     backends = "".join(f"backend p{i}\n  server s1 127.0.0.1:{bport}\n" for i in range(n))
+    # normalize-uri is an experimental directive in HAProxy 2.6.
+    experimental = "\n  expose-experimental-directives" if guard else ""
     return f"""global
   nbthread 1
-  maxconn 8900
+  maxconn 8900{experimental}
   pidfile {work}/haproxy-{n}.pid
 defaults
   mode http
@@ -96,6 +112,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--duration", type=int, default=3)
     ap.add_argument("--routes", type=int, default=50)
+    ap.add_argument("--guard", action="store_true")
     args = ap.parse_args()
     if not (1 <= args.routes <= 1000 and 1 <= args.rounds <= 100 and 1 <= args.duration <= 60):
         sys.exit("--routes 1..1000, --rounds 1..100, --duration 1..60")
@@ -124,11 +141,11 @@ def main():
             n = args.routes if name.endswith("-on") else 0
             if name.startswith("rampart"):
                 conf = work / f"{name}.toml"
-                conf.write_text(rampart_conf(port, bport, n))
+                conf.write_text(rampart_conf(port, bport, n, args.guard and n > 0))
                 cmd = ["env", "RUST_LOG=warn", rampart, "lb", "--config", str(conf), "--threads", "1"]
             else:
                 conf = work / f"{name}.cfg"
-                conf.write_text(haproxy_conf(port, bport, n, work))
+                conf.write_text(haproxy_conf(port, bport, n, work, args.guard and n > 0))
                 subprocess.run([haproxy, "-c", "-q", "-f", str(conf)], check=True)
                 cmd = [haproxy, "-db", "-f", str(conf)]
             p = procs.start(0, name, cmd)
@@ -142,12 +159,14 @@ def main():
         stamp, lines = lbbench.report_header(
             "rampart lb and HAProxy: the cost of routing by Host and path",
             f"RAMPART_BIN=<release> python3 bench/lb-routes/bench.py --rounds {args.rounds}"
-            f" --duration {args.duration} --routes {args.routes}", REPO)
+            f" --duration {args.duration} --routes {args.routes}{' --guard' if args.guard else ''}", REPO)
         lines += [
             f"HAProxy {hv}. One thread per balancer on CPU 0, wrk -t1 -c64 (`Host: site.example`) and one nginx on"
             f" CPU 1; alternating runs (each after 1 s unmeasured), medians. \"on\": {args.routes}"
             " host+path rules that none of the"
-            " requests matches (each request is compared with all of them), then the default pool.",
+            " requests matches (each request is compared with all of them), then the default pool"
+            + (", and a guard on /admin/ (rampart: a route with allow, paths in normal form; HAProxy:"
+               " normalize-uri x4 and http-request deny)" if args.guard else "") + ".",
             "",
             "| balancer | CPU us/request | requests/s | errors | runs (us/request) |",
             "|---|---|---|---|---|",
