@@ -923,6 +923,16 @@ pub fn changes(prev: &Diagram, next: &Diagram) -> Vec<Change> {
             ("up", format!("{} is back ({})", b.name, b.state))
         } else if b.tier == "lb" && b.state == "master" {
             ("takeover", format!("{} became master", b.name))
+        } else if b.restarted {
+            // Back before a scrape saw it down, but not yet as it was (a web node that is
+            // not ready until it reaches the database again): the restart is the news.
+            (
+                "restart",
+                format!(
+                    "{} restarted between two scrapes ({} -> {})",
+                    b.name, p.state, b.state
+                ),
+            )
         } else {
             ("state", format!("{}: {} -> {}", b.name, p.state, b.state))
         };

@@ -419,6 +419,41 @@ fn a_restart_between_two_scrapes_is_an_event() {
     );
 }
 
+/// A node that restarted between two scrapes and is not yet as it was (a web node not
+/// ready until it reaches the database again) is still reported as a restart: the drill's
+/// news, not a bare state change (seen in CI: `web1: up -> not-ready`, no restart event).
+#[test]
+fn a_restart_that_changed_the_state_is_still_a_restart() {
+    let t = topo("");
+    let layout = Layout::of(&t);
+    let mut w = World::new(&t);
+    for k in 0..3 {
+        push(&mut w, k, &[], &[]);
+    }
+    let before = w.diagram(&layout);
+    let app = [("kind", "App"), ("class", "2xx")];
+    let admin = [("kind", "Admin"), ("class", "2xx")];
+    w.round(
+        3000,
+        &[],
+        &[
+            ("web2", "rampart_web_requests_total", &app, 1.0),
+            ("web2", "rampart_web_requests_total", &admin, 4.0),
+            ("web2", "rampart_web_ready", &[], 0.0),
+        ],
+    );
+    let after = w.diagram(&layout);
+    let b = after.find("web:web2").unwrap();
+    assert!(b.restarted);
+    assert_eq!(b.state, "not-ready");
+    let ch = changes(&before, &after);
+    assert!(
+        ch.iter().any(|c| c.kind == "restart"
+            && c.text == "web2 restarted between two scrapes (up -> not-ready)"),
+        "{ch:?}"
+    );
+}
+
 #[test]
 fn one_timed_out_scrape_draws_the_node_as_it_was_two_draw_it_down() {
     let t = topo("");
