@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Where does rampart lb spend its CPU per request? A perf profile of the bench's cpu scenario.
 #
-#   bash bench/lb/profile.sh [--seconds S] [--balancer rampart|haproxy|nginx] [--tls] [--syscalls]
+#   bash bench/lb/profile.sh [--seconds S] [--balancer rampart|haproxy|nginx|floor-MODE] [--tls] [--syscalls]
 #
 # --syscalls: instead of a CPU profile, count the balancer's system calls (perf's syscall
 # tracepoints) and epoll events over the run and print them per request, to compare balancers
@@ -36,8 +36,10 @@ while [ $# -gt 0 ]; do
   esac
 done
 [[ "$secs" =~ ^[0-9]+$ && "$secs" -ge 3 && "$secs" -le 120 ]] || { echo "--seconds: 3..120" >&2; exit 2; }
-case "$bal" in rampart|haproxy|nginx) ;; *) echo "--balancer: rampart, haproxy or nginx" >&2; exit 2 ;; esac
-[ -n "$tls" ] && [ "$bal" = nginx ] && { echo "--tls: rampart or haproxy" >&2; exit 2; }
+case "$bal" in rampart|haproxy|nginx|floor-epoll|floor-tokio|floor-uring) ;;
+  *) echo "--balancer: rampart, haproxy, nginx, floor-epoll, floor-tokio or floor-uring (bench/io-floor)" >&2; exit 2 ;;
+esac
+[ -n "$tls" ] && [ "$bal" != rampart ] && [ "$bal" != haproxy ] && { echo "--tls: rampart or haproxy" >&2; exit 2; }
 scheme=http
 [ -n "$tls" ] && scheme=https
 
@@ -54,6 +56,11 @@ elif [ "$bal" = rampart ]; then
   (cd "$repo" && CARGO_TARGET_DIR="$prof_target" CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
     RUSTFLAGS="-C force-frame-pointers=yes" cargo build --release -p rampart --bin rampart) >&2
   rampart_bin="$prof_target/release/rampart"
+elif [ "${bal#floor-}" != "$bal" ]; then
+  floor_target="${CARGO_TARGET_DIR:-$repo/target}-prof/io-floor"
+  (cd "$repo/bench/io-floor" && CARGO_TARGET_DIR="$floor_target" CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
+    RUSTFLAGS="-C force-frame-pointers=yes" cargo build --release -q) >&2
+  floor_bin="$floor_target/release/io-floor"
 fi
 taskset -cp 1 $$ >/dev/null
 
@@ -174,22 +181,35 @@ http { access_log off; keepalive_requests 10000000;
 EOF
     start 0 nginx nginx -e stderr -p "$work/lb" -c "$work/lb/nginx.conf"
     ;;
+  floor-*)
+    start 0 floor "$floor_bin" "${bal#floor-}" "127.0.0.1:$P" "127.0.0.1:$B1" "127.0.0.1:$B2"
+    ;;
 esac
 pid=$STARTED
 wait_http "$P" "$scheme"
 taskset -c 1 wrk -t1 -c50 -d1s "$scheme://127.0.0.1:$P/" >/dev/null # warm-up
 
 if [ -n "$syscalls" ]; then
+  # TCP counters are the whole host's (wrk and nginx included): compare balancers, not absolutes.
+  tcp() { awk -v k="$2" -v t="$1:" '$1 == t { if ($2 ~ /^[0-9]+$/) { for (i = 2; i <= NF; i++) v[h[i]] = $i } else { for (i = 2; i <= NF; i++) h[i] = $i } } END { print v[k] + 0 }' "/proc/net/$3"; }
+  counters() { echo "$(tcp Tcp OutSegs snmp) $(tcp TcpExt DelayedACKs netstat) $(tcp TcpExt TCPPureAcks netstat) $(awk '{print $14, $15}' "/proc/$pid/stat")"; }
   perf stat -x, -e page-faults,context-switches,cpu-migrations -e 'raw_syscalls:sys_enter' -e 'syscalls:sys_enter_*' -p "$pid" -o "$work/stat.csv" &
   stat_pid=$!
   sleep 0.5
+  read -r seg0 dack0 pure0 ut0 st0 <<<"$(counters)"
   taskset -c 1 wrk -t1 -c50 -d"${secs}s" "$scheme://127.0.0.1:$P/" >"$work/wrk.txt"
+  read -r seg1 dack1 pure1 ut1 st1 <<<"$(counters)"
   kill -INT "$stat_pid"
   wait "$stat_pid" || true
   reqs=$(awk '/requests in/ {print $1}' "$work/wrk.txt")
   echo "# system calls of $bal${tls:+ (HTTPS)} per request under wrk -t1 -c50 ($secs s, $reqs requests)"
   awk -F, -v r="$reqs" '$1 ~ /^[0-9]+$/ && $1 > 0 { printf "%10.3f  %s\n", $1 / r, $3 }' "$work/stat.csv" |
     sed 's/syscalls:sys_enter_//; s/raw_syscalls:sys_enter/all system calls/' | sort -rn
+  tck=$(getconf CLK_TCK)
+  awk -v r="$reqs" -v t="$tck" -v s="$((seg1 - seg0))" -v d="$((dack1 - dack0))" -v p="$((pure1 - pure0))" \
+    -v u="$((ut1 - ut0))" -v k="$((st1 - st0))" 'BEGIN {
+      printf "%10.3f  TCP segments sent (whole host)\n%10.3f  delayed ACKs sent (whole host)\n%10.3f  pure ACKs received (whole host)\n", s / r, d / r, p / r
+      printf "%10.2f  us user CPU of the balancer\n%10.2f  us system CPU of the balancer\n", u / t * 1e6 / r, k / t * 1e6 / r }'
   exit 0
 fi
 

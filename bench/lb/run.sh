@@ -3,6 +3,8 @@
 #
 #   bash bench/lb/run.sh [--rounds N] [--duration S] [--only cpu|kill|idle|tls]
 #                        [--balancers haproxy,nginx,rampart] [--idle-conns N] [--no-build]
+#                        (also floor-epoll, floor-tokio, floor-uring: bench/io-floor, the data
+#                         path alone in three I/O models; cpu scenario only)
 #                        [--quiet-wait S]   (wait up to S s before each cpu run for CPU 0 to be idle)
 #                        [--rampart-rev REV] (build rampart from that commit, not the working tree)
 #                        [--rate R]  (cpu and tls at a fixed R requests/s with h2load, not wrk's
@@ -82,8 +84,14 @@ want=()
 IFS=, read -r -a want <<<"$balancers"
 active=()
 for b in "${want[@]}"; do
-  case "$b" in haproxy|nginx|rampart) ;; *) die "unknown balancer $b" ;; esac
+  case "$b" in haproxy|nginx|rampart) ;; floor-epoll|floor-tokio|floor-uring) floor=1 ;; *) die "unknown balancer $b" ;; esac
 done
+if [ -n "${floor:-}" ]; then
+  [ "$scenarios" = cpu ] || die "the floor-* balancers run the cpu scenario only (--only cpu)"
+  floor_bin=${CARGO_TARGET_DIR:-$repo/target}/io-floor/release/io-floor
+  (cd "$repo/bench/io-floor" && CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$repo/target}/io-floor" \
+    cargo build --release -q) >&2 || die "bench/io-floor did not build"
+fi
 target_dir=${CARGO_TARGET_DIR:-$repo/target}
 rampart_bin=${RAMPART_BIN:-$target_dir/release/rampart}
 src=$repo
@@ -369,6 +377,9 @@ CONF
           --backend "127.0.0.1:$B1" --backend "127.0.0.1:$B2" --algorithm round-robin \
           --mode http --health-check "$hc" --threads 1 --forwarded-headers x-forwarded-for
       fi
+      ;;
+    floor-*)
+      start 0 "$name-$mode" "$floor_bin" "${name#floor-}" "127.0.0.1:$port" "127.0.0.1:$B1" "127.0.0.1:$B2"
       ;;
   esac
   BAL_PID=$STARTED
