@@ -466,7 +466,12 @@ async fn proxy<T: ClientStream>(
         };
         let i = slot.server;
         tried = mark_tried(tried, i);
-        let started = if attempt == 0 { t0 } else { Instant::now() };
+        let (started, started_ns) = if attempt == 0 {
+            (t0, now)
+        } else {
+            let t = Instant::now();
+            (t, ns_at(t.into_std()))
+        };
         let r = attempt_on(
             io,
             buf,
@@ -474,8 +479,8 @@ async fn proxy<T: ClientStream>(
             req,
             out,
             &slot,
-            started,
-            t0,
+            (started, started_ns),
+            now,
             attempt,
             &mut continued,
             timer.as_mut(),
@@ -603,8 +608,8 @@ async fn attempt_on<T: ClientStream>(
     req: &ReqInfo,
     out: &mut Vec<u8>,
     slot: &InFlight,
-    started: Instant,
-    t0: Instant,
+    (started, now_ns): (Instant, u64),
+    t0_ns: u64,
     attempt: u32,
     continued: &mut bool,
     mut timer: Pin<&mut Sleep>,
@@ -613,14 +618,13 @@ async fn attempt_on<T: ClientStream>(
     let s = slot.server();
     let t = pool.cfg.timeouts;
     let client_stall = ctx.listener.cfg.idle_timeout;
-    let now_ns = ns_at(started.into_std());
     // A pool offering `h2`: a server that picked it gets the request over HTTP/2 (an
     // upgrade goes over HTTP/1.1, whose ALPN leaves `h2` out).
     let h2 = !req.upgrade && pool.cfg.tls.as_ref().is_some_and(|c| c.offers_h2());
     let h2_at = up_h2::At {
         slot,
-        started,
-        t0,
+        started_ns: now_ns,
+        t0_ns,
         attempt,
     };
     // (Boxed: the HTTP/2 exchange's state does not weigh on every HTTP/1.1 request's.)
@@ -699,7 +703,7 @@ async fn attempt_on<T: ClientStream>(
             if from_pool && may_resend(written, req.replayable) {
                 // Closed while idle: no fault of the server, and nothing of the request
                 // reached it (or it may be sent twice).
-                pooled = upstream::checkout_raw(s, ctx.worker, t.idle, ns_at(started.into_std()));
+                pooled = upstream::checkout_raw(s, ctx.worker, t.idle, now_ns);
                 continue;
             }
             return Err(Failure::Sent(e));
@@ -742,8 +746,13 @@ async fn attempt_on<T: ClientStream>(
             sent_body = true;
         }
         // The request's last byte is out: the server's time (least-response-time's
-        // measure) starts here.
-        let sent = Instant::now();
+        // measure) starts here. (A clock read only for what uses it: a body's end starts
+        // the response timeout; else it runs from the attempt's start.)
+        let sent = if sent_body || pool.records_response_time() {
+            Instant::now()
+        } else {
+            started
+        };
         // The response head; the response timeout runs from the end of the request. After
         // a cut body, only what the server already sent counts: a moment to read it.
         let (since, timeout) = if cut.is_some() {
@@ -808,8 +817,7 @@ async fn attempt_on<T: ClientStream>(
         }
     };
     // A response: account for it, then stream it.
-    let t1 = answered(ctx, req, &h2_at, &info, sent, first);
-    let end = ns_at(t1.into_std());
+    let (t1, end) = answered(ctx, req, &h2_at, &info, sent, first);
     ub.consume(info.head_len);
     if info.switched {
         // What the server sent past its head is the tunnel's first bytes.
@@ -868,7 +876,7 @@ async fn attempt_on<T: ClientStream>(
 /// Account for a response whose head just came from the attempt's server (the request's
 /// last byte went at `sent`, the answer's first at `first` when the head took several
 /// reads): the server's and the listener's counters, the balancer's measures, the access
-/// log. When the head came.
+/// log. When the head came (and that on the data path's clock).
 fn answered(
     ctx: &ConnCtx,
     req: &ReqInfo,
@@ -876,20 +884,24 @@ fn answered(
     info: &RespInfo,
     sent: Instant,
     first: Option<Instant>,
-) -> Instant {
+) -> (Instant, u64) {
     let s = at.slot.server();
     let t1 = Instant::now();
     let end = ns_at(t1.into_std());
-    let took = end.saturating_sub(ns_at(at.started.into_std()));
+    let took = end.saturating_sub(at.started_ns);
     s.stats.response(info.status, took);
-    at.slot.pool.on_answer(
-        at.slot.server,
-        info.status,
-        ns_at(sent.into_std()),
-        first.map_or(end, |f| ns_at(f.into_std())),
-        end,
-    );
-    let total = end.saturating_sub(ns_at(at.t0.into_std()));
+    let pool = &at.slot.pool;
+    // The server's own time: only least response time reads it.
+    let (sent_ns, first_ns) = if pool.records_response_time() {
+        (
+            ns_at(sent.into_std()),
+            first.map_or(end, |f| ns_at(f.into_std())),
+        )
+    } else {
+        (end, end)
+    };
+    pool.on_answer(at.slot.server, info.status, sent_ns, first_ns, end);
+    let total = end.saturating_sub(at.t0_ns);
     ctx.listener.stats.counters.response(info.status, total);
     if let Some((method, path)) = &req.log {
         let served = crate::accesslog::Served {
@@ -902,7 +914,7 @@ fn answered(
             Framing::Length(n) => Some(n),
             _ => None,
         };
-        let pool = &at.slot.pool.cfg.name;
+        let pool = &pool.cfg.name;
         log(
             ctx,
             pool,
@@ -914,7 +926,7 @@ fn answered(
             Some(&served),
         );
     }
-    t1
+    (t1, end)
 }
 
 #[cfg(test)]

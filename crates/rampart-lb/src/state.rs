@@ -609,6 +609,13 @@ impl PoolState {
     /// least-response-time records the server's wait, from the request's last byte sent
     /// (`sent_ns`) to the answer's first byte (`first_byte_ns`), all on `clock::now_ns`'s
     /// scale; then [`PoolState::on_passive`] takes the status.
+    /// Whether [`Self::on_answer`] reads the request's sent and first-byte times (least
+    /// response time's measure); without it the caller need not read the clock for them.
+    #[inline]
+    pub fn records_response_time(&self) -> bool {
+        self.lrt_penalty_ns.is_some()
+    }
+
     pub fn on_answer(&self, i: usize, status: u16, sent_ns: u64, first_byte_ns: u64, now: u64) {
         let Some(s) = self.servers.get(i) else {
             return;

@@ -69,7 +69,7 @@ pub(super) enum Parsed {
 }
 
 /// A header name's meaning to the proxy.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum H {
     Other,
     /// Always dropped (hop-by-hop).
@@ -92,7 +92,11 @@ pub(super) enum H {
 
 pub(super) fn classify(name: &str) -> H {
     let n = name.as_bytes();
-    let is = |s: &str| n.eq_ignore_ascii_case(s.as_bytes());
+    // Every name below is lowercase letters and `-`, and `name` is a token (httparse's and
+    // the `http` crate's field names are): then `b | 0x20` is `b` lowercased, and only `-`
+    // itself turns into `-` (carriage return, the other byte that would, is no token
+    // character). One OR a byte instead of lowercasing both sides.
+    let is = |s: &str| n.iter().zip(s.as_bytes()).all(|(&b, &l)| b | 0x20 == l);
     match n.len() {
         2 if is("te") => H::Hop,
         4 if is("host") => H::Host,

@@ -38,8 +38,10 @@ use crate::upstream_h2::{self, BodyWriter, H2Body, Stream, REPLAY_MAX};
 /// request), which attempt it is.
 pub(super) struct At<'a> {
     pub(super) slot: &'a InFlight,
-    pub(super) started: Instant,
-    pub(super) t0: Instant,
+    /// When the attempt and the request started, on the data path's clock
+    /// (`clock::ns_at`: converted once, each conversion costs a `Timespec` subtraction).
+    pub(super) started_ns: u64,
+    pub(super) t0_ns: u64,
     pub(super) attempt: u32,
 }
 
