@@ -33,6 +33,10 @@ def fmt(x, d=1):
     return "-" if x is None else f"{x:.{d}f}"
 
 
+# The io-floor mode `--floor` runs beside each algorithm it has a counterpart for.
+FLOOR_MODE = {"rr": "tokio-rr (round robin)", "p2c": "tokio-p2c (the less busy of two at random)"}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--dir", required=True)
@@ -145,6 +149,25 @@ def main():
             }
             out.append(f"| {n:,} | {ratio} | {grow['rampart']} | {grow['haproxy']} |")
         out.append("")
+        if any(k[1] == algo and k[2] == "floor" for k in cells):
+            out.append(
+                f"The floor (`--floor`: `bench/io-floor` {FLOOR_MODE.get(algo, '?')}, a proxy with no "
+                "features choosing a server per request over each server's idle connections, on "
+                "tokio's current-thread runtime as rampart), measured in the same rounds: what "
+                "the kernel and the runtime cost at each size before any balancer feature does.\n"
+            )
+            out.append(
+                "| servers | floor us/req | floor growth within rounds | floor / HAProxy within "
+                "rounds | rampart / floor within rounds |"
+            )
+            out.append("|---:|---:|---:|---:|---:|")
+            for n in sizes:
+                f = med(n, algo, "floor")
+                fg = within([((n, algo, "floor", x), (small, algo, "floor", x)) for x in rounds_of])
+                fh = within([((n, algo, "floor", x), (n, algo, "haproxy", x)) for x in rounds_of])
+                rf = within([((n, algo, "rampart", x), (n, algo, "floor", x)) for x in rounds_of])
+                out.append(f"| {n:,} | {fmt(f, 2)} | {fg} | {fh} | {rf} |")
+            out.append("")
 
     if any("user_us_per_req" in r and r["user_us_per_req"] for r in rows):
         out.append("## The same, user space only (balancer utime / requests)\n")

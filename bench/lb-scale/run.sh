@@ -7,6 +7,8 @@
 #                              [--discovery N]   (0: skip the discovery scenario; default 10000)
 #                              [--rate R]   (measure at a fixed R requests/s with h2load instead of
 #                                            wrk's closed loop; 0, the default: wrk)
+#                              [--floor]    (for rr and p2c, also bench/io-floor's tokio-rr or
+#                                            tokio-p2c in the same rounds: a proxy with no features)
 #
 # Method (as bench/lb/run.sh, whose helpers it uses): each balancer runs ONE worker thread pinned
 # to CPU 0; wrk (1 thread, 64 connections) and the two nginx backends run on CPU 1. The servers
@@ -53,6 +55,7 @@ build=1
 quiet_wait=10
 disc_n=10000
 rate=0
+floor=0
 cmdline="bash bench/lb-scale/run.sh $*"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -64,7 +67,8 @@ while [ $# -gt 0 ]; do
     --quiet-wait) quiet_wait=$2; shift 2 ;;
     --discovery) disc_n=$2; shift 2 ;;
     --rate) rate=$2; shift 2 ;;
-    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    --floor) floor=1; shift ;;
+    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -115,6 +119,11 @@ if [ "$build" = 1 ] && [ -z "${RAMPART_BIN:-}" ]; then
   (cd "$repo" && cargo build --release -p rampart --bin rampart) >&2 || die "rampart did not build"
 fi
 [ -x "$rampart_bin" ] || die "no rampart binary at $rampart_bin"
+if [ "$floor" = 1 ]; then
+  floor_bin=$target_dir/io-floor/release/io-floor
+  (cd "$repo/bench/io-floor" && CARGO_TARGET_DIR="$target_dir/io-floor" cargo build --release -q) >&2 ||
+    die "bench/io-floor did not build"
+fi
 taskset -cp 1 $$ >/dev/null
 
 work=$(mktemp -d /tmp/rampart-bench-lb-scale.XXXXXX)
@@ -291,18 +300,29 @@ printf 'size\talgorithm\tbalancer\trss_start\trss_end\tstart_s\n' >"$work/mem.ts
 # load reopens any upstream connection the gap closed, for both balancers alike.
 for algo in "${ALGOS[@]}"; do
   declare -A port=() pid=() rss0=() startup=()
+  BALS=(rampart haproxy)
+  floor_mode=
+  if [ "$floor" = 1 ]; then
+    case "$algo" in rr) floor_mode=tokio-rr ;; p2c) floor_mode=tokio-p2c ;; esac
+    [ -z "$floor_mode" ] || BALS+=(floor)
+  fi
   for n in "${SIZES[@]}"; do
-    for b in rampart haproxy; do
+    for b in "${BALS[@]}"; do
       k="$n-$b"
       port[$k]=$(lbpy freeport 1)
       if [ $b = rampart ]; then
         conf_rampart "$algo" "$n" "${port[$k]}" "$work/rampart-$n-$algo.toml"
         t0=$(date +%s.%N)
         start 0 "rampart-$n-$algo" env RUST_LOG=warn "$rampart_bin" lb --config "$work/rampart-$n-$algo.toml" --threads 1
-      else
+      elif [ $b = haproxy ]; then
         conf_haproxy "$algo" "$n" "${port[$k]}" "$work/haproxy-$n-$algo.cfg"
         t0=$(date +%s.%N)
         start 0 "haproxy-$n-$algo" haproxy -W -f "$work/haproxy-$n-$algo.cfg"
+      else
+        servers=()
+        for ((i = 0; i < n; i++)); do servers+=("$(addr $i):$(port_of $i)"); done
+        t0=$(date +%s.%N)
+        start 0 "floor-$n-$algo" "$floor_bin" "$floor_mode" "127.0.0.1:${port[$k]}" "${servers[@]}"
       fi
       pid[$k]=$STARTED
       wait_http "${port[$k]}" 60 || die "$b did not start with $n servers (see $work/$b-$n-$algo.log)"
@@ -316,8 +336,9 @@ for algo in "${ALGOS[@]}"; do
   for r in $(seq 1 "$rounds"); do
     # Both orders alternate: the balancers', and the sizes' (ascending, then descending), so a
     # trend within a round (the host's load) is not read as growth.
-    order=(rampart haproxy)
-    [ $((r % 2)) = 0 ] && order=(haproxy rampart)
+    # (A rotation: with two balancers, their order swapped.)
+    order=()
+    for ((i = 0; i < ${#BALS[@]}; i++)); do order+=("${BALS[$(((i + r - 1) % ${#BALS[@]}))]}"); done
     size_order=("${SIZES[@]}")
     if [ $((r % 2)) = 0 ]; then
       size_order=()
@@ -343,7 +364,7 @@ for algo in "${ALGOS[@]}"; do
     done
   done
   for n in "${SIZES[@]}"; do
-    for b in rampart haproxy; do
+    for b in "${BALS[@]}"; do
       k="$n-$b"
       printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$n" "$algo" "$b" "${rss0[$k]}" "$(lbpy rss "${pid[$k]}")" "${startup[$k]}" >>"$work/mem.tsv"
       stop "${pid[$k]}"
