@@ -28,7 +28,9 @@ mod uring;
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.len() < 3 {
-        eprintln!("usage: io-floor epoll|tokio|uring|tokio-rr|tokio-p2c LISTEN BACKEND [BACKEND...]");
+        eprintln!(
+            "usage: io-floor epoll|tokio|uring|tokio-rr|tokio-p2c LISTEN BACKEND [BACKEND...]"
+        );
         std::process::exit(2);
     }
     let parse = |s: &String| -> SocketAddr {

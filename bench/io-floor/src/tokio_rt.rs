@@ -64,28 +64,39 @@ async fn serve(mut c: TcpStream, mut u: TcpStream) -> io::Result<()> {
     let mut cin = Vec::with_capacity(4096);
     let mut uin = Vec::with_capacity(4096);
     let mut out = Vec::with_capacity(4096);
-    loop {
-        let n = loop {
-            if let Some(n) = take_request(&cin, &mut out) {
-                break n;
-            }
-            if c.read_buf(&mut cin).await? == 0 {
-                return Ok(());
-            }
-        };
-        cin.drain(..n);
+    while next_request(&mut c, &mut cin, &mut out).await? {
         u.write_all(&out).await?;
         out.clear();
-        let n = loop {
-            if let Some(n) = response_len(&uin) {
-                break n;
-            }
-            if u.read_buf(&mut uin).await? == 0 {
-                return Ok(());
-            }
-        };
+        let n = next_response(&mut u, &mut uin).await?;
         c.write_all(&uin[..n]).await?;
         uin.drain(..n);
+    }
+    Ok(())
+}
+
+/// Reads until a whole request is in `cin`, takes it and renders it into `out`: `false` when
+/// the client closed first.
+async fn next_request(c: &mut TcpStream, cin: &mut Vec<u8>, out: &mut Vec<u8>) -> io::Result<bool> {
+    loop {
+        if let Some(n) = take_request(cin, out) {
+            cin.drain(..n);
+            return Ok(true);
+        }
+        if c.read_buf(cin).await? == 0 {
+            return Ok(false);
+        }
+    }
+}
+
+/// Reads until a whole answer is in `uin`: its length.
+async fn next_response(u: &mut TcpStream, uin: &mut Vec<u8>) -> io::Result<usize> {
+    loop {
+        if let Some(n) = response_len(uin) {
+            return Ok(n);
+        }
+        if u.read_buf(uin).await? == 0 {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+        }
     }
 }
 
@@ -128,7 +139,9 @@ impl Pool {
 }
 
 fn run_pooled(listener: TcpListener, backends: &[SocketAddr], choice: Choice) -> io::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
     let pool = Rc::new(Pool {
         addrs: backends.to_vec(),
         idle: RefCell::new(backends.iter().map(|_| Vec::new()).collect()),
@@ -164,16 +177,7 @@ async fn serve_pooled(mut c: TcpStream, pool: &Pool) -> io::Result<()> {
     let mut cin = Vec::with_capacity(4096);
     let mut uin = Vec::with_capacity(4096);
     let mut out = Vec::with_capacity(4096);
-    loop {
-        let n = loop {
-            if let Some(n) = take_request(&cin, &mut out) {
-                break n;
-            }
-            if c.read_buf(&mut cin).await? == 0 {
-                return Ok(());
-            }
-        };
-        cin.drain(..n);
+    while next_request(&mut c, &mut cin, &mut out).await? {
         let i = pool.pick();
         pool.busy.borrow_mut()[i] += 1;
         let idle = pool.idle.borrow_mut()[i].pop();
@@ -187,15 +191,8 @@ async fn serve_pooled(mut c: TcpStream, pool: &Pool) -> io::Result<()> {
                 }
             };
             u.write_all(&out).await?;
-            let n = loop {
-                if let Some(n) = response_len(&uin) {
-                    break n;
-                }
-                if u.read_buf(&mut uin).await? == 0 {
-                    return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
-                }
-            };
-            Ok((u, n))
+            let n = next_response(&mut u, &mut uin).await?;
+            Ok::<_, io::Error>((u, n))
         }
         .await;
         pool.busy.borrow_mut()[i] -= 1;
@@ -205,4 +202,5 @@ async fn serve_pooled(mut c: TcpStream, pool: &Pool) -> io::Result<()> {
         uin.drain(..n);
         pool.idle.borrow_mut()[i].push(u);
     }
+    Ok(())
 }
