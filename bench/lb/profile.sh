@@ -4,8 +4,10 @@
 #   bash bench/lb/profile.sh [--seconds S] [--balancer rampart|haproxy|nginx|floor-MODE] [--tls] [--syscalls]
 #
 # --syscalls: instead of a CPU profile, count the balancer's system calls (perf's syscall
-# tracepoints) and epoll events over the run and print them per request, to compare balancers
-# on the kernel work that is most of their CPU on loopback.
+# tracepoints) and epoll events over the run and print them per request, with the host's TCP
+# segments and delayed ACKs and the balancer's user and system CPU per request, to compare
+# balancers on the kernel work that is most of their CPU on loopback.
+# --balancer floor-tokio|floor-uring|floor-epoll: bench/io-floor, a proxy with no features.
 # --tls: the tls scenario instead (the balancer terminates HTTPS with a self-signed ECDSA P-256
 # certificate, HTTP/1.1 keep-alive; rampart and haproxy only). --keep: leave the work directory
 # (perf.data for further `perf report -i`) in /tmp.
@@ -31,7 +33,7 @@ while [ $# -gt 0 ]; do
     --tls) tls=1; shift ;;
     --keep) keep=1; shift ;;
     --syscalls) syscalls=1; shift ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
