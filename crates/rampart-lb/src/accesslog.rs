@@ -6,6 +6,7 @@
 use std::fmt::Write as _;
 use std::io::Write;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -19,16 +20,21 @@ pub struct Logger {
     out: Mutex<Box<dyn Write + Send>>,
 }
 
+/// Whether `LOG` is set: what the data path asks per request, kept apart from it so that
+/// the question is one load rather than a load of the logger.
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
 /// Whether lines are written (checked on the data path before gathering anything).
 #[inline]
 pub fn enabled() -> bool {
-    LOG.load().is_some()
+    ENABLED.load(Ordering::Relaxed)
 }
 
 /// Open the log of `cfg` (or turn logging off).
 pub fn configure(cfg: Option<&AccessLog>) -> std::io::Result<()> {
     flush();
     let Some(cfg) = cfg else {
+        ENABLED.store(false, Ordering::Relaxed);
         LOG.store(None);
         return Ok(());
     };
@@ -49,6 +55,7 @@ pub fn configure(cfg: Option<&AccessLog>) -> std::io::Result<()> {
         format: cfg.format,
         out: Mutex::new(out),
     })));
+    ENABLED.store(true, Ordering::Relaxed);
     Ok(())
 }
 

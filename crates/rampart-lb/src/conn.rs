@@ -29,30 +29,41 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
+/// Each octet's decimal digits (up to three, zero-padded on the right) and their count.
+static OCTETS: [[u8; 4]; 256] = {
+    let mut t = [[0u8; 4]; 256];
+    let mut i = 0;
+    while i < 256 {
+        let o = i as u8;
+        t[i] = if o >= 100 {
+            [b'0' + o / 100, b'0' + o / 10 % 10, b'0' + o % 10, 3]
+        } else if o >= 10 {
+            [b'0' + o / 10, b'0' + o % 10, 0, 2]
+        } else {
+            [b'0' + o, 0, 0, 1]
+        };
+        i += 1;
+    }
+    t
+};
+
 /// Append an IP address as text (IPv4 by hand: this runs for every request).
 pub(crate) fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
-            // Written on the stack and appended at once: one capacity check, not fifteen.
-            let mut text = [0u8; 15];
+            // Written on the stack and appended at once: one capacity check, not fifteen;
+            // each octet's digits from a table, copied whole (the next octet's overwrite
+            // the padding).
+            let mut text = [0u8; 16];
             let mut n = 0;
-            for (i, o) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    text[n] = b'.';
-                    n += 1;
-                }
-                if o >= 100 {
-                    text[n] = b'0' + o / 100;
-                    n += 1;
-                }
-                if o >= 10 {
-                    text[n] = b'0' + o / 10 % 10;
-                    n += 1;
-                }
-                text[n] = b'0' + o % 10;
+            for o in v4.octets() {
+                let d = OCTETS[usize::from(o)];
+                text[n..n + 3].copy_from_slice(&d[..3]);
+                n += usize::from(d[3]);
+                text[n] = b'.';
                 n += 1;
             }
-            out.extend_from_slice(&text[..n]);
+            out.extend_from_slice(&text[..n - 1]);
         }
         IpAddr::V6(v6) => {
             use std::io::Write;
@@ -173,6 +184,20 @@ mod ip_tests {
             let mut v = Vec::new();
             push_ip(&mut v, ip);
             assert_eq!(String::from_utf8(v).unwrap(), ip.to_string());
+        }
+    }
+
+    #[test]
+    fn every_octet_in_every_place_matches_display() {
+        for o in 0..=255u8 {
+            for place in 0..4 {
+                let mut octets = [1, 22, 133, 4];
+                octets[place] = o;
+                let ip = IpAddr::from(octets);
+                let mut v = b"x".to_vec();
+                push_ip(&mut v, ip);
+                assert_eq!(v, format!("x{ip}").into_bytes());
+            }
         }
     }
 }

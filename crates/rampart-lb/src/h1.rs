@@ -439,7 +439,7 @@ async fn proxy<T: ClientStream>(
 ) -> Next {
     let t0 = Instant::now();
     let now = ns_at(t0.into_std());
-    let pool = ctx.listener.pool_for(req.route).get();
+    let pool = ctx.listener.pool_for(req.route).get_on(ctx.worker);
     pool.budget.on_request(now);
     let stopping = crate::stopping();
     // After an error answer, a request body that was not read leaves the connection
@@ -673,7 +673,12 @@ async fn attempt_on<T: ClientStream>(
         let head_len = out.len();
         let mut left = Left::of(req.body);
         let mut inline = 0;
-        let limits = BodyLimits::of(ctx, req);
+        // (The firewall's rules are read only for a request with a body.)
+        let limits = if req.body == Framing::None {
+            BodyLimits::NONE
+        } else {
+            BodyLimits::of(ctx, req)
+        };
         let limit = limits.max;
         if let Some(l) = left.as_mut() {
             if !req.expect {

@@ -530,7 +530,7 @@ async fn handle(mut req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<RespB
             return redirect_to(status, &location, busy);
         }
     }
-    let pool = &ctx.listener.pool_for(route).get();
+    let pool = &ctx.listener.pool_for(route).get_on(ctx.worker);
     let mut now = now_ns();
     pool.budget.on_request(now);
 

@@ -850,19 +850,63 @@ impl PoolState {
 pub struct PoolHandle {
     pub name: String,
     current: ArcSwap<PoolState>,
+    /// Bumped after every store to `current`.
+    generation: AtomicU64,
+    /// Each worker's copy of `current` and the generation it was taken at (index: the
+    /// worker): a request takes its pool with an uncontended lock and a compare instead
+    /// of arc-swap's debt list (about 200 instructions a request, profiled). A copy is
+    /// renewed when the generation moved, and dropped by its worker's sweep once stale, so
+    /// it keeps an old generation (and its servers' idle connections) for a second at
+    /// most.
+    per_worker: Box<[WorkerCopy]>,
     /// Servers removed at run time, with their config at removal: a reload that gives
     /// the same config keeps them removed.
     pub removed: Mutex<HashMap<String, Server>>,
     pub workers: usize,
 }
 
+/// A worker's copy of a pool's current generation, on a cache line of its own.
+#[repr(align(64))]
+#[derive(Default)]
+struct WorkerCopy(Mutex<Option<(u64, Arc<PoolState>)>>);
+
 impl PoolHandle {
     pub fn new(p: PoolState, workers: usize) -> PoolHandle {
         PoolHandle {
             name: p.cfg.name.clone(),
             current: ArcSwap::from_pointee(p),
+            generation: AtomicU64::new(0),
+            per_worker: (0..workers).map(|_| WorkerCopy::default()).collect(),
             removed: Mutex::new(HashMap::new()),
             workers,
+        }
+    }
+
+    /// [`PoolHandle::get`] from worker `worker`'s copy.
+    pub fn get_on(&self, worker: usize) -> Arc<PoolState> {
+        // (Read before `current`: a copy is never newer than the generation it is
+        // marked with, so a store after this read is seen by the next request.)
+        let g = self.generation.load(Ordering::Acquire);
+        let Some(Ok(mut copy)) = self.per_worker.get(worker).map(|c| c.0.lock()) else {
+            return self.get();
+        };
+        match &*copy {
+            Some((at, p)) if *at == g => p.clone(),
+            _ => {
+                let p = self.get();
+                *copy = Some((g, p.clone()));
+                p
+            }
+        }
+    }
+
+    /// Drop worker `worker`'s copy if a newer generation replaced it.
+    pub fn drop_stale(&self, worker: usize) {
+        let g = self.generation.load(Ordering::Acquire);
+        if let Some(Ok(mut copy)) = self.per_worker.get(worker).map(|c| c.0.lock()) {
+            if copy.as_ref().is_some_and(|(at, _)| *at != g) {
+                *copy = None;
+            }
         }
     }
 
@@ -878,6 +922,7 @@ impl PoolHandle {
 
     pub fn store(&self, p: PoolState) {
         self.current.store(Arc::new(p));
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// An active check result for `s`, applied through the current generation.

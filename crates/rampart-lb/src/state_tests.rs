@@ -248,3 +248,35 @@ async fn past_the_panic_threshold_every_server_takes_requests() {
     assert!(!p.in_panic());
     assert_eq!(p.pick(0, 0).await.err(), Some(PickError::NoneUp));
 }
+
+#[test]
+fn each_worker_sees_a_new_generation_on_its_next_request_and_drops_a_stale_copy() {
+    let cfg = config(2, None, Duration::from_secs(1));
+    let h = PoolHandle::new(PoolState::new(cfg.clone(), 2, 7), 2);
+    let first = h.get_on(0);
+    assert!(
+        Arc::ptr_eq(&first, &h.get_on(0)),
+        "the copy, not a new load"
+    );
+    assert!(Arc::ptr_eq(&first, &h.get_on(1)));
+    h.store(PoolState::new(
+        config(3, None, Duration::from_secs(1)),
+        2,
+        7,
+    ));
+    let second = h.get_on(0);
+    assert_eq!(second.servers.len(), 3, "the new generation at once");
+    assert!(Arc::ptr_eq(&second, &h.get()));
+    // Worker 1 sent nothing since: its copy is stale, and its sweep drops it.
+    assert_eq!(Arc::strong_count(&first), 2);
+    h.drop_stale(1);
+    h.drop_stale(0);
+    assert_eq!(
+        Arc::strong_count(&first),
+        1,
+        "no copy keeps the old generation"
+    );
+    assert!(Arc::ptr_eq(&h.get_on(0), &second), "a current copy stays");
+    // A worker index the handle was not built for falls back to a plain load.
+    assert!(Arc::ptr_eq(&h.get_on(5), &second));
+}

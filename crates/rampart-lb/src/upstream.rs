@@ -229,6 +229,7 @@ pub async fn sweep_idle(
         let now = crate::clock::now_ns();
         let mut closed = 0usize;
         for h in pools() {
+            h.drop_stale(worker);
             let p = h.get();
             let limit = p.cfg.timeouts.idle;
             for s in p.servers.iter() {

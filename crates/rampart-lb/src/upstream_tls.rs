@@ -46,17 +46,17 @@ impl UpStream {
     /// or sent anything unasked. Over TLS, records that carry no data (a session ticket)
     /// are taken in on the way.
     pub fn alive(&mut self) -> bool {
-        let mut cx = Context::from_waker(std::task::Waker::noop());
         match self {
-            UpStream::Plain(tcp) => match tcp.poll_read_ready(&mut cx) {
-                Poll::Pending => true,
-                Poll::Ready(Err(_)) => false,
-                Poll::Ready(Ok(())) => {
-                    let mut b = [0u8; 1];
-                    matches!(tcp.try_read(&mut b), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-                }
-            },
+            // `try_read` reads only when the runtime saw the socket readable (a close, a
+            // reset, unasked bytes) and else answers `WouldBlock` from the readiness it
+            // keeps: no syscall, and unlike `poll_read_ready` no waker stored under the
+            // socket's lock (a response read short of the buffer leaves it not readable).
+            UpStream::Plain(tcp) => {
+                let mut b = [0u8; 1];
+                matches!(tcp.try_read(&mut b), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
             UpStream::Tls(t) => {
+                let mut cx = Context::from_waker(std::task::Waker::noop());
                 let mut b = [0u8; 1];
                 let mut rb = ReadBuf::new(&mut b);
                 // Ready with nothing is the end; with a byte, an answer nobody asked for.

@@ -26,7 +26,7 @@ pub mod limits;
 
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Instant;
 
@@ -129,6 +129,10 @@ impl FwStats {
 pub struct Firewall {
     pub listener: String,
     rules: ArcSwap<Rules>,
+    /// Whether the rules check anything per request ([`Firewall::checks_requests`]), kept
+    /// beside them so that a listener without such rules pays one load per request, not
+    /// a load of the rules.
+    per_request: AtomicBool,
     clients: Clients,
     pub stats: FwStats,
 }
@@ -221,6 +225,15 @@ pub fn read_deny_file(path: &Path) -> Result<Vec<Cidr>, String> {
 }
 
 impl Rules {
+    /// Anything to check per request at all.
+    fn checks_requests(&self) -> bool {
+        let c = &self.cfg;
+        c.methods.is_some()
+            || c.max_body.is_some()
+            || c.rate.is_some()
+            || c.client_address == ClientAddress::XForwardedFor
+    }
+
     fn build(listener: &str, cfg: &FirewallConfig) -> Result<Rules, String> {
         let mut deny = cfg.deny.clone();
         if let Some(f) = &cfg.deny_file {
@@ -371,11 +384,7 @@ impl Firewall {
 
     /// Anything to check per request at all.
     pub fn checks_requests(&self) -> bool {
-        let r = self.rules.load();
-        r.cfg.methods.is_some()
-            || r.cfg.max_body.is_some()
-            || r.cfg.rate.is_some()
-            || r.cfg.client_address == ClientAddress::XForwardedFor
+        self.per_request.load(Ordering::Relaxed)
     }
 
     fn refuse(&self, r: Refusal) -> Refusal {
@@ -434,11 +443,14 @@ pub fn prepare(config: &LbConfig) -> Result<(), String> {
     for (l, r) in config.listeners.iter().zip(rules) {
         match old.iter().find(|f| f.listener == l.name) {
             Some(f) => {
+                let per_request = r.checks_requests();
                 f.rules.store(Arc::new(r));
+                f.per_request.store(per_request, Ordering::Relaxed);
                 next.push(f.clone());
             }
             None => next.push(Arc::new(Firewall {
                 listener: l.name.clone(),
+                per_request: AtomicBool::new(r.checks_requests()),
                 rules: ArcSwap::from_pointee(r),
                 clients: Clients::new(MAX_CLIENTS),
                 stats: FwStats::default(),

@@ -166,6 +166,12 @@ pub(super) struct BodyLimits {
 }
 
 impl BodyLimits {
+    /// No limit.
+    pub(super) const NONE: BodyLimits = BodyLimits {
+        max: None,
+        min_rate: None,
+    };
+
     /// The firewall's limits for `req`'s body. A chunked body's size is known only as it
     /// streams (counted with its framing); a declared length was checked with the head.
     pub(super) fn of(ctx: &ConnCtx, req: &ReqInfo) -> BodyLimits {

@@ -788,3 +788,22 @@ fn every_known_field_name_is_classified_whatever_its_case() {
     assert_eq!(classify("content-lengths"), H::Other);
     assert_eq!(classify("x-forwarded-fo"), H::Other);
 }
+
+#[test]
+fn every_one_character_change_of_a_known_name_is_classified_as_a_comparison_would() {
+    // Word-at-a-time comparison must cover every byte, whatever the name's length.
+    for (name, _) in KNOWN {
+        for i in 0..name.len() {
+            for &c in TCHARS {
+                let mut n = name.as_bytes().to_vec();
+                n[i] = c;
+                let n = String::from_utf8(n).unwrap();
+                let want = KNOWN
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(&n))
+                    .map_or(H::Other, |&(_, h)| h);
+                assert_eq!(classify(&n), want, "{n}");
+            }
+        }
+    }
+}

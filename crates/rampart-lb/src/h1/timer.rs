@@ -5,11 +5,12 @@
 //! into tokio's wheel and removes it again (a lock, the wheel's lists, a clone of the runtime
 //! handle): about 1.3 % of the balancer's CPU per request, profiled. Here every wait of a
 //! connection shares the connection's one [`Sleep`], armed at most [`STEP`] ahead of the
-//! wait's start, not at its deadline: the starts only move forward, so each wait pushes the
-//! armed time later, which tokio does with a compare-and-swap and no wheel operation (also
-//! when the operation turns out not to wait: cheaper than keeping the times to arm later). A
-//! wait that outlives the step (an idle keep-alive connection, a slow server) is woken once
-//! when it runs out, and the timer is re-armed at the real deadline.
+//! wait's start, not at its deadline: the starts only move forward, so pushing the armed
+//! time later is a compare-and-swap in tokio and no wheel operation. A wait that finds the
+//! timer armed within its own span (from its start to its deadline) does not touch it at
+//! all: on a busy connection only about one wait a second arms it. A wait that outlives the
+//! armed time (an idle keep-alive connection, a slow server) is woken once then, and the
+//! timer is re-armed at the real deadline.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -29,23 +30,44 @@ const STEP: Duration = Duration::from_secs(1);
 pub(super) struct Elapsed;
 
 /// `f`, or [`Elapsed`] once `timeout` has passed since `start`, on the connection's
-/// `timer`, armed here.
+/// `timer`, armed here when it has to be.
 pub(super) fn within<F: Future>(
     mut timer: Pin<&mut Sleep>,
     start: Instant,
     timeout: Duration,
     f: F,
 ) -> Within<'_, F> {
-    let step = timeout.min(STEP);
-    // Later than the last wait's arming: a compare-and-swap in tokio, no wheel operation.
-    timer.as_mut().reset(start + step);
+    // Armed already between this wait's start and its deadline (an earlier wait of the
+    // last second armed it a step ahead of its own start): left as it is. It goes off at
+    // the deadline or before, and then the wait re-arms it (`Within::poll`). On a busy
+    // connection that spares every wait but about one a second its reset. (One clock
+    // subtraction, no deadline computed: `Instant` arithmetic is out of line in std.)
+    let rest = match timer.deadline().checked_duration_since(start) {
+        Some(ahead) if ahead <= timeout => timeout - ahead,
+        _ => {
+            // Later than the last wait's arming: a compare-and-swap in tokio, no wheel
+            // operation.
+            let step = timeout.min(STEP);
+            timer.as_mut().reset(start + step);
+            timeout - step
+        }
+    };
     Within {
         timer,
         // Whole milliseconds (tokio's timer ticks; rounded up: never early), so the wait
         // stays small: it lives in every idle connection's future.
-        rest_ms: u32::try_from((timeout - step).as_micros().div_ceil(1000)).unwrap_or(u32::MAX),
+        rest_ms: ceil_ms(rest),
         f,
     }
+}
+
+/// `d` in whole milliseconds, rounded up, at most `u32::MAX` (no 128-bit division).
+fn ceil_ms(d: Duration) -> u32 {
+    let ms = d
+        .as_secs()
+        .saturating_mul(1000)
+        .saturating_add(u64::from(d.subsec_nanos()).div_ceil(1_000_000));
+    u32::try_from(ms).unwrap_or(u32::MAX)
 }
 
 pin_project_lite::pin_project! {
@@ -191,6 +213,78 @@ mod tests {
                 waited >= timeout && waited <= timeout + Duration::from_millis(5),
                 "timeout {timeout:?}, waited {waited:?}"
             );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_within_the_armed_span_leaves_the_timer_and_keeps_its_deadline() {
+        let mut timer = std::pin::pin!(idle());
+        let t0 = Instant::now();
+        // A quick exchange arms the timer a step ahead of its start.
+        let r = within(timer.as_mut(), t0, Duration::from_secs(30), async { 1 }).await;
+        assert_eq!(r.ok(), Some(1));
+        assert_eq!(timer.deadline(), t0 + STEP);
+        tokio::time::advance(Duration::from_millis(200)).await;
+        // The next wait (60 s) starts before that and ends after it: the timer stays.
+        let start = Instant::now();
+        let wait = within(
+            timer.as_mut(),
+            start,
+            Duration::from_secs(60),
+            std::future::pending::<()>(),
+        );
+        assert_eq!(wait.timer.deadline(), t0 + STEP);
+        assert!(wait.await.is_err());
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_secs(60) && waited <= Duration::from_millis(60_002),
+            "{waited:?}"
+        );
+        // A wait whose deadline comes before the armed time re-arms it at its deadline.
+        tokio::time::advance(Duration::from_millis(10)).await;
+        let mut timer = std::pin::pin!(idle());
+        let start = Instant::now();
+        let r = within(
+            timer.as_mut(),
+            start,
+            Duration::from_millis(300),
+            std::future::pending::<()>(),
+        );
+        assert_eq!(r.timer.deadline(), start + Duration::from_millis(300));
+        assert!(r.await.is_err());
+        assert_eq!(start.elapsed(), Duration::from_millis(300));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timeout_too_long_for_the_clock_never_fires() {
+        let mut timer = std::pin::pin!(idle());
+        let wait = within(
+            timer.as_mut(),
+            Instant::now(),
+            Duration::MAX,
+            tokio::time::sleep(Duration::from_secs(3_600)),
+        );
+        assert!(wait.await.is_ok());
+    }
+
+    #[test]
+    fn milliseconds_round_up_and_saturate() {
+        assert_eq!(ceil_ms(Duration::ZERO), 0);
+        assert_eq!(ceil_ms(Duration::from_nanos(1)), 1);
+        assert_eq!(ceil_ms(Duration::from_millis(1500)), 1500);
+        assert_eq!(ceil_ms(Duration::new(2, 1_000_001)), 2002);
+        assert_eq!(ceil_ms(Duration::MAX), u32::MAX);
+        for ns in [
+            0u64,
+            999_999,
+            1_000_000,
+            1_000_001,
+            59_999_999_999,
+            4_294_967_295_000_000,
+        ] {
+            let d = Duration::from_nanos(ns);
+            let want = u32::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u32::MAX);
+            assert_eq!(ceil_ms(d), want, "{d:?}");
         }
     }
 
