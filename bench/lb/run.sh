@@ -7,6 +7,9 @@
 #                         path alone in three I/O models; cpu scenario only)
 #                        [--quiet-wait S]   (wait up to S s before each cpu run for CPU 0 to be idle)
 #                        [--rampart-rev REV] (build rampart from that commit, not the working tree)
+#                        [--baseline PATH]  (another rampart build, measured in the same rounds as
+#                                            the column rampart-base: a change's effect apart
+#                                            from the host's drift)
 #                        [--rate R]  (cpu and tls at a fixed R requests/s with h2load, not wrk's
 #                                     closed loop; percentiles from h2load's per-request log)
 #
@@ -47,8 +50,9 @@ while [ $# -gt 0 ]; do
     --no-build) build=0; shift ;;
     --quiet-wait) quiet_wait=$2; shift 2 ;;
     --rampart-rev) rampart_rev=$2; shift 2 ;;
+    --baseline) base_bin=$2; shift 2 ;;
     --rate) rate=$2; shift 2 ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -82,9 +86,14 @@ clk_tck=$(getconf CLK_TCK)
 pending=()
 want=()
 IFS=, read -r -a want <<<"$balancers"
+if [ -n "${base_bin:-}" ]; then
+  [ -x "$base_bin" ] && "$base_bin" lb --help 2>&1 | grep -q -- '--listen' \
+    || die "--baseline $base_bin: not a rampart binary with lb --listen"
+  want+=(rampart-base)
+fi
 active=()
 for b in "${want[@]}"; do
-  case "$b" in haproxy|nginx|rampart) ;; floor-epoll|floor-tokio|floor-uring) floor=1 ;; *) die "unknown balancer $b" ;; esac
+  case "$b" in haproxy|nginx|rampart|rampart-base) ;; floor-epoll|floor-tokio|floor-uring) floor=1 ;; *) die "unknown balancer $b" ;; esac
 done
 if [ -n "${floor:-}" ]; then
   [ "$scenarios" = cpu ] || die "the floor-* balancers run the cpu scenario only (--only cpu)"
@@ -351,8 +360,9 @@ start_balancer() {
       conf_nginx "$mode" "$port"
       start 0 "nginx-$mode" nginx -e stderr -p "$work/nginx-$mode" -c "$work/nginx-$mode/nginx.conf"
       ;;
-    rampart)
-      local hc=none
+    rampart|rampart-base)
+      local hc=none bin=$rampart_bin
+      [ "$name" = rampart-base ] && bin=$base_bin
       [ "$mode" = careful ] && hc=http:/
       if [ "$mode" = tls ]; then
         cat >"$work/rampart-tls.toml" <<CONF
@@ -371,9 +381,9 @@ algorithm = "round-robin"
 servers = [{ address = "127.0.0.1:$B1" }, { address = "127.0.0.1:$B2" }]
 health_check = { kind = "none" }
 CONF
-        start 0 "rampart-$mode" env RUST_LOG=warn "$rampart_bin" lb --config "$work/rampart-tls.toml" --threads 1
+        start 0 "$name-$mode" env RUST_LOG=warn "$bin" lb --config "$work/rampart-tls.toml" --threads 1
       else
-        start 0 "rampart-$mode" env RUST_LOG=warn "$rampart_bin" lb --listen "127.0.0.1:$port" \
+        start 0 "$name-$mode" env RUST_LOG=warn "$bin" lb --listen "127.0.0.1:$port" \
           --backend "127.0.0.1:$B1" --backend "127.0.0.1:$B2" --algorithm round-robin \
           --mode http --health-check "$hc" --threads 1 --forwarded-headers x-forwarded-for
       fi
