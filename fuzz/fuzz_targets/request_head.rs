@@ -87,6 +87,11 @@ fn check(data: &[u8], trusted: bool) {
         {
             for t in elements(c.value) {
                 let t = String::from_utf8_lossy(t).to_ascii_lowercase();
+                // An upgrade's own `Upgrade` goes upstream with `Connection: upgrade`
+                // (checked with the hop-by-hop fields above).
+                if r.upgrade && t == "upgrade" {
+                    continue;
+                }
                 if !matches!(
                     t.as_str(),
                     "close"

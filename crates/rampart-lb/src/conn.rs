@@ -9,6 +9,7 @@ use http::HeaderValue;
 
 use crate::io::Activity;
 use crate::tls::TlsTerm;
+use crate::token::is_tchar;
 use crate::ListenerRt;
 
 /// What one client connection knows, shared by its requests.
@@ -22,11 +23,6 @@ pub(crate) struct ConnCtx {
     activity: OnceLock<Arc<Activity>>,
     /// The client came over TLS (`X-Forwarded-Proto: https`).
     pub(crate) https: bool,
-}
-
-/// A `token` character (RFC 9110 section 5.6.2).
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// Each octet's decimal digits (up to three, zero-padded on the right) and their count.

@@ -72,6 +72,7 @@ mod bodies;
 mod buf;
 mod chunked;
 mod head;
+mod scan;
 mod timer;
 mod up_h2;
 mod write;

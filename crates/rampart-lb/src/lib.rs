@@ -39,6 +39,7 @@ pub mod tls;
 mod tls_certs;
 mod tls_ocsp;
 mod tls_tickets;
+mod token;
 mod upstream;
 mod upstream_h2;
 mod upstream_h2_body;

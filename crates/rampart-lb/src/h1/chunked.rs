@@ -1,6 +1,8 @@
 //! The chunked transfer coding, scanned strictly as a body is forwarded (or decoded for
 //! an HTTP/1.0 client).
 
+use crate::token::is_tchar;
+
 /// Where a chunked body ends, found by scanning it as it is forwarded (unchanged:
 /// chunk extensions and trailers pass through).
 #[derive(Debug, Default)]
@@ -179,28 +181,6 @@ impl Chunked {
             self.st = CSt::Data;
         }
     }
-}
-
-/// A `token` character of a field name (RFC 9110 section 5.6.2).
-pub(super) fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'!' | b'#'
-                | b'$'
-                | b'%'
-                | b'&'
-                | b'\''
-                | b'*'
-                | b'+'
-                | b'-'
-                | b'.'
-                | b'^'
-                | b'_'
-                | b'`'
-                | b'|'
-                | b'~'
-        )
 }
 
 #[cfg(test)]

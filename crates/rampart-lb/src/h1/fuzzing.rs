@@ -168,6 +168,13 @@ pub fn parse_response(
     }
 }
 
+/// Panics unless the head scanner's fast path, wherever it takes `data` (as a request head,
+/// as a response head), reads what httparse reads: the same first line, the same fields at
+/// the same offsets, the same length. Returns whether it took it as (request, response).
+pub fn scan_agrees(data: &[u8]) -> (bool, bool) {
+    super::scan::check_agrees(data)
+}
+
 /// What the body decoder made of a body that came in pieces.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decoded {

@@ -2,6 +2,7 @@
 //! parsed and rendered for the client, and the rules every HTTP/1 request meets
 //! ([`head_policy`]).
 
+use super::scan::{self, Field};
 use crate::conn::ConnCtx;
 use rampart_topology::lb::path::normalize_target;
 
@@ -124,9 +125,8 @@ fn is_lower(n: &[u8], l: &[u8]) -> bool {
     }
 }
 
-pub(super) fn classify(name: &str) -> H {
-    let n = name.as_bytes();
-    // Every name below is lowercase letters and `-`, and `name` is a token (httparse's and
+pub(super) fn classify(n: &[u8]) -> H {
+    // Every name below is lowercase letters and `-`, and `n` is a token (the scanner's, and
     // the `http` crate's field names are): then `b | 0x20` is `b` lowercased, and only `-`
     // itself turns into `-` (carriage return, the other byte that would, is no token
     // character). One OR a byte (a word at a time) instead of lowercasing both sides.
@@ -295,10 +295,11 @@ pub(super) fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Header lines kept in a rendered head, copied as they came in `data` (the head httparse
-/// read): a run of consecutive kept lines is one copy. A line is copied only when it is
-/// `name ":" OWS value CRLF` there; any other (a bare LF, trailing whitespace) is rendered
-/// anew by [`push_header`]. Call [`Lines::flush`] before writing anything else.
+/// Header lines kept in a rendered head, copied as they came in `data` (the head scanned):
+/// a run of consecutive kept lines is one copy. A line is copied only when it is
+/// `name ":" OWS value CRLF` there (the scanner says); any other (a bare LF, trailing
+/// whitespace) is rendered anew by [`push_header`]. Call [`Lines::flush`] before writing
+/// anything else.
 pub(super) struct Lines<'a> {
     data: &'a [u8],
     run: std::ops::Range<usize>,
@@ -309,28 +310,16 @@ impl<'a> Lines<'a> {
         Lines { data, run: 0..0 }
     }
 
-    /// Where the field of `name` and `value` (slices of `data`) is in `data`, with its CRLF.
+    /// Start with `range` of `data` (nothing written yet): the lines pushed next that follow
+    /// it are copied with it.
     #[inline]
-    fn line(&self, name: &[u8], value: &[u8]) -> Option<std::ops::Range<usize>> {
-        let base = self.data.as_ptr() as usize;
-        let start = (name.as_ptr() as usize).checked_sub(base)?;
-        let at = (value.as_ptr() as usize).checked_sub(base)?;
-        let end = at.checked_add(value.len())?.checked_add(2)?;
-        let (colon, ows) = self
-            .data
-            .get(start.checked_add(name.len())?..at)?
-            .split_first()?;
-        // (The line end byte by byte: a slice comparison is a call to memcmp.)
-        let shaped = *colon == b':'
-            && ows.iter().all(|b| *b == b' ' || *b == b'\t')
-            && self.data.get(end - 2) == Some(&b'\r')
-            && self.data.get(end - 1) == Some(&b'\n');
-        shaped.then_some(start..end)
+    pub(super) fn start(&mut self, range: std::ops::Range<usize>) {
+        self.run = range;
     }
 
     #[inline]
-    pub(super) fn push(&mut self, out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-        match self.line(name, value) {
+    pub(super) fn push(&mut self, out: &mut Vec<u8>, f: &Field) {
+        match f.line() {
             Some(l) if !self.run.is_empty() && l.start == self.run.end => self.run.end = l.end,
             Some(l) => {
                 self.flush(out);
@@ -338,7 +327,7 @@ impl<'a> Lines<'a> {
             }
             None => {
                 self.flush(out);
-                push_header(out, name, value);
+                push_header(out, f.name(self.data), f.value(self.data));
             }
         }
     }
@@ -354,19 +343,23 @@ impl<'a> Lines<'a> {
 
 /// Parse the request head at the start of `data` and render its upstream head into `out`.
 pub(super) fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Parsed {
-    // Uninitialized: zeroing 4 KiB of headers per head showed in profiles.
-    let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut []);
-    let head_len = match req.parse_with_uninit_headers(data, &mut headers) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Parsed::Partial,
+    scan::with_fields(|fields| request_with(data, ctx, out, fields))
+}
+
+fn request_with(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>, fields: &mut Vec<Field>) -> Parsed {
+    let scan::ReqLine {
+        method,
+        target,
+        version,
+        head_len,
+    } = match scan::request(data, fields) {
+        Ok(Some(line)) => line,
+        Ok(None) => return Parsed::Partial,
         Err(httparse::Error::TooManyHeaders) => return Parsed::Bad(431),
         Err(httparse::Error::Version) if other_version(data) => return Parsed::Bad(505),
         Err(_) => return Parsed::Bad(400),
     };
-    let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
-        return Parsed::Bad(400);
-    };
+    let fields = &fields[..];
     // HTTP/1.0 needs no Host, and may not use a transfer coding (RFC 9112 section 6.1).
     let http10 = version != 1;
     // First pass: what the head says about framing, hop-by-hop names, forwarding.
@@ -385,13 +378,12 @@ pub(super) fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Pa
     let mut hosts = 0;
     let mut expect = false;
     let (mut has_xff, mut has_xfp, mut has_xfh, mut has_xri) = (false, false, false, false);
-    // Each name is classified once; the rendering below reads these.
-    let mut kinds = [H::Other; MAX_HEADERS];
-    for (h, kind) in req.headers.iter().zip(kinds.iter_mut()) {
-        *kind = classify(h.name);
-        match *kind {
+    // Each name was classified by the scanner; the rendering below reads that too.
+    for f in fields {
+        let value = f.value(data);
+        match f.kind {
             H::Connection => {
-                for t in tokens(h.value) {
+                for t in tokens(value) {
                     if t.eq_ignore_ascii_case(b"close") {
                         close = true;
                     } else if t.eq_ignore_ascii_case(b"upgrade") {
@@ -408,21 +400,21 @@ pub(super) fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Pa
                     }
                 }
             }
-            H::ContentLength => match content_length(h.value, length) {
+            H::ContentLength => match content_length(value, length) {
                 Some(n) => length = Some(n),
                 None => return Parsed::Bad(400),
             },
             H::TransferEncoding => {
                 te = true;
                 te_fields += 1;
-                chunked = only_chunked(h.value);
+                chunked = only_chunked(value);
             }
             H::Host => {
-                host = Some(h.value);
+                host = Some(value);
                 hosts += 1;
             }
-            H::Upgrade if !h.value.trim_ascii().is_empty() => upgrade_to = Some(h.value),
-            H::Expect => expect = h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue"),
+            H::Upgrade if !value.trim_ascii().is_empty() => upgrade_to = Some(value),
+            H::Expect => expect = value.trim_ascii().eq_ignore_ascii_case(b"100-continue"),
             H::Xff => has_xff = true,
             H::Xfp => has_xfp = true,
             H::Xfh => has_xfh = true,
@@ -475,14 +467,12 @@ pub(super) fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Pa
     // The client a trusted proxy named, when the firewall judges that one.
     let forwarded = |fw: &crate::firewall::Firewall| {
         if ctx.trusted && fw.keys_forwarded() {
-            let fields: Vec<&[u8]> = req
-                .headers
+            let xff: Vec<&[u8]> = fields
                 .iter()
-                .zip(kinds)
-                .filter(|(_, k)| *k == H::Xff)
-                .map(|(h, _)| h.value)
+                .filter(|f| f.kind == H::Xff)
+                .map(|f| f.value(data))
                 .collect();
-            ctx.forwarded_client(&fields)
+            ctx.forwarded_client(&xff)
         } else {
             None
         }
@@ -569,7 +559,8 @@ pub(super) fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Pa
     let keep = ctx.trusted;
     let fwd = ctx.listener.forwarded;
     let mut lines = Lines::new(data);
-    for (h, &kind) in req.headers.iter().zip(kinds.iter()) {
+    for f in fields {
+        let kind = f.kind;
         match kind {
             H::Hop | H::Connection | H::TransferEncoding => continue,
             // Rendered below when the balancer adds it; a trusted peer's kept as it came
@@ -585,17 +576,17 @@ pub(super) fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Pa
             H::Xfp | H::Xfh | H::Fwd | H::Xri if !keep => continue,
             _ => {}
         }
-        let name = h.name.as_bytes();
         // `Connection` may name end-to-end fields only: never the framing or the Host.
-        if kind == H::Other
-            && n_named > 0
-            && named[..n_named]
+        if kind == H::Other && n_named > 0 {
+            let name = f.name(data);
+            if named[..n_named]
                 .iter()
                 .any(|n| n.eq_ignore_ascii_case(name))
-        {
-            continue;
+            {
+                continue;
+            }
         }
-        lines.push(out, name, h.value);
+        lines.push(out, f);
     }
     lines.flush(out);
     if let Some(h) = uri_host.as_deref() {
@@ -622,9 +613,9 @@ pub(super) fn parse_request(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>) -> Pa
         // A trusted peer's chain is kept and appended to.
         out.extend_from_slice(b"x-forwarded-for: ");
         if keep && has_xff {
-            for (h, kind) in req.headers.iter().zip(kinds) {
-                if kind == H::Xff {
-                    let v = h.value.trim_ascii();
+            for f in fields {
+                if f.kind == H::Xff {
+                    let v = f.value(data).trim_ascii();
                     if !v.is_empty() {
                         out.extend_from_slice(v);
                         out.extend_from_slice(b", ");
@@ -749,37 +740,45 @@ pub(super) fn parse_response_to(
     hsts: Option<&[u8]>,
     out: &mut Vec<u8>,
 ) -> RespParsed {
+    scan::with_fields(|fields| response_with(data, client, hsts, out, fields))
+}
+
+fn response_with(
+    data: &[u8],
+    client: Client,
+    hsts: Option<&[u8]>,
+    out: &mut Vec<u8>,
+    fields: &mut Vec<Field>,
+) -> RespParsed {
     let Client {
         head_req,
         close,
         http10,
         upgrade,
     } = client;
-    let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut []);
-    let head_len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
-        &mut resp,
-        data,
-        &mut headers,
-    ) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return RespParsed::Partial,
+    let scan::StatusLine {
+        code: status,
+        reason,
+        version,
+        line_end,
+        head_len,
+    } = match scan::response(data, fields) {
+        Ok(Some(line)) => line,
+        Ok(None) => return RespParsed::Partial,
         Err(_) => return RespParsed::Bad,
     };
-    let (Some(status), Some(version)) = (resp.code, resp.version) else {
-        return RespParsed::Bad;
-    };
+    let fields = &fields[..];
     if status == 101 && upgrade && version == 1 {
         // The server switched: its head goes to the client as it came, but for the
         // hop-by-hop fields other than `Upgrade`.
         out.clear();
         out.extend_from_slice(b"HTTP/1.1 101 ");
-        out.extend_from_slice(resp.reason.unwrap_or("Switching Protocols").as_bytes());
+        out.extend_from_slice(reason);
         out.extend_from_slice(b"\r\n");
-        for h in resp.headers.iter() {
-            match classify(h.name) {
+        for f in fields {
+            match f.kind {
                 H::Hop | H::Connection | H::ContentLength | H::TransferEncoding => {}
-                _ => push_header(out, h.name.as_bytes(), h.value),
+                _ => push_header(out, f.name(data), f.value(data)),
             }
         }
         out.extend_from_slice(b"connection: upgrade\r\n\r\n");
@@ -808,12 +807,11 @@ pub(super) fn parse_response_to(
     let mut te = false;
     let mut chunked = false;
     let mut chunked_seen = 0;
-    let mut kinds = [H::Other; MAX_HEADERS];
-    for (h, kind) in resp.headers.iter().zip(kinds.iter_mut()) {
-        *kind = classify(h.name);
-        match *kind {
+    for f in fields {
+        let value = f.value(data);
+        match f.kind {
             H::Connection => {
-                for t in tokens(h.value) {
+                for t in tokens(value) {
                     if t.eq_ignore_ascii_case(b"close") {
                         upstream_close = true;
                     } else if !t.eq_ignore_ascii_case(b"keep-alive") && n_named < MAX_CONN_TOKENS {
@@ -822,7 +820,7 @@ pub(super) fn parse_response_to(
                     }
                 }
             }
-            H::ContentLength => match content_length(h.value, length) {
+            H::ContentLength => match content_length(value, length) {
                 Some(n) => length = Some(n),
                 None => return RespParsed::Bad,
             },
@@ -830,10 +828,10 @@ pub(super) fn parse_response_to(
                 te = true;
                 // The codings of all the fields make one list, empty ones add nothing
                 // ("chunked" then "" is chunked: found by fuzz/'s response_head target).
-                if tokens(h.value).next().is_some() {
-                    chunked = ends_chunked(h.value);
+                if tokens(value).next().is_some() {
+                    chunked = ends_chunked(value);
                 }
-                chunked_seen += tokens(h.value)
+                chunked_seen += tokens(value)
                     .filter(|t| t.eq_ignore_ascii_case(b"chunked"))
                     .count();
             }
@@ -869,17 +867,25 @@ pub(super) fn parse_response_to(
     let dechunk = http10 && body == Framing::Chunked;
     let close = close || body == Framing::Close || dechunk;
     out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    let mut code = [0u8; 3];
-    code[0] = b'0' + (status / 100 % 10) as u8;
-    code[1] = b'0' + (status / 10 % 10) as u8;
-    code[2] = b'0' + (status % 10) as u8;
-    out.extend_from_slice(&code);
-    out.push(b' ');
-    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
     let mut lines = Lines::new(data);
-    for (h, &kind) in resp.headers.iter().zip(kinds.iter()) {
+    match line_end {
+        // `HTTP/1.x DDD reason CRLF` as it came, in one copy with the fields kept after it
+        // (the version is made 1.1 below).
+        Some(end) => lines.start(0..end),
+        None => {
+            out.extend_from_slice(b"HTTP/1.1 ");
+            let mut code = [0u8; 3];
+            code[0] = b'0' + (status / 100 % 10) as u8;
+            code[1] = b'0' + (status / 10 % 10) as u8;
+            code[2] = b'0' + (status % 10) as u8;
+            out.extend_from_slice(&code);
+            out.push(b' ');
+            out.extend_from_slice(reason);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    for f in fields {
+        let kind = f.kind;
         match kind {
             H::Hop | H::Connection | H::Upgrade => continue,
             // Kept as it came when the body is forwarded chunked, or for a HEAD.
@@ -898,19 +904,25 @@ pub(super) fn parse_response_to(
             H::Hsts if hsts.is_some() => continue,
             _ => {}
         }
-        let name = h.name.as_bytes();
         // `Connection` may name end-to-end fields only: never the framing.
-        if kind == H::Other
-            && n_named > 0
-            && named[..n_named]
+        if kind == H::Other && n_named > 0 {
+            let name = f.name(data);
+            if named[..n_named]
                 .iter()
                 .any(|n| n.eq_ignore_ascii_case(name))
-        {
-            continue;
+            {
+                continue;
+            }
         }
-        lines.push(out, name, h.value);
+        lines.push(out, f);
     }
     lines.flush(out);
+    if line_end.is_some() {
+        // The status line was copied: this is its version's minor digit.
+        if let Some(minor) = out.get_mut(7) {
+            *minor = b'1';
+        }
+    }
     if let (false, Some(n)) = (te, length) {
         out.extend_from_slice(b"content-length: ");
         out.extend_from_slice(itoa(n, &mut [0u8; 20]));

@@ -771,22 +771,22 @@ proptest! {
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(&name))
             .map_or(H::Other, |&(_, h)| h);
-        prop_assert_eq!(classify(&name), want, "{}", name);
+        prop_assert_eq!(classify(name.as_bytes()), want, "{}", name);
     }
 }
 
 #[test]
 fn every_known_field_name_is_classified_whatever_its_case() {
     for (name, h) in KNOWN {
-        assert_eq!(classify(name), h, "{name}");
-        assert_eq!(classify(&name.to_ascii_uppercase()), h, "{name}");
+        assert_eq!(classify(name.as_bytes()), h, "{name}");
+        assert_eq!(classify(name.to_ascii_uppercase().as_bytes()), h, "{name}");
         assert_eq!(
-            classify(&name.replace('-', "_")),
+            classify(name.replace('-', "_").as_bytes()),
             if name.contains('-') { H::Other } else { h }
         );
     }
-    assert_eq!(classify("content-lengths"), H::Other);
-    assert_eq!(classify("x-forwarded-fo"), H::Other);
+    assert_eq!(classify(b"content-lengths"), H::Other);
+    assert_eq!(classify(b"x-forwarded-fo"), H::Other);
 }
 
 #[test]
@@ -802,8 +802,39 @@ fn every_one_character_change_of_a_known_name_is_classified_as_a_comparison_woul
                     .iter()
                     .find(|(k, _)| k.eq_ignore_ascii_case(&n))
                     .map_or(H::Other, |&(_, h)| h);
-                assert_eq!(classify(&n), want, "{n}");
+                assert_eq!(classify(n.as_bytes()), want, "{n}");
             }
         }
     }
+}
+
+#[test]
+fn a_status_line_is_copied_as_it_came_with_the_version_made_1_1() {
+    let render = |head: &[u8]| {
+        let mut out = Vec::new();
+        let RespParsed::Complete(_) = parse_response(head, false, false, None, &mut out) else {
+            panic!("{}", head.escape_ascii())
+        };
+        String::from_utf8(out).unwrap()
+    };
+    // Copied in one run with the kept fields after it.
+    assert_eq!(
+        render(b"HTTP/1.1 299 Odd  Reason\t!\r\nServer: s\r\nContent-Length: 0\r\n\r\n"),
+        "HTTP/1.1 299 Odd  Reason\t!\r\nServer: s\r\ncontent-length: 0\r\n\r\n"
+    );
+    // An HTTP/1.0 server's answer goes to the client as HTTP/1.1, its body to the close.
+    assert_eq!(
+        render(b"HTTP/1.0 200 Fine\r\nServer: s\r\n\r\n"),
+        "HTTP/1.1 200 Fine\r\nServer: s\r\nconnection: close\r\n\r\n"
+    );
+    // Rendered anew: a bare LF, no reason, a reason in obs-text (httparse reads it empty).
+    assert_eq!(
+        render(b"HTTP/1.0 200 OK\nContent-Length: 0\r\n\r\n"),
+        "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+    );
+    assert_eq!(render(b"HTTP/1.1 204\r\n\r\n"), "HTTP/1.1 204 \r\n\r\n");
+    assert_eq!(
+        render("HTTP/1.1 200 D\u{e9}j\u{e0}\r\nContent-Length: 0\r\n\r\n".as_bytes()),
+        "HTTP/1.1 200 \r\ncontent-length: 0\r\n\r\n"
+    );
 }
