@@ -175,7 +175,8 @@ pub(crate) fn serve<T: ClientStream, G: Send + 'static>(
     async move {
         let _guard = &guard;
         let cfg = &ctx.listener.cfg;
-        let stop = stop_token();
+        // The connection's one wait for the stop, across all its waits (`UnlessStopped`).
+        let mut stopped = std::pin::pin!(stop_token().cancelled());
         let mut buf: Option<Buf> = None;
         let mut first = true;
         // Every wait of the connection, on one timer (`timer`'s docs).
@@ -194,7 +195,9 @@ pub(crate) fn serve<T: ClientStream, G: Send + 'static>(
                     timer::within(timer.as_mut(), start, timeout, io.ready())
                 };
                 // (Its outcome as a plain enum: no `io::Error` kept across the next await.)
-                let woke = timer::UnlessStopped::new(wait, stop).await.map(Woke::of);
+                let woke = timer::UnlessStopped::new(wait, stopped.as_mut())
+                    .await
+                    .map(Woke::of);
                 // Stopping: a client in the middle of a series of requests gets a little
                 // while to send its next one (answered with `Connection: close`), so no
                 // request races the close; an idle connection closes after that.
