@@ -367,6 +367,7 @@ fn request_with(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>, fields: &mut Vec<
     let mut keep_alive = false;
     let mut conn_upgrade = false;
     let mut upgrade_to: Option<&[u8]> = None;
+    let mut upgrade_fields = 0;
     let mut named: [&[u8]; MAX_CONN_TOKENS] = [b""; MAX_CONN_TOKENS];
     let mut n_named = 0;
     let mut too_many = false;
@@ -413,13 +414,16 @@ fn request_with(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>, fields: &mut Vec<
                 host = Some(value);
                 hosts += 1;
             }
-            H::Upgrade if !value.trim_ascii().is_empty() => upgrade_to = Some(value),
+            H::Upgrade => {
+                upgrade_fields += 1;
+                upgrade_to = Some(value);
+            }
             H::Expect => expect = value.trim_ascii().eq_ignore_ascii_case(b"100-continue"),
             H::Xff => has_xff = true,
             H::Xfp => has_xfp = true,
             H::Xfh => has_xfh = true,
             H::Xri => has_xri = true,
-            H::Upgrade | H::Hop | H::Hsts | H::Fwd | H::Other => {}
+            H::Hop | H::Hsts | H::Fwd | H::Other => {}
         }
     }
     // Smuggling guards (RFC 9112 section 6): the body's framing must be unambiguous, for
@@ -442,6 +446,10 @@ fn request_with(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>, fields: &mut Vec<
     // is declined by not forwarding it, as HAProxy does.
     let upgrade = !http10
         && conn_upgrade
+        // One `Upgrade` field, naming more than h2c: several (a list split over lines, or
+        // an empty one beside it) are declined rather than forwarded for the server to
+        // pick from, h2c perhaps (found by fuzz/'s request_head target).
+        && upgrade_fields == 1
         && upgrade_to.is_some_and(|v| !tokens(v).all(|t| t.eq_ignore_ascii_case(b"h2c")));
     let expect = expect && !http10;
     let body = if chunked {

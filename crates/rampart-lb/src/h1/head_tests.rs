@@ -838,3 +838,30 @@ fn a_status_line_is_copied_as_it_came_with_the_version_made_1_1() {
         "HTTP/1.1 200 \r\ncontent-length: 0\r\n\r\n"
     );
 }
+
+#[test]
+fn an_upgrade_takes_one_upgrade_field_and_several_are_declined() {
+    let parse = |head: &[u8]| {
+        let mut out = Vec::new();
+        let Parsed::Complete(r) = parse_request(head, &test_ctx(false), &mut out) else {
+            panic!("{}", head.escape_ascii())
+        };
+        (
+            r.upgrade,
+            String::from_utf8(out).unwrap().to_ascii_lowercase(),
+        )
+    };
+    let (upgrade, up) =
+        parse(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n");
+    assert!(upgrade);
+    assert_eq!(up.matches("upgrade: websocket").count(), 1, "{up}");
+    assert!(up.contains("connection: upgrade"), "{up}");
+    for head in [
+        &b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: h2c\r\nUpgrade: websocket\r\n\r\n"[..],
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade:\r\nUpgrade: websocket\r\n\r\n",
+    ] {
+        let (upgrade, up) = parse(head);
+        assert!(!upgrade, "{up}");
+        assert!(!up.contains("upgrade"), "{up}");
+    }
+}
