@@ -48,8 +48,9 @@ static ALPN_CERTS: LazyLock<Mutex<HashMap<String, Arc<CertifiedKey>>>> =
 
 /// Whether a request target may be an HTTP-01 token we answer (the fast path then hands
 /// the request to the path that calls [`http01`]).
-pub(crate) fn http01_target(target: &str) -> bool {
-    target.starts_with(HTTP01_PREFIX) && HTTP_TOKENS.lock().map(|t| !t.is_empty()).unwrap_or(false)
+pub(crate) fn http01_target(target: &[u8]) -> bool {
+    target.starts_with(HTTP01_PREFIX.as_bytes())
+        && HTTP_TOKENS.lock().map(|t| !t.is_empty()).unwrap_or(false)
 }
 
 /// The key authorization for a `GET /.well-known/acme-challenge/<token>` we are asked for.
@@ -389,11 +390,11 @@ mod tests {
 
     #[test]
     fn http01_tokens_are_served_while_pending() {
-        assert!(!http01_target("/.well-known/acme-challenge/t1"));
+        assert!(!http01_target(b"/.well-known/acme-challenge/t1"));
         Store::present_now(Challenge::Http01, "a.example", "t1", "t1.thumb")
             .unwrap_or_else(|e| panic!("{e}"));
-        assert!(http01_target("/.well-known/acme-challenge/t1"));
-        assert!(!http01_target("/other"));
+        assert!(http01_target(b"/.well-known/acme-challenge/t1"));
+        assert!(!http01_target(b"/other"));
         assert_eq!(
             http01("/.well-known/acme-challenge/t1").as_deref(),
             Some("t1.thumb")

@@ -236,32 +236,40 @@ static HOST_BYTES: [bool; 256] = {
 /// reads, pipelined ones included): one policy, one function. `hosts`: how many `Host`
 /// fields, `host` the last. The error is the status to answer.
 pub(crate) fn head_policy(
-    method: &str,
-    target: &str,
+    method: &[u8],
+    target: &[u8],
     http10: bool,
     hosts: usize,
     host: Option<&[u8]>,
 ) -> Result<(), u16> {
-    if method == "CONNECT" {
+    if method == b"CONNECT" {
         // A reverse proxy opens no tunnels.
         return Err(501);
     }
     // One Host, a plausible one (RFC 9112 section 3.2).
     if hosts > 1
         || host.is_some_and(|h| !valid_host(h))
-        || (hosts == 0 && !http10 && (target.starts_with('/') || target == "*"))
+        || (hosts == 0 && !http10 && (target.starts_with(b"/") || target == b"*"))
     {
         return Err(400);
     }
     // A target of visible ASCII without a fragment (HAProxy refuses `#` too since
     // CVE-2023-45539: `/index.html#.png` read as a `.png` path by one side only).
     if !target
-        .bytes()
-        .all(|b| (0x21..=0x7e).contains(&b) && b != b'#')
+        .iter()
+        .all(|&b| (0x21..=0x7e).contains(&b) && b != b'#')
     {
         return Err(400);
     }
     Ok(())
+}
+
+/// A request's method and target for the access log (both ASCII by then).
+fn log_line(method: &[u8], target: &[u8]) -> (String, String) {
+    (
+        String::from_utf8_lossy(method).into_owned(),
+        String::from_utf8_lossy(target).into_owned(),
+    )
 }
 
 /// Whether a head refused for its version names a well-formed `HTTP/x.y` (505) rather
@@ -462,8 +470,11 @@ fn request_with(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>, fields: &mut Vec<
     };
     // An ACME HTTP-01 token (while an order waits for it) on a plain-HTTP listener:
     // answered here, before the firewall's request checks and the pool.
-    if !ctx.https && method == "GET" && crate::acme::http01_target(target) {
-        if let Some(key_auth) = crate::acme::http01(target) {
+    if !ctx.https && method == b"GET" && crate::acme::http01_target(target) {
+        if let Some(key_auth) = std::str::from_utf8(target)
+            .ok()
+            .and_then(crate::acme::http01)
+        {
             return Parsed::Acme {
                 head_len,
                 key_auth,
@@ -490,6 +501,8 @@ fn request_with(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>, fields: &mut Vec<
             let declared = if chunked { None } else { length };
             let forwarded = forwarded(fw);
             let now = std::time::Instant::now();
+            // (A method is token characters: always UTF-8.)
+            let method = std::str::from_utf8(method).unwrap_or_default();
             if let Err(r) = fw.check_request(ctx.peer.ip(), forwarded, method, declared, now) {
                 return Parsed::Refused(r);
             }
@@ -497,13 +510,13 @@ fn request_with(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>, fields: &mut Vec<
     }
     // The request line, origin-form.
     out.clear();
-    out.extend_from_slice(method.as_bytes());
+    out.extend_from_slice(method);
     out.push(b' ');
     let mut uri_host: Option<Vec<u8>> = None;
-    if target.starts_with('/') || (target == "*" && method == "OPTIONS") {
-        out.extend_from_slice(target.as_bytes());
+    if target.starts_with(b"/") || (target == b"*" && method == b"OPTIONS") {
+        out.extend_from_slice(target);
     } else {
-        let Ok(uri) = target.parse::<http::Uri>() else {
+        let Ok(uri) = http::Uri::try_from(target) else {
             return Parsed::Bad(400);
         };
         let (Some(a), Some(scheme)) = (uri.authority(), uri.scheme_str()) else {
@@ -554,8 +567,8 @@ fn request_with(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>, fields: &mut Vec<
                 status,
                 location,
                 close: close || body != Framing::None,
-                head: method == "HEAD",
-                log: crate::accesslog::enabled().then(|| (method.to_string(), target.to_string())),
+                head: method == b"HEAD",
+                log: crate::accesslog::enabled().then(|| log_line(method, target)),
             };
         }
         if r.strip_prefix {
@@ -664,11 +677,11 @@ fn request_with(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>, fields: &mut Vec<
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    let head = method == "HEAD";
+    let head = method == b"HEAD";
     // RFC 9110 section 9.2.2; only without a body are they resent (`replayable`).
     let idempotent = matches!(
         method,
-        "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS" | "TRACE"
+        b"GET" | b"HEAD" | b"PUT" | b"DELETE" | b"OPTIONS" | b"TRACE"
     );
     Parsed::Complete(ReqInfo {
         head_len,
@@ -677,7 +690,7 @@ fn request_with(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>, fields: &mut Vec<
         expect: expect && body != Framing::None,
         replayable: idempotent && body == Framing::None,
         head,
-        log: crate::accesslog::enabled().then(|| (method.to_string(), target.to_string())),
+        log: crate::accesslog::enabled().then(|| log_line(method, target)),
         http10,
         upgrade,
         route,

@@ -67,8 +67,10 @@ pub(super) fn with_fields<R>(f: impl FnOnce(&mut Vec<Field>) -> R) -> R {
 /// A request line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct ReqLine<'a> {
-    pub(super) method: &'a str,
-    pub(super) target: &'a str,
+    /// Token characters.
+    pub(super) method: &'a [u8],
+    /// As it came (visible ASCII on the fast path; httparse's reading takes obs-text too).
+    pub(super) target: &'a [u8],
     /// The minor version: 1 for HTTP/1.1, 0 for HTTP/1.0.
     pub(super) version: u8,
     pub(super) head_len: usize,
@@ -264,11 +266,9 @@ fn fast_request<'a>(data: &'a [u8], fields: &mut Vec<Field>) -> Option<ReqLine<'
         return None;
     };
     let head_len = fast_fields(data, eol + 2, fields)?;
-    // One check for both (ASCII, so every index is a boundary).
-    let line = std::str::from_utf8(data.get(..target_end)?).ok()?;
     Some(ReqLine {
-        method: line.get(..method_end)?,
-        target: line.get(target..)?,
+        method: data.get(..method_end)?,
+        target: data.get(target..target_end)?,
         version,
         head_len,
     })
@@ -341,8 +341,8 @@ fn slow_request<'a>(data: &'a [u8], fields: &mut Vec<Field>) -> Scanned<ReqLine<
     };
     from_httparse(data, req.headers, fields);
     Ok(Some(ReqLine {
-        method,
-        target,
+        method: method.as_bytes(),
+        target: target.as_bytes(),
         version,
         head_len,
     }))
