@@ -66,6 +66,9 @@ async fn follows_the_leader_key_in_etcd() {
         .await
         .expect("create");
     drop(w);
+    // The table must be on the replica before the primary dies: killed first, the replica
+    // may never receive it, and the insert after the failover finds no table (seen in CI).
+    tokio::task::block_in_place(|| pg.wait_caught_up());
     let rd = r.read(None).await.expect("read");
     assert_eq!((rd.node(), rd.role()), ("db2", Role::Replica));
     drop(rd);
