@@ -2,12 +2,13 @@
 //! parsed and rendered for the client, and the rules every HTTP/1 request meets
 //! ([`head_policy`]).
 
+// The scanner classifies names and bounds the fields: its `H` and `MAX_HEADERS` are this
+// module's words too (and `h1`'s, through it).
 use super::scan::{self, Field};
+pub(super) use super::scan::{H, MAX_HEADERS};
 use crate::conn::ConnCtx;
 use rampart_topology::lb::path::normalize_target;
 
-/// Most header fields in a head; more get 431 (request) or 502 (response).
-pub(super) const MAX_HEADERS: usize = 128;
 /// Hop-by-hop header names a request's `Connection` may list; more go to hyper.
 pub(super) const MAX_CONN_TOKENS: usize = 16;
 
@@ -67,91 +68,6 @@ pub(super) enum Parsed {
         /// Method and target, only when access logging is on.
         log: Option<(String, String)>,
     },
-}
-
-/// A header name's meaning to the proxy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum H {
-    Other,
-    /// Always dropped (hop-by-hop).
-    Hop,
-    Connection,
-    ContentLength,
-    TransferEncoding,
-    Host,
-    Upgrade,
-    Expect,
-    Xff,
-    Xfp,
-    Xfh,
-    /// `Forwarded` (RFC 7239): kept from trusted peers only.
-    Fwd,
-    /// `X-Real-IP`: kept from trusted peers, else set to the peer's address.
-    Xri,
-    Hsts,
-}
-
-/// `n`, as long as `l`, with every byte ORed with `0x20` is `l`: compared a word at a time
-/// (the last word overlapping the one before when the length is no multiple of its size).
-#[inline(always)]
-fn is_lower(n: &[u8], l: &[u8]) -> bool {
-    fn w8(b: &[u8], at: usize) -> u64 {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(&b[at..at + 8]);
-        u64::from_le_bytes(a)
-    }
-    fn w4(b: &[u8], at: usize) -> u32 {
-        let mut a = [0u8; 4];
-        a.copy_from_slice(&b[at..at + 4]);
-        u32::from_le_bytes(a)
-    }
-    let len = l.len();
-    if n.len() != len {
-        return false;
-    }
-    if len >= 8 {
-        let mut at = 0;
-        while at + 8 < len {
-            if w8(n, at) | 0x2020_2020_2020_2020 != w8(l, at) {
-                return false;
-            }
-            at += 8;
-        }
-        w8(n, len - 8) | 0x2020_2020_2020_2020 == w8(l, len - 8)
-    } else if len >= 4 {
-        w4(n, 0) | 0x2020_2020 == w4(l, 0) && w4(n, len - 4) | 0x2020_2020 == w4(l, len - 4)
-    } else {
-        n.iter().zip(l).all(|(&b, &l)| b | 0x20 == l)
-    }
-}
-
-pub(super) fn classify(n: &[u8]) -> H {
-    // Every name below is lowercase letters and `-`, and `n` is a token (the scanner's, and
-    // the `http` crate's field names are): then `b | 0x20` is `b` lowercased, and only `-`
-    // itself turns into `-` (carriage return, the other byte that would, is no token
-    // character). One OR a byte (a word at a time) instead of lowercasing both sides.
-    let is = |s: &str| is_lower(n, s.as_bytes());
-    match n.len() {
-        2 if is("te") => H::Hop,
-        4 if is("host") => H::Host,
-        6 if is("expect") => H::Expect,
-        7 if is("upgrade") => H::Upgrade,
-        7 if is("trailer") => H::Hop,
-        9 if is("forwarded") => H::Fwd,
-        9 if is("x-real-ip") => H::Xri,
-        10 if is("connection") => H::Connection,
-        10 if is("keep-alive") => H::Hop,
-        14 if is("content-length") => H::ContentLength,
-        15 if is("x-forwarded-for") => H::Xff,
-        16 if is("proxy-connection") => H::Hop,
-        16 if is("x-forwarded-host") => H::Xfh,
-        17 if is("transfer-encoding") => H::TransferEncoding,
-        17 if is("x-forwarded-proto") => H::Xfp,
-        18 if is("proxy-authenticate") => H::Hop,
-        19 if is("proxy-authorization") => H::Hop,
-        25 if is("strict-transport-security") => H::Hsts,
-        _ => H::Other,
-    }
 }
 
 /// The comma-separated tokens of a header value, trimmed, empty ones skipped.

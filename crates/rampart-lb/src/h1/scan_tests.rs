@@ -195,3 +195,91 @@ proptest! {
         check_agrees(&data);
     }
 }
+
+/// Every name `classify` knows, with its meaning.
+const KNOWN: [(&str, H); 18] = [
+    ("te", H::Hop),
+    ("host", H::Host),
+    ("expect", H::Expect),
+    ("upgrade", H::Upgrade),
+    ("trailer", H::Hop),
+    ("forwarded", H::Fwd),
+    ("x-real-ip", H::Xri),
+    ("connection", H::Connection),
+    ("keep-alive", H::Hop),
+    ("content-length", H::ContentLength),
+    ("x-forwarded-for", H::Xff),
+    ("proxy-connection", H::Hop),
+    ("x-forwarded-host", H::Xfh),
+    ("transfer-encoding", H::TransferEncoding),
+    ("x-forwarded-proto", H::Xfp),
+    ("proxy-authenticate", H::Hop),
+    ("proxy-authorization", H::Hop),
+    ("strict-transport-security", H::Hsts),
+];
+
+/// The token characters of RFC 9110 section 5.6.2 (what a field name is made of).
+const TCHARS: &[u8] =
+    b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+proptest! {
+    /// `classify` compares with one OR a byte: for any token it must agree with a plain
+    /// case-insensitive comparison, also for names one character off a known one (`_` for
+    /// `-`, `^` for `~`...).
+    #[test]
+    fn a_field_name_is_classified_as_a_case_insensitive_comparison_would(
+        which in 0..KNOWN.len(),
+        case_flips in any::<u32>(),
+        swap in proptest::option::of((any::<prop::sample::Index>(), 0..TCHARS.len())),
+    ) {
+        let mut name: Vec<u8> = KNOWN[which].0.bytes().collect();
+        for (i, b) in name.iter_mut().enumerate() {
+            if case_flips >> (i % 32) & 1 == 1 {
+                *b = b.to_ascii_uppercase();
+            }
+        }
+        if let Some((at, c)) = swap {
+            let i = at.index(name.len());
+            name[i] = TCHARS[c];
+        }
+        let name = String::from_utf8(name).unwrap();
+        let want = KNOWN
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(&name))
+            .map_or(H::Other, |&(_, h)| h);
+        prop_assert_eq!(classify(name.as_bytes()), want, "{}", name);
+    }
+}
+
+#[test]
+fn every_known_field_name_is_classified_whatever_its_case() {
+    for (name, h) in KNOWN {
+        assert_eq!(classify(name.as_bytes()), h, "{name}");
+        assert_eq!(classify(name.to_ascii_uppercase().as_bytes()), h, "{name}");
+        assert_eq!(
+            classify(name.replace('-', "_").as_bytes()),
+            if name.contains('-') { H::Other } else { h }
+        );
+    }
+    assert_eq!(classify(b"content-lengths"), H::Other);
+    assert_eq!(classify(b"x-forwarded-fo"), H::Other);
+}
+
+#[test]
+fn every_one_character_change_of_a_known_name_is_classified_as_a_comparison_would() {
+    // Word-at-a-time comparison must cover every byte, whatever the name's length.
+    for (name, _) in KNOWN {
+        for i in 0..name.len() {
+            for &c in TCHARS {
+                let mut n = name.as_bytes().to_vec();
+                n[i] = c;
+                let n = String::from_utf8(n).unwrap();
+                let want = KNOWN
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(&n))
+                    .map_or(H::Other, |&(_, h)| h);
+                assert_eq!(classify(n.as_bytes()), want, "{n}");
+            }
+        }
+    }
+}
