@@ -165,7 +165,10 @@ fn remove_stale(mount: &Path, cluster: &str) {
 const ENTER: &str = "echo $$ > \"$1\" || echo \"rampart up: could not enter cgroup $1: rampart chaos partition cannot cut this node\" >&2; shift; exec \"$@\"";
 
 /// [`command`], inside the network namespace `netns` when given (`ip netns exec`, which
-/// execs: the pid stays the one `rampart up` records).
+/// execs: the pid stays the one `rampart up` records). The process enters its cgroup
+/// first, then the namespace: `ip netns exec` mounts a sysfs of the namespace over `/sys`,
+/// where the cgroup2 hierarchy is not mounted, so a process could not enter its cgroup
+/// from inside (the cgroup is kept across both execs).
 pub fn command_in(
     netns: Option<&str>,
     cgroup: Option<&Path>,
@@ -175,27 +178,20 @@ pub fn command_in(
     let Some(ns) = netns else {
         return command(cgroup, program, args);
     };
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", ns]);
-    match cgroup {
-        Some(cg) => {
-            c.arg("/bin/sh")
-                .arg("-c")
-                .arg(ENTER)
-                .arg("rampart-enter-cgroup")
-                .arg(cg.join("cgroup.procs"))
-                .arg(program)
-                .args(args);
-        }
-        None => {
-            c.arg(program).args(args);
-        }
-    }
+    let mut c = start(cgroup, "ip".as_ref());
+    c.args(["netns", "exec", ns]).arg(program).args(args);
     c
 }
 
 /// The command that runs `program args` in the cgroup `cgroup` (when there is one).
 pub fn command(cgroup: Option<&Path>, program: &Path, args: &[String]) -> Command {
+    let mut c = start(cgroup, program.as_os_str());
+    c.args(args);
+    c
+}
+
+/// `program`, started through [`ENTER`] when there is a cgroup to enter.
+fn start(cgroup: Option<&Path>, program: &std::ffi::OsStr) -> Command {
     match cgroup {
         Some(cg) => {
             let mut c = Command::new("/bin/sh");
@@ -203,15 +199,10 @@ pub fn command(cgroup: Option<&Path>, program: &Path, args: &[String]) -> Comman
                 .arg(ENTER)
                 .arg("rampart-enter-cgroup")
                 .arg(cg.join("cgroup.procs"))
-                .arg(program)
-                .args(args);
+                .arg(program);
             c
         }
-        None => {
-            let mut c = Command::new(program);
-            c.args(args);
-            c
-        }
+        None => Command::new(program),
     }
 }
 

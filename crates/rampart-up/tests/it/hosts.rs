@@ -183,6 +183,22 @@ fn the_stack_on_separate_hosts_serves_through_virtual_ips_behind_each_hosts_fire
             .expect("up.json"),
     )
     .expect("json");
+    // Every node runs in its own cgroup on its host too (a freeze drill freezes the whole
+    // cgroup, a stop kills what is left in it): it enters the cgroup before the
+    // namespace, whose /sys has no cgroup2 hierarchy mounted.
+    let stack_cgroup = state["cgroup"].as_str().map(Path::new);
+    if let (Some(dir), Some(mount)) = (stack_cgroup, rampart_up::cgroup::cgroup2_mount()) {
+        for n in state["nodes"].as_array().expect("nodes") {
+            let (name, pid) = (n["name"].as_str().expect("name"), &n["pid"]);
+            let Some(pid) = pid.as_u64() else { continue };
+            let cg = rampart_up::cgroup::of_pid(pid as u32).unwrap_or_default();
+            assert_eq!(
+                mount.join(cg.trim_start_matches('/')),
+                dir.join(name),
+                "{name} (pid {pid}) is not in its cgroup"
+            );
+        }
+    }
     let hosts = &state["hosts"];
     let client_ns = hosts["client"]["netns"]
         .as_str()
