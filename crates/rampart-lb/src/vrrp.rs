@@ -16,7 +16,7 @@
 //! before the listeners drain: make before break.
 
 use std::net::{IpAddr, Ipv6Addr};
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,8 @@ pub struct RouterView {
     pub addresses: Vec<String>,
     state: AtomicU8,
     effective_priority: AtomicU8,
+    /// [`Router::is_settled`] after the router's last event (at least every 100 ms).
+    settled: AtomicBool,
     pub transitions: AtomicU64,
     pub adverts_sent: AtomicU64,
     pub adverts_received: AtomicU64,
@@ -79,6 +81,7 @@ impl RouterView {
             addresses: i.addresses.iter().map(|a| a.to_string()).collect(),
             state: AtomicU8::new(0),
             effective_priority: AtomicU8::new(i.priority),
+            settled: AtomicBool::new(false),
             transitions: AtomicU64::new(0),
             adverts_sent: AtomicU64::new(0),
             adverts_received: AtomicU64::new(0),
@@ -112,6 +115,7 @@ impl RouterView {
             "state": self.state_name(),
             "priority": self.priority,
             "effective_priority": self.effective_priority(),
+            "settled": self.settled.load(Ordering::Relaxed),
             "addresses": self.addresses,
             "master": d.master.map(|(ip, p)| serde_json::json!({"address": ip.to_string(), "priority": p})),
             "last_transition": d.last_transition,
@@ -707,6 +711,9 @@ impl RouterTask {
         if let Ok(mut d) = self.view.detail.lock() {
             d.master = self.router.master_seen();
         }
+        self.view
+            .settled
+            .store(self.router.is_settled(Instant::now()), Ordering::Relaxed);
         stopped
     }
 

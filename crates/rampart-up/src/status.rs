@@ -116,11 +116,16 @@ pub(crate) fn lb_admins(t: &rampart_topology::Topology, live: Option<&UpState>) 
         .collect()
 }
 
-/// Of the virtual routers `expected` (by name), those that do not have exactly one master
-/// among the balancers' admin states (`/api/state`, its `vrrp` list), with the count. A
-/// balancer that does not list a router yet (still starting) masters none of it.
+/// Of the virtual routers `expected` (by name), those not held yet by the balancer that
+/// will go on holding them, with why: not exactly one master among the balancers' admin
+/// states (`/api/state`, its `vrrp` list), or one master and a router of it not settled
+/// (a backup that has heard no master yet, or outranks the master and will preempt it:
+/// the address is about to move). A balancer that does not list a router yet (still
+/// starting) masters none of it; a router that does not say whether it is settled is.
 pub(crate) fn vips_not_held(states: &[Value], expected: &[String]) -> Vec<String> {
-    let mut masters: BTreeMap<&str, usize> = expected.iter().map(|n| (n.as_str(), 0)).collect();
+    // Name -> (masters, routers not settled).
+    let mut seen: BTreeMap<&str, (usize, usize)> =
+        expected.iter().map(|n| (n.as_str(), (0, 0))).collect();
     for st in states {
         for r in st
             .get("vrrp")
@@ -129,17 +134,24 @@ pub(crate) fn vips_not_held(states: &[Value], expected: &[String]) -> Vec<String
             .flatten()
         {
             let name = r.get("name").and_then(Value::as_str).unwrap_or_default();
-            if let Some(m) = masters.get_mut(name) {
+            if let Some((masters, unsettled)) = seen.get_mut(name) {
                 if r.get("state").and_then(Value::as_str) == Some("master") {
-                    *m += 1;
+                    *masters += 1;
+                }
+                if r.get("settled").and_then(Value::as_bool) == Some(false) {
+                    *unsettled += 1;
                 }
             }
         }
     }
-    masters
-        .into_iter()
-        .filter(|(_, n)| *n != 1)
-        .map(|(name, n)| format!("{name} ({n} masters)"))
+    seen.into_iter()
+        .filter_map(|(name, (masters, unsettled))| match (masters, unsettled) {
+            (1, 0) => None,
+            (1, u) => Some(format!(
+                "{name} (1 master, {u} router(s) about to take over)"
+            )),
+            (m, _) => Some(format!("{name} ({m} masters)")),
+        })
         .collect()
 }
 
@@ -542,8 +554,21 @@ mod tests {
         );
         let both = json!({ "vrrp": [{ "name": "vip51", "state": "master" }] });
         assert_eq!(
-            vips_not_held(&[lb1, both], &want),
+            vips_not_held(&[lb1.clone(), both], &want),
             ["vip51 (2 masters)", "vip52 (0 masters)"]
+        );
+        // One master, but a backup outranks it (or has heard no master yet): the address
+        // is about to move.
+        let lb2s = |settled: bool| {
+            json!({ "vrrp": [
+            { "name": "vip51", "state": "backup", "settled": settled },
+            { "name": "vip52", "state": "master", "settled": true }
+        ] })
+        };
+        assert!(vips_not_held(&[lb1.clone(), lb2s(true)], &want).is_empty());
+        assert_eq!(
+            vips_not_held(&[lb1.clone(), lb2s(false)], &want),
+            ["vip51 (1 master, 1 router(s) about to take over)"]
         );
         // Balancers still starting list no router yet: nothing is held.
         let starting = json!({ "vrrp": [] });

@@ -590,6 +590,42 @@ fn a_partition_of_the_master_then_its_heal_leaves_one_master() {
     );
 }
 
+/// Polls both balancers' `/api/state` for `span`: the master (by host) at every poll at
+/// which router vip51 has exactly one master and is settled on both, with when.
+fn settled_masters(s: &Stack, span: Duration) -> Vec<(String, Duration)> {
+    let state = |host: &'static str| {
+        s.lab
+            .run_in(host, move || {
+                let r = rampart_testkit::http_get(
+                    "127.0.0.1:9000".parse().expect("admin"),
+                    "/api/state",
+                )
+                .ok()?;
+                let v: serde_json::Value = serde_json::from_str(&r.text()).ok()?;
+                let vr = v["vrrp"]
+                    .as_array()?
+                    .iter()
+                    .find(|r| r["name"] == "vip51")?
+                    .clone();
+                Some((vr["state"].as_str()? == "master", vr["settled"].as_bool()?))
+            })
+            .join()
+            .expect("admin thread")
+    };
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    while start.elapsed() < span {
+        if let (Some((m1, s1)), Some((m2, s2))) = (state("lb1"), state("lb2")) {
+            if m1 != m2 && s1 && s2 {
+                let m = if m1 { "lb1" } else { "lb2" };
+                seen.push((m.to_string(), start.elapsed()));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    seen
+}
+
 #[test]
 fn preemption_on_gives_the_address_back_and_off_keeps_it() {
     for preempt in [true, false] {
@@ -606,6 +642,21 @@ fn preemption_on_gives_the_address_back_and_off_keeps_it() {
             s.logs()
         );
         s.start_lb(1);
+        // While lb1 comes back, each balancer's admin says whether its router is settled
+        // (`rampart up` waits for it): whenever there is one master and every router is
+        // settled, that master is the one that keeps the address.
+        let seen = settled_masters(&s, Duration::from_millis(1500));
+        let keeper = if preempt { "lb1" } else { "lb2" };
+        assert!(
+            seen.iter().all(|(m, _)| m == keeper),
+            "settled under another master than {keeper}: {seen:?}\n{}",
+            s.logs()
+        );
+        assert!(
+            seen.last().is_some_and(|(m, _)| m == keeper),
+            "never settled under {keeper}: {seen:?}\n{}",
+            s.logs()
+        );
         if preempt {
             assert!(
                 s.wait_sole_holder(1, VIP, Duration::from_secs(5)),

@@ -355,10 +355,14 @@ fn rehearse(
     ))
 }
 
-/// With virtual IPs the stack is not up until each has exactly one master: a balancer
-/// answers on its own address a master-down interval (3 adverts and a skew) before it
-/// takes an address, and a client sent to a virtual IP right after "stack healthy" must
-/// reach someone. Balancers whose admin API `up` cannot reach are not waited for.
+/// With virtual IPs the stack is not up until each has exactly one master and no router
+/// of it is about to take over: a balancer answers on its own address a master-down
+/// interval (3 adverts and a skew) before it takes an address, and a client sent to a
+/// virtual IP right after "stack healthy" must reach the balancer that keeps it. A
+/// balancer started a few milliseconds after its peer can find the peer master of its
+/// own address and preempt it an advert later: a connection a client opened in between
+/// breaks, its next packets reaching the new master, which knows nothing of it.
+/// Balancers whose admin API `up` cannot reach are not waited for.
 fn wait_for_vips(
     sup: &mut Supervisor,
     stop: &AtomicBool,

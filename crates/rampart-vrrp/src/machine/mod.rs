@@ -144,6 +144,28 @@ impl Router {
         self.master_seen
     }
 
+    /// Whether this router keeps its state as things stand, so that a client sent to the
+    /// addresses now reaches the router that goes on holding them: a master, a faulted
+    /// router, or a backup that hears a master it will not take over from (one of at
+    /// least its effective priority; any master without preempt; a lower one while the
+    /// preempt delay runs). Not settled: a starting or stopping router, a backup that has
+    /// heard no master yet (its down timer will run out) or outranks the master it hears
+    /// (it will preempt). A master gone silent is not seen here: its backups look settled
+    /// until their down timers run out.
+    pub fn is_settled(&self, now: Instant) -> bool {
+        match self.state {
+            State::Master | State::Fault => true,
+            State::Init | State::Stopping => false,
+            State::Backup => self.master_seen.is_some_and(|(_, p)| {
+                p >= self.effective_priority()
+                    || !self.cfg.preempt
+                    || self.lower_since.is_some_and(|since| {
+                        now.saturating_duration_since(since) < self.cfg.preempt_delay
+                    })
+            }),
+        }
+    }
+
     /// Master_Adver_Interval: the interval of the master we follow (ours until we hear one).
     pub fn master_adver_interval(&self) -> Duration {
         self.master_adver_interval

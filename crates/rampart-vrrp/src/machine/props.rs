@@ -1,7 +1,7 @@
 //! Property tests over the simulation in `sim.rs`: (a) one master after every heal,
 //! (b) a crashed master is replaced within the master down interval, (c) preemption
 //! follows `preempt` and `preempt_delay`, (d) a clean stop never leaves the addresses
-//! unheld.
+//! unheld, (e) once every router is settled with one master, nobody takes over.
 
 use std::time::Duration;
 
@@ -245,5 +245,51 @@ proptest! {
             w.fail(&format!("stop took {:?}", t - t_stop));
         }
         prop_assert!(!w.nodes[m].running);
+    }
+
+    /// (e) Routers started at random moments (a balancer pair started together, one of
+    /// them a little late), preempt on or off without delay, nothing failing: from the
+    /// first moment every router is settled ([`Router::is_settled`]) and exactly one is
+    /// master, that master stays master and nobody takes over. What `rampart up` waits
+    /// for before it says the virtual IPs are held.
+    #[test]
+    fn once_every_router_is_settled_the_master_stays(
+        seed in any::<u64>(), n in 2usize..=4, iv in prop_oneof![Just(ms(100)), Just(ms(300))],
+    ) {
+        let mut rng = Rng(seed);
+        let cfgs: Vec<_> = (0..n)
+            .map(|i| {
+                let mut c = World::config(i, priority(&mut rng), iv);
+                c.preempt = rng.chance(70);
+                c
+            })
+            .collect();
+        let lat = latency(&mut rng);
+        let mut w = World::new(cfgs, rng.next(), lat);
+        let mut last_start = Duration::ZERO;
+        for i in 0..n {
+            let t = rng.between(Duration::ZERO, iv * 2);
+            last_start = last_start.max(t);
+            w.at(t, Ev::Restart(i));
+        }
+        let end = iv * 20;
+        let mut t = last_start;
+        let settled = loop {
+            w.run_until(t);
+            let now = w.instant();
+            let all = w.nodes.iter().all(|n| n.running && n.r.is_settled(now));
+            if let ([m], true) = (&w.masters()[..], all) {
+                break (t, *m);
+            }
+            t += ms(1);
+            if t > end {
+                w.fail("never settled");
+            }
+        };
+        let (t_s, m) = settled;
+        w.run_until(end);
+        prop_assert_eq!(w.masters(), vec![m]);
+        let later: Vec<_> = w.takeovers.iter().filter(|x| x.0 > t_s).collect();
+        prop_assert!(later.is_empty(), "settled at {:?} under {}, then {:?}", t_s, m, later);
     }
 }

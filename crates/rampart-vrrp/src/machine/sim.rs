@@ -179,7 +179,7 @@ impl World {
             .count()
     }
 
-    fn instant(&self) -> Instant {
+    pub fn instant(&self) -> Instant {
         self.t0 + self.now
     }
 

@@ -611,3 +611,57 @@ fn actions_iterate_by_value_and_by_reference() {
     );
     assert_eq!(State::Stopping.to_string(), "stopping");
 }
+
+#[test]
+fn settled_means_the_state_holds_as_things_stand() {
+    let t0 = Instant::now();
+    // Not started, a fresh backup (no master heard: its down timer will run out).
+    let mut r = Router::new(cfg(100)).unwrap();
+    assert!(!r.is_settled(t0));
+    r.start(t0);
+    assert!(!r.is_settled(t0));
+    // Following a master of at least its priority.
+    r.on_advert(t0 + ms(100), ip(20), &ad(100));
+    assert!(r.is_settled(t0 + ms(100)));
+    r.on_advert(t0 + ms(200), ip(20), &ad(150));
+    assert!(r.is_settled(t0 + ms(200)));
+    // The master leaves (priority 0): the backup takes over after Skew_Time.
+    r.on_advert(t0 + ms(300), ip(20), &ad(0));
+    assert!(!r.is_settled(t0 + ms(300)));
+
+    // A backup that outranks the master it hears will preempt...
+    let mut r = backup(cfg(200), t0);
+    r.on_advert(t0 + ms(100), ip(20), &ad(100));
+    assert!(!r.is_settled(t0 + ms(100)));
+    // ... unless preempt is off,
+    let mut c = cfg(200);
+    c.preempt = false;
+    let mut r = backup(c, t0);
+    r.on_advert(t0 + ms(100), ip(20), &ad(100));
+    assert!(r.is_settled(t0 + ms(100)));
+    // ... or while its preempt delay runs (from the first lower advert).
+    let mut c = cfg(200);
+    c.preempt_delay = ms(5000);
+    let mut r = backup(c, t0);
+    r.on_advert(t0 + ms(1000), ip(20), &ad(100));
+    assert!(r.is_settled(t0 + ms(1000)));
+    r.on_advert(t0 + ms(5900), ip(20), &ad(100));
+    assert!(r.is_settled(t0 + ms(5999)));
+    assert!(!r.is_settled(t0 + ms(6000)));
+    // A penalty that brings it under the master makes it a follower again.
+    let mut r = backup(cfg(200), t0);
+    r.on_advert(t0 + ms(100), ip(20), &ad(150));
+    assert!(!r.is_settled(t0 + ms(100)));
+    r.set_penalty(t0 + ms(150), 60);
+    assert!(r.is_settled(t0 + ms(150)));
+
+    // A master and a faulted router are settled; a stopping master is not.
+    let (mut m, t) = master(cfg(100), t0);
+    assert!(m.is_settled(t));
+    m.shutdown(t + ms(10));
+    assert_eq!(m.state(), State::Stopping);
+    assert!(!m.is_settled(t + ms(10)));
+    let mut f = backup(cfg(100), t0);
+    f.set_fault(t0 + ms(10), true);
+    assert!(f.is_settled(t0 + ms(10)));
+}
