@@ -499,6 +499,8 @@ pub(crate) fn state_page(shared: &Shared, offset: usize, limit: usize) -> Value 
                 "routes": rt.cfg.routes.iter().zip(rt.routes.iter()).map(|(r, p)| json!({
                     "hosts": r.hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
                     "path_prefix": r.path_prefix,
+                    "path": r.path,
+                    "methods": r.methods,
                     "strip_prefix": r.strip_prefix,
                     "allow": r.allow.as_ref().map(|nets| nets.iter().map(|n| format!("{}/{}", n.addr(), n.prefix())).collect::<Vec<_>>()),
                     "pool": p.as_ref().map(|p| &p.name),

@@ -229,10 +229,23 @@ pub fn format_state(v: &Value) -> String {
                 ));
                 to.push_str(&nets.join(","));
             }
+            let mut when = String::new();
+            if let Some(p) = r.get("path").and_then(Value::as_str) {
+                when.push_str(&format!(" path={p}"));
+            }
+            if let Some(ms) = r
+                .get("methods")
+                .and_then(Value::as_array)
+                .filter(|m| !m.is_empty())
+            {
+                let ms: Vec<&str> = ms.iter().filter_map(Value::as_str).collect();
+                when.push_str(&format!(" methods={}", ms.join(",")));
+            }
             out.push_str(&format!(
-                "  route host={} path_prefix={} {}\n",
+                "  route host={} path_prefix={}{} {}\n",
                 hosts,
                 any("path_prefix"),
+                when,
                 to
             ));
         }
@@ -382,14 +395,18 @@ mod tests {
                       "redirect": { "to": "https://example.com", "status": 301 } },
                     { "hosts": [], "path_prefix": "/admin/", "pool": "admin",
                       "allow": ["10.0.0.0/8", "::1/128"] },
-                    { "hosts": [], "path_prefix": "/.git/", "pool": "web", "allow": [] }
+                    { "hosts": [], "path_prefix": "/.git/", "pool": "web", "allow": [] },
+                    { "hosts": [], "path_prefix": null, "path": "/login", "methods": ["POST"],
+                      "pool": "auth" },
+                    { "hosts": [], "path_prefix": null, "path": null, "methods": ["PUT", "DELETE"],
+                      "pool": "api" }
                 ]
             }],
             "pools": [],
             "vrrp": []
         });
         let text = format_state(&v);
-        let lines: Vec<&str> = text.lines().take(6).collect();
+        let lines: Vec<&str> = text.lines().take(8).collect();
         assert!(lines[0].starts_with("listener site"), "{text}");
         assert!(lines[0].contains("pool=web connections=3"), "{text}");
         assert_eq!(
@@ -408,6 +425,14 @@ mod tests {
         assert_eq!(
             lines[5],
             "  route host=* path_prefix=/.git/ pool=web allow=none"
+        );
+        assert_eq!(
+            lines[6],
+            "  route host=* path_prefix=* path=/login methods=POST pool=auth"
+        );
+        assert_eq!(
+            lines[7],
+            "  route host=* path_prefix=* methods=PUT,DELETE pool=api"
         );
     }
 

@@ -125,7 +125,7 @@ fn service(
 }
 
 /// Which of the listener's routes takes `req` (the fast path's rule: the target's
-/// authority, else `Host`, and its path).
+/// authority, else `Host`, its path and its method).
 fn route_of<B>(l: &crate::ListenerRt, req: &Request<B>) -> Option<usize> {
     if l.cfg.routes.is_empty() {
         return None;
@@ -135,7 +135,11 @@ fn route_of<B>(l: &crate::ListenerRt, req: &Request<B>) -> Option<usize> {
         .authority()
         .map(|a| a.as_str().as_bytes())
         .or_else(|| req.headers().get(header::HOST).map(HeaderValue::as_bytes));
-    l.route(host, req.uri().path().as_bytes())
+    l.route(
+        host,
+        req.uri().path().as_bytes(),
+        req.method().as_str().as_bytes(),
+    )
 }
 
 /// Put `uri`'s path in normal form (the listener's `normalize_path`), as the fast path

@@ -467,7 +467,7 @@ fn request_with(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>, fields: &mut Vec<
     // just rendered (origin form from `start`).
     let route = ctx
         .listener
-        .route(uri_host.as_deref().or(host), &out[start..]);
+        .route(uri_host.as_deref().or(host), &out[start..], method);
     if let Some(r) = route.and_then(|i| ctx.listener.cfg.routes.get(i)) {
         if r.allow.is_some() {
             let fw = ctx.listener.firewall.as_deref();

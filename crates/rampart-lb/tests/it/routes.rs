@@ -56,17 +56,32 @@ pool = "api"
 
 /// Who answered `host` + `path` over HTTP/1.1 (on the kept-alive `cl`) and over HTTP/2.
 async fn answer(cl: &mut Client, h2: &mut H2, host: &str, path: &str) -> (String, String) {
-    let req = Request::get(path)
+    answer_to(cl, h2, "GET", host, path).await
+}
+
+/// [`answer`] to a request with `method` (and no body).
+async fn answer_to(
+    cl: &mut Client,
+    h2: &mut H2,
+    method: &str,
+    host: &str,
+    path: &str,
+) -> (String, String) {
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
         .header("host", host)
         .body(Full::default())
         .unwrap();
     let (st, h1) = cl.request(req).await.unwrap();
-    assert_eq!(st, 200, "{host}{path}: {h1}");
-    let req = Request::get(format!("http://{host}{path}"))
+    assert_eq!(st, 200, "{method} {host}{path}: {h1}");
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("http://{host}{path}"))
         .body(Empty::<Bytes>::new())
         .unwrap();
     let resp = h2.send_request(req).await.unwrap();
-    assert_eq!(resp.status(), 200, "{host}{path} over HTTP/2");
+    assert_eq!(resp.status(), 200, "{method} {host}{path} over HTTP/2");
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     (h1, String::from_utf8(body.to_vec()).unwrap())
 }
@@ -171,6 +186,66 @@ pool = "static"
     assert!(log.contains(&at), "{log}");
     let (h1, h2) = answer(&mut cl, &mut h2, "www.example.com", "/").await;
     assert_eq!((h1.as_str(), h2.as_str()), ("static1", "static1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_paths_and_methods_route_over_both_protocols() {
+    let web = Backend::start("web1").await;
+    let api = Backend::start("api1").await;
+    let stat = Backend::start("static1").await;
+    // HAProxy's `use_backend api if { path /login } METH_POST`, `use_backend static if
+    // METH_GET { path_beg /assets/ }`, and every other write to the api pool.
+    let routes = r#"
+[[listener.route]]
+path = "/login"
+methods = ["POST"]
+pool = "api"
+[[listener.route]]
+path_prefix = "/assets/"
+methods = ["GET"]
+pool = "static"
+[[listener.route]]
+methods = ["PUT", "DELETE"]
+pool = "api"
+"#;
+    let lb = Lb::start(&routed(&web, &api, &stat, routes)).await;
+    let mut cl = Client::connect(lb.addr).await.unwrap();
+    let mut h2 = h2c(lb.addr).await;
+    for (method, path, want) in [
+        ("POST", "/login", "api1"),
+        ("POST", "/login?next=/a", "api1"),
+        ("GET", "/login", "web1"),
+        ("POST", "/login/x", "web1"),
+        ("GET", "/assets/a.css", "static1"),
+        ("POST", "/assets/a.css", "web1"),
+        ("PUT", "/anything", "api1"),
+        ("DELETE", "/assets/a.css", "api1"),
+        ("OPTIONS", "/", "web1"),
+    ] {
+        let (h1, h2) = answer_to(&mut cl, &mut h2, method, "www.example.com", path).await;
+        assert_eq!((h1.as_str(), h2.as_str()), (want, want), "{method} {path}");
+    }
+    // HEAD takes the GET route (its answer has no body to name the server: the access
+    // log names the pool).
+    let req = Request::head("/assets/a.css")
+        .header("host", "www.example.com")
+        .body(Full::default())
+        .unwrap();
+    let (st, _) = cl.request(req).await.unwrap();
+    assert_eq!(st, 200);
+    let log = lb.config_path().with_file_name("access.log");
+    assert!(
+        wait_for(
+            || std::fs::read_to_string(&log).is_ok_and(|t| t
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .any(|v| v["method"] == "HEAD" && v["pool"] == "static")),
+            Duration::from_secs(3)
+        )
+        .await,
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,12 +24,20 @@
 //! redirect = "https://example.com"  # Location: https://example.com/the/path?and=query
 //! redirect_status = 301             # 301, 302 (the default, as HAProxy's), 303, 307, 308
 //!
+//! [[listener.route]]
+//! path = "/login"                   # this path exactly (HAProxy's `path`, nginx's `location =`)
+//! methods = ["POST"]                # only these methods; "GET" takes HEAD too
+//! pool = "auth"
+//!
 //! [[listener.route]]                # a guard: only these clients, others get a 403
 //! path_prefix = "/admin/"
 //! allow = ["10.0.0.0/8", "::1"]     # [] closes the path to everyone
 //! pool = "admin"
 //! ```
 //!
+//! A route matches when every condition it has holds: one of its hosts, its path or path
+//! prefix, one of its methods (compared case-sensitively, as HAProxy's `method`; a route
+//! for `GET` takes `HEAD` as well, as HAProxy's `METH_GET` and nginx's `limit_except GET`).
 //! The host is compared without its port and a trailing dot, case-insensitively; an
 //! absolute-form request target's authority stands for `Host`, as it does upstream. The
 //! path prefix is compared byte for byte with the request's path (before `?`): as the client
@@ -42,12 +50,17 @@
 
 use super::*;
 
-/// One route of a listener, checked: at least one of `host` and `path_prefix`.
+/// One route of a listener, checked: at least one condition (`host`, `path_prefix` or
+/// `path`, `methods`); never both `path_prefix` and `path`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     /// Any of these hosts (`host = "..."` or `hosts = [...]`); empty: any host.
     pub hosts: Vec<HostPattern>,
     pub path_prefix: Option<String>,
+    /// This path exactly (before `?`), compared as `path_prefix` is.
+    pub path: Option<String>,
+    /// Any of these methods (`GET` also takes `HEAD`); empty: any method.
+    pub methods: Vec<String>,
     /// The server gets the path without `path_prefix` (nginx's `location /api/ { proxy_pass
     /// http://api/; }`): `/api/users?x` goes up as `/users?x`, `/api` as `/`. A redirect's
     /// `Location` loses it the same way.
@@ -191,13 +204,15 @@ pub fn target_path(target: &[u8]) -> &[u8] {
 
 impl Route {
     /// This route takes a request for `host` (from [`host_name`]) at `path` (from
-    /// [`target_path`]).
-    pub fn matches(&self, host: Option<&[u8]>, path: &[u8]) -> bool {
+    /// [`target_path`]) with `method`.
+    pub fn matches(&self, host: Option<&[u8]>, path: &[u8], method: &[u8]) -> bool {
         (self.hosts.is_empty() || host.is_some_and(|h| self.hosts.iter().any(|p| p.matches(h))))
             && self
                 .path_prefix
                 .as_ref()
                 .is_none_or(|p| path.starts_with(p.as_bytes()))
+            && self.path.as_ref().is_none_or(|p| path == p.as_bytes())
+            && (self.methods.is_empty() || self.methods.iter().any(|m| takes_method(m, method)))
     }
 
     /// Render the upstream request target for `target` (origin form: path and query,
@@ -262,24 +277,43 @@ impl Route {
                     .hosts
                     .iter()
                     .all(|b| self.hosts.iter().any(|a| a.covers(b))));
-        let path = match (&self.path_prefix, &later.path_prefix) {
-            (None, _) => true,
-            (Some(a), Some(b)) => b.starts_with(a.as_str()),
-            (Some(_), None) => false,
+        // The later route's path (exact or prefix) within ours.
+        let path = match (&self.path_prefix, &self.path) {
+            (Some(a), _) => later
+                .path_prefix
+                .as_ref()
+                .or(later.path.as_ref())
+                .is_some_and(|b| b.starts_with(a.as_str())),
+            (None, Some(a)) => later.path.as_ref() == Some(a),
+            (None, None) => true,
         };
-        host && path
+        // Each of the later route's methods among ours (no methods: any method).
+        let methods = self.methods.is_empty()
+            || (!later.methods.is_empty()
+                && later.methods.iter().all(|m| {
+                    self.methods.contains(m)
+                        || (m == "HEAD" && self.methods.iter().any(|a| a == "GET"))
+                }));
+        host && path && methods
     }
 }
 
+/// A route's method `listed` takes a request's `method`: the same bytes, or `HEAD` for
+/// `GET` (a HEAD asks for what a GET would get).
+fn takes_method(listed: &str, method: &[u8]) -> bool {
+    listed.as_bytes() == method || (method == b"HEAD" && listed == "GET")
+}
+
 /// The first of `routes` that takes a request with the `Host` value (or absolute-form
-/// authority) `host` and the request target `target`; `None`: the listener's pool.
-pub fn pick(routes: &[Route], host: Option<&[u8]>, target: &[u8]) -> Option<usize> {
+/// authority) `host`, the request target `target` and `method`; `None`: the listener's
+/// pool.
+pub fn pick(routes: &[Route], host: Option<&[u8]>, target: &[u8], method: &[u8]) -> Option<usize> {
     if routes.is_empty() {
         return None;
     }
     let host = host.map(host_name);
     let path = target_path(target);
-    routes.iter().position(|r| r.matches(host, path))
+    routes.iter().position(|r| r.matches(host, path, method))
 }
 
 /// `[[listener.route]]` as written.
@@ -293,6 +327,12 @@ pub struct RawRoute {
     pub hosts: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     pub path_prefix: Option<Spanned<String>>,
+    /// One path exactly.
+    #[serde(default)]
+    pub path: Option<Spanned<String>>,
+    /// Only these methods.
+    #[serde(default)]
+    pub methods: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     pub strip_prefix: Option<Spanned<bool>>,
     #[serde(default)]
@@ -406,37 +446,37 @@ pub(super) fn validate(
                 Err(e) => c.err(*h, e),
             }
         }
-        let path_prefix = r.path_prefix.as_ref().and_then(|p| {
-            let v = p.get_ref();
-            let ok = v.starts_with('/')
-                && !v
-                    .bytes()
-                    .any(|b| b == b'?' || b == b'#' || b <= b' ' || b == 0x7f);
-            if ok && normalize && !super::path::is_normal_path(v) {
-                let mut n = Vec::new();
-                let expected = match super::path::normalize_target(v.as_bytes(), &mut n) {
-                    Ok(_) => format!("expected \"{}\"", String::from_utf8_lossy(&n)),
-                    Err(_) => "expected a path without \"\\\" whose every \"%\" has two hex digits".to_string(),
-                };
+        if let (Some(_), Some(exact)) = (&r.path_prefix, &r.path) {
+            c.err(exact, "give path or path_prefix, not both");
+            continue;
+        }
+        let path_prefix = r
+            .path_prefix
+            .as_ref()
+            .and_then(|p| check_path(c, p, "path_prefix", "\"/api/\"", normalize));
+        let path = r
+            .path
+            .as_ref()
+            .and_then(|p| check_path(c, p, "path", "\"/login\"", normalize));
+        let mut methods: Vec<String> = Vec::new();
+        if let Some(list) = &r.methods {
+            if list.get_ref().is_empty() {
                 c.err(
-                    p,
-                    format!(
-                        "path_prefix \"{v}\" is not in normal form, and this listener matches paths in normal form (a route has allow, or normalize_path = true): no request would match it; {expected}"
-                    ),
+                    list,
+                    "methods is empty; leave it out for a route that takes any method",
                 );
-                None
-            } else if ok {
-                Some(v.clone())
-            } else {
-                c.err(
-                    p,
-                    format!(
-                        "bad path_prefix \"{v}\"; expected a path starting with \"/\" (no query, no spaces), e.g. \"/api/\""
-                    ),
-                );
-                None
+                continue;
             }
-        });
+            for m in list.get_ref() {
+                match check_method(m.get_ref()) {
+                    Ok(()) if methods.contains(m.get_ref()) => {
+                        c.err(m, format!("method \"{}\" is listed twice", m.get_ref()))
+                    }
+                    Ok(()) => methods.push(m.get_ref().clone()),
+                    Err(e) => c.err(m, e),
+                }
+            }
+        }
         let to = match (&r.pool, &r.redirect) {
             (Some(_), Some(red)) => {
                 c.err(
@@ -495,10 +535,11 @@ pub(super) fn validate(
                 }
             }
         };
-        if written.is_empty() && r.path_prefix.is_none() {
+        if written.is_empty() && r.path_prefix.is_none() && r.path.is_none() && r.methods.is_none()
+        {
             c.err(
                 sr,
-                "a route needs host or path_prefix (or both); what no route takes goes to the listener's pool",
+                "a route needs a condition: host, path_prefix or path, methods (any of them together); what no route takes goes to the listener's pool",
             );
             continue;
         }
@@ -523,6 +564,8 @@ pub(super) fn validate(
         // A value already reported above.
         if hosts.len() != written.len()
             || r.path_prefix.is_some() != path_prefix.is_some()
+            || r.path.is_some() != path.is_some()
+            || methods.len() != r.methods.as_ref().map_or(0, |l| l.get_ref().len())
             || allow.as_ref().map(Vec::len) != r.allow.as_ref().map(|l| l.get_ref().len())
         {
             continue;
@@ -531,6 +574,8 @@ pub(super) fn validate(
         let route = Route {
             hosts,
             path_prefix,
+            path,
+            methods,
             strip_prefix: r.strip_prefix.as_ref().is_some_and(|b| *b.get_ref()),
             to,
             allow,
@@ -550,6 +595,78 @@ pub(super) fn validate(
     out.into_iter().map(|(r, _)| r).collect()
 }
 
+/// A route's `path_prefix` or `path` (`what`) as written: a path starting with `/`, no
+/// query, no spaces; in normal form on a listener that normalizes paths (else no request
+/// could match it). `None` once the error is reported.
+fn check_path(
+    c: &mut Checker<'_>,
+    p: &Spanned<String>,
+    what: &str,
+    example: &str,
+    normalize: bool,
+) -> Option<String> {
+    let v = p.get_ref();
+    let ok = v.starts_with('/')
+        && !v
+            .bytes()
+            .any(|b| b == b'?' || b == b'#' || b <= b' ' || b == 0x7f);
+    if ok && normalize && !super::path::is_normal_path(v) {
+        let mut n = Vec::new();
+        let expected = match super::path::normalize_target(v.as_bytes(), &mut n) {
+            Ok(_) => format!("expected \"{}\"", String::from_utf8_lossy(&n)),
+            Err(_) => {
+                "expected a path without \"\\\" whose every \"%\" has two hex digits".to_string()
+            }
+        };
+        c.err(
+            p,
+            format!(
+                "{what} \"{v}\" is not in normal form, and this listener matches paths in normal form (a route has allow, or normalize_path = true): no request would match it; {expected}"
+            ),
+        );
+        None
+    } else if ok {
+        Some(v.clone())
+    } else {
+        c.err(
+            p,
+            format!(
+                "bad {what} \"{v}\"; expected a path starting with \"/\" (no query, no spaces), e.g. {example}"
+            ),
+        );
+        None
+    }
+}
+
+/// The methods every HTTP server knows (RFC 9110 and PATCH).
+const KNOWN_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+/// A token character (RFC 9110 section 5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// A method of a route's `methods`: a token (RFC 9110), and not a known method in the
+/// wrong case (methods are case-sensitive: `get` is not `GET`).
+fn check_method(m: &str) -> Result<(), String> {
+    if m.is_empty() || !m.bytes().all(is_tchar) {
+        return Err(format!(
+            "bad method \"{m}\"; expected a method name like \"GET\" or \"POST\""
+        ));
+    }
+    if let Some(k) = KNOWN_METHODS
+        .iter()
+        .find(|k| k.eq_ignore_ascii_case(m) && **k != m)
+    {
+        return Err(format!(
+            "method \"{m}\" is not \"{k}\": methods are case-sensitive, and clients send \"{k}\""
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -561,6 +678,8 @@ mod tests {
                 .into_iter()
                 .collect(),
             path_prefix: prefix.map(str::to_string),
+            path: None,
+            methods: Vec::new(),
             strip_prefix: false,
             to: RouteTo::Pool(pool),
             allow: None,
@@ -713,7 +832,8 @@ mod tests {
             route(None, Some("/static/"), 4),
         ];
         let pool = |host: Option<&str>, target: &str| {
-            pick(&routes, host.map(str::as_bytes), target.as_bytes()).and_then(|i| routes[i].pool())
+            pick(&routes, host.map(str::as_bytes), target.as_bytes(), b"GET")
+                .and_then(|i| routes[i].pool())
         };
         assert_eq!(pool(Some("api.example.com"), "/v2/users"), Some(1));
         assert_eq!(pool(Some("API.example.com:443"), "/v2/users?x"), Some(1));
@@ -730,7 +850,49 @@ mod tests {
         assert_eq!(pool(Some("x.org"), "http://x.org/static/i.png"), Some(4));
         // Not decoded: a route sends, it does not guard.
         assert_eq!(pool(Some("x.org"), "/%73tatic/a.css"), None);
-        assert_eq!(pick(&[], Some(b"a"), b"/"), None);
+        assert_eq!(pick(&[], Some(b"a"), b"/", b"GET"), None);
+    }
+
+    #[test]
+    fn exact_paths_and_methods_narrow_a_route() {
+        let mut login = route(None, None, 1);
+        login.path = Some("/login".into());
+        login.methods = vec!["POST".into()];
+        let mut reads = route(None, Some("/api/"), 2);
+        reads.methods = vec!["GET".into(), "OPTIONS".into()];
+        let mut writes = route(Some("api.example.com"), None, 3);
+        writes.methods = vec!["POST".into(), "PUT".into(), "DELETE".into()];
+        let routes = [login, reads, writes];
+        let pool = |host: &str, target: &str, method: &str| {
+            pick(
+                &routes,
+                Some(host.as_bytes()),
+                target.as_bytes(),
+                method.as_bytes(),
+            )
+            .and_then(|i| routes[i].pool())
+        };
+        assert_eq!(pool("x.org", "/login", "POST"), Some(1));
+        assert_eq!(pool("x.org", "/login?next=/a", "POST"), Some(1));
+        assert_eq!(pool("x.org", "/login", "GET"), None, "not its method");
+        assert_eq!(
+            pool("x.org", "/login/", "POST"),
+            None,
+            "not its path exactly"
+        );
+        assert_eq!(pool("x.org", "/logins", "POST"), None);
+        assert_eq!(pool("x.org", "/api/users", "GET"), Some(2));
+        assert_eq!(
+            pool("x.org", "/api/users", "HEAD"),
+            Some(2),
+            "GET takes HEAD"
+        );
+        assert_eq!(pool("x.org", "/api/users", "OPTIONS"), Some(2));
+        assert_eq!(pool("x.org", "/api/users", "get"), None, "case-sensitive");
+        assert_eq!(pool("x.org", "/api/users", "POST"), None);
+        assert_eq!(pool("api.example.com", "/api/users", "POST"), Some(3));
+        assert_eq!(pool("api.example.com", "/api/users", "GET"), Some(2));
+        assert_eq!(pool("api.example.com", "/", "PATCH"), None);
     }
 
     #[test]
@@ -745,6 +907,7 @@ mod tests {
             Some("other.org"),
         ];
         let paths = ["/", "/api", "/api/", "/api/v2/x", "/static/x"];
+        let methods = ["GET", "HEAD", "POST", "PUT"];
         let patterns = [
             None,
             Some("a.example.com"),
@@ -753,41 +916,72 @@ mod tests {
             Some("example.com"),
         ];
         let prefixes = [None, Some("/api"), Some("/api/"), Some("/static/")];
+        let exact = [None, Some("/api"), Some("/api/v2/x")];
+        let method_sets: [&[&str]; 5] = [&[], &["GET"], &["HEAD"], &["GET", "POST"], &["POST"]];
         let mut all = Vec::new();
         for h in patterns {
             for p in prefixes {
-                if h.is_some() || p.is_some() {
-                    all.push(route(h, p, 0));
-                }
-                // And with a second host.
-                if let Some(h) = h {
-                    let mut two = route(Some(h), p, 0);
-                    two.hosts.push(HostPattern::parse("other.org").unwrap());
-                    all.push(two);
+                for e in exact.into_iter().filter(|e| e.is_none() || p.is_none()) {
+                    for ms in method_sets {
+                        let mut r = route(h, p, 0);
+                        r.path = e.map(str::to_string);
+                        r.methods = ms.iter().map(|m| m.to_string()).collect();
+                        all.push(r.clone());
+                        // And with a second host.
+                        if h.is_some() {
+                            r.hosts.push(HostPattern::parse("other.org").unwrap());
+                            all.push(r);
+                        }
+                    }
                 }
             }
         }
+        let mut covered = 0;
         for a in &all {
             for b in &all {
                 let takes_all = hosts.iter().all(|h| {
                     paths.iter().all(|p| {
-                        let h = h.map(str::as_bytes);
-                        !b.matches(h, p.as_bytes()) || a.matches(h, p.as_bytes())
+                        methods.iter().all(|m| {
+                            let h = h.map(str::as_bytes);
+                            let (p, m) = (p.as_bytes(), m.as_bytes());
+                            !b.matches(h, p, m) || a.matches(h, p, m)
+                        })
                     })
                 });
                 if a.covers(b) {
                     assert!(takes_all, "{a:?} covers {b:?} but misses a request");
+                    covered += 1;
                 }
             }
         }
+        assert!(
+            covered > all.len() * 4,
+            "{covered} of {} pairs",
+            all.len().pow(2)
+        );
+        let mut get = route(None, Some("/api"), 0);
+        get.methods = vec!["GET".into()];
+        let mut head = route(None, None, 0);
+        head.path = Some("/api/v2".into());
+        head.methods = vec!["HEAD".into()];
+        assert!(
+            get.covers(&head),
+            "GET takes HEAD, the prefix takes the path"
+        );
+        assert!(!head.covers(&get));
         assert!(route(None, Some("/api"), 0).covers(&route(Some("x.org"), Some("/api/v2"), 0)));
         // Two hosts are covered only when each of them is.
         let mut two = route(Some("a.example.com"), None, 0);
         two.hosts.push(HostPattern::parse("other.org").unwrap());
         assert!(!route(Some("*.example.com"), None, 0).covers(&two));
         assert!(two.covers(&route(Some("other.org"), Some("/x"), 0)));
-        assert!(two.matches(Some(b"other.org"), b"/") && two.matches(Some(b"a.example.com"), b"/"));
-        assert!(!two.matches(Some(b"b.example.com"), b"/") && !two.matches(None, b"/"));
+        assert!(
+            two.matches(Some(b"other.org"), b"/", b"GET")
+                && two.matches(Some(b"a.example.com"), b"/", b"GET")
+        );
+        assert!(
+            !two.matches(Some(b"b.example.com"), b"/", b"GET") && !two.matches(None, b"/", b"GET")
+        );
         assert!(!route(Some("x.org"), None, 0).covers(&route(None, Some("/"), 0)));
     }
 }

@@ -581,6 +581,8 @@ fn routes_validate_in_order_with_their_pools() {
             Route {
                 hosts: vec![HostPattern::Exact("api.example.com".into())],
                 path_prefix: Some("/v2/".into()),
+                path: None,
+                methods: Vec::new(),
                 strip_prefix: false,
                 to: RouteTo::Pool(1),
                 allow: None,
@@ -588,6 +590,8 @@ fn routes_validate_in_order_with_their_pools() {
             Route {
                 hosts: Vec::new(),
                 path_prefix: Some("/static/".into()),
+                path: None,
+                methods: Vec::new(),
                 strip_prefix: true,
                 to: RouteTo::Pool(2),
                 allow: None,
@@ -595,10 +599,10 @@ fn routes_validate_in_order_with_their_pools() {
         ]
     );
     assert_eq!(
-        pick_route(&l.routes, Some(b"api.example.com:8080"), b"/v2/x"),
+        pick_route(&l.routes, Some(b"api.example.com:8080"), b"/v2/x", b"GET"),
         Some(0)
     );
-    assert_eq!(pick_route(&l.routes, None, b"/"), None);
+    assert_eq!(pick_route(&l.routes, None, b"/", b"GET"), None);
 }
 
 #[test]
@@ -627,7 +631,7 @@ fn route_errors_name_their_position() {
     assert!(
         e.diagnostics[0]
             .message
-            .contains("a route needs host or path_prefix"),
+            .contains("a route needs a condition: host, path_prefix or path, methods"),
         "{e}"
     );
     // Several hosts: each checked at its own position; not beside host; not empty.
@@ -682,9 +686,70 @@ fn route_errors_name_their_position() {
     );
     assert_eq!(e.diagnostics.len(), 2, "{e}");
     // An unknown key.
-    let e =
-        parse(&ROUTED.replace("path_prefix = \"/static/\"", "path = \"/static/\"")).unwrap_err();
-    assert!(e.to_string().contains("path"), "{e}");
+    let e = parse(&ROUTED.replace("path_prefix = \"/static/\"", "path_beg = \"/static/\""))
+        .unwrap_err();
+    assert!(e.to_string().contains("path_beg"), "{e}");
+}
+
+#[test]
+fn exact_path_and_method_routes_validate_and_their_errors_name_their_position() {
+    let exact = ROUTED.replace(
+        "path_prefix = \"/static/\"\nstrip_prefix = true\n",
+        "path = \"/login\"\nmethods = [\"POST\", \"PUT\"]\n",
+    );
+    let c = parse(&exact).unwrap();
+    let r = &c.listeners[0].routes[1];
+    assert_eq!(r.path.as_deref(), Some("/login"));
+    assert_eq!(r.methods, ["POST", "PUT"]);
+    assert_eq!(
+        pick_route(&c.listeners[0].routes, None, b"/login", b"PUT"),
+        Some(1)
+    );
+    assert_eq!(
+        pick_route(&c.listeners[0].routes, None, b"/login", b"GET"),
+        None
+    );
+    // Methods alone are a condition (all writes to one pool).
+    let writes = ROUTED.replace(
+        "path_prefix = \"/static/\"\nstrip_prefix = true\n",
+        "methods = [\"POST\"]\n",
+    );
+    assert_eq!(
+        parse(&writes).unwrap().listeners[0].routes[1].methods,
+        ["POST"]
+    );
+    // Path and prefix together; an empty list; a method in the wrong case; not a token;
+    // twice; a path that is not one.
+    let (l, col, m) = one_error(&ROUTED.replace("strip_prefix = true\n", "path = \"/static/a\"\n"));
+    assert_eq!((l, col), (11, 8), "{m}");
+    assert!(m.contains("give path or path_prefix, not both"), "{m}");
+    let (l, col, m) = one_error(&exact.replace("[\"POST\", \"PUT\"]", "[]"));
+    assert_eq!((l, col), (11, 11), "{m}");
+    assert!(m.contains("methods is empty"), "{m}");
+    let (l, col, m) = one_error(&exact.replace("\"PUT\"", "\"put\""));
+    assert_eq!((l, col), (11, 20), "{m}");
+    assert!(
+        m.contains("methods are case-sensitive, and clients send \"PUT\""),
+        "{m}"
+    );
+    let (_, _, m) = one_error(&exact.replace("\"PUT\"", "\"PU T\""));
+    assert!(m.contains("bad method \"PU T\""), "{m}");
+    let (_, _, m) = one_error(&exact.replace("\"PUT\"", "\"POST\""));
+    assert!(m.contains("\"POST\" is listed twice"), "{m}");
+    let (l, col, m) = one_error(&exact.replace("\"/login\"", "\"login\""));
+    assert_eq!((l, col), (10, 8), "{m}");
+    assert!(
+        m.contains("bad path \"login\"; expected a path starting with \"/\""),
+        "{m}"
+    );
+    // Shadowed: a prefix route for any method before an exact path under it.
+    let text = exact.replacen(
+        "host = \"API.example.com\"\npath_prefix = \"/v2/\"",
+        "path_prefix = \"/\"",
+        1,
+    );
+    let e = parse(&text).unwrap_err();
+    assert!(e.diagnostics[0].message.contains("never used"), "{e}");
 }
 
 #[test]
