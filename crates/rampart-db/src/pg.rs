@@ -416,7 +416,19 @@ impl PgCtl {
     }
 
     /// Rewind this (stopped) data directory onto the leader's timeline.
+    ///
+    /// Two things first, as Patroni does. A `CHECKPOINT` on the leader: pg_rewind takes
+    /// the timeline the target must recover on from the source's `pg_control`, which names
+    /// the new timeline only once a checkpoint completed after the promotion (PostgreSQL
+    /// spreads that one over seconds to minutes); a rewind before it leaves a target whose
+    /// minimum recovery point is on the old timeline, and PostgreSQL refuses to start it
+    /// ("requested timeline N does not contain minimum recovery point ... on timeline 1").
+    /// And no `standby.signal`: a target that was not shut down cleanly (killed, fenced)
+    /// is recovered by pg_rewind in single-user mode, which refuses standby mode; the start
+    /// as a replica writes it again.
     pub async fn rewind(&self, host: &str, port: u16) -> Result<String, DbError> {
+        self.checkpoint_on(host, port).await?;
+        self.set_standby(false)?;
         let mut c = self.cmd("pg_rewind");
         c.arg("-D")
             .arg(&self.data_dir)
@@ -425,6 +437,20 @@ impl PgCtl {
             ))
             .env("PGPASSWORD", &self.superuser_password);
         self.run(c, "pg_rewind", Duration::from_secs(300)).await
+    }
+
+    /// `CHECKPOINT` on the PostgreSQL at `host:port` as the superuser (waits for it).
+    pub async fn checkpoint_on(&self, host: &str, port: u16) -> Result<(), DbError> {
+        let mut c = self.cmd("psql");
+        c.args(["-X", "-A", "-t", "-q", "-d"])
+            .arg(format!(
+                "host={host} port={port} user={SUPERUSER} dbname=postgres connect_timeout=3 application_name=rampart-agent"
+            ))
+            .args(["-c", "CHECKPOINT"])
+            .env("PGPASSWORD", &self.superuser_password);
+        self.run(c, "CHECKPOINT on the leader", Duration::from_secs(300))
+            .await
+            .map(drop)
     }
 
     pub async fn controldata(&self) -> Result<ControlData, DbError> {

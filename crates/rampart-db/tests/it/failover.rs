@@ -466,3 +466,67 @@ async fn clean_stop_of_all_agents_then_the_old_primary_rejoins_a_new_leader() {
         c.list()
     );
 }
+
+/// The old primary killed and started again at once, while the new leader's first
+/// checkpoint after its promotion still runs (PostgreSQL spreads it over the dirty buffers;
+/// thousands of them, dirtied by replaying a bulk load, make it last minutes). The leader's
+/// `pg_control` names the new timeline only once that checkpoint completes, and pg_rewind
+/// takes the target's recovery timeline from it: without a CHECKPOINT first, the rewound
+/// node refuses to start ("requested timeline 2 does not contain minimum recovery point
+/// ... on timeline 1") and the agent re-clones the whole database. Seen in a
+/// freeze-primary drill of `rampart up` (2026-12-07).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_primary_rewinds_onto_a_just_promoted_leader_without_a_re_clone() {
+    let mut c = Cluster::start(Opts::default());
+    let p = c.wait_primary(Duration::from_secs(60));
+    let replicas: Vec<usize> = (0..3).filter(|&i| i != p).collect();
+    for &i in &replicas {
+        c.wait_replica(i, Duration::from_secs(60));
+    }
+    let pc = connect(c.nodes[p].pg_port).await.expect("connect");
+    pc.batch_execute(
+        "CREATE TABLE bulk AS SELECT g AS id, repeat('x', 300) AS pad FROM generate_series(1, 60000) g",
+    )
+    .await
+    .expect("bulk load");
+    for &i in &replicas {
+        assert!(
+            wait_rows(
+                c.nodes[i].pg_port,
+                "SELECT count(*) FROM bulk",
+                60000,
+                Duration::from_secs(30)
+            )
+            .await,
+            "{} did not replay the bulk load",
+            c.nodes[i].name
+        );
+    }
+    drop(pc);
+    c.kill_node(p);
+    let np = c.wait_primary(Duration::from_secs(30));
+    assert_ne!(np, p);
+    c.start_agent(p);
+    c.wait_replica(p, Duration::from_secs(90));
+    let log = c.agent_log(p);
+    assert!(log.contains("pg_rewind done"), "no rewind:\n{log}");
+    assert!(
+        !log.contains("re-cloning"),
+        "the old primary was re-cloned instead of rewound:\n{log}"
+    );
+    let newc = connect(c.nodes[np].pg_port).await.expect("connect");
+    newc.execute("INSERT INTO bulk VALUES (60001, 'y')", &[])
+        .await
+        .expect("write on the new primary");
+    assert!(
+        wait_rows(
+            c.nodes[p].pg_port,
+            "SELECT count(*) FROM bulk",
+            60001,
+            Duration::from_secs(15)
+        )
+        .await,
+        "the rewound node does not replay the new leader's writes:\n{}",
+        c.list()
+    );
+}
