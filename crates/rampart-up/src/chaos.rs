@@ -110,6 +110,22 @@ pub struct Report {
     pub probes_failed: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub longest_gap_ms: Option<u64>,
+    /// The first failed requests (up to [`FAILURES_SHOWN`]): when, from the fault, and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<Failure>,
+}
+
+/// How many failed requests a report details.
+pub const FAILURES_SHOWN: usize = 5;
+
+/// One failed request of a drill.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Failure {
+    /// When the answer (or the error) came, in ms from the fault.
+    pub at_ms: u64,
+    /// The request and what went wrong (`GET /: 503`, `POST /api/messages: connection
+    /// reset by peer`).
+    pub what: String,
 }
 
 impl fmt::Display for Report {
@@ -147,6 +163,14 @@ impl fmt::Display for Report {
                 )
             }
         )?;
+        for x in &self.failures {
+            writeln!(
+                f,
+                "  failed        {:+.2}s  {}",
+                x.at_ms as f64 / 1000.0,
+                x.what
+            )?;
+        }
         write!(
             f,
             "writes          {} acknowledged, {} lost, {} stored twice, the longest took {} ms{}",
@@ -167,6 +191,18 @@ impl fmt::Display for Report {
 struct Sample {
     at: Instant,
     ok: bool,
+    /// A failure: the request and why.
+    error: Option<String>,
+}
+
+impl Sample {
+    fn of(at: Instant, r: Result<(), String>) -> Sample {
+        Sample {
+            at,
+            ok: r.is_ok(),
+            error: r.err(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -187,7 +223,7 @@ fn kill_group(pid: u32, sig: Signal) -> Result<(), UpError> {
 /// One write, named by an idempotency key of this drill (`run`) so that the web tier
 /// may send it again across a failover without storing it twice. The client waits as
 /// long as the web tier holds a write (8 s) and then some.
-fn post_message(site: &Site, run: u64, n: u64) -> Option<Acked> {
+fn post_message(site: &Site, run: u64, n: u64) -> Result<Acked, String> {
     let body = format!(
         "{{\"author\":\"chaos\",\"text\":\"{}\"}}",
         drill_text(run, n)
@@ -205,13 +241,16 @@ fn post_message(site: &Site, run: u64, n: u64) -> Option<Acked> {
             body.as_bytes(),
             Duration::from_secs(12),
         )
-        .ok()?;
+        .map_err(|e| format!("POST /api/messages: {e}"))?;
     if r.status != 201 {
-        return None;
+        return Err(format!("POST /api/messages: {}", r.status));
     }
-    let v: Value = serde_json::from_slice(&r.body).ok()?;
-    Some(Acked {
-        id: v.get("id")?.as_i64()?,
+    let id = serde_json::from_slice::<Value>(&r.body)
+        .ok()
+        .and_then(|v| v.get("id")?.as_i64())
+        .ok_or_else(|| "POST /api/messages: 201 without an id".to_string())?;
+    Ok(Acked {
+        id,
         n,
         token: r.header("x-rampart-token").map(str::to_string),
         took: t.elapsed(),
@@ -369,21 +408,19 @@ pub fn run(r: &Resolved, drill: &Drill, o: &DrillOptions) -> Result<Report, UpEr
                 // Samples are stamped when the answer (or the error) came back.
                 let w = post_message(&site, run, n);
                 let w_at = Instant::now();
-                let ok_w = w.is_some();
-                if let Some(a) = w {
+                let w = w.map(|a| {
                     if let Ok(mut v) = acked.lock() {
                         v.push(a);
                     }
-                }
-                let ok_r = site
-                    .get("/", Duration::from_secs(5))
-                    .is_ok_and(|r| r.status == 200);
+                });
+                let r = match site.get("/", Duration::from_secs(5)) {
+                    Ok(r) if r.status == 200 => Ok(()),
+                    Ok(r) => Err(format!("GET /: {}", r.status)),
+                    Err(e) => Err(format!("GET /: {e}")),
+                };
                 if let Ok(mut s) = samples.lock() {
-                    s.push(Sample { at: w_at, ok: ok_w });
-                    s.push(Sample {
-                        at: Instant::now(),
-                        ok: ok_r,
-                    });
+                    s.push(Sample::of(w_at, w));
+                    s.push(Sample::of(Instant::now(), r));
                 }
                 if let Some(rest) = period.checked_sub(tick.elapsed()) {
                     std::thread::sleep(rest);
@@ -621,6 +658,16 @@ pub fn run(r: &Resolved, drill: &Drill, o: &DrillOptions) -> Result<Report, UpEr
         probes: probe.map(|p| p.probes),
         probes_failed: probe.map(|p| p.failed),
         longest_gap_ms: probe.map(|p| p.longest_gap.as_millis() as u64),
+        failures: samples
+            .iter()
+            .filter_map(|s| {
+                Some(Failure {
+                    at_ms: s.at.saturating_duration_since(fault_at).as_millis() as u64,
+                    what: s.error.clone()?,
+                })
+            })
+            .take(FAILURES_SHOWN)
+            .collect(),
     })
 }
 
@@ -811,4 +858,47 @@ pub fn heal(r: &Resolved) -> Result<(Vec<String>, Vec<String>), UpError> {
 /// The report as JSON.
 pub fn report_json(r: &Report) -> String {
     serde_json::to_string_pretty(r).unwrap_or_else(|_| "{}".into())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_says_when_and_why_each_shown_request_failed() {
+        let mut r = Report {
+            drill: "lb-link-down".into(),
+            target: "lb1".into(),
+            requests: 820,
+            failed: 1,
+            writes_acked: 410,
+            writes_lost: 0,
+            lost_ids: Vec::new(),
+            writes_duplicated: 0,
+            longest_write_ms: 60,
+            time_to_recovery_ms: 190,
+            recovered: true,
+            cut_ms: Some(8000),
+            frozen_ms: None,
+            probes: None,
+            probes_failed: None,
+            longest_gap_ms: None,
+            failures: vec![Failure {
+                at_ms: 180,
+                what: "POST /api/messages: Connection reset by peer (os error 104)".into(),
+            }],
+        };
+        let text = r.to_string();
+        assert!(
+            text.contains("recovery        0.19s after the fault\n  failed        +0.18s  POST /api/messages: Connection reset by peer"),
+            "{text}"
+        );
+        let json: Value = serde_json::from_str(&report_json(&r)).unwrap();
+        assert_eq!(json["failures"][0]["at_ms"], 180);
+        // Nothing failed: no list, in either form.
+        r.failures.clear();
+        assert!(!r.to_string().contains("failed        +"));
+        assert!(!report_json(&r).contains("failures"));
+    }
 }
