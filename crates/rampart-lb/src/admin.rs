@@ -501,6 +501,7 @@ pub(crate) fn state_page(shared: &Shared, offset: usize, limit: usize) -> Value 
                     "path_prefix": r.path_prefix,
                     "path": r.path,
                     "methods": r.methods,
+                    "header": r.header.as_ref().map(|h| json!({"name": h.name, "value": h.value})),
                     "strip_prefix": r.strip_prefix,
                     "allow": r.allow.as_ref().map(|nets| nets.iter().map(|n| format!("{}/{}", n.addr(), n.prefix())).collect::<Vec<_>>()),
                     "pool": p.as_ref().map(|p| &p.name),

@@ -241,6 +241,12 @@ pub fn format_state(v: &Value) -> String {
                 let ms: Vec<&str> = ms.iter().filter_map(Value::as_str).collect();
                 when.push_str(&format!(" methods={}", ms.join(",")));
             }
+            if let Some(h) = r.get("header").filter(|h| h.is_object()) {
+                when.push_str(&format!(" header={}", s(h, "name")));
+                if let Some(v) = h.get("value").and_then(Value::as_str) {
+                    when.push_str(&format!(":{v}"));
+                }
+            }
             out.push_str(&format!(
                 "  route host={} path_prefix={}{} {}\n",
                 hosts,
@@ -399,14 +405,16 @@ mod tests {
                     { "hosts": [], "path_prefix": null, "path": "/login", "methods": ["POST"],
                       "pool": "auth" },
                     { "hosts": [], "path_prefix": null, "path": null, "methods": ["PUT", "DELETE"],
-                      "pool": "api" }
+                      "pool": "api" },
+                    { "hosts": [], "path_prefix": null, "header": { "name": "x-canary", "value": "1" },
+                      "pool": "canary" }
                 ]
             }],
             "pools": [],
             "vrrp": []
         });
         let text = format_state(&v);
-        let lines: Vec<&str> = text.lines().take(8).collect();
+        let lines: Vec<&str> = text.lines().take(9).collect();
         assert!(lines[0].starts_with("listener site"), "{text}");
         assert!(lines[0].contains("pool=web connections=3"), "{text}");
         assert_eq!(
@@ -433,6 +441,10 @@ mod tests {
         assert_eq!(
             lines[7],
             "  route host=* path_prefix=* methods=PUT,DELETE pool=api"
+        );
+        assert_eq!(
+            lines[8],
+            "  route host=* path_prefix=* header=x-canary:1 pool=canary"
         );
     }
 

@@ -125,7 +125,7 @@ fn service(
 }
 
 /// Which of the listener's routes takes `req` (the fast path's rule: the target's
-/// authority, else `Host`, its path and its method).
+/// authority, else `Host`, its path, its method and its fields).
 fn route_of<B>(l: &crate::ListenerRt, req: &Request<B>) -> Option<usize> {
     if l.cfg.routes.is_empty() {
         return None;
@@ -135,11 +135,16 @@ fn route_of<B>(l: &crate::ListenerRt, req: &Request<B>) -> Option<usize> {
         .authority()
         .map(|a| a.as_str().as_bytes())
         .or_else(|| req.headers().get(header::HOST).map(HeaderValue::as_bytes));
-    l.route(
-        host,
-        req.uri().path().as_bytes(),
-        req.method().as_str().as_bytes(),
-    )
+    let has = |h: &rampart_topology::lb::HeaderMatch| {
+        req.headers()
+            .iter()
+            .any(|(n, v)| h.takes(n.as_str().as_bytes(), v.as_bytes()))
+    };
+    let r = rampart_topology::lb::RouteRequest {
+        method: req.method().as_str().as_bytes(),
+        has: &has,
+    };
+    l.route(host, req.uri().path().as_bytes(), &r)
 }
 
 /// Put `uri`'s path in normal form (the listener's `normalize_path`), as the fast path

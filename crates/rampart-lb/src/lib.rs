@@ -151,12 +151,17 @@ pub struct ListenerRt {
 
 impl ListenerRt {
     /// Which of the listener's routes takes a request with this `Host` value (or
-    /// absolute-form authority), target and method; `None`: the listener's pool.
-    pub(crate) fn route(&self, host: Option<&[u8]>, target: &[u8], method: &[u8]) -> Option<usize> {
+    /// absolute-form authority), target, method and fields; `None`: the listener's pool.
+    pub(crate) fn route(
+        &self,
+        host: Option<&[u8]>,
+        target: &[u8],
+        req: &rampart_topology::lb::RouteRequest<'_>,
+    ) -> Option<usize> {
         if self.cfg.routes.is_empty() {
             return None;
         }
-        rampart_topology::lb::pick_route(&self.cfg.routes, host, target, method)
+        rampart_topology::lb::pick_route(&self.cfg.routes, host, target, req)
     }
 
     /// The pool of a request [`ListenerRt::route`] routed (a redirecting route's

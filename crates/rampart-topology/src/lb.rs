@@ -234,8 +234,8 @@ mod route;
 mod tls;
 pub use acme::{Acme, AcmeShare, Challenge, RawAcme, DEFAULT_RENEW_BEFORE};
 pub use route::{
-    host_name, pick as pick_route, target_path, HostPattern, RawRoute, Route, RouteTo,
-    REDIRECT_STATUSES,
+    host_name, pick as pick_route, target_path, HeaderMatch, HostPattern, RawHeaderMatch, RawRoute,
+    Request as RouteRequest, Route, RouteTo, REDIRECT_STATUSES,
 };
 pub use tls::{
     CertFiles, ListenerTls, PoolTls, RawCert, RawListenerTls, RawPoolTls, Resumption,

@@ -465,9 +465,13 @@ fn request_with(data: &[u8], ctx: &ConnCtx, out: &mut Vec<u8>, fields: &mut Vec<
     }
     // The pool, by the listener's routes; a route may strip its prefix from the target
     // just rendered (origin form from `start`).
+    let has = |h: &rampart_topology::lb::HeaderMatch| {
+        fields.iter().any(|f| h.takes(f.name(data), f.value(data)))
+    };
+    let req = rampart_topology::lb::RouteRequest { method, has: &has };
     let route = ctx
         .listener
-        .route(uri_host.as_deref().or(host), &out[start..], method);
+        .route(uri_host.as_deref().or(host), &out[start..], &req);
     if let Some(r) = route.and_then(|i| ctx.listener.cfg.routes.get(i)) {
         if r.allow.is_some() {
             let fw = ctx.listener.firewall.as_deref();

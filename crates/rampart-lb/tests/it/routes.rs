@@ -67,19 +67,37 @@ async fn answer_to(
     host: &str,
     path: &str,
 ) -> (String, String) {
-    let req = Request::builder()
+    answer_with(cl, h2, method, host, path, &[]).await
+}
+
+/// [`answer_to`], the request carrying these header fields.
+async fn answer_with(
+    cl: &mut Client,
+    h2: &mut H2,
+    method: &str,
+    host: &str,
+    path: &str,
+    fields: &[(&str, &str)],
+) -> (String, String) {
+    let mut req = Request::builder()
         .method(method)
         .uri(path)
-        .header("host", host)
-        .body(Full::default())
+        .header("host", host);
+    for (n, v) in fields {
+        req = req.header(*n, *v);
+    }
+    let (st, h1) = cl
+        .request(req.body(Full::default()).unwrap())
+        .await
         .unwrap();
-    let (st, h1) = cl.request(req).await.unwrap();
     assert_eq!(st, 200, "{method} {host}{path}: {h1}");
-    let req = Request::builder()
+    let mut req = Request::builder()
         .method(method)
-        .uri(format!("http://{host}{path}"))
-        .body(Empty::<Bytes>::new())
-        .unwrap();
+        .uri(format!("http://{host}{path}"));
+    for (n, v) in fields {
+        req = req.header(*n, *v);
+    }
+    let req = req.body(Empty::<Bytes>::new()).unwrap();
     let resp = h2.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 200, "{method} {host}{path} over HTTP/2");
     let body = resp.into_body().collect().await.unwrap().to_bytes();
@@ -246,6 +264,43 @@ pool = "api"
         "{}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_field_routes_canary_requests_over_both_protocols() {
+    let web = Backend::start("web1").await;
+    let api = Backend::start("api1").await;
+    let stat = Backend::start("static1").await;
+    // HAProxy's `use_backend canary if { hdr(x-canary) -m str 1 }`; a field that only
+    // needs to be there, under a prefix.
+    let routes = r#"
+[[listener.route]]
+header = { name = "X-Canary", value = "1" }
+pool = "api"
+[[listener.route]]
+path_prefix = "/app/"
+header = { name = "X-Beta" }
+pool = "static"
+"#;
+    let lb = Lb::start(&routed(&web, &api, &stat, routes)).await;
+    let mut cl = Client::connect(lb.addr).await.unwrap();
+    let mut h2 = h2c(lb.addr).await;
+    for (fields, path, want) in [
+        (&[("x-canary", "1")][..], "/", "api1"),
+        (&[("X-Canary", "0")][..], "/", "web1"),
+        (&[("x-canary", "0"), ("x-canary", "1")][..], "/a", "api1"),
+        (&[][..], "/", "web1"),
+        (&[("x-beta", "yes")][..], "/app/x", "static1"),
+        (&[("x-beta", "yes")][..], "/other", "web1"),
+        (&[][..], "/app/x", "web1"),
+    ] {
+        let (h1, h2) = answer_with(&mut cl, &mut h2, "GET", "www.example.com", path, fields).await;
+        assert_eq!(
+            (h1.as_str(), h2.as_str()),
+            (want, want),
+            "{fields:?} {path}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,6 +29,10 @@
 //! methods = ["POST"]                # only these methods; "GET" takes HEAD too
 //! pool = "auth"
 //!
+//! [[listener.route]]
+//! header = { name = "X-Canary", value = "1" }   # this request field with this value
+//! pool = "canary"                   # (HAProxy's hdr(X-Canary) -m str 1); no value: present
+//!
 //! [[listener.route]]                # a guard: only these clients, others get a 403
 //! path_prefix = "/admin/"
 //! allow = ["10.0.0.0/8", "::1"]     # [] closes the path to everyone
@@ -37,7 +41,9 @@
 //!
 //! A route matches when every condition it has holds: one of its hosts, its path or path
 //! prefix, one of its methods (compared case-sensitively, as HAProxy's `method`; a route
-//! for `GET` takes `HEAD` as well, as HAProxy's `METH_GET` and nginx's `limit_except GET`).
+//! for `GET` takes `HEAD` as well, as HAProxy's `METH_GET` and nginx's `limit_except GET`),
+//! its header field (the name in any case; the value exactly, any one of the field's lines
+//! when it comes several times).
 //! The host is compared without its port and a trailing dot, case-insensitively; an
 //! absolute-form request target's authority stands for `Host`, as it does upstream. The
 //! path prefix is compared byte for byte with the request's path (before `?`): as the client
@@ -61,6 +67,8 @@ pub struct Route {
     pub path: Option<String>,
     /// Any of these methods (`GET` also takes `HEAD`); empty: any method.
     pub methods: Vec<String>,
+    /// A request header field this route needs.
+    pub header: Option<HeaderMatch>,
     /// The server gets the path without `path_prefix` (nginx's `location /api/ { proxy_pass
     /// http://api/; }`): `/api/users?x` goes up as `/users?x`, `/api` as `/`. A redirect's
     /// `Location` loses it the same way.
@@ -71,6 +79,23 @@ pub struct Route {
     /// empty: no one (a path closed to all, e.g. `/.git/`). The listener then matches
     /// paths in normal form.
     pub allow: Option<Vec<Cidr>>,
+}
+
+/// A route's `header`: a request field by name, with this value or any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderMatch {
+    /// Lowercase.
+    pub name: String,
+    /// The field's value exactly; `None`: present with any value.
+    pub value: Option<String>,
+}
+
+impl HeaderMatch {
+    /// A field named `name` with value `value` satisfies it.
+    pub fn takes(&self, name: &[u8], value: &[u8]) -> bool {
+        name.eq_ignore_ascii_case(self.name.as_bytes())
+            && self.value.as_ref().is_none_or(|v| v.as_bytes() == value)
+    }
 }
 
 /// What a route does with the requests it takes.
@@ -204,8 +229,9 @@ pub fn target_path(target: &[u8]) -> &[u8] {
 
 impl Route {
     /// This route takes a request for `host` (from [`host_name`]) at `path` (from
-    /// [`target_path`]) with `method`.
-    pub fn matches(&self, host: Option<&[u8]>, path: &[u8], method: &[u8]) -> bool {
+    /// [`target_path`]) with `method`, whose fields satisfy `has` ([`Request::has`]).
+    pub fn matches(&self, host: Option<&[u8]>, path: &[u8], req: &Request<'_>) -> bool {
+        let method = req.method;
         (self.hosts.is_empty() || host.is_some_and(|h| self.hosts.iter().any(|p| p.matches(h))))
             && self
                 .path_prefix
@@ -213,6 +239,7 @@ impl Route {
                 .is_none_or(|p| path.starts_with(p.as_bytes()))
             && self.path.as_ref().is_none_or(|p| path == p.as_bytes())
             && (self.methods.is_empty() || self.methods.iter().any(|m| takes_method(m, method)))
+            && self.header.as_ref().is_none_or(|h| (req.has)(h))
     }
 
     /// Render the upstream request target for `target` (origin form: path and query,
@@ -294,8 +321,22 @@ impl Route {
                     self.methods.contains(m)
                         || (m == "HEAD" && self.methods.iter().any(|a| a == "GET"))
                 }));
-        host && path && methods
+        // The later route's field within ours (no field: any request).
+        let header = match (&self.header, &later.header) {
+            (None, _) => true,
+            (Some(a), Some(b)) => a.name == b.name && (a.value.is_none() || a.value == b.value),
+            (Some(_), None) => false,
+        };
+        host && path && methods && header
     }
+}
+
+/// What a route looks at besides the host and the path: the method, and the request's
+/// header fields through `has` (whether a field satisfies a [`HeaderMatch`]), so that
+/// each HTTP path asks its own parsed fields.
+pub struct Request<'a> {
+    pub method: &'a [u8],
+    pub has: &'a dyn Fn(&HeaderMatch) -> bool,
 }
 
 /// A route's method `listed` takes a request's `method`: the same bytes, or `HEAD` for
@@ -305,15 +346,20 @@ fn takes_method(listed: &str, method: &[u8]) -> bool {
 }
 
 /// The first of `routes` that takes a request with the `Host` value (or absolute-form
-/// authority) `host`, the request target `target` and `method`; `None`: the listener's
-/// pool.
-pub fn pick(routes: &[Route], host: Option<&[u8]>, target: &[u8], method: &[u8]) -> Option<usize> {
+/// authority) `host`, the request target `target`, and `req`'s method and fields;
+/// `None`: the listener's pool.
+pub fn pick(
+    routes: &[Route],
+    host: Option<&[u8]>,
+    target: &[u8],
+    req: &Request<'_>,
+) -> Option<usize> {
     if routes.is_empty() {
         return None;
     }
     let host = host.map(host_name);
     let path = target_path(target);
-    routes.iter().position(|r| r.matches(host, path, method))
+    routes.iter().position(|r| r.matches(host, path, req))
 }
 
 /// `[[listener.route]]` as written.
@@ -333,6 +379,9 @@ pub struct RawRoute {
     /// Only these methods.
     #[serde(default)]
     pub methods: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Only requests with this field.
+    #[serde(default)]
+    pub header: Option<Spanned<RawHeaderMatch>>,
     #[serde(default)]
     pub strip_prefix: Option<Spanned<bool>>,
     #[serde(default)]
@@ -345,6 +394,15 @@ pub struct RawRoute {
     /// Client networks that may use the route (others: 403).
     #[serde(default)]
     pub allow: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+/// A route's `header` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderMatch {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub value: Option<Spanned<String>>,
 }
 
 /// A route's `redirect` as written: an absolute `http(s)` URL, or a path on the same site;
@@ -535,14 +593,25 @@ pub(super) fn validate(
                 }
             }
         };
-        if written.is_empty() && r.path_prefix.is_none() && r.path.is_none() && r.methods.is_none()
+        if written.is_empty()
+            && r.path_prefix.is_none()
+            && r.path.is_none()
+            && r.methods.is_none()
+            && r.header.is_none()
         {
             c.err(
                 sr,
-                "a route needs a condition: host, path_prefix or path, methods (any of them together); what no route takes goes to the listener's pool",
+                "a route needs a condition: host, path_prefix or path, methods, header (any of them together); what no route takes goes to the listener's pool",
             );
             continue;
         }
+        let header = match &r.header {
+            None => None,
+            Some(h) => match check_header(c, h.get_ref()) {
+                Some(m) => Some(m),
+                None => continue,
+            },
+        };
         if let Some(sp) = &r.strip_prefix {
             if *sp.get_ref() && r.path_prefix.is_none() {
                 c.err(sp, "strip_prefix needs a path_prefix to strip");
@@ -576,6 +645,7 @@ pub(super) fn validate(
             path_prefix,
             path,
             methods,
+            header,
             strip_prefix: r.strip_prefix.as_ref().is_some_and(|b| *b.get_ref()),
             to,
             allow,
@@ -638,6 +708,53 @@ fn check_path(
     }
 }
 
+/// A route's `header`: a field name (a token, not `Host`: a route has `host` for it) and
+/// a value without control characters. `None` once the error is reported.
+fn check_header(c: &mut Checker<'_>, h: &RawHeaderMatch) -> Option<HeaderMatch> {
+    let name = h.name.get_ref();
+    if name.is_empty() || !name.bytes().all(is_tchar) {
+        c.err(
+            &h.name,
+            format!("bad header name \"{name}\"; expected a field name like \"X-Canary\""),
+        );
+        return None;
+    }
+    if name.eq_ignore_ascii_case("host") {
+        c.err(
+            &h.name,
+            "a route matches the Host field with host (or hosts), which knows ports, trailing dots and absolute-form targets",
+        );
+        return None;
+    }
+    let value = match &h.value {
+        Some(v)
+            if v.get_ref()
+                .bytes()
+                .any(|b| b < b' ' && b != b'\t' || b == 0x7f) =>
+        {
+            c.err(v, "a header value cannot hold control characters");
+            return None;
+        }
+        Some(v) if v.get_ref().trim() != v.get_ref() => {
+            c.err(
+                v,
+                format!(
+                    "header value \"{}\" starts or ends with whitespace, which a field value never does (it is trimmed); expected \"{}\"",
+                    v.get_ref(),
+                    v.get_ref().trim()
+                ),
+            );
+            return None;
+        }
+        Some(v) => Some(v.get_ref().clone()),
+        None => None,
+    };
+    Some(HeaderMatch {
+        name: name.to_ascii_lowercase(),
+        value,
+    })
+}
+
 /// The methods every HTTP server knows (RFC 9110 and PATCH).
 const KNOWN_METHODS: [&str; 9] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
@@ -668,320 +785,5 @@ fn check_method(m: &str) -> Result<(), String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn route(host: Option<&str>, prefix: Option<&str>, pool: usize) -> Route {
-        Route {
-            hosts: host
-                .map(|h| HostPattern::parse(h).expect("valid host"))
-                .into_iter()
-                .collect(),
-            path_prefix: prefix.map(str::to_string),
-            path: None,
-            methods: Vec::new(),
-            strip_prefix: false,
-            to: RouteTo::Pool(pool),
-            allow: None,
-        }
-    }
-
-    #[test]
-    fn a_redirect_keeps_the_path_and_query_after_its_prefix() {
-        let mut r = route(Some("www.example.com"), None, 0);
-        r.to = RouteTo::Redirect {
-            prefix: "https://example.com".into(),
-            status: 301,
-        };
-        let loc = |r: &Route, t: &str| r.redirect(t.as_bytes()).map(|(s, l)| format!("{s} {l}"));
-        assert_eq!(
-            loc(&r, "/a/b?c=d"),
-            Some("301 https://example.com/a/b?c=d".into())
-        );
-        assert_eq!(loc(&r, "/"), Some("301 https://example.com/".into()));
-        assert_eq!(loc(&r, "*"), Some("301 https://example.com/".into()));
-        // Stripping: the rest of the path, as the pool's server would have had it.
-        r.path_prefix = Some("/old/".into());
-        r.strip_prefix = true;
-        assert_eq!(
-            loc(&r, "/old/x?y"),
-            Some("301 https://example.com/x?y".into())
-        );
-        assert_eq!(loc(&route(None, Some("/"), 3), "/x"), None);
-    }
-
-    #[test]
-    fn redirect_prefixes_are_urls_or_paths_without_query() {
-        for (v, want) in [
-            ("https://example.com", "https://example.com"),
-            ("https://example.com/", "https://example.com"),
-            (
-                "HTTP://Example.com:8080/new/",
-                "HTTP://Example.com:8080/new",
-            ),
-            ("https://[::1]:8443", "https://[::1]:8443"),
-            ("https://10.0.0.1", "https://10.0.0.1"),
-            ("/new", "/new"),
-            ("/", ""),
-        ] {
-            assert_eq!(parse_redirect(v).as_deref(), Ok(want), "{v}");
-        }
-        for bad in [
-            "",
-            "example.com",
-            "//example.com",
-            "ftp://example.com",
-            "https://",
-            "https:///x",
-            "https://example.com?x",
-            "https://example.com/#f",
-            "https://user@example.com",
-            "https://example.com:0",
-            "https://example.com:99999",
-            "https://*.example.com",
-            "https://exa mple.com",
-            "https://example.com/\u{e9}",
-        ] {
-            let e = parse_redirect(bad).expect_err(bad);
-            assert!(e.contains("expected an absolute URL"), "{bad}: {e}");
-        }
-    }
-
-    #[test]
-    fn a_stripping_route_sends_the_rest_of_the_path_as_nginx_does() {
-        let target = |prefix: &str, strip: bool, t: &str| {
-            let mut r = route(None, Some(prefix), 0);
-            r.strip_prefix = strip;
-            let mut out = Vec::new();
-            r.push_target(t.as_bytes(), &mut out);
-            String::from_utf8(out).unwrap()
-        };
-        assert_eq!(
-            target("/api/", true, "/api/users?x=/api/"),
-            "/users?x=/api/"
-        );
-        assert_eq!(target("/api/", true, "/api/"), "/");
-        assert_eq!(target("/api", true, "/api"), "/");
-        assert_eq!(target("/api", true, "/api?q"), "/?q");
-        assert_eq!(target("/api", true, "/apix"), "/x");
-        assert_eq!(target("/api", true, "/api/v"), "/v");
-        assert_eq!(target("/api/", false, "/api/users"), "/api/users");
-    }
-
-    #[test]
-    fn host_names_lose_port_and_trailing_dot() {
-        assert_eq!(host_name(b"Example.COM:8080"), b"Example.COM");
-        assert_eq!(host_name(b"example.com."), b"example.com");
-        assert_eq!(host_name(b"example.com.:80"), b"example.com");
-        assert_eq!(host_name(b"[::1]:8080"), b"[::1]");
-        assert_eq!(host_name(b"[::1]"), b"[::1]");
-        assert_eq!(host_name(b"10.0.0.1:80"), b"10.0.0.1");
-        assert_eq!(host_name(b" a.b "), b"a.b");
-    }
-
-    #[test]
-    fn target_paths_of_every_form() {
-        assert_eq!(target_path(b"/api/x?y=/z"), b"/api/x");
-        assert_eq!(target_path(b"/"), b"/");
-        assert_eq!(target_path(b"http://h.example/api/x?q"), b"/api/x");
-        assert_eq!(target_path(b"http://h.example?q"), b"/");
-        assert_eq!(target_path(b"https://h.example"), b"/");
-        assert_eq!(target_path(b"*"), b"");
-        assert_eq!(target_path(b"h.example:443"), b"");
-    }
-
-    #[test]
-    fn host_patterns_parse_lowercase_and_refuse_ports_and_stray_wildcards() {
-        assert_eq!(
-            HostPattern::parse("API.Example.com."),
-            Ok(HostPattern::Exact("api.example.com".into()))
-        );
-        assert_eq!(
-            HostPattern::parse("*.Example.com"),
-            Ok(HostPattern::Under(".example.com".into()))
-        );
-        assert_eq!(
-            HostPattern::parse("[::1]"),
-            Ok(HostPattern::Exact("[::1]".into()))
-        );
-        assert!(HostPattern::parse("10.0.0.1").is_ok());
-        for bad in [
-            "",
-            "example.com:80",
-            "a.*.com",
-            "*example.com",
-            "*",
-            "http://example.com",
-            "a..b",
-            ".example.com",
-            "[::1]:80",
-            "[zz]",
-            "exa mple.com",
-        ] {
-            let e = HostPattern::parse(bad).expect_err(bad);
-            assert!(e.contains("expected a name"), "{bad}: {e}");
-        }
-    }
-
-    #[test]
-    fn the_first_matching_route_wins_and_none_is_the_listeners_pool() {
-        let routes = [
-            route(Some("api.example.com"), Some("/v2/"), 1),
-            route(Some("api.example.com"), None, 2),
-            route(Some("*.example.com"), Some("/static/"), 3),
-            route(None, Some("/static/"), 4),
-        ];
-        let pool = |host: Option<&str>, target: &str| {
-            pick(&routes, host.map(str::as_bytes), target.as_bytes(), b"GET")
-                .and_then(|i| routes[i].pool())
-        };
-        assert_eq!(pool(Some("api.example.com"), "/v2/users"), Some(1));
-        assert_eq!(pool(Some("API.example.com:443"), "/v2/users?x"), Some(1));
-        assert_eq!(pool(Some("api.example.com"), "/v1/users"), Some(2));
-        assert_eq!(pool(Some("api.example.com"), "/v2"), Some(2));
-        assert_eq!(pool(Some("www.example.com"), "/static/a.css"), Some(3));
-        assert_eq!(pool(Some("a.b.example.com"), "/static/a.css"), Some(3));
-        // `*.example.com` is every name under it, not the domain itself.
-        assert_eq!(pool(Some("example.com"), "/static/a.css"), Some(4));
-        assert_eq!(pool(None, "/static/a.css"), Some(4));
-        assert_eq!(pool(Some("other.org"), "/"), None);
-        assert_eq!(pool(None, "*"), None);
-        // Absolute form: the path after the authority.
-        assert_eq!(pool(Some("x.org"), "http://x.org/static/i.png"), Some(4));
-        // Not decoded: a route sends, it does not guard.
-        assert_eq!(pool(Some("x.org"), "/%73tatic/a.css"), None);
-        assert_eq!(pick(&[], Some(b"a"), b"/", b"GET"), None);
-    }
-
-    #[test]
-    fn exact_paths_and_methods_narrow_a_route() {
-        let mut login = route(None, None, 1);
-        login.path = Some("/login".into());
-        login.methods = vec!["POST".into()];
-        let mut reads = route(None, Some("/api/"), 2);
-        reads.methods = vec!["GET".into(), "OPTIONS".into()];
-        let mut writes = route(Some("api.example.com"), None, 3);
-        writes.methods = vec!["POST".into(), "PUT".into(), "DELETE".into()];
-        let routes = [login, reads, writes];
-        let pool = |host: &str, target: &str, method: &str| {
-            pick(
-                &routes,
-                Some(host.as_bytes()),
-                target.as_bytes(),
-                method.as_bytes(),
-            )
-            .and_then(|i| routes[i].pool())
-        };
-        assert_eq!(pool("x.org", "/login", "POST"), Some(1));
-        assert_eq!(pool("x.org", "/login?next=/a", "POST"), Some(1));
-        assert_eq!(pool("x.org", "/login", "GET"), None, "not its method");
-        assert_eq!(
-            pool("x.org", "/login/", "POST"),
-            None,
-            "not its path exactly"
-        );
-        assert_eq!(pool("x.org", "/logins", "POST"), None);
-        assert_eq!(pool("x.org", "/api/users", "GET"), Some(2));
-        assert_eq!(
-            pool("x.org", "/api/users", "HEAD"),
-            Some(2),
-            "GET takes HEAD"
-        );
-        assert_eq!(pool("x.org", "/api/users", "OPTIONS"), Some(2));
-        assert_eq!(pool("x.org", "/api/users", "get"), None, "case-sensitive");
-        assert_eq!(pool("x.org", "/api/users", "POST"), None);
-        assert_eq!(pool("api.example.com", "/api/users", "POST"), Some(3));
-        assert_eq!(pool("api.example.com", "/api/users", "GET"), Some(2));
-        assert_eq!(pool("api.example.com", "/", "PATCH"), None);
-    }
-
-    #[test]
-    fn covering_is_what_the_matcher_does() {
-        // A route covers a later one exactly when every request the later one takes, it
-        // takes: checked over a grid of requests.
-        let hosts = [
-            None,
-            Some("a.example.com"),
-            Some("b.a.example.com"),
-            Some("example.com"),
-            Some("other.org"),
-        ];
-        let paths = ["/", "/api", "/api/", "/api/v2/x", "/static/x"];
-        let methods = ["GET", "HEAD", "POST", "PUT"];
-        let patterns = [
-            None,
-            Some("a.example.com"),
-            Some("*.example.com"),
-            Some("*.a.example.com"),
-            Some("example.com"),
-        ];
-        let prefixes = [None, Some("/api"), Some("/api/"), Some("/static/")];
-        let exact = [None, Some("/api"), Some("/api/v2/x")];
-        let method_sets: [&[&str]; 5] = [&[], &["GET"], &["HEAD"], &["GET", "POST"], &["POST"]];
-        let mut all = Vec::new();
-        for h in patterns {
-            for p in prefixes {
-                for e in exact.into_iter().filter(|e| e.is_none() || p.is_none()) {
-                    for ms in method_sets {
-                        let mut r = route(h, p, 0);
-                        r.path = e.map(str::to_string);
-                        r.methods = ms.iter().map(|m| m.to_string()).collect();
-                        all.push(r.clone());
-                        // And with a second host.
-                        if h.is_some() {
-                            r.hosts.push(HostPattern::parse("other.org").unwrap());
-                            all.push(r);
-                        }
-                    }
-                }
-            }
-        }
-        let mut covered = 0;
-        for a in &all {
-            for b in &all {
-                let takes_all = hosts.iter().all(|h| {
-                    paths.iter().all(|p| {
-                        methods.iter().all(|m| {
-                            let h = h.map(str::as_bytes);
-                            let (p, m) = (p.as_bytes(), m.as_bytes());
-                            !b.matches(h, p, m) || a.matches(h, p, m)
-                        })
-                    })
-                });
-                if a.covers(b) {
-                    assert!(takes_all, "{a:?} covers {b:?} but misses a request");
-                    covered += 1;
-                }
-            }
-        }
-        assert!(
-            covered > all.len() * 4,
-            "{covered} of {} pairs",
-            all.len().pow(2)
-        );
-        let mut get = route(None, Some("/api"), 0);
-        get.methods = vec!["GET".into()];
-        let mut head = route(None, None, 0);
-        head.path = Some("/api/v2".into());
-        head.methods = vec!["HEAD".into()];
-        assert!(
-            get.covers(&head),
-            "GET takes HEAD, the prefix takes the path"
-        );
-        assert!(!head.covers(&get));
-        assert!(route(None, Some("/api"), 0).covers(&route(Some("x.org"), Some("/api/v2"), 0)));
-        // Two hosts are covered only when each of them is.
-        let mut two = route(Some("a.example.com"), None, 0);
-        two.hosts.push(HostPattern::parse("other.org").unwrap());
-        assert!(!route(Some("*.example.com"), None, 0).covers(&two));
-        assert!(two.covers(&route(Some("other.org"), Some("/x"), 0)));
-        assert!(
-            two.matches(Some(b"other.org"), b"/", b"GET")
-                && two.matches(Some(b"a.example.com"), b"/", b"GET")
-        );
-        assert!(
-            !two.matches(Some(b"b.example.com"), b"/", b"GET") && !two.matches(None, b"/", b"GET")
-        );
-        assert!(!route(Some("x.org"), None, 0).covers(&route(None, Some("/"), 0)));
-    }
-}
+#[path = "route_tests.rs"]
+mod tests;

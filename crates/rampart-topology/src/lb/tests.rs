@@ -546,6 +546,14 @@ fn quick_mode_builds_one_pool() {
     assert!(LbConfig::quick(a, &[], Algorithm::RoundRobin, Mode::Http, CheckKind::Tcp).is_err());
 }
 
+/// A request with this method and no header field.
+fn method(m: &'static [u8]) -> RouteRequest<'static> {
+    RouteRequest {
+        method: m,
+        has: &|_| false,
+    }
+}
+
 const ROUTED: &str = r#"[[listener]]
 name = "site"
 address = "127.0.0.1:8080"
@@ -583,6 +591,7 @@ fn routes_validate_in_order_with_their_pools() {
                 path_prefix: Some("/v2/".into()),
                 path: None,
                 methods: Vec::new(),
+                header: None,
                 strip_prefix: false,
                 to: RouteTo::Pool(1),
                 allow: None,
@@ -592,6 +601,7 @@ fn routes_validate_in_order_with_their_pools() {
                 path_prefix: Some("/static/".into()),
                 path: None,
                 methods: Vec::new(),
+                header: None,
                 strip_prefix: true,
                 to: RouteTo::Pool(2),
                 allow: None,
@@ -599,10 +609,15 @@ fn routes_validate_in_order_with_their_pools() {
         ]
     );
     assert_eq!(
-        pick_route(&l.routes, Some(b"api.example.com:8080"), b"/v2/x", b"GET"),
+        pick_route(
+            &l.routes,
+            Some(b"api.example.com:8080"),
+            b"/v2/x",
+            &method(b"GET")
+        ),
         Some(0)
     );
-    assert_eq!(pick_route(&l.routes, None, b"/", b"GET"), None);
+    assert_eq!(pick_route(&l.routes, None, b"/", &method(b"GET")), None);
 }
 
 #[test]
@@ -702,11 +717,11 @@ fn exact_path_and_method_routes_validate_and_their_errors_name_their_position() 
     assert_eq!(r.path.as_deref(), Some("/login"));
     assert_eq!(r.methods, ["POST", "PUT"]);
     assert_eq!(
-        pick_route(&c.listeners[0].routes, None, b"/login", b"PUT"),
+        pick_route(&c.listeners[0].routes, None, b"/login", &method(b"PUT")),
         Some(1)
     );
     assert_eq!(
-        pick_route(&c.listeners[0].routes, None, b"/login", b"GET"),
+        pick_route(&c.listeners[0].routes, None, b"/login", &method(b"GET")),
         None
     );
     // Methods alone are a condition (all writes to one pool).
@@ -742,6 +757,29 @@ fn exact_path_and_method_routes_validate_and_their_errors_name_their_position() 
         m.contains("bad path \"login\"; expected a path starting with \"/\""),
         "{m}"
     );
+    // A header condition, alone or with others; its errors.
+    let canary = ROUTED.replace(
+        "path_prefix = \"/static/\"\nstrip_prefix = true\n",
+        "header = { name = \"X-Canary\", value = \"1\" }\n",
+    );
+    let c = parse(&canary).unwrap();
+    assert_eq!(
+        c.listeners[0].routes[1].header,
+        Some(HeaderMatch {
+            name: "x-canary".into(),
+            value: Some("1".into())
+        })
+    );
+    let (l, col, m) = one_error(&canary.replace("X-Canary", "X Canary"));
+    assert_eq!((l, col), (10, 19), "{m}");
+    assert!(m.contains("bad header name \"X Canary\""), "{m}");
+    let (_, _, m) = one_error(&canary.replace("X-Canary", "Host"));
+    assert!(m.contains("matches the Host field with host"), "{m}");
+    let (l, col, m) = one_error(&canary.replace("\"1\"", "\"1 \""));
+    assert_eq!((l, col), (10, 39), "{m}");
+    assert!(m.contains("expected \"1\""), "{m}");
+    let e = parse(&canary.replace("value = ", "values = ")).unwrap_err();
+    assert!(e.to_string().contains("values"), "{e}");
     // Shadowed: a prefix route for any method before an exact path under it.
     let text = exact.replacen(
         "host = \"API.example.com\"\npath_prefix = \"/v2/\"",
