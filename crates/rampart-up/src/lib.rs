@@ -30,6 +30,7 @@ pub mod lifecycle;
 pub use rampart_http1 as http;
 pub mod netcut;
 pub mod plan;
+pub mod reap;
 pub mod site;
 pub mod state;
 pub mod status;

@@ -289,6 +289,14 @@ impl Supervisor {
     fn tend(&mut self, stopping: bool) -> Result<(), UpError> {
         let now = Instant::now();
         let mut changed = false;
+        // What a killed node left behind (its postmaster) is ours to reap: its pid must be
+        // free before the node's next start can take the data directory again.
+        let nodes: Vec<i32> = self
+            .procs
+            .iter()
+            .filter_map(|p| p.pid().and_then(|p| i32::try_from(p).ok()))
+            .collect();
+        crate::reap::reap_orphans(|pid| !nodes.contains(&pid));
         for i in 0..self.procs.len() {
             let exited = match self.procs[i].child.as_mut() {
                 Some(c) => match c.try_wait() {

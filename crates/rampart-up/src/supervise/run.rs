@@ -163,6 +163,10 @@ pub fn run(o: UpOptions) -> Result<(), UpError> {
         });
     }
     // Each node in its own cgroup (best effort), so a partition drill can cut its network.
+    // Orphans of the nodes come to us, not to PID 1 (see crate::reap).
+    if !crate::reap::become_subreaper() {
+        outln!("  note: cannot become the subreaper of the nodes: what a killed node leaves behind waits for PID 1 to reap it");
+    }
     let cgroups = crate::cgroup::StackCgroups::create(&r.topology.cluster, std::process::id())
         .and_then(|c| {
             for spec in &procs {
