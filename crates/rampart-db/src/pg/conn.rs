@@ -77,7 +77,7 @@ impl PgConn {
             CASE WHEN pg_is_in_recovery()
                  THEN COALESCE((SELECT received_tli FROM pg_stat_wal_receiver WHERE status = 'streaming'), (SELECT timeline_id FROM pg_control_checkpoint()))::int8
                  ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int8 END,
-            CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0.0
+            CASE WHEN NOT pg_is_in_recovery() OR pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0.0
                  ELSE COALESCE(extract(epoch from now() - pg_last_xact_replay_timestamp())::float8, 0.0) END,
             (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')::int8,
             (SELECT COALESCE(sum(xact_commit), 0) FROM pg_stat_database)::int8,

@@ -530,3 +530,53 @@ async fn a_killed_primary_rewinds_onto_a_just_promoted_leader_without_a_re_clone
         c.list()
     );
 }
+
+/// Every agent stopped cleanly, then one started alone: with no leader to follow it runs
+/// its PostgreSQL as a standby of nobody, then takes the key and promotes it. A promoted
+/// standby that never streamed has no WAL receiver (`pg_last_wal_receive_lsn()` is NULL)
+/// and keeps the timestamp of the last transaction it replayed: "seconds since the last
+/// replayed transaction" was reported as the primary's replication lag, growing for ever
+/// (22 s in `rampart db list` after a drill). A primary has no replication lag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_promoted_from_a_standby_of_nobody_reports_no_replication_lag() {
+    let mut c = Cluster::start(Opts {
+        synchronous: false,
+        ..Opts::default()
+    });
+    let p = c.wait_primary(Duration::from_secs(60));
+    let replicas: Vec<usize> = (0..3).filter(|&i| i != p).collect();
+    for &i in &replicas {
+        c.wait_replica(i, Duration::from_secs(60));
+    }
+    create_acked_table(&c, p).await;
+    for i in replicas.iter().copied().chain([p]) {
+        c.signal_agent(i, Signal::SIGTERM);
+        let mut a = c.agents[i].take().expect("running agent");
+        assert!(
+            a.wait_exit(Duration::from_secs(40)).is_ok(),
+            "{} did not stop",
+            c.nodes[i].name
+        );
+    }
+    let r = replicas[0];
+    c.start_agent(r);
+    let np = c.wait_primary(Duration::from_secs(60));
+    assert_eq!(np, r, "{}", c.list());
+    let name = c.nodes[np].name.clone();
+    // Past the agent's next publications (every loop_wait).
+    std::thread::sleep(Duration::from_secs(3));
+    let lag = c.cluster_json(np).and_then(|v| {
+        v["members"]
+            .as_array()?
+            .iter()
+            .find(|m| m["name"] == name.as_str())?["lag_seconds"]
+            .as_f64()
+    });
+    assert_eq!(
+        lag,
+        Some(0.0),
+        "the primary {name} reports a replication lag:\n{}\n{}",
+        c.list(),
+        c.agent_log(np)
+    );
+}
