@@ -210,7 +210,10 @@ fn host_rules(interval: Duration, out: &mut Vec<Rule>) {
     r.reduce = Reduce::PredictDay;
     r.window_ms = ms(Duration::from_secs(3600).max(interval * 10));
     r.by = fs_by();
-    r.for_ms = ms(Duration::from_secs(300).max(interval * 3));
+    // An hour, as node-exporter's NodeFilesystemSpaceFillingUp: a burst of writes (a build,
+    // a base backup, a fresh monitor with minutes of history) extrapolated over a day must
+    // not page anyone; a disk that keeps filling at that pace for an hour does.
+    r.for_ms = ms(Duration::from_secs(3600).max(interval * 3));
     r.summary =
         "{{instance}}: the filesystem of {{path}} fills within a day at the last hour's pace"
             .into();
@@ -372,7 +375,7 @@ mod tests {
             (
                 "DiskFullWithinADay",
                 "max by (instance, path) (predict_linear(rampart_host_filesystem_avail_bytes[1h], 86400)) < 0".into(),
-                "5m",
+                "1h",
             ),
             (
                 "MemoryLow",
@@ -498,21 +501,25 @@ mod tests {
         let avail = "rampart_host_filesystem_avail_bytes";
         let size = "rampart_host_filesystem_size_bytes";
         let gib = 1024.0 * 1024.0 * 1024.0;
-        // An hour of scrapes every 10 s: db1 steady at half of 100 GiB free; db2 with 50 GiB
-        // free losing 1 GiB a minute (full in under an hour, far above 10% meanwhile).
+        // Two hours of scrapes every 10 s: db1 steady at half of 100 GiB free; db2 with 50
+        // GiB free losing 1 GiB every 3 minutes (full in 2.5 hours, above 10% for 2).
         let mut now = 0;
-        for i in 0..400u64 {
+        for i in 0..760u64 {
             now = i * 10_000;
             for (l, v) in [
                 (&steady, 50.0 * gib),
-                (&filling, 50.0 * gib - i as f64 / 6.0 * gib),
+                (&filling, 50.0 * gib - i as f64 / 18.0 * gib),
             ] {
                 st.push(&SeriesKey::new(avail, l.clone()), now, v.max(0.0));
                 st.push(&SeriesKey::new(size, l.clone()), now, 100.0 * gib);
             }
             e.evaluate(&st, now);
-            if i == 100 {
-                // 33 GiB left: not low yet, but full within the day at this pace.
+            if i == 300 {
+                // 50 minutes at that pace: pending, not yet an hour.
+                assert_eq!(e.state("DiskFullWithinADay", &filling), AlertState::Pending);
+            }
+            if i == 380 {
+                // 29 GiB left: not low yet, but full within the day at this pace for an hour.
                 assert_eq!(e.state("DiskSpaceLow", &filling), AlertState::Inactive);
                 assert_eq!(e.state("DiskFullWithinADay", &filling), AlertState::Firing);
                 assert_eq!(e.state("DiskFullWithinADay", &steady), AlertState::Inactive);
