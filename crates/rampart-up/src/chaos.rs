@@ -356,6 +356,26 @@ fn pick(state: &UpState, kind: &str, name: &Option<String>) -> Result<(String, u
     Ok((n.name.clone(), pid))
 }
 
+/// How long a balancer drill waits for every balancer to run.
+pub const BALANCERS_WAIT: Duration = Duration::from_secs(60);
+
+/// Why a balancer drill cannot start now: a balancer of the stack that is not running
+/// (starting, restarting after an earlier drill, stopped). `None`: all run.
+pub fn balancers_not_running(state: &UpState) -> Option<String> {
+    let down: Vec<String> = state
+        .nodes
+        .iter()
+        .filter(|n| n.kind == "lb" && n.state != "running")
+        .map(|n| format!("{} is {}", n.name, n.state))
+        .collect();
+    (!down.is_empty()).then(|| {
+        format!(
+            "{}: a balancer drill needs every balancer running, or it takes down the last one serving",
+            down.join(", ")
+        )
+    })
+}
+
 /// Run one drill against the stack `rampart up` runs from `r`'s data dir.
 pub fn run(r: &Resolved, drill: &Drill, o: &DrillOptions) -> Result<Report, UpError> {
     let state = UpState::read_live(&r.data_dir).ok_or_else(|| {
@@ -364,6 +384,37 @@ pub fn run(r: &Resolved, drill: &Drill, o: &DrillOptions) -> Result<Report, UpEr
             r.data_dir.display()
         ))
     })?;
+    let lb_target = match drill {
+        Drill::Partition(n) => r.topology.lb.as_ref().is_some_and(|l| l.node(n).is_some()),
+        d => d.is_lb(),
+    };
+    // A balancer drill shows a failover only when the other balancers are there to take
+    // over: right after an earlier drill `up` may still be restarting one (with backoff),
+    // and the target would be the last balancer serving. Wait for them (a while).
+    let mut state = state;
+    if lb_target {
+        let since = Instant::now();
+        let mut said = false;
+        while let Some(why) = balancers_not_running(&state) {
+            if since.elapsed() > BALANCERS_WAIT {
+                return Err(UpError::Drill(format!(
+                    "{why} (waited {}s)",
+                    BALANCERS_WAIT.as_secs()
+                )));
+            }
+            if !said {
+                eprintln!("waiting: {why}");
+                said = true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            state = UpState::read_live(&r.data_dir).ok_or_else(|| {
+                UpError::NotRunning(format!(
+                    "the stack running from {} stopped",
+                    r.data_dir.display()
+                ))
+            })?;
+        }
+    }
     // A partition checks what it needs before any load: the fault must be possible.
     let hosts = state.hosts.clone();
     let partition = match (drill, &hosts) {
@@ -430,10 +481,6 @@ pub fn run(r: &Resolved, drill: &Drill, o: &DrillOptions) -> Result<Report, UpEr
     };
     // Balancer drills (and cuts of a balancer): a probe every 10 ms, from the client host
     // when there is one (it reaches the site through the virtual IPs only).
-    let lb_target = match drill {
-        Drill::Partition(n) => r.topology.lb.as_ref().is_some_and(|l| l.node(n).is_some()),
-        d => d.is_lb(),
-    };
     let prober = if lb_target {
         Some(crate::vipdrill::Prober::start(
             site.clone(),
@@ -864,6 +911,42 @@ pub fn report_json(r: &Report) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_balancer_drill_waits_for_every_balancer() {
+        let node = |name: &str, kind: &str, st: &str| crate::state::NodeState {
+            name: name.into(),
+            kind: kind.into(),
+            pid: (st == "running").then_some(42),
+            log: Default::default(),
+            restarts: 0,
+            state: st.into(),
+        };
+        let mut state = UpState {
+            pid: 1,
+            topology: Default::default(),
+            data_dir: Default::default(),
+            nodes: vec![
+                node("db1", "db", "restarting"),
+                node("lb1", "lb", "running"),
+                node("lb2", "lb", "running"),
+            ],
+            cgroup: None,
+            lb_admin: Vec::new(),
+            hosts: None,
+        };
+        assert_eq!(
+            balancers_not_running(&state),
+            None,
+            "a db restarting is no matter"
+        );
+        state.nodes[1] = node("lb1", "lb", "restarting");
+        let why = balancers_not_running(&state).unwrap();
+        assert!(
+            why.starts_with("lb1 is restarting: a balancer drill needs"),
+            "{why}"
+        );
+    }
 
     #[test]
     fn a_report_says_when_and_why_each_shown_request_failed() {
