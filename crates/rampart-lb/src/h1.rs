@@ -46,6 +46,7 @@
 
 use std::future::Future;
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,7 +55,6 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::CancellationToken;
 
 use crate::clock::ns_at;
 use crate::conn::ConnCtx;
@@ -95,21 +95,14 @@ const LINGER: Duration = Duration::from_secs(2);
 /// ... or this many bytes.
 const LINGER_MAX: usize = 4 << 20;
 
-thread_local! {
-    static STOP: &'static CancellationToken =
-        Box::leak(Box::new(crate::shutdown_token().child_token()));
-}
-
-/// This thread's view of the process-wide stop token (its own waiter list).
-fn stop_token() -> &'static CancellationToken {
-    STOP.with(|s| *s)
-}
-
 /// A client stream the fast path serves.
 pub(crate) trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// Wait until the peer sent something without holding a buffer (a plain socket);
     /// streams that cannot tell (TLS) return at once.
     fn ready(&self) -> impl Future<Output = io::Result<()>> + Send + '_;
+
+    /// The local address the client connected to (a system call).
+    fn local_ip(&self) -> Option<IpAddr>;
 }
 
 impl ClientStream for TcpStream {
@@ -117,12 +110,37 @@ impl ClientStream for TcpStream {
         // The socket's own reader slot, not a waiter list entry in the task: smaller.
         std::future::poll_fn(move |cx| self.poll_read_ready(cx))
     }
+
+    fn local_ip(&self) -> Option<IpAddr> {
+        self.local_addr().ok().map(|a| a.ip())
+    }
 }
 
 impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
     fn ready(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
         std::future::ready(Ok(()))
     }
+
+    fn local_ip(&self) -> Option<IpAddr> {
+        self.get_ref().0.local_ip()
+    }
+}
+
+/// The local address of a client connection: its listener's, unless that is a wildcard
+/// (then the socket's, a system call).
+pub(crate) fn local_ip<T: ClientStream>(ctx: &ConnCtx, io: &T) -> Option<IpAddr> {
+    let bound = ctx.listener.cfg.address.ip();
+    if bound.is_unspecified() {
+        io.local_ip()
+    } else {
+        Some(bound)
+    }
+}
+
+/// Whether the connection came in on a virtual address this balancer gave up
+/// (`crate::wake`): it closes now if idle, after its request if not.
+fn on_given_up_address<T: ClientStream>(ctx: &ConnCtx, io: &T) -> bool {
+    crate::wake::any_given_up() && local_ip(ctx, io).is_some_and(crate::wake::given_up)
 }
 
 /// What a wait for the client's next request came to.
@@ -175,8 +193,9 @@ pub(crate) fn serve<T: ClientStream, G: Send + 'static>(
     async move {
         let _guard = &guard;
         let cfg = &ctx.listener.cfg;
-        // The connection's one wait for the stop, across all its waits (`UnlessStopped`).
-        let mut stopped = std::pin::pin!(stop_token().cancelled());
+        // The connection's one wait for a wake-up (the stop, its virtual address given
+        // up), across all its waits (`UnlessWoken`); made before `stopping()` is read.
+        let mut woken = std::pin::pin!(crate::wake::this_thread().notified());
         let mut buf: Option<Buf> = None;
         let mut first = true;
         // Every wait of the connection, on one timer (`timer`'s docs).
@@ -185,30 +204,50 @@ pub(crate) fn serve<T: ClientStream, G: Send + 'static>(
             if buf.as_ref().is_none_or(|b| b.is_empty()) {
                 // Waiting for the next request: give the buffer back.
                 buf = None;
-                // (The start and timeout in a block of their own: not kept in the future.)
-                let wait = {
-                    let (start, timeout) = if first {
-                        (accepted, cfg.header_read_timeout)
-                    } else {
-                        (Instant::now(), cfg.idle_timeout)
-                    };
-                    timer::within(timer.as_mut(), start, timeout, io.ready())
-                };
                 // (Its outcome as a plain enum: no `io::Error` kept across the next await.)
-                let woke = timer::UnlessStopped::new(wait, stopped.as_mut())
-                    .await
-                    .map(Woke::of);
-                // Stopping: a client in the middle of a series of requests gets a little
-                // while to send its next one (answered with `Connection: close`), so no
-                // request races the close; an idle connection closes after that.
-                // (Awaited outside the first wait, so the two waits do not add up in the
-                // task.)
+                let woke = if crate::stopping() {
+                    None
+                } else {
+                    // (The start and timeout in a block of their own: not kept in the
+                    // future; the wait made here, so it is kept once, inside the other.)
+                    let wait = {
+                        let (start, timeout) = if first {
+                            (accepted, cfg.header_read_timeout)
+                        } else {
+                            (Instant::now(), cfg.idle_timeout)
+                        };
+                        timer::within(timer.as_mut(), start, timeout, io.ready())
+                    };
+                    timer::UnlessWoken::new(wait, woken.as_mut())
+                        .await
+                        .map(Woke::of)
+                };
                 let woke = match woke {
                     Some(w) => w,
-                    None => Woke::of(
+                    // Stopping: a client in the middle of a series of requests gets a
+                    // little while to send its next one (answered with `Connection:
+                    // close`), so no request races the close; an idle connection closes
+                    // after that. (Awaited outside the first wait, so the two waits do not
+                    // add up in the task.)
+                    None if crate::stopping() => Woke::of(
                         timer::within(timer.as_mut(), Instant::now(), STOP_LINGER, io.ready())
                             .await,
                     ),
+                    // Its virtual address went to another balancer: close now, while the
+                    // FIN still reaches the client from here.
+                    None if on_given_up_address(&ctx, &io) => {
+                        tracing::debug!(peer = %ctx.peer, "closing an idle client connection: its virtual address moved to another balancer");
+                        return;
+                    }
+                    // Woken for another address: wait again, on a new waiter. (The idle
+                    // timeout starts over: wakes are rare.)
+                    None => {
+                        woken.set(crate::wake::this_thread().notified());
+                        if on_given_up_address(&ctx, &io) {
+                            return;
+                        }
+                        continue;
+                    }
                 };
                 match woke {
                     Woke::Ready => {}
@@ -257,7 +296,13 @@ pub(crate) fn serve<T: ClientStream, G: Send + 'static>(
                         .take()
                         .map_or_else(Bytes::new, |b| Bytes::copy_from_slice(b.data()));
                     let stream = Prefixed { prefix, inner: io };
-                    Box::pin(hyper_path::serve_h2(stream, ctx.peer, ctx.clone())).await;
+                    // (Its local address found inside the box: not kept in this future.)
+                    let c = ctx.clone();
+                    Box::pin(async move {
+                        let local = local_ip(&c, &stream.inner);
+                        hyper_path::serve_h2(stream, c.peer, c, local).await
+                    })
+                    .await;
                     return;
                 }
             }
@@ -324,7 +369,14 @@ async fn exchange<T: ClientStream>(
                         let _ = send_error(io, ctx, status, msg, true, false).await;
                         return Next::Close;
                     }
-                    Parsed::Complete(r) => break r,
+                    Parsed::Complete(mut r) => {
+                        // Came in on an address given up: the client's next request goes
+                        // to the new master on a new connection.
+                        if on_given_up_address(ctx, io) {
+                            r.close = true;
+                        }
+                        break r;
+                    }
                     Parsed::Acme {
                         head_len,
                         key_auth,

@@ -4,7 +4,7 @@
 //! this module also accepts connections and sends each to its path.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -200,7 +200,9 @@ const H2_MAX_LOCAL_RESETS: usize = 200;
 /// The largest request head of HTTP/2 (the fast path's HTTP/1 head limit is 64 KiB).
 const H2_MAX_HEADER_LIST: u32 = 64 * 1024;
 
-pub(crate) async fn serve_h2<T>(tcp: T, peer: SocketAddr, ctx: Svc)
+/// `local`: the address the client connected to (its connection ends by GOAWAY when this
+/// balancer gives that virtual address up: `crate::wake`).
+pub(crate) async fn serve_h2<T>(tcp: T, peer: SocketAddr, ctx: Svc, local: Option<IpAddr>)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -238,6 +240,27 @@ where
             conn.as_mut().graceful_shutdown();
             let _ = conn.as_mut().await;
         }
+        _ = address_given_up(local) => {
+            // Its virtual address went to another balancer: the same, so that the client
+            // opens its next connection there.
+            tracing::debug!(%peer, "GOAWAY to an h2 client: its virtual address moved to another balancer");
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.as_mut().await;
+        }
+    }
+}
+
+/// Ready once this balancer gives up virtual address `local` (never for `None`).
+async fn address_given_up(local: Option<IpAddr>) {
+    let Some(ip) = local else {
+        return std::future::pending().await;
+    };
+    loop {
+        let woken = crate::wake::this_thread().notified();
+        if crate::wake::given_up(ip) {
+            return;
+        }
+        woken.await;
     }
 }
 
@@ -273,7 +296,8 @@ async fn serve_tls(
         return;
     };
     if h2 {
-        serve_h2(stream, peer, ctx).await;
+        let local = crate::h1::local_ip(&ctx, &stream);
+        serve_h2(stream, peer, ctx, local).await;
     } else {
         crate::h1::serve(stream, ctx, accepted, false, ()).await;
     }

@@ -45,6 +45,7 @@ mod upstream_h2;
 mod upstream_h2_body;
 mod upstream_tls;
 pub mod vrrp;
+mod wake;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -715,8 +716,9 @@ async fn drain(shared: &Shared, grace: Duration) {
     }
     let open = active_connections();
     tracing::info!(open_connections = open, grace = ?grace, "stopping: no new connections, finishing in-flight requests");
-    STOPPING.store(true, Ordering::Relaxed);
+    STOPPING.store(true, Ordering::SeqCst);
     shutdown_token().cancel();
+    wake::all();
     let deadline = Instant::now() + grace;
     loop {
         let open = active_connections();

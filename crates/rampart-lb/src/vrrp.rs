@@ -658,6 +658,7 @@ impl RouterTask {
             match *a {
                 Action::SendAdvert { priority } => self.send(priority).await,
                 Action::AddAddresses => {
+                    crate::wake::take_back(&self.vip_ips());
                     for v in &self.host.vips {
                         if let Err(e) = addr::add(self.host.iface.index, *v) {
                             tracing::error!(router = %self.inst.name, address = %v, error = %e, "cannot add the virtual address");
@@ -685,6 +686,15 @@ impl RouterTask {
                 }
                 Action::Transition { from, to, cause } => {
                     yielded = from == State::Master && to == State::Backup;
+                    // Given up (to a peer, or to a fault): the connections that came in on
+                    // these addresses close (`crate::wake`). A clean stop closes them all.
+                    if from == State::Master && matches!(to, State::Backup | State::Fault) {
+                        let id = crate::wake::give_up(&self.vip_ips());
+                        tokio::spawn(async move {
+                            tokio::time::sleep(crate::wake::GIVEN_UP_FOR).await;
+                            crate::wake::expire(id);
+                        });
+                    }
                     self.view.state.store(state_code(to), Ordering::Relaxed);
                     self.view.transitions.fetch_add(1, Ordering::Relaxed);
                     self.view
@@ -738,6 +748,10 @@ impl RouterTask {
                 }
             }
         });
+    }
+
+    fn vip_ips(&self) -> Vec<IpAddr> {
+        self.host.vips.iter().map(|v| v.ip).collect()
     }
 
     fn remove_addresses(&self) {

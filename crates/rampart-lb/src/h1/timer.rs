@@ -107,29 +107,26 @@ impl<F: Future> Future for Within<'_, F> {
 }
 
 pin_project_lite::pin_project! {
-    /// `f`, or `None` once `stop` is cancelled: `tokio::select!` on the two without the
+    /// `f`, or `None` once `stop` is ready: `tokio::select!` on the two without the
     /// macro's own state (a closure and a mask), which an idle connection's future would
-    /// keep. `stop` is the connection's one wait for the stop, kept across its waits: it
-    /// joins the token's waiter list on its first poll and stays there, where a wait of its
-    /// own each time joined and left the list (a lock and a list update each way, about
-    /// 200 instructions a request).
-    pub(super) struct UnlessStopped<'s, 't, F> {
+    /// keep. `stop` is the connection's one wait for a wake-up (the stop, a virtual address
+    /// given up: `crate::wake`), kept across its waits: it joins the waiter list on its
+    /// first poll and stays there, where a wait of its own each time joined and left the
+    /// list (a lock and a list update each way, about 200 instructions a request).
+    pub(super) struct UnlessWoken<'s, F, S> {
         #[pin]
         f: F,
-        stop: Pin<&'s mut tokio_util::sync::WaitForCancellationFuture<'t>>,
+        stop: Pin<&'s mut S>,
     }
 }
 
-impl<'s, 't, F: Future> UnlessStopped<'s, 't, F> {
-    pub(super) fn new(
-        f: F,
-        stop: Pin<&'s mut tokio_util::sync::WaitForCancellationFuture<'t>>,
-    ) -> Self {
-        UnlessStopped { f, stop }
+impl<'s, F: Future, S: Future<Output = ()>> UnlessWoken<'s, F, S> {
+    pub(super) fn new(f: F, stop: Pin<&'s mut S>) -> Self {
+        UnlessWoken { f, stop }
     }
 }
 
-impl<F: Future> Future for UnlessStopped<'_, '_, F> {
+impl<F: Future, S: Future<Output = ()>> Future for UnlessWoken<'_, F, S> {
     type Output = Option<F::Output>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
@@ -137,7 +134,7 @@ impl<F: Future> Future for UnlessStopped<'_, '_, F> {
         if let Poll::Ready(r) = this.f.poll(cx) {
             return Poll::Ready(Some(r));
         }
-        // (A wait for cancellation that is over stays over: polled again, it is ready.)
+        // (A wake-up that is over stays over: polled again, it is ready.)
         this.stop.as_mut().poll(cx).map(|()| None)
     }
 }
@@ -323,22 +320,22 @@ mod tests {
         let mut stopped = std::pin::pin!(stop.cancelled());
         // One wait for the stop serves every wait of a connection.
         for i in 0..3 {
-            let quick = UnlessStopped::new(
+            let quick = UnlessWoken::new(
                 tokio::time::sleep(Duration::from_millis(10)),
                 stopped.as_mut(),
             );
             assert_eq!(quick.await, Some(()), "{i}");
         }
-        assert!(UnlessStopped::new(wait, stopped.as_mut()).await.is_none());
+        assert!(UnlessWoken::new(wait, stopped.as_mut()).await.is_none());
         assert_eq!(start.elapsed(), Duration::from_millis(2000));
         // Both ready: the operation's result, not the stop.
         assert_eq!(
-            UnlessStopped::new(async { 1 }, stopped.as_mut()).await,
+            UnlessWoken::new(async { 1 }, stopped.as_mut()).await,
             Some(1)
         );
         // And a stop stays seen by every wait after it.
         let wait = std::future::pending::<()>();
-        assert!(UnlessStopped::new(wait, stopped.as_mut()).await.is_none());
+        assert!(UnlessWoken::new(wait, stopped.as_mut()).await.is_none());
     }
 
     #[tokio::test(start_paused = true)]
@@ -347,14 +344,14 @@ mod tests {
         // wait polled): the stop must still end the wait after it, at once.
         let stop = tokio_util::sync::CancellationToken::new();
         let mut stopped = std::pin::pin!(stop.cancelled());
-        let first = UnlessStopped::new(
+        let first = UnlessWoken::new(
             tokio::time::sleep(Duration::from_millis(1)),
             stopped.as_mut(),
         );
         assert_eq!(first.await, Some(()));
         stop.cancel();
         let start = Instant::now();
-        let next = UnlessStopped::new(std::future::pending::<()>(), stopped.as_mut());
+        let next = UnlessWoken::new(std::future::pending::<()>(), stopped.as_mut());
         assert!(next.await.is_none());
         assert_eq!(start.elapsed(), Duration::ZERO);
     }

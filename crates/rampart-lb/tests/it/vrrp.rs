@@ -682,6 +682,101 @@ fn preemption_on_gives_the_address_back_and_off_keeps_it() {
     }
 }
 
+/// One request on a keep-alive connection; true when it was answered `web`.
+fn keep_alive_request(c: &mut std::net::TcpStream) -> bool {
+    if c.write_all(b"GET / HTTP/1.1\r\nHost: site\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.ends_with(b"\r\n\r\nweb") {
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    got.starts_with(b"HTTP/1.1 200")
+}
+
+#[test]
+fn a_balancer_giving_the_virtual_ip_up_closes_its_idle_keep_alive_connections() {
+    // A client's keep-alive connection through lb2 sits idle while lb1 (higher priority,
+    // preempt on) comes back and takes the address. Left open, the client's next request
+    // on it would reach lb1, which knows nothing of it and resets it; lb2 closes it when it
+    // gives the address up, so the client opens a new connection instead (to lb1).
+    let mut s = pair("vkc", true);
+    assert!(
+        s.wait_sole_holder(1, VIP, Duration::from_secs(5)),
+        "{}",
+        s.logs()
+    );
+    s.lb(1).crash();
+    assert!(
+        s.wait_sole_holder(2, VIP, Duration::from_secs(5)),
+        "{}",
+        s.logs()
+    );
+    let (served, took_over) = (std::sync::mpsc::channel(), std::sync::mpsc::channel());
+    let (served_tx, took_over_rx) = (served.0, took_over.1);
+    let client = s.lab.run_in("client", move || {
+        let mut c = std::net::TcpStream::connect_timeout(&on_80(VIP), Duration::from_secs(2))
+            .expect("connect to the virtual IP");
+        c.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("read timeout");
+        let first = keep_alive_request(&mut c);
+        served_tx.send(first).expect("report");
+        if !first {
+            return Err("the first request failed".to_string());
+        }
+        took_over_rx.recv().expect("lb1 took the address");
+        // lb2 closed the connection when it gave the address up: the end of the stream
+        // is there already (without it, this read waits out its 5 s timeout).
+        let t = Instant::now();
+        let mut b = [0u8; 64];
+        match c.read(&mut b) {
+            Ok(0) => Ok(t.elapsed()),
+            Ok(n) => Err(format!("{n} unexpected bytes")),
+            Err(e) => Err(format!("still open after {:?}: {e}", t.elapsed())),
+        }
+    });
+    assert!(
+        served
+            .1
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or(false),
+        "no answer through lb2:\n{}",
+        s.logs()
+    );
+    s.start_lb(1);
+    assert!(
+        s.wait_sole_holder(1, VIP, Duration::from_secs(5)),
+        "lb1 (150) did not preempt lb2 (100):\n{}",
+        s.logs()
+    );
+    took_over.0.send(()).expect("the client waits");
+    let ended = client.join().expect("the client thread");
+    assert!(
+        matches!(ended, Ok(t) if t < Duration::from_millis(500)),
+        "the idle connection through lb2: {ended:?}\n{}",
+        s.logs()
+    );
+    // The client's next connection goes to lb1.
+    let next = s.lab.run_in("client", || {
+        let mut c = std::net::TcpStream::connect_timeout(&on_80(VIP), Duration::from_secs(2))
+            .expect("connect to the virtual IP");
+        c.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("read timeout");
+        keep_alive_request(&mut c)
+    });
+    assert!(
+        next.join().expect("the client thread"),
+        "no answer through lb1:\n{}",
+        s.logs()
+    );
+}
+
 #[test]
 fn active_active_two_virtual_ips_survive_the_loss_of_either_balancer() {
     for victim in [1usize, 2] {
