@@ -129,12 +129,7 @@ impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
 /// The local address of a client connection: its listener's, unless that is a wildcard
 /// (then the socket's, a system call).
 pub(crate) fn local_ip<T: ClientStream>(ctx: &ConnCtx, io: &T) -> Option<IpAddr> {
-    let bound = ctx.listener.cfg.address.ip();
-    if bound.is_unspecified() {
-        io.local_ip()
-    } else {
-        Some(bound)
-    }
+    crate::wake::local_ip(ctx.listener.cfg.address.ip(), || io.local_ip())
 }
 
 /// Whether the connection came in on a virtual address this balancer gave up

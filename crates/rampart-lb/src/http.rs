@@ -240,27 +240,13 @@ where
             conn.as_mut().graceful_shutdown();
             let _ = conn.as_mut().await;
         }
-        _ = address_given_up(local) => {
+        _ = crate::wake::given_up_wait(local) => {
             // Its virtual address went to another balancer: the same, so that the client
             // opens its next connection there.
             tracing::debug!(%peer, "GOAWAY to an h2 client: its virtual address moved to another balancer");
             conn.as_mut().graceful_shutdown();
             let _ = conn.as_mut().await;
         }
-    }
-}
-
-/// Ready once this balancer gives up virtual address `local` (never for `None`).
-async fn address_given_up(local: Option<IpAddr>) {
-    let Some(ip) = local else {
-        return std::future::pending().await;
-    };
-    loop {
-        let woken = crate::wake::this_thread().notified();
-        if crate::wake::given_up(ip) {
-            return;
-        }
-        woken.await;
     }
 }
 

@@ -49,6 +49,9 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, listener: Arc<ListenerRt
             Ok(up) => {
                 pool.on_passive(i, Outcome::Connected, now_ns());
                 let activity = Arc::new(Activity::default());
+                let local = crate::wake::local_ip(listener.cfg.address.ip(), || {
+                    client.local_addr().ok().map(|a| a.ip())
+                });
                 let mut c = CountedIo::new(client, activity.clone());
                 let mut u = up;
                 let idle = io::watch(activity, listener.cfg.idle_timeout, None);
@@ -59,6 +62,10 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, listener: Arc<ListenerRt
                         }
                     }
                     _ = idle => tracing::debug!(%peer, server = %s.name, "tcp session idle, closed"),
+                    // Its virtual address went to another balancer: the client's packets
+                    // now reach that one, which resets them; closing tells the client (and
+                    // the server) now.
+                    _ = crate::wake::given_up_wait(local) => tracing::debug!(%peer, server = %s.name, "tcp session closed: its virtual address moved to another balancer"),
                 }
                 return;
             }

@@ -113,6 +113,31 @@ pub(crate) fn given_up(ip: IpAddr) -> bool {
             .any(|(i, _)| *i == ip)
 }
 
+/// The local address of a client connection: its listener's (`bound`), unless that is a
+/// wildcard; then the socket's (`sock`: a system call).
+pub(crate) fn local_ip(bound: IpAddr, sock: impl FnOnce() -> Option<IpAddr>) -> Option<IpAddr> {
+    if bound.is_unspecified() {
+        sock()
+    } else {
+        Some(bound)
+    }
+}
+
+/// Ready once this balancer gives up virtual address `local` (never for `None`).
+pub(crate) async fn given_up_wait(local: Option<IpAddr>) {
+    let Some(ip) = local else {
+        return std::future::pending().await;
+    };
+    loop {
+        // Made before the check: a give-up after it wakes this wait.
+        let woken = this_thread().notified();
+        if given_up(ip) {
+            return;
+        }
+        woken.await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -75,14 +75,20 @@ struct Vr {
 
 /// `vip` port 80 as a socket address (IPv6 in brackets).
 fn on_80(vip: &str) -> SocketAddr {
-    SocketAddr::new(vip.parse().expect("a virtual IP"), 80)
+    on_port(vip, 80)
+}
+
+/// `vip`, `port` as a socket address.
+fn on_port(vip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(vip.parse().expect("a virtual IP"), port)
 }
 
 fn lb_config(dir: &Path, name: &str, vrs: &[Vr], interval: &str) -> std::path::PathBuf {
     let site = vrs.first().map_or(VIP, |v| v.vip);
     let mut text = format!(
-        "[admin]\naddress = \"127.0.0.1:9000\"\n\n[[listener]]\nname = \"site\"\naddress = \"{}\"\npool = \"web\"\n\n",
-        on_80(site)
+        "[admin]\naddress = \"127.0.0.1:9000\"\n\n[[listener]]\nname = \"site\"\naddress = \"{}\"\npool = \"web\"\n\n[[listener]]\nname = \"site-tcp\"\naddress = \"{}\"\nmode = \"tcp\"\npool = \"web\"\n\n",
+        on_80(site),
+        on_port(site, 81)
     );
     if vrs.iter().any(|v| v.vip == VIP2) {
         text.push_str(&format!(
@@ -702,7 +708,7 @@ fn keep_alive_request(c: &mut std::net::TcpStream) -> bool {
 
 #[test]
 fn a_balancer_giving_the_virtual_ip_up_closes_its_idle_keep_alive_connections() {
-    // A client's keep-alive connection through lb2 sits idle while lb1 (higher priority,
+    // A client's keep-alive connection (and a TCP-mode session) through lb2 sits idle while lb1 (higher priority,
     // preempt on) comes back and takes the address. Left open, the client's next request
     // on it would reach lb1, which knows nothing of it and resets it; lb2 closes it when it
     // gives the address up, so the client opens a new connection instead (to lb1).
@@ -721,25 +727,37 @@ fn a_balancer_giving_the_virtual_ip_up_closes_its_idle_keep_alive_connections() 
     let (served, took_over) = (std::sync::mpsc::channel(), std::sync::mpsc::channel());
     let (served_tx, took_over_rx) = (served.0, took_over.1);
     let client = s.lab.run_in("client", move || {
-        let mut c = std::net::TcpStream::connect_timeout(&on_80(VIP), Duration::from_secs(2))
-            .expect("connect to the virtual IP");
-        c.set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("read timeout");
-        let first = keep_alive_request(&mut c);
-        served_tx.send(first).expect("report");
-        if !first {
-            return Err("the first request failed".to_string());
+        // An HTTP keep-alive connection (port 80) and a TCP-mode session (81, the web
+        // host closes it after 5 s without a request), one request on each.
+        let mut conns = Vec::new();
+        for port in [80, 81] {
+            let mut c =
+                std::net::TcpStream::connect_timeout(&on_port(VIP, port), Duration::from_secs(2))
+                    .expect("connect to the virtual IP");
+            c.set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("read timeout");
+            if !keep_alive_request(&mut c) {
+                served_tx.send(false).expect("report");
+                return vec![Err(format!("the first request on port {port} failed"))];
+            }
+            conns.push(c);
         }
+        served_tx.send(true).expect("report");
         took_over_rx.recv().expect("lb1 took the address");
-        // lb2 closed the connection when it gave the address up: the end of the stream
-        // is there already (without it, this read waits out its 5 s timeout).
-        let t = Instant::now();
-        let mut b = [0u8; 64];
-        match c.read(&mut b) {
-            Ok(0) => Ok(t.elapsed()),
-            Ok(n) => Err(format!("{n} unexpected bytes")),
-            Err(e) => Err(format!("still open after {:?}: {e}", t.elapsed())),
-        }
+        // lb2 closed both when it gave the address up: the end of each stream is there
+        // already (without it, the read waits out its 5 s timeout, or the web host's).
+        conns
+            .iter_mut()
+            .map(|c| {
+                let t = Instant::now();
+                let mut b = [0u8; 64];
+                match c.read(&mut b) {
+                    Ok(0) => Ok(t.elapsed()),
+                    Ok(n) => Err(format!("{n} unexpected bytes")),
+                    Err(e) => Err(format!("still open after {:?}: {e}", t.elapsed())),
+                }
+            })
+            .collect::<Vec<_>>()
     });
     assert!(
         served
@@ -758,8 +776,11 @@ fn a_balancer_giving_the_virtual_ip_up_closes_its_idle_keep_alive_connections() 
     took_over.0.send(()).expect("the client waits");
     let ended = client.join().expect("the client thread");
     assert!(
-        matches!(ended, Ok(t) if t < Duration::from_millis(500)),
-        "the idle connection through lb2: {ended:?}\n{}",
+        ended.len() == 2
+            && ended
+                .iter()
+                .all(|e| matches!(e, Ok(t) if *t < Duration::from_millis(500))),
+        "the idle connections through lb2 (HTTP, TCP): {ended:?}\n{}",
         s.logs()
     );
     // The client's next connection goes to lb1.
