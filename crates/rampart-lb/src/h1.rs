@@ -54,6 +54,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::futures::Notified;
 use tokio::time::{Instant, Sleep};
 
 use crate::clock::ns_at;
@@ -265,6 +266,7 @@ pub(crate) fn serve<T: ClientStream, G: Send + 'static>(
                     first,
                     accepted,
                     timer.as_mut(),
+                    woken.as_mut(),
                 ),
             ))
             .await;
@@ -320,7 +322,10 @@ async fn linger<T: ClientStream>(io: &mut T) {
     }
 }
 
-/// Read one request head and serve it.
+/// Read one request head and serve it. `woken`: the connection's wait for a wake-up
+/// (`crate::wake`), which ends an idle wait here (a TLS stream's: it cannot wait for the
+/// client's next bytes without reading them).
+#[allow(clippy::too_many_arguments)]
 async fn exchange<T: ClientStream>(
     io: &mut T,
     slot: &mut Option<Buf>,
@@ -329,6 +334,7 @@ async fn exchange<T: ClientStream>(
     first: bool,
     accepted: Instant,
     mut timer: Pin<&mut Sleep>,
+    mut woken: Pin<&mut Notified<'static>>,
 ) -> Next {
     let cfg = &ctx.listener.cfg;
     let buf = slot.get_or_insert_with(Buf::take);
@@ -420,18 +426,42 @@ async fn exchange<T: ClientStream>(
                 }
             }
         }
+        // Waiting idle for the next request (a TLS stream waits here, not in `serve`).
+        let idle = head_since.is_none() && buf.is_empty();
         let (start, timeout) = match head_since {
             Some(t) => (Some(t), cfg.header_read_timeout),
-            // (The clock is read only if the read waits.)
-            None if buf.is_empty() => (None, cfg.idle_timeout),
+            // (The clock is read only if the read waits.) Stopping: a little while for the
+            // next request, as in `serve`.
+            None if idle && crate::stopping() => (None, STOP_LINGER),
+            None if idle => (None, cfg.idle_timeout),
             None => (
                 Some(*head_since.insert(Instant::now())),
                 cfg.header_read_timeout,
             ),
         };
         let start = || start.unwrap_or_else(Instant::now);
-        let read = buf.read_from(io, MAX_HEAD);
-        match timer::within_io(timer.as_mut(), start, timeout, read).await {
+        let read = timer::within_io(timer.as_mut(), start, timeout, buf.read_from(io, MAX_HEAD));
+        let read = if idle && !crate::stopping() {
+            timer::UnlessWoken::new(read, woken.as_mut()).await
+        } else {
+            Some(read.await)
+        };
+        let Some(read) = read else {
+            // Woken: the stop (the next idle read has `STOP_LINGER`), its virtual address
+            // given up (close now), or another's (wait again, on a new waiter).
+            if !crate::stopping() && !on_given_up_address(ctx, io) {
+                woken.set(crate::wake::this_thread().notified());
+                if !on_given_up_address(ctx, io) {
+                    continue;
+                }
+            }
+            if crate::stopping() {
+                continue;
+            }
+            tracing::debug!(peer = %ctx.peer, "closing an idle client connection: its virtual address moved to another balancer");
+            return Next::Close;
+        };
+        match read {
             Ok(0) => return Next::Close,
             Err(e) if e.kind() != io::ErrorKind::TimedOut => return Next::Close,
             // A partial head's time starts when the wait for its rest does (above): no

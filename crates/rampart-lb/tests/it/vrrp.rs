@@ -5,7 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use rampart_testkit::netns::Lab;
 use rampart_testkit::{rampart_bin, wait_until, Proc, TempDir};
+
+use crate::pki::{Alg, Pki};
 
 const VIP: &str = "10.77.0.100";
 const VIP2: &str = "10.77.0.101";
@@ -83,12 +85,23 @@ fn on_port(vip: &str, port: u16) -> SocketAddr {
     SocketAddr::new(vip.parse().expect("a virtual IP"), port)
 }
 
-fn lb_config(dir: &Path, name: &str, vrs: &[Vr], interval: &str) -> std::path::PathBuf {
+/// A balancer's config: the site over HTTP (80), TCP (81) and HTTPS (443, `tls`: the
+/// certificate chain and key for the name `site`).
+fn lb_config(
+    dir: &Path,
+    name: &str,
+    vrs: &[Vr],
+    interval: &str,
+    tls: &(PathBuf, PathBuf),
+) -> PathBuf {
     let site = vrs.first().map_or(VIP, |v| v.vip);
     let mut text = format!(
-        "[admin]\naddress = \"127.0.0.1:9000\"\n\n[[listener]]\nname = \"site\"\naddress = \"{}\"\npool = \"web\"\n\n[[listener]]\nname = \"site-tcp\"\naddress = \"{}\"\nmode = \"tcp\"\npool = \"web\"\n\n",
+        "[admin]\naddress = \"127.0.0.1:9000\"\n\n[[listener]]\nname = \"site\"\naddress = \"{}\"\npool = \"web\"\n\n[[listener]]\nname = \"site-tcp\"\naddress = \"{}\"\nmode = \"tcp\"\npool = \"web\"\n\n[[listener]]\nname = \"site-tls\"\naddress = \"{}\"\npool = \"web\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\n\n",
         on_80(site),
-        on_port(site, 81)
+        on_port(site, 81),
+        on_port(site, 443),
+        tls.0.display(),
+        tls.1.display()
     );
     if vrs.iter().any(|v| v.vip == VIP2) {
         text.push_str(&format!(
@@ -189,10 +202,12 @@ fn holds(lab: &Lab, name: &str, vip: &str) -> bool {
 
 struct Stack {
     lab: Lab,
+    /// The root the balancers' certificate for `site` chains to.
+    ca: PathBuf,
     dir: TempDir,
     web_stop: Arc<AtomicBool>,
     lbs: Vec<Option<Proc>>,
-    configs: Vec<std::path::PathBuf>,
+    configs: Vec<PathBuf>,
 }
 
 impl Stack {
@@ -220,13 +235,18 @@ impl Stack {
         let web_stop = Arc::new(AtomicBool::new(false));
         start_web(&lab, web_stop.clone());
         let dir = TempDir::new().expect("tempdir");
+        let pki_dir = dir.path().join("pki");
+        std::fs::create_dir(&pki_dir).expect("mkdir pki");
+        let pki = Pki::new(&pki_dir);
+        let tls = pki.leaf("site", Alg::Ecdsa, &["site"], "serverAuth");
         let configs = per_lb
             .iter()
             .enumerate()
-            .map(|(i, vrs)| lb_config(dir.path(), &format!("lb{}", i + 1), vrs, interval))
+            .map(|(i, vrs)| lb_config(dir.path(), &format!("lb{}", i + 1), vrs, interval, &tls))
             .collect();
         let mut s = Stack {
             lab,
+            ca: pki.root(),
             dir,
             web_stop,
             lbs: Vec::new(),
@@ -688,8 +708,30 @@ fn preemption_on_gives_the_address_back_and_off_keeps_it() {
     }
 }
 
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
+/// A TLS client connection over `tcp` to the name `site`, trusting `ca` only.
+fn tls_client(
+    ca: &Path,
+    tcp: std::net::TcpStream,
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(crate::tls_support::certs(ca));
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("site").expect("a name");
+    let conn = rustls::ClientConnection::new(Arc::new(cfg), name).expect("a TLS client");
+    rustls::StreamOwned::new(conn, tcp)
+}
+
 /// One request on a keep-alive connection; true when it was answered `web`.
-fn keep_alive_request(c: &mut std::net::TcpStream) -> bool {
+fn keep_alive_request<C: Read + Write + ?Sized>(c: &mut C) -> bool {
     if c.write_all(b"GET / HTTP/1.1\r\nHost: site\r\n\r\n")
         .is_err()
     {
@@ -726,16 +768,23 @@ fn a_balancer_giving_the_virtual_ip_up_closes_its_idle_keep_alive_connections() 
     );
     let (served, took_over) = (std::sync::mpsc::channel(), std::sync::mpsc::channel());
     let (served_tx, took_over_rx) = (served.0, took_over.1);
+    let ca = s.ca.clone();
     let client = s.lab.run_in("client", move || {
-        // An HTTP keep-alive connection (port 80) and a TCP-mode session (81, the web
-        // host closes it after 5 s without a request), one request on each.
-        let mut conns = Vec::new();
-        for port in [80, 81] {
-            let mut c =
+        // An HTTP keep-alive connection (port 80), a TCP-mode session (81, the web host
+        // closes it after 5 s without a request) and an HTTPS one (443: a TLS stream
+        // waits idle in a read, not as a plain socket does), one request on each.
+        let mut conns: Vec<Box<dyn ReadWrite>> = Vec::new();
+        for port in [80, 81, 443] {
+            let c =
                 std::net::TcpStream::connect_timeout(&on_port(VIP, port), Duration::from_secs(2))
                     .expect("connect to the virtual IP");
             c.set_read_timeout(Some(Duration::from_secs(5)))
                 .expect("read timeout");
+            let mut c: Box<dyn ReadWrite> = if port == 443 {
+                Box::new(tls_client(&ca, c))
+            } else {
+                Box::new(c)
+            };
             if !keep_alive_request(&mut c) {
                 served_tx.send(false).expect("report");
                 return vec![Err(format!("the first request on port {port} failed"))];
@@ -776,11 +825,11 @@ fn a_balancer_giving_the_virtual_ip_up_closes_its_idle_keep_alive_connections() 
     took_over.0.send(()).expect("the client waits");
     let ended = client.join().expect("the client thread");
     assert!(
-        ended.len() == 2
+        ended.len() == 3
             && ended
                 .iter()
                 .all(|e| matches!(e, Ok(t) if *t < Duration::from_millis(500))),
-        "the idle connections through lb2 (HTTP, TCP): {ended:?}\n{}",
+        "the idle connections through lb2 (HTTP, TCP, HTTPS): {ended:?}\n{}",
         s.logs()
     );
     // The client's next connection goes to lb1.
