@@ -220,6 +220,12 @@ pub(crate) fn serve<T: ClientStream, G: Send + 'static>(
                 };
                 let woke = match woke {
                     Some(w) => w,
+                    // Its virtual address went to another balancer: close now, while the
+                    // FIN still reaches the client from here (its next request would not).
+                    None if on_given_up_address(&ctx, &io) => {
+                        tracing::debug!(peer = %ctx.peer, "closing an idle client connection: its virtual address moved to another balancer");
+                        return;
+                    }
                     // Stopping: a client in the middle of a series of requests gets a
                     // little while to send its next one (answered with `Connection:
                     // close`), so no request races the close; an idle connection closes
@@ -229,12 +235,6 @@ pub(crate) fn serve<T: ClientStream, G: Send + 'static>(
                         timer::within(timer.as_mut(), Instant::now(), STOP_LINGER, io.ready())
                             .await,
                     ),
-                    // Its virtual address went to another balancer: close now, while the
-                    // FIN still reaches the client from here.
-                    None if on_given_up_address(&ctx, &io) => {
-                        tracing::debug!(peer = %ctx.peer, "closing an idle client connection: its virtual address moved to another balancer");
-                        return;
-                    }
                     // Woken for another address: wait again, on a new waiter. (The idle
                     // timeout starts over: wakes are rare.)
                     None => {
@@ -447,16 +447,16 @@ async fn exchange<T: ClientStream>(
             Some(read.await)
         };
         let Some(read) = read else {
-            // Woken: the stop (the next idle read has `STOP_LINGER`), its virtual address
-            // given up (close now), or another's (wait again, on a new waiter).
-            if !crate::stopping() && !on_given_up_address(ctx, io) {
+            // Woken: its virtual address given up (close now), the stop (the next idle
+            // read has `STOP_LINGER`), or another's address (wait again, on a new waiter).
+            if !on_given_up_address(ctx, io) {
+                if crate::stopping() {
+                    continue;
+                }
                 woken.set(crate::wake::this_thread().notified());
                 if !on_given_up_address(ctx, io) {
                     continue;
                 }
-            }
-            if crate::stopping() {
-                continue;
             }
             tracing::debug!(peer = %ctx.peer, "closing an idle client connection: its virtual address moved to another balancer");
             return Next::Close;

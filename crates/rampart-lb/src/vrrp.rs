@@ -686,9 +686,14 @@ impl RouterTask {
                 }
                 Action::Transition { from, to, cause } => {
                     yielded = from == State::Master && to == State::Backup;
-                    // Given up (to a peer, or to a fault): the connections that came in on
-                    // these addresses close (`crate::wake`). A clean stop closes them all.
-                    if from == State::Master && matches!(to, State::Backup | State::Fault) {
+                    // Given up (to a peer, to a fault, or handed over by a clean stop): the
+                    // connections that came in on these addresses close (`crate::wake`).
+                    let gives_up = matches!(
+                        (from, to),
+                        (State::Master, State::Backup | State::Fault)
+                            | (State::Stopping, State::Init)
+                    );
+                    if gives_up {
                         let id = crate::wake::give_up(&self.vip_ips());
                         tokio::spawn(async move {
                             tokio::time::sleep(crate::wake::GIVEN_UP_FOR).await;
