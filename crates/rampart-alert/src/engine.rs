@@ -90,11 +90,7 @@ impl Engine {
     pub fn evaluate(&mut self, store: &Store, now: u64) -> Vec<Event> {
         let mut events = Vec::new();
         for (ri, rule) in self.rules.iter().enumerate() {
-            let holding: BTreeMap<Labels, f64> = rule
-                .values(store, now, self.stale_ms)
-                .into_iter()
-                .filter(|(_, v)| rule.cmp.holds(*v, rule.threshold))
-                .collect();
+            let holding: BTreeMap<Labels, f64> = rule.holding(store, now, self.stale_ms);
             for (labels, value) in &holding {
                 let key = (ri, labels.clone());
                 let a = self.alerts.entry(key).or_insert_with(|| Alert {

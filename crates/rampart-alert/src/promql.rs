@@ -38,7 +38,11 @@ impl Rule {
         } else {
             value
         };
-        format!("{value} {} {}", self.cmp, number(self.threshold))
+        let cond = format!("{value} {} {}", self.cmp, number(self.threshold));
+        match &self.and {
+            None => cond,
+            Some(also) => format!("({cond}) and ({})", also.promql()),
+        }
     }
 
     /// `for` as a Prometheus duration.
@@ -190,6 +194,18 @@ mod tests {
                 format!("max by (instance) ({f}(g[1500ms])) >= 1000000")
             );
         }
+        // A second condition on the same groups: PromQL `and`.
+        let mut r = Rule::last("Both", Selector::name("a"), Cmp::Lt, 0.0);
+        r.and = Some(Box::new(Rule::last(
+            "Both",
+            Selector::name("b"),
+            Cmp::Gt,
+            1.0,
+        )));
+        assert_eq!(
+            r.promql(),
+            "(max by (instance) (a) < 0) and (max by (instance) (b) > 1)"
+        );
         let mut r = Rule::last("F", Selector::name("g"), Cmp::Ne, 0.0);
         r.for_ms = 90_000;
         r.severity = Severity::Info;

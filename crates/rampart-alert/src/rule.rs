@@ -129,6 +129,10 @@ pub struct Rule {
     pub severity: Severity,
     /// Text of the notification; `{{label}}` and `{{value}}` are replaced.
     pub summary: String,
+    /// Only where this condition holds too, for the same group (PromQL `and`): e.g. a disk
+    /// predicted to fill within a day that is also under 40% free. Its own `for_ms`,
+    /// `severity` and `summary` are not used.
+    pub and: Option<Box<Rule>>,
 }
 
 impl Rule {
@@ -147,7 +151,23 @@ impl Rule {
             for_ms: 0,
             severity: Severity::Warning,
             summary: String::new(),
+            and: None,
         }
+    }
+
+    /// The groups where the condition holds now, with the expression's value (`and`
+    /// applied).
+    pub fn holding(&self, store: &Store, now: u64, stale_ms: u64) -> BTreeMap<Labels, f64> {
+        let mut holding: BTreeMap<Labels, f64> = self
+            .values(store, now, stale_ms)
+            .into_iter()
+            .filter(|(_, v)| self.cmp.holds(*v, self.threshold))
+            .collect();
+        if let Some(also) = &self.and {
+            let also = also.holding(store, now, stale_ms);
+            holding.retain(|g, _| also.contains_key(g));
+        }
+        holding
     }
 
     /// The expression's value now, per group (the group's labels: those named in `by`).

@@ -214,8 +214,19 @@ fn host_rules(interval: Duration, out: &mut Vec<Rule>) {
     // a base backup, a fresh monitor with minutes of history) extrapolated over a day must
     // not page anyone; a disk that keeps filling at that pace for an hour does.
     r.for_ms = ms(Duration::from_secs(3600).max(interval * 3));
+    // ... and only a disk already under 40% free, as node-exporter's rule: a roomy disk
+    // written fast for an hour (a restore, a bulk load) has days before it matters.
+    let mut low = Rule::last(
+        "DiskFullWithinADay",
+        Selector::name("rampart_host_filesystem_avail_bytes"),
+        Cmp::Lt,
+        0.40,
+    );
+    low.over = Some(Selector::name("rampart_host_filesystem_size_bytes"));
+    low.by = fs_by();
+    r.and = Some(Box::new(low));
     r.summary =
-        "{{instance}}: the filesystem of {{path}} fills within a day at the last hour's pace"
+        "{{instance}}: the filesystem of {{path}}, under 40% free, fills within a day at the last hour's pace"
             .into();
     out.push(r);
 
@@ -374,7 +385,7 @@ mod tests {
             ),
             (
                 "DiskFullWithinADay",
-                "max by (instance, path) (predict_linear(rampart_host_filesystem_avail_bytes[1h], 86400)) < 0".into(),
+                "(max by (instance, path) (predict_linear(rampart_host_filesystem_avail_bytes[1h], 86400)) < 0) and (((max by (instance, path) (rampart_host_filesystem_avail_bytes)) or (max by (instance, path) (rampart_host_filesystem_size_bytes)) * 0) / ((max by (instance, path) (rampart_host_filesystem_size_bytes)) != 0) < 0.4)".into(),
                 "1h",
             ),
             (
@@ -498,17 +509,21 @@ mod tests {
         let mut st = Store::new(10_000, 100);
         let steady = labels([("instance", "db1"), ("path", "/var/lib/a")]);
         let filling = labels([("instance", "db2"), ("path", "/var/lib/b")]);
+        let roomy = labels([("instance", "db3"), ("path", "/var/lib/c")]);
         let avail = "rampart_host_filesystem_avail_bytes";
         let size = "rampart_host_filesystem_size_bytes";
         let gib = 1024.0 * 1024.0 * 1024.0;
-        // Two hours of scrapes every 10 s: db1 steady at half of 100 GiB free; db2 with 50
-        // GiB free losing 1 GiB every 3 minutes (full in 2.5 hours, above 10% for 2).
+        // Two hours of scrapes every 10 s, disks of 100 GiB: db1 steady at half free; db2
+        // with 39 GiB free losing 1 GiB every 3 minutes (full in under 2 hours, above 10%
+        // for 1.5); db3 filling as fast from 90 GiB free (full within a day at that pace,
+        // but above 40% free all along).
         let mut now = 0;
         for i in 0..760u64 {
             now = i * 10_000;
             for (l, v) in [
                 (&steady, 50.0 * gib),
-                (&filling, 50.0 * gib - i as f64 / 18.0 * gib),
+                (&filling, 39.0 * gib - i as f64 / 18.0 * gib),
+                (&roomy, 90.0 * gib - i as f64 / 18.0 * gib),
             ] {
                 st.push(&SeriesKey::new(avail, l.clone()), now, v.max(0.0));
                 st.push(&SeriesKey::new(size, l.clone()), now, 100.0 * gib);
@@ -519,11 +534,17 @@ mod tests {
                 assert_eq!(e.state("DiskFullWithinADay", &filling), AlertState::Pending);
             }
             if i == 380 {
-                // 29 GiB left: not low yet, but full within the day at this pace for an hour.
+                // 18 GiB left: not low yet, but full within the day at this pace for an hour.
                 assert_eq!(e.state("DiskSpaceLow", &filling), AlertState::Inactive);
                 assert_eq!(e.state("DiskFullWithinADay", &filling), AlertState::Firing);
                 assert_eq!(e.state("DiskFullWithinADay", &steady), AlertState::Inactive);
             }
+            // Filling as fast, but with more than 40% free: nothing to say yet.
+            assert_eq!(
+                e.state("DiskFullWithinADay", &roomy),
+                AlertState::Inactive,
+                "{i}"
+            );
         }
         let _ = now;
         // Empty by the end: under 10% left.

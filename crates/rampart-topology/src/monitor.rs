@@ -243,6 +243,7 @@ fn parse_rule(src: &Source, r: &RawRule, errs: &mut Vec<Diagnostic>) -> Option<R
             .as_ref()
             .map(|x| x.get_ref().clone())
             .unwrap_or_default(),
+        and: None,
     })
 }
 
