@@ -9,4 +9,12 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 cargo build --locked -p rampart --bin rampart
 export RAMPART_BIN="$PWD/target/debug/rampart"
-exec cargo test --locked --workspace --no-fail-fast -- "$@"
+status=0
+cargo test --locked --workspace --no-fail-fast -- "$@" || status=$?
+# The fuzz targets' seed corpus through their checks, on stable and without libFuzzer
+# (fuzz/tests/corpus.rs; scripts/fuzz.sh fuzzes, on nightly). Not when tests are filtered.
+if [ $# -eq 0 ]; then
+  CARGO_TARGET_DIR="$PWD/target" cargo test --locked --manifest-path fuzz/Cargo.toml \
+    --no-default-features --test corpus || status=$?
+fi
+exit "$status"

@@ -3,8 +3,4 @@
 //! the same fields at the same offsets and the same head length (the library asserts it).
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    rampart_lb::fuzzing::scan_agrees(data);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| rampart_fuzz::targets::head_scan::run(data));

@@ -3,6 +3,7 @@
 //! for the differential target.
 
 pub mod reference;
+pub mod targets;
 
 /// A head parsed back with httparse: its fields as (lowercased name, value).
 pub struct Head {
