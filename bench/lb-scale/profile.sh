@@ -4,6 +4,7 @@
 #
 #   bash bench/lb-scale/profile.sh --servers 1000 --algorithm round-robin
 #        [--bin target/release/rampart] [--duration 5] [--warm 5] [--callgrind]
+#        [--balancer rampart|haproxy]
 #
 # Setup as bench/lb-scale/run.sh: the balancer (one worker thread) on CPU 0, wrk (1 thread, 64
 # connections) and two nginx on CPU 1, server i at 127.0.x.y (even ones nginx 1, odd nginx 2),
@@ -12,6 +13,9 @@
 #   requests; the balancer's utime and stime per request; its syscalls per request (perf stat
 #   tracepoints, when perf works); the TCP segments and delayed ACKs (timer-sent) per request
 #   (/proc/net/snmp and netstat, system-wide); its open files after the window.
+# --balancer haproxy: HAProxy (one thread) in the balancer's place, configured as in
+#   bench/lb-scale/run.sh (random(2) for both random-two-choices and least-response-time), to
+#   compare the kernel's side (segments, delayed ACKs, open files) of the same traffic.
 # --callgrind: the balancer runs under callgrind with a cache simulation (D1 32 KiB, and an
 #   LL of 512 KiB standing for the per-core L2), collecting only inside the client
 #   connections' tasks (`rampart_lb::http::spawn` and `rampart_lb::h1::serve`: the request path, not the per-second sweeps
@@ -28,6 +32,7 @@ algo=
 duration=5
 warm=5
 cg=0
+bal=rampart
 while [ $# -gt 0 ]; do
   case "$1" in
     --bin) bin=$2; shift 2 ;;
@@ -36,13 +41,18 @@ while [ $# -gt 0 ]; do
     --duration) duration=$2; shift 2 ;;
     --warm) warm=$2; shift 2 ;;
     --callgrind) cg=1; shift ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    --balancer) bal=$2; shift 2 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 [[ "$n" =~ ^[0-9]+$ && "$n" -ge 1 && "$n" -le 10000 ]] || { echo "--servers: 1..10000" >&2; exit 2; }
 [ -n "$algo" ] || { echo "--algorithm is needed (round-robin, least-connections, ...)" >&2; exit 2; }
-[ -x "$bin" ] || { echo "no rampart binary at $bin" >&2; exit 2; }
+case "$bal" in rampart) [ -x "$bin" ] || { echo "no rampart binary at $bin" >&2; exit 2; } ;;
+  haproxy) command -v haproxy >/dev/null || { echo "haproxy is missing" >&2; exit 1; }
+    [ $cg = 0 ] || { echo "--callgrind counts rampart only" >&2; exit 2; } ;;
+  *) echo "--balancer: rampart or haproxy" >&2; exit 2 ;;
+esac
 for c in nginx wrk taskset setsid curl python3; do command -v "$c" >/dev/null || { echo "$c is missing" >&2; exit 1; }; done
 [ $cg = 0 ] || command -v valgrind >/dev/null || { echo "valgrind is missing" >&2; exit 1; }
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -117,7 +127,28 @@ if [ $cg = 1 ]; then
     --instr-atstart=no "--toggle-collect=*rampart_lb::http::spawn::*" "--toggle-collect=*rampart_lb::h1::serve::*"
     "--callgrind-out-file=$work/callgrind.out")
 fi
-start 0 lb env RUST_LOG=warn "${wrap[@]}" "$bin" lb --config "$work/lb.toml" --threads 1
+if [ "$bal" = haproxy ]; then
+  case "$algo" in round-robin) hb=roundrobin ;; least-connections) hb=leastconn ;;
+    source-ip-hash) hb=$'source\n  hash-type consistent' ;; random-two-choices|least-response-time) hb='random(2)' ;;
+    *) echo "no HAProxy algorithm for $algo" >&2; exit 2 ;;
+  esac
+  {
+    printf 'global\n  nbthread 1\n  ulimit-n %d\n  maxconn 4000\n' $((2 * n + 4000))
+    printf 'defaults\n  mode http\n  option http-keep-alive\n  option forwardfor\n  http-reuse always\n'
+    printf '  timeout connect 2s\n  timeout client 120s\n  timeout server 30s\n  timeout http-request 10s\n  timeout http-keep-alive 120s\n'
+    printf 'frontend fe\n  bind 127.0.0.1:%s\n  maxconn 4000\n  default_backend be\n' "$PORT"
+    printf 'backend be\n  balance %s\n  default-server pool-purge-delay 300s\n' "$hb"
+    for ((i = 0; i < n; i++)); do
+      p=$B1
+      [ $((i % 2)) = 1 ] && p=$B2
+      echo "  server s$i $(addr $i):$p"
+    done
+  } >"$work/haproxy.cfg"
+  haproxy -c -q -f "$work/haproxy.cfg" >/dev/null || { echo "haproxy rejects $work/haproxy.cfg" >&2; exit 1; }
+  start 0 lb haproxy -db -f "$work/haproxy.cfg"
+else
+  start 0 lb env RUST_LOG=warn "${wrap[@]}" "$bin" lb --config "$work/lb.toml" --threads 1
+fi
 lb=$STARTED
 ok=0
 for _ in $(seq 1 600); do
