@@ -448,6 +448,7 @@ cat >"$work/meta.json" <<EOF
 EOF
 out="$results/lb-scale-$stamp.md"
 python3 "$here/report.py" --dir "$work" --out "$out"
+python3 "$here/chart.py" "$out" >/dev/null || echo "no chart drawn from $out" >&2
 mkdir -p "$results/lb-scale-$stamp-raw"
 cp "$work"/*.tsv "$work/meta.json" "$results/lb-scale-$stamp-raw/"
 log "report: $out"
