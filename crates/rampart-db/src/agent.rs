@@ -4,6 +4,7 @@ mod act;
 mod fence;
 mod leading;
 mod lease;
+mod operate;
 mod postgres;
 mod publish;
 
@@ -23,6 +24,7 @@ use crate::metrics::Metrics;
 use crate::pg::{self, ConfSpec, PgConn, PgCtl, PgStatus};
 use crate::watchdog::Watchdog;
 use lease::Fence;
+pub use operate::{LocalOp, LocalRequest};
 use postgres::{
     check_parent_access, disk_nearly_full, diverged_in_log, find_pg_bin, last_problem,
     stuck_at_timeline_end,
@@ -174,6 +176,19 @@ pub struct Agent {
     fence_ok: bool,
     /// Why the kernel watchdog is unavailable, as last logged.
     kernel_logged: Option<String>,
+    /// The topology file this agent was started from (re-read by a reload).
+    config_path: Option<std::path::PathBuf>,
+    /// Settings PostgreSQL changed that wait for its restart (`pg_settings.pending_restart`).
+    pending_restart: Vec<String>,
+    /// Read `pending_restart` again once PostgreSQL answers (after a start or a reload)...
+    check_pending: bool,
+    /// ... and every turn until then (a reload reaches our backend late).
+    check_pending_until: Option<Instant>,
+    /// An operator's restart, answered once PostgreSQL answers again.
+    restart_reply: Option<(
+        tokio::sync::oneshot::Sender<Result<String, String>>,
+        Instant,
+    )>,
 }
 
 impl Agent {
@@ -271,7 +286,18 @@ impl Agent {
             failover_due: None,
             fence_ok: true,
             kernel_logged: None,
+            config_path: None,
+            pending_restart: Vec::new(),
+            check_pending: true,
+            check_pending_until: None,
+            restart_reply: None,
         })
+    }
+
+    /// The topology file a reload re-reads.
+    pub fn with_config_path(mut self, path: std::path::PathBuf) -> Agent {
+        self.config_path = Some(path);
+        self
     }
 
     /// Run a long operation (initdb, pg_basebackup, pg_rewind: never on a running primary)
@@ -308,7 +334,13 @@ impl Agent {
     }
 
     /// Run until `stop` resolves; then stop PostgreSQL and give the lease back.
-    pub async fn run(mut self, stop: impl std::future::Future<Output = ()>) -> Result<(), DbError> {
+    /// Run until `stop`, serving operators' requests from `ops` (and a reload on SIGHUP)
+    /// between turns.
+    pub async fn run(
+        mut self,
+        stop: impl std::future::Future<Output = ()>,
+        mut ops: tokio::sync::mpsc::Receiver<LocalRequest>,
+    ) -> Result<(), DbError> {
         tracing::info!(node = %self.node.name, cluster = %self.cfg.cluster, data_dir = %self.ctl.data_dir.display(),
             ttl = ?self.cfg.ttl, loop_wait = ?self.cfg.loop_wait, synchronous = self.cfg.synchronous, "rampart db agent starting");
         tokio::pin!(stop);
@@ -333,6 +365,8 @@ impl Agent {
             self.cfg.cluster.clone(),
             wake.clone(),
         ));
+        let mut hangup =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         loop {
             let started = Instant::now();
             self.turn().await;
@@ -347,6 +381,11 @@ impl Agent {
                 _ = tokio::time::sleep(wait.max(Duration::from_millis(20))) => {}
                 // The leader key vanished or an operator asked for something: act now.
                 _ = wake.notified() => {}
+                Some(r) = ops.recv() => self.serve_op(r).await,
+                Some(()) = operate::hangup(&mut hangup) => {
+                    let (reply, _) = tokio::sync::oneshot::channel();
+                    self.serve_op(LocalRequest { op: LocalOp::Reload, reply }).await;
+                }
             }
         }
         watcher.abort();
@@ -547,6 +586,10 @@ impl Agent {
         } else {
             None
         };
+        if status.is_some() {
+            self.read_pending_restart().await;
+        }
+        self.answer_restart(status.is_some());
         if let (None, Some(s)) = (self.local_timeline, status.as_ref()) {
             // PostgreSQL (re)started this loop: publish its exact timeline now, not the
             // last checkpoint's, which lags a promotion and would make this node look

@@ -30,6 +30,8 @@ use crate::metrics::Metrics;
 pub struct AdminCtx {
     pub cfg: DbConfig,
     pub access: admin::Access,
+    /// This node's agent, for `/reload` and `/restart`.
+    pub agent: tokio::sync::mpsc::Sender<crate::agent::LocalRequest>,
 }
 
 #[derive(Clone)]
@@ -50,6 +52,8 @@ pub fn router(shared: Shared, metrics: Arc<Metrics>, admin: AdminCtx) -> Router 
         .route("/metrics", get(metrics_handler).options(options))
         .route("/switchover", post(switchover).options(options))
         .route("/failover", post(failover).options(options))
+        .route("/reload", post(reload).options(options))
+        .route("/restart", post(restart).options(options))
         .fallback(health_any)
         .with_state(AppState {
             shared,
@@ -206,6 +210,97 @@ async fn failover(
     write_op(&s, admin::Kind::Failover, peer, &headers, &body).await
 }
 
+/// Patroni's `POST /reload`: re-read the configuration (here the topology file) and apply
+/// it. Answered when done: 200 with what changed, 500 with why nothing did.
+async fn reload(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = refusal(&s, peer, &headers, "reload") {
+        return r;
+    }
+    local_op(&s, crate::agent::LocalOp::Reload).await
+}
+
+/// Patroni's `POST /restart`: restart PostgreSQL on this node; the body may be `{}` or
+/// `{"restart_pending": true}` (only if a changed setting waits for it). Answered once
+/// PostgreSQL answers again: 200, or 503 with why not.
+async fn restart(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(r) = refusal(&s, peer, &headers, "restart") {
+        return r;
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        #[serde(default)]
+        restart_pending: bool,
+    }
+    let b: Body = if body.iter().all(u8::is_ascii_whitespace) {
+        Body {
+            restart_pending: false,
+        }
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => {
+                return text(
+                    400,
+                    format!("the body must be {{}} or {{\"restart_pending\": true}}: {e}"),
+                )
+            }
+        }
+    };
+    local_op(
+        &s,
+        crate::agent::LocalOp::Restart {
+            pending_only: b.restart_pending,
+        },
+    )
+    .await
+}
+
+/// Hand a request to this node's agent and wait for its answer.
+async fn local_op(s: &AppState, op: crate::agent::LocalOp) -> Response {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let req = crate::agent::LocalRequest { op, reply };
+    if s.admin.agent.send(req).await.is_err() {
+        return text(503, "the agent is stopping");
+    }
+    let failed = if matches!(op, crate::agent::LocalOp::Reload) {
+        500
+    } else {
+        503
+    };
+    match answer.await {
+        Ok(Ok(m)) => text(200, m),
+        Ok(Err(e)) => text(failed, e),
+        Err(_) => text(503, "the agent is stopping"),
+    }
+}
+
+/// The write endpoints' access check: the answer to a caller it refuses.
+fn refusal(s: &AppState, peer: SocketAddr, headers: &HeaderMap, op: &str) -> Option<Response> {
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let r = admin::authorize(&s.admin.access, peer.ip(), auth).err()?;
+    tracing::warn!(%peer, op, status = r.status, "refused a write request");
+    let mut resp = text(r.status, r.message);
+    if r.status == 401 {
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Basic realm=\"rampart\""),
+        );
+    }
+    Some(resp)
+}
+
 fn text(status: u16, msg: impl Into<String>) -> Response {
     (code(status), msg.into()).into_response()
 }
@@ -218,19 +313,8 @@ async fn write_op(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Response {
-    let auth = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    if let Err(r) = admin::authorize(&s.admin.access, peer.ip(), auth) {
-        tracing::warn!(%peer, op = kind.word(), status = r.status, "refused a write request");
-        let mut resp = text(r.status, r.message);
-        if r.status == 401 {
-            resp.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Basic realm=\"rampart\""),
-            );
-        }
-        return resp;
+    if let Some(r) = refusal(s, peer, headers, kind.word()) {
+        return r;
     }
     let req: admin::Request = match serde_json::from_slice(body) {
         Ok(r) => r,

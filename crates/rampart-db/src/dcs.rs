@@ -47,6 +47,9 @@ pub struct Member {
     /// What the agent did or waits for in its last loop.
     #[serde(default)]
     pub action: String,
+    /// A changed setting waits for PostgreSQL's restart (Patroni's `pending_restart`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending_restart: bool,
 }
 
 fn yes() -> bool {

@@ -22,6 +22,7 @@ pub mod error;
 pub mod kwatchdog;
 pub mod leader_keys;
 pub mod metrics;
+pub mod node_ops;
 pub mod ops;
 pub mod pg;
 pub mod statements;
@@ -34,7 +35,12 @@ pub use error::DbError;
 use rampart_topology::db::DbConfig;
 
 /// Run the agent for `node` until SIGINT/SIGTERM; then stop PostgreSQL and release the lease.
-pub async fn run_agent(cfg: DbConfig, node: &str) -> Result<(), DbError> {
+/// SIGHUP (and `POST /reload`) re-reads `config_path` and applies its `[db.parameters]`.
+pub async fn run_agent(
+    cfg: DbConfig,
+    node: &str,
+    config_path: Option<std::path::PathBuf>,
+) -> Result<(), DbError> {
     let shared: agent::Shared = Arc::new(Mutex::new(agent::Snapshot::default()));
     let me = cfg
         .node(node)
@@ -51,14 +57,19 @@ pub async fn run_agent(cfg: DbConfig, node: &str) -> Result<(), DbError> {
     let listener = tokio::net::TcpListener::bind(api_addr).await.map_err(|e| {
         DbError::Config(format!("cannot listen on the api address {api_addr}: {e}"))
     })?;
+    let (ops_tx, ops_rx) = tokio::sync::mpsc::channel(4);
     let admin = api::AdminCtx {
         access: api::admin::Access {
             allow: cfg.api_access.allow.clone(),
             token: read_token(cfg.api_access.token.as_ref())?,
         },
         cfg: cfg.clone(),
+        agent: ops_tx,
     };
-    let a = agent::Agent::new(cfg, node, shared, metrics).await?;
+    let mut a = agent::Agent::new(cfg, node, shared, metrics).await?;
+    if let Some(p) = config_path {
+        a = a.with_config_path(p);
+    }
     let api = tokio::spawn(async move {
         if let Err(e) = api::serve(listener, listener_shared, listener_metrics, admin).await {
             tracing::error!(addr = %api_addr, error = %e, "db agent API failed");
@@ -75,13 +86,15 @@ pub async fn run_agent(cfg: DbConfig, node: &str) -> Result<(), DbError> {
             _ = term.recv() => {}
         }
     };
-    let r = a.run(stop).await;
+    let r = a.run(stop, ops_rx).await;
     api.abort();
     r
 }
 
 /// The write endpoints' token, read once at start-up (never logged).
-fn read_token(src: Option<&rampart_topology::lb::TokenSource>) -> Result<Option<String>, DbError> {
+pub(crate) fn read_token(
+    src: Option<&rampart_topology::lb::TokenSource>,
+) -> Result<Option<String>, DbError> {
     use rampart_topology::lb::TokenSource;
     let t = match src {
         None => return Ok(None),

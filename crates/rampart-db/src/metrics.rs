@@ -39,6 +39,7 @@ pub struct Metrics {
     lag_bytes: Gauge,
     lag_seconds: Gauge<f64, AtomicU64>,
     connections: Gauge,
+    pending_restart: Gauge,
     xact_commit: Counter,
     xact_rollback: Counter,
     last_commit: AtomicI64,
@@ -67,6 +68,7 @@ impl Metrics {
             lag_bytes: Gauge::default(),
             lag_seconds: Gauge::default(),
             connections: Gauge::default(),
+            pending_restart: Gauge::default(),
             xact_commit: Counter::default(),
             xact_rollback: Counter::default(),
             last_commit: AtomicI64::new(-1),
@@ -112,6 +114,11 @@ impl Metrics {
             m.connections.clone(),
         );
         registry.register(
+            "pending_restart",
+            "1 while a changed setting waits for PostgreSQL's restart (Patroni's pending_restart)",
+            m.pending_restart.clone(),
+        );
+        registry.register(
             "xact_commit",
             "Transactions committed (all databases)",
             m.xact_commit.clone(),
@@ -136,6 +143,7 @@ impl Metrics {
                 .set(i64::from(me.role == r));
         }
         self.leader.set(i64::from(writable_leader));
+        self.pending_restart.set(i64::from(me.pending_restart));
         self.timeline.set(i64::from(me.timeline));
         self.wal_lsn.set(me.lsn as i64);
         self.receive_lsn.set(me.receive_lsn as i64);

@@ -69,6 +69,7 @@ pub async fn read_view(cfg: &DbConfig) -> Result<ClusterView, DbError> {
                 receive_lsn: 0,
                 streaming: false,
                 action: String::new(),
+                pending_restart: false,
             });
         }
     }
@@ -104,6 +105,9 @@ pub fn render_table(v: &ClusterView) -> String {
         }
         if m.nofailover {
             tags.push("nofailover");
+        }
+        if m.pending_restart {
+            tags.push("pending-restart");
         }
         rows.push([
             m.name.clone(),
@@ -269,6 +273,7 @@ mod tests {
             receive_lsn: 0,
             streaming: false,
             action: String::new(),
+            pending_restart: true,
         };
         let v = ClusterView {
             cluster: "main".into(),
@@ -283,5 +288,6 @@ mod tests {
         assert!(t.contains("0/3000060"), "{t}");
         assert!(t.contains("leader"), "{t}");
         assert!(t.contains("0.4s"), "{t}");
+        assert!(t.contains("leader,pending-restart"), "{t}");
     }
 }

@@ -45,6 +45,22 @@ enum DbCommand {
     Pause,
     /// Resume automatic failover.
     Resume,
+    /// Re-read the topology file on each node (or --node) and apply [db.parameters] with a
+    /// configuration reload; names the settings that wait for a restart.
+    Reload {
+        /// Only these nodes (repeatable); default: every node.
+        #[arg(long = "member")]
+        members: Vec<String>,
+    },
+    /// Restart PostgreSQL on each node (or --member), replicas first and the leader last,
+    /// one at a time; the leader stays the leader (no failover).
+    Restart {
+        #[arg(long = "member")]
+        members: Vec<String>,
+        /// Only nodes where a changed setting waits for a restart.
+        #[arg(long)]
+        pending: bool,
+    },
     /// Internal: the fencing watchdog started by the agent.
     #[command(hide = true)]
     Watchdog,
@@ -76,7 +92,12 @@ pub fn run(args: DbArgs) -> anyhow::Result<()> {
                 if let Some(n) = cfg.nodes.iter().find(|n| n.name == node) {
                     rampart_metrics::host::set_data_dirs(vec![n.data_dir.clone()]);
                 }
-                rampart_db::run_agent(cfg, &node)
+                // Re-read by a reload: absolute, whatever the agent's directory by then.
+                let path = args
+                    .config
+                    .as_ref()
+                    .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()));
+                rampart_db::run_agent(cfg, &node, path)
                     .await
                     .context("run the db agent")
             }
@@ -121,6 +142,27 @@ pub fn run(args: DbArgs) -> anyhow::Result<()> {
                     .await
                     .context("resume")?;
                 println!("automatic failover resumed");
+                Ok(())
+            }
+            Some(DbCommand::Reload { members }) => {
+                let out =
+                    rampart_db::node_ops::run(&cfg, &members, rampart_db::node_ops::NodeOp::Reload)
+                        .await
+                        .context("reload")?;
+                println!("{out}");
+                Ok(())
+            }
+            Some(DbCommand::Restart { members, pending }) => {
+                let out = rampart_db::node_ops::run(
+                    &cfg,
+                    &members,
+                    rampart_db::node_ops::NodeOp::Restart {
+                        pending_only: pending,
+                    },
+                )
+                .await
+                .context("restart")?;
+                println!("{out}");
                 Ok(())
             }
             Some(DbCommand::Watchdog) => Ok(()),

@@ -20,6 +20,7 @@ impl Agent {
         tracing::info!(primary, follow = ?follow, pid = ?child.id(), "postgres started");
         self.started_at = Some(Instant::now());
         self.child = Some(child);
+        self.check_pending = true;
         self.following = Some(follow.map(String::from));
         self.pointed_at_leader_since = follow.map(|_| Instant::now());
         self.not_streaming_since = None;

@@ -95,6 +95,7 @@ impl Agent {
                 Action::Wait(w) => format!("wait: {w}"),
                 a => format!("{a:?}"),
             },
+            pending_restart: !self.pending_restart.is_empty() && self.child.is_some(),
         };
         if dcs_ok {
             if let (Some(lease), Ok(body)) = (self.fence.lease(), serde_json::to_vec(&me)) {

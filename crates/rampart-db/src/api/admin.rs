@@ -456,6 +456,7 @@ mod tests {
             receive_lsn: 0,
             streaming,
             action: String::new(),
+            pending_restart: false,
         }
     }
 

@@ -224,6 +224,17 @@ impl PgConn {
             .ok_or_else(|| DbError::Other("pg_is_in_recovery() returned nothing".into()))
     }
 
+    /// The settings whose new value waits for a restart, by name.
+    pub async fn pending_restart(&mut self) -> Result<Vec<String>, DbError> {
+        let rows = self
+            .query(
+                "SELECT name FROM pg_settings WHERE pending_restart ORDER BY name",
+                &[],
+            )
+            .await?;
+        Ok(rows.iter().filter_map(|r| r.try_get(0).ok()).collect())
+    }
+
     pub async fn reload(&mut self) -> Result<(), DbError> {
         self.query("SELECT pg_reload_conf()", &[]).await.map(|_| ())
     }

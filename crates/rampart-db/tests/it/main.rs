@@ -14,6 +14,7 @@ mod kwatchdog;
 mod leader_keys;
 mod lease;
 mod netns;
+mod operate;
 mod orphan;
 mod partition;
 mod patroni_api;
