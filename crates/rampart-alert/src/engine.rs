@@ -86,6 +86,30 @@ impl Engine {
         &self.rules
     }
 
+    /// Replace the rules (a reload). As Prometheus's reload does, an alert keeps its state
+    /// (pending since, firing) when a rule of its name is still there, even edited: the
+    /// next evaluation applies the new condition and `for`; the alerts of a rule no longer
+    /// there are dropped without a notification. Returns how many of the new rules had a
+    /// rule of their name before.
+    pub fn set_rules(&mut self, rules: Vec<Rule>) -> usize {
+        let old = std::mem::take(&mut self.alerts);
+        for ((i, labels), mut a) in old {
+            let Some(name) = self.rules.get(i).map(|r| r.name.as_str()) else {
+                continue;
+            };
+            if let Some(j) = rules.iter().position(|r| r.name == name) {
+                a.severity = rules[j].severity;
+                self.alerts.insert((j, labels), a);
+            }
+        }
+        let kept = rules
+            .iter()
+            .filter(|r| self.rules.iter().any(|o| o.name == r.name))
+            .count();
+        self.rules = rules;
+        kept
+    }
+
     /// Evaluate every rule at `now` (ms); returns the notifications due.
     pub fn evaluate(&mut self, store: &Store, now: u64) -> Vec<Event> {
         let mut events = Vec::new();
@@ -217,6 +241,38 @@ mod tests {
         st.push(&k, 1000, 1.0);
         assert!(e.evaluate(&st, 1000).is_empty());
         assert_eq!(e.alerts().count(), 0);
+    }
+
+    #[test]
+    fn a_reload_keeps_the_state_of_rules_that_stay_and_drops_the_others() {
+        let mut st = Store::new(100, 100);
+        let mut other = Rule::last("Hot", Selector::name("temp"), Cmp::Gt, 50.0);
+        other.for_ms = 0;
+        let mut e = Engine::new(vec![down_rule(5000), other], 5000, 10_000);
+        let k = SeriesKey::new("up", labels([("instance", "web1")]));
+        let g = labels([("instance", "web1")]);
+        let hot = SeriesKey::new("temp", labels([("instance", "web1")]));
+        st.push(&k, 1000, 0.0);
+        st.push(&hot, 1000, 90.0);
+        e.evaluate(&st, 1000);
+        assert_eq!(e.state("NodeDown", &g), AlertState::Pending);
+        assert_eq!(e.state("Hot", &g), AlertState::Firing);
+        // NodeDown edited (shorter `for`), Hot removed, a new rule added; order changed.
+        let mut added = Rule::last("Cold", Selector::name("temp"), Cmp::Lt, 0.0);
+        added.for_ms = 0;
+        assert_eq!(e.set_rules(vec![added, down_rule(2000)]), 1);
+        assert_eq!(e.state("NodeDown", &g), AlertState::Pending, "state kept");
+        assert_eq!(e.state("Hot", &g), AlertState::Inactive, "dropped");
+        assert_eq!(e.alerts().count(), 1);
+        st.push(&k, 3000, 0.0);
+        st.push(&hot, 3000, 90.0);
+        let ev = e.evaluate(&st, 3000);
+        // Pending since 1000, `for` now 2 s: fires at 3000 under the new rule.
+        assert!(
+            matches!(&ev[..], [Event::Firing(a)] if a.rule == "NodeDown" && a.active_since == 1000),
+            "{ev:?}"
+        );
+        assert_eq!(e.rules().len(), 2);
     }
 
     proptest! {

@@ -25,6 +25,7 @@ pub mod client;
 pub mod diagram;
 pub mod expo;
 pub mod prometheus;
+pub mod reload;
 pub mod rules;
 pub mod server;
 pub mod targets;
@@ -181,6 +182,8 @@ pub struct Monitor {
     /// The diagram's shape.
     pub layout: diagram::Layout,
     inner: Mutex<Inner>,
+    /// What a reload reads ([`reload`]).
+    loader: Option<reload::Loader>,
 }
 
 impl Monitor {
@@ -266,7 +269,14 @@ impl Monitor {
             }),
             targets,
             cfg,
+            loader: None,
         })
+    }
+
+    /// Reload from this loader ([`Monitor::reload`]).
+    pub fn with_loader(mut self, l: reload::Loader) -> Monitor {
+        self.loader = Some(l);
+        self
     }
 
     /// Rates on the diagram: the increase over the last 5 s, or 2 rounds when slower.
@@ -611,11 +621,17 @@ pub struct RunOptions {
     pub listen: Option<SocketAddr>,
     /// Scrape these lb admins instead of what the topology says of their nodes.
     pub lb_admins: Vec<LbAdmin>,
+    /// Reads the topology again on SIGHUP and `POST /-/reload`.
+    pub loader: Option<reload::Loader>,
 }
 
 /// Run the monitor until SIGINT or SIGTERM.
 pub async fn run(o: RunOptions) -> Result<(), MonitorError> {
-    let m = Arc::new(Monitor::with_lb_admins(&o.topology, &o.node, &o.lb_admins)?);
+    let mut m = Monitor::with_lb_admins(&o.topology, &o.node, &o.lb_admins)?;
+    if let Some(l) = o.loader {
+        m = m.with_loader(l);
+    }
+    let m = Arc::new(m);
     let listen = o.listen.unwrap_or(m.cfg.listen);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -669,8 +685,24 @@ pub async fn run(o: RunOptions) -> Result<(), MonitorError> {
             }
         })
     };
+    let hangups = {
+        let m = m.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                match m.reload() {
+                    Ok(r) => tracing::info!(result = %r, "configuration reloaded (SIGHUP)"),
+                    Err(e) => tracing::error!(error = %e, "configuration reload refused (SIGHUP)"),
+                }
+            }
+        })
+    };
     let r = server::serve(m, listener).await;
     scraper.abort();
+    hangups.abort();
     r
 }
 

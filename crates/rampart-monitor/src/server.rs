@@ -32,6 +32,7 @@ pub fn router(m: Arc<Monitor>) -> Router {
         .route("/api/alerts", get(alerts))
         .route("/api/targets", get(targets))
         .route("/api/query", get(query))
+        .route("/-/reload", axum::routing::post(reload).put(reload))
         .layer(axum::middleware::from_fn_with_state(m.clone(), guard))
         .with_state(m)
 }
@@ -533,6 +534,21 @@ async fn metrics(State(m): State<Arc<Monitor>>, headers: axum::http::HeaderMap) 
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let (content_type, body) = rampart_metrics::respond_with_host(accept, s);
     ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+/// Prometheus's `POST /-/reload` (and `PUT`): 200 with what was applied, 500 with why
+/// nothing was (the running rules stay).
+async fn reload(State(m): State<Arc<Monitor>>) -> Response {
+    match m.reload() {
+        Ok(r) => {
+            tracing::info!(result = %r, "configuration reloaded (/-/reload)");
+            (StatusCode::OK, format!("{r}\n")).into_response()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "configuration reload refused (/-/reload)");
+            (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response()
+        }
+    }
 }
 
 #[cfg(test)]

@@ -121,10 +121,26 @@ pub fn run(args: MonitorArgs) -> anyhow::Result<()> {
     }
     let lb_admins = lb_admins(&args)?;
     let r = resolve(&ResolveOptions {
-        config: args.config,
+        config: args.config.clone(),
         ..Default::default()
     })
     .map_err(crate::up::config_error)?;
+    // A reload (SIGHUP, POST /-/reload) reads the same file the same way.
+    let config = args
+        .config
+        .as_ref()
+        .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()));
+    let loader: rampart_monitor::reload::Loader = std::sync::Arc::new(move || {
+        resolve(&ResolveOptions {
+            config: config.clone(),
+            ..Default::default()
+        })
+        .map(|r| r.topology)
+        .map_err(|e| match e {
+            rampart_up::UpError::Config(c) => c.to_string(),
+            other => other.to_string(),
+        })
+    });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -134,6 +150,7 @@ pub fn run(args: MonitorArgs) -> anyhow::Result<()> {
         node: args.node,
         listen: args.listen,
         lb_admins,
+        loader: Some(loader),
     }))
     .context("run the monitor")
 }

@@ -34,6 +34,8 @@ fn a_token_guards_everything_but_healthz() {
     assert_eq!(http_get(a, "/healthz").expect("healthz").status, 200);
     assert_eq!(http_get(a, "/api/alerts").expect("alerts").status, 401);
     assert_eq!(http_get(a, "/api/diagram").expect("diagram").status, 401);
+    let reload = http_request(a, "POST", "/-/reload", &[], b"").expect("reload");
+    assert_eq!(reload.status, 401, "a reload needs the token too");
     assert_eq!(
         http_get(a, "/api/diagram?token=s3cret")
             .expect("diagram")

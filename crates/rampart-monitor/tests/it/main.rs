@@ -6,6 +6,7 @@ mod cdp;
 mod dashboard;
 mod lb_admin;
 mod prometheus;
+mod reload;
 mod scrape;
 mod up_drills;
 mod up_vips;
