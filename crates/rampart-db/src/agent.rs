@@ -334,12 +334,13 @@ impl Agent {
     }
 
     /// Run until `stop` resolves; then stop PostgreSQL and give the lease back.
-    /// Run until `stop`, serving operators' requests from `ops` (and a reload on SIGHUP)
-    /// between turns.
+    /// Run until `stop`, serving operators' requests from `ops` (and a reload on each
+    /// signal of `hangup`, SIGHUP) between turns.
     pub async fn run(
         mut self,
         stop: impl std::future::Future<Output = ()>,
         mut ops: tokio::sync::mpsc::Receiver<LocalRequest>,
+        mut hangup: Option<tokio::signal::unix::Signal>,
     ) -> Result<(), DbError> {
         tracing::info!(node = %self.node.name, cluster = %self.cfg.cluster, data_dir = %self.ctl.data_dir.display(),
             ttl = ?self.cfg.ttl, loop_wait = ?self.cfg.loop_wait, synchronous = self.cfg.synchronous, "rampart db agent starting");
@@ -365,8 +366,6 @@ impl Agent {
             self.cfg.cluster.clone(),
             wake.clone(),
         ));
-        let mut hangup =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         loop {
             let started = Instant::now();
             self.turn().await;

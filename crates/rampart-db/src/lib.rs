@@ -41,6 +41,9 @@ pub async fn run_agent(
     node: &str,
     config_path: Option<std::path::PathBuf>,
 ) -> Result<(), DbError> {
+    // SIGHUP reloads: handled from the start, before anything can see this process
+    // running (its default action would end it).
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let shared: agent::Shared = Arc::new(Mutex::new(agent::Snapshot::default()));
     let me = cfg
         .node(node)
@@ -86,7 +89,7 @@ pub async fn run_agent(
             _ = term.recv() => {}
         }
     };
-    let r = a.run(stop, ops_rx).await;
+    let r = a.run(stop, ops_rx, hangup).await;
     api.abort();
     r
 }

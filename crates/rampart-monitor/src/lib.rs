@@ -627,6 +627,8 @@ pub struct RunOptions {
 
 /// Run the monitor until SIGINT or SIGTERM.
 pub async fn run(o: RunOptions) -> Result<(), MonitorError> {
+    // SIGHUP reloads: handled before the port answers (its default action would end us).
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut m = Monitor::with_lb_admins(&o.topology, &o.node, &o.lb_admins)?;
     if let Some(l) = o.loader {
         m = m.with_loader(l);
@@ -688,8 +690,7 @@ pub async fn run(o: RunOptions) -> Result<(), MonitorError> {
     let hangups = {
         let m = m.clone();
         tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            let Some(mut hup) = hup else {
                 return;
             };
             while hup.recv().await.is_some() {

@@ -251,6 +251,99 @@ pub fn is_up(pid: u32) -> bool {
         .is_ok_and(|raw| raw.split(|&b| b == 0).skip(1).any(|a| a == b"up"))
 }
 
+/// A node `rampart reload` signalled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    pub node: String,
+    pub kind: String,
+    pub pid: u32,
+    pub log: PathBuf,
+}
+
+/// The roles that reload on SIGHUP: balancers (pools, routes, certificates), db agents
+/// (`[db.parameters]`), the monitor (its rules). Web servers and etcd members would end.
+const RELOADS_ON_SIGHUP: [&str; 3] = ["lb", "db", "monitor"];
+
+/// What `rampart reload` did: the nodes signalled, and those of the reloading roles left
+/// out with why.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadOutcome {
+    pub signalled: Vec<Reloaded>,
+    pub skipped: Vec<(String, String)>,
+}
+
+/// A process this young may not have installed its SIGHUP handler yet (each role does so
+/// first thing, before it answers), and SIGHUP's default action would end it.
+const HANDLER_GRACE: Duration = Duration::from_secs(3);
+
+/// `rampart reload`: SIGHUP to every node of the stack of `data_dir` that reloads on it
+/// (see [`RELOADS_ON_SIGHUP`]) and whose process runs; each re-reads the topology file
+/// and logs what it applied or why it refused.
+pub fn reload(data_dir: &Path) -> Result<ReloadOutcome, UpError> {
+    let s = UpState::read_live(data_dir).ok_or_else(|| {
+        UpError::NotRunning(format!(
+            "no rampart up is running from {}",
+            data_dir.display()
+        ))
+    })?;
+    let mut done = Vec::new();
+    let mut skipped = Vec::new();
+    for n in &s.nodes {
+        if !RELOADS_ON_SIGHUP.contains(&n.kind.as_str()) {
+            continue;
+        }
+        let Some(pid) = n.pid.and_then(|p| i32::try_from(p).ok()) else {
+            skipped.push((n.name.clone(), format!("not running ({})", n.state)));
+            continue;
+        };
+        match process_age(pid as u32) {
+            Some(age) if age >= HANDLER_GRACE => {}
+            _ => {
+                skipped.push((
+                    n.name.clone(),
+                    "just started: it reads the file as it starts".into(),
+                ));
+                continue;
+            }
+        }
+        if kill(Pid::from_raw(pid), Signal::SIGHUP).is_ok() {
+            done.push(Reloaded {
+                node: n.name.clone(),
+                kind: n.kind.clone(),
+                pid: pid as u32,
+                log: n.log.clone(),
+            });
+        } else {
+            skipped.push((n.name.clone(), "its process is gone".into()));
+        }
+    }
+    Ok(ReloadOutcome {
+        signalled: done,
+        skipped,
+    })
+}
+
+/// How long a process has run (from `/proc`), if it exists.
+fn process_age(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22 (starttime, clock ticks after boot), counted after the `)` ending field 2.
+    let after = stat.rsplit_once(')')?.1;
+    let start: u64 = after.split_whitespace().nth(19)?.parse().ok()?;
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let tck = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|t| *t > 0)? as f64;
+    Some(Duration::from_secs_f64(
+        (uptime - start as f64 / tck).max(0.0),
+    ))
+}
+
 /// What `rampart down` found and did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Down {
@@ -325,6 +418,22 @@ pub fn down(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_age_grows_from_its_start_and_a_missing_one_has_none() {
+        let mut c = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let young = process_age(c.id()).expect("the child's age");
+        std::thread::sleep(Duration::from_millis(1200));
+        let older = process_age(c.id()).expect("the child's age");
+        let _ = c.kill();
+        let _ = c.wait();
+        assert!(young < Duration::from_secs(1), "{young:?}");
+        assert!(older >= Duration::from_secs(1), "{older:?}");
+        assert_eq!(process_age(u32::MAX - 1), None);
+    }
 
     #[test]
     fn exec_child_arguments_put_the_program_after_the_separator() {

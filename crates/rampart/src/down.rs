@@ -1,4 +1,5 @@
-//! `rampart down`: stop a running stack from another terminal; and `rampart exec-child`,
+//! `rampart down`: stop a running stack from another terminal; `rampart reload`: make it
+//! re-read its topology; and `rampart exec-child`,
 //! the wrapper through which `rampart up` starts every node. The work is in
 //! `rampart_up::lifecycle`.
 
@@ -66,6 +67,61 @@ pub fn run(args: DownArgs) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// Make the running stack re-read its topology file: the balancers (pools, routes,
+/// certificates), the db agents ([db.parameters]) and the monitor (its rules). The file is
+/// checked first; a file with errors is refused here and nothing is signalled.
+#[derive(Args, Debug)]
+pub struct ReloadArgs {
+    /// The topology file (default: the built-in default topology).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data directory of the running `rampart up` [default: .rampart/<cluster> beside the topology file].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+pub fn reload(args: ReloadArgs) -> anyhow::Result<()> {
+    let r = resolve(&ResolveOptions {
+        config: args.config,
+        data_dir: args.data_dir,
+        port_base: None,
+    })
+    .map_err(crate::up::config_error)
+    .context("nothing was reloaded")?;
+    anyhow::ensure!(
+        !r.builtin,
+        "the stack runs {}: there is no file to edit and reload (start it with `rampart up --config FILE`)",
+        r.origin
+    );
+    let rampart_up::lifecycle::ReloadOutcome {
+        signalled: done,
+        skipped,
+    } = rampart_up::lifecycle::reload(&r.data_dir)
+        .with_context(|| format!("reload the stack running from {}", r.data_dir.display()))?;
+    for (node, why) in &skipped {
+        say(&format!("  {node:<8} skipped: {why}"));
+    }
+    if done.is_empty() {
+        say("rampart reload: no balancer, db agent or monitor is running to reload");
+        return Ok(());
+    }
+    for d in &done {
+        say(&format!(
+            "  {:<8} {:<8} pid {:<7} log {}",
+            d.node,
+            d.kind,
+            d.pid,
+            d.log.display()
+        ));
+    }
+    say(&format!(
+        "rampart reload: {} node(s) asked to re-read {}; each logs what it applied or why it refused",
+        done.len(),
+        r.origin
+    ));
     Ok(())
 }
 

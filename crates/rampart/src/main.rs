@@ -44,6 +44,8 @@ enum Command {
     Up(up::UpArgs),
     /// Stop the stack a `rampart up` runs (from another terminal), or what a killed one left.
     Down(down::DownArgs),
+    /// Make the running stack re-read its topology: balancers, db agents, the monitor.
+    Reload(down::ReloadArgs),
     /// (internal) How `rampart up` starts each node: dies with `up`, then execs the node.
     #[command(hide = true)]
     ExecChild(down::ExecChildArgs),
@@ -72,6 +74,7 @@ fn main() -> anyhow::Result<()> {
         Command::Audit(args) => audit::run(args),
         Command::Up(args) => up::run(args),
         Command::Down(args) => down::run(args),
+        Command::Reload(args) => down::reload(args),
         Command::ExecChild(args) => down::exec_child(args),
         Command::Status(args) => status::run(args),
         Command::Chaos(args) => chaos::run(args),

@@ -339,6 +339,55 @@ fn default_stack_survives_losing_the_primary_a_web_server_and_a_balancer_and_sto
     assert_eq!(r.status, 200);
     assert_eq!(r.header("strict-transport-security"), Some("max-age=86400"));
 
+    // `rampart reload`: a broken file is refused before anything is signalled; a good one
+    // reaches every balancer, db agent and the monitor, each of which applies what it can.
+    let good = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{good}\n[db\n")).unwrap();
+    let out = rampart(&["reload", "--config", config.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("rampart.toml:") && err.contains("nothing was reloaded"),
+        "{err}"
+    );
+    let mmap = "parameters = { dynamic_shared_memory_type = \"mmap\" }";
+    assert!(good.contains(mmap), "{good}");
+    std::fs::write(
+        &config,
+        good.replacen(
+            mmap,
+            "parameters = { dynamic_shared_memory_type = \"mmap\", work_mem = \"12MB\" }",
+            1,
+        ),
+    )
+    .unwrap();
+    let reloaded = |node: &str, what: &str| {
+        std::fs::read_to_string(data.join(format!("logs/{node}.log")))
+            .is_ok_and(|l| l.contains(what))
+    };
+    let mut said = String::new();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let out = rampart(&["reload", "--config", config.to_str().unwrap()]);
+            said = String::from_utf8_lossy(&out.stdout).into_owned();
+            out.status.success() && said.contains("6 node(s) asked to re-read")
+        }),
+        "every lb, db and monitor node signalled:\n{said}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            ["db1", "db2", "db3"]
+                .iter()
+                .all(|n| reloaded(n, "[db.parameters] applied"))
+                && ["lb1", "lb2"]
+                    .iter()
+                    .all(|n| reloaded(n, "configuration reloaded"))
+                && reloaded("monitor", "configuration reloaded (SIGHUP)")
+        }),
+        "each node logs its reload:\n{said}\n{}",
+        up.log_text()
+    );
+
     // [tls] replication: every replica streams over TLS, verified against the CA, and a
     // replication connection without TLS is refused.
     assert!(
