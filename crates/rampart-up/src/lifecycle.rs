@@ -261,8 +261,9 @@ pub struct Reloaded {
 }
 
 /// The roles that reload on SIGHUP: balancers (pools, routes, certificates), db agents
-/// (`[db.parameters]`), the monitor (its rules). Web servers and etcd members would end.
-const RELOADS_ON_SIGHUP: [&str; 3] = ["lb", "db", "monitor"];
+/// (`[db.parameters]`), the monitor (its rules), web servers (their certificate). etcd
+/// members would end.
+const RELOADS_ON_SIGHUP: [&str; 4] = ["lb", "db", "monitor", "web"];
 
 /// What `rampart reload` did: the nodes signalled, and those of the reloading roles left
 /// out with why.

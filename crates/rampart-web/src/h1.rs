@@ -122,7 +122,7 @@ pub(crate) async fn connection(
     stop: watch::Receiver<()>,
 ) {
     let m = &sh.node.metrics;
-    if let Some(acceptor) = sh.node.tls.clone() {
+    if let Some(acceptor) = sh.node.tls.as_ref().map(|t| t.acceptor.clone()) {
         let limit = sh.node.header_read_timeout;
         let mut first = [0u8; 1];
         match tokio::time::timeout(limit, stream.peek(&mut first)).await {

@@ -81,7 +81,7 @@ pub struct Node {
     /// A keep-alive connection idle this long, or a client reading nothing this long, is closed.
     idle_timeout: Duration,
     /// HTTPS on the listener ([`tls`]): plain HTTP then gets only the admin paths.
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    pub tls: Option<tls::NodeTls>,
 }
 
 /// How a request arrived (a request extension set for every request hyper serves).
@@ -121,7 +121,7 @@ pub fn build_node(cfg: &WebConfig) -> Result<Arc<Node>, WebError> {
         path: cfg.root.display().to_string(),
         source,
     })?;
-    let tls = cfg.tls.as_ref().map(tls::acceptor).transpose()?;
+    let tls = cfg.tls.as_ref().map(tls::NodeTls::new).transpose()?;
     let guestbook = match (&cfg.upstream, &cfg.database) {
         (None, Some(db)) => {
             let source = match &db.topology {
@@ -419,6 +419,9 @@ pub fn run(cfg: WebConfig, threads: usize) -> Result<(), WebError> {
 /// The body of [`run`], with a registration hook.
 pub async fn run_async<L: Lifecycle>(cfg: WebConfig, lifecycle: L) -> Result<(), WebError> {
     use tokio::signal::unix::{signal, SignalKind};
+    // SIGHUP re-reads the certificate: handled before the port answers (its default
+    // action would end the node).
+    let mut hup = signal(SignalKind::hangup()).map_err(WebError::Signals)?;
     let node = build_node(&cfg)?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -432,6 +435,24 @@ pub async fn run_async<L: Lifecycle>(cfg: WebConfig, lifecycle: L) -> Result<(),
     tracing::info!(name = %cfg.name, %addr, root = %cfg.root.display(), tls = cfg.tls.is_some(),
         upstream = cfg.upstream.as_deref().unwrap_or("-"),
         database = cfg.database.is_some(), "rampart web serving");
+    let reloads = {
+        let node = node.clone();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                match &node.tls {
+                    Some(t) => match t.reload() {
+                        Ok(()) => tracing::info!("SIGHUP: certificate reloaded"),
+                        Err(e) => {
+                            tracing::error!(error = %e, "SIGHUP: certificate reload refused; the one in use stays")
+                        }
+                    },
+                    None => tracing::info!(
+                        "SIGHUP: nothing to reload here (no TLS; other settings take effect at a restart)"
+                    ),
+                }
+            }
+        })
+    };
     lifecycle.started(&node, addr).await;
     let drain = cfg.drain;
     let n2 = node.clone();
@@ -448,6 +469,7 @@ pub async fn run_async<L: Lifecycle>(cfg: WebConfig, lifecycle: L) -> Result<(),
         tracing::info!("no longer accepting; finishing requests in flight");
     };
     let r = serve(node, listener, shutdown, Duration::from_secs(30)).await;
+    reloads.abort();
     tracing::info!("rampart web stopped");
     r
 }

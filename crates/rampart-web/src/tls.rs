@@ -7,12 +7,18 @@
 //! and the monitor read) and a 400 for every other path, so no page or API answer ever
 //! leaves in clear. The zero-copy static-file path is plain-only (`sendfile(2)` cannot
 //! encrypt); over TLS static files are served by the application.
+//!
+//! The certificate is read again on SIGHUP ([`NodeTls::reload`], as `nginx -s reload`
+//! after a renewal): new handshakes get the new one, open connections keep theirs, and
+//! files that do not load (or do not go together) leave the old one in place.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use tokio_rustls::TlsAcceptor;
 
 use rampart_topology::web::WebTls;
@@ -35,8 +41,55 @@ fn shown(p: &Path) -> String {
     p.display().to_string()
 }
 
-/// The acceptor of a node's listener: its certificate chain and key, checked to match.
-pub fn acceptor(t: &WebTls) -> Result<TlsAcceptor, TlsError> {
+/// A node's listener TLS: its acceptor and the certificate it presents, swappable.
+pub struct NodeTls {
+    pub acceptor: TlsAcceptor,
+    current: Arc<Current>,
+    files: WebTls,
+}
+
+/// The certificate every handshake is given (one per node: no SNI choice).
+#[derive(Debug)]
+struct Current(arc_swap::ArcSwap<CertifiedKey>);
+
+impl ResolvesServerCert for Current {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+}
+
+impl NodeTls {
+    /// Read the node's certificate chain and key, checked to go together.
+    pub fn new(t: &WebTls) -> Result<NodeTls, TlsError> {
+        let current = Arc::new(Current(arc_swap::ArcSwap::from_pointee(load(t)?)));
+        let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(TlsError::Config)?
+            .with_no_client_auth()
+            .with_cert_resolver(current.clone());
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // No early data: a replayable request is not worth a round trip.
+        cfg.max_early_data_size = 0;
+        Ok(NodeTls {
+            acceptor: TlsAcceptor::from(Arc::new(cfg)),
+            current,
+            files: t.clone(),
+        })
+    }
+
+    /// Read the same files again; on any error the certificate in use stays.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        self.current.0.store(Arc::new(load(&self.files)?));
+        Ok(())
+    }
+}
+
+fn provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
+
+/// A certificate chain and its key, checked to match.
+fn load(t: &WebTls) -> Result<CertifiedKey, TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&t.cert)
         .map_err(|e| TlsError::Cert {
             path: shown(&t.cert),
@@ -57,18 +110,14 @@ pub fn acceptor(t: &WebTls) -> Result<TlsAcceptor, TlsError> {
         path: shown(&t.key),
         reason: e.to_string(),
     })?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(TlsError::Config)?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| TlsError::Key {
-            path: shown(&t.key),
-            reason: format!("does not go with {}: {e}", shown(&t.cert)),
-        })?;
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    // No early data: a replayable request is not worth a round trip.
-    cfg.max_early_data_size = 0;
-    Ok(TlsAcceptor::from(Arc::new(cfg)))
+    let ck = CertifiedKey::from_der(certs, key, &provider()).map_err(|e| TlsError::Key {
+        path: shown(&t.key),
+        reason: format!("does not go with {}: {e}", shown(&t.cert)),
+    })?;
+    // `from_der` checks the pair only when the key type can tell; ask explicitly.
+    ck.keys_match().map_err(|e| TlsError::Key {
+        path: shown(&t.key),
+        reason: format!("does not go with {}: {e}", shown(&t.cert)),
+    })?;
+    Ok(ck)
 }

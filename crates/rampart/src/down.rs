@@ -71,8 +71,9 @@ pub fn run(args: DownArgs) -> anyhow::Result<()> {
 }
 
 /// Make the running stack re-read its topology file: the balancers (pools, routes,
-/// certificates), the db agents ([db.parameters]) and the monitor (its rules). The file is
-/// checked first; a file with errors is refused here and nothing is signalled.
+/// certificates), the db agents ([db.parameters]), the monitor (its rules) and the web
+/// servers (their certificate). The file is checked first; a file with errors is refused
+/// here and nothing is signalled.
 #[derive(Args, Debug)]
 pub struct ReloadArgs {
     /// The topology file (default: the built-in default topology).
@@ -105,7 +106,7 @@ pub fn reload(args: ReloadArgs) -> anyhow::Result<()> {
         say(&format!("  {node:<8} skipped: {why}"));
     }
     if done.is_empty() {
-        say("rampart reload: no balancer, db agent or monitor is running to reload");
+        say("rampart reload: no balancer, db agent, web server or monitor is running to reload");
         return Ok(());
     }
     for d in &done {

@@ -44,7 +44,7 @@ enum Command {
     Up(up::UpArgs),
     /// Stop the stack a `rampart up` runs (from another terminal), or what a killed one left.
     Down(down::DownArgs),
-    /// Make the running stack re-read its topology: balancers, db agents, the monitor.
+    /// Make the running stack re-read its topology: balancers, db agents, monitor, web certificates.
     Reload(down::ReloadArgs),
     /// (internal) How `rampart up` starts each node: dies with `up`, then execs the node.
     #[command(hide = true)]

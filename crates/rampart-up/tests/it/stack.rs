@@ -370,9 +370,9 @@ fn default_stack_survives_losing_the_primary_a_web_server_and_a_balancer_and_sto
         wait_until(Duration::from_secs(20), || {
             let out = rampart(&["reload", "--config", config.to_str().unwrap()]);
             said = String::from_utf8_lossy(&out.stdout).into_owned();
-            out.status.success() && said.contains("6 node(s) asked to re-read")
+            out.status.success() && said.contains("9 node(s) asked to re-read")
         }),
-        "every lb, db and monitor node signalled:\n{said}"
+        "every lb, db, web and monitor node signalled:\n{said}"
     );
     assert!(
         wait_until(Duration::from_secs(15), || {
@@ -383,6 +383,9 @@ fn default_stack_survives_losing_the_primary_a_web_server_and_a_balancer_and_sto
                     .iter()
                     .all(|n| reloaded(n, "configuration reloaded"))
                 && reloaded("monitor", "configuration reloaded (SIGHUP)")
+                && ["web1", "web2", "web3"]
+                    .iter()
+                    .all(|n| reloaded(n, "SIGHUP: nothing to reload here"))
         }),
         "each node logs its reload:\n{said}\n{}",
         up.log_text()

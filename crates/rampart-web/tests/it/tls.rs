@@ -290,3 +290,113 @@ fn the_balancer_reaches_the_node_over_tls() {
     );
     lbp.kill();
 }
+
+/// A second server pair signed by `pki`'s CA, with this subject CN, into `cert` and `key`.
+fn renewed_pair(dir: &Path, cn: &str, cert: &Path, key: &Path) {
+    let subj = format!("/CN={cn}");
+    openssl(
+        &[
+            "req",
+            "-new",
+            "-subj",
+            &subj,
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "renewed.key",
+            "-out",
+            "renewed.csr",
+        ],
+        dir,
+    );
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "renewed.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "leaf.cnf",
+            "-out",
+            "renewed.crt",
+        ],
+        dir,
+    );
+    // Replaced as a renewal tool does: new files moved over the old ones.
+    std::fs::rename(dir.join("renewed.crt"), cert).expect("move cert");
+    std::fs::rename(dir.join("renewed.key"), key).expect("move key");
+}
+
+#[test]
+fn sighup_reloads_the_certificate_and_keeps_the_old_one_when_the_new_files_are_bad() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("site");
+    std::fs::create_dir_all(&root).expect("root");
+    std::fs::write(root.join("hello.txt"), "hello over tls\n").expect("file");
+    let (ca, cert, key) = pki(dir.path());
+    let mut w = start_web(
+        "tlsreload",
+        &[
+            "--root",
+            root.to_str().expect("utf8"),
+            "--tls-cert",
+            cert.to_str().expect("utf8"),
+            "--tls-key",
+            key.to_str().expect("utf8"),
+        ],
+        dir.path(),
+    );
+    let addr = w.addr;
+    let presented = |want: &str| {
+        let (out, ok) = s_client(addr, &ca, &[], GET_HELLO);
+        ok && out.contains("Verify return code: 0 (ok)")
+            && out.contains("hello over tls")
+            && out.contains(&format!("CN = {want}"))
+    };
+    assert!(presented("web"));
+
+    // A renewal: the new pair in place of the old, then SIGHUP.
+    renewed_pair(dir.path(), "renewed", &cert, &key);
+    assert!(presented("web"), "no reload before the signal");
+    w.proc.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(
+        wait_until(Duration::from_secs(5), || presented("renewed")),
+        "the renewed certificate is presented after SIGHUP:\n{}",
+        w.proc.log_text()
+    );
+
+    // A key that does not go with the certificate: refused, the renewed pair stays.
+    std::fs::copy(dir.path().join("ca.key"), &key).expect("wrong key");
+    w.proc.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(
+        wait_until(Duration::from_secs(5), || w
+            .proc
+            .log_text()
+            .contains("certificate reload refused")),
+        "{}",
+        w.proc.log_text()
+    );
+    assert!(presented("renewed"), "{}", w.proc.log_text());
+    assert!(w.proc.is_running());
+
+    // A node without TLS takes SIGHUP too (it used to end it) and keeps serving.
+    let mut plain = start_web(
+        "plainhup",
+        &["--root", root.to_str().expect("utf8")],
+        dir.path(),
+    );
+    plain.proc.signal(nix::sys::signal::Signal::SIGHUP);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(plain.proc.is_running(), "{}", plain.proc.log_text());
+    assert_eq!(get(plain.addr, "/hello.txt", &[]).status, 200);
+}
