@@ -144,6 +144,11 @@ pub fn render(t: &Topology, o: &UnitOptions<'_>) -> Result<Vec<Unit>, UnitsError
             exec.push(arg(a)?);
         }
         let _ = writeln!(text, "ExecStart={}", exec.join(" "));
+        if s.kind != NodeKind::Etcd {
+            // `systemctl reload`: every rampart role re-reads what it can on SIGHUP (the
+            // topology for lb, db and monitor; its certificate for web), as Patroni's unit.
+            let _ = writeln!(text, "ExecReload=/bin/kill -HUP $MAINPID");
+        }
         let mut stop = s.grace;
         let mut nofile = NOFILE;
         if s.kind == NodeKind::Lb {
@@ -373,6 +378,11 @@ mod tests {
             assert_eq!(line(u, "Restart"), ["on-failure"]);
             assert_eq!(line(u, "RestartSec"), ["1"]);
             assert_eq!(line(u, "KillMode"), ["mixed"]);
+            if u.kind == NodeKind::Etcd {
+                assert_eq!(line(u, "ExecReload"), Vec::<&str>::new());
+            } else {
+                assert_eq!(line(u, "ExecReload"), ["/bin/kill -HUP $MAINPID"]);
+            }
             assert_eq!(line(u, "Wants"), ["network-online.target"]);
             assert_eq!(line(u, "User"), Vec::<&str>::new());
             assert_eq!(line(u, "AmbientCapabilities"), Vec::<&str>::new());
