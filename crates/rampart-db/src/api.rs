@@ -54,6 +54,7 @@ pub fn router(shared: Shared, metrics: Arc<Metrics>, admin: AdminCtx) -> Router 
         .route("/failover", post(failover).options(options))
         .route("/reload", post(reload).options(options))
         .route("/restart", post(restart).options(options))
+        .route("/reinitialize", post(reinitialize).options(options))
         .fallback(health_any)
         .with_state(AppState {
             shared,
@@ -263,6 +264,20 @@ async fn restart(
         },
     )
     .await
+}
+
+/// Patroni's `POST /reinitialize`: a replica replaces its data with a fresh copy of the
+/// leader. 200 once the copy starts ("reinitializing from ..."), 503 with Patroni's refusal
+/// on the leader. The body (Patroni's `{"force": true}`) is accepted and not needed.
+async fn reinitialize(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = refusal(&s, peer, &headers, "reinitialize") {
+        return r;
+    }
+    local_op(&s, crate::agent::LocalOp::Reinit).await
 }
 
 /// Hand a request to this node's agent and wait for its answer.

@@ -1,5 +1,5 @@
 //! Operator commands that each agent serves for its own node, through its API (Patroni's
-//! `patronictl reload` and `restart`): `rampart db reload` and `rampart db restart`. The
+//! `patronictl reload`, `restart` and `reinit`): `rampart db reload`, `restart`, `reinit`. The
 //! cluster-wide ones (list, switchover, pause) go through etcd instead ([`crate::ops`]).
 
 use std::time::Duration;
@@ -12,7 +12,14 @@ use crate::error::DbError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeOp {
     Reload,
-    Restart { pending_only: bool },
+    Restart {
+        pending_only: bool,
+    },
+    /// Rebuild replicas from a fresh copy of the leader; waits up to `wait` for each to
+    /// stream again.
+    Reinit {
+        wait: Duration,
+    },
 }
 
 /// How long one node may take to answer: a restart waits for PostgreSQL to answer again
@@ -33,6 +40,11 @@ pub async fn run(cfg: &DbConfig, nodes: &[String], op: NodeOp) -> Result<String,
             )));
         }
     }
+    if matches!(op, NodeOp::Reinit { .. }) && nodes.is_empty() {
+        return Err(DbError::Other(
+            "reinit needs --member NODE: it replaces that replica's data".into(),
+        ));
+    }
     let mut chosen: Vec<DbNode> = cfg
         .nodes
         .iter()
@@ -51,6 +63,7 @@ pub async fn run(cfg: &DbConfig, nodes: &[String], op: NodeOp) -> Result<String,
             "/restart",
             format!("{{\"restart_pending\": {pending_only}}}"),
         ),
+        NodeOp::Reinit { .. } => ("/reinitialize", String::new()),
     };
     let mut lines = Vec::new();
     let mut failed = false;
@@ -74,6 +87,15 @@ pub async fn run(cfg: &DbConfig, nodes: &[String], op: NodeOp) -> Result<String,
         match r {
             Ok(resp) if resp.status == 200 => {
                 lines.push(format!("{}: {}", n.name, resp.text().trim()));
+                if let NodeOp::Reinit { wait } = op {
+                    match wait_streaming(cfg, &n.name, wait).await {
+                        Ok(s) => lines.push(format!("{}: streaming again after {s:.1} s", n.name)),
+                        Err(e) => {
+                            failed = true;
+                            lines.push(format!("{}: {e}", n.name));
+                        }
+                    }
+                }
             }
             Ok(resp) => {
                 failed = true;
@@ -92,8 +114,8 @@ pub async fn run(cfg: &DbConfig, nodes: &[String], op: NodeOp) -> Result<String,
                 ));
             }
         }
-        if failed && matches!(op, NodeOp::Restart { .. }) {
-            lines.push("restart stopped: the remaining nodes were not restarted".into());
+        if failed && !matches!(op, NodeOp::Reload) {
+            lines.push("stopped: the remaining nodes were not asked".into());
             break;
         }
     }
@@ -102,5 +124,30 @@ pub async fn run(cfg: &DbConfig, nodes: &[String], op: NodeOp) -> Result<String,
         Err(DbError::Other(text))
     } else {
         Ok(text)
+    }
+}
+
+/// Wait until `node` is a streaming replica again (its member key, as `rampart db list`
+/// shows it); the seconds it took.
+async fn wait_streaming(cfg: &DbConfig, node: &str, wait: Duration) -> Result<f64, String> {
+    let t = std::time::Instant::now();
+    // The agent stops PostgreSQL first: wait for that before waiting for it to stream.
+    tokio::time::sleep(cfg.loop_wait * 2).await;
+    loop {
+        if let Ok(v) = crate::ops::read_view(cfg).await {
+            if v.members
+                .iter()
+                .any(|m| m.name == node && m.role == "replica" && m.streaming)
+            {
+                return Ok(t.elapsed().as_secs_f64());
+            }
+        }
+        if t.elapsed() > wait {
+            return Err(format!(
+                "not streaming after {} s (rampart db list shows where it is)",
+                wait.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }

@@ -343,6 +343,22 @@ impl PgCtl {
             let _ = std::fs::remove_dir_all(&fresh);
             return Err(e);
         }
+        // A copy of the leader is a standby until the agent decides otherwise: marked
+        // before it moves in place, so that an agent that dies right after the move never
+        // takes it for a former primary (which it would rewind: pg_rewind's single-user
+        // recovery would end recovery on this copy and write WAL the leader never had).
+        let signal = fresh.join("standby.signal");
+        if let Err(e) = std::fs::write(&signal, b"")
+            .map_err(|source| DbError::Io {
+                what: "mark the new copy a standby",
+                path: signal.clone(),
+                source,
+            })
+            .and_then(|()| self.chown(&signal))
+        {
+            let _ = std::fs::remove_dir_all(&fresh);
+            return Err(e);
+        }
         let old = self.sibling(".old");
         let io = |what, source| DbError::Io {
             what,

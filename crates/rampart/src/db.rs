@@ -61,6 +61,16 @@ enum DbCommand {
         #[arg(long)]
         pending: bool,
     },
+    /// Rebuild a replica from a fresh copy of the leader (pg_basebackup), as patronictl
+    /// reinit: for a replica whose data is damaged or that cannot follow any more.
+    Reinit {
+        /// The replica(s) to rebuild (repeatable; the leader is refused).
+        #[arg(long = "member", required = true)]
+        members: Vec<String>,
+        /// Seconds to wait for each to stream again.
+        #[arg(long, default_value_t = 600)]
+        wait: u64,
+    },
     /// Internal: the fencing watchdog started by the agent.
     #[command(hide = true)]
     Watchdog,
@@ -162,6 +172,19 @@ pub fn run(args: DbArgs) -> anyhow::Result<()> {
                 )
                 .await
                 .context("restart")?;
+                println!("{out}");
+                Ok(())
+            }
+            Some(DbCommand::Reinit { members, wait }) => {
+                let out = rampart_db::node_ops::run(
+                    &cfg,
+                    &members,
+                    rampart_db::node_ops::NodeOp::Reinit {
+                        wait: Duration::from_secs(wait),
+                    },
+                )
+                .await
+                .context("reinit")?;
                 println!("{out}");
                 Ok(())
             }

@@ -1,7 +1,8 @@
-//! What an operator asks of this one node (Patroni's `POST /reload` and `POST /restart`,
-//! `patronictl reload` and `restart`): re-read the topology file and apply its
-//! `[db.parameters]` to the running PostgreSQL, and restart PostgreSQL in place (the
-//! primary stays the primary: its lease is renewed throughout). Requests come from the API
+//! What an operator asks of this one node (Patroni's `POST /reload`, `/restart` and
+//! `/reinitialize`, `patronictl reload`, `restart` and `reinit`): re-read the topology file
+//! and apply its `[db.parameters]` to the running PostgreSQL, restart PostgreSQL in place
+//! (the primary stays the primary: its lease is renewed throughout), and rebuild a
+//! replica from a fresh copy of the leader. Requests come from the API
 //! and from SIGHUP, and are served between two turns of the loop, never inside one.
 
 use tokio::sync::oneshot;
@@ -16,6 +17,9 @@ pub enum LocalOp {
     /// Restart PostgreSQL (fast shutdown, then started again in the role the cluster gives
     /// it); with `pending_only`, only when a changed setting waits for a restart.
     Restart { pending_only: bool },
+    /// A replica only: stop PostgreSQL, replace its data with a fresh copy of the leader
+    /// (pg_basebackup), start it again (Patroni's reinit). Answered when the copy starts.
+    Reinit,
 }
 
 /// A request and where its answer goes: `Ok` with what was done, `Err` with why not.
@@ -37,6 +41,17 @@ impl Agent {
                 }
                 let _ = r.reply.send(answer);
             }
+            LocalOp::Reinit => match self.reinit_source() {
+                Err(e) => {
+                    let _ = r.reply.send(Err(e));
+                }
+                Ok(leader) => {
+                    let _ = r.reply.send(Ok(format!(
+                        "reinitializing from {leader}: postgres stopped, cloning the leader"
+                    )));
+                    self.reinit_from(&leader).await;
+                }
+            },
             LocalOp::Restart { pending_only } => {
                 if pending_only && self.pending_restart.is_empty() {
                     let _ = r.reply.send(Ok("no restart pending: nothing done".into()));
@@ -117,6 +132,54 @@ impl Agent {
             ));
         }
         Ok(notes.join("; "))
+    }
+
+    /// The leader a reinit copies, or why there is none to copy (Patroni's refusals).
+    fn reinit_source(&self) -> Result<String, String> {
+        if self.is_primary_running() || self.last_leader.as_deref() == Some(&self.node.name) {
+            return Err("I am the leader, can not reinitialize".into());
+        }
+        match &self.last_leader {
+            Some(l) => Ok(l.clone()),
+            None => Err("no leader to copy from: can not reinitialize now".into()),
+        }
+    }
+
+    /// Stop PostgreSQL and replace its data with a copy of `leader` (built beside the old
+    /// directory, which stays if the copy fails); the next turn starts it as a replica.
+    /// Runs as a long operation: the loop's lease and member key stay alive.
+    async fn reinit_from(&mut self, leader: &str) {
+        tracing::warn!(
+            leader,
+            "reinitialize (operator request): stopping postgres and copying the leader"
+        );
+        self.restart_pg().await;
+        let (h, p) = match self.node_addr(leader) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(error = %e, "reinitialize failed: the leader's address");
+                return;
+            }
+        };
+        let t = Instant::now();
+        match self.long(self.ctl.basebackup(&h, p)).await {
+            Ok(()) => {
+                tracing::info!(
+                    leader,
+                    seconds = t.elapsed().as_secs_f64(),
+                    "reinitialized: a fresh copy of the leader, starting as a replica"
+                );
+                self.start_failures = 0;
+                self.stuck_rewinds = 0;
+                // As after a first clone: a replica of the leader at once.
+                if let Err(e) = self.start_pg(false, Some(leader)).await {
+                    tracing::warn!(error = %e, "the reinitialized replica did not start yet; the loop retries");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reinitialize failed; the old data directory stays")
+            }
+        }
     }
 
     /// Fast shutdown of our PostgreSQL; the next turn starts it again. The primary keeps

@@ -195,3 +195,65 @@ async fn settings_reload_without_a_restart_and_a_rolling_restart_keeps_the_leade
     );
     assert!(c.agent_log(p).contains("configuration reload refused"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reinit_rebuilds_a_replica_from_the_leader_and_refuses_the_leader() {
+    let c = Cluster::start(Opts {
+        nodes: 2,
+        ..Opts::default()
+    });
+    let p = c.wait_primary(Duration::from_secs(60));
+    let r = 1 - p;
+    c.wait_replica(r, Duration::from_secs(60));
+    let pc = connect(c.nodes[p].pg_port).await.unwrap();
+    pc.batch_execute(
+        "CREATE TABLE re (id int primary key); INSERT INTO re SELECT generate_series(1, 500)",
+    )
+    .await
+    .unwrap();
+    // A file in the replica's data directory that no copy of the leader has.
+    let data = c.dir.path().join("data").join(&c.nodes[r].name);
+    let marker = data.join("rampart-it-marker");
+    std::fs::write(&marker, "only here").unwrap();
+
+    // The leader is refused, with Patroni's words, and keeps serving.
+    let resp = http_request(c.nodes[p].api, "POST", "/reinitialize", &[], b"").unwrap();
+    assert_eq!(resp.status, 503, "{}", resp.text());
+    assert!(resp.text().contains("I am the leader"), "{}", resp.text());
+    let (ok, out) = c.run_cli(&["reinit"]);
+    assert!(
+        !ok && out.contains("--member"),
+        "reinit names its replica: {out}"
+    );
+
+    let (ok, out) = c.run_cli(&["reinit", "--member", &c.nodes[r].name, "--wait", "60"]);
+    assert!(ok, "{out}\n{}", c.agent_log(r));
+    assert!(out.contains("streaming again after"), "{out}");
+    assert!(!marker.exists(), "the data directory is a fresh copy");
+    assert_eq!(c.primary(), Some(p), "{}", c.list());
+    pc.batch_execute("INSERT INTO re VALUES (501)")
+        .await
+        .unwrap();
+    assert!(
+        crate::harness::wait_rows(
+            c.nodes[r].pg_port,
+            "SELECT count(*) FROM re",
+            501,
+            Duration::from_secs(15)
+        )
+        .await,
+        "the rebuilt replica has every row and follows again: {:?}\n{}\n{}",
+        show(c.nodes[r].pg_port, "transaction_read_only").await,
+        c.list(),
+        std::fs::read_to_string(
+            c.dir
+                .path()
+                .join("data")
+                .join(format!("{}.log", c.nodes[r].name))
+        )
+        .unwrap_or_default()
+    );
+    assert!(c
+        .agent_log(r)
+        .contains("reinitialized: a fresh copy of the leader"));
+}
