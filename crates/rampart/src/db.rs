@@ -45,24 +45,32 @@ enum DbCommand {
     Pause,
     /// Resume automatic failover.
     Resume,
-    /// Re-read the topology file on each node (or --node) and apply [db.parameters] with a
-    /// configuration reload; names the settings that wait for a restart.
+    /// Apply [db.parameters] from the topology file without a restart (patronictl reload).
+    ///
+    /// Each agent (or each --member) re-reads the file and applies the settings with a
+    /// configuration reload; the answer names the settings that wait for a restart.
     Reload {
         /// Only these nodes (repeatable); default: every node.
         #[arg(long = "member")]
         members: Vec<String>,
     },
-    /// Restart PostgreSQL on each node (or --member), replicas first and the leader last,
-    /// one at a time; the leader stays the leader (no failover).
+    /// Restart PostgreSQL, replicas first and the leader last (patronictl restart).
+    ///
+    /// One node at a time, each answered once its PostgreSQL answers again; the leader
+    /// restarts in place and stays the leader (no failover).
     Restart {
+        /// Only these nodes (repeatable); default: every node.
         #[arg(long = "member")]
         members: Vec<String>,
         /// Only nodes where a changed setting waits for a restart.
         #[arg(long)]
         pending: bool,
     },
-    /// Rebuild a replica from a fresh copy of the leader (pg_basebackup), as patronictl
-    /// reinit: for a replica whose data is damaged or that cannot follow any more.
+    /// Rebuild a replica from a fresh copy of the leader (patronictl reinit).
+    ///
+    /// For a replica whose data you no longer trust: PostgreSQL stopped, a pg_basebackup of
+    /// the leader built beside the old directory (kept if the copy fails), started as a
+    /// replica; waits until it streams again.
     Reinit {
         /// The replica(s) to rebuild (repeatable; the leader is refused).
         #[arg(long = "member", required = true)]
