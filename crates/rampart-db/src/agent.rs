@@ -71,6 +71,8 @@ struct Keys {
     paused: bool,
     /// `/timeline` and its mod_revision.
     timeline: Option<(TimelineValue, i64)>,
+    /// `/history` and its mod_revision.
+    history: Option<(Vec<dcs::HistoryEntry>, i64)>,
 }
 
 fn parse_keys(cluster: &str, kvs: &[KeyValue]) -> Keys {
@@ -95,6 +97,11 @@ fn parse_keys(cluster: &str, kvs: &[KeyValue]) -> Keys {
                 k.timeline = serde_json::from_slice(&kv.value)
                     .ok()
                     .map(|t| (t, kv.mod_revision))
+            }
+            "history" => {
+                k.history = serde_json::from_slice(&kv.value)
+                    .ok()
+                    .map(|h| (h, kv.mod_revision))
             }
             r if r.starts_with("members/") => {
                 if let Ok(m) = serde_json::from_slice::<Member>(&kv.value) {

@@ -71,6 +71,20 @@ pub struct TimelineValue {
     pub leader: String,
 }
 
+/// One change of leader that moved the cluster to a new timeline, as `/history` keeps
+/// them (no lease: the record outlives the leaders), oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// The timeline the new leader runs on.
+    pub timeline: u32,
+    pub leader: String,
+    /// When the new leader recorded it (Unix ms).
+    pub at_ms: u64,
+}
+
+/// `/history` keeps at most this many changes (the newest).
+pub const HISTORY_KEPT: usize = 100;
+
 /// `/failover`: an operator's request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FailoverValue {

@@ -1,5 +1,6 @@
 //! Operator commands that each agent serves for its own node, through its API (Patroni's
-//! `patronictl reload`, `restart` and `reinit`): `rampart db reload`, `restart`, `reinit`. The
+//! `patronictl reload`, `restart`, `reinit` and `history`): `rampart db reload`, `restart`,
+//! `reinit`, `history`. The
 //! cluster-wide ones (list, switchover, pause) go through etcd instead ([`crate::ops`]).
 
 use std::time::Duration;
@@ -149,5 +150,103 @@ async fn wait_streaming(cfg: &DbConfig, node: &str, wait: Duration) -> Result<f6
             ));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// `rampart db history` (patronictl history): the cluster's timeline switches, each with
+/// when and to which new leader when `/history` recorded it, read from the first agent
+/// whose API answers (the leader's first).
+pub async fn history(cfg: &DbConfig) -> Result<String, DbError> {
+    let leader = crate::ops::read_view(cfg).await.ok().and_then(|v| v.leader);
+    let mut nodes: Vec<DbNode> = cfg.nodes.clone();
+    nodes.sort_by_key(|n| leader.as_deref() != Some(n.name.as_str()));
+    let mut last_err = String::from("no db node in the topology");
+    for n in nodes {
+        let api = n.api;
+        let r = tokio::task::spawn_blocking(move || {
+            rampart_http1::get(api, "/history", Duration::from_secs(3))
+        })
+        .await
+        .map_err(|e| DbError::Other(format!("the request task failed: {e}")))?;
+        match r {
+            Ok(resp) if resp.status == 200 => {
+                let lines: Vec<serde_json::Value> = serde_json::from_slice(&resp.body)
+                    .map_err(|e| DbError::Other(format!("{}'s /history: {e}", n.name)))?;
+                return Ok(render_history(&lines));
+            }
+            Ok(resp) => last_err = format!("{}: /history answered {}", n.name, resp.status),
+            Err(e) => last_err = format!("{}: cannot reach its API at {}: {e}", n.name, n.api),
+        }
+    }
+    Err(DbError::Other(last_err))
+}
+
+/// The table of [`history`]: one row per switch, `-` where nothing was recorded.
+pub fn render_history(lines: &[serde_json::Value]) -> String {
+    let cell = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    let mut rows = vec![[
+        "TL".to_string(),
+        "LSN".into(),
+        "REASON".into(),
+        "TIMESTAMP".into(),
+        "NEW LEADER".into(),
+    ]];
+    for l in lines {
+        let lsn = l[1]
+            .as_u64()
+            .map(|x| format!("{:X}/{:X}", x >> 32, x & 0xffff_ffff))
+            .unwrap_or_else(|| cell(&l[1]));
+        rows.push([cell(&l[0]), lsn, cell(&l[2]), cell(&l[3]), cell(&l[4])]);
+    }
+    if lines.is_empty() {
+        return "no timeline switch yet: the cluster runs on its first timeline\n".into();
+    }
+    let widths: Vec<usize> = (0..5)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_history_table_shows_what_was_recorded_and_dashes_for_the_rest() {
+        let t = render_history(&[
+            serde_json::json!([
+                1,
+                0x3000060u64,
+                "no recovery target specified",
+                "2026-12-07T16:09:14.123+00:00",
+                "db2"
+            ]),
+            serde_json::json!([2, 0x4000000u64, "x"]),
+        ]);
+        let rows: Vec<&str> = t.lines().collect();
+        assert!(rows[0].starts_with("TL  LSN"), "{t}");
+        assert!(
+            rows[1].contains("0/3000060") && rows[1].ends_with("db2"),
+            "{t}"
+        );
+        assert!(
+            rows[2].contains("0/4000000") && rows[2].ends_with('-'),
+            "{t}"
+        );
+        assert!(render_history(&[]).contains("first timeline"));
     }
 }

@@ -79,6 +79,8 @@ enum DbCommand {
         #[arg(long, default_value_t = 600)]
         wait: u64,
     },
+    /// The cluster's timeline switches: when, and which node became leader (patronictl history).
+    History,
     /// Internal: the fencing watchdog started by the agent.
     #[command(hide = true)]
     Watchdog,
@@ -194,6 +196,15 @@ pub fn run(args: DbArgs) -> anyhow::Result<()> {
                 .await
                 .context("reinit")?;
                 println!("{out}");
+                Ok(())
+            }
+            Some(DbCommand::History) => {
+                print!(
+                    "{}",
+                    rampart_db::node_ops::history(&cfg)
+                        .await
+                        .context("read the cluster's history")?
+                );
                 Ok(())
             }
             Some(DbCommand::Watchdog) => Ok(()),

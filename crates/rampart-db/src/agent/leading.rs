@@ -31,7 +31,31 @@ impl Agent {
             .await
         {
             Ok(()) => tracing::info!(timeline, "recorded the cluster's timeline"),
-            Err(e) => tracing::debug!(error = %e, "/timeline not recorded this loop"),
+            Err(e) => {
+                tracing::debug!(error = %e, "/timeline not recorded this loop");
+                return;
+            }
+        }
+        // A change of leader onto a new timeline (not the bootstrap's first record) goes
+        // into `/history` too, with when and who (Patroni's history); best effort: it
+        // informs operators and decides nothing.
+        if keys.timeline.is_none() {
+            return;
+        }
+        let (mut list, rev) = keys.history.clone().unwrap_or_default();
+        list.push(dcs::HistoryEntry {
+            timeline,
+            leader: self.node.name.clone(),
+            at_ms: dcs::unix_ms(),
+        });
+        let cut = list.len().saturating_sub(dcs::HISTORY_KEPT);
+        list.drain(..cut);
+        let unchanged = crate::leader_keys::unchanged(&self.cfg.cluster, "history", rev);
+        if let Err(e) = self
+            .put_leader_only("history", &list, Some(unchanged), None)
+            .await
+        {
+            tracing::warn!(error = %e, "the change of leader was not added to /history");
         }
     }
 

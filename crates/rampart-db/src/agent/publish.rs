@@ -162,7 +162,14 @@ impl Agent {
                 lag_bytes,
                 lag_seconds: st.map(|s| s.replay_delay_seconds).unwrap_or(0.0),
                 node: Some(node),
-                history: self.history.1.clone(),
+                history: crate::api::patroni::history_with_leaders(
+                    &self.history.1,
+                    timeline,
+                    keys.history
+                        .as_ref()
+                        .map(|(h, _)| h.as_slice())
+                        .unwrap_or(&[]),
+                ),
             };
         }
     }

@@ -437,10 +437,105 @@ pub fn history_lines(text: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Patroni's `/history` lines, `[timeline, lsn, reason, timestamp, new_leader]`: the
+/// history file's lines (`[parent timeline, lsn, reason]`) with, when `/history` recorded
+/// the change onto the timeline that followed, its time (RFC 3339) and new leader.
+/// `current` is the node's timeline (the one after the last line).
+pub fn history_with_leaders(
+    lines: &[Value],
+    current: u32,
+    recorded: &[crate::dcs::HistoryEntry],
+) -> Vec<Value> {
+    let parents: Vec<Option<u64>> = lines.iter().map(|l| l[0].as_u64()).collect();
+    lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            // The timeline this switch led to: the next line's parent, else ours.
+            let next = parents
+                .get(i + 1)
+                .copied()
+                .flatten()
+                .unwrap_or(u64::from(current));
+            let mut l = l.clone();
+            if let (Some(arr), Some(e)) = (
+                l.as_array_mut(),
+                recorded.iter().find(|e| u64::from(e.timeline) == next),
+            ) {
+                arr.push(json!(rfc3339_ms(e.at_ms)));
+                arr.push(json!(e.leader));
+            }
+            l
+        })
+        .collect()
+}
+
+/// `2026-12-07T16:09:14.123+00:00` (Patroni's timestamps carry an offset).
+fn rfc3339_ms(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}+00:00",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn history_lines_get_the_recorded_time_and_leader_of_the_timeline_they_led_to() {
+        let lines = vec![
+            json!([1, 100, "no recovery target specified"]),
+            json!([3, 900, "x"]),
+        ];
+        let rec = vec![
+            crate::dcs::HistoryEntry {
+                timeline: 3,
+                leader: "db2".into(),
+                at_ms: 1_795_000_000_123,
+            },
+            crate::dcs::HistoryEntry {
+                timeline: 4,
+                leader: "db1".into(),
+                at_ms: 951_782_400_000,
+            },
+        ];
+        // Timeline 1 led to 3 (2 was consumed by a promotion that did not last), 3 to 4.
+        let h = history_with_leaders(&lines, 4, &rec);
+        assert_eq!(
+            h[0],
+            json!([
+                1,
+                100,
+                "no recovery target specified",
+                "2026-11-18T11:06:40.123+00:00",
+                "db2"
+            ])
+        );
+        assert_eq!(
+            h[1],
+            json!([3, 900, "x", "2000-02-29T00:00:00.000+00:00", "db1"])
+        );
+        // Nothing recorded: the lines as they were.
+        assert_eq!(history_with_leaders(&lines, 4, &[]), lines);
+    }
 
     fn running(primary: bool) -> Running {
         Running {

@@ -257,3 +257,70 @@ async fn reinit_rebuilds_a_replica_from_the_leader_and_refuses_the_leader() {
         .agent_log(r)
         .contains("reinitialized: a fresh copy of the leader"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_records_when_and_to_whom_the_leadership_moved() {
+    let c = Cluster::start(Opts {
+        nodes: 2,
+        ..Opts::default()
+    });
+    let p = c.wait_primary(Duration::from_secs(60));
+    let r = 1 - p;
+    c.wait_replica(r, Duration::from_secs(60));
+    let (ok, out) = c.run_cli(&["history"]);
+    assert!(ok && out.contains("first timeline"), "{out}");
+
+    let before = std::time::SystemTime::now();
+    let (ok, out) = c.run_cli(&["switchover", "--to", &c.nodes[r].name]);
+    assert!(ok, "{out}\n{}", c.list());
+    assert_eq!(c.wait_primary(Duration::from_secs(30)), r);
+    // The new leader records the switch once it runs on its new timeline.
+    let mut shown = String::new();
+    let row = |s: &str| {
+        s.lines()
+            .find(|l| l.starts_with("1 "))
+            .map(|l| l.split_whitespace().map(String::from).collect::<Vec<_>>())
+    };
+    assert!(
+        rampart_testkit::wait_until(Duration::from_secs(20), || {
+            let (ok, out) = c.run_cli(&["history"]);
+            shown = out;
+            ok && row(&shown).is_some_and(|cells| cells.last() == Some(&c.nodes[r].name))
+        }),
+        "the switch from timeline 1 with its new leader:\n{shown}\n{}",
+        c.list()
+    );
+    let cells = row(&shown).unwrap();
+    let ts = cells
+        .iter()
+        .find(|c| c.contains('T') && c.ends_with("+00:00"))
+        .unwrap_or_else(|| panic!("a timestamp in {cells:?}"));
+    let today = humantime_date(before);
+    assert!(ts.starts_with(&today), "{ts} is today ({today})");
+    // Patroni's /history shape, also on the former leader once it follows on the new
+    // timeline: [tl, lsn, reason, timestamp, new_leader].
+    let mut body = String::new();
+    assert!(
+        rampart_testkit::wait_until(Duration::from_secs(20), || {
+            body = c.api(p, "/history").map(|(_, b)| b).unwrap_or_default();
+            serde_json::from_str::<serde_json::Value>(&body)
+                .is_ok_and(|v| v[0][0] == 1 && v[0][4] == c.nodes[r].name.as_str())
+        }),
+        "{body}\n{}",
+        c.list()
+    );
+}
+
+/// `YYYY-MM-DD` of a time, UTC (by `date`, to check the agent's own formatting).
+fn humantime_date(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    let o = std::process::Command::new("date")
+        .args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%d"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
